@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs every Debian package moe needs. Idempotent: packages already present are skipped,
+# so a second run costs only a dpkg query. Works on a fresh Debian 12 with the base toolchain.
+set -euo pipefail
+
+PKGS=(
+  build-essential cmake pkg-config
+  libdnnl-dev            # oneDNN: GEMM with pre-packed weights (fp32 and bf16)
+  nlohmann-json3-dev     # config / checkpoint headers
+  libcli11-dev           # command line parsing
+  libgtest-dev           # unit tests
+  zlib1g-dev             # crc32 for checkpoint integrity
+  libstb-dev             # PNG writing for plots
+  python3 python3-numpy python3-torch   # PyTorch reference model for parity tests (tests/ref/)
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "setup: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "setup: done" >&2

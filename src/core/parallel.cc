@@ -1,0 +1,41 @@
+#include "core/parallel.h"
+
+#include <omp.h>
+
+#include <algorithm>
+
+namespace moe {
+
+static int g_threads = 0;
+
+void set_num_threads(int n) {
+    if (n <= 0) n = omp_get_num_procs();
+    g_threads = n;
+    omp_set_num_threads(n);
+}
+
+int num_threads() {
+    if (g_threads == 0) set_num_threads(0);
+    return g_threads;
+}
+
+void parallel_for(int64_t begin, int64_t end, int64_t grain,
+                  const std::function<void(int64_t, int64_t)>& fn) {
+    const int64_t n = end - begin;
+    if (n <= 0) return;
+    if (grain < 1) grain = 1;
+    int64_t nt = std::min<int64_t>(num_threads(), (n + grain - 1) / grain);
+    if (nt <= 1 || omp_in_parallel()) {
+        fn(begin, end);
+        return;
+    }
+    const int64_t chunk = (n + nt - 1) / nt;
+#pragma omp parallel for num_threads(nt) schedule(static, 1)
+    for (int64_t t = 0; t < nt; ++t) {
+        const int64_t b = begin + t * chunk;
+        const int64_t e = std::min(end, b + chunk);
+        if (b < e) fn(b, e);
+    }
+}
+
+}  // namespace moe

@@ -1,0 +1,19 @@
+#pragma once
+// The one place moe runs work on several threads. OpenMP is used only in parallel.cc; oneDNN
+// shares the same libgomp pool, so there is no oversubscription. Never call parallel_for from
+// inside a parallel_for body (the inner call runs serially).
+#include <cstdint>
+#include <functional>
+
+namespace moe {
+
+void set_num_threads(int n);  // n <= 0: all hardware threads
+int num_threads();
+
+// Runs fn(begin_i, end_i) over contiguous chunks covering [begin, end). Chunks are a fixed
+// function of (begin, end, grain, num_threads()), so any per-chunk reduction is deterministic
+// for a given thread count.
+void parallel_for(int64_t begin, int64_t end, int64_t grain,
+                  const std::function<void(int64_t, int64_t)>& fn);
+
+}  // namespace moe

@@ -1,0 +1,42 @@
+#pragma once
+// Checkpoint = one directory holding checkpoint.bin (a moe tensor file: config, tokenizer, training
+// state, every parameter by name, AdamW moments) and config.json (a readable copy). Both are
+// written atomically, so a crash or a failed save leaves the previous good checkpoint intact.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/tokenizer.h"
+#include "model/config.h"
+#include "model/model.h"
+
+namespace moe {
+
+struct TrainState {
+    int64_t step = 0;         // optimizer steps done
+    int64_t tokens_seen = 0;
+    double val_loss = -1;     // last evaluation (-1 = none)
+};
+
+struct Checkpoint {
+    Config config;
+    Tokenizer tokenizer;
+    TrainState state;
+    std::unique_ptr<Model> model;
+    std::vector<float> adam_m, adam_v;  // empty if the checkpoint has no optimizer state
+};
+
+std::string checkpoint_file(const std::string& dir);
+
+// Creates `dir` if needed. adam_m / adam_v (Model::n_params() floats each) may be null.
+void save_checkpoint(const std::string& dir, const Config& config, const Tokenizer& tok,
+                     Model& model, const float* adam_m, const float* adam_v, const TrainState& st);
+
+// Throws moe::error naming the file for a missing, truncated or corrupted checkpoint, or one
+// whose tensors disagree with its config.
+Checkpoint load_checkpoint(const std::string& dir);
+
+// Creates `dir` (and parents) or throws naming it; checks it is writable.
+void ensure_writable_dir(const std::string& dir);
+
+}  // namespace moe

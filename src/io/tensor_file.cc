@@ -1,0 +1,179 @@
+#include "io/tensor_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+
+namespace moe {
+
+static const char kMagic[8] = {'M', 'O', 'E', 'T', 'N', 'S', 'R', '1'};
+static const uint32_t kTrailerMagic = 0x21454F4D;  // "MOE!"
+
+static size_t dtype_size(const std::string& dt, const std::string& where) {
+    if (dt == "f32" || dt == "i32") return 4;
+    if (dt == "f64") return 8;
+    fail(where, ": unknown dtype '", dt, "'");
+}
+
+int64_t TensorRecord::numel() const {
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    return n;
+}
+
+void TensorFileWriter::add(const std::string& name, const std::string& dtype,
+                           std::vector<int64_t> shape, const void* data) {
+    TensorRecord r;
+    r.name = name;
+    r.dtype = dtype;
+    r.shape = std::move(shape);
+    r.ptr = data;
+    r.nbytes = (size_t)r.numel() * dtype_size(dtype, name);
+    tensors_.push_back(std::move(r));
+}
+
+static size_t align64(size_t x) { return (x + 63) / 64 * 64; }
+
+void write_file_atomic(const std::string& path, const std::string& data) {
+    namespace fs = std::filesystem;
+    fs::path p(path);
+    std::string tmp = path + ".tmp." + std::to_string(::getpid());
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) fail("cannot write '", path, "': ", std::strerror(errno));
+    size_t off = 0;
+    while (off < data.size()) {
+        ssize_t w = ::write(fd, data.data() + off, data.size() - off);
+        if (w < 0) {
+            int e = errno;
+            ::close(fd);
+            ::unlink(tmp.c_str());
+            fail("cannot write '", path, "': ", std::strerror(e));
+        }
+        off += (size_t)w;
+    }
+    if (::fsync(fd) != 0 || ::close(fd) != 0) {
+        int e = errno;
+        ::unlink(tmp.c_str());
+        fail("cannot write '", path, "': ", std::strerror(e));
+    }
+    if (::rename(tmp.c_str(), path.c_str()) != 0) {
+        int e = errno;
+        ::unlink(tmp.c_str());
+        fail("cannot move '", tmp, "' to '", path, "': ", std::strerror(e));
+    }
+    std::string dir = p.has_parent_path() ? p.parent_path().string() : ".";
+    int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+    if (dfd >= 0) {
+        ::fsync(dfd);
+        ::close(dfd);
+    }
+}
+
+void TensorFileWriter::write(const std::string& path) const {
+    nlohmann::json header;
+    header["meta"] = meta;
+    header["tensors"] = nlohmann::json::array();
+    size_t off = 0;
+    for (const auto& t : tensors_) {
+        header["tensors"].push_back({{"name", t.name}, {"dtype", t.dtype}, {"shape", t.shape},
+                                     {"offset", off}, {"nbytes", t.nbytes}});
+        off = align64(off + t.nbytes);
+    }
+    const std::string hj = header.dump();
+    const size_t data_start = align64(8 + 8 + hj.size());
+    std::string buf(data_start + off + 16, '\0');
+    std::memcpy(&buf[0], kMagic, 8);
+    uint64_t hl = hj.size();
+    std::memcpy(&buf[8], &hl, 8);
+    std::memcpy(&buf[16], hj.data(), hj.size());
+    off = 0;
+    for (const auto& t : tensors_) {
+        if (t.nbytes) std::memcpy(&buf[data_start + off], t.ptr, t.nbytes);
+        off = align64(off + t.nbytes);
+    }
+    const size_t body = data_start + off;
+    uint64_t total = buf.size();
+    uint32_t crc = (uint32_t)crc32(0L, reinterpret_cast<const Bytef*>(buf.data()), (uInt)0);
+    // zlib's crc32 takes uInt lengths: feed in chunks
+    for (size_t pos = 0; pos < body; pos += (1u << 30)) {
+        size_t len = std::min<size_t>(body - pos, 1u << 30);
+        crc = (uint32_t)crc32(crc, reinterpret_cast<const Bytef*>(buf.data() + pos), (uInt)len);
+    }
+    std::memcpy(&buf[body], &total, 8);
+    std::memcpy(&buf[body + 8], &crc, 4);
+    std::memcpy(&buf[body + 12], &kTrailerMagic, 4);
+    write_file_atomic(path, buf);
+}
+
+TensorFile TensorFile::read(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) fail("cannot open '", path, "': ", std::strerror(errno));
+    std::string buf((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const size_t size = buf.size();
+    if (size < 32 || std::memcmp(buf.data(), kMagic, 8) != 0)
+        fail("'", path, "' is not a moe tensor file (bad magic or only ", size, " bytes)");
+    uint64_t total = 0;
+    uint32_t crc_stored = 0, tmagic = 0;
+    std::memcpy(&total, &buf[size - 16], 8);
+    std::memcpy(&crc_stored, &buf[size - 8], 4);
+    std::memcpy(&tmagic, &buf[size - 4], 4);
+    if (tmagic != kTrailerMagic || total != size)
+        fail("'", path, "' is truncated or damaged: it has ", size,
+             " bytes and no valid trailer (an interrupted write or a cut copy)");
+    uint32_t crc = (uint32_t)crc32(0L, reinterpret_cast<const Bytef*>(buf.data()), (uInt)0);
+    for (size_t pos = 0; pos < size - 16; pos += (1u << 30)) {
+        size_t len = std::min<size_t>(size - 16 - pos, 1u << 30);
+        crc = (uint32_t)crc32(crc, reinterpret_cast<const Bytef*>(buf.data() + pos), (uInt)len);
+    }
+    if (crc != crc_stored)
+        fail("'", path, "' is corrupted: checksum mismatch (stored ", crc_stored, ", computed ", crc, ")");
+    uint64_t hl = 0;
+    std::memcpy(&hl, &buf[8], 8);
+    if (16 + hl > size - 16) fail("'", path, "' is damaged: header length ", hl, " exceeds the file");
+    TensorFile tf;
+    tf.path = path;
+    nlohmann::json header;
+    try {
+        header = nlohmann::json::parse(buf.substr(16, hl));
+        tf.meta = header.at("meta");
+        const size_t data_start = align64(16 + hl);
+        for (const auto& t : header.at("tensors")) {
+            TensorRecord r;
+            r.name = t.at("name").get<std::string>();
+            r.dtype = t.at("dtype").get<std::string>();
+            r.shape = t.at("shape").get<std::vector<int64_t>>();
+            const size_t off = t.at("offset").get<size_t>();
+            r.nbytes = t.at("nbytes").get<size_t>();
+            if (r.nbytes != (size_t)r.numel() * dtype_size(r.dtype, path))
+                fail("'", path, "': tensor '", r.name, "' size does not match its shape");
+            if (data_start + off + r.nbytes > size - 16)
+                fail("'", path, "': tensor '", r.name, "' extends past the end of the data");
+            r.bytes.assign(buf.data() + data_start + off, buf.data() + data_start + off + r.nbytes);
+            tf.tensors_.push_back(std::move(r));
+        }
+    } catch (const nlohmann::json::exception& e) {
+        fail("'", path, "' has a damaged header: ", e.what());
+    }
+    return tf;
+}
+
+const TensorRecord* TensorFile::find(const std::string& name) const {
+    for (const auto& t : tensors_)
+        if (t.name == name) return &t;
+    return nullptr;
+}
+
+const TensorRecord& TensorFile::get(const std::string& name) const {
+    const TensorRecord* t = find(name);
+    if (!t) fail("'", path, "' has no tensor '", name, "'");
+    return *t;
+}
+
+}  // namespace moe

@@ -1,0 +1,28 @@
+#pragma once
+// Row-major GEMM: C (M, N) = alpha * op(A) (M, K) · op(B) (K, N) + beta * C.
+// op(X) = X or X^T. lda/ldb/ldc are row strides of the matrices as stored.
+//
+// gemm_ref is the slow reference twin (any T, used for double-precision gradient checks).
+// gemm<float> goes to oneDNN; gemm<double> goes to the reference.
+#include <cstdint>
+
+namespace moe::kernels {
+
+template <class T>
+void gemm_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+              int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+
+void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+              const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+              int64_t ldc);
+
+template <class T>
+inline void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+                 int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+    if constexpr (sizeof(T) == 4)
+        gemm_f32(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else
+        gemm_ref<T>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+}  // namespace moe::kernels

@@ -1,0 +1,41 @@
+#pragma once
+// Attention block: x_out = x_in + W_o · attention(rope(W_q·n), rope(W_k·n), W_v·n), n = rmsnorm(x_in)
+#include <cstdint>
+
+#include "model/params.h"
+
+namespace moe::layers {
+
+struct Dims {
+    int64_t B = 0, T = 0, N = 0;  // N = B*T
+    int64_t C = 0, H = 0, Hkv = 0, D = 0;
+};
+
+struct AttentionCache {
+    float* xn = nullptr;    // (N, C) normed input
+    float* rstd = nullptr;  // (N)
+    float* q = nullptr;     // (N, H*D) after RoPE
+    float* k = nullptr;     // (N, Hkv*D) after RoPE
+    float* v = nullptr;     // (N, Hkv*D)
+    float* att = nullptr;   // (B, H, T, T) softmax probabilities
+    float* y = nullptr;     // (N, H*D) attention output before W_o
+};
+
+struct AttentionScratch {
+    float* dxn = nullptr;   // (N, C)
+    float* dq = nullptr;    // (N, H*D)
+    float* dk = nullptr;    // (N, Hkv*D)
+    float* dv = nullptr;    // (N, Hkv*D)
+    float* datt = nullptr;  // (B, H, T, T)
+    float* dy = nullptr;    // (N, H*D)
+};
+
+// out (N, C) = inp + attention(inp); rope (T, D/2, 2) table
+void attention_forward(float* out, AttentionCache& c, const float* inp, const LayerWeights& w,
+                       const float* rope, const Dims& d, double eps);
+
+// dresid (N, C): in = d out, out = d inp (the residual path plus the block). Accumulates into g.
+void attention_backward(float* dresid, LayerWeights& g, AttentionScratch& s, const AttentionCache& c,
+                        const float* inp, const LayerWeights& w, const float* rope, const Dims& d);
+
+}  // namespace moe::layers

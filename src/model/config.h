@@ -1,0 +1,68 @@
+#pragma once
+// Model and training configuration, read from JSON (configs/*.json). Unknown fields are errors.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "ops/activation.h"
+
+namespace moe {
+
+struct ModelConfig {
+    int64_t vocab_size = 0;     // V; 0 = taken from the tokenizer built from the data
+    int64_t n_layer = 0;        // L
+    int64_t n_embd = 0;         // C
+    int64_t n_head = 0;         // H
+    int64_t n_head_kv = 0;      // Hkv (grouped-query attention; = H for plain multi-head)
+    int64_t n_ctx = 0;          // maximum T
+    double rope_theta = 10000.0;
+    double norm_eps = 1e-5;
+    bool tie_embeddings = true;
+    ops::Activation activation = ops::Activation::swiglu;
+    int64_t n_ff = 0;           // F of a dense FFN
+    int64_t n_expert = 0;       // E
+    int64_t n_expert_used = 0;  // K
+    int64_t n_ff_exp = 0;       // F of one expert
+    std::vector<bool> layer_moe;  // (L) true where the FFN is an MoE layer
+
+    int64_t head_dim() const { return n_embd / n_head; }  // D
+    bool any_moe() const;
+};
+
+struct TrainConfig {
+    std::string data;            // text file (path relative to the working dir or the source tree)
+    std::string tokenizer = "char";  // "char" | "byte"
+    double val_fraction = 0.1;   // last fraction of the tokens held out for validation
+    int64_t batch_size = 16;     // B per micro-batch
+    int64_t block_size = 0;      // T (0 = n_ctx)
+    int64_t grad_accum = 1;      // micro-batches per optimizer step
+    int64_t steps = 1000;
+    double lr = 1e-3;
+    double min_lr = 1e-4;
+    int64_t warmup_steps = 100;
+    double weight_decay = 0.1;
+    double beta1 = 0.9, beta2 = 0.95, adam_eps = 1e-8;
+    double grad_clip = 1.0;      // global norm; 0 = off
+    int64_t eval_interval = 100;
+    int64_t eval_batches = 20;
+    int64_t log_interval = 10;
+    int64_t ckpt_interval = 0;   // 0 = only at the end
+    uint64_t seed = 1337;
+};
+
+struct Config {
+    std::string path;  // where it was read from ("" when built in code)
+    ModelConfig model;
+    TrainConfig train;
+};
+
+// Parse and validate. `where` names the source in error messages (usually the file path).
+Config config_from_json(const nlohmann::json& j, const std::string& where);
+Config load_config(const std::string& path);
+nlohmann::json config_to_json(const Config& c);
+// Validation shared by parse and by code that edits a config (throws moe::error naming the field).
+void validate(const ModelConfig& m, const std::string& where);
+
+}  // namespace moe

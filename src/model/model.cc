@@ -1,0 +1,195 @@
+#include "model/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "ops/embedding.h"
+#include "ops/linear.h"
+#include "ops/rmsnorm.h"
+#include "ops/rope.h"
+#include "ops/softmax_xent.h"
+
+namespace moe {
+
+Model::Model(const ModelConfig& cfg) : cfg_(cfg), table_(cfg) {
+    params_.allocate(table_.total() * sizeof(float));
+    grads_.allocate(table_.total() * sizeof(float));
+    w_ = bind_weights(table_, cfg_, params());
+    g_ = bind_weights(table_, cfg_, grads());
+}
+
+void Model::init(uint64_t seed) {
+    const double std0 = 0.02, std_proj = 0.02 / std::sqrt(2.0 * (double)cfg_.n_layer);
+    for (size_t i = 0; i < table_.params().size(); ++i) {
+        const ParamInfo& p = table_.params()[i];
+        float* x = params() + p.offset;
+        if (p.shape.size() == 1) {  // norms
+            std::fill(x, x + p.numel, 1.f);
+            continue;
+        }
+        const bool proj = p.name.find("attn_output") != std::string::npos ||
+                          p.name.find("ffn_down") != std::string::npos;
+        const double sd = proj ? std_proj : std0;
+        Rng rng(seed, 1000 + i);  // one stream per tensor: adding a tensor does not shift the others
+        for (int64_t j = 0; j < p.numel; ++j) x[j] = (float)(rng.normal() * sd);
+    }
+}
+
+void Model::ensure_activations(int64_t B, int64_t T) {
+    B_ = B;
+    T_ = T;
+    // buffers laid out for the capacity serve any smaller (B, T) with tighter strides
+    if (B <= cap_B_ && T <= cap_T_) return;
+    cap_B_ = std::max(B, cap_B_);
+    cap_T_ = std::max(T, cap_T_);
+    const int64_t N = cap_B_ * cap_T_, Tc = cap_T_, Bc = cap_B_;
+    const int64_t C = cfg_.n_embd, V = cfg_.vocab_size, H = cfg_.n_head, Hkv = cfg_.n_head_kv;
+    const int64_t D = cfg_.head_dim(), L = cfg_.n_layer;
+    const int64_t E = std::max<int64_t>(cfg_.n_expert, 1), K = std::max<int64_t>(cfg_.n_expert_used, 1);
+    const int64_t Fe = cfg_.n_ff_exp, Fd = cfg_.n_ff;
+    // rows per layer buffer: MoE R <= N*K rows of width Fe; dense N rows of width Fd
+    const int64_t rowsF = std::max(N * K * Fe, N * Fd);
+    const int64_t rowsC = std::max(N * K, N) * C;
+
+    rope_.resize(Tc * D);
+    ops::rope_table(rope_.data(), Tc, D, cfg_.rope_theta);
+
+    auto plan_acts = [&](auto&& take_f, auto&& take_i) {
+        resid_.assign(L + 1, nullptr);
+        resid_mid_.assign(L, nullptr);
+        attn_.assign(L, {});
+        ffn_.assign(L, {});
+        for (int64_t l = 0; l <= L; ++l) resid_[l] = take_f(N * C);
+        for (int64_t l = 0; l < L; ++l) {
+            resid_mid_[l] = take_f(N * C);
+            auto& a = attn_[l];
+            a.xn = take_f(N * C);
+            a.rstd = take_f(N);
+            a.q = take_f(N * H * D);
+            a.k = take_f(N * Hkv * D);
+            a.v = take_f(N * Hkv * D);
+            a.att = take_f(Bc * H * Tc * Tc);
+            a.y = take_f(N * H * D);
+            auto& f = ffn_[l];
+            f.xn = take_f(N * C);
+            f.rstd = take_f(N);
+            const bool moe = cfg_.layer_moe[l];
+            if (moe) {
+                f.logits = take_f(N * E);
+                f.topk_expert = take_i(N * K);
+                f.topk_weight = take_f(N * K);
+                f.expert_offsets = take_i(E + 1);
+                f.row_token = take_i(N * K);
+                f.row_slot = take_i(N * K);
+                f.token_row = take_i(N * K);
+                f.xe = take_f(N * K * C);
+                f.hg = take_f(N * K * Fe);
+                f.hu = take_f(N * K * Fe);
+                f.act = take_f(N * K * Fe);
+                f.ye = take_f(N * K * C);
+            } else {
+                f.hg = take_f(N * Fd);
+                f.hu = take_f(N * Fd);
+                f.act = take_f(N * Fd);
+                f.ye = take_f(N * C);
+            }
+        }
+        xf_ = take_f(N * C);
+        xf_rstd_ = take_f(N);
+        logits_ = take_f(N * V);
+        probs_ = take_f(N * V);
+        losses_ = take_f(N);
+    };
+    ArenaPlan plan;
+    plan_acts([&](size_t n) { plan.add<float>(n); return (float*)nullptr; },
+              [&](size_t n) { plan.add<int32_t>(n); return (int32_t*)nullptr; });
+    acts_.allocate(plan.bytes);
+    plan_acts([&](size_t n) { return acts_.take<float>(n); },
+              [&](size_t n) { return acts_.take<int32_t>(n); });
+
+    auto plan_scratch = [&](auto&& take_f) {
+        dresid_ = take_f(N * C);
+        dlogits_ = take_f(N * V);
+        dxf_ = take_f(N * C);
+        attn_s_.dxn = take_f(N * C);
+        attn_s_.dq = take_f(N * H * D);
+        attn_s_.dk = take_f(N * Hkv * D);
+        attn_s_.dv = take_f(N * Hkv * D);
+        attn_s_.datt = take_f(Bc * H * Tc * Tc);
+        attn_s_.dy = take_f(N * H * D);
+        ffn_s_.dxn = take_f(N * C);
+        ffn_s_.dlogits = take_f(N * E);
+        ffn_s_.dweight = take_f(N * K);
+        ffn_s_.dxe = take_f(rowsC);
+        ffn_s_.dye = take_f(rowsC);
+        ffn_s_.dact = take_f(rowsF);
+        ffn_s_.dhg = take_f(rowsF);
+        ffn_s_.dhu = take_f(rowsF);
+    };
+    ArenaPlan splan;
+    plan_scratch([&](size_t n) { splan.add<float>(n); return (float*)nullptr; });
+    scratch_.allocate(splan.bytes);
+    plan_scratch([&](size_t n) { return scratch_.take<float>(n); });
+}
+
+float Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T) {
+    MOE_ASSERT(B >= 1 && T >= 1 && T <= cfg_.n_ctx);
+    ensure_activations(B, T);
+    tokens_ = tokens;
+    targets_ = targets;
+    const int64_t N = B * T, C = cfg_.n_embd, V = cfg_.vocab_size;
+    layers::Dims d{B, T, N, C, cfg_.n_head, cfg_.n_head_kv, cfg_.head_dim()};
+    // rope table was built for cap_T_ rows with stride D/2*2 per position: position t is row t
+    ops::embedding_forward(resid_[0], tokens, w_.tok_embd, N, C);  // (N, C)
+    for (int64_t l = 0; l < cfg_.n_layer; ++l) {
+        layers::attention_forward(resid_mid_[l], attn_[l], resid_[l], w_.layers[l], rope_.data(), d,
+                                  cfg_.norm_eps);
+        layers::ffn_forward(resid_[l + 1], ffn_[l], resid_mid_[l], w_.layers[l], cfg_,
+                            cfg_.layer_moe[l], N);
+    }
+    ops::rmsnorm_forward(xf_, xf_rstd_, resid_[cfg_.n_layer], w_.output_norm, N, C, cfg_.norm_eps);
+    ops::linear_forward(logits_, xf_, w_.output, N, C, V);  // (N, V)
+    have_targets_ = targets != nullptr;
+    if (!targets) return 0.f;
+    ops::softmax_xent_forward(probs_, losses_, logits_, targets, N, V);
+    double sum = 0;
+    for (int64_t n = 0; n < N; ++n) sum += losses_[n];
+    return (float)(sum / (double)N);
+}
+
+void Model::backward(float scale) {
+    MOE_ASSERT(have_targets_);
+    const int64_t B = B_, T = T_, N = B * T, C = cfg_.n_embd, V = cfg_.vocab_size;
+    layers::Dims d{B, T, N, C, cfg_.n_head, cfg_.n_head_kv, cfg_.head_dim()};
+    std::memset(dlogits_, 0, N * V * sizeof(float));
+    std::memset(dxf_, 0, N * C * sizeof(float));
+    std::memset(dresid_, 0, N * C * sizeof(float));
+    // loss = (1/N) sum_n losses[n]
+    ops::softmax_xent_backward(dlogits_, probs_, targets_, scale / (float)N, N, V);
+    ops::linear_backward(dxf_, g_.output, dlogits_, xf_, w_.output, N, C, V);
+    ops::rmsnorm_backward(dresid_, g_.output_norm, dxf_, resid_[cfg_.n_layer], w_.output_norm,
+                          xf_rstd_, N, C);
+    for (int64_t l = cfg_.n_layer - 1; l >= 0; --l) {
+        layers::ffn_backward(dresid_, g_.layers[l], ffn_s_, ffn_[l], resid_mid_[l], w_.layers[l],
+                             cfg_, cfg_.layer_moe[l], N);
+        layers::attention_backward(dresid_, g_.layers[l], attn_s_, attn_[l], resid_[l], w_.layers[l],
+                                   rope_.data(), d);
+    }
+    ops::embedding_backward(g_.tok_embd, dresid_, tokens_, N, C);
+}
+
+std::vector<std::vector<int64_t>> Model::expert_load() const {
+    std::vector<std::vector<int64_t>> out(cfg_.n_layer);
+    for (int64_t l = 0; l < cfg_.n_layer; ++l) {
+        if (!cfg_.layer_moe[l] || ffn_.empty() || !ffn_[l].expert_offsets) continue;
+        out[l].resize(cfg_.n_expert);
+        for (int64_t e = 0; e < cfg_.n_expert; ++e)
+            out[l][e] = ffn_[l].expert_offsets[e + 1] - ffn_[l].expert_offsets[e];
+    }
+    return out;
+}
+
+}  // namespace moe

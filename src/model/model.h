@@ -1,0 +1,77 @@
+#pragma once
+// The decoder-only Transformer, dense or MoE per layer. Owns four arenas: parameters, gradients,
+// activations (sized for the largest (B, T) seen) and backward scratch.
+#include <cstdint>
+#include <vector>
+
+#include "core/arena.h"
+#include "layers/attention.h"
+#include "layers/ffn.h"
+#include "model/config.h"
+#include "model/params.h"
+
+namespace moe {
+
+class Model {
+public:
+    explicit Model(const ModelConfig& cfg);
+    Model(const Model&) = delete;
+    Model& operator=(const Model&) = delete;
+
+    const ModelConfig& config() const { return cfg_; }
+    const ParamTable& table() const { return table_; }
+    int64_t n_params() const { return table_.total(); }  // flat buffer length (with padding)
+    float* params() { return reinterpret_cast<float*>(params_.data()); }
+    float* grads() { return reinterpret_cast<float*>(grads_.data()); }
+    const Weights& weights() const { return w_; }
+
+    // Random init from the seed: N(0, 0.02) matrices, N(0, 0.02/sqrt(2L)) for the projections
+    // into the residual stream, ones for norms.
+    void init(uint64_t seed);
+
+    // tokens (B, T). With targets (B, T): returns the mean cross-entropy and keeps what backward
+    // needs. Without: returns 0; logits() holds (B*T, V).
+    float forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T);
+    // Accumulates d(scale * loss)/dparams into grads(). Call after forward with targets.
+    void backward(float scale = 1.f);
+    void zero_grad() { grads_.zero(); }
+
+    const float* logits() const { return logits_; }  // (B*T, V) of the last forward
+    // Tokens per expert in the last forward, per layer (empty for dense layers): (L, E)
+    std::vector<std::vector<int64_t>> expert_load() const;
+    size_t activation_bytes() const { return acts_.size() + scratch_.size(); }
+
+private:
+    void ensure_activations(int64_t B, int64_t T);
+
+    ModelConfig cfg_;
+    ParamTable table_;
+    Arena params_, grads_, acts_, scratch_;
+    Weights w_, g_;
+
+    int64_t B_ = 0, T_ = 0, cap_B_ = 0, cap_T_ = 0;
+    bool have_targets_ = false;
+    std::vector<float> rope_;  // (T, D/2, 2)
+    const int32_t* tokens_ = nullptr;
+    const int32_t* targets_ = nullptr;
+
+    // activations
+    std::vector<float*> resid_;  // (L+1) x (N, C) residual stream, resid_[0] = embeddings
+    std::vector<float*> resid_mid_;  // (L) x (N, C) after attention
+    std::vector<layers::AttentionCache> attn_;
+    std::vector<layers::FfnCache> ffn_;
+    float* xf_ = nullptr;       // (N, C) final normed
+    float* xf_rstd_ = nullptr;  // (N)
+    float* logits_ = nullptr;   // (N, V)
+    float* probs_ = nullptr;    // (N, V)
+    float* losses_ = nullptr;   // (N)
+
+    // backward scratch (shared by all layers)
+    float* dresid_ = nullptr;   // (N, C)
+    float* dlogits_ = nullptr;  // (N, V)
+    float* dxf_ = nullptr;      // (N, C)
+    layers::AttentionScratch attn_s_;
+    layers::FfnScratch ffn_s_;
+};
+
+}  // namespace moe

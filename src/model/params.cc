@@ -1,0 +1,98 @@
+#include "model/params.h"
+
+#include "core/error.h"
+
+namespace moe {
+
+void ParamTable::add(std::string name, std::vector<int64_t> shape, bool decay, bool expert) {
+    ParamInfo p;
+    p.name = std::move(name);
+    p.shape = std::move(shape);
+    p.numel = 1;
+    for (int64_t s : p.shape) p.numel *= s;
+    p.offset = total_;
+    p.decay = decay;
+    p.expert = expert;
+    // keep every tensor 64-byte aligned in the flat buffer
+    total_ += (p.numel + 15) / 16 * 16;
+    params_.push_back(std::move(p));
+}
+
+ParamTable::ParamTable(const ModelConfig& m) {
+    MOE_ASSERT(m.vocab_size > 0);
+    const int64_t V = m.vocab_size, C = m.n_embd, D = m.head_dim();
+    const int64_t H = m.n_head, Hkv = m.n_head_kv, E = m.n_expert;
+    const bool glu = m.activation == ops::Activation::swiglu;
+    add("tok_embd", {V, C}, true);
+    for (int64_t l = 0; l < m.n_layer; ++l) {
+        const std::string b = "blk." + std::to_string(l) + ".";
+        add(b + "attn_norm", {C}, false);
+        add(b + "attn_q", {H * D, C}, true);
+        add(b + "attn_k", {Hkv * D, C}, true);
+        add(b + "attn_v", {Hkv * D, C}, true);
+        add(b + "attn_output", {C, H * D}, true);
+        add(b + "ffn_norm", {C}, false);
+        if (m.layer_moe[l]) {
+            const int64_t F = m.n_ff_exp;
+            add(b + "ffn_gate_inp", {E, C}, true);
+            if (glu) add(b + "ffn_gate_exps", {E, F, C}, true, true);
+            add(b + "ffn_up_exps", {E, F, C}, true, true);
+            add(b + "ffn_down_exps", {E, C, F}, true, true);
+        } else {
+            const int64_t F = m.n_ff;
+            if (glu) add(b + "ffn_gate", {F, C}, true);
+            add(b + "ffn_up", {F, C}, true);
+            add(b + "ffn_down", {C, F}, true);
+        }
+    }
+    add("output_norm", {C}, false);
+    if (!m.tie_embeddings) add("output", {V, C}, true);
+}
+
+const ParamInfo* ParamTable::find(const std::string& name) const {
+    for (const auto& p : params_)
+        if (p.name == name) return &p;
+    return nullptr;
+}
+
+Weights bind_weights(const ParamTable& t, const ModelConfig& m, float* base) {
+    Weights w;
+    w.layers.resize(m.n_layer);
+    auto at = [&](const std::string& name) -> float* {
+        const ParamInfo* p = t.find(name);
+        return p ? base + p->offset : nullptr;
+    };
+    w.tok_embd = at("tok_embd");
+    for (int64_t l = 0; l < m.n_layer; ++l) {
+        const std::string b = "blk." + std::to_string(l) + ".";
+        LayerWeights& L = w.layers[l];
+        L.attn_norm = at(b + "attn_norm");
+        L.attn_q = at(b + "attn_q");
+        L.attn_k = at(b + "attn_k");
+        L.attn_v = at(b + "attn_v");
+        L.attn_output = at(b + "attn_output");
+        L.ffn_norm = at(b + "ffn_norm");
+        L.ffn_gate = at(b + "ffn_gate");
+        L.ffn_up = at(b + "ffn_up");
+        L.ffn_down = at(b + "ffn_down");
+        L.ffn_gate_inp = at(b + "ffn_gate_inp");
+        L.ffn_gate_exps = at(b + "ffn_gate_exps");
+        L.ffn_up_exps = at(b + "ffn_up_exps");
+        L.ffn_down_exps = at(b + "ffn_down_exps");
+    }
+    w.output_norm = at("output_norm");
+    w.output = m.tie_embeddings ? w.tok_embd : at("output");
+    return w;
+}
+
+ParamCount count_params(const ModelConfig& m) {
+    ParamCount c;
+    ParamTable t(m);
+    for (const auto& p : t.params()) {
+        c.total += p.numel;
+        c.active += p.expert ? p.numel / m.n_expert * m.n_expert_used : p.numel;
+    }
+    return c;
+}
+
+}  // namespace moe

@@ -1,0 +1,67 @@
+#pragma once
+// The parameter table: every tensor of the model with its name, shape and offset into one flat
+// buffer. The same table lays out the gradients and the optimizer state. Names follow GGUF's
+// llama convention (tok_embd, blk.{l}.attn_q, blk.{l}.ffn_up_exps, ...).
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace moe {
+
+struct ParamInfo {
+    std::string name;
+    std::vector<int64_t> shape;
+    int64_t offset = 0;  // in floats, into the flat buffer
+    int64_t numel = 0;
+    bool decay = true;   // AdamW weight decay applies (not to norms)
+    bool expert = false; // stacked per-expert tensor: only K of E slices are active per token
+};
+
+class ParamTable {
+public:
+    explicit ParamTable(const ModelConfig& m);
+    const std::vector<ParamInfo>& params() const { return params_; }
+    int64_t total() const { return total_; }
+    const ParamInfo* find(const std::string& name) const;
+
+private:
+    void add(std::string name, std::vector<int64_t> shape, bool decay, bool expert = false);
+    std::vector<ParamInfo> params_;
+    int64_t total_ = 0;
+};
+
+// Typed views of one flat buffer (parameters or gradients). Null where a layer has no such tensor.
+struct LayerWeights {
+    float* attn_norm = nullptr;      // (C)
+    float* attn_q = nullptr;         // (H*D, C)
+    float* attn_k = nullptr;         // (Hkv*D, C)
+    float* attn_v = nullptr;         // (Hkv*D, C)
+    float* attn_output = nullptr;    // (C, H*D)
+    float* ffn_norm = nullptr;       // (C)
+    float* ffn_gate = nullptr;       // (F, C)   dense, swiglu only
+    float* ffn_up = nullptr;         // (F, C)   dense
+    float* ffn_down = nullptr;       // (C, F)   dense
+    float* ffn_gate_inp = nullptr;   // (E, C)   router
+    float* ffn_gate_exps = nullptr;  // (E, F, C) swiglu only
+    float* ffn_up_exps = nullptr;    // (E, F, C)
+    float* ffn_down_exps = nullptr;  // (E, C, F)
+};
+
+struct Weights {
+    float* tok_embd = nullptr;     // (V, C)
+    std::vector<LayerWeights> layers;
+    float* output_norm = nullptr;  // (C)
+    float* output = nullptr;       // (V, C); = tok_embd when tied
+};
+
+Weights bind_weights(const ParamTable& t, const ModelConfig& m, float* base);
+
+struct ParamCount {
+    int64_t total = 0;   // every parameter (embedding and head included)
+    int64_t active = 0;  // parameters used per token: K of E experts
+};
+ParamCount count_params(const ModelConfig& m);
+
+}  // namespace moe

@@ -1,0 +1,44 @@
+#pragma once
+// FFN activations. SwiGLU: act = silu(g) * u (Llama/Mixtral experts: w2(silu(w1 x) * w3 x)).
+// ReLU: act = max(h, 0) (the makeMoE tutorial's experts).
+#include <cmath>
+#include <cstdint>
+
+namespace moe::ops {
+
+enum class Activation { swiglu, relu };
+
+template <class T>
+inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
+// act (n) = silu(gate) * up
+template <class T>
+void swiglu_forward(T* act, const T* gate, const T* up, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) act[i] = gate[i] * sigmoid(gate[i]) * up[i];
+}
+
+// Accumulates dgate, dup.
+template <class T>
+void swiglu_backward(T* dgate, T* dup, const T* dact, const T* gate, const T* up, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        const T s = sigmoid(gate[i]);
+        const T silu = gate[i] * s;
+        // act = silu(g) * u ; silu'(g) = s + g s (1 - s)
+        dgate[i] += dact[i] * up[i] * (s + gate[i] * s * (T(1) - s));
+        dup[i] += dact[i] * silu;
+    }
+}
+
+// act (n) = max(h, 0)
+template <class T>
+void relu_forward(T* act, const T* h, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) act[i] = h[i] > T(0) ? h[i] : T(0);
+}
+
+// Accumulates dh; uses the forward output (act > 0 <=> h > 0).
+template <class T>
+void relu_backward(T* dh, const T* dact, const T* act, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) dh[i] += act[i] > T(0) ? dact[i] : T(0);
+}
+
+}  // namespace moe::ops

@@ -1,0 +1,106 @@
+#pragma once
+// Causal multi-head attention with grouped-query heads (H query heads share Hkv key/value heads,
+// query head h reads kv head h / (H / Hkv)). Inputs are already rotated by RoPE.
+// Written by hand: the per-head T x T products are small for our contexts and a library call per
+// head costs more than it saves; the fused softmax keeps att in one pass.
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "core/parallel.h"
+
+namespace moe::ops {
+
+// out (B*T, H*D); att (B, H, T, T) softmax probabilities, saved (upper triangle left 0)
+// q (B*T, H*D); k, v (B*T, Hkv*D)
+template <class T>
+void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, int64_t B, int64_t Tn,
+                       int64_t H, int64_t Hkv, int64_t D) {
+    const int64_t group = H / Hkv;
+    const T scale = T(1) / std::sqrt(T(D));
+    const int64_t qs = H * D, kvs = Hkv * D;
+    parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t b = i / H, h = i % H, hk = h / group;
+            for (int64_t t = 0; t < Tn; ++t) {
+                const T* qt = q + (b * Tn + t) * qs + h * D;
+                T* a = att + ((b * H + h) * Tn + t) * Tn;
+                T mx = -std::numeric_limits<T>::infinity();
+                for (int64_t u = 0; u <= t; ++u) {
+                    const T* ku = k + (b * Tn + u) * kvs + hk * D;
+                    T s = 0;
+                    for (int64_t d = 0; d < D; ++d) s += qt[d] * ku[d];
+                    s *= scale;
+                    a[u] = s;
+                    if (s > mx) mx = s;
+                }
+                T sum = 0;
+                for (int64_t u = 0; u <= t; ++u) {
+                    a[u] = std::exp(a[u] - mx);
+                    sum += a[u];
+                }
+                const T inv = T(1) / sum;
+                for (int64_t u = 0; u <= t; ++u) a[u] *= inv;
+                for (int64_t u = t + 1; u < Tn; ++u) a[u] = 0;
+                T* o = out + (b * Tn + t) * qs + h * D;
+                for (int64_t d = 0; d < D; ++d) o[d] = 0;
+                for (int64_t u = 0; u <= t; ++u) {
+                    const T* vu = v + (b * Tn + u) * kvs + hk * D;
+                    const T p = a[u];
+                    for (int64_t d = 0; d < D; ++d) o[d] += p * vu[d];
+                }
+            }
+        }
+    });
+}
+
+// Accumulates into dq, dk, dv. datt (B, H, T, T) is scratch. Work is split by (b, kv head) so the
+// query heads sharing one kv head run on one thread: no two threads write the same dk/dv row.
+template <class T>
+void attention_backward(T* dq, T* dk, T* dv, T* datt, const T* dout, const T* q, const T* k,
+                        const T* v, const T* att, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
+                        int64_t D) {
+    const int64_t group = H / Hkv;
+    const T scale = T(1) / std::sqrt(T(D));
+    const int64_t qs = H * D, kvs = Hkv * D;
+    parallel_for(0, B * Hkv, 1, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t b = i / Hkv, hk = i % Hkv;
+            for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+                for (int64_t t = 0; t < Tn; ++t) {
+                    const T* a = att + ((b * H + h) * Tn + t) * Tn;
+                    T* da = datt + ((b * H + h) * Tn + t) * Tn;
+                    const T* go = dout + (b * Tn + t) * qs + h * D;
+                    // o[d] = sum_u p[u] * v[u, d]
+                    T dot = 0;
+                    for (int64_t u = 0; u <= t; ++u) {
+                        const T* vu = v + (b * Tn + u) * kvs + hk * D;
+                        T* dvu = dv + (b * Tn + u) * kvs + hk * D;
+                        T g = 0;
+                        for (int64_t d = 0; d < D; ++d) {
+                            g += go[d] * vu[d];        // dp[u] = dout . v[u]
+                            dvu[d] += a[u] * go[d];    // dv[u] += p[u] * dout
+                        }
+                        da[u] = g;
+                        dot += g * a[u];
+                    }
+                    // p = softmax(s)  =>  ds[u] = p[u] * (dp[u] - sum_w p[w] dp[w])
+                    const T* qt = q + (b * Tn + t) * qs + h * D;
+                    T* dqt = dq + (b * Tn + t) * qs + h * D;
+                    for (int64_t u = 0; u <= t; ++u) {
+                        const T ds = a[u] * (da[u] - dot) * scale;
+                        // s[u] = scale * q[t] . k[u]
+                        const T* ku = k + (b * Tn + u) * kvs + hk * D;
+                        T* dku = dk + (b * Tn + u) * kvs + hk * D;
+                        for (int64_t d = 0; d < D; ++d) {
+                            dqt[d] += ds * ku[d];
+                            dku[d] += ds * qt[d];
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+}  // namespace moe::ops

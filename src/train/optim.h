@@ -1,0 +1,36 @@
+#pragma once
+// AdamW (decoupled weight decay, as torch.optim.AdamW; no decay on norms), global-norm gradient
+// clipping (as torch.nn.utils.clip_grad_norm_) and the warm-up + cosine learning-rate schedule.
+#include <cstdint>
+
+#include "core/arena.h"
+#include "model/params.h"
+
+namespace moe {
+
+struct AdamWParams {
+    double lr = 1e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+};
+
+class AdamW {
+public:
+    explicit AdamW(int64_t n);
+    // One update of params (n) from grads (n); t counts from 1.
+    void step(float* params, const float* grads, const ParamTable& table, const AdamWParams& hp, int64_t t);
+    float* m() { return reinterpret_cast<float*>(state_.data()); }
+    float* v() { return m() + n_; }
+    int64_t size() const { return n_; }
+
+private:
+    int64_t n_;
+    Arena state_;  // (2, n): first and second moments
+};
+
+// Scales grads so their global L2 norm is at most max_norm (0 = no clipping). Returns the norm
+// before clipping (computed in double, fixed order).
+double clip_grad_norm(float* grads, int64_t n, double max_norm);
+
+// lr at 0-based step: linear warm-up to lr over warmup steps, then cosine down to min_lr at `total`.
+double lr_at(int64_t step, int64_t total, int64_t warmup, double lr, double min_lr);
+
+}  // namespace moe

@@ -1,0 +1,279 @@
+#include "train/trainer.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+#include "core/error.h"
+#include "core/parallel.h"
+#include "infer/generate.h"
+#include "io/checkpoint.h"
+#include "io/tokenizer.h"
+#include "model/model.h"
+#include "train/data.h"
+#include "train/optim.h"
+
+namespace moe {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string fmt_duration(double s) {
+    if (!std::isfinite(s) || s < 0) return "?";
+    char b[32];
+    int64_t t = (int64_t)(s + 0.5);
+    if (t >= 3600) std::snprintf(b, sizeof b, "%ldh%02ldm", (long)(t / 3600), (long)(t / 60 % 60));
+    else if (t >= 60) std::snprintf(b, sizeof b, "%ldm%02lds", (long)(t / 60), (long)(t % 60));
+    else std::snprintf(b, sizeof b, "%lds", (long)t);
+    return b;
+}
+
+std::string fmt_rate(double r) {
+    char b[32];
+    if (r >= 1e6) std::snprintf(b, sizeof b, "%.2fM", r / 1e6);
+    else if (r >= 1e3) std::snprintf(b, sizeof b, "%.1fk", r / 1e3);
+    else std::snprintf(b, sizeof b, "%.0f", r);
+    return b;
+}
+
+class JsonlLog {
+public:
+    explicit JsonlLog(const std::string& path) {
+        if (path.empty()) return;
+        namespace fs = std::filesystem;
+        fs::path p(path);
+        if (p.has_parent_path()) {
+            std::error_code ec;
+            fs::create_directories(p.parent_path(), ec);
+        }
+        f_ = std::fopen(path.c_str(), "a");
+        if (!f_) fail("cannot open log file '", path, "' for writing: ", std::strerror(errno));
+    }
+    ~JsonlLog() { if (f_) std::fclose(f_); }
+    void write(const nlohmann::json& j) {
+        if (!f_) return;
+        std::fprintf(f_, "%s\n", j.dump().c_str());
+        std::fflush(f_);
+    }
+
+private:
+    FILE* f_ = nullptr;
+};
+
+double evaluate(Model& model, const TextData& data, int64_t B, int64_t T, int64_t batches, uint64_t seed,
+                std::vector<std::vector<int64_t>>* load) {
+    std::vector<int32_t> x(B * T), y(B * T);
+    double sum = 0;
+    for (int64_t i = 0; i < batches; ++i) {
+        data.val_batch(x.data(), y.data(), B, seed, i);
+        sum += model.forward(x.data(), y.data(), B, T);
+        if (load) {
+            auto l = model.expert_load();
+            if (load->empty()) *load = l;
+            else
+                for (size_t a = 0; a < l.size(); ++a)
+                    for (size_t e = 0; e < l[a].size(); ++e) (*load)[a][e] += l[a][e];
+        }
+    }
+    return sum / (double)batches;
+}
+
+void print_expert_table(const std::vector<std::vector<int64_t>>& load, const ModelConfig& m) {
+    if (!m.any_moe()) {
+        std::printf("(dense model: no experts)\n");
+        return;
+    }
+    std::printf("tokens per expert (validation batches of the last evaluation; fair share = %.1f%%):\n",
+                100.0 / (double)m.n_expert);
+    std::printf("layer");
+    for (int64_t e = 0; e < m.n_expert; ++e) std::printf(" %7s", ("e" + std::to_string(e)).c_str());
+    std::printf("   max/fair\n");
+    for (size_t l = 0; l < load.size(); ++l) {
+        if (load[l].empty()) {
+            std::printf("%5zu (dense)\n", l);
+            continue;
+        }
+        int64_t tot = 0, mx = 0;
+        for (int64_t c : load[l]) { tot += c; mx = std::max(mx, c); }
+        std::printf("%5zu", l);
+        for (int64_t c : load[l]) std::printf(" %7ld", (long)c);
+        std::printf("   %.2f\n", tot ? (double)mx * (double)m.n_expert / (double)tot : 0.0);
+    }
+}
+
+}  // namespace
+
+TrainResult train(Config cfg, const TrainOptions& opt) {
+    set_num_threads(opt.threads);
+    TrainConfig& tc = cfg.train;
+    if (!opt.data_override.empty()) tc.data = opt.data_override;
+    if (opt.seed >= 0) tc.seed = (uint64_t)opt.seed;
+    if (opt.steps >= 0) tc.steps = opt.steps;
+    if (tc.data.empty()) fail("no training data: set 'train.data' in ", cfg.path, " or pass --data FILE");
+    const std::string data_path = resolve_path(tc.data);
+    const std::string text = read_text_file(data_path);
+
+    // model, tokenizer and optimizer state: fresh or from the checkpoint
+    std::unique_ptr<Model> model;
+    Tokenizer tok;
+    TrainState st;
+    std::unique_ptr<AdamW> adam;
+    if (!opt.resume_dir.empty()) {
+        Checkpoint ck = load_checkpoint(opt.resume_dir);
+        if (ck.adam_m.empty()) fail("checkpoint '", opt.resume_dir, "' has no optimizer state to resume from");
+        // the architecture comes from the checkpoint; the training section from the command line config
+        cfg.model = ck.config.model;
+        tok = ck.tokenizer;
+        st = ck.state;
+        model = std::move(ck.model);
+        adam = std::make_unique<AdamW>(model->n_params());
+        std::copy(ck.adam_m.begin(), ck.adam_m.end(), adam->m());
+        std::copy(ck.adam_v.begin(), ck.adam_v.end(), adam->v());
+    } else {
+        tok = tc.tokenizer == "byte" ? Tokenizer::byte_level() : Tokenizer::char_level(text, data_path);
+        if (cfg.model.vocab_size == 0) cfg.model.vocab_size = tok.vocab_size();
+        if (cfg.model.vocab_size != tok.vocab_size())
+            fail(cfg.path, ": field 'model.vocab_size' is ", cfg.model.vocab_size, " but the ", tc.tokenizer,
+                 " tokenizer of '", data_path, "' has ", tok.vocab_size(), " tokens (omit vocab_size to take it from the data)");
+        model = std::make_unique<Model>(cfg.model);
+        model->init(tc.seed);
+        adam = std::make_unique<AdamW>(model->n_params());
+    }
+    ensure_writable_dir(opt.out_dir);
+    const ModelConfig& mc = cfg.model;
+    const int64_t B = tc.batch_size, T = tc.block_size, N = B * T;
+    TextData data(tok.encode(text, data_path), tc.val_fraction, T, data_path);
+    JsonlLog log(opt.log_path);
+
+    const ParamCount pc = count_params(mc);
+    const double unigram = data.unigram_entropy(mc.vocab_size);
+    std::printf("moe train: %s | %s model, %lld layers, C=%lld, %s | params %.3fM total, %.3fM active\n",
+                cfg.path.c_str(), mc.any_moe() ? "MoE" : "dense", (long long)mc.n_layer, (long long)mc.n_embd,
+                mc.any_moe() ? str("E=", mc.n_expert, " K=", mc.n_expert_used, " F=", mc.n_ff_exp).c_str()
+                             : str("F=", mc.n_ff).c_str(),
+                pc.total / 1e6, pc.active / 1e6);
+    std::printf("data: %s, %lld train / %lld val tokens, vocab %lld (%s); unigram baseline %.4f nats\n",
+                data_path.c_str(), (long long)data.n_train(), (long long)data.n_val(), (long long)mc.vocab_size,
+                tc.tokenizer.c_str(), unigram);
+    std::printf("batch %lld x %lld tokens x %lld accum, %lld steps, lr %.2e, %d threads%s\n", (long long)B,
+                (long long)T, (long long)tc.grad_accum, (long long)tc.steps, tc.lr, num_threads(),
+                opt.resume_dir.empty() ? "" : str(", resuming at step ", st.step).c_str());
+    std::fflush(stdout);
+
+    const bool tty = ::isatty(STDOUT_FILENO);
+    std::vector<int32_t> x(N), y(N);
+    TrainResult res;
+    res.unigram_entropy = unigram;
+    auto t_start = Clock::now();
+    auto t_window = t_start;
+    int64_t window_tokens = 0;
+    double last_loss = 0, window_loss = 0;
+    int64_t window_steps = 0;
+    std::vector<std::vector<int64_t>> last_load;
+
+    auto save = [&]() {
+        save_checkpoint(opt.out_dir, cfg, tok, *model, adam->m(), adam->v(), st);
+    };
+    auto run_eval = [&]() {
+        std::vector<std::vector<int64_t>> load;
+        double vl = evaluate(*model, data, B, T, tc.eval_batches, tc.seed, &load);
+        st.val_loss = vl;
+        last_load = load;
+        if (tty) std::printf("\r\033[K");
+        std::printf("step %6lld | val loss %.4f (unigram %.4f)\n", (long long)st.step, vl, unigram);
+        std::fflush(stdout);
+        log.write({{"step", st.step}, {"val_loss", vl}});
+        return vl;
+    };
+
+    const int64_t start_step = st.step;
+    for (int64_t step = start_step; step < tc.steps; ++step) {
+        model->zero_grad();
+        double loss = 0;
+        for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+            data.train_batch(x.data(), y.data(), B, tc.seed, step, micro);
+            loss += model->forward(x.data(), y.data(), B, T);
+            model->backward(1.f / (float)tc.grad_accum);
+        }
+        loss /= (double)tc.grad_accum;
+        if (!std::isfinite(loss))
+            fail("training diverged: loss is ", loss, " at step ", step,
+                 " (the last good checkpoint in '", opt.out_dir, "' is kept; try a lower train.lr than ", tc.lr, ")");
+        const double gnorm = clip_grad_norm(model->grads(), model->n_params(), tc.grad_clip);
+        if (!std::isfinite(gnorm))
+            fail("training diverged: gradient norm is ", gnorm, " at step ", step,
+                 " (the last good checkpoint in '", opt.out_dir, "' is kept)");
+        AdamWParams hp;
+        hp.lr = lr_at(step, tc.steps, tc.warmup_steps, tc.lr, tc.min_lr);
+        hp.beta1 = tc.beta1;
+        hp.beta2 = tc.beta2;
+        hp.eps = tc.adam_eps;
+        hp.weight_decay = tc.weight_decay;
+        adam->step(model->params(), model->grads(), model->table(), hp, step + 1);
+        st.step = step + 1;
+        st.tokens_seen += N * tc.grad_accum;
+        last_loss = loss;
+        window_loss += loss;
+        window_steps++;
+        window_tokens += N * tc.grad_accum;
+
+        const bool last = st.step == tc.steps;
+        if (st.step % tc.log_interval == 0 || last || step == start_step) {
+            auto now = Clock::now();
+            double dt = std::chrono::duration<double>(now - t_window).count();
+            double tps = dt > 0 ? window_tokens / dt : 0;
+            double elapsed = std::chrono::duration<double>(now - t_start).count();
+            double eta = elapsed / (double)(st.step - start_step) * (double)(tc.steps - st.step);
+            char line[256];
+            std::snprintf(line, sizeof line, "step %6lld/%lld | loss %.4f | lr %.2e | %s tok/s | ETA %s",
+                          (long long)st.step, (long long)tc.steps, window_loss / window_steps, hp.lr,
+                          fmt_rate(tps).c_str(), fmt_duration(eta).c_str());
+            if (tty) std::printf("\r\033[K%s", line);
+            else std::printf("%s\n", line);
+            std::fflush(stdout);
+            log.write({{"step", st.step}, {"loss", loss}, {"lr", hp.lr}, {"tokens_per_sec", tps},
+                       {"grad_norm", gnorm}});
+            t_window = now;
+            window_tokens = 0;
+            window_loss = 0;
+            window_steps = 0;
+        }
+        if (st.step % tc.eval_interval == 0 || last) run_eval();
+        if ((tc.ckpt_interval > 0 && st.step % tc.ckpt_interval == 0) || last) save();
+    }
+    if (start_step >= tc.steps) {
+        std::printf("checkpoint is already at step %lld of %lld; nothing to train\n", (long long)st.step,
+                    (long long)tc.steps);
+        run_eval();
+    }
+    if (tty) std::printf("\n");
+    res.seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
+    res.steps_done = st.step - start_step;
+    res.final_train_loss = last_loss;
+    res.final_val_loss = st.val_loss;
+    std::printf("done: %lld steps in %s, final val loss %.4f (unigram baseline %.4f), checkpoint %s\n",
+                (long long)res.steps_done, fmt_duration(res.seconds).c_str(), st.val_loss, unigram,
+                checkpoint_file(opt.out_dir).c_str());
+
+    if (opt.summary) {
+        std::vector<int32_t> prompt = {data.tokens()[data.n_train()]};
+        SampleOptions so;
+        so.max_tokens = opt.sample_tokens;
+        so.temperature = 0.8;
+        so.seed = tc.seed;
+        auto ids = generate(*model, prompt, so);
+        std::printf("\n--- sample (temperature 0.8) ---\n%s%s\n--------------------------------\n\n",
+                    tok.decode(prompt).c_str(), tok.decode(ids).c_str());
+        print_expert_table(last_load, mc);
+    }
+    std::fflush(stdout);
+    return res;
+}
+
+}  // namespace moe

@@ -1,0 +1,133 @@
+// moe: command line entry point. Parses arguments and calls the library; moe::error is caught here
+// and printed as one line naming the file/field/value, with exit status 1.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include "core/error.h"
+#include "core/parallel.h"
+#include "infer/generate.h"
+#include "io/checkpoint.h"
+#include "model/config.h"
+#include "model/params.h"
+#include "train/data.h"
+#include "train/trainer.h"
+
+using namespace moe;
+
+static const char* kDefaultConfig = "configs/default.json";
+
+static std::string with_commas(int64_t v) {
+    std::string s = std::to_string(v < 0 ? -v : v);
+    for (int i = (int)s.size() - 3; i > 0; i -= 3) s.insert(i, ",");
+    return v < 0 ? "-" + s : s;
+}
+
+// A config may leave vocab_size to the tokenizer; `moe params` then reads it from the data file.
+static void resolve_vocab(Config& cfg) {
+    if (cfg.model.vocab_size > 0) return;
+    if (cfg.train.data.empty())
+        fail(cfg.path, ": 'model.vocab_size' is not set and there is no 'train.data' to take it from");
+    if (cfg.train.tokenizer == "byte") {
+        cfg.model.vocab_size = 256;
+        return;
+    }
+    const std::string p = resolve_path(cfg.train.data);
+    cfg.model.vocab_size = Tokenizer::char_level(read_text_file(p), p).vocab_size();
+}
+
+int main(int argc, char** argv) {
+    CLI::App app{"moe: Mixture-of-Experts Transformer engine (train, inspect, generate)"};
+    app.require_subcommand(0, 1);
+
+    // train
+    auto* train_cmd = app.add_subcommand("train", "train a model (no arguments: the default MoE on Tiny Shakespeare)");
+    std::string config_path = kDefaultConfig;
+    TrainOptions topt;
+    train_cmd->add_option("--config", config_path, "model/training config (JSON)");
+    train_cmd->add_option("--data", topt.data_override, "training text file (overrides train.data)");
+    train_cmd->add_option("--steps", topt.steps, "total optimizer steps (also when resuming)");
+    train_cmd->add_option("--out", topt.out_dir, "checkpoint directory")->capture_default_str();
+    train_cmd->add_option("--resume", topt.resume_dir, "resume from this checkpoint directory");
+    train_cmd->add_option("--seed", topt.seed, "random seed (overrides train.seed)");
+    train_cmd->add_option("--threads", topt.threads, "threads (default: all cores)");
+    train_cmd->add_option("--log", topt.log_path, "write a JSONL log here");
+    bool no_summary = false;
+    train_cmd->add_flag("--no-sample", no_summary, "skip the sample and expert table at the end");
+
+    // generate
+    auto* gen_cmd = app.add_subcommand("generate", "generate text from a checkpoint");
+    std::string ckpt_dir, prompt;
+    SampleOptions sopt;
+    int64_t max_tokens = 200;
+    int64_t gen_seed = 0;
+    int gen_threads = 0;
+    gen_cmd->add_option("--checkpoint", ckpt_dir, "checkpoint directory")->required();
+    gen_cmd->add_option("--prompt", prompt, "prompt text")->required();
+    gen_cmd->add_option("--max-tokens", max_tokens, "tokens to generate")->capture_default_str();
+    gen_cmd->add_option("--temperature", sopt.temperature, "sampling temperature (0 = greedy)")->capture_default_str();
+    gen_cmd->add_option("--seed", gen_seed, "sampling seed")->capture_default_str();
+    gen_cmd->add_option("--threads", gen_threads, "threads (default: all cores)");
+
+    // params
+    auto* params_cmd = app.add_subcommand("params", "count total and active parameters of a config");
+    std::string params_config;
+    bool params_json = false;
+    params_cmd->add_option("--config", params_config, "config (JSON)")->required();
+    params_cmd->add_flag("--json", params_json, "print {\"total\": ..., \"active\": ...}");
+
+    CLI11_PARSE(app, argc, argv);
+
+    try {
+        if (app.got_subcommand(gen_cmd)) {
+            if (max_tokens <= 0) fail("--max-tokens must be >= 1, got ", max_tokens);
+            if (!(sopt.temperature >= 0)) fail("--temperature must be >= 0, got ", sopt.temperature);
+            if (gen_seed < 0) fail("--seed must be >= 0, got ", gen_seed);
+            set_num_threads(gen_threads);
+            Checkpoint ck = load_checkpoint(ckpt_dir);
+            if (prompt.empty()) fail("--prompt is empty: give at least one character");
+            std::vector<int32_t> ids = ck.tokenizer.encode(prompt, "prompt");
+            if ((int64_t)ids.size() > ck.config.model.n_ctx)
+                fail("prompt has ", ids.size(), " tokens but the model's context is ", ck.config.model.n_ctx);
+            sopt.max_tokens = max_tokens;
+            sopt.seed = (uint64_t)gen_seed;
+            std::printf("%s", prompt.c_str());
+            generate(*ck.model, ids, sopt, [&](int32_t id) {
+                std::printf("%s", ck.tokenizer.decode_one(id).c_str());
+                std::fflush(stdout);
+            });
+            std::printf("\n");
+            return 0;
+        }
+        if (app.got_subcommand(params_cmd)) {
+            Config cfg = load_config(params_config);
+            resolve_vocab(cfg);
+            ParamCount pc = count_params(cfg.model);
+            if (params_json) {
+                std::printf("{\"total\": %lld, \"active\": %lld}\n", (long long)pc.total, (long long)pc.active);
+            } else {
+                std::printf("config: %s\n", params_config.c_str());
+                std::printf("total parameters:  %s\n", with_commas(pc.total).c_str());
+                std::printf("active per token:  %s (%.1f%%)\n", with_commas(pc.active).c_str(),
+                            100.0 * (double)pc.active / (double)pc.total);
+            }
+            return 0;
+        }
+        // train (also the default with no subcommand)
+        std::string path = config_path;
+        if (path == kDefaultConfig && !std::filesystem::exists(path)) path = resolve_path(path);
+        Config cfg = load_config(path);
+        topt.summary = !no_summary;
+        train(cfg, topt);
+        return 0;
+    } catch (const moe::error& e) {
+        std::fflush(stdout);
+        std::fprintf(stderr, "moe: error: %s\n", e.what());
+        return 1;
+    } catch (const std::bad_alloc&) {
+        std::fprintf(stderr, "moe: error: out of memory\n");
+        return 1;
+    }
+}
