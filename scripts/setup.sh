@@ -12,6 +12,8 @@ PKGS=(
   zlib1g-dev             # crc32 for checkpoint integrity
   libstb-dev             # PNG writing for plots
   python3 python3-numpy python3-torch   # PyTorch reference model for parity tests (tests/ref/)
+  libopenblas0-pthread   # a real BLAS for the PyTorch reference (netlib libblas3 would make the
+                         # speed comparison in bench/ meaninglessly easy)
 )
 
 missing=()

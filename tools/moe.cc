@@ -2,6 +2,8 @@
 // and printed as one line naming the file/field/value, with exit status 1.
 #include <CLI/CLI.hpp>
 
+#include <csignal>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -46,12 +48,14 @@ int main(int argc, char** argv) {
     auto* train_cmd = app.add_subcommand("train", "train a model (no arguments: the default MoE on Tiny Shakespeare)");
     std::string config_path = kDefaultConfig;
     TrainOptions topt;
-    train_cmd->add_option("--config", config_path, "model/training config (JSON)");
+    train_cmd->add_option("--config", config_path,
+                          "model/training config (JSON); with --resume and no --config: the checkpoint's");
     train_cmd->add_option("--data", topt.data_override, "training text file (overrides train.data)");
     train_cmd->add_option("--steps", topt.steps, "total optimizer steps (also when resuming)");
     train_cmd->add_option("--out", topt.out_dir, "checkpoint directory")->capture_default_str();
     train_cmd->add_option("--resume", topt.resume_dir, "resume from this checkpoint directory");
-    train_cmd->add_option("--seed", topt.seed, "random seed (overrides train.seed)");
+    train_cmd->add_option("--seed", topt.seed,
+                          "random seed (overrides train.seed; a resumed run keeps the checkpoint's)");
     train_cmd->add_option("--threads", topt.threads, "threads (default: all cores)");
     train_cmd->add_option("--log", topt.log_path, "write a JSONL log here");
     bool no_summary = false;
@@ -78,13 +82,32 @@ int main(int argc, char** argv) {
     params_cmd->add_option("--config", params_config, "config (JSON)")->required();
     params_cmd->add_flag("--json", params_json, "print {\"total\": ..., \"active\": ...}");
 
-    CLI11_PARSE(app, argc, argv);
+    // Usage errors get the same one-line form and exit status as every other error.
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::Success& e) {  // --help
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        std::string msg = e.what();
+        for (char& c : msg)
+            if (c == '\n') c = ' ';
+        std::fprintf(stderr, "moe: error: %s (see --help)\n", msg.c_str());
+        return 1;
+    }
+    // A write past a file-size limit (ulimit -f) must fail like a full disk (EFBIG, reported and
+    // the previous checkpoint kept), not kill the process with SIGXFSZ.
+    std::signal(SIGXFSZ, SIG_IGN);
 
+    auto check_threads = [](int t) {
+        if (t < 0 || t > 4096) fail("--threads must be in [0, 4096] (0 = all cores), got ", t);
+    };
     try {
         if (app.got_subcommand(gen_cmd)) {
             if (max_tokens <= 0) fail("--max-tokens must be >= 1, got ", max_tokens);
-            if (!(sopt.temperature >= 0)) fail("--temperature must be >= 0, got ", sopt.temperature);
+            if (!(sopt.temperature >= 0) || !std::isfinite(sopt.temperature))
+                fail("--temperature must be a finite number >= 0, got ", sopt.temperature);
             if (gen_seed < 0) fail("--seed must be >= 0, got ", gen_seed);
+            check_threads(gen_threads);
             set_num_threads(gen_threads);
             Checkpoint ck = load_checkpoint(ckpt_dir);
             if (prompt.empty()) fail("--prompt is empty: give at least one character");
@@ -116,9 +139,17 @@ int main(int argc, char** argv) {
             return 0;
         }
         // train (also the default with no subcommand)
-        std::string path = config_path;
-        if (path == kDefaultConfig && !std::filesystem::exists(path)) path = resolve_path(path);
-        Config cfg = load_config(path);
+        if (train_cmd->count("--steps") && topt.steps < 0) fail("--steps must be >= 0, got ", topt.steps);
+        if (train_cmd->count("--seed") && topt.seed < 0) fail("--seed must be >= 0, got ", topt.seed);
+        check_threads(topt.threads);
+        Config cfg;
+        if (!topt.resume_dir.empty() && !train_cmd->count("--config")) {
+            topt.config_from_checkpoint = true;  // resume exactly the run that wrote the checkpoint
+        } else {
+            std::string path = config_path;
+            if (path == kDefaultConfig && !std::filesystem::exists(path)) path = resolve_path(path);
+            cfg = load_config(path);
+        }
         topt.summary = !no_summary;
         train(cfg, topt);
         return 0;
@@ -128,6 +159,10 @@ int main(int argc, char** argv) {
         return 1;
     } catch (const std::bad_alloc&) {
         std::fprintf(stderr, "moe: error: out of memory\n");
+        return 1;
+    } catch (const std::exception& e) {  // e.g. std::filesystem::filesystem_error (it names the path)
+        std::fflush(stdout);
+        std::fprintf(stderr, "moe: error: %s\n", e.what());
         return 1;
     }
 }

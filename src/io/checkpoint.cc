@@ -16,9 +16,11 @@ std::string checkpoint_file(const std::string& dir) { return (fs::path(dir) / "c
 
 void ensure_writable_dir(const std::string& dir) {
     std::error_code ec;
+    if (fs::exists(dir, ec) && !fs::is_directory(dir, ec))
+        fail("output path '", dir, "' exists and is not a directory");
     fs::create_directories(dir, ec);
     if (ec) fail("cannot create output directory '", dir, "': ", ec.message());
-    if (!fs::is_directory(dir)) fail("output path '", dir, "' is not a directory");
+    if (!fs::is_directory(dir, ec)) fail("output path '", dir, "' is not a directory");
     if (::access(dir.c_str(), W_OK) != 0)
         fail("output directory '", dir, "' is not writable: ", std::strerror(errno));
 }
@@ -44,8 +46,10 @@ void save_checkpoint(const std::string& dir, const Config& config, const Tokeniz
 
 Checkpoint load_checkpoint(const std::string& dir) {
     const std::string path = checkpoint_file(dir);
-    if (!fs::exists(dir)) fail("checkpoint directory '", dir, "' does not exist");
-    if (!fs::exists(path)) fail("checkpoint '", dir, "' has no checkpoint.bin (expected '", path, "')");
+    std::error_code ec;  // (the non-throwing forms: a name too long is an error line, not an abort)
+    if (!fs::exists(dir, ec))
+        fail("checkpoint directory '", dir, "' does not exist", ec ? ": " + ec.message() : "");
+    if (!fs::exists(path, ec)) fail("checkpoint '", dir, "' has no checkpoint.bin (expected '", path, "')");
     TensorFile tf = TensorFile::read(path);
     Checkpoint ck;
     try {

@@ -115,6 +115,8 @@ void TensorFileWriter::write(const std::string& path) const {
 TensorFile TensorFile::read(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) fail("cannot open '", path, "': ", std::strerror(errno));
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec)) fail("cannot read '", path, "': it is a directory");
     std::string buf((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     const size_t size = buf.size();
     if (size < 32 || std::memcmp(buf.data(), kMagic, 8) != 0)

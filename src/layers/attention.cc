@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "core/profile.h"
 #include "kernels/gemm.h"
 #include "ops/attention.h"
 #include "ops/linear.h"
@@ -13,6 +14,7 @@ namespace moe::layers {
 void attention_forward(float* out, AttentionCache& c, const float* inp, const LayerWeights& w,
                        const float* rope, const Dims& d, double eps) {
     const int64_t N = d.N, C = d.C, QD = d.H * d.D, KD = d.Hkv * d.D;
+    MOE_PROFILE_SCOPE("attention fwd");
     ops::rmsnorm_forward(c.xn, c.rstd, inp, w.attn_norm, N, C, eps);  // (N, C)
     ops::linear_forward(c.q, c.xn, w.attn_q, N, C, QD);               // (N, H*D)
     ops::linear_forward(c.k, c.xn, w.attn_k, N, C, KD);               // (N, Hkv*D)
@@ -28,6 +30,7 @@ void attention_forward(float* out, AttentionCache& c, const float* inp, const La
 void attention_backward(float* dresid, LayerWeights& g, AttentionScratch& s, const AttentionCache& c,
                         const float* inp, const LayerWeights& w, const float* rope, const Dims& d) {
     const int64_t N = d.N, C = d.C, QD = d.H * d.D, KD = d.Hkv * d.D;
+    MOE_PROFILE_SCOPE("attention bwd");
     std::memset(s.dy, 0, N * QD * sizeof(float));
     std::memset(s.dq, 0, N * QD * sizeof(float));
     std::memset(s.dk, 0, N * KD * sizeof(float));

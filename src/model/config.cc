@@ -1,6 +1,10 @@
 #include "model/config.h"
 
+#include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -94,6 +98,30 @@ void validate(const ModelConfig& m, const std::string& where) {
     pos("n_head_kv", m.n_head_kv);
     pos("n_ctx", m.n_ctx);
     check(m.vocab_size >= 0, where, str("field 'model.vocab_size' must be >= 1, got ", m.vocab_size));
+    // Sizes far beyond any machine would overflow the size arithmetic: reject them here, with the
+    // field, rather than crash later. Token ids and MoE row offsets are int32.
+    auto at_most = [&](const char* f, int64_t v, int64_t max) {
+        check(v <= max, where, str("field 'model.", f, "' = ", v, " is too large (at most ", max, ")"));
+    };
+    const int64_t kMaxDim = 2147483647;
+    at_most("vocab_size", m.vocab_size, kMaxDim);
+    at_most("n_layer", m.n_layer, 65536);
+    at_most("n_embd", m.n_embd, kMaxDim);
+    at_most("n_head", m.n_head, kMaxDim);
+    at_most("n_head_kv", m.n_head_kv, kMaxDim);
+    at_most("n_ctx", m.n_ctx, kMaxDim);
+    at_most("n_ff", m.n_ff, kMaxDim);
+    at_most("n_expert", m.n_expert, 65536);
+    at_most("n_ff_exp", m.n_ff_exp, kMaxDim);
+    {
+        const double V = (double)m.vocab_size, C = (double)m.n_embd, L = (double)m.n_layer;
+        const double E = (double)m.n_expert, H = (double)m.n_head, Hkv = (double)m.n_head_kv;
+        const double D = C / H;
+        const double n = 2 * V * C + L * (C * (H + 2 * Hkv) * D + H * D * C + E * C +
+                                          3 * E * C * (double)m.n_ff_exp + 3 * C * (double)m.n_ff);
+        check(n <= 0x1p42, where, str("the model would have about ", n, " parameters, more than this engine ",
+                                     "can address (2^42): check the sizes"));
+    }
     check(m.n_embd % m.n_head == 0, where,
           str("n_embd (", m.n_embd, ") is not divisible by n_head (", m.n_head, ")"));
     check(m.head_dim() % 2 == 0, where,
@@ -216,6 +244,18 @@ Config config_from_json(const json& j, const std::string& where) {
         check(t.eval_batches >= 1, where, str("field 'train.eval_batches' must be >= 1, got ", t.eval_batches));
         check(t.log_interval >= 1, where, str("field 'train.log_interval' must be >= 1, got ", t.log_interval));
         check(t.ckpt_interval >= 0, where, str("field 'train.ckpt_interval' must be >= 0, got ", t.ckpt_interval));
+        {
+            // one micro-batch's activations must stay addressable (MoE rows B*T*K are int32)
+            const ModelConfig& m = c.model;
+            const double N = (double)t.batch_size * (double)(t.block_size ? t.block_size : m.n_ctx);
+            const double rows = N * (double)std::max<int64_t>(1, m.n_expert_used);
+            const double per_token = (double)m.vocab_size + (double)m.n_layer *
+                (8.0 * (double)m.n_embd + (double)m.n_head * (double)m.n_ctx +
+                 3.0 * (double)m.n_expert_used * (double)m.n_ff_exp + 3.0 * (double)m.n_ff);
+            check(rows <= 2147483647.0 && N * per_token <= 0x1p44, where,
+                  str("field 'train.batch_size' = ", t.batch_size, " with block_size ", t.block_size,
+                      " needs more activation memory than this engine can address"));
+        }
     }
     top.finish();
     if (c.train.block_size == 0) c.train.block_size = c.model.n_ctx;
@@ -224,7 +264,9 @@ Config config_from_json(const json& j, const std::string& where) {
 
 Config load_config(const std::string& path) {
     std::ifstream in(path);
-    if (!in) fail("config file '", path, "' cannot be opened");
+    if (!in) fail("config file '", path, "' cannot be opened: ", std::strerror(errno));
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec)) fail("config file '", path, "' is a directory");
     std::stringstream ss;
     ss << in.rdbuf();
     json j;

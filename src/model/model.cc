@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/profile.h"
 #include "core/rng.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
@@ -94,7 +95,6 @@ void Model::ensure_activations(int64_t B, int64_t T) {
                 f.hg = take_f(N * Fd);
                 f.hu = take_f(N * Fd);
                 f.act = take_f(N * Fd);
-                f.ye = take_f(N * C);
             }
         }
         xf_ = take_f(N * C);
@@ -143,13 +143,17 @@ float Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, i
     const int64_t N = B * T, C = cfg_.n_embd, V = cfg_.vocab_size;
     layers::Dims d{B, T, N, C, cfg_.n_head, cfg_.n_head_kv, cfg_.head_dim()};
     // rope table was built for cap_T_ rows with stride D/2*2 per position: position t is row t
-    ops::embedding_forward(resid_[0], tokens, w_.tok_embd, N, C);  // (N, C)
+    {
+        MOE_PROFILE_SCOPE("embedding fwd");
+        ops::embedding_forward(resid_[0], tokens, w_.tok_embd, N, C);  // (N, C)
+    }
     for (int64_t l = 0; l < cfg_.n_layer; ++l) {
         layers::attention_forward(resid_mid_[l], attn_[l], resid_[l], w_.layers[l], rope_.data(), d,
                                   cfg_.norm_eps);
         layers::ffn_forward(resid_[l + 1], ffn_[l], resid_mid_[l], w_.layers[l], cfg_,
                             cfg_.layer_moe[l], N);
     }
+    MOE_PROFILE_SCOPE("head+loss fwd");
     ops::rmsnorm_forward(xf_, xf_rstd_, resid_[cfg_.n_layer], w_.output_norm, N, C, cfg_.norm_eps);
     ops::linear_forward(logits_, xf_, w_.output, N, C, V);  // (N, V)
     have_targets_ = targets != nullptr;
@@ -164,20 +168,24 @@ void Model::backward(float scale) {
     MOE_ASSERT(have_targets_);
     const int64_t B = B_, T = T_, N = B * T, C = cfg_.n_embd, V = cfg_.vocab_size;
     layers::Dims d{B, T, N, C, cfg_.n_head, cfg_.n_head_kv, cfg_.head_dim()};
-    std::memset(dlogits_, 0, N * V * sizeof(float));
-    std::memset(dxf_, 0, N * C * sizeof(float));
-    std::memset(dresid_, 0, N * C * sizeof(float));
-    // loss = (1/N) sum_n losses[n]
-    ops::softmax_xent_backward(dlogits_, probs_, targets_, scale / (float)N, N, V);
-    ops::linear_backward(dxf_, g_.output, dlogits_, xf_, w_.output, N, C, V);
-    ops::rmsnorm_backward(dresid_, g_.output_norm, dxf_, resid_[cfg_.n_layer], w_.output_norm,
-                          xf_rstd_, N, C);
+    {
+        MOE_PROFILE_SCOPE("head+loss bwd");
+        std::memset(dlogits_, 0, N * V * sizeof(float));
+        std::memset(dxf_, 0, N * C * sizeof(float));
+        std::memset(dresid_, 0, N * C * sizeof(float));
+        // loss = (1/N) sum_n losses[n]
+        ops::softmax_xent_backward(dlogits_, probs_, targets_, scale / (float)N, N, V);
+        ops::linear_backward(dxf_, g_.output, dlogits_, xf_, w_.output, N, C, V);
+        ops::rmsnorm_backward(dresid_, g_.output_norm, dxf_, resid_[cfg_.n_layer], w_.output_norm,
+                              xf_rstd_, N, C);
+    }
     for (int64_t l = cfg_.n_layer - 1; l >= 0; --l) {
         layers::ffn_backward(dresid_, g_.layers[l], ffn_s_, ffn_[l], resid_mid_[l], w_.layers[l],
                              cfg_, cfg_.layer_moe[l], N);
         layers::attention_backward(dresid_, g_.layers[l], attn_s_, attn_[l], resid_[l], w_.layers[l],
                                    rope_.data(), d);
     }
+    MOE_PROFILE_SCOPE("embedding bwd");
     ops::embedding_backward(g_.tok_embd, dresid_, tokens_, N, C);
 }
 

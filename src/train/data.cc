@@ -14,15 +14,18 @@ namespace moe {
 
 std::string resolve_path(const std::string& path) {
     namespace fs = std::filesystem;
-    if (path.empty() || fs::exists(path) || fs::path(path).is_absolute()) return path;
+    std::error_code ec;  // errors (a name too long, ...) are reported when the path is opened
+    if (path.empty() || fs::exists(path, ec) || fs::path(path).is_absolute()) return path;
     fs::path alt = fs::path(MOE_SOURCE_DIR) / path;
-    if (fs::exists(alt)) return alt.string();
+    if (fs::exists(alt, ec)) return alt.string();
     return path;
 }
 
 std::string read_text_file(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) fail("data file '", path, "' cannot be opened: ", std::strerror(errno));
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec)) fail("data file '", path, "' is a directory");
     std::stringstream ss;
     ss << in.rdbuf();
     std::string s = ss.str();

@@ -107,11 +107,44 @@ void print_expert_table(const std::vector<std::vector<int64_t>>& load, const Mod
     }
 }
 
+// Resuming with an explicit config: its model section must describe the checkpoint's model.
+void check_same_model(const Config& cfg, const ModelConfig& ck_model, const std::string& ck_path) {
+    Config a = cfg, b;
+    if (a.model.vocab_size == 0) a.model.vocab_size = ck_model.vocab_size;  // "from the data"
+    b.model = ck_model;
+    const nlohmann::json ja = config_to_json(a)["model"], jb = config_to_json(b)["model"];
+    auto differs = [&](const std::string& k) {
+        auto show = [&](const nlohmann::json& j) { return j.contains(k) ? j[k].dump() : std::string("unset"); };
+        if (ja.contains(k) && jb.contains(k) && ja[k] == jb[k]) return;
+        fail(cfg.path, ": field 'model.", k, "' is ", show(ja), " but checkpoint '", ck_path, "' has ", show(jb),
+             " (a resumed run keeps the checkpoint's architecture; omit --config to use its config)");
+    };
+    for (auto it = jb.begin(); it != jb.end(); ++it) differs(it.key());
+    for (auto it = ja.begin(); it != ja.end(); ++it) differs(it.key());
+}
+
 }  // namespace
 
 TrainResult train(Config cfg, const TrainOptions& opt) {
     set_num_threads(opt.threads);
+    // Resuming: the architecture, tokenizer, weights, optimizer state and the seed (the data order)
+    // come from the checkpoint, so the run continues exactly as it would have without a stop.
+    Checkpoint ck;
+    if (!opt.resume_dir.empty()) {
+        ck = load_checkpoint(opt.resume_dir);
+        if (ck.adam_m.empty()) fail("checkpoint '", opt.resume_dir, "' has no optimizer state to resume from");
+        if (opt.config_from_checkpoint) {
+            cfg.train = ck.config.train;
+            cfg.path = checkpoint_file(opt.resume_dir);
+        } else {
+            check_same_model(cfg, ck.config.model, checkpoint_file(opt.resume_dir));
+        }
+        cfg.model = ck.config.model;
+        cfg.train.seed = ck.config.train.seed;
+    }
     TrainConfig& tc = cfg.train;
+    if (tc.block_size > cfg.model.n_ctx)
+        fail(cfg.path, ": field 'train.block_size' is ", tc.block_size, " but the model's n_ctx is ", cfg.model.n_ctx);
     if (!opt.data_override.empty()) tc.data = opt.data_override;
     if (opt.seed >= 0) tc.seed = (uint64_t)opt.seed;
     if (opt.steps >= 0) tc.steps = opt.steps;
@@ -125,16 +158,14 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
     TrainState st;
     std::unique_ptr<AdamW> adam;
     if (!opt.resume_dir.empty()) {
-        Checkpoint ck = load_checkpoint(opt.resume_dir);
-        if (ck.adam_m.empty()) fail("checkpoint '", opt.resume_dir, "' has no optimizer state to resume from");
-        // the architecture comes from the checkpoint; the training section from the command line config
-        cfg.model = ck.config.model;
         tok = ck.tokenizer;
         st = ck.state;
         model = std::move(ck.model);
         adam = std::make_unique<AdamW>(model->n_params());
         std::copy(ck.adam_m.begin(), ck.adam_m.end(), adam->m());
         std::copy(ck.adam_v.begin(), ck.adam_v.end(), adam->v());
+        std::vector<float>().swap(ck.adam_m);
+        std::vector<float>().swap(ck.adam_v);
     } else {
         tok = tc.tokenizer == "byte" ? Tokenizer::byte_level() : Tokenizer::char_level(text, data_path);
         if (cfg.model.vocab_size == 0) cfg.model.vocab_size = tok.vocab_size();
@@ -251,6 +282,7 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
         std::printf("checkpoint is already at step %lld of %lld; nothing to train\n", (long long)st.step,
                     (long long)tc.steps);
         run_eval();
+        save();  // the checkpoint the summary line names exists even when --out is a new directory
     }
     if (tty) std::printf("\n");
     res.seconds = std::chrono::duration<double>(Clock::now() - t_start).count();

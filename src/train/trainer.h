@@ -10,10 +10,11 @@ namespace moe {
 struct TrainOptions {
     std::string out_dir = "runs/default";
     std::string resume_dir;     // continue from this checkpoint
+    bool config_from_checkpoint = false;  // resuming: take the training section from the checkpoint too
     std::string log_path;       // JSONL log (one object per logged step / eval)
     std::string data_override;  // --data
     int64_t steps = -1;         // total steps (also when resuming); -1 = the config's
-    int64_t seed = -1;          // -1 = the config's
+    int64_t seed = -1;          // -1 = the config's (resuming: the checkpoint's)
     int threads = 0;            // 0 = all cores
     bool summary = true;        // print a sample and the expert table at the end
     int64_t sample_tokens = 300;
