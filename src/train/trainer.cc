@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "core/profile.h"
 #include "infer/generate.h"
 #include "io/checkpoint.h"
 #include "io/tokenizer.h"
@@ -236,17 +237,21 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
         if (!std::isfinite(loss))
             fail("training diverged: loss is ", loss, " at step ", step,
                  " (the last good checkpoint in '", opt.out_dir, "' is kept; try a lower train.lr than ", tc.lr, ")");
-        const double gnorm = clip_grad_norm(model->grads(), model->n_params(), tc.grad_clip);
-        if (!std::isfinite(gnorm))
-            fail("training diverged: gradient norm is ", gnorm, " at step ", step,
-                 " (the last good checkpoint in '", opt.out_dir, "' is kept)");
         AdamWParams hp;
         hp.lr = lr_at(step, tc.steps, tc.warmup_steps, tc.lr, tc.min_lr);
         hp.beta1 = tc.beta1;
         hp.beta2 = tc.beta2;
         hp.eps = tc.adam_eps;
         hp.weight_decay = tc.weight_decay;
-        adam->step(model->params(), model->grads(), model->table(), hp, step + 1);
+        double gnorm = 0;
+        {
+            MOE_PROFILE_SCOPE("clip+adamw");
+            gnorm = clip_grad_norm(model->grads(), model->n_params(), tc.grad_clip);
+            if (!std::isfinite(gnorm))
+                fail("training diverged: gradient norm is ", gnorm, " at step ", step,
+                     " (the last good checkpoint in '", opt.out_dir, "' is kept)");
+            adam->step(model->params(), model->grads(), model->table(), hp, step + 1);
+        }
         st.step = step + 1;
         st.tokens_seen += N * tc.grad_accum;
         last_loss = loss;
@@ -293,6 +298,7 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
                 (long long)res.steps_done, fmt_duration(res.seconds).c_str(), st.val_loss, unigram,
                 checkpoint_file(opt.out_dir).c_str());
 
+    profile_report(stdout);
     if (opt.summary) {
         std::vector<int32_t> prompt = {data.tokens()[data.n_train()]};
         SampleOptions so;
