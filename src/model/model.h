@@ -39,6 +39,12 @@ public:
     const float* logits() const { return logits_; }  // (B*T, V) of the last forward
     // Tokens per expert in the last forward, per layer (empty for dense layers): (L, E)
     std::vector<std::vector<int64_t>> expert_load() const;
+    // Routing record of layer l from the last forward (MoE layers only; null otherwise):
+    // topk_expert (N, K), topk_weight (N, K), logits (N, E), with N = B*T of that forward.
+    const layers::FfnCache* ffn_cache(int64_t l) const {
+        return (l < (int64_t)ffn_.size() && cfg_.layer_moe[l]) ? &ffn_[l] : nullptr;
+    }
+    int64_t last_tokens() const { return B_ * T_; }
     size_t activation_bytes() const { return acts_.size() + scratch_.size(); }
 
 private:
