@@ -145,6 +145,17 @@ void validate(const ModelConfig& m, const std::string& where) {
     if (any_dense) pos("n_ff", m.n_ff);
 }
 
+void validate_router(const RouterConfig& r, const std::string& where) {
+    auto nonneg = [&](const char* k, double v) {
+        check(std::isfinite(v) && v >= 0, where, str("field 'router.", k, "' must be a finite number >= 0, got ", v));
+    };
+    nonneg("capacity_factor", r.capacity_factor);
+    nonneg("eval_capacity_factor", r.eval_capacity_factor);
+    nonneg("balance_loss", r.balance_loss);
+    nonneg("z_loss", r.z_loss);
+    nonneg("bias_rate", r.bias_rate);
+}
+
 Config config_from_json(const json& j, const std::string& where) {
     Config c;
     c.path = where;
@@ -191,6 +202,30 @@ Config config_from_json(const json& j, const std::string& where) {
         }
         f.finish();
         validate(m, where);
+    }
+    if (const json* rj = top.raw("router")) {
+        Fields f(*rj, where, "router");
+        RouterConfig& r = c.model.router;
+        r.noisy_gating = f.boolean("noisy_gating", false);
+        r.noise_at_eval = f.boolean("noise_at_eval", false);
+        r.capacity_factor = f.number("capacity_factor", 0);
+        r.eval_capacity_factor = f.number("eval_capacity_factor", 0);
+        const std::string pol = f.string("overflow", r.capacity_factor > 0 || r.eval_capacity_factor > 0 ? "reroute" : "none");
+        if (pol == "reroute") r.overflow = OverflowPolicy::reroute;
+        else if (pol == "drop") r.overflow = OverflowPolicy::drop;
+        else if (pol == "none") r.overflow = OverflowPolicy::none;
+        else fail(where, ": field 'router.overflow' must be \"reroute\", \"drop\" or \"none\", got \"", pol, "\"");
+        r.balance_loss = f.number("balance_loss", 0);
+        r.z_loss = f.number("z_loss", 0);
+        r.bias_balance = f.boolean("bias_balance", false);
+        r.bias_rate = f.number("bias_rate", r.bias_rate);
+        const std::string on = f.string("topk_on", "logits");
+        if (on == "logits") r.topk_on_probs = false;
+        else if (on == "probs") r.topk_on_probs = true;
+        else fail(where, ": field 'router.topk_on' must be \"logits\" or \"probs\", got \"", on, "\"");
+        f.finish();
+        validate_router(r, where);
+        if (!c.model.any_moe()) fail(where, ": a 'router' section needs MoE layers (model.ffn / n_expert)");
     }
     if (const json* tj = top.raw("train")) {
         Fields f(*tj, where, "train");
@@ -308,7 +343,19 @@ json config_to_json(const Config& c) {
         {"eval_batches", t.eval_batches}, {"log_interval", t.log_interval},
         {"ckpt_interval", t.ckpt_interval}, {"seed", t.seed},
     };
-    return {{"model", mj}, {"train", tj}};
+    json out = {{"model", mj}, {"train", tj}};
+    if (m.any_moe()) {
+        const RouterConfig& r = m.router;
+        const char* pol = r.overflow == OverflowPolicy::reroute ? "reroute"
+                          : r.overflow == OverflowPolicy::drop  ? "drop" : "none";
+        out["router"] = {{"noisy_gating", r.noisy_gating}, {"noise_at_eval", r.noise_at_eval},
+                         {"capacity_factor", r.capacity_factor},
+                         {"eval_capacity_factor", r.eval_capacity_factor}, {"overflow", pol},
+                         {"balance_loss", r.balance_loss}, {"z_loss", r.z_loss},
+                         {"bias_balance", r.bias_balance}, {"bias_rate", r.bias_rate},
+                         {"topk_on", r.topk_on_probs ? "probs" : "logits"}};
+    }
+    return out;
 }
 
 }  // namespace moe

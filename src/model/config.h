@@ -10,6 +10,23 @@
 
 namespace moe {
 
+// What happens to a (token, slot) choice whose expert is already at capacity.
+enum class OverflowPolicy { none, drop, reroute };
+
+// The config's "router" section: how tokens are assigned to experts (issue #3).
+struct RouterConfig {
+    bool noisy_gating = false;         // H = logits + eps * softplus(x W_noise), eps ~ N(0, 1)
+    bool noise_at_eval = false;        // keep the noise at evaluation / inference too
+    double capacity_factor = 0;        // training: cap = ceil(cf * N * K / E) per expert; 0 = no limit
+    double eval_capacity_factor = 0;   // evaluation / inference; 0 = no limit
+    OverflowPolicy overflow = OverflowPolicy::none;  // default reroute when a capacity is set
+    double balance_loss = 0;           // Switch load-balancing loss coefficient
+    double z_loss = 0;                 // router z-loss coefficient
+    bool bias_balance = false;         // auxiliary-loss-free balancing (DeepSeek-V3)
+    double bias_rate = 1e-3;           // its per-step bias nudge
+    bool topk_on_probs = false;        // select on softmax probabilities (same choice as logits)
+};
+
 struct ModelConfig {
     int64_t vocab_size = 0;     // V; 0 = taken from the tokenizer built from the data
     int64_t n_layer = 0;        // L
@@ -26,6 +43,7 @@ struct ModelConfig {
     int64_t n_expert_used = 0;  // K
     int64_t n_ff_exp = 0;       // F of one expert
     std::vector<bool> layer_moe;  // (L) true where the FFN is an MoE layer
+    RouterConfig router;
 
     int64_t head_dim() const { return n_embd / n_head; }  // D
     bool any_moe() const;
@@ -64,5 +82,6 @@ Config load_config(const std::string& path);
 nlohmann::json config_to_json(const Config& c);
 // Validation shared by parse and by code that edits a config (throws moe::error naming the field).
 void validate(const ModelConfig& m, const std::string& where);
+void validate_router(const RouterConfig& r, const std::string& where);
 
 }  // namespace moe
