@@ -16,6 +16,8 @@
 #include "model/params.h"
 #include "train/data.h"
 #include "train/trainer.h"
+#include "viz/plot.h"
+#include "viz/routing_map.h"
 
 using namespace moe;
 
@@ -82,6 +84,23 @@ int main(int argc, char** argv) {
     params_cmd->add_option("--config", params_config, "config (JSON)")->required();
     params_cmd->add_flag("--json", params_json, "print {\"total\": ..., \"active\": ...}");
 
+    // routing (picture: the experts each token of a text went to, per layer)
+    auto* routing_cmd = app.add_subcommand("routing", "draw which experts each token of a text is routed to (PNG)");
+    std::string routing_ckpt, routing_text, routing_out;
+    int routing_threads = 0;
+    bool routing_weights = false;
+    routing_cmd->add_option("--checkpoint", routing_ckpt, "checkpoint directory")->required();
+    routing_cmd->add_option("--text", routing_text, "text to route (at most n_ctx tokens)")->required();
+    routing_cmd->add_option("--out", routing_out, "PNG file to write")->required();
+    routing_cmd->add_option("--threads", routing_threads, "threads (default: all cores)");
+    routing_cmd->add_flag("--weights", routing_weights, "fade each slot's colour by its combine weight");
+
+    // plot (pictures of a training log)
+    auto* plot_cmd = app.add_subcommand("plot", "draw loss curves and expert load over time from a --log JSONL");
+    std::string plot_log, plot_out;
+    plot_cmd->add_option("--log", plot_log, "JSONL log written by moe train --log")->required();
+    plot_cmd->add_option("--out", plot_out, "directory for loss.png and load_layer{l}.png")->required();
+
     // Usage errors get the same one-line form and exit status as every other error.
     try {
         app.parse(argc, argv);
@@ -122,6 +141,23 @@ int main(int argc, char** argv) {
                 std::fflush(stdout);
             });
             std::printf("\n");
+            return 0;
+        }
+        if (app.got_subcommand(routing_cmd)) {
+            check_threads(routing_threads);
+            set_num_threads(routing_threads);
+            Checkpoint ck = load_checkpoint(routing_ckpt);
+            viz::RoutingMapOptions ro;
+            ro.title = "routing: " + routing_ckpt;
+            ro.shade_by_weight = routing_weights;
+            viz::write_routing_map(ck, routing_text, routing_out, ro);
+            std::printf("wrote %s\n", routing_out.c_str());
+            return 0;
+        }
+        if (app.got_subcommand(plot_cmd)) {
+            viz::PlotResult pr = viz::plot_train_log(plot_log, plot_out);
+            for (const std::string& n : pr.notes) std::printf("note: %s\n", n.c_str());
+            for (const std::string& w : pr.written) std::printf("wrote %s\n", w.c_str());
             return 0;
         }
         if (app.got_subcommand(params_cmd)) {
