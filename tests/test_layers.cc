@@ -88,15 +88,19 @@ void compare_layer(const Case& cs) {
     c.topk_weight = topk_weight.data(), c.expert_offsets = offsets.data(), c.row_token = row_token.data();
     c.row_slot = row_slot.data(), c.token_row = token_row.data(), c.xe = xe.data(), c.hg = hg.data();
     c.hu = hu.data(), c.act = act.data(), c.ye = ye.data();
+    FVec probs(N * E), scores(N * E), sel(N * E), lse(N);
+    std::vector<int64_t> load(E);
+    c.probs = probs.data(), c.scores = scores.data(), c.sel = sel.data(), c.lse = lse.data();
+    c.expert_load = load.data();
     FVec sdxn(N * C), sdl(N * E), sdw(N * K), sdxe(RM * C), sdye(RM * C), sdact(RM * F), sdhg(RM * F), sdhu(RM * F);
     layers::FfnScratch s;
     s.dxn = sdxn.data(), s.dlogits = sdl.data(), s.dweight = sdw.data(), s.dxe = sdxe.data();
     s.dye = sdye.data(), s.dact = sdact.data(), s.dhg = sdhg.data(), s.dhu = sdhu.data();
 
     FVec out(N * C);
-    layers::ffn_forward(out.data(), c, inp.data(), w, m, cs.moe, N);
+    layers::ffn_forward(out.data(), c, inp.data(), w, m, cs.moe, N, layers::RouteContext{});
     FVec dresid = dout;
-    layers::ffn_backward(dresid.data(), g, s, c, inp.data(), w, m, cs.moe, N);
+    layers::ffn_backward(dresid.data(), g, s, c, inp.data(), w, m, cs.moe, N, 1.f);
 
     // ---- reference in double
     const Vec x = to_d(inp), nw = to_d(norm), dwr_w = cs.moe ? to_d(wr) : Vec(E * C, 0.0), dg = to_d(dout);

@@ -8,7 +8,10 @@
 #include "ops/moe_dispatch.h"
 #include "ops/moe_ffn.h"
 #include "ops/rmsnorm.h"
+#include "ops/balance_loss.h"
+#include "ops/noisy_gating.h"
 #include "ops/router.h"
+#include "ops/router_capacity.h"
 
 namespace moe::layers {
 
@@ -20,7 +23,7 @@ static void add_into(float* out, const float* a, int64_t n) {
 }
 
 void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& w,
-                 const ModelConfig& m, bool moe_layer, int64_t N) {
+                 const ModelConfig& m, bool moe_layer, int64_t N, const RouteContext& ctx) {
     const int64_t C = m.n_embd;
     if (!moe_layer) {
         MOE_PROFILE_SCOPE("dense ffn fwd");
@@ -37,9 +40,46 @@ void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& 
     {
         MOE_PROFILE_SCOPE("moe route+gather fwd");
         ops::rmsnorm_forward(c.xn, c.rstd, inp, w.ffn_norm, N, C, m.norm_eps);         // (N, C)
+        const RouterConfig& rc = m.router;
         ops::linear_forward(c.logits, c.xn, w.ffn_gate_inp, N, C, E);                   // (N, E)
-        ops::router_topk(c.topk_expert, c.logits, N, E, K);                             // (N, K)
-        ops::router_weights_forward(c.topk_weight, c.logits, c.topk_expert, N, E, K);   // (N, K)
+        // noisy top-K: H = logits + eps * softplus(x W_noise^T); training only unless noise_at_eval
+        c.noisy = rc.noisy_gating && (ctx.train || rc.noise_at_eval);
+        const float* scores = c.logits;                                                 // (N, E)
+        if (c.noisy) {
+            ops::linear_forward(c.noise_logits, c.xn, w.ffn_gate_inp_noise, N, C, E);  // (N, E)
+            ops::noisy_gating_draw_eps(c.eps, N, E, ctx.seed, ctx.train ? ctx.step : -1, ctx.layer,
+                                       ctx.micro);                                      // (N, E)
+            ops::noisy_scores_forward(c.scores, c.logits, c.noise_logits, c.eps, N, E);
+            scores = c.scores;
+        }
+        // full softmax of the clean logits: Switch loss P_i and the entropy telemetry
+        c.balance_loss = ops::switch_loss_forward(c.probs, c.logits, c.expert_load, N, E, K, 0.0);
+        // selection scores: probabilities (same choice as logits, see docs/routing.md) and/or the
+        // aux-loss-free bias, which steers selection only, never the combine weights
+        const float* sel = scores;
+        if (rc.topk_on_probs || rc.bias_balance) {
+            if (rc.topk_on_probs) {
+                if (c.noisy) {
+                    ops::switch_loss_forward(c.sel, c.scores, c.expert_load, N, E, K, 0.0);  // softmax(H)
+                } else {
+                    std::memcpy(c.sel, c.probs, N * E * sizeof(float));
+                }
+            } else {
+                std::memcpy(c.sel, scores, N * E * sizeof(float));
+            }
+            if (rc.bias_balance) ops::add_selection_bias(c.sel, c.sel, w.ffn_gate_bias, N, E);
+            sel = c.sel;
+        }
+        const double cf = ctx.train ? rc.capacity_factor : rc.eval_capacity_factor;
+        const int64_t cap = ops::expert_capacity(cf, N, E, K);
+        ops::router_assign(c.topk_expert, c.expert_load, &c.stats, sel, N, E, K, cap,
+                           cap > 0 ? rc.overflow : ops::OverflowPolicy::none);          // (N, K)
+        // combine weights: softmax over the scores of the experts that serve the token
+        ops::router_weights_forward(c.topk_weight, scores, c.topk_expert, N, E, K);     // (N, K)
+        c.balance_loss = rc.balance_loss > 0
+            ? ops::switch_loss_forward(c.probs, c.logits, c.expert_load, N, E, K, rc.balance_loss)
+            : 0.0;
+        c.z_loss = rc.z_loss > 0 ? ops::z_loss_forward(c.lse, c.logits, N, E, rc.z_loss) : 0.0;
         c.R = ops::moe_dispatch_build(c.expert_offsets, c.row_token, c.row_slot, c.token_row,
                                       c.topk_expert, N, E, K);
         ops::moe_gather_forward(c.xe, c.xn, c.row_token, c.R, C);                        // (R, C)
@@ -56,7 +96,8 @@ void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& 
 }
 
 void ffn_backward(float* dresid, LayerWeights& g, FfnScratch& s, const FfnCache& c, const float* inp,
-                  const LayerWeights& w, const ModelConfig& m, bool moe_layer, int64_t N) {
+                  const LayerWeights& w, const ModelConfig& m, bool moe_layer, int64_t N,
+                  float aux_scale) {
     const int64_t C = m.n_embd;
     std::memset(s.dxn, 0, N * C * sizeof(float));
     if (!moe_layer) {
@@ -87,7 +128,21 @@ void ffn_backward(float* dresid, LayerWeights& g, FfnScratch& s, const FfnCache&
     std::memset(s.dlogits, 0, N * E * sizeof(float));
     ops::moe_gather_backward(s.dxn, s.dxe, c.token_row, N, K, C);
     // routing indices are not differentiable; the router learns through the combine weights
-    ops::router_weights_backward(s.dlogits, s.dweight, c.topk_weight, c.topk_expert, N, E, K);
+    // (and the auxiliary losses)
+    const RouterConfig& rc = m.router;
+    if (c.noisy) {
+        std::memset(s.dscores, 0, N * E * sizeof(float));
+        std::memset(s.dnoise, 0, N * E * sizeof(float));
+        ops::router_weights_backward(s.dscores, s.dweight, c.topk_weight, c.topk_expert, N, E, K);
+        // H = logits + eps * softplus(noise_logits)
+        ops::noisy_scores_backward(s.dlogits, s.dnoise, s.dscores, c.noise_logits, c.eps, N, E);
+        ops::linear_backward(s.dxn, g.ffn_gate_inp_noise, s.dnoise, c.xn, w.ffn_gate_inp_noise, N, C, E);
+    } else {
+        ops::router_weights_backward(s.dlogits, s.dweight, c.topk_weight, c.topk_expert, N, E, K);
+    }
+    if (rc.balance_loss > 0)
+        ops::switch_loss_backward(s.dlogits, c.probs, c.expert_load, N, E, K, rc.balance_loss, aux_scale);
+    if (rc.z_loss > 0) ops::z_loss_backward(s.dlogits, c.logits, c.lse, N, E, rc.z_loss, aux_scale);
     ops::linear_backward(s.dxn, g.ffn_gate_inp, s.dlogits, c.xn, w.ffn_gate_inp, N, C, E);
     ops::rmsnorm_backward(dresid, g.ffn_norm, s.dxn, inp, w.ffn_norm, c.rstd, N, C);
 }

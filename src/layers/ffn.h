@@ -8,14 +8,33 @@
 
 #include "model/config.h"
 #include "model/params.h"
+#include "ops/router_capacity.h"
 
 namespace moe::layers {
+
+// What the router needs to know about this forward: training or not (noise, capacity factor) and
+// the key of the noise draw (seed, step, layer, micro-batch).
+struct RouteContext {
+    bool train = false;
+    uint64_t seed = 0;
+    int64_t step = 0, layer = 0, micro = 0;
+};
 
 struct FfnCache {
     float* xn = nullptr;    // (N, C)
     float* rstd = nullptr;  // (N)
     // MoE routing record (unused for dense)
     float* logits = nullptr;            // (N, E) router logits, fp32
+    float* noise_logits = nullptr;      // (N, E) x · W_noise^T (noisy gating)
+    float* eps = nullptr;               // (N, E) the noise draw, N(0, 1)
+    float* scores = nullptr;            // (N, E) H = logits + eps * softplus(noise_logits)
+    float* sel = nullptr;               // (N, E) selection scores (probabilities and/or + bias)
+    float* probs = nullptr;             // (N, E) full softmax of the clean logits (Switch loss, entropy)
+    float* lse = nullptr;               // (N) logsumexp of the logits (z-loss)
+    int64_t* expert_load = nullptr;     // (E) (token, slot) pairs assigned to each expert
+    ops::RouteStats stats;              // rerouted / dropped slots of this forward
+    bool noisy = false;                 // noise was applied in this forward
+    double balance_loss = 0, z_loss = 0;  // auxiliary losses of this forward (coefficients applied)
     int32_t* topk_expert = nullptr;     // (N, K) expert serving each (token, slot), -1 if dropped
     float* topk_weight = nullptr;       // (N, K) combine weight
     int32_t* expert_offsets = nullptr;  // (E+1) rows of expert e: [off[e], off[e+1])
@@ -33,6 +52,8 @@ struct FfnCache {
 struct FfnScratch {
     float* dxn = nullptr;      // (N, C)
     float* dlogits = nullptr;  // (N, E)
+    float* dscores = nullptr;  // (N, E) d H
+    float* dnoise = nullptr;   // (N, E) d noise_logits
     float* dweight = nullptr;  // (N, K)
     float* dxe = nullptr;      // (R, C)
     float* dye = nullptr;      // (R, C)
@@ -43,10 +64,12 @@ struct FfnScratch {
 
 // out (N, C) = inp (N, C) + ffn(rmsnorm(inp))
 void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& w,
-                 const ModelConfig& m, bool moe_layer, int64_t N);
+                 const ModelConfig& m, bool moe_layer, int64_t N, const RouteContext& ctx);
 
-// dresid (N, C): in = d out, out = d inp. Accumulates into g.
+// dresid (N, C): in = d out, out = d inp. Accumulates into g. aux_scale: the upstream gradient of
+// the auxiliary losses (the same scale the LM loss got).
 void ffn_backward(float* dresid, LayerWeights& g, FfnScratch& s, const FfnCache& c, const float* inp,
-                  const LayerWeights& w, const ModelConfig& m, bool moe_layer, int64_t N);
+                  const LayerWeights& w, const ModelConfig& m, bool moe_layer, int64_t N,
+                  float aux_scale);
 
 }  // namespace moe::layers

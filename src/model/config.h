@@ -7,11 +7,12 @@
 #include <nlohmann/json.hpp>
 
 #include "ops/activation.h"
+#include "ops/router_capacity.h"
 
 namespace moe {
 
-// What happens to a (token, slot) choice whose expert is already at capacity.
-enum class OverflowPolicy { none, drop, reroute };
+// What happens to a (token, slot) choice whose expert is already at capacity (ops/router_capacity.h).
+using OverflowPolicy = ops::OverflowPolicy;
 
 // The config's "router" section: how tokens are assigned to experts (issue #3).
 struct RouterConfig {

@@ -7,7 +7,9 @@
 #include "core/error.h"
 #include "core/profile.h"
 #include "core/rng.h"
+#include "ops/balance_loss.h"
 #include "ops/embedding.h"
+#include "ops/routing_stats.h"
 #include "ops/linear.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
@@ -27,6 +29,11 @@ void Model::init(uint64_t seed) {
     for (size_t i = 0; i < table_.params().size(); ++i) {
         const ParamInfo& p = table_.params()[i];
         float* x = params() + p.offset;
+        if (!p.trainable || p.name.find("_noise") != std::string::npos) {
+            // balancing bias starts neutral; W_noise starts at 0 (Shazeer et al.: softplus(0) noise)
+            std::fill(x, x + p.numel, 0.f);
+            continue;
+        }
         if (p.shape.size() == 1) {  // norms
             std::fill(x, x + p.numel, 1.f);
             continue;
@@ -34,7 +41,9 @@ void Model::init(uint64_t seed) {
         const bool proj = p.name.find("attn_output") != std::string::npos ||
                           p.name.find("ffn_down") != std::string::npos;
         const double sd = proj ? std_proj : std0;
-        Rng rng(seed, 1000 + i);  // one stream per tensor: adding a tensor does not shift the others
+        uint64_t key = 1469598103934665603ull;  // FNV-1a of the name: one stream per tensor, so
+        for (char ch : p.name) key = (key ^ (unsigned char)ch) * 1099511628211ull;  // adding a
+        Rng rng(seed, key);  // tensor (e.g. W_noise) does not change the others' initial values
         for (int64_t j = 0; j < p.numel; ++j) x[j] = (float)(rng.normal() * sd);
     }
 }
@@ -58,7 +67,7 @@ void Model::ensure_activations(int64_t B, int64_t T) {
     rope_.resize(Tc * D);
     ops::rope_table(rope_.data(), Tc, D, cfg_.rope_theta);
 
-    auto plan_acts = [&](auto&& take_f, auto&& take_i) {
+    auto plan_acts = [&](auto&& take_f, auto&& take_i, auto&& take_i64) {
         resid_.assign(L + 1, nullptr);
         resid_mid_.assign(L, nullptr);
         attn_.assign(L, {});
@@ -80,6 +89,13 @@ void Model::ensure_activations(int64_t B, int64_t T) {
             const bool moe = cfg_.layer_moe[l];
             if (moe) {
                 f.logits = take_f(N * E);
+                f.noise_logits = take_f(N * E);
+                f.eps = take_f(N * E);
+                f.scores = take_f(N * E);
+                f.sel = take_f(N * E);
+                f.probs = take_f(N * E);
+                f.lse = take_f(N);
+                f.expert_load = take_i64(E);
                 f.topk_expert = take_i(N * K);
                 f.topk_weight = take_f(N * K);
                 f.expert_offsets = take_i(E + 1);
@@ -105,10 +121,12 @@ void Model::ensure_activations(int64_t B, int64_t T) {
     };
     ArenaPlan plan;
     plan_acts([&](size_t n) { plan.add<float>(n); return (float*)nullptr; },
-              [&](size_t n) { plan.add<int32_t>(n); return (int32_t*)nullptr; });
+              [&](size_t n) { plan.add<int32_t>(n); return (int32_t*)nullptr; },
+              [&](size_t n) { plan.add<int64_t>(n); return (int64_t*)nullptr; });
     acts_.allocate(plan.bytes);
     plan_acts([&](size_t n) { return acts_.take<float>(n); },
-              [&](size_t n) { return acts_.take<int32_t>(n); });
+              [&](size_t n) { return acts_.take<int32_t>(n); },
+              [&](size_t n) { return acts_.take<int64_t>(n); });
 
     auto plan_scratch = [&](auto&& take_f) {
         dresid_ = take_f(N * C);
@@ -122,6 +140,8 @@ void Model::ensure_activations(int64_t B, int64_t T) {
         attn_s_.dy = take_f(N * H * D);
         ffn_s_.dxn = take_f(N * C);
         ffn_s_.dlogits = take_f(N * E);
+        ffn_s_.dscores = take_f(N * E);
+        ffn_s_.dnoise = take_f(N * E);
         ffn_s_.dweight = take_f(N * K);
         ffn_s_.dxe = take_f(rowsC);
         ffn_s_.dye = take_f(rowsC);
@@ -150,8 +170,14 @@ float Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, i
     for (int64_t l = 0; l < cfg_.n_layer; ++l) {
         layers::attention_forward(resid_mid_[l], attn_[l], resid_[l], w_.layers[l], rope_.data(), d,
                                   cfg_.norm_eps);
+        layers::RouteContext ctx = mode_;
+        ctx.layer = l;
         layers::ffn_forward(resid_[l + 1], ffn_[l], resid_mid_[l], w_.layers[l], cfg_,
-                            cfg_.layer_moe[l], N);
+                            cfg_.layer_moe[l], N, ctx);
+        if (mode_.train && cfg_.layer_moe[l] && cfg_.router.bias_balance) {
+            if (step_load_.empty()) step_load_.assign(cfg_.n_layer, std::vector<int64_t>(cfg_.n_expert, 0));
+            for (int64_t e = 0; e < cfg_.n_expert; ++e) step_load_[l][e] += ffn_[l].expert_load[e];
+        }
     }
     MOE_PROFILE_SCOPE("head+loss fwd");
     ops::rmsnorm_forward(xf_, xf_rstd_, resid_[cfg_.n_layer], w_.output_norm, N, C, cfg_.norm_eps);
@@ -181,12 +207,53 @@ void Model::backward(float scale) {
     }
     for (int64_t l = cfg_.n_layer - 1; l >= 0; --l) {
         layers::ffn_backward(dresid_, g_.layers[l], ffn_s_, ffn_[l], resid_mid_[l], w_.layers[l],
-                             cfg_, cfg_.layer_moe[l], N);
+                             cfg_, cfg_.layer_moe[l], N, scale);
         layers::attention_backward(dresid_, g_.layers[l], attn_s_, attn_[l], resid_[l], w_.layers[l],
                                    rope_.data(), d);
     }
     MOE_PROFILE_SCOPE("embedding bwd");
     ops::embedding_backward(g_.tok_embd, dresid_, tokens_, N, C);
+}
+
+double Model::aux_balance_loss() const {
+    double s = 0;
+    for (int64_t l = 0; l < (int64_t)ffn_.size(); ++l)
+        if (cfg_.layer_moe[l]) s += ffn_[l].balance_loss;
+    return s;
+}
+
+double Model::aux_z_loss() const {
+    double s = 0;
+    for (int64_t l = 0; l < (int64_t)ffn_.size(); ++l)
+        if (cfg_.layer_moe[l]) s += ffn_[l].z_loss;
+    return s;
+}
+
+void Model::update_balance_bias() {
+    if (!cfg_.router.bias_balance || step_load_.empty()) return;
+    for (int64_t l = 0; l < cfg_.n_layer; ++l)
+        if (cfg_.layer_moe[l]) {
+            ops::balance_bias_update(w_.layers[l].ffn_gate_bias, step_load_[l].data(), cfg_.n_expert,
+                                     cfg_.router.bias_rate);
+            std::fill(step_load_[l].begin(), step_load_[l].end(), 0);
+        }
+}
+
+std::vector<Model::LayerRouting> Model::routing() const {
+    std::vector<LayerRouting> out(cfg_.n_layer);
+    const int64_t N = B_ * T_, E = cfg_.n_expert, K = cfg_.n_expert_used;
+    for (int64_t l = 0; l < cfg_.n_layer; ++l) {
+        if (!cfg_.layer_moe[l] || ffn_.empty() || !ffn_[l].expert_load) continue;
+        const layers::FfnCache& f = ffn_[l];
+        LayerRouting& r = out[l];
+        r.load.assign(f.expert_load, f.expert_load + E);
+        r.rerouted = f.stats.rerouted;
+        r.dropped = f.stats.dropped;
+        r.slots = N * K;
+        r.tokens = N;
+        r.entropy_sum = ops::router_entropy(f.probs, N, E) * (double)N;
+    }
+    return out;
 }
 
 std::vector<std::vector<int64_t>> Model::expert_load() const {

@@ -29,11 +29,25 @@ public:
     // into the residual stream, ones for norms.
     void init(uint64_t seed);
 
-    // tokens (B, T). With targets (B, T): returns the mean cross-entropy and keeps what backward
-    // needs. Without: returns 0; logits() holds (B*T, V).
+    // Training or evaluation, and the key of the router noise, for the following forwards.
+    // Default: evaluation (no router noise, the eval capacity factor).
+    void set_mode(bool train, uint64_t seed = 0, int64_t step = 0, int64_t micro = 0) {
+        mode_ = {train, seed, step, 0, micro};
+    }
+
+    // tokens (B, T). With targets (B, T): returns the mean cross-entropy (the LM loss) and keeps
+    // what backward needs. Without: returns 0; logits() holds (B*T, V).
+    // The auxiliary router losses of this forward are in aux_balance_loss() / aux_z_loss().
     float forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T);
-    // Accumulates d(scale * loss)/dparams into grads(). Call after forward with targets.
+    // Accumulates d(scale * (LM loss + auxiliary losses))/dparams into grads(). Call after forward
+    // with targets.
     void backward(float scale = 1.f);
+    double aux_balance_loss() const;  // sum over MoE layers of the Switch loss (coeff applied)
+    double aux_z_loss() const;        // sum over MoE layers of the z-loss (coeff applied)
+
+    // Aux-loss-free balancing: loads of the training forwards since the last call (summed over
+    // micro-batches) nudge each layer's selection bias; then the sums restart.
+    void update_balance_bias();
     void zero_grad() { grads_.zero(); }
 
     const float* logits() const { return logits_; }  // (B*T, V) of the last forward
@@ -45,6 +59,14 @@ public:
         return (l < (int64_t)ffn_.size() && cfg_.layer_moe[l]) ? &ffn_[l] : nullptr;
     }
     int64_t last_tokens() const { return B_ * T_; }
+    // Per-layer routing telemetry of the last forward: loads (E), rerouted/dropped, entropy.
+    struct LayerRouting {
+        std::vector<int64_t> load;  // (E)
+        int64_t rerouted = 0, dropped = 0, slots = 0;  // slots = N*K
+        double entropy_sum = 0;     // sum over tokens of the router entropy (nats)
+        int64_t tokens = 0;
+    };
+    std::vector<LayerRouting> routing() const;  // (L); empty load for dense layers
     size_t activation_bytes() const { return acts_.size() + scratch_.size(); }
 
 private:
@@ -57,6 +79,8 @@ private:
 
     int64_t B_ = 0, T_ = 0, cap_B_ = 0, cap_T_ = 0;
     bool have_targets_ = false;
+    layers::RouteContext mode_;
+    std::vector<std::vector<int64_t>> step_load_;  // (L, E) training loads since update_balance_bias
     std::vector<float> rope_;  // (T, D/2, 2)
     const int32_t* tokens_ = nullptr;
     const int32_t* targets_ = nullptr;

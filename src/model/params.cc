@@ -4,7 +4,8 @@
 
 namespace moe {
 
-void ParamTable::add(std::string name, std::vector<int64_t> shape, bool decay, bool expert) {
+void ParamTable::add(std::string name, std::vector<int64_t> shape, bool decay, bool expert,
+                     bool trainable) {
     ParamInfo p;
     p.name = std::move(name);
     p.shape = std::move(shape);
@@ -13,6 +14,7 @@ void ParamTable::add(std::string name, std::vector<int64_t> shape, bool decay, b
     p.offset = total_;
     p.decay = decay;
     p.expert = expert;
+    p.trainable = trainable;
     // keep every tensor 64-byte aligned in the flat buffer
     total_ += (p.numel + 15) / 16 * 16;
     params_.push_back(std::move(p));
@@ -35,6 +37,8 @@ ParamTable::ParamTable(const ModelConfig& m) {
         if (m.layer_moe[l]) {
             const int64_t F = m.n_ff_exp;
             add(b + "ffn_gate_inp", {E, C}, true);
+            if (m.router.noisy_gating) add(b + "ffn_gate_inp_noise", {E, C}, true);
+            if (m.router.bias_balance) add(b + "ffn_gate_bias", {E}, false, false, false);
             if (glu) add(b + "ffn_gate_exps", {E, F, C}, true, true);
             add(b + "ffn_up_exps", {E, F, C}, true, true);
             add(b + "ffn_down_exps", {E, C, F}, true, true);
@@ -76,6 +80,8 @@ Weights bind_weights(const ParamTable& t, const ModelConfig& m, float* base) {
         L.ffn_up = at(b + "ffn_up");
         L.ffn_down = at(b + "ffn_down");
         L.ffn_gate_inp = at(b + "ffn_gate_inp");
+        L.ffn_gate_inp_noise = at(b + "ffn_gate_inp_noise");
+        L.ffn_gate_bias = at(b + "ffn_gate_bias");
         L.ffn_gate_exps = at(b + "ffn_gate_exps");
         L.ffn_up_exps = at(b + "ffn_up_exps");
         L.ffn_down_exps = at(b + "ffn_down_exps");
@@ -89,6 +95,7 @@ ParamCount count_params(const ModelConfig& m) {
     ParamCount c;
     ParamTable t(m);
     for (const auto& p : t.params()) {
+        if (!p.trainable) continue;
         c.total += p.numel;
         c.active += p.expert ? p.numel / m.n_expert * m.n_expert_used : p.numel;
     }

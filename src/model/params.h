@@ -17,6 +17,8 @@ struct ParamInfo {
     int64_t numel = 0;
     bool decay = true;   // AdamW weight decay applies (not to norms)
     bool expert = false; // stacked per-expert tensor: only K of E slices are active per token
+    bool trainable = true;  // false: state kept in checkpoints but not a parameter (no gradient,
+                            // not updated by AdamW, not counted), e.g. the balancing bias
 };
 
 class ParamTable {
@@ -27,7 +29,8 @@ public:
     const ParamInfo* find(const std::string& name) const;
 
 private:
-    void add(std::string name, std::vector<int64_t> shape, bool decay, bool expert = false);
+    void add(std::string name, std::vector<int64_t> shape, bool decay, bool expert = false,
+             bool trainable = true);
     std::vector<ParamInfo> params_;
     int64_t total_ = 0;
 };
@@ -44,6 +47,8 @@ struct LayerWeights {
     float* ffn_up = nullptr;         // (F, C)   dense
     float* ffn_down = nullptr;       // (C, F)   dense
     float* ffn_gate_inp = nullptr;   // (E, C)   router
+    float* ffn_gate_inp_noise = nullptr;  // (E, C) noisy gating: W_noise
+    float* ffn_gate_bias = nullptr;  // (E)      aux-loss-free balancing bias (selection only, no gradient)
     float* ffn_gate_exps = nullptr;  // (E, F, C) swiglu only
     float* ffn_up_exps = nullptr;    // (E, F, C)
     float* ffn_down_exps = nullptr;  // (E, C, F)

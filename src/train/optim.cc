@@ -17,6 +17,7 @@ void AdamW::step(float* params, const float* grads, const ParamTable& table, con
     float* M = m();
     float* Vv = v();
     for (const auto& p : table.params()) {
+        if (!p.trainable) continue;
         const float decay = p.decay ? (float)(1.0 - hp.lr * hp.weight_decay) : 1.f;
         float* x = params + p.offset;
         const float* g = grads + p.offset;

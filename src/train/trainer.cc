@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "core/profile.h"
+#include "ops/routing_stats.h"
 #include "infer/generate.h"
 #include "io/checkpoint.h"
 #include "io/tokenizer.h"
@@ -67,22 +68,79 @@ private:
     FILE* f_ = nullptr;
 };
 
-double evaluate(Model& model, const TextData& data, int64_t B, int64_t T, int64_t batches, uint64_t seed,
-                std::vector<std::vector<int64_t>>* load) {
+// Validation loss (LM loss) over fixed batches, and the routing telemetry summed over them.
+struct EvalResult {
+    double val_loss = 0;
+    std::vector<Model::LayerRouting> routing;  // (L), summed over the batches
+};
+
+// acc += the routing telemetry of the model's last forward
+void accumulate_routing(std::vector<Model::LayerRouting>& acc, const Model& model) {
+    auto rt = model.routing();
+    if (acc.empty()) {
+        acc = rt;
+        return;
+    }
+    for (size_t l = 0; l < rt.size(); ++l) {
+        auto& a = acc[l];
+        const auto& b = rt[l];
+        for (size_t e = 0; e < b.load.size(); ++e) a.load[e] += b.load[e];
+        a.rerouted += b.rerouted;
+        a.dropped += b.dropped;
+        a.slots += b.slots;
+        a.entropy_sum += b.entropy_sum;
+        a.tokens += b.tokens;
+    }
+}
+
+EvalResult evaluate(Model& model, const TextData& data, int64_t B, int64_t T, int64_t batches,
+                    uint64_t seed) {
     std::vector<int32_t> x(B * T), y(B * T);
+    EvalResult r;
     double sum = 0;
+    model.set_mode(false);
     for (int64_t i = 0; i < batches; ++i) {
         data.val_batch(x.data(), y.data(), B, seed, i);
         sum += model.forward(x.data(), y.data(), B, T);
-        if (load) {
-            auto l = model.expert_load();
-            if (load->empty()) *load = l;
-            else
-                for (size_t a = 0; a < l.size(); ++a)
-                    for (size_t e = 0; e < l[a].size(); ++e) (*load)[a][e] += l[a][e];
-        }
+        accumulate_routing(r.routing, model);
     }
-    return sum / (double)batches;
+    r.val_loss = sum / (double)batches;
+    return r;
+}
+
+// The JSONL `routing` array: one object per MoE layer.
+nlohmann::json routing_json(const std::vector<Model::LayerRouting>& rt) {
+    nlohmann::json arr = nlohmann::json::array();
+    for (size_t l = 0; l < rt.size(); ++l) {
+        const auto& r = rt[l];
+        if (r.load.empty()) continue;
+        const int64_t E = (int64_t)r.load.size();
+        arr.push_back({{"layer", l},
+                       {"load", r.load},
+                       {"max_share", ops::load_max_share(r.load.data(), E)},
+                       {"cv", ops::load_cv(r.load.data(), E)},
+                       {"entropy", r.tokens ? r.entropy_sum / (double)r.tokens : 0.0},
+                       {"rerouted", r.slots ? (double)r.rerouted / (double)r.slots : 0.0},
+                       {"dropped", r.slots ? (double)r.dropped / (double)r.slots : 0.0},
+                       {"dead", ops::dead_experts(r.load.data(), E)}});
+    }
+    return arr;
+}
+
+// A compact routing table for the progress output: balance of the validation batches (no noise,
+// eval capacity) and the reroute/drop rates of the training steps since the last evaluation.
+void print_routing_table(const nlohmann::json& val, const nlohmann::json& train) {
+    if (val.empty()) return;
+    std::printf("        layer  max_share     cv  entropy  dead | train: rerouted  dropped  max_share\n");
+    for (size_t i = 0; i < val.size(); ++i) {
+        const auto& o = val[i];
+        std::printf("        %5d  %9.2f  %5.2f  %7.3f  %4d |", o["layer"].get<int>(), o["max_share"].get<double>(),
+                    o["cv"].get<double>(), o["entropy"].get<double>(), o["dead"].get<int>());
+        if (i < train.size())
+            std::printf("        %7.2f%%  %6.2f%%  %9.2f", 100.0 * train[i]["rerouted"].get<double>(),
+                        100.0 * train[i]["dropped"].get<double>(), train[i]["max_share"].get<double>());
+        std::printf("\n");
+    }
 }
 
 void print_expert_table(const std::vector<std::vector<int64_t>>& load, const ModelConfig& m) {
@@ -212,28 +270,42 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
     auto save = [&]() {
         save_checkpoint(opt.out_dir, cfg, tok, *model, adam->m(), adam->v(), st);
     };
+    std::vector<Model::LayerRouting> train_rt;  // training routing since the last evaluation
     auto run_eval = [&]() {
-        std::vector<std::vector<int64_t>> load;
-        double vl = evaluate(*model, data, B, T, tc.eval_batches, tc.seed, &load);
-        st.val_loss = vl;
-        last_load = load;
+        EvalResult ev = evaluate(*model, data, B, T, tc.eval_batches, tc.seed);
+        st.val_loss = ev.val_loss;
+        last_load.clear();
+        for (const auto& r : ev.routing) last_load.push_back(r.load);
+        const nlohmann::json rj = routing_json(ev.routing), tj = routing_json(train_rt);
+        train_rt.clear();
         if (tty) std::printf("\r\033[K");
-        std::printf("step %6lld | val loss %.4f (unigram %.4f)\n", (long long)st.step, vl, unigram);
+        std::printf("step %6lld | val loss %.4f (unigram %.4f)\n", (long long)st.step, ev.val_loss, unigram);
+        print_routing_table(rj, tj);
         std::fflush(stdout);
-        log.write({{"step", st.step}, {"val_loss", vl}});
-        return vl;
+        nlohmann::json line = {{"step", st.step}, {"val_loss", ev.val_loss}};
+        if (!rj.empty()) line["routing"] = rj;
+        if (!tj.empty()) line["train_routing"] = tj;
+        log.write(line);
+        return ev.val_loss;
     };
 
     const int64_t start_step = st.step;
     for (int64_t step = start_step; step < tc.steps; ++step) {
         model->zero_grad();
-        double loss = 0;
+        double lm_loss = 0, bal_loss = 0, z_loss = 0;
         for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
             data.train_batch(x.data(), y.data(), B, tc.seed, step, micro);
-            loss += model->forward(x.data(), y.data(), B, T);
+            model->set_mode(true, tc.seed, step, micro);
+            lm_loss += model->forward(x.data(), y.data(), B, T);
+            if (mc.any_moe()) accumulate_routing(train_rt, *model);
+            bal_loss += model->aux_balance_loss();
+            z_loss += model->aux_z_loss();
             model->backward(1.f / (float)tc.grad_accum);
         }
-        loss /= (double)tc.grad_accum;
+        lm_loss /= (double)tc.grad_accum;
+        bal_loss /= (double)tc.grad_accum;
+        z_loss /= (double)tc.grad_accum;
+        const double loss = lm_loss + bal_loss + z_loss;  // what the gradient descends
         if (!std::isfinite(loss))
             fail("training diverged: loss is ", loss, " at step ", step,
                  " (the last good checkpoint in '", opt.out_dir, "' is kept; try a lower train.lr than ", tc.lr, ")");
@@ -251,6 +323,7 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
                 fail("training diverged: gradient norm is ", gnorm, " at step ", step,
                      " (the last good checkpoint in '", opt.out_dir, "' is kept)");
             adam->step(model->params(), model->grads(), model->table(), hp, step + 1);
+            model->update_balance_bias();  // aux-loss-free balancing (no-op unless configured)
         }
         st.step = step + 1;
         st.tokens_seen += N * tc.grad_accum;
@@ -273,8 +346,12 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
             if (tty) std::printf("\r\033[K%s", line);
             else std::printf("%s\n", line);
             std::fflush(stdout);
-            log.write({{"step", st.step}, {"loss", loss}, {"lr", hp.lr}, {"tokens_per_sec", tps},
-                       {"grad_norm", gnorm}});
+            nlohmann::json jl = {{"step", st.step}, {"loss", loss}, {"lr", hp.lr},
+                                 {"tokens_per_sec", tps}, {"grad_norm", gnorm}};
+            if (mc.router.balance_loss > 0 || mc.router.z_loss > 0) jl["lm_loss"] = lm_loss;
+            if (mc.router.balance_loss > 0) jl["balance_loss"] = bal_loss;
+            if (mc.router.z_loss > 0) jl["z_loss"] = z_loss;
+            log.write(jl);
             t_window = now;
             window_tokens = 0;
             window_loss = 0;
