@@ -4,6 +4,8 @@
 // params) and the failed-save guarantee seen from the command line.
 #include <sys/stat.h>
 
+#include <fstream>
+
 #include "cli_util.h"
 
 using namespace moe_test;
@@ -353,3 +355,62 @@ TEST_F(Cli, ParamsJson) {
 }
 
 }  // namespace
+
+// ------------------------------------------------------------------ router section (issue #3)
+
+TEST_F(Cli, RouterNegativeCapacityFactor) {
+    json j = tiny_config();
+    j["router"] = {{"capacity_factor", -0.5}};
+    std::string cfg = write_config("router_cf.json", j);
+    expect_clean_error(train(cfg), {cfg, "'router.capacity_factor'", "-0.5"});
+    expect_clean_error(moe("params --config " + q(cfg)), {cfg, "'router.capacity_factor'"});
+}
+
+TEST_F(Cli, RouterUnknownOverflowPolicy) {
+    json j = tiny_config();
+    j["router"] = {{"capacity_factor", 1.25}, {"overflow", "spill"}};
+    std::string cfg = write_config("router_policy.json", j);
+    expect_clean_error(train(cfg), {cfg, "'router.overflow'", "spill"});
+}
+
+TEST_F(Cli, RouterNanCoefficient) {
+    // JSON has no NaN literal: a NaN written by a tool arrives as a token the parser rejects or as
+    // a string; both must name the problem. A huge exponent overflows to inf in a double.
+    json j = tiny_config();
+    j["router"] = {{"balance_loss", "nan"}};
+    std::string cfg = write_config("router_nan.json", j);
+    expect_clean_error(train(cfg), {cfg, "'router.balance_loss'", "nan"});
+    std::string raw = dir + "/router_nan_literal.json";
+    {
+        std::string text = tiny_config().dump();
+        text.insert(text.size() - 1, ", \"router\": {\"z_loss\": NaN}");
+        std::ofstream(raw) << text;
+    }
+    expect_clean_error(train(raw), {raw, "not valid JSON"});
+    std::string inf = dir + "/router_inf.json";
+    {
+        std::string text = tiny_config().dump();
+        text.insert(text.size() - 1, ", \"router\": {\"z_loss\": 1e999}");
+        std::ofstream(inf) << text;
+    }
+    expect_clean_error(train(inf), {inf, "not valid JSON", "1e999"});
+}
+
+TEST_F(Cli, RouterUnknownField) {
+    json j = tiny_config();
+    j["router"] = {{"capacity", 1.25}};
+    std::string cfg = write_config("router_unknown.json", j);
+    expect_clean_error(train(cfg), {cfg, "unknown field 'router.capacity'"});
+}
+
+TEST_F(Cli, ExpertsPerTokenOutOfRange) {
+    json j = tiny_config();
+    std::string cfg = write_config("k.json", j);
+    std::string out = dir + "/ck";
+    auto r = moe("train --config " + q(cfg) + " --steps 2 --threads 1 --no-sample --out " + q(out));
+    ASSERT_EQ(r.code(), 0) << r.describe();
+    expect_clean_error(moe("generate --checkpoint " + q(out) + " --prompt ab --max-tokens 2 --experts-per-token 5"),
+                       {"--experts-per-token", "5", "n_expert = 4"});
+    auto ok = moe("generate --checkpoint " + q(out) + " --prompt ab --max-tokens 3 --experts-per-token 1");
+    EXPECT_EQ(ok.code(), 0) << ok.describe();
+}

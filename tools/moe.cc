@@ -76,6 +76,8 @@ int main(int argc, char** argv) {
     gen_cmd->add_option("--temperature", sopt.temperature, "sampling temperature (0 = greedy)")->capture_default_str();
     gen_cmd->add_option("--seed", gen_seed, "sampling seed")->capture_default_str();
     gen_cmd->add_option("--threads", gen_threads, "threads (default: all cores)");
+    int64_t gen_k = 0;
+    gen_cmd->add_option("--experts-per-token", gen_k, "route each token to K experts (default: the model's)");
 
     // params
     auto* params_cmd = app.add_subcommand("params", "count total and active parameters of a config");
@@ -93,6 +95,8 @@ int main(int argc, char** argv) {
     routing_cmd->add_option("--text", routing_text, "text to route (at most n_ctx tokens)")->required();
     routing_cmd->add_option("--out", routing_out, "PNG file to write")->required();
     routing_cmd->add_option("--threads", routing_threads, "threads (default: all cores)");
+    int64_t routing_k = 0;
+    routing_cmd->add_option("--experts-per-token", routing_k, "route each token to K experts (default: the model's)");
     routing_cmd->add_flag("--weights", routing_weights, "fade each slot's colour by its combine weight");
 
     // plot (pictures of a training log)
@@ -129,6 +133,10 @@ int main(int argc, char** argv) {
             check_threads(gen_threads);
             set_num_threads(gen_threads);
             Checkpoint ck = load_checkpoint(ckpt_dir);
+            if (gen_k != 0) {
+                ck.model->set_experts_per_token(gen_k);
+                ck.config.model.n_expert_used = gen_k;
+            }
             if (prompt.empty()) fail("--prompt is empty: give at least one character");
             std::vector<int32_t> ids = ck.tokenizer.encode(prompt, "prompt");
             if ((int64_t)ids.size() > ck.config.model.n_ctx)
@@ -147,6 +155,10 @@ int main(int argc, char** argv) {
             check_threads(routing_threads);
             set_num_threads(routing_threads);
             Checkpoint ck = load_checkpoint(routing_ckpt);
+            if (routing_k != 0) {
+                ck.model->set_experts_per_token(routing_k);
+                ck.config.model.n_expert_used = routing_k;
+            }
             viz::RoutingMapOptions ro;
             ro.title = "routing: " + routing_ckpt;
             ro.shade_by_weight = routing_weights;

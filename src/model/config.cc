@@ -307,7 +307,7 @@ Config load_config(const std::string& path) {
     json j;
     try {
         j = json::parse(ss.str());
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, and out_of_range for 1e999
         fail("config file '", path, "' is not valid JSON: ", e.what());
     }
     return config_from_json(j, path);

@@ -24,6 +24,14 @@ Model::Model(const ModelConfig& cfg) : cfg_(cfg), table_(cfg) {
     g_ = bind_weights(table_, cfg_, grads());
 }
 
+void Model::set_experts_per_token(int64_t K) {
+    if (!cfg_.any_moe()) fail("--experts-per-token: the model has no MoE layers");
+    if (K < 1 || K > cfg_.n_expert)
+        fail("--experts-per-token must be in [1, n_expert = ", cfg_.n_expert, "], got ", K);
+    cfg_.n_expert_used = K;
+    cap_B_ = cap_T_ = 0;  // activation buffers are sized by K: lay them out again
+}
+
 void Model::init(uint64_t seed) {
     const double std0 = 0.02, std_proj = 0.02 / std::sqrt(2.0 * (double)cfg_.n_layer);
     for (size_t i = 0; i < table_.params().size(); ++i) {

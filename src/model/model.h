@@ -25,6 +25,10 @@ public:
     float* grads() { return reinterpret_cast<float*>(grads_.data()); }
     const Weights& weights() const { return w_; }
 
+    // Inference with a different number of experts per token (1 <= K <= E); the parameters do
+    // not depend on K. Throws moe::error naming the value when it is out of range.
+    void set_experts_per_token(int64_t K);
+
     // Random init from the seed: N(0, 0.02) matrices, N(0, 0.02/sqrt(2L)) for the projections
     // into the residual stream, ones for norms.
     void init(uint64_t seed);
