@@ -42,6 +42,13 @@ static void resolve_vocab(Config& cfg) {
     cfg.model.vocab_size = Tokenizer::char_level(read_text_file(p), p).vocab_size();
 }
 
+// --experts-per-token K (0 = keep the checkpoint's K): model and config change together.
+static void set_experts_per_token(Checkpoint& ck, int64_t K) {
+    if (K == 0) return;
+    ck.model->set_experts_per_token(K);
+    ck.config.model.n_expert_used = K;
+}
+
 int main(int argc, char** argv) {
     CLI::App app{"moe: Mixture-of-Experts Transformer engine (train, inspect, generate)"};
     app.require_subcommand(0, 1);
@@ -133,10 +140,7 @@ int main(int argc, char** argv) {
             check_threads(gen_threads);
             set_num_threads(gen_threads);
             Checkpoint ck = load_checkpoint(ckpt_dir);
-            if (gen_k != 0) {
-                ck.model->set_experts_per_token(gen_k);
-                ck.config.model.n_expert_used = gen_k;
-            }
+            set_experts_per_token(ck, gen_k);
             if (prompt.empty()) fail("--prompt is empty: give at least one character");
             std::vector<int32_t> ids = ck.tokenizer.encode(prompt, "prompt");
             if ((int64_t)ids.size() > ck.config.model.n_ctx)
@@ -155,10 +159,7 @@ int main(int argc, char** argv) {
             check_threads(routing_threads);
             set_num_threads(routing_threads);
             Checkpoint ck = load_checkpoint(routing_ckpt);
-            if (routing_k != 0) {
-                ck.model->set_experts_per_token(routing_k);
-                ck.config.model.n_expert_used = routing_k;
-            }
+            set_experts_per_token(ck, routing_k);
             viz::RoutingMapOptions ro;
             ro.title = "routing: " + routing_ckpt;
             ro.shade_by_weight = routing_weights;
