@@ -5,7 +5,8 @@
 # system interpreter only: a python3 earlier on PATH (pyenv, venv) usually lacks it.
 set(MOE_TORCH_PYTHON /usr/bin/python3 CACHE FILEPATH
     "Python interpreter with torch for the PyTorch parity reference (tests/ref/)")
-set(MOE_PARITY_CONFIGS tiny-dense tiny-moe tiny-moe-relu)
+set(MOE_PARITY_CONFIGS tiny-dense tiny-moe tiny-moe-relu
+    tiny-moe-noisy tiny-moe-reroute tiny-moe-drop tiny-moe-bias)
 set(MOE_PARITY_DIR ${CMAKE_BINARY_DIR}/parity)
 
 # Not a test_*.cc: registered by hand below, not by gtest_discover_tests, so that each test can
@@ -26,6 +27,7 @@ foreach(cfg ${MOE_PARITY_CONFIGS})
     FIXTURES_SETUP torch_parity_${id} TIMEOUT 300)
   # gtest names: Configs/TorchParity.<Test>/<id>
   add_test(NAME torch_parity.${cfg} COMMAND moe_test_torch_parity --gtest_filter=*/${id})
+  # passive OpenMP waits: results are the same, and 2-thread runs don't crawl on a busy machine
   set_tests_properties(torch_parity.${cfg} PROPERTIES
-    FIXTURES_REQUIRED torch_parity_${id} TIMEOUT 300)
+    FIXTURES_REQUIRED torch_parity_${id} TIMEOUT 300 ENVIRONMENT OMP_WAIT_POLICY=passive)
 endforeach()
