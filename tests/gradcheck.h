@@ -48,6 +48,11 @@ struct GradCheckResult {
     }
 };
 
+constexpr double kTol = 1e-6;      // relative, double precision finite differences
+constexpr double kAccTol = 1e-12;  // calling backward twice must give exactly twice the gradient
+
+inline Vec zeros(int64_t n) { return Vec(n, 0.0); }
+
 inline Vec randn(int64_t n, Rng& rng, double scale = 1.0) {
     Vec v(n);
     for (auto& x : v) x = scale * rng.normal();

@@ -25,10 +25,6 @@ using ops::Activation;
 
 namespace {
 
-constexpr double kTol = 1e-6;     // relative, double precision finite differences
-constexpr double kAccTol = 1e-12;  // calling backward twice must give exactly twice the gradient
-
-Vec zeros(int64_t n) { return Vec(n, 0.0); }
 
 // Values bounded away from 0 (for ReLU inputs: no kink within a finite-difference step).
 Vec away_from_zero(int64_t n, Rng& rng, double margin) {

@@ -26,14 +26,6 @@ using namespace moe;
 using namespace moe::test;
 using ops::OverflowPolicy;
 
-namespace {
-
-constexpr double kTol = 1e-6;      // relative, double precision finite differences
-constexpr double kAccTol = 1e-12;  // calling backward twice must give exactly twice the gradient
-
-Vec zeros(int64_t n) { return Vec(n, 0.0); }
-
-}  // namespace
 
 // ---------------------------------------------------------------- noisy scores
 
