@@ -38,4 +38,15 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain,
     }
 }
 
+void parallel_tasks(int64_t n, const std::function<void(int64_t)>& fn) {
+    if (n <= 0) return;
+    const int64_t nt = std::min<int64_t>(num_threads(), n);
+    if (nt <= 1 || omp_in_parallel()) {
+        for (int64_t i = 0; i < n; ++i) fn(i);
+        return;
+    }
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t i = 0; i < n; ++i) fn(i);
+}
+
 }  // namespace moe

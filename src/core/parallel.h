@@ -16,4 +16,10 @@ int num_threads();
 void parallel_for(int64_t begin, int64_t end, int64_t grain,
                   const std::function<void(int64_t, int64_t)>& fn);
 
+// Runs fn(i) for every i in [0, n), handing tasks to threads as they free up (dynamic schedule),
+// for uneven work such as one task per (expert, row block). Which thread runs a task must not
+// change its result: a task writes only its own outputs, so the results do not depend on the
+// thread count. Work inside a task (gemm, parallel_for) runs on the calling thread alone.
+void parallel_tasks(int64_t n, const std::function<void(int64_t)>& fn);
+
 }  // namespace moe

@@ -6,7 +6,9 @@
 //   hu = xe · w_up[e]^T     (rows_e, F)
 //   act = silu(hg) * hu  |  relu(hu)
 //   ye = act · w_down[e]^T  (rows_e, C)
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "core/parallel.h"
 #include "kernels/gemm.h"
@@ -14,29 +16,55 @@
 
 namespace moe::ops {
 
+// The grouped FFN is split into independent tasks handed to threads dynamically
+// (parallel_tasks): an expert's rows in blocks of at most kRowBlock rows (forward, and the dx half
+// of backward), and an expert's weight gradient in blocks of at most kOutBlock output rows. Each
+// task calls single-threaded GEMMs and writes only its own outputs, so results do not depend on
+// the thread count, and small experts keep both cores busy (one threaded GEMM per small expert
+// spends its time in fork/join). The split is a fixed function of the shapes.
+inline constexpr int64_t kRowBlock = 128;
+inline constexpr int64_t kOutBlock = 128;
+
+struct FfnTask {
+    int32_t e;      // expert
+    int32_t which;  // backward weight tasks: 0 = w_down, 1 = w_up, 2 = w_gate
+    int64_t begin, end;
+};
+
+// Row blocks of each expert: [begin, end) rows of the grouped layout.
+inline const std::vector<FfnTask>& ffn_row_tasks(const int32_t* expert_offsets, int64_t E) {
+    thread_local std::vector<FfnTask> tasks;  // reused: no allocation once warm
+    tasks.clear();
+    for (int64_t e = 0; e < E; ++e) {
+        const int64_t r0 = expert_offsets[e], rows = expert_offsets[e + 1] - r0;
+        if (rows == 0) continue;
+        const int64_t nb = (rows + kRowBlock - 1) / kRowBlock, per = (rows + nb - 1) / nb;
+        for (int64_t b = r0; b < r0 + rows; b += per)
+            tasks.push_back({(int32_t)e, 0, b, std::min(r0 + rows, b + per)});
+    }
+    return tasks;
+}
+
 // ye (R, C); hg, hu, act (R, F) saved for backward (hg unused for relu);
 // xe (R, C); w_gate, w_up (E, F, C); w_down (E, C, F); expert_offsets (E+1)
 template <class T>
 void moe_ffn_forward(T* ye, T* hg, T* hu, T* act, const T* xe, const T* w_gate, const T* w_up,
                      const T* w_down, const int32_t* expert_offsets, int64_t E, int64_t C, int64_t F,
                      Activation activation) {
-    for (int64_t e = 0; e < E; ++e) {
-        const int64_t r0 = expert_offsets[e], rows = expert_offsets[e + 1] - r0;
-        if (rows == 0) continue;
-        const T* x = xe + r0 * C;
-        kernels::gemm<T>(false, true, rows, F, C, T(1), x, C, w_up + e * F * C, C, T(0), hu + r0 * F, F);
+    const std::vector<FfnTask>& tasks = ffn_row_tasks(expert_offsets, E);
+    parallel_tasks((int64_t)tasks.size(), [&](int64_t i) {
+        const FfnTask t = tasks[i];
+        const int64_t e = t.e, r0 = t.begin, rows = t.end - t.begin;
+        const T* x = xe + r0 * C;                                                                  // [rows, C]
+        kernels::gemm<T>(false, true, rows, F, C, T(1), x, C, w_up + e * F * C, C, T(0), hu + r0 * F, F);  // [rows, F]
         if (activation == Activation::swiglu) {
             kernels::gemm<T>(false, true, rows, F, C, T(1), x, C, w_gate + e * F * C, C, T(0), hg + r0 * F, F);
-            parallel_for(0, rows, 8, [&](int64_t a, int64_t b) {
-                swiglu_forward(act + (r0 + a) * F, hg + (r0 + a) * F, hu + (r0 + a) * F, (b - a) * F);
-            });
+            swiglu_forward(act + r0 * F, hg + r0 * F, hu + r0 * F, rows * F);
         } else {
-            parallel_for(0, rows, 8, [&](int64_t a, int64_t b) {
-                relu_forward(act + (r0 + a) * F, hu + (r0 + a) * F, (b - a) * F);
-            });
+            relu_forward(act + r0 * F, hu + r0 * F, rows * F);
         }
-        kernels::gemm<T>(false, true, rows, C, F, T(1), act + r0 * F, F, w_down + e * C * F, F, T(0), ye + r0 * C, C);
-    }
+        kernels::gemm<T>(false, true, rows, C, F, T(1), act + r0 * F, F, w_down + e * C * F, F, T(0), ye + r0 * C, C);  // [rows, C]
+    });
 }
 
 // Accumulates dxe (R, C), dw_gate, dw_up (E, F, C), dw_down (E, C, F).
@@ -46,32 +74,54 @@ void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg,
                       const T* dye, const T* xe, const T* hg, const T* hu, const T* act,
                       const T* w_gate, const T* w_up, const T* w_down, const int32_t* expert_offsets,
                       int64_t E, int64_t C, int64_t F, Activation activation) {
-    for (int64_t e = 0; e < E; ++e) {
-        const int64_t r0 = expert_offsets[e], rows = expert_offsets[e + 1] - r0;
-        if (rows == 0) continue;
-        const T* x = xe + r0 * C;
-        const T* g = dye + r0 * C;
+    const bool swiglu = activation == Activation::swiglu;
+    // 1) row blocks: activation gradients and dxe
+    const std::vector<FfnTask>& rtasks = ffn_row_tasks(expert_offsets, E);
+    parallel_tasks((int64_t)rtasks.size(), [&](int64_t i) {
+        const FfnTask t = rtasks[i];
+        const int64_t e = t.e, r0 = t.begin, rows = t.end - t.begin;
+        const int64_t o = r0 * F, n = rows * F;
         // ye = act · w_down^T
-        kernels::gemm<T>(false, false, rows, F, C, T(1), g, C, w_down + e * C * F, F, T(0), dact + r0 * F, F);
-        kernels::gemm<T>(true, false, C, F, rows, T(1), g, C, act + r0 * F, F, T(1), dw_down + e * C * F, F);
-        parallel_for(0, rows, 8, [&](int64_t a, int64_t b) {
-            const int64_t o = (r0 + a) * F, n = (b - a) * F;
-            for (int64_t i = 0; i < n; ++i) dhu[o + i] = 0;
-            if (activation == Activation::swiglu) {
-                for (int64_t i = 0; i < n; ++i) dhg[o + i] = 0;
-                swiglu_backward(dhg + o, dhu + o, dact + o, hg + o, hu + o, n);
-            } else {
-                relu_backward(dhu + o, dact + o, act + o, n);
-            }
-        });
+        kernels::gemm<T>(false, false, rows, F, C, T(1), dye + r0 * C, C, w_down + e * C * F, F, T(0), dact + o, F);  // [rows, F]
+        for (int64_t j = 0; j < n; ++j) dhu[o + j] = 0;
+        if (swiglu) {
+            for (int64_t j = 0; j < n; ++j) dhg[o + j] = 0;
+            swiglu_backward(dhg + o, dhu + o, dact + o, hg + o, hu + o, n);
+        } else {
+            relu_backward(dhu + o, dact + o, act + o, n);
+        }
         // hu = xe · w_up^T ; hg = xe · w_gate^T
-        kernels::gemm<T>(false, false, rows, C, F, T(1), dhu + r0 * F, F, w_up + e * F * C, C, T(1), dxe + r0 * C, C);
-        kernels::gemm<T>(true, false, F, C, rows, T(1), dhu + r0 * F, F, x, C, T(1), dw_up + e * F * C, C);
-        if (activation == Activation::swiglu) {
-            kernels::gemm<T>(false, false, rows, C, F, T(1), dhg + r0 * F, F, w_gate + e * F * C, C, T(1), dxe + r0 * C, C);
-            kernels::gemm<T>(true, false, F, C, rows, T(1), dhg + r0 * F, F, x, C, T(1), dw_gate + e * F * C, C);
+        kernels::gemm<T>(false, false, rows, C, F, T(1), dhu + o, F, w_up + e * F * C, C, T(1), dxe + r0 * C, C);  // [rows, C]
+        if (swiglu)
+            kernels::gemm<T>(false, false, rows, C, F, T(1), dhg + o, F, w_gate + e * F * C, C, T(1), dxe + r0 * C, C);
+    });
+    // 2) weight gradients, in blocks of output rows of each expert's matrix
+    thread_local std::vector<FfnTask> wtasks_storage;  // reused: no allocation once warm
+    std::vector<FfnTask>& wtasks = wtasks_storage;   // the lambda must see this thread's vector
+    wtasks.clear();
+    for (int64_t e = 0; e < E; ++e) {
+        if (expert_offsets[e + 1] == expert_offsets[e]) continue;
+        for (int w = 0; w < (swiglu ? 3 : 2); ++w) {
+            const int64_t out = w == 0 ? C : F;
+            const int64_t nb = (out + kOutBlock - 1) / kOutBlock, per = (out + nb - 1) / nb;
+            for (int64_t b = 0; b < out; b += per) wtasks.push_back({(int32_t)e, w, b, std::min(out, b + per)});
         }
     }
+    parallel_tasks((int64_t)wtasks.size(), [&](int64_t i) {
+        const FfnTask t = wtasks[i];
+        const int64_t e = t.e, r0 = expert_offsets[e], rows = expert_offsets[e + 1] - r0;
+        const int64_t b = t.begin, nb = t.end - t.begin;
+        if (t.which == 0) {
+            // dw_down[e][b:b+nb, :] += dye[:, b:b+nb]^T · act    [nb, F]
+            kernels::gemm<T>(true, false, nb, F, rows, T(1), dye + r0 * C + b, C, act + r0 * F, F, T(1),
+                             dw_down + e * C * F + b * F, F);
+        } else {
+            // dw_up|gate[e][b:b+nb, :] += dh[:, b:b+nb]^T · xe   [nb, C]
+            const T* dh = (t.which == 1 ? dhu : dhg) + r0 * F + b;
+            T* dw = (t.which == 1 ? dw_up : dw_gate) + e * F * C + b * C;
+            kernels::gemm<T>(true, false, nb, C, rows, T(1), dh, F, xe + r0 * C, C, T(1), dw, C);
+        }
+    });
 }
 
 }  // namespace moe::ops

@@ -1,65 +1,70 @@
 #include "train/optim.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/parallel.h"
+#include "kernels/adamw.h"
 
 namespace moe {
 
 AdamW::AdamW(int64_t n) : n_(n) { state_.allocate(2 * n * sizeof(float)); }
 
-void AdamW::step(float* params, const float* grads, const ParamTable& table, const AdamWParams& hp, int64_t t) {
+void AdamW::step(float* params, const float* grads, const ParamTable& table, const AdamWParams& hp, int64_t t,
+                 float grad_scale) {
     const double bc1 = 1.0 - std::pow(hp.beta1, (double)t);
     const double bc2 = 1.0 - std::pow(hp.beta2, (double)t);
-    const float lr = (float)hp.lr, b1 = (float)hp.beta1, b2 = (float)hp.beta2, eps = (float)hp.eps;
-    const float step_size = (float)(hp.lr / bc1);
-    const float bc2_sqrt = (float)std::sqrt(bc2);
+    kernels::AdamWScalars s;
+    s.beta1 = (float)hp.beta1;
+    s.beta2 = (float)hp.beta2;
+    s.eps = (float)hp.eps;
+    s.step_size = (float)(hp.lr / bc1);
+    s.bc2_sqrt = (float)std::sqrt(bc2);
+    s.grad_scale = grad_scale;
     float* M = m();
     float* Vv = v();
     for (const auto& p : table.params()) {
         if (!p.trainable) continue;
-        const float decay = p.decay ? (float)(1.0 - hp.lr * hp.weight_decay) : 1.f;
-        float* x = params + p.offset;
-        const float* g = grads + p.offset;
-        float* mm = M + p.offset;
-        float* vv = Vv + p.offset;
-        parallel_for(0, p.numel, 4096, [&](int64_t i0, int64_t i1) {
-            for (int64_t i = i0; i < i1; ++i) {
-                x[i] *= decay;  // decoupled weight decay first, as torch.optim.AdamW
-                mm[i] = b1 * mm[i] + (1.f - b1) * g[i];
-                vv[i] = b2 * vv[i] + (1.f - b2) * g[i] * g[i];
-                const float denom = std::sqrt(vv[i]) / bc2_sqrt + eps;
-                x[i] -= step_size * mm[i] / denom;
-            }
+        s.decay = p.decay ? (float)(1.0 - hp.lr * hp.weight_decay) : 1.f;
+        const int64_t off = p.offset;
+        // blocks of 16K elements: a fixed split, so results do not depend on the thread count
+        parallel_for(0, (p.numel + 16383) / 16384, 1, [&](int64_t b0, int64_t b1) {
+            const int64_t i0 = b0 * 16384, i1 = std::min(p.numel, b1 * 16384);
+            kernels::adamw(params + off + i0, M + off + i0, Vv + off + i0, grads + off + i0, i1 - i0, s);
         });
-        (void)lr;
     }
 }
 
-double clip_grad_norm(float* grads, int64_t n, double max_norm) {
-    // per-chunk partial sums in a fixed chunking, added in chunk order: deterministic
+double grad_norm(const float* grads, int64_t n) {
+    // per-chunk partial sums in a fixed chunking, added in chunk order: deterministic and
+    // independent of the thread count
     const int64_t chunk = 1 << 16;
     const int64_t nchunks = (n + chunk - 1) / chunk;
-    std::vector<double> part(nchunks, 0.0);
+    thread_local std::vector<double> part_storage;
+    std::vector<double>& part = part_storage;
+    part.assign(nchunks, 0.0);
     parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {
-            double s = 0;
-            const int64_t e = std::min(n, (c + 1) * chunk);
-            for (int64_t i = c * chunk; i < e; ++i) s += (double)grads[i] * grads[i];
-            part[c] = s;
-        }
+        for (int64_t c = c0; c < c1; ++c) part[c] = kernels::sumsq(grads + c * chunk, std::min(n, (c + 1) * chunk) - c * chunk);
     });
     double ss = 0;
     for (double s : part) ss += s;
-    const double norm = std::sqrt(ss);
-    if (max_norm > 0) {
-        const double coef = max_norm / (norm + 1e-6);
-        if (coef < 1.0) {
-            const float cf = (float)coef;
-            parallel_for(0, n, 1 << 14, [&](int64_t i0, int64_t i1) {
-                for (int64_t i = i0; i < i1; ++i) grads[i] *= cf;
-            });
-        }
+    return std::sqrt(ss);
+}
+
+float clip_coefficient(double norm, double max_norm) {
+    if (max_norm <= 0) return 1.f;
+    const double coef = max_norm / (norm + 1e-6);  // as torch.nn.utils.clip_grad_norm_
+    return coef < 1.0 ? (float)coef : 1.f;
+}
+
+double clip_grad_norm(float* grads, int64_t n, double max_norm) {
+    const double norm = grad_norm(grads, n);
+    const float cf = clip_coefficient(norm, max_norm);
+    if (cf != 1.f) {
+        parallel_for(0, n, 1 << 14, [&](int64_t i0, int64_t i1) {
+            for (int64_t i = i0; i < i1; ++i) grads[i] *= cf;
+        });
     }
     return norm;
 }

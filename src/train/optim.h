@@ -15,8 +15,10 @@ struct AdamWParams {
 class AdamW {
 public:
     explicit AdamW(int64_t n);
-    // One update of params (n) from grads (n); t counts from 1.
-    void step(float* params, const float* grads, const ParamTable& table, const AdamWParams& hp, int64_t t);
+    // One update of params (n) from grads (n) * grad_scale (the clipping coefficient, applied on
+    // the fly: the same product torch forms in place); t counts from 1.
+    void step(float* params, const float* grads, const ParamTable& table, const AdamWParams& hp, int64_t t,
+              float grad_scale = 1.f);
     float* m() { return reinterpret_cast<float*>(state_.data()); }
     float* v() { return m() + n_; }
     int64_t size() const { return n_; }
@@ -25,6 +27,11 @@ private:
     int64_t n_;
     Arena state_;  // (2, n): first and second moments
 };
+
+// Global L2 norm of grads (n), summed in double in a fixed order.
+double grad_norm(const float* grads, int64_t n);
+// torch.nn.utils.clip_grad_norm_'s coefficient: min(1, max_norm / (norm + 1e-6)); 1 if max_norm <= 0.
+float clip_coefficient(double norm, double max_norm);
 
 // Scales grads so their global L2 norm is at most max_norm (0 = no clipping). Returns the norm
 // before clipping (computed in double, fixed order).

@@ -318,11 +318,12 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
         double gnorm = 0;
         {
             MOE_PROFILE_SCOPE("clip+adamw");
-            gnorm = clip_grad_norm(model->grads(), model->n_params(), tc.grad_clip);
+            gnorm = grad_norm(model->grads(), model->n_params());
             if (!std::isfinite(gnorm))
                 fail("training diverged: gradient norm is ", gnorm, " at step ", step,
                      " (the last good checkpoint in '", opt.out_dir, "' is kept)");
-            adam->step(model->params(), model->grads(), model->table(), hp, step + 1);
+            adam->step(model->params(), model->grads(), model->table(), hp, step + 1,
+                       clip_coefficient(gnorm, tc.grad_clip));
             model->update_balance_bias();  // aux-loss-free balancing (no-op unless configured)
         }
         st.step = step + 1;
