@@ -66,6 +66,8 @@ int main(int argc, char** argv) {
     train_cmd->add_option("--seed", topt.seed,
                           "random seed (overrides train.seed; a resumed run keeps the checkpoint's)");
     train_cmd->add_option("--threads", topt.threads, "threads (default: all cores)");
+    train_cmd->add_option("--precision", topt.precision,
+                          "GEMM precision fp32|bf16 (overrides train.precision; fp32 master weights either way)");
     train_cmd->add_option("--log", topt.log_path, "write a JSONL log here");
     bool no_summary = false;
     train_cmd->add_flag("--no-sample", no_summary, "skip the sample and expert table at the end");

@@ -4,6 +4,10 @@
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "kernels/bf16.h"
+
+#include <string>
+#include <vector>
 
 namespace moe::kernels {
 
@@ -31,6 +35,23 @@ template void gemm_ref<float>(bool, bool, int64_t, int64_t, int64_t, float, cons
 template void gemm_ref<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
                                const double*, int64_t, double, double*, int64_t);
 
+static Precision g_precision = Precision::fp32;
+
+void set_gemm_precision(Precision p) { g_precision = p; }
+Precision gemm_precision() { return g_precision; }
+const char* precision_name(Precision p) { return p == Precision::bf16 ? "bf16" : "fp32"; }
+Precision parse_precision(const char* s, const char* where) {
+    const std::string v = s;
+    if (v == "fp32") return Precision::fp32;
+    if (v == "bf16") return Precision::bf16;
+    fail(where, ": precision must be \"fp32\" or \"bf16\", got \"", v, "\"");
+}
+
+// Copies the stored rows x cols block (row stride ld) into dst (contiguous), rounded to bf16.
+static void round_block(float* dst, const float* src, int64_t rows, int64_t cols, int64_t ld) {
+    for (int64_t r = 0; r < rows; ++r) bf16_round_n(dst + r * cols, src + r * ld, cols);
+}
+
 void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
               int64_t ldc) {
@@ -38,6 +59,20 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
     if (K == 0) {
         for (int64_t m = 0; m < M; ++m)
             for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = beta == 0.f ? 0.f : beta * C[m * ldc + n];
+        return;
+    }
+    if (g_precision == Precision::bf16) {
+        // thread-local scratch, reused: no allocation once warm
+        thread_local std::vector<float> sa, sb;
+        const int64_t ar = trans_a ? K : M, ac = trans_a ? M : K;  // A as stored
+        const int64_t br = trans_b ? N : K, bc = trans_b ? K : N;  // B as stored
+        if ((int64_t)sa.size() < ar * ac) sa.resize(ar * ac);
+        if ((int64_t)sb.size() < br * bc) sb.resize(br * bc);
+        round_block(sa.data(), A, ar, ac, lda);
+        round_block(sb.data(), B, br, bc, ldb);
+        dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, sa.data(), ac,
+                                      sb.data(), bc, beta, C, ldc);
+        MOE_ASSERT(st == dnnl_success);
         return;
     }
     dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda,

@@ -8,6 +8,17 @@
 
 namespace moe::kernels {
 
+// Precision of the float GEMMs of this process. bf16: both operands are rounded to bfloat16
+// (round to nearest even) and multiplied with fp32 accumulation, as a bf16 GEMM on
+// bf16-capable hardware does; outputs, master weights and everything outside the GEMMs stay fp32.
+// On CPUs without bf16 dot-product instructions (AVX2) the rounding is emulated: the numerics are
+// those of bf16, the speed is that of fp32 (plus the rounding pass). Set it once, outside steps.
+enum class Precision { fp32, bf16 };
+void set_gemm_precision(Precision p);
+Precision gemm_precision();
+const char* precision_name(Precision p);
+Precision parse_precision(const char* s, const char* where);  // "fp32" | "bf16", else moe::error
+
 template <class T>
 void gemm_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
               int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);

@@ -254,6 +254,9 @@ Config config_from_json(const json& j, const std::string& where) {
         int64_t seed = f.integer("seed", (int64_t)t.seed);
         check(seed >= 0, where, str("field 'train.seed' must be >= 0, got ", seed));
         t.seed = (uint64_t)seed;
+        t.precision = f.string("precision", t.precision);
+        if (t.precision != "fp32" && t.precision != "bf16")
+            fail(where, ": field 'train.precision' must be \"fp32\" or \"bf16\", got \"", t.precision, "\"");
         f.finish();
         auto fin = [&](const char* k, double v) {
             check(std::isfinite(v), where, str("field 'train.", k, "' must be finite, got ", v));
@@ -341,7 +344,7 @@ json config_to_json(const Config& c) {
         {"weight_decay", t.weight_decay}, {"beta1", t.beta1}, {"beta2", t.beta2},
         {"adam_eps", t.adam_eps}, {"grad_clip", t.grad_clip}, {"eval_interval", t.eval_interval},
         {"eval_batches", t.eval_batches}, {"log_interval", t.log_interval},
-        {"ckpt_interval", t.ckpt_interval}, {"seed", t.seed},
+        {"ckpt_interval", t.ckpt_interval}, {"seed", t.seed}, {"precision", t.precision},
     };
     json out = {{"model", mj}, {"train", tj}};
     if (m.any_moe()) {

@@ -69,6 +69,7 @@ struct TrainConfig {
     int64_t log_interval = 10;
     int64_t ckpt_interval = 0;   // 0 = only at the end
     uint64_t seed = 1337;
+    std::string precision = "fp32";  // GEMM precision: "fp32" | "bf16" (fp32 master weights either way)
 };
 
 struct Config {

@@ -14,6 +14,7 @@
 #include "core/profile.h"
 #include "ops/routing_stats.h"
 #include "infer/generate.h"
+#include "kernels/gemm.h"
 #include "io/checkpoint.h"
 #include "io/tokenizer.h"
 #include "model/model.h"
@@ -207,6 +208,8 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
     if (!opt.data_override.empty()) tc.data = opt.data_override;
     if (opt.seed >= 0) tc.seed = (uint64_t)opt.seed;
     if (opt.steps >= 0) tc.steps = opt.steps;
+    if (!opt.precision.empty()) tc.precision = opt.precision;
+    kernels::set_gemm_precision(kernels::parse_precision(tc.precision.c_str(), "--precision / train.precision"));
     if (tc.data.empty()) fail("no training data: set 'train.data' in ", cfg.path, " or pass --data FILE");
     const std::string data_path = resolve_path(tc.data);
     const std::string text = read_text_file(data_path);
@@ -251,8 +254,8 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
     std::printf("data: %s, %lld train / %lld val tokens, vocab %lld (%s); unigram baseline %.4f nats\n",
                 data_path.c_str(), (long long)data.n_train(), (long long)data.n_val(), (long long)mc.vocab_size,
                 tc.tokenizer.c_str(), unigram);
-    std::printf("batch %lld x %lld tokens x %lld accum, %lld steps, lr %.2e, %d threads%s\n", (long long)B,
-                (long long)T, (long long)tc.grad_accum, (long long)tc.steps, tc.lr, num_threads(),
+    std::printf("batch %lld x %lld tokens x %lld accum, %lld steps, lr %.2e, %d threads, %s GEMMs%s\n", (long long)B,
+                (long long)T, (long long)tc.grad_accum, (long long)tc.steps, tc.lr, num_threads(), tc.precision.c_str(),
                 opt.resume_dir.empty() ? "" : str(", resuming at step ", st.step).c_str());
     std::fflush(stdout);
 

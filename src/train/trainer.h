@@ -16,6 +16,7 @@ struct TrainOptions {
     int64_t steps = -1;         // total steps (also when resuming); -1 = the config's
     int64_t seed = -1;          // -1 = the config's (resuming: the checkpoint's)
     int threads = 0;            // 0 = all cores
+    std::string precision;      // --precision: "fp32" | "bf16" ("" = the config's train.precision)
     bool summary = true;        // print a sample and the expert table at the end
     int64_t sample_tokens = 300;
 };
