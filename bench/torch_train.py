@@ -69,6 +69,8 @@ def main():
     ap.add_argument("--vocab", type=int, default=0, help="vocab size (default: from the data)")
     ap.add_argument("--data", default=None, help="text file (default: the config's train.data)")
     ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: torch.autocast(cpu, bfloat16) around the step (fp32 master weights, as moe)")
     args = ap.parse_args()
     if not 0 <= args.skip < args.steps:
         ap.error("--skip must be in [0, --steps)")
@@ -123,13 +125,15 @@ def main():
             t_begin = time.perf_counter()
         if accum == 1:
             x, y = batch()
-            loss, _ = train_step(model, opt, x, y, step, hp)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                loss, _ = train_step(model, opt, x, y, step, hp)
         else:  # micro-batches: gradients averaged as moe does (backward(1 / accum))
             opt.zero_grad(set_to_none=False)
             loss = 0.0
             for _ in range(accum):
                 x, y = batch()
-                _, l = model(x, y)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                    _, l = model(x, y)
                 (l / accum).backward()
                 loss += l.item() / accum
             params = [p for _, p in model.named_tensors()]
@@ -144,7 +148,7 @@ def main():
     print(json.dumps({"threads": torch.get_num_threads(), "steps": args.steps, "timed_steps": timed,
                       "tokens_per_sec": timed * B * T * accum / elapsed, "sec_per_step": elapsed / timed,
                       "first_loss": losses[0], "last_loss": losses[-1], "vocab": cfg["model"]["vocab_size"],
-                      "torch": torch.__version__, "blas": blas_library()}))
+                      "precision": args.precision, "torch": torch.__version__, "blas": blas_library()}))
 
 
 if __name__ == "__main__":

@@ -11,3 +11,23 @@ TEST(Params, MixtralCountsExactly) {
     EXPECT_EQ(pc.total, 46702792704LL);
     EXPECT_EQ(pc.active, 12879925248LL);
 }
+
+// Hand count: L=1, C=8, H=2 (D=4), V=10 tied, dense SwiGLU F=16, T=4.
+// matmul weights: head (tied embedding) 80 + q,k,v,o 4*64 + gate,up,down 3*128 = 720;
+// forward = 2*720 + attention 4*H*D*(T+1)/2 = 1440 + 80 = 1520; training = 3 * 1520.
+TEST(Params, FlopsPerTokenByHand) {
+    ModelConfig m;
+    m.n_layer = 1, m.n_embd = 8, m.n_head = 2, m.n_head_kv = 2, m.vocab_size = 10, m.n_ctx = 4;
+    m.tie_embeddings = true;
+    m.n_ff = 16;
+    m.layer_moe = {false};
+    FlopCount f = count_flops(m, 4);
+    EXPECT_DOUBLE_EQ(f.matmul_params, 720);
+    EXPECT_DOUBLE_EQ(f.forward, 1520);
+    EXPECT_DOUBLE_EQ(f.training, 4560);
+    // MoE with E=4, K=2, F=16 per expert: experts count 2/4, plus the router (4 x 8)
+    m.layer_moe = {true};
+    m.n_expert = 4, m.n_expert_used = 2, m.n_ff_exp = 16;
+    f = count_flops(m, 4);
+    EXPECT_DOUBLE_EQ(f.matmul_params, 80 + 256 + 3 * 4 * 128 / 2 + 32);
+}

@@ -179,13 +179,20 @@ int main(int argc, char** argv) {
             Config cfg = load_config(params_config);
             resolve_vocab(cfg);
             ParamCount pc = count_params(cfg.model);
+            const int64_t T = cfg.train.block_size > 0 ? cfg.train.block_size : cfg.model.n_ctx;
+            FlopCount fc = count_flops(cfg.model, T);
             if (params_json) {
-                std::printf("{\"total\": %lld, \"active\": %lld}\n", (long long)pc.total, (long long)pc.active);
+                std::printf("{\"total\": %lld, \"active\": %lld, \"seq_len\": %lld, \"forward_flops_per_token\": %.0f, "
+                            "\"training_flops_per_token\": %.0f}\n",
+                            (long long)pc.total, (long long)pc.active, (long long)T, fc.forward, fc.training);
             } else {
                 std::printf("config: %s\n", params_config.c_str());
                 std::printf("total parameters:  %s\n", with_commas(pc.total).c_str());
                 std::printf("active per token:  %s (%.1f%%)\n", with_commas(pc.active).c_str(),
                             100.0 * (double)pc.active / (double)pc.total);
+                std::printf("FLOPs per token:   %s forward, %s training (sequence of %lld tokens)\n",
+                            with_commas((int64_t)fc.forward).c_str(), with_commas((int64_t)fc.training).c_str(),
+                            (long long)T);
             }
             return 0;
         }

@@ -102,4 +102,20 @@ ParamCount count_params(const ModelConfig& m) {
     return c;
 }
 
+FlopCount count_flops(const ModelConfig& m, int64_t T) {
+    FlopCount f;
+    ParamTable t(m);
+    for (const auto& p : t.params()) {
+        if (!p.trainable) continue;
+        if (p.name.find("norm") != std::string::npos) continue;  // elementwise
+        if (p.name == "tok_embd" && !m.tie_embeddings) continue;  // a lookup; tied: it is the head too
+        f.matmul_params += p.expert ? (double)p.numel / m.n_expert * m.n_expert_used : (double)p.numel;
+    }
+    const double head_dim = (double)m.n_embd / m.n_head;
+    const double attn = 4.0 * m.n_head * head_dim * (double)(T + 1) / 2.0 * m.n_layer;
+    f.forward = 2.0 * f.matmul_params + attn;
+    f.training = 3.0 * f.forward;
+    return f;
+}
+
 }  // namespace moe

@@ -69,4 +69,15 @@ struct ParamCount {
 };
 ParamCount count_params(const ModelConfig& m);
 
+// Model FLOPs per token (the usual accounting: 2 per multiply-add of a weight matrix the token
+// goes through, the K chosen experts only, router and output head included, embedding lookups
+// and norms left out) plus causal attention over a sequence of T tokens (QK^T and AV: 4·H·D per
+// key, (T+1)/2 keys on average). Training = 3 × forward (backward: two GEMMs per forward GEMM).
+struct FlopCount {
+    double matmul_params = 0;  // weights a token multiplies by (active)
+    double forward = 0;        // per token
+    double training = 0;       // per token: forward + backward
+};
+FlopCount count_flops(const ModelConfig& m, int64_t T);
+
 }  // namespace moe

@@ -16,14 +16,34 @@
 
 namespace moe::ops {
 
-// The grouped FFN is split into independent tasks handed to threads dynamically
+// Small experts: the grouped FFN is split into independent tasks handed to threads dynamically
 // (parallel_tasks): an expert's rows in blocks of at most kRowBlock rows (forward, and the dx half
-// of backward), and an expert's weight gradient in blocks of at most kOutBlock output rows. Each
-// task calls single-threaded GEMMs and writes only its own outputs, so results do not depend on
-// the thread count, and small experts keep both cores busy (one threaded GEMM per small expert
-// spends its time in fork/join). The split is a fixed function of the shapes.
+// of backward), and one task per expert weight gradient. Each task calls single-threaded GEMMs and
+// writes only its own outputs, so these results do not depend on the thread count, and small
+// experts keep both cores busy (a threaded GEMM per small expert spends its time in fork/join).
 inline constexpr int64_t kRowBlock = 128;
-inline constexpr int64_t kOutBlock = 128;
+
+// Small experts (per-expert GEMMs under kSmallExpertFlops, e.g. makeMoE's 128 rows x 512 x 128)
+// run as tasks, one per thread at a time; large ones (bench-moe's 512 x 1024 x 512) run one
+// expert after another with every GEMM on all threads, which keeps oneDNN's blocking whole.
+inline constexpr double kSmallExpertFlops = 64e6;
+
+inline bool small_experts(const int32_t* expert_offsets, int64_t E, int64_t C, int64_t F) {
+    int64_t used = 0;
+    for (int64_t e = 0; e < E; ++e) used += expert_offsets[e + 1] > expert_offsets[e];
+    if (used == 0) return true;
+    const double rows = (double)expert_offsets[E] / (double)used;
+    return 2.0 * rows * (double)C * (double)F < kSmallExpertFlops;
+}
+
+template <class Fn>
+void run_tasks(bool as_tasks, int64_t n, const Fn& fn) {
+    if (as_tasks) {
+        parallel_tasks(n, fn);
+    } else {
+        for (int64_t i = 0; i < n; ++i) fn(i);
+    }
+}
 
 struct FfnTask {
     int32_t e;      // expert
@@ -31,14 +51,15 @@ struct FfnTask {
     int64_t begin, end;
 };
 
-// Row blocks of each expert: [begin, end) rows of the grouped layout.
-inline const std::vector<FfnTask>& ffn_row_tasks(const int32_t* expert_offsets, int64_t E) {
+// Row blocks of each expert: [begin, end) rows of the grouped layout; blocks of at most
+// kRowBlock rows when `split`, else one block per expert.
+inline const std::vector<FfnTask>& ffn_row_tasks(const int32_t* expert_offsets, int64_t E, bool split) {
     thread_local std::vector<FfnTask> tasks;  // reused: no allocation once warm
     tasks.clear();
     for (int64_t e = 0; e < E; ++e) {
         const int64_t r0 = expert_offsets[e], rows = expert_offsets[e + 1] - r0;
         if (rows == 0) continue;
-        const int64_t nb = (rows + kRowBlock - 1) / kRowBlock, per = (rows + nb - 1) / nb;
+        const int64_t nb = split ? (rows + kRowBlock - 1) / kRowBlock : 1, per = (rows + nb - 1) / nb;
         for (int64_t b = r0; b < r0 + rows; b += per)
             tasks.push_back({(int32_t)e, 0, b, std::min(r0 + rows, b + per)});
     }
@@ -51,17 +72,22 @@ template <class T>
 void moe_ffn_forward(T* ye, T* hg, T* hu, T* act, const T* xe, const T* w_gate, const T* w_up,
                      const T* w_down, const int32_t* expert_offsets, int64_t E, int64_t C, int64_t F,
                      Activation activation) {
-    const std::vector<FfnTask>& tasks = ffn_row_tasks(expert_offsets, E);
-    parallel_tasks((int64_t)tasks.size(), [&](int64_t i) {
+    const bool small = small_experts(expert_offsets, E, C, F);
+    const std::vector<FfnTask>& tasks = ffn_row_tasks(expert_offsets, E, small);
+    run_tasks(small, (int64_t)tasks.size(), [&](int64_t i) {
         const FfnTask t = tasks[i];
         const int64_t e = t.e, r0 = t.begin, rows = t.end - t.begin;
         const T* x = xe + r0 * C;                                                                  // [rows, C]
         kernels::gemm<T>(false, true, rows, F, C, T(1), x, C, w_up + e * F * C, C, T(0), hu + r0 * F, F);  // [rows, F]
         if (activation == Activation::swiglu) {
             kernels::gemm<T>(false, true, rows, F, C, T(1), x, C, w_gate + e * F * C, C, T(0), hg + r0 * F, F);
-            swiglu_forward(act + r0 * F, hg + r0 * F, hu + r0 * F, rows * F);
+            parallel_for(0, rows * F, 1 << 14, [&](int64_t j0, int64_t j1) {
+                swiglu_forward(act + r0 * F + j0, hg + r0 * F + j0, hu + r0 * F + j0, j1 - j0);
+            });
         } else {
-            relu_forward(act + r0 * F, hu + r0 * F, rows * F);
+            parallel_for(0, rows * F, 1 << 14, [&](int64_t j0, int64_t j1) {
+                relu_forward(act + r0 * F + j0, hu + r0 * F + j0, j1 - j0);
+            });
         }
         kernels::gemm<T>(false, true, rows, C, F, T(1), act + r0 * F, F, w_down + e * C * F, F, T(0), ye + r0 * C, C);  // [rows, C]
     });
@@ -76,52 +102,53 @@ void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg,
                       int64_t E, int64_t C, int64_t F, Activation activation) {
     const bool swiglu = activation == Activation::swiglu;
     // 1) row blocks: activation gradients and dxe
-    const std::vector<FfnTask>& rtasks = ffn_row_tasks(expert_offsets, E);
-    parallel_tasks((int64_t)rtasks.size(), [&](int64_t i) {
+    const bool small = small_experts(expert_offsets, E, C, F);
+    const std::vector<FfnTask>& rtasks = ffn_row_tasks(expert_offsets, E, small);
+    run_tasks(small, (int64_t)rtasks.size(), [&](int64_t i) {
         const FfnTask t = rtasks[i];
         const int64_t e = t.e, r0 = t.begin, rows = t.end - t.begin;
         const int64_t o = r0 * F, n = rows * F;
         // ye = act · w_down^T
         kernels::gemm<T>(false, false, rows, F, C, T(1), dye + r0 * C, C, w_down + e * C * F, F, T(0), dact + o, F);  // [rows, F]
-        for (int64_t j = 0; j < n; ++j) dhu[o + j] = 0;
-        if (swiglu) {
-            for (int64_t j = 0; j < n; ++j) dhg[o + j] = 0;
-            swiglu_backward(dhg + o, dhu + o, dact + o, hg + o, hu + o, n);
-        } else {
-            relu_backward(dhu + o, dact + o, act + o, n);
-        }
+        // elementwise: split over threads when the experts run one after another
+        parallel_for(0, n, 1 << 14, [&](int64_t j0, int64_t j1) {
+            for (int64_t j = j0; j < j1; ++j) dhu[o + j] = 0;
+            if (swiglu) {
+                for (int64_t j = j0; j < j1; ++j) dhg[o + j] = 0;
+                swiglu_backward(dhg + o + j0, dhu + o + j0, dact + o + j0, hg + o + j0, hu + o + j0, j1 - j0);
+            } else {
+                relu_backward(dhu + o + j0, dact + o + j0, act + o + j0, j1 - j0);
+            }
+        });
         // hu = xe · w_up^T ; hg = xe · w_gate^T
         kernels::gemm<T>(false, false, rows, C, F, T(1), dhu + o, F, w_up + e * F * C, C, T(1), dxe + r0 * C, C);  // [rows, C]
         if (swiglu)
             kernels::gemm<T>(false, false, rows, C, F, T(1), dhg + o, F, w_gate + e * F * C, C, T(1), dxe + r0 * C, C);
     });
-    // 2) weight gradients, in blocks of output rows of each expert's matrix
+    // 2) weight gradients: one whole-matrix GEMM per (expert, matrix) (a GEMM over a column block
+    //    of the transposed operand runs at a third of the speed): as tasks for small experts,
+    //    one after another with all threads in each GEMM for large ones.
     thread_local std::vector<FfnTask> wtasks_storage;  // reused: no allocation once warm
     std::vector<FfnTask>& wtasks = wtasks_storage;   // the lambda must see this thread's vector
     wtasks.clear();
     for (int64_t e = 0; e < E; ++e) {
         if (expert_offsets[e + 1] == expert_offsets[e]) continue;
-        for (int w = 0; w < (swiglu ? 3 : 2); ++w) {
-            const int64_t out = w == 0 ? C : F;
-            const int64_t nb = (out + kOutBlock - 1) / kOutBlock, per = (out + nb - 1) / nb;
-            for (int64_t b = 0; b < out; b += per) wtasks.push_back({(int32_t)e, w, b, std::min(out, b + per)});
-        }
+        for (int w = 0; w < (swiglu ? 3 : 2); ++w) wtasks.push_back({(int32_t)e, w, 0, 0});
     }
-    parallel_tasks((int64_t)wtasks.size(), [&](int64_t i) {
+    auto weight_task = [&](int64_t i) {
         const FfnTask t = wtasks[i];
         const int64_t e = t.e, r0 = expert_offsets[e], rows = expert_offsets[e + 1] - r0;
-        const int64_t b = t.begin, nb = t.end - t.begin;
         if (t.which == 0) {
-            // dw_down[e][b:b+nb, :] += dye[:, b:b+nb]^T · act    [nb, F]
-            kernels::gemm<T>(true, false, nb, F, rows, T(1), dye + r0 * C + b, C, act + r0 * F, F, T(1),
-                             dw_down + e * C * F + b * F, F);
+            // dw_down[e] += dye^T · act    [C, F]
+            kernels::gemm<T>(true, false, C, F, rows, T(1), dye + r0 * C, C, act + r0 * F, F, T(1), dw_down + e * C * F, F);
         } else {
-            // dw_up|gate[e][b:b+nb, :] += dh[:, b:b+nb]^T · xe   [nb, C]
-            const T* dh = (t.which == 1 ? dhu : dhg) + r0 * F + b;
-            T* dw = (t.which == 1 ? dw_up : dw_gate) + e * F * C + b * C;
-            kernels::gemm<T>(true, false, nb, C, rows, T(1), dh, F, xe + r0 * C, C, T(1), dw, C);
+            // dw_up|gate[e] += dh^T · xe   [F, C]
+            const T* dh = (t.which == 1 ? dhu : dhg) + r0 * F;
+            T* dw = (t.which == 1 ? dw_up : dw_gate) + e * F * C;
+            kernels::gemm<T>(true, false, F, C, rows, T(1), dh, F, xe + r0 * C, C, T(1), dw, C);
         }
-    });
+    };
+    run_tasks(small, (int64_t)wtasks.size(), weight_task);
 }
 
 }  // namespace moe::ops

@@ -363,7 +363,7 @@ class MoeFFN(nn.Module):
                 continue
             gate = self.ffn_gate_exps[e] if self.ffn_gate_exps is not None else None
             ye = ffn(h[tok], gate, self.ffn_up_exps[e], self.ffn_down_exps[e], self.activation)
-            out = out.index_add(0, tok, weights[tok, slot, None] * ye)
+            out = out.index_add(0, tok, (weights[tok, slot, None] * ye).to(out.dtype))  # .to: bf16 under autocast
         return x + out.view(B, T, C)
 
     def update_balance_bias(self):
