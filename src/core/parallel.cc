@@ -20,7 +20,7 @@ int num_threads() {
 }
 
 void parallel_for(int64_t begin, int64_t end, int64_t grain,
-                  const std::function<void(int64_t, int64_t)>& fn) {
+                  function_ref<void(int64_t, int64_t)> fn) {
     const int64_t n = end - begin;
     if (n <= 0) return;
     if (grain < 1) grain = 1;
@@ -38,7 +38,7 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain,
     }
 }
 
-void parallel_tasks(int64_t n, const std::function<void(int64_t)>& fn) {
+void parallel_tasks(int64_t n, function_ref<void(int64_t)> fn) {
     if (n <= 0) return;
     const int64_t nt = std::min<int64_t>(num_threads(), n);
     if (nt <= 1 || omp_in_parallel()) {

@@ -3,9 +3,30 @@
 // shares the same libgomp pool, so there is no oversubscription. Never call parallel_for from
 // inside a parallel_for body (the inner call runs serially).
 #include <cstdint>
-#include <functional>
+#include <type_traits>
+#include <utility>
 
 namespace moe {
+
+// A non-owning reference to a callable (std::function would heap-allocate the captures of every
+// lambda bigger than two pointers; a step must not allocate). Valid while the callable lives: the
+// callers below pass temporaries that outlive the call.
+template <class Sig>
+class function_ref;
+
+template <class R, class... Args>
+class function_ref<R(Args...)> {
+public:
+    template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, function_ref>>>
+    function_ref(F&& f) noexcept  // NOLINT: implicit, like std::function
+        : obj_((void*)std::addressof(f)),
+          call_([](void* o, Args... a) -> R { return (*(std::remove_reference_t<F>*)o)(std::forward<Args>(a)...); }) {}
+    R operator()(Args... a) const { return call_(obj_, std::forward<Args>(a)...); }
+
+private:
+    void* obj_;
+    R (*call_)(void*, Args...);
+};
 
 void set_num_threads(int n);  // n <= 0: all hardware threads
 int num_threads();
@@ -14,12 +35,12 @@ int num_threads();
 // function of (begin, end, grain, num_threads()), so any per-chunk reduction is deterministic
 // for a given thread count.
 void parallel_for(int64_t begin, int64_t end, int64_t grain,
-                  const std::function<void(int64_t, int64_t)>& fn);
+                  function_ref<void(int64_t, int64_t)> fn);
 
 // Runs fn(i) for every i in [0, n), handing tasks to threads as they free up (dynamic schedule),
 // for uneven work such as one task per (expert, row block). Which thread runs a task must not
 // change its result: a task writes only its own outputs, so the results do not depend on the
 // thread count. Work inside a task (gemm, parallel_for) runs on the calling thread alone.
-void parallel_tasks(int64_t n, const std::function<void(int64_t)>& fn);
+void parallel_tasks(int64_t n, function_ref<void(int64_t)> fn);
 
 }  // namespace moe

@@ -1,5 +1,6 @@
 #include "train/trainer.h"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -185,6 +186,13 @@ void check_same_model(const Config& cfg, const ModelConfig& ck_model, const std:
 
 }  // namespace
 
+// peak resident set size of the process so far, MB
+static double peak_rss_mb() {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0;
+}
+
 TrainResult train(Config cfg, const TrainOptions& opt) {
     set_num_threads(opt.threads);
     // Resuming: the architecture, tokenizer, weights, optimizer state and the seed (the data order)
@@ -351,7 +359,8 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
             else std::printf("%s\n", line);
             std::fflush(stdout);
             nlohmann::json jl = {{"step", st.step}, {"loss", loss}, {"lr", hp.lr},
-                                 {"tokens_per_sec", tps}, {"grad_norm", gnorm}};
+                                 {"tokens_per_sec", tps}, {"grad_norm", gnorm},
+                                 {"peak_rss_mb", peak_rss_mb()}};
             if (mc.router.balance_loss > 0 || mc.router.z_loss > 0) jl["lm_loss"] = lm_loss;
             if (mc.router.balance_loss > 0) jl["balance_loss"] = bal_loss;
             if (mc.router.z_loss > 0) jl["z_loss"] = z_loss;
@@ -379,6 +388,12 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
                 (long long)res.steps_done, fmt_duration(res.seconds).c_str(), st.val_loss, unigram,
                 checkpoint_file(opt.out_dir).c_str());
 
+    {
+        const double state_mb = (double)model->n_params() * 4 * 4 / 1048576.0;  // params, grads, m, v
+        std::printf("memory: peak RSS %.0f MB (parameters + gradients + AdamW state %.0f MB, activations %.0f MB, "
+                    "planned before the first step; a step allocates nothing)\n",
+                    peak_rss_mb(), state_mb, (double)model->activation_bytes() / 1048576.0);
+    }
     profile_report(stdout);
     if (opt.summary) {
         std::vector<int32_t> prompt = {data.tokens()[data.n_train()]};
