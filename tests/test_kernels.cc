@@ -72,3 +72,28 @@ TEST(Kernels, IsaCapSelectsTheReference) {
     set_isa_cap(prev);
     EXPECT_LE((int)active_isa(), (int)prev);
 }
+
+#include "kernels/exp.h"
+
+TEST(Kernels, ExpShiftSumAvx2MatchesReference) {
+    if (!cpu_features().avx2) GTEST_SKIP() << "no AVX2 on this CPU";
+    std::mt19937_64 r(11);
+    std::uniform_real_distribution<float> d(-90.f, 0.f);
+    for (int64_t n : {1, 5, 8, 13, 32, 129, 1000}) {
+        std::vector<float> x(n);
+        for (auto& v : x) v = d(r);
+        x[0] = 0.f;  // the row maximum
+        const float shift = 0.75f;
+        for (auto& v : x) v += shift;
+        auto a = x, b = x;
+        const float sa = exp_shift_sum_ref(a.data(), n, shift), sb = exp_shift_sum_avx2(b.data(), n, shift);
+        for (int64_t i = 0; i < n; ++i) {
+            if (a[i] < 1.2e-38f) {  // below the clamp: both tiny
+                EXPECT_LT(b[i], 1.5e-38f);
+                continue;
+            }
+            EXPECT_NEAR(a[i], b[i], 3e-7f * a[i]) << "n=" << n << " i=" << i << " x=" << x[i];
+        }
+        EXPECT_NEAR(sa, sb, 1e-6f * sa) << "n=" << n;
+    }
+}

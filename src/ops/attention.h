@@ -10,8 +10,10 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "core/parallel.h"
+#include "kernels/exp.h"
 #include "kernels/gemm.h"
 
 namespace moe::ops {
@@ -130,9 +132,13 @@ void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, int64
                 T mx = r[0];
                 for (int64_t u = 1; u <= t; ++u) mx = r[u] > mx ? r[u] : mx;
                 T sum = 0;
-                for (int64_t u = 0; u <= t; ++u) {
-                    r[u] = std::exp(r[u] - mx);
-                    sum += r[u];
+                if constexpr (std::is_same_v<T, float>) {
+                    sum = kernels::exp_shift_sum(r, t + 1, mx);  // SIMD exp: the softmax's cost
+                } else {
+                    for (int64_t u = 0; u <= t; ++u) {
+                        r[u] = std::exp(r[u] - mx);
+                        sum += r[u];
+                    }
                 }
                 const T inv = T(1) / sum;
                 for (int64_t u = 0; u <= t; ++u) r[u] *= inv;
