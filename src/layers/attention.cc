@@ -27,6 +27,29 @@ void attention_forward(float* out, AttentionCache& c, const float* inp, const La
     kernels::gemm<float>(false, true, N, C, QD, 1.f, c.y, QD, w.attn_output, QD, 1.f, out, C);
 }
 
+void attention_forward_cached(float* out, AttentionCache& c, const float* inp, const LayerWeights& w,
+                              const float* rope_full, const Dims& d, double eps, KvCache& cache,
+                              int64_t layer, const int32_t* seq, const int32_t* pos) {
+    const int64_t N = d.N, C = d.C, QD = d.H * d.D, KD = d.Hkv * d.D, half = d.D / 2;
+    MOE_PROFILE_SCOPE("attention fwd (cached)");
+    ops::rmsnorm_forward(c.xn, c.rstd, inp, w.attn_norm, N, C, eps);  // (N, C)
+    ops::linear_forward(c.q, c.xn, w.attn_q, N, C, QD);               // (N, H*D)
+    ops::linear_forward(c.k, c.xn, w.attn_k, N, C, KD);               // (N, Hkv*D)
+    ops::linear_forward(c.v, c.xn, w.attn_v, N, C, KD);               // (N, Hkv*D)
+    for (int64_t n = 0; n < N; ++n) {
+        // rotate at the row's own position (a table of one position), then store k, v
+        const float* cs = rope_full + (int64_t)pos[n] * half * 2;
+        ops::rope_forward(c.q + n * QD, cs, 1, 1, d.H, d.D);
+        ops::rope_forward(c.k + n * KD, cs, 1, 1, d.Hkv, d.D);
+        std::memcpy(cache.k_at(layer, seq[n], pos[n]), c.k + n * KD, KD * sizeof(float));
+        std::memcpy(cache.v_at(layer, seq[n], pos[n]), c.v + n * KD, KD * sizeof(float));
+    }
+    ops::attention_cached_forward(c.y, c.att, c.q, cache.k_at(layer, 0, 0), cache.v_at(layer, 0, 0), seq, pos,
+                                  N, cache.n_ctx, d.H, d.Hkv, d.D);
+    if (out != inp) std::memcpy(out, inp, N * C * sizeof(float));
+    kernels::gemm<float>(false, true, N, C, QD, 1.f, c.y, QD, w.attn_output, QD, 1.f, out, C);  // (N, C)
+}
+
 void attention_backward(float* dresid, LayerWeights& g, AttentionScratch& s, const AttentionCache& c,
                         const float* inp, const LayerWeights& w, const float* rope, const Dims& d) {
     const int64_t N = d.N, C = d.C, QD = d.H * d.D, KD = d.Hkv * d.D;

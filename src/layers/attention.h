@@ -2,6 +2,7 @@
 // Attention block: x_out = x_in + W_o · attention(rope(W_q·n), rope(W_k·n), W_v·n), n = rmsnorm(x_in)
 #include <cstdint>
 
+#include "layers/kv_cache.h"
 #include "model/params.h"
 
 namespace moe::layers {
@@ -37,5 +38,12 @@ void attention_forward(float* out, AttentionCache& c, const float* inp, const La
 // dresid (N, C): in = d out, out = d inp (the residual path plus the block). Accumulates into g.
 void attention_backward(float* dresid, LayerWeights& g, AttentionScratch& s, const AttentionCache& c,
                         const float* inp, const LayerWeights& w, const float* rope, const Dims& d);
+
+// Inference with a KV cache: N rows, row i is token at position pos[i] of sequence slot seq[i].
+// Writes each row's key/value into the cache at (layer, seq, pos), then attends to positions
+// 0..pos[i] of its sequence. rope_full (n_ctx, D/2, 2); c.att holds (N, H, n_ctx) scores.
+void attention_forward_cached(float* out, AttentionCache& c, const float* inp, const LayerWeights& w,
+                              const float* rope_full, const Dims& d, double eps, KvCache& cache,
+                              int64_t layer, const int32_t* seq, const int32_t* pos);
 
 }  // namespace moe::layers

@@ -198,6 +198,65 @@ float Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, i
     return (float)(sum / (double)N);
 }
 
+layers::KvCache Model::make_cache(int64_t slots) const {
+    if (slots < 1) fail("KV cache: need at least one sequence slot, got ", slots);
+    return layers::KvCache(cfg_.n_layer, slots, cfg_.n_ctx, cfg_.n_head_kv * cfg_.head_dim());
+}
+
+void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int32_t* pos, int64_t N,
+                           layers::KvCache& cache, bool last_only) {
+    const int64_t C = cfg_.n_embd, V = cfg_.vocab_size, H = cfg_.n_head, D = cfg_.head_dim();
+    MOE_ASSERT(cache.L == cfg_.n_layer && cache.n_ctx == cfg_.n_ctx && cache.KD == cfg_.n_head_kv * D);
+    next_pos_.assign(cache.len.begin(), cache.len.end());  // capacity kept: no allocation once warm
+    for (int64_t n = 0; n < N; ++n) {
+        if (tokens[n] < 0 || tokens[n] >= V) fail("token id ", tokens[n], " at row ", n, " is outside the vocabulary [0, ", V, ")");
+        if (seq[n] < 0 || seq[n] >= cache.S) fail("sequence slot ", seq[n], " outside [0, ", cache.S, ")");
+        if (pos[n] < 0 || pos[n] >= cfg_.n_ctx)
+            fail("position ", pos[n], " of sequence ", seq[n], " is beyond the context (n_ctx = ", cfg_.n_ctx, ")");
+        // a row may rewrite the sequence from an earlier position (the rest is dropped), not skip ahead
+        if (pos[n] > next_pos_[seq[n]])
+            fail("position ", pos[n], " of sequence ", seq[n], " skips ahead of its cache (", next_pos_[seq[n]], " filled)");
+        next_pos_[seq[n]] = pos[n] + 1;
+    }
+    ensure_activations(1, N);
+    if ((int64_t)rope_full_.size() != cfg_.n_ctx * D) {
+        rope_full_.resize(cfg_.n_ctx * D);
+        ops::rope_table(rope_full_.data(), cfg_.n_ctx, D, cfg_.rope_theta);
+    }
+    if ((int64_t)infer_scores_.size() < N * H * cfg_.n_ctx) infer_scores_.resize(N * H * cfg_.n_ctx);
+    have_targets_ = false;
+    layers::Dims d{1, N, N, C, cfg_.n_head, cfg_.n_head_kv, D};
+    ops::embedding_forward(resid_[0], tokens, w_.tok_embd, N, C);  // (N, C)
+    for (int64_t l = 0; l < cfg_.n_layer; ++l) {
+        layers::AttentionCache ac = attn_[l];
+        ac.att = infer_scores_.data();
+        layers::attention_forward_cached(resid_mid_[l], ac, resid_[l], w_.layers[l], rope_full_.data(), d,
+                                         cfg_.norm_eps, cache, l, seq, pos);
+        layers::RouteContext ctx;  // evaluation routing: no noise, eval capacity
+        ctx.layer = l;
+        layers::ffn_forward(resid_[l + 1], ffn_[l], resid_mid_[l], w_.layers[l], cfg_, cfg_.layer_moe[l], N, ctx);
+    }
+    for (int64_t n = 0; n < N; ++n) cache.len[seq[n]] = pos[n] + 1;  // rows come in position order
+    MOE_PROFILE_SCOPE("head fwd (cached)");
+    const float* xl = resid_[cfg_.n_layer];
+    if (!last_only) {
+        ops::rmsnorm_forward(xf_, xf_rstd_, xl, w_.output_norm, N, C, cfg_.norm_eps);
+        ops::linear_forward(logits_, xf_, w_.output, N, C, V);  // (N, V)
+        return;
+    }
+    // only the last row of each sequence: the head is V x C per row, most of a small model's decode
+    head_rows_.clear();
+    for (int64_t n = 0; n < N; ++n) {
+        bool last = true;
+        for (int64_t m = n + 1; m < N && last; ++m) last = seq[m] != seq[n];
+        if (last) head_rows_.push_back((int32_t)n);
+    }
+    for (int32_t n : head_rows_) {
+        ops::rmsnorm_forward(xf_ + n * C, xf_rstd_ + n, xl + n * C, w_.output_norm, 1, C, cfg_.norm_eps);
+        ops::linear_forward(logits_ + n * V, xf_ + n * C, w_.output, 1, C, V);
+    }
+}
+
 void Model::backward(float scale) {
     MOE_ASSERT(have_targets_);
     const int64_t B = B_, T = T_, N = B * T, C = cfg_.n_embd, V = cfg_.vocab_size;

@@ -54,6 +54,17 @@ public:
     void update_balance_bias();
     void zero_grad() { grads_.zero(); }
 
+    // Inference with a KV cache (no targets, evaluation routing): N rows, row i is token tokens[i]
+    // at position pos[i] of sequence slot seq[i] of `cache`. Rows of one sequence must come in
+    // position order, each at most one past the last (a position below the cache length rewrites
+    // the sequence from there), so every earlier position is in the cache or earlier in the call
+    // (prefill = the rows of a prompt in one call; decode = one row per sequence). Logits of all N
+    // rows (last_only: only the last row of each sequence in this call is computed, the others are
+    // left as they were) land in logits(): (N, V). Raises moe::error on ids or positions out of range.
+    void forward_cached(const int32_t* tokens, const int32_t* seq, const int32_t* pos, int64_t N,
+                        layers::KvCache& cache, bool last_only = false);
+    layers::KvCache make_cache(int64_t slots) const;
+
     const float* logits() const { return logits_; }  // (B*T, V) of the last forward
     // Tokens per expert in the last forward, per layer (empty for dense layers): (L, E)
     std::vector<std::vector<int64_t>> expert_load() const;
@@ -86,6 +97,10 @@ private:
     layers::RouteContext mode_;
     std::vector<std::vector<int64_t>> step_load_;  // (L, E) training loads since update_balance_bias
     std::vector<float> rope_;  // (T, D/2, 2)
+    std::vector<float> rope_full_;     // (n_ctx, D/2, 2) for cached inference
+    std::vector<float> infer_scores_;  // (N, H, n_ctx) cached-attention scores
+    std::vector<int32_t> head_rows_;   // rows whose logits forward_cached computes
+    std::vector<int64_t> next_pos_;    // (S) next position per sequence while checking a call
     const int32_t* tokens_ = nullptr;
     const int32_t* targets_ = nullptr;
 

@@ -193,4 +193,40 @@ void attention_backward(T* dq, T* dk, T* dv, T* datt, const T* dout, const T* q,
     });
 }
 
+// Attention of N query rows against a key/value cache (inference). Row i belongs to sequence
+// seq[i] at position pos[i] and attends to that sequence's cached positions 0..pos[i] (its own
+// key/value already written). y (N, H*D); q (N, H*D) rotated; k_cache, v_cache (S, n_ctx, Hkv*D)
+// of one layer; scores (N, H, n_ctx) scratch.
+inline void attention_cached_forward(float* y, float* scores, const float* q, const float* k_cache,
+                                     const float* v_cache, const int32_t* seq, const int32_t* pos, int64_t N,
+                                     int64_t n_ctx, int64_t H, int64_t Hkv, int64_t D) {
+    const int64_t group = H / Hkv, qs = H * D, kvs = Hkv * D;
+    const float scale = 1.f / std::sqrt((float)D);
+    parallel_for(0, N * H, 1, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t n = i / H, h = i % H, hk = h / group, P = pos[n] + 1;
+            const float* qt = q + n * qs + h * D;
+            const float* kb = k_cache + (int64_t)seq[n] * n_ctx * kvs + hk * D;  // [n_ctx, kvs]
+            const float* vb = v_cache + (int64_t)seq[n] * n_ctx * kvs + hk * D;
+            float* a = scores + i * n_ctx;  // [P]
+            float mx = -std::numeric_limits<float>::infinity();
+            for (int64_t u = 0; u < P; ++u) {
+                const float* ku = kb + u * kvs;
+                float s = 0;
+                for (int64_t d = 0; d < D; ++d) s += qt[d] * ku[d];
+                a[u] = s * scale;
+                mx = a[u] > mx ? a[u] : mx;
+            }
+            const float inv = 1.f / kernels::exp_shift_sum(a, P, mx);
+            float* o = y + n * qs + h * D;  // [D]
+            for (int64_t d = 0; d < D; ++d) o[d] = 0;
+            for (int64_t u = 0; u < P; ++u) {
+                const float p = a[u] * inv;
+                const float* vu = vb + u * kvs;
+                for (int64_t d = 0; d < D; ++d) o[d] += p * vu[d];
+            }
+        }
+    });
+}
+
 }  // namespace moe::ops

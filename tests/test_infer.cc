@@ -1,0 +1,142 @@
+// Cached inference against the no-cache full forward (the oracle): batched prefill of a prompt,
+// then token-by-token decode from the KV cache, for one sequence and for several sequences of
+// different lengths decoded together in one batch, dense and MoE, multi-head and grouped-query.
+// Also the bad-input errors of forward_cached.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "model/model.h"
+
+using namespace moe;
+
+namespace {
+
+ModelConfig make_config(bool moe, int64_t Hkv) {
+    ModelConfig m;
+    m.vocab_size = 37, m.n_layer = 2, m.n_embd = 32, m.n_head = 4, m.n_head_kv = Hkv, m.n_ctx = 24;
+    if (moe) {
+        m.n_expert = 4, m.n_expert_used = 2, m.n_ff_exp = 24;
+        m.layer_moe = {true, false};  // a mixed stack: one MoE layer, one dense
+        m.n_ff = 48;
+    } else {
+        m.n_ff = 48;
+        m.layer_moe = {false, false};
+    }
+    return m;
+}
+
+std::vector<int32_t> tokens(int64_t n, uint64_t seed, int64_t V) {
+    Rng r(seed, 1);
+    std::vector<int32_t> t(n);
+    for (auto& x : t) x = (int32_t)(r.next_u64() % (uint64_t)V);
+    return t;
+}
+
+// logits (T, V) of the full, uncached forward over seq
+std::vector<float> full_logits(Model& m, const std::vector<int32_t>& seq) {
+    m.set_mode(false);
+    m.forward(seq.data(), nullptr, 1, (int64_t)seq.size());
+    const int64_t V = m.config().vocab_size;
+    return std::vector<float>(m.logits(), m.logits() + seq.size() * V);
+}
+
+void expect_close(const float* a, const float* b, int64_t n, const std::string& what) {
+    double worst = 0, scale = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        worst = std::max(worst, (double)std::fabs(a[i] - b[i]));
+        scale = std::max(scale, (double)std::fabs(b[i]));
+    }
+    EXPECT_LT(worst, 1e-5 * std::max(1.0, scale)) << what << ": max |diff| " << worst << " (scale " << scale << ")";
+}
+
+class Infer : public ::testing::TestWithParam<std::pair<bool, int64_t>> {};
+
+TEST_P(Infer, PrefillThenDecodeEqualsFullForward) {
+    auto [moe_layers, Hkv] = GetParam();
+    Model m(make_config(moe_layers, Hkv));
+    m.init(7);
+    const int64_t V = m.config().vocab_size, T = 20, P = 8;
+    auto seq = tokens(T, 3, V);
+    auto ref = full_logits(m, seq);
+    auto cache = m.make_cache(1);
+    std::vector<int32_t> sid(P, 0), pos(P);
+    for (int64_t i = 0; i < P; ++i) pos[i] = (int32_t)i;
+    m.forward_cached(seq.data(), sid.data(), pos.data(), P, cache);  // prefill: all P rows' logits
+    expect_close(m.logits(), ref.data(), P * V, "prefill");
+    for (int64_t t = P; t < T; ++t) {
+        const int32_t s0 = 0, p = (int32_t)t;
+        m.forward_cached(&seq[t], &s0, &p, 1, cache, true);
+        expect_close(m.logits(), ref.data() + t * V, V, "decode position " + std::to_string(t));
+    }
+    EXPECT_EQ(cache.len[0], T);
+}
+
+TEST_P(Infer, SequencesOfDifferentLengthsDecodeTogether) {
+    auto [moe_layers, Hkv] = GetParam();
+    Model m(make_config(moe_layers, Hkv));
+    m.init(11);
+    const int64_t V = m.config().vocab_size, S = 3, steps = 6;
+    const int64_t prompt_len[S] = {3, 9, 1};
+    std::vector<std::vector<int32_t>> seqs;
+    std::vector<std::vector<float>> refs;
+    for (int64_t s = 0; s < S; ++s) {
+        seqs.push_back(tokens(prompt_len[s] + steps, 100 + s, V));
+        refs.push_back(full_logits(m, seqs[s]));
+    }
+    auto cache = m.make_cache(S);
+    // prefill sequences 0 and 1 together in one call (rows of both), sequence 2 alone
+    {
+        std::vector<int32_t> tk, sid, pos;
+        for (int64_t s = 0; s < 2; ++s)
+            for (int64_t i = 0; i < prompt_len[s]; ++i) tk.push_back(seqs[s][i]), sid.push_back((int32_t)s), pos.push_back((int32_t)i);
+        m.forward_cached(tk.data(), sid.data(), pos.data(), (int64_t)tk.size(), cache, true);
+        expect_close(m.logits() + (prompt_len[0] - 1) * V, refs[0].data() + (prompt_len[0] - 1) * V, V, "prefill seq 0");
+        expect_close(m.logits() + (tk.size() - 1) * V, refs[1].data() + (prompt_len[1] - 1) * V, V, "prefill seq 1");
+        const int32_t s2 = 2, p0 = 0;
+        m.forward_cached(&seqs[2][0], &s2, &p0, 1, cache, true);
+        expect_close(m.logits(), refs[2].data(), V, "prefill seq 2");
+    }
+    for (int64_t step = 0; step < steps; ++step) {
+        std::vector<int32_t> tk(S), sid(S), pos(S);
+        for (int64_t s = 0; s < S; ++s) {
+            pos[s] = (int32_t)(prompt_len[s] + step);
+            tk[s] = seqs[s][pos[s]];
+            sid[s] = (int32_t)s;
+        }
+        m.forward_cached(tk.data(), sid.data(), pos.data(), S, cache, true);
+        for (int64_t s = 0; s < S; ++s)
+            expect_close(m.logits() + s * V, refs[s].data() + pos[s] * V, V,
+                         "batch decode seq " + std::to_string(s) + " step " + std::to_string(step));
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, Infer,
+                         ::testing::Values(std::make_pair(false, (int64_t)4), std::make_pair(false, (int64_t)2),
+                                           std::make_pair(true, (int64_t)4), std::make_pair(true, (int64_t)1)),
+                         [](const auto& info) {
+                             return std::string(info.param.first ? "moe" : "dense") + "_kv" + std::to_string(info.param.second);
+                         });
+
+TEST(InferErrors, BadIdsPositionsAndSlots) {
+    Model m(make_config(true, 2));
+    m.init(1);
+    auto cache = m.make_cache(2);
+    const int32_t ok_tok = 1, bad_tok = 37, neg_tok = -1, s0 = 0, s9 = 9, p0 = 0, p5 = 5, p24 = 24;
+    EXPECT_THROW(m.forward_cached(&bad_tok, &s0, &p0, 1, cache), error);
+    EXPECT_THROW(m.forward_cached(&neg_tok, &s0, &p0, 1, cache), error);
+    EXPECT_THROW(m.forward_cached(&ok_tok, &s9, &p0, 1, cache), error);
+    EXPECT_THROW(m.forward_cached(&ok_tok, &s0, &p24, 1, cache), error);  // beyond n_ctx
+    EXPECT_THROW(m.forward_cached(&ok_tok, &s0, &p5, 1, cache), error);   // skips positions 0..4
+    EXPECT_THROW(m.make_cache(0), error);
+    try {
+        m.forward_cached(&bad_tok, &s0, &p0, 1, cache);
+    } catch (const error& e) {
+        EXPECT_NE(std::string(e.what()).find("37"), std::string::npos) << e.what();
+    }
+}
+
+}  // namespace
