@@ -289,8 +289,35 @@ TEST_F(Cli, GenerateBadOptions) {
     expect_clean_error(moe("generate --checkpoint ck --prompt the --max-tokens 3 --temperature inf"),
                        {"--temperature", "inf"});
     expect_clean_error(moe("generate --checkpoint ck --prompt the --max-tokens 3 --seed -1"), {"--seed", "-1"});
+    expect_clean_error(moe("generate --checkpoint ck --prompt the --top-k -2"), {"--top-k", "-2"});
+    expect_clean_error(moe("generate --checkpoint ck --prompt the --top-p 0"), {"--top-p", "0"});
+    expect_clean_error(moe("generate --checkpoint ck --prompt the --top-p 1.5"), {"--top-p", "1.5"});
+    expect_clean_error(moe("generate --checkpoint ck --prompt the --repetition-penalty 0"), {"--repetition-penalty", "0"});
+    expect_clean_error(moe("generate --checkpoint ck --prompt the --stop ''"), {"--stop", "empty"});
     expect_clean_error(moe("generate --checkpoint ck --max-tokens 3"), {"--prompt"});
     expect_clean_error(moe("generate --prompt the --max-tokens 3"), {"--checkpoint"});
+}
+
+// Greedy generation is deterministic; a stop string cuts the output before it; the KV-cache path
+// runs past the context (16 tokens here) by refilling the cache.
+TEST_F(Cli, GenerateStopStringsAndLongOutputs) {
+    train_ok("ck");
+    RunResult g = moe("generate --checkpoint ck --prompt the --max-tokens 40 --temperature 0");
+    ASSERT_EQ(g.code(), 0) << g.describe();
+    const std::string full = g.out.substr(0, g.out.size() - 1);  // without the final newline
+    ASSERT_EQ(full.size(), 3u + 40u) << g.out;                     // char tokenizer: 1 char a token
+    RunResult g2 = moe("generate --checkpoint ck --prompt the --max-tokens 40 --temperature 0");
+    EXPECT_EQ(g2.out, g.out);
+    // stop at the first occurrence of a 2-char piece of the greedy continuation
+    const std::string piece = full.substr(10, 2);
+    RunResult s = moe("generate --checkpoint ck --prompt the --max-tokens 40 --temperature 0 --stop " + q(piece));
+    ASSERT_EQ(s.code(), 0) << s.describe();
+    const size_t at = full.find(piece, 3);
+    EXPECT_EQ(s.out, full.substr(0, at) + "\n") << "piece '" << piece << "'";
+    // sampling options run
+    RunResult t = moe("generate --checkpoint ck --prompt the --max-tokens 20 --temperature 0.9 --top-k 5 --top-p 0.9 "
+                      "--repetition-penalty 1.3 --seed 4");
+    EXPECT_EQ(t.code(), 0) << t.describe();
 }
 
 TEST_F(Cli, TrainBadOptions) {

@@ -84,6 +84,14 @@ int main(int argc, char** argv) {
     gen_cmd->add_option("--max-tokens", max_tokens, "tokens to generate")->capture_default_str();
     gen_cmd->add_option("--temperature", sopt.temperature, "sampling temperature (0 = greedy)")->capture_default_str();
     gen_cmd->add_option("--seed", gen_seed, "sampling seed")->capture_default_str();
+    gen_cmd->add_option("--top-k", sopt.top_k, "sample among the k most likely tokens (0 = all)")->capture_default_str();
+    gen_cmd->add_option("--top-p", sopt.top_p, "nucleus sampling: smallest set with this probability (1 = all)")
+        ->capture_default_str();
+    gen_cmd->add_option("--repetition-penalty", sopt.repetition_penalty,
+                        "divide positive (multiply negative) logits of tokens already present (1 = off)")
+        ->capture_default_str();
+    std::vector<std::string> stops;
+    gen_cmd->add_option("--stop", stops, "stop when the output contains this text (repeatable; not printed)");
     gen_cmd->add_option("--threads", gen_threads, "threads (default: all cores)");
     int64_t gen_k = 0;
     gen_cmd->add_option("--experts-per-token", gen_k, "route each token to K experts (default: the model's)");
@@ -135,10 +143,19 @@ int main(int argc, char** argv) {
     };
     try {
         if (app.got_subcommand(gen_cmd)) {
+            sopt.max_tokens = max_tokens;
             if (max_tokens <= 0) fail("--max-tokens must be >= 1, got ", max_tokens);
             if (!(sopt.temperature >= 0) || !std::isfinite(sopt.temperature))
                 fail("--temperature must be a finite number >= 0, got ", sopt.temperature);
+            if (sopt.top_k < 0) fail("--top-k must be >= 0 (0 = off), got ", sopt.top_k);
+            if (!(sopt.top_p > 0 && sopt.top_p <= 1)) fail("--top-p must be in (0, 1], got ", sopt.top_p);
+            if (!(sopt.repetition_penalty > 0) || !std::isfinite(sopt.repetition_penalty))
+                fail("--repetition-penalty must be a finite number > 0, got ", sopt.repetition_penalty);
             if (gen_seed < 0) fail("--seed must be >= 0, got ", gen_seed);
+            sopt.seed = (uint64_t)gen_seed;
+            check_sample_options(sopt);
+            for (const auto& st : stops)
+                if (st.empty()) fail("--stop: an empty stop string would stop at once");
             check_threads(gen_threads);
             set_num_threads(gen_threads);
             Checkpoint ck = load_checkpoint(ckpt_dir);
@@ -146,15 +163,34 @@ int main(int argc, char** argv) {
             if (prompt.empty()) fail("--prompt is empty: give at least one character");
             std::vector<int32_t> ids = ck.tokenizer.encode(prompt, "prompt");
             if ((int64_t)ids.size() > ck.config.model.n_ctx)
-                fail("prompt has ", ids.size(), " tokens but the model's context is ", ck.config.model.n_ctx);
-            sopt.max_tokens = max_tokens;
-            sopt.seed = (uint64_t)gen_seed;
+                fail("prompt has ", ids.size(), " tokens but the model's context is ", ck.config.model.n_ctx, " tokens");
             std::printf("%s", prompt.c_str());
+            // text is printed as it comes, held back while it could still be the start of a stop string
+            std::string pending;
+            bool stopped = false;
             generate(*ck.model, ids, sopt, [&](int32_t id) {
-                std::printf("%s", ck.tokenizer.decode_one(id).c_str());
+                pending += ck.tokenizer.decode_one(id);
+                for (const auto& st : stops) {
+                    const size_t at = pending.find(st);
+                    if (at != std::string::npos) {
+                        pending.resize(at);
+                        stopped = true;
+                    }
+                }
+                size_t hold = 0;
+                if (!stopped)
+                    for (const auto& st : stops)
+                        for (size_t k = std::min(st.size() - 1, pending.size()); k > hold; --k)
+                            if (pending.compare(pending.size() - k, k, st, 0, k) == 0) {
+                                hold = k;
+                                break;
+                            }
+                std::fwrite(pending.data(), 1, pending.size() - hold, stdout);
+                pending.erase(0, pending.size() - hold);
                 std::fflush(stdout);
+                return !stopped;
             });
-            std::printf("\n");
+            std::printf("%s\n", pending.c_str());
             return 0;
         }
         if (app.got_subcommand(routing_cmd)) {
