@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "infer/bench.h"
 #include "infer/generate.h"
 #include "io/checkpoint.h"
 #include "model/config.h"
@@ -95,6 +96,23 @@ int main(int argc, char** argv) {
     gen_cmd->add_option("--threads", gen_threads, "threads (default: all cores)");
     int64_t gen_k = 0;
     gen_cmd->add_option("--experts-per-token", gen_k, "route each token to K experts (default: the model's)");
+
+    // bench
+    auto* bench_cmd = app.add_subcommand("bench", "inference speed: decode or prefill tokens/s (random weights from a config)");
+    std::string bench_config, bench_ckpt, bench_dtype = "fp32";
+    BenchOptions bopt;
+    int bench_threads = 0;
+    bool bench_json = false;
+    bench_cmd->add_option("--config", bench_config, "model config (random weights)");
+    bench_cmd->add_option("--checkpoint", bench_ckpt, "checkpoint directory (its weights)");
+    bench_cmd->add_option("--mode", bopt.mode, "decode | prefill")->capture_default_str();
+    bench_cmd->add_option("--dtype", bench_dtype, "weight type: fp32")->capture_default_str();
+    bench_cmd->add_option("--threads", bench_threads, "threads (default: all cores)");
+    bench_cmd->add_option("--batch", bopt.batch, "decode: sequences decoding together")->capture_default_str();
+    bench_cmd->add_option("--tokens", bopt.tokens, "decode: steps per timed run")->capture_default_str();
+    bench_cmd->add_option("--prompt", bopt.prompt, "prefill: prompt tokens (at most n_ctx)")->capture_default_str();
+    bench_cmd->add_option("--seconds", bopt.min_seconds, "decode: time at least this long")->capture_default_str();
+    bench_cmd->add_flag("--json", bench_json, "print one JSON object");
 
     // params
     auto* params_cmd = app.add_subcommand("params", "count total and active parameters of a config");
@@ -209,6 +227,50 @@ int main(int argc, char** argv) {
             viz::PlotResult pr = viz::plot_train_log(plot_log, plot_out);
             for (const std::string& n : pr.notes) std::printf("note: %s\n", n.c_str());
             for (const std::string& w : pr.written) std::printf("wrote %s\n", w.c_str());
+            return 0;
+        }
+        if (app.got_subcommand(bench_cmd)) {
+            check_threads(bench_threads);
+            set_num_threads(bench_threads);
+            if (bench_config.empty() == bench_ckpt.empty()) fail("bench: give exactly one of --config FILE or --checkpoint DIR");
+            if (bench_dtype != "fp32") fail("bench: --dtype must be fp32, got \"", bench_dtype, "\"");
+            std::unique_ptr<Model> own;
+            Model* model = nullptr;
+            Checkpoint ck;
+            std::string what;
+            if (!bench_config.empty()) {
+                Config cfg = load_config(bench_config);
+                if (cfg.model.vocab_size <= 0) resolve_vocab(cfg);
+                own = std::make_unique<Model>(cfg.model);
+                own->init(1);
+                model = own.get();
+                what = bench_config;
+            } else {
+                ck = load_checkpoint(bench_ckpt);
+                model = ck.model.get();
+                what = bench_ckpt;
+            }
+            BenchResult r = run_bench(*model, bopt);
+            ParamCount pc = count_params(model->config());
+            if (bench_json) {
+                std::printf("{\"model\": \"%s\", \"mode\": \"%s\", \"dtype\": \"%s\", \"threads\": %d, \"batch\": %lld, "
+                            "\"total_params\": %lld, \"active_params\": %lld, \"tokens\": %lld, \"seconds\": %.6f, "
+                            "\"tokens_per_sec\": %.3f, \"weight_bytes_per_token\": %.0f, \"weight_gbytes_per_sec\": %.3f, "
+                            "\"gflops\": %.3f}\n",
+                            what.c_str(), bopt.mode.c_str(), bench_dtype.c_str(), num_threads(), (long long)bopt.batch,
+                            (long long)pc.total, (long long)pc.active, (long long)r.tokens, r.seconds, r.tokens_per_sec,
+                            r.weight_bytes_per_token, r.gbytes_per_sec, r.gflops);
+            } else {
+                std::printf("%s: %s params total, %s active | %s, %s weights, %d threads\n", what.c_str(),
+                            with_commas(pc.total).c_str(), with_commas(pc.active).c_str(), bopt.mode.c_str(),
+                            bench_dtype.c_str(), num_threads());
+                if (bopt.mode == "decode")
+                    std::printf("decode: %.1f tokens/s (batch %lld), %.1f MB of weights per token, %.2f GB/s of weights\n",
+                                r.tokens_per_sec, (long long)bopt.batch, r.weight_bytes_per_token / 1e6, r.gbytes_per_sec);
+                else
+                    std::printf("prefill: %.1f tokens/s over %lld tokens, %.1f GFLOP/s\n", r.tokens_per_sec,
+                                (long long)r.tokens, r.gflops);
+            }
             return 0;
         }
         if (app.got_subcommand(params_cmd)) {

@@ -1,0 +1,85 @@
+// DRAM bandwidth, STREAM style: copy b -> a (counted as 2 x bytes: one read, one write, as STREAM
+// does) and a read-only sum (what a memory-bound decode step does to its weights), over arrays far
+// larger than the caches, on T threads (moe::parallel_for, the same pool the engine uses).
+//
+//   stream [--threads T] [--mb SIZE_PER_ARRAY] [--reps R] [--json]
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/parallel.h"
+#include "core/profile.h"
+
+namespace {
+
+__attribute__((target("avx2"))) double sum_avx2(const float* x, int64_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(x + i));
+        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(x + i + 8));
+        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(x + i + 16));
+        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(x + i + 24));
+    }
+    alignas(32) float l[8];
+    _mm256_store_ps(l, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    double s = 0;
+    for (float v : l) s += v;
+    for (; i < n; ++i) s += x[i];
+    return s;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    int threads = 0, reps = 5;
+    int64_t mb = 512;
+    bool json = false;
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        if (a == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
+        else if (a == "--mb" && i + 1 < argc) mb = std::atoll(argv[++i]);
+        else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
+        else if (a == "--json") json = true;
+        else {
+            std::fprintf(stderr, "usage: stream [--threads T] [--mb SIZE_PER_ARRAY] [--reps R] [--json]\n");
+            return 2;
+        }
+    }
+    moe::set_num_threads(threads);
+    const int64_t n = mb * (1 << 20) / 4;
+    std::vector<float> a(n), b(n);
+    const int64_t grain = 1 << 16;
+    moe::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {  // first touch on the threads that use it
+        for (int64_t i = i0; i < i1; ++i) a[i] = 0.f, b[i] = 1.f;
+    });
+    double best_copy = 1e30, best_read = 1e30, sink = 0;
+    for (int r = 0; r < reps; ++r) {
+        double t0 = moe::now_seconds();
+        moe::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
+            std::memcpy(a.data() + i0, b.data() + i0, (i1 - i0) * sizeof(float));
+        });
+        best_copy = std::min(best_copy, moe::now_seconds() - t0);
+        std::vector<double> part(moe::num_threads() * 8, 0.0);
+        t0 = moe::now_seconds();
+        moe::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
+            part[(i0 / grain) % part.size()] += sum_avx2(b.data() + i0, i1 - i0);
+        });
+        best_read = std::min(best_read, moe::now_seconds() - t0);
+        for (double p : part) sink += p;
+    }
+    const double bytes = (double)n * 4;
+    const double copy_gbs = 2 * bytes / best_copy / 1e9, read_gbs = bytes / best_read / 1e9;
+    if (json)
+        std::printf("{\"threads\": %d, \"mb\": %lld, \"copy_gbytes_per_sec\": %.2f, \"read_gbytes_per_sec\": %.2f}\n",
+                    moe::num_threads(), (long long)mb, copy_gbs, read_gbs);
+    else
+        std::printf("DRAM bandwidth, %d threads, %lld MB arrays: copy %.1f GB/s (read + write), read-only %.1f GB/s%s\n",
+                    moe::num_threads(), (long long)mb, copy_gbs, read_gbs, sink == 42 ? " " : "");
+    return 0;
+}

@@ -1,0 +1,97 @@
+#include "infer/bench.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "core/error.h"
+#include "core/profile.h"
+#include "core/rng.h"
+#include "model/params.h"
+
+namespace moe {
+
+BenchResult run_bench(Model& model, const BenchOptions& opt) {
+    const ModelConfig& cfg = model.config();
+    const int64_t V = cfg.vocab_size;
+    BenchResult r;
+    Rng rng(opt.seed, 0xBE);
+    auto random_tokens = [&](int64_t n, std::vector<int32_t>& t) {
+        t.resize(n);
+        for (auto& x : t) x = (int32_t)(rng.next_u64() % (uint64_t)V);
+    };
+    std::vector<int32_t> tk, sid, pos;
+    if (opt.mode == "prefill") {
+        const int64_t P = std::min(opt.prompt, cfg.n_ctx);
+        if (P < 1) fail("bench: prompt length must be >= 1, got ", opt.prompt);
+        layers::KvCache cache = model.make_cache(1);
+        random_tokens(P, tk);
+        sid.assign(P, 0);
+        pos.resize(P);
+        for (int64_t i = 0; i < P; ++i) pos[i] = (int32_t)i;
+        model.forward_cached(tk.data(), sid.data(), pos.data(), P, cache, true);  // warm-up
+        double best = 1e30;
+        for (int64_t rep = 0; rep < std::max<int64_t>(1, opt.repeats); ++rep) {
+            cache.reset(0);
+            const double t0 = now_seconds();
+            model.forward_cached(tk.data(), sid.data(), pos.data(), P, cache, true);
+            best = std::min(best, now_seconds() - t0);
+        }
+        r.tokens = P;
+        r.seconds = best;
+        r.tokens_per_sec = (double)P / best;
+        r.gflops = count_flops(cfg, P).forward * r.tokens_per_sec / 1e9;
+        return r;
+    }
+    if (opt.mode != "decode") fail("bench: --mode must be decode or prefill, got \"", opt.mode, "\"");
+    const int64_t S = opt.batch, ctx0 = std::max<int64_t>(1, std::min(opt.context, cfg.n_ctx - 1));
+    if (S < 1) fail("bench: --batch must be >= 1, got ", S);
+    if (opt.tokens < 1) fail("bench: --tokens must be >= 1, got ", opt.tokens);
+    const int64_t steps = std::min(opt.tokens, cfg.n_ctx - ctx0);
+    layers::KvCache cache = model.make_cache(S);
+    auto prefill = [&] {
+        tk.clear(), sid.clear(), pos.clear();
+        for (int64_t s = 0; s < S; ++s) {
+            cache.reset(s);
+            for (int64_t i = 0; i < ctx0; ++i) {
+                tk.push_back((int32_t)(rng.next_u64() % (uint64_t)V));
+                sid.push_back((int32_t)s);
+                pos.push_back((int32_t)i);
+            }
+        }
+        model.forward_cached(tk.data(), sid.data(), pos.data(), (int64_t)tk.size(), cache, true);
+    };
+    auto decode = [&](int64_t n_steps) {
+        for (int64_t step = 0; step < n_steps; ++step) {
+            tk.resize(S), sid.resize(S), pos.resize(S);
+            for (int64_t s = 0; s < S; ++s) {
+                // next token: the argmax of the last logits (a real decode's data dependence)
+                const float* l = model.logits() + s * V;
+                tk[s] = (int32_t)(std::max_element(l, l + V) - l);
+                sid[s] = (int32_t)s;
+                pos[s] = (int32_t)cache.len[s];
+            }
+            model.forward_cached(tk.data(), sid.data(), pos.data(), S, cache, true);
+        }
+    };
+    prefill();
+    decode(std::min<int64_t>(steps, 4));  // warm-up
+    int64_t done = 0;
+    double secs = 0;
+    while (secs < opt.min_seconds || done == 0) {
+        prefill();
+        const double t0 = now_seconds();
+        decode(steps);
+        secs += now_seconds() - t0;
+        done += steps * S;
+    }
+    r.tokens = done;
+    r.seconds = secs;
+    r.tokens_per_sec = (double)done / secs;
+    // every decode step reads the active weights once per step (shared by the S sequences only
+    // where they pick the same experts): bytes per token at batch 1
+    r.weight_bytes_per_token = count_flops(cfg, 1).matmul_params * 4.0;
+    r.gbytes_per_sec = r.weight_bytes_per_token * (r.tokens_per_sec / (double)S) / 1e9;
+    return r;
+}
+
+}  // namespace moe
