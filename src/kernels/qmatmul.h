@@ -1,0 +1,52 @@
+#pragma once
+// Inference matmul with weights stored as fp32, bf16 or int8 (Q8_0-style: blocks of 32 values
+// along the input dimension, one fp32 scale per block, value = scale * q, q in [-127, 127]):
+//   y (N, OUT) [+]= x (N, IN) · W^T,   W (OUT, IN) in its storage type, x and y fp32.
+// Decode (small N) is memory-bound: the hand-written kernel streams each weight row once,
+// converting it in registers, and dots it with all N rows of x (no library reads bf16/int8
+// weights this way on AVX2). Large N (prefill) dequantizes W into scratch and calls the GEMM.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moe::kernels {
+
+enum class WType { f32, bf16, q8 };
+const char* wtype_name(WType t);
+WType parse_wtype(const std::string& s, const char* where);  // "fp32" | "bf16" | "int8"
+inline constexpr int64_t kQ8Block = 32;
+
+// A view of one weight matrix (OUT, IN) in its storage type.
+struct QMatrix {
+    WType type = WType::f32;
+    int64_t out = 0, in = 0;
+    const float* f32 = nullptr;      // (OUT, IN)
+    const uint16_t* bf16 = nullptr;  // (OUT, IN)
+    const int8_t* q = nullptr;       // (OUT, IN)
+    const float* scales = nullptr;   // (OUT, ceil(IN / 32))
+    int64_t blocks() const { return (in + kQ8Block - 1) / kQ8Block; }
+    double bytes() const;  // storage of the weights (+ scales)
+    // rows [r0, r0 + n) as a matrix of its own (an expert's slice of a stacked tensor)
+    QMatrix rows(int64_t r0, int64_t n) const;
+};
+
+// Owned storage of one matrix in a given type, made from fp32 weights.
+struct QStore {
+    WType type = WType::f32;
+    int64_t out = 0, in = 0;
+    std::vector<uint16_t> bf16;
+    std::vector<int8_t> q;
+    std::vector<float> scales;
+    const float* f32 = nullptr;  // fp32: a view of the source (not copied)
+    void build(WType t, const float* w, int64_t out, int64_t in);
+    QMatrix view() const;
+};
+
+// Q8_0 quantization of one row: scale = max|w| / 127 per block, q = round(w / scale).
+void quantize_q8_row(int8_t* q, float* scales, const float* w, int64_t in);
+void dequantize_row(float* dst, const QMatrix& w, int64_t row);
+
+void qmatmul_ref(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate);
+void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate);
+
+}  // namespace moe::kernels
