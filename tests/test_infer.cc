@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include "core/error.h"
@@ -140,3 +142,60 @@ TEST(InferErrors, BadIdsPositionsAndSlots) {
 }
 
 }  // namespace
+
+namespace {
+
+// logits of a cached prefill of `seq` (all rows) under weight type t
+std::vector<float> cached_logits(Model& m, const std::vector<int32_t>& seq, kernels::WType t) {
+    m.set_weight_type(t);
+    auto cache = m.make_cache(1);
+    const int64_t T = (int64_t)seq.size();
+    std::vector<int32_t> sid(T, 0), pos(T);
+    for (int64_t i = 0; i < T; ++i) pos[i] = (int32_t)i;
+    m.forward_cached(seq.data(), sid.data(), pos.data(), T, cache);
+    return std::vector<float>(m.logits(), m.logits() + T * m.config().vocab_size);
+}
+
+}  // namespace
+
+// bf16 and int8 weights against fp32: relative RMS error of the logits and top-1 agreement, on a
+// model with sharper weights than the init (matrices * 3) so the logits carry signal. Tolerances:
+// bf16 RMS <= 1%, top-1 >= 95%; int8 RMS <= 3%, top-1 >= 90% (docs/inference.md). Decode (N = 1,
+// the GEMV path) and prefill (N > 8, dequantize + GEMM) are both covered.
+TEST(InferDtypes, Bf16AndInt8LogitsTrackFp32) {
+    ModelConfig cfg = make_config(true, 2);
+    cfg.n_ctx = 24;
+    Model m(cfg);
+    m.init(3);
+    for (const auto& p : m.table().params())  // matrices only (norm weights stay 1)
+        if (p.shape.size() >= 2)
+            for (int64_t i = 0; i < p.numel; ++i) m.params()[p.offset + i] *= 3.f;
+    const int64_t V = cfg.vocab_size, T = 24;
+    auto seq = tokens(T, 9, V);
+    auto f = cached_logits(m, seq, kernels::WType::f32);
+    for (auto [t, max_rms, min_top1] : {std::tuple{kernels::WType::bf16, 0.01, 0.95}, std::tuple{kernels::WType::q8, 0.03, 0.90}}) {
+        auto q = cached_logits(m, seq, t);
+        double num = 0, den = 0;
+        int agree = 0;
+        for (int64_t r = 0; r < T; ++r) {
+            const float* a = f.data() + r * V;
+            const float* b = q.data() + r * V;
+            for (int64_t j = 0; j < V; ++j) num += (a[j] - b[j]) * (a[j] - b[j]), den += a[j] * a[j];
+            agree += std::max_element(a, a + V) - a == std::max_element(b, b + V) - b;
+        }
+        const double rms = std::sqrt(num / den), top1 = agree / (double)T;
+        std::printf("%s: logits relative RMS error %.4f, top-1 agreement %.3f\n", kernels::wtype_name(t), rms, top1);
+        EXPECT_LT(rms, max_rms) << kernels::wtype_name(t);
+        EXPECT_GT(rms, 1e-6) << kernels::wtype_name(t) << ": identical to fp32, the type was not applied";
+        EXPECT_GE(top1, min_top1) << kernels::wtype_name(t);
+        // decode through the GEMV path gives the prefill's last row
+        auto cache = m.make_cache(1);
+        std::vector<int32_t> sid(T - 1, 0), pos(T - 1);
+        for (int64_t i = 0; i < T - 1; ++i) pos[i] = (int32_t)i;
+        m.forward_cached(seq.data(), sid.data(), pos.data(), T - 1, cache, true);
+        const int32_t s0 = 0, p = (int32_t)(T - 1);
+        m.forward_cached(&seq[T - 1], &s0, &p, 1, cache, true);
+        expect_close(m.logits(), q.data() + (T - 1) * V, V, std::string("decode vs prefill ") + kernels::wtype_name(t));
+    }
+    m.set_weight_type(kernels::WType::f32);
+}

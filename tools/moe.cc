@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "infer/bench.h"
+#include "kernels/qmatmul.h"
 #include "infer/generate.h"
 #include "io/checkpoint.h"
 #include "model/config.h"
@@ -94,6 +95,9 @@ int main(int argc, char** argv) {
     std::vector<std::string> stops;
     gen_cmd->add_option("--stop", stops, "stop when the output contains this text (repeatable; not printed)");
     gen_cmd->add_option("--threads", gen_threads, "threads (default: all cores)");
+    std::string gen_dtype = "fp32";
+    gen_cmd->add_option("--dtype", gen_dtype, "weight type of the matmuls: fp32 | bf16 | int8 (router stays fp32)")
+        ->capture_default_str();
     int64_t gen_k = 0;
     gen_cmd->add_option("--experts-per-token", gen_k, "route each token to K experts (default: the model's)");
 
@@ -106,7 +110,8 @@ int main(int argc, char** argv) {
     bench_cmd->add_option("--config", bench_config, "model config (random weights)");
     bench_cmd->add_option("--checkpoint", bench_ckpt, "checkpoint directory (its weights)");
     bench_cmd->add_option("--mode", bopt.mode, "decode | prefill")->capture_default_str();
-    bench_cmd->add_option("--dtype", bench_dtype, "weight type: fp32")->capture_default_str();
+    bench_cmd->add_option("--dtype", bench_dtype, "weight type of the matmuls: fp32 | bf16 | int8 (router stays fp32)")
+        ->capture_default_str();
     bench_cmd->add_option("--threads", bench_threads, "threads (default: all cores)");
     bench_cmd->add_option("--batch", bopt.batch, "decode: sequences decoding together")->capture_default_str();
     bench_cmd->add_option("--tokens", bopt.tokens, "decode: steps per timed run")->capture_default_str();
@@ -178,6 +183,7 @@ int main(int argc, char** argv) {
             set_num_threads(gen_threads);
             Checkpoint ck = load_checkpoint(ckpt_dir);
             set_experts_per_token(ck, gen_k);
+            ck.model->set_weight_type(kernels::parse_wtype(gen_dtype, "generate --dtype"));
             if (prompt.empty()) fail("--prompt is empty: give at least one character");
             std::vector<int32_t> ids = ck.tokenizer.encode(prompt, "prompt");
             if ((int64_t)ids.size() > ck.config.model.n_ctx)
@@ -233,7 +239,7 @@ int main(int argc, char** argv) {
             check_threads(bench_threads);
             set_num_threads(bench_threads);
             if (bench_config.empty() == bench_ckpt.empty()) fail("bench: give exactly one of --config FILE or --checkpoint DIR");
-            if (bench_dtype != "fp32") fail("bench: --dtype must be fp32, got \"", bench_dtype, "\"");
+            const kernels::WType wt = kernels::parse_wtype(bench_dtype, "bench --dtype");
             std::unique_ptr<Model> own;
             Model* model = nullptr;
             Checkpoint ck;
@@ -250,6 +256,7 @@ int main(int argc, char** argv) {
                 model = ck.model.get();
                 what = bench_ckpt;
             }
+            model->set_weight_type(wt);
             BenchResult r = run_bench(*model, bopt);
             ParamCount pc = count_params(model->config());
             if (bench_json) {

@@ -89,7 +89,7 @@ BenchResult run_bench(Model& model, const BenchOptions& opt) {
     r.tokens_per_sec = (double)done / secs;
     // every decode step reads the active weights once per step (shared by the S sequences only
     // where they pick the same experts): bytes per token at batch 1
-    r.weight_bytes_per_token = count_flops(cfg, 1).matmul_params * 4.0;
+    r.weight_bytes_per_token = model.weight_bytes_per_token();
     r.gbytes_per_sec = r.weight_bytes_per_token * (r.tokens_per_sec / (double)S) / 1e9;
     return r;
 }

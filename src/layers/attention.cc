@@ -4,6 +4,7 @@
 
 #include "core/profile.h"
 #include "kernels/gemm.h"
+#include "kernels/qmatmul.h"
 #include "ops/attention.h"
 #include "ops/linear.h"
 #include "ops/rmsnorm.h"
@@ -29,13 +30,13 @@ void attention_forward(float* out, AttentionCache& c, const float* inp, const La
 
 void attention_forward_cached(float* out, AttentionCache& c, const float* inp, const LayerWeights& w,
                               const float* rope_full, const Dims& d, double eps, KvCache& cache,
-                              int64_t layer, const int32_t* seq, const int32_t* pos) {
+                              int64_t layer, const int32_t* seq, const int32_t* pos, const QLayer& q) {
     const int64_t N = d.N, C = d.C, QD = d.H * d.D, KD = d.Hkv * d.D, half = d.D / 2;
     MOE_PROFILE_SCOPE("attention fwd (cached)");
     ops::rmsnorm_forward(c.xn, c.rstd, inp, w.attn_norm, N, C, eps);  // (N, C)
-    ops::linear_forward(c.q, c.xn, w.attn_q, N, C, QD);               // (N, H*D)
-    ops::linear_forward(c.k, c.xn, w.attn_k, N, C, KD);               // (N, Hkv*D)
-    ops::linear_forward(c.v, c.xn, w.attn_v, N, C, KD);               // (N, Hkv*D)
+    kernels::qmatmul(c.q, c.xn, q.attn_q, N, false);                  // (N, H*D)
+    kernels::qmatmul(c.k, c.xn, q.attn_k, N, false);                  // (N, Hkv*D)
+    kernels::qmatmul(c.v, c.xn, q.attn_v, N, false);                  // (N, Hkv*D)
     for (int64_t n = 0; n < N; ++n) {
         // rotate at the row's own position (a table of one position), then store k, v
         const float* cs = rope_full + (int64_t)pos[n] * half * 2;
@@ -47,7 +48,8 @@ void attention_forward_cached(float* out, AttentionCache& c, const float* inp, c
     ops::attention_cached_forward(c.y, c.att, c.q, cache.k_at(layer, 0, 0), cache.v_at(layer, 0, 0), seq, pos,
                                   N, cache.n_ctx, d.H, d.Hkv, d.D);
     if (out != inp) std::memcpy(out, inp, N * C * sizeof(float));
-    kernels::gemm<float>(false, true, N, C, QD, 1.f, c.y, QD, w.attn_output, QD, 1.f, out, C);  // (N, C)
+    kernels::qmatmul(out, c.y, q.attn_output, N, true);  // out += y · W_o^T   (N, C)
+    (void)QD;
 }
 
 void attention_backward(float* dresid, LayerWeights& g, AttentionScratch& s, const AttentionCache& c,

@@ -3,6 +3,7 @@
 #include <cstdint>
 
 #include "layers/kv_cache.h"
+#include "layers/qweights.h"
 #include "model/params.h"
 
 namespace moe::layers {
@@ -42,8 +43,9 @@ void attention_backward(float* dresid, LayerWeights& g, AttentionScratch& s, con
 // Inference with a KV cache: N rows, row i is token at position pos[i] of sequence slot seq[i].
 // Writes each row's key/value into the cache at (layer, seq, pos), then attends to positions
 // 0..pos[i] of its sequence. rope_full (n_ctx, D/2, 2); c.att holds (N, H, n_ctx) scores.
+// Projections through q (weights in their inference storage type).
 void attention_forward_cached(float* out, AttentionCache& c, const float* inp, const LayerWeights& w,
                               const float* rope_full, const Dims& d, double eps, KvCache& cache,
-                              int64_t layer, const int32_t* seq, const int32_t* pos);
+                              int64_t layer, const int32_t* seq, const int32_t* pos, const QLayer& q);
 
 }  // namespace moe::layers

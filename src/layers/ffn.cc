@@ -23,7 +23,8 @@ static void add_into(float* out, const float* a, int64_t n) {
 }
 
 void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& w,
-                 const ModelConfig& m, bool moe_layer, int64_t N, const RouteContext& ctx) {
+                 const ModelConfig& m, bool moe_layer, int64_t N, const RouteContext& ctx,
+                 const QLayer* q) {
     const int64_t C = m.n_embd;
     if (!moe_layer) {
         MOE_PROFILE_SCOPE("dense ffn fwd");
@@ -31,8 +32,12 @@ void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& 
         const int32_t offsets[2] = {0, (int32_t)N};
         c.R = N;
         // dense FFN = one expert serving every token; out (N, C)
-        ops::moe_ffn_forward(out, c.hg, c.hu, c.act, c.xn, w.ffn_gate, w.ffn_up, w.ffn_down, offsets,
-                             1, C, m.n_ff, m.activation);
+        if (q)
+            ops::moe_ffn_forward_q(out, c.hg, c.hu, c.act, c.xn, q->ffn_gate, q->ffn_up, q->ffn_down, offsets, 1, C,
+                                   m.n_ff, m.activation);
+        else
+            ops::moe_ffn_forward(out, c.hg, c.hu, c.act, c.xn, w.ffn_gate, w.ffn_up, w.ffn_down, offsets,
+                                 1, C, m.n_ff, m.activation);
         add_into(out, inp, N * C);
         return;
     }
@@ -86,8 +91,12 @@ void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& 
     }
     {
         MOE_PROFILE_SCOPE("moe experts fwd");
-        ops::moe_ffn_forward(c.ye, c.hg, c.hu, c.act, c.xe, w.ffn_gate_exps, w.ffn_up_exps,
-                             w.ffn_down_exps, c.expert_offsets, E, C, F, m.activation);  // (R, C)
+        if (q)
+            ops::moe_ffn_forward_q(c.ye, c.hg, c.hu, c.act, c.xe, q->ffn_gate, q->ffn_up, q->ffn_down,
+                                   c.expert_offsets, E, C, F, m.activation);              // (R, C)
+        else
+            ops::moe_ffn_forward(c.ye, c.hg, c.hu, c.act, c.xe, w.ffn_gate_exps, w.ffn_up_exps,
+                                 w.ffn_down_exps, c.expert_offsets, E, C, F, m.activation);  // (R, C)
     }
     MOE_PROFILE_SCOPE("moe combine fwd");
     // out = inp + sum_k w[n,k] * ye[row(n,k)]

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "layers/qweights.h"
 #include "model/params.h"
 #include "ops/router_capacity.h"
 
@@ -62,9 +63,11 @@ struct FfnScratch {
     float* dhu = nullptr;      // (R, F)
 };
 
-// out (N, C) = inp (N, C) + ffn(rmsnorm(inp))
+// out (N, C) = inp (N, C) + ffn(rmsnorm(inp)). q: inference weight views for the expert / dense
+// projections (null: the fp32 parameters through the training GEMMs).
 void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& w,
-                 const ModelConfig& m, bool moe_layer, int64_t N, const RouteContext& ctx);
+                 const ModelConfig& m, bool moe_layer, int64_t N, const RouteContext& ctx,
+                 const QLayer* q = nullptr);
 
 // dresid (N, C): in = d out, out = d inp. Accumulates into g. aux_scale: the upstream gradient of
 // the auxiliary losses (the same scale the LM loss got).

@@ -203,6 +203,46 @@ layers::KvCache Model::make_cache(int64_t slots) const {
     return layers::KvCache(cfg_.n_layer, slots, cfg_.n_ctx, cfg_.n_head_kv * cfg_.head_dim());
 }
 
+void Model::set_weight_type(kernels::WType t) {
+    const int64_t C = cfg_.n_embd, QD = cfg_.n_head * cfg_.head_dim(), KD = cfg_.n_head_kv * cfg_.head_dim();
+    wtype_ = t;
+    qstores_.resize(cfg_.n_layer);
+    qviews_.resize(cfg_.n_layer);
+    for (int64_t l = 0; l < cfg_.n_layer; ++l) {
+        const LayerWeights& w = w_.layers[l];
+        LayerStores& st = qstores_[l];
+        st.attn_q.build(t, w.attn_q, QD, C);
+        st.attn_k.build(t, w.attn_k, KD, C);
+        st.attn_v.build(t, w.attn_v, KD, C);
+        st.attn_output.build(t, w.attn_output, C, QD);
+        const bool moe = cfg_.layer_moe[l];
+        const int64_t E = moe ? cfg_.n_expert : 1, F = moe ? cfg_.n_ff_exp : cfg_.n_ff;
+        const float* g = moe ? w.ffn_gate_exps : w.ffn_gate;
+        if (g) st.ffn_gate.build(t, g, E * F, C);
+        st.ffn_up.build(t, moe ? w.ffn_up_exps : w.ffn_up, E * F, C);
+        st.ffn_down.build(t, moe ? w.ffn_down_exps : w.ffn_down, E * C, F);
+        layers::QLayer& v = qviews_[l];
+        v.attn_q = st.attn_q.view(), v.attn_k = st.attn_k.view(), v.attn_v = st.attn_v.view();
+        v.attn_output = st.attn_output.view();
+        v.ffn_gate = g ? st.ffn_gate.view() : kernels::QMatrix{};
+        v.ffn_up = st.ffn_up.view(), v.ffn_down = st.ffn_down.view();
+    }
+    q_output_.build(t, w_.output, cfg_.vocab_size, C);
+}
+
+double Model::weight_bytes_per_token() const {
+    if (qviews_.empty()) const_cast<Model*>(this)->set_weight_type(wtype_);
+    double b = 0;
+    for (int64_t l = 0; l < cfg_.n_layer; ++l) {
+        const layers::QLayer& v = qviews_[l];
+        b += v.attn_q.bytes() + v.attn_k.bytes() + v.attn_v.bytes() + v.attn_output.bytes();
+        const double share = cfg_.layer_moe[l] ? (double)cfg_.n_expert_used / (double)cfg_.n_expert : 1.0;
+        b += share * (v.ffn_gate.bytes() + v.ffn_up.bytes() + v.ffn_down.bytes());
+        if (cfg_.layer_moe[l]) b += 4.0 * cfg_.n_expert * cfg_.n_embd;  // fp32 router
+    }
+    return b + q_output_.view().bytes();
+}
+
 void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int32_t* pos, int64_t N,
                            layers::KvCache& cache, bool last_only) {
     const int64_t C = cfg_.n_embd, V = cfg_.vocab_size, H = cfg_.n_head, D = cfg_.head_dim();
@@ -219,6 +259,7 @@ void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int3
         next_pos_[seq[n]] = pos[n] + 1;
     }
     ensure_activations(1, N);
+    if ((int64_t)qviews_.size() != cfg_.n_layer) set_weight_type(wtype_);  // fp32 views
     if ((int64_t)rope_full_.size() != cfg_.n_ctx * D) {
         rope_full_.resize(cfg_.n_ctx * D);
         ops::rope_table(rope_full_.data(), cfg_.n_ctx, D, cfg_.rope_theta);
@@ -231,17 +272,18 @@ void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int3
         layers::AttentionCache ac = attn_[l];
         ac.att = infer_scores_.data();
         layers::attention_forward_cached(resid_mid_[l], ac, resid_[l], w_.layers[l], rope_full_.data(), d,
-                                         cfg_.norm_eps, cache, l, seq, pos);
+                                         cfg_.norm_eps, cache, l, seq, pos, qviews_[l]);
         layers::RouteContext ctx;  // evaluation routing: no noise, eval capacity
         ctx.layer = l;
-        layers::ffn_forward(resid_[l + 1], ffn_[l], resid_mid_[l], w_.layers[l], cfg_, cfg_.layer_moe[l], N, ctx);
+        layers::ffn_forward(resid_[l + 1], ffn_[l], resid_mid_[l], w_.layers[l], cfg_, cfg_.layer_moe[l], N, ctx,
+                            &qviews_[l]);
     }
     for (int64_t n = 0; n < N; ++n) cache.len[seq[n]] = pos[n] + 1;  // rows come in position order
     MOE_PROFILE_SCOPE("head fwd (cached)");
     const float* xl = resid_[cfg_.n_layer];
     if (!last_only) {
         ops::rmsnorm_forward(xf_, xf_rstd_, xl, w_.output_norm, N, C, cfg_.norm_eps);
-        ops::linear_forward(logits_, xf_, w_.output, N, C, V);  // (N, V)
+        kernels::qmatmul(logits_, xf_, q_output_.view(), N, false);  // (N, V)
         return;
     }
     // only the last row of each sequence: the head is V x C per row, most of a small model's decode
@@ -253,7 +295,7 @@ void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int3
     }
     for (int32_t n : head_rows_) {
         ops::rmsnorm_forward(xf_ + n * C, xf_rstd_ + n, xl + n * C, w_.output_norm, 1, C, cfg_.norm_eps);
-        ops::linear_forward(logits_ + n * V, xf_ + n * C, w_.output, 1, C, V);
+        kernels::qmatmul(logits_ + n * V, xf_ + n * C, q_output_.view(), 1, false);
     }
 }
 

@@ -64,6 +64,12 @@ public:
     void forward_cached(const int32_t* tokens, const int32_t* seq, const int32_t* pos, int64_t N,
                         layers::KvCache& cache, bool last_only = false);
     layers::KvCache make_cache(int64_t slots) const;
+    // Storage type of the matmul weights forward_cached reads (attention, experts / dense FFN,
+    // output head; the router and embeddings stay fp32). bf16 / int8 make copies of the current
+    // parameters: call again after the parameters change. Default fp32 (views, no copy).
+    void set_weight_type(kernels::WType t);
+    kernels::WType weight_type() const { return wtype_; }
+    double weight_bytes_per_token() const;  // bytes of weights one decoded token reads (K experts)
 
     const float* logits() const { return logits_; }  // (B*T, V) of the last forward
     // Tokens per expert in the last forward, per layer (empty for dense layers): (L, E)
@@ -101,6 +107,13 @@ private:
     std::vector<float> infer_scores_;  // (N, H, n_ctx) cached-attention scores
     std::vector<int32_t> head_rows_;   // rows whose logits forward_cached computes
     std::vector<int64_t> next_pos_;    // (S) next position per sequence while checking a call
+    kernels::WType wtype_ = kernels::WType::f32;
+    struct LayerStores {
+        kernels::QStore attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down;
+    };
+    std::vector<LayerStores> qstores_;  // (L)
+    std::vector<layers::QLayer> qviews_;  // (L)
+    kernels::QStore q_output_;
     const int32_t* tokens_ = nullptr;
     const int32_t* targets_ = nullptr;
 

@@ -12,6 +12,7 @@
 
 #include "core/parallel.h"
 #include "kernels/gemm.h"
+#include "kernels/qmatmul.h"
 #include "ops/activation.h"
 
 namespace moe::ops {
@@ -90,6 +91,33 @@ void moe_ffn_forward(T* ye, T* hg, T* hu, T* act, const T* xe, const T* w_gate, 
             });
         }
         kernels::gemm<T>(false, true, rows, C, F, T(1), act + r0 * F, F, w_down + e * C * F, F, T(0), ye + r0 * C, C);  // [rows, C]
+    });
+}
+
+// Inference twin of moe_ffn_forward with weights in any storage type: gate, up are (E*F, C) and
+// down (E*C, F) stacks; expert e is rows [e*F, (e+1)*F) (resp. [e*C, (e+1)*C)). Each expert's
+// weights are read once for all its rows (decode reads only the chosen experts).
+inline void moe_ffn_forward_q(float* ye, float* hg, float* hu, float* act, const float* xe,
+                              const kernels::QMatrix& w_gate, const kernels::QMatrix& w_up,
+                              const kernels::QMatrix& w_down, const int32_t* expert_offsets, int64_t E,
+                              int64_t C, int64_t F, Activation activation) {
+    const bool small = small_experts(expert_offsets, E, C, F);
+    const std::vector<FfnTask>& tasks = ffn_row_tasks(expert_offsets, E, small);
+    run_tasks(small, (int64_t)tasks.size(), [&](int64_t i) {
+        const FfnTask t = tasks[i];
+        const int64_t e = t.e, r0 = t.begin, rows = t.end - t.begin;
+        kernels::qmatmul(hu + r0 * F, xe + r0 * C, w_up.rows(e * F, F), rows, false);  // [rows, F]
+        if (activation == Activation::swiglu) {
+            kernels::qmatmul(hg + r0 * F, xe + r0 * C, w_gate.rows(e * F, F), rows, false);
+            parallel_for(0, rows * F, 1 << 14, [&](int64_t j0, int64_t j1) {
+                swiglu_forward(act + r0 * F + j0, hg + r0 * F + j0, hu + r0 * F + j0, j1 - j0);
+            });
+        } else {
+            parallel_for(0, rows * F, 1 << 14, [&](int64_t j0, int64_t j1) {
+                relu_forward(act + r0 * F + j0, hu + r0 * F + j0, j1 - j0);
+            });
+        }
+        kernels::qmatmul(ye + r0 * C, act + r0 * F, w_down.rows(e * C, C), rows, false);  // [rows, C]
     });
 }
 
