@@ -199,3 +199,23 @@ TEST(InferDtypes, Bf16AndInt8LogitsTrackFp32) {
     }
     m.set_weight_type(kernels::WType::f32);
 }
+
+TEST(InferQkNorm, CachedDecodeEqualsFullForward) {
+    ModelConfig cfg = make_config(true, 2);
+    cfg.qk_norm = true;
+    cfg.tie_embeddings = false;
+    Model m(cfg);
+    m.init(5);
+    for (const auto& p : m.table().params())  // non-trivial norm weights
+        if (p.name.find("_norm") != std::string::npos)
+            for (int64_t i = 0; i < p.numel; ++i) m.params()[p.offset + i] = 0.5f + 0.05f * (float)(i % 7);
+    const int64_t V = cfg.vocab_size, T = 14;
+    auto seq = tokens(T, 21, V);
+    auto ref = full_logits(m, seq);
+    auto cache = m.make_cache(1);
+    for (int64_t t = 0; t < T; ++t) {
+        const int32_t s0 = 0, p = (int32_t)t;
+        m.forward_cached(&seq[t], &s0, &p, 1, cache, true);
+        expect_close(m.logits(), ref.data() + t * V, V, "qk_norm decode position " + std::to_string(t));
+    }
+}

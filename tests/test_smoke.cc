@@ -31,3 +31,28 @@ TEST(Params, FlopsPerTokenByHand) {
     f = count_flops(m, 4);
     EXPECT_DOUBLE_EQ(f.matmul_params, 80 + 256 + 3 * 4 * 128 / 2 + 32);
 }
+
+// The same hand model: norms 3 x 8 fp32 = 96 B; tied embedding: fp32 table 320 B (+ one row of
+// 32 B per token) and the head's copy; attention 4 matrices (8 x 8), FFN gate/up (16 x 8), down (8 x 16).
+TEST(Params, WeightBytesByHand) {
+    ModelConfig m;
+    m.n_layer = 1, m.n_embd = 8, m.n_head = 2, m.n_head_kv = 2, m.vocab_size = 10, m.n_ctx = 4;
+    m.tie_embeddings = true;
+    m.n_ff = 16;
+    m.layer_moe = {false};
+    WeightBytes f = count_weight_bytes(m, 0);
+    EXPECT_DOUBLE_EQ(f.total, 96 + 320 + 320 + 4 * 64 * 4 + 3 * 128 * 4);
+    EXPECT_DOUBLE_EQ(f.active, 96 + 32 + 320 + 4 * 64 * 4 + 3 * 128 * 4);
+    WeightBytes h = count_weight_bytes(m, 1);
+    EXPECT_DOUBLE_EQ(h.total, 96 + 320 + 160 + 4 * 64 * 2 + 3 * 128 * 2);
+    // int8: per matrix rows*in + 4 bytes per row and 32-block (one block: in <= 32)
+    WeightBytes q = count_weight_bytes(m, 2);
+    EXPECT_DOUBLE_EQ(q.total, 96 + 320 + (80 + 40) + 4 * (64 + 32) + 2 * (128 + 64) + (128 + 32));
+}
+
+TEST(Params, OlmoeCountsExactly) {
+    Config c = load_config(std::string(MOE_SOURCE_DIR) + "/configs/olmoe-1b-7b.json");
+    ParamCount pc = count_params(c.model);
+    EXPECT_EQ(pc.total, 6919161856LL);
+    EXPECT_EQ(pc.active, 1282017280LL);
+}

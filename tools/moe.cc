@@ -286,10 +286,17 @@ int main(int argc, char** argv) {
             ParamCount pc = count_params(cfg.model);
             const int64_t T = cfg.train.block_size > 0 ? cfg.train.block_size : cfg.model.n_ctx;
             FlopCount fc = count_flops(cfg.model, T);
+            const char* tn[3] = {"fp32", "bf16", "int8"};
+            WeightBytes wb[3];
+            for (int t = 0; t < 3; ++t) wb[t] = count_weight_bytes(cfg.model, t);
             if (params_json) {
+                std::string bytes;
+                for (int t = 0; t < 3; ++t)
+                    bytes += str(", \"", tn[t], "_bytes_total\": ", (long long)wb[t].total, ", \"", tn[t],
+                                 "_bytes_per_token\": ", (long long)wb[t].active);
                 std::printf("{\"total\": %lld, \"active\": %lld, \"seq_len\": %lld, \"forward_flops_per_token\": %.0f, "
-                            "\"training_flops_per_token\": %.0f}\n",
-                            (long long)pc.total, (long long)pc.active, (long long)T, fc.forward, fc.training);
+                            "\"training_flops_per_token\": %.0f%s}\n",
+                            (long long)pc.total, (long long)pc.active, (long long)T, fc.forward, fc.training, bytes.c_str());
             } else {
                 std::printf("config: %s\n", params_config.c_str());
                 std::printf("total parameters:  %s\n", with_commas(pc.total).c_str());
@@ -298,6 +305,9 @@ int main(int argc, char** argv) {
                 std::printf("FLOPs per token:   %s forward, %s training (sequence of %lld tokens)\n",
                             with_commas((int64_t)fc.forward).c_str(), with_commas((int64_t)fc.training).c_str(),
                             (long long)T);
+                std::printf("weights (routers, norms, embeddings fp32): stored / read per decoded token\n");
+                for (int t = 0; t < 3; ++t)
+                    std::printf("  %-5s %12.3f GB / %10.3f GB\n", tn[t], wb[t].total / 1e9, wb[t].active / 1e9);
             }
             return 0;
         }

@@ -17,8 +17,16 @@ void attention_forward(float* out, AttentionCache& c, const float* inp, const La
     const int64_t N = d.N, C = d.C, QD = d.H * d.D, KD = d.Hkv * d.D;
     MOE_PROFILE_SCOPE("attention fwd");
     ops::rmsnorm_forward(c.xn, c.rstd, inp, w.attn_norm, N, C, eps);  // (N, C)
-    ops::linear_forward(c.q, c.xn, w.attn_q, N, C, QD);               // (N, H*D)
-    ops::linear_forward(c.k, c.xn, w.attn_k, N, C, KD);               // (N, Hkv*D)
+    if (w.attn_q_norm) {
+        // qk_norm: q = rmsnorm(xn · W_q^T) * q_norm over all H*D (likewise k), then RoPE
+        ops::linear_forward(c.q_raw, c.xn, w.attn_q, N, C, QD);                      // (N, H*D)
+        ops::linear_forward(c.k_raw, c.xn, w.attn_k, N, C, KD);                      // (N, Hkv*D)
+        ops::rmsnorm_forward(c.q, c.q_rstd, c.q_raw, w.attn_q_norm, N, QD, eps);
+        ops::rmsnorm_forward(c.k, c.k_rstd, c.k_raw, w.attn_k_norm, N, KD, eps);
+    } else {
+        ops::linear_forward(c.q, c.xn, w.attn_q, N, C, QD);               // (N, H*D)
+        ops::linear_forward(c.k, c.xn, w.attn_k, N, C, KD);               // (N, Hkv*D)
+    }
     ops::linear_forward(c.v, c.xn, w.attn_v, N, C, KD);               // (N, Hkv*D)
     ops::rope_forward(c.q, rope, d.B, d.T, d.H, d.D);
     ops::rope_forward(c.k, rope, d.B, d.T, d.Hkv, d.D);
@@ -34,8 +42,15 @@ void attention_forward_cached(float* out, AttentionCache& c, const float* inp, c
     const int64_t N = d.N, C = d.C, QD = d.H * d.D, KD = d.Hkv * d.D, half = d.D / 2;
     MOE_PROFILE_SCOPE("attention fwd (cached)");
     ops::rmsnorm_forward(c.xn, c.rstd, inp, w.attn_norm, N, C, eps);  // (N, C)
-    kernels::qmatmul(c.q, c.xn, q.attn_q, N, false);                  // (N, H*D)
-    kernels::qmatmul(c.k, c.xn, q.attn_k, N, false);                  // (N, Hkv*D)
+    if (w.attn_q_norm) {
+        kernels::qmatmul(c.q_raw, c.xn, q.attn_q, N, false);          // (N, H*D)
+        kernels::qmatmul(c.k_raw, c.xn, q.attn_k, N, false);          // (N, Hkv*D)
+        ops::rmsnorm_forward(c.q, c.q_rstd, c.q_raw, w.attn_q_norm, N, QD, eps);
+        ops::rmsnorm_forward(c.k, c.k_rstd, c.k_raw, w.attn_k_norm, N, KD, eps);
+    } else {
+        kernels::qmatmul(c.q, c.xn, q.attn_q, N, false);              // (N, H*D)
+        kernels::qmatmul(c.k, c.xn, q.attn_k, N, false);              // (N, Hkv*D)
+    }
     kernels::qmatmul(c.v, c.xn, q.attn_v, N, false);                  // (N, Hkv*D)
     for (int64_t n = 0; n < N; ++n) {
         // rotate at the row's own position (a table of one position), then store k, v
@@ -66,8 +81,19 @@ void attention_backward(float* dresid, LayerWeights& g, AttentionScratch& s, con
     ops::attention_backward(s.dq, s.dk, s.dv, s.datt, s.dy, c.q, c.k, c.v, c.att, d.B, d.T, d.H, d.Hkv, d.D);
     ops::rope_backward(s.dq, rope, d.B, d.T, d.H, d.D);
     ops::rope_backward(s.dk, rope, d.B, d.T, d.Hkv, d.D);
-    ops::linear_backward(s.dxn, g.attn_q, s.dq, c.xn, w.attn_q, N, C, QD);
-    ops::linear_backward(s.dxn, g.attn_k, s.dk, c.xn, w.attn_k, N, C, KD);
+    const float* dq = s.dq;
+    const float* dk = s.dk;
+    if (w.attn_q_norm) {
+        // q = rmsnorm(q_raw) * q_norm  (and k)
+        std::memset(s.dq_raw, 0, N * QD * sizeof(float));
+        std::memset(s.dk_raw, 0, N * KD * sizeof(float));
+        ops::rmsnorm_backward(s.dq_raw, g.attn_q_norm, s.dq, c.q_raw, w.attn_q_norm, c.q_rstd, N, QD);
+        ops::rmsnorm_backward(s.dk_raw, g.attn_k_norm, s.dk, c.k_raw, w.attn_k_norm, c.k_rstd, N, KD);
+        dq = s.dq_raw;
+        dk = s.dk_raw;
+    }
+    ops::linear_backward(s.dxn, g.attn_q, dq, c.xn, w.attn_q, N, C, QD);
+    ops::linear_backward(s.dxn, g.attn_k, dk, c.xn, w.attn_k, N, C, KD);
     ops::linear_backward(s.dxn, g.attn_v, s.dv, c.xn, w.attn_v, N, C, KD);
     ops::rmsnorm_backward(dresid, g.attn_norm, s.dxn, inp, w.attn_norm, c.rstd, N, C);
 }

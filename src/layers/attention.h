@@ -21,6 +21,11 @@ struct AttentionCache {
     float* v = nullptr;     // (N, Hkv*D)
     float* att = nullptr;   // (B, H, T, T) softmax probabilities
     float* y = nullptr;     // (N, H*D) attention output before W_o
+    // qk_norm: the projections before their RMSNorm and its reciprocal RMS
+    float* q_raw = nullptr;   // (N, H*D)
+    float* k_raw = nullptr;   // (N, Hkv*D)
+    float* q_rstd = nullptr;  // (N)
+    float* k_rstd = nullptr;  // (N)
 };
 
 struct AttentionScratch {
@@ -30,6 +35,8 @@ struct AttentionScratch {
     float* dv = nullptr;    // (N, Hkv*D)
     float* datt = nullptr;  // (B, H, T, T)
     float* dy = nullptr;    // (N, H*D)
+    float* dq_raw = nullptr;  // (N, H*D)   qk_norm
+    float* dk_raw = nullptr;  // (N, Hkv*D) qk_norm
 };
 
 // out (N, C) = inp + attention(inp); rope (T, D/2, 2) table

@@ -174,6 +174,7 @@ Config config_from_json(const json& j, const std::string& where) {
         m.rope_theta = f.number("rope_theta", 10000.0);
         m.norm_eps = f.number("norm_eps", 1e-5);
         m.tie_embeddings = f.boolean("tie_embeddings", true);
+        m.qk_norm = f.boolean("qk_norm", false);
         std::string act = f.string("activation", "swiglu");
         if (act == "swiglu") m.activation = ops::Activation::swiglu;
         else if (act == "relu") m.activation = ops::Activation::relu;
@@ -322,7 +323,7 @@ json config_to_json(const Config& c) {
         {"vocab_size", m.vocab_size}, {"n_layer", m.n_layer}, {"n_embd", m.n_embd},
         {"n_head", m.n_head}, {"n_head_kv", m.n_head_kv}, {"n_ctx", m.n_ctx},
         {"rope_theta", m.rope_theta}, {"norm_eps", m.norm_eps},
-        {"tie_embeddings", m.tie_embeddings},
+        {"tie_embeddings", m.tie_embeddings}, {"qk_norm", m.qk_norm},
         {"activation", m.activation == ops::Activation::swiglu ? "swiglu" : "relu"},
     };
     bool any_dense = false;

@@ -38,6 +38,7 @@ struct ModelConfig {
     double rope_theta = 10000.0;
     double norm_eps = 1e-5;
     bool tie_embeddings = true;
+    bool qk_norm = false;       // RMSNorm over the whole q (H*D) and k (Hkv*D) projections (OLMoE)
     ops::Activation activation = ops::Activation::swiglu;
     int64_t n_ff = 0;           // F of a dense FFN
     int64_t n_expert = 0;       // E

@@ -91,6 +91,12 @@ void Model::ensure_activations(int64_t B, int64_t T) {
             a.v = take_f(N * Hkv * D);
             a.att = take_f(Bc * H * Tc * Tc);
             a.y = take_f(N * H * D);
+            if (cfg_.qk_norm) {
+                a.q_raw = take_f(N * H * D);
+                a.k_raw = take_f(N * Hkv * D);
+                a.q_rstd = take_f(N);
+                a.k_rstd = take_f(N);
+            }
             auto& f = ffn_[l];
             f.xn = take_f(N * C);
             f.rstd = take_f(N);
@@ -146,6 +152,10 @@ void Model::ensure_activations(int64_t B, int64_t T) {
         attn_s_.dv = take_f(N * Hkv * D);
         attn_s_.datt = take_f(Bc * H * Tc * Tc);
         attn_s_.dy = take_f(N * H * D);
+        if (cfg_.qk_norm) {
+            attn_s_.dq_raw = take_f(N * H * D);
+            attn_s_.dk_raw = take_f(N * Hkv * D);
+        }
         ffn_s_.dxn = take_f(N * C);
         ffn_s_.dlogits = take_f(N * E);
         ffn_s_.dscores = take_f(N * E);
@@ -231,16 +241,7 @@ void Model::set_weight_type(kernels::WType t) {
 }
 
 double Model::weight_bytes_per_token() const {
-    if (qviews_.empty()) const_cast<Model*>(this)->set_weight_type(wtype_);
-    double b = 0;
-    for (int64_t l = 0; l < cfg_.n_layer; ++l) {
-        const layers::QLayer& v = qviews_[l];
-        b += v.attn_q.bytes() + v.attn_k.bytes() + v.attn_v.bytes() + v.attn_output.bytes();
-        const double share = cfg_.layer_moe[l] ? (double)cfg_.n_expert_used / (double)cfg_.n_expert : 1.0;
-        b += share * (v.ffn_gate.bytes() + v.ffn_up.bytes() + v.ffn_down.bytes());
-        if (cfg_.layer_moe[l]) b += 4.0 * cfg_.n_expert * cfg_.n_embd;  // fp32 router
-    }
-    return b + q_output_.view().bytes();
+    return count_weight_bytes(cfg_, (int)wtype_).active;
 }
 
 void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int32_t* pos, int64_t N,

@@ -1,5 +1,7 @@
 #include "model/params.h"
 
+#include <cmath>
+
 #include "core/error.h"
 
 namespace moe {
@@ -33,6 +35,10 @@ ParamTable::ParamTable(const ModelConfig& m) {
         add(b + "attn_k", {Hkv * D, C}, true);
         add(b + "attn_v", {Hkv * D, C}, true);
         add(b + "attn_output", {C, H * D}, true);
+        if (m.qk_norm) {
+            add(b + "attn_q_norm", {H * D}, false);
+            add(b + "attn_k_norm", {Hkv * D}, false);
+        }
         add(b + "ffn_norm", {C}, false);
         if (m.layer_moe[l]) {
             const int64_t F = m.n_ff_exp;
@@ -71,6 +77,10 @@ Weights bind_weights(const ParamTable& t, const ModelConfig& m, float* base) {
         const std::string b = "blk." + std::to_string(l) + ".";
         LayerWeights& L = w.layers[l];
         L.attn_norm = at(b + "attn_norm");
+        if (m.qk_norm) {
+            L.attn_q_norm = at(b + "attn_q_norm");
+            L.attn_k_norm = at(b + "attn_k_norm");
+        }
         L.attn_q = at(b + "attn_q");
         L.attn_k = at(b + "attn_k");
         L.attn_v = at(b + "attn_v");
@@ -116,6 +126,37 @@ FlopCount count_flops(const ModelConfig& m, int64_t T) {
     f.forward = 2.0 * f.matmul_params + attn;
     f.training = 3.0 * f.forward;
     return f;
+}
+
+WeightBytes count_weight_bytes(const ModelConfig& m, int wtype) {
+    WeightBytes b;
+    ParamTable t(m);
+    auto typed = [&](double rows, double in) {
+        if (wtype == 0) return 4.0 * rows * in;
+        if (wtype == 1) return 2.0 * rows * in;
+        return rows * in + 4.0 * rows * std::ceil(in / 32.0);
+    };
+    for (const auto& p : t.params()) {
+        if (!p.trainable) continue;
+        const double in = (double)p.shape.back(), rows = (double)p.numel / in;
+        const bool router = p.name.find("ffn_gate_inp") != std::string::npos;
+        if (p.shape.size() < 2 || router) {  // norms, routers: fp32, read by every token
+            b.total += 4.0 * p.numel;
+            b.active += 4.0 * p.numel;
+        } else if (p.name == "tok_embd") {
+            b.total += 4.0 * p.numel;  // fp32 table, one row per token
+            b.active += 4.0 * in;
+            if (m.tie_embeddings) {  // the head's copy in the type
+                b.total += typed(rows, in);
+                b.active += typed(rows, in);
+            }
+        } else {
+            const double share = p.expert ? (double)m.n_expert_used / (double)m.n_expert : 1.0;
+            b.total += typed(rows, in);
+            b.active += share * typed(rows, in);
+        }
+    }
+    return b;
 }
 
 }  // namespace moe

@@ -42,6 +42,8 @@ struct LayerWeights {
     float* attn_k = nullptr;         // (Hkv*D, C)
     float* attn_v = nullptr;         // (Hkv*D, C)
     float* attn_output = nullptr;    // (C, H*D)
+    float* attn_q_norm = nullptr;    // (H*D)    qk_norm only
+    float* attn_k_norm = nullptr;    // (Hkv*D)  qk_norm only
     float* ffn_norm = nullptr;       // (C)
     float* ffn_gate = nullptr;       // (F, C)   dense, swiglu only
     float* ffn_up = nullptr;         // (F, C)   dense
@@ -79,5 +81,15 @@ struct FlopCount {
     double training = 0;       // per token: forward + backward
 };
 FlopCount count_flops(const ModelConfig& m, int64_t T);
+
+// Bytes of weights by storage type of the matmul weights (attention, experts / dense FFN, output
+// head) as inference keeps them: routers, norms and the embedding table stay fp32 (a tied head is
+// an extra copy in the type). total: everything stored; active: what one decoded token reads (the
+// K chosen experts, one embedding row). wtype: 0 fp32, 1 bf16, 2 int8 (Q8_0: 1 byte + a 4-byte
+// scale per 32 values).
+struct WeightBytes {
+    double total = 0, active = 0;
+};
+WeightBytes count_weight_bytes(const ModelConfig& m, int wtype);
 
 }  // namespace moe

@@ -229,13 +229,19 @@ class Attention(nn.Module):
         self.attn_k = nn.Parameter(torch.empty(Hkv * D, C))
         self.attn_v = nn.Parameter(torch.empty(Hkv * D, C))
         self.attn_output = nn.Parameter(torch.empty(C, H * D))
+        self.qk_norm = bool(m.get("qk_norm", False))
+        if self.qk_norm:  # OLMoE: RMSNorm over the whole q (H*D) and k (Hkv*D) projections
+            self.attn_q_norm = nn.Parameter(torch.ones(H * D))
+            self.attn_k_norm = nn.Parameter(torch.ones(Hkv * D))
 
     def forward(self, x, cos, sin):
         B, T, _ = x.shape
         H, Hkv, D = self.H, self.Hkv, self.D
         h = rms_norm(x, self.attn_norm, self.eps)
-        q = (h @ self.attn_q.t()).view(B, T, H, D)
-        k = (h @ self.attn_k.t()).view(B, T, Hkv, D)
+        q, k = h @ self.attn_q.t(), h @ self.attn_k.t()
+        if self.qk_norm:
+            q, k = rms_norm(q, self.attn_q_norm, self.eps), rms_norm(k, self.attn_k_norm, self.eps)
+        q, k = q.view(B, T, H, D), k.view(B, T, Hkv, D)
         v = (h @ self.attn_v.t()).view(B, T, Hkv, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # (B, heads, T, D); each kv head serves H / Hkv consecutive query heads
@@ -405,7 +411,10 @@ class MoeTransformer(nn.Module):
         for l, (a, f) in enumerate(zip(self.attn, self.ffn)):
             b = f"blk.{l}."
             out += [(b + "attn_norm", a.attn_norm), (b + "attn_q", a.attn_q), (b + "attn_k", a.attn_k),
-                    (b + "attn_v", a.attn_v), (b + "attn_output", a.attn_output), (b + "ffn_norm", f.ffn_norm)]
+                    (b + "attn_v", a.attn_v), (b + "attn_output", a.attn_output)]
+            if a.qk_norm:
+                out += [(b + "attn_q_norm", a.attn_q_norm), (b + "attn_k_norm", a.attn_k_norm)]
+            out.append((b + "ffn_norm", f.ffn_norm))
             if isinstance(f, MoeFFN):
                 out.append((b + "ffn_gate_inp", f.ffn_gate_inp))
                 if f.ffn_gate_inp_noise is not None:
