@@ -320,6 +320,27 @@ TEST_F(Cli, GenerateStopStringsAndLongOutputs) {
     EXPECT_EQ(t.code(), 0) << t.describe();
 }
 
+// moe quantize: a smaller inference checkpoint whose greedy output equals the fp32 checkpoint's
+// run with the same weight type (quantizing is deterministic, and re-quantizing its dequantized
+// weights is exact); bad requests are clean errors.
+TEST_F(Cli, QuantizeBf16AndInt8) {
+    train_ok("ck");
+    for (const std::string t : {"bf16", "int8"}) {
+        RunResult q = moe("quantize --checkpoint ck --dtype " + t + " --out q_" + t);
+        ASSERT_EQ(q.code(), 0) << q.describe();
+        EXPECT_LT(fs::file_size(path("q_" + t + "/checkpoint.bin")), fs::file_size(path("ck/checkpoint.bin")));
+        RunResult a = moe("generate --checkpoint q_" + t + " --prompt the --max-tokens 12 --temperature 0");
+        RunResult b = moe("generate --checkpoint ck --prompt the --max-tokens 12 --temperature 0 --dtype " + t);
+        ASSERT_EQ(a.code(), 0) << a.describe();
+        EXPECT_EQ(a.out, b.out) << t;
+        expect_clean_error(moe("train --resume q_" + t + " --steps 8 --no-sample"), {"optimizer state"});
+        expect_clean_error(moe("quantize --checkpoint q_" + t + " --dtype int8 --out again"), {"already", t});
+    }
+    expect_clean_error(moe("quantize --checkpoint ck --dtype fp16 --out x"), {"--dtype", "fp16"});
+    expect_clean_error(moe("quantize --checkpoint ck --dtype int8 --out ck"), {"input checkpoint"});
+    expect_clean_error(moe("generate --checkpoint ck --prompt the --dtype int4"), {"int4"});
+}
+
 TEST_F(Cli, TrainBadOptions) {
     expect_clean_error(train(path("tiny.json"), "--steps -5"), {"--steps", "-5"});
     expect_clean_error(train(path("tiny.json"), "--seed -2"), {"--seed", "-2"});

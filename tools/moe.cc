@@ -95,29 +95,36 @@ int main(int argc, char** argv) {
     std::vector<std::string> stops;
     gen_cmd->add_option("--stop", stops, "stop when the output contains this text (repeatable; not printed)");
     gen_cmd->add_option("--threads", gen_threads, "threads (default: all cores)");
-    std::string gen_dtype = "fp32";
-    gen_cmd->add_option("--dtype", gen_dtype, "weight type of the matmuls: fp32 | bf16 | int8 (router stays fp32)")
-        ->capture_default_str();
+    std::string gen_dtype;
+    gen_cmd->add_option("--dtype", gen_dtype,
+                        "weight type of the matmuls: fp32 | bf16 | int8 (router stays fp32; default: the checkpoint's)");
     int64_t gen_k = 0;
     gen_cmd->add_option("--experts-per-token", gen_k, "route each token to K experts (default: the model's)");
 
     // bench
     auto* bench_cmd = app.add_subcommand("bench", "inference speed: decode or prefill tokens/s (random weights from a config)");
-    std::string bench_config, bench_ckpt, bench_dtype = "fp32";
+    std::string bench_config, bench_ckpt, bench_dtype;
     BenchOptions bopt;
     int bench_threads = 0;
     bool bench_json = false;
     bench_cmd->add_option("--config", bench_config, "model config (random weights)");
     bench_cmd->add_option("--checkpoint", bench_ckpt, "checkpoint directory (its weights)");
     bench_cmd->add_option("--mode", bopt.mode, "decode | prefill")->capture_default_str();
-    bench_cmd->add_option("--dtype", bench_dtype, "weight type of the matmuls: fp32 | bf16 | int8 (router stays fp32)")
-        ->capture_default_str();
+    bench_cmd->add_option("--dtype", bench_dtype,
+                          "weight type of the matmuls: fp32 | bf16 | int8 (router stays fp32; default fp32, or the checkpoint's)");
     bench_cmd->add_option("--threads", bench_threads, "threads (default: all cores)");
     bench_cmd->add_option("--batch", bopt.batch, "decode: sequences decoding together")->capture_default_str();
     bench_cmd->add_option("--tokens", bopt.tokens, "decode: steps per timed run")->capture_default_str();
     bench_cmd->add_option("--prompt", bopt.prompt, "prefill: prompt tokens (at most n_ctx)")->capture_default_str();
     bench_cmd->add_option("--seconds", bopt.min_seconds, "decode: time at least this long")->capture_default_str();
     bench_cmd->add_flag("--json", bench_json, "print one JSON object");
+
+    // quantize
+    auto* quant_cmd = app.add_subcommand("quantize", "write an inference checkpoint with bf16 or int8 matmul weights");
+    std::string quant_ckpt, quant_out, quant_dtype;
+    quant_cmd->add_option("--checkpoint", quant_ckpt, "checkpoint directory to convert")->required();
+    quant_cmd->add_option("--dtype", quant_dtype, "bf16 | int8 (Q8_0: blocks of 32, one fp32 scale each)")->required();
+    quant_cmd->add_option("--out", quant_out, "output checkpoint directory")->required();
 
     // params
     auto* params_cmd = app.add_subcommand("params", "count total and active parameters of a config");
@@ -183,7 +190,7 @@ int main(int argc, char** argv) {
             set_num_threads(gen_threads);
             Checkpoint ck = load_checkpoint(ckpt_dir);
             set_experts_per_token(ck, gen_k);
-            ck.model->set_weight_type(kernels::parse_wtype(gen_dtype, "generate --dtype"));
+            ck.model->set_weight_type(kernels::parse_wtype(gen_dtype.empty() ? ck.weight_type : gen_dtype, "generate --dtype"));
             if (prompt.empty()) fail("--prompt is empty: give at least one character");
             std::vector<int32_t> ids = ck.tokenizer.encode(prompt, "prompt");
             if ((int64_t)ids.size() > ck.config.model.n_ctx)
@@ -239,7 +246,7 @@ int main(int argc, char** argv) {
             check_threads(bench_threads);
             set_num_threads(bench_threads);
             if (bench_config.empty() == bench_ckpt.empty()) fail("bench: give exactly one of --config FILE or --checkpoint DIR");
-            const kernels::WType wt = kernels::parse_wtype(bench_dtype, "bench --dtype");
+
             std::unique_ptr<Model> own;
             Model* model = nullptr;
             Checkpoint ck;
@@ -255,7 +262,10 @@ int main(int argc, char** argv) {
                 ck = load_checkpoint(bench_ckpt);
                 model = ck.model.get();
                 what = bench_ckpt;
+                if (bench_dtype.empty()) bench_dtype = ck.weight_type;
             }
+            if (bench_dtype.empty()) bench_dtype = "fp32";
+            const kernels::WType wt = kernels::parse_wtype(bench_dtype, "bench --dtype");
             model->set_weight_type(wt);
             BenchResult r = run_bench(*model, bopt);
             ParamCount pc = count_params(model->config());
@@ -278,6 +288,22 @@ int main(int argc, char** argv) {
                     std::printf("prefill: %.1f tokens/s over %lld tokens, %.1f GFLOP/s\n", r.tokens_per_sec,
                                 (long long)r.tokens, r.gflops);
             }
+            return 0;
+        }
+        if (app.got_subcommand(quant_cmd)) {
+            if (quant_dtype != "bf16" && quant_dtype != "int8")
+                fail("quantize --dtype must be bf16 or int8, got \"", quant_dtype, "\"");
+            if (std::filesystem::weakly_canonical(quant_out) == std::filesystem::weakly_canonical(quant_ckpt))
+                fail("quantize --out '", quant_out, "' is the input checkpoint: write to another directory");
+            Checkpoint ck = load_checkpoint(quant_ckpt);
+            if (ck.weight_type != "fp32")
+                fail("checkpoint '", quant_ckpt, "' is already ", ck.weight_type, ": quantize an fp32 checkpoint");
+            save_checkpoint_quantized(quant_out, ck.config, ck.tokenizer, *ck.model, quant_dtype, ck.state);
+            const auto in_size = std::filesystem::file_size(checkpoint_file(quant_ckpt));
+            const auto out_size = std::filesystem::file_size(checkpoint_file(quant_out));
+            std::printf("wrote %s: %s weights, %.2f MB (from %.2f MB with optimizer state; weights alone %.2f MB fp32)\n",
+                        checkpoint_file(quant_out).c_str(), quant_dtype.c_str(), out_size / 1e6, in_size / 1e6,
+                        count_weight_bytes(ck.config.model, 0).total / 1e6);
             return 0;
         }
         if (app.got_subcommand(params_cmd)) {

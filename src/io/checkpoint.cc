@@ -1,5 +1,8 @@
 #include "io/checkpoint.h"
 
+#include "kernels/bf16.h"
+#include "kernels/qmatmul.h"
+
 #include <unistd.h>
 
 #include <cstring>
@@ -44,6 +47,44 @@ void save_checkpoint(const std::string& dir, const Config& config, const Tokeniz
     write_file_atomic((fs::path(dir) / "config.json").string(), config_to_json(config).dump(2) + "\n");
 }
 
+bool quantizable_param(const ParamInfo& p) {
+    return p.trainable && p.shape.size() >= 2 && p.name != "tok_embd" && p.name.find("ffn_gate_inp") == std::string::npos;
+}
+
+void save_checkpoint_quantized(const std::string& dir, const Config& config, const Tokenizer& tok, Model& model,
+                               const std::string& weight_type, const TrainState& st) {
+    const kernels::WType wt = kernels::parse_wtype(weight_type, "quantize --dtype");
+    ensure_writable_dir(dir);
+    TensorFileWriter w;
+    w.meta["format"] = "moe-checkpoint";
+    w.meta["version"] = 1;
+    w.meta["weight_type"] = weight_type;
+    w.meta["config"] = config_to_json(config);
+    w.meta["tokenizer"] = tok.to_json();
+    w.meta["state"] = {{"step", st.step}, {"tokens_seen", st.tokens_seen}, {"val_loss", st.val_loss}};
+    std::vector<kernels::QStore> stores;  // kept alive until write()
+    stores.reserve(model.table().params().size());
+    for (const auto& p : model.table().params()) {
+        const float* src = model.params() + p.offset;
+        if (wt == kernels::WType::f32 || !quantizable_param(p)) {
+            w.add(p.name, "f32", p.shape, src);
+            continue;
+        }
+        const int64_t in = p.shape.back(), rows = p.numel / in;
+        stores.emplace_back();
+        stores.back().build(wt, src, rows, in);
+        const kernels::QStore& q = stores.back();
+        if (wt == kernels::WType::bf16) {
+            w.add(p.name, "bf16", p.shape, q.bf16.data());
+        } else {
+            w.add(p.name, "i8", p.shape, q.q.data());
+            w.add(p.name + ".scales", "f32", {rows, (in + kernels::kQ8Block - 1) / kernels::kQ8Block}, q.scales.data());
+        }
+    }
+    w.write(checkpoint_file(dir));
+    write_file_atomic((fs::path(dir) / "config.json").string(), config_to_json(config).dump(2) + "\n");
+}
+
 Checkpoint load_checkpoint(const std::string& dir) {
     const std::string path = checkpoint_file(dir);
     std::error_code ec;  // (the non-throwing forms: a name too long is an error line, not an abort)
@@ -61,6 +102,8 @@ Checkpoint load_checkpoint(const std::string& dir) {
         ck.state.step = s.at("step").get<int64_t>();
         ck.state.tokens_seen = s.at("tokens_seen").get<int64_t>();
         ck.state.val_loss = s.at("val_loss").get<double>();
+        ck.weight_type = tf.meta.value("weight_type", std::string("fp32"));
+        kernels::parse_wtype(ck.weight_type, (path + " (meta weight_type)").c_str());
     } catch (const nlohmann::json::exception& e) {
         fail("'", path, "' has incomplete metadata: ", e.what());
     }
@@ -72,13 +115,32 @@ Checkpoint load_checkpoint(const std::string& dir) {
     for (const auto& p : m.table().params()) {
         const TensorRecord* t = tf.find(p.name);
         if (!t) fail("'", path, "' has no tensor '", p.name, "' that its config requires");
-        if (t->dtype != "f32" || t->shape != p.shape) {
-            std::string got, want;
-            for (auto x : t->shape) got += std::to_string(x) + ",";
-            for (auto x : p.shape) want += std::to_string(x) + ",";
-            fail("'", path, "': tensor '", p.name, "' is ", t->dtype, " [", got, "] but the config needs f32 [", want, "]");
+        auto shape_str = [](const std::vector<int64_t>& v) {
+            std::string r;
+            for (size_t i = 0; i < v.size(); ++i) r += (i ? "," : "") + std::to_string(v[i]);
+            return r;
+        };
+        const bool typed = ck.weight_type != "fp32" && quantizable_param(p);
+        const std::string want = typed ? (ck.weight_type == "bf16" ? "bf16" : "i8") : "f32";
+        if (t->dtype != want || t->shape != p.shape)
+            fail("'", path, "': tensor '", p.name, "' is ", t->dtype, " [", shape_str(t->shape), "] but the config needs ",
+                 want, " [", shape_str(p.shape), "]");
+        float* dst = m.params() + p.offset;
+        if (want == "f32") {
+            std::memcpy(dst, t->f32(), p.numel * sizeof(float));
+        } else if (want == "bf16") {
+            kernels::bf16_to_f32_n(dst, reinterpret_cast<const uint16_t*>(t->bytes.data()), p.numel);
+        } else {
+            const int64_t in = p.shape.back(), rows = p.numel / in, nb = (in + kernels::kQ8Block - 1) / kernels::kQ8Block;
+            const TensorRecord* sc = tf.find(p.name + ".scales");
+            if (!sc || sc->dtype != "f32" || sc->shape != std::vector<int64_t>{rows, nb})
+                fail("'", path, "': tensor '", p.name, ".scales' is missing or not f32 [", rows, ",", nb, "]");
+            kernels::QMatrix v;
+            v.type = kernels::WType::q8, v.out = rows, v.in = in;
+            v.q = reinterpret_cast<const int8_t*>(t->bytes.data());
+            v.scales = sc->f32();
+            for (int64_t r = 0; r < rows; ++r) kernels::dequantize_row(dst + r * in, v, r);
         }
-        std::memcpy(m.params() + p.offset, t->f32(), p.numel * sizeof(float));
     }
     const TensorRecord* am = tf.find("optim.adam_m");
     const TensorRecord* av = tf.find("optim.adam_v");

@@ -24,7 +24,17 @@ struct Checkpoint {
     TrainState state;
     std::unique_ptr<Model> model;
     std::vector<float> adam_m, adam_v;  // empty if the checkpoint has no optimizer state
+    std::string weight_type = "fp32";   // quantized checkpoints: "bf16" | "int8" (weights dequantized
+                                        // into the model; tools re-apply the type, which is exact)
 };
+
+// Writes an inference checkpoint with the matmul weights (attention, experts / dense FFN, untied
+// head) stored as bf16 or int8 (Q8_0: int8 values + "NAME.scales" fp32 per 32-block); norms, routers
+// and the embedding stay fp32. No optimizer state. Atomic like save_checkpoint.
+void save_checkpoint_quantized(const std::string& dir, const Config& config, const Tokenizer& tok, Model& model,
+                               const std::string& weight_type, const TrainState& st);
+// Whether a parameter is stored in the weight type (the rule count_weight_bytes uses).
+bool quantizable_param(const ParamInfo& p);
 
 std::string checkpoint_file(const std::string& dir);
 

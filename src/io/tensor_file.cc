@@ -19,6 +19,8 @@ static const uint32_t kTrailerMagic = 0x21454F4D;  // "MOE!"
 static size_t dtype_size(const std::string& dt, const std::string& where) {
     if (dt == "f32" || dt == "i32") return 4;
     if (dt == "f64") return 8;
+    if (dt == "bf16") return 2;
+    if (dt == "i8") return 1;
     fail(where, ": unknown dtype '", dt, "'");
 }
 

@@ -2,7 +2,7 @@
 // moe's tensor container (checkpoints, reference dumps). Layout:
 //   "MOETNSR1" | u64 header_len | header JSON | pad to 64 | tensor data (each 64-aligned)
 //   | trailer: u64 file_size, u32 crc32 of every byte before the trailer, u32 "MOE!"
-// Header JSON: {"meta": {...}, "tensors": [{"name", "dtype": "f32"|"f64"|"i32", "shape", "offset",
+// Header JSON: {"meta": {...}, "tensors": [{"name", "dtype": "f32"|"f64"|"i32"|"bf16"|"i8", "shape", "offset",
 // "nbytes"}]} with offsets relative to the data start. Little-endian. Written atomically.
 #include <cstdint>
 #include <string>
@@ -14,7 +14,7 @@ namespace moe {
 
 struct TensorRecord {
     std::string name;
-    std::string dtype;            // "f32", "f64", "i32"
+    std::string dtype;            // "f32", "f64", "i32", "bf16", "i8"
     std::vector<int64_t> shape;
     std::vector<char> bytes;      // owned data (reader); writer uses ptr
     const void* ptr = nullptr;
