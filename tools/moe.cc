@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "core/profile.h"
 #include "infer/bench.h"
 #include "kernels/qmatmul.h"
 #include "infer/generate.h"
@@ -288,6 +289,7 @@ int main(int argc, char** argv) {
                     std::printf("prefill: %.1f tokens/s over %lld tokens, %.1f GFLOP/s\n", r.tokens_per_sec,
                                 (long long)r.tokens, r.gflops);
             }
+            profile_report(stdout);  // MOE_PROFILE=1: where the time went
             return 0;
         }
         if (app.got_subcommand(quant_cmd)) {

@@ -121,7 +121,7 @@ void qmatmul_ref(float* y, const float* x, const QMatrix& w, int64_t N, bool acc
 
 namespace {
 
-constexpr int64_t kMaxRows = 4;  // x rows per pass of the GEMV kernel (accumulators: 4 x 2)
+constexpr int64_t kMaxRows = 2;  // x rows per pass of the GEMV kernel (4 accumulators each)
 
 // 8 weights of row `wr` at column i, as fp32
 __attribute__((target("avx2,fma"))) inline __m256 load8(const QMatrix& w, int64_t r, int64_t i) {
@@ -135,38 +135,35 @@ __attribute__((target("avx2,fma"))) inline __m256 load8(const QMatrix& w, int64_
 }
 
 // y[n, o] for o in [o0, o1), n in [n0, n0 + nr): the weight row is read once for the nr rows.
-// Full blocks of 32 use SIMD; a tail (IN not a multiple of 32, or of 8) goes scalar.
+// Four independent accumulators per x row (one per 8-lane quarter of a 32-block) keep the FMA
+// pipes busy instead of waiting on one dependency chain. int8 weights are scaled in registers
+// (w * scale) before the FMA. A tail (IN not a multiple of 32) goes scalar.
 __attribute__((target("avx2,fma"))) void gemv_rows_avx2(float* y, const float* x, const QMatrix& w, int64_t n0,
                                                         int64_t nr, int64_t o0, int64_t o1, bool accumulate) {
     const int64_t in = w.in, full = (in / kQ8Block) * kQ8Block, nb = w.blocks();
+    const bool q8 = w.type == WType::q8;
     for (int64_t o = o0; o < o1; ++o) {
-        __m256 acc[kMaxRows];
-        for (int64_t j = 0; j < nr; ++j) acc[j] = _mm256_setzero_ps();
+        __m256 acc[kMaxRows][4];
+        for (int64_t j = 0; j < nr; ++j)
+            for (int k = 0; k < 4; ++k) acc[j][k] = _mm256_setzero_ps();
         for (int64_t i = 0; i < full; i += kQ8Block) {
-            const __m256 w0 = load8(w, o, i), w1 = load8(w, o, i + 8), w2 = load8(w, o, i + 16), w3 = load8(w, o, i + 24);
-            if (w.type == WType::q8) {
-                const __m256 s = _mm256_set1_ps(w.scales[o * nb + i / kQ8Block]);
-                for (int64_t j = 0; j < nr; ++j) {
-                    const float* xr = x + (n0 + j) * in + i;
-                    __m256 t = _mm256_mul_ps(w0, _mm256_loadu_ps(xr));
-                    t = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), t);
-                    t = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), t);
-                    t = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), t);
-                    acc[j] = _mm256_fmadd_ps(t, s, acc[j]);
-                }
-            } else {
-                for (int64_t j = 0; j < nr; ++j) {
-                    const float* xr = x + (n0 + j) * in + i;
-                    acc[j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), acc[j]);
-                    acc[j] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), acc[j]);
-                    acc[j] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), acc[j]);
-                    acc[j] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), acc[j]);
-                }
+            __m256 w0 = load8(w, o, i), w1 = load8(w, o, i + 8), w2 = load8(w, o, i + 16), w3 = load8(w, o, i + 24);
+            if (q8) {
+                const __m256 sc = _mm256_set1_ps(w.scales[o * nb + i / kQ8Block]);
+                w0 = _mm256_mul_ps(w0, sc), w1 = _mm256_mul_ps(w1, sc);
+                w2 = _mm256_mul_ps(w2, sc), w3 = _mm256_mul_ps(w3, sc);
+            }
+            for (int64_t j = 0; j < nr; ++j) {
+                const float* xr = x + (n0 + j) * in + i;
+                acc[j][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), acc[j][0]);
+                acc[j][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), acc[j][1]);
+                acc[j][2] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), acc[j][2]);
+                acc[j][3] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), acc[j][3]);
             }
         }
         for (int64_t j = 0; j < nr; ++j) {
             alignas(32) float l[8];
-            _mm256_store_ps(l, acc[j]);
+            _mm256_store_ps(l, _mm256_add_ps(_mm256_add_ps(acc[j][0], acc[j][1]), _mm256_add_ps(acc[j][2], acc[j][3])));
             float s = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
             const float* xr = x + (n0 + j) * in;
             for (int64_t i = full; i < in; ++i) {  // tail
