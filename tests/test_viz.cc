@@ -277,6 +277,18 @@ TEST_F(VizCli, PlotOfARealTrainingLog) {
     EXPECT_TRUE(fs::exists(path("pics/loss.png")));
 }
 
+TEST_F(VizCli, PlotComparesSeveralRuns) {
+    write_file(path("moe.jsonl"), small_log(true));
+    write_file(path("dense.jsonl"), small_log(false));
+    RunResult r = moe("plot --log moe.jsonl --log dense.jsonl --out pics");
+    ASSERT_EQ(r.code(), 0) << r.describe();
+    ASSERT_TRUE(fs::exists(path("pics/compare.png")));
+    Image im = decode_png(read_file(path("pics/compare.png")));
+    EXPECT_EQ(im.w, 1100);
+    EXPECT_NE(r.out.find("compare.png"), std::string::npos) << r.out;
+    expect_clean_error(moe("plot --log moe.jsonl --log missing.jsonl --out pics2"), {"missing.jsonl"});
+}
+
 TEST_F(VizCli, PlotFailsCleanly) {
     std::string text = small_log(true);
     const size_t second = text.find('\n') + 1;

@@ -149,8 +149,10 @@ int main(int argc, char** argv) {
 
     // plot (pictures of a training log)
     auto* plot_cmd = app.add_subcommand("plot", "draw loss curves and expert load over time from a --log JSONL");
-    std::string plot_log, plot_out;
-    plot_cmd->add_option("--log", plot_log, "JSONL log written by moe train --log")->required();
+    std::vector<std::string> plot_logs;
+    std::string plot_out;
+    plot_cmd->add_option("--log", plot_logs, "JSONL log written by moe train --log (several: compare.png of the runs)")
+        ->required();
     plot_cmd->add_option("--out", plot_out, "directory for loss.png and load_layer{l}.png")->required();
 
     // Usage errors get the same one-line form and exit status as every other error.
@@ -238,7 +240,11 @@ int main(int argc, char** argv) {
             return 0;
         }
         if (app.got_subcommand(plot_cmd)) {
-            viz::PlotResult pr = viz::plot_train_log(plot_log, plot_out);
+            if (plot_logs.size() > 1) {
+                for (const std::string& w : viz::plot_compare(plot_logs, plot_out)) std::printf("wrote %s\n", w.c_str());
+                return 0;
+            }
+            viz::PlotResult pr = viz::plot_train_log(plot_logs.front(), plot_out);
             for (const std::string& n : pr.notes) std::printf("note: %s\n", n.c_str());
             for (const std::string& w : pr.written) std::printf("wrote %s\n", w.c_str());
             return 0;

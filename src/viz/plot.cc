@@ -457,6 +457,40 @@ Canvas draw_load_heatmap(const TrainLog& log, int64_t layer) {
     return c;
 }
 
+Canvas draw_compare_plot(const std::vector<TrainLog>& logs) {
+    const int main_h = 560, title_h = 50;
+    Canvas c(kW, title_h + main_h);
+    std::string names;
+    for (const TrainLog& l : logs) names += (names.empty() ? "" : " vs ") + std::filesystem::path(l.path).stem().string();
+    c.text(24, 16, "runs: " + names, kText, 2);
+    double xmax = 0;
+    std::vector<Curve> curves;
+    int i = 0;
+    const Rgb colours[] = {kTrain, kVal, kOther[0], kOther[1], kOther[2], kOther[3]};
+    for (const TrainLog& l : logs) {
+        const std::string stem = std::filesystem::path(l.path).stem().string();
+        const Rgb col = colours[i++ % 6];
+        for (const auto* v : {&l.train, &l.eval})
+            for (const Series& s : *v)
+                for (double x : s.x) xmax = std::max(xmax, x);
+        for (const Series& s : l.train)
+            if (s.key == "loss") curves.push_back({&s, col, stem + " train", false});
+        for (const Series& s : l.eval)
+            if (s.key == "val_loss") curves.push_back({&s, col, stem + " val", true});
+    }
+    draw_panel(c, title_h, main_h, xmax, curves, "loss (nats per token)", "loss", true);
+    return c;
+}
+
+std::vector<std::string> plot_compare(const std::vector<std::string>& log_paths, const std::string& out_dir) {
+    std::vector<TrainLog> logs;
+    for (const std::string& p : log_paths) logs.push_back(read_train_log(p));
+    ensure_writable_dir(out_dir);
+    const std::string png = (std::filesystem::path(out_dir) / "compare.png").string();
+    draw_compare_plot(logs).write_png(png);
+    return {png};
+}
+
 PlotResult plot_train_log(const std::string& log_path, const std::string& out_dir) {
     TrainLog log = read_train_log(log_path);
     PlotResult res;

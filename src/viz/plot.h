@@ -63,4 +63,9 @@ struct PlotResult {
 // routing records (none, with a note, when the log has no "routing"). Creates out_dir.
 PlotResult plot_train_log(const std::string& log_path, const std::string& out_dir);
 
+// Several runs on one panel (train loss smoothed, val loss as dots; one colour per run, labelled by
+// the log's file stem): out_dir/compare.png. For MoE-vs-dense or ablation comparisons.
+Canvas draw_compare_plot(const std::vector<TrainLog>& logs);
+std::vector<std::string> plot_compare(const std::vector<std::string>& log_paths, const std::string& out_dir);
+
 }  // namespace moe::viz
