@@ -9,6 +9,7 @@
 // run on the fp32 FMAs, so the bf16 peak reported is the fp32 one (and says so).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -76,7 +77,7 @@ __attribute__((target("avx512f,avx512bf16"))) double bf16_avx512(long iters, flo
 using Loop = double (*)(long, float*);
 
 // GFLOP/s summed over `threads` copies run at once for about `seconds`
-double measure(Loop loop, int threads, double seconds) {
+double measure_once(Loop loop, int threads, double seconds) {
     float sink[64];
     loop(kInner / 16, sink);  // warm up (clock ramp)
     std::vector<double> flops(threads, 0), secs(threads, 0);
@@ -98,6 +99,13 @@ double measure(Loop loop, int threads, double seconds) {
     double gf = 0;
     for (int t = 0; t < threads; ++t) gf += flops[t] / secs[t] / 1e9;
     return gf;
+}
+
+// the best of three: a peak is what the machine can do, and a run can lose its core for a while
+double measure(Loop loop, int threads, double seconds) {
+    double best = 0;
+    for (int r = 0; r < 3; ++r) best = std::max(best, measure_once(loop, threads, seconds / 3));
+    return best;
 }
 
 }  // namespace

@@ -123,37 +123,42 @@ namespace {
 
 constexpr int64_t kMaxRows = 2;  // x rows per pass of the GEMV kernel (4 accumulators each)
 
-// 8 weights of row `wr` at column i, as fp32
+// 8 weights of row r at column i, as fp32 (the type is a template argument: no branch per load)
+template <WType TY>
 __attribute__((target("avx2,fma"))) inline __m256 load8(const QMatrix& w, int64_t r, int64_t i) {
-    if (w.type == WType::f32) return _mm256_loadu_ps(w.f32 + r * w.in + i);
-    if (w.type == WType::bf16) {
+    if constexpr (TY == WType::f32) {
+        return _mm256_loadu_ps(w.f32 + r * w.in + i);
+    } else if constexpr (TY == WType::bf16) {
         const __m128i h = _mm_loadu_si128((const __m128i*)(w.bf16 + r * w.in + i));
         return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    } else {
+        const __m128i b = _mm_loadl_epi64((const __m128i*)(w.q + r * w.in + i));
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
     }
-    const __m128i b = _mm_loadl_epi64((const __m128i*)(w.q + r * w.in + i));
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
 }
 
-// y[n, o] for o in [o0, o1), n in [n0, n0 + nr): the weight row is read once for the nr rows.
+// y[n, o] for o in [o0, o1), n in [n0, n0 + NR): the weight row is read once for the NR rows.
 // Four independent accumulators per x row (one per 8-lane quarter of a 32-block) keep the FMA
-// pipes busy instead of waiting on one dependency chain. int8 weights are scaled in registers
-// (w * scale) before the FMA. A tail (IN not a multiple of 32) goes scalar.
+// pipes busy instead of waiting on one dependency chain; type and NR are compile-time so the
+// accumulators stay in registers. int8 weights are scaled in registers (w * scale) before the
+// FMA. A tail (IN not a multiple of 32) goes scalar.
+template <WType TY, int NR>
 __attribute__((target("avx2,fma"))) void gemv_rows_avx2(float* y, const float* x, const QMatrix& w, int64_t n0,
-                                                        int64_t nr, int64_t o0, int64_t o1, bool accumulate) {
+                                                        int64_t o0, int64_t o1, bool accumulate) {
     const int64_t in = w.in, full = (in / kQ8Block) * kQ8Block, nb = w.blocks();
-    const bool q8 = w.type == WType::q8;
     for (int64_t o = o0; o < o1; ++o) {
-        __m256 acc[kMaxRows][4];
-        for (int64_t j = 0; j < nr; ++j)
+        __m256 acc[NR][4];
+        for (int j = 0; j < NR; ++j)
             for (int k = 0; k < 4; ++k) acc[j][k] = _mm256_setzero_ps();
         for (int64_t i = 0; i < full; i += kQ8Block) {
-            __m256 w0 = load8(w, o, i), w1 = load8(w, o, i + 8), w2 = load8(w, o, i + 16), w3 = load8(w, o, i + 24);
-            if (q8) {
+            __m256 w0 = load8<TY>(w, o, i), w1 = load8<TY>(w, o, i + 8), w2 = load8<TY>(w, o, i + 16),
+                   w3 = load8<TY>(w, o, i + 24);
+            if constexpr (TY == WType::q8) {
                 const __m256 sc = _mm256_set1_ps(w.scales[o * nb + i / kQ8Block]);
                 w0 = _mm256_mul_ps(w0, sc), w1 = _mm256_mul_ps(w1, sc);
                 w2 = _mm256_mul_ps(w2, sc), w3 = _mm256_mul_ps(w3, sc);
             }
-            for (int64_t j = 0; j < nr; ++j) {
+            for (int j = 0; j < NR; ++j) {
                 const float* xr = x + (n0 + j) * in + i;
                 acc[j][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), acc[j][0]);
                 acc[j][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), acc[j][1]);
@@ -161,20 +166,36 @@ __attribute__((target("avx2,fma"))) void gemv_rows_avx2(float* y, const float* x
                 acc[j][3] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), acc[j][3]);
             }
         }
-        for (int64_t j = 0; j < nr; ++j) {
+        for (int j = 0; j < NR; ++j) {
             alignas(32) float l[8];
             _mm256_store_ps(l, _mm256_add_ps(_mm256_add_ps(acc[j][0], acc[j][1]), _mm256_add_ps(acc[j][2], acc[j][3])));
             float s = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
             const float* xr = x + (n0 + j) * in;
             for (int64_t i = full; i < in; ++i) {  // tail
-                const float wv = w.type == WType::f32 ? w.f32[o * in + i]
-                                 : w.type == WType::bf16 ? bf16_to_f32(w.bf16[o * in + i])
-                                                         : w.scales[o * nb + i / kQ8Block] * (float)w.q[o * in + i];
+                const float wv = TY == WType::f32 ? w.f32[o * in + i]
+                                 : TY == WType::bf16 ? bf16_to_f32(w.bf16[o * in + i])
+                                                     : w.scales[o * nb + i / kQ8Block] * (float)w.q[o * in + i];
                 s += wv * xr[i];
             }
             float& dst = y[(n0 + j) * w.out + o];
             dst = accumulate ? dst + s : s;
         }
+    }
+}
+
+template <WType TY>
+void gemv_avx2(float* y, const float* x, const QMatrix& w, int64_t n0, int64_t nr, int64_t o0, int64_t o1,
+               bool accumulate) {
+    if (nr == 2) gemv_rows_avx2<TY, 2>(y, x, w, n0, o0, o1, accumulate);
+    else gemv_rows_avx2<TY, 1>(y, x, w, n0, o0, o1, accumulate);
+}
+
+void gemv_rows_avx2_any(float* y, const float* x, const QMatrix& w, int64_t n0, int64_t nr, int64_t o0, int64_t o1,
+                        bool accumulate) {
+    switch (w.type) {
+        case WType::f32: gemv_avx2<WType::f32>(y, x, w, n0, nr, o0, o1, accumulate); break;
+        case WType::bf16: gemv_avx2<WType::bf16>(y, x, w, n0, nr, o0, o1, accumulate); break;
+        case WType::q8: gemv_avx2<WType::q8>(y, x, w, n0, nr, o0, o1, accumulate); break;
     }
 }
 
@@ -213,7 +234,7 @@ void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumul
         parallel_for(0, w.out, 32, [&](int64_t o0, int64_t o1) {
             for (int64_t n0 = 0; n0 < N; n0 += kMaxRows) {
                 const int64_t nr = std::min(kMaxRows, N - n0);
-                if (simd) gemv_rows_avx2(y, x, w, n0, nr, o0, o1, accumulate);
+                if (simd) gemv_rows_avx2_any(y, x, w, n0, nr, o0, o1, accumulate);
                 else gemv_rows_ref(y, x, w, n0, nr, o0, o1, accumulate);
             }
         });
