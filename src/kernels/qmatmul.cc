@@ -231,7 +231,10 @@ void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumul
     }
     if (N <= kGemvMaxN) {
         const bool simd = active_isa() >= Isa::avx2;
-        parallel_for(0, w.out, 32, [&](int64_t o0, int64_t o1) {
+        // below kGemvParallelBytes of weights the call runs on this thread alone: a fork/join costs
+        // more than the work, and a core busy with another process stalls every barrier
+        const int64_t grain = w.bytes() < kGemvParallelBytes ? w.out : 32;
+        parallel_for(0, w.out, grain, [&](int64_t o0, int64_t o1) {
             for (int64_t n0 = 0; n0 < N; n0 += kMaxRows) {
                 const int64_t nr = std::min(kMaxRows, N - n0);
                 if (simd) gemv_rows_avx2_any(y, x, w, n0, nr, o0, o1, accumulate);

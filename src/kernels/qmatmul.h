@@ -15,6 +15,8 @@ enum class WType { f32, bf16, q8 };
 const char* wtype_name(WType t);
 WType parse_wtype(const std::string& s, const char* where);  // "fp32" | "bf16" | "int8"
 inline constexpr int64_t kQ8Block = 32;
+// Decode work below this many bytes of weights stays on one thread (see qmatmul).
+inline constexpr double kGemvParallelBytes = 1 << 20;
 
 // A view of one weight matrix (OUT, IN) in its storage type.
 struct QMatrix {

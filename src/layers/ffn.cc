@@ -4,6 +4,7 @@
 
 #include "core/parallel.h"
 #include "core/profile.h"
+#include "kernels/qmatmul.h"
 #include "ops/linear.h"
 #include "ops/moe_dispatch.h"
 #include "ops/moe_ffn.h"
@@ -46,7 +47,15 @@ void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& 
         MOE_PROFILE_SCOPE("moe route+gather fwd");
         ops::rmsnorm_forward(c.xn, c.rstd, inp, w.ffn_norm, N, C, m.norm_eps);         // (N, C)
         const RouterConfig& rc = m.router;
-        ops::linear_forward(c.logits, c.xn, w.ffn_gate_inp, N, C, E);                   // (N, E)
+        if (q && N <= 8) {
+            // decode: the router as a single-thread GEMV (a library GEMM call of this size forks
+            // threads, and a busy core then stalls the step)
+            kernels::QMatrix r;
+            r.type = kernels::WType::f32, r.out = E, r.in = C, r.f32 = w.ffn_gate_inp;
+            kernels::qmatmul(c.logits, c.xn, r, N, false);                              // (N, E)
+        } else {
+            ops::linear_forward(c.logits, c.xn, w.ffn_gate_inp, N, C, E);               // (N, E)
+        }
         // noisy top-K: H = logits + eps * softplus(x W_noise^T); training only unless noise_at_eval
         c.noisy = rc.noisy_gating && (ctx.train || rc.noise_at_eval);
         const float* scores = c.logits;                                                 // (N, E)

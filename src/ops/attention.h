@@ -202,7 +202,9 @@ inline void attention_cached_forward(float* y, float* scores, const float* q, co
                                      int64_t n_ctx, int64_t H, int64_t Hkv, int64_t D) {
     const int64_t group = H / Hkv, qs = H * D, kvs = Hkv * D;
     const float scale = 1.f / std::sqrt((float)D);
-    parallel_for(0, N * H, 1, [&](int64_t i0, int64_t i1) {
+    double work = 0;  // multiply-adds; a small decode step stays on one thread
+    for (int64_t n = 0; n < N; ++n) work += 2.0 * (pos[n] + 1) * D * H;
+    parallel_for(0, N * H, work < 65536 ? N * H : 1, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
             const int64_t n = i / H, h = i % H, hk = h / group, P = pos[n] + 1;
             const float* qt = q + n * qs + h * D;

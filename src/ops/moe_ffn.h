@@ -103,7 +103,9 @@ inline void moe_ffn_forward_q(float* ye, float* hg, float* hu, float* act, const
                               int64_t C, int64_t F, Activation activation) {
     const bool small = small_experts(expert_offsets, E, C, F);
     const std::vector<FfnTask>& tasks = ffn_row_tasks(expert_offsets, E, small);
-    run_tasks(small, (int64_t)tasks.size(), [&](int64_t i) {
+    // decode of a small model: the experts' weights touched are too few bytes to share out
+    const double touched = (double)tasks.size() * (w_up.bytes() + w_gate.bytes() + w_down.bytes()) / (double)E;
+    run_tasks(small && touched >= kernels::kGemvParallelBytes, (int64_t)tasks.size(), [&](int64_t i) {
         const FfnTask t = tasks[i];
         const int64_t e = t.e, r0 = t.begin, rows = t.end - t.begin;
         kernels::qmatmul(hu + r0 * F, xe + r0 * C, w_up.rows(e * F, F), rows, false);  // [rows, F]
