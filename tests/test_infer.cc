@@ -61,7 +61,7 @@ TEST_P(Infer, PrefillThenDecodeEqualsFullForward) {
     auto [moe_layers, Hkv] = GetParam();
     Model m(make_config(moe_layers, Hkv));
     m.init(7);
-    const int64_t V = m.config().vocab_size, T = 20, P = 8;
+    const int64_t V = m.config().vocab_size, T = 20, P = 17;  // P >= 16: the GEMM prefill path
     auto seq = tokens(T, 3, V);
     auto ref = full_logits(m, seq);
     auto cache = m.make_cache(1);
@@ -82,7 +82,7 @@ TEST_P(Infer, SequencesOfDifferentLengthsDecodeTogether) {
     Model m(make_config(moe_layers, Hkv));
     m.init(11);
     const int64_t V = m.config().vocab_size, S = 3, steps = 6;
-    const int64_t prompt_len[S] = {3, 9, 1};
+    const int64_t prompt_len[S] = {3, 17, 1};  // 17: a GEMM prefill run mixed with per-row rows
     std::vector<std::vector<int32_t>> seqs;
     std::vector<std::vector<float>> refs;
     for (int64_t s = 0; s < S; ++s) {

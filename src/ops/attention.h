@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "core/parallel.h"
 #include "kernels/exp.h"
@@ -202,11 +203,54 @@ inline void attention_cached_forward(float* y, float* scores, const float* q, co
                                      int64_t n_ctx, int64_t H, int64_t Hkv, int64_t D) {
     const int64_t group = H / Hkv, qs = H * D, kvs = Hkv * D;
     const float scale = 1.f / std::sqrt((float)D);
-    double work = 0;  // multiply-adds; a small decode step stays on one thread
-    for (int64_t n = 0; n < N; ++n) work += 2.0 * (pos[n] + 1) * D * H;
+    // Runs of >= kGemmRun rows that are consecutive positions of one sequence (a prefill) go
+    // through GEMMs per head: S = scale * Q K^T over the cached keys 0..last, causal softmax,
+    // Y = P V. Other rows (decode) take the per-row loop below.
+    constexpr int64_t kGemmRun = 16;
+    thread_local std::vector<int64_t> runs_storage;  // (begin, end) pairs; reused
+    std::vector<int64_t>& runs = runs_storage;
+    runs.clear();
+    for (int64_t n = 0; n < N;) {
+        int64_t e = n + 1;
+        while (e < N && seq[e] == seq[n] && pos[e] == pos[e - 1] + 1) ++e;
+        if (e - n >= kGemmRun) runs.push_back(n), runs.push_back(e);
+        n = e;
+    }
+    const int64_t n_runs = (int64_t)runs.size() / 2;
+    parallel_for(0, n_runs * H, 1, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r0 = runs[2 * (i / H)], r1 = runs[2 * (i / H) + 1], h = i % H, hk = h / group;
+            const int64_t G = r1 - r0, L = pos[r1 - 1] + 1;
+            const float* kb = k_cache + (int64_t)seq[r0] * n_ctx * kvs + hk * D;  // [L, D] rows strided by kvs
+            const float* vb = v_cache + (int64_t)seq[r0] * n_ctx * kvs + hk * D;
+            float* sc = scores + (r0 * H + h) * n_ctx;                           // [G, L] rows strided by H*n_ctx
+            const int64_t lds = H * n_ctx;
+            kernels::gemm<float>(false, true, G, L, D, scale, q + r0 * qs + h * D, qs, kb, kvs, 0.f, sc, lds);
+            for (int64_t g = 0; g < G; ++g) {
+                float* row = sc + g * lds;
+                const int64_t P = pos[r0 + g] + 1;
+                float mx = row[0];
+                for (int64_t u = 1; u < P; ++u) mx = row[u] > mx ? row[u] : mx;
+                const float inv = 1.f / kernels::exp_shift_sum(row, P, mx);
+                for (int64_t u = 0; u < P; ++u) row[u] *= inv;
+                for (int64_t u = P; u < L; ++u) row[u] = 0;  // causal
+            }
+            kernels::gemm<float>(false, false, G, D, L, 1.f, sc, lds, vb, kvs, 0.f, y + r0 * qs + h * D, qs);
+        }
+    });
+    auto in_run = [&](int64_t n) {
+        for (int64_t r = 0; r < n_runs; ++r)
+            if (n >= runs[2 * r] && n < runs[2 * r + 1]) return true;
+        return false;
+    };
+    double work = 0;  // multiply-adds of the per-row path; a small decode step stays on one thread
+    for (int64_t n = 0; n < N; ++n)
+        if (!in_run(n)) work += 2.0 * (pos[n] + 1) * D * H;
+    if (work == 0) return;
     parallel_for(0, N * H, work < 65536 ? N * H : 1, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
             const int64_t n = i / H, h = i % H, hk = h / group, P = pos[n] + 1;
+            if (n_runs > 0 && in_run(n)) continue;
             const float* qt = q + n * qs + h * D;
             const float* kb = k_cache + (int64_t)seq[n] * n_ctx * kvs + hk * D;  // [n_ctx, kvs]
             const float* vb = v_cache + (int64_t)seq[n] * n_ctx * kvs + hk * D;
