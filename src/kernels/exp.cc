@@ -62,6 +62,44 @@ __attribute__((target("avx2,fma"))) float exp_shift_sum_avx2(float* x, int64_t n
     return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
 }
 
+__attribute__((target("avx2,fma"))) static inline __m256 sigmoid256(__m256 g) {
+    const __m256 one = _mm256_set1_ps(1.f);
+    return _mm256_div_ps(one, _mm256_add_ps(one, exp256(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+}
+
+static inline float sigmoid1(float g) { return 1.f / (1.f + std::exp(-g)); }
+
+__attribute__((target("avx2,fma"))) void swiglu_forward_avx2(float* act, const float* gate, const float* up, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i);
+        _mm256_storeu_ps(act + i, _mm256_mul_ps(_mm256_mul_ps(g, sigmoid256(g)), _mm256_loadu_ps(up + i)));
+    }
+    for (; i < n; ++i) act[i] = gate[i] * sigmoid1(gate[i]) * up[i];
+}
+
+__attribute__((target("avx2,fma"))) void swiglu_backward_avx2(float* dgate, float* dup, const float* dact,
+                                                              const float* gate, const float* up, int64_t n) {
+    const __m256 one = _mm256_set1_ps(1.f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i), s = sigmoid256(g), d = _mm256_loadu_ps(dact + i);
+        const __m256 gs = _mm256_mul_ps(g, s);
+        // silu'(g) = s + g s (1 - s)
+        const __m256 dsilu = _mm256_add_ps(s, _mm256_mul_ps(gs, _mm256_sub_ps(one, s)));
+        _mm256_storeu_ps(dgate + i, _mm256_add_ps(_mm256_loadu_ps(dgate + i),
+                                                  _mm256_mul_ps(_mm256_mul_ps(d, _mm256_loadu_ps(up + i)), dsilu)));
+        _mm256_storeu_ps(dup + i, _mm256_add_ps(_mm256_loadu_ps(dup + i), _mm256_mul_ps(d, gs)));
+    }
+    for (; i < n; ++i) {
+        const float s = sigmoid1(gate[i]);
+        dgate[i] += dact[i] * up[i] * (s + gate[i] * s * (1.f - s));
+        dup[i] += dact[i] * gate[i] * s;
+    }
+}
+
+bool swiglu_simd() { return active_isa() >= Isa::avx2; }
+
 float exp_shift_sum(float* x, int64_t n, float shift) {
     return active_isa() >= Isa::avx2 ? exp_shift_sum_avx2(x, n, shift) : exp_shift_sum_ref(x, n, shift);
 }

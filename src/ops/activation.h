@@ -3,6 +3,9 @@
 // ReLU: act = max(h, 0) (the makeMoE tutorial's experts).
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
+
+#include "kernels/exp.h"
 
 namespace moe::ops {
 
@@ -12,14 +15,23 @@ template <class T>
 inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
 
 // act (n) = silu(gate) * up
+// (float: the AVX2 kernel when the CPU has it, src/kernels/exp.cc; this loop is its twin)
+template <class T>
+void swiglu_forward_ref(T* act, const T* gate, const T* up, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) act[i] = gate[i] * sigmoid(gate[i]) * up[i];
+}
+
 template <class T>
 void swiglu_forward(T* act, const T* gate, const T* up, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) act[i] = gate[i] * sigmoid(gate[i]) * up[i];
+    if constexpr (std::is_same_v<T, float>) {
+        if (kernels::swiglu_simd()) return kernels::swiglu_forward_avx2(act, gate, up, n);
+    }
+    swiglu_forward_ref(act, gate, up, n);
 }
 
 // Accumulates dgate, dup.
 template <class T>
-void swiglu_backward(T* dgate, T* dup, const T* dact, const T* gate, const T* up, int64_t n) {
+void swiglu_backward_ref(T* dgate, T* dup, const T* dact, const T* gate, const T* up, int64_t n) {
     for (int64_t i = 0; i < n; ++i) {
         const T s = sigmoid(gate[i]);
         const T silu = gate[i] * s;
@@ -27,6 +39,14 @@ void swiglu_backward(T* dgate, T* dup, const T* dact, const T* gate, const T* up
         dgate[i] += dact[i] * up[i] * (s + gate[i] * s * (T(1) - s));
         dup[i] += dact[i] * silu;
     }
+}
+
+template <class T>
+void swiglu_backward(T* dgate, T* dup, const T* dact, const T* gate, const T* up, int64_t n) {
+    if constexpr (std::is_same_v<T, float>) {
+        if (kernels::swiglu_simd()) return kernels::swiglu_backward_avx2(dgate, dup, dact, gate, up, n);
+    }
+    swiglu_backward_ref(dgate, dup, dact, gate, up, n);
 }
 
 // act (n) = max(h, 0)
