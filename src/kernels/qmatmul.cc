@@ -223,6 +223,16 @@ void gemv_rows_ref(float* y, const float* x, const QMatrix& w, int64_t n0, int64
 // output rows, into thread-local scratch) and use the GEMM.
 static constexpr int64_t kGemvMaxN = 8;
 
+void qmatmul_rows(float* y, const float* x, const QMatrix& w, int64_t N, int64_t o0, int64_t o1, bool accumulate) {
+    MOE_ASSERT(N <= kGemvMaxN);
+    const bool simd = active_isa() >= Isa::avx2;
+    for (int64_t n0 = 0; n0 < N; n0 += kMaxRows) {
+        const int64_t nr = std::min(kMaxRows, N - n0);
+        if (simd) gemv_rows_avx2_any(y, x, w, n0, nr, o0, o1, accumulate);
+        else gemv_rows_ref(y, x, w, n0, nr, o0, o1, accumulate);
+    }
+}
+
 void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate) {
     if (N <= 0 || w.out == 0) return;
     if (w.type == WType::f32 && N > kGemvMaxN) {

@@ -50,5 +50,8 @@ void dequantize_row(float* dst, const QMatrix& w, int64_t row);
 
 void qmatmul_ref(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate);
 void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate);
+// Output rows [o0, o1) of a decode-sized qmatmul (N <= 8), on the calling thread: lets a caller put
+// several matrices that read the same x under one parallel_for (q, k, v of a decode step).
+void qmatmul_rows(float* y, const float* x, const QMatrix& w, int64_t N, int64_t o0, int64_t o1, bool accumulate);
 
 }  // namespace moe::kernels
