@@ -12,15 +12,21 @@ TEST(Params, MixtralCountsExactly) {
     EXPECT_EQ(pc.active, 12879925248LL);
 }
 
-// Hand count: L=1, C=8, H=2 (D=4), V=10 tied, dense SwiGLU F=16, T=4.
-// matmul weights: head (tied embedding) 80 + q,k,v,o 4*64 + gate,up,down 3*128 = 720;
-// forward = 2*720 + attention 4*H*D*(T+1)/2 = 1440 + 80 = 1520; training = 3 * 1520.
-TEST(Params, FlopsPerTokenByHand) {
+// L=1, C=8, H=2 (D=4), V=10 tied, dense SwiGLU F=16, n_ctx 4
+static ModelConfig hand_model() {
     ModelConfig m;
     m.n_layer = 1, m.n_embd = 8, m.n_head = 2, m.n_head_kv = 2, m.vocab_size = 10, m.n_ctx = 4;
     m.tie_embeddings = true;
     m.n_ff = 16;
     m.layer_moe = {false};
+    return m;
+}
+
+// Hand count of hand_model() at T=4.
+// matmul weights: head (tied embedding) 80 + q,k,v,o 4*64 + gate,up,down 3*128 = 720;
+// forward = 2*720 + attention 4*H*D*(T+1)/2 = 1440 + 80 = 1520; training = 3 * 1520.
+TEST(Params, FlopsPerTokenByHand) {
+    ModelConfig m = hand_model();
     FlopCount f = count_flops(m, 4);
     EXPECT_DOUBLE_EQ(f.matmul_params, 720);
     EXPECT_DOUBLE_EQ(f.forward, 1520);
@@ -35,18 +41,14 @@ TEST(Params, FlopsPerTokenByHand) {
 // The same hand model: norms 3 x 8 fp32 = 96 B; tied embedding: fp32 table 320 B (+ one row of
 // 32 B per token) and the head's copy; attention 4 matrices (8 x 8), FFN gate/up (16 x 8), down (8 x 16).
 TEST(Params, WeightBytesByHand) {
-    ModelConfig m;
-    m.n_layer = 1, m.n_embd = 8, m.n_head = 2, m.n_head_kv = 2, m.vocab_size = 10, m.n_ctx = 4;
-    m.tie_embeddings = true;
-    m.n_ff = 16;
-    m.layer_moe = {false};
-    WeightBytes f = count_weight_bytes(m, 0);
+    ModelConfig m = hand_model();
+    WeightBytes f = count_weight_bytes(m, kernels::WType::f32);
     EXPECT_DOUBLE_EQ(f.total, 96 + 320 + 320 + 4 * 64 * 4 + 3 * 128 * 4);
     EXPECT_DOUBLE_EQ(f.active, 96 + 32 + 320 + 4 * 64 * 4 + 3 * 128 * 4);
-    WeightBytes h = count_weight_bytes(m, 1);
+    WeightBytes h = count_weight_bytes(m, kernels::WType::bf16);
     EXPECT_DOUBLE_EQ(h.total, 96 + 320 + 160 + 4 * 64 * 2 + 3 * 128 * 2);
     // int8: per matrix rows*in + 4 bytes per row and 32-block (one block: in <= 32)
-    WeightBytes q = count_weight_bytes(m, 2);
+    WeightBytes q = count_weight_bytes(m, kernels::WType::q8);
     EXPECT_DOUBLE_EQ(q.total, 96 + 320 + (80 + 40) + 4 * (64 + 32) + 2 * (128 + 64) + (128 + 32));
 }
 

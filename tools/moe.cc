@@ -177,16 +177,9 @@ int main(int argc, char** argv) {
     try {
         if (app.got_subcommand(gen_cmd)) {
             sopt.max_tokens = max_tokens;
-            if (max_tokens <= 0) fail("--max-tokens must be >= 1, got ", max_tokens);
-            if (!(sopt.temperature >= 0) || !std::isfinite(sopt.temperature))
-                fail("--temperature must be a finite number >= 0, got ", sopt.temperature);
-            if (sopt.top_k < 0) fail("--top-k must be >= 0 (0 = off), got ", sopt.top_k);
-            if (!(sopt.top_p > 0 && sopt.top_p <= 1)) fail("--top-p must be in (0, 1], got ", sopt.top_p);
-            if (!(sopt.repetition_penalty > 0) || !std::isfinite(sopt.repetition_penalty))
-                fail("--repetition-penalty must be a finite number > 0, got ", sopt.repetition_penalty);
+            check_sample_options(sopt, "--");
             if (gen_seed < 0) fail("--seed must be >= 0, got ", gen_seed);
             sopt.seed = (uint64_t)gen_seed;
-            check_sample_options(sopt);
             for (const auto& st : stops)
                 if (st.empty()) fail("--stop: an empty stop string would stop at once");
             check_threads(gen_threads);
@@ -311,7 +304,7 @@ int main(int argc, char** argv) {
             const auto out_size = std::filesystem::file_size(checkpoint_file(quant_out));
             std::printf("wrote %s: %s weights, %.2f MB (from %.2f MB with optimizer state; weights alone %.2f MB fp32)\n",
                         checkpoint_file(quant_out).c_str(), quant_dtype.c_str(), out_size / 1e6, in_size / 1e6,
-                        count_weight_bytes(ck.config.model, 0).total / 1e6);
+                        count_weight_bytes(ck.config.model, kernels::WType::f32).total / 1e6);
             return 0;
         }
         if (app.got_subcommand(params_cmd)) {
@@ -320,9 +313,10 @@ int main(int argc, char** argv) {
             ParamCount pc = count_params(cfg.model);
             const int64_t T = cfg.train.block_size > 0 ? cfg.train.block_size : cfg.model.n_ctx;
             FlopCount fc = count_flops(cfg.model, T);
-            const char* tn[3] = {"fp32", "bf16", "int8"};
+            const kernels::WType types[3] = {kernels::WType::f32, kernels::WType::bf16, kernels::WType::q8};
+            const char* tn[3];
             WeightBytes wb[3];
-            for (int t = 0; t < 3; ++t) wb[t] = count_weight_bytes(cfg.model, t);
+            for (int t = 0; t < 3; ++t) tn[t] = kernels::wtype_name(types[t]), wb[t] = count_weight_bytes(cfg.model, types[t]);
             if (params_json) {
                 std::string bytes;
                 for (int t = 0; t < 3; ++t)

@@ -9,13 +9,15 @@
 
 namespace moe {
 
-void check_sample_options(const SampleOptions& o) {
-    if (o.max_tokens < 1) fail("max tokens must be >= 1, got ", o.max_tokens);
-    if (!(o.temperature >= 0) || !std::isfinite(o.temperature)) fail("temperature must be a finite number >= 0, got ", o.temperature);
-    if (o.top_k < 0) fail("top-k must be >= 0 (0 = off), got ", o.top_k);
-    if (!(o.top_p > 0 && o.top_p <= 1)) fail("top-p must be in (0, 1], got ", o.top_p);
+void check_sample_options(const SampleOptions& o, const char* prefix) {
+    const std::string p = prefix;
+    if (o.max_tokens < 1) fail(p, "max-tokens must be >= 1, got ", o.max_tokens);
+    if (!(o.temperature >= 0) || !std::isfinite(o.temperature))
+        fail(p, "temperature must be a finite number >= 0, got ", o.temperature);
+    if (o.top_k < 0) fail(p, "top-k must be >= 0 (0 = off), got ", o.top_k);
+    if (!(o.top_p > 0 && o.top_p <= 1)) fail(p, "top-p must be in (0, 1], got ", o.top_p);
     if (!(o.repetition_penalty > 0) || !std::isfinite(o.repetition_penalty))
-        fail("repetition penalty must be a finite number > 0, got ", o.repetition_penalty);
+        fail(p, "repetition-penalty must be a finite number > 0, got ", o.repetition_penalty);
 }
 
 int32_t sample_token(const float* logits, int64_t V, const SampleOptions& opt, const std::vector<int32_t>& context,
@@ -109,9 +111,9 @@ std::vector<std::vector<int32_t>> generate_batch(Model& model, const std::vector
     std::iota(all.begin(), all.end(), 0);
     prefill(all, n_ctx);
 
+    std::vector<int64_t> full;
     for (int64_t step = 0; step < opt.max_tokens; ++step) {
         // sample one token for every live sequence from its last row's logits
-        std::vector<int64_t> full;
         bool any = false;
         for (int64_t s = 0; s < S; ++s) {
             if (!live[s]) continue;
@@ -123,7 +125,7 @@ std::vector<std::vector<int32_t>> generate_batch(Model& model, const std::vector
         }
         if (!any || step + 1 == opt.max_tokens) break;
         // the next decode step: one row per live sequence; full caches are refilled first
-        tk.clear(), sid.clear(), pos.clear();
+        full.clear();
         for (int64_t s = 0; s < S; ++s)
             if (live[s] && cache.len[s] >= n_ctx) full.push_back(s);
         if (!full.empty()) {
@@ -131,8 +133,8 @@ std::vector<std::vector<int32_t>> generate_batch(Model& model, const std::vector
             for (int64_t s : full) seqs[s].pop_back();
             prefill(full, std::max<int64_t>(1, n_ctx / 2));
             for (int64_t s : full) seqs[s].push_back(out[s].back());
-            tk.clear(), sid.clear(), pos.clear();
         }
+        tk.clear(), sid.clear(), pos.clear();
         for (int64_t s = 0; s < S; ++s) {
             if (!live[s]) continue;
             tk.push_back(seqs[s].back());

@@ -20,8 +20,9 @@ struct SampleOptions {
     uint64_t seed = 0;
 };
 
-// Throws moe::error naming the option when a value is out of range.
-void check_sample_options(const SampleOptions& opt);
+// Throws moe::error naming the option (prefix + "max-tokens", "temperature", "top-k", "top-p",
+// "repetition-penalty"; the CLI passes "--") when a value is out of range.
+void check_sample_options(const SampleOptions& opt, const char* prefix = "");
 
 // Picks the next token from logits (V). `context` (the sequence so far) feeds the repetition
 // penalty; u01 is a uniform draw in [0, 1). scratch is reused between calls.

@@ -28,45 +28,46 @@ void ensure_writable_dir(const std::string& dir) {
         fail("output directory '", dir, "' is not writable: ", std::strerror(errno));
 }
 
-void save_checkpoint(const std::string& dir, const Config& config, const Tokenizer& tok,
-                     Model& model, const float* adam_m, const float* adam_v, const TrainState& st) {
-    ensure_writable_dir(dir);
+// A writer with the checkpoint metadata; `write_checkpoint` finishes it (tensor file + config.json).
+static TensorFileWriter checkpoint_writer(const Config& config, const Tokenizer& tok, const TrainState& st) {
     TensorFileWriter w;
     w.meta["format"] = "moe-checkpoint";
     w.meta["version"] = 1;
     w.meta["config"] = config_to_json(config);
     w.meta["tokenizer"] = tok.to_json();
     w.meta["state"] = {{"step", st.step}, {"tokens_seen", st.tokens_seen}, {"val_loss", st.val_loss}};
+    return w;
+}
+
+static void write_checkpoint(const std::string& dir, const TensorFileWriter& w, const Config& config) {
+    w.write(checkpoint_file(dir));
+    write_file_atomic((fs::path(dir) / "config.json").string(), config_to_json(config).dump(2) + "\n");
+}
+
+void save_checkpoint(const std::string& dir, const Config& config, const Tokenizer& tok,
+                     Model& model, const float* adam_m, const float* adam_v, const TrainState& st) {
+    ensure_writable_dir(dir);
+    TensorFileWriter w = checkpoint_writer(config, tok, st);
     for (const auto& p : model.table().params())
         w.add(p.name, "f32", p.shape, model.params() + p.offset);
     if (adam_m && adam_v) {
         w.add("optim.adam_m", "f32", {model.n_params()}, adam_m);
         w.add("optim.adam_v", "f32", {model.n_params()}, adam_v);
     }
-    w.write(checkpoint_file(dir));
-    write_file_atomic((fs::path(dir) / "config.json").string(), config_to_json(config).dump(2) + "\n");
-}
-
-bool quantizable_param(const ParamInfo& p) {
-    return p.trainable && p.shape.size() >= 2 && p.name != "tok_embd" && p.name.find("ffn_gate_inp") == std::string::npos;
+    write_checkpoint(dir, w, config);
 }
 
 void save_checkpoint_quantized(const std::string& dir, const Config& config, const Tokenizer& tok, Model& model,
                                const std::string& weight_type, const TrainState& st) {
     const kernels::WType wt = kernels::parse_wtype(weight_type, "quantize --dtype");
     ensure_writable_dir(dir);
-    TensorFileWriter w;
-    w.meta["format"] = "moe-checkpoint";
-    w.meta["version"] = 1;
+    TensorFileWriter w = checkpoint_writer(config, tok, st);
     w.meta["weight_type"] = weight_type;
-    w.meta["config"] = config_to_json(config);
-    w.meta["tokenizer"] = tok.to_json();
-    w.meta["state"] = {{"step", st.step}, {"tokens_seen", st.tokens_seen}, {"val_loss", st.val_loss}};
     std::vector<kernels::QStore> stores;  // kept alive until write()
     stores.reserve(model.table().params().size());
     for (const auto& p : model.table().params()) {
         const float* src = model.params() + p.offset;
-        if (wt == kernels::WType::f32 || !quantizable_param(p)) {
+        if (wt == kernels::WType::f32 || !typed_at_inference(p)) {
             w.add(p.name, "f32", p.shape, src);
             continue;
         }
@@ -78,11 +79,10 @@ void save_checkpoint_quantized(const std::string& dir, const Config& config, con
             w.add(p.name, "bf16", p.shape, q.bf16.data());
         } else {
             w.add(p.name, "i8", p.shape, q.q.data());
-            w.add(p.name + ".scales", "f32", {rows, (in + kernels::kQ8Block - 1) / kernels::kQ8Block}, q.scales.data());
+            w.add(p.name + ".scales", "f32", {rows, q.view().blocks()}, q.scales.data());
         }
     }
-    w.write(checkpoint_file(dir));
-    write_file_atomic((fs::path(dir) / "config.json").string(), config_to_json(config).dump(2) + "\n");
+    write_checkpoint(dir, w, config);
 }
 
 Checkpoint load_checkpoint(const std::string& dir) {
@@ -112,15 +112,15 @@ Checkpoint load_checkpoint(const std::string& dir) {
              ck.tokenizer.vocab_size());
     ck.model = std::make_unique<Model>(ck.config.model);
     Model& m = *ck.model;
+    auto shape_str = [](const std::vector<int64_t>& v) {
+        std::string r;
+        for (size_t i = 0; i < v.size(); ++i) r += (i ? "," : "") + std::to_string(v[i]);
+        return r;
+    };
     for (const auto& p : m.table().params()) {
         const TensorRecord* t = tf.find(p.name);
         if (!t) fail("'", path, "' has no tensor '", p.name, "' that its config requires");
-        auto shape_str = [](const std::vector<int64_t>& v) {
-            std::string r;
-            for (size_t i = 0; i < v.size(); ++i) r += (i ? "," : "") + std::to_string(v[i]);
-            return r;
-        };
-        const bool typed = ck.weight_type != "fp32" && quantizable_param(p);
+        const bool typed = ck.weight_type != "fp32" && typed_at_inference(p);
         const std::string want = typed ? (ck.weight_type == "bf16" ? "bf16" : "i8") : "f32";
         if (t->dtype != want || t->shape != p.shape)
             fail("'", path, "': tensor '", p.name, "' is ", t->dtype, " [", shape_str(t->shape), "] but the config needs ",
@@ -131,15 +131,14 @@ Checkpoint load_checkpoint(const std::string& dir) {
         } else if (want == "bf16") {
             kernels::bf16_to_f32_n(dst, reinterpret_cast<const uint16_t*>(t->bytes.data()), p.numel);
         } else {
-            const int64_t in = p.shape.back(), rows = p.numel / in, nb = (in + kernels::kQ8Block - 1) / kernels::kQ8Block;
-            const TensorRecord* sc = tf.find(p.name + ".scales");
-            if (!sc || sc->dtype != "f32" || sc->shape != std::vector<int64_t>{rows, nb})
-                fail("'", path, "': tensor '", p.name, ".scales' is missing or not f32 [", rows, ",", nb, "]");
             kernels::QMatrix v;
-            v.type = kernels::WType::q8, v.out = rows, v.in = in;
+            v.type = kernels::WType::q8, v.in = p.shape.back(), v.out = p.numel / v.in;
+            const TensorRecord* sc = tf.find(p.name + ".scales");
+            if (!sc || sc->dtype != "f32" || sc->shape != std::vector<int64_t>{v.out, v.blocks()})
+                fail("'", path, "': tensor '", p.name, ".scales' is missing or not f32 [", v.out, ",", v.blocks(), "]");
             v.q = reinterpret_cast<const int8_t*>(t->bytes.data());
             v.scales = sc->f32();
-            for (int64_t r = 0; r < rows; ++r) kernels::dequantize_row(dst + r * in, v, r);
+            for (int64_t r = 0; r < v.out; ++r) kernels::dequantize_row(dst + r * v.in, v, r);
         }
     }
     const TensorRecord* am = tf.find("optim.adam_m");

@@ -33,8 +33,6 @@ struct Checkpoint {
 // and the embedding stay fp32. No optimizer state. Atomic like save_checkpoint.
 void save_checkpoint_quantized(const std::string& dir, const Config& config, const Tokenizer& tok, Model& model,
                                const std::string& weight_type, const TrainState& st);
-// Whether a parameter is stored in the weight type (the rule count_weight_bytes uses).
-bool quantizable_param(const ParamInfo& p);
 
 std::string checkpoint_file(const std::string& dir);
 

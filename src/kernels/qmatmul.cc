@@ -121,6 +121,16 @@ void qmatmul_ref(float* y, const float* x, const QMatrix& w, int64_t N, bool acc
 
 namespace {
 
+// weight (o, i) as fp32, one at a time (tails and the reference twin)
+inline float weight_at(const QMatrix& w, int64_t o, int64_t i) {
+    switch (w.type) {
+        case WType::f32: return w.f32[o * w.in + i];
+        case WType::bf16: return bf16_to_f32(w.bf16[o * w.in + i]);
+        case WType::q8: return w.scales[o * w.blocks() + i / kQ8Block] * (float)w.q[o * w.in + i];
+    }
+    return 0.f;
+}
+
 constexpr int64_t kMaxRows = 2;  // x rows per pass of the GEMV kernel (4 accumulators each)
 
 // 8 weights of row r at column i, as fp32 (the type is a template argument: no branch per load)
@@ -171,12 +181,7 @@ __attribute__((target("avx2,fma"))) void gemv_rows_avx2(float* y, const float* x
             _mm256_store_ps(l, _mm256_add_ps(_mm256_add_ps(acc[j][0], acc[j][1]), _mm256_add_ps(acc[j][2], acc[j][3])));
             float s = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
             const float* xr = x + (n0 + j) * in;
-            for (int64_t i = full; i < in; ++i) {  // tail
-                const float wv = TY == WType::f32 ? w.f32[o * in + i]
-                                 : TY == WType::bf16 ? bf16_to_f32(w.bf16[o * in + i])
-                                                     : w.scales[o * nb + i / kQ8Block] * (float)w.q[o * in + i];
-                s += wv * xr[i];
-            }
+            for (int64_t i = full; i < in; ++i) s += weight_at(w, o, i) * xr[i];  // tail
             float& dst = y[(n0 + j) * w.out + o];
             dst = accumulate ? dst + s : s;
         }
@@ -201,17 +206,12 @@ void gemv_rows_avx2_any(float* y, const float* x, const QMatrix& w, int64_t n0, 
 
 void gemv_rows_ref(float* y, const float* x, const QMatrix& w, int64_t n0, int64_t nr, int64_t o0, int64_t o1,
                    bool accumulate) {
-    const int64_t in = w.in, nb = w.blocks();
+    const int64_t in = w.in;
     for (int64_t o = o0; o < o1; ++o)
         for (int64_t j = 0; j < nr; ++j) {
             float s = 0;
             const float* xr = x + (n0 + j) * in;
-            for (int64_t i = 0; i < in; ++i) {
-                const float wv = w.type == WType::f32 ? w.f32[o * in + i]
-                                 : w.type == WType::bf16 ? bf16_to_f32(w.bf16[o * in + i])
-                                                         : w.scales[o * nb + i / kQ8Block] * (float)w.q[o * in + i];
-                s += wv * xr[i];
-            }
+            for (int64_t i = 0; i < in; ++i) s += weight_at(w, o, i) * xr[i];
             float& dst = y[(n0 + j) * w.out + o];
             dst = accumulate ? dst + s : s;
         }
@@ -221,8 +221,6 @@ void gemv_rows_ref(float* y, const float* x, const QMatrix& w, int64_t n0, int64
 
 // Decode: N <= kGemvMaxN rows use the streaming kernel; more rows dequantize W (in blocks of
 // output rows, into thread-local scratch) and use the GEMM.
-static constexpr int64_t kGemvMaxN = 8;
-
 void qmatmul_rows(float* y, const float* x, const QMatrix& w, int64_t N, int64_t o0, int64_t o1, bool accumulate) {
     MOE_ASSERT(N <= kGemvMaxN);
     const bool simd = active_isa() >= Isa::avx2;
@@ -240,17 +238,10 @@ void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumul
         return;
     }
     if (N <= kGemvMaxN) {
-        const bool simd = active_isa() >= Isa::avx2;
         // below kGemvParallelBytes of weights the call runs on this thread alone: a fork/join costs
         // more than the work, and a core busy with another process stalls every barrier
         const int64_t grain = w.bytes() < kGemvParallelBytes ? w.out : 32;
-        parallel_for(0, w.out, grain, [&](int64_t o0, int64_t o1) {
-            for (int64_t n0 = 0; n0 < N; n0 += kMaxRows) {
-                const int64_t nr = std::min(kMaxRows, N - n0);
-                if (simd) gemv_rows_avx2_any(y, x, w, n0, nr, o0, o1, accumulate);
-                else gemv_rows_ref(y, x, w, n0, nr, o0, o1, accumulate);
-            }
-        });
+        parallel_for(0, w.out, grain, [&](int64_t o0, int64_t o1) { qmatmul_rows(y, x, w, N, o0, o1, accumulate); });
         return;
     }
     // prefill: dequantize 256 output rows at a time, GEMM each block (y columns o0..o1)

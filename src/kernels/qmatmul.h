@@ -17,6 +17,8 @@ WType parse_wtype(const std::string& s, const char* where);  // "fp32" | "bf16" 
 inline constexpr int64_t kQ8Block = 32;
 // Decode work below this many bytes of weights stays on one thread (see qmatmul).
 inline constexpr double kGemvParallelBytes = 1 << 20;
+// At most this many rows of x take the streaming GEMV path (decode); more take dequantize + GEMM.
+inline constexpr int64_t kGemvMaxN = 8;
 
 // A view of one weight matrix (OUT, IN) in its storage type.
 struct QMatrix {

@@ -43,27 +43,29 @@ void attention_forward_cached(float* out, AttentionCache& c, const float* inp, c
     const int64_t N = d.N, C = d.C, QD = d.H * d.D, KD = d.Hkv * d.D, half = d.D / 2;
     MOE_PROFILE_SCOPE("attention fwd (cached)");
     ops::rmsnorm_forward(c.xn, c.rstd, inp, w.attn_norm, N, C, eps);  // (N, C)
-    if (w.attn_q_norm) {
-        kernels::qmatmul(c.q_raw, c.xn, q.attn_q, N, false);          // (N, H*D)
-        kernels::qmatmul(c.k_raw, c.xn, q.attn_k, N, false);          // (N, Hkv*D)
-        ops::rmsnorm_forward(c.q, c.q_rstd, c.q_raw, w.attn_q_norm, N, QD, eps);
-        ops::rmsnorm_forward(c.k, c.k_rstd, c.k_raw, w.attn_k_norm, N, KD, eps);
-    } else if (N <= 8) {
+    // projections; with qk_norm they land in q_raw / k_raw and are normed into q / k below
+    float* qp = w.attn_q_norm ? c.q_raw : c.q;  // (N, H*D)
+    float* kp = w.attn_q_norm ? c.k_raw : c.k;  // (N, Hkv*D)
+    if (N <= kernels::kGemvMaxN) {
         // decode: q, k and v read the same rows of xn; one parallel region over their rows
         const int64_t total = QD + 2 * KD;
         const double bytes = q.attn_q.bytes() + q.attn_k.bytes() + q.attn_v.bytes();
         parallel_for(0, total, bytes < kernels::kGemvParallelBytes ? total : 32, [&](int64_t r0, int64_t r1) {
-            if (r0 < QD) kernels::qmatmul_rows(c.q, c.xn, q.attn_q, N, r0, std::min(r1, QD), false);
+            if (r0 < QD) kernels::qmatmul_rows(qp, c.xn, q.attn_q, N, r0, std::min(r1, QD), false);
             if (r1 > QD && r0 < QD + KD)
-                kernels::qmatmul_rows(c.k, c.xn, q.attn_k, N, std::max(r0, QD) - QD, std::min(r1, QD + KD) - QD, false);
+                kernels::qmatmul_rows(kp, c.xn, q.attn_k, N, std::max(r0, QD) - QD, std::min(r1, QD + KD) - QD, false);
             if (r1 > QD + KD)
                 kernels::qmatmul_rows(c.v, c.xn, q.attn_v, N, std::max(r0, QD + KD) - QD - KD, r1 - QD - KD, false);
         });
     } else {
-        kernels::qmatmul(c.q, c.xn, q.attn_q, N, false);              // (N, H*D)
-        kernels::qmatmul(c.k, c.xn, q.attn_k, N, false);              // (N, Hkv*D)
+        kernels::qmatmul(qp, c.xn, q.attn_q, N, false);
+        kernels::qmatmul(kp, c.xn, q.attn_k, N, false);
+        kernels::qmatmul(c.v, c.xn, q.attn_v, N, false);  // (N, Hkv*D)
     }
-    if (w.attn_q_norm || N > 8) kernels::qmatmul(c.v, c.xn, q.attn_v, N, false);  // (N, Hkv*D)
+    if (w.attn_q_norm) {
+        ops::rmsnorm_forward(c.q, c.q_rstd, c.q_raw, w.attn_q_norm, N, QD, eps);
+        ops::rmsnorm_forward(c.k, c.k_rstd, c.k_raw, w.attn_k_norm, N, KD, eps);
+    }
     for (int64_t n = 0; n < N; ++n) {
         // rotate at the row's own position (a table of one position), then store k, v
         const float* cs = rope_full + (int64_t)pos[n] * half * 2;
@@ -76,7 +78,6 @@ void attention_forward_cached(float* out, AttentionCache& c, const float* inp, c
                                   N, cache.n_ctx, d.H, d.Hkv, d.D);
     if (out != inp) std::memcpy(out, inp, N * C * sizeof(float));
     kernels::qmatmul(out, c.y, q.attn_output, N, true);  // out += y · W_o^T   (N, C)
-    (void)QD;
 }
 
 void attention_backward(float* dresid, LayerWeights& g, AttentionScratch& s, const AttentionCache& c,

@@ -47,7 +47,7 @@ void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& 
         MOE_PROFILE_SCOPE("moe route+gather fwd");
         ops::rmsnorm_forward(c.xn, c.rstd, inp, w.ffn_norm, N, C, m.norm_eps);         // (N, C)
         const RouterConfig& rc = m.router;
-        if (q && N <= 8) {
+        if (q && N <= kernels::kGemvMaxN) {
             // decode: the router as a single-thread GEMV (a library GEMM call of this size forks
             // threads, and a busy core then stalls the step)
             kernels::QMatrix r;

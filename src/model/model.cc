@@ -241,7 +241,7 @@ void Model::set_weight_type(kernels::WType t) {
 }
 
 double Model::weight_bytes_per_token() const {
-    return count_weight_bytes(cfg_, (int)wtype_).active;
+    return count_weight_bytes(cfg_, wtype_).active;
 }
 
 void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int32_t* pos, int64_t N,

@@ -1,7 +1,5 @@
 #include "model/params.h"
 
-#include <cmath>
-
 #include "core/error.h"
 
 namespace moe {
@@ -128,21 +126,25 @@ FlopCount count_flops(const ModelConfig& m, int64_t T) {
     return f;
 }
 
-WeightBytes count_weight_bytes(const ModelConfig& m, int wtype) {
+bool typed_at_inference(const ParamInfo& p) {
+    return p.trainable && p.shape.size() >= 2 && p.name != "tok_embd" && p.name.find("ffn_gate_inp") == std::string::npos;
+}
+
+WeightBytes count_weight_bytes(const ModelConfig& m, kernels::WType wt) {
     WeightBytes b;
     ParamTable t(m);
-    auto typed = [&](double rows, double in) {
-        if (wtype == 0) return 4.0 * rows * in;
-        if (wtype == 1) return 2.0 * rows * in;
-        return rows * in + 4.0 * rows * std::ceil(in / 32.0);
+    auto typed = [&](int64_t rows, int64_t in) {
+        kernels::QMatrix q;
+        q.type = wt, q.out = rows, q.in = in;
+        return q.bytes();
     };
     for (const auto& p : t.params()) {
         if (!p.trainable) continue;
-        const double in = (double)p.shape.back(), rows = (double)p.numel / in;
-        const bool router = p.name.find("ffn_gate_inp") != std::string::npos;
-        if (p.shape.size() < 2 || router) {  // norms, routers: fp32, read by every token
-            b.total += 4.0 * p.numel;
-            b.active += 4.0 * p.numel;
+        const int64_t in = p.shape.back(), rows = p.numel / in;
+        if (typed_at_inference(p)) {
+            const double share = p.expert ? (double)m.n_expert_used / (double)m.n_expert : 1.0;
+            b.total += typed(rows, in);
+            b.active += share * typed(rows, in);
         } else if (p.name == "tok_embd") {
             b.total += 4.0 * p.numel;  // fp32 table, one row per token
             b.active += 4.0 * in;
@@ -150,10 +152,9 @@ WeightBytes count_weight_bytes(const ModelConfig& m, int wtype) {
                 b.total += typed(rows, in);
                 b.active += typed(rows, in);
             }
-        } else {
-            const double share = p.expert ? (double)m.n_expert_used / (double)m.n_expert : 1.0;
-            b.total += typed(rows, in);
-            b.active += share * typed(rows, in);
+        } else {  // norms, routers: fp32, read by every token
+            b.total += 4.0 * p.numel;
+            b.active += 4.0 * p.numel;
         }
     }
     return b;

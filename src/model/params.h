@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/qmatmul.h"
 #include "model/config.h"
 
 namespace moe {
@@ -82,14 +83,17 @@ struct FlopCount {
 };
 FlopCount count_flops(const ModelConfig& m, int64_t T);
 
-// Bytes of weights by storage type of the matmul weights (attention, experts / dense FFN, output
-// head) as inference keeps them: routers, norms and the embedding table stay fp32 (a tied head is
-// an extra copy in the type). total: everything stored; active: what one decoded token reads (the
-// K chosen experts, one embedding row). wtype: 0 fp32, 1 bf16, 2 int8 (Q8_0: 1 byte + a 4-byte
-// scale per 32 values).
+// Whether inference stores a parameter in the weight type (bf16 / int8): the matmul weights
+// (attention, experts / dense FFN, untied head); routers, norms and the embedding table stay fp32.
+bool typed_at_inference(const ParamInfo& p);
+
+// Bytes of weights with the matmul weights in type wt, as inference keeps them (a tied head is an
+// extra copy of the fp32 embedding table in the type). total: everything stored; active: what one
+// decoded token reads (the K chosen experts, one embedding row). int8 is Q8_0: 1 byte + a 4-byte
+// scale per 32 values.
 struct WeightBytes {
     double total = 0, active = 0;
 };
-WeightBytes count_weight_bytes(const ModelConfig& m, int wtype);
+WeightBytes count_weight_bytes(const ModelConfig& m, kernels::WType wt);
 
 }  // namespace moe

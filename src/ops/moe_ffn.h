@@ -46,6 +46,15 @@ void run_tasks(bool as_tasks, int64_t n, const Fn& fn) {
     }
 }
 
+// act (n) = silu(hg) * hu | relu(hu), split over threads when called outside a task
+template <class T>
+void activation_forward(T* act, const T* hg, const T* hu, int64_t n, Activation activation) {
+    parallel_for(0, n, 1 << 14, [&](int64_t j0, int64_t j1) {
+        if (activation == Activation::swiglu) swiglu_forward(act + j0, hg + j0, hu + j0, j1 - j0);
+        else relu_forward(act + j0, hu + j0, j1 - j0);
+    });
+}
+
 struct FfnTask {
     int32_t e;      // expert
     int32_t which;  // backward weight tasks: 0 = w_down, 1 = w_up, 2 = w_gate
@@ -80,16 +89,9 @@ void moe_ffn_forward(T* ye, T* hg, T* hu, T* act, const T* xe, const T* w_gate, 
         const int64_t e = t.e, r0 = t.begin, rows = t.end - t.begin;
         const T* x = xe + r0 * C;                                                                  // [rows, C]
         kernels::gemm<T>(false, true, rows, F, C, T(1), x, C, w_up + e * F * C, C, T(0), hu + r0 * F, F);  // [rows, F]
-        if (activation == Activation::swiglu) {
+        if (activation == Activation::swiglu)
             kernels::gemm<T>(false, true, rows, F, C, T(1), x, C, w_gate + e * F * C, C, T(0), hg + r0 * F, F);
-            parallel_for(0, rows * F, 1 << 14, [&](int64_t j0, int64_t j1) {
-                swiglu_forward(act + r0 * F + j0, hg + r0 * F + j0, hu + r0 * F + j0, j1 - j0);
-            });
-        } else {
-            parallel_for(0, rows * F, 1 << 14, [&](int64_t j0, int64_t j1) {
-                relu_forward(act + r0 * F + j0, hu + r0 * F + j0, j1 - j0);
-            });
-        }
+        activation_forward(act + r0 * F, hg + r0 * F, hu + r0 * F, rows * F, activation);
         kernels::gemm<T>(false, true, rows, C, F, T(1), act + r0 * F, F, w_down + e * C * F, F, T(0), ye + r0 * C, C);  // [rows, C]
     });
 }
@@ -109,16 +111,9 @@ inline void moe_ffn_forward_q(float* ye, float* hg, float* hu, float* act, const
         const FfnTask t = tasks[i];
         const int64_t e = t.e, r0 = t.begin, rows = t.end - t.begin;
         kernels::qmatmul(hu + r0 * F, xe + r0 * C, w_up.rows(e * F, F), rows, false);  // [rows, F]
-        if (activation == Activation::swiglu) {
+        if (activation == Activation::swiglu)
             kernels::qmatmul(hg + r0 * F, xe + r0 * C, w_gate.rows(e * F, F), rows, false);
-            parallel_for(0, rows * F, 1 << 14, [&](int64_t j0, int64_t j1) {
-                swiglu_forward(act + r0 * F + j0, hg + r0 * F + j0, hu + r0 * F + j0, j1 - j0);
-            });
-        } else {
-            parallel_for(0, rows * F, 1 << 14, [&](int64_t j0, int64_t j1) {
-                relu_forward(act + r0 * F + j0, hu + r0 * F + j0, j1 - j0);
-            });
-        }
+        activation_forward(act + r0 * F, hg + r0 * F, hu + r0 * F, rows * F, activation);
         kernels::qmatmul(ye + r0 * C, act + r0 * F, w_down.rows(e * C, C), rows, false);  // [rows, C]
     });
 }
