@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/parallel.h"
 #include "core/rng.h"
 #include "model/model.h"
 
@@ -218,4 +219,36 @@ TEST(InferQkNorm, CachedDecodeEqualsFullForward) {
         m.forward_cached(&seq[t], &s0, &p, 1, cache, true);
         expect_close(m.logits(), ref.data() + t * V, V, "qk_norm decode position " + std::to_string(t));
     }
+}
+
+// A small model's decode step and a short prefill never fork threads (Model::kSerialFlops), at any
+// thread count: nothing can stall on a core held by another process. A call with more work than
+// kSerialFlops does use the threads. Results are the same either way.
+TEST(InferThreads, SmallWorkRunsOnOneThread) {
+    ModelConfig cfg = make_config(true, 2);
+    cfg.n_ctx = 64;
+    Model m(cfg);
+    m.init(11);
+    set_num_threads(2);
+    auto seq = tokens(40, 13, cfg.vocab_size);
+    auto cache = m.make_cache(1);
+    std::vector<int32_t> sid(40, 0), pos(40);
+    for (int i = 0; i < 40; ++i) pos[i] = i;
+    const int64_t r0 = parallel_regions();
+    m.forward_cached(seq.data(), sid.data(), pos.data(), 16, cache, true);  // prefill of 16
+    for (int i = 16; i < 24; ++i) m.forward_cached(&seq[i], &sid[i], &pos[i], 1, cache, true);  // decode
+    EXPECT_EQ(parallel_regions() - r0, 0) << "small-model prefill/decode forked threads";
+    std::vector<float> got(m.logits(), m.logits() + cfg.vocab_size);
+    // the same steps on one thread give the same logits
+    set_num_threads(1);
+    auto c1 = m.make_cache(1);
+    m.forward_cached(seq.data(), sid.data(), pos.data(), 16, c1, true);
+    for (int i = 16; i < 24; ++i) m.forward_cached(&seq[i], &sid[i], &pos[i], 1, c1, true);
+    for (int64_t j = 0; j < cfg.vocab_size; ++j) ASSERT_EQ(got[j], m.logits()[j]) << j;
+    set_num_threads(0);
+    // the counter does count: a parallel_for with enough work forks once
+    const int64_t r1 = parallel_regions();
+    std::vector<float> v(1 << 16);
+    parallel_for(0, (int64_t)v.size(), 1024, [&](int64_t a, int64_t b) { for (int64_t i = a; i < b; ++i) v[i] = 1.f; });
+    if (num_threads() > 1) EXPECT_EQ(parallel_regions() - r1, 1);
 }

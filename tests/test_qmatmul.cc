@@ -7,6 +7,8 @@
 #include <random>
 #include <vector>
 
+#include "core/parallel.h"
+#include "kernels/cpu.h"
 #include "kernels/qmatmul.h"
 
 using namespace moe::kernels;
@@ -22,6 +24,8 @@ std::vector<float> randv(int64_t n, uint64_t seed) {
 }  // namespace
 
 TEST(QMatmul, FastMatchesReferenceEveryTypeAndShape) {
+  for (Isa cap : {Isa::avx512, Isa::ref}) {  // the SIMD kernels, then the scalar fallbacks
+    const Isa prev = set_isa_cap(cap);
     for (WType t : {WType::f32, WType::bf16, WType::q8})
         for (int64_t in : {32, 64, 70, 13})
             for (int64_t N : {1, 3, 4, 5, 8, 9, 40}) {
@@ -35,9 +39,12 @@ TEST(QMatmul, FastMatchesReferenceEveryTypeAndShape) {
                     qmatmul(b.data(), x.data(), st.view(), N, acc);
                     for (int64_t i = 0; i < N * out; ++i)
                         ASSERT_NEAR(a[i], b[i], 2e-5 * (1 + std::fabs(a[i])))
-                            << wtype_name(t) << " in=" << in << " N=" << N << " acc=" << acc << " i=" << i;
+                            << wtype_name(t) << " in=" << in << " N=" << N << " acc=" << acc << " i=" << i
+                            << " isa=" << isa_name(cap);
                 }
             }
+    set_isa_cap(prev);
+  }
 }
 
 TEST(QMatmul, QuantizationErrorIsBoundedPerType) {
@@ -78,4 +85,72 @@ TEST(QMatmul, Q8RoundTripAndZeroBlocks) {
     EXPECT_FLOAT_EQ(s[1], 1.f / 127.f);
     EXPECT_EQ(q[32], -127);
     for (int i = 32; i < 64; ++i) EXPECT_NEAR(s[1] * q[i], w[i], 0.5f * s[1] + 1e-7f);
+}
+
+// The AVX2 quantizer is bit-identical to the scalar twin (scales and values), full blocks and tails,
+// including all-zero blocks and values that land on .5 after scaling.
+TEST(QMatmul, QuantizeRowAvx2MatchesReference) {
+    if (active_isa() < Isa::avx2) GTEST_SKIP() << "no AVX2 on this CPU";
+    for (int64_t in : {32, 64, 96, 100, 7, 1024}) {
+        auto w = randv(in, 40 + in);
+        for (int64_t i = 0; i < std::min<int64_t>(in, 32); ++i) w[i] = 0.f;  // a zero block
+        if (in > 40) w[40] = 127.f, w[41] = 0.5f, w[42] = -1.5f, w[43] = 2.5f;  // ties at scale 1
+        const int64_t nb = (in + 31) / 32;
+        std::vector<int8_t> qa(in), qb(in);
+        std::vector<float> sa(nb), sb(nb);
+        quantize_q8_row_ref(qa.data(), sa.data(), w.data(), in);
+        quantize_q8_row(qb.data(), sb.data(), w.data(), in);
+        for (int64_t b = 0; b < nb; ++b) ASSERT_EQ(sa[b], sb[b]) << "in=" << in << " block " << b;
+        for (int64_t i = 0; i < in; ++i) ASSERT_EQ(qa[i], qb[i]) << "in=" << in << " i=" << i;
+    }
+}
+
+// int8 weights multiply int8-quantized activations: the result is the blocked integer sum of the
+// header's definition, computed here by hand for one row.
+TEST(QMatmul, Int8UsesQuantizedActivations) {
+    const int64_t in = 64, out = 3, N = 2;
+    auto w = randv(out * in, 71), x = randv(N * in, 72);
+    QStore st;
+    st.build(WType::q8, w.data(), out, in);
+    const QMatrix m = st.view();
+    QActs qa;
+    qa.build(x.data(), N, in);
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t o = 0; o < out; ++o) {
+            double want = 0;
+            for (int64_t b = 0; b < 2; ++b) {
+                int64_t isum = 0;
+                for (int64_t i = 32 * b; i < 32 * b + 32; ++i) isum += (int64_t)m.q[o * in + i] * qa.q[n * in + i];
+                want += (double)(m.scales[o * 2 + b] * qa.scales[n * 2 + b]) * (double)isum;
+            }
+            for (int64_t rows : {N, (int64_t)12}) {  // decode path and prefill path
+                std::vector<float> xx(rows * in), y(rows * out);
+                for (int64_t r = 0; r < rows; ++r) std::copy(x.begin() + (r % N) * in, x.begin() + (r % N + 1) * in, xx.begin() + r * in);
+                qmatmul(y.data(), xx.data(), m, rows, false);
+                EXPECT_NEAR(y[n * out + o], want, 1e-5 * (1 + std::fabs(want))) << "rows=" << rows;
+            }
+        }
+}
+
+// Matrices above kGemvParallelBytes are shared out over threads: every type, every thread count
+// gives the reference's answer (int8 activations are quantized on the calling thread).
+TEST(QMatmul, ThreadedGemvMatchesReference) {
+    const int64_t out = 2080, in = 544;  // int8: 1.2 MB, above the single-thread threshold
+    auto w = randv(out * in, 81);
+    for (WType t : {WType::f32, WType::bf16, WType::q8})
+        for (int threads : {1, 2, 3})
+            for (int64_t N : {1, 2, 5}) {
+                moe::set_num_threads(threads);
+                auto x = randv(N * in, 82 + N);
+                QStore st;
+                st.build(t, w.data(), out, in);
+                ASSERT_GE(st.view().bytes(), kGemvParallelBytes);
+                std::vector<float> a(N * out), b(N * out);
+                qmatmul_ref(a.data(), x.data(), st.view(), N, false);
+                qmatmul(b.data(), x.data(), st.view(), N, false);
+                for (int64_t i = 0; i < N * out; ++i)
+                    ASSERT_NEAR(a[i], b[i], 2e-5 * (1 + std::fabs(a[i])))
+                        << wtype_name(t) << " threads=" << threads << " N=" << N << " i=" << i;
+            }
+    moe::set_num_threads(0);
 }

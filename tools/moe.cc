@@ -273,17 +273,19 @@ int main(int argc, char** argv) {
                 std::printf("{\"model\": \"%s\", \"mode\": \"%s\", \"dtype\": \"%s\", \"threads\": %d, \"batch\": %lld, "
                             "\"total_params\": %lld, \"active_params\": %lld, \"tokens\": %lld, \"seconds\": %.6f, "
                             "\"tokens_per_sec\": %.3f, \"weight_bytes_per_token\": %.0f, \"weight_gbytes_per_sec\": %.3f, "
-                            "\"gflops\": %.3f}\n",
+                            "\"gflops\": %.3f, \"parallel_regions_per_step\": %.2f}\n",
                             what.c_str(), bopt.mode.c_str(), bench_dtype.c_str(), num_threads(), (long long)bopt.batch,
                             (long long)pc.total, (long long)pc.active, (long long)r.tokens, r.seconds, r.tokens_per_sec,
-                            r.weight_bytes_per_token, r.gbytes_per_sec, r.gflops);
+                            r.weight_bytes_per_token, r.gbytes_per_sec, r.gflops, r.parallel_regions_per_step);
             } else {
                 std::printf("%s: %s params total, %s active | %s, %s weights, %d threads\n", what.c_str(),
                             with_commas(pc.total).c_str(), with_commas(pc.active).c_str(), bopt.mode.c_str(),
                             bench_dtype.c_str(), num_threads());
                 if (bopt.mode == "decode")
-                    std::printf("decode: %.1f tokens/s (batch %lld), %.1f MB of weights per token, %.2f GB/s of weights\n",
-                                r.tokens_per_sec, (long long)bopt.batch, r.weight_bytes_per_token / 1e6, r.gbytes_per_sec);
+                    std::printf("decode: %.1f tokens/s (batch %lld), %.1f MB of weights per token, %.2f GB/s of weights, "
+                                "%.1f thread forks per step\n",
+                                r.tokens_per_sec, (long long)bopt.batch, r.weight_bytes_per_token / 1e6, r.gbytes_per_sec,
+                                r.parallel_regions_per_step);
                 else
                     std::printf("prefill: %.1f tokens/s over %lld tokens, %.1f GFLOP/s\n", r.tokens_per_sec,
                                 (long long)r.tokens, r.gflops);

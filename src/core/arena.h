@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "core/error.h"
+#include "core/memory.h"
 
 namespace moe {
 
@@ -24,8 +25,7 @@ public:
     void allocate(size_t bytes) {
         reset();
         size_ = round(bytes);
-        void* p = std::aligned_alloc(64, size_ ? size_ : 64);
-        if (!p) fail("out of memory allocating ", size_, " bytes");
+        void* p = alloc_large(size_);  // 2 MB pages for large arenas (core/memory.h)
         std::memset(p, 0, size_);
         mem_.reset(static_cast<char*>(p));
     }
@@ -43,7 +43,7 @@ public:
     static size_t round(size_t b) { return (b + 63) / 64 * 64; }
 
 private:
-    struct Free { void operator()(char* p) const { std::free(p); } };
+    struct Free { void operator()(char* p) const { free_large(p); } };
     std::unique_ptr<char, Free> mem_;
     size_t size_ = 0;
     size_t used_ = 0;

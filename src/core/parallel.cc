@@ -3,10 +3,26 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 
 namespace moe {
 
 static int g_threads = 0;
+static std::atomic<int64_t> g_regions{0};
+
+int64_t parallel_regions() { return g_regions.load(std::memory_order_relaxed); }
+
+static thread_local int t_serial = 0;  // SerialScope depth on this thread
+
+SerialScope::SerialScope(bool active) : active_(active) {
+    if (!active_) return;
+    if (t_serial++ == 0) omp_set_num_threads(1);  // oneDNN's GEMMs read this thread's nthreads ICV
+}
+
+SerialScope::~SerialScope() {
+    if (!active_) return;
+    if (--t_serial == 0) omp_set_num_threads(num_threads());
+}
 
 void set_num_threads(int n) {
     if (n <= 0) n = omp_get_num_procs();
@@ -25,11 +41,12 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain,
     if (n <= 0) return;
     if (grain < 1) grain = 1;
     int64_t nt = std::min<int64_t>(num_threads(), (n + grain - 1) / grain);
-    if (nt <= 1 || omp_in_parallel()) {
+    if (nt <= 1 || t_serial > 0 || omp_in_parallel()) {
         fn(begin, end);
         return;
     }
     const int64_t chunk = (n + nt - 1) / nt;
+    g_regions.fetch_add(1, std::memory_order_relaxed);
 #pragma omp parallel for num_threads(nt) schedule(static, 1)
     for (int64_t t = 0; t < nt; ++t) {
         const int64_t b = begin + t * chunk;
@@ -41,10 +58,11 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain,
 void parallel_tasks(int64_t n, function_ref<void(int64_t)> fn) {
     if (n <= 0) return;
     const int64_t nt = std::min<int64_t>(num_threads(), n);
-    if (nt <= 1 || omp_in_parallel()) {
+    if (nt <= 1 || t_serial > 0 || omp_in_parallel()) {
         for (int64_t i = 0; i < n; ++i) fn(i);
         return;
     }
+    g_regions.fetch_add(1, std::memory_order_relaxed);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
     for (int64_t i = 0; i < n; ++i) fn(i);
 }

@@ -43,4 +43,23 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain,
 // thread count. Work inside a task (gemm, parallel_for) runs on the calling thread alone.
 void parallel_tasks(int64_t n, function_ref<void(int64_t)> fn);
 
+// Parallel regions entered so far by parallel_for / parallel_tasks (those that forked threads;
+// oneDNN's own regions are not counted). Decode of a small model must enter none per token: every
+// fork/join stalls when another process holds a core.
+int64_t parallel_regions();
+
+// While alive, parallel_for / parallel_tasks on this thread run inline and oneDNN's GEMMs use one
+// thread: for calls whose whole work is a fraction of a millisecond (prefill and decode of small
+// models), where a fork/join costs more than it saves and its waiting threads spin afterwards.
+class SerialScope {
+public:
+    explicit SerialScope(bool active = true);
+    ~SerialScope();
+    SerialScope(const SerialScope&) = delete;
+    SerialScope& operator=(const SerialScope&) = delete;
+
+private:
+    bool active_;
+};
+
 }  // namespace moe

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/parallel.h"
 #include "core/profile.h"
 #include "core/rng.h"
 #include "model/params.h"
@@ -75,15 +76,18 @@ BenchResult run_bench(Model& model, const BenchOptions& opt) {
     };
     prefill();
     decode(std::min<int64_t>(steps, 4));  // warm-up
-    int64_t done = 0;
+    int64_t done = 0, regions = 0;
     double secs = 0;
     while (secs < opt.min_seconds || done == 0) {
         prefill();
+        const int64_t regions0 = parallel_regions();
         const double t0 = now_seconds();
         decode(steps);
         secs += now_seconds() - t0;
+        regions += parallel_regions() - regions0;
         done += steps * S;
     }
+    r.parallel_regions_per_step = (double)regions / (double)(done / S);
     r.tokens = done;
     r.seconds = secs;
     r.tokens_per_sec = (double)done / secs;

@@ -25,6 +25,7 @@ struct BenchResult {
     double weight_bytes_per_token = 0;  // decode: bytes of weights a token reads (active, fp32)
     double gbytes_per_sec = 0;          // decode: weight_bytes_per_token * tokens/s / 1e9
     double gflops = 0;                  // prefill: model FLOP/s / 1e9
+    double parallel_regions_per_step = 0;  // decode: thread forks per decode step (0 for small models)
 };
 
 BenchResult run_bench(Model& model, const BenchOptions& opt);

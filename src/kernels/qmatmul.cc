@@ -49,7 +49,7 @@ QMatrix QMatrix::rows(int64_t r0, int64_t n) const {
     return m;
 }
 
-void quantize_q8_row(int8_t* q, float* scales, const float* w, int64_t in) {
+void quantize_q8_row_ref(int8_t* q, float* scales, const float* w, int64_t in) {
     for (int64_t b = 0; b * kQ8Block < in; ++b) {
         const int64_t i0 = b * kQ8Block, i1 = std::min(in, i0 + kQ8Block);
         float amax = 0;
@@ -59,6 +59,55 @@ void quantize_q8_row(int8_t* q, float* scales, const float* w, int64_t in) {
         const float inv = s > 0 ? 1.f / s : 0.f;
         for (int64_t i = i0; i < i1; ++i) q[i] = (int8_t)std::lrint(std::clamp(w[i] * inv, -127.f, 127.f));
     }
+}
+
+namespace {
+
+// Full blocks of 32 as in quantize_q8_row_ref (same operations in the same order: max|w| is exact,
+// w * inv is one rounding, cvtps rounds to nearest even as lrint does), then packed to bytes.
+// Decode quantizes every activation row that meets int8 weights, so this runs once per matrix.
+__attribute__((target("avx2,fma"))) void quantize_q8_row_avx2(int8_t* q, float* scales, const float* w, int64_t in) {
+    const int64_t full = in / kQ8Block;
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t b = 0; b < full; ++b) {
+        const float* x = w + b * kQ8Block;
+        __m256 v[4];
+        for (int k = 0; k < 4; ++k) v[k] = _mm256_loadu_ps(x + 8 * k);
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], absmask), _mm256_and_ps(v[1], absmask)),
+                                 _mm256_max_ps(_mm256_and_ps(v[2], absmask), _mm256_and_ps(v[3], absmask)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        const float amax = _mm_cvtss_f32(m4);
+        const float s = amax / 127.f;
+        scales[b] = s;
+        const __m256 inv = _mm256_set1_ps(s > 0 ? 1.f / s : 0.f);
+        __m256i i32[4];
+        for (int k = 0; k < 4; ++k)
+            i32[k] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v[k], inv), lo), hi));
+        const __m256i p16a = _mm256_packs_epi32(i32[0], i32[1]), p16b = _mm256_packs_epi32(i32[2], i32[3]);
+        const __m256i p8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), order);
+        _mm256_storeu_si256((__m256i*)(q + b * kQ8Block), p8);
+    }
+    if (full * kQ8Block < in)
+        quantize_q8_row_ref(q + full * kQ8Block, scales + full, w + full * kQ8Block, in - full * kQ8Block);
+}
+
+}  // namespace
+
+void quantize_q8_row(int8_t* q, float* scales, const float* w, int64_t in) {
+    if (active_isa() >= Isa::avx2) quantize_q8_row_avx2(q, scales, w, in);
+    else quantize_q8_row_ref(q, scales, w, in);
+}
+
+void QActs::build(const float* x, int64_t n, int64_t i) {
+    N = n, in = i;
+    const int64_t nb = blocks();
+    if ((int64_t)q.size() < N * in) q.resize(N * in);
+    if ((int64_t)scales.size() < N * nb) scales.resize(N * nb);
+    for (int64_t r = 0; r < N; ++r) quantize_q8_row(q.data() + r * in, scales.data() + r * nb, x + r * in, in);
 }
 
 void QStore::build(WType t, const float* w, int64_t o, int64_t i) {
@@ -107,13 +156,32 @@ void dequantize_row(float* dst, const QMatrix& w, int64_t r) {
     }
 }
 
+// int8: the blocked integer definition of the header (x quantized like the weights)
+namespace {
+double q8_dot_ref(const QMatrix& w, int64_t o, const QActs& qa, int64_t n) {
+    const int64_t in = w.in, nb = w.blocks();
+    double acc = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+        int64_t isum = 0;
+        for (int64_t i = b * kQ8Block; i < std::min(in, (b + 1) * kQ8Block); ++i)
+            isum += (int64_t)w.q[o * in + i] * (int64_t)qa.q[n * in + i];
+        acc += (double)(w.scales[o * nb + b] * qa.scales[n * nb + b]) * (double)isum;
+    }
+    return acc;
+}
+}  // namespace
+
 void qmatmul_ref(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate) {
+    QActs qa;
+    if (w.type == WType::q8) qa.build(x, N, w.in);
     std::vector<float> row(w.in);
     for (int64_t o = 0; o < w.out; ++o) {
         dequantize_row(row.data(), w, o);
         for (int64_t n = 0; n < N; ++n) {
             double acc = 0;
-            for (int64_t i = 0; i < w.in; ++i) acc += (double)x[n * w.in + i] * row[i];
+            if (w.type == WType::q8) acc = q8_dot_ref(w, o, qa, n);
+            else
+                for (int64_t i = 0; i < w.in; ++i) acc += (double)x[n * w.in + i] * row[i];
             y[n * w.out + o] = (float)(accumulate ? y[n * w.out + o] + acc : acc);
         }
     }
@@ -138,36 +206,27 @@ template <WType TY>
 __attribute__((target("avx2,fma"))) inline __m256 load8(const QMatrix& w, int64_t r, int64_t i) {
     if constexpr (TY == WType::f32) {
         return _mm256_loadu_ps(w.f32 + r * w.in + i);
-    } else if constexpr (TY == WType::bf16) {
+    } else {
         const __m128i h = _mm_loadu_si128((const __m128i*)(w.bf16 + r * w.in + i));
         return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    } else {
-        const __m128i b = _mm_loadl_epi64((const __m128i*)(w.q + r * w.in + i));
-        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
     }
 }
 
-// y[n, o] for o in [o0, o1), n in [n0, n0 + NR): the weight row is read once for the NR rows.
-// Four independent accumulators per x row (one per 8-lane quarter of a 32-block) keep the FMA
-// pipes busy instead of waiting on one dependency chain; type and NR are compile-time so the
-// accumulators stay in registers. int8 weights are scaled in registers (w * scale) before the
-// FMA. A tail (IN not a multiple of 32) goes scalar.
+// fp32 / bf16 weights: y[n, o] for o in [o0, o1), n in [n0, n0 + NR): the weight row is read once
+// for the NR rows. Four independent accumulators per x row (one per 8-lane quarter of a 32-block)
+// keep the FMA pipes busy instead of waiting on one dependency chain; type and NR are compile-time
+// so the accumulators stay in registers. A tail (IN not a multiple of 32) goes scalar.
 template <WType TY, int NR>
 __attribute__((target("avx2,fma"))) void gemv_rows_avx2(float* y, const float* x, const QMatrix& w, int64_t n0,
                                                         int64_t o0, int64_t o1, bool accumulate) {
-    const int64_t in = w.in, full = (in / kQ8Block) * kQ8Block, nb = w.blocks();
+    const int64_t in = w.in, full = (in / kQ8Block) * kQ8Block;
     for (int64_t o = o0; o < o1; ++o) {
         __m256 acc[NR][4];
         for (int j = 0; j < NR; ++j)
             for (int k = 0; k < 4; ++k) acc[j][k] = _mm256_setzero_ps();
         for (int64_t i = 0; i < full; i += kQ8Block) {
-            __m256 w0 = load8<TY>(w, o, i), w1 = load8<TY>(w, o, i + 8), w2 = load8<TY>(w, o, i + 16),
-                   w3 = load8<TY>(w, o, i + 24);
-            if constexpr (TY == WType::q8) {
-                const __m256 sc = _mm256_set1_ps(w.scales[o * nb + i / kQ8Block]);
-                w0 = _mm256_mul_ps(w0, sc), w1 = _mm256_mul_ps(w1, sc);
-                w2 = _mm256_mul_ps(w2, sc), w3 = _mm256_mul_ps(w3, sc);
-            }
+            const __m256 w0 = load8<TY>(w, o, i), w1 = load8<TY>(w, o, i + 8), w2 = load8<TY>(w, o, i + 16),
+                         w3 = load8<TY>(w, o, i + 24);
             for (int j = 0; j < NR; ++j) {
                 const float* xr = x + (n0 + j) * in + i;
                 acc[j][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), acc[j][0]);
@@ -188,6 +247,51 @@ __attribute__((target("avx2,fma"))) void gemv_rows_avx2(float* y, const float* x
     }
 }
 
+// Tail block of an int8 row (IN not a multiple of 32): the integer definition, scalar.
+inline float q8_tail(const QMatrix& w, int64_t o, const QActs& qa, int64_t n) {
+    const int64_t in = w.in, nb = w.blocks(), b = nb - 1;
+    if (b * kQ8Block + kQ8Block <= in) return 0.f;
+    int32_t isum = 0;
+    for (int64_t i = b * kQ8Block; i < in; ++i) isum += (int32_t)w.q[o * in + i] * (int32_t)qa.q[n * in + i];
+    return (w.scales[o * nb + b] * qa.scales[n * nb + b]) * (float)isum;
+}
+
+// int8 weights x int8 activations, NR rows of x per pass. Per block of 32: |w| (unsigned) times
+// x with w's sign (signed) in 8-bit multiplies summed in pairs (vpmaddubsw: at most 2 * 127 * 127,
+// no saturation since both sides are clamped to [-127, 127]), pairs summed to int32 (vpmaddwd),
+// converted and scaled by sw * sx in one FMA. Two accumulators per row (even / odd blocks).
+template <int NR>
+__attribute__((target("avx2,fma"))) void gemv_q8_avx2(float* y, const QActs& qa, const QMatrix& w, int64_t n0,
+                                                      int64_t o0, int64_t o1, bool accumulate) {
+    const int64_t in = w.in, nb = w.blocks(), full = in / kQ8Block;
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t o = o0; o < o1; ++o) {
+        const int8_t* wr = w.q + o * in;
+        const float* ws = w.scales + o * nb;
+        __m256 acc[NR][2];
+        for (int j = 0; j < NR; ++j) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < full; ++b) {
+            const __m256i wv = _mm256_loadu_si256((const __m256i*)(wr + b * kQ8Block));
+            const __m256i aw = _mm256_sign_epi8(wv, wv);  // |w|
+            for (int j = 0; j < NR; ++j) {
+                const int64_t n = n0 + j;
+                const __m256i xv = _mm256_loadu_si256((const __m256i*)(qa.q.data() + n * in + b * kQ8Block));
+                const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv)), ones);
+                const __m256 sc = _mm256_set1_ps(ws[b] * qa.scales[n * nb + b]);
+                acc[j][b & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[j][b & 1]);
+            }
+        }
+        for (int j = 0; j < NR; ++j) {
+            alignas(32) float l[8];
+            _mm256_store_ps(l, _mm256_add_ps(acc[j][0], acc[j][1]));
+            float s = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+            s += q8_tail(w, o, qa, n0 + j);
+            float& dst = y[(n0 + j) * w.out + o];
+            dst = accumulate ? dst + s : s;
+        }
+    }
+}
+
 template <WType TY>
 void gemv_avx2(float* y, const float* x, const QMatrix& w, int64_t n0, int64_t nr, int64_t o0, int64_t o1,
                bool accumulate) {
@@ -195,24 +299,37 @@ void gemv_avx2(float* y, const float* x, const QMatrix& w, int64_t n0, int64_t n
     else gemv_rows_avx2<TY, 1>(y, x, w, n0, o0, o1, accumulate);
 }
 
-void gemv_rows_avx2_any(float* y, const float* x, const QMatrix& w, int64_t n0, int64_t nr, int64_t o0, int64_t o1,
-                        bool accumulate) {
+void gemv_rows_avx2_any(float* y, const float* x, const QActs& qa, const QMatrix& w, int64_t n0, int64_t nr,
+                        int64_t o0, int64_t o1, bool accumulate) {
     switch (w.type) {
         case WType::f32: gemv_avx2<WType::f32>(y, x, w, n0, nr, o0, o1, accumulate); break;
         case WType::bf16: gemv_avx2<WType::bf16>(y, x, w, n0, nr, o0, o1, accumulate); break;
-        case WType::q8: gemv_avx2<WType::q8>(y, x, w, n0, nr, o0, o1, accumulate); break;
+        case WType::q8:
+            if (nr == 2) gemv_q8_avx2<2>(y, qa, w, n0, o0, o1, accumulate);
+            else gemv_q8_avx2<1>(y, qa, w, n0, o0, o1, accumulate);
+            break;
     }
 }
 
-void gemv_rows_ref(float* y, const float* x, const QMatrix& w, int64_t n0, int64_t nr, int64_t o0, int64_t o1,
-                   bool accumulate) {
-    const int64_t in = w.in;
+void gemv_rows_ref(float* y, const float* x, const QActs& qa, const QMatrix& w, int64_t n0, int64_t nr,
+                   int64_t o0, int64_t o1, bool accumulate) {
+    const int64_t in = w.in, nb = w.blocks();
     for (int64_t o = o0; o < o1; ++o)
         for (int64_t j = 0; j < nr; ++j) {
+            const int64_t n = n0 + j;
             float s = 0;
-            const float* xr = x + (n0 + j) * in;
-            for (int64_t i = 0; i < in; ++i) s += weight_at(w, o, i) * xr[i];
-            float& dst = y[(n0 + j) * w.out + o];
+            if (w.type == WType::q8) {
+                for (int64_t b = 0; b < nb; ++b) {
+                    int32_t isum = 0;
+                    for (int64_t i = b * kQ8Block; i < std::min(in, (b + 1) * kQ8Block); ++i)
+                        isum += (int32_t)w.q[o * in + i] * (int32_t)qa.q[n * in + i];
+                    s += (w.scales[o * nb + b] * qa.scales[n * nb + b]) * (float)isum;
+                }
+            } else {
+                const float* xr = x + n * in;
+                for (int64_t i = 0; i < in; ++i) s += weight_at(w, o, i) * xr[i];
+            }
+            float& dst = y[n * w.out + o];
             dst = accumulate ? dst + s : s;
         }
 }
@@ -221,13 +338,18 @@ void gemv_rows_ref(float* y, const float* x, const QMatrix& w, int64_t n0, int64
 
 // Decode: N <= kGemvMaxN rows use the streaming kernel; more rows dequantize W (in blocks of
 // output rows, into thread-local scratch) and use the GEMM.
-void qmatmul_rows(float* y, const float* x, const QMatrix& w, int64_t N, int64_t o0, int64_t o1, bool accumulate) {
+void qmatmul_rows(float* y, const float* x, const QMatrix& w, int64_t N, int64_t o0, int64_t o1, bool accumulate,
+                  const QActs* qx) {
     MOE_ASSERT(N <= kGemvMaxN);
+    thread_local QActs own;
+    if (w.type == WType::q8 && !qx) own.build(x, N, w.in), qx = &own;
+    MOE_ASSERT(w.type != WType::q8 || (qx->N >= N && qx->in == w.in));
+    const QActs& qa = qx ? *qx : own;
     const bool simd = active_isa() >= Isa::avx2;
     for (int64_t n0 = 0; n0 < N; n0 += kMaxRows) {
         const int64_t nr = std::min(kMaxRows, N - n0);
-        if (simd) gemv_rows_avx2_any(y, x, w, n0, nr, o0, o1, accumulate);
-        else gemv_rows_ref(y, x, w, n0, nr, o0, o1, accumulate);
+        if (simd) gemv_rows_avx2_any(y, x, qa, w, n0, nr, o0, o1, accumulate);
+        else gemv_rows_ref(y, x, qa, w, n0, nr, o0, o1, accumulate);
     }
 }
 
@@ -237,14 +359,27 @@ void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumul
         gemm<float>(false, true, N, w.out, w.in, 1.f, x, w.in, w.f32, w.in, accumulate ? 1.f : 0.f, y, w.out);
         return;
     }
+    thread_local QActs qa;  // int8: x quantized once per call
+    if (w.type == WType::q8) qa.build(x, N, w.in);
     if (N <= kGemvMaxN) {
         // below kGemvParallelBytes of weights the call runs on this thread alone: a fork/join costs
         // more than the work, and a core busy with another process stalls every barrier
         const int64_t grain = w.bytes() < kGemvParallelBytes ? w.out : 32;
-        parallel_for(0, w.out, grain, [&](int64_t o0, int64_t o1) { qmatmul_rows(y, x, w, N, o0, o1, accumulate); });
+        const QActs* qx = &qa;  // this thread's copy (naming `qa` on a worker would mean the worker's)
+        parallel_for(0, w.out, grain, [&](int64_t o0, int64_t o1) { qmatmul_rows(y, x, w, N, o0, o1, accumulate, qx); });
         return;
     }
-    // prefill: dequantize 256 output rows at a time, GEMM each block (y columns o0..o1)
+    // prefill. int8: x rounded to its int8 grid (the definition above), as fp32 for the GEMM
+    thread_local std::vector<float> xs;
+    if (w.type == WType::q8) {
+        if ((int64_t)xs.size() < N * w.in) xs.resize(N * w.in);
+        const int64_t nb = qa.blocks();
+        for (int64_t n = 0; n < N; ++n)
+            for (int64_t i = 0; i < w.in; ++i)
+                xs[n * w.in + i] = qa.scales[n * nb + i / kQ8Block] * (float)qa.q[n * w.in + i];
+        x = xs.data();
+    }
+    // dequantize 256 output rows at a time, GEMM each block (y columns o0..o1)
     thread_local std::vector<float> scratch;
     const int64_t blk = 256;
     if ((int64_t)scratch.size() < blk * w.in) scratch.resize(blk * w.in);

@@ -5,9 +5,19 @@
 // Decode (small N) is memory-bound: the hand-written kernel streams each weight row once,
 // converting it in registers, and dots it with all N rows of x (no library reads bf16/int8
 // weights this way on AVX2). Large N (prefill) dequantizes W into scratch and calls the GEMM.
+//
+// int8 weights multiply int8 activations (as llama.cpp's Q8_0 x Q8_0): each row of x is quantized
+// the same way (blocks of 32, scale = max|x| / 127), and
+//   y[n, o] = sum over blocks b of  (sw[o, b] * sx[n, b]) * sum_{i in b} qw[o, i] * qx[n, i],
+// the inner sums exact in integers. This is the definition for every path: the decode kernel
+// (integer dot products, 8-bit multiplies), the prefill (x rounded to its int8 grid, then the
+// dequantized GEMM) and the reference twin; they differ by fp32 rounding only. Converting each
+// int8 weight to fp32 instead made int8 decode compute-bound at about half the DRAM bandwidth.
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "core/memory.h"
 
 namespace moe::kernels {
 
@@ -38,22 +48,36 @@ struct QMatrix {
 struct QStore {
     WType type = WType::f32;
     int64_t out = 0, in = 0;
-    std::vector<uint16_t> bf16;
-    std::vector<int8_t> q;
-    std::vector<float> scales;
+    std::vector<uint16_t, LargeAllocator<uint16_t>> bf16;
+    std::vector<int8_t, LargeAllocator<int8_t>> q;
+    std::vector<float, LargeAllocator<float>> scales;
     const float* f32 = nullptr;  // fp32: a view of the source (not copied)
     void build(WType t, const float* w, int64_t out, int64_t in);
     QMatrix view() const;
 };
 
-// Q8_0 quantization of one row: scale = max|w| / 127 per block, q = round(w / scale).
+// Q8_0 quantization of one row: scale = max|w| / 127 per block, q = round(w / scale) (round to
+// nearest even). quantize_q8_row dispatches to an AVX2 twin of quantize_q8_row_ref (bit-identical).
 void quantize_q8_row(int8_t* q, float* scales, const float* w, int64_t in);
+void quantize_q8_row_ref(int8_t* q, float* scales, const float* w, int64_t in);
+
+// N rows of activations quantized for the int8 path (capacity kept between calls).
+struct QActs {
+    int64_t N = 0, in = 0;
+    std::vector<int8_t> q;      // (N, IN)
+    std::vector<float> scales;  // (N, ceil(IN / 32))
+    void build(const float* x, int64_t N, int64_t in);
+    int64_t blocks() const { return (in + kQ8Block - 1) / kQ8Block; }
+};
 void dequantize_row(float* dst, const QMatrix& w, int64_t row);
 
 void qmatmul_ref(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate);
 void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate);
 // Output rows [o0, o1) of a decode-sized qmatmul (N <= 8), on the calling thread: lets a caller put
 // several matrices that read the same x under one parallel_for (q, k, v of a decode step).
-void qmatmul_rows(float* y, const float* x, const QMatrix& w, int64_t N, int64_t o0, int64_t o1, bool accumulate);
+// For int8 weights pass `qx`, the rows of x quantized once by the caller (QActs::build); other
+// types ignore it. Without it, int8 quantizes x here (correct, but repeated per call).
+void qmatmul_rows(float* y, const float* x, const QMatrix& w, int64_t N, int64_t o0, int64_t o1, bool accumulate,
+                  const QActs* qx = nullptr);
 
 }  // namespace moe::kernels

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/parallel.h"
 #include "core/profile.h"
 #include "core/rng.h"
 #include "ops/balance_loss.h"
@@ -267,6 +268,10 @@ void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int3
     }
     if ((int64_t)infer_scores_.size() < N * H * cfg_.n_ctx) infer_scores_.resize(N * H * cfg_.n_ctx);
     have_targets_ = false;
+    // a call of less than kSerialFlops (about a millisecond of one core) runs on this thread
+    // alone: small-model decode and short prefills never fork, so a busy core cannot stall them
+    if (matmul_params_ == 0) matmul_params_ = count_flops(cfg_, 1).matmul_params;
+    const SerialScope serial(2.0 * matmul_params_ * (double)N < kSerialFlops);
     layers::Dims d{1, N, N, C, cfg_.n_head, cfg_.n_head_kv, D};
     ops::embedding_forward(resid_[0], tokens, w_.tok_embd, N, C);  // (N, C)
     for (int64_t l = 0; l < cfg_.n_layer; ++l) {

@@ -61,6 +61,8 @@ public:
     // (prefill = the rows of a prompt in one call; decode = one row per sequence). Logits of all N
     // rows (last_only: only the last row of each sequence in this call is computed, the others are
     // left as they were) land in logits(): (N, V). Raises moe::error on ids or positions out of range.
+    // Calls with less than kSerialFlops of matmul work run on the calling thread alone (SerialScope).
+    static constexpr double kSerialFlops = 64e6;
     void forward_cached(const int32_t* tokens, const int32_t* seq, const int32_t* pos, int64_t N,
                         layers::KvCache& cache, bool last_only = false);
     layers::KvCache make_cache(int64_t slots) const;
@@ -105,6 +107,7 @@ private:
     std::vector<float> rope_;  // (T, D/2, 2)
     std::vector<float> rope_full_;     // (n_ctx, D/2, 2) for cached inference
     std::vector<float> infer_scores_;  // (N, H, n_ctx) cached-attention scores
+    double matmul_params_ = 0;         // active matmul weights per token (count_flops), once known
     std::vector<int32_t> head_rows_;   // rows whose logits forward_cached computes
     std::vector<int64_t> next_pos_;    // (S) next position per sequence while checking a call
     kernels::WType wtype_ = kernels::WType::f32;

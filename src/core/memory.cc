@@ -1,0 +1,28 @@
+#include "core/memory.h"
+
+#include <cstdlib>
+
+#include "core/error.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+namespace moe {
+
+void* alloc_large(size_t bytes) {
+    constexpr size_t kHuge = size_t(2) << 20;
+    const bool huge = bytes >= kHuge;
+    const size_t align = huge ? kHuge : 64;
+    const size_t size = (bytes + align - 1) / align * align;  // aligned_alloc wants a multiple
+    void* p = std::aligned_alloc(align, size ? size : align);
+    if (!p) fail("out of memory allocating ", bytes, " bytes");
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (huge) madvise(p, size, MADV_HUGEPAGE);  // advice only: failure leaves 4 KB pages
+#endif
+    return p;
+}
+
+void free_large(void* p) noexcept { std::free(p); }
+
+}  // namespace moe
