@@ -373,15 +373,23 @@ void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumul
     thread_local std::vector<float> xs;
     if (w.type == WType::q8) {
         if ((int64_t)xs.size() < N * w.in) xs.resize(N * w.in);
-        const int64_t nb = qa.blocks();
-        for (int64_t n = 0; n < N; ++n)
-            for (int64_t i = 0; i < w.in; ++i)
-                xs[n * w.in + i] = qa.scales[n * nb + i / kQ8Block] * (float)qa.q[n * w.in + i];
-        x = xs.data();
+        const int64_t nb = qa.blocks(), in = w.in;
+        float* xd = xs.data();
+        const QActs* qx = &qa;
+        parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+            for (int64_t n = n0; n < n1; ++n)
+                for (int64_t b = 0; b < nb; ++b) {
+                    const float sc = qx->scales[n * nb + b];
+                    for (int64_t i = b * kQ8Block; i < std::min(in, (b + 1) * kQ8Block); ++i)
+                        xd[n * in + i] = sc * (float)qx->q[n * in + i];
+                }
+        });
+        x = xd;
     }
-    // dequantize 256 output rows at a time, GEMM each block (y columns o0..o1)
+    // dequantize up to 32 MB of output rows at a time (a whole expert or attention matrix in one
+    // go: fewer, larger GEMMs), GEMM each block (y columns o0..o1)
     thread_local std::vector<float> scratch;
-    const int64_t blk = 256;
+    const int64_t blk = std::max<int64_t>(256, std::min<int64_t>(w.out, (int64_t(8) << 20) / std::max<int64_t>(1, w.in)));
     if ((int64_t)scratch.size() < blk * w.in) scratch.resize(blk * w.in);
     for (int64_t o0 = 0; o0 < w.out; o0 += blk) {
         const int64_t nb = std::min(blk, w.out - o0);

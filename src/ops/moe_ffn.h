@@ -105,6 +105,27 @@ inline void moe_ffn_forward_q(float* ye, float* hg, float* hu, float* act, const
                               int64_t C, int64_t F, Activation activation) {
     const bool small = small_experts(expert_offsets, E, C, F);
     const std::vector<FfnTask>& tasks = ffn_row_tasks(expert_offsets, E, small);
+    if (tasks.size() == 1 && tasks[0].end - tasks[0].begin <= kernels::kGemvMaxN) {
+        // decode through one expert (a dense FFN, or K = 1): up and gate read the same rows of x;
+        // one parallel region over their output rows instead of one per matrix
+        const FfnTask t = tasks[0];
+        const int64_t e = t.e, r0 = t.begin, rows = t.end - t.begin;
+        const kernels::QMatrix up = w_up.rows(e * F, F), gate = w_gate.rows(e * F, F);
+        const bool swiglu = activation == Activation::swiglu;
+        thread_local kernels::QActs qx;
+        const bool q8 = up.type == kernels::WType::q8 || gate.type == kernels::WType::q8;
+        if (q8) qx.build(xe + r0 * C, rows, C);
+        const kernels::QActs* qa = q8 ? &qx : nullptr;
+        const int64_t total = swiglu ? 2 * F : F;
+        const double bytes = up.bytes() + (swiglu ? gate.bytes() : 0.0);
+        parallel_for(0, total, bytes < kernels::kGemvParallelBytes ? total : 32, [&](int64_t a, int64_t b) {
+            if (a < F) kernels::qmatmul_rows(hu + r0 * F, xe + r0 * C, up, rows, a, std::min(b, F), false, qa);
+            if (b > F) kernels::qmatmul_rows(hg + r0 * F, xe + r0 * C, gate, rows, std::max(a, F) - F, b - F, false, qa);
+        });
+        activation_forward(act + r0 * F, hg + r0 * F, hu + r0 * F, rows * F, activation);
+        kernels::qmatmul(ye + r0 * C, act + r0 * F, w_down.rows(e * C, C), rows, false);  // [rows, C]
+        return;
+    }
     // decode of a small model: the experts' weights touched are too few bytes to share out
     const double touched = (double)tasks.size() * (w_up.bytes() + w_gate.bytes() + w_down.bytes()) / (double)E;
     run_tasks(small && touched >= kernels::kGemvParallelBytes, (int64_t)tasks.size(), [&](int64_t i) {
