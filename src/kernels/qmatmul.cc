@@ -150,7 +150,11 @@ void dequantize_row(float* dst, const QMatrix& w, int64_t r) {
         case WType::q8: {
             const int8_t* q = w.q + r * in;
             const float* s = w.scales + r * w.blocks();
-            for (int64_t i = 0; i < in; ++i) dst[i] = s[i / kQ8Block] * (float)q[i];
+            for (int64_t b = 0; b * kQ8Block < in; ++b) {  // per block: a constant scale, vectorizable
+                const float sc = s[b];
+                const int64_t i1 = std::min(in, (b + 1) * kQ8Block);
+                for (int64_t i = b * kQ8Block; i < i1; ++i) dst[i] = sc * (float)q[i];
+            }
             break;
         }
     }
