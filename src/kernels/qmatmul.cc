@@ -138,6 +138,37 @@ QMatrix QStore::view() const {
     return m;
 }
 
+namespace {
+
+// dst (IN) = scale of the block * q: an int8 row back to fp32 (weights, and activations rounded to
+// their int8 grid for the prefill GEMM); per block a constant scale, so the loop vectorizes
+void dequantize_q8_row(float* dst, const int8_t* q, const float* scales, int64_t in) {
+    for (int64_t b = 0; b * kQ8Block < in; ++b) {
+        const float sc = scales[b];
+        const int64_t i1 = std::min(in, (b + 1) * kQ8Block);
+        for (int64_t i = b * kQ8Block; i < i1; ++i) dst[i] = sc * (float)q[i];
+    }
+}
+
+// sum of a[i] * b[i] over one block (n <= 32 values), exact in int32
+inline int32_t dot_i8(const int8_t* a, const int8_t* b, int64_t n) {
+    int32_t s = 0;
+    for (int64_t i = 0; i < n; ++i) s += (int32_t)a[i] * (int32_t)b[i];
+    return s;
+}
+
+// block b of row o of w times block b of row n of qa: the integer sum, with its length
+inline int32_t q8_block_isum(const QMatrix& w, int64_t o, const QActs& qa, int64_t n, int64_t b) {
+    const int64_t i0 = b * kQ8Block, len = std::min(w.in, i0 + kQ8Block) - i0;
+    return dot_i8(w.q + o * w.in + i0, qa.q.data() + n * w.in + i0, len);
+}
+
+inline float q8_block_scale(const QMatrix& w, int64_t o, const QActs& qa, int64_t n, int64_t b) {
+    return w.scales[o * w.blocks() + b] * qa.scales[n * qa.blocks() + b];
+}
+
+}  // namespace
+
 void dequantize_row(float* dst, const QMatrix& w, int64_t r) {
     const int64_t in = w.in;
     switch (w.type) {
@@ -147,30 +178,18 @@ void dequantize_row(float* dst, const QMatrix& w, int64_t r) {
         case WType::bf16:
             bf16_to_f32_n(dst, w.bf16 + r * in, in);
             break;
-        case WType::q8: {
-            const int8_t* q = w.q + r * in;
-            const float* s = w.scales + r * w.blocks();
-            for (int64_t b = 0; b * kQ8Block < in; ++b) {  // per block: a constant scale, vectorizable
-                const float sc = s[b];
-                const int64_t i1 = std::min(in, (b + 1) * kQ8Block);
-                for (int64_t i = b * kQ8Block; i < i1; ++i) dst[i] = sc * (float)q[i];
-            }
+        case WType::q8:
+            dequantize_q8_row(dst, w.q + r * in, w.scales + r * w.blocks(), in);
             break;
-        }
     }
 }
 
 // int8: the blocked integer definition of the header (x quantized like the weights)
 namespace {
 double q8_dot_ref(const QMatrix& w, int64_t o, const QActs& qa, int64_t n) {
-    const int64_t in = w.in, nb = w.blocks();
     double acc = 0;
-    for (int64_t b = 0; b < nb; ++b) {
-        int64_t isum = 0;
-        for (int64_t i = b * kQ8Block; i < std::min(in, (b + 1) * kQ8Block); ++i)
-            isum += (int64_t)w.q[o * in + i] * (int64_t)qa.q[n * in + i];
-        acc += (double)(w.scales[o * nb + b] * qa.scales[n * nb + b]) * (double)isum;
-    }
+    for (int64_t b = 0; b < w.blocks(); ++b)
+        acc += (double)q8_block_scale(w, o, qa, n, b) * (double)q8_block_isum(w, o, qa, n, b);
     return acc;
 }
 }  // namespace
@@ -253,11 +272,9 @@ __attribute__((target("avx2,fma"))) void gemv_rows_avx2(float* y, const float* x
 
 // Tail block of an int8 row (IN not a multiple of 32): the integer definition, scalar.
 inline float q8_tail(const QMatrix& w, int64_t o, const QActs& qa, int64_t n) {
-    const int64_t in = w.in, nb = w.blocks(), b = nb - 1;
-    if (b * kQ8Block + kQ8Block <= in) return 0.f;
-    int32_t isum = 0;
-    for (int64_t i = b * kQ8Block; i < in; ++i) isum += (int32_t)w.q[o * in + i] * (int32_t)qa.q[n * in + i];
-    return (w.scales[o * nb + b] * qa.scales[n * nb + b]) * (float)isum;
+    const int64_t b = w.blocks() - 1;
+    if ((b + 1) * kQ8Block <= w.in) return 0.f;
+    return q8_block_scale(w, o, qa, n, b) * (float)q8_block_isum(w, o, qa, n, b);
 }
 
 // int8 weights x int8 activations, NR rows of x per pass. Per block of 32: |w| (unsigned) times
@@ -317,18 +334,14 @@ void gemv_rows_avx2_any(float* y, const float* x, const QActs& qa, const QMatrix
 
 void gemv_rows_ref(float* y, const float* x, const QActs& qa, const QMatrix& w, int64_t n0, int64_t nr,
                    int64_t o0, int64_t o1, bool accumulate) {
-    const int64_t in = w.in, nb = w.blocks();
+    const int64_t in = w.in;
     for (int64_t o = o0; o < o1; ++o)
         for (int64_t j = 0; j < nr; ++j) {
             const int64_t n = n0 + j;
             float s = 0;
             if (w.type == WType::q8) {
-                for (int64_t b = 0; b < nb; ++b) {
-                    int32_t isum = 0;
-                    for (int64_t i = b * kQ8Block; i < std::min(in, (b + 1) * kQ8Block); ++i)
-                        isum += (int32_t)w.q[o * in + i] * (int32_t)qa.q[n * in + i];
-                    s += (w.scales[o * nb + b] * qa.scales[n * nb + b]) * (float)isum;
-                }
+                for (int64_t b = 0; b < w.blocks(); ++b)
+                    s += q8_block_scale(w, o, qa, n, b) * (float)q8_block_isum(w, o, qa, n, b);
             } else {
                 const float* xr = x + n * in;
                 for (int64_t i = 0; i < in; ++i) s += weight_at(w, o, i) * xr[i];
@@ -338,17 +351,11 @@ void gemv_rows_ref(float* y, const float* x, const QActs& qa, const QMatrix& w, 
         }
 }
 
-}  // namespace
-
-// Decode: N <= kGemvMaxN rows use the streaming kernel; more rows dequantize W (in blocks of
-// output rows, into thread-local scratch) and use the GEMM.
-void qmatmul_rows(float* y, const float* x, const QMatrix& w, int64_t N, int64_t o0, int64_t o1, bool accumulate,
-                  const QActs* qx) {
+// Output rows [o0, o1) of a decode-sized product on the calling thread; qa: x quantized (int8 w).
+void qmatmul_rows(float* y, const float* x, const QActs& qa, const QMatrix& w, int64_t N, int64_t o0, int64_t o1,
+                  bool accumulate) {
     MOE_ASSERT(N <= kGemvMaxN);
-    thread_local QActs own;
-    if (w.type == WType::q8 && !qx) own.build(x, N, w.in), qx = &own;
-    MOE_ASSERT(w.type != WType::q8 || (qx->N >= N && qx->in == w.in));
-    const QActs& qa = qx ? *qx : own;
+    MOE_ASSERT(w.type != WType::q8 || (qa.N >= N && qa.in == w.in));
     const bool simd = active_isa() >= Isa::avx2;
     for (int64_t n0 = 0; n0 < N; n0 += kMaxRows) {
         const int64_t nr = std::min(kMaxRows, N - n0);
@@ -357,36 +364,56 @@ void qmatmul_rows(float* y, const float* x, const QMatrix& w, int64_t N, int64_t
     }
 }
 
+}  // namespace
+
+void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs, bool accumulate) {
+    MOE_ASSERT(N <= kGemvMaxN);
+    int64_t total = 0;
+    double bytes = 0;
+    bool q8 = false;
+    for (const QOut& o : outs) {
+        MOE_ASSERT(o.w.in == outs.begin()->w.in);
+        total += o.w.out, bytes += o.w.bytes(), q8 = q8 || o.w.type == WType::q8;
+    }
+    if (N <= 0 || total == 0) return;
+    thread_local QActs qa;  // int8: x quantized once for all the matrices
+    if (q8) qa.build(x, N, outs.begin()->w.in);
+    const QActs* qx = &qa;  // this thread's copy (naming `qa` on a worker would mean the worker's)
+    // below kGemvParallelBytes of weights the call runs on this thread alone: a fork/join costs
+    // more than the work, and a core busy with another process stalls every barrier
+    parallel_for(0, total, bytes < kGemvParallelBytes ? total : 32, [&](int64_t r0, int64_t r1) {
+        int64_t off = 0;  // rows [off, off + out) of the concatenation are matrix o's
+        for (const QOut& o : outs) {
+            const int64_t lo = std::max(r0, off), hi = std::min(r1, off + o.w.out);
+            if (lo < hi) qmatmul_rows(o.y, x, *qx, o.w, N, lo - off, hi - off, accumulate);
+            off += o.w.out;
+        }
+    });
+}
+
+// Decode: N <= kGemvMaxN rows use the streaming kernel; more rows dequantize W (in blocks of
+// output rows, into thread-local scratch) and use the GEMM.
 void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate) {
     if (N <= 0 || w.out == 0) return;
     if (w.type == WType::f32 && N > kGemvMaxN) {
         gemm<float>(false, true, N, w.out, w.in, 1.f, x, w.in, w.f32, w.in, accumulate ? 1.f : 0.f, y, w.out);
         return;
     }
-    thread_local QActs qa;  // int8: x quantized once per call
-    if (w.type == WType::q8) qa.build(x, N, w.in);
     if (N <= kGemvMaxN) {
-        // below kGemvParallelBytes of weights the call runs on this thread alone: a fork/join costs
-        // more than the work, and a core busy with another process stalls every barrier
-        const int64_t grain = w.bytes() < kGemvParallelBytes ? w.out : 32;
-        const QActs* qx = &qa;  // this thread's copy (naming `qa` on a worker would mean the worker's)
-        parallel_for(0, w.out, grain, [&](int64_t o0, int64_t o1) { qmatmul_rows(y, x, w, N, o0, o1, accumulate, qx); });
+        qmatmul_same_x(x, N, {{y, w}}, accumulate);
         return;
     }
     // prefill. int8: x rounded to its int8 grid (the definition above), as fp32 for the GEMM
     thread_local std::vector<float> xs;
     if (w.type == WType::q8) {
+        thread_local QActs qa;
+        qa.build(x, N, w.in);
         if ((int64_t)xs.size() < N * w.in) xs.resize(N * w.in);
-        const int64_t nb = qa.blocks(), in = w.in;
+        const int64_t in = w.in, nb = qa.blocks();
         float* xd = xs.data();
-        const QActs* qx = &qa;
+        const QActs* qx = &qa;  // this thread's copy, for the workers
         parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-            for (int64_t n = n0; n < n1; ++n)
-                for (int64_t b = 0; b < nb; ++b) {
-                    const float sc = qx->scales[n * nb + b];
-                    for (int64_t i = b * kQ8Block; i < std::min(in, (b + 1) * kQ8Block); ++i)
-                        xd[n * in + i] = sc * (float)qx->q[n * in + i];
-                }
+            for (int64_t n = n0; n < n1; ++n) dequantize_q8_row(xd + n * in, qx->q.data() + n * in, qx->scales.data() + n * nb, in);
         });
         x = xd;
     }

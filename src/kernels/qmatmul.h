@@ -11,9 +11,11 @@
 //   y[n, o] = sum over blocks b of  (sw[o, b] * sx[n, b]) * sum_{i in b} qw[o, i] * qx[n, i],
 // the inner sums exact in integers. This is the definition for every path: the decode kernel
 // (integer dot products, 8-bit multiplies), the prefill (x rounded to its int8 grid, then the
-// dequantized GEMM) and the reference twin; they differ by fp32 rounding only. Converting each
-// int8 weight to fp32 instead made int8 decode compute-bound at about half the DRAM bandwidth.
+// dequantized GEMM) and the reference twin; they differ by fp32 rounding only. It needs a third of
+// the instructions per weight of converting each int8 weight to fp32; on the AVX2 hosts measured so
+// far both kernels stream at the same rate (a core's memory parallelism, not arithmetic, limits them).
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -73,11 +75,13 @@ void dequantize_row(float* dst, const QMatrix& w, int64_t row);
 
 void qmatmul_ref(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate);
 void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate);
-// Output rows [o0, o1) of a decode-sized qmatmul (N <= 8), on the calling thread: lets a caller put
-// several matrices that read the same x under one parallel_for (q, k, v of a decode step).
-// For int8 weights pass `qx`, the rows of x quantized once by the caller (QActs::build); other
-// types ignore it. Without it, int8 quantizes x here (correct, but repeated per call).
-void qmatmul_rows(float* y, const float* x, const QMatrix& w, int64_t N, int64_t o0, int64_t o1, bool accumulate,
-                  const QActs* qx = nullptr);
+// Several decode-sized products (N <= kGemvMaxN) that read the same x (N, IN): y_i [+]= x · W_i^T,
+// under one parallel region over all their output rows (q, k, v of a decode step; up and gate of
+// an FFN); x is quantized once when any W_i is int8. qmatmul's decode path is this with one matrix.
+struct QOut {
+    float* y;   // (N, W.out)
+    QMatrix w;  // (OUT, IN), the same IN for all
+};
+void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs, bool accumulate = false);
 
 }  // namespace moe::kernels

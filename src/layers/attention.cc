@@ -48,20 +48,7 @@ void attention_forward_cached(float* out, AttentionCache& c, const float* inp, c
     float* kp = w.attn_q_norm ? c.k_raw : c.k;  // (N, Hkv*D)
     if (N <= kernels::kGemvMaxN) {
         // decode: q, k and v read the same rows of xn; one parallel region over their rows
-        const int64_t total = QD + 2 * KD;
-        const double bytes = q.attn_q.bytes() + q.attn_k.bytes() + q.attn_v.bytes();
-        thread_local kernels::QActs qx;  // int8 weights: xn quantized once for the three
-        const bool q8 = q.attn_q.type == kernels::WType::q8 || q.attn_k.type == kernels::WType::q8 ||
-                        q.attn_v.type == kernels::WType::q8;
-        if (q8) qx.build(c.xn, N, C);
-        const kernels::QActs* qa = q8 ? &qx : nullptr;
-        parallel_for(0, total, bytes < kernels::kGemvParallelBytes ? total : 32, [&](int64_t r0, int64_t r1) {
-            if (r0 < QD) kernels::qmatmul_rows(qp, c.xn, q.attn_q, N, r0, std::min(r1, QD), false, qa);
-            if (r1 > QD && r0 < QD + KD)
-                kernels::qmatmul_rows(kp, c.xn, q.attn_k, N, std::max(r0, QD) - QD, std::min(r1, QD + KD) - QD, false, qa);
-            if (r1 > QD + KD)
-                kernels::qmatmul_rows(c.v, c.xn, q.attn_v, N, std::max(r0, QD + KD) - QD - KD, r1 - QD - KD, false, qa);
-        });
+        kernels::qmatmul_same_x(c.xn, N, {{qp, q.attn_q}, {kp, q.attn_k}, {c.v, q.attn_v}});
     } else {
         kernels::qmatmul(qp, c.xn, q.attn_q, N, false);
         kernels::qmatmul(kp, c.xn, q.attn_k, N, false);

@@ -23,6 +23,7 @@ Model::Model(const ModelConfig& cfg) : cfg_(cfg), table_(cfg) {
     grads_.allocate(table_.total() * sizeof(float));
     w_ = bind_weights(table_, cfg_, params());
     g_ = bind_weights(table_, cfg_, grads());
+    matmul_params_ = count_flops(cfg_, 1).matmul_params;
 }
 
 void Model::set_experts_per_token(int64_t K) {
@@ -30,6 +31,7 @@ void Model::set_experts_per_token(int64_t K) {
     if (K < 1 || K > cfg_.n_expert)
         fail("--experts-per-token must be in [1, n_expert = ", cfg_.n_expert, "], got ", K);
     cfg_.n_expert_used = K;
+    matmul_params_ = count_flops(cfg_, 1).matmul_params;  // active weights per token follow K
     cap_B_ = cap_T_ = 0;  // activation buffers are sized by K: lay them out again
 }
 
@@ -270,7 +272,6 @@ void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int3
     have_targets_ = false;
     // a call of less than kSerialFlops (about a millisecond of one core) runs on this thread
     // alone: small-model decode and short prefills never fork, so a busy core cannot stall them
-    if (matmul_params_ == 0) matmul_params_ = count_flops(cfg_, 1).matmul_params;
     const SerialScope serial(2.0 * matmul_params_ * (double)N < kSerialFlops);
     layers::Dims d{1, N, N, C, cfg_.n_head, cfg_.n_head_kv, D};
     ops::embedding_forward(resid_[0], tokens, w_.tok_embd, N, C);  // (N, C)

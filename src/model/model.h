@@ -107,7 +107,7 @@ private:
     std::vector<float> rope_;  // (T, D/2, 2)
     std::vector<float> rope_full_;     // (n_ctx, D/2, 2) for cached inference
     std::vector<float> infer_scores_;  // (N, H, n_ctx) cached-attention scores
-    double matmul_params_ = 0;         // active matmul weights per token (count_flops), once known
+    double matmul_params_ = 0;         // active matmul weights per token (count_flops; follows K)
     std::vector<int32_t> head_rows_;   // rows whose logits forward_cached computes
     std::vector<int64_t> next_pos_;    // (S) next position per sequence while checking a call
     kernels::WType wtype_ = kernels::WType::f32;

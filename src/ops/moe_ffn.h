@@ -111,17 +111,10 @@ inline void moe_ffn_forward_q(float* ye, float* hg, float* hu, float* act, const
         const FfnTask t = tasks[0];
         const int64_t e = t.e, r0 = t.begin, rows = t.end - t.begin;
         const kernels::QMatrix up = w_up.rows(e * F, F), gate = w_gate.rows(e * F, F);
-        const bool swiglu = activation == Activation::swiglu;
-        thread_local kernels::QActs qx;
-        const bool q8 = up.type == kernels::WType::q8 || gate.type == kernels::WType::q8;
-        if (q8) qx.build(xe + r0 * C, rows, C);
-        const kernels::QActs* qa = q8 ? &qx : nullptr;
-        const int64_t total = swiglu ? 2 * F : F;
-        const double bytes = up.bytes() + (swiglu ? gate.bytes() : 0.0);
-        parallel_for(0, total, bytes < kernels::kGemvParallelBytes ? total : 32, [&](int64_t a, int64_t b) {
-            if (a < F) kernels::qmatmul_rows(hu + r0 * F, xe + r0 * C, up, rows, a, std::min(b, F), false, qa);
-            if (b > F) kernels::qmatmul_rows(hg + r0 * F, xe + r0 * C, gate, rows, std::max(a, F) - F, b - F, false, qa);
-        });
+        if (activation == Activation::swiglu)
+            kernels::qmatmul_same_x(xe + r0 * C, rows, {{hu + r0 * F, up}, {hg + r0 * F, gate}});  // [rows, F] each
+        else
+            kernels::qmatmul_same_x(xe + r0 * C, rows, {{hu + r0 * F, up}});
         activation_forward(act + r0 * F, hg + r0 * F, hu + r0 * F, rows * F, activation);
         kernels::qmatmul(ye + r0 * C, act + r0 * F, w_down.rows(e * C, C), rows, false);  // [rows, C]
         return;
