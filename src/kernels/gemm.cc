@@ -5,7 +5,9 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "kernels/bf16.h"
+#include "kernels/sgemm.h"
 
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -36,6 +38,19 @@ template void gemm_ref<double>(bool, bool, int64_t, int64_t, int64_t, double, co
                                const double*, int64_t, double, double*, int64_t);
 
 static Precision g_precision = Precision::fp32;
+
+GemmBackend gemm_backend() {
+    // MOE_GEMM=onednn|packed picks the fp32 GEMM for A/B measurements; the default is the packed
+    // one where the CPU runs it
+    static const GemmBackend chosen = [] {
+        const char* env = std::getenv("MOE_GEMM");
+        const std::string v = env ? env : "";
+        if (v == "onednn") return GemmBackend::onednn;
+        if (!v.empty() && v != "packed") fail("MOE_GEMM must be \"onednn\" or \"packed\", got \"", v, "\"");
+        return GemmBackend::packed;
+    }();
+    return chosen == GemmBackend::packed && sgemm_packed_available() ? GemmBackend::packed : GemmBackend::onednn;
+}
 
 void set_gemm_precision(Precision p) { g_precision = p; }
 Precision gemm_precision() { return g_precision; }
@@ -70,9 +85,10 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
         if ((int64_t)sb.size() < br * bc) sb.resize(br * bc);
         round_block(sa.data(), A, ar, ac, lda);
         round_block(sb.data(), B, br, bc, ldb);
-        dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, sa.data(), ac,
-                                      sb.data(), bc, beta, C, ldc);
-        MOE_ASSERT(st == dnnl_success);
+        A = sa.data(), lda = ac, B = sb.data(), ldb = bc;  // the rounded operands, multiplied in fp32
+    }
+    if (gemm_backend() == GemmBackend::packed) {
+        sgemm_packed(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
     dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda,

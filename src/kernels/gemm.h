@@ -3,7 +3,7 @@
 // op(X) = X or X^T. lda/ldb/ldc are row strides of the matrices as stored.
 //
 // gemm_ref is the slow reference twin (any T, used for double-precision gradient checks).
-// gemm<float> goes to oneDNN; gemm<double> goes to the reference.
+// gemm<float> goes to the packed kernel or oneDNN (gemm_backend); gemm<double> to the reference.
 #include <cstdint>
 
 namespace moe::kernels {
@@ -12,12 +12,19 @@ namespace moe::kernels {
 // (round to nearest even) and multiplied with fp32 accumulation, as a bf16 GEMM on
 // bf16-capable hardware does; outputs, master weights and everything outside the GEMMs stay fp32.
 // On CPUs without bf16 dot-product instructions (AVX2) the rounding is emulated: the numerics are
-// those of bf16, the speed is that of fp32 (plus the rounding pass). Set it once, outside steps.
+// those of bf16, the speed is that of fp32 (plus the rounding pass; the rounded operands then go
+// to the fp32 backend below). Set it once, outside steps.
 enum class Precision { fp32, bf16 };
 void set_gemm_precision(Precision p);
 Precision gemm_precision();
 const char* precision_name(Precision p);
 Precision parse_precision(const char* s, const char* where);  // "fp32" | "bf16", else moe::error
+
+// Which library runs the fp32 GEMMs: moe's packed AVX2 kernel (kernels/sgemm.h; the default where
+// the CPU has AVX2 + FMA) or oneDNN's dnnl_sgemm (elsewhere, for bf16 emulation, or with
+// MOE_GEMM=onednn for side-by-side measurements).
+enum class GemmBackend { onednn, packed };
+GemmBackend gemm_backend();
 
 template <class T>
 void gemm_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,

@@ -1,0 +1,244 @@
+#include "kernels/sgemm.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "core/memory.h"
+#include "core/parallel.h"
+#include "kernels/cpu.h"
+
+namespace moe::kernels {
+
+namespace {
+
+constexpr int64_t kMr = 6;     // rows of the register tile
+constexpr int64_t kNr = 16;    // columns of the register tile (two ymm)
+constexpr int64_t kKc = 256;   // k block: a 16-column B panel (16 KB) stays in L1
+constexpr int64_t kMc = 72;    // row block: the packed A block (72 KB) stays in L2
+constexpr int64_t kNc = 1024;  // column block: the packed B block (1 MB) stays in L3
+// Below this many flops per thread a fork costs more than it saves.
+constexpr double kMinFlopsPerThread = 4e6;
+
+// Per-thread packing buffers, allocated once at their largest size (no allocation in a step).
+struct PackBuffers {
+    float* a = nullptr;  // [kMc / kMr panels][kKc][kMr]
+    float* b = nullptr;  // [kNc / kNr panels][kKc][kNr]
+    PackBuffers() {
+        a = (float*)alloc_large(sizeof(float) * (kMc * kKc + 8));  // + pack_a's overhang
+        b = (float*)alloc_large(sizeof(float) * kNc * kKc);
+    }
+    ~PackBuffers() {
+        free_large(a);
+        free_large(b);
+    }
+};
+
+PackBuffers& pack_buffers() {
+    thread_local PackBuffers buf;
+    return buf;
+}
+
+// dst[8 x 8 block, row stride ds] = transpose(src[8 x 8 block, row stride ss])
+__attribute__((target("avx2,fma"))) inline void transpose8x8(float* dst, int64_t ds, const float* src, int64_t ss) {
+    __m256 r0 = _mm256_loadu_ps(src + 0 * ss), r1 = _mm256_loadu_ps(src + 1 * ss);
+    __m256 r2 = _mm256_loadu_ps(src + 2 * ss), r3 = _mm256_loadu_ps(src + 3 * ss);
+    __m256 r4 = _mm256_loadu_ps(src + 4 * ss), r5 = _mm256_loadu_ps(src + 5 * ss);
+    __m256 r6 = _mm256_loadu_ps(src + 6 * ss), r7 = _mm256_loadu_ps(src + 7 * ss);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst + 0 * ds, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(dst + 1 * ds, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ds, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ds, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ds, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ds, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ds, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ds, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+// Packs op(B)[p0 : p0+kc, n0 : n0+nc] into panels of kNr columns: dst[panel][k][kNr], the columns
+// past nc zero. op(B)[k][n] = trans_b ? B[n * ldb + k] : B[k * ldb + n].
+__attribute__((target("avx2,fma"))) void pack_b(float* dst, const float* B, int64_t ldb, bool trans_b,
+                                                int64_t p0, int64_t kc, int64_t n0, int64_t nc) {
+    for (int64_t j = 0; j < nc; j += kNr) {
+        float* d = dst + j * kc;  // this panel: [kc][kNr]
+        const int64_t w = std::min(kNr, nc - j);
+        if (!trans_b) {
+            const float* s = B + p0 * ldb + n0 + j;
+            if (w == kNr) {
+                for (int64_t k = 0; k < kc; ++k) {
+                    _mm256_storeu_ps(d + k * kNr, _mm256_loadu_ps(s + k * ldb));
+                    _mm256_storeu_ps(d + k * kNr + 8, _mm256_loadu_ps(s + k * ldb + 8));
+                }
+            } else {
+                for (int64_t k = 0; k < kc; ++k)
+                    for (int64_t n = 0; n < kNr; ++n) d[k * kNr + n] = n < w ? s[k * ldb + n] : 0.f;
+            }
+        } else {
+            const float* s = B + (n0 + j) * ldb + p0;  // row n of this panel: s + n * ldb, contiguous in k
+            int64_t k = 0;
+            if (w == kNr) {
+                for (; k + 8 <= kc; k += 8) {
+                    transpose8x8(d + k * kNr, kNr, s + k, ldb);
+                    transpose8x8(d + k * kNr + 8, kNr, s + 8 * ldb + k, ldb);
+                }
+            }
+            for (; k < kc; ++k)
+                for (int64_t n = 0; n < kNr; ++n) d[k * kNr + n] = n < w ? s[n * ldb + k] : 0.f;
+        }
+    }
+}
+
+// Packs alpha * op(A)[m0 : m0+mc, p0 : p0+kc] into panels of kMr rows: dst[panel][k][kMr], the
+// rows past mc zero. op(A)[m][k] = trans_a ? A[k * lda + m] : A[m * lda + k].
+// Writes up to 2 floats past the packed block (the buffer has room for them).
+__attribute__((target("avx2,fma"))) void pack_a(float* dst, const float* A, int64_t lda, bool trans_a,
+                                                float alpha, int64_t m0, int64_t mc, int64_t p0, int64_t kc) {
+    const __m256 va = _mm256_set1_ps(alpha);
+    for (int64_t i = 0; i < mc; i += kMr) {
+        float* d = dst + i * kc;  // this panel: [kc][kMr]
+        const int64_t h = std::min(kMr, mc - i);
+        if (trans_a) {
+            // op(A) column k of this panel is h contiguous floats: a masked load (no read past
+            // them), stored as 8 floats whose 2 extra the next k overwrites
+            const float* s = A + p0 * lda + m0 + i;
+            const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)h), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            for (int64_t k = 0; k < kc; ++k)
+                _mm256_storeu_ps(d + k * kMr, _mm256_mul_ps(va, _mm256_maskload_ps(s + k * lda, mask)));
+            continue;
+        }
+        const float* s = A + (m0 + i) * lda + p0;
+        int64_t k = 0;
+        if (h == kMr) {
+            // 8 k at a time: transpose 6 rows x 8 k (rows 6, 7 zero) and store each column of 6
+            // as 8 floats at its place; the 2 extra floats are overwritten by the next column
+            alignas(32) float t[8][8] = {};
+            for (; k + 8 <= kc; k += 8) {
+                for (int64_t r = 0; r < kMr; ++r)
+                    _mm256_store_ps(t[r], _mm256_mul_ps(va, _mm256_loadu_ps(s + r * lda + k)));
+                alignas(32) float tt[8][8];
+                transpose8x8(&tt[0][0], 8, &t[0][0], 8);
+                for (int64_t kk = 0; kk < 8; ++kk) _mm256_storeu_ps(d + (k + kk) * kMr, _mm256_load_ps(tt[kk]));
+            }
+        }
+        for (; k < kc; ++k)
+            for (int64_t r = 0; r < kMr; ++r) d[k * kMr + r] = r < h ? alpha * s[r * lda + k] : 0.f;
+    }
+}
+
+// C[0:mr, 0:nr] = beta C + a_panel · b_panel over kc (beta == 0: C not read).
+// a: [kc][kMr], b: [kc][kNr], both packed.
+__attribute__((target("avx2,fma"))) void micro_kernel(int64_t kc, const float* __restrict a,
+                                                      const float* __restrict b, float* c, int64_t ldc,
+                                                      float beta, int64_t mr, int64_t nr) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+#pragma GCC unroll 4
+    for (int64_t k = 0; k < kc; ++k) {
+        // C[r][:] += op(A)[r][k] * op(B)[k][:]
+        const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+        __m256 av = _mm256_broadcast_ss(a + 0);
+        c00 = _mm256_fmadd_ps(av, b0, c00), c01 = _mm256_fmadd_ps(av, b1, c01);
+        av = _mm256_broadcast_ss(a + 1);
+        c10 = _mm256_fmadd_ps(av, b0, c10), c11 = _mm256_fmadd_ps(av, b1, c11);
+        av = _mm256_broadcast_ss(a + 2);
+        c20 = _mm256_fmadd_ps(av, b0, c20), c21 = _mm256_fmadd_ps(av, b1, c21);
+        av = _mm256_broadcast_ss(a + 3);
+        c30 = _mm256_fmadd_ps(av, b0, c30), c31 = _mm256_fmadd_ps(av, b1, c31);
+        av = _mm256_broadcast_ss(a + 4);
+        c40 = _mm256_fmadd_ps(av, b0, c40), c41 = _mm256_fmadd_ps(av, b1, c41);
+        av = _mm256_broadcast_ss(a + 5);
+        c50 = _mm256_fmadd_ps(av, b0, c50), c51 = _mm256_fmadd_ps(av, b1, c51);
+        a += kMr;
+        b += kNr;
+    }
+    const __m256 acc[kMr][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+    if (mr == kMr && nr == kNr) {
+        const __m256 vb = _mm256_set1_ps(beta);
+        for (int64_t r = 0; r < kMr; ++r) {
+            float* cr = c + r * ldc;
+            for (int h = 0; h < 2; ++h) {
+                __m256 v = acc[r][h];
+                if (beta == 1.f) v = _mm256_add_ps(v, _mm256_loadu_ps(cr + 8 * h));
+                else if (beta != 0.f) v = _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr + 8 * h), v);
+                _mm256_storeu_ps(cr + 8 * h, v);
+            }
+        }
+        return;
+    }
+    alignas(32) float t[kMr][kNr];
+    for (int64_t r = 0; r < kMr; ++r) {
+        _mm256_store_ps(t[r], acc[r][0]);
+        _mm256_store_ps(t[r] + 8, acc[r][1]);
+    }
+    for (int64_t r = 0; r < mr; ++r)
+        for (int64_t n = 0; n < nr; ++n) {
+            float& cv = c[r * ldc + n];
+            // the same arithmetic as the full-tile stores above, so an element's value does not
+            // depend on whether its tile is whole
+            cv = beta == 0.f ? t[r][n] : beta == 1.f ? cv + t[r][n] : std::fma(beta, cv, t[r][n]);
+        }
+}
+
+// C[m0:m1, n0:n1] of the product, on the calling thread.
+void sgemm_block(bool trans_a, bool trans_b, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K,
+                 float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                 int64_t ldc) {
+    PackBuffers& buf = pack_buffers();
+    for (int64_t jc = n0; jc < n1; jc += kNc) {
+        const int64_t nc = std::min(kNc, n1 - jc);
+        for (int64_t pc = 0; pc < K; pc += kKc) {
+            const int64_t kc = std::min(kKc, K - pc);
+            const float b_eff = pc == 0 ? beta : 1.f;  // later k blocks add to the first's result
+            pack_b(buf.b, B, ldb, trans_b, pc, kc, jc, nc);
+            for (int64_t ic = m0; ic < m1; ic += kMc) {
+                const int64_t mc = std::min(kMc, m1 - ic);
+                pack_a(buf.a, A, lda, trans_a, alpha, ic, mc, pc, kc);
+                for (int64_t jr = 0; jr < nc; jr += kNr)
+                    for (int64_t ir = 0; ir < mc; ir += kMr)
+                        micro_kernel(kc, buf.a + ir * kc, buf.b + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc,
+                                     b_eff, std::min(kMr, mc - ir), std::min(kNr, nc - jr));
+            }
+        }
+    }
+}
+
+}  // namespace
+
+bool sgemm_packed_available() { return active_isa() >= Isa::avx2; }
+
+void sgemm_packed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                  const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                  int64_t ldc) {
+    MOE_ASSERT(sgemm_packed_available());
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = beta == 0.f ? 0.f : beta * C[m * ldc + n];
+        return;
+    }
+    // Threads split C into blocks of whole register tiles (columns when there are enough of
+    // them, else rows); each block is computed exactly as on one thread.
+    const double flops = 2.0 * (double)M * (double)N * (double)K;
+    const int64_t col_panels = (N + kNr - 1) / kNr, row_panels = (M + kMr - 1) / kMr;
+    const bool by_cols = col_panels >= 4 * num_threads() || col_panels >= row_panels;
+    const int64_t panels = by_cols ? col_panels : row_panels;
+    const int64_t grain = std::max<int64_t>(1, (int64_t)(kMinFlopsPerThread / (flops / (double)panels)));
+    parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+        if (by_cols)
+            sgemm_block(trans_a, trans_b, 0, M, p0 * kNr, std::min(N, p1 * kNr), K, alpha, A, lda, B, ldb, beta, C, ldc);
+        else
+            sgemm_block(trans_a, trans_b, p0 * kMr, std::min(M, p1 * kMr), 0, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    });
+}
+
+}  // namespace moe::kernels

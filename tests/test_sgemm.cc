@@ -1,0 +1,131 @@
+// The packed AVX2 sgemm (src/kernels/sgemm.cc) against its reference twin gemm_ref, computed in
+// double: every transpose combination, sizes around the register tile (6 x 16) and the cache
+// blocks (72 rows, 256 k, 1024 columns), alpha / beta, padded leading dimensions; and the
+// promise that its result does not depend on the thread count.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "core/parallel.h"
+#include "kernels/gemm.h"
+#include "kernels/sgemm.h"
+
+using namespace moe;
+using namespace moe::kernels;
+
+namespace {
+
+struct Case {
+    bool ta, tb;
+    int64_t M, N, K;
+    float alpha, beta;
+};
+
+// Runs sgemm_packed on random data (leading dimensions padded by 3) and compares it to gemm_ref
+// in double; returns the largest error relative to sum_k |a||b| (the scale of the rounding).
+double max_rel_error(const Case& c, std::mt19937& rng) {
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    const int64_t ar = c.ta ? c.K : c.M, ac = c.ta ? c.M : c.K, lda = ac + 3;
+    const int64_t br = c.tb ? c.N : c.K, bc = c.tb ? c.K : c.N, ldb = bc + 3;
+    const int64_t ldc = c.N + 3;
+    std::vector<float> A(ar * lda), B(br * ldb), C(c.M * ldc);
+    for (float& v : A) v = u(rng);
+    for (float& v : B) v = u(rng);
+    for (float& v : C) v = c.beta == 0.f ? std::numeric_limits<float>::quiet_NaN() : u(rng);  // beta 0: C not read
+    std::vector<double> Ad(A.begin(), A.end()), Bd(B.begin(), B.end()), Cd(C.begin(), C.end());
+    std::vector<double> Aabs(Ad.size()), Babs(Bd.size()), scale(c.M * ldc, 0.0);
+    for (size_t i = 0; i < Ad.size(); ++i) Aabs[i] = std::fabs(Ad[i]);
+    for (size_t i = 0; i < Bd.size(); ++i) Babs[i] = std::fabs(Bd[i]);
+    if (c.beta == 0.f)
+        for (double& v : Cd) v = 0;
+    gemm_ref<double>(c.ta, c.tb, c.M, c.N, c.K, c.alpha, Ad.data(), lda, Bd.data(), ldb, c.beta, Cd.data(), ldc);
+    gemm_ref<double>(c.ta, c.tb, c.M, c.N, c.K, 1.0, Aabs.data(), lda, Babs.data(), ldb, 0.0, scale.data(), ldc);
+    sgemm_packed(c.ta, c.tb, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta, C.data(), ldc);
+    double worst = 0;
+    for (int64_t m = 0; m < c.M; ++m)
+        for (int64_t n = 0; n < c.N; ++n) {
+            const double got = C[m * ldc + n], want = Cd[m * ldc + n];
+            const double s = std::fabs(c.alpha) * scale[m * ldc + n] + 1.0;  // + |beta C| <= 1
+            if (!std::isfinite(got)) return std::numeric_limits<double>::infinity();
+            worst = std::max(worst, std::fabs(got - want) / s);
+        }
+    return worst;
+}
+
+// fp32 summation of K products: at most about (K + 2) units of rounding (2^-24) of the scale;
+// an indexing or packing bug gives errors of order 1
+double tolerance(int64_t K) { return (double)(K + 2) * 6e-8; }
+
+}  // namespace
+
+TEST(Sgemm, MatchesReferenceOnEdgesAndBlocks) {
+    if (!sgemm_packed_available()) GTEST_SKIP() << "no AVX2+FMA on this CPU";
+    std::mt19937 rng(7);
+    int cases = 0;
+    for (bool ta : {false, true})
+        for (bool tb : {false, true})
+            for (int64_t M : {1, 5, 6, 7, 73})
+                for (int64_t N : {1, 15, 16, 17, 40})
+                    for (int64_t K : {1, 8, 9, 257}) {
+                        const Case c{ta, tb, M, N, K, 1.f, 0.f};
+                        EXPECT_LT(max_rel_error(c, rng), tolerance(K))
+                            << "ta " << ta << " tb " << tb << " M " << M << " N " << N << " K " << K;
+                        ++cases;
+                    }
+    EXPECT_EQ(cases, 400);
+}
+
+TEST(Sgemm, AlphaBetaAndLargeBlocks) {
+    if (!sgemm_packed_available()) GTEST_SKIP() << "no AVX2+FMA on this CPU";
+    std::mt19937 rng(8);
+    // beta 1 (accumulate, as backward does), a general beta, alpha != 1; the second shape crosses
+    // the 1024-column and 256-k blocks and several 72-row blocks
+    for (const Case& c : {Case{false, true, 150, 100, 600, 1.f, 1.f}, Case{true, false, 150, 1030, 300, 0.5f, -0.7f},
+                          Case{true, true, 13, 33, 520, -2.f, 1.f}, Case{false, false, 145, 1041, 257, 1.f, 0.f}})
+        EXPECT_LT(max_rel_error(c, rng), tolerance(c.K)) << "ta " << c.ta << " tb " << c.tb << " M " << c.M << " N " << c.N
+                                               << " K " << c.K << " alpha " << c.alpha << " beta " << c.beta;
+}
+
+TEST(Sgemm, ResultDoesNotDependOnThreadCount) {
+    if (!sgemm_packed_available()) GTEST_SKIP() << "no AVX2+FMA on this CPU";
+    // large enough to be split over threads: by columns, then (few columns, many rows) by rows
+    for (const Case& c : {Case{false, true, 200, 300, 200, 1.f, 0.f}, Case{true, false, 900, 20, 300, 1.f, 1.f}}) {
+        std::mt19937 rng(9);
+        std::uniform_real_distribution<float> u(-1.f, 1.f);
+        const int64_t lda = c.ta ? c.M : c.K, ldb = c.tb ? c.K : c.N;
+        std::vector<float> A(c.M * c.K), B(c.K * c.N), C0(c.M * c.N);
+        for (float& v : A) v = u(rng);
+        for (float& v : B) v = u(rng);
+        for (float& v : C0) v = u(rng);
+        std::vector<std::vector<float>> out;
+        const int before = num_threads();
+        for (int t : {1, 2, 3}) {
+            set_num_threads(t);
+            std::vector<float> C = C0;
+            const int64_t forks = parallel_regions();
+            sgemm_packed(c.ta, c.tb, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta, C.data(), c.N);
+            if (t > 1) EXPECT_GT(parallel_regions(), forks) << "the case should be split over threads";
+            out.push_back(C);
+        }
+        set_num_threads(before);
+        EXPECT_EQ(out[0], out[1]);
+        EXPECT_EQ(out[0], out[2]);
+    }
+}
+
+TEST(Sgemm, GemmUsesThePackedKernelWhereAvailable) {
+    // gemm<float> must give exactly the packed kernel's result when it is the backend
+    if (gemm_backend() != GemmBackend::packed) GTEST_SKIP() << "oneDNN is the fp32 backend here";
+    std::mt19937 rng(10);
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    const int64_t M = 37, N = 45, K = 129;
+    std::vector<float> A(M * K), B(K * N), C1(M * N), C2(M * N);
+    for (float& v : A) v = u(rng);
+    for (float& v : B) v = u(rng);
+    gemm<float>(false, false, M, N, K, 1.f, A.data(), K, B.data(), N, 0.f, C1.data(), N);
+    sgemm_packed(false, false, M, N, K, 1.f, A.data(), K, B.data(), N, 0.f, C2.data(), N);
+    EXPECT_EQ(C1, C2);
+}
