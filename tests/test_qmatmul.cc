@@ -1,8 +1,9 @@
 // Inference matmul on fp32 / bf16 / int8 weights: the fast kernels (streaming GEMV for small N,
-// dequantize + GEMM for large N) against the reference twin, and the quantization error of each
-// type against fp32.
+// a GEMM that converts W inside its packing for large N) against the reference twin, and the
+// quantization error of each type against fp32.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -27,7 +28,7 @@ TEST(QMatmul, FastMatchesReferenceEveryTypeAndShape) {
   for (Isa cap : {Isa::avx512, Isa::ref}) {  // the SIMD kernels, then the scalar fallbacks
     const Isa prev = set_isa_cap(cap);
     for (WType t : {WType::f32, WType::bf16, WType::q8})
-        for (int64_t in : {32, 64, 70, 13})
+        for (int64_t in : {32, 64, 70, 13, 300, 600})  // 300, 600: k slices of the packed GEMM (256), int8 tails
             for (int64_t N : {1, 3, 4, 5, 8, 9, 40}) {
                 const int64_t out = 37;
                 auto w = randv(out * in, 1 + in), x = randv(N * in, 2 + N);
@@ -38,7 +39,8 @@ TEST(QMatmul, FastMatchesReferenceEveryTypeAndShape) {
                     qmatmul_ref(a.data(), x.data(), st.view(), N, acc);
                     qmatmul(b.data(), x.data(), st.view(), N, acc);
                     for (int64_t i = 0; i < N * out; ++i)
-                        ASSERT_NEAR(a[i], b[i], 2e-5 * (1 + std::fabs(a[i])))
+                        // fp32 sums of `in` products in different orders: the rounding grows as sqrt(in)
+                        ASSERT_NEAR(a[i], b[i], 2e-5 * (1 + std::fabs(a[i])) * std::max(1.0, std::sqrt(in / 64.0)))
                             << wtype_name(t) << " in=" << in << " N=" << N << " acc=" << acc << " i=" << i
                             << " isa=" << isa_name(cap);
                 }

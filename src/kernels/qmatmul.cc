@@ -11,6 +11,7 @@
 #include "kernels/bf16.h"
 #include "kernels/cpu.h"
 #include "kernels/gemm.h"
+#include "kernels/sgemm.h"
 
 namespace moe::kernels {
 
@@ -168,6 +169,25 @@ inline float q8_block_scale(const QMatrix& w, int64_t o, const QActs& qa, int64_
 }
 
 }  // namespace
+
+// Entries [k0, k0 + kc) of row r of w as fp32: the packed GEMM's row loader (k0 is a multiple of
+// 256, so it starts an int8 block)
+static_assert(256 % kQ8Block == 0);
+static void load_row_slice(const void* ctx, int64_t r, int64_t k0, int64_t kc, float* dst) {
+    const QMatrix& w = *static_cast<const QMatrix*>(ctx);
+    const int64_t at = r * w.in + k0;
+    switch (w.type) {
+        case WType::f32:
+            std::copy(w.f32 + at, w.f32 + at + kc, dst);
+            break;
+        case WType::bf16:
+            bf16_to_f32_n(dst, w.bf16 + at, kc);
+            break;
+        case WType::q8:
+            dequantize_q8_row(dst, w.q + at, w.scales + r * w.blocks() + k0 / kQ8Block, kc);
+            break;
+    }
+}
 
 void dequantize_row(float* dst, const QMatrix& w, int64_t r) {
     const int64_t in = w.in;
@@ -391,8 +411,9 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
     });
 }
 
-// Decode: N <= kGemvMaxN rows use the streaming kernel; more rows dequantize W (in blocks of
-// output rows, into thread-local scratch) and use the GEMM.
+// Decode: N <= kGemvMaxN rows use the streaming kernel. More rows use the packed GEMM, which
+// converts W to fp32 slice by slice inside its packing; with the oneDNN backend, W is dequantized
+// in blocks of output rows into thread-local scratch first.
 void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate) {
     if (N <= 0 || w.out == 0) return;
     if (w.type == WType::f32 && N > kGemvMaxN) {
@@ -416,6 +437,11 @@ void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumul
             for (int64_t n = n0; n < n1; ++n) dequantize_q8_row(xd + n * in, qx->q.data() + n * in, qx->scales.data() + n * nb, in);
         });
         x = xd;
+    }
+    if (gemm_backend() == GemmBackend::packed) {
+        // W converted to fp32 slice by slice inside the GEMM's packing: no fp32 copy of W
+        sgemm_packed_wrows(N, w.out, w.in, x, w.in, load_row_slice, &w, accumulate ? 1.f : 0.f, y, w.out);
+        return;
     }
     // dequantize up to 32 MB of output rows at a time (a whole expert or attention matrix in one
     // go: fewer, larger GEMMs), GEMM each block (y columns o0..o1)

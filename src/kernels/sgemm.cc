@@ -17,8 +17,8 @@ namespace {
 constexpr int64_t kMr = 6;     // rows of the register tile
 constexpr int64_t kNr = 16;    // columns of the register tile (two ymm)
 constexpr int64_t kKc = 256;   // k block: a 16-column B panel (16 KB) stays in L1
-constexpr int64_t kMc = 72;    // row block: the packed A block (72 KB) stays in L2
-constexpr int64_t kNc = 1024;  // column block: the packed B block (1 MB) stays in L3
+constexpr int64_t kMc = 120;    // row block: the packed A block (72 KB) stays in L2
+constexpr int64_t kNc = 512;   // column block: the packed B block (512 KB) stays in L2/L3
 // Below this many flops per thread a fork costs more than it saves.
 constexpr double kMinFlopsPerThread = 4e6;
 
@@ -26,13 +26,16 @@ constexpr double kMinFlopsPerThread = 4e6;
 struct PackBuffers {
     float* a = nullptr;  // [kMc / kMr panels][kKc][kMr]
     float* b = nullptr;  // [kNc / kNr panels][kKc][kNr]
+    float* rows = nullptr;  // [kNr][kKc]: rows of W from a loader, before their transpose
     PackBuffers() {
         a = (float*)alloc_large(sizeof(float) * (kMc * kKc + 8));  // + pack_a's overhang
         b = (float*)alloc_large(sizeof(float) * kNc * kKc);
+        rows = (float*)alloc_large(sizeof(float) * kNr * kKc);
     }
     ~PackBuffers() {
         free_large(a);
         free_large(b);
+        free_large(rows);
     }
 };
 
@@ -65,15 +68,26 @@ __attribute__((target("avx2,fma"))) inline void transpose8x8(float* dst, int64_t
     _mm256_storeu_ps(dst + 7 * ds, _mm256_permute2f128_ps(u3, u7, 0x31));
 }
 
+// Where op(B) comes from: a stored matrix (B, ldb, trans_b), or the rows of W = op(B)^T written
+// as fp32 by a loader (weights stored as bf16 / int8, converted inside the packing).
+struct BSource {
+    const float* B = nullptr;
+    int64_t ldb = 0;
+    bool trans_b = false;
+    SgemmRowLoader load = nullptr;
+    const void* ctx = nullptr;
+};
+
 // Packs op(B)[p0 : p0+kc, n0 : n0+nc] into panels of kNr columns: dst[panel][k][kNr], the columns
 // past nc zero. op(B)[k][n] = trans_b ? B[n * ldb + k] : B[k * ldb + n].
-__attribute__((target("avx2,fma"))) void pack_b(float* dst, const float* B, int64_t ldb, bool trans_b,
-                                                int64_t p0, int64_t kc, int64_t n0, int64_t nc) {
+__attribute__((target("avx2,fma"))) void pack_b(float* dst, const BSource& src, int64_t p0, int64_t kc,
+                                                int64_t n0, int64_t nc, float* rows_tmp) {
     for (int64_t j = 0; j < nc; j += kNr) {
         float* d = dst + j * kc;  // this panel: [kc][kNr]
         const int64_t w = std::min(kNr, nc - j);
-        if (!trans_b) {
-            const float* s = B + p0 * ldb + n0 + j;
+        if (!src.trans_b && !src.load) {
+            const int64_t ldb = src.ldb;
+            const float* s = src.B + p0 * ldb + n0 + j;
             if (w == kNr) {
                 for (int64_t k = 0; k < kc; ++k) {
                     _mm256_storeu_ps(d + k * kNr, _mm256_loadu_ps(s + k * ldb));
@@ -83,18 +97,26 @@ __attribute__((target("avx2,fma"))) void pack_b(float* dst, const float* B, int6
                 for (int64_t k = 0; k < kc; ++k)
                     for (int64_t n = 0; n < kNr; ++n) d[k * kNr + n] = n < w ? s[k * ldb + n] : 0.f;
             }
-        } else {
-            const float* s = B + (n0 + j) * ldb + p0;  // row n of this panel: s + n * ldb, contiguous in k
-            int64_t k = 0;
-            if (w == kNr) {
-                for (; k + 8 <= kc; k += 8) {
-                    transpose8x8(d + k * kNr, kNr, s + k, ldb);
-                    transpose8x8(d + k * kNr + 8, kNr, s + 8 * ldb + k, ldb);
-                }
-            }
-            for (; k < kc; ++k)
-                for (int64_t n = 0; n < kNr; ++n) d[k * kNr + n] = n < w ? s[n * ldb + k] : 0.f;
+            continue;
         }
+        // op(B) columns are rows of a stored matrix (row n of this panel: s + n * ld, contiguous in k)
+        const float* s;
+        int64_t ld;
+        if (src.load) {
+            for (int64_t n = 0; n < w; ++n) src.load(src.ctx, n0 + j + n, p0, kc, rows_tmp + n * kKc);
+            s = rows_tmp, ld = kKc;
+        } else {
+            s = src.B + (n0 + j) * src.ldb + p0, ld = src.ldb;
+        }
+        int64_t k = 0;
+        if (w == kNr) {
+            for (; k + 8 <= kc; k += 8) {
+                transpose8x8(d + k * kNr, kNr, s + k, ld);
+                transpose8x8(d + k * kNr + 8, kNr, s + 8 * ld + k, ld);
+            }
+        }
+        for (; k < kc; ++k)
+            for (int64_t n = 0; n < kNr; ++n) d[k * kNr + n] = n < w ? s[n * ld + k] : 0.f;
     }
 }
 
@@ -190,16 +212,15 @@ __attribute__((target("avx2,fma"))) void micro_kernel(int64_t kc, const float* _
 }
 
 // C[m0:m1, n0:n1] of the product, on the calling thread.
-void sgemm_block(bool trans_a, bool trans_b, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K,
-                 float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-                 int64_t ldc) {
+void sgemm_block(bool trans_a, const BSource& bs, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K,
+                 float alpha, const float* A, int64_t lda, float beta, float* C, int64_t ldc) {
     PackBuffers& buf = pack_buffers();
     for (int64_t jc = n0; jc < n1; jc += kNc) {
         const int64_t nc = std::min(kNc, n1 - jc);
         for (int64_t pc = 0; pc < K; pc += kKc) {
             const int64_t kc = std::min(kKc, K - pc);
             const float b_eff = pc == 0 ? beta : 1.f;  // later k blocks add to the first's result
-            pack_b(buf.b, B, ldb, trans_b, pc, kc, jc, nc);
+            pack_b(buf.b, bs, pc, kc, jc, nc, buf.rows);
             for (int64_t ic = m0; ic < m1; ic += kMc) {
                 const int64_t mc = std::min(kMc, m1 - ic);
                 pack_a(buf.a, A, lda, trans_a, alpha, ic, mc, pc, kc);
@@ -216,9 +237,10 @@ void sgemm_block(bool trans_a, bool trans_b, int64_t m0, int64_t m1, int64_t n0,
 
 bool sgemm_packed_available() { return active_isa() >= Isa::avx2; }
 
-void sgemm_packed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                  const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-                  int64_t ldc) {
+namespace {
+
+void sgemm_run(bool trans_a, const BSource& bs, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+               int64_t lda, float beta, float* C, int64_t ldc) {
     MOE_ASSERT(sgemm_packed_available());
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
@@ -235,10 +257,27 @@ void sgemm_packed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, f
     const int64_t grain = std::max<int64_t>(1, (int64_t)(kMinFlopsPerThread / (flops / (double)panels)));
     parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
         if (by_cols)
-            sgemm_block(trans_a, trans_b, 0, M, p0 * kNr, std::min(N, p1 * kNr), K, alpha, A, lda, B, ldb, beta, C, ldc);
+            sgemm_block(trans_a, bs, 0, M, p0 * kNr, std::min(N, p1 * kNr), K, alpha, A, lda, beta, C, ldc);
         else
-            sgemm_block(trans_a, trans_b, p0 * kMr, std::min(M, p1 * kMr), 0, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+            sgemm_block(trans_a, bs, p0 * kMr, std::min(M, p1 * kMr), 0, N, K, alpha, A, lda, beta, C, ldc);
     });
+}
+
+}  // namespace
+
+void sgemm_packed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                  const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                  int64_t ldc) {
+    BSource bs;
+    bs.B = B, bs.ldb = ldb, bs.trans_b = trans_b;
+    sgemm_run(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
+}
+
+void sgemm_packed_wrows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, SgemmRowLoader load,
+                        const void* ctx, float beta, float* C, int64_t ldc) {
+    BSource bs;
+    bs.trans_b = true, bs.load = load, bs.ctx = ctx;
+    sgemm_run(false, bs, M, N, K, 1.f, A, lda, beta, C, ldc);
 }
 
 }  // namespace moe::kernels

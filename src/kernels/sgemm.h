@@ -23,4 +23,12 @@ void sgemm_packed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, f
                   const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                   int64_t ldc);
 
+// Writes row `row` of W, entries [k0, k0 + kc), as fp32 to dst. k0 is a multiple of 256.
+using SgemmRowLoader = void (*)(const void* ctx, int64_t row, int64_t k0, int64_t kc, float* dst);
+
+// C (M, N) = A (M, K) · W^T + beta C, where W (N, K) is read through `load` (weights stored as bf16
+// or int8): each row slice is converted inside the packing of B, so no fp32 copy of W is made.
+void sgemm_packed_wrows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, SgemmRowLoader load,
+                        const void* ctx, float beta, float* C, int64_t ldc);
+
 }  // namespace moe::kernels
