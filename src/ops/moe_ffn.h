@@ -73,6 +73,11 @@ inline const std::vector<FfnTask>& ffn_row_tasks(const int32_t* expert_offsets, 
         for (int64_t b = r0; b < r0 + rows; b += per)
             tasks.push_back({(int32_t)e, 0, b, std::min(r0 + rows, b + per)});
     }
+    // largest first, so the dynamic schedule does not end on one thread with a big task left
+    // (which thread runs a task does not change its result)
+    std::sort(tasks.begin(), tasks.end(), [](const FfnTask& a, const FfnTask& b) {
+        return a.end - a.begin != b.end - b.begin ? a.end - a.begin > b.end - b.begin : a.begin < b.begin;
+    });
     return tasks;
 }
 
@@ -172,8 +177,13 @@ void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg,
     wtasks.clear();
     for (int64_t e = 0; e < E; ++e) {
         if (expert_offsets[e + 1] == expert_offsets[e]) continue;
-        for (int w = 0; w < (swiglu ? 3 : 2); ++w) wtasks.push_back({(int32_t)e, w, 0, 0});
+        for (int w = 0; w < (swiglu ? 3 : 2); ++w)
+            wtasks.push_back({(int32_t)e, w, expert_offsets[e], expert_offsets[e + 1]});
     }
+    std::sort(wtasks.begin(), wtasks.end(), [](const FfnTask& a, const FfnTask& b) {  // largest first
+        if (a.end - a.begin != b.end - b.begin) return a.end - a.begin > b.end - b.begin;
+        return a.e != b.e ? a.e < b.e : a.which < b.which;
+    });
     auto weight_task = [&](int64_t i) {
         const FfnTask t = wtasks[i];
         const int64_t e = t.e, r0 = expert_offsets[e], rows = expert_offsets[e + 1] - r0;
