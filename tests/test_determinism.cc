@@ -1,5 +1,6 @@
 // Determinism of `moe train`, checked on the real binary through its JSONL log (log_interval 1):
 //  - the same seed and --threads give bit-identical losses, val losses and checkpoints;
+//  - with the packed GEMM, 1, 2 and 3 threads give bit-identical runs too;
 //  - a different seed gives different losses;
 //  - a run stopped at step k and resumed to N (--steps is the total) logs exactly the losses of an
 //    uninterrupted N-step run, both for a clean stop (--steps k) and for a SIGKILL mid-run.
@@ -15,6 +16,7 @@
 #include <thread>
 
 #include "cli_util.h"
+#include "kernels/gemm.h"
 
 using namespace moe_test;
 
@@ -53,6 +55,38 @@ TEST_F(Determinism, SameSeedAndThreadsGiveBitIdenticalRuns) {
         expect_same_losses(a, b);
         // the weights and AdamW moments too: the checkpoints are the same bytes
         EXPECT_EQ(read_file(path("a" + t + "/checkpoint.bin")), read_file(path("b" + t + "/checkpoint.bin")));
+    }
+}
+
+// With moe's packed GEMM (AVX2 hosts) every reduction of a step has a fixed split (GEMM tiles,
+// 16K-element AdamW blocks, 64K-element grad-norm chunks, expert tasks): the thread count does
+// not change a single bit. oneDNN's GEMMs (the fallback elsewhere) may split by thread count.
+TEST_F(Determinism, ThreadCountDoesNotChangeTraining) {
+    if (moe::kernels::gemm_backend() != moe::kernels::GemmBackend::packed)
+        GTEST_SKIP() << "oneDNN GEMMs here: results depend on the thread count (docs/performance.md)";
+    // big enough that the threads have work to split: a dense FFN GEMM of 67 MFLOP (split over
+    // threads by columns) and MoE experts of 17 MFLOP (run as tasks)
+    json dense = tiny_config();
+    dense["model"] = {{"n_layer", 1}, {"n_embd", 128}, {"n_head", 4}, {"n_ctx", 32}, {"ffn", "dense"}, {"n_ff", 2048}};
+    dense["train"]["batch_size"] = 4;
+    dense["train"]["block_size"] = 32;
+    json moe_cfg = dense;
+    moe_cfg["model"] = {{"n_layer", 1}, {"n_embd", 128}, {"n_head", 4}, {"n_ctx", 32}, {"ffn", "moe"},
+                        {"n_expert", 4}, {"n_expert_used", 2}, {"n_ff_exp", 1024}};
+    write_config("mid-dense.json", dense);
+    write_config("mid-moe.json", moe_cfg);
+    for (const std::string cfg : {"mid-dense", "mid-moe"}) {
+        SCOPED_TRACE(cfg);
+        const std::string common = "--config " + cfg + ".json --steps 4 --seed 5";
+        Log a = run(common + " --threads 1 --out " + cfg + "1", cfg + "1.jsonl");
+        Log b = run(common + " --threads 2 --out " + cfg + "2", cfg + "2.jsonl");
+        Log c = run(common + " --threads 3 --out " + cfg + "3", cfg + "3.jsonl");
+        ASSERT_EQ(a.loss.size(), 4u);
+        expect_same_losses(a, b);
+        expect_same_losses(a, c);
+        const std::string ckpt1 = read_file(path(cfg + "1/checkpoint.bin"));
+        EXPECT_TRUE(ckpt1 == read_file(path(cfg + "2/checkpoint.bin"))) << "checkpoints of 1 and 2 threads differ";
+        EXPECT_TRUE(ckpt1 == read_file(path(cfg + "3/checkpoint.bin"))) << "checkpoints of 1 and 3 threads differ";
     }
 }
 

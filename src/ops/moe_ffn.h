@@ -46,10 +46,20 @@ void run_tasks(bool as_tasks, int64_t n, const Fn& fn) {
     }
 }
 
+// Elementwise work split over threads in chunks of whole 64-element blocks: the SIMD kernels
+// (SwiGLU's polynomial exp) leave a scalar tail, and a chunk edge that moved with the thread
+// count would move which elements take the tail, so results would depend on the thread count.
+inline void parallel_for_elements(int64_t n, function_ref<void(int64_t, int64_t)> fn) {
+    constexpr int64_t kBlock = 64;
+    parallel_for(0, (n + kBlock - 1) / kBlock, (1 << 14) / kBlock, [&](int64_t b0, int64_t b1) {
+        fn(b0 * kBlock, std::min(n, b1 * kBlock));
+    });
+}
+
 // act (n) = silu(hg) * hu | relu(hu), split over threads when called outside a task
 template <class T>
 void activation_forward(T* act, const T* hg, const T* hu, int64_t n, Activation activation) {
-    parallel_for(0, n, 1 << 14, [&](int64_t j0, int64_t j1) {
+    parallel_for_elements(n, [&](int64_t j0, int64_t j1) {
         if (activation == Activation::swiglu) swiglu_forward(act + j0, hg + j0, hu + j0, j1 - j0);
         else relu_forward(act + j0, hu + j0, j1 - j0);
     });
@@ -155,7 +165,7 @@ void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg,
         // ye = act · w_down^T
         kernels::gemm<T>(false, false, rows, F, C, T(1), dye + r0 * C, C, w_down + e * C * F, F, T(0), dact + o, F);  // [rows, F]
         // elementwise: split over threads when the experts run one after another
-        parallel_for(0, n, 1 << 14, [&](int64_t j0, int64_t j1) {
+        parallel_for_elements(n, [&](int64_t j0, int64_t j1) {
             for (int64_t j = j0; j < j1; ++j) dhu[o + j] = 0;
             if (swiglu) {
                 for (int64_t j = j0; j < j1; ++j) dhg[o + j] = 0;
