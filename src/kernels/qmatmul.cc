@@ -185,11 +185,15 @@ __attribute__((target("avx2,fma"))) static void dequantize_q8_row_avx2(float* ds
     if (i < in) dequantize_q8_row(dst + i, q + i, scales + i / kQ8Block, in - i);
 }
 
-// Entries [k0, k0 + kc) of row r of w as fp32: the packed GEMM's row loader (k0 is a multiple of
-// 256, so it starts an int8 block; the packed GEMM runs only where AVX2 does)
-static_assert(256 % kQ8Block == 0);
-static void load_row_slice(const void* ctx, int64_t r, int64_t k0, int64_t kc, float* dst) {
-    const QMatrix& w = *static_cast<const QMatrix*>(ctx);
+// dequantize_q8_row, or its AVX2 twin where the CPU runs it (the same bits either way)
+static void dequantize_q8_n(float* dst, const int8_t* q, const float* scales, int64_t in) {
+    if (active_isa() >= Isa::avx2) dequantize_q8_row_avx2(dst, q, scales, in);
+    else dequantize_q8_row(dst, q, scales, in);
+}
+
+// Entries [k0, k0 + kc) of row r of w as fp32 (k0 a multiple of kQ8Block, so it starts an int8
+// block): the whole row for dequantize_row, a k slice for the packed GEMM's row loader
+static void dequantize_row_slice(float* dst, const QMatrix& w, int64_t r, int64_t k0, int64_t kc) {
     const int64_t at = r * w.in + k0;
     switch (w.type) {
         case WType::f32:
@@ -199,25 +203,18 @@ static void load_row_slice(const void* ctx, int64_t r, int64_t k0, int64_t kc, f
             bf16_to_f32_n(dst, w.bf16 + at, kc);
             break;
         case WType::q8:
-            dequantize_q8_row_avx2(dst, w.q + at, w.scales + r * w.blocks() + k0 / kQ8Block, kc);
+            dequantize_q8_n(dst, w.q + at, w.scales + r * w.blocks() + k0 / kQ8Block, kc);
             break;
     }
 }
 
-void dequantize_row(float* dst, const QMatrix& w, int64_t r) {
-    const int64_t in = w.in;
-    switch (w.type) {
-        case WType::f32:
-            std::copy(w.f32 + r * in, w.f32 + (r + 1) * in, dst);
-            break;
-        case WType::bf16:
-            bf16_to_f32_n(dst, w.bf16 + r * in, in);
-            break;
-        case WType::q8:
-            dequantize_q8_row(dst, w.q + r * in, w.scales + r * w.blocks(), in);
-            break;
-    }
+// the packed GEMM's row loader: its k slices start at multiples of 256, so at int8 blocks
+static_assert(256 % kQ8Block == 0);
+static void load_row_slice(const void* ctx, int64_t r, int64_t k0, int64_t kc, float* dst) {
+    dequantize_row_slice(dst, *static_cast<const QMatrix*>(ctx), r, k0, kc);
 }
+
+void dequantize_row(float* dst, const QMatrix& w, int64_t r) { dequantize_row_slice(dst, w, r, 0, w.in); }
 
 // int8: the blocked integer definition of the header (x quantized like the weights)
 namespace {
@@ -449,7 +446,7 @@ void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumul
         float* xd = xs.data();
         const QActs* qx = &qa;  // this thread's copy, for the workers
         parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-            for (int64_t n = n0; n < n1; ++n) dequantize_q8_row(xd + n * in, qx->q.data() + n * in, qx->scales.data() + n * nb, in);
+            for (int64_t n = n0; n < n1; ++n) dequantize_q8_n(xd + n * in, qx->q.data() + n * in, qx->scales.data() + n * nb, in);
         });
         x = xd;
     }

@@ -4,14 +4,15 @@
 //   y (N, OUT) [+]= x (N, IN) · W^T,   W (OUT, IN) in its storage type, x and y fp32.
 // Decode (small N) is memory-bound: the hand-written kernel streams each weight row once,
 // converting it in registers, and dots it with all N rows of x (no library reads bf16/int8
-// weights this way on AVX2). Large N (prefill) dequantizes W into scratch and calls the GEMM.
+// weights this way on AVX2). Large N (prefill) calls the packed GEMM, which converts W to fp32
+// slice by slice inside its packing (with the oneDNN backend: dequantized into scratch first).
 //
 // int8 weights multiply int8 activations (as llama.cpp's Q8_0 x Q8_0): each row of x is quantized
 // the same way (blocks of 32, scale = max|x| / 127), and
 //   y[n, o] = sum over blocks b of  (sw[o, b] * sx[n, b]) * sum_{i in b} qw[o, i] * qx[n, i],
 // the inner sums exact in integers. This is the definition for every path: the decode kernel
-// (integer dot products, 8-bit multiplies), the prefill (x rounded to its int8 grid, then the
-// dequantized GEMM) and the reference twin; they differ by fp32 rounding only. It needs a third of
+// (integer dot products, 8-bit multiplies), the prefill (x rounded to its int8 grid, then a GEMM
+// with W dequantized) and the reference twin; they differ by fp32 rounding only. It needs a third of
 // the instructions per weight of converting each int8 weight to fp32; on the AVX2 hosts measured so
 // far both kernels stream at the same rate (a core's memory parallelism, not arithmetic, limits them).
 #include <cstdint>

@@ -196,7 +196,7 @@ void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg,
     });
     auto weight_task = [&](int64_t i) {
         const FfnTask t = wtasks[i];
-        const int64_t e = t.e, r0 = expert_offsets[e], rows = expert_offsets[e + 1] - r0;
+        const int64_t e = t.e, r0 = t.begin, rows = t.end - t.begin;  // all rows of expert e
         if (t.which == 0) {
             // dw_down[e] += dye^T · act    [C, F]
             kernels::gemm<T>(true, false, C, F, rows, T(1), dye + r0 * C, C, act + r0 * F, F, T(1), dw_down + e * C * F, F);
