@@ -1,6 +1,7 @@
-// The fast attention (per-head GEMMs) against its reference twin (plain loops over the causal
-// triangle), forward and backward, in float. The finite-difference checks of both live in
-// test_grad_ops.cc.
+// The fast attentions against their reference twin (plain loops over the causal triangle), forward
+// and backward, in float: the dispatched attention_forward/backward (the fused short-context
+// kernels of kernels/attention_small.h where the shape allows) and the per-head GEMM path. The
+// finite-difference checks live in test_grad_ops.cc.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,6 +9,8 @@
 
 #include "core/parallel.h"
 #include "core/rng.h"
+#include "kernels/attention_small.h"
+#include "kernels/cpu.h"
 #include "ops/attention.h"
 
 using namespace moe;
@@ -29,14 +32,19 @@ double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
     return md / mb;
 }
 
-void compare(int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, int threads) {
+enum class Path { dispatched, gemm };
+
+void compare(int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, int threads, Path path = Path::dispatched) {
     set_num_threads(threads);
     Rng rng(B * 1000 + T * 10 + H, Hkv * 7 + D);
     const int64_t N = B * T;
     auto q = randn(N * H * D, rng), k = randn(N * Hkv * D, rng), v = randn(N * Hkv * D, rng);
     auto g = randn(N * H * D, rng);
     std::vector<float> out(N * H * D), att(B * H * T * T), out_r(N * H * D), att_r(B * H * T * T);
-    ops::attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D);
+    if (path == Path::gemm)
+        ops::attention_forward_gemm(out.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D);
+    else
+        ops::attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D);
     ops::attention_forward_ref(out_r.data(), att_r.data(), q.data(), k.data(), v.data(), B, T, H, Hkv, D);
     EXPECT_LT(max_rel(out, out_r), 1e-5) << "forward out";
     EXPECT_LT(max_rel(att, att_r), 1e-5) << "forward att";
@@ -44,8 +52,12 @@ void compare(int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, int thread
     auto dq0 = randn(N * H * D, rng), dk0 = randn(N * Hkv * D, rng), dv0 = randn(N * Hkv * D, rng);
     auto dq = dq0, dk = dk0, dv = dv0, dq_r = dq0, dk_r = dk0, dv_r = dv0;
     std::vector<float> datt(B * H * T * T), datt_r(B * H * T * T);
-    ops::attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), g.data(), q.data(), k.data(),
-                            v.data(), att.data(), B, T, H, Hkv, D);
+    if (path == Path::gemm)
+        ops::attention_backward_gemm(dq.data(), dk.data(), dv.data(), datt.data(), g.data(), q.data(), k.data(),
+                                     v.data(), att.data(), B, T, H, Hkv, D);
+    else
+        ops::attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), g.data(), q.data(), k.data(),
+                                v.data(), att.data(), B, T, H, Hkv, D);
     ops::attention_backward_ref(dq_r.data(), dk_r.data(), dv_r.data(), datt_r.data(), g.data(), q.data(),
                                 k.data(), v.data(), att_r.data(), B, T, H, Hkv, D);
     EXPECT_LT(max_rel(dq, dq_r), 1e-5) << "dq";
@@ -56,7 +68,26 @@ void compare(int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D, int thread
 
 }  // namespace
 
-TEST(Attention, FastMatchesReferenceGqa) { compare(2, 37, 4, 2, 16, 2); }
+// These shapes take the fused kernels on an AVX2 host (D a multiple of 8, T <= 128)...
+TEST(Attention, FastMatchesReferenceGqa) {
+    EXPECT_EQ(kernels::attention_small_supported(37, 16), kernels::active_isa() >= kernels::Isa::avx2);
+    compare(2, 37, 4, 2, 16, 2);
+}
 TEST(Attention, FastMatchesReferenceMha) { compare(3, 16, 2, 2, 8, 1); }
 TEST(Attention, FastMatchesReferenceMqaLong) { compare(1, 128, 4, 1, 32, 2); }
+TEST(Attention, FusedMatchesReferenceEveryWidth) {
+    // every D / 8 the fused kernels instantiate, and T across the 8-key chunk edges
+    for (int64_t D = 8; D <= 64; D += 8)
+        for (int64_t T : {1, 7, 8, 9, 31, 32, 33, 65})
+            compare(2, T, 2, 1, D, 1);
+}
+// ... these do not (D = 4; T = 200), and the GEMM path is also checked on the fused shapes.
 TEST(Attention, FastMatchesReferenceSingleToken) { compare(4, 1, 2, 1, 4, 2); }
+TEST(Attention, FastMatchesReferenceLongContext) {
+    EXPECT_FALSE(kernels::attention_small_supported(200, 16));
+    compare(1, 200, 2, 2, 16, 2);
+}
+TEST(Attention, GemmPathMatchesReference) {
+    compare(2, 37, 4, 2, 16, 2, Path::gemm);
+    compare(3, 16, 2, 2, 8, 1, Path::gemm);
+}
