@@ -262,6 +262,10 @@ TEST(GradOps, Relu) {
     Vec dh2 = dh;
     ops::relu_backward(dh2.data(), g.data(), act.data(), n);
     EXPECT_LE(doubling_error(dh, dh2), kAccTol);
+    // the in-place twin the expert path uses writes the same gradient over the upstream
+    Vec inplace = g;
+    ops::relu_backward_inplace(inplace.data(), act.data(), n);
+    for (int64_t i = 0; i < n; ++i) EXPECT_EQ(inplace[i], dh[i]) << i;
 }
 
 // ---------------------------------------------------------------- softmax + cross-entropy

@@ -91,7 +91,7 @@ inline const std::vector<FfnTask>& ffn_row_tasks(const int32_t* expert_offsets, 
     return tasks;
 }
 
-// ye (R, C); hg, hu, act (R, F) saved for backward (hg unused for relu);
+// ye (R, C); hg, hu, act (R, F) saved for backward (ReLU: only act, computed in place);
 // xe (R, C); w_gate, w_up (E, F, C); w_down (E, C, F); expert_offsets (E+1)
 template <class T>
 void moe_ffn_forward(T* ye, T* hg, T* hu, T* act, const T* xe, const T* w_gate, const T* w_up,
@@ -103,10 +103,15 @@ void moe_ffn_forward(T* ye, T* hg, T* hu, T* act, const T* xe, const T* w_gate, 
         const FfnTask t = tasks[i];
         const int64_t e = t.e, r0 = t.begin, rows = t.end - t.begin;
         const T* x = xe + r0 * C;                                                                  // [rows, C]
-        kernels::gemm<T>(false, true, rows, F, C, T(1), x, C, w_up + e * F * C, C, T(0), hu + r0 * F, F);  // [rows, F]
-        if (activation == Activation::swiglu)
+        if (activation == Activation::swiglu) {
+            kernels::gemm<T>(false, true, rows, F, C, T(1), x, C, w_up + e * F * C, C, T(0), hu + r0 * F, F);  // [rows, F]
             kernels::gemm<T>(false, true, rows, F, C, T(1), x, C, w_gate + e * F * C, C, T(0), hg + r0 * F, F);
-        activation_forward(act + r0 * F, hg + r0 * F, hu + r0 * F, rows * F, activation);
+            activation_forward(act + r0 * F, hg + r0 * F, hu + r0 * F, rows * F, activation);
+        } else {
+            // ReLU in place: hu is not kept (backward needs only act > 0 <=> hu > 0)
+            kernels::gemm<T>(false, true, rows, F, C, T(1), x, C, w_up + e * F * C, C, T(0), act + r0 * F, F);  // [rows, F]
+            activation_forward(act + r0 * F, hg + r0 * F, act + r0 * F, rows * F, activation);
+        }
         kernels::gemm<T>(false, true, rows, C, F, T(1), act + r0 * F, F, w_down + e * C * F, F, T(0), ye + r0 * C, C);  // [rows, C]
     });
 }
@@ -148,7 +153,8 @@ inline void moe_ffn_forward_q(float* ye, float* hg, float* hu, float* act, const
 }
 
 // Accumulates dxe (R, C), dw_gate, dw_up (E, F, C), dw_down (E, C, F).
-// dact, dhg, dhu (R, F) are scratch (overwritten).
+// dact, dhg, dhu (R, F) are scratch (overwritten; ReLU uses dact alone). hu is read only for
+// SwiGLU (the ReLU forward keeps just act).
 template <class T>
 void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg, T* dhu,
                       const T* dye, const T* xe, const T* hg, const T* hu, const T* act,
@@ -166,16 +172,17 @@ void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg,
         kernels::gemm<T>(false, false, rows, F, C, T(1), dye + r0 * C, C, w_down + e * C * F, F, T(0), dact + o, F);  // [rows, F]
         // elementwise: split over threads when the experts run one after another
         parallel_for_elements(n, [&](int64_t j0, int64_t j1) {
-            for (int64_t j = j0; j < j1; ++j) dhu[o + j] = 0;
             if (swiglu) {
+                for (int64_t j = j0; j < j1; ++j) dhu[o + j] = 0;
                 for (int64_t j = j0; j < j1; ++j) dhg[o + j] = 0;
                 swiglu_backward(dhg + o + j0, dhu + o + j0, dact + o + j0, hg + o + j0, hu + o + j0, j1 - j0);
             } else {
-                relu_backward(dhu + o + j0, dact + o + j0, act + o + j0, j1 - j0);
+                // act = relu(hu)  =>  dhu = dact * (act > 0), in place in dact (dhu is dact below)
+                relu_backward_inplace(dact + o + j0, act + o + j0, j1 - j0);
             }
         });
         // hu = xe · w_up^T ; hg = xe · w_gate^T
-        kernels::gemm<T>(false, false, rows, C, F, T(1), dhu + o, F, w_up + e * F * C, C, T(1), dxe + r0 * C, C);  // [rows, C]
+        kernels::gemm<T>(false, false, rows, C, F, T(1), (swiglu ? dhu : dact) + o, F, w_up + e * F * C, C, T(1), dxe + r0 * C, C);  // [rows, C]
         if (swiglu)
             kernels::gemm<T>(false, false, rows, C, F, T(1), dhg + o, F, w_gate + e * F * C, C, T(1), dxe + r0 * C, C);
     });
@@ -202,7 +209,7 @@ void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg,
             kernels::gemm<T>(true, false, C, F, rows, T(1), dye + r0 * C, C, act + r0 * F, F, T(1), dw_down + e * C * F, F);
         } else {
             // dw_up|gate[e] += dh^T · xe   [F, C]
-            const T* dh = (t.which == 1 ? dhu : dhg) + r0 * F;
+            const T* dh = (t.which == 1 ? (swiglu ? dhu : dact) : dhg) + r0 * F;
             T* dw = (t.which == 1 ? dw_up : dw_gate) + e * F * C;
             kernels::gemm<T>(true, false, F, C, rows, T(1), dh, F, xe + r0 * C, C, T(1), dw, C);
         }
