@@ -19,8 +19,6 @@ constexpr int64_t kNr = 16;    // columns of the register tile (two ymm)
 constexpr int64_t kKc = 256;   // k block: a 16-column B panel (16 KB) stays in L1
 constexpr int64_t kMc = 120;    // row block: the packed A block (72 KB) stays in L2
 constexpr int64_t kNc = 512;   // column block: the packed B block (512 KB) stays in L2/L3
-// Longest row stride (floats) of a transposed A that the micro-kernel reads in place.
-constexpr int64_t kMaxDirectTransLda = 512;
 // Below this many flops per thread a fork costs more than it saves.
 constexpr double kMinFlopsPerThread = 4e6;
 
@@ -160,37 +158,29 @@ __attribute__((target("avx2,fma"))) void pack_a(float* dst, const float* A, int6
 }
 
 // C[0:mr, 0:nr] = beta C + a_panel · b_panel over kc (beta == 0: C not read).
-// b: [kc][kNr], packed. a: packed [kc][kMr] (kADirect false), or, kADirect, op(A) read in place
-// with element (r, k) at a[r * rs + k * ks] (rs = lda, ks = 1 for a stored A; rs = 1, ks = lda
-// for a transposed one): with alpha 1 op(A) needs no packing, the panel is 6 sequential streams
-// (or one strided one) the L1 keeps up with.
-template <bool kADirect>
-__attribute__((target("avx2,fma"))) void micro_kernel(int64_t kc, const float* __restrict a, int64_t a_rs,
-                                                      int64_t a_ks, const float* __restrict b, float* c,
-                                                      int64_t ldc, float beta, int64_t mr, int64_t nr) {
+// a: [kc][kMr], b: [kc][kNr], both packed.
+__attribute__((target("avx2,fma"))) void micro_kernel(int64_t kc, const float* __restrict a,
+                                                      const float* __restrict b, float* c, int64_t ldc,
+                                                      float beta, int64_t mr, int64_t nr) {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    const int64_t rs = kADirect ? a_rs : 1, ks = kADirect ? a_ks : kMr;
-    const float* a0 = a;
-    const float* a3 = a + 3 * rs;
 #pragma GCC unroll 4
     for (int64_t k = 0; k < kc; ++k) {
         // C[r][:] += op(A)[r][k] * op(B)[k][:]
         const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-        __m256 av = _mm256_broadcast_ss(a0);
+        __m256 av = _mm256_broadcast_ss(a + 0);
         c00 = _mm256_fmadd_ps(av, b0, c00), c01 = _mm256_fmadd_ps(av, b1, c01);
-        av = _mm256_broadcast_ss(a0 + rs);
+        av = _mm256_broadcast_ss(a + 1);
         c10 = _mm256_fmadd_ps(av, b0, c10), c11 = _mm256_fmadd_ps(av, b1, c11);
-        av = _mm256_broadcast_ss(a0 + 2 * rs);
+        av = _mm256_broadcast_ss(a + 2);
         c20 = _mm256_fmadd_ps(av, b0, c20), c21 = _mm256_fmadd_ps(av, b1, c21);
-        av = _mm256_broadcast_ss(a3);
+        av = _mm256_broadcast_ss(a + 3);
         c30 = _mm256_fmadd_ps(av, b0, c30), c31 = _mm256_fmadd_ps(av, b1, c31);
-        av = _mm256_broadcast_ss(a3 + rs);
+        av = _mm256_broadcast_ss(a + 4);
         c40 = _mm256_fmadd_ps(av, b0, c40), c41 = _mm256_fmadd_ps(av, b1, c41);
-        av = _mm256_broadcast_ss(a3 + 2 * rs);
+        av = _mm256_broadcast_ss(a + 5);
         c50 = _mm256_fmadd_ps(av, b0, c50), c51 = _mm256_fmadd_ps(av, b1, c51);
-        a0 += ks;
-        a3 += ks;
+        a += kMr;
         b += kNr;
     }
     const __m256 acc[kMr][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
@@ -225,11 +215,6 @@ __attribute__((target("avx2,fma"))) void micro_kernel(int64_t kc, const float* _
 void sgemm_block(bool trans_a, const BSource& bs, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K,
                  float alpha, const float* A, int64_t lda, float beta, float* C, int64_t ldc) {
     PackBuffers& buf = pack_buffers();
-    // a transposed A is read in place only at short strides: its panel is one stream of 24-byte
-    // pieces lda apart, re-read for every column panel, and at 4 KB and more apart they alias in
-    // the L1 (bench/gemm_shapes: bench-moe's dW GEMMs lost a third; makemoe's gained 5-10%)
-    const bool a_direct = alpha == 1.f && (!trans_a || lda <= kMaxDirectTransLda);
-    const int64_t a_rs = trans_a ? 1 : lda, a_ks = trans_a ? lda : 1;  // op(A)(m, k) = A[m a_rs + k a_ks]
     for (int64_t jc = n0; jc < n1; jc += kNc) {
         const int64_t nc = std::min(kNc, n1 - jc);
         for (int64_t pc = 0; pc < K; pc += kKc) {
@@ -238,20 +223,11 @@ void sgemm_block(bool trans_a, const BSource& bs, int64_t m0, int64_t m1, int64_
             pack_b(buf.b, bs, pc, kc, jc, nc, buf.rows);
             for (int64_t ic = m0; ic < m1; ic += kMc) {
                 const int64_t mc = std::min(kMc, m1 - ic);
-                // whole 6-row panels of op(A) are read in place when alpha is 1; the rest is
-                // packed (a partial panel's missing rows must read as 0)
-                const int64_t direct = a_direct ? mc / kMr * kMr : 0;
-                if (direct < mc) pack_a(buf.a, A, lda, trans_a, alpha, ic + direct, mc - direct, pc, kc);
-                for (int64_t jr = 0; jr < nc; jr += kNr) {
-                    const int64_t nr = std::min(kNr, nc - jr);
-                    float* cj = C + ic * ldc + jc + jr;
-                    for (int64_t ir = 0; ir < direct; ir += kMr)
-                        micro_kernel<true>(kc, A + (ic + ir) * a_rs + pc * a_ks, a_rs, a_ks, buf.b + jr * kc,
-                                           cj + ir * ldc, ldc, b_eff, kMr, nr);
-                    for (int64_t ir = direct; ir < mc; ir += kMr)
-                        micro_kernel<false>(kc, buf.a + (ir - direct) * kc, 0, 0, buf.b + jr * kc, cj + ir * ldc,
-                                            ldc, b_eff, std::min(kMr, mc - ir), nr);
-                }
+                pack_a(buf.a, A, lda, trans_a, alpha, ic, mc, pc, kc);
+                for (int64_t jr = 0; jr < nc; jr += kNr)
+                    for (int64_t ir = 0; ir < mc; ir += kMr)
+                        micro_kernel(kc, buf.a + ir * kc, buf.b + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc,
+                                     b_eff, std::min(kMr, mc - ir), std::min(kNr, nc - jr));
             }
         }
     }
