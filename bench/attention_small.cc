@@ -1,6 +1,7 @@
 // Short-context attention, side by side: the fused per-head kernels (src/kernels/attention_small.cc)
 // against the per-head GEMM path (ops::attention_forward_gemm / attention_backward_gemm), forward
-// and backward, alternating in one run, median of R repetitions each.
+// and backward, alternating in one run, median of R repetitions each (the training ops pick the
+// fused kernels only where kernels::attention_small_preferred says they win).
 //
 //   attention_small [--threads T] [--reps R] [--B B --T T --H H --D D]   (default: makemoe's 16 32 8 16)
 //
@@ -67,10 +68,10 @@ int main(int argc, char** argv) {
     std::vector<double> ff, fg, bf, bg;
     for (int r = 0; r < reps; ++r) {
         double t0 = moe::now_seconds();
-        moe::ops::attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, H, D);
+        moe::ops::attention_forward_fused(out.data(), att.data(), q.data(), k.data(), v.data(), B, T, H, H, D);
         ff.push_back(moe::now_seconds() - t0);
         t0 = moe::now_seconds();
-        moe::ops::attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), g.data(), q.data(), k.data(),
+        moe::ops::attention_backward_fused(dq.data(), dk.data(), dv.data(), datt.data(), g.data(), q.data(), k.data(),
                                      v.data(), att.data(), B, T, H, H, D);
         bf.push_back(moe::now_seconds() - t0);
         t0 = moe::now_seconds();

@@ -228,6 +228,8 @@ bool attention_small_supported(int64_t T, int64_t D) {
     return active_isa() >= Isa::avx2 && D % 8 == 0 && D >= 8 && D <= kMaxD && T >= 1 && T <= kMaxT;
 }
 
+bool attention_small_preferred(int64_t T, int64_t D) { return attention_small_supported(T, D) && D <= 32 && T <= 64; }
+
 void attention_small_forward(float* out, float* att, const float* q, const float* k, const float* v,
                              int64_t ldq, int64_t ldkv, int64_t T, int64_t D, float scale) {
     MOE_ASSERT(attention_small_supported(T, D));

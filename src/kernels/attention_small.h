@@ -18,6 +18,11 @@ namespace moe::kernels {
 // T up to 128.
 bool attention_small_supported(int64_t T, int64_t D);
 
+// Whether the training ops pick them: supported, and small enough that they beat the per-head
+// GEMMs (build/bench/attention_small, 2 threads: T 32 D 16 1.16-1.33x, T 64 D 32 1.05x,
+// T 128 D 64 0.86x: with D / 8 = 8 the row accumulators no longer fit the 16 ymm registers).
+bool attention_small_preferred(int64_t T, int64_t D);
+
 // One (batch, head): out (T rows, stride ldq) = softmax(scale q k^T, causal) v; att (T, T) the
 // probabilities (upper triangle 0). q rows have stride ldq, k and v rows stride ldkv.
 void attention_small_forward(float* out, float* att, const float* q, const float* k, const float* v,

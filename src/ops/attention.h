@@ -3,7 +3,8 @@
 // query head h reads kv head h / (H / Hkv)). Inputs are already rotated by RoPE.
 //
 // attention_forward / attention_backward: for float on AVX2 with D a multiple of 8 and short
-// contexts (T <= 128), the fused per-(batch, head) kernels of kernels/attention_small.h; otherwise
+// contexts where they win (kernels::attention_small_preferred), the fused per-(batch, head)
+// kernels of kernels/attention_small.h (attention_forward_fused / _backward_fused); otherwise
 // attention_forward_gemm / attention_backward_gemm: per (batch, head) GEMMs for the T x T products
 // (the causal half is computed and masked, which still beats scalar loops by far) and a
 // hand-written masked softmax between them.
@@ -199,49 +200,55 @@ void attention_backward_gemm(T* dq, T* dk, T* dv, T* datt, const T* dout, const 
 
 // out (B*T, H*D); att (B, H, T, T) softmax probabilities, saved (upper triangle 0)
 // q (B*T, H*D); k, v (B*T, Hkv*D)
+// The fused path (float only; requires kernels::attention_small_supported(T, D)).
+inline void attention_forward_fused(float* out, float* att, const float* q, const float* k, const float* v,
+                                    int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t D) {
+    const int64_t group = H / Hkv, qs = H * D, kvs = Hkv * D;
+    const float scale = 1.f / std::sqrt((float)D);
+    parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t b = i / H, h = i % H, hk = h / group;
+            kernels::attention_small_forward(out + b * Tn * qs + h * D, att + i * Tn * Tn, q + b * Tn * qs + h * D,
+                                             k + b * Tn * kvs + hk * D, v + b * Tn * kvs + hk * D, qs, kvs, Tn, D,
+                                             scale);
+        }
+    });
+}
+
 template <class T>
 void attention_forward(T* out, T* att, const T* q, const T* k, const T* v, int64_t B, int64_t Tn,
                        int64_t H, int64_t Hkv, int64_t D) {
     if constexpr (std::is_same_v<T, float>) {
-        if (kernels::attention_small_supported(Tn, D)) {
-            const int64_t group = H / Hkv, qs = H * D, kvs = Hkv * D;
-            const float scale = 1.f / std::sqrt((float)D);
-            parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
-                for (int64_t i = i0; i < i1; ++i) {
-                    const int64_t b = i / H, h = i % H, hk = h / group;
-                    kernels::attention_small_forward(out + b * Tn * qs + h * D, att + i * Tn * Tn,
-                                                     q + b * Tn * qs + h * D, k + b * Tn * kvs + hk * D,
-                                                     v + b * Tn * kvs + hk * D, qs, kvs, Tn, D, scale);
-                }
-            });
-            return;
-        }
+        if (kernels::attention_small_preferred(Tn, D)) return attention_forward_fused(out, att, q, k, v, B, Tn, H, Hkv, D);
     }
     attention_forward_gemm(out, att, q, k, v, B, Tn, H, Hkv, D);
 }
 
 // Accumulates into dq, dk, dv; datt (B, H, T, T) scratch. Split by (b, kv head) as above.
+inline void attention_backward_fused(float* dq, float* dk, float* dv, float* datt, const float* dout, const float* q,
+                                     const float* k, const float* v, const float* att, int64_t B, int64_t Tn,
+                                     int64_t H, int64_t Hkv, int64_t D) {
+    const int64_t group = H / Hkv, qs = H * D, kvs = Hkv * D;
+    const float scale = 1.f / std::sqrt((float)D);
+    parallel_for(0, B * Hkv, 1, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t b = i / Hkv, hk = i % Hkv;
+            for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+                const int64_t o = b * Tn * qs + h * D, okv = b * Tn * kvs + hk * D, oa = (b * H + h) * Tn * Tn;
+                kernels::attention_small_backward(dq + o, dk + okv, dv + okv, datt + oa, dout + o, q + o, k + okv,
+                                                  v + okv, att + oa, qs, kvs, Tn, D, scale);
+            }
+        }
+    });
+}
+
 template <class T>
 void attention_backward(T* dq, T* dk, T* dv, T* datt, const T* dout, const T* q, const T* k,
                         const T* v, const T* att, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
                         int64_t D) {
     if constexpr (std::is_same_v<T, float>) {
-        if (kernels::attention_small_supported(Tn, D)) {
-            const int64_t group = H / Hkv, qs = H * D, kvs = Hkv * D;
-            const float scale = 1.f / std::sqrt((float)D);
-            parallel_for(0, B * Hkv, 1, [&](int64_t i0, int64_t i1) {
-                for (int64_t i = i0; i < i1; ++i) {
-                    const int64_t b = i / Hkv, hk = i % Hkv;
-                    for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-                        const int64_t o = b * Tn * qs + h * D, okv = b * Tn * kvs + hk * D;
-                        const int64_t oa = (b * H + h) * Tn * Tn;
-                        kernels::attention_small_backward(dq + o, dk + okv, dv + okv, datt + oa, dout + o, q + o,
-                                                          k + okv, v + okv, att + oa, qs, kvs, Tn, D, scale);
-                    }
-                }
-            });
-            return;
-        }
+        if (kernels::attention_small_preferred(Tn, D))
+            return attention_backward_fused(dq, dk, dv, datt, dout, q, k, v, att, B, Tn, H, Hkv, D);
     }
     attention_backward_gemm(dq, dk, dv, datt, dout, q, k, v, att, B, Tn, H, Hkv, D);
 }
