@@ -414,6 +414,13 @@ TEST_F(Cli, RouterNegativeCapacityFactor) {
     expect_clean_error(moe("params --config " + q(cfg)), {cfg, "'router.capacity_factor'"});
 }
 
+TEST_F(Cli, RouterZeroRoutedScale) {
+    json j = tiny_config();
+    j["router"] = {{"routed_scale", 0}};
+    std::string cfg = write_config("router_scale.json", j);
+    expect_clean_error(train(cfg), {cfg, "'router.routed_scale'", "> 0", "got 0"});
+}
+
 TEST_F(Cli, RouterUnknownOverflowPolicy) {
     json j = tiny_config();
     j["router"] = {{"capacity_factor", 1.25}, {"overflow", "spill"}};

@@ -354,6 +354,24 @@ TEST(GradOps, MoeCombineAndGather) {
     EXPECT_LE(doubling_error(dye, dye2), kAccTol);
     EXPECT_LE(doubling_error(dw, dw2), kAccTol);
 
+    // with a routed scale (DeepSeek's routed_scaling_factor): out = s * sum_k w_k ye_k
+    const double s = 2.5;
+    auto fwd_ye_s = [&](const Vec& p, Vec& out) {
+        out.assign(N * C, 0);
+        ops::moe_combine_forward(out.data(), p.data(), tw.data(), token_row.data(), N, K, C, s);
+        return true;
+    };
+    auto fwd_w_s = [&](const Vec& p, Vec& out) {
+        out.assign(N * C, 0);
+        ops::moe_combine_forward(out.data(), ye.data(), p.data(), token_row.data(), N, K, C, s);
+        return true;
+    };
+    Vec dye_s = zeros(R * C), dw_s = zeros(N * K);
+    ops::moe_combine_backward(dye_s.data(), dw_s.data(), g.data(), ye.data(), tw.data(), token_row.data(), N, K, C, s);
+    EXPECT_GRAD_OK(check_grad(fwd_ye_s, ye, g, dye_s), kTol, "moe_combine dye, scaled");
+    EXPECT_GRAD_OK(check_grad(fwd_w_s, tw, g, dw_s), kTol, "moe_combine dweight, scaled");
+    EXPECT_NEAR(dw_s[0], s * dw[0], 1e-12 + 1e-12 * std::fabs(dw[0]));
+
     // gather: xe (R, C) from x (N, C)
     Vec x = randn(N * C, rng), ge = randn(R * C, rng);
     auto fwd_x = [&](const Vec& p, Vec& out) {

@@ -108,8 +108,9 @@ void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& 
                                  w.ffn_down_exps, c.expert_offsets, E, C, F, m.activation);  // (R, C)
     }
     MOE_PROFILE_SCOPE("moe combine fwd");
-    // out = inp + sum_k w[n,k] * ye[row(n,k)]
-    ops::moe_combine_forward(out, c.ye, c.topk_weight, c.token_row, N, K, C);           // (N, C)
+    // out = inp + routed_scale * sum_k w[n,k] * ye[row(n,k)]
+    ops::moe_combine_forward(out, c.ye, c.topk_weight, c.token_row, N, K, C,
+                             (float)m.router.routed_scale);                               // (N, C)
     add_into(out, inp, N * C);
 }
 
@@ -133,7 +134,8 @@ void ffn_backward(float* dresid, LayerWeights& g, FfnScratch& s, const FfnCache&
         MOE_PROFILE_SCOPE("moe combine bwd");
         std::memset(s.dye, 0, R * C * sizeof(float));
         std::memset(s.dweight, 0, N * K * sizeof(float));
-        ops::moe_combine_backward(s.dye, s.dweight, dresid, c.ye, c.topk_weight, c.token_row, N, K, C);
+        ops::moe_combine_backward(s.dye, s.dweight, dresid, c.ye, c.topk_weight, c.token_row, N, K, C,
+                                  (float)m.router.routed_scale);
     }
     {
         MOE_PROFILE_SCOPE("moe experts bwd");

@@ -154,6 +154,8 @@ void validate_router(const RouterConfig& r, const std::string& where) {
     nonneg("balance_loss", r.balance_loss);
     nonneg("z_loss", r.z_loss);
     nonneg("bias_rate", r.bias_rate);
+    check(std::isfinite(r.routed_scale) && r.routed_scale > 0, where,
+          str("field 'router.routed_scale' must be a finite number > 0, got ", r.routed_scale));
 }
 
 Config config_from_json(const json& j, const std::string& where) {
@@ -220,6 +222,7 @@ Config config_from_json(const json& j, const std::string& where) {
         r.z_loss = f.number("z_loss", 0);
         r.bias_balance = f.boolean("bias_balance", false);
         r.bias_rate = f.number("bias_rate", r.bias_rate);
+        r.routed_scale = f.number("routed_scale", 1.0);
         const std::string on = f.string("topk_on", "logits");
         if (on == "logits") r.topk_on_probs = false;
         else if (on == "probs") r.topk_on_probs = true;
@@ -357,7 +360,8 @@ json config_to_json(const Config& c) {
                          {"eval_capacity_factor", r.eval_capacity_factor}, {"overflow", pol},
                          {"balance_loss", r.balance_loss}, {"z_loss", r.z_loss},
                          {"bias_balance", r.bias_balance}, {"bias_rate", r.bias_rate},
-                         {"topk_on", r.topk_on_probs ? "probs" : "logits"}};
+                         {"topk_on", r.topk_on_probs ? "probs" : "logits"},
+                         {"routed_scale", r.routed_scale}};
     }
     return out;
 }

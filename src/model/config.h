@@ -26,6 +26,7 @@ struct RouterConfig {
     bool bias_balance = false;         // auxiliary-loss-free balancing (DeepSeek-V3)
     double bias_rate = 1e-3;           // its per-step bias nudge
     bool topk_on_probs = false;        // select on softmax probabilities (same choice as logits)
+    double routed_scale = 1.0;         // combine = routed_scale * sum_k w_k expert_k (DeepSeek's routed_scaling_factor)
 };
 
 struct ModelConfig {

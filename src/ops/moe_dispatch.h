@@ -67,11 +67,12 @@ void moe_gather_backward(T* dx, const T* dxe, const int32_t* token_row, int64_t 
     });
 }
 
-// out (N, C) = sum_k topk_weight[n, k] * ye[token_row[n, k]]   (overwrites out; a token whose
-// every slot is dropped gets 0 and passes through the residual connection only)
+// out (N, C) = scale * sum_k topk_weight[n, k] * ye[token_row[n, k]]   (overwrites out; a token
+// whose every slot is dropped gets 0 and passes through the residual connection only). scale is
+// the router's routed_scale (DeepSeek's routed_scaling_factor; 1 for Mixtral).
 template <class T>
 void moe_combine_forward(T* out, const T* ye, const T* topk_weight, const int32_t* token_row,
-                         int64_t N, int64_t K, int64_t C) {
+                         int64_t N, int64_t K, int64_t C, T scale = T(1)) {
     parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
             T* o = out + n * C;
@@ -79,7 +80,7 @@ void moe_combine_forward(T* out, const T* ye, const T* topk_weight, const int32_
             for (int64_t k = 0; k < K; ++k) {
                 const int32_t r = token_row[n * K + k];
                 if (r < 0) continue;
-                const T w = topk_weight[n * K + k];
+                const T w = scale * topk_weight[n * K + k];
                 const T* y = ye + (int64_t)r * C;
                 for (int64_t c = 0; c < C; ++c) o[c] += w * y[c];
             }
@@ -90,23 +91,23 @@ void moe_combine_forward(T* out, const T* ye, const T* topk_weight, const int32_
 // Accumulates dye (R, C) and dweight (N, K).
 template <class T>
 void moe_combine_backward(T* dye, T* dweight, const T* dout, const T* ye, const T* topk_weight,
-                          const int32_t* token_row, int64_t N, int64_t K, int64_t C) {
+                          const int32_t* token_row, int64_t N, int64_t K, int64_t C, T scale = T(1)) {
     parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
             const T* g = dout + n * C;
             for (int64_t k = 0; k < K; ++k) {
                 const int32_t r = token_row[n * K + k];
                 if (r < 0) continue;
-                const T w = topk_weight[n * K + k];
+                const T w = scale * topk_weight[n * K + k];
                 const T* y = ye + (int64_t)r * C;
                 T* dy = dye + (int64_t)r * C;
-                // out[n] += w * ye[r]
+                // out[n] += scale * topk_weight[n, k] * ye[r]
                 T dw = 0;
                 for (int64_t c = 0; c < C; ++c) {
                     dw += g[c] * y[c];
                     dy[c] += w * g[c];
                 }
-                dweight[n * K + k] += dw;
+                dweight[n * K + k] += scale * dw;
             }
         }
     });

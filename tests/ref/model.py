@@ -8,7 +8,8 @@ Written for readability, not speed: every operation follows the semantics of the
   * causal attention with grouped-query heads: query head h reads kv head h // (H / Hkv)
   * FFN: SwiGLU down(silu(gate x) * up x) or ReLU down(relu(up x))
   * router: logits = x . W_r^T; top-K on the logits (ties to the lower index); the combine
-    weights are a softmax over the K chosen logits; output = sum_k w_k expert_k(x)
+    weights are a softmax over the K chosen logits; output = routed_scale * sum_k w_k expert_k(x)
+    (routed_scale 1 unless the router section sets it)
   * router options (the config's "router" section, src/model/config.h RouterConfig; see
     MoeFFN.forward for the exact order): noisy top-K gating H = logits + eps * softplus(x . W_n^T)
     with eps from a bit-exact port of moe::Rng keyed by (seed, step, layer, micro); expert capacity
@@ -62,6 +63,7 @@ def router_section(cfg):
     r.setdefault("bias_balance", False)
     r.setdefault("bias_rate", 1e-3)
     r.setdefault("topk_on", "logits")
+    r.setdefault("routed_scale", 1.0)
     assert r["overflow"] in ("none", "drop", "reroute"), r["overflow"]
     assert r["topk_on"] in ("logits", "probs"), r["topk_on"]
     return r
@@ -369,7 +371,8 @@ class MoeFFN(nn.Module):
                 continue
             gate = self.ffn_gate_exps[e] if self.ffn_gate_exps is not None else None
             ye = ffn(h[tok], gate, self.ffn_up_exps[e], self.ffn_down_exps[e], self.activation)
-            out = out.index_add(0, tok, (weights[tok, slot, None] * ye).to(out.dtype))  # .to: bf16 under autocast
+            w = r["routed_scale"] * weights[tok, slot, None]       # combine = routed_scale * sum_k w_k ye_k
+            out = out.index_add(0, tok, (w * ye).to(out.dtype))   # .to: bf16 under autocast
         return x + out.view(B, T, C)
 
     def update_balance_bias(self):
