@@ -234,6 +234,16 @@ TEST_F(Cli, ResumeFromDirectoryWithoutCheckpoint) {
                        {path("nowhere"), "does not exist"});
 }
 
+// Resuming without --out keeps writing into the resumed directory (not runs/default).
+TEST_F(Cli, ResumeWithoutOutWritesToTheResumedDirectory) {
+    train_ok("ck");
+    const std::string before = read_file(ckpt_file("ck"));
+    RunResult r = moe("train --resume ck --steps 12 --threads 1 --no-sample");
+    ASSERT_EQ(r.code(), 0) << r.describe();
+    EXPECT_NE(read_file(ckpt_file("ck")), before) << "the resumed run did not save into ck";
+    EXPECT_FALSE(fs::exists(path("runs/default"))) << "the resumed run saved into runs/default";
+}
+
 TEST_F(Cli, ResumeWithADifferentArchitecture) {
     train_ok("ck");
     json j = tiny_config();

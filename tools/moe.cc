@@ -64,7 +64,8 @@ int main(int argc, char** argv) {
                           "model/training config (JSON); with --resume and no --config: the checkpoint's");
     train_cmd->add_option("--data", topt.data_override, "training text file (overrides train.data)");
     train_cmd->add_option("--steps", topt.steps, "total optimizer steps (also when resuming)");
-    train_cmd->add_option("--out", topt.out_dir, "checkpoint directory")->capture_default_str();
+    train_cmd->add_option("--out", topt.out_dir, "checkpoint directory (with --resume: the resumed directory)")
+        ->capture_default_str();
     train_cmd->add_option("--resume", topt.resume_dir, "resume from this checkpoint directory");
     train_cmd->add_option("--seed", topt.seed,
                           "random seed (overrides train.seed; a resumed run keeps the checkpoint's)");
@@ -345,6 +346,9 @@ int main(int argc, char** argv) {
         if (train_cmd->count("--steps") && topt.steps < 0) fail("--steps must be >= 0, got ", topt.steps);
         if (train_cmd->count("--seed") && topt.seed < 0) fail("--seed must be >= 0, got ", topt.seed);
         check_threads(topt.threads);
+        // a resumed run keeps writing where it was resumed from unless told otherwise (it would
+        // otherwise save into runs/default, where another run's checkpoint may live)
+        if (!topt.resume_dir.empty() && !train_cmd->count("--out")) topt.out_dir = topt.resume_dir;
         Config cfg;
         if (!topt.resume_dir.empty() && !train_cmd->count("--config")) {
             topt.config_from_checkpoint = true;  // resume exactly the run that wrote the checkpoint
