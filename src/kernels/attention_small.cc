@@ -3,38 +3,17 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "core/error.h"
+#include "kernels/avx2_inline.h"
 #include "kernels/cpu.h"
-#include "kernels/exp_avx2.h"
 
 namespace moe::kernels {
 
 namespace {
 
 constexpr int64_t kMaxT = 128, kMaxD = 64;
-
-// dst[8 x 8 block, row stride ds] = transpose(src[8 x 8 block, row stride ss])
-__attribute__((target("avx2,fma"))) inline void transpose8x8(float* dst, int64_t ds, const float* src, int64_t ss) {
-    __m256 r[8], t[8];
-    for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ss);
-    for (int i = 0; i < 4; ++i) {
-        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    const __m256 u0 = _mm256_shuffle_ps(t[0], t[2], 0x44), u1 = _mm256_shuffle_ps(t[0], t[2], 0xEE);
-    const __m256 u2 = _mm256_shuffle_ps(t[1], t[3], 0x44), u3 = _mm256_shuffle_ps(t[1], t[3], 0xEE);
-    const __m256 u4 = _mm256_shuffle_ps(t[4], t[6], 0x44), u5 = _mm256_shuffle_ps(t[4], t[6], 0xEE);
-    const __m256 u6 = _mm256_shuffle_ps(t[5], t[7], 0x44), u7 = _mm256_shuffle_ps(t[5], t[7], 0xEE);
-    _mm256_store_ps(dst + 0 * ds, _mm256_permute2f128_ps(u0, u4, 0x20));
-    _mm256_store_ps(dst + 1 * ds, _mm256_permute2f128_ps(u1, u5, 0x20));
-    _mm256_store_ps(dst + 2 * ds, _mm256_permute2f128_ps(u2, u6, 0x20));
-    _mm256_store_ps(dst + 3 * ds, _mm256_permute2f128_ps(u3, u7, 0x20));
-    _mm256_store_ps(dst + 4 * ds, _mm256_permute2f128_ps(u0, u4, 0x31));
-    _mm256_store_ps(dst + 5 * ds, _mm256_permute2f128_ps(u1, u5, 0x31));
-    _mm256_store_ps(dst + 6 * ds, _mm256_permute2f128_ps(u2, u6, 0x31));
-    _mm256_store_ps(dst + 7 * ds, _mm256_permute2f128_ps(u3, u7, 0x31));
-}
 
 // dst [D][Tp] (32-byte aligned rows) = src^T for src (T rows of stride ld, D columns, D a
 // multiple of 8); columns T..Tp zero
@@ -106,19 +85,6 @@ __attribute__((target("avx2,fma"))) inline __m256 causal_mask(int64_t c, int64_t
     return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)t + 1), idx));
 }
 
-__attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
-    alignas(32) float l[8];
-    _mm256_store_ps(l, v);
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
-
-__attribute__((target("avx2,fma"))) inline float hmax(__m256 v) {
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    return _mm_cvtss_f32(m);
-}
-
 template <int ND>
 __attribute__((target("avx2,fma"))) void forward_head(float* out, float* att, const float* q, const float* k,
                                                       const float* v, int64_t ldq, int64_t ldkv, int64_t T,
@@ -128,27 +94,27 @@ __attribute__((target("avx2,fma"))) void forward_head(float* out, float* att, co
     alignas(32) float kT[kMaxD * kMaxT];  // [D][Tp]
     alignas(32) float s[kMaxT];
     transpose_pad(kT, k, ldkv, T, Tp, D);
+    const __m256 vs = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-__builtin_inff());
     for (int64_t t = 0; t < T; ++t) {
         const int64_t n = t + 1;  // causal: keys 0..t
         // s[u] = scale * q[t] . k[u]
         const int64_t nch = (n + 7) / 8;
         dot_row(s, q + t * ldq, kT, Tp, D, nch);
         // p = softmax(s) over the prefix, 8 keys at a time; lanes past t are 0
-        const __m256 vs = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-__builtin_inff());
         __m256 vmax = ninf;
         for (int64_t c = 0; c < nch; ++c) {
             const __m256 x = _mm256_blendv_ps(ninf, _mm256_mul_ps(_mm256_load_ps(s + 8 * c), vs), causal_mask(c, t));
             _mm256_store_ps(s + 8 * c, x);
             vmax = _mm256_max_ps(vmax, x);
         }
-        const __m256 mx = _mm256_set1_ps(hmax(vmax));
+        const __m256 mx = _mm256_set1_ps(hmax8(vmax));
         __m256 vsum = _mm256_setzero_ps();
         for (int64_t c = 0; c < nch; ++c) {
             const __m256 e = _mm256_and_ps(exp256(_mm256_sub_ps(_mm256_load_ps(s + 8 * c), mx)), causal_mask(c, t));
             _mm256_store_ps(s + 8 * c, e);
             vsum = _mm256_add_ps(vsum, e);
         }
-        const __m256 inv = _mm256_set1_ps(1.f / hsum(vsum));
+        const __m256 inv = _mm256_set1_ps(1.f / hsum8(vsum));
         // the row of att: whole chunks straight from registers (lanes past t are already 0)
         float* a = att + t * T;
         int64_t c = 0;
@@ -175,6 +141,7 @@ __attribute__((target("avx2,fma"))) void backward_head(float* dq, float* dk, flo
     alignas(32) float vT[kMaxD * kMaxT];  // [D][Tp]
     alignas(32) float dp[kMaxT];
     transpose_pad(vT, v, ldkv, T, Tp, D);
+    const __m256 vs = _mm256_set1_ps(scale);
     for (int64_t t = 0; t < T; ++t) {
         const int64_t n = t + 1;
         const float* p = att + t * T;
@@ -190,7 +157,7 @@ __attribute__((target("avx2,fma"))) void backward_head(float* dq, float* dk, flo
             pc[c] = _mm256_maskload_ps(p + 8 * c, _mm256_castps_si256(causal_mask(c, t)));
             vdot = _mm256_fmadd_ps(pc[c], _mm256_load_ps(dp + 8 * c), vdot);
         }
-        const __m256 dot = _mm256_set1_ps(hsum(vdot)), vs = _mm256_set1_ps(scale);
+        const __m256 dot = _mm256_set1_ps(hsum8(vdot));
         int64_t c = 0;
         for (; c < nch; ++c) {
             const __m256 x = _mm256_mul_ps(_mm256_mul_ps(pc[c], _mm256_sub_ps(_mm256_load_ps(dp + 8 * c), dot)), vs);
@@ -222,6 +189,22 @@ __attribute__((target("avx2,fma"))) void backward_head(float* dq, float* dk, flo
     }
 }
 
+// Calls f(std::integral_constant<int, ND>) for ND = D / 8 in 1..8: the head kernels are
+// instantiated per row width so their ND accumulators live in registers.
+template <class F>
+void with_vectors_per_row(int64_t nd, F&& f) {
+    switch (nd) {
+        case 1: return f(std::integral_constant<int, 1>{});
+        case 2: return f(std::integral_constant<int, 2>{});
+        case 3: return f(std::integral_constant<int, 3>{});
+        case 4: return f(std::integral_constant<int, 4>{});
+        case 5: return f(std::integral_constant<int, 5>{});
+        case 6: return f(std::integral_constant<int, 6>{});
+        case 7: return f(std::integral_constant<int, 7>{});
+        default: return f(std::integral_constant<int, 8>{});
+    }
+}
+
 }  // namespace
 
 bool attention_small_supported(int64_t T, int64_t D) {
@@ -233,32 +216,16 @@ bool attention_small_preferred(int64_t T, int64_t D) { return attention_small_su
 void attention_small_forward(float* out, float* att, const float* q, const float* k, const float* v,
                              int64_t ldq, int64_t ldkv, int64_t T, int64_t D, float scale) {
     MOE_ASSERT(attention_small_supported(T, D));
-    switch (D / 8) {
-        case 1: return forward_head<1>(out, att, q, k, v, ldq, ldkv, T, scale);
-        case 2: return forward_head<2>(out, att, q, k, v, ldq, ldkv, T, scale);
-        case 3: return forward_head<3>(out, att, q, k, v, ldq, ldkv, T, scale);
-        case 4: return forward_head<4>(out, att, q, k, v, ldq, ldkv, T, scale);
-        case 5: return forward_head<5>(out, att, q, k, v, ldq, ldkv, T, scale);
-        case 6: return forward_head<6>(out, att, q, k, v, ldq, ldkv, T, scale);
-        case 7: return forward_head<7>(out, att, q, k, v, ldq, ldkv, T, scale);
-        default: return forward_head<8>(out, att, q, k, v, ldq, ldkv, T, scale);
-    }
+    with_vectors_per_row(D / 8, [&](auto nd) { forward_head<decltype(nd)::value>(out, att, q, k, v, ldq, ldkv, T, scale); });
 }
 
 void attention_small_backward(float* dq, float* dk, float* dv, float* datt, const float* dout, const float* q,
                               const float* k, const float* v, const float* att, int64_t ldq, int64_t ldkv,
                               int64_t T, int64_t D, float scale) {
     MOE_ASSERT(attention_small_supported(T, D));
-    switch (D / 8) {
-        case 1: return backward_head<1>(dq, dk, dv, datt, dout, q, k, v, att, ldq, ldkv, T, scale);
-        case 2: return backward_head<2>(dq, dk, dv, datt, dout, q, k, v, att, ldq, ldkv, T, scale);
-        case 3: return backward_head<3>(dq, dk, dv, datt, dout, q, k, v, att, ldq, ldkv, T, scale);
-        case 4: return backward_head<4>(dq, dk, dv, datt, dout, q, k, v, att, ldq, ldkv, T, scale);
-        case 5: return backward_head<5>(dq, dk, dv, datt, dout, q, k, v, att, ldq, ldkv, T, scale);
-        case 6: return backward_head<6>(dq, dk, dv, datt, dout, q, k, v, att, ldq, ldkv, T, scale);
-        case 7: return backward_head<7>(dq, dk, dv, datt, dout, q, k, v, att, ldq, ldkv, T, scale);
-        default: return backward_head<8>(dq, dk, dv, datt, dout, q, k, v, att, ldq, ldkv, T, scale);
-    }
+    with_vectors_per_row(D / 8, [&](auto nd) {
+        backward_head<decltype(nd)::value>(dq, dk, dv, datt, dout, q, k, v, att, ldq, ldkv, T, scale);
+    });
 }
 
 }  // namespace moe::kernels

@@ -5,7 +5,7 @@
 #include <cmath>
 
 #include "kernels/cpu.h"
-#include "kernels/exp_avx2.h"
+#include "kernels/avx2_inline.h"
 
 namespace moe::kernels {
 
@@ -37,9 +37,7 @@ __attribute__((target("avx2,fma"))) float exp_shift_sum_avx2(float* x, int64_t n
         for (int64_t j = m; j < 8; ++j) buf[j] = 0;
         acc = _mm256_add_ps(acc, _mm256_load_ps(buf));
     }
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, acc);
-    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+    return hsum8(acc);
 }
 
 __attribute__((target("avx2,fma"))) static inline __m256 sigmoid256(__m256 g) {

@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "kernels/avx2_inline.h"
 #include "kernels/bf16.h"
 #include "kernels/cpu.h"
 #include "kernels/gemm.h"
@@ -78,10 +79,7 @@ __attribute__((target("avx2,fma"))) void quantize_q8_row_avx2(int8_t* q, float* 
         for (int k = 0; k < 4; ++k) v[k] = _mm256_loadu_ps(x + 8 * k);
         __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], absmask), _mm256_and_ps(v[1], absmask)),
                                  _mm256_max_ps(_mm256_and_ps(v[2], absmask), _mm256_and_ps(v[3], absmask)));
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-        const float amax = _mm_cvtss_f32(m4);
+        const float amax = hmax8(m);
         const float s = amax / 127.f;
         scales[b] = s;
         const __m256 inv = _mm256_set1_ps(s > 0 ? 1.f / s : 0.f);
@@ -291,9 +289,7 @@ __attribute__((target("avx2,fma"))) void gemv_rows_avx2(float* y, const float* x
             }
         }
         for (int j = 0; j < NR; ++j) {
-            alignas(32) float l[8];
-            _mm256_store_ps(l, _mm256_add_ps(_mm256_add_ps(acc[j][0], acc[j][1]), _mm256_add_ps(acc[j][2], acc[j][3])));
-            float s = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+            float s = hsum8(_mm256_add_ps(_mm256_add_ps(acc[j][0], acc[j][1]), _mm256_add_ps(acc[j][2], acc[j][3])));
             const float* xr = x + (n0 + j) * in;
             for (int64_t i = full; i < in; ++i) s += weight_at(w, o, i) * xr[i];  // tail
             float& dst = y[(n0 + j) * w.out + o];
@@ -335,9 +331,7 @@ __attribute__((target("avx2,fma"))) void gemv_q8_avx2(float* y, const QActs& qa,
             }
         }
         for (int j = 0; j < NR; ++j) {
-            alignas(32) float l[8];
-            _mm256_store_ps(l, _mm256_add_ps(acc[j][0], acc[j][1]));
-            float s = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+            float s = hsum8(_mm256_add_ps(acc[j][0], acc[j][1]));
             s += q8_tail(w, o, qa, n0 + j);
             float& dst = y[(n0 + j) * w.out + o];
             dst = accumulate ? dst + s : s;

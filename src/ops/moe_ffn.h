@@ -161,6 +161,7 @@ void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg,
                       const T* w_gate, const T* w_up, const T* w_down, const int32_t* expert_offsets,
                       int64_t E, int64_t C, int64_t F, Activation activation) {
     const bool swiglu = activation == Activation::swiglu;
+    T* const dup = swiglu ? dhu : dact;  // gradient of the up projection's output (ReLU: in place in dact)
     // 1) row blocks: activation gradients and dxe
     const bool small = small_experts(expert_offsets, E, C, F);
     const std::vector<FfnTask>& rtasks = ffn_row_tasks(expert_offsets, E, small);
@@ -182,7 +183,7 @@ void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg,
             }
         });
         // hu = xe · w_up^T ; hg = xe · w_gate^T
-        kernels::gemm<T>(false, false, rows, C, F, T(1), (swiglu ? dhu : dact) + o, F, w_up + e * F * C, C, T(1), dxe + r0 * C, C);  // [rows, C]
+        kernels::gemm<T>(false, false, rows, C, F, T(1), dup + o, F, w_up + e * F * C, C, T(1), dxe + r0 * C, C);  // [rows, C]
         if (swiglu)
             kernels::gemm<T>(false, false, rows, C, F, T(1), dhg + o, F, w_gate + e * F * C, C, T(1), dxe + r0 * C, C);
     });
@@ -209,7 +210,7 @@ void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg,
             kernels::gemm<T>(true, false, C, F, rows, T(1), dye + r0 * C, C, act + r0 * F, F, T(1), dw_down + e * C * F, F);
         } else {
             // dw_up|gate[e] += dh^T · xe   [F, C]
-            const T* dh = (t.which == 1 ? (swiglu ? dhu : dact) : dhg) + r0 * F;
+            const T* dh = (t.which == 1 ? dup : dhg) + r0 * F;
             T* dw = (t.which == 1 ? dw_up : dw_gate) + e * F * C;
             kernels::gemm<T>(true, false, F, C, rows, T(1), dh, F, xe + r0 * C, C, T(1), dw, C);
         }
