@@ -1,7 +1,11 @@
 #include "io/tokenizer.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <queue>
+#include <string_view>
+#include <unordered_map>
 
 #include "core/error.h"
 
@@ -48,11 +52,205 @@ std::string utf8_encode(uint32_t cp) {
 static std::string describe(uint32_t cp) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "U+%04X", cp);
-    if (cp >= 0x20 && cp != 0x7F) return "'" + utf8_encode(cp) + "' (" + buf + ")";
-    return buf;
+    if (cp < 0x20 || cp == 0x7F) return buf;
+    std::string s(1, '\'');  // appended piece by piece: GCC 12 warns (-Wrestrict) on "'" + string
+    s.append(utf8_encode(cp)).append("' (").append(buf).append(")");
+    return s;
 }
 
 Tokenizer Tokenizer::byte_level() { return Tokenizer(); }
+
+// ---- byte-level BPE ----------------------------------------------------------------------------
+// Hand-written: no Debian package trains a BPE vocabulary (the Python `tokenizers` is not a C++
+// library), and the engine needs one without a Python stack.
+
+namespace {
+
+enum class ByteClass { letter, digit, space, white, punct };
+
+ByteClass byte_class(unsigned char c) {
+    if (c == ' ') return ByteClass::space;
+    if (c == '\n' || c == '\t' || c == '\r' || c == '\f' || c == '\v') return ByteClass::white;
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c >= 0x80) return ByteClass::letter;  // UTF-8 bytes: letters
+    if (c >= '0' && c <= '9') return ByteClass::digit;
+    return ByteClass::punct;
+}
+
+bool is_white(ByteClass k) { return k == ByteClass::space || k == ByteClass::white; }
+
+uint64_t pair_key(int32_t a, int32_t b) { return ((uint64_t)(uint32_t)a << 32) | (uint32_t)b; }
+
+}  // namespace
+
+std::vector<std::pair<size_t, size_t>> bpe_pretokenize(const std::string& text) {
+    std::vector<std::pair<size_t, size_t>> out;
+    const size_t n = text.size();
+    auto cls = [&](size_t i) { return byte_class((unsigned char)text[i]); };
+    size_t i = 0;
+    while (i < n) {
+        if (is_white(cls(i))) {
+            size_t j = i;
+            while (j < n && is_white(cls(j))) ++j;
+            // a space right before a word belongs to the word (" the"), the rest is one piece
+            if (j < n && text[j - 1] == ' ') {
+                if (j - 1 > i) out.push_back({i, j - 1});
+                i = j - 1;
+            } else {
+                out.push_back({i, j});
+                i = j;
+                continue;
+            }
+        }
+        const size_t s = i;
+        if (text[i] == ' ') ++i;
+        const ByteClass k = cls(i);
+        while (i < n && cls(i) == k) ++i;
+        out.push_back({s, i});
+    }
+    return out;
+}
+
+Tokenizer Tokenizer::bpe_train(const std::string& text, int64_t vocab_size, const std::string& where, bool progress) {
+    if (vocab_size < 257 || vocab_size > (int64_t)1 << 20)
+        fail(where, ": a BPE vocabulary must have between 257 and ", (int64_t)1 << 20, " tokens, got ", vocab_size);
+    const auto t0 = std::chrono::steady_clock::now();
+    // distinct pre-tokens and their counts, in byte order (the result does not depend on the
+    // order; sorting keeps the work reproducible)
+    std::unordered_map<std::string_view, int64_t> freq;
+    for (auto [b, e] : bpe_pretokenize(text)) freq[std::string_view(text).substr(b, e - b)]++;
+    std::vector<std::pair<std::string_view, int64_t>> uniq(freq.begin(), freq.end());
+    std::sort(uniq.begin(), uniq.end());
+    std::vector<std::vector<int32_t>> words(uniq.size());  // [n_words][symbols]
+    std::vector<int64_t> count(uniq.size());
+    std::unordered_map<uint64_t, int64_t> pairs;            // pair -> occurrences in the text
+    std::unordered_map<uint64_t, std::vector<int32_t>> where_pair;  // pair -> words holding it (may be stale)
+    for (size_t w = 0; w < uniq.size(); ++w) {
+        count[w] = uniq[w].second;
+        for (unsigned char c : uniq[w].first) words[w].push_back(c);
+        for (size_t i = 0; i + 1 < words[w].size(); ++i) {
+            const uint64_t k = pair_key(words[w][i], words[w][i + 1]);
+            pairs[k] += count[w];
+            where_pair[k].push_back((int32_t)w);
+        }
+    }
+    // max-heap of (count, pair), larger count first, then the smaller pair. Entries may be stale:
+    // a pair's count only ever drops, except for pairs with the newest id, which are pushed afresh
+    // after each merge, so the top entry whose count is current is the true best pair.
+    using Entry = std::pair<int64_t, uint64_t>;
+    auto worse = [](const Entry& a, const Entry& b) { return a.first != b.first ? a.first < b.first : a.second > b.second; };
+    std::priority_queue<Entry, std::vector<Entry>, decltype(worse)> heap(worse);
+    for (auto& [k, c] : pairs) heap.push({c, k});
+
+    Tokenizer t;
+    t.kind_ = Kind::bpe;
+    const int64_t n_merges = vocab_size - 256;
+    std::vector<uint64_t> touched;
+    std::vector<int32_t> merged;
+    while ((int64_t)t.merges_.size() < n_merges) {
+        if (heap.empty() || heap.top().first < 2)
+            fail(where, ": the text supports only ", 256 + t.merges_.size(), " BPE tokens (every further pair occurs at most once), but ",
+                 vocab_size, " were asked for (model.vocab_size): use a smaller vocabulary or more text");
+        const auto [c, key] = heap.top();
+        heap.pop();
+        auto it = pairs.find(key);
+        const int64_t now = it == pairs.end() ? 0 : it->second;
+        if (now != c) {
+            if (now > 0) heap.push({now, key});
+            continue;
+        }
+        const int32_t a = (int32_t)(key >> 32), b = (int32_t)(key & 0xffffffffu);
+        const int32_t id = 256 + (int32_t)t.merges_.size();
+        t.merges_.push_back({a, b});
+        std::vector<int32_t> ws = std::move(where_pair[key]);
+        where_pair.erase(key);
+        std::sort(ws.begin(), ws.end());
+        ws.erase(std::unique(ws.begin(), ws.end()), ws.end());
+        touched.clear();
+        for (int32_t w : ws) {
+            std::vector<int32_t>& sym = words[w];
+            merged.clear();
+            bool hit = false;
+            for (size_t i = 0; i < sym.size(); ++i) {
+                if (i + 1 < sym.size() && sym[i] == a && sym[i + 1] == b) {
+                    merged.push_back(id);
+                    ++i;
+                    hit = true;
+                } else {
+                    merged.push_back(sym[i]);
+                }
+            }
+            if (!hit) continue;  // a stale entry of where_pair
+            for (size_t i = 0; i + 1 < sym.size(); ++i) {
+                const uint64_t k = pair_key(sym[i], sym[i + 1]);
+                if ((pairs[k] -= count[w]) == 0) pairs.erase(k);
+            }
+            for (size_t i = 0; i + 1 < merged.size(); ++i) {
+                const uint64_t k = pair_key(merged[i], merged[i + 1]);
+                pairs[k] += count[w];
+                if (merged[i] == id || merged[i + 1] == id) {
+                    where_pair[k].push_back(w);
+                    touched.push_back(k);
+                }
+            }
+            sym.swap(merged);
+        }
+        std::sort(touched.begin(), touched.end());
+        touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
+        for (uint64_t k : touched) heap.push({pairs[k], k});
+        if (progress && t.merges_.size() % 1000 == 0) {
+            std::printf("bpe: %zu / %lld merges\n", t.merges_.size(), (long long)n_merges);
+            std::fflush(stdout);
+        }
+    }
+    t.bpe_index();
+    if (progress) {
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        std::printf("bpe: learned %lld merges from %zu distinct pre-tokens in %.1fs\n", (long long)n_merges, uniq.size(), s);
+        std::fflush(stdout);
+    }
+    return t;
+}
+
+void Tokenizer::bpe_index() {
+    pieces_.assign(256 + merges_.size(), std::string());
+    for (int i = 0; i < 256; ++i) pieces_[i] = std::string(1, (char)(unsigned char)i);
+    rank_.clear();
+    for (size_t i = 0; i < merges_.size(); ++i) {
+        std::string& piece = pieces_[256 + i];
+        piece.assign(pieces_[merges_[i].first]);
+        piece.append(pieces_[merges_[i].second]);
+        rank_.push_back({pair_key(merges_[i].first, merges_[i].second), (int32_t)(256 + i)});
+    }
+    std::sort(rank_.begin(), rank_.end());
+}
+
+// Applies the merges to one pre-token in the order they were learned (the earliest-learned pair
+// present first), as in training.
+void Tokenizer::bpe_encode_piece(const std::string& piece, std::vector<int32_t>& out) const {
+    std::vector<int32_t> sym(piece.begin(), piece.end());
+    for (auto& s : sym) s = (unsigned char)s;
+    for (;;) {
+        int32_t best = -1;
+        for (size_t i = 0; i + 1 < sym.size(); ++i) {
+            const uint64_t k = pair_key(sym[i], sym[i + 1]);
+            auto it = std::lower_bound(rank_.begin(), rank_.end(), std::make_pair(k, (int32_t)-1));
+            if (it != rank_.end() && it->first == k && (best < 0 || it->second < best)) best = it->second;
+        }
+        if (best < 0) break;
+        const auto [a, b] = merges_[best - 256];
+        size_t o = 0;
+        for (size_t i = 0; i < sym.size(); ++i) {
+            if (i + 1 < sym.size() && sym[i] == a && sym[i + 1] == b) {
+                sym[o++] = best;
+                ++i;
+            } else {
+                sym[o++] = sym[i];
+            }
+        }
+        sym.resize(o);
+    }
+    out.insert(out.end(), sym.begin(), sym.end());
+}
 
 Tokenizer Tokenizer::char_level(const std::string& text, const std::string& where) {
     Tokenizer t;
@@ -69,6 +267,11 @@ Tokenizer Tokenizer::char_level(const std::string& text, const std::string& wher
 
 nlohmann::json Tokenizer::to_json() const {
     if (kind_ == Kind::byte) return {{"type", "byte"}};
+    if (kind_ == Kind::bpe) {
+        nlohmann::json m = nlohmann::json::array();
+        for (auto [a, b] : merges_) m.push_back({a, b});
+        return {{"type", "bpe"}, {"merges", m}};
+    }
     return {{"type", "char"}, {"chars", chars_}};
 }
 
@@ -77,6 +280,23 @@ Tokenizer Tokenizer::from_json(const nlohmann::json& j, const std::string& where
         fail(where, ": tokenizer entry is missing its 'type'");
     std::string type = j["type"];
     if (type == "byte") return byte_level();
+    if (type == "bpe") {
+        if (!j.contains("merges") || !j["merges"].is_array()) fail(where, ": bpe tokenizer has no 'merges' list");
+        Tokenizer t;
+        t.kind_ = Kind::bpe;
+        const nlohmann::json& m = j["merges"];
+        for (size_t i = 0; i < m.size(); ++i) {
+            const int64_t limit = 256 + (int64_t)i;  // a merge joins tokens that exist before it
+            if (!m[i].is_array() || m[i].size() != 2 || !m[i][0].is_number_integer() || !m[i][1].is_number_integer())
+                fail(where, ": bpe merge ", i, " is not a pair of token ids");
+            const int64_t a = m[i][0], b = m[i][1];
+            if (a < 0 || a >= limit || b < 0 || b >= limit)
+                fail(where, ": bpe merge ", i, " joins tokens ", a, " and ", b, ", but only ids below ", limit, " exist before it");
+            t.merges_.push_back({(int32_t)a, (int32_t)b});
+        }
+        t.bpe_index();
+        return t;
+    }
     if (type != "char") fail(where, ": unknown tokenizer type '", type, "'");
     Tokenizer t;
     t.kind_ = Kind::chr;
@@ -97,6 +317,26 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, const std::strin
         for (unsigned char c : text) ids.push_back(c);
         return ids;
     }
+    if (kind_ == Kind::bpe) {
+        ids.reserve(text.size() / 3);
+        std::unordered_map<std::string_view, std::pair<size_t, size_t>> cache;  // piece -> its ids in `ids`
+        for (auto [b, e] : bpe_pretokenize(text)) {
+            const std::string_view piece = std::string_view(text).substr(b, e - b);
+            auto it = cache.find(piece);
+            if (it != cache.end()) {
+                const auto [o, n] = it->second;
+                for (size_t i = 0; i < n; ++i) {
+                    const int32_t id = ids[o + i];
+                    ids.push_back(id);
+                }
+                continue;
+            }
+            const size_t o = ids.size();
+            bpe_encode_piece(std::string(piece), ids);
+            cache.emplace(piece, std::make_pair(o, ids.size() - o));
+        }
+        return ids;
+    }
     std::vector<uint32_t> cps = utf8_decode(text, what);
     ids.reserve(cps.size());
     for (size_t i = 0; i < cps.size(); ++i) {
@@ -112,6 +352,7 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, const std::strin
 std::string Tokenizer::decode_one(int32_t id) const {
     MOE_ASSERT(id >= 0 && id < vocab_size());
     if (kind_ == Kind::byte) return std::string(1, (char)(unsigned char)id);
+    if (kind_ == Kind::bpe) return pieces_[id];
     return utf8_encode(chars_[id]);
 }
 

@@ -1,8 +1,11 @@
 #pragma once
-// Byte-level (256 ids) and character-level (Unicode code points seen in a corpus, sorted) tokenizers.
-// Stored inside the checkpoint as JSON.
+// Byte-level (256 ids), character-level (Unicode code points seen in a corpus, sorted) and byte-level
+// BPE (256 byte ids, then one id per merge learned from a corpus, GPT-2 style: merges never cross
+// the boundaries of pre-tokens, which are an optional leading space plus a run of letters, digits
+// or punctuation, or a run of other whitespace). Stored inside the checkpoint as JSON.
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -11,26 +14,46 @@ namespace moe {
 
 class Tokenizer {
 public:
-    enum class Kind { byte, chr };
+    enum class Kind { byte, chr, bpe };
 
     static Tokenizer byte_level();
+    // Learns vocab_size - 256 merges from `text` (most frequent adjacent pair first; ties go to the
+    // smaller pair of ids, so the result is a function of the text alone). Throws moe::error naming
+    // `where` when the text has too few distinct pairs (each must occur at least twice) to reach
+    // vocab_size. `progress` prints a line now and then on long runs.
+    static Tokenizer bpe_train(const std::string& text, int64_t vocab_size, const std::string& where,
+                               bool progress = false);
     // Every distinct code point of `text` (UTF-8), sorted. `where` names the source in errors.
     static Tokenizer char_level(const std::string& text, const std::string& where);
     static Tokenizer from_json(const nlohmann::json& j, const std::string& where);
     nlohmann::json to_json() const;
 
     Kind kind() const { return kind_; }
-    int64_t vocab_size() const { return kind_ == Kind::byte ? 256 : (int64_t)chars_.size(); }
+    int64_t vocab_size() const {
+        return kind_ == Kind::byte ? 256 : kind_ == Kind::bpe ? 256 + (int64_t)merges_.size() : (int64_t)chars_.size();
+    }
+    const char* name() const { return kind_ == Kind::byte ? "byte" : kind_ == Kind::bpe ? "bpe" : "char"; }
     // Throws moe::error naming `what` and the first character outside the vocabulary.
     std::vector<int32_t> encode(const std::string& text, const std::string& what) const;
     std::string decode(const std::vector<int32_t>& ids) const;
+    // The bytes of one token (a BPE token or a byte may end inside a UTF-8 character).
     std::string decode_one(int32_t id) const;
 
 private:
     Kind kind_ = Kind::byte;
     std::vector<uint32_t> chars_;  // id -> code point (char level)
     std::vector<int32_t> index_;   // code point -> id, -1 (char level, dense up to max code point)
+    std::vector<std::pair<int32_t, int32_t>> merges_;  // BPE: id 256 + i = merges_[i].first ++ .second
+    std::vector<std::string> pieces_;                  // BPE: id -> bytes
+    void bpe_index();                                  // pieces_ and the merge ranks from merges_
+    std::vector<std::pair<uint64_t, int32_t>> rank_;   // BPE: (pair key, merged id), sorted by key
+    void bpe_encode_piece(const std::string& piece, std::vector<int32_t>& out) const;
 };
+
+inline constexpr int64_t kDefaultBpeVocab = 2048;  // train.tokenizer "bpe" without model.vocab_size
+
+// Pre-tokenization shared by BPE training and encoding: [begin, end) byte ranges of `text`.
+std::vector<std::pair<size_t, size_t>> bpe_pretokenize(const std::string& text);
 
 // UTF-8 helpers
 std::vector<uint32_t> utf8_decode(const std::string& s, const std::string& where);

@@ -236,8 +236,8 @@ Config config_from_json(const json& j, const std::string& where) {
         TrainConfig& t = c.train;
         t.data = f.string("data", "");
         t.tokenizer = f.string("tokenizer", "char");
-        if (t.tokenizer != "char" && t.tokenizer != "byte")
-            fail(where, ": field 'train.tokenizer' must be \"char\" or \"byte\", got \"", t.tokenizer, "\"");
+        if (t.tokenizer != "char" && t.tokenizer != "byte" && t.tokenizer != "bpe")
+            fail(where, ": field 'train.tokenizer' must be \"char\", \"byte\" or \"bpe\", got \"", t.tokenizer, "\"");
         t.val_fraction = f.number("val_fraction", t.val_fraction);
         t.batch_size = f.integer("batch_size", t.batch_size);
         t.block_size = f.integer("block_size", 0);

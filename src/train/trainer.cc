@@ -237,7 +237,15 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
         std::vector<float>().swap(ck.adam_m);
         std::vector<float>().swap(ck.adam_v);
     } else {
-        tok = tc.tokenizer == "byte" ? Tokenizer::byte_level() : Tokenizer::char_level(text, data_path);
+        if (tc.tokenizer == "bpe") {
+            // merges are learned from the leading (1 - val_fraction) of the file's bytes, so the
+            // held-out tail (the last val_fraction of the tokens) does not shape the vocabulary
+            const int64_t V = cfg.model.vocab_size > 0 ? cfg.model.vocab_size : kDefaultBpeVocab;
+            const size_t train_bytes = (size_t)((double)text.size() * (1.0 - tc.val_fraction));
+            tok = Tokenizer::bpe_train(text.substr(0, train_bytes), V, data_path, true);
+        } else {
+            tok = tc.tokenizer == "byte" ? Tokenizer::byte_level() : Tokenizer::char_level(text, data_path);
+        }
         if (cfg.model.vocab_size == 0) cfg.model.vocab_size = tok.vocab_size();
         if (cfg.model.vocab_size != tok.vocab_size())
             fail(cfg.path, ": field 'model.vocab_size' is ", cfg.model.vocab_size, " but the ", tc.tokenizer,
