@@ -186,6 +186,10 @@ TEST_F(BpeCli, TrainGenerateAndResumeWithABpeVocabulary) {
     // bytes outside the corpus still encode (byte fallback), unlike the char tokenizer
     RunResult u = moe("generate --checkpoint ck --prompt " + q("Zürich") + " --max-tokens 2 --temperature 0");
     EXPECT_EQ(u.code(), 0) << u.describe();
+    // the routing picture labels each BPE token, also one that ends inside a UTF-8 character
+    RunResult m = moe("routing --checkpoint ck --text " + q("Zürich the quick") + " --out r.png");
+    EXPECT_EQ(m.code(), 0) << m.describe();
+    EXPECT_TRUE(fs::exists(path("r.png")));
     c["train"]["steps"] = 8;
     write_config("bpe8.json", c);
     RunResult res = moe("train --config bpe8.json --resume ck --threads 1 --no-sample");
