@@ -5,7 +5,7 @@
 
 Same model, batch (train.batch_size x train.block_size x train.grad_accum), AdamW hyper-parameters,
 clipping and schedule as `moe train`; batches are random windows of the config's text, tokenized
-like moe's char / byte tokenizer. Prints one JSON line: tokens_per_sec over the steps after the
+like moe's char / byte tokenizer (random ids for a bpe config: speed only). Prints one JSON line: tokens_per_sec over the steps after the
 first W (warm-up), the thread count, the first and last loss. Used by bench/train_vs_torch.
 """
 
@@ -88,7 +88,12 @@ def main():
     data_path = args.data or tc.get("data", "")
     if data_path and not os.path.isabs(data_path) and not os.path.exists(data_path):
         data_path = os.path.join(ROOT, data_path)
-    if data_path and os.path.exists(data_path):
+    if tc.get("tokenizer", "char") == "bpe":
+        # speed only: the reference has no BPE trainer, and which ids a batch holds does not change
+        # the work; random ids over the config's vocabulary (moe's default size when it has none)
+        vocab = args.vocab or m.get("vocab_size", 0) or 2048
+        ids = torch.randint(0, vocab, (1 << 20,), generator=torch.Generator().manual_seed(0))
+    elif data_path and os.path.exists(data_path):
         ids, vocab = tokenize(data_path, tc.get("tokenizer", "char"))
         ids = ids[: int(len(ids) * (1 - tc.get("val_fraction", 0.1)))]
     else:
