@@ -142,7 +142,7 @@ TEST(Bpe, JsonRoundTripAndCorruptMerges) {
     EXPECT_EQ(j["type"], "bpe");
     Tokenizer u = Tokenizer::from_json(j, "ck");
     EXPECT_EQ(u.vocab_size(), 400);
-    EXPECT_STREQ(u.name(), "bpe");
+    EXPECT_EQ(u.kind(), Tokenizer::Kind::bpe);
     const std::string s = shakespeare(5000);
     EXPECT_EQ(u.encode(s, "s"), t.encode(s, "s"));
 
@@ -198,6 +198,13 @@ TEST_F(BpeCli, TrainGenerateAndResumeWithABpeVocabulary) {
     c["model"]["vocab_size"] = 5000;  // more than the tiny corpus can learn
     write_config("big.json", c);
     expect_clean_error(moe("train --config big.json --out ck2 --threads 1"), {"data.txt", "5000", "vocab_size"});
+    c["model"]["vocab_size"] = 100;  // fewer than the 256 byte tokens
+    write_config("small.json", c);
+    expect_clean_error(moe("train --config small.json --out ck4 --threads 1"), {"small.json", "model.vocab_size", "100"});
+    c["model"].erase("vocab_size");  // the default vocabulary to learn
+    write_config("default.json", c);
+    RunResult p = moe("params --config default.json --json");
+    ASSERT_EQ(p.code(), 0) << p.describe();
     c["train"]["tokenizer"] = "wordpiece";
     write_config("bad.json", c);
     expect_clean_error(moe("train --config bad.json --out ck3 --threads 1"), {"train.tokenizer", "wordpiece"});

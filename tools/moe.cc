@@ -41,10 +41,6 @@ static void resolve_vocab(Config& cfg) {
         cfg.model.vocab_size = 256;
         return;
     }
-    if (cfg.train.tokenizer == "bpe") {  // the size asked for is the size learned (or training fails)
-        cfg.model.vocab_size = kDefaultBpeVocab;
-        return;
-    }
     const std::string p = resolve_path(cfg.train.data);
     cfg.model.vocab_size = Tokenizer::char_level(read_text_file(p), p).vocab_size();
 }

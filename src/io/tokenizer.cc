@@ -17,23 +17,33 @@ std::vector<uint32_t> utf8_decode(const std::string& s, const std::string& where
     const auto* p = reinterpret_cast<const unsigned char*>(s.data());
     size_t i = 0, n = s.size();
     while (i < n) {
-        unsigned char c = p[i];
         uint32_t cp;
         int len;
-        if (c < 0x80) { cp = c; len = 1; }
-        else if ((c >> 5) == 0x6) { cp = c & 0x1F; len = 2; }
-        else if ((c >> 4) == 0xE) { cp = c & 0x0F; len = 3; }
-        else if ((c >> 3) == 0x1E) { cp = c & 0x07; len = 4; }
-        else fail(where, ": invalid UTF-8 byte 0x", std::hex, (int)c, std::dec, " at byte offset ", i);
-        if (i + len > n) fail(where, ": truncated UTF-8 sequence at byte offset ", i);
-        for (int k = 1; k < len; ++k) {
-            if ((p[i + k] >> 6) != 0x2) fail(where, ": invalid UTF-8 continuation byte at byte offset ", i + k);
-            cp = (cp << 6) | (p[i + k] & 0x3F);
+        switch (utf8_next(p + i, n - i, cp, len)) {
+            case Utf8::ok: break;
+            case Utf8::bad_lead: fail(where, ": invalid UTF-8 byte 0x", std::hex, (int)p[i], std::dec, " at byte offset ", i);
+            case Utf8::truncated: fail(where, ": truncated UTF-8 sequence at byte offset ", i);
+            case Utf8::bad_continuation: fail(where, ": invalid UTF-8 continuation byte at byte offset ", i + len);
         }
         out.push_back(cp);
         i += len;
     }
     return out;
+}
+
+Utf8 utf8_next(const unsigned char* p, size_t n, uint32_t& cp, int& len) {
+    const unsigned char c = p[0];
+    if (c < 0x80) { cp = c; len = 1; }
+    else if ((c >> 5) == 0x6) { cp = c & 0x1F; len = 2; }
+    else if ((c >> 4) == 0xE) { cp = c & 0x0F; len = 3; }
+    else if ((c >> 3) == 0x1E) { cp = c & 0x07; len = 4; }
+    else { len = 0; return Utf8::bad_lead; }
+    if ((size_t)len > n) return Utf8::truncated;
+    for (int k = 1; k < len; ++k) {
+        if ((p[k] >> 6) != 0x2) { len = k; return Utf8::bad_continuation; }
+        cp = (cp << 6) | (p[k] & 0x3F);
+    }
+    return Utf8::ok;
 }
 
 std::string utf8_encode(uint32_t cp) {
@@ -79,6 +89,22 @@ ByteClass byte_class(unsigned char c) {
 bool is_white(ByteClass k) { return k == ByteClass::space || k == ByteClass::white; }
 
 uint64_t pair_key(int32_t a, int32_t b) { return ((uint64_t)(uint32_t)a << 32) | (uint32_t)b; }
+
+// Replaces every (a, b) in sym, left to right, by id, in place. Returns whether any was found.
+bool apply_merge(std::vector<int32_t>& sym, int32_t a, int32_t b, int32_t id) {
+    size_t o = 0;
+    for (size_t i = 0; i < sym.size(); ++i) {
+        if (i + 1 < sym.size() && sym[i] == a && sym[i + 1] == b) {
+            sym[o++] = id;
+            ++i;
+        } else {
+            sym[o++] = sym[i];
+        }
+    }
+    const bool hit = o < sym.size();
+    sym.resize(o);
+    return hit;
+}
 
 }  // namespace
 
@@ -168,18 +194,8 @@ Tokenizer Tokenizer::bpe_train(const std::string& text, int64_t vocab_size, cons
         touched.clear();
         for (int32_t w : ws) {
             std::vector<int32_t>& sym = words[w];
-            merged.clear();
-            bool hit = false;
-            for (size_t i = 0; i < sym.size(); ++i) {
-                if (i + 1 < sym.size() && sym[i] == a && sym[i + 1] == b) {
-                    merged.push_back(id);
-                    ++i;
-                    hit = true;
-                } else {
-                    merged.push_back(sym[i]);
-                }
-            }
-            if (!hit) continue;  // a stale entry of where_pair
+            merged.assign(sym.begin(), sym.end());
+            if (!apply_merge(merged, a, b, id)) continue;  // a stale entry of where_pair
             for (size_t i = 0; i + 1 < sym.size(); ++i) {
                 const uint64_t k = pair_key(sym[i], sym[i + 1]);
                 if ((pairs[k] -= count[w]) == 0) pairs.erase(k);
@@ -226,9 +242,9 @@ void Tokenizer::bpe_index() {
 
 // Applies the merges to one pre-token in the order they were learned (the earliest-learned pair
 // present first), as in training.
-void Tokenizer::bpe_encode_piece(const std::string& piece, std::vector<int32_t>& out) const {
-    std::vector<int32_t> sym(piece.begin(), piece.end());
-    for (auto& s : sym) s = (unsigned char)s;
+void Tokenizer::bpe_encode_piece(std::string_view piece, std::vector<int32_t>& out) const {
+    std::vector<int32_t> sym;
+    for (unsigned char c : piece) sym.push_back(c);
     for (;;) {
         int32_t best = -1;
         for (size_t i = 0; i + 1 < sym.size(); ++i) {
@@ -237,17 +253,7 @@ void Tokenizer::bpe_encode_piece(const std::string& piece, std::vector<int32_t>&
             if (it != rank_.end() && it->first == k && (best < 0 || it->second < best)) best = it->second;
         }
         if (best < 0) break;
-        const auto [a, b] = merges_[best - 256];
-        size_t o = 0;
-        for (size_t i = 0; i < sym.size(); ++i) {
-            if (i + 1 < sym.size() && sym[i] == a && sym[i + 1] == b) {
-                sym[o++] = best;
-                ++i;
-            } else {
-                sym[o++] = sym[i];
-            }
-        }
-        sym.resize(o);
+        apply_merge(sym, merges_[best - 256].first, merges_[best - 256].second, best);
     }
     out.insert(out.end(), sym.begin(), sym.end());
 }
@@ -332,7 +338,7 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, const std::strin
                 continue;
             }
             const size_t o = ids.size();
-            bpe_encode_piece(std::string(piece), ids);
+            bpe_encode_piece(piece, ids);
             cache.emplace(piece, std::make_pair(o, ids.size() - o));
         }
         return ids;

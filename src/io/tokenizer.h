@@ -5,6 +5,7 @@
 // or punctuation, or a run of other whitespace). Stored inside the checkpoint as JSON.
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -32,7 +33,6 @@ public:
     int64_t vocab_size() const {
         return kind_ == Kind::byte ? 256 : kind_ == Kind::bpe ? 256 + (int64_t)merges_.size() : (int64_t)chars_.size();
     }
-    const char* name() const { return kind_ == Kind::byte ? "byte" : kind_ == Kind::bpe ? "bpe" : "char"; }
     // Throws moe::error naming `what` and the first character outside the vocabulary.
     std::vector<int32_t> encode(const std::string& text, const std::string& what) const;
     std::string decode(const std::vector<int32_t>& ids) const;
@@ -47,15 +47,17 @@ private:
     std::vector<std::string> pieces_;                  // BPE: id -> bytes
     void bpe_index();                                  // pieces_ and the merge ranks from merges_
     std::vector<std::pair<uint64_t, int32_t>> rank_;   // BPE: (pair key, merged id), sorted by key
-    void bpe_encode_piece(const std::string& piece, std::vector<int32_t>& out) const;
+    void bpe_encode_piece(std::string_view piece, std::vector<int32_t>& out) const;
 };
-
-inline constexpr int64_t kDefaultBpeVocab = 2048;  // train.tokenizer "bpe" without model.vocab_size
 
 // Pre-tokenization shared by BPE training and encoding: [begin, end) byte ranges of `text`.
 std::vector<std::pair<size_t, size_t>> bpe_pretokenize(const std::string& text);
 
 // UTF-8 helpers
+enum class Utf8 { ok, bad_lead, truncated, bad_continuation };
+// Decodes the character starting at p[0] (n > 0 bytes available) into cp and its length in bytes;
+// on an error, len is where it was found (the lead byte: 0; a continuation byte: its offset).
+Utf8 utf8_next(const unsigned char* p, size_t n, uint32_t& cp, int& len);
 std::vector<uint32_t> utf8_decode(const std::string& s, const std::string& where);
 std::string utf8_encode(uint32_t cp);
 

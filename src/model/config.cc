@@ -238,6 +238,12 @@ Config config_from_json(const json& j, const std::string& where) {
         t.tokenizer = f.string("tokenizer", "char");
         if (t.tokenizer != "char" && t.tokenizer != "byte" && t.tokenizer != "bpe")
             fail(where, ": field 'train.tokenizer' must be \"char\", \"byte\" or \"bpe\", got \"", t.tokenizer, "\"");
+        if (t.tokenizer == "bpe") {  // the model's vocabulary is the one BPE learns: 256 bytes + merges
+            if (c.model.vocab_size == 0) c.model.vocab_size = kDefaultBpeVocab;
+            check(c.model.vocab_size >= 257, where,
+                  str("field 'model.vocab_size' must be >= 257 (256 bytes + merges) with train.tokenizer \"bpe\", got ",
+                      c.model.vocab_size));
+        }
         t.val_fraction = f.number("val_fraction", t.val_fraction);
         t.batch_size = f.integer("batch_size", t.batch_size);
         t.block_size = f.integer("block_size", 0);

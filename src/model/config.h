@@ -52,9 +52,12 @@ struct ModelConfig {
     bool any_moe() const;
 };
 
+// model.vocab_size when train.tokenizer is "bpe" and the config gives none: the vocabulary to learn
+inline constexpr int64_t kDefaultBpeVocab = 2048;
+
 struct TrainConfig {
     std::string data;            // text file (path relative to the working dir or the source tree)
-    std::string tokenizer = "char";  // "char" | "byte"
+    std::string tokenizer = "char";  // "char" | "byte" | "bpe"
     double val_fraction = 0.1;   // last fraction of the tokens held out for validation
     int64_t batch_size = 16;     // B per micro-batch
     int64_t block_size = 0;      // T (0 = n_ctx)

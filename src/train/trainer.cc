@@ -240,9 +240,8 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
         if (tc.tokenizer == "bpe") {
             // merges are learned from the leading (1 - val_fraction) of the file's bytes, so the
             // held-out tail (the last val_fraction of the tokens) does not shape the vocabulary
-            const int64_t V = cfg.model.vocab_size > 0 ? cfg.model.vocab_size : kDefaultBpeVocab;
             const size_t train_bytes = (size_t)((double)text.size() * (1.0 - tc.val_fraction));
-            tok = Tokenizer::bpe_train(text.substr(0, train_bytes), V, data_path, true);
+            tok = Tokenizer::bpe_train(text.substr(0, train_bytes), cfg.model.vocab_size, data_path, true);
         } else {
             tok = tc.tokenizer == "byte" ? Tokenizer::byte_level() : Tokenizer::char_level(text, data_path);
         }

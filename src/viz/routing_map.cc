@@ -68,18 +68,9 @@ std::string token_glyph(const Tokenizer& tok, int32_t id) {
         // may end inside a UTF-8 character; then its first byte, in hex)
         std::string piece = tok.decode_one(id);
         if (piece.size() > 1 && piece[0] == ' ') piece.erase(0, 1);
-        const unsigned char b0 = piece.empty() ? 0 : (unsigned char)piece[0];
-        cp = b0;
-        const int len = b0 >= 0xF0 ? 4 : b0 >= 0xE0 ? 3 : b0 >= 0xC0 ? 2 : 1;
-        if (len > 1 && (int)piece.size() >= len) {  // a whole multi-byte character: decode it
-            uint32_t c = b0 & (0x7F >> len);
-            bool ok = true;
-            for (int k = 1; k < len; ++k) {
-                ok = ok && ((unsigned char)piece[k] >> 6) == 0x2;
-                c = (c << 6) | ((unsigned char)piece[k] & 0x3F);
-            }
-            if (ok) cp = c;
-        }
+        const auto* p = reinterpret_cast<const unsigned char*>(piece.data());
+        int len;
+        if (utf8_next(p, piece.size(), cp, len) != Utf8::ok) cp = p[0];
     } else {
         std::vector<uint32_t> cps = utf8_decode(tok.decode_one(id), "tokenizer");
         cp = cps.empty() ? 0 : cps[0];
