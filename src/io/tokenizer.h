@@ -45,8 +45,9 @@ private:
     std::vector<int32_t> index_;   // code point -> id, -1 (char level, dense up to max code point)
     std::vector<std::pair<int32_t, int32_t>> merges_;  // BPE: id 256 + i = merges_[i].first ++ .second
     std::vector<std::string> pieces_;                  // BPE: id -> bytes
-    void bpe_index();                                  // pieces_ and the merge ranks from merges_
     std::vector<std::pair<uint64_t, int32_t>> rank_;   // BPE: (pair key, merged id), sorted by key
+
+    void bpe_index();  // pieces_ and rank_ from merges_
     void bpe_encode_piece(std::string_view piece, std::vector<int32_t>& out) const;
 };
 
