@@ -5,7 +5,7 @@
 # system interpreter only: a python3 earlier on PATH (pyenv, venv) usually lacks it.
 set(MOE_TORCH_PYTHON /usr/bin/python3 CACHE FILEPATH
     "Python interpreter with torch for the PyTorch parity reference (tests/ref/)")
-set(MOE_PARITY_CONFIGS tiny-dense tiny-moe tiny-moe-relu
+set(MOE_PARITY_CONFIGS tiny-dense tiny-moe tiny-moe-relu tiny-moe-shexp
     tiny-moe-noisy tiny-moe-reroute tiny-moe-drop tiny-moe-bias tiny-moe-qknorm)
 set(MOE_PARITY_DIR ${CMAKE_BINARY_DIR}/parity)
 

@@ -479,3 +479,47 @@ TEST_F(Cli, ExpertsPerTokenOutOfRange) {
     auto ok = moe("generate --checkpoint " + q(out) + " --prompt ab --max-tokens 3 --experts-per-token 1");
     EXPECT_EQ(ok.code(), 0) << ok.describe();
 }
+
+// ------------------------------------------------------------------ shared expert
+
+TEST_F(Cli, SharedExpertOnDenseModel) {
+    json j = tiny_config();
+    j["model"]["ffn"] = "dense";
+    j["model"]["n_ff"] = 32;
+    j["model"]["n_ff_shexp"] = 16;
+    std::string cfg = write_config("shexp_dense.json", j);
+    expect_clean_error(train(cfg), {cfg, "'model.n_ff_shexp'", "16", "no MoE layer"});
+}
+
+TEST_F(Cli, SharedExpertGateWithoutSharedExpert) {
+    json j = tiny_config();
+    j["model"]["shexp_gate"] = true;
+    std::string cfg = write_config("shexp_gate.json", j);
+    expect_clean_error(moe("params --config " + q(cfg)), {cfg, "'model.shexp_gate'", "n_ff_shexp"});
+    j["model"]["n_ff_shexp"] = -4;
+    cfg = write_config("shexp_neg.json", j);
+    expect_clean_error(moe("params --config " + q(cfg)), {cfg, "'model.n_ff_shexp'", "-4"});
+}
+
+// A gated shared expert trains, round-trips through its checkpoint (generate reads it back) and
+// counts as active parameters for every token.
+TEST_F(Cli, SharedExpertTrainsAndGenerates) {
+    json j = tiny_config();
+    j["model"]["n_ff_shexp"] = 24;
+    j["model"]["shexp_gate"] = true;
+    write_config("shexp.json", j);
+    RunResult r = moe("train --config shexp.json --out ck --threads 1 --no-sample");
+    ASSERT_EQ(r.code(), 0) << r.describe();
+    EXPECT_NE(r.out.find("shared F=24 (gated)"), std::string::npos) << r.out;
+    RunResult g = moe("generate --checkpoint ck --prompt the --max-tokens 3");
+    ASSERT_EQ(g.code(), 0) << g.describe();
+    RunResult p = moe("params --config shexp.json --json");
+    ASSERT_EQ(p.code(), 0) << p.describe();
+    RunResult p0 = moe("params --config tiny.json --json");
+    ASSERT_EQ(p0.code(), 0) << p0.describe();
+    const json a = json::parse(p.out), b = json::parse(p0.out);
+    // 1 layer, C 16: gate (1, C) + gate/up (Fs, C) + down (C, Fs) = 16 + 3 * 24 * 16, all active
+    const int64_t extra = 16 + 3 * 24 * 16;
+    EXPECT_EQ(a["total"].get<int64_t>() - b["total"].get<int64_t>(), extra);
+    EXPECT_EQ(a["active"].get<int64_t>() - b["active"].get<int64_t>(), extra);
+}

@@ -16,6 +16,7 @@
 #include "ops/moe_ffn.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
+#include "ops/shared_expert.h"
 #include "ops/router.h"
 #include "ops/softmax_xent.h"
 
@@ -297,6 +298,43 @@ TEST(GradOps, SoftmaxXent) {
     ops::softmax_xent_forward(inplace.data(), losses2.data(), inplace.data(), targets.data(), N, V);
     EXPECT_EQ(inplace, probs);
     EXPECT_EQ(losses2, losses);
+}
+
+// ---------------------------------------------------------------- shared expert
+
+// out += sigmoid(z) * y (gated) or out += y: d y and d z against finite differences
+TEST(GradOps, SharedExpertAdd) {
+    const int64_t N = 7, C = 5;
+    Rng rng(31);
+    Vec y = randn(N * C, rng), z = randn(N, rng, 2.0), base = randn(N * C, rng), g = randn(N * C, rng);
+    for (bool gated : {true, false}) {
+        SCOPED_TRACE(gated ? "gated" : "ungated");
+        Vec s(N);
+        auto fwd_y = [&](const Vec& p, Vec& out) {
+            out = base;  // forward accumulates into out
+            Vec s2(N);
+            ops::shared_expert_add_forward(out.data(), s2.data(), gated ? z.data() : nullptr, p.data(), N, C);
+            return true;
+        };
+        auto fwd_z = [&](const Vec& p, Vec& out) {
+            out = base;
+            Vec s2(N);
+            ops::shared_expert_add_forward(out.data(), s2.data(), p.data(), y.data(), N, C);
+            return true;
+        };
+        Vec out = base;
+        ops::shared_expert_add_forward(out.data(), s.data(), gated ? z.data() : nullptr, y.data(), N, C);
+        Vec dy(N * C, 7.0), dz(N, 7.0);  // written, not accumulated
+        ops::shared_expert_add_backward(dy.data(), gated ? dz.data() : nullptr, g.data(), gated ? s.data() : nullptr,
+                                        y.data(), N, C);
+        EXPECT_GRAD_OK(check_grad(fwd_y, y, g, dy), kTol, "shared_expert_add dy");
+        if (gated) {
+            EXPECT_GRAD_OK(check_grad(fwd_z, z, g, dz), kTol, "shared_expert_add dz");
+            for (int64_t n = 0; n < N; ++n) EXPECT_NEAR(s[n], 1.0 / (1.0 + std::exp(-z[n])), 1e-15);
+        } else {
+            EXPECT_EQ(dy, g);  // out += y
+        }
+    }
 }
 
 // ---------------------------------------------------------------- router weights

@@ -221,6 +221,52 @@ TEST(InferQkNorm, CachedDecodeEqualsFullForward) {
     }
 }
 
+// A gated shared expert (n_ff_shexp, shexp_gate) in the MoE layer: prefill and decode from the
+// cache give the full forward's logits; with bf16 weights (the shared expert's copied too) the
+// logits stay close to fp32, and a change of the fp32 shared expert after the copy is not seen.
+TEST(InferSharedExpert, CachedDecodeEqualsFullForward) {
+    ModelConfig cfg = make_config(true, 2);
+    cfg.n_ff_shexp = 40;
+    cfg.shexp_gate = true;
+    Model m(cfg);
+    m.init(13);
+    for (const auto& p : m.table().params())  // larger matrices: the shared expert matters
+        if (p.shape.size() >= 2)
+            for (int64_t i = 0; i < p.numel; ++i) m.params()[p.offset + i] *= 3.f;
+    const int64_t V = cfg.vocab_size, T = 20, P = 17;
+    auto seq = tokens(T, 23, V);
+    auto ref = full_logits(m, seq);
+    auto cache = m.make_cache(1);
+    std::vector<int32_t> sid(P, 0), pos(P);
+    for (int64_t i = 0; i < P; ++i) pos[i] = (int32_t)i;
+    m.forward_cached(seq.data(), sid.data(), pos.data(), P, cache);
+    expect_close(m.logits(), ref.data(), P * V, "shared expert prefill");
+    for (int64_t t = P; t < T; ++t) {
+        const int32_t s0 = 0, p = (int32_t)t;
+        m.forward_cached(&seq[t], &s0, &p, 1, cache, true);
+        expect_close(m.logits(), ref.data() + t * V, V, "shared expert decode position " + std::to_string(t));
+    }
+    auto b = cached_logits(m, seq, kernels::WType::bf16);
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < T * V; ++i) num += (b[i] - ref[i]) * (b[i] - ref[i]), den += ref[i] * ref[i];
+    EXPECT_LT(std::sqrt(num / den), 0.01);
+    EXPECT_GT(std::sqrt(num / den), 1e-6) << "bf16 weights were not applied";
+    // the bf16 copies are what inference reads: zeroing the fp32 shared expert changes nothing
+    const ParamInfo* up = m.table().find("blk.0.ffn_up_shexp");
+    ASSERT_NE(up, nullptr);
+    std::fill(m.params() + up->offset, m.params() + up->offset + up->numel, 0.f);
+    auto cache2 = m.make_cache(1);
+    std::vector<int32_t> sid2(T, 0), pos2(T);
+    for (int64_t i = 0; i < T; ++i) pos2[i] = (int32_t)i;
+    m.forward_cached(seq.data(), sid2.data(), pos2.data(), T, cache2);
+    expect_close(m.logits(), b.data(), T * V, "bf16 copy of the shared expert");
+    m.set_weight_type(kernels::WType::f32);  // fp32 views of the zeroed expert: the logits move
+    auto z = cached_logits(m, seq, kernels::WType::f32);
+    double moved = 0;
+    for (int64_t i = 0; i < T * V; ++i) moved = std::max(moved, (double)std::fabs(z[i] - ref[i]));
+    EXPECT_GT(moved, 1e-3) << "the shared expert does not reach the logits";
+}
+
 // A small model's decode step and a short prefill never fork threads (Model::kSerialFlops), at any
 // thread count: nothing can stall on a core held by another process. A call with more work than
 // kSerialFlops does use the threads. Results are the same either way.

@@ -13,6 +13,7 @@
 #include "ops/noisy_gating.h"
 #include "ops/router.h"
 #include "ops/router_capacity.h"
+#include "ops/shared_expert.h"
 
 namespace moe::layers {
 
@@ -21,6 +22,20 @@ static void add_into(float* out, const float* a, int64_t n) {
     parallel_for(0, n, 4096, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) out[i] += a[i];
     });
+}
+
+// out (N, OUT) = xn (N, C) · w (OUT, C)^T for the small fp32 matrices beside the experts (router,
+// shared-expert gate). decode: a single-thread GEMV (a library GEMM call of this size forks
+// threads, and a busy core then stalls the step).
+static void small_linear(float* out, const float* xn, const float* w, int64_t N, int64_t C, int64_t OUT,
+                         bool decode) {
+    if (decode && N <= kernels::kGemvMaxN) {
+        kernels::QMatrix r;
+        r.type = kernels::WType::f32, r.out = OUT, r.in = C, r.f32 = w;
+        kernels::qmatmul(out, xn, r, N, false);
+    } else {
+        ops::linear_forward(out, xn, w, N, C, OUT);
+    }
 }
 
 void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& w,
@@ -47,15 +62,7 @@ void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& 
         MOE_PROFILE_SCOPE("moe route+gather fwd");
         ops::rmsnorm_forward(c.xn, c.rstd, inp, w.ffn_norm, N, C, m.norm_eps);         // (N, C)
         const RouterConfig& rc = m.router;
-        if (q && N <= kernels::kGemvMaxN) {
-            // decode: the router as a single-thread GEMV (a library GEMM call of this size forks
-            // threads, and a busy core then stalls the step)
-            kernels::QMatrix r;
-            r.type = kernels::WType::f32, r.out = E, r.in = C, r.f32 = w.ffn_gate_inp;
-            kernels::qmatmul(c.logits, c.xn, r, N, false);                              // (N, E)
-        } else {
-            ops::linear_forward(c.logits, c.xn, w.ffn_gate_inp, N, C, E);               // (N, E)
-        }
+        small_linear(c.logits, c.xn, w.ffn_gate_inp, N, C, E, q != nullptr);            // (N, E)
         // noisy top-K: H = logits + eps * softplus(x W_noise^T); training only unless noise_at_eval
         c.noisy = rc.noisy_gating && (ctx.train || rc.noise_at_eval);
         const float* scores = c.logits;                                                 // (N, E)
@@ -111,6 +118,20 @@ void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& 
     // out = inp + routed_scale * sum_k w[n,k] * ye[row(n,k)]
     ops::moe_combine_forward(out, c.ye, c.topk_weight, c.token_row, N, K, C,
                              (float)m.router.routed_scale);                               // (N, C)
+    if (m.n_ff_shexp > 0) {
+        MOE_PROFILE_SCOPE("moe shared expert fwd");
+        const int64_t Fs = m.n_ff_shexp;
+        const int32_t all[2] = {0, (int32_t)N};  // one expert serving every token
+        if (q)
+            ops::moe_ffn_forward_q(c.sh_y, c.sh_hg, c.sh_hu, c.sh_act, c.xn, q->ffn_gate_shexp, q->ffn_up_shexp,
+                                   q->ffn_down_shexp, all, 1, C, Fs, m.activation);       // (N, C)
+        else
+            ops::moe_ffn_forward(c.sh_y, c.sh_hg, c.sh_hu, c.sh_act, c.xn, w.ffn_gate_shexp, w.ffn_up_shexp,
+                                 w.ffn_down_shexp, all, 1, C, Fs, m.activation);          // (N, C)
+        if (m.shexp_gate) small_linear(c.sh_z, c.xn, w.ffn_gate_inp_shexp, N, C, 1, q != nullptr);  // (N, 1)
+        // out += sigmoid(z) * sh_y (ungated: out += sh_y)
+        ops::shared_expert_add_forward(out, c.sh_s, m.shexp_gate ? c.sh_z : nullptr, c.sh_y, N, C);
+    }
     add_into(out, inp, N * C);
 }
 
@@ -130,6 +151,20 @@ void ffn_backward(float* dresid, LayerWeights& g, FfnScratch& s, const FfnCache&
         return;
     }
     const int64_t E = m.n_expert, K = m.n_expert_used, F = m.n_ff_exp, R = c.R;
+    if (m.n_ff_shexp > 0) {
+        MOE_PROFILE_SCOPE("moe shared expert bwd");
+        const int32_t all[2] = {0, (int32_t)N};
+        const float* dy = dresid;  // ungated: out += sh_y
+        if (m.shexp_gate) {
+            // out += sigmoid(z) * sh_y, z = xn . w
+            ops::shared_expert_add_backward(s.dsh_y, s.dsh_z, dresid, c.sh_s, c.sh_y, N, C);
+            ops::linear_backward(s.dxn, g.ffn_gate_inp_shexp, s.dsh_z, c.xn, w.ffn_gate_inp_shexp, N, C, 1);
+            dy = s.dsh_y;
+        }
+        ops::moe_ffn_backward(s.dxn, g.ffn_gate_shexp, g.ffn_up_shexp, g.ffn_down_shexp, s.dact, s.dhg, s.dhu,
+                              dy, c.xn, c.sh_hg, c.sh_hu, c.sh_act, w.ffn_gate_shexp, w.ffn_up_shexp,
+                              w.ffn_down_shexp, all, 1, C, m.n_ff_shexp, m.activation);
+    }
     {
         MOE_PROFILE_SCOPE("moe combine bwd");
         std::memset(s.dye, 0, R * C * sizeof(float));

@@ -2,7 +2,8 @@
 // Feed-forward block, dense or Mixture-of-Experts: x_out = x_in + ffn(rmsnorm(x_in)).
 //
 // MoE pipeline (docs/conventions.md): router logits -> top-K selection -> combine weights ->
-// counting sort by expert -> gather -> grouped expert FFN (one GEMM per expert) -> weighted scatter.
+// counting sort by expert -> gather -> grouped expert FFN (one GEMM per expert) -> weighted scatter,
+// plus, with model.n_ff_shexp > 0, a shared expert every token goes through (optionally gated).
 #include <cstdint>
 #include <vector>
 
@@ -48,6 +49,13 @@ struct FfnCache {
     float* hu = nullptr;    // (R, F) up projection
     float* act = nullptr;   // (R, F) activation
     float* ye = nullptr;    // (R, C) expert outputs
+    // shared expert (n_ff_shexp = Fs > 0): a dense FFN of every token's xn, added to the output
+    float* sh_hg = nullptr;   // (N, Fs) gate projection (swiglu)
+    float* sh_hu = nullptr;   // (N, Fs) up projection
+    float* sh_act = nullptr;  // (N, Fs) activation
+    float* sh_y = nullptr;    // (N, C) shared expert output
+    float* sh_z = nullptr;    // (N) gate logit xn . w (shexp_gate only)
+    float* sh_s = nullptr;    // (N) gate sigmoid(z) (shexp_gate only)
 };
 
 struct FfnScratch {
@@ -61,7 +69,10 @@ struct FfnScratch {
     float* dact = nullptr;     // (R, F)
     float* dhg = nullptr;      // (R, F)
     float* dhu = nullptr;      // (R, F)
+    float* dsh_y = nullptr;    // (N, C) shared expert output (shexp_gate only)
+    float* dsh_z = nullptr;    // (N) its gate logit (shexp_gate only)
 };
+// dact, dhg, dhu hold max(R * F, N * Fs) values: the shared expert's backward reuses them.
 
 // out (N, C) = inp (N, C) + ffn(rmsnorm(inp)). q: inference weight views for the expert / dense
 // projections (null: the fp32 parameters through the training GEMMs).

@@ -113,12 +113,14 @@ void validate(const ModelConfig& m, const std::string& where) {
     at_most("n_ff", m.n_ff, kMaxDim);
     at_most("n_expert", m.n_expert, 65536);
     at_most("n_ff_exp", m.n_ff_exp, kMaxDim);
+    at_most("n_ff_shexp", m.n_ff_shexp, kMaxDim);
     {
         const double V = (double)m.vocab_size, C = (double)m.n_embd, L = (double)m.n_layer;
         const double E = (double)m.n_expert, H = (double)m.n_head, Hkv = (double)m.n_head_kv;
         const double D = C / H;
         const double n = 2 * V * C + L * (C * (H + 2 * Hkv) * D + H * D * C + E * C +
-                                          3 * E * C * (double)m.n_ff_exp + 3 * C * (double)m.n_ff);
+                                          3 * E * C * (double)m.n_ff_exp + 3 * C * (double)m.n_ff +
+                                          3 * C * (double)m.n_ff_shexp);
         check(n <= 0x1p42, where, str("the model would have about ", n, " parameters, more than this engine ",
                                      "can address (2^42): check the sizes"));
     }
@@ -143,6 +145,12 @@ void validate(const ModelConfig& m, const std::string& where) {
               str("n_expert_used (K = ", m.n_expert_used, ") must not exceed n_expert (E = ", m.n_expert, ")"));
     }
     if (any_dense) pos("n_ff", m.n_ff);
+    check(m.n_ff_shexp >= 0, where, str("field 'model.n_ff_shexp' must be >= 0, got ", m.n_ff_shexp));
+    check(m.n_ff_shexp == 0 || m.any_moe(), where,
+          str("field 'model.n_ff_shexp' = ", m.n_ff_shexp,
+              " sets a shared expert, but the model has no MoE layer (\"ffn\" is \"dense\" everywhere)"));
+    check(!m.shexp_gate || m.n_ff_shexp > 0, where,
+          "field 'model.shexp_gate' is true, but there is no shared expert to gate (model.n_ff_shexp is 0)");
 }
 
 void validate_router(const RouterConfig& r, const std::string& where) {
@@ -185,6 +193,8 @@ Config config_from_json(const json& j, const std::string& where) {
         m.n_expert = f.integer("n_expert", 0);
         m.n_expert_used = f.integer("n_expert_used", 0);
         m.n_ff_exp = f.integer("n_ff_exp", 0);
+        m.n_ff_shexp = f.integer("n_ff_shexp", 0);
+        m.shexp_gate = f.boolean("shexp_gate", false);
         // "ffn": "moe" | "dense" | ["moe", "dense", ...] (one per layer). Default: moe when
         // n_expert > 0. This is the one switch between the dense and the MoE Transformer.
         const json* ffn = f.raw("ffn");
@@ -299,7 +309,8 @@ Config config_from_json(const json& j, const std::string& where) {
             const double rows = N * (double)std::max<int64_t>(1, m.n_expert_used);
             const double per_token = (double)m.vocab_size + (double)m.n_layer *
                 (8.0 * (double)m.n_embd + (double)m.n_head * (double)m.n_ctx +
-                 3.0 * (double)m.n_expert_used * (double)m.n_ff_exp + 3.0 * (double)m.n_ff);
+                 3.0 * (double)m.n_expert_used * (double)m.n_ff_exp + 3.0 * (double)m.n_ff +
+                 3.0 * (double)m.n_ff_shexp);
             check(rows <= 2147483647.0 && N * per_token <= 0x1p44, where,
                   str("field 'train.batch_size' = ", t.batch_size, " with block_size ", t.block_size,
                       " needs more activation memory than this engine can address"));
@@ -342,6 +353,10 @@ json config_to_json(const Config& c) {
         mj["n_expert"] = m.n_expert;
         mj["n_expert_used"] = m.n_expert_used;
         mj["n_ff_exp"] = m.n_ff_exp;
+        if (m.n_ff_shexp > 0) {
+            mj["n_ff_shexp"] = m.n_ff_shexp;
+            mj["shexp_gate"] = m.shexp_gate;
+        }
     }
     json ffn = json::array();
     for (bool b : m.layer_moe) ffn.push_back(b ? "moe" : "dense");

@@ -45,6 +45,9 @@ struct ModelConfig {
     int64_t n_expert = 0;       // E
     int64_t n_expert_used = 0;  // K
     int64_t n_ff_exp = 0;       // F of one expert
+    int64_t n_ff_shexp = 0;     // Fs: width of the shared expert every token of an MoE layer goes
+                                // through beside its K routed ones (DeepSeekMoE, Qwen2-MoE); 0 = none
+    bool shexp_gate = false;    // scale the shared expert by sigmoid(xn . w) per token (Qwen2-MoE)
     std::vector<bool> layer_moe;  // (L) true where the FFN is an MoE layer
     RouterConfig router;
 

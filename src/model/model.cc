@@ -72,7 +72,8 @@ void Model::ensure_activations(int64_t B, int64_t T) {
     const int64_t E = std::max<int64_t>(cfg_.n_expert, 1), K = std::max<int64_t>(cfg_.n_expert_used, 1);
     const int64_t Fe = cfg_.n_ff_exp, Fd = cfg_.n_ff;
     // rows per layer buffer: MoE R <= N*K rows of width Fe; dense N rows of width Fd
-    const int64_t rowsF = std::max(N * K * Fe, N * Fd);
+    const int64_t Fs = cfg_.n_ff_shexp;
+    const int64_t rowsF = std::max({N * K * Fe, N * Fd, N * Fs});
     const int64_t rowsC = std::max(N * K, N) * C;
 
     rope_.resize(Tc * D);
@@ -124,6 +125,16 @@ void Model::ensure_activations(int64_t B, int64_t T) {
                 f.hu = take_f(N * K * Fe);
                 f.act = take_f(N * K * Fe);
                 f.ye = take_f(N * K * C);
+                if (Fs > 0) {
+                    f.sh_hg = take_f(N * Fs);
+                    f.sh_hu = take_f(N * Fs);
+                    f.sh_act = take_f(N * Fs);
+                    f.sh_y = take_f(N * C);
+                    if (cfg_.shexp_gate) {
+                        f.sh_z = take_f(N);
+                        f.sh_s = take_f(N);
+                    }
+                }
             } else {
                 f.hg = take_f(N * Fd);
                 f.hu = take_f(N * Fd);
@@ -169,6 +180,10 @@ void Model::ensure_activations(int64_t B, int64_t T) {
         ffn_s_.dact = take_f(rowsF);
         ffn_s_.dhg = take_f(rowsF);
         ffn_s_.dhu = take_f(rowsF);
+        if (cfg_.shexp_gate) {
+            ffn_s_.dsh_y = take_f(N * C);
+            ffn_s_.dsh_z = take_f(N);
+        }
     };
     ArenaPlan splan;
     plan_scratch([&](size_t n) { splan.add<float>(n); return (float*)nullptr; });
@@ -239,6 +254,14 @@ void Model::set_weight_type(kernels::WType t) {
         v.attn_output = st.attn_output.view();
         v.ffn_gate = g ? st.ffn_gate.view() : kernels::QMatrix{};
         v.ffn_up = st.ffn_up.view(), v.ffn_down = st.ffn_down.view();
+        if (moe && cfg_.n_ff_shexp > 0) {
+            const int64_t Fs = cfg_.n_ff_shexp;
+            if (w.ffn_gate_shexp) st.ffn_gate_shexp.build(t, w.ffn_gate_shexp, Fs, C);
+            st.ffn_up_shexp.build(t, w.ffn_up_shexp, Fs, C);
+            st.ffn_down_shexp.build(t, w.ffn_down_shexp, C, Fs);
+            v.ffn_gate_shexp = w.ffn_gate_shexp ? st.ffn_gate_shexp.view() : kernels::QMatrix{};
+            v.ffn_up_shexp = st.ffn_up_shexp.view(), v.ffn_down_shexp = st.ffn_down_shexp.view();
+        }
     }
     q_output_.build(t, w_.output, cfg_.vocab_size, C);
 }

@@ -113,6 +113,7 @@ private:
     kernels::WType wtype_ = kernels::WType::f32;
     struct LayerStores {
         kernels::QStore attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down;
+        kernels::QStore ffn_gate_shexp, ffn_up_shexp, ffn_down_shexp;  // shared expert
     };
     std::vector<LayerStores> qstores_;  // (L)
     std::vector<layers::QLayer> qviews_;  // (L)

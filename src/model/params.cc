@@ -46,6 +46,13 @@ ParamTable::ParamTable(const ModelConfig& m) {
             if (glu) add(b + "ffn_gate_exps", {E, F, C}, true, true);
             add(b + "ffn_up_exps", {E, F, C}, true, true);
             add(b + "ffn_down_exps", {E, C, F}, true, true);
+            if (m.n_ff_shexp > 0) {  // shared expert: a dense FFN every token goes through
+                const int64_t Fs = m.n_ff_shexp;
+                if (m.shexp_gate) add(b + "ffn_gate_inp_shexp", {1, C}, true);
+                if (glu) add(b + "ffn_gate_shexp", {Fs, C}, true);
+                add(b + "ffn_up_shexp", {Fs, C}, true);
+                add(b + "ffn_down_shexp", {C, Fs}, true);
+            }
         } else {
             const int64_t F = m.n_ff;
             if (glu) add(b + "ffn_gate", {F, C}, true);
@@ -93,6 +100,10 @@ Weights bind_weights(const ParamTable& t, const ModelConfig& m, float* base) {
         L.ffn_gate_exps = at(b + "ffn_gate_exps");
         L.ffn_up_exps = at(b + "ffn_up_exps");
         L.ffn_down_exps = at(b + "ffn_down_exps");
+        L.ffn_gate_inp_shexp = at(b + "ffn_gate_inp_shexp");
+        L.ffn_gate_shexp = at(b + "ffn_gate_shexp");
+        L.ffn_up_shexp = at(b + "ffn_up_shexp");
+        L.ffn_down_shexp = at(b + "ffn_down_shexp");
     }
     w.output_norm = at("output_norm");
     w.output = m.tie_embeddings ? w.tok_embd : at("output");

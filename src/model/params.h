@@ -55,6 +55,10 @@ struct LayerWeights {
     float* ffn_gate_exps = nullptr;  // (E, F, C) swiglu only
     float* ffn_up_exps = nullptr;    // (E, F, C)
     float* ffn_down_exps = nullptr;  // (E, C, F)
+    float* ffn_gate_inp_shexp = nullptr;  // (1, C) shared expert's sigmoid gate (shexp_gate only)
+    float* ffn_gate_shexp = nullptr;      // (Fs, C) shared expert, swiglu only
+    float* ffn_up_shexp = nullptr;        // (Fs, C)
+    float* ffn_down_shexp = nullptr;      // (C, Fs)
 };
 
 struct Weights {

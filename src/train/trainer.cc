@@ -263,7 +263,8 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
     const double unigram = data.unigram_entropy(mc.vocab_size);
     std::printf("moe train: %s | %s model, %lld layers, C=%lld, %s | params %.3fM total, %.3fM active\n",
                 cfg.path.c_str(), mc.any_moe() ? "MoE" : "dense", (long long)mc.n_layer, (long long)mc.n_embd,
-                mc.any_moe() ? str("E=", mc.n_expert, " K=", mc.n_expert_used, " F=", mc.n_ff_exp).c_str()
+                mc.any_moe() ? str("E=", mc.n_expert, " K=", mc.n_expert_used, " F=", mc.n_ff_exp,
+                                     mc.n_ff_shexp > 0 ? str(" + shared F=", mc.n_ff_shexp, mc.shexp_gate ? " (gated)" : "") : "").c_str()
                              : str("F=", mc.n_ff).c_str(),
                 pc.total / 1e6, pc.active / 1e6);
     std::printf("data: %s, %lld train / %lld val tokens, vocab %lld (%s); unigram baseline %.4f nats\n",

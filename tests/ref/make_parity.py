@@ -72,7 +72,7 @@ def init_weights(model, gen, router_std):
                 std, mean = 0.3, 0.0
             elif name.endswith(("ffn_gate_inp", "ffn_gate_inp_noise")):
                 std, mean = router_std, 0.0
-            elif name.endswith(("attn_output", "ffn_down", "ffn_down_exps")):
+            elif name.endswith(("attn_output", "ffn_down", "ffn_down_exps", "ffn_down_shexp")):
                 std, mean = 0.1, 0.0
             else:
                 std, mean = 0.2, 0.0

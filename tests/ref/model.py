@@ -38,8 +38,9 @@ def model_section(cfg):
     m.setdefault("norm_eps", 1e-5)
     m.setdefault("tie_embeddings", True)
     m.setdefault("activation", "swiglu")
-    for k in ("n_ff", "n_expert", "n_expert_used", "n_ff_exp"):
+    for k in ("n_ff", "n_expert", "n_expert_used", "n_ff_exp", "n_ff_shexp"):
         m.setdefault(k, 0)
+    m.setdefault("shexp_gate", False)
     ffn = m.get("ffn", "moe" if m["n_expert"] > 0 else "dense")
     if isinstance(ffn, str):
         ffn = [ffn] * m["n_layer"]
@@ -302,6 +303,13 @@ class MoeFFN(nn.Module):
             self.ffn_gate_exps = None
         self.ffn_up_exps = nn.Parameter(torch.empty(E, Fe, C))
         self.ffn_down_exps = nn.Parameter(torch.empty(E, C, Fe))
+        # shared expert: a dense FFN beside the routed ones, optionally gated per token
+        Fs = m["n_ff_shexp"]
+        self.shexp = Fs > 0
+        self.ffn_gate_inp_shexp = nn.Parameter(torch.empty(1, C)) if self.shexp and m["shexp_gate"] else None
+        self.ffn_gate_shexp = nn.Parameter(torch.empty(Fs, C)) if self.shexp and self.activation == "swiglu" else None
+        self.ffn_up_shexp = nn.Parameter(torch.empty(Fs, C)) if self.shexp else None
+        self.ffn_down_shexp = nn.Parameter(torch.empty(C, Fs)) if self.shexp else None
         # the mode of the next forwards (MoeTransformer.set_mode): training or not, the noise key
         self.train_mode, self.seed, self.step, self.micro = False, 0, 0, 0
         self.step_load = torch.zeros(E, dtype=torch.int64)  # training loads since the bias update
@@ -373,6 +381,11 @@ class MoeFFN(nn.Module):
             ye = ffn(h[tok], gate, self.ffn_up_exps[e], self.ffn_down_exps[e], self.activation)
             w = r["routed_scale"] * weights[tok, slot, None]       # combine = routed_scale * sum_k w_k ye_k
             out = out.index_add(0, tok, (w * ye).to(out.dtype))   # .to: bf16 under autocast
+        if self.shexp:
+            sh = ffn(h, self.ffn_gate_shexp, self.ffn_up_shexp, self.ffn_down_shexp, self.activation)
+            if self.ffn_gate_inp_shexp is not None:
+                sh = torch.sigmoid(h @ self.ffn_gate_inp_shexp.t()) * sh  # (N, 1) * (N, C)
+            out = out + sh.to(out.dtype)
         return x + out.view(B, T, C)
 
     def update_balance_bias(self):
@@ -427,6 +440,12 @@ class MoeTransformer(nn.Module):
                 if f.ffn_gate_exps is not None:
                     out.append((b + "ffn_gate_exps", f.ffn_gate_exps))
                 out += [(b + "ffn_up_exps", f.ffn_up_exps), (b + "ffn_down_exps", f.ffn_down_exps)]
+                if f.shexp:
+                    if f.ffn_gate_inp_shexp is not None:
+                        out.append((b + "ffn_gate_inp_shexp", f.ffn_gate_inp_shexp))
+                    if f.ffn_gate_shexp is not None:
+                        out.append((b + "ffn_gate_shexp", f.ffn_gate_shexp))
+                    out += [(b + "ffn_up_shexp", f.ffn_up_shexp), (b + "ffn_down_shexp", f.ffn_down_shexp)]
             else:
                 if f.ffn_gate is not None:
                     out.append((b + "ffn_gate", f.ffn_gate))
