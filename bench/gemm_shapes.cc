@@ -37,12 +37,15 @@ const Shape kMakemoe[] = {
     {"makemoe qkv         x.W^T", false, true, 512, 384, 128},
     {"makemoe qkv dW      dy^T.x", true, false, 384, 128, 512},
 };
-// bench-moe: 2048 tokens a step, C 512, F 1024, about 512 rows per expert.
+// bench-moe: 2048 tokens a step, C 512; 8 routed experts of F 512 (about 512 rows each) and a
+// shared expert of F 1024 over all 2048 rows (configs/bench-moe.json since session 8).
 const Shape kBenchMoe[] = {
-    {"bench-moe expert up   x.W^T", false, true, 512, 1024, 512},
-    {"bench-moe expert down a.W^T", false, true, 512, 512, 1024},
-    {"bench-moe expert dact dy.W", false, false, 512, 1024, 512},
-    {"bench-moe expert dWup dh^T.x", true, false, 1024, 512, 512},
+    {"bench-moe expert up   x.W^T", false, true, 512, 512, 512},
+    {"bench-moe expert dWup dh^T.x", true, false, 512, 512, 512},
+    {"bench-moe shexp up    x.W^T", false, true, 2048, 1024, 512},
+    {"bench-moe shexp down  a.W^T", false, true, 2048, 512, 1024},
+    {"bench-moe shexp dact  dy.W", false, false, 2048, 1024, 512},
+    {"bench-moe shexp dWup  dh^T.x", true, false, 1024, 512, 2048},
     {"bench-moe qkv         x.W^T", false, true, 2048, 1536, 512},
     {"bench-moe qkv dW      dy^T.x", true, false, 1536, 512, 2048},
 };

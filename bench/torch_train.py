@@ -109,7 +109,7 @@ def main():
             if p.dim() == 1:
                 p.fill_(1.0)
             else:
-                proj = name.endswith(("attn_output", "ffn_down", "ffn_down_exps"))
+                proj = "attn_output" in name or "ffn_down" in name  # as Model::init (shared expert too)
                 p.normal_(0.0, 0.02 / (2 * L) ** 0.5 if proj else 0.02)
     lr = tc.get("lr", 1e-3)
     hp = {"lr": lr, "min_lr": tc.get("min_lr", lr * 0.1), "warmup_steps": tc.get("warmup_steps", 100),

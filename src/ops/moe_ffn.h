@@ -25,8 +25,9 @@ namespace moe::ops {
 inline constexpr int64_t kRowBlock = 128;
 
 // Small experts (per-expert GEMMs under kSmallExpertFlops, e.g. makeMoE's 128 rows x 512 x 128)
-// run as tasks, one per thread at a time; large ones (bench-moe's 512 x 1024 x 512) run one
-// expert after another with every GEMM on all threads, which keeps oneDNN's blocking whole.
+// run as tasks, one per thread at a time; large ones (bench-moe's 512 x 512 x 512, or a shared
+// expert) run one expert after another with every GEMM on all threads, which keeps oneDNN's
+// blocking whole.
 inline constexpr double kSmallExpertFlops = 64e6;
 
 inline bool small_experts(const int32_t* expert_offsets, int64_t E, int64_t C, int64_t F) {
