@@ -38,6 +38,30 @@ static void small_linear(float* out, const float* xn, const float* w, int64_t N,
     }
 }
 
+// The dense layer and the shared expert: one FFN over every row of x (N, C), i.e. the grouped
+// expert FFN with a single expert serving all N tokens. q: inference views of the same weights
+// (null: the fp32 parameters through the training GEMMs).
+static void dense_ffn_forward(float* y, float* hg, float* hu, float* act, const float* x, const float* w_gate,
+                              const float* w_up, const float* w_down, const QFfn* q, int64_t N, int64_t C,
+                              int64_t F, ops::Activation a) {
+    const int32_t all[2] = {0, (int32_t)N};
+    if (q)
+        ops::moe_ffn_forward_q(y, hg, hu, act, x, q->gate, q->up, q->down, all, 1, C, F, a);  // (N, C)
+    else
+        ops::moe_ffn_forward(y, hg, hu, act, x, w_gate, w_up, w_down, all, 1, C, F, a);       // (N, C)
+}
+
+// Backward of dense_ffn_forward: accumulates dx (N, C) and the weight gradients; dact, dhg, dhu
+// (N, F) are scratch.
+static void dense_ffn_backward(float* dx, float* dw_gate, float* dw_up, float* dw_down, const FfnScratch& s,
+                               const float* dy, const float* x, const float* hg, const float* hu, const float* act,
+                               const float* w_gate, const float* w_up, const float* w_down, int64_t N, int64_t C,
+                               int64_t F, ops::Activation a) {
+    const int32_t all[2] = {0, (int32_t)N};
+    ops::moe_ffn_backward(dx, dw_gate, dw_up, dw_down, s.dact, s.dhg, s.dhu, dy, x, hg, hu, act, w_gate, w_up,
+                          w_down, all, 1, C, F, a);
+}
+
 void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& w,
                  const ModelConfig& m, bool moe_layer, int64_t N, const RouteContext& ctx,
                  const QLayer* q) {
@@ -45,15 +69,9 @@ void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& 
     if (!moe_layer) {
         MOE_PROFILE_SCOPE("dense ffn fwd");
         ops::rmsnorm_forward(c.xn, c.rstd, inp, w.ffn_norm, N, C, m.norm_eps);  // (N, C)
-        const int32_t offsets[2] = {0, (int32_t)N};
         c.R = N;
-        // dense FFN = one expert serving every token; out (N, C)
-        if (q)
-            ops::moe_ffn_forward_q(out, c.hg, c.hu, c.act, c.xn, q->ffn_gate, q->ffn_up, q->ffn_down, offsets, 1, C,
-                                   m.n_ff, m.activation);
-        else
-            ops::moe_ffn_forward(out, c.hg, c.hu, c.act, c.xn, w.ffn_gate, w.ffn_up, w.ffn_down, offsets,
-                                 1, C, m.n_ff, m.activation);
+        dense_ffn_forward(out, c.hg, c.hu, c.act, c.xn, w.ffn_gate, w.ffn_up, w.ffn_down, q ? &q->ffn : nullptr, N,
+                          C, m.n_ff, m.activation);                                       // (N, C)
         add_into(out, inp, N * C);
         return;
     }
@@ -108,7 +126,7 @@ void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& 
     {
         MOE_PROFILE_SCOPE("moe experts fwd");
         if (q)
-            ops::moe_ffn_forward_q(c.ye, c.hg, c.hu, c.act, c.xe, q->ffn_gate, q->ffn_up, q->ffn_down,
+            ops::moe_ffn_forward_q(c.ye, c.hg, c.hu, c.act, c.xe, q->ffn.gate, q->ffn.up, q->ffn.down,
                                    c.expert_offsets, E, C, F, m.activation);              // (R, C)
         else
             ops::moe_ffn_forward(c.ye, c.hg, c.hu, c.act, c.xe, w.ffn_gate_exps, w.ffn_up_exps,
@@ -120,14 +138,8 @@ void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& 
                              (float)m.router.routed_scale);                               // (N, C)
     if (m.n_ff_shexp > 0) {
         MOE_PROFILE_SCOPE("moe shared expert fwd");
-        const int64_t Fs = m.n_ff_shexp;
-        const int32_t all[2] = {0, (int32_t)N};  // one expert serving every token
-        if (q)
-            ops::moe_ffn_forward_q(c.sh_y, c.sh_hg, c.sh_hu, c.sh_act, c.xn, q->ffn_gate_shexp, q->ffn_up_shexp,
-                                   q->ffn_down_shexp, all, 1, C, Fs, m.activation);       // (N, C)
-        else
-            ops::moe_ffn_forward(c.sh_y, c.sh_hg, c.sh_hu, c.sh_act, c.xn, w.ffn_gate_shexp, w.ffn_up_shexp,
-                                 w.ffn_down_shexp, all, 1, C, Fs, m.activation);          // (N, C)
+        dense_ffn_forward(c.sh_y, c.sh_hg, c.sh_hu, c.sh_act, c.xn, w.ffn_gate_shexp, w.ffn_up_shexp,
+                          w.ffn_down_shexp, q ? &q->shexp : nullptr, N, C, m.n_ff_shexp, m.activation);  // (N, C)
         if (m.shexp_gate) small_linear(c.sh_z, c.xn, w.ffn_gate_inp_shexp, N, C, 1, q != nullptr);  // (N, 1)
         // out += sigmoid(z) * sh_y (ungated: out += sh_y)
         ops::shared_expert_add_forward(out, c.sh_s, m.shexp_gate ? c.sh_z : nullptr, c.sh_y, N, C);
@@ -142,18 +154,15 @@ void ffn_backward(float* dresid, LayerWeights& g, FfnScratch& s, const FfnCache&
     std::memset(s.dxn, 0, N * C * sizeof(float));
     if (!moe_layer) {
         MOE_PROFILE_SCOPE("dense ffn bwd");
-        const int32_t offsets[2] = {0, (int32_t)N};
         // out = inp + ffn(xn): d ffn-output = dresid
-        ops::moe_ffn_backward(s.dxn, g.ffn_gate, g.ffn_up, g.ffn_down, s.dact, s.dhg, s.dhu, dresid,
-                              c.xn, c.hg, c.hu, c.act, w.ffn_gate, w.ffn_up, w.ffn_down, offsets, 1,
-                              C, m.n_ff, m.activation);
+        dense_ffn_backward(s.dxn, g.ffn_gate, g.ffn_up, g.ffn_down, s, dresid, c.xn, c.hg, c.hu, c.act, w.ffn_gate,
+                           w.ffn_up, w.ffn_down, N, C, m.n_ff, m.activation);
         ops::rmsnorm_backward(dresid, g.ffn_norm, s.dxn, inp, w.ffn_norm, c.rstd, N, C);
         return;
     }
     const int64_t E = m.n_expert, K = m.n_expert_used, F = m.n_ff_exp, R = c.R;
     if (m.n_ff_shexp > 0) {
         MOE_PROFILE_SCOPE("moe shared expert bwd");
-        const int32_t all[2] = {0, (int32_t)N};
         const float* dy = dresid;  // ungated: out += sh_y
         if (m.shexp_gate) {
             // out += sigmoid(z) * sh_y, z = xn . w
@@ -161,9 +170,9 @@ void ffn_backward(float* dresid, LayerWeights& g, FfnScratch& s, const FfnCache&
             ops::linear_backward(s.dxn, g.ffn_gate_inp_shexp, s.dsh_z, c.xn, w.ffn_gate_inp_shexp, N, C, 1);
             dy = s.dsh_y;
         }
-        ops::moe_ffn_backward(s.dxn, g.ffn_gate_shexp, g.ffn_up_shexp, g.ffn_down_shexp, s.dact, s.dhg, s.dhu,
-                              dy, c.xn, c.sh_hg, c.sh_hu, c.sh_act, w.ffn_gate_shexp, w.ffn_up_shexp,
-                              w.ffn_down_shexp, all, 1, C, m.n_ff_shexp, m.activation);
+        dense_ffn_backward(s.dxn, g.ffn_gate_shexp, g.ffn_up_shexp, g.ffn_down_shexp, s, dy, c.xn, c.sh_hg,
+                           c.sh_hu, c.sh_act, w.ffn_gate_shexp, w.ffn_up_shexp, w.ffn_down_shexp, N, C,
+                           m.n_ff_shexp, m.activation);
     }
     {
         MOE_PROFILE_SCOPE("moe combine bwd");

@@ -5,11 +5,15 @@
 
 namespace moe::layers {
 
+// One FFN's matrices; gate is empty without SwiGLU.
+struct QFfn {
+    kernels::QMatrix gate, up, down;
+};
+
 struct QLayer {
     kernels::QMatrix attn_q, attn_k, attn_v, attn_output;  // (H*D, C), (Hkv*D, C) x2, (C, H*D)
-    kernels::QMatrix ffn_gate, ffn_up, ffn_down;           // dense (F, C), (F, C), (C, F) or
-                                                           // experts (E*F, C), (E*F, C), (E*C, F)
-    kernels::QMatrix ffn_gate_shexp, ffn_up_shexp, ffn_down_shexp;  // shared expert (Fs, C), (Fs, C), (C, Fs)
+    QFfn ffn;    // dense (F, C), (F, C), (C, F) or experts (E*F, C), (E*F, C), (E*C, F)
+    QFfn shexp;  // shared expert (Fs, C), (Fs, C), (C, Fs); empty without one
 };
 
 }  // namespace moe::layers

@@ -245,25 +245,24 @@ void Model::set_weight_type(kernels::WType t) {
         st.attn_output.build(t, w.attn_output, C, QD);
         const bool moe = cfg_.layer_moe[l];
         const int64_t E = moe ? cfg_.n_expert : 1, F = moe ? cfg_.n_ff_exp : cfg_.n_ff;
-        const float* g = moe ? w.ffn_gate_exps : w.ffn_gate;
-        if (g) st.ffn_gate.build(t, g, E * F, C);
-        st.ffn_up.build(t, moe ? w.ffn_up_exps : w.ffn_up, E * F, C);
-        st.ffn_down.build(t, moe ? w.ffn_down_exps : w.ffn_down, E * C, F);
         layers::QLayer& v = qviews_[l];
         v.attn_q = st.attn_q.view(), v.attn_k = st.attn_k.view(), v.attn_v = st.attn_v.view();
         v.attn_output = st.attn_output.view();
-        v.ffn_gate = g ? st.ffn_gate.view() : kernels::QMatrix{};
-        v.ffn_up = st.ffn_up.view(), v.ffn_down = st.ffn_down.view();
-        if (moe && cfg_.n_ff_shexp > 0) {
-            const int64_t Fs = cfg_.n_ff_shexp;
-            if (w.ffn_gate_shexp) st.ffn_gate_shexp.build(t, w.ffn_gate_shexp, Fs, C);
-            st.ffn_up_shexp.build(t, w.ffn_up_shexp, Fs, C);
-            st.ffn_down_shexp.build(t, w.ffn_down_shexp, C, Fs);
-            v.ffn_gate_shexp = w.ffn_gate_shexp ? st.ffn_gate_shexp.view() : kernels::QMatrix{};
-            v.ffn_up_shexp = st.ffn_up_shexp.view(), v.ffn_down_shexp = st.ffn_down_shexp.view();
-        }
+        v.ffn = moe ? st.ffn.build(t, w.ffn_gate_exps, w.ffn_up_exps, w.ffn_down_exps, E * F, C, E * C, F)
+                    : st.ffn.build(t, w.ffn_gate, w.ffn_up, w.ffn_down, F, C, C, F);
+        const int64_t Fs = cfg_.n_ff_shexp;
+        if (moe && Fs > 0)
+            v.shexp = st.shexp.build(t, w.ffn_gate_shexp, w.ffn_up_shexp, w.ffn_down_shexp, Fs, C, C, Fs);
     }
     q_output_.build(t, w_.output, cfg_.vocab_size, C);
+}
+
+layers::QFfn Model::FfnStores::build(kernels::WType t, const float* g, const float* u, const float* d,
+                                     int64_t rows, int64_t C, int64_t rows_down, int64_t F) {
+    if (g) gate.build(t, g, rows, C);
+    up.build(t, u, rows, C);
+    down.build(t, d, rows_down, F);
+    return {g ? gate.view() : kernels::QMatrix{}, up.view(), down.view()};
 }
 
 double Model::weight_bytes_per_token() const {

@@ -111,9 +111,16 @@ private:
     std::vector<int32_t> head_rows_;   // rows whose logits forward_cached computes
     std::vector<int64_t> next_pos_;    // (S) next position per sequence while checking a call
     kernels::WType wtype_ = kernels::WType::f32;
+    // One FFN's matrices in the weight type: gate, up (rows, C), down (rows_down, F); gate may be
+    // null (no SwiGLU). Returns the views forward_cached reads.
+    struct FfnStores {
+        kernels::QStore gate, up, down;
+        layers::QFfn build(kernels::WType t, const float* g, const float* u, const float* d, int64_t rows,
+                           int64_t C, int64_t rows_down, int64_t F);
+    };
     struct LayerStores {
-        kernels::QStore attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down;
-        kernels::QStore ffn_gate_shexp, ffn_up_shexp, ffn_down_shexp;  // shared expert
+        kernels::QStore attn_q, attn_k, attn_v, attn_output;
+        FfnStores ffn, shexp;  // dense FFN or the experts; the shared expert
     };
     std::vector<LayerStores> qstores_;  // (L)
     std::vector<layers::QLayer> qviews_;  // (L)
