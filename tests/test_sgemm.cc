@@ -1,7 +1,8 @@
-// The packed AVX2 sgemm (src/kernels/sgemm.cc) against its reference twin gemm_ref, computed in
-// double: every transpose combination, sizes around the register tile (6 x 16) and the cache
-// blocks (72 rows, 256 k, 1024 columns), alpha / beta, padded leading dimensions; and the
-// promise that its result does not depend on the thread count.
+// The packed AVX2 sgemm and the AVX512_BF16 GEMM (src/kernels/sgemm.cc) against their reference
+// twin gemm_ref, computed in double (on bf16-rounded operands for the bf16 kernel): every
+// transpose combination, sizes around the register tiles (6 x 16, 12 x 32) and the cache blocks
+// (120 / 240 rows, 256 k, 512 columns), odd k, alpha / beta, padded leading dimensions; and the
+// promise that the result does not depend on the thread count.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "core/parallel.h"
+#include "kernels/bf16.h"
 #include "kernels/gemm.h"
 #include "kernels/sgemm.h"
 
@@ -24,9 +26,13 @@ struct Case {
     float alpha, beta;
 };
 
-// Runs sgemm_packed on random data (leading dimensions padded by 3) and compares it to gemm_ref
-// in double; returns the largest error relative to sum_k |a||b| (the scale of the rounding).
-double max_rel_error(const Case& c, std::mt19937& rng) {
+using GemmFn = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
+                       float, float*, int64_t);
+
+// Runs `fn` (sgemm_packed by default) on random data (leading dimensions padded by 3) and compares
+// it to gemm_ref in double; returns the largest error relative to sum_k |a||b| (the scale of the
+// rounding). bf16: the reference multiplies the operands rounded to bf16, as the kernel must.
+double max_rel_error(const Case& c, std::mt19937& rng, GemmFn fn = sgemm_packed, bool bf16 = false) {
     std::uniform_real_distribution<float> u(-1.f, 1.f);
     const int64_t ar = c.ta ? c.K : c.M, ac = c.ta ? c.M : c.K, lda = ac + 3;
     const int64_t br = c.tb ? c.N : c.K, bc = c.tb ? c.K : c.N, ldb = bc + 3;
@@ -36,6 +42,10 @@ double max_rel_error(const Case& c, std::mt19937& rng) {
     for (float& v : B) v = u(rng);
     for (float& v : C) v = c.beta == 0.f ? std::numeric_limits<float>::quiet_NaN() : u(rng);  // beta 0: C not read
     std::vector<double> Ad(A.begin(), A.end()), Bd(B.begin(), B.end()), Cd(C.begin(), C.end());
+    if (bf16) {
+        for (double& v : Ad) v = bf16_round((float)v);
+        for (double& v : Bd) v = bf16_round((float)v);
+    }
     std::vector<double> Aabs(Ad.size()), Babs(Bd.size()), scale(c.M * ldc, 0.0);
     for (size_t i = 0; i < Ad.size(); ++i) Aabs[i] = std::fabs(Ad[i]);
     for (size_t i = 0; i < Bd.size(); ++i) Babs[i] = std::fabs(Bd[i]);
@@ -43,7 +53,7 @@ double max_rel_error(const Case& c, std::mt19937& rng) {
         for (double& v : Cd) v = 0;
     gemm_ref<double>(c.ta, c.tb, c.M, c.N, c.K, c.alpha, Ad.data(), lda, Bd.data(), ldb, c.beta, Cd.data(), ldc);
     gemm_ref<double>(c.ta, c.tb, c.M, c.N, c.K, 1.0, Aabs.data(), lda, Babs.data(), ldb, 0.0, scale.data(), ldc);
-    sgemm_packed(c.ta, c.tb, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta, C.data(), ldc);
+    fn(c.ta, c.tb, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta, C.data(), ldc);
     double worst = 0;
     for (int64_t m = 0; m < c.M; ++m)
         for (int64_t n = 0; n < c.N; ++n) {
@@ -127,5 +137,87 @@ TEST(Sgemm, GemmUsesThePackedKernelWhereAvailable) {
     for (float& v : B) v = u(rng);
     gemm<float>(false, false, M, N, K, 1.f, A.data(), K, B.data(), N, 0.f, C1.data(), N);
     sgemm_packed(false, false, M, N, K, 1.f, A.data(), K, B.data(), N, 0.f, C2.data(), N);
+    EXPECT_EQ(C1, C2);
+}
+
+// ---- the bf16 kernel (vdpbf16ps) ----
+
+TEST(SgemmBf16, MatchesBf16ReferenceOnEdgesAndBlocks) {
+    if (!sgemm_bf16_available()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
+    std::mt19937 rng(17);
+    int cases = 0;
+    for (bool ta : {false, true})
+        for (bool tb : {false, true})
+            for (int64_t M : {1, 11, 12, 13, 50})
+                for (int64_t N : {1, 17, 31, 32, 33, 70})
+                    for (int64_t K : {1, 2, 3, 31, 32, 33, 258}) {
+                        const Case c{ta, tb, M, N, K, 1.f, 0.f};
+                        EXPECT_LT(max_rel_error(c, rng, sgemm_bf16, true), tolerance(K))
+                            << "ta " << ta << " tb " << tb << " M " << M << " N " << N << " K " << K;
+                        ++cases;
+                    }
+    EXPECT_EQ(cases, 840);
+}
+
+TEST(SgemmBf16, AlphaBetaAndLargeBlocks) {
+    if (!sgemm_bf16_available()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
+    std::mt19937 rng(18);
+    // crosses the 512-column, 256-k and 240-row blocks; odd K in a later k block; beta 1, general
+    // beta, alpha != 1
+    for (const Case& c : {Case{false, true, 250, 100, 601, 1.f, 1.f}, Case{true, false, 150, 1030, 300, 0.5f, -0.7f},
+                          Case{true, true, 13, 33, 519, -2.f, 1.f}, Case{false, false, 485, 545, 257, 1.f, 0.f}})
+        EXPECT_LT(max_rel_error(c, rng, sgemm_bf16, true), tolerance(c.K))
+            << "ta " << c.ta << " tb " << c.tb << " M " << c.M << " N " << c.N << " K " << c.K;
+}
+
+TEST(SgemmBf16, RoundsLikeTheScalarConversion) {
+    // operands that are not bf16 values: 1 + 2^-8 rounds to 1 (tie, even), 1 + 3 * 2^-9 to 1 + 2^-7
+    // (just above a tie, up); a kernel that truncated or used the fp32 values would differ
+    if (!sgemm_bf16_available()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
+    const float a[2] = {1.f + 1.f / 256, 1.f + 3.f / 512}, b[2] = {1.f, 1.f};
+    float c = 0.f;
+    sgemm_bf16(false, false, 1, 1, 2, 1.f, a, 2, b, 1, 0.f, &c, 1);
+    EXPECT_EQ(c, bf16_round(a[0]) + bf16_round(a[1]));
+    EXPECT_EQ(c, 1.f + (1.f + 1.f / 128));
+}
+
+TEST(SgemmBf16, ResultDoesNotDependOnThreadCount) {
+    if (!sgemm_bf16_available()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
+    for (const Case& c : {Case{false, true, 200, 300, 200, 1.f, 0.f}, Case{true, false, 900, 20, 301, 1.f, 1.f}}) {
+        std::mt19937 rng(19);
+        std::uniform_real_distribution<float> u(-1.f, 1.f);
+        const int64_t lda = c.ta ? c.M : c.K, ldb = c.tb ? c.K : c.N;
+        std::vector<float> A(c.M * c.K), B(c.K * c.N), C0(c.M * c.N);
+        for (float& v : A) v = u(rng);
+        for (float& v : B) v = u(rng);
+        for (float& v : C0) v = u(rng);
+        std::vector<std::vector<float>> out;
+        const int before = num_threads();
+        for (int t : {1, 2, 3}) {
+            set_num_threads(t);
+            std::vector<float> C = C0;
+            const int64_t forks = parallel_regions();
+            sgemm_bf16(c.ta, c.tb, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta, C.data(), c.N);
+            if (t > 1) EXPECT_GT(parallel_regions(), forks) << "the case should be split over threads";
+            out.push_back(C);
+        }
+        set_num_threads(before);
+        EXPECT_EQ(out[0], out[1]);
+        EXPECT_EQ(out[0], out[2]);
+    }
+}
+
+TEST(SgemmBf16, GemmInBf16ModeUsesTheNativeKernelWhereAvailable) {
+    if (!sgemm_bf16_available()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
+    std::mt19937 rng(20);
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    const int64_t M = 37, N = 45, K = 129;
+    std::vector<float> A(M * K), B(K * N), C1(M * N), C2(M * N);
+    for (float& v : A) v = u(rng);
+    for (float& v : B) v = u(rng);
+    set_gemm_precision(Precision::bf16);
+    gemm<float>(false, true, M, N, K, 1.f, A.data(), K, B.data(), K, 0.f, C1.data(), N);
+    set_gemm_precision(Precision::fp32);
+    sgemm_bf16(false, true, M, N, K, 1.f, A.data(), K, B.data(), K, 0.f, C2.data(), N);
     EXPECT_EQ(C1, C2);
 }

@@ -76,8 +76,13 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
             for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = beta == 0.f ? 0.f : beta * C[m * ldc + n];
         return;
     }
+    if (g_precision == Precision::bf16 && sgemm_bf16_available()) {
+        // native: the rounding happens inside the packing
+        sgemm_bf16(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
     if (g_precision == Precision::bf16) {
-        // thread-local scratch, reused: no allocation once warm
+        // emulated (no AVX512_BF16, or MOE_ISA below avx512): thread-local scratch, reused: no allocation once warm
         thread_local std::vector<float> sa, sb;
         const int64_t ar = trans_a ? K : M, ac = trans_a ? M : K;  // A as stored
         const int64_t br = trans_b ? N : K, bc = trans_b ? K : N;  // B as stored

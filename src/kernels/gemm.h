@@ -11,9 +11,10 @@ namespace moe::kernels {
 // Precision of the float GEMMs of this process. bf16: both operands are rounded to bfloat16
 // (round to nearest even) and multiplied with fp32 accumulation, as a bf16 GEMM on
 // bf16-capable hardware does; outputs, master weights and everything outside the GEMMs stay fp32.
-// On CPUs without bf16 dot-product instructions (AVX2) the rounding is emulated: the numerics are
-// those of bf16, the speed is that of fp32 (plus the rounding pass; the rounded operands then go
-// to the fp32 backend below). Set it once, outside steps.
+// On CPUs with AVX512_BF16 the GEMM is kernels/sgemm.h's sgemm_bf16 (vdpbf16ps, rounding folded
+// into the packing). Elsewhere (or with MOE_ISA=avx2) the rounding is emulated: the numerics are
+// those of bf16 up to the summation order, the speed is that of fp32 (plus the rounding pass; the
+// rounded operands then go to the fp32 backend below). Set it once, outside steps.
 enum class Precision { fp32, bf16 };
 void set_gemm_precision(Precision p);
 Precision gemm_precision();

@@ -15,35 +15,8 @@ namespace moe::kernels {
 
 namespace {
 
-constexpr int64_t kMr = 6;     // rows of the register tile
-constexpr int64_t kNr = 16;    // columns of the register tile (two ymm)
-constexpr int64_t kKc = 256;   // k block: a 16-column B panel (16 KB) stays in L1
-constexpr int64_t kMc = 120;    // row block: the packed A block (72 KB) stays in L2
-constexpr int64_t kNc = 512;   // column block: the packed B block (512 KB) stays in L2/L3
 // Below this many flops per thread a fork costs more than it saves.
 constexpr double kMinFlopsPerThread = 4e6;
-
-// Per-thread packing buffers, allocated once at their largest size (no allocation in a step).
-struct PackBuffers {
-    float* a = nullptr;  // [kMc / kMr panels][kKc][kMr]
-    float* b = nullptr;  // [kNc / kNr panels][kKc][kNr]
-    float* rows = nullptr;  // [kNr][kKc]: rows of W from a loader, before their transpose
-    PackBuffers() {
-        a = (float*)alloc_large(sizeof(float) * (kMc * kKc + 8));  // + pack_a's overhang
-        b = (float*)alloc_large(sizeof(float) * kNc * kKc);
-        rows = (float*)alloc_large(sizeof(float) * kNr * kKc);
-    }
-    ~PackBuffers() {
-        free_large(a);
-        free_large(b);
-        free_large(rows);
-    }
-};
-
-PackBuffers& pack_buffers() {
-    thread_local PackBuffers buf;
-    return buf;
-}
 
 // Where op(B) comes from: a stored matrix (B, ldb, trans_b), or the rows of W = op(B)^T written
 // as fp32 by a loader (weights stored as bf16 / int8, converted inside the packing).
@@ -55,10 +28,31 @@ struct BSource {
     const void* ctx = nullptr;
 };
 
+// ------------------------------------------------------------------------------------------------
+// fp32 on AVX2 + FMA: a 6 x 16 register tile (12 ymm accumulators), operands packed as fp32.
+// ------------------------------------------------------------------------------------------------
+struct Avx2F32 {
+    using Elem = float;
+    static constexpr int64_t kMr = 6;     // rows of the register tile
+    static constexpr int64_t kNr = 16;    // columns of the register tile (two ymm)
+    static constexpr int64_t kKc = 256;   // k block: a 16-column B panel (16 KB) stays in L1
+    static constexpr int64_t kMc = 120;   // row block: the packed A block (120 KB) stays in L2
+    static constexpr int64_t kNc = 512;   // column block: the packed B block (512 KB) stays in L2/L3
+    // packed length of one row / column over a k block of kc
+    static int64_t kstride(int64_t kc) { return kc; }
+    static void pack_a(float* dst, const float* A, int64_t lda, bool trans_a, float alpha, int64_t m0, int64_t mc,
+                       int64_t p0, int64_t kc);
+    static void pack_b(float* dst, const BSource& src, int64_t p0, int64_t kc, int64_t n0, int64_t nc,
+                       float* rows_tmp);
+    // alpha was applied by pack_a
+    static void micro(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha, float beta,
+                      int64_t mr, int64_t nr);
+};
+
 // Packs op(B)[p0 : p0+kc, n0 : n0+nc] into panels of kNr columns: dst[panel][k][kNr], the columns
 // past nc zero. op(B)[k][n] = trans_b ? B[n * ldb + k] : B[k * ldb + n].
-__attribute__((target("avx2,fma"))) void pack_b(float* dst, const BSource& src, int64_t p0, int64_t kc,
-                                                int64_t n0, int64_t nc, float* rows_tmp) {
+__attribute__((target("avx2,fma"))) void Avx2F32::pack_b(float* dst, const BSource& src, int64_t p0, int64_t kc,
+                                                         int64_t n0, int64_t nc, float* rows_tmp) {
     for (int64_t j = 0; j < nc; j += kNr) {
         float* d = dst + j * kc;  // this panel: [kc][kNr]
         const int64_t w = std::min(kNr, nc - j);
@@ -100,8 +94,8 @@ __attribute__((target("avx2,fma"))) void pack_b(float* dst, const BSource& src, 
 // Packs alpha * op(A)[m0 : m0+mc, p0 : p0+kc] into panels of kMr rows: dst[panel][k][kMr], the
 // rows past mc zero. op(A)[m][k] = trans_a ? A[k * lda + m] : A[m * lda + k].
 // Writes up to 2 floats past the packed block (the buffer has room for them).
-__attribute__((target("avx2,fma"))) void pack_a(float* dst, const float* A, int64_t lda, bool trans_a,
-                                                float alpha, int64_t m0, int64_t mc, int64_t p0, int64_t kc) {
+__attribute__((target("avx2,fma"))) void Avx2F32::pack_a(float* dst, const float* A, int64_t lda, bool trans_a,
+                                                         float alpha, int64_t m0, int64_t mc, int64_t p0, int64_t kc) {
     const __m256 va = _mm256_set1_ps(alpha);
     for (int64_t i = 0; i < mc; i += kMr) {
         float* d = dst + i * kc;  // this panel: [kc][kMr]
@@ -136,9 +130,9 @@ __attribute__((target("avx2,fma"))) void pack_a(float* dst, const float* A, int6
 
 // C[0:mr, 0:nr] = beta C + a_panel · b_panel over kc (beta == 0: C not read).
 // a: [kc][kMr], b: [kc][kNr], both packed.
-__attribute__((target("avx2,fma"))) void micro_kernel(int64_t kc, const float* __restrict a,
-                                                      const float* __restrict b, float* c, int64_t ldc,
-                                                      float beta, int64_t mr, int64_t nr) {
+__attribute__((target("avx2,fma"))) void Avx2F32::micro(int64_t kc, const float* __restrict a,
+                                                        const float* __restrict b, float* c, int64_t ldc,
+                                                        float /*alpha*/, float beta, int64_t mr, int64_t nr) {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
 #pragma GCC unroll 4
@@ -188,37 +182,247 @@ __attribute__((target("avx2,fma"))) void micro_kernel(int64_t kc, const float* _
         }
 }
 
+// ------------------------------------------------------------------------------------------------
+// bf16 on AVX512_BF16: vdpbf16ps multiplies pairs of bf16 along k and adds both products to an
+// fp32 lane, so the packed operands are 32-bit words holding (op(X)[.][k], op(X)[.][k+1]) as bf16,
+// rounded from fp32 inside the packing (no separate rounding pass, half the packed bytes). A
+// 12 x 32 register tile: 24 zmm accumulators, 2 B registers, 1 broadcast of A.
+//
+// Why hand-written: oneDNN's bf16 matmul needs bf16 copies of both operands made beforehand and a
+// primitive per shape (ragged rows per expert), and its split over threads changes the sums. Here
+// the rounding is folded into the packing and each element of C is summed in one fixed order.
+// ------------------------------------------------------------------------------------------------
+struct Avx512Bf16 {
+    using Elem = uint32_t;  // a pair of bf16: low half k (even), high half k + 1
+    static constexpr int64_t kMr = 12;
+    static constexpr int64_t kNr = 32;    // two zmm of 16 fp32 lanes
+    static constexpr int64_t kKc = 256;   // 128 pairs: a 32-column B panel (16 KB) stays in L1
+    static constexpr int64_t kMc = 240;   // the packed A block (120 KB) stays in L2
+    static constexpr int64_t kNc = 512;   // the packed B block (256 KB) stays in L2
+    static int64_t kstride(int64_t kc) { return (kc + 1) / 2; }
+    static void pack_a(uint32_t* dst, const float* A, int64_t lda, bool trans_a, float alpha, int64_t m0,
+                       int64_t mc, int64_t p0, int64_t kc);
+    static void pack_b(uint32_t* dst, const BSource& src, int64_t p0, int64_t kc, int64_t n0, int64_t nc,
+                       float* rows_tmp);
+    // the products are of the rounded operands; alpha scales their sums
+    static void micro(int64_t kc, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc, float alpha,
+                      float beta, int64_t mr, int64_t nr);
+};
+
+// GCC 12 warns that the _mm512_undefined_* placeholders inside its own shift / convert intrinsics
+// "may be used uninitialized" (GCC bug 105593); they are placeholders for fully written lanes.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#define MOE_BF16_TARGET __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512bf16")))
+
+// 16 floats rounded to bf16 as f32_to_bf16 does (nearest, ties to even; NaN stays a quiet NaN), the
+// bf16 in the high half of each 32-bit lane, the low half garbage.
+MOE_BF16_TARGET inline __m512i bf16_round_hi(__m512i u) {
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb));
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                  _mm512_set1_epi32(0x7f800000));
+    return _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x00400000));
+}
+
+// Words of (lo[i], hi[i]) as bf16: the pair of k and k + 1 for 16 rows or columns.
+MOE_BF16_TARGET inline __m512i bf16_pairs(__m512 lo, __m512 hi) {
+    const __m512i l = _mm512_srli_epi32(bf16_round_hi(_mm512_castps_si512(lo)), 16);
+    const __m512i h = _mm512_and_si512(bf16_round_hi(_mm512_castps_si512(hi)), _mm512_set1_epi32((int)0xffff0000u));
+    return _mm512_or_si512(l, h);
+}
+
+// n contiguous floats (n <= 32, the rest zero) as 16 words of consecutive bf16 pairs.
+MOE_BF16_TARGET inline __m512i bf16_run(const float* s, int64_t n) {
+    const __mmask16 m0 = (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1);
+    const __mmask16 m1 = (__mmask16)(n >= 32 ? 0xffff : n <= 16 ? 0 : (1u << (n - 16)) - 1);
+    const __m512i a = _mm512_srli_epi32(bf16_round_hi(_mm512_castps_si512(_mm512_maskz_loadu_ps(m0, s))), 16);
+    const __m512i b = _mm512_srli_epi32(bf16_round_hi(_mm512_castps_si512(_mm512_maskz_loadu_ps(m1, s + 16))), 16);
+    // 32 bf16 in order: words (s[0], s[1]), (s[2], s[3]), ...
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(a)), _mm512_cvtepi32_epi16(b), 1);
+}
+
+inline __mmask16 lanes(int64_t n) { return (__mmask16)(n >= 16 ? 0xffff : n <= 0 ? 0 : (1u << n) - 1); }
+
+// A run of kc floats (a row of op(X) along k) as kstride(kc) words; the odd tail's high half zero.
+MOE_BF16_TARGET inline void bf16_row_words(uint32_t* dst, const float* s, int64_t kc) {
+    for (int64_t k = 0; k < kc; k += 32)
+        _mm512_mask_storeu_epi32(dst + k / 2, lanes((std::min<int64_t>(32, kc - k) + 1) / 2),
+                                 bf16_run(s + k, std::min<int64_t>(32, kc - k)));
+}
+
+// op(B)[p0 : p0+kc, n0 : n0+nc] into panels of kNr columns: dst[panel][k/2][kNr] words, columns
+// past nc and the odd k tail zero.
+MOE_BF16_TARGET void Avx512Bf16::pack_b(uint32_t* dst, const BSource& src, int64_t p0, int64_t kc, int64_t n0,
+                                        int64_t nc, float* rows_tmp) {
+    MOE_ASSERT(!src.load);
+    const int64_t kp = kstride(kc);
+    for (int64_t j = 0; j < nc; j += kNr) {
+        uint32_t* d = dst + j * kp;  // this panel: [kp][kNr]
+        const int64_t w = std::min(kNr, nc - j);
+        if (!src.trans_b) {
+            // op(B) rows k and k + 1 are stored rows: their 32 columns pair up lane by lane
+            const int64_t ldb = src.ldb;
+            const float* s = src.B + p0 * ldb + n0 + j;
+            const __mmask16 m0 = lanes(w), m1 = lanes(w - 16);
+            for (int64_t p = 0; p < kp; ++p) {
+                const float* r0 = s + 2 * p * ldb;
+                const bool has_hi = 2 * p + 1 < kc;
+                const float* r1 = r0 + ldb;
+                const __m512 z = _mm512_setzero_ps();
+                _mm512_storeu_si512(d + p * kNr, bf16_pairs(_mm512_maskz_loadu_ps(m0, r0),
+                                                            has_hi ? _mm512_maskz_loadu_ps(m0, r1) : z));
+                _mm512_storeu_si512(d + p * kNr + 16, bf16_pairs(_mm512_maskz_loadu_ps(m1, r0 + 16),
+                                                                 has_hi ? _mm512_maskz_loadu_ps(m1, r1 + 16) : z));
+            }
+            continue;
+        }
+        // op(B) column n is stored row n, contiguous in k: its words (columns past w zero), then a
+        // transpose in 8 x 8 blocks of words
+        uint32_t* t = reinterpret_cast<uint32_t*>(rows_tmp);  // [kNr][kp]
+        for (int64_t n = 0; n < w; ++n) bf16_row_words(t + n * kp, src.B + (n0 + j + n) * src.ldb + p0, kc);
+        std::fill(t + w * kp, t + kNr * kp, 0u);
+        int64_t p = 0;
+        for (; p + 8 <= kp; p += 8)
+            for (int64_t n = 0; n < kNr; n += 8)
+                transpose8x8(reinterpret_cast<float*>(d + p * kNr + n), kNr,
+                             reinterpret_cast<const float*>(t + n * kp + p), kp);
+        for (; p < kp; ++p)
+            for (int64_t n = 0; n < kNr; ++n) d[p * kNr + n] = t[n * kp + p];
+    }
+}
+
+// op(A)[m0 : m0+mc, p0 : p0+kc] into panels of kMr rows: dst[panel][k/2][kMr] words, rows past mc
+// and the odd k tail zero. alpha is not applied here (see micro).
+MOE_BF16_TARGET void Avx512Bf16::pack_a(uint32_t* dst, const float* A, int64_t lda, bool trans_a, float /*alpha*/,
+                                        int64_t m0, int64_t mc, int64_t p0, int64_t kc) {
+    const int64_t kp = kstride(kc);
+    for (int64_t i = 0; i < mc; i += kMr) {
+        uint32_t* d = dst + i * kp;  // this panel: [kp][kMr]
+        const int64_t h = std::min(kMr, mc - i);
+        if (trans_a) {
+            // op(A) columns k and k + 1 are stored rows: h contiguous floats each
+            const float* s = A + p0 * lda + m0 + i;
+            const __mmask16 m = lanes(h);
+            for (int64_t p = 0; p < kp; ++p) {
+                const float* r0 = s + 2 * p * lda;
+                const __m512 hi = 2 * p + 1 < kc ? _mm512_maskz_loadu_ps(m, r0 + lda) : _mm512_setzero_ps();
+                _mm512_mask_storeu_epi32(d + p * kMr, lanes(kMr), bf16_pairs(_mm512_maskz_loadu_ps(m, r0), hi));
+            }
+            continue;
+        }
+        // op(A) row r is stored row r, contiguous in k: its words (rows past h zero), then a
+        // transpose in 8 x 8 blocks of words. Rows 8..15 go first: each of their 8-word stores
+        // spills 4 words into the next k pair's rows 0..3, which the rows 0..7 block then writes
+        // (the last spill lands past the panel: the next panel or the buffer's slack).
+        alignas(64) uint32_t t[16][kKc / 2];
+        for (int64_t r = 0; r < h; ++r) bf16_row_words(t[r], A + (m0 + i + r) * lda + p0, kc);
+        for (int64_t r = h; r < 16; ++r) std::fill(t[r], t[r] + kp, 0u);
+        int64_t p = 0;
+        for (; p + 8 <= kp; p += 8) {
+            transpose8x8(reinterpret_cast<float*>(d + p * kMr + 8), kMr, reinterpret_cast<const float*>(&t[8][p]),
+                         kKc / 2);
+            transpose8x8(reinterpret_cast<float*>(d + p * kMr), kMr, reinterpret_cast<const float*>(&t[0][p]),
+                         kKc / 2);
+        }
+        for (; p < kp; ++p)
+            for (int64_t r = 0; r < kMr; ++r) d[p * kMr + r] = t[r][p];
+    }
+}
+
+// C[0:mr, 0:nr] = alpha (a_panel · b_panel) + beta C over kc (beta == 0: C not read).
+MOE_BF16_TARGET void Avx512Bf16::micro(int64_t kc, const uint32_t* __restrict a, const uint32_t* __restrict b,
+                                       float* c, int64_t ldc, float alpha, float beta, int64_t mr, int64_t nr) {
+    __m512 acc[kMr][2];
+#pragma GCC unroll 12
+    for (int r = 0; r < kMr; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    const int64_t kp = kstride(kc);
+    for (int64_t p = 0; p < kp; ++p) {
+        // C[r][:] += op(A)[r][k] op(B)[k][:] + op(A)[r][k+1] op(B)[k+1][:]
+        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16);
+#pragma GCC unroll 12
+        for (int r = 0; r < kMr; ++r) {
+            const __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[r]);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
+        }
+        a += kMr;
+        b += kNr;
+    }
+    // the same arithmetic for whole and partial tiles (masks), so a value does not depend on where
+    // its tile falls
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    const __mmask16 m[2] = {lanes(nr), lanes(nr - 16)};
+    for (int64_t r = 0; r < mr; ++r) {
+        float* cr = c + r * ldc;
+        for (int hh = 0; hh < 2; ++hh) {
+            if (!m[hh]) continue;
+            __m512 v = alpha == 1.f ? acc[r][hh] : _mm512_mul_ps(va, acc[r][hh]);
+            if (beta == 1.f) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m[hh], cr + 16 * hh));
+            else if (beta != 0.f) v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m[hh], cr + 16 * hh), v);
+            _mm512_mask_storeu_ps(cr + 16 * hh, m[hh], v);
+        }
+    }
+}
+
+#undef MOE_BF16_TARGET
+#pragma GCC diagnostic pop
+
+// ------------------------------------------------------------------------------------------------
+// The driver (BLIS loops), shared by the kernels above.
+// ------------------------------------------------------------------------------------------------
+
+// Per-thread packing buffers, allocated once at their largest size (no allocation in a step).
+template <class Kern>
+struct PackBuffers {
+    using E = typename Kern::Elem;
+    E* a = nullptr;         // [kMc / kMr panels][kstride(kKc)][kMr]
+    E* b = nullptr;         // [kNc / kNr panels][kstride(kKc)][kNr]
+    float* rows = nullptr;  // [kNr][kKc]: rows of op(B)^T before their transpose
+    PackBuffers() {
+        a = (E*)alloc_large(sizeof(E) * (Kern::kMc * Kern::kstride(Kern::kKc) + 16));  // + pack_a's overhang
+        b = (E*)alloc_large(sizeof(E) * Kern::kNc * Kern::kstride(Kern::kKc));
+        rows = (float*)alloc_large(sizeof(float) * Kern::kNr * Kern::kKc);
+    }
+    ~PackBuffers() {
+        free_large(a);
+        free_large(b);
+        free_large(rows);
+    }
+};
+
+template <class Kern>
+PackBuffers<Kern>& pack_buffers() {
+    thread_local PackBuffers<Kern> buf;
+    return buf;
+}
+
 // C[m0:m1, n0:n1] of the product, on the calling thread.
-void sgemm_block(bool trans_a, const BSource& bs, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K,
-                 float alpha, const float* A, int64_t lda, float beta, float* C, int64_t ldc) {
-    PackBuffers& buf = pack_buffers();
-    for (int64_t jc = n0; jc < n1; jc += kNc) {
-        const int64_t nc = std::min(kNc, n1 - jc);
-        for (int64_t pc = 0; pc < K; pc += kKc) {
-            const int64_t kc = std::min(kKc, K - pc);
+template <class Kern>
+void gemm_block(bool trans_a, const BSource& bs, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K,
+                float alpha, const float* A, int64_t lda, float beta, float* C, int64_t ldc) {
+    PackBuffers<Kern>& buf = pack_buffers<Kern>();
+    for (int64_t jc = n0; jc < n1; jc += Kern::kNc) {
+        const int64_t nc = std::min(Kern::kNc, n1 - jc);
+        for (int64_t pc = 0; pc < K; pc += Kern::kKc) {
+            const int64_t kc = std::min(Kern::kKc, K - pc), ks = Kern::kstride(kc);
             const float b_eff = pc == 0 ? beta : 1.f;  // later k blocks add to the first's result
-            pack_b(buf.b, bs, pc, kc, jc, nc, buf.rows);
-            for (int64_t ic = m0; ic < m1; ic += kMc) {
-                const int64_t mc = std::min(kMc, m1 - ic);
-                pack_a(buf.a, A, lda, trans_a, alpha, ic, mc, pc, kc);
-                for (int64_t jr = 0; jr < nc; jr += kNr)
-                    for (int64_t ir = 0; ir < mc; ir += kMr)
-                        micro_kernel(kc, buf.a + ir * kc, buf.b + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc,
-                                     b_eff, std::min(kMr, mc - ir), std::min(kNr, nc - jr));
+            Kern::pack_b(buf.b, bs, pc, kc, jc, nc, buf.rows);
+            for (int64_t ic = m0; ic < m1; ic += Kern::kMc) {
+                const int64_t mc = std::min(Kern::kMc, m1 - ic);
+                Kern::pack_a(buf.a, A, lda, trans_a, alpha, ic, mc, pc, kc);
+                for (int64_t jr = 0; jr < nc; jr += Kern::kNr)
+                    for (int64_t ir = 0; ir < mc; ir += Kern::kMr)
+                        Kern::micro(kc, buf.a + ir * ks, buf.b + jr * ks, C + (ic + ir) * ldc + jc + jr, ldc, alpha,
+                                    b_eff, std::min(Kern::kMr, mc - ir), std::min(Kern::kNr, nc - jr));
             }
         }
     }
 }
 
-}  // namespace
-
-bool sgemm_packed_available() { return active_isa() >= Isa::avx2; }
-
-namespace {
-
-void sgemm_run(bool trans_a, const BSource& bs, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-               int64_t lda, float beta, float* C, int64_t ldc) {
-    MOE_ASSERT(sgemm_packed_available());
+template <class Kern>
+void gemm_run(bool trans_a, const BSource& bs, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+              int64_t lda, float beta, float* C, int64_t ldc) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
         for (int64_t m = 0; m < M; ++m)
@@ -228,33 +432,49 @@ void sgemm_run(bool trans_a, const BSource& bs, int64_t M, int64_t N, int64_t K,
     // Threads split C into blocks of whole register tiles (columns when there are enough of
     // them, else rows); each block is computed exactly as on one thread.
     const double flops = 2.0 * (double)M * (double)N * (double)K;
-    const int64_t col_panels = (N + kNr - 1) / kNr, row_panels = (M + kMr - 1) / kMr;
+    const int64_t col_panels = (N + Kern::kNr - 1) / Kern::kNr, row_panels = (M + Kern::kMr - 1) / Kern::kMr;
     const bool by_cols = col_panels >= 4 * num_threads() || col_panels >= row_panels;
     const int64_t panels = by_cols ? col_panels : row_panels;
     const int64_t grain = std::max<int64_t>(1, (int64_t)(kMinFlopsPerThread / (flops / (double)panels)));
     parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
         if (by_cols)
-            sgemm_block(trans_a, bs, 0, M, p0 * kNr, std::min(N, p1 * kNr), K, alpha, A, lda, beta, C, ldc);
+            gemm_block<Kern>(trans_a, bs, 0, M, p0 * Kern::kNr, std::min(N, p1 * Kern::kNr), K, alpha, A, lda, beta,
+                             C, ldc);
         else
-            sgemm_block(trans_a, bs, p0 * kMr, std::min(M, p1 * kMr), 0, N, K, alpha, A, lda, beta, C, ldc);
+            gemm_block<Kern>(trans_a, bs, p0 * Kern::kMr, std::min(M, p1 * Kern::kMr), 0, N, K, alpha, A, lda, beta,
+                             C, ldc);
     });
 }
 
 }  // namespace
 
+bool sgemm_packed_available() { return active_isa() >= Isa::avx2; }
+
+bool sgemm_bf16_available() { return active_isa() >= Isa::avx512 && cpu_features().avx512_bf16; }
+
 void sgemm_packed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                   const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                   int64_t ldc) {
+    MOE_ASSERT(sgemm_packed_available());
     BSource bs;
     bs.B = B, bs.ldb = ldb, bs.trans_b = trans_b;
-    sgemm_run(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
+    gemm_run<Avx2F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
 }
 
 void sgemm_packed_wrows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, SgemmRowLoader load,
                         const void* ctx, float beta, float* C, int64_t ldc) {
+    MOE_ASSERT(sgemm_packed_available());
     BSource bs;
     bs.trans_b = true, bs.load = load, bs.ctx = ctx;
-    sgemm_run(false, bs, M, N, K, 1.f, A, lda, beta, C, ldc);
+    gemm_run<Avx2F32>(false, bs, M, N, K, 1.f, A, lda, beta, C, ldc);
+}
+
+void sgemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+    MOE_ASSERT(sgemm_bf16_available());
+    BSource bs;
+    bs.B = B, bs.ldb = ldb, bs.trans_b = trans_b;
+    gemm_run<Avx512Bf16>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
 }
 
 }  // namespace moe::kernels
