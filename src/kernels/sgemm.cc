@@ -133,6 +133,11 @@ __attribute__((target("avx2,fma"))) void Avx2F32::pack_a(float* dst, const float
 __attribute__((target("avx2,fma"))) void Avx2F32::micro(int64_t kc, const float* __restrict a,
                                                         const float* __restrict b, float* c, int64_t ldc,
                                                         float /*alpha*/, float beta, int64_t mr, int64_t nr) {
+    // the C tile is read or written after the k loop: start fetching its lines now
+    for (int64_t r = 0; r < mr; ++r) {
+        _mm_prefetch((const char*)(c + r * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char*)(c + r * ldc + kNr - 1), _MM_HINT_T0);
+    }
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
 #pragma GCC unroll 4
@@ -333,6 +338,11 @@ MOE_BF16_TARGET void Avx512Bf16::pack_a(uint32_t* dst, const float* A, int64_t l
 // C[0:mr, 0:nr] = alpha (a_panel · b_panel) + beta C over kc (beta == 0: C not read).
 MOE_BF16_TARGET void Avx512Bf16::micro(int64_t kc, const uint32_t* __restrict a, const uint32_t* __restrict b,
                                        float* c, int64_t ldc, float alpha, float beta, int64_t mr, int64_t nr) {
+    for (int64_t r = 0; r < mr; ++r) {  // the C tile's lines, fetched during the k loop
+        _mm_prefetch((const char*)(c + r * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char*)(c + r * ldc + 16), _MM_HINT_T0);
+        _mm_prefetch((const char*)(c + r * ldc + kNr - 1), _MM_HINT_T0);
+    }
     __m512 acc[kMr][2];
 #pragma GCC unroll 12
     for (int r = 0; r < kMr; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
