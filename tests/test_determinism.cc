@@ -17,6 +17,7 @@
 
 #include "cli_util.h"
 #include "kernels/gemm.h"
+#include "kernels/sgemm.h"
 
 using namespace moe_test;
 
@@ -75,18 +76,22 @@ TEST_F(Determinism, ThreadCountDoesNotChangeTraining) {
                         {"n_expert", 4}, {"n_expert_used", 2}, {"n_ff_exp", 1024}};
     write_config("mid-dense.json", dense);
     write_config("mid-moe.json", moe_cfg);
-    for (const std::string cfg : {"mid-dense", "mid-moe"}) {
-        SCOPED_TRACE(cfg);
-        const std::string common = "--config " + cfg + ".json --steps 4 --seed 5";
-        Log a = run(common + " --threads 1 --out " + cfg + "1", cfg + "1.jsonl");
-        Log b = run(common + " --threads 2 --out " + cfg + "2", cfg + "2.jsonl");
-        Log c = run(common + " --threads 3 --out " + cfg + "3", cfg + "3.jsonl");
+    // bf16 too where its GEMM is the native kernel (tiled like the fp32 one)
+    std::vector<std::pair<std::string, std::string>> runs = {{"mid-dense", "fp32"}, {"mid-moe", "fp32"}};
+    if (moe::kernels::sgemm_bf16_available()) runs.push_back({"mid-moe", "bf16"});
+    for (const auto& [cfg, precision] : runs) {
+        SCOPED_TRACE(cfg + " " + precision);
+        const std::string common = "--config " + cfg + ".json --steps 4 --seed 5 --precision " + precision;
+        const std::string out = cfg + "-" + precision + "-";
+        Log a = run(common + " --threads 1 --out " + out + "1", out + "1.jsonl");
+        Log b = run(common + " --threads 2 --out " + out + "2", out + "2.jsonl");
+        Log c = run(common + " --threads 3 --out " + out + "3", out + "3.jsonl");
         ASSERT_EQ(a.loss.size(), 4u);
         expect_same_losses(a, b);
         expect_same_losses(a, c);
-        const std::string ckpt1 = read_file(path(cfg + "1/checkpoint.bin"));
-        EXPECT_TRUE(ckpt1 == read_file(path(cfg + "2/checkpoint.bin"))) << "checkpoints of 1 and 2 threads differ";
-        EXPECT_TRUE(ckpt1 == read_file(path(cfg + "3/checkpoint.bin"))) << "checkpoints of 1 and 3 threads differ";
+        const std::string ckpt1 = read_file(path(out + "1/checkpoint.bin"));
+        EXPECT_TRUE(ckpt1 == read_file(path(out + "2/checkpoint.bin"))) << "checkpoints of 1 and 2 threads differ";
+        EXPECT_TRUE(ckpt1 == read_file(path(out + "3/checkpoint.bin"))) << "checkpoints of 1 and 3 threads differ";
     }
 }
 
