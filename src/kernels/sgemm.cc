@@ -439,11 +439,14 @@ void gemm_run(bool trans_a, const BSource& bs, int64_t M, int64_t N, int64_t K, 
             for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = beta == 0.f ? 0.f : beta * C[m * ldc + n];
         return;
     }
-    // Threads split C into blocks of whole register tiles (columns when there are enough of
-    // them, else rows); each block is computed exactly as on one thread.
+    // Threads split C into blocks of whole register tiles; each block is computed exactly as on
+    // one thread. A split by columns has every thread pack all of op(A) (M x K), a split by rows
+    // all of op(B) (K x N): split so that the smaller operand is the one packed twice, as long as
+    // there are enough tiles that way.
     const double flops = 2.0 * (double)M * (double)N * (double)K;
     const int64_t col_panels = (N + Kern::kNr - 1) / Kern::kNr, row_panels = (M + Kern::kMr - 1) / Kern::kMr;
-    const bool by_cols = col_panels >= 4 * num_threads() || col_panels >= row_panels;
+    const int64_t nt = num_threads();
+    const bool by_cols = row_panels < 4 * nt || (M <= N && col_panels >= 4 * nt);
     const int64_t panels = by_cols ? col_panels : row_panels;
     const int64_t grain = std::max<int64_t>(1, (int64_t)(kMinFlopsPerThread / (flops / (double)panels)));
     parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
