@@ -69,23 +69,71 @@ double max_rel_error(const Case& c, std::mt19937& rng, GemmFn fn = sgemm_packed,
 // an indexing or packing bug gives errors of order 1
 double tolerance(int64_t K) { return (double)(K + 2) * 6e-8; }
 
+// Every transpose combination over the given sizes (alpha 1, beta 0); returns the number of cases.
+int sweep_shapes(GemmFn fn, bool bf16, std::mt19937& rng, std::initializer_list<int64_t> Ms,
+                 std::initializer_list<int64_t> Ns, std::initializer_list<int64_t> Ks) {
+    int cases = 0;
+    for (bool ta : {false, true})
+        for (bool tb : {false, true})
+            for (int64_t M : Ms)
+                for (int64_t N : Ns)
+                    for (int64_t K : Ks) {
+                        const Case c{ta, tb, M, N, K, 1.f, 0.f};
+                        EXPECT_LT(max_rel_error(c, rng, fn, bf16), tolerance(K))
+                            << "ta " << ta << " tb " << tb << " M " << M << " N " << N << " K " << K;
+                        ++cases;
+                    }
+    return cases;
+}
+
+// gemm<float> at `precision` must give exactly the bits of `fn`: it dispatches there.
+void expect_gemm_runs(GemmFn fn, Precision precision, bool tb, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    const int64_t M = 37, N = 45, K = 129, ldb = tb ? K : N;
+    std::vector<float> A(M * K), B(K * N), C1(M * N), C2(M * N);
+    for (float& v : A) v = u(rng);
+    for (float& v : B) v = u(rng);
+    set_gemm_precision(precision);
+    gemm<float>(false, tb, M, N, K, 1.f, A.data(), K, B.data(), ldb, 0.f, C1.data(), N);
+    set_gemm_precision(Precision::fp32);
+    fn(false, tb, M, N, K, 1.f, A.data(), K, B.data(), ldb, 0.f, C2.data(), N);
+    EXPECT_EQ(C1, C2);
+}
+
+// Runs `fn` on 1, 2 and 3 threads over cases large enough to be split (by columns, then -- few
+// columns, many rows -- by rows) and expects identical bits.
+void expect_same_bits_for_any_thread_count(GemmFn fn, uint32_t seed) {
+    for (const Case& c : {Case{false, true, 200, 300, 200, 1.f, 0.f}, Case{true, false, 900, 20, 301, 1.f, 1.f}}) {
+        std::mt19937 rng(seed);
+        std::uniform_real_distribution<float> u(-1.f, 1.f);
+        const int64_t lda = c.ta ? c.M : c.K, ldb = c.tb ? c.K : c.N;
+        std::vector<float> A(c.M * c.K), B(c.K * c.N), C0(c.M * c.N);
+        for (float& v : A) v = u(rng);
+        for (float& v : B) v = u(rng);
+        for (float& v : C0) v = u(rng);
+        std::vector<std::vector<float>> out;
+        const int before = num_threads();
+        for (int t : {1, 2, 3}) {
+            set_num_threads(t);
+            std::vector<float> C = C0;
+            const int64_t forks = parallel_regions();
+            fn(c.ta, c.tb, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta, C.data(), c.N);
+            if (t > 1) EXPECT_GT(parallel_regions(), forks) << "the case should be split over threads";
+            out.push_back(C);
+        }
+        set_num_threads(before);
+        EXPECT_EQ(out[0], out[1]) << "M " << c.M << " N " << c.N;
+        EXPECT_EQ(out[0], out[2]) << "M " << c.M << " N " << c.N;
+    }
+}
+
 }  // namespace
 
 TEST(Sgemm, MatchesReferenceOnEdgesAndBlocks) {
     if (!sgemm_packed_available()) GTEST_SKIP() << "no AVX2+FMA on this CPU";
     std::mt19937 rng(7);
-    int cases = 0;
-    for (bool ta : {false, true})
-        for (bool tb : {false, true})
-            for (int64_t M : {1, 5, 6, 7, 73})
-                for (int64_t N : {1, 15, 16, 17, 40})
-                    for (int64_t K : {1, 8, 9, 257}) {
-                        const Case c{ta, tb, M, N, K, 1.f, 0.f};
-                        EXPECT_LT(max_rel_error(c, rng), tolerance(K))
-                            << "ta " << ta << " tb " << tb << " M " << M << " N " << N << " K " << K;
-                        ++cases;
-                    }
-    EXPECT_EQ(cases, 400);
+    EXPECT_EQ(sweep_shapes(sgemm_packed, false, rng, {1, 5, 6, 7, 73}, {1, 15, 16, 17, 40}, {1, 8, 9, 257}), 400);
 }
 
 TEST(Sgemm, AlphaBetaAndLargeBlocks) {
@@ -101,43 +149,12 @@ TEST(Sgemm, AlphaBetaAndLargeBlocks) {
 
 TEST(Sgemm, ResultDoesNotDependOnThreadCount) {
     if (!sgemm_packed_available()) GTEST_SKIP() << "no AVX2+FMA on this CPU";
-    // large enough to be split over threads: by columns, then (few columns, many rows) by rows
-    for (const Case& c : {Case{false, true, 200, 300, 200, 1.f, 0.f}, Case{true, false, 900, 20, 300, 1.f, 1.f}}) {
-        std::mt19937 rng(9);
-        std::uniform_real_distribution<float> u(-1.f, 1.f);
-        const int64_t lda = c.ta ? c.M : c.K, ldb = c.tb ? c.K : c.N;
-        std::vector<float> A(c.M * c.K), B(c.K * c.N), C0(c.M * c.N);
-        for (float& v : A) v = u(rng);
-        for (float& v : B) v = u(rng);
-        for (float& v : C0) v = u(rng);
-        std::vector<std::vector<float>> out;
-        const int before = num_threads();
-        for (int t : {1, 2, 3}) {
-            set_num_threads(t);
-            std::vector<float> C = C0;
-            const int64_t forks = parallel_regions();
-            sgemm_packed(c.ta, c.tb, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta, C.data(), c.N);
-            if (t > 1) EXPECT_GT(parallel_regions(), forks) << "the case should be split over threads";
-            out.push_back(C);
-        }
-        set_num_threads(before);
-        EXPECT_EQ(out[0], out[1]);
-        EXPECT_EQ(out[0], out[2]);
-    }
+    expect_same_bits_for_any_thread_count(sgemm_packed, 9);
 }
 
 TEST(Sgemm, GemmUsesThePackedKernelWhereAvailable) {
-    // gemm<float> must give exactly the packed kernel's result when it is the backend
     if (gemm_backend() != GemmBackend::packed) GTEST_SKIP() << "oneDNN is the fp32 backend here";
-    std::mt19937 rng(10);
-    std::uniform_real_distribution<float> u(-1.f, 1.f);
-    const int64_t M = 37, N = 45, K = 129;
-    std::vector<float> A(M * K), B(K * N), C1(M * N), C2(M * N);
-    for (float& v : A) v = u(rng);
-    for (float& v : B) v = u(rng);
-    gemm<float>(false, false, M, N, K, 1.f, A.data(), K, B.data(), N, 0.f, C1.data(), N);
-    sgemm_packed(false, false, M, N, K, 1.f, A.data(), K, B.data(), N, 0.f, C2.data(), N);
-    EXPECT_EQ(C1, C2);
+    expect_gemm_runs(sgemm_packed, Precision::fp32, false, 10);
 }
 
 // ---- the bf16 kernel (vdpbf16ps) ----
@@ -145,18 +162,9 @@ TEST(Sgemm, GemmUsesThePackedKernelWhereAvailable) {
 TEST(SgemmBf16, MatchesBf16ReferenceOnEdgesAndBlocks) {
     if (!sgemm_bf16_available()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
     std::mt19937 rng(17);
-    int cases = 0;
-    for (bool ta : {false, true})
-        for (bool tb : {false, true})
-            for (int64_t M : {1, 11, 12, 13, 50})
-                for (int64_t N : {1, 17, 31, 32, 33, 70})
-                    for (int64_t K : {1, 2, 3, 31, 32, 33, 258}) {
-                        const Case c{ta, tb, M, N, K, 1.f, 0.f};
-                        EXPECT_LT(max_rel_error(c, rng, sgemm_bf16, true), tolerance(K))
-                            << "ta " << ta << " tb " << tb << " M " << M << " N " << N << " K " << K;
-                        ++cases;
-                    }
-    EXPECT_EQ(cases, 840);
+    EXPECT_EQ(sweep_shapes(sgemm_bf16, true, rng, {1, 11, 12, 13, 50}, {1, 17, 31, 32, 33, 70},
+                           {1, 2, 3, 31, 32, 33, 258}),
+              840);
 }
 
 TEST(SgemmBf16, AlphaBetaAndLargeBlocks) {
@@ -183,41 +191,10 @@ TEST(SgemmBf16, RoundsLikeTheScalarConversion) {
 
 TEST(SgemmBf16, ResultDoesNotDependOnThreadCount) {
     if (!sgemm_bf16_available()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
-    for (const Case& c : {Case{false, true, 200, 300, 200, 1.f, 0.f}, Case{true, false, 900, 20, 301, 1.f, 1.f}}) {
-        std::mt19937 rng(19);
-        std::uniform_real_distribution<float> u(-1.f, 1.f);
-        const int64_t lda = c.ta ? c.M : c.K, ldb = c.tb ? c.K : c.N;
-        std::vector<float> A(c.M * c.K), B(c.K * c.N), C0(c.M * c.N);
-        for (float& v : A) v = u(rng);
-        for (float& v : B) v = u(rng);
-        for (float& v : C0) v = u(rng);
-        std::vector<std::vector<float>> out;
-        const int before = num_threads();
-        for (int t : {1, 2, 3}) {
-            set_num_threads(t);
-            std::vector<float> C = C0;
-            const int64_t forks = parallel_regions();
-            sgemm_bf16(c.ta, c.tb, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta, C.data(), c.N);
-            if (t > 1) EXPECT_GT(parallel_regions(), forks) << "the case should be split over threads";
-            out.push_back(C);
-        }
-        set_num_threads(before);
-        EXPECT_EQ(out[0], out[1]);
-        EXPECT_EQ(out[0], out[2]);
-    }
+    expect_same_bits_for_any_thread_count(sgemm_bf16, 19);
 }
 
 TEST(SgemmBf16, GemmInBf16ModeUsesTheNativeKernelWhereAvailable) {
     if (!sgemm_bf16_available()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
-    std::mt19937 rng(20);
-    std::uniform_real_distribution<float> u(-1.f, 1.f);
-    const int64_t M = 37, N = 45, K = 129;
-    std::vector<float> A(M * K), B(K * N), C1(M * N), C2(M * N);
-    for (float& v : A) v = u(rng);
-    for (float& v : B) v = u(rng);
-    set_gemm_precision(Precision::bf16);
-    gemm<float>(false, true, M, N, K, 1.f, A.data(), K, B.data(), K, 0.f, C1.data(), N);
-    set_gemm_precision(Precision::fp32);
-    sgemm_bf16(false, true, M, N, K, 1.f, A.data(), K, B.data(), K, 0.f, C2.data(), N);
-    EXPECT_EQ(C1, C2);
+    expect_gemm_runs(sgemm_bf16, Precision::bf16, true, 20);
 }
