@@ -189,6 +189,25 @@ TEST(SgemmBf16, RoundsLikeTheScalarConversion) {
     EXPECT_EQ(c, 1.f + (1.f + 1.f / 128));
 }
 
+TEST(SgemmBf16, NanAndInfReachTheOutput) {
+    // training stops on a non-finite loss or gradient norm: the bf16 GEMM must not hide a NaN or an
+    // Inf in an operand (the rounding keeps NaN a NaN and Inf an Inf)
+    if (!sgemm_bf16_available()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
+    const int64_t M = 13, N = 33, K = 40;
+    for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+        std::vector<float> A(M * K, 0.5f), B(K * N, 0.25f), C(M * N, 0.f);
+        A[5 * K + 17] = bad;  // row 5 of A
+        sgemm_bf16(false, false, M, N, K, 1.f, A.data(), K, B.data(), N, 0.f, C.data(), N);
+        for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n) {
+                const float c = C[m * N + n];
+                if (m != 5) ASSERT_EQ(c, 0.5f * 0.25f * K) << "m " << m << " n " << n;
+                else if (std::isnan(bad)) ASSERT_TRUE(std::isnan(c)) << "n " << n;
+                else ASSERT_TRUE(std::isinf(c) && c > 0) << "n " << n << " c " << c;
+            }
+    }
+}
+
 TEST(SgemmBf16, ResultDoesNotDependOnThreadCount) {
     if (!sgemm_bf16_available()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
     expect_same_bits_for_any_thread_count(sgemm_bf16, 19);
