@@ -62,6 +62,12 @@ Precision parse_precision(const char* s, const char* where) {
     fail(where, ": precision must be \"fp32\" or \"bf16\", got \"", v, "\"");
 }
 
+const char* gemm_engine_name() {
+    if (g_precision == Precision::bf16)
+        return sgemm_bf16_available() ? "native vdpbf16ps" : "emulated: bf16-rounded operands, fp32 GEMM";
+    return gemm_backend() == GemmBackend::packed ? "packed AVX2" : "oneDNN";
+}
+
 // Copies the stored rows x cols block (row stride ld) into dst (contiguous), rounded to bf16.
 static void round_block(float* dst, const float* src, int64_t rows, int64_t cols, int64_t ld) {
     for (int64_t r = 0; r < rows; ++r) bf16_round_n(dst + r * cols, src + r * ld, cols);

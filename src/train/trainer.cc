@@ -270,8 +270,9 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
     std::printf("data: %s, %lld train / %lld val tokens, vocab %lld (%s); unigram baseline %.4f nats\n",
                 data_path.c_str(), (long long)data.n_train(), (long long)data.n_val(), (long long)mc.vocab_size,
                 tc.tokenizer.c_str(), unigram);
-    std::printf("batch %lld x %lld tokens x %lld accum, %lld steps, lr %.2e, %d threads, %s GEMMs%s\n", (long long)B,
-                (long long)T, (long long)tc.grad_accum, (long long)tc.steps, tc.lr, num_threads(), tc.precision.c_str(),
+    std::printf("batch %lld x %lld tokens x %lld accum, %lld steps, lr %.2e, %d threads, %s GEMMs (%s)%s\n",
+                (long long)B, (long long)T, (long long)tc.grad_accum, (long long)tc.steps, tc.lr, num_threads(),
+                tc.precision.c_str(), kernels::gemm_engine_name(),
                 opt.resume_dir.empty() ? "" : str(", resuming at step ", st.step).c_str());
     std::fflush(stdout);
 
