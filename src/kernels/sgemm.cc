@@ -335,23 +335,27 @@ MOE_BF16_TARGET void Avx512Bf16::pack_a(uint32_t* dst, const float* A, int64_t l
     }
 }
 
-// C[0:mr, 0:nr] = alpha (a_panel · b_panel) + beta C over kc (beta == 0: C not read).
-MOE_BF16_TARGET void Avx512Bf16::micro(int64_t kc, const uint32_t* __restrict a, const uint32_t* __restrict b,
-                                       float* c, int64_t ldc, float alpha, float beta, int64_t mr, int64_t nr) {
+// C[0:mr, 0:nr] = alpha (a_panel · b_panel) + beta C over kc (beta == 0: C not read), computing the
+// first MR >= mr rows of the 12-row panel: an expert's last row tile is often part empty (a block of
+// 75 rows ends with 3), and the rows past MR are zero padding not worth multiplying.
+template <int MR>
+MOE_BF16_TARGET void bf16_micro(int64_t kc, const uint32_t* __restrict a, const uint32_t* __restrict b, float* c,
+                                int64_t ldc, float alpha, float beta, int64_t mr, int64_t nr) {
+    constexpr int64_t kMr = Avx512Bf16::kMr, kNr = Avx512Bf16::kNr;
     for (int64_t r = 0; r < mr; ++r) {  // the C tile's lines, fetched during the k loop
         _mm_prefetch((const char*)(c + r * ldc), _MM_HINT_T0);
         _mm_prefetch((const char*)(c + r * ldc + 16), _MM_HINT_T0);
         _mm_prefetch((const char*)(c + r * ldc + kNr - 1), _MM_HINT_T0);
     }
-    __m512 acc[kMr][2];
+    __m512 acc[MR][2];
 #pragma GCC unroll 12
-    for (int r = 0; r < kMr; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    const int64_t kp = kstride(kc);
+    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    const int64_t kp = Avx512Bf16::kstride(kc);
     for (int64_t p = 0; p < kp; ++p) {
         // C[r][:] += op(A)[r][k] op(B)[k][:] + op(A)[r][k+1] op(B)[k+1][:]
         const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16);
 #pragma GCC unroll 12
-        for (int r = 0; r < kMr; ++r) {
+        for (int r = 0; r < MR; ++r) {
             const __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[r]);
             acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
             acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
@@ -373,6 +377,13 @@ MOE_BF16_TARGET void Avx512Bf16::micro(int64_t kc, const uint32_t* __restrict a,
             _mm512_mask_storeu_ps(cr + 16 * hh, m[hh], v);
         }
     }
+}
+
+MOE_BF16_TARGET void Avx512Bf16::micro(int64_t kc, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc,
+                                       float alpha, float beta, int64_t mr, int64_t nr) {
+    if (mr <= 4) bf16_micro<4>(kc, a, b, c, ldc, alpha, beta, mr, nr);
+    else if (mr <= 8) bf16_micro<8>(kc, a, b, c, ldc, alpha, beta, mr, nr);
+    else bf16_micro<12>(kc, a, b, c, ldc, alpha, beta, mr, nr);
 }
 
 #undef MOE_BF16_TARGET
