@@ -115,10 +115,11 @@ TEST_F(Bf16Train, LossCurveStaysInBandOfFp32Over200Steps) {
                           " --precision " + p + " --log " + log);
         ASSERT_EQ(r.code(), 0) << r.describe();
         EXPECT_NE(r.out.find(std::string(p) + " GEMMs"), std::string::npos) << r.out;
-        if (std::string(p) == "bf16")  // the banner says which bf16 GEMM this CPU runs
+        if (std::string(p) == "bf16") {  // the banner says which bf16 GEMM this CPU runs
             EXPECT_NE(r.out.find(moe::kernels::sgemm_bf16_available() ? "native vdpbf16ps" : "emulated"),
                       std::string::npos)
                 << r.out;
+        }
         Log l = parse_log(read_file(path(log)));
         ASSERT_EQ(l.loss.size(), 200u);
         std::vector<double> c;

@@ -119,7 +119,9 @@ void expect_same_bits_for_any_thread_count(GemmFn fn, uint32_t seed) {
             std::vector<float> C = C0;
             const int64_t forks = parallel_regions();
             fn(c.ta, c.tb, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta, C.data(), c.N);
-            if (t > 1) EXPECT_GT(parallel_regions(), forks) << "the case should be split over threads";
+            if (t > 1) {
+                EXPECT_GT(parallel_regions(), forks) << "the case should be split over threads";
+            }
             out.push_back(C);
         }
         set_num_threads(before);

@@ -62,9 +62,12 @@ Precision parse_precision(const char* s, const char* where) {
     fail(where, ": precision must be \"fp32\" or \"bf16\", got \"", v, "\"");
 }
 
+// bf16 GEMMs on sgemm_bf16 (else, in bf16, emulated on the fp32 backend)
+static bool native_bf16() { return g_precision == Precision::bf16 && sgemm_bf16_available(); }
+
 const char* gemm_engine_name() {
     if (g_precision == Precision::bf16)
-        return sgemm_bf16_available() ? "native vdpbf16ps" : "emulated: bf16-rounded operands, fp32 GEMM";
+        return native_bf16() ? "native vdpbf16ps" : "emulated: bf16-rounded operands, fp32 GEMM";
     return gemm_backend() == GemmBackend::packed ? "packed AVX2" : "oneDNN";
 }
 
@@ -82,7 +85,7 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
             for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = beta == 0.f ? 0.f : beta * C[m * ldc + n];
         return;
     }
-    if (g_precision == Precision::bf16 && sgemm_bf16_available()) {
+    if (native_bf16()) {
         // native: the rounding happens inside the packing
         sgemm_bf16(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;

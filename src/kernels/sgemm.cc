@@ -237,17 +237,23 @@ MOE_BF16_TARGET inline __m512i bf16_pairs(__m512 lo, __m512 hi) {
     return _mm512_or_si512(l, h);
 }
 
+// The first n of 16 lanes (n <= 0: none).
+inline __mmask16 lanes(int64_t n) { return (__mmask16)(n >= 16 ? 0xffff : n <= 0 ? 0 : (1u << n) - 1); }
+
+// Words of (r0[i], r1[i]) for the first `m` lanes (the rest zero): two rows of op(X) along k, k + 1
+// paired lane by lane; without has_r1 (an odd k tail) the high halves are zero.
+MOE_BF16_TARGET inline __m512i bf16_pair_rows(const float* r0, const float* r1, bool has_r1, __mmask16 m) {
+    return bf16_pairs(_mm512_maskz_loadu_ps(m, r0), has_r1 ? _mm512_maskz_loadu_ps(m, r1) : _mm512_setzero_ps());
+}
+
 // n contiguous floats (n <= 32, the rest zero) as 16 words of consecutive bf16 pairs.
 MOE_BF16_TARGET inline __m512i bf16_run(const float* s, int64_t n) {
-    const __mmask16 m0 = (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1);
-    const __mmask16 m1 = (__mmask16)(n >= 32 ? 0xffff : n <= 16 ? 0 : (1u << (n - 16)) - 1);
-    const __m512i a = _mm512_srli_epi32(bf16_round_hi(_mm512_castps_si512(_mm512_maskz_loadu_ps(m0, s))), 16);
-    const __m512i b = _mm512_srli_epi32(bf16_round_hi(_mm512_castps_si512(_mm512_maskz_loadu_ps(m1, s + 16))), 16);
+    const __m512i a = _mm512_srli_epi32(bf16_round_hi(_mm512_castps_si512(_mm512_maskz_loadu_ps(lanes(n), s))), 16);
+    const __m512i b =
+        _mm512_srli_epi32(bf16_round_hi(_mm512_castps_si512(_mm512_maskz_loadu_ps(lanes(n - 16), s + 16))), 16);
     // 32 bf16 in order: words (s[0], s[1]), (s[2], s[3]), ...
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(a)), _mm512_cvtepi32_epi16(b), 1);
 }
-
-inline __mmask16 lanes(int64_t n) { return (__mmask16)(n >= 16 ? 0xffff : n <= 0 ? 0 : (1u << n) - 1); }
 
 // A run of kc floats (a row of op(X) along k) as kstride(kc) words; the odd tail's high half zero.
 MOE_BF16_TARGET inline void bf16_row_words(uint32_t* dst, const float* s, int64_t kc) {
@@ -273,12 +279,8 @@ MOE_BF16_TARGET void Avx512Bf16::pack_b(uint32_t* dst, const BSource& src, int64
             for (int64_t p = 0; p < kp; ++p) {
                 const float* r0 = s + 2 * p * ldb;
                 const bool has_hi = 2 * p + 1 < kc;
-                const float* r1 = r0 + ldb;
-                const __m512 z = _mm512_setzero_ps();
-                _mm512_storeu_si512(d + p * kNr, bf16_pairs(_mm512_maskz_loadu_ps(m0, r0),
-                                                            has_hi ? _mm512_maskz_loadu_ps(m0, r1) : z));
-                _mm512_storeu_si512(d + p * kNr + 16, bf16_pairs(_mm512_maskz_loadu_ps(m1, r0 + 16),
-                                                                 has_hi ? _mm512_maskz_loadu_ps(m1, r1 + 16) : z));
+                _mm512_storeu_si512(d + p * kNr, bf16_pair_rows(r0, r0 + ldb, has_hi, m0));
+                _mm512_storeu_si512(d + p * kNr + 16, bf16_pair_rows(r0 + 16, r0 + ldb + 16, has_hi, m1));
             }
             continue;
         }
@@ -302,6 +304,11 @@ MOE_BF16_TARGET void Avx512Bf16::pack_b(uint32_t* dst, const BSource& src, int64
 MOE_BF16_TARGET void Avx512Bf16::pack_a(uint32_t* dst, const float* A, int64_t lda, bool trans_a, float /*alpha*/,
                                         int64_t m0, int64_t mc, int64_t p0, int64_t kc) {
     const int64_t kp = kstride(kc);
+    // words of the panel's rows for the non-transposed case; rows kMr..15 stay zero (they feed
+    // the second 8 x 8 transpose only)
+    alignas(64) uint32_t t[16][kKc / 2];
+    if (!trans_a)
+        for (int64_t r = kMr; r < 16; ++r) std::fill(t[r], t[r] + kp, 0u);
     for (int64_t i = 0; i < mc; i += kMr) {
         uint32_t* d = dst + i * kp;  // this panel: [kp][kMr]
         const int64_t h = std::min(kMr, mc - i);
@@ -311,8 +318,7 @@ MOE_BF16_TARGET void Avx512Bf16::pack_a(uint32_t* dst, const float* A, int64_t l
             const __mmask16 m = lanes(h);
             for (int64_t p = 0; p < kp; ++p) {
                 const float* r0 = s + 2 * p * lda;
-                const __m512 hi = 2 * p + 1 < kc ? _mm512_maskz_loadu_ps(m, r0 + lda) : _mm512_setzero_ps();
-                _mm512_mask_storeu_epi32(d + p * kMr, lanes(kMr), bf16_pairs(_mm512_maskz_loadu_ps(m, r0), hi));
+                _mm512_mask_storeu_epi32(d + p * kMr, lanes(kMr), bf16_pair_rows(r0, r0 + lda, 2 * p + 1 < kc, m));
             }
             continue;
         }
@@ -320,9 +326,8 @@ MOE_BF16_TARGET void Avx512Bf16::pack_a(uint32_t* dst, const float* A, int64_t l
         // transpose in 8 x 8 blocks of words. Rows 8..15 go first: each of their 8-word stores
         // spills 4 words into the next k pair's rows 0..3, which the rows 0..7 block then writes
         // (the last spill lands past the panel: the next panel or the buffer's slack).
-        alignas(64) uint32_t t[16][kKc / 2];
         for (int64_t r = 0; r < h; ++r) bf16_row_words(t[r], A + (m0 + i + r) * lda + p0, kc);
-        for (int64_t r = h; r < 16; ++r) std::fill(t[r], t[r] + kp, 0u);
+        for (int64_t r = h; r < kMr; ++r) std::fill(t[r], t[r] + kp, 0u);
         int64_t p = 0;
         for (; p + 8 <= kp; p += 8) {
             transpose8x8(reinterpret_cast<float*>(d + p * kMr + 8), kMr, reinterpret_cast<const float*>(&t[8][p]),

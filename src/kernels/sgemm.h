@@ -29,6 +29,9 @@ using SgemmRowLoader = void (*)(const void* ctx, int64_t row, int64_t k0, int64_
 
 // C (M, N) = A (M, K) · W^T + beta C, where W (N, K) is read through `load` (weights stored as bf16
 // or int8): each row slice is converted inside the packing of B, so no fp32 copy of W is made.
+void sgemm_packed_wrows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, SgemmRowLoader load,
+                        const void* ctx, float beta, float* C, int64_t ldc);
+
 // The bf16 GEMM of training's --precision bf16: C = alpha (bf16(op(A)) · bf16(op(B))) + beta C,
 // both operands rounded to nearest-even bf16 inside the packing (fp32 in memory, as the master
 // weights and activations are), multiplied by vdpbf16ps with fp32 sums: pairs of k are added to
@@ -37,8 +40,5 @@ using SgemmRowLoader = void (*)(const void* ctx, int64_t row, int64_t k0, int64_
 bool sgemm_bf16_available();  // the CPU has AVX512_BF16 and MOE_ISA allows avx512
 void sgemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                 int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
-
-void sgemm_packed_wrows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, SgemmRowLoader load,
-                        const void* ctx, float beta, float* C, int64_t ldc);
 
 }  // namespace moe::kernels
