@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 
@@ -48,7 +49,7 @@ def run_moe(moe, cfg_path, cfg, steps, skip, threads, tmp, precision="fp32"):
     per_step = B * T * tc.get("grad_accum", 1)
     # one entry per step: tokens_per_sec of that step alone
     tokens = seconds = 0.0
-    losses, prev = [], 0
+    losses, prev, step_tps = [], 0, []
     with open(log) as f:
         for line in f:
             e = json.loads(line)
@@ -60,8 +61,9 @@ def run_moe(moe, cfg_path, cfg, steps, skip, threads, tmp, precision="fp32"):
             if e["step"] > skip and e["tokens_per_sec"] > 0:
                 tokens += n
                 seconds += n / e["tokens_per_sec"]
+                step_tps.append(e["tokens_per_sec"])
     if seconds <= 0:
         sys.exit(f"bench: no timed steps in {log} (--steps must exceed --skip)")
     timed = int(round(tokens / per_step))
     return {"threads": n_threads, "tokens_per_sec": tokens / seconds, "sec_per_step": seconds / timed,
-            "first_loss": losses[0], "last_loss": losses[-1], "vocab": vocab}
+            "median_step_tokens_per_sec": statistics.median(step_tps), "first_loss": losses[0], "last_loss": losses[-1], "vocab": vocab}

@@ -6,6 +6,7 @@
 //  - kernels::gemm_f32 (oneDNN) against kernels::gemm_ref<float>.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -14,6 +15,7 @@
 #include "gradcheck.h"
 #include "kernels/gemm.h"
 #include "moe_pipeline.h"
+#include "ops/moe_ffn.h"
 #include "ops/moe_ref.h"
 #include "ops/router.h"
 
@@ -149,6 +151,20 @@ TEST(MoeRef, FastPipelineMatchesOracleTop1Concentrated) {
 }
 TEST(MoeRef, FastPipelineMatchesOracleTop2Concentrated) {
     compare_fast_vs_ref({37, 10, 5, 2, 7, Activation::relu, 8.0, 5});
+}
+TEST(MoeRef, FastPipelineMatchesOracleMultiBlockExperts) {
+    // experts of more than ops::kRowBlock rows run as several row blocks, which share weights
+    // packed once per call (where the float GEMM packs B): forward and backward through that path
+    for (Activation act : {Activation::swiglu, Activation::relu}) {
+        const Shape s{300, 24, 4, 2, 40, act, 0, 21};
+        compare_fast_vs_ref(s);
+        MoeWeights<float> w = make_weights(s);
+        MoePipeline<float> p(s.N, s.C, s.E, s.K, s.F, s.act);
+        p.forward(w.x.data(), w.wr.data(), w.wg.data(), w.wu.data(), w.wd.data());
+        int64_t most = 0;
+        for (int64_t e = 0; e < s.E; ++e) most = std::max<int64_t>(most, p.expert_offsets[e + 1] - p.expert_offsets[e]);
+        EXPECT_GT(most, ops::kRowBlock);
+    }
 }
 TEST(MoeRef, FastPipelineMatchesOracleTopAll) { compare_fast_vs_ref({21, 9, 4, 4, 5, Activation::swiglu, 0, 6}); }
 TEST(MoeRef, FastPipelineMatchesOracleMoreExpertsThanTokens) {

@@ -220,3 +220,77 @@ TEST(SgemmBf16, GemmInBf16ModeUsesTheNativeKernelWhereAvailable) {
     if (!sgemm_bf16_available()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
     expect_gemm_runs(sgemm_bf16, Precision::bf16, true, 20);
 }
+
+namespace {
+
+// op(B) packed once (sgemm_pack_b) and multiplied by sgemm_packed_b gives exactly the bits of the
+// GEMM that packs B itself (`fn`), over shapes across the k block (256), the column block (512)
+// and the register tiles, both transposes, alpha / beta, at 1 and 2 threads. Returns the cases run.
+int expect_prepacked_same_bits(GemmFn fn, bool bf16, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    int cases = 0;
+    const int before = num_threads();
+    for (int threads : {1, 2}) {
+        set_num_threads(threads);
+        for (bool ta : {false, true})
+            for (bool tb : {false, true})
+                for (int64_t M : {1, 13, 250})
+                    for (int64_t N : {1, 33, 530})
+                        for (int64_t K : {1, 3, 256, 301, 600}) {
+                            const float alpha = cases % 3 == 0 ? 0.5f : 1.f, beta = cases % 2 ? 1.f : 0.f;
+                            const int64_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 3, ldc = N + 2;
+                            std::vector<float> A((ta ? K : M) * lda), B((tb ? N : K) * ldb), C0(M * ldc);
+                            for (float& v : A) v = u(rng);
+                            for (float& v : B) v = u(rng);
+                            for (float& v : C0) v = u(rng);
+                            std::vector<float> want = C0, got = C0;
+                            std::vector<uint32_t> packed(sgemm_packed_b_words(bf16, K, N) + 1, 0xdeadbeefu);
+                            sgemm_pack_b(bf16, tb, K, N, B.data(), ldb, packed.data());
+                            EXPECT_EQ(packed.back(), 0xdeadbeefu) << "wrote past sgemm_packed_b_words";
+                            fn(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, want.data(), ldc);
+                            sgemm_packed_b(bf16, ta, M, N, K, alpha, A.data(), lda, packed.data(), beta, got.data(), ldc);
+                            EXPECT_EQ(got, want) << "threads " << threads << " ta " << ta << " tb " << tb << " M " << M
+                                                 << " N " << N << " K " << K;
+                            ++cases;
+                        }
+    }
+    set_num_threads(before);
+    return cases;
+}
+
+}  // namespace
+
+TEST(Sgemm, PrepackedBGivesTheSameBits) {
+    if (!sgemm_packed_available()) GTEST_SKIP() << "no AVX2+FMA on this CPU";
+    EXPECT_EQ(expect_prepacked_same_bits(sgemm_packed, false, 31), 360);
+}
+
+TEST(SgemmBf16, PrepackedBGivesTheSameBits) {
+    if (!sgemm_bf16_available()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
+    EXPECT_EQ(expect_prepacked_same_bits(sgemm_bf16, true, 32), 360);
+}
+
+// gemm_pack_b / gemm_f32_b at each precision: packed where the GEMM packs B (fp32 on the packed
+// kernel, native bf16), and the same bits as gemm<float> on B as stored.
+TEST(Sgemm, GemmWithPackedBMatchesGemm) {
+    std::mt19937 rng(33);
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    const int64_t M = 70, N = 130, K = 300;
+    std::vector<float> A(M * K), B(N * K);
+    for (float& v : A) v = u(rng);
+    for (float& v : B) v = u(rng);
+    for (Precision p : {Precision::fp32, Precision::bf16}) {
+        set_gemm_precision(p);
+        const bool packs = p == Precision::bf16 ? sgemm_bf16_available() : gemm_backend() == GemmBackend::packed;
+        EXPECT_EQ(gemm_packed_b_floats(K, N) > 0, packs) << precision_name(p);
+        std::vector<float> scratch(std::max<int64_t>(1, gemm_packed_b_floats(K, N)));
+        const PackedB pb = gemm_pack_b(true, K, N, B.data(), K, scratch.data());
+        EXPECT_EQ(pb.packed != nullptr, packs) << precision_name(p);
+        std::vector<float> want(M * N), got(M * N);
+        gemm<float>(false, true, M, N, K, 1.f, A.data(), K, B.data(), K, 0.f, want.data(), N);
+        gemm_f32_b(false, M, N, K, 1.f, A.data(), K, pb, 0.f, got.data(), N);
+        EXPECT_EQ(got, want) << precision_name(p);
+    }
+    set_gemm_precision(Precision::fp32);
+}

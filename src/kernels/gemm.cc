@@ -110,4 +110,29 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
     MOE_ASSERT(st == dnnl_success);
 }
 
+// Whether B is packed for the GEMM at the current precision, and by which kernel.
+static bool packs_b() { return native_bf16() || (g_precision == Precision::fp32 && gemm_backend() == GemmBackend::packed); }
+
+int64_t gemm_packed_b_floats(int64_t K, int64_t N) {
+    return packs_b() ? sgemm_packed_b_words(native_bf16(), K, N) : 0;  // 32-bit words = floats
+}
+
+PackedB gemm_pack_b(bool trans_b, int64_t K, int64_t N, const float* B, int64_t ldb, float* dst) {
+    if (!packs_b() || K <= 0 || N <= 0) return gemm_unpacked_b(trans_b, B, ldb);
+    sgemm_pack_b(native_bf16(), trans_b, K, N, B, ldb, dst);
+    PackedB p = gemm_unpacked_b(trans_b, B, ldb);
+    p.packed = dst;
+    return p;
+}
+
+void gemm_f32_b(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                const PackedB& b, float beta, float* C, int64_t ldc) {
+    if (!b.packed || M <= 0 || N <= 0 || K <= 0) {
+        gemm_f32(trans_a, b.trans_b, M, N, K, alpha, A, lda, b.B, b.ldb, beta, C, ldc);
+        return;
+    }
+    MOE_ASSERT(packs_b());  // packed under the precision it is used with
+    sgemm_packed_b(native_bf16(), trans_a, M, N, K, alpha, A, lda, b.packed, beta, C, ldc);
+}
+
 }  // namespace moe::kernels

@@ -38,6 +38,26 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
               int64_t ldc);
 
+// op(B) packed once for several GEMMs that multiply it (kernels/sgemm.h's sgemm_pack_b), where the
+// float GEMM of the current precision packs B itself (the packed AVX2 fp32 kernel, the native bf16
+// one); elsewhere (oneDNN, emulated bf16) a PackedB just refers to B as stored. Results are the
+// same bits as gemm_f32 on B.
+struct PackedB {
+    const float* B = nullptr;  // B as stored, when not packed
+    int64_t ldb = 0;
+    bool trans_b = false;
+    const void* packed = nullptr;  // op(B) packed (K, N), or null
+};
+// Floats of scratch gemm_pack_b needs for op(B) (K, N); 0 when the current GEMM does not pack.
+int64_t gemm_packed_b_floats(int64_t K, int64_t N);
+// Packs op(B) into dst (gemm_packed_b_floats(K, N) floats) on the calling thread.
+PackedB gemm_pack_b(bool trans_b, int64_t K, int64_t N, const float* B, int64_t ldb, float* dst);
+// An unpacked PackedB: B as stored.
+inline PackedB gemm_unpacked_b(bool trans_b, const float* B, int64_t ldb) { return {B, ldb, trans_b, nullptr}; }
+// C = alpha op(A) op(B) + beta C with op(B) (K, N) from gemm_pack_b / gemm_unpacked_b.
+void gemm_f32_b(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                const PackedB& b, float beta, float* C, int64_t ldc);
+
 template <class T>
 inline void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
                  int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {

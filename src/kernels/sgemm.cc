@@ -26,6 +26,9 @@ struct BSource {
     bool trans_b = false;
     SgemmRowLoader load = nullptr;
     const void* ctx = nullptr;
+    // or all of op(B) packed beforehand (pack_b_all), N columns in all
+    const void* packed = nullptr;
+    int64_t packed_n = 0;
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -423,6 +426,31 @@ PackBuffers<Kern>& pack_buffers() {
     return buf;
 }
 
+// All of op(B) (K, N) packed at once, for GEMMs that share it: the k blocks one after another, each
+// holding the panels of all N columns ([kstride(kc)][kNr] each), so the block of columns from jc on
+// is laid out exactly as pack_b writes it.
+template <class Kern>
+int64_t packed_b_elems(int64_t K, int64_t N) {
+    const int64_t panels = (N + Kern::kNr - 1) / Kern::kNr;
+    const int64_t full = K / Kern::kKc, tail = K % Kern::kKc;
+    return panels * Kern::kNr * (full * Kern::kstride(Kern::kKc) + (tail ? Kern::kstride(tail) : 0));
+}
+
+// Where the panel of columns from jc (a multiple of kNr) of the k block from pc starts.
+template <class Kern>
+int64_t packed_b_offset(int64_t K, int64_t N, int64_t pc, int64_t jc) {
+    const int64_t panels = (N + Kern::kNr - 1) / Kern::kNr;
+    const int64_t ks = Kern::kstride(std::min(Kern::kKc, K - pc));  // this block's; those before are whole
+    return (pc / Kern::kKc) * panels * Kern::kNr * Kern::kstride(Kern::kKc) + (jc / Kern::kNr) * Kern::kNr * ks;
+}
+
+template <class Kern>
+void pack_b_all(typename Kern::Elem* dst, const BSource& bs, int64_t K, int64_t N) {
+    PackBuffers<Kern>& buf = pack_buffers<Kern>();
+    for (int64_t pc = 0; pc < K; pc += Kern::kKc)
+        Kern::pack_b(dst + packed_b_offset<Kern>(K, N, pc, 0), bs, pc, std::min(Kern::kKc, K - pc), 0, N, buf.rows);
+}
+
 // C[m0:m1, n0:n1] of the product, on the calling thread.
 template <class Kern>
 void gemm_block(bool trans_a, const BSource& bs, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K,
@@ -433,13 +461,17 @@ void gemm_block(bool trans_a, const BSource& bs, int64_t m0, int64_t m1, int64_t
         for (int64_t pc = 0; pc < K; pc += Kern::kKc) {
             const int64_t kc = std::min(Kern::kKc, K - pc), ks = Kern::kstride(kc);
             const float b_eff = pc == 0 ? beta : 1.f;  // later k blocks add to the first's result
-            Kern::pack_b(buf.b, bs, pc, kc, jc, nc, buf.rows);
+            const typename Kern::Elem* bp = buf.b;
+            if (bs.packed)
+                bp = static_cast<const typename Kern::Elem*>(bs.packed) + packed_b_offset<Kern>(K, bs.packed_n, pc, jc);
+            else
+                Kern::pack_b(buf.b, bs, pc, kc, jc, nc, buf.rows);
             for (int64_t ic = m0; ic < m1; ic += Kern::kMc) {
                 const int64_t mc = std::min(Kern::kMc, m1 - ic);
                 Kern::pack_a(buf.a, A, lda, trans_a, alpha, ic, mc, pc, kc);
                 for (int64_t jr = 0; jr < nc; jr += Kern::kNr)
                     for (int64_t ir = 0; ir < mc; ir += Kern::kMr)
-                        Kern::micro(kc, buf.a + ir * ks, buf.b + jr * ks, C + (ic + ir) * ldc + jc + jr, ldc, alpha,
+                        Kern::micro(kc, buf.a + ir * ks, bp + jr * ks, C + (ic + ir) * ldc + jc + jr, ldc, alpha,
                                     b_eff, std::min(Kern::kMr, mc - ir), std::min(Kern::kNr, nc - jr));
             }
         }
@@ -504,6 +536,27 @@ void sgemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, flo
     BSource bs;
     bs.B = B, bs.ldb = ldb, bs.trans_b = trans_b;
     gemm_run<Avx512Bf16>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
+}
+
+int64_t sgemm_packed_b_words(bool bf16, int64_t K, int64_t N) {
+    return bf16 ? packed_b_elems<Avx512Bf16>(K, N) : packed_b_elems<Avx2F32>(K, N);
+}
+
+void sgemm_pack_b(bool bf16, bool trans_b, int64_t K, int64_t N, const float* B, int64_t ldb, void* dst) {
+    MOE_ASSERT(bf16 ? sgemm_bf16_available() : sgemm_packed_available());
+    BSource bs;
+    bs.B = B, bs.ldb = ldb, bs.trans_b = trans_b;
+    if (bf16) pack_b_all<Avx512Bf16>(static_cast<uint32_t*>(dst), bs, K, N);
+    else pack_b_all<Avx2F32>(static_cast<float*>(dst), bs, K, N);
+}
+
+void sgemm_packed_b(bool bf16, bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                    int64_t lda, const void* packed_b, float beta, float* C, int64_t ldc) {
+    MOE_ASSERT(bf16 ? sgemm_bf16_available() : sgemm_packed_available());
+    BSource bs;
+    bs.packed = packed_b, bs.packed_n = N;
+    if (bf16) gemm_run<Avx512Bf16>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
+    else gemm_run<Avx2F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
 }
 
 }  // namespace moe::kernels

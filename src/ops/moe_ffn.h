@@ -8,6 +8,8 @@
 //   ye = act · w_down[e]^T  (rows_e, C)
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
+#include <type_traits>
 #include <vector>
 
 #include "core/parallel.h"
@@ -92,6 +94,73 @@ inline const std::vector<FfnTask>& ffn_row_tasks(const int32_t* expert_offsets, 
     return tasks;
 }
 
+// One weight matrix of every expert as the B of the row blocks' GEMMs: W (E, rows, cols) stacked
+// with `stride` floats per expert; op(B) (K, N) is W[e] or W[e]^T.
+struct ExpertWeightUse {
+    const float* w;
+    int64_t stride;
+    bool trans_b;
+    int64_t K, N, ldb;
+};
+
+// The experts whose rows run as two or more row blocks get `uses` packed once here (all jobs as
+// tasks), instead of once inside every block's GEMM: out[e * uses + u] is the PackedB of expert e,
+// use u (an unpacked one for the other experts, and where the float GEMM does not pack B).
+// Scratch is thread-local and sized for all experts on the first call, so no step allocates.
+inline const std::vector<kernels::PackedB>& pack_expert_weights(const std::vector<FfnTask>& tasks, int64_t E,
+                                                                std::initializer_list<ExpertWeightUse> uses) {
+    struct Job {
+        int64_t e, u, offset;
+    };
+    thread_local std::vector<kernels::PackedB> out_storage;
+    thread_local std::vector<int32_t> blocks_storage;
+    thread_local std::vector<float> scratch_storage;
+    thread_local std::vector<Job> jobs_storage;
+    // the task lambda below runs on other threads: it must see this thread's vectors
+    std::vector<kernels::PackedB>& out = out_storage;
+    std::vector<int32_t>& blocks = blocks_storage;
+    std::vector<float>& scratch = scratch_storage;
+    std::vector<Job>& jobs = jobs_storage;
+    const int64_t U = (int64_t)uses.size();
+    const ExpertWeightUse* use = uses.begin();
+    out.resize(E * U);  // reused: no allocation once warm
+    blocks.assign(E, 0);
+    for (const FfnTask& t : tasks) blocks[t.e]++;
+    int64_t per_expert = 0;
+    for (int64_t u = 0; u < U; ++u) per_expert += kernels::gemm_packed_b_floats(use[u].K, use[u].N);
+    if ((int64_t)scratch.size() < E * per_expert) scratch.resize(E * per_expert);
+    jobs.clear();
+    int64_t off = 0;
+    for (int64_t e = 0; e < E; ++e)
+        for (int64_t u = 0; u < U; ++u) {
+            out[e * U + u] = kernels::gemm_unpacked_b(use[u].trans_b, use[u].w + e * use[u].stride, use[u].ldb);
+            const int64_t n = kernels::gemm_packed_b_floats(use[u].K, use[u].N);
+            if (blocks[e] < 2 || n == 0) continue;
+            jobs.push_back({e, u, off});
+            off += n;
+        }
+    parallel_tasks((int64_t)jobs.size(), [&](int64_t i) {
+        const Job j = jobs[i];
+        const ExpertWeightUse& w = use[j.u];
+        out[j.e * U + j.u] = kernels::gemm_pack_b(w.trans_b, w.K, w.N, w.w + j.e * w.stride, w.ldb, scratch.data() + j.offset);
+    });
+    return out;
+}
+
+// A GEMM whose B is an expert's weight matrix: through its PackedB for float, the plain GEMM for
+// double (the gradient checks' reference path).
+template <class T>
+void expert_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                 const kernels::PackedB* pb, bool trans_b, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+    if constexpr (std::is_same_v<T, float>) {
+        if (pb) {
+            kernels::gemm_f32_b(trans_a, M, N, K, 1.f, A, lda, *pb, beta, C, ldc);
+            return;
+        }
+    }
+    kernels::gemm<T>(trans_a, trans_b, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
+}
+
 // ye (R, C); hg, hu, act (R, F) saved for backward (ReLU: only act, computed in place);
 // xe (R, C); w_gate, w_up (E, F, C); w_down (E, C, F); expert_offsets (E+1)
 template <class T>
@@ -100,20 +169,32 @@ void moe_ffn_forward(T* ye, T* hg, T* hu, T* act, const T* xe, const T* w_gate, 
                      Activation activation) {
     const bool small = small_experts(expert_offsets, E, C, F);
     const std::vector<FfnTask>& tasks = ffn_row_tasks(expert_offsets, E, small);
+    const bool swiglu = activation == Activation::swiglu;
+    // packed weights (float, small experts): [e * 3 + {0: up, 1: gate, 2: down}]
+    const kernels::PackedB* packed = nullptr;
+    if constexpr (std::is_same_v<T, float>) {
+        if (small)
+            packed = pack_expert_weights(tasks, E,
+                                         {{w_up, F * C, true, C, F, C},
+                                          {swiglu ? w_gate : w_up, F * C, true, C, swiglu ? F : 0, C},
+                                          {w_down, C * F, true, F, C, F}})
+                         .data();
+    }
     run_tasks(small, (int64_t)tasks.size(), [&](int64_t i) {
         const FfnTask t = tasks[i];
         const int64_t e = t.e, r0 = t.begin, rows = t.end - t.begin;
         const T* x = xe + r0 * C;                                                                  // [rows, C]
-        if (activation == Activation::swiglu) {
-            kernels::gemm<T>(false, true, rows, F, C, T(1), x, C, w_up + e * F * C, C, T(0), hu + r0 * F, F);  // [rows, F]
-            kernels::gemm<T>(false, true, rows, F, C, T(1), x, C, w_gate + e * F * C, C, T(0), hg + r0 * F, F);
+        const kernels::PackedB* pb = packed ? packed + e * 3 : nullptr;
+        if (swiglu) {
+            expert_gemm<T>(false, rows, F, C, x, C, pb ? pb + 0 : nullptr, true, w_up + e * F * C, C, T(0), hu + r0 * F, F);  // [rows, F]
+            expert_gemm<T>(false, rows, F, C, x, C, pb ? pb + 1 : nullptr, true, w_gate + e * F * C, C, T(0), hg + r0 * F, F);
             activation_forward(act + r0 * F, hg + r0 * F, hu + r0 * F, rows * F, activation);
         } else {
             // ReLU in place: hu is not kept (backward needs only act > 0 <=> hu > 0)
-            kernels::gemm<T>(false, true, rows, F, C, T(1), x, C, w_up + e * F * C, C, T(0), act + r0 * F, F);  // [rows, F]
+            expert_gemm<T>(false, rows, F, C, x, C, pb ? pb + 0 : nullptr, true, w_up + e * F * C, C, T(0), act + r0 * F, F);  // [rows, F]
             activation_forward(act + r0 * F, hg + r0 * F, act + r0 * F, rows * F, activation);
         }
-        kernels::gemm<T>(false, true, rows, C, F, T(1), act + r0 * F, F, w_down + e * C * F, F, T(0), ye + r0 * C, C);  // [rows, C]
+        expert_gemm<T>(false, rows, C, F, act + r0 * F, F, pb ? pb + 2 : nullptr, true, w_down + e * C * F, F, T(0), ye + r0 * C, C);  // [rows, C]
     });
 }
 
@@ -166,12 +247,23 @@ void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg,
     // 1) row blocks: activation gradients and dxe
     const bool small = small_experts(expert_offsets, E, C, F);
     const std::vector<FfnTask>& rtasks = ffn_row_tasks(expert_offsets, E, small);
+    // packed weights (float, small experts): [e * 3 + {0: down, 1: up, 2: gate}], op(B) = W
+    const kernels::PackedB* packed = nullptr;
+    if constexpr (std::is_same_v<T, float>) {
+        if (small)
+            packed = pack_expert_weights(rtasks, E,
+                                         {{w_down, C * F, false, C, F, F},
+                                          {w_up, F * C, false, F, C, C},
+                                          {swiglu ? w_gate : w_up, F * C, false, F, swiglu ? C : 0, C}})
+                         .data();
+    }
     run_tasks(small, (int64_t)rtasks.size(), [&](int64_t i) {
         const FfnTask t = rtasks[i];
         const int64_t e = t.e, r0 = t.begin, rows = t.end - t.begin;
         const int64_t o = r0 * F, n = rows * F;
+        const kernels::PackedB* pb = packed ? packed + e * 3 : nullptr;
         // ye = act · w_down^T
-        kernels::gemm<T>(false, false, rows, F, C, T(1), dye + r0 * C, C, w_down + e * C * F, F, T(0), dact + o, F);  // [rows, F]
+        expert_gemm<T>(false, rows, F, C, dye + r0 * C, C, pb ? pb + 0 : nullptr, false, w_down + e * C * F, F, T(0), dact + o, F);  // [rows, F]
         // elementwise: split over threads when the experts run one after another
         parallel_for_elements(n, [&](int64_t j0, int64_t j1) {
             if (swiglu) {
@@ -184,9 +276,9 @@ void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg,
             }
         });
         // hu = xe · w_up^T ; hg = xe · w_gate^T
-        kernels::gemm<T>(false, false, rows, C, F, T(1), dup + o, F, w_up + e * F * C, C, T(1), dxe + r0 * C, C);  // [rows, C]
+        expert_gemm<T>(false, rows, C, F, dup + o, F, pb ? pb + 1 : nullptr, false, w_up + e * F * C, C, T(1), dxe + r0 * C, C);  // [rows, C]
         if (swiglu)
-            kernels::gemm<T>(false, false, rows, C, F, T(1), dhg + o, F, w_gate + e * F * C, C, T(1), dxe + r0 * C, C);
+            expert_gemm<T>(false, rows, C, F, dhg + o, F, pb ? pb + 2 : nullptr, false, w_gate + e * F * C, C, T(1), dxe + r0 * C, C);
     });
     // 2) weight gradients: one whole-matrix GEMM per (expert, matrix) (a GEMM over a column block
     //    of the transposed operand runs at a third of the speed): as tasks for small experts,

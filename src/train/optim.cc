@@ -9,6 +9,8 @@
 
 namespace moe {
 
+static constexpr int64_t kBlock = 16384;
+
 AdamW::AdamW(int64_t n) : n_(n) { state_.allocate(2 * n * sizeof(float)); }
 
 void AdamW::step(float* params, const float* grads, const ParamTable& table, const AdamWParams& hp, int64_t t,
@@ -24,16 +26,30 @@ void AdamW::step(float* params, const float* grads, const ParamTable& table, con
     s.grad_scale = grad_scale;
     float* M = m();
     float* Vv = v();
+    const float decay = (float)(1.0 - hp.lr * hp.weight_decay);
+    // Blocks of 16K elements within each trainable tensor (a fixed split, so results do not depend
+    // on the thread count), all tensors' blocks in one parallel region: a region per tensor (75 of
+    // them in makeMoE, most of one block) spent a quarter of AdamW's thread time waiting at joins.
+    struct Block {
+        int64_t offset, n;
+        bool decay;
+    };
+    thread_local std::vector<Block> blocks_storage;  // reused: no allocation once warm
+    std::vector<Block>& blocks = blocks_storage;
+    blocks.clear();
     for (const auto& p : table.params()) {
         if (!p.trainable) continue;
-        s.decay = p.decay ? (float)(1.0 - hp.lr * hp.weight_decay) : 1.f;
-        const int64_t off = p.offset;
-        // blocks of 16K elements: a fixed split, so results do not depend on the thread count
-        parallel_for(0, (p.numel + 16383) / 16384, 1, [&](int64_t b0, int64_t b1) {
-            const int64_t i0 = b0 * 16384, i1 = std::min(p.numel, b1 * 16384);
-            kernels::adamw(params + off + i0, M + off + i0, Vv + off + i0, grads + off + i0, i1 - i0, s);
-        });
+        for (int64_t i = 0; i < p.numel; i += kBlock)
+            blocks.push_back({p.offset + i, std::min(kBlock, p.numel - i), p.decay});
     }
+    parallel_for(0, (int64_t)blocks.size(), 1, [&](int64_t b0, int64_t b1) {
+        kernels::AdamWScalars bs = s;
+        for (int64_t b = b0; b < b1; ++b) {
+            const Block& k = blocks[b];
+            bs.decay = k.decay ? decay : 1.f;
+            kernels::adamw(params + k.offset, M + k.offset, Vv + k.offset, grads + k.offset, k.n, bs);
+        }
+    });
 }
 
 double grad_norm(const float* grads, int64_t n) {
