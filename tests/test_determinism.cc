@@ -16,7 +16,9 @@
 #include <thread>
 
 #include "cli_util.h"
+#include "core/parallel.h"
 #include "kernels/gemm.h"
+#include "layers/attention.h"
 #include "kernels/sgemm.h"
 
 using namespace moe_test;
@@ -76,8 +78,20 @@ TEST_F(Determinism, ThreadCountDoesNotChangeTraining) {
                         {"n_expert", 4}, {"n_expert_used", 2}, {"n_ff_exp", 1024}};
     write_config("mid-dense.json", dense);
     write_config("mid-moe.json", moe_cfg);
+    // 32 sequences of 16: attention runs in 4 groups of 8 sequences as tasks at 1 and 2 threads and
+    // op by op at 3 (layers::attention_grouped); with qk_norm the backward stays op by op
+    json att = moe_cfg;
+    att["model"] = {{"n_layer", 1}, {"n_embd", 64}, {"n_head", 4}, {"n_ctx", 16}, {"ffn", "moe"},
+                    {"n_expert", 4}, {"n_expert_used", 2}, {"n_ff_exp", 128}};
+    att["train"]["batch_size"] = 32;
+    att["train"]["block_size"] = 16;
+    json att_qk = att;
+    att_qk["model"]["qk_norm"] = true;
+    write_config("mid-att.json", att);
+    write_config("mid-att-qk.json", att_qk);
     // bf16 too where its GEMM is the native kernel (tiled like the fp32 one)
-    std::vector<std::pair<std::string, std::string>> runs = {{"mid-dense", "fp32"}, {"mid-moe", "fp32"}};
+    std::vector<std::pair<std::string, std::string>> runs = {
+        {"mid-dense", "fp32"}, {"mid-moe", "fp32"}, {"mid-att", "fp32"}, {"mid-att-qk", "fp32"}};
     if (moe::kernels::sgemm_bf16_available()) runs.push_back({"mid-moe", "bf16"});
     for (const auto& [cfg, precision] : runs) {
         SCOPED_TRACE(cfg + " " + precision);
@@ -93,6 +107,18 @@ TEST_F(Determinism, ThreadCountDoesNotChangeTraining) {
         EXPECT_TRUE(ckpt1 == read_file(path(out + "2/checkpoint.bin"))) << "checkpoints of 1 and 2 threads differ";
         EXPECT_TRUE(ckpt1 == read_file(path(out + "3/checkpoint.bin"))) << "checkpoints of 1 and 3 threads differ";
     }
+}
+
+// The configuration above runs both attention paths.
+TEST(AttentionGroups, GroupedAtOneAndTwoThreadsNotAtThree) {
+    moe::layers::Dims d;
+    d.B = 32, d.T = 16, d.N = 512, d.C = 64, d.H = 4, d.Hkv = 4, d.D = 16;
+    const int before = moe::num_threads();
+    for (int t : {1, 2, 3}) {
+        moe::set_num_threads(t);
+        EXPECT_EQ(moe::layers::attention_grouped(d), t < 3) << t << " threads";
+    }
+    moe::set_num_threads(before);
 }
 
 TEST_F(Determinism, DifferentSeedGivesDifferentLosses) {

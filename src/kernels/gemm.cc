@@ -135,4 +135,20 @@ void gemm_f32_b(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, cons
     sgemm_packed_b(native_bf16(), trans_a, M, N, K, alpha, A, lda, b.packed, beta, C, ldc);
 }
 
+void PackedWeights::pack(const PackJob* jobs, int64_t n) {
+    b_.resize(n);  // no allocation once warm
+    offset_.resize(n);
+    int64_t total = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        offset_[i] = total;
+        if (jobs[i].pack) total += gemm_packed_b_floats(jobs[i].K, jobs[i].N);
+    }
+    if ((int64_t)scratch_.size() < total) scratch_.resize(total);
+    parallel_tasks(n, [&](int64_t i) {
+        const PackJob& j = jobs[i];
+        b_[i] = j.pack ? gemm_pack_b(j.trans_b, j.K, j.N, j.B, j.ldb, scratch_.data() + offset_[i])
+                       : gemm_unpacked_b(j.trans_b, j.B, j.ldb);
+    });
+}
+
 }  // namespace moe::kernels

@@ -5,6 +5,7 @@
 // gemm_ref is the slow reference twin (any T, used for double-precision gradient checks).
 // gemm<float> goes to the packed kernel or oneDNN (gemm_backend); gemm<double> to the reference.
 #include <cstdint>
+#include <vector>
 
 namespace moe::kernels {
 
@@ -57,6 +58,28 @@ inline PackedB gemm_unpacked_b(bool trans_b, const float* B, int64_t ldb) { retu
 // C = alpha op(A) op(B) + beta C with op(B) (K, N) from gemm_pack_b / gemm_unpacked_b.
 void gemm_f32_b(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                 const PackedB& b, float beta, float* C, int64_t ldc);
+
+// Several matrices packed for the GEMMs of one layer pass (kernels/sgemm.h's sgemm_pack_b), the
+// packing split over threads (one task per matrix). Job i gives b(i): packed where the current
+// GEMM packs B and the job asks for it, else B as stored. The scratch keeps its size between
+// calls, so only the first pass of a shape allocates.
+struct PackJob {
+    const float* B;
+    bool trans_b;
+    int64_t K, N, ldb;
+    bool pack = true;  // false: b(i) refers to B as stored
+};
+class PackedWeights {
+public:
+    void pack(const PackJob* jobs, int64_t n);
+    const PackedB& b(int64_t i) const { return b_[i]; }
+    const PackedB* data() const { return b_.data(); }
+
+private:
+    std::vector<float> scratch_;
+    std::vector<PackedB> b_;
+    std::vector<int64_t> offset_;
+};
 
 template <class T>
 inline void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/parallel.h"
 #include "core/profile.h"
 #include "kernels/gemm.h"
 #include "kernels/qmatmul.h"
@@ -13,10 +14,24 @@
 
 namespace moe::layers {
 
-void attention_forward(float* out, AttentionCache& c, const float* inp, const LayerWeights& w,
-                       const float* rope, const Dims& d, double eps) {
+// The training passes run in groups of whole sequences (about kGroupRows rows each) as tasks, one
+// parallel region for the whole block instead of one per op: every op here is row- or
+// sequence-local (RMSNorm, the projections, RoPE, attention within a sequence), so a group's rows
+// go through all of them while they are in cache, and each value is computed exactly as by the
+// ops over all rows (the same bits: tests/test_layers.cc). With too few groups to share out (one
+// long sequence) the ops run one after another, each over all threads.
+static constexpr int64_t kGroupRows = 128;
+
+static int64_t seqs_per_group(const Dims& d) { return std::max<int64_t>(1, kGroupRows / std::max<int64_t>(1, d.T)); }
+
+bool attention_grouped(const Dims& d) {
+    const int64_t groups = (d.B + seqs_per_group(d) - 1) / seqs_per_group(d);
+    return groups >= 2 * (int64_t)num_threads();
+}
+
+static void attention_forward_ops(float* out, AttentionCache& c, const float* inp, const LayerWeights& w,
+                                  const float* rope, const Dims& d, double eps) {
     const int64_t N = d.N, C = d.C, QD = d.H * d.D, KD = d.Hkv * d.D;
-    MOE_PROFILE_SCOPE("attention fwd");
     ops::rmsnorm_forward(c.xn, c.rstd, inp, w.attn_norm, N, C, eps);  // (N, C)
     if (w.attn_q_norm) {
         // qk_norm: q = rmsnorm(xn · W_q^T) * q_norm over all H*D (likewise k), then RoPE
@@ -35,6 +50,54 @@ void attention_forward(float* out, AttentionCache& c, const float* inp, const La
     // out = inp + y · W_o^T
     if (out != inp) std::memcpy(out, inp, N * C * sizeof(float));
     kernels::gemm<float>(false, true, N, C, QD, 1.f, c.y, QD, w.attn_output, QD, 1.f, out, C);
+}
+
+// Rows [b0 * T, (b0 + nb) * T) of attention_forward_ops, with the projections' weights packed:
+// pw[0..3] = W_q, W_k, W_v, W_o as op(B) = W^T.
+static void attention_forward_rows(float* out, AttentionCache& c, const float* inp, const LayerWeights& w,
+                                   const float* rope, const Dims& d, double eps, const kernels::PackedB* pw,
+                                   int64_t b0, int64_t nb) {
+    const int64_t C = d.C, QD = d.H * d.D, KD = d.Hkv * d.D, T = d.T;
+    const int64_t r0 = b0 * T, n = nb * T;  // rows
+    float* xn = c.xn + r0 * C;
+    float* q = c.q + r0 * QD;
+    float* k = c.k + r0 * KD;
+    float* v = c.v + r0 * KD;
+    ops::rmsnorm_forward(xn, c.rstd + r0, inp + r0 * C, w.attn_norm, n, C, eps);  // (n, C)
+    if (w.attn_q_norm) {
+        kernels::gemm_f32_b(false, n, QD, C, 1.f, xn, C, pw[0], 0.f, c.q_raw + r0 * QD, QD);  // (n, H*D)
+        kernels::gemm_f32_b(false, n, KD, C, 1.f, xn, C, pw[1], 0.f, c.k_raw + r0 * KD, KD);  // (n, Hkv*D)
+        ops::rmsnorm_forward(q, c.q_rstd + r0, c.q_raw + r0 * QD, w.attn_q_norm, n, QD, eps);
+        ops::rmsnorm_forward(k, c.k_rstd + r0, c.k_raw + r0 * KD, w.attn_k_norm, n, KD, eps);
+    } else {
+        kernels::gemm_f32_b(false, n, QD, C, 1.f, xn, C, pw[0], 0.f, q, QD);  // (n, H*D)
+        kernels::gemm_f32_b(false, n, KD, C, 1.f, xn, C, pw[1], 0.f, k, KD);  // (n, Hkv*D)
+    }
+    kernels::gemm_f32_b(false, n, KD, C, 1.f, xn, C, pw[2], 0.f, v, KD);  // (n, Hkv*D)
+    ops::rope_forward(q, rope, nb, T, d.H, d.D);
+    ops::rope_forward(k, rope, nb, T, d.Hkv, d.D);
+    ops::attention_forward(c.y + r0 * QD, c.att + b0 * d.H * T * T, q, k, v, nb, T, d.H, d.Hkv, d.D);
+    // out = inp + y · W_o^T
+    if (out != inp) std::memcpy(out + r0 * C, inp + r0 * C, n * C * sizeof(float));
+    kernels::gemm_f32_b(false, n, C, QD, 1.f, c.y + r0 * QD, QD, pw[3], 1.f, out + r0 * C, C);  // (n, C)
+}
+
+void attention_forward(float* out, AttentionCache& c, const float* inp, const LayerWeights& w,
+                       const float* rope, const Dims& d, double eps) {
+    MOE_PROFILE_SCOPE("attention fwd");
+    if (!attention_grouped(d)) return attention_forward_ops(out, c, inp, w, rope, d, eps);
+    const int64_t C = d.C, QD = d.H * d.D, KD = d.Hkv * d.D;
+    thread_local kernels::PackedWeights packed;
+    const kernels::PackJob jobs[4] = {{w.attn_q, true, C, QD, C},
+                                      {w.attn_k, true, C, KD, C},
+                                      {w.attn_v, true, C, KD, C},
+                                      {w.attn_output, true, QD, C, QD}};
+    packed.pack(jobs, 4);
+    const kernels::PackedB* pw = packed.data();
+    const int64_t spg = seqs_per_group(d), groups = (d.B + spg - 1) / spg;
+    parallel_tasks(groups, [&](int64_t g) {
+        attention_forward_rows(out, c, inp, w, rope, d, eps, pw, g * spg, std::min(spg, d.B - g * spg));
+    });
 }
 
 void attention_forward_cached(float* out, AttentionCache& c, const float* inp, const LayerWeights& w,
@@ -72,10 +135,9 @@ void attention_forward_cached(float* out, AttentionCache& c, const float* inp, c
     kernels::qmatmul(out, c.y, q.attn_output, N, true);  // out += y · W_o^T   (N, C)
 }
 
-void attention_backward(float* dresid, LayerWeights& g, AttentionScratch& s, const AttentionCache& c,
-                        const float* inp, const LayerWeights& w, const float* rope, const Dims& d) {
+static void attention_backward_ops(float* dresid, LayerWeights& g, AttentionScratch& s, const AttentionCache& c,
+                                   const float* inp, const LayerWeights& w, const float* rope, const Dims& d) {
     const int64_t N = d.N, C = d.C, QD = d.H * d.D, KD = d.Hkv * d.D;
-    MOE_PROFILE_SCOPE("attention bwd");
     std::memset(s.dy, 0, N * QD * sizeof(float));
     std::memset(s.dq, 0, N * QD * sizeof(float));
     std::memset(s.dk, 0, N * KD * sizeof(float));
@@ -100,6 +162,71 @@ void attention_backward(float* dresid, LayerWeights& g, AttentionScratch& s, con
     ops::linear_backward(s.dxn, g.attn_q, dq, c.xn, w.attn_q, N, C, QD);
     ops::linear_backward(s.dxn, g.attn_k, dk, c.xn, w.attn_k, N, C, KD);
     ops::linear_backward(s.dxn, g.attn_v, s.dv, c.xn, w.attn_v, N, C, KD);
+    ops::rmsnorm_backward(dresid, g.attn_norm, s.dxn, inp, w.attn_norm, c.rstd, N, C);
+}
+
+// Rows [b0 * T, (b0 + nb) * T) of attention_backward_ops up to dxn (the row-local part), with the
+// projections' weights packed: pw[0..3] = W_o, W_q, W_k, W_v as op(B) = W.
+static void attention_backward_rows(AttentionScratch& s, const AttentionCache& c, const float* dresid,
+                                    const float* rope, const Dims& d, const kernels::PackedB* pw, int64_t b0,
+                                    int64_t nb) {
+    const int64_t C = d.C, QD = d.H * d.D, KD = d.Hkv * d.D, T = d.T;
+    const int64_t r0 = b0 * T, n = nb * T;  // rows
+    float* dy = s.dy + r0 * QD;
+    float* dq = s.dq + r0 * QD;
+    float* dk = s.dk + r0 * KD;
+    float* dv = s.dv + r0 * KD;
+    float* dxn = s.dxn + r0 * C;
+    std::memset(dy, 0, n * QD * sizeof(float));
+    std::memset(dq, 0, n * QD * sizeof(float));
+    std::memset(dk, 0, n * KD * sizeof(float));
+    std::memset(dv, 0, n * KD * sizeof(float));
+    std::memset(dxn, 0, n * C * sizeof(float));
+    // out = inp + y · W_o^T  =>  dy += dout · W_o
+    kernels::gemm_f32_b(false, n, QD, C, 1.f, dresid + r0 * C, C, pw[0], 1.f, dy, QD);  // (n, H*D)
+    ops::attention_backward(dq, dk, dv, s.datt + b0 * d.H * T * T, dy, c.q + r0 * QD, c.k + r0 * KD, c.v + r0 * KD,
+                            c.att + b0 * d.H * T * T, nb, T, d.H, d.Hkv, d.D);
+    ops::rope_backward(dq, rope, nb, T, d.H, d.D);
+    ops::rope_backward(dk, rope, nb, T, d.Hkv, d.D);
+    // q = xn · W_q^T (k, v likewise)  =>  dxn += dq · W_q + dk · W_k + dv · W_v
+    kernels::gemm_f32_b(false, n, C, QD, 1.f, dq, QD, pw[1], 1.f, dxn, C);  // (n, C)
+    kernels::gemm_f32_b(false, n, C, KD, 1.f, dk, KD, pw[2], 1.f, dxn, C);
+    kernels::gemm_f32_b(false, n, C, KD, 1.f, dv, KD, pw[3], 1.f, dxn, C);
+}
+
+void attention_backward(float* dresid, LayerWeights& g, AttentionScratch& s, const AttentionCache& c,
+                        const float* inp, const LayerWeights& w, const float* rope, const Dims& d) {
+    MOE_PROFILE_SCOPE("attention bwd");
+    // qk_norm's norm weights sum their gradients over all rows: that configuration keeps the ops
+    if (w.attn_q_norm || !attention_grouped(d)) return attention_backward_ops(dresid, g, s, c, inp, w, rope, d);
+    const int64_t N = d.N, C = d.C, QD = d.H * d.D, KD = d.Hkv * d.D;
+    thread_local kernels::PackedWeights packed;
+    const kernels::PackJob jobs[4] = {{w.attn_output, false, C, QD, QD},
+                                      {w.attn_q, false, QD, C, C},
+                                      {w.attn_k, false, KD, C, C},
+                                      {w.attn_v, false, KD, C, C}};
+    packed.pack(jobs, 4);
+    const kernels::PackedB* pw = packed.data();
+    const int64_t spg = seqs_per_group(d), groups = (d.B + spg - 1) / spg;
+    parallel_tasks(groups, [&](int64_t i) {
+        attention_backward_rows(s, c, dresid, rope, d, pw, i * spg, std::min(spg, d.B - i * spg));
+    });
+    // the weight gradients sum over all rows: one task per matrix
+    parallel_tasks(4, [&](int64_t i) {
+        switch (i) {
+            case 0:  // dW_o += dout^T · y   (C, H*D)
+                kernels::gemm<float>(true, false, C, QD, N, 1.f, dresid, C, c.y, QD, 1.f, g.attn_output, QD);
+                break;
+            case 1:  // dW_q += dq^T · xn    (H*D, C)
+                kernels::gemm<float>(true, false, QD, C, N, 1.f, s.dq, QD, c.xn, C, 1.f, g.attn_q, C);
+                break;
+            case 2:
+                kernels::gemm<float>(true, false, KD, C, N, 1.f, s.dk, KD, c.xn, C, 1.f, g.attn_k, C);
+                break;
+            default:
+                kernels::gemm<float>(true, false, KD, C, N, 1.f, s.dv, KD, c.xn, C, 1.f, g.attn_v, C);
+        }
+    });
     ops::rmsnorm_backward(dresid, g.attn_norm, s.dxn, inp, w.attn_norm, c.rstd, N, C);
 }
 

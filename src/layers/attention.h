@@ -39,6 +39,10 @@ struct AttentionScratch {
     float* dk_raw = nullptr;  // (N, Hkv*D) qk_norm
 };
 
+// Whether the training passes below run in groups of whole sequences as tasks (enough sequences
+// for every thread to take two groups) or op by op over all rows; both give the same bits.
+bool attention_grouped(const Dims& d);
+
 // out (N, C) = inp + attention(inp); rope (T, D/2, 2) table
 void attention_forward(float* out, AttentionCache& c, const float* inp, const LayerWeights& w,
                        const float* rope, const Dims& d, double eps);

@@ -18,6 +18,14 @@
 
 namespace moe {
 
+void Model::zero_grad() {
+    char* g = grads_.data();
+    const int64_t bytes = (int64_t)grads_.size(), chunk = 1 << 20;
+    parallel_for(0, (bytes + chunk - 1) / chunk, 1, [&](int64_t c0, int64_t c1) {
+        std::memset(g + c0 * chunk, 0, (size_t)(std::min(bytes, c1 * chunk) - c0 * chunk));
+    });
+}
+
 Model::Model(const ModelConfig& cfg) : cfg_(cfg), table_(cfg) {
     params_.allocate(table_.total() * sizeof(float));
     grads_.allocate(table_.total() * sizeof(float));

@@ -103,48 +103,23 @@ struct ExpertWeightUse {
     int64_t K, N, ldb;
 };
 
-// The experts whose rows run as two or more row blocks get `uses` packed once here (all jobs as
-// tasks), instead of once inside every block's GEMM: out[e * uses + u] is the PackedB of expert e,
-// use u (an unpacked one for the other experts, and where the float GEMM does not pack B).
-// Scratch is thread-local and sized for all experts on the first call, so no step allocates.
-inline const std::vector<kernels::PackedB>& pack_expert_weights(const std::vector<FfnTask>& tasks, int64_t E,
-                                                                std::initializer_list<ExpertWeightUse> uses) {
-    struct Job {
-        int64_t e, u, offset;
-    };
-    thread_local std::vector<kernels::PackedB> out_storage;
-    thread_local std::vector<int32_t> blocks_storage;
-    thread_local std::vector<float> scratch_storage;
-    thread_local std::vector<Job> jobs_storage;
-    // the task lambda below runs on other threads: it must see this thread's vectors
-    std::vector<kernels::PackedB>& out = out_storage;
-    std::vector<int32_t>& blocks = blocks_storage;
-    std::vector<float>& scratch = scratch_storage;
-    std::vector<Job>& jobs = jobs_storage;
+// The experts whose rows run as two or more row blocks get `uses` packed once here (one task per
+// matrix), instead of once inside every block's GEMM: the result's [e * uses + u] is the PackedB
+// of expert e, use u (B as stored for the other experts, and where the float GEMM does not pack).
+inline const kernels::PackedB* pack_expert_weights(const std::vector<FfnTask>& tasks, int64_t E,
+                                                   std::initializer_list<ExpertWeightUse> uses) {
+    thread_local kernels::PackedWeights packed;
+    thread_local std::vector<int32_t> blocks;
+    thread_local std::vector<kernels::PackJob> jobs;  // reused: no allocation once warm
     const int64_t U = (int64_t)uses.size();
-    const ExpertWeightUse* use = uses.begin();
-    out.resize(E * U);  // reused: no allocation once warm
     blocks.assign(E, 0);
     for (const FfnTask& t : tasks) blocks[t.e]++;
-    int64_t per_expert = 0;
-    for (int64_t u = 0; u < U; ++u) per_expert += kernels::gemm_packed_b_floats(use[u].K, use[u].N);
-    if ((int64_t)scratch.size() < E * per_expert) scratch.resize(E * per_expert);
     jobs.clear();
-    int64_t off = 0;
     for (int64_t e = 0; e < E; ++e)
-        for (int64_t u = 0; u < U; ++u) {
-            out[e * U + u] = kernels::gemm_unpacked_b(use[u].trans_b, use[u].w + e * use[u].stride, use[u].ldb);
-            const int64_t n = kernels::gemm_packed_b_floats(use[u].K, use[u].N);
-            if (blocks[e] < 2 || n == 0) continue;
-            jobs.push_back({e, u, off});
-            off += n;
-        }
-    parallel_tasks((int64_t)jobs.size(), [&](int64_t i) {
-        const Job j = jobs[i];
-        const ExpertWeightUse& w = use[j.u];
-        out[j.e * U + j.u] = kernels::gemm_pack_b(w.trans_b, w.K, w.N, w.w + j.e * w.stride, w.ldb, scratch.data() + j.offset);
-    });
-    return out;
+        for (const ExpertWeightUse& u : uses)
+            jobs.push_back({u.w + e * u.stride, u.trans_b, u.K, u.N, u.ldb, blocks[e] >= 2 && u.N > 0});
+    packed.pack(jobs.data(), E * U);
+    return packed.data();
 }
 
 // A GEMM whose B is an expert's weight matrix: through its PackedB for float, the plain GEMM for
@@ -177,8 +152,7 @@ void moe_ffn_forward(T* ye, T* hg, T* hu, T* act, const T* xe, const T* w_gate, 
             packed = pack_expert_weights(tasks, E,
                                          {{w_up, F * C, true, C, F, C},
                                           {swiglu ? w_gate : w_up, F * C, true, C, swiglu ? F : 0, C},
-                                          {w_down, C * F, true, F, C, F}})
-                         .data();
+                                          {w_down, C * F, true, F, C, F}});
     }
     run_tasks(small, (int64_t)tasks.size(), [&](int64_t i) {
         const FfnTask t = tasks[i];
@@ -254,8 +228,7 @@ void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg,
             packed = pack_expert_weights(rtasks, E,
                                          {{w_down, C * F, false, C, F, F},
                                           {w_up, F * C, false, F, C, C},
-                                          {swiglu ? w_gate : w_up, F * C, false, F, swiglu ? C : 0, C}})
-                         .data();
+                                          {swiglu ? w_gate : w_up, F * C, false, F, swiglu ? C : 0, C}});
     }
     run_tasks(small, (int64_t)rtasks.size(), [&](int64_t i) {
         const FfnTask t = rtasks[i];
