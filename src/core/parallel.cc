@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 
 namespace moe {
 
@@ -53,6 +54,15 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain,
         const int64_t e = std::min(end, b + chunk);
         if (b < e) fn(b, e);
     }
+}
+
+void parallel_zero(void* p, size_t bytes) {
+    constexpr int64_t kChunk = 256 << 10;
+    char* c = static_cast<char*>(p);
+    const int64_t n = (int64_t)bytes;
+    parallel_for(0, (n + kChunk - 1) / kChunk, 1, [&](int64_t c0, int64_t c1) {
+        std::memset(c + c0 * kChunk, 0, (size_t)(std::min(n, c1 * kChunk) - c0 * kChunk));
+    });
 }
 
 void parallel_tasks(int64_t n, function_ref<void(int64_t)> fn) {

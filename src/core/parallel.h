@@ -2,6 +2,7 @@
 // The one place moe runs work on several threads. OpenMP is used only in parallel.cc; oneDNN
 // shares the same libgomp pool, so there is no oversubscription. Never call parallel_for from
 // inside a parallel_for body (the inner call runs serially).
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 #include <utility>
@@ -36,6 +37,10 @@ int num_threads();
 // for a given thread count.
 void parallel_for(int64_t begin, int64_t end, int64_t grain,
                   function_ref<void(int64_t, int64_t)> fn);
+
+// Zeroes `bytes` bytes at p, split over threads in 256 KB chunks when there are several (a serial
+// memset of a step's large buffers leaves the other cores waiting).
+void parallel_zero(void* p, size_t bytes);
 
 // Runs fn(i) for every i in [0, n), handing tasks to threads as they free up (dynamic schedule),
 // for uneven work such as one task per (expert, row block). Which thread runs a task must not

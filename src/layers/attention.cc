@@ -138,11 +138,11 @@ void attention_forward_cached(float* out, AttentionCache& c, const float* inp, c
 static void attention_backward_ops(float* dresid, LayerWeights& g, AttentionScratch& s, const AttentionCache& c,
                                    const float* inp, const LayerWeights& w, const float* rope, const Dims& d) {
     const int64_t N = d.N, C = d.C, QD = d.H * d.D, KD = d.Hkv * d.D;
-    std::memset(s.dy, 0, N * QD * sizeof(float));
-    std::memset(s.dq, 0, N * QD * sizeof(float));
-    std::memset(s.dk, 0, N * KD * sizeof(float));
-    std::memset(s.dv, 0, N * KD * sizeof(float));
-    std::memset(s.dxn, 0, N * C * sizeof(float));
+    parallel_zero(s.dy, N * QD * sizeof(float));
+    parallel_zero(s.dq, N * QD * sizeof(float));
+    parallel_zero(s.dk, N * KD * sizeof(float));
+    parallel_zero(s.dv, N * KD * sizeof(float));
+    parallel_zero(s.dxn, N * C * sizeof(float));
     // out = inp + y · W_o^T
     ops::linear_backward(s.dy, g.attn_output, dresid, c.y, w.attn_output, N, QD, C);
     ops::attention_backward(s.dq, s.dk, s.dv, s.datt, s.dy, c.q, c.k, c.v, c.att, d.B, d.T, d.H, d.Hkv, d.D);
@@ -152,8 +152,8 @@ static void attention_backward_ops(float* dresid, LayerWeights& g, AttentionScra
     const float* dk = s.dk;
     if (w.attn_q_norm) {
         // q = rmsnorm(q_raw) * q_norm  (and k)
-        std::memset(s.dq_raw, 0, N * QD * sizeof(float));
-        std::memset(s.dk_raw, 0, N * KD * sizeof(float));
+        parallel_zero(s.dq_raw, N * QD * sizeof(float));
+        parallel_zero(s.dk_raw, N * KD * sizeof(float));
         ops::rmsnorm_backward(s.dq_raw, g.attn_q_norm, s.dq, c.q_raw, w.attn_q_norm, c.q_rstd, N, QD);
         ops::rmsnorm_backward(s.dk_raw, g.attn_k_norm, s.dk, c.k_raw, w.attn_k_norm, c.k_rstd, N, KD);
         dq = s.dq_raw;

@@ -151,7 +151,7 @@ void ffn_backward(float* dresid, LayerWeights& g, FfnScratch& s, const FfnCache&
                   const LayerWeights& w, const ModelConfig& m, bool moe_layer, int64_t N,
                   float aux_scale) {
     const int64_t C = m.n_embd;
-    std::memset(s.dxn, 0, N * C * sizeof(float));
+    parallel_zero(s.dxn, N * C * sizeof(float));
     if (!moe_layer) {
         MOE_PROFILE_SCOPE("dense ffn bwd");
         // out = inp + ffn(xn): d ffn-output = dresid
@@ -176,14 +176,14 @@ void ffn_backward(float* dresid, LayerWeights& g, FfnScratch& s, const FfnCache&
     }
     {
         MOE_PROFILE_SCOPE("moe combine bwd");
-        std::memset(s.dye, 0, R * C * sizeof(float));
+        parallel_zero(s.dye, R * C * sizeof(float));
         std::memset(s.dweight, 0, N * K * sizeof(float));
         ops::moe_combine_backward(s.dye, s.dweight, dresid, c.ye, c.topk_weight, c.token_row, N, K, C,
                                   (float)m.router.routed_scale);
     }
     {
         MOE_PROFILE_SCOPE("moe experts bwd");
-        std::memset(s.dxe, 0, R * C * sizeof(float));
+        parallel_zero(s.dxe, R * C * sizeof(float));
         ops::moe_ffn_backward(s.dxe, g.ffn_gate_exps, g.ffn_up_exps, g.ffn_down_exps, s.dact, s.dhg,
                               s.dhu, s.dye, c.xe, c.hg, c.hu, c.act, w.ffn_gate_exps, w.ffn_up_exps,
                               w.ffn_down_exps, c.expert_offsets, E, C, F, m.activation);

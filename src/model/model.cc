@@ -18,13 +18,7 @@
 
 namespace moe {
 
-void Model::zero_grad() {
-    char* g = grads_.data();
-    const int64_t bytes = (int64_t)grads_.size(), chunk = 1 << 20;
-    parallel_for(0, (bytes + chunk - 1) / chunk, 1, [&](int64_t c0, int64_t c1) {
-        std::memset(g + c0 * chunk, 0, (size_t)(std::min(bytes, c1 * chunk) - c0 * chunk));
-    });
-}
+void Model::zero_grad() { parallel_zero(grads_.data(), grads_.size()); }
 
 Model::Model(const ModelConfig& cfg) : cfg_(cfg), table_(cfg) {
     params_.allocate(table_.total() * sizeof(float));
@@ -342,9 +336,9 @@ void Model::backward(float scale) {
     layers::Dims d{B, T, N, C, cfg_.n_head, cfg_.n_head_kv, cfg_.head_dim()};
     {
         MOE_PROFILE_SCOPE("head+loss bwd");
-        std::memset(dlogits_, 0, N * V * sizeof(float));
-        std::memset(dxf_, 0, N * C * sizeof(float));
-        std::memset(dresid_, 0, N * C * sizeof(float));
+        parallel_zero(dlogits_, N * V * sizeof(float));
+        parallel_zero(dxf_, N * C * sizeof(float));
+        parallel_zero(dresid_, N * C * sizeof(float));
         // loss = (1/N) sum_n losses[n]
         ops::softmax_xent_backward(dlogits_, probs_, targets_, scale / (float)N, N, V);
         ops::linear_backward(dxf_, g_.output, dlogits_, xf_, w_.output, N, C, V);
