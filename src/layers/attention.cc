@@ -24,6 +24,12 @@ static constexpr int64_t kGroupRows = 128;
 
 static int64_t seqs_per_group(const Dims& d) { return std::max<int64_t>(1, kGroupRows / std::max<int64_t>(1, d.T)); }
 
+// fn(b0, nb) for the groups of sequences [b0, b0 + nb), as tasks
+static void for_sequence_groups(const Dims& d, function_ref<void(int64_t, int64_t)> fn) {
+    const int64_t spg = seqs_per_group(d), groups = (d.B + spg - 1) / spg;
+    parallel_tasks(groups, [&](int64_t g) { fn(g * spg, std::min(spg, d.B - g * spg)); });
+}
+
 bool attention_grouped(const Dims& d) {
     const int64_t groups = (d.B + seqs_per_group(d) - 1) / seqs_per_group(d);
     return groups >= 2 * (int64_t)num_threads();
@@ -94,10 +100,7 @@ void attention_forward(float* out, AttentionCache& c, const float* inp, const La
                                       {w.attn_output, true, QD, C, QD}};
     packed.pack(jobs, 4);
     const kernels::PackedB* pw = packed.data();
-    const int64_t spg = seqs_per_group(d), groups = (d.B + spg - 1) / spg;
-    parallel_tasks(groups, [&](int64_t g) {
-        attention_forward_rows(out, c, inp, w, rope, d, eps, pw, g * spg, std::min(spg, d.B - g * spg));
-    });
+    for_sequence_groups(d, [&](int64_t b0, int64_t nb) { attention_forward_rows(out, c, inp, w, rope, d, eps, pw, b0, nb); });
 }
 
 void attention_forward_cached(float* out, AttentionCache& c, const float* inp, const LayerWeights& w,
@@ -207,10 +210,7 @@ void attention_backward(float* dresid, LayerWeights& g, AttentionScratch& s, con
                                       {w.attn_v, false, KD, C, C}};
     packed.pack(jobs, 4);
     const kernels::PackedB* pw = packed.data();
-    const int64_t spg = seqs_per_group(d), groups = (d.B + spg - 1) / spg;
-    parallel_tasks(groups, [&](int64_t i) {
-        attention_backward_rows(s, c, dresid, rope, d, pw, i * spg, std::min(spg, d.B - i * spg));
-    });
+    for_sequence_groups(d, [&](int64_t b0, int64_t nb) { attention_backward_rows(s, c, dresid, rope, d, pw, b0, nb); });
     // the weight gradients sum over all rows: one task per matrix
     parallel_tasks(4, [&](int64_t i) {
         switch (i) {
