@@ -51,11 +51,13 @@ void profile_report(FILE* out) {
     std::vector<Entry> t = table();
     std::sort(t.begin(), t.end(), [](const Entry& a, const Entry& b) { return a.seconds > b.seconds; });
     double total = 0;
-    for (auto& e : t) total += e.seconds;  // regions never nest
-    std::fprintf(out, "\nprofile (MOE_PROFILE=1): wall time per region\n");
-    std::fprintf(out, "%-28s %10s %8s %10s\n", "region", "seconds", "share", "calls");
+    // "region: part" names a part of another region (timed inside it): left out of the total
     for (auto& e : t)
-        std::fprintf(out, "%-28s %10.3f %7.1f%% %10ld\n", e.name, e.seconds,
+        if (!std::strchr(e.name, ':')) total += e.seconds;
+    std::fprintf(out, "\nprofile (MOE_PROFILE=1): wall time per region\n");
+    std::fprintf(out, "%-32s %10s %8s %10s\n", "region", "seconds", "share", "calls");
+    for (auto& e : t)
+        std::fprintf(out, "%-32s %10.3f %7.1f%% %10ld\n", e.name, e.seconds,
                      total > 0 ? 100.0 * e.seconds / total : 0.0, e.calls);
 }
 

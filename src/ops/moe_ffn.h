@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/parallel.h"
+#include "core/profile.h"
 #include "kernels/gemm.h"
 #include "kernels/qmatmul.h"
 #include "ops/activation.h"
@@ -148,6 +149,7 @@ void moe_ffn_forward(T* ye, T* hg, T* hu, T* act, const T* xe, const T* w_gate, 
     // packed weights (float, small experts): [e * 3 + {0: up, 1: gate, 2: down}]
     const kernels::PackedB* packed = nullptr;
     if constexpr (std::is_same_v<T, float>) {
+        MOE_PROFILE_SCOPE("moe experts: weight packing");
         if (small)
             packed = pack_expert_weights(tasks, E,
                                          {{w_up, F * C, true, C, F, C},
@@ -224,12 +226,15 @@ void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg,
     // packed weights (float, small experts): [e * 3 + {0: down, 1: up, 2: gate}], op(B) = W
     const kernels::PackedB* packed = nullptr;
     if constexpr (std::is_same_v<T, float>) {
+        MOE_PROFILE_SCOPE("moe experts: weight packing");
         if (small)
             packed = pack_expert_weights(rtasks, E,
                                          {{w_down, C * F, false, C, F, F},
                                           {w_up, F * C, false, F, C, C},
                                           {swiglu ? w_gate : w_up, F * C, false, F, swiglu ? C : 0, C}});
     }
+    {
+    MOE_PROFILE_SCOPE("moe experts bwd: dh, dx");
     run_tasks(small, (int64_t)rtasks.size(), [&](int64_t i) {
         const FfnTask t = rtasks[i];
         const int64_t e = t.e, r0 = t.begin, rows = t.end - t.begin;
@@ -253,6 +258,7 @@ void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg,
         if (swiglu)
             expert_gemm<T>(false, rows, C, F, dhg + o, F, pb ? pb + 2 : nullptr, false, w_gate + e * F * C, C, T(1), dxe + r0 * C, C);
     });
+    }
     // 2) weight gradients: one whole-matrix GEMM per (expert, matrix) (a GEMM over a column block
     //    of the transposed operand runs at a third of the speed): as tasks for small experts,
     //    one after another with all threads in each GEMM for large ones.
@@ -281,6 +287,7 @@ void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg,
             kernels::gemm<T>(true, false, F, C, rows, T(1), dh, F, xe + r0 * C, C, T(1), dw, C);
         }
     };
+    MOE_PROFILE_SCOPE("moe experts bwd: dW");
     run_tasks(small, (int64_t)wtasks.size(), weight_task);
 }
 
