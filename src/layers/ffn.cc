@@ -149,7 +149,7 @@ void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& 
 
 void ffn_backward(float* dresid, LayerWeights& g, FfnScratch& s, const FfnCache& c, const float* inp,
                   const LayerWeights& w, const ModelConfig& m, bool moe_layer, int64_t N,
-                  float aux_scale) {
+                  float aux_scale, const ops::ExpertGradSink* sink) {
     const int64_t C = m.n_embd;
     parallel_zero(s.dxn, N * C * sizeof(float));
     if (!moe_layer) {
@@ -186,7 +186,7 @@ void ffn_backward(float* dresid, LayerWeights& g, FfnScratch& s, const FfnCache&
         parallel_zero(s.dxe, R * C * sizeof(float));
         ops::moe_ffn_backward(s.dxe, g.ffn_gate_exps, g.ffn_up_exps, g.ffn_down_exps, s.dact, s.dhg,
                               s.dhu, s.dye, c.xe, c.hg, c.hu, c.act, w.ffn_gate_exps, w.ffn_up_exps,
-                              w.ffn_down_exps, c.expert_offsets, E, C, F, m.activation);
+                              w.ffn_down_exps, c.expert_offsets, E, C, F, m.activation, sink);
     }
     MOE_PROFILE_SCOPE("moe route+gather bwd");
     std::memset(s.dlogits, 0, N * E * sizeof(float));

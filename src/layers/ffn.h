@@ -12,6 +12,10 @@
 #include "model/params.h"
 #include "ops/router_capacity.h"
 
+namespace moe::ops {
+struct ExpertGradSink;
+}
+
 namespace moe::layers {
 
 // What the router needs to know about this forward: training or not (noise, capacity factor) and
@@ -81,9 +85,10 @@ void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& 
                  const QLayer* q = nullptr);
 
 // dresid (N, C): in = d out, out = d inp. Accumulates into g. aux_scale: the upstream gradient of
-// the auxiliary losses (the same scale the LM loss got).
+// the auxiliary losses (the same scale the LM loss got). With `sink`, the routed experts' weight
+// gradients go there instead of into g (ops::ExpertGradSink).
 void ffn_backward(float* dresid, LayerWeights& g, FfnScratch& s, const FfnCache& c, const float* inp,
                   const LayerWeights& w, const ModelConfig& m, bool moe_layer, int64_t N,
-                  float aux_scale);
+                  float aux_scale, const ops::ExpertGradSink* sink = nullptr);
 
 }  // namespace moe::layers

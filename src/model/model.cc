@@ -347,7 +347,7 @@ void Model::backward(float scale) {
     }
     for (int64_t l = cfg_.n_layer - 1; l >= 0; --l) {
         layers::ffn_backward(dresid_, g_.layers[l], ffn_s_, ffn_[l], resid_mid_[l], w_.layers[l],
-                             cfg_, cfg_.layer_moe[l], N, scale);
+                             cfg_, cfg_.layer_moe[l], N, scale, expert_sink_);
         layers::attention_backward(dresid_, g_.layers[l], attn_s_, attn_[l], resid_[l], w_.layers[l],
                                    rope_.data(), d);
     }

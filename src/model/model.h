@@ -52,6 +52,9 @@ public:
     // Aux-loss-free balancing: loads of the training forwards since the last call (summed over
     // micro-batches) nudge each layer's selection bias; then the sums restart.
     void update_balance_bias();
+    // Training's fused optimizer step for expert weights: while set, backward() hands the routed
+    // experts' weight gradients to `sink` instead of writing them into grads() (null: off).
+    void set_expert_grad_sink(const ops::ExpertGradSink* sink) { expert_sink_ = sink; }
     void zero_grad();  // both threads write (a serial 36 MB memset was 2% of a makeMoE step)
 
     // Inference with a KV cache (no targets, evaluation routing): N rows, row i is token tokens[i]
@@ -98,6 +101,7 @@ private:
     ModelConfig cfg_;
     ParamTable table_;
     Arena params_, grads_, acts_, scratch_;
+    const ops::ExpertGradSink* expert_sink_ = nullptr;
     Weights w_, g_;
 
     int64_t B_ = 0, T_ = 0, cap_B_ = 0, cap_T_ = 0;

@@ -210,14 +210,25 @@ inline void moe_ffn_forward_q(float* ye, float* hg, float* hu, float* act, const
     });
 }
 
-// Accumulates dxe (R, C), dw_gate, dw_up (E, F, C), dw_down (E, C, F).
+// Where an expert's finished weight gradient goes instead of being added into dw_gate / dw_up /
+// dw_down (training's fused optimizer step for expert weights): fn(dst, grad, n) gets the
+// gradient of the n floats at dst (an expert's whole matrix inside dw_*) in a scratch buffer, once
+// for each (expert, matrix) that received rows, on whichever thread computed it; dst itself is not
+// written. Experts without rows get no call.
+struct ExpertGradSink {
+    function_ref<void(float* dst, const float* grad, int64_t n)> fn;
+};
+
+// Accumulates dxe (R, C), dw_gate, dw_up (E, F, C), dw_down (E, C, F) (the weight gradients go to
+// `sink` instead when one is given).
 // dact, dhg, dhu (R, F) are scratch (overwritten; ReLU uses dact alone). hu is read only for
 // SwiGLU (the ReLU forward keeps just act).
 template <class T>
 void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg, T* dhu,
                       const T* dye, const T* xe, const T* hg, const T* hu, const T* act,
                       const T* w_gate, const T* w_up, const T* w_down, const int32_t* expert_offsets,
-                      int64_t E, int64_t C, int64_t F, Activation activation) {
+                      int64_t E, int64_t C, int64_t F, Activation activation,
+                      const ExpertGradSink* sink = nullptr) {
     const bool swiglu = activation == Activation::swiglu;
     T* const dup = swiglu ? dhu : dact;  // gradient of the up projection's output (ReLU: in place in dact)
     // 1) row blocks: activation gradients and dxe
@@ -277,14 +288,27 @@ void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg,
     auto weight_task = [&](int64_t i) {
         const FfnTask t = wtasks[i];
         const int64_t e = t.e, r0 = t.begin, rows = t.end - t.begin;  // all rows of expert e
+        T* dw = t.which == 0 ? dw_down + e * C * F : (t.which == 1 ? dw_up : dw_gate) + e * F * C;
+        // with a sink (float only): the gradient goes to a scratch matrix, then to the sink
+        T* out = dw;
+        T beta = T(1);
+        if constexpr (std::is_same_v<T, float>) {
+            if (sink) {
+                thread_local std::vector<float> grad;  // this worker's; no allocation once warm
+                if ((int64_t)grad.size() < C * F) grad.resize(C * F);
+                out = grad.data(), beta = 0.f;
+            }
+        }
         if (t.which == 0) {
             // dw_down[e] += dye^T · act    [C, F]
-            kernels::gemm<T>(true, false, C, F, rows, T(1), dye + r0 * C, C, act + r0 * F, F, T(1), dw_down + e * C * F, F);
+            kernels::gemm<T>(true, false, C, F, rows, T(1), dye + r0 * C, C, act + r0 * F, F, beta, out, F);
         } else {
             // dw_up|gate[e] += dh^T · xe   [F, C]
             const T* dh = (t.which == 1 ? dup : dhg) + r0 * F;
-            T* dw = (t.which == 1 ? dw_up : dw_gate) + e * F * C;
-            kernels::gemm<T>(true, false, F, C, rows, T(1), dh, F, xe + r0 * C, C, T(1), dw, C);
+            kernels::gemm<T>(true, false, F, C, rows, T(1), dh, F, xe + r0 * C, C, beta, out, C);
+        }
+        if constexpr (std::is_same_v<T, float>) {
+            if (sink) sink->fn(dw, out, C * F);
         }
     };
     MOE_PROFILE_SCOPE("moe experts bwd: dW");

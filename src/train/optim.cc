@@ -13,8 +13,7 @@ static constexpr int64_t kBlock = 16384;
 
 AdamW::AdamW(int64_t n) : n_(n) { state_.allocate(2 * n * sizeof(float)); }
 
-void AdamW::step(float* params, const float* grads, const ParamTable& table, const AdamWParams& hp, int64_t t,
-                 float grad_scale) {
+static kernels::AdamWScalars adamw_scalars(const AdamWParams& hp, int64_t t, float grad_scale) {
     const double bc1 = 1.0 - std::pow(hp.beta1, (double)t);
     const double bc2 = 1.0 - std::pow(hp.beta2, (double)t);
     kernels::AdamWScalars s;
@@ -24,9 +23,25 @@ void AdamW::step(float* params, const float* grads, const ParamTable& table, con
     s.step_size = (float)(hp.lr / bc1);
     s.bc2_sqrt = (float)std::sqrt(bc2);
     s.grad_scale = grad_scale;
+    s.decay = 1.f;
+    return s;
+}
+
+static float decay_factor(const AdamWParams& hp) { return (float)(1.0 - hp.lr * hp.weight_decay); }
+
+void AdamW::update(float* params, int64_t offset, const float* g, int64_t n, bool decay, const AdamWParams& hp,
+                   int64_t t, float grad_scale) {
+    kernels::AdamWScalars s = adamw_scalars(hp, t, grad_scale);
+    s.decay = decay ? decay_factor(hp) : 1.f;
+    kernels::adamw(params + offset, m() + offset, v() + offset, g, n, s);
+}
+
+void AdamW::step(float* params, const float* grads, const ParamTable& table, const AdamWParams& hp, int64_t t,
+                 float grad_scale, const std::vector<std::pair<int64_t, int64_t>>* skip) {
+    const kernels::AdamWScalars s = adamw_scalars(hp, t, grad_scale);
     float* M = m();
     float* Vv = v();
-    const float decay = (float)(1.0 - hp.lr * hp.weight_decay);
+    const float decay = decay_factor(hp);
     // Blocks of 16K elements within each trainable tensor (a fixed split, so results do not depend
     // on the thread count), all tensors' blocks in one parallel region: a region per tensor (75 of
     // them in makeMoE, most of one block) spent a quarter of AdamW's thread time waiting at joins.
@@ -37,10 +52,21 @@ void AdamW::step(float* params, const float* grads, const ParamTable& table, con
     thread_local std::vector<Block> blocks_storage;  // reused: no allocation once warm
     std::vector<Block>& blocks = blocks_storage;
     blocks.clear();
+    size_t next = 0;  // the next skipped range
     for (const auto& p : table.params()) {
         if (!p.trainable) continue;
-        for (int64_t i = 0; i < p.numel; i += kBlock)
-            blocks.push_back({p.offset + i, std::min(kBlock, p.numel - i), p.decay});
+        const int64_t end = p.offset + p.numel;
+        for (int64_t i = p.offset; i < end;) {
+            while (skip && next < skip->size() && (*skip)[next].first + (*skip)[next].second <= i) ++next;
+            if (skip && next < skip->size() && (*skip)[next].first <= i) {  // inside a skipped range
+                i = (*skip)[next].first + (*skip)[next].second;
+                continue;
+            }
+            int64_t stop = std::min(end, i + kBlock);
+            if (skip && next < skip->size()) stop = std::min(stop, (*skip)[next].first);
+            blocks.push_back({i, stop - i, p.decay});
+            i = stop;
+        }
     }
     parallel_for(0, (int64_t)blocks.size(), 1, [&](int64_t b0, int64_t b1) {
         kernels::AdamWScalars bs = s;
@@ -52,7 +78,7 @@ void AdamW::step(float* params, const float* grads, const ParamTable& table, con
     });
 }
 
-double grad_norm(const float* grads, int64_t n) {
+double grad_sumsq(const float* grads, int64_t n) {
     // per-chunk partial sums in a fixed chunking, added in chunk order: deterministic and
     // independent of the thread count
     const int64_t chunk = 1 << 16;
@@ -65,8 +91,10 @@ double grad_norm(const float* grads, int64_t n) {
     });
     double ss = 0;
     for (double s : part) ss += s;
-    return std::sqrt(ss);
+    return ss;
 }
+
+double grad_norm(const float* grads, int64_t n) { return std::sqrt(grad_sumsq(grads, n)); }
 
 float clip_coefficient(double norm, double max_norm) {
     if (max_norm <= 0) return 1.f;

@@ -2,6 +2,8 @@
 // AdamW (decoupled weight decay, as torch.optim.AdamW; no decay on norms), global-norm gradient
 // clipping (as torch.nn.utils.clip_grad_norm_) and the warm-up + cosine learning-rate schedule.
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 #include "core/arena.h"
 #include "model/params.h"
@@ -17,8 +19,14 @@ public:
     explicit AdamW(int64_t n);
     // One update of params (n) from grads (n) * grad_scale (the clipping coefficient, applied on
     // the fly: the same product torch forms in place); t counts from 1.
+    // `skip`: ranges (offset, n) of the flat buffer already updated this step (sorted by offset,
+    // each inside one tensor), left alone.
     void step(float* params, const float* grads, const ParamTable& table, const AdamWParams& hp, int64_t t,
-              float grad_scale = 1.f);
+              float grad_scale = 1.f, const std::vector<std::pair<int64_t, int64_t>>* skip = nullptr);
+    // The update of step t for n elements at flat offset `offset` with gradient g (n): the same
+    // arithmetic step() applies there (elementwise, so any split gives the same bits).
+    void update(float* params, int64_t offset, const float* g, int64_t n, bool decay, const AdamWParams& hp,
+                int64_t t, float grad_scale = 1.f);
     float* m() { return reinterpret_cast<float*>(state_.data()); }
     float* v() { return m() + n_; }
     int64_t size() const { return n_; }
@@ -28,8 +36,10 @@ private:
     Arena state_;  // (2, n): first and second moments
 };
 
-// Global L2 norm of grads (n), summed in double in a fixed order.
+// Global L2 norm of grads (n), summed in double in a fixed order; grad_sumsq is its square before
+// the root (for norms that add other parts).
 double grad_norm(const float* grads, int64_t n);
+double grad_sumsq(const float* grads, int64_t n);
 // torch.nn.utils.clip_grad_norm_'s coefficient: min(1, max_norm / (norm + 1e-6)); 1 if max_norm <= 0.
 float clip_coefficient(double norm, double max_norm);
 
