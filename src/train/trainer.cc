@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -350,6 +351,27 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
         slice_done[i] = 1;
     };
     const ops::ExpertGradSink sink{fused_update};
+    // Fused, the routed experts' gradients are never written (no expert tensor gets a gradient in
+    // grads()): they stay zero, so each step zeroes and norms only the other tensors' ranges.
+    std::vector<std::pair<int64_t, int64_t>> other_ranges;  // (offset, n), merged
+    if (fuse) {
+        for (const auto& p : model->table().params()) {
+            if (p.expert) continue;
+            // tensors are laid out back to back (each padded to 16 floats): the padding joins them
+            if (!other_ranges.empty() && p.offset - (other_ranges.back().first + other_ranges.back().second) < 16)
+                other_ranges.back().second = p.offset + p.numel - other_ranges.back().first;
+            else
+                other_ranges.push_back({p.offset, p.numel});
+        }
+        model->zero_grad();
+    }
+    auto zero_other_grads = [&]() {
+        float* g = model->grads();
+        parallel_for(0, (int64_t)other_ranges.size(), 1, [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r)
+                std::memset(g + other_ranges[r].first, 0, other_ranges[r].second * sizeof(float));
+        });
+    };
 
     const int64_t start_step = st.step;
     for (int64_t step = start_step; step < tc.steps; ++step) {
@@ -361,7 +383,8 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
         adam_t = step + 1;
         std::fill(slice_done.begin(), slice_done.end(), 0);
         model->set_expert_grad_sink(fuse ? &sink : nullptr);
-        model->zero_grad();
+        if (fuse) zero_other_grads();
+        else model->zero_grad();
         double lm_loss = 0, bal_loss = 0, z_loss = 0;
         for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
             data.train_batch(x.data(), y.data(), B, tc.seed, step, micro);
@@ -385,7 +408,8 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
             MOE_PROFILE_SCOPE("clip+adamw");
             if (fuse) {
                 // the experts updated in the backward: their part of the norm, in slice order
-                double ss = grad_sumsq(model->grads(), model->n_params());
+                double ss = 0;
+                for (const auto& [off, n] : other_ranges) ss += grad_sumsq(model->grads() + off, n);
                 skip.clear();
                 for (size_t i = 0; i < slices.size(); ++i)
                     if (slice_done[i]) {
