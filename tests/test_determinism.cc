@@ -126,9 +126,13 @@ TEST_F(Determinism, FusedExpertAdamWTrainsAsTheSeparatePass) {
     write_config("fused-swiglu.json", swiglu);
     write_config("fused-relu.json", relu);
     write_config("fused-sparse.json", sparse);
-    for (const std::string cfg : {"fused-swiglu", "fused-relu", "fused-sparse"}) {
+    std::vector<std::pair<std::string, std::string>> runs = {
+        {"fused-swiglu", "fp32"}, {"fused-relu", "fp32"}, {"fused-sparse", "fp32"}};
+    if (moe::kernels::sgemm_bf16_available()) runs.push_back({"fused-relu", "bf16"});  // the native bf16 GEMM
+    for (const auto& [config, precision] : runs) {
+        const std::string cfg = config + "-" + precision;
         SCOPED_TRACE(cfg);
-        const std::string args = "train --config " + cfg + ".json --steps 6 --seed 4 --threads 2 --no-sample";
+        const std::string args = "train --config " + config + ".json --steps 6 --seed 4 --threads 2 --no-sample --precision " + precision;
         RunResult a = moe(args + " --out " + cfg + "-a --log " + cfg + "-a.jsonl");
         RunResult b = moe(args + " --out " + cfg + "-b --log " + cfg + "-b.jsonl", "MOE_FUSED_EXPERT_ADAMW=0 ");
         ASSERT_EQ(a.code(), 0) << a.describe();
