@@ -2,8 +2,9 @@
 // Wall-clock time per named region, for "where does a step's time go". Off unless the environment
 // sets MOE_PROFILE=1; then each MOE_PROFILE_SCOPE adds its duration to a table printed by
 // profile_report(). A name "region: part" times a part of another region (nested inside it): its
-// share is of the same total, which it is not added to. Use it only outside parallel regions (it is not thread-safe by design: the
-// regions it times are the serial calls that fan out to parallel_for).
+// share is of the same total, which it is not added to. Use it only outside parallel regions (it
+// is not thread-safe by design: the regions it times are the serial calls that fan out to
+// parallel_for).
 #include <cstdio>
 
 namespace moe {

@@ -60,19 +60,18 @@ void gemm_f32_b(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, cons
                 const PackedB& b, float beta, float* C, int64_t ldc);
 
 // Several matrices packed for the GEMMs of one layer pass (kernels/sgemm.h's sgemm_pack_b), the
-// packing split over threads (one task per matrix). Job i gives b(i): packed where the current
+// packing split over threads (one task per matrix). Job i gives data()[i]: packed where the current
 // GEMM packs B and the job asks for it, else B as stored. The scratch keeps its size between
 // calls, so only the first pass of a shape allocates.
 struct PackJob {
     const float* B;
     bool trans_b;
     int64_t K, N, ldb;
-    bool pack = true;  // false: b(i) refers to B as stored
+    bool pack = true;  // false: data()[i] refers to B as stored
 };
 class PackedWeights {
 public:
     void pack(const PackJob* jobs, int64_t n);
-    const PackedB& b(int64_t i) const { return b_[i]; }
     const PackedB* data() const { return b_.data(); }
 
 private:

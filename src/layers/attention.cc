@@ -18,7 +18,7 @@ namespace moe::layers {
 // parallel region for the whole block instead of one per op: every op here is row- or
 // sequence-local (RMSNorm, the projections, RoPE, attention within a sequence), so a group's rows
 // go through all of them while they are in cache, and each value is computed exactly as by the
-// ops over all rows (the same bits: tests/test_layers.cc). With too few groups to share out (one
+// ops over all rows (the same bits: tests/test_determinism.cc). With too few groups to share out (one
 // long sequence) the ops run one after another, each over all threads.
 static constexpr int64_t kGroupRows = 128;
 

@@ -189,6 +189,100 @@ void check_same_model(const Config& cfg, const ModelConfig& ck_model, const std:
     for (auto it = ja.begin(); it != ja.end(); ++it) differs(it.key());
 }
 
+// The routed experts' AdamW inside the backward, for training with no clipping and no accumulation
+// (each expert matrix's gradient is final when its backward GEMM ends): the backward hands each
+// gradient, still in cache, to AdamW (ops::ExpertGradSink), and it is never written to grads().
+// That saves writing, zeroing, re-reading and norming the experts' gradients (makeMoE: 34 MB
+// each, most of the weights). The update is the same arithmetic, so the checkpoints are the same
+// bits; the gradient norm adds the experts' part in another order (last bits only).
+class FusedExpertAdamW {
+public:
+    FusedExpertAdamW(Model& model, AdamW& adam) : model_(model), adam_(adam) {
+        for (const auto& p : model.table().params()) {
+            if (p.expert) {
+                if (p.trainable)
+                    for (int64_t e = 0, per = p.numel / p.shape[0]; e < p.shape[0]; ++e)
+                        slices_.push_back({p.offset + e * per, per, p.decay});
+                continue;
+            }
+            // the other tensors, merged: they are laid out back to back, each padded to 16 floats
+            if (!other_.empty() && p.offset - (other_.back().first + other_.back().second) < 16)
+                other_.back().second = p.offset + p.numel - other_.back().first;
+            else
+                other_.push_back({p.offset, p.numel});
+        }
+        std::sort(slices_.begin(), slices_.end(), [](const Slice& a, const Slice& b) { return a.offset < b.offset; });
+        done_.resize(slices_.size());
+        sumsq_.resize(slices_.size());
+        skip_.reserve(slices_.size());
+        model.zero_grad();  // the experts' gradients stay zero from here on: nothing writes them
+    }
+    ~FusedExpertAdamW() { model_.set_expert_grad_sink(nullptr); }  // also when a step throws
+    FusedExpertAdamW(const FusedExpertAdamW&) = delete;
+    FusedExpertAdamW& operator=(const FusedExpertAdamW&) = delete;
+
+    // Before the forward and backward of step t (from 1) at hp: zeroes the other tensors'
+    // gradients and has the model's backward hand the experts' gradients here.
+    void begin_step(const AdamWParams& hp, int64_t t) {
+        hp_ = hp, t_ = t;
+        std::fill(done_.begin(), done_.end(), 0);
+        float* g = model_.grads();
+        parallel_for(0, (int64_t)other_.size(), 1, [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r) std::memset(g + other_[r].first, 0, other_[r].second * sizeof(float));
+        });
+        model_.set_expert_grad_sink(&sink_);
+    }
+
+    // After the backward: the global gradient norm (the experts' part in slice order), and the
+    // ranges AdamW::step must leave alone (the experts updated in the backward).
+    double end_step() {
+        model_.set_expert_grad_sink(nullptr);
+        double ss = 0;
+        for (const auto& [off, n] : other_) ss += grad_sumsq(model_.grads() + off, n);
+        skip_.clear();
+        for (size_t i = 0; i < slices_.size(); ++i)
+            if (done_[i]) {
+                ss += sumsq_[i];
+                skip_.push_back({slices_[i].offset, slices_[i].n});
+            }
+        return std::sqrt(ss);
+    }
+    const std::vector<std::pair<int64_t, int64_t>>* updated() const { return &skip_; }
+
+private:
+    struct Slice {
+        int64_t offset, n;
+        bool decay;
+    };
+    // the sink: expert matrix `dst` (inside grads()) has gradient g (n); on any thread
+    struct Update {
+        FusedExpertAdamW* self;
+        void operator()(float* dst, const float* g, int64_t n) const { self->update(dst, g, n); }
+    };
+    void update(float* dst, const float* g, int64_t n) {
+        const int64_t off = dst - model_.grads();
+        const auto it = std::lower_bound(slices_.begin(), slices_.end(), off,
+                                         [](const Slice& s, int64_t o) { return s.offset < o; });
+        MOE_ASSERT(it != slices_.end() && it->offset == off && it->n == n);
+        const size_t i = it - slices_.begin();
+        sumsq_[i] = kernels::sumsq(g, n);
+        adam_.update(model_.params(), off, g, n, it->decay, hp_, t_);
+        done_[i] = 1;
+    }
+
+    Model& model_;
+    AdamW& adam_;
+    std::vector<Slice> slices_;                          // every expert's matrix, by offset
+    std::vector<std::pair<int64_t, int64_t>> other_;     // (offset, n) of the other tensors
+    std::vector<uint8_t> done_;                          // updated in this step's backward
+    std::vector<double> sumsq_;                          // their gradients' sums of squares
+    std::vector<std::pair<int64_t, int64_t>> skip_;
+    AdamWParams hp_;
+    int64_t t_ = 0;
+    Update update_fn_{this};
+    const ops::ExpertGradSink sink_{update_fn_};
+};
+
 }  // namespace
 
 // peak resident set size of the process so far, MB
@@ -275,13 +369,8 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
     std::printf("data: %s, %lld train / %lld val tokens, vocab %lld (%s); unigram baseline %.4f nats\n",
                 data_path.c_str(), (long long)data.n_train(), (long long)data.n_val(), (long long)mc.vocab_size,
                 tc.tokenizer.c_str(), unigram);
-    // Fused optimizer step for the routed experts' weights (no clipping, no accumulation: each
-    // expert matrix's gradient is final when its backward GEMM ends): the backward hands each
-    // gradient, still in cache, to AdamW and it is never written to grads(). That saves writing,
-    // re-reading and norming the experts' gradients (makeMoE: 34 MB each, most of the weights).
-    // The update is the same arithmetic (the same checkpoints bit for bit); the logged gradient
-    // norm adds the experts' part in another order, so it can differ in the last bits.
-    // MOE_FUSED_EXPERT_ADAMW=0 turns it off (for A/B and the test that compares both).
+    // The routed experts' AdamW inside the backward (FusedExpertAdamW) where nothing needs the whole
+    // gradient first; MOE_FUSED_EXPERT_ADAMW=0 turns it off (for A/B and the test that compares both).
     const char* fuse_env = std::getenv("MOE_FUSED_EXPERT_ADAMW");
     const bool fuse = tc.grad_clip == 0 && tc.grad_accum == 1 && mc.any_moe() &&
                       !(fuse_env && std::string(fuse_env) == "0");
@@ -324,54 +413,9 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
         return ev.val_loss;
     };
 
-    struct Slice {
-        int64_t offset, n;
-        bool decay;
-    };
-    std::vector<Slice> slices;  // every expert's matrix, by offset
-    for (const auto& p : model->table().params())
-        if (fuse && p.expert && p.trainable)
-            for (int64_t e = 0, per = p.numel / p.shape[0]; e < p.shape[0]; ++e)
-                slices.push_back({p.offset + e * per, per, p.decay});
-    std::sort(slices.begin(), slices.end(), [](const Slice& a, const Slice& b) { return a.offset < b.offset; });
-    std::vector<uint8_t> slice_done(slices.size());
-    std::vector<double> slice_sumsq(slices.size());
-    std::vector<std::pair<int64_t, int64_t>> skip;
-    skip.reserve(slices.size());
+    std::unique_ptr<FusedExpertAdamW> fused;
+    if (fuse) fused = std::make_unique<FusedExpertAdamW>(*model, *adam);
     AdamWParams hp;
-    int64_t adam_t = 0;
-    auto fused_update = [&](float* dst, const float* g, int64_t n) {
-        const int64_t off = dst - model->grads();
-        const auto it = std::lower_bound(slices.begin(), slices.end(), off,
-                                         [](const Slice& s, int64_t o) { return s.offset < o; });
-        MOE_ASSERT(it != slices.end() && it->offset == off && it->n == n);
-        const size_t i = it - slices.begin();
-        slice_sumsq[i] = kernels::sumsq(g, n);
-        adam->update(model->params(), off, g, n, it->decay, hp, adam_t);
-        slice_done[i] = 1;
-    };
-    const ops::ExpertGradSink sink{fused_update};
-    // Fused, the routed experts' gradients are never written (no expert tensor gets a gradient in
-    // grads()): they stay zero, so each step zeroes and norms only the other tensors' ranges.
-    std::vector<std::pair<int64_t, int64_t>> other_ranges;  // (offset, n), merged
-    if (fuse) {
-        for (const auto& p : model->table().params()) {
-            if (p.expert) continue;
-            // tensors are laid out back to back (each padded to 16 floats): the padding joins them
-            if (!other_ranges.empty() && p.offset - (other_ranges.back().first + other_ranges.back().second) < 16)
-                other_ranges.back().second = p.offset + p.numel - other_ranges.back().first;
-            else
-                other_ranges.push_back({p.offset, p.numel});
-        }
-        model->zero_grad();
-    }
-    auto zero_other_grads = [&]() {
-        float* g = model->grads();
-        parallel_for(0, (int64_t)other_ranges.size(), 1, [&](int64_t r0, int64_t r1) {
-            for (int64_t r = r0; r < r1; ++r)
-                std::memset(g + other_ranges[r].first, 0, other_ranges[r].second * sizeof(float));
-        });
-    };
 
     const int64_t start_step = st.step;
     for (int64_t step = start_step; step < tc.steps; ++step) {
@@ -380,10 +424,7 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
         hp.beta2 = tc.beta2;
         hp.eps = tc.adam_eps;
         hp.weight_decay = tc.weight_decay;
-        adam_t = step + 1;
-        std::fill(slice_done.begin(), slice_done.end(), 0);
-        model->set_expert_grad_sink(fuse ? &sink : nullptr);
-        if (fuse) zero_other_grads();
+        if (fused) fused->begin_step(hp, step + 1);
         else model->zero_grad();
         double lm_loss = 0, bal_loss = 0, z_loss = 0;
         for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
@@ -402,29 +443,15 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
         if (!std::isfinite(loss))
             fail("training diverged: loss is ", loss, " at step ", step,
                  " (the last good checkpoint in '", opt.out_dir, "' is kept; try a lower train.lr than ", tc.lr, ")");
-        model->set_expert_grad_sink(nullptr);
         double gnorm = 0;
         {
             MOE_PROFILE_SCOPE("clip+adamw");
-            if (fuse) {
-                // the experts updated in the backward: their part of the norm, in slice order
-                double ss = 0;
-                for (const auto& [off, n] : other_ranges) ss += grad_sumsq(model->grads() + off, n);
-                skip.clear();
-                for (size_t i = 0; i < slices.size(); ++i)
-                    if (slice_done[i]) {
-                        ss += slice_sumsq[i];
-                        skip.push_back({slices[i].offset, slices[i].n});
-                    }
-                gnorm = std::sqrt(ss);
-            } else {
-                gnorm = grad_norm(model->grads(), model->n_params());
-            }
+            gnorm = fused ? fused->end_step() : grad_norm(model->grads(), model->n_params());
             if (!std::isfinite(gnorm))
                 fail("training diverged: gradient norm is ", gnorm, " at step ", step,
                      " (the last good checkpoint in '", opt.out_dir, "' is kept)");
             adam->step(model->params(), model->grads(), model->table(), hp, step + 1,
-                       clip_coefficient(gnorm, tc.grad_clip), fuse ? &skip : nullptr);
+                       clip_coefficient(gnorm, tc.grad_clip), fused ? fused->updated() : nullptr);
             model->update_balance_bias();  // aux-loss-free balancing (no-op unless configured)
         }
         st.step = step + 1;
