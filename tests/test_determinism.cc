@@ -151,6 +151,12 @@ TEST_F(Determinism, FusedExpertAdamWTrainsAsTheSeparatePass) {
     }
 }
 
+TEST_F(Determinism, BadFusedExpertAdamWSwitchIsAnError) {
+    RunResult r = moe("train --config tiny.json --steps 1 --no-sample --out bad", "MOE_FUSED_EXPERT_ADAMW=yes ");
+    EXPECT_NE(r.code(), 0);
+    EXPECT_NE(r.err.find("MOE_FUSED_EXPERT_ADAMW must be \"0\" or \"1\", got \"yes\""), std::string::npos) << r.describe();
+}
+
 // The configuration above runs both attention paths.
 TEST(AttentionGroups, GroupedAtOneAndTwoThreadsNotAtThree) {
     moe::layers::Dims d;

@@ -371,9 +371,10 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
                 tc.tokenizer.c_str(), unigram);
     // The routed experts' AdamW inside the backward (FusedExpertAdamW) where nothing needs the whole
     // gradient first; MOE_FUSED_EXPERT_ADAMW=0 turns it off (for A/B and the test that compares both).
-    const char* fuse_env = std::getenv("MOE_FUSED_EXPERT_ADAMW");
-    const bool fuse = tc.grad_clip == 0 && tc.grad_accum == 1 && mc.any_moe() &&
-                      !(fuse_env && std::string(fuse_env) == "0");
+    const std::string fuse_env = std::getenv("MOE_FUSED_EXPERT_ADAMW") ? std::getenv("MOE_FUSED_EXPERT_ADAMW") : "";
+    if (!fuse_env.empty() && fuse_env != "0" && fuse_env != "1")
+        fail("MOE_FUSED_EXPERT_ADAMW must be \"0\" or \"1\", got \"", fuse_env, "\"");
+    const bool fuse = tc.grad_clip == 0 && tc.grad_accum == 1 && mc.any_moe() && fuse_env != "0";
     std::printf("batch %lld x %lld tokens x %lld accum, %lld steps, lr %.2e, %d threads, %s GEMMs (%s)%s%s\n",
                 (long long)B, (long long)T, (long long)tc.grad_accum, (long long)tc.steps, tc.lr, num_threads(),
                 tc.precision.c_str(), kernels::gemm_engine_name(), fuse ? ", experts' AdamW in the backward" : "",
