@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -208,6 +209,93 @@ TEST(SgemmBf16, NanAndInfReachTheOutput) {
                 else if (std::isnan(bad)) ASSERT_TRUE(std::isnan(c)) << "n " << n;
                 else ASSERT_TRUE(std::isinf(c) && c > 0) << "n " << n << " c " << c;
             }
+    }
+}
+
+namespace {
+
+float from_bits(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+uint32_t to_bits(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+
+// Bit patterns the packing's rounding must treat as f32_to_bf16 does: ties (to even), just above
+// and below them, the largest float (rounds to inf), denormals (the hardware conversion flushes
+// them; 0x007fffff rounds up to the smallest normal), signalling and quiet NaNs, infinities, zeros;
+// then random patterns over all exponents.
+std::vector<float> rounding_cases(std::mt19937& rng, size_t n) {
+    std::vector<uint32_t> u = {0x3f808000u, 0x3f818000u, 0x3f808001u, 0x3f807fffu, 0xbf808000u, 0x7f7fffffu,
+                               0xff7fffffu, 0x007fffffu, 0x807fffffu, 0x007f8000u, 0x007f7fffu, 0x00000001u,
+                               0x80000001u, 0x00008000u, 0x00018000u, 0x7f800001u, 0xff800001u, 0x7fc00000u,
+                               0x7f800000u, 0xff800000u, 0x00000000u, 0x80000000u, 0x00800000u};
+    while (u.size() < n) {
+        uint32_t v = rng();
+        if (u.size() % 4 == 0) v &= 0x807fffffu;  // a quarter denormal (or zero)
+        u.push_back(v);
+    }
+    std::vector<float> f(n);
+    for (size_t i = 0; i < n; ++i) f[i] = from_bits(u[i]);
+    return f;
+}
+
+}  // namespace
+
+TEST(SgemmBf16, PackedBRoundsEveryBitPatternLikeTheScalarConversion) {
+    // the packing rounds with vcvtne2ps2bf16 and takes the integer recipe for vectors holding a
+    // denormal: each packed bf16 must equal f32_to_bf16 of its float, both layouts of B
+    if (!sgemm_bf16_available()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
+    std::mt19937 rng(41);
+    const int64_t K = 64, N = 32;  // one 32-column panel, 32 k pairs: word [p][n] = (k = 2p, 2p + 1)
+    for (int rep = 0; rep < 64; ++rep) {
+        const std::vector<float> v = rounding_cases(rng, K * N);
+        for (bool tb : {false, true}) {
+            // op(B)[k][n] = v[k * N + n], stored as is (tb false) or transposed
+            std::vector<float> B(K * N);
+            for (int64_t k = 0; k < K; ++k)
+                for (int64_t n = 0; n < N; ++n) (tb ? B[n * K + k] : B[k * N + n]) = v[k * N + n];
+            std::vector<uint32_t> packed(sgemm_packed_b_words(true, K, N));
+            sgemm_pack_b(true, tb, K, N, B.data(), tb ? K : N, packed.data());
+            for (int64_t p = 0; p < K / 2; ++p)
+                for (int64_t n = 0; n < N; ++n) {
+                    const uint32_t want = f32_to_bf16(v[2 * p * N + n]) | (uint32_t)f32_to_bf16(v[(2 * p + 1) * N + n]) << 16;
+                    ASSERT_EQ(packed[p * N + n], want) << "tb " << tb << " k " << 2 * p << " n " << n << " bits "
+                                                       << std::hex << to_bits(v[2 * p * N + n]) << " "
+                                                       << to_bits(v[(2 * p + 1) * N + n]);
+                }
+        }
+    }
+}
+
+TEST(SgemmBf16, PackedARoundsLikeTheScalarConversion) {
+    // op(A) times the identity gives each rounded element of A back (its products with zeros add
+    // nothing): finite patterns, both layouts of A. A result that is a bf16 denormal may come out
+    // as zero (vdpbf16ps may flush it); everything else, 0x007fffff's round-up to the smallest
+    // normal included, must be exact.
+    if (!sgemm_bf16_available()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
+    std::mt19937 rng(42);
+    const int64_t M = 30, K = 64;
+    std::vector<float> v = rounding_cases(rng, M * K);
+    for (float& x : v)
+        if (!std::isfinite(x) || std::fabs(x) > 1e30f) x = 0.5f;  // inf * 0 would be NaN
+    std::vector<float> I(K * K, 0.f);
+    for (int64_t k = 0; k < K; ++k) I[k * K + k] = 1.f;
+    for (bool ta : {false, true}) {
+        std::vector<float> A(M * K), C(M * K);
+        for (int64_t m = 0; m < M; ++m)
+            for (int64_t k = 0; k < K; ++k) (ta ? A[k * M + m] : A[m * K + k]) = v[m * K + k];
+        sgemm_bf16(ta, false, M, K, K, 1.f, A.data(), ta ? M : K, I.data(), K, 0.f, C.data(), K);
+        for (int64_t i = 0; i < M * K; ++i) {
+            const float want = bf16_round(v[i]);
+            const bool denormal = want != 0.f && std::fabs(want) < std::numeric_limits<float>::min();
+            if (denormal && C[i] == 0.f) continue;
+            ASSERT_EQ(C[i], want) << "ta " << ta << " i " << i << " bits " << std::hex << to_bits(v[i]);
+        }
     }
 }
 

@@ -17,6 +17,7 @@ const CpuFeatures& cpu_features() {
         c.avx512f = __builtin_cpu_supports("avx512f");
         c.avx512bw = __builtin_cpu_supports("avx512bw");
         c.avx512vl = __builtin_cpu_supports("avx512vl");
+        c.avx512dq = __builtin_cpu_supports("avx512dq");
         c.avx512_bf16 = __builtin_cpu_supports("avx512bf16");
         return c;
     }();

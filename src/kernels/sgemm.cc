@@ -221,7 +221,7 @@ struct Avx512Bf16 {
 // "may be used uninitialized" (GCC bug 105593); they are placeholders for fully written lanes.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#define MOE_BF16_TARGET __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512bf16")))
+#define MOE_BF16_TARGET __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
 // 16 floats rounded to bf16 as f32_to_bf16 does (nearest, ties to even; NaN stays a quiet NaN), the
 // bf16 in the high half of each 32-bit lane, the low half garbage.
@@ -233,11 +233,25 @@ MOE_BF16_TARGET inline __m512i bf16_round_hi(__m512i u) {
     return _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x00400000));
 }
 
+// Whether any of the 16 floats is a denormal (nonzero, exponent zero): the one input the
+// instruction vcvtne2ps2bf16 rounds differently from f32_to_bf16 (it flushes it to zero), so the
+// conversions below take the integer recipe for the rare vectors that hold one.
+MOE_BF16_TARGET inline bool any_denormal(__m512 a, __m512 b) {
+    return (_mm512_fpclass_ps_mask(a, 0x20) | _mm512_fpclass_ps_mask(b, 0x20)) != 0;
+}
+
 // Words of (lo[i], hi[i]) as bf16: the pair of k and k + 1 for 16 rows or columns.
 MOE_BF16_TARGET inline __m512i bf16_pairs(__m512 lo, __m512 hi) {
-    const __m512i l = _mm512_srli_epi32(bf16_round_hi(_mm512_castps_si512(lo)), 16);
-    const __m512i h = _mm512_and_si512(bf16_round_hi(_mm512_castps_si512(hi)), _mm512_set1_epi32((int)0xffff0000u));
-    return _mm512_or_si512(l, h);
+    if (__builtin_expect(any_denormal(lo, hi), 0)) {
+        const __m512i l = _mm512_srli_epi32(bf16_round_hi(_mm512_castps_si512(lo)), 16);
+        const __m512i h = _mm512_and_si512(bf16_round_hi(_mm512_castps_si512(hi)), _mm512_set1_epi32((int)0xffff0000u));
+        return _mm512_or_si512(l, h);
+    }
+    // one instruction rounds both (bf16 0..15 = lo, 16..31 = hi), one permute interleaves them
+    alignas(64) static constexpr uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
+                                                             21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
+                                                             11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    return _mm512_permutexvar_epi16(_mm512_load_si512(kInterleave), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
 }
 
 // The first n of 16 lanes (n <= 0: none).
@@ -251,9 +265,10 @@ MOE_BF16_TARGET inline __m512i bf16_pair_rows(const float* r0, const float* r1, 
 
 // n contiguous floats (n <= 32, the rest zero) as 16 words of consecutive bf16 pairs.
 MOE_BF16_TARGET inline __m512i bf16_run(const float* s, int64_t n) {
-    const __m512i a = _mm512_srli_epi32(bf16_round_hi(_mm512_castps_si512(_mm512_maskz_loadu_ps(lanes(n), s))), 16);
-    const __m512i b =
-        _mm512_srli_epi32(bf16_round_hi(_mm512_castps_si512(_mm512_maskz_loadu_ps(lanes(n - 16), s + 16))), 16);
+    const __m512 lo = _mm512_maskz_loadu_ps(lanes(n), s), hi = _mm512_maskz_loadu_ps(lanes(n - 16), s + 16);
+    if (__builtin_expect(!any_denormal(lo, hi), 1)) return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // in order
+    const __m512i a = _mm512_srli_epi32(bf16_round_hi(_mm512_castps_si512(lo)), 16);
+    const __m512i b = _mm512_srli_epi32(bf16_round_hi(_mm512_castps_si512(hi)), 16);
     // 32 bf16 in order: words (s[0], s[1]), (s[2], s[3]), ...
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(a)), _mm512_cvtepi32_epi16(b), 1);
 }
@@ -511,7 +526,9 @@ void gemm_run(bool trans_a, const BSource& bs, int64_t M, int64_t N, int64_t K, 
 
 bool sgemm_packed_available() { return active_isa() >= Isa::avx2; }
 
-bool sgemm_bf16_available() { return active_isa() >= Isa::avx512 && cpu_features().avx512_bf16; }
+bool sgemm_bf16_available() {
+    return active_isa() >= Isa::avx512 && cpu_features().avx512_bf16 && cpu_features().avx512dq;
+}
 
 void sgemm_packed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                   const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
