@@ -88,11 +88,20 @@ TEST(Attention, FastMatchesReferenceLongContext) {
 // Each path on its own, wherever it can run.
 TEST(Attention, FusedMatchesReferenceEveryWidth) {
     if (!kernels::attention_small_supported(32, 16)) GTEST_SKIP() << "no AVX2 here: the fused kernels do not run";
-    // every D / 8 the fused kernels instantiate, and T across the 8-key chunk edges up to the limit
-    for (int64_t D = 8; D <= 64; D += 8)
-        for (int64_t T : {1, 7, 8, 9, 31, 32, 33, 65, 128})
-            compare(2, T, 2, 1, D, 1, Path::fused);
-    compare(2, 37, 4, 2, 16, 2, Path::fused);  // GQA, 2 threads
+    // both kernel families where the CPU has them (AVX-512 takes D 16 and 32 up to T 64, AVX2 the
+    // rest): every D / 8 they instantiate, T across the 4-row blocks, the 8- and 16-key chunk edges
+    // and up to the limit
+    for (kernels::Isa isa : {kernels::Isa::avx2, kernels::Isa::avx512}) {
+        const kernels::Isa prev = kernels::set_isa_cap(isa);
+        if (kernels::active_isa() == isa) {
+            for (int64_t D = 8; D <= 64; D += 8)
+                for (int64_t T : {1, 2, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 49, 63, 64, 65, 128})
+                    compare(2, T, 2, 1, D, 1, Path::fused);
+            compare(2, 37, 4, 2, 16, 2, Path::fused);  // GQA, 2 threads
+            compare(3, 64, 4, 2, 32, 2, Path::fused);
+        }
+        kernels::set_isa_cap(prev);
+    }
 }
 TEST(Attention, GemmPathMatchesReference) {
     compare(2, 37, 4, 2, 16, 2, Path::gemm);

@@ -189,6 +189,240 @@ __attribute__((target("avx2,fma"))) void backward_head(float* dq, float* dk, flo
     }
 }
 
+// ------------------------------------------------------------------------------------------------
+// AVX-512: blocks of kRows query rows (and, for dk / dv, of kRows keys) at once, each score row in
+// 16-key zmm chunks held in registers. The AVX2 kernels above go row by row, and at T = 32, D = 16
+// a row is a handful of short dependent chains (a 16-step dot product, a horizontal max and sum, a
+// 32-step weighted sum), so they wait on latency; four rows side by side keep the FMA pipes busy.
+// D a multiple of 16 up to 32 and T up to 64 (attention_small_preferred's shapes); the AVX2 kernels
+// take the others and every shape on CPUs without AVX-512.
+// ------------------------------------------------------------------------------------------------
+// GCC 12 warns that the _mm512_undefined_* placeholders inside its own intrinsics "may be used
+// uninitialized" (GCC bug 105593); they are placeholders for fully written lanes.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#define MOE_AVX512 __attribute__((target("avx2,fma,avx512f,avx512dq")))
+
+constexpr int kRows = 4;
+constexpr int64_t kMaxT512 = 64, kMaxD512 = 32;
+
+// The first n of 16 lanes (n <= 0: none).
+inline __mmask16 lanes16(int64_t n) { return (__mmask16)(n >= 16 ? 0xffff : n <= 0 ? 0 : (1u << n) - 1); }
+
+// exp256's polynomial on 16 lanes.
+MOE_AVX512 inline __m512 exp512(__m512 a) {
+    a = _mm512_max_ps(_mm512_min_ps(a, _mm512_set1_ps(88.3762626647949f)), _mm512_set1_ps(-87.33654475f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), a);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.f));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+}
+
+// Every lane = the sum (max) of the 16 lanes, folded in a fixed order: halves, quarters, pairs.
+MOE_AVX512 inline __m512 all_sum16(__m512 v) {
+    v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0x4e));  // 256-bit halves swapped
+    v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xb1));  // 128-bit lanes swapped in pairs
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4e));
+    return _mm512_add_ps(v, _mm512_permute_ps(v, 0xb1));
+}
+MOE_AVX512 inline __m512 all_max16(__m512 v) {
+    v = _mm512_max_ps(v, _mm512_shuffle_f32x4(v, v, 0x4e));
+    v = _mm512_max_ps(v, _mm512_shuffle_f32x4(v, v, 0xb1));
+    v = _mm512_max_ps(v, _mm512_permute_ps(v, 0x4e));
+    return _mm512_max_ps(v, _mm512_permute_ps(v, 0xb1));
+}
+
+// acc[r][c] = sum_d x[r][d] mT[d][16c : 16c + 16] for the kRows rows x[r] (stride ldx) and the
+// first nch <= NC chunks
+template <int NC>
+MOE_AVX512 inline void rows_dot_chunks(__m512 (&acc)[kRows][NC], const float* const (&x)[kRows], const float* mT,
+                                       int64_t Tp, int64_t D, int nch) {
+    for (int r = 0; r < kRows; ++r)
+        for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; ++d) {
+        __m512 m[NC];
+        for (int c = 0; c < NC; ++c)
+            if (c < nch) m[c] = _mm512_load_ps(mT + d * Tp + 16 * c);
+        for (int r = 0; r < kRows; ++r) {
+            const __m512 xd = _mm512_set1_ps(x[r][d]);
+            for (int c = 0; c < NC; ++c)
+                if (c < nch) acc[r][c] = _mm512_fmadd_ps(xd, m[c], acc[r][c]);
+        }
+    }
+}
+
+// y[r][j] = sum_{u < n} w[r][u] m[u][16j : 16j + 16] for the kRows weight rows w[r] (element u at
+// w[r] + u * ws) and the rows m[u] (stride ld)
+template <int ND>
+MOE_AVX512 inline void rows_weighted(__m512 (&y)[kRows][ND], const float* const (&w)[kRows], int64_t ws,
+                                     const float* m, int64_t ld, int64_t n) {
+    for (int r = 0; r < kRows; ++r)
+        for (int j = 0; j < ND; ++j) y[r][j] = _mm512_setzero_ps();
+    for (int64_t u = 0; u < n; ++u) {
+        __m512 mu[ND];
+        for (int j = 0; j < ND; ++j) mu[j] = _mm512_loadu_ps(m + u * ld + 16 * j);
+        for (int r = 0; r < kRows; ++r) {
+            const __m512 wu = _mm512_set1_ps(w[r][u * ws]);
+            for (int j = 0; j < ND; ++j) y[r][j] = _mm512_fmadd_ps(wu, mu[j], y[r][j]);
+        }
+    }
+}
+
+template <int ND, int NC>
+MOE_AVX512 void forward_head512(float* out, float* att, const float* q, const float* k, const float* v, int64_t ldq,
+                                int64_t ldkv, int64_t T, float scale) {
+    constexpr int64_t D = 16 * ND, Tp = 16 * NC;
+    alignas(64) float kT[kMaxD512 * kMaxT512];  // [D][Tp]
+    transpose_pad(kT, k, ldkv, T, Tp, D);
+    const __m512 vs = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-__builtin_inff());
+    for (int64_t t0 = 0; t0 < T; t0 += kRows) {
+        const int64_t last = std::min<int64_t>(T, t0 + kRows) - 1;  // the block's last row
+        const int nch = (int)(last / 16) + 1;                      // chunks holding keys 0..last
+        const float* qr[kRows];
+        float* ar[kRows];
+        for (int r = 0; r < kRows; ++r) {
+            const int64_t t = std::min(t0 + r, last);  // rows past T repeat the last (not stored)
+            qr[r] = q + t * ldq;
+            ar[r] = att + t * T;
+        }
+        // s[t][u] = scale * q[t] . k[u]
+        __m512 s[kRows][NC];
+        rows_dot_chunks<NC>(s, qr, kT, Tp, D, nch);
+        // p = softmax(s) over the causal prefix u <= t; the row of att gets zeros past t
+        for (int r = 0; r < kRows; ++r) {
+            const int64_t t = std::min(t0 + r, last);
+            __m512 mx = ninf;
+            for (int c = 0; c < NC; ++c)
+                if (c < nch) {
+                    s[r][c] = _mm512_mask_mul_ps(ninf, lanes16(t + 1 - 16 * c), s[r][c], vs);
+                    mx = _mm512_max_ps(mx, s[r][c]);
+                }
+            mx = all_max16(mx);
+            __m512 sum = _mm512_setzero_ps();
+            for (int c = 0; c < NC; ++c)
+                if (c < nch) {
+                    s[r][c] = _mm512_maskz_mov_ps(lanes16(t + 1 - 16 * c), exp512(_mm512_sub_ps(s[r][c], mx)));
+                    sum = _mm512_add_ps(sum, s[r][c]);
+                }
+            const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.f), all_sum16(sum));
+            for (int c = 0; c < NC; ++c)
+                if (16 * c < T) {
+                    const __m512 pc = c < nch ? _mm512_mul_ps(s[r][c], inv) : _mm512_setzero_ps();
+                    _mm512_mask_storeu_ps(ar[r] + 16 * c, lanes16(T - 16 * c), pc);
+                }
+        }
+        // o[t] = sum_{u <= t} p[t][u] v[u]  (p is 0 past t)
+        __m512 o[kRows][ND];
+        rows_weighted<ND>(o, ar, 1, v, ldkv, last + 1);
+        for (int r = 0; r < kRows && t0 + r <= last; ++r)
+            for (int j = 0; j < ND; ++j) _mm512_storeu_ps(out + (t0 + r) * ldq + 16 * j, o[r][j]);
+    }
+}
+
+template <int ND, int NC>
+MOE_AVX512 void backward_head512(float* dq, float* dk, float* dv, float* datt, const float* dout, const float* q,
+                                 const float* k, const float* v, const float* att, int64_t ldq, int64_t ldkv,
+                                 int64_t T, float scale) {
+    constexpr int64_t D = 16 * ND, Tp = 16 * NC;
+    alignas(64) float vT[kMaxD512 * kMaxT512];  // [D][Tp]
+    transpose_pad(vT, v, ldkv, T, Tp, D);
+    const __m512 vs = _mm512_set1_ps(scale);
+    for (int64_t t0 = 0; t0 < T; t0 += kRows) {
+        const int64_t last = std::min<int64_t>(T, t0 + kRows) - 1;
+        const int nch = (int)(last / 16) + 1;
+        const float* gr[kRows];
+        float* dr[kRows];
+        for (int r = 0; r < kRows; ++r) {
+            const int64_t t = std::min(t0 + r, last);
+            gr[r] = dout + t * ldq;
+            dr[r] = datt + t * T;
+        }
+        // o = p · v  =>  dp[t][u] = dout[t] . v[u]
+        __m512 dp[kRows][NC];
+        rows_dot_chunks<NC>(dp, gr, vT, Tp, D, nch);
+        // p = softmax(s)  =>  ds[u] = p[u] (dp[u] - sum_w p[w] dp[w]), times scale (s = scale q.k)
+        for (int r = 0; r < kRows; ++r) {
+            const int64_t t = std::min(t0 + r, last);
+            const float* p = att + t * T;
+            __m512 pc[NC], dot = _mm512_setzero_ps();
+            for (int c = 0; c < NC; ++c)
+                if (c < nch) {
+                    pc[c] = _mm512_maskz_loadu_ps(lanes16(t + 1 - 16 * c), p + 16 * c);
+                    dot = _mm512_fmadd_ps(pc[c], dp[r][c], dot);
+                }
+            dot = all_sum16(dot);
+            for (int c = 0; c < NC; ++c)
+                if (16 * c < T) {
+                    const __m512 x = c < nch ? _mm512_mul_ps(_mm512_mul_ps(pc[c], _mm512_sub_ps(dp[r][c], dot)), vs)
+                                             : _mm512_setzero_ps();
+                    _mm512_mask_storeu_ps(dr[r] + 16 * c, lanes16(T - 16 * c), x);
+                }
+        }
+        // s[t][u] = q[t] . k[u] * scale  =>  dq[t] += sum_{u <= t} ds[t][u] k[u]
+        __m512 g[kRows][ND];
+        rows_weighted<ND>(g, dr, 1, k, ldkv, last + 1);
+        for (int r = 0; r < kRows && t0 + r <= last; ++r) {
+            float* dqt = dq + (t0 + r) * ldq;
+            for (int j = 0; j < ND; ++j) _mm512_storeu_ps(dqt + 16 * j, _mm512_add_ps(_mm512_loadu_ps(dqt + 16 * j), g[r][j]));
+        }
+    }
+    for (int64_t u0 = 0; u0 < T; u0 += kRows) {
+        // dk[u] += sum_{t >= u} ds[t][u] q[t] ; dv[u] += sum_{t >= u} p[t][u] dout[t]  (ds, p are 0
+        // for t < u, so the block's sums start at its first key)
+        const int64_t last = std::min<int64_t>(T, u0 + kRows) - 1;
+        const float* dsc[kRows];
+        const float* pcol[kRows];
+        for (int r = 0; r < kRows; ++r) {
+            const int64_t u = std::min(u0 + r, last);
+            dsc[r] = datt + u0 * T + u;
+            pcol[r] = att + u0 * T + u;
+        }
+        __m512 gk[kRows][ND], gv[kRows][ND];
+        rows_weighted<ND>(gk, dsc, T, q + u0 * ldq, ldq, T - u0);
+        rows_weighted<ND>(gv, pcol, T, dout + u0 * ldq, ldq, T - u0);
+        for (int r = 0; r < kRows && u0 + r <= last; ++r) {
+            float* dku = dk + (u0 + r) * ldkv;
+            float* dvu = dv + (u0 + r) * ldkv;
+            for (int j = 0; j < ND; ++j) {
+                _mm512_storeu_ps(dku + 16 * j, _mm512_add_ps(_mm512_loadu_ps(dku + 16 * j), gk[r][j]));
+                _mm512_storeu_ps(dvu + 16 * j, _mm512_add_ps(_mm512_loadu_ps(dvu + 16 * j), gv[r][j]));
+            }
+        }
+    }
+}
+
+#undef MOE_AVX512
+#pragma GCC diagnostic pop
+
+bool use_avx512(int64_t T, int64_t D) {
+    return active_isa() >= Isa::avx512 && D % 16 == 0 && D <= kMaxD512 && T <= kMaxT512;
+}
+
+// Calls f(ND, NC) as integral constants for ND = D / 16 in 1..2 and NC = ceil(T / 16) in 1..4.
+template <class F>
+void with_shape512(int64_t D, int64_t T, F&& f) {
+    const int64_t nc = (T + 15) / 16;
+    auto by_nc = [&](auto nd) {
+        switch (nc) {
+            case 1: return f(nd, std::integral_constant<int, 1>{});
+            case 2: return f(nd, std::integral_constant<int, 2>{});
+            case 3: return f(nd, std::integral_constant<int, 3>{});
+            default: return f(nd, std::integral_constant<int, 4>{});
+        }
+    };
+    if (D == 16) by_nc(std::integral_constant<int, 1>{});
+    else by_nc(std::integral_constant<int, 2>{});
+}
+
 // Calls f(std::integral_constant<int, ND>) for ND = D / 8 in 1..8: the head kernels are
 // instantiated per row width so their ND accumulators live in registers.
 template <class F>
@@ -216,6 +450,10 @@ bool attention_small_preferred(int64_t T, int64_t D) { return attention_small_su
 void attention_small_forward(float* out, float* att, const float* q, const float* k, const float* v,
                              int64_t ldq, int64_t ldkv, int64_t T, int64_t D, float scale) {
     MOE_ASSERT(attention_small_supported(T, D));
+    if (use_avx512(T, D))
+        return with_shape512(D, T, [&](auto nd, auto nc) {
+            forward_head512<decltype(nd)::value, decltype(nc)::value>(out, att, q, k, v, ldq, ldkv, T, scale);
+        });
     with_vectors_per_row(D / 8, [&](auto nd) { forward_head<decltype(nd)::value>(out, att, q, k, v, ldq, ldkv, T, scale); });
 }
 
@@ -223,6 +461,11 @@ void attention_small_backward(float* dq, float* dk, float* dv, float* datt, cons
                               const float* k, const float* v, const float* att, int64_t ldq, int64_t ldkv,
                               int64_t T, int64_t D, float scale) {
     MOE_ASSERT(attention_small_supported(T, D));
+    if (use_avx512(T, D))
+        return with_shape512(D, T, [&](auto nd, auto nc) {
+            backward_head512<decltype(nd)::value, decltype(nc)::value>(dq, dk, dv, datt, dout, q, k, v, att, ldq, ldkv,
+                                                                       T, scale);
+        });
     with_vectors_per_row(D / 8, [&](auto nd) {
         backward_head<decltype(nd)::value>(dq, dk, dv, datt, dout, q, k, v, att, ldq, ldkv, T, scale);
     });

@@ -1,5 +1,6 @@
 #pragma once
-// Fused causal attention of one (batch, head) for short contexts (AVX2 + FMA).
+// Fused causal attention of one (batch, head) for short contexts (AVX2 + FMA; on AVX-512 CPUs,
+// D 16 or 32 and T up to 64 run a zmm variant that takes 4 query rows (or keys) at a time).
 //
 // Why hand-written: at makeMoE's size (T = 32, D = 16) the per-head products are 32 x 32 x 16
 // GEMMs; a library or packed GEMM spends most of such a call packing its operands, and the softmax
