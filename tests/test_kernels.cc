@@ -7,6 +7,7 @@
 
 #include "kernels/adamw.h"
 #include "kernels/cpu.h"
+#include "kernels/dot.h"
 
 using namespace moe::kernels;
 
@@ -116,5 +117,32 @@ TEST(Kernels, SwigluAvx2MatchesReference) {
             ASSERT_NEAR(dg1[i], dg2[i], 1e-6f * (1 + std::fabs(dg1[i]))) << "dgate n=" << n << " i=" << i;
             ASSERT_NEAR(du1[i], du2[i], 1e-6f * (1 + std::fabs(du1[i]))) << "dup n=" << n << " i=" << i;
         }
+    }
+}
+
+TEST(Kernels, DotBlockedMatchesTheSumInDoubleAndItsOwnOrder) {
+    // against the exact sum (double), and against the order it documents, written out as scalar
+    // code: 16 running sums over the whole 16-blocks, folded 8, 4, 2, 1, then the tail
+    for (int64_t n : {0, 1, 15, 16, 17, 31, 32, 33, 128, 1000}) {
+        const auto a = randv(n, 10 + n, 1.f), b = randv(n, 20 + n, 1.f);
+        double exact = 0, mag = 0;
+        for (int64_t i = 0; i < n; ++i) exact += (double)a[i] * b[i], mag += std::fabs((double)a[i] * b[i]);
+        const float got = dot_blocked(a.data(), b.data(), n);
+        EXPECT_LE(std::fabs(got - exact), 1e-6 * mag + 1e-30) << "n " << n;
+        float acc[16] = {};
+        int64_t i = 0;
+        for (; i + 16 <= n; i += 16)
+            for (int j = 0; j < 16; ++j) {
+                volatile float p = a[i + j] * b[i + j];  // no contraction into an FMA
+                acc[j] = acc[j] + p;
+            }
+        for (int w = 8; w >= 1; w /= 2)
+            for (int j = 0; j < w; ++j) acc[j] = acc[j] + acc[j + w];
+        float s = acc[0];
+        for (; i < n; ++i) {
+            volatile float p = a[i] * b[i];
+            s = s + p;
+        }
+        EXPECT_EQ(got, s) << "n " << n;
     }
 }

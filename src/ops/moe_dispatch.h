@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/parallel.h"
+#include "kernels/dot.h"
 
 namespace moe::ops {
 
@@ -102,12 +103,8 @@ void moe_combine_backward(T* dye, T* dweight, const T* dout, const T* ye, const 
                 const T* y = ye + (int64_t)r * C;
                 T* dy = dye + (int64_t)r * C;
                 // out[n] += scale * topk_weight[n, k] * ye[r]
-                T dw = 0;
-                for (int64_t c = 0; c < C; ++c) {
-                    dw += g[c] * y[c];
-                    dy[c] += w * g[c];
-                }
-                dweight[n * K + k] += scale * dw;
+                for (int64_t c = 0; c < C; ++c) dy[c] += w * g[c];
+                dweight[n * K + k] += scale * kernels::dot_blocked(g, y, C);
             }
         }
     });

@@ -5,25 +5,9 @@
 #include <cstdint>
 
 #include "core/parallel.h"
+#include "kernels/dot.h"
 
 namespace moe::ops {
-
-// sum_c a[c] * b[c] in a fixed order: 16 running sums (lane j takes c = j mod 16 over the whole
-// 16-blocks), added pairwise, then the tail in order. The 16 sums are independent, so the compiler
-// vectorizes the loop for any target (a single running sum is one serial chain of adds, about
-// 4x slower) and the bits are the same on every x86-64 CPU; they do not depend on the thread count.
-template <class T>
-T dot_blocked(const T* a, const T* b, int64_t n) {
-    T acc[16] = {};
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; ++j) acc[j] += a[i + j] * b[i + j];
-    for (int w = 8; w >= 1; w /= 2)
-        for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
-    T s = acc[0];
-    for (; i < n; ++i) s += a[i] * b[i];
-    return s;
-}
 
 // out (N, C), rstd (N) saved for backward; inp (N, C); weight (C)
 template <class T>
@@ -31,7 +15,7 @@ void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* weight, int64_t N, 
     parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
             const T* x = inp + n * C;
-            const T ss = dot_blocked(x, x, C);
+            const T ss = kernels::dot_blocked(x, x, C);
             T r = T(1) / std::sqrt(ss / T(C) + T(eps));
             rstd[n] = r;
             T* o = out + n * C;
@@ -56,7 +40,7 @@ void rmsnorm_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T*
             for (int64_t c0 = 0; c0 < C; c0 += kMaxC) {
                 const int64_t cn = std::min(kMaxC, C - c0);
                 for (int64_t c = 0; c < cn; ++c) gw[c] = g[c0 + c] * weight[c0 + c];
-                dot += dot_blocked(gw, x + c0, cn);
+                dot += kernels::dot_blocked(gw, x + c0, cn);
             }
             dot = dot * r / T(C);
             T* dx = dinp + n * C;
