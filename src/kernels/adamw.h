@@ -19,6 +19,7 @@ struct AdamWScalars {
 // x, m, v, g: [n]
 void adamw_ref(float* x, float* m, float* v, const float* g, int64_t n, const AdamWScalars& s);
 void adamw_avx2(float* x, float* m, float* v, const float* g, int64_t n, const AdamWScalars& s);
+void adamw_avx512(float* x, float* m, float* v, const float* g, int64_t n, const AdamWScalars& s);
 void adamw(float* x, float* m, float* v, const float* g, int64_t n, const AdamWScalars& s);
 
 // sum of g[i]^2 in double; the SIMD variant sums in another (fixed) order
