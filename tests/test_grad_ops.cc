@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "gradcheck.h"
@@ -491,6 +492,13 @@ static void moe_ffn_case(const std::vector<int32_t>& counts, Activation act, uin
     }
     EXPECT_LE(doubling_error(dwu, dwu2), kAccTol);
     EXPECT_LE(doubling_error(dwd, dwd2), kAccTol);
+    // overwrite_dxe: dxe written whatever it held (training passes an unzeroed buffer)
+    Vec dxe3(R * C, std::numeric_limits<double>::quiet_NaN()), dwg3 = zeros(E * F * C), dwu3 = zeros(E * F * C),
+        dwd3 = zeros(E * C * F);
+    ops::moe_ffn_backward(dxe3.data(), swiglu ? dwg3.data() : nullptr, dwu3.data(), dwd3.data(), dact.data(),
+                          dhg.data(), dhu.data(), g.data(), xe.data(), hg.data(), hu.data(), a.data(),
+                          swiglu ? wg.data() : nullptr, wu.data(), wd.data(), off.data(), E, C, F, act, nullptr, true);
+    EXPECT_EQ(dxe3, dxe) << tag;
 }
 
 TEST(GradOps, MoeFfnSwigluRagged) { moe_ffn_case({3, 0, 1, 4}, Activation::swiglu, 13); }

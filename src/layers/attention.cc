@@ -180,19 +180,19 @@ static void attention_backward_rows(AttentionScratch& s, const AttentionCache& c
     float* dk = s.dk + r0 * KD;
     float* dv = s.dv + r0 * KD;
     float* dxn = s.dxn + r0 * C;
-    std::memset(dy, 0, n * QD * sizeof(float));
+    // dq, dk, dv are accumulated by the attention backward; dy and dxn are written by their first
+    // GEMM (beta 0), so they need no zeroing
     std::memset(dq, 0, n * QD * sizeof(float));
     std::memset(dk, 0, n * KD * sizeof(float));
     std::memset(dv, 0, n * KD * sizeof(float));
-    std::memset(dxn, 0, n * C * sizeof(float));
-    // out = inp + y · W_o^T  =>  dy += dout · W_o
-    kernels::gemm_f32_b(false, n, QD, C, 1.f, dresid + r0 * C, C, pw[0], 1.f, dy, QD);  // (n, H*D)
+    // out = inp + y · W_o^T  =>  dy = dout · W_o
+    kernels::gemm_f32_b(false, n, QD, C, 1.f, dresid + r0 * C, C, pw[0], 0.f, dy, QD);  // (n, H*D)
     ops::attention_backward(dq, dk, dv, s.datt + b0 * d.H * T * T, dy, c.q + r0 * QD, c.k + r0 * KD, c.v + r0 * KD,
                             c.att + b0 * d.H * T * T, nb, T, d.H, d.Hkv, d.D);
     ops::rope_backward(dq, rope, nb, T, d.H, d.D);
     ops::rope_backward(dk, rope, nb, T, d.Hkv, d.D);
-    // q = xn · W_q^T (k, v likewise)  =>  dxn += dq · W_q + dk · W_k + dv · W_v
-    kernels::gemm_f32_b(false, n, C, QD, 1.f, dq, QD, pw[1], 1.f, dxn, C);  // (n, C)
+    // q = xn · W_q^T (k, v likewise)  =>  dxn = dq · W_q + dk · W_k + dv · W_v
+    kernels::gemm_f32_b(false, n, C, QD, 1.f, dq, QD, pw[1], 0.f, dxn, C);  // (n, C)
     kernels::gemm_f32_b(false, n, C, KD, 1.f, dk, KD, pw[2], 1.f, dxn, C);
     kernels::gemm_f32_b(false, n, C, KD, 1.f, dv, KD, pw[3], 1.f, dxn, C);
 }

@@ -183,10 +183,10 @@ void ffn_backward(float* dresid, LayerWeights& g, FfnScratch& s, const FfnCache&
     }
     {
         MOE_PROFILE_SCOPE("moe experts bwd");
-        parallel_zero(s.dxe, R * C * sizeof(float));
+        // dxe (R, C) is written, not accumulated: no zeroing pass
         ops::moe_ffn_backward(s.dxe, g.ffn_gate_exps, g.ffn_up_exps, g.ffn_down_exps, s.dact, s.dhg,
                               s.dhu, s.dye, c.xe, c.hg, c.hu, c.act, w.ffn_gate_exps, w.ffn_up_exps,
-                              w.ffn_down_exps, c.expert_offsets, E, C, F, m.activation, sink);
+                              w.ffn_down_exps, c.expert_offsets, E, C, F, m.activation, sink, true);
     }
     MOE_PROFILE_SCOPE("moe route+gather bwd");
     std::memset(s.dlogits, 0, N * E * sizeof(float));

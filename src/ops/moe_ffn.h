@@ -220,7 +220,8 @@ struct ExpertGradSink {
 };
 
 // Accumulates dxe (R, C), dw_gate, dw_up (E, F, C), dw_down (E, C, F) (the weight gradients go to
-// `sink` instead when one is given).
+// `sink` instead when one is given). With overwrite_dxe, dxe is written instead of added to (every
+// row of it belongs to one expert's block), so the caller need not zero it first.
 // dact, dhg, dhu (R, F) are scratch (overwritten; ReLU uses dact alone). hu is read only for
 // SwiGLU (the ReLU forward keeps just act).
 template <class T>
@@ -228,7 +229,7 @@ void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg,
                       const T* dye, const T* xe, const T* hg, const T* hu, const T* act,
                       const T* w_gate, const T* w_up, const T* w_down, const int32_t* expert_offsets,
                       int64_t E, int64_t C, int64_t F, Activation activation,
-                      const ExpertGradSink* sink = nullptr) {
+                      const ExpertGradSink* sink = nullptr, bool overwrite_dxe = false) {
     const bool swiglu = activation == Activation::swiglu;
     T* const dup = swiglu ? dhu : dact;  // gradient of the up projection's output (ReLU: in place in dact)
     // 1) row blocks: activation gradients and dxe
@@ -265,7 +266,8 @@ void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg,
             }
         });
         // hu = xe · w_up^T ; hg = xe · w_gate^T
-        expert_gemm<T>(false, rows, C, F, dup + o, F, pb ? pb + 1 : nullptr, false, w_up + e * F * C, C, T(1), dxe + r0 * C, C);  // [rows, C]
+        expert_gemm<T>(false, rows, C, F, dup + o, F, pb ? pb + 1 : nullptr, false, w_up + e * F * C, C,
+                       overwrite_dxe ? T(0) : T(1), dxe + r0 * C, C);  // [rows, C]
         if (swiglu)
             expert_gemm<T>(false, rows, C, F, dhg + o, F, pb ? pb + 2 : nullptr, false, w_gate + e * F * C, C, T(1), dxe + r0 * C, C);
     });
