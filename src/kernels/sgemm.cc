@@ -283,6 +283,30 @@ MOE_BF16_TARGET inline void bf16_row_words(uint32_t* dst, const float* s, int64_
                                  bf16_run(s + k, std::min<int64_t>(32, kc - k)));
 }
 
+// r[i] = column i of the 16 x 16 matrix of 32-bit words whose rows are r[0..15] (in registers:
+// 32-bit, then 64-bit interleaves within 128-bit lanes, then two rounds of 128-bit lane shuffles).
+MOE_BF16_TARGET inline void transpose16x16_words(__m512i (&r)[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {  // u[4g + e], 128-bit lane l: rows 4g..4g+3 of word 4l + e
+        u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int e = 0; e < 4; ++e) {
+        const __m512i a = _mm512_shuffle_i32x4(u[e], u[4 + e], 0x88), b = _mm512_shuffle_i32x4(u[e], u[4 + e], 0xdd);
+        const __m512i c = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0x88), d = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0xdd);
+        r[e] = _mm512_shuffle_i32x4(a, c, 0x88);
+        r[4 + e] = _mm512_shuffle_i32x4(b, d, 0x88);
+        r[8 + e] = _mm512_shuffle_i32x4(a, c, 0xdd);
+        r[12 + e] = _mm512_shuffle_i32x4(b, d, 0xdd);
+    }
+}
+
 // op(B)[p0 : p0+kc, n0 : n0+nc] into panels of kNr columns: dst[panel][k/2][kNr] words, columns
 // past nc and the odd k tail zero.
 MOE_BF16_TARGET void Avx512Bf16::pack_b(uint32_t* dst, const BSource& src, int64_t p0, int64_t kc, int64_t n0,
@@ -305,8 +329,20 @@ MOE_BF16_TARGET void Avx512Bf16::pack_b(uint32_t* dst, const BSource& src, int64
             }
             continue;
         }
-        // op(B) column n is stored row n, contiguous in k: its words (columns past w zero), then a
-        // transpose in 8 x 8 blocks of words
+        // op(B) column n is stored row n, contiguous in k
+        if (w == kNr && kc % 32 == 0) {
+            // whole panel, k in runs of 32: 16 columns x 16 k pairs rounded and transposed in
+            // registers (the words of a stored row are its consecutive k pairs)
+            for (int64_t nb = 0; nb < kNr; nb += 16)
+                for (int64_t pb = 0; pb < kp; pb += 16) {
+                    __m512i v[16];
+                    for (int r = 0; r < 16; ++r) v[r] = bf16_run(src.B + (n0 + j + nb + r) * src.ldb + p0 + 2 * pb, 32);
+                    transpose16x16_words(v);
+                    for (int q = 0; q < 16; ++q) _mm512_storeu_si512(d + (pb + q) * kNr + nb, v[q]);
+                }
+            continue;
+        }
+        // else: its words (columns past w zero), then a transpose in 8 x 8 blocks of words
         uint32_t* t = reinterpret_cast<uint32_t*>(rows_tmp);  // [kNr][kp]
         for (int64_t n = 0; n < w; ++n) bf16_row_words(t + n * kp, src.B + (n0 + j + n) * src.ldb + p0, kc);
         std::fill(t + w * kp, t + kNr * kp, 0u);
