@@ -379,8 +379,20 @@ MOE_BF16_TARGET void Avx512Bf16::pack_a(uint32_t* dst, const float* A, int64_t l
             }
             continue;
         }
-        // op(A) row r is stored row r, contiguous in k: its words (rows past h zero), then a
-        // transpose in 8 x 8 blocks of words. Rows 8..15 go first: each of their 8-word stores
+        // op(A) row r is stored row r, contiguous in k
+        if (kc % 32 == 0) {
+            // k in runs of 32: the panel's rows (16 with the zero rows past h and kMr) rounded and
+            // transposed 16 x 16 words in registers, 12 words stored per k pair
+            for (int64_t pb = 0; pb < kp; pb += 16) {
+                __m512i v[16];
+                for (int r = 0; r < 16; ++r)
+                    v[r] = r < h ? bf16_run(A + (m0 + i + r) * lda + p0 + 2 * pb, 32) : _mm512_setzero_si512();
+                transpose16x16_words(v);
+                for (int q = 0; q < 16; ++q) _mm512_mask_storeu_epi32(d + (pb + q) * kMr, lanes(kMr), v[q]);
+            }
+            continue;
+        }
+        // else: its words (rows past h zero), then a transpose in 8 x 8 blocks of words. Rows 8..15 go first: each of their 8-word stores
         // spills 4 words into the next k pair's rows 0..3, which the rows 0..7 block then writes
         // (the last spill lands past the panel: the next panel or the buffer's slack).
         for (int64_t r = 0; r < h; ++r) bf16_row_words(t[r], A + (m0 + i + r) * lda + p0, kc);
