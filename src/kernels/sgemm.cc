@@ -307,6 +307,13 @@ MOE_BF16_TARGET inline void transpose16x16_words(__m512i (&r)[16]) {
     }
 }
 
+// v[q] = the words of k pair q (0..15) of 16 stored rows that run along k (row r at s + r * ld, 32
+// floats each; the rows from `rows` on read as zero): rounded and transposed in registers.
+MOE_BF16_TARGET inline void pair_columns16(__m512i (&v)[16], const float* s, int64_t ld, int64_t rows) {
+    for (int r = 0; r < 16; ++r) v[r] = r < rows ? bf16_run(s + r * ld, 32) : _mm512_setzero_si512();
+    transpose16x16_words(v);
+}
+
 // op(B)[p0 : p0+kc, n0 : n0+nc] into panels of kNr columns: dst[panel][k/2][kNr] words, columns
 // past nc and the odd k tail zero.
 MOE_BF16_TARGET void Avx512Bf16::pack_b(uint32_t* dst, const BSource& src, int64_t p0, int64_t kc, int64_t n0,
@@ -331,13 +338,11 @@ MOE_BF16_TARGET void Avx512Bf16::pack_b(uint32_t* dst, const BSource& src, int64
         }
         // op(B) column n is stored row n, contiguous in k
         if (w == kNr && kc % 32 == 0) {
-            // whole panel, k in runs of 32: 16 columns x 16 k pairs rounded and transposed in
-            // registers (the words of a stored row are its consecutive k pairs)
+            // whole panel, k in runs of 32: 16 columns x 16 k pairs at a time
             for (int64_t nb = 0; nb < kNr; nb += 16)
                 for (int64_t pb = 0; pb < kp; pb += 16) {
                     __m512i v[16];
-                    for (int r = 0; r < 16; ++r) v[r] = bf16_run(src.B + (n0 + j + nb + r) * src.ldb + p0 + 2 * pb, 32);
-                    transpose16x16_words(v);
+                    pair_columns16(v, src.B + (n0 + j + nb) * src.ldb + p0 + 2 * pb, src.ldb, 16);
                     for (int q = 0; q < 16; ++q) _mm512_storeu_si512(d + (pb + q) * kNr + nb, v[q]);
                 }
             continue;
@@ -381,20 +386,19 @@ MOE_BF16_TARGET void Avx512Bf16::pack_a(uint32_t* dst, const float* A, int64_t l
         }
         // op(A) row r is stored row r, contiguous in k
         if (kc % 32 == 0) {
-            // k in runs of 32: the panel's rows (16 with the zero rows past h and kMr) rounded and
-            // transposed 16 x 16 words in registers, 12 words stored per k pair
+            // k in runs of 32: the panel's h rows (zero rows after them) 16 k pairs at a time, 12
+            // words stored per k pair
             for (int64_t pb = 0; pb < kp; pb += 16) {
                 __m512i v[16];
-                for (int r = 0; r < 16; ++r)
-                    v[r] = r < h ? bf16_run(A + (m0 + i + r) * lda + p0 + 2 * pb, 32) : _mm512_setzero_si512();
-                transpose16x16_words(v);
+                pair_columns16(v, A + (m0 + i) * lda + p0 + 2 * pb, lda, h);
                 for (int q = 0; q < 16; ++q) _mm512_mask_storeu_epi32(d + (pb + q) * kMr, lanes(kMr), v[q]);
             }
             continue;
         }
-        // else: its words (rows past h zero), then a transpose in 8 x 8 blocks of words. Rows 8..15 go first: each of their 8-word stores
-        // spills 4 words into the next k pair's rows 0..3, which the rows 0..7 block then writes
-        // (the last spill lands past the panel: the next panel or the buffer's slack).
+        // else: its words (rows past h zero), then a transpose in 8 x 8 blocks of words. Rows 8..15
+        // go first: each of their 8-word stores spills 4 words into the next k pair's rows 0..3,
+        // which the rows 0..7 block then writes (the last spill lands past the panel: the next
+        // panel or the buffer's slack).
         for (int64_t r = 0; r < h; ++r) bf16_row_words(t[r], A + (m0 + i + r) * lda + p0, kc);
         for (int64_t r = h; r < kMr; ++r) std::fill(t[r], t[r] + kp, 0u);
         int64_t p = 0;

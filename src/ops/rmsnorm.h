@@ -1,6 +1,5 @@
 #pragma once
 // RMSNorm: out = x / sqrt(mean(x^2) + eps) * weight   (eps inside the sqrt, as HF Llama/Mixtral)
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -29,20 +28,13 @@ template <class T>
 void rmsnorm_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T* weight, const T* rstd,
                       int64_t N, int64_t C) {
     parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-        constexpr int64_t kMaxC = 4096;  // dxhat's row on the stack (C above it: in pieces)
-        T gw[kMaxC];
         for (int64_t n = n0; n < n1; ++n) {
             const T* x = inp + n * C;
             const T* g = dout + n * C;
             const T r = rstd[n];
             // xhat = x * r ; out = xhat * w ; dxhat = dout * w
-            T dot = 0;  // sum_c dxhat_c * xhat_c = r * sum_c dxhat_c * x_c
-            for (int64_t c0 = 0; c0 < C; c0 += kMaxC) {
-                const int64_t cn = std::min(kMaxC, C - c0);
-                for (int64_t c = 0; c < cn; ++c) gw[c] = g[c0 + c] * weight[c0 + c];
-                dot += kernels::dot_blocked(gw, x + c0, cn);
-            }
-            dot = dot * r / T(C);
+            // sum_c dxhat_c * xhat_c = r * sum_c dxhat_c * x_c
+            const T dot = kernels::sum_blocked<T>(C, [&](int64_t c) { return g[c] * weight[c] * x[c]; }) * r / T(C);
             T* dx = dinp + n * C;
             // dx = r * (dxhat - xhat * mean(dxhat * xhat))
             for (int64_t c = 0; c < C; ++c) dx[c] += r * (g[c] * weight[c] - x[c] * r * dot);
