@@ -1,29 +1,43 @@
 #pragma once
-// Small AVX2 building blocks shared by the kernels that inline them (exp.cc, sgemm.cc, qmatmul.cc,
-// attention_small.cc): the polynomial exp, horizontal sum and max, and the 8 x 8 transpose. Include
-// only from .cc files compiled for the portable baseline: each function carries its own target
-// attribute and must only be called after a run-time check for AVX2 + FMA.
+// Small SIMD building blocks shared by the kernels that inline them (exp.cc, sgemm.cc, qmatmul.cc,
+// attention_small.cc): the polynomial exp (and its constants, which the AVX-512 exp shares),
+// horizontal sum and max, the 8 x 8 transpose, and the 16-lane mask of AVX-512 tails. Include only
+// from .cc files compiled for the portable baseline: each function carries its own target attribute
+// and must only be called after a run-time check for AVX2 + FMA.
 #include <immintrin.h>
 
 #include <cstdint>
 
 namespace moe::kernels {
 
+// The first n of 16 lanes as an AVX-512 mask (n <= 0: none); plain integer code, callable anywhere.
+inline __mmask16 lanes16(int64_t n) { return (__mmask16)(n >= 16 ? 0xffff : n <= 0 ? 0 : (1u << n) - 1); }
+
+// The polynomial exp's constants, shared by exp256 and attention_small.cc's 16-lane exp512, so the
+// two compute the same function: a = n ln2 + r (ln2 in two parts for an exact n ln2), exp(r) =
+// 1 + r + r^2 (p5 + r (p4 + ... r p0)), the argument clamped to [kMin, kMax].
+namespace exp_poly {
+constexpr float kMax = 88.3762626647949f, kMin = -87.33654475f, kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f, kP3 = 4.1665795894e-2f,
+                kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
+}  // namespace exp_poly
+
 // exp(a) for a <= 88: a = n ln2 + r, |r| <= ln2/2; exp(r) by a degree-6 polynomial; 2^n through the
 // exponent bits. Arguments below -87.3 give 0-ish denormal-free results (clamped to exp(-87.3)).
 __attribute__((target("avx2,fma"))) inline __m256 exp256(__m256 a) {
-    const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.33654475f);
-    a = _mm256_max_ps(_mm256_min_ps(a, hi), lo);
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(a, _mm256_set1_ps(1.44269504088896341f)),
+    using namespace exp_poly;
+    a = _mm256_max_ps(_mm256_min_ps(a, _mm256_set1_ps(kMax)), _mm256_set1_ps(kMin));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(a, _mm256_set1_ps(kLog2e)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), a);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), a);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
+    __m256 p = _mm256_set1_ps(kP0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP5));
     const __m256 r2 = _mm256_mul_ps(r, r);
     const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.f));
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);

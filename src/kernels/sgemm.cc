@@ -257,8 +257,6 @@ MOE_BF16_TARGET inline __m512i bf16_pairs(__m512 lo, __m512 hi) {
     return _mm512_permutexvar_epi16(_mm512_load_si512(kInterleave), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
 }
 
-// The first n of 16 lanes (n <= 0: none).
-inline __mmask16 lanes(int64_t n) { return (__mmask16)(n >= 16 ? 0xffff : n <= 0 ? 0 : (1u << n) - 1); }
 
 // Words of (r0[i], r1[i]) for the first `m` lanes (the rest zero): two rows of op(X) along k, k + 1
 // paired lane by lane; without has_r1 (an odd k tail) the high halves are zero.
@@ -268,7 +266,7 @@ MOE_BF16_TARGET inline __m512i bf16_pair_rows(const float* r0, const float* r1, 
 
 // n contiguous floats (n <= 32, the rest zero) as 16 words of consecutive bf16 pairs.
 MOE_BF16_TARGET inline __m512i bf16_run(const float* s, int64_t n) {
-    const __m512 lo = _mm512_maskz_loadu_ps(lanes(n), s), hi = _mm512_maskz_loadu_ps(lanes(n - 16), s + 16);
+    const __m512 lo = _mm512_maskz_loadu_ps(lanes16(n), s), hi = _mm512_maskz_loadu_ps(lanes16(n - 16), s + 16);
     if (__builtin_expect(!any_denormal(lo, hi), 1)) return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // in order
     const __m512i a = _mm512_srli_epi32(bf16_round_hi(_mm512_castps_si512(lo)), 16);
     const __m512i b = _mm512_srli_epi32(bf16_round_hi(_mm512_castps_si512(hi)), 16);
@@ -279,7 +277,7 @@ MOE_BF16_TARGET inline __m512i bf16_run(const float* s, int64_t n) {
 // A run of kc floats (a row of op(X) along k) as kstride(kc) words; the odd tail's high half zero.
 MOE_BF16_TARGET inline void bf16_row_words(uint32_t* dst, const float* s, int64_t kc) {
     for (int64_t k = 0; k < kc; k += 32)
-        _mm512_mask_storeu_epi32(dst + k / 2, lanes((std::min<int64_t>(32, kc - k) + 1) / 2),
+        _mm512_mask_storeu_epi32(dst + k / 2, lanes16((std::min<int64_t>(32, kc - k) + 1) / 2),
                                  bf16_run(s + k, std::min<int64_t>(32, kc - k)));
 }
 
@@ -327,7 +325,7 @@ MOE_BF16_TARGET void Avx512Bf16::pack_b(uint32_t* dst, const BSource& src, int64
             // op(B) rows k and k + 1 are stored rows: their 32 columns pair up lane by lane
             const int64_t ldb = src.ldb;
             const float* s = src.B + p0 * ldb + n0 + j;
-            const __mmask16 m0 = lanes(w), m1 = lanes(w - 16);
+            const __mmask16 m0 = lanes16(w), m1 = lanes16(w - 16);
             for (int64_t p = 0; p < kp; ++p) {
                 const float* r0 = s + 2 * p * ldb;
                 const bool has_hi = 2 * p + 1 < kc;
@@ -377,10 +375,10 @@ MOE_BF16_TARGET void Avx512Bf16::pack_a(uint32_t* dst, const float* A, int64_t l
         if (trans_a) {
             // op(A) columns k and k + 1 are stored rows: h contiguous floats each
             const float* s = A + p0 * lda + m0 + i;
-            const __mmask16 m = lanes(h);
+            const __mmask16 m = lanes16(h);
             for (int64_t p = 0; p < kp; ++p) {
                 const float* r0 = s + 2 * p * lda;
-                _mm512_mask_storeu_epi32(d + p * kMr, lanes(kMr), bf16_pair_rows(r0, r0 + lda, 2 * p + 1 < kc, m));
+                _mm512_mask_storeu_epi32(d + p * kMr, lanes16(kMr), bf16_pair_rows(r0, r0 + lda, 2 * p + 1 < kc, m));
             }
             continue;
         }
@@ -391,7 +389,7 @@ MOE_BF16_TARGET void Avx512Bf16::pack_a(uint32_t* dst, const float* A, int64_t l
             for (int64_t pb = 0; pb < kp; pb += 16) {
                 __m512i v[16];
                 pair_columns16(v, A + (m0 + i) * lda + p0 + 2 * pb, lda, h);
-                for (int q = 0; q < 16; ++q) _mm512_mask_storeu_epi32(d + (pb + q) * kMr, lanes(kMr), v[q]);
+                for (int q = 0; q < 16; ++q) _mm512_mask_storeu_epi32(d + (pb + q) * kMr, lanes16(kMr), v[q]);
             }
             continue;
         }
@@ -444,7 +442,7 @@ MOE_BF16_TARGET void bf16_micro(int64_t kc, const uint32_t* __restrict a, const 
     // the same arithmetic for whole and partial tiles (masks), so a value does not depend on where
     // its tile falls
     const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-    const __mmask16 m[2] = {lanes(nr), lanes(nr - 16)};
+    const __mmask16 m[2] = {lanes16(nr), lanes16(nr - 16)};
     for (int64_t r = 0; r < mr; ++r) {
         float* cr = c + r * ldc;
         for (int hh = 0; hh < 2; ++hh) {
