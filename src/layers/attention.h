@@ -4,7 +4,7 @@
 
 #include "layers/kv_cache.h"
 #include "layers/qweights.h"
-#include "model/params.h"
+#include "layers/weights.h"
 
 namespace moe::layers {
 

@@ -7,9 +7,9 @@
 #include <cstdint>
 #include <vector>
 
-#include "model/config.h"
+#include "layers/hparams.h"
 #include "layers/qweights.h"
-#include "model/params.h"
+#include "layers/weights.h"
 #include "ops/router_capacity.h"
 
 namespace moe::ops {

@@ -15,12 +15,6 @@ namespace moe {
 
 using nlohmann::json;
 
-bool ModelConfig::any_moe() const {
-    for (bool b : layer_moe)
-        if (b) return true;
-    return false;
-}
-
 namespace {
 
 // Reads the fields of one JSON object, remembering which were read; finish() rejects the rest.

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels/qmatmul.h"
+#include "layers/weights.h"
 #include "model/config.h"
 
 namespace moe {
@@ -34,31 +35,6 @@ private:
              bool trainable = true);
     std::vector<ParamInfo> params_;
     int64_t total_ = 0;
-};
-
-// Typed views of one flat buffer (parameters or gradients). Null where a layer has no such tensor.
-struct LayerWeights {
-    float* attn_norm = nullptr;      // (C)
-    float* attn_q = nullptr;         // (H*D, C)
-    float* attn_k = nullptr;         // (Hkv*D, C)
-    float* attn_v = nullptr;         // (Hkv*D, C)
-    float* attn_output = nullptr;    // (C, H*D)
-    float* attn_q_norm = nullptr;    // (H*D)    qk_norm only
-    float* attn_k_norm = nullptr;    // (Hkv*D)  qk_norm only
-    float* ffn_norm = nullptr;       // (C)
-    float* ffn_gate = nullptr;       // (F, C)   dense, swiglu only
-    float* ffn_up = nullptr;         // (F, C)   dense
-    float* ffn_down = nullptr;       // (C, F)   dense
-    float* ffn_gate_inp = nullptr;   // (E, C)   router
-    float* ffn_gate_inp_noise = nullptr;  // (E, C) noisy gating: W_noise
-    float* ffn_gate_bias = nullptr;  // (E)      aux-loss-free balancing bias (selection only, no gradient)
-    float* ffn_gate_exps = nullptr;  // (E, F, C) swiglu only
-    float* ffn_up_exps = nullptr;    // (E, F, C)
-    float* ffn_down_exps = nullptr;  // (E, C, F)
-    float* ffn_gate_inp_shexp = nullptr;  // (1, C) shared expert's sigmoid gate (shexp_gate only)
-    float* ffn_gate_shexp = nullptr;      // (Fs, C) shared expert, swiglu only
-    float* ffn_up_shexp = nullptr;        // (Fs, C)
-    float* ffn_down_shexp = nullptr;      // (C, Fs)
 };
 
 struct Weights {
