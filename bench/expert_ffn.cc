@@ -61,7 +61,8 @@ int main(int argc, char** argv) {
             const double t0 = moe::now_seconds();
             // ReLU: the gate and its buffers are not used (hg, hu, w_gate)
             moe::ops::moe_ffn_forward(ye.data(), unused.data(), unused.data(), act.data(), xe.data(), w_up.data(),
-                                      w_up.data(), w_down.data(), off.data(), E, C, F, moe::ops::Activation::relu);
+                                      w_up.data(), w_down.data(), {0, E, off.data()}, C, F,
+                                      moe::ops::Activation::relu);
             const double t = moe::now_seconds() - t0;
             best = std::min(best, t), total += t;
         }

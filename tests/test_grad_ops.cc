@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <mutex>
+#include <utility>
 #include <vector>
 
 #include "gradcheck.h"
@@ -347,17 +349,19 @@ TEST(GradOps, RouterWeights) {
     const std::vector<int32_t> topk = routing_with_drops(N, E, K, rng);
     auto fwd = [&](const Vec& p, Vec& out) {
         out.assign(N * K, 0);
-        ops::router_weights_forward(out.data(), p.data(), topk.data(), N, E, K);
+        ops::MoeRouteT<double> r = slots_route(N, E, K, topk.data(), out.data());
+        ops::router_weights_forward(r, p.data());
         return true;
     };
     Vec w(N * K);
-    ops::router_weights_forward(w.data(), logits.data(), topk.data(), N, E, K);
+    ops::MoeRouteT<double> route = slots_route(N, E, K, topk.data(), w.data());
+    ops::router_weights_forward(route, logits.data());
     for (int64_t k = 0; k < K; ++k) EXPECT_EQ(w[3 * K + k], 0.0);  // fully dropped token
     Vec dl = zeros(N * E);
-    ops::router_weights_backward(dl.data(), g.data(), w.data(), topk.data(), N, E, K);
+    ops::router_weights_backward(dl.data(), g.data(), route);
     EXPECT_GRAD_OK(check_grad(fwd, logits, g, dl), kTol, "router_weights dlogits");
     Vec dl2 = dl;
-    ops::router_weights_backward(dl2.data(), g.data(), w.data(), topk.data(), N, E, K);
+    ops::router_weights_backward(dl2.data(), g.data(), route);
     EXPECT_LE(doubling_error(dl, dl2), kAccTol);
 }
 
@@ -368,28 +372,38 @@ TEST(GradOps, MoeCombineAndGather) {
     Rng rng(12);
     const std::vector<int32_t> topk = routing_with_drops(N, E, K, rng);
     std::vector<int32_t> off(E + 1), row_token(N * K), row_slot(N * K), token_row(N * K);
-    const int64_t R = ops::moe_dispatch_build(off.data(), row_token.data(), row_slot.data(),
-                                              token_row.data(), topk.data(), N, E, K);
+    ops::MoeRouteT<double> route = slots_route(N, E, K, topk.data(), (const double*)nullptr);
+    route.expert_offsets = off.data(), route.row_token = row_token.data(), route.row_slot = row_slot.data();
+    route.token_row = token_row.data(), route.R_max = N * K;
+    const int64_t R = ops::moe_dispatch_build(route);
     ASSERT_EQ(R, N * K - 1 - 1 - K);
+    ASSERT_EQ(route.R, R);
 
     // combine: out (N, C) from ye (R, C) and topk_weight (N, K)
     Vec ye = randn(R * C, rng), tw = uniform(N * K, rng, 0.1, 1.0), g = randn(N * C, rng);
+    route.topk_weight = tw.data();
+    // the route with other combine weights
+    auto with_weights = [&](const Vec& w) {
+        ops::MoeRouteT<double> r = route;
+        r.topk_weight = const_cast<double*>(w.data());
+        return r;
+    };
     auto fwd_ye = [&](const Vec& p, Vec& out) {
         out.assign(N * C, 0);
-        ops::moe_combine_forward(out.data(), p.data(), tw.data(), token_row.data(), N, K, C);
+        ops::moe_combine_forward(out.data(), p.data(), route, C);
         return true;
     };
     auto fwd_w = [&](const Vec& p, Vec& out) {
         out.assign(N * C, 0);
-        ops::moe_combine_forward(out.data(), ye.data(), p.data(), token_row.data(), N, K, C);
+        ops::moe_combine_forward(out.data(), ye.data(), with_weights(p), C);
         return true;
     };
     Vec dye = zeros(R * C), dw = zeros(N * K);
-    ops::moe_combine_backward(dye.data(), dw.data(), g.data(), ye.data(), tw.data(), token_row.data(), N, K, C);
+    ops::moe_combine_backward(dye.data(), dw.data(), g.data(), ye.data(), route, C);
     EXPECT_GRAD_OK(check_grad(fwd_ye, ye, g, dye), kTol, "moe_combine dye");
     EXPECT_GRAD_OK(check_grad(fwd_w, tw, g, dw), kTol, "moe_combine dweight");
     Vec dye2 = dye, dw2 = dw;
-    ops::moe_combine_backward(dye2.data(), dw2.data(), g.data(), ye.data(), tw.data(), token_row.data(), N, K, C);
+    ops::moe_combine_backward(dye2.data(), dw2.data(), g.data(), ye.data(), route, C);
     EXPECT_LE(doubling_error(dye, dye2), kAccTol);
     EXPECT_LE(doubling_error(dw, dw2), kAccTol);
 
@@ -397,16 +411,16 @@ TEST(GradOps, MoeCombineAndGather) {
     const double s = 2.5;
     auto fwd_ye_s = [&](const Vec& p, Vec& out) {
         out.assign(N * C, 0);
-        ops::moe_combine_forward(out.data(), p.data(), tw.data(), token_row.data(), N, K, C, s);
+        ops::moe_combine_forward(out.data(), p.data(), route, C, s);
         return true;
     };
     auto fwd_w_s = [&](const Vec& p, Vec& out) {
         out.assign(N * C, 0);
-        ops::moe_combine_forward(out.data(), ye.data(), p.data(), token_row.data(), N, K, C, s);
+        ops::moe_combine_forward(out.data(), ye.data(), with_weights(p), C, s);
         return true;
     };
     Vec dye_s = zeros(R * C), dw_s = zeros(N * K);
-    ops::moe_combine_backward(dye_s.data(), dw_s.data(), g.data(), ye.data(), tw.data(), token_row.data(), N, K, C, s);
+    ops::moe_combine_backward(dye_s.data(), dw_s.data(), g.data(), ye.data(), route, C, s);
     EXPECT_GRAD_OK(check_grad(fwd_ye_s, ye, g, dye_s), kTol, "moe_combine dye, scaled");
     EXPECT_GRAD_OK(check_grad(fwd_w_s, tw, g, dw_s), kTol, "moe_combine dweight, scaled");
     EXPECT_NEAR(dw_s[0], s * dw[0], 1e-12 + 1e-12 * std::fabs(dw[0]));
@@ -415,15 +429,15 @@ TEST(GradOps, MoeCombineAndGather) {
     Vec x = randn(N * C, rng), ge = randn(R * C, rng);
     auto fwd_x = [&](const Vec& p, Vec& out) {
         out.assign(R * C, 0);
-        ops::moe_gather_forward(out.data(), p.data(), row_token.data(), R, C);
+        ops::moe_gather_forward(out.data(), p.data(), route, C);
         return true;
     };
     Vec dx = zeros(N * C);
-    ops::moe_gather_backward(dx.data(), ge.data(), token_row.data(), N, K, C);
+    ops::moe_gather_backward(dx.data(), ge.data(), route, C);
     EXPECT_GRAD_OK(check_grad(fwd_x, x, ge, dx), kTol, "moe_gather dx");
     for (int64_t c = 0; c < C; ++c) EXPECT_EQ(dx[3 * C + c], 0.0);  // the dropped token
     Vec dx2 = dx;
-    ops::moe_gather_backward(dx2.data(), ge.data(), token_row.data(), N, K, C);
+    ops::moe_gather_backward(dx2.data(), ge.data(), route, C);
     EXPECT_LE(doubling_error(dx, dx2), kAccTol);
 }
 
@@ -435,6 +449,7 @@ static void moe_ffn_case(const std::vector<int32_t>& counts, Activation act, uin
     std::vector<int32_t> off(E + 1, 0);
     for (int64_t e = 0; e < E; ++e) off[e + 1] = off[e] + counts[e];
     const int64_t R = off[E];
+    const ops::ExpertSegments all{0, E, off.data()};
     Rng rng(seed);
     Vec xe = randn(R * C, rng), wg = randn(E * F * C, rng, 0.7), wu = randn(E * F * C, rng, 0.7),
         wd = randn(E * C * F, rng, 0.7), g = randn(R * C, rng);
@@ -445,10 +460,10 @@ static void moe_ffn_case(const std::vector<int32_t>& counts, Activation act, uin
         Vec h_g(R * F), a_(R * F);
         h_u.assign(R * F, 0);
         ops::moe_ffn_forward(out.data(), h_g.data(), h_u.data(), a_.data(), x_.data(),
-                             swiglu ? wg_.data() : nullptr, wu_.data(), wd_.data(), off.data(), E, C, F, act);
+                             swiglu ? wg_.data() : nullptr, wu_.data(), wd_.data(), all, C, F, act);
     };
     ops::moe_ffn_forward(ye.data(), hg.data(), hu.data(), a.data(), xe.data(), swiglu ? wg.data() : nullptr,
-                         wu.data(), wd.data(), off.data(), E, C, F, act);
+                         wu.data(), wd.data(), all, C, F, act);
     auto same_signs = [&](const Vec& h) {
         if (swiglu) return true;
         for (int64_t i = 0; i < R * F; ++i)
@@ -459,7 +474,7 @@ static void moe_ffn_case(const std::vector<int32_t>& counts, Activation act, uin
     Vec dact(R * F), dhg(R * F), dhu(R * F);
     ops::moe_ffn_backward(dxe.data(), swiglu ? dwg.data() : nullptr, dwu.data(), dwd.data(), dact.data(),
                           dhg.data(), dhu.data(), g.data(), xe.data(), hg.data(), hu.data(), a.data(),
-                          swiglu ? wg.data() : nullptr, wu.data(), wd.data(), off.data(), E, C, F, act);
+                          swiglu ? wg.data() : nullptr, wu.data(), wd.data(), all, C, F, act);
     std::string tag = std::string("moe_ffn ") + (swiglu ? "swiglu" : "relu") + " counts";
     for (int32_t c : counts) tag += " " + std::to_string(c);
     auto fd = [&](int which) {
@@ -485,7 +500,7 @@ static void moe_ffn_case(const std::vector<int32_t>& counts, Activation act, uin
     Vec dxe2 = dxe, dwg2 = dwg, dwu2 = dwu, dwd2 = dwd;
     ops::moe_ffn_backward(dxe2.data(), swiglu ? dwg2.data() : nullptr, dwu2.data(), dwd2.data(), dact.data(),
                           dhg.data(), dhu.data(), g.data(), xe.data(), hg.data(), hu.data(), a.data(),
-                          swiglu ? wg.data() : nullptr, wu.data(), wd.data(), off.data(), E, C, F, act);
+                          swiglu ? wg.data() : nullptr, wu.data(), wd.data(), all, C, F, act);
     EXPECT_LE(doubling_error(dxe, dxe2), kAccTol);
     if (swiglu) {
         EXPECT_LE(doubling_error(dwg, dwg2), kAccTol);
@@ -497,7 +512,7 @@ static void moe_ffn_case(const std::vector<int32_t>& counts, Activation act, uin
         dwd3 = zeros(E * C * F);
     ops::moe_ffn_backward(dxe3.data(), swiglu ? dwg3.data() : nullptr, dwu3.data(), dwd3.data(), dact.data(),
                           dhg.data(), dhu.data(), g.data(), xe.data(), hg.data(), hu.data(), a.data(),
-                          swiglu ? wg.data() : nullptr, wu.data(), wd.data(), off.data(), E, C, F, act, nullptr, true);
+                          swiglu ? wg.data() : nullptr, wu.data(), wd.data(), all, C, F, act, nullptr, true);
     EXPECT_EQ(dxe3, dxe) << tag;
 }
 
@@ -506,6 +521,81 @@ TEST(GradOps, MoeFfnSwigluOneExpertAllRows) { moe_ffn_case({0, 6, 0}, Activation
 TEST(GradOps, MoeFfnReluRagged) { moe_ffn_case({3, 0, 1, 4}, Activation::relu, 15); }
 TEST(GradOps, MoeFfnReluOneExpertAllRows) { moe_ffn_case({0, 6, 0}, Activation::relu, 16); }
 TEST(GradOps, DenseFfnAsOneExpert) { moe_ffn_case({7}, Activation::swiglu, 17); }
+
+// ExpertSegments: the experts split into two contiguous ranges, each run on its own with its slice
+// of the weight stacks and of the offsets (what one rank of an expert-parallel run would do), give
+// exactly the whole call's rows and weight gradients; and the ExpertGradSink's dst still names the
+// right expert's matrix inside the full gradient stack.
+TEST(GradOps, MoeFfnExpertSegments) {
+    const std::vector<int32_t> counts = {3, 0, 2, 4, 1};
+    const int64_t E = (int64_t)counts.size(), C = 4, F = 5, split = 2;
+    std::vector<int32_t> off(E + 1, 0);
+    for (int64_t e = 0; e < E; ++e) off[e + 1] = off[e] + counts[e];
+    const int64_t R = off[E];
+    // local expert 0 of the second range is global expert `split`: its offsets start at off[split]
+    const ops::ExpertSegments all{0, E, off.data()}, lo{0, split, off.data()},
+        hi{split, E - split, off.data() + split};
+    for (Activation act : {Activation::swiglu, Activation::relu}) {
+        SCOPED_TRACE(act == Activation::swiglu ? "swiglu" : "relu");
+        Rng rng(18);
+        Vec xe = randn(R * C, rng), wg = randn(E * F * C, rng, 0.7), wu = randn(E * F * C, rng, 0.7),
+            wd = randn(E * C * F, rng, 0.7), g = randn(R * C, rng);
+        // the whole call
+        Vec hg(R * F), hu(R * F), a(R * F), ye(R * C), dxe(R * C), dact(R * F), dhg(R * F), dhu(R * F);
+        Vec dwg = zeros(E * F * C), dwu = zeros(E * F * C), dwd = zeros(E * C * F);
+        ops::moe_ffn_forward(ye.data(), hg.data(), hu.data(), a.data(), xe.data(), wg.data(), wu.data(), wd.data(),
+                             all, C, F, act);
+        ops::moe_ffn_backward(dxe.data(), dwg.data(), dwu.data(), dwd.data(), dact.data(), dhg.data(), dhu.data(),
+                              g.data(), xe.data(), hg.data(), hu.data(), a.data(), wg.data(), wu.data(), wd.data(),
+                              all, C, F, act, nullptr, true);
+        // the two ranges, each with the slices of its experts
+        Vec shg(R * F), shu(R * F), sa(R * F), sye(R * C), sdxe(R * C);
+        Vec sdwg = zeros(E * F * C), sdwu = zeros(E * F * C), sdwd = zeros(E * C * F);
+        for (const ops::ExpertSegments& seg : {lo, hi}) {
+            const int64_t fc = seg.first_expert * F * C;  // = first_expert * C * F for w_down
+            ops::moe_ffn_forward(sye.data(), shg.data(), shu.data(), sa.data(), xe.data(), wg.data() + fc,
+                                 wu.data() + fc, wd.data() + fc, seg, C, F, act);
+            ops::moe_ffn_backward(sdxe.data(), sdwg.data() + fc, sdwu.data() + fc, sdwd.data() + fc, dact.data(),
+                                  dhg.data(), dhu.data(), g.data(), xe.data(), shg.data(), shu.data(), sa.data(),
+                                  wg.data() + fc, wu.data() + fc, wd.data() + fc, seg, C, F, act, nullptr, true);
+        }
+        EXPECT_EQ(sye, ye);
+        EXPECT_EQ(sa, a);
+        EXPECT_EQ(sdxe, dxe);
+        EXPECT_EQ(sdwg, dwg);
+        EXPECT_EQ(sdwu, dwu);
+        EXPECT_EQ(sdwd, dwd);
+
+        // float, through a sink: each call on the upper range reports its matrices at their place
+        // in the full stack (global experts split.., never an expert without rows)
+        std::vector<float> fxe(xe.begin(), xe.end()), fwg(wg.begin(), wg.end()), fwu(wu.begin(), wu.end()),
+            fwd(wd.begin(), wd.end()), fg(g.begin(), g.end());
+        std::vector<float> fhg(R * F), fhu(R * F), fa(R * F), fye(R * C), fdxe(R * C), fdact(R * F), fdhg(R * F),
+            fdhu(R * F), gw(E * F * C), gu(E * F * C), gd(E * C * F);
+        std::vector<std::pair<int, int64_t>> seen;  // (matrix: 0 gate, 1 up, 2 down; global expert)
+        std::mutex mu;                               // the sink runs on the worker threads
+        auto record = [&](float* dst, const float*, int64_t n) {
+            std::lock_guard<std::mutex> lock(mu);
+            for (int mtx = 0; mtx < 3; ++mtx) {
+                float* base = mtx == 0 ? gw.data() : mtx == 1 ? gu.data() : gd.data();
+                if (dst >= base && dst < base + E * F * C) seen.push_back({mtx, n == F * C ? (dst - base) / (F * C) : -1});
+            }
+        };
+        const ops::ExpertGradSink sink{record};
+        const int64_t fc = hi.first_expert * F * C;
+        ops::moe_ffn_forward(fye.data(), fhg.data(), fhu.data(), fa.data(), fxe.data(), fwg.data() + fc,
+                             fwu.data() + fc, fwd.data() + fc, hi, C, F, act);
+        ops::moe_ffn_backward(fdxe.data(), gw.data() + fc, gu.data() + fc, gd.data() + fc, fdact.data(), fdhg.data(),
+                              fdhu.data(), fg.data(), fxe.data(), fhg.data(), fhu.data(), fa.data(), fwg.data() + fc,
+                              fwu.data() + fc, fwd.data() + fc, hi, C, F, act, &sink, true);
+        std::sort(seen.begin(), seen.end());
+        std::vector<std::pair<int, int64_t>> want;
+        for (int mtx = act == Activation::swiglu ? 0 : 1; mtx < 3; ++mtx)
+            for (int64_t e = hi.first_expert; e < E; ++e)
+                if (counts[e] > 0) want.push_back({mtx, e});
+        EXPECT_EQ(seen, want);
+    }
+}
 
 // ---------------------------------------------------------------- the whole MoE FFN pipeline
 

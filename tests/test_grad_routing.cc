@@ -5,7 +5,8 @@
 //  - the combine weights over a rerouted / partly dropped assignment (routing held fixed);
 //  - the Switch load-balancing loss (dlogits; the loads f held fixed), the router z-loss;
 //  - the oracle moe_ref with noisy gating (dx, dw_router, dw_noise), and the whole MoE layer with
-//    the new router composed from the fast ops against the oracle (output and every gradient).
+//    the new router, through the layer's own functions (tests/moe_pipeline.h), against the oracle
+//    (output and every gradient).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,10 +14,10 @@
 #include <vector>
 
 #include "gradcheck.h"
+#include "layers/ffn.h"
+#include "moe_pipeline.h"
 #include "ops/balance_loss.h"
 #include "ops/linear.h"
-#include "ops/moe_dispatch.h"
-#include "ops/moe_ffn.h"
 #include "ops/moe_ref.h"
 #include "ops/noisy_gating.h"
 #include "ops/router.h"
@@ -79,7 +80,8 @@ TEST(GradRouting, NoisyGatingThroughRouterWeights) {
         ops::linear_forward(nl.data(), xx.data(), wnn.data(), N, C, E);
         ops::noisy_scores_forward(H.data(), logits.data(), nl.data(), eps.data(), N, E);
         if (route) ops::router_topk(routing.data(), H.data(), N, E, K);
-        ops::router_weights_forward(w.data(), H.data(), routing.data(), N, E, K);
+        ops::MoeRouteT<double> r = slots_route(N, E, K, routing.data(), w.data());
+        ops::router_weights_forward(r, H.data());
     };
     Vec w, logits, nl, H;
     forward(x, wg, wn, w, logits, nl, H, true);
@@ -90,7 +92,7 @@ TEST(GradRouting, NoisyGatingThroughRouterWeights) {
     // backward: dweight -> dH -> (dlogits, dnoise_logits) -> (dx, dW_g, dW_noise)
     Vec dH = zeros(N * E), dl = zeros(N * E), dnl = zeros(N * E);
     Vec dx = zeros(N * C), dwg = zeros(E * C), dwn = zeros(E * C);
-    ops::router_weights_backward(dH.data(), g.data(), w.data(), routing.data(), N, E, K);
+    ops::router_weights_backward(dH.data(), g.data(), slots_route(N, E, K, routing.data(), w.data()));
     ops::noisy_scores_backward(dl.data(), dnl.data(), dH.data(), nl.data(), eps.data(), N, E);
     ops::linear_backward(dx.data(), dwg.data(), dl.data(), x.data(), wg.data(), N, C, E);
     ops::linear_backward(dx.data(), dwn.data(), dnl.data(), x.data(), wn.data(), N, C, E);
@@ -127,12 +129,13 @@ TEST(GradRouting, RerouteCombineWeights) {
         }
         auto fwd = [&](const Vec& p, Vec& out) {
             out.assign(N * K, 0);
-            ops::router_weights_forward(out.data(), p.data(), ex.data(), N, E, K);
+            ops::MoeRouteT<double> r = slots_route(N, E, K, ex.data(), out.data());
+            ops::router_weights_forward(r, p.data());
             return true;
         };
         Vec w(N * K), ds = zeros(N * E);
         fwd(s, w);
-        ops::router_weights_backward(ds.data(), g.data(), w.data(), ex.data(), N, E, K);
+        ops::router_weights_backward(ds.data(), g.data(), slots_route(N, E, K, ex.data(), w.data()));
         const std::string what = rr ? "rerouted combine dscores" : "dropped combine dscores";
         EXPECT_GRAD_OK(check_grad(fwd, s, g, ds), kTol, what);
         // only the served experts' scores get a gradient
@@ -255,8 +258,10 @@ TEST(GradRouting, OracleWithNoisyGating) {
 
 }
 
-// The whole MoE layer with the new router composed from the fast ops, in double (what
-// layers/ffn.cc will do once integrated), against the oracle: routing, output and every gradient.
+// The whole MoE layer with the new router, through the layer's own functions in double
+// (layers::moe_forward / moe_backward of layers/ffn.cc, via tests/moe_pipeline.h: a training
+// forward with noisy gating, the selection bias and a capacity), against the oracle: routing,
+// output and every gradient.
 //   forward:  logits, noise_logits = linear; H = noisy_scores; sel = H + bias; router_assign(sel);
 //             router_weights(H); dispatch, gather, grouped FFN, combine
 //   backward: combine -> dweight; FFN; gather; router_weights_backward -> dH;
@@ -269,34 +274,29 @@ TEST(GradRouting, FastCompositionMatchesOracle) {
         wg = randn(E * F * C, rng, 0.6), wu = randn(E * F * C, rng, 0.6), wd = randn(E * C * F, rng, 0.6),
         g = randn(N * C, rng);
     for (int64_t c = 0; c < C; ++c) wr[c] += 0.8;  // expert 0 popular: overflow
+    // the noise of a training forward of layer 0 at step 8 with seed 5 (the layer draws the same)
+    layers::RouteContext ctx;
+    ctx.train = true, ctx.seed = 5, ctx.step = 8, ctx.layer = 0;
     Vec eps(N * E);
-    ops::noisy_gating_draw_eps(eps.data(), N, E, 5, 8, 0);
+    ops::noisy_gating_draw_eps(eps.data(), N, E, ctx.seed, ctx.step, ctx.layer);
     const std::vector<float> bias = {0.2f, 0.f, -0.3f, 0.1f, 0.f};
     for (auto policy : {OverflowPolicy::none, OverflowPolicy::drop, OverflowPolicy::reroute}) {
         SCOPED_TRACE(policy == OverflowPolicy::none ? "none" : policy == OverflowPolicy::drop ? "drop" : "reroute");
         const int64_t cap = ops::expert_capacity(1.0, N, E, K);
         // fast forward
-        Vec logits(N * E), nl(N * E), H(N * E), sel(N * E), w(N * K);
-        std::vector<int32_t> ex(N * K), offsets(E + 1), row_token(N * K), row_slot(N * K), token_row(N * K);
-        std::vector<int64_t> load(E);
-        ops::RouteStats st;
-        ops::linear_forward(logits.data(), x.data(), wr.data(), N, C, E);
-        ops::linear_forward(nl.data(), x.data(), wn.data(), N, C, E);
-        ops::noisy_scores_forward(H.data(), logits.data(), nl.data(), eps.data(), N, E);
-        ops::add_selection_bias(sel.data(), H.data(), bias.data(), N, E);
-        ops::router_assign(ex.data(), load.data(), &st, sel.data(), N, E, K, cap, policy);
-        ops::router_weights_forward(w.data(), H.data(), ex.data(), N, E, K);
-        const int64_t R = ops::moe_dispatch_build(offsets.data(), row_token.data(), row_slot.data(),
-                                                  token_row.data(), ex.data(), N, E, K);
-        EXPECT_EQ(R, N * K - st.dropped);
+        RouterConfig rc;
+        rc.noisy_gating = true, rc.bias_balance = true, rc.capacity_factor = 1.0, rc.overflow = policy;
+        MoePipeline<double> fast(N, C, E, K, F, act, rc, ctx);
+        fast.forward(x.data(), wr.data(), wg.data(), wu.data(), wd.data(), nullptr, wn.data(), bias.data());
+        ASSERT_TRUE(fast.c.noisy);
+        EXPECT_EQ(fast.eps, eps);
+        const std::vector<int32_t>& ex = fast.topk_expert;
+        const Vec &w = fast.topk_weight, &out = fast.out;
+        const ops::RouteStats st = fast.c.stats;
+        EXPECT_EQ(fast.R, N * K - st.dropped);
         if (policy == OverflowPolicy::reroute) {
             EXPECT_GT(st.rerouted, 0);
         }
-        Vec xe(R * C), hg(R * F), hu(R * F), a(R * F), ye(R * C), out(N * C);
-        ops::moe_gather_forward(xe.data(), x.data(), row_token.data(), R, C);
-        ops::moe_ffn_forward(ye.data(), hg.data(), hu.data(), a.data(), xe.data(), wg.data(), wu.data(),
-                             wd.data(), offsets.data(), E, C, F, act);
-        ops::moe_combine_forward(out.data(), ye.data(), w.data(), token_row.data(), N, K, C);
         // oracle
         ops::ref::RouterOptions<double> opt;
         opt.w_noise = wn.data();
@@ -312,19 +312,9 @@ TEST(GradRouting, FastCompositionMatchesOracle) {
         EXPECT_LE(max_rel_diff(w, rw), 1e-13);
         EXPECT_LE(max_rel_diff(out, rout), 1e-13);
         // fast backward
-        Vec dye = zeros(R * C), dweight = zeros(N * K), dxe = zeros(R * C), dact(R * F), dhg(R * F),
-            dhu(R * F), dH = zeros(N * E), dl = zeros(N * E), dnl = zeros(N * E);
         Vec dx = zeros(N * C), dwr = zeros(E * C), dwn = zeros(E * C), dwg = zeros(E * F * C),
             dwu = zeros(E * F * C), dwd = zeros(E * C * F);
-        ops::moe_combine_backward(dye.data(), dweight.data(), g.data(), ye.data(), w.data(), token_row.data(), N, K, C);
-        ops::moe_ffn_backward(dxe.data(), dwg.data(), dwu.data(), dwd.data(), dact.data(), dhg.data(),
-                              dhu.data(), dye.data(), xe.data(), hg.data(), hu.data(), a.data(), wg.data(),
-                              wu.data(), wd.data(), offsets.data(), E, C, F, act);
-        ops::moe_gather_backward(dx.data(), dxe.data(), token_row.data(), N, K, C);
-        ops::router_weights_backward(dH.data(), dweight.data(), w.data(), ex.data(), N, E, K);
-        ops::noisy_scores_backward(dl.data(), dnl.data(), dH.data(), nl.data(), eps.data(), N, E);
-        ops::linear_backward(dx.data(), dwr.data(), dl.data(), x.data(), wr.data(), N, C, E);
-        ops::linear_backward(dx.data(), dwn.data(), dnl.data(), x.data(), wn.data(), N, C, E);
+        fast.backward(dx.data(), dwr.data(), dwg.data(), dwu.data(), dwd.data(), g.data(), dwn.data());
         // oracle backward
         Vec rx = zeros(N * C), rwr = zeros(E * C), rwn = zeros(E * C), rwg = zeros(E * F * C),
             rwu = zeros(E * F * C), rwd = zeros(E * C * F);

@@ -101,9 +101,10 @@ void compare_layer(const Case& cs) {
         act(RM * F), ye(RM * C);
     std::vector<int32_t> topk_expert(N * K), offsets(E + 1), row_token(RM), row_slot(RM), token_row(N * K);
     layers::FfnCache c;
-    c.xn = xn.data(), c.rstd = rstd.data(), c.logits = logits.data(), c.topk_expert = topk_expert.data();
-    c.topk_weight = topk_weight.data(), c.expert_offsets = offsets.data(), c.row_token = row_token.data();
-    c.row_slot = row_slot.data(), c.token_row = token_row.data(), c.xe = xe.data(), c.hg = hg.data();
+    c.xn = xn.data(), c.rstd = rstd.data(), c.logits = logits.data(), c.route.topk_expert = topk_expert.data();
+    c.route.topk_weight = topk_weight.data(), c.route.expert_offsets = offsets.data();
+    c.route.row_token = row_token.data(), c.route.row_slot = row_slot.data(), c.route.token_row = token_row.data();
+    c.route.R_max = RM, c.xe = xe.data(), c.hg = hg.data();
     c.hu = hu.data(), c.act = act.data(), c.ye = ye.data();
     FVec probs(N * E), scores(N * E), sel(N * E), lse(N);
     std::vector<int64_t> load(E);

@@ -1,6 +1,6 @@
 // Fast kernels against their naive reference twins:
-//  - the fast float MoE pipeline (ops composed as in layers/ffn.cc, GEMMs on oneDNN) against the
-//    slow per-token oracle ops/moe_ref.h, forward and every gradient;
+//  - the fast float MoE pipeline (layers::moe_forward / moe_backward of layers/ffn.cc, GEMMs on
+//    oneDNN) against the slow per-token oracle ops/moe_ref.h, forward and every gradient;
 //  - the oracle itself by central finite differences in double;
 //  - router_topk against the oracle's independent top-K (sort by (-logit, index)), ties included;
 //  - kernels::gemm_f32 (oneDNN) against kernels::gemm_ref<float>.

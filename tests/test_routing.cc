@@ -19,6 +19,7 @@
 #include "core/parallel.h"
 #include "core/rng.h"
 #include "gradcheck.h"
+#include "moe_pipeline.h"
 #include "ops/balance_loss.h"
 #include "ops/linear.h"
 #include "ops/moe_ref.h"
@@ -344,13 +345,13 @@ void topk_on_probs_vs_logits(uint64_t seed, bool ties) {
     Rng rng(seed);
     std::vector<T> logits(N * E), probs(N * E);
     for (auto& l : logits) l = ties ? (T)((double)rng.below(8) / 4.0) : (T)(3 * rng.normal());
-    std::vector<int64_t> load(E, 0);
-    ops::switch_loss_forward(probs.data(), logits.data(), load.data(), N, E, 2, 1.0);  // full softmax
+    ops::router_softmax(probs.data(), logits.data(), N, E);  // full softmax
     for (int64_t K : {1, 2, 3, 8}) {
         I32 ex_l(N * K), ex_p(N * K);
         std::vector<T> w_l(N * K), w_p(N * K);
         ops::router_topk(ex_l.data(), logits.data(), N, E, K);
-        ops::router_weights_forward(w_l.data(), logits.data(), ex_l.data(), N, E, K);
+        ops::MoeRouteT<T> r_l = slots_route(N, E, K, ex_l.data(), w_l.data());
+        ops::router_weights_forward(r_l, logits.data());
         ops::router_topk(ex_p.data(), probs.data(), N, E, K);
         for (int64_t n = 0; n < N; ++n) {
             T sum = 0;
@@ -464,12 +465,14 @@ TEST(BalanceLoss, AuxFreeBiasSelectsOnlyAndBalances) {
     EXPECT_GT(first_share, 3.0);
     EXPECT_LT(last_share, 1.3);
     // the combine weights come from the clean scores: softmax over the chosen clean logits
-    ops::router_weights_forward(w_clean.data(), logits.data(), ex.data(), N, E, K);
+    ops::MoeRouteT<float> r_clean = slots_route(N, E, K, ex.data(), w_clean.data());
+    ops::router_weights_forward(r_clean, logits.data());
     for (int64_t n = 0; n < N; ++n) {
         const float a = logits[n * E + ex[n * K]], b = logits[n * E + ex[n * K + 1]];
         ASSERT_NEAR(w_clean[n * K], 1.f / (1.f + std::exp(b - a)), 1e-6f);
     }
-    ops::router_weights_forward(w_sel.data(), sel.data(), ex.data(), N, E, K);
+    ops::MoeRouteT<float> r_sel = slots_route(N, E, K, ex.data(), w_sel.data());
+    ops::router_weights_forward(r_sel, sel.data());
     EXPECT_GT(max_rel_diff(w_sel, w_clean), 1e-3);  // (using the biased scores would differ)
     std::printf("  [aux-free] max_share %.2f -> %.2f over 300 bias updates\n", first_share, last_share);
 }
@@ -546,7 +549,8 @@ TEST(Routing, FastRouterOpsMatchOracle) {
             ops::noisy_scores_forward(H.data(), logits.data(), nl.data(), eps.data(), N, E);
             ops::add_selection_bias(sel.data(), H.data(), bias.data(), N, E);
             ops::router_assign(ex.data(), load.data(), &st, sel.data(), N, E, K, cap, p);
-            ops::router_weights_forward(w.data(), H.data(), ex.data(), N, E, K);
+            ops::MoeRouteT<float> r = slots_route(N, E, K, ex.data(), w.data());
+            ops::router_weights_forward(r, H.data());
             if (p == OverflowPolicy::reroute && K > 1) {
                 EXPECT_GT(st.rerouted, 0);
             }

@@ -116,12 +116,13 @@ void Model::ensure_activations(int64_t B, int64_t T) {
                 f.probs = take_f(N * E);
                 f.lse = take_f(N);
                 f.expert_load = take_i64(E);
-                f.topk_expert = take_i(N * K);
-                f.topk_weight = take_f(N * K);
-                f.expert_offsets = take_i(E + 1);
-                f.row_token = take_i(N * K);
-                f.row_slot = take_i(N * K);
-                f.token_row = take_i(N * K);
+                f.route.topk_expert = take_i(N * K);
+                f.route.topk_weight = take_f(N * K);
+                f.route.expert_offsets = take_i(E + 1);
+                f.route.row_token = take_i(N * K);
+                f.route.row_slot = take_i(N * K);
+                f.route.token_row = take_i(N * K);
+                f.route.R_max = N * K;  // one process routes at most its own N*K slots
                 f.xe = take_f(N * K * C);
                 f.hg = take_f(N * K * Fe);
                 f.hu = take_f(N * K * Fe);
@@ -399,10 +400,10 @@ std::vector<Model::LayerRouting> Model::routing() const {
 std::vector<std::vector<int64_t>> Model::expert_load() const {
     std::vector<std::vector<int64_t>> out(cfg_.n_layer);
     for (int64_t l = 0; l < cfg_.n_layer; ++l) {
-        if (!cfg_.layer_moe[l] || ffn_.empty() || !ffn_[l].expert_offsets) continue;
+        if (!cfg_.layer_moe[l] || ffn_.empty() || !ffn_[l].route.expert_offsets) continue;
+        const int32_t* off = ffn_[l].route.expert_offsets;  // (E+1)
         out[l].resize(cfg_.n_expert);
-        for (int64_t e = 0; e < cfg_.n_expert; ++e)
-            out[l][e] = ffn_[l].expert_offsets[e + 1] - ffn_[l].expert_offsets[e];
+        for (int64_t e = 0; e < cfg_.n_expert; ++e) out[l][e] = off[e + 1] - off[e];
     }
     return out;
 }

@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "core/parallel.h"
+#include "ops/router.h"  // router_softmax
 
 namespace moe::ops {
 
@@ -36,21 +37,7 @@ namespace moe::ops {
 template <class T>
 double switch_loss_forward(T* probs, const T* logits, const int64_t* expert_load, int64_t N,
                            int64_t E, int64_t K, double coeff) {
-    parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
-        for (int64_t n = n0; n < n1; ++n) {
-            const T* l = logits + n * E;
-            T* p = probs + n * E;
-            T mx = l[0];
-            for (int64_t e = 1; e < E; ++e) mx = l[e] > mx ? l[e] : mx;
-            T sum = 0;
-            for (int64_t e = 0; e < E; ++e) {
-                p[e] = std::exp(l[e] - mx);
-                sum += p[e];
-            }
-            const T inv = T(1) / sum;
-            for (int64_t e = 0; e < E; ++e) p[e] *= inv;
-        }
-    });
+    router_softmax(probs, logits, N, E);  // p (N, E)
     // L = coeff E sum_i f_i (1/N) sum_n p[n, i] = coeff E / (N · N K) sum_n sum_i load_i p[n, i]
     double s = 0;
     for (int64_t n = 0; n < N; ++n)

@@ -1,28 +1,36 @@
 #pragma once
 // Grouping of routed (token, slot) pairs by expert, and the gather / weighted-scatter around the
-// grouped expert FFN. Shape letters: N tokens, K slots per token, E experts, C model dim,
-// R = number of routed rows (<= N*K; dropped slots have no row).
+// grouped expert FFN, all over one layer's route (ops/moe_route.h). Shape letters: N tokens,
+// K slots per token, E experts, C model dim, R = number of routed rows (<= N*K; dropped slots have
+// no row).
 #include <cstdint>
 #include <cstring>
 
+#include "core/error.h"
 #include "core/parallel.h"
 #include "kernels/dot.h"
+#include "ops/moe_route.h"
 
 namespace moe::ops {
 
 // Counting sort of the routed slots by expert; within an expert rows keep token order.
-//   expert_offsets (E+1): rows of expert e are [expert_offsets[e], expert_offsets[e+1])
-//   row_token (R), row_slot (R): the (token, slot) of each row
-//   token_row (N*K): the row of each (token, slot), -1 when the slot is dropped
-// Returns R.
-inline int64_t moe_dispatch_build(int32_t* expert_offsets, int32_t* row_token, int32_t* row_slot,
-                                  int32_t* token_row, const int32_t* topk_expert, int64_t N,
-                                  int64_t E, int64_t K) {
+// In: route.topk_expert (N, K), route.N, K, E. Out: route.expert_offsets (E+1) (rows of expert e
+// are [expert_offsets[e], expert_offsets[e+1])), route.row_token (R), route.row_slot (R) (the
+// (token, slot) of each row), route.token_row (N, K) (the row of each (token, slot), -1 when the
+// slot is dropped) and route.R. Returns R.
+template <class T>
+int64_t moe_dispatch_build(MoeRouteT<T>& route) {
+    const int64_t N = route.N, E = route.E, K = route.K;
+    const int32_t* topk_expert = route.topk_expert;  // (N, K)
+    int32_t* expert_offsets = route.expert_offsets;  // (E+1)
     for (int64_t e = 0; e <= E; ++e) expert_offsets[e] = 0;
     for (int64_t i = 0; i < N * K; ++i)
         if (topk_expert[i] >= 0) expert_offsets[topk_expert[i] + 1]++;
     for (int64_t e = 0; e < E; ++e) expert_offsets[e + 1] += expert_offsets[e];
     const int64_t R = expert_offsets[E];
+    // the routed-row buffers are planned for R_max rows: more is a sizing bug, not a user error
+    MOE_ASSERT(R <= route.R_max);
+    route.R = R;
     // cursor per expert: reuse row_slot's tail would alias; walk with a small local array instead
     int32_t cursor_small[256];
     int32_t* cursor = cursor_small;
@@ -33,30 +41,33 @@ inline int64_t moe_dispatch_build(int32_t* expert_offsets, int32_t* row_token, i
         for (int64_t k = 0; k < K; ++k) {
             const int32_t e = topk_expert[n * K + k];
             if (e < 0) {
-                token_row[n * K + k] = -1;
+                route.token_row[n * K + k] = -1;
                 continue;
             }
             const int32_t r = cursor[e]++;
-            row_token[r] = (int32_t)n;
-            row_slot[r] = (int32_t)k;
-            token_row[n * K + k] = r;
+            route.row_token[r] = (int32_t)n;
+            route.row_slot[r] = (int32_t)k;
+            route.token_row[n * K + k] = r;
         }
     delete[] cursor_big;
     return R;
 }
 
-// xe (R, C) = x (N, C)[row_token]
+// xe (R, C) = x (N, C)[route.row_token]
 template <class T>
-void moe_gather_forward(T* xe, const T* x, const int32_t* row_token, int64_t R, int64_t C) {
-    parallel_for(0, R, 64, [&](int64_t r0, int64_t r1) {
+void moe_gather_forward(T* xe, const T* x, const MoeRouteT<T>& route, int64_t C) {
+    const int32_t* row_token = route.row_token;  // (R)
+    parallel_for(0, route.R, 64, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) std::memcpy(xe + r * C, x + (int64_t)row_token[r] * C, C * sizeof(T));
     });
 }
 
 // dx (N, C) += sum over the token's rows of dxe (R, C). Per token, slot order: deterministic.
 template <class T>
-void moe_gather_backward(T* dx, const T* dxe, const int32_t* token_row, int64_t N, int64_t K, int64_t C) {
-    parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+void moe_gather_backward(T* dx, const T* dxe, const MoeRouteT<T>& route, int64_t C) {
+    const int64_t K = route.K;
+    const int32_t* token_row = route.token_row;  // (N, K)
+    parallel_for(0, route.N, 16, [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n)
             for (int64_t k = 0; k < K; ++k) {
                 const int32_t r = token_row[n * K + k];
@@ -72,9 +83,11 @@ void moe_gather_backward(T* dx, const T* dxe, const int32_t* token_row, int64_t 
 // whose every slot is dropped gets 0 and passes through the residual connection only). scale is
 // the router's routed_scale (DeepSeek's routed_scaling_factor; 1 for Mixtral).
 template <class T>
-void moe_combine_forward(T* out, const T* ye, const T* topk_weight, const int32_t* token_row,
-                         int64_t N, int64_t K, int64_t C, T scale = T(1)) {
-    parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+void moe_combine_forward(T* out, const T* ye, const MoeRouteT<T>& route, int64_t C, T scale = T(1)) {
+    const int64_t K = route.K;
+    const T* topk_weight = route.topk_weight;    // (N, K)
+    const int32_t* token_row = route.token_row;  // (N, K)
+    parallel_for(0, route.N, 16, [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
             T* o = out + n * C;
             for (int64_t c = 0; c < C; ++c) o[c] = 0;
@@ -89,11 +102,14 @@ void moe_combine_forward(T* out, const T* ye, const T* topk_weight, const int32_
     });
 }
 
-// Accumulates dye (R, C) and dweight (N, K).
+// Accumulates dye (R, C) and dweight (N, K) (the gradient of route.topk_weight) for dout (N, C).
 template <class T>
-void moe_combine_backward(T* dye, T* dweight, const T* dout, const T* ye, const T* topk_weight,
-                          const int32_t* token_row, int64_t N, int64_t K, int64_t C, T scale = T(1)) {
-    parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+void moe_combine_backward(T* dye, T* dweight, const T* dout, const T* ye, const MoeRouteT<T>& route,
+                          int64_t C, T scale = T(1)) {
+    const int64_t K = route.K;
+    const T* topk_weight = route.topk_weight;    // (N, K)
+    const int32_t* token_row = route.token_row;  // (N, K)
+    parallel_for(0, route.N, 16, [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
             const T* g = dout + n * C;
             for (int64_t k = 0; k < K; ++k) {

@@ -1,6 +1,7 @@
 #pragma once
 // Grouped expert FFN: rows grouped by expert (see moe_dispatch.h), one GEMM per expert and
-// projection. A dense FFN is the special case E = 1 with every token one row.
+// projection, over a run of experts described by ExpertSegments. A dense FFN is the special case of
+// one expert with every token one row.
 //
 //   hg = xe · w_gate[e]^T   (rows_e, F)      (SwiGLU only)
 //   hu = xe · w_up[e]^T     (rows_e, F)
@@ -20,6 +21,19 @@
 
 namespace moe::ops {
 
+// The experts one call of the grouped FFN runs, and where their rows are. Local expert i
+// (0 <= i < n_local) is global expert first_expert + i; its rows are [offsets[i], offsets[i+1]) of
+// xe / ye (and of every (R, ·) buffer), and the weight stacks passed with the segments hold these
+// n_local experts only (local expert 0 first). One process runs all of a layer's experts:
+// {0, E, route.expert_offsets}. A rank of an expert-parallel run would own a contiguous range
+// {first, n, offsets of the rows it received} with its slice of the stacks. The ops index
+// everything by the local i; first_expert only says which experts these are.
+struct ExpertSegments {
+    int64_t first_expert = 0;          // global index of local expert 0
+    int64_t n_local = 0;               // experts in this call
+    const int32_t* offsets = nullptr;  // (n_local+1) row offsets into xe / ye, non-decreasing
+};
+
 // Small experts: the grouped FFN is split into independent tasks handed to threads dynamically
 // (parallel_tasks): an expert's rows in blocks of at most kRowBlock rows (forward, and the dx half
 // of backward), and one task per expert weight gradient. Each task calls single-threaded GEMMs and
@@ -33,11 +47,12 @@ inline constexpr int64_t kRowBlock = 128;
 // blocking whole.
 inline constexpr double kSmallExpertFlops = 64e6;
 
-inline bool small_experts(const int32_t* expert_offsets, int64_t E, int64_t C, int64_t F) {
+inline bool small_experts(const ExpertSegments& seg, int64_t C, int64_t F) {
+    const int32_t* off = seg.offsets;
     int64_t used = 0;
-    for (int64_t e = 0; e < E; ++e) used += expert_offsets[e + 1] > expert_offsets[e];
+    for (int64_t e = 0; e < seg.n_local; ++e) used += off[e + 1] > off[e];
     if (used == 0) return true;
-    const double rows = (double)expert_offsets[E] / (double)used;
+    const double rows = (double)(off[seg.n_local] - off[0]) / (double)used;
     return 2.0 * rows * (double)C * (double)F < kSmallExpertFlops;
 }
 
@@ -70,18 +85,18 @@ void activation_forward(T* act, const T* hg, const T* hu, int64_t n, Activation 
 }
 
 struct FfnTask {
-    int32_t e;      // expert
+    int32_t e;      // local expert (index into ExpertSegments and the weight stacks)
     int32_t which;  // backward weight tasks: 0 = w_down, 1 = w_up, 2 = w_gate
     int64_t begin, end;
 };
 
 // Row blocks of each expert: [begin, end) rows of the grouped layout; blocks of at most
 // kRowBlock rows when `split`, else one block per expert.
-inline const std::vector<FfnTask>& ffn_row_tasks(const int32_t* expert_offsets, int64_t E, bool split) {
+inline const std::vector<FfnTask>& ffn_row_tasks(const ExpertSegments& seg, bool split) {
     thread_local std::vector<FfnTask> tasks;  // reused: no allocation once warm
     tasks.clear();
-    for (int64_t e = 0; e < E; ++e) {
-        const int64_t r0 = expert_offsets[e], rows = expert_offsets[e + 1] - r0;
+    for (int64_t e = 0; e < seg.n_local; ++e) {
+        const int64_t r0 = seg.offsets[e], rows = seg.offsets[e + 1] - r0;
         if (rows == 0) continue;
         const int64_t nb = split ? (rows + kRowBlock - 1) / kRowBlock : 1, per = (rows + nb - 1) / nb;
         for (int64_t b = r0; b < r0 + rows; b += per)
@@ -95,8 +110,8 @@ inline const std::vector<FfnTask>& ffn_row_tasks(const int32_t* expert_offsets, 
     return tasks;
 }
 
-// One weight matrix of every expert as the B of the row blocks' GEMMs: W (E, rows, cols) stacked
-// with `stride` floats per expert; op(B) (K, N) is W[e] or W[e]^T.
+// One weight matrix of every local expert as the B of the row blocks' GEMMs: W (n_local, rows, cols)
+// stacked with `stride` floats per expert; op(B) (K, N) is W[e] or W[e]^T.
 struct ExpertWeightUse {
     const float* w;
     int64_t stride;
@@ -106,7 +121,8 @@ struct ExpertWeightUse {
 
 // The experts whose rows run as two or more row blocks get `uses` packed once here (one task per
 // matrix), instead of once inside every block's GEMM: the result's [e * uses + u] is the PackedB
-// of expert e, use u (B as stored for the other experts, and where the float GEMM does not pack).
+// of local expert e (of E = n_local), use u (B as stored for the other experts, and where the float
+// GEMM does not pack).
 inline const kernels::PackedB* pack_expert_weights(const std::vector<FfnTask>& tasks, int64_t E,
                                                    std::initializer_list<ExpertWeightUse> uses) {
     thread_local kernels::PackedWeights packed;
@@ -138,13 +154,14 @@ void expert_gemm(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int6
 }
 
 // ye (R, C); hg, hu, act (R, F) saved for backward (ReLU: only act, computed in place);
-// xe (R, C); w_gate, w_up (E, F, C); w_down (E, C, F); expert_offsets (E+1)
+// xe (R, C); w_gate, w_up (E_local, F, C); w_down (E_local, C, F), E_local = seg.n_local.
+// Only the rows of seg's experts are read and written.
 template <class T>
 void moe_ffn_forward(T* ye, T* hg, T* hu, T* act, const T* xe, const T* w_gate, const T* w_up,
-                     const T* w_down, const int32_t* expert_offsets, int64_t E, int64_t C, int64_t F,
-                     Activation activation) {
-    const bool small = small_experts(expert_offsets, E, C, F);
-    const std::vector<FfnTask>& tasks = ffn_row_tasks(expert_offsets, E, small);
+                     const T* w_down, const ExpertSegments& seg, int64_t C, int64_t F, Activation activation) {
+    const int64_t E = seg.n_local;
+    const bool small = small_experts(seg, C, F);
+    const std::vector<FfnTask>& tasks = ffn_row_tasks(seg, small);
     const bool swiglu = activation == Activation::swiglu;
     // packed weights (float, small experts): [e * 3 + {0: up, 1: gate, 2: down}]
     const kernels::PackedB* packed = nullptr;
@@ -174,15 +191,17 @@ void moe_ffn_forward(T* ye, T* hg, T* hu, T* act, const T* xe, const T* w_gate, 
     });
 }
 
-// Inference twin of moe_ffn_forward with weights in any storage type: gate, up are (E*F, C) and
-// down (E*C, F) stacks; expert e is rows [e*F, (e+1)*F) (resp. [e*C, (e+1)*C)). Each expert's
-// weights are read once for all its rows (decode reads only the chosen experts).
+// Inference twin of moe_ffn_forward with weights in any storage type: gate, up are (E_local*F, C)
+// and down (E_local*C, F) stacks of seg's experts; local expert e is rows [e*F, (e+1)*F) (resp.
+// [e*C, (e+1)*C)). Each expert's weights are read once for all its rows (decode reads only the
+// chosen experts).
 inline void moe_ffn_forward_q(float* ye, float* hg, float* hu, float* act, const float* xe,
                               const kernels::QMatrix& w_gate, const kernels::QMatrix& w_up,
-                              const kernels::QMatrix& w_down, const int32_t* expert_offsets, int64_t E,
-                              int64_t C, int64_t F, Activation activation) {
-    const bool small = small_experts(expert_offsets, E, C, F);
-    const std::vector<FfnTask>& tasks = ffn_row_tasks(expert_offsets, E, small);
+                              const kernels::QMatrix& w_down, const ExpertSegments& seg, int64_t C,
+                              int64_t F, Activation activation) {
+    const int64_t E = seg.n_local;
+    const bool small = small_experts(seg, C, F);
+    const std::vector<FfnTask>& tasks = ffn_row_tasks(seg, small);
     if (tasks.size() == 1 && tasks[0].end - tasks[0].begin <= kernels::kGemvMaxN) {
         // decode through one expert (a dense FFN, or K = 1): up and gate read the same rows of x;
         // one parallel region over their output rows instead of one per matrix
@@ -219,22 +238,25 @@ struct ExpertGradSink {
     function_ref<void(float* dst, const float* grad, int64_t n)> fn;
 };
 
-// Accumulates dxe (R, C), dw_gate, dw_up (E, F, C), dw_down (E, C, F) (the weight gradients go to
-// `sink` instead when one is given). With overwrite_dxe, dxe is written instead of added to (every
-// row of it belongs to one expert's block), so the caller need not zero it first.
-// dact, dhg, dhu (R, F) are scratch (overwritten; ReLU uses dact alone). hu is read only for
-// SwiGLU (the ReLU forward keeps just act).
+// Accumulates dxe (R, C), dw_gate, dw_up (E_local, F, C), dw_down (E_local, C, F) (the weight
+// gradients go to `sink` instead when one is given; its dst points into these stacks, so a sink
+// that maps dst back to a parameter sees the same matrix whatever seg.first_expert is). With
+// overwrite_dxe, dxe is written instead of added to (every row of it belongs to one expert's
+// block), so the caller need not zero it first. dact, dhg, dhu (R, F) are scratch (overwritten;
+// ReLU uses dact alone). hu is read only for SwiGLU (the ReLU forward keeps just act).
 template <class T>
 void moe_ffn_backward(T* dxe, T* dw_gate, T* dw_up, T* dw_down, T* dact, T* dhg, T* dhu,
                       const T* dye, const T* xe, const T* hg, const T* hu, const T* act,
-                      const T* w_gate, const T* w_up, const T* w_down, const int32_t* expert_offsets,
-                      int64_t E, int64_t C, int64_t F, Activation activation,
+                      const T* w_gate, const T* w_up, const T* w_down, const ExpertSegments& seg,
+                      int64_t C, int64_t F, Activation activation,
                       const ExpertGradSink* sink = nullptr, bool overwrite_dxe = false) {
+    const int64_t E = seg.n_local;
+    const int32_t* expert_offsets = seg.offsets;  // (E_local+1)
     const bool swiglu = activation == Activation::swiglu;
     T* const dup = swiglu ? dhu : dact;  // gradient of the up projection's output (ReLU: in place in dact)
     // 1) row blocks: activation gradients and dxe
-    const bool small = small_experts(expert_offsets, E, C, F);
-    const std::vector<FfnTask>& rtasks = ffn_row_tasks(expert_offsets, E, small);
+    const bool small = small_experts(seg, C, F);
+    const std::vector<FfnTask>& rtasks = ffn_row_tasks(seg, small);
     // packed weights (float, small experts): [e * 3 + {0: down, 1: up, 2: gate}], op(B) = W
     const kernels::PackedB* packed = nullptr;
     if constexpr (std::is_same_v<T, float>) {

@@ -8,7 +8,7 @@
 //
 // H then replaces the logits in the router: top-K (router_topk, or router_assign with a capacity)
 // is taken on H (every other expert is treated as -inf) and the combine weights are the softmax
-// over the chosen H values (router_weights_forward(topk_weight, H, topk_expert, ...)). Backward:
+// over the chosen H values (router_weights_forward(route, H)). Backward:
 // router_weights_backward gives dH, noisy_scores_backward turns it into dlogits and
 // dnoise_logits, and linear_backward carries each into its weight (W_g, W_noise) and into dxn.
 // The noise is a training-time device: at evaluation / inference use the clean logits (equivalently

@@ -1,6 +1,6 @@
 #pragma once
-// MoE router: selection of the experts per token (not differentiable) and the combine weights
-// (differentiable with respect to the router logits).
+// MoE router: selection of the experts per token (not differentiable), the combine weights
+// (differentiable with respect to the router logits) and the full softmax over all E experts.
 //
 // Semantics (docs/conventions.md): top-K on fp32 logits, ties to the lower expert index; the
 // combine weights are a softmax over the logits of the experts that serve the token; every other
@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "core/parallel.h"
+#include "ops/moe_route.h"
 
 namespace moe::ops {
 
@@ -36,14 +37,39 @@ void router_topk(int32_t* topk_expert, const T* scores, int64_t N, int64_t E, in
     });
 }
 
-// topk_weight (N, K) = softmax over { logits[n, e] : e = topk_expert[n, k] >= 0 }; a slot with
-// expert -1 (dropped) gets weight 0.
+// probs (N, E) = softmax over all E of logits (N, E), per token: the router's full probabilities
+// (the Switch loss's P, the entropy telemetry, selection on probabilities). Not the combine
+// weights, which are a softmax over the chosen experts only (router_weights_forward).
 template <class T>
-void router_weights_forward(T* topk_weight, const T* logits, const int32_t* topk_expert, int64_t N,
-                            int64_t E, int64_t K) {
+void router_softmax(T* probs, const T* logits, int64_t N, int64_t E) {
     parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
             const T* l = logits + n * E;
+            T* p = probs + n * E;
+            T mx = l[0];
+            for (int64_t e = 1; e < E; ++e) mx = l[e] > mx ? l[e] : mx;
+            T sum = 0;
+            for (int64_t e = 0; e < E; ++e) {
+                p[e] = std::exp(l[e] - mx);
+                sum += p[e];
+            }
+            const T inv = T(1) / sum;
+            for (int64_t e = 0; e < E; ++e) p[e] *= inv;
+        }
+    });
+}
+
+// route.topk_weight (N, K) = softmax over { scores[n, e] : e = route.topk_expert[n, k] >= 0 }, with
+// scores (N, E) the router logits (or the noisy scores H); a slot with expert -1 (dropped) gets
+// weight 0. Reads route.N, E, K.
+template <class T>
+void router_weights_forward(MoeRouteT<T>& route, const T* scores) {
+    const int64_t E = route.E, K = route.K;
+    const int32_t* topk_expert = route.topk_expert;  // (N, K)
+    T* topk_weight = route.topk_weight;              // (N, K)
+    parallel_for(0, route.N, 64, [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n) {
+            const T* l = scores + n * E;
             const int32_t* ex = topk_expert + n * K;
             T* w = topk_weight + n * K;
             T mx = -std::numeric_limits<T>::infinity();
@@ -60,20 +86,21 @@ void router_weights_forward(T* topk_weight, const T* logits, const int32_t* topk
     });
 }
 
-// Accumulates dlogits (N, E) from dweight (N, K). Uses the forward output topk_weight.
+// Accumulates dscores (N, E) from dweight (N, K), the gradient of route.topk_weight. Uses the
+// forward's output route.topk_weight.
 template <class T>
-void router_weights_backward(T* dlogits, const T* dweight, const T* topk_weight,
-                             const int32_t* topk_expert, int64_t N, int64_t E, int64_t K) {
-    parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+void router_weights_backward(T* dscores, const T* dweight, const MoeRouteT<T>& route) {
+    const int64_t E = route.E, K = route.K;
+    parallel_for(0, route.N, 64, [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
-            const int32_t* ex = topk_expert + n * K;
-            const T* w = topk_weight + n * K;
+            const int32_t* ex = route.topk_expert + n * K;
+            const T* w = route.topk_weight + n * K;
             const T* dw = dweight + n * K;
             // w_k = exp(l_k) / sum_j exp(l_j)  =>  dl_k = w_k (dw_k - sum_j w_j dw_j)
             T dot = 0;
             for (int64_t k = 0; k < K; ++k)
                 if (ex[k] >= 0) dot += w[k] * dw[k];
-            T* dl = dlogits + n * E;
+            T* dl = dscores + n * E;
             for (int64_t k = 0; k < K; ++k)
                 if (ex[k] >= 0) dl[ex[k]] += w[k] * (dw[k] - dot);
         }

@@ -6,8 +6,8 @@
 // router_assign replaces router_topk when a capacity is in force. It is not differentiable (like
 // router_topk); the router learns through the combine weights, which are the softmax over the
 // scores of the experts that finally serve the token:
-//     router_assign(topk_expert, load, &stats, sel_scores, N, E, K, cap, policy);
-//     router_weights_forward(topk_weight, scores, topk_expert, N, E, K);
+//     router_assign(route.topk_expert, load, &stats, sel_scores, N, E, K, cap, policy);
+//     router_weights_forward(route, scores);      // route.topk_weight (ops/moe_route.h)
 // where sel_scores are the selection scores (the logits, the noisy scores H of noisy_gating.h, plus
 // the aux-loss-free bias of balance_loss.h if used) and scores are the same without the bias.
 // A dropped slot has expert -1: router_weights gives it weight 0, moe_dispatch_build gives it no

@@ -3,7 +3,7 @@
 // every value is a double computed in a fixed order, so it does not depend on the thread count.
 // Inputs: expert_load (E), the (token, slot) pairs routed to each expert (router_assign's
 // expert_load, or counted from topk_expert), probs (N, E) the full softmax over E of the clean
-// router logits (switch_loss_forward saves it), RouteStats of router_assign.
+// router logits (router_softmax; the MoE layer saves it), RouteStats of router_assign.
 //
 // Conventions for an empty batch (sum of loads = 0): max_share = 0, load_cv = 0, every expert dead.
 #include <cmath>

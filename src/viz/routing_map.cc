@@ -101,8 +101,8 @@ RoutingTrace trace_routing(Model& model, const Tokenizer& tok, const std::vector
         const layers::FfnCache* c = model.ffn_cache(l);
         if (!c) continue;
         tr.moe_layer[l] = true;
-        std::copy(c->topk_expert, c->topk_expert + tr.T * tr.K, tr.expert.begin() + l * tr.T * tr.K);
-        std::copy(c->topk_weight, c->topk_weight + tr.T * tr.K, tr.weight.begin() + l * tr.T * tr.K);
+        std::copy(c->route.topk_expert, c->route.topk_expert + tr.T * tr.K, tr.expert.begin() + l * tr.T * tr.K);
+        std::copy(c->route.topk_weight, c->route.topk_weight + tr.T * tr.K, tr.weight.begin() + l * tr.T * tr.K);
     }
     for (int32_t id : ids) tr.glyphs.push_back(token_glyph(tok, id));
     return tr;
