@@ -322,6 +322,7 @@ int main(int argc, char** argv) {
     std::signal(SIGXFSZ, SIG_IGN);
 
     try {
+        moe::apply_environment();
         if (app.got_subcommand(generate_cmd)) return cmd_generate(generate);
         if (app.got_subcommand(bench_cmd)) return cmd_bench(bench);
         if (app.got_subcommand(quantize_cmd)) return cmd_quantize(quantize);
