@@ -18,13 +18,13 @@ StopStrings::StopStrings(std::vector<std::string> stops) : stops_(std::move(stop
 std::string StopStrings::feed(std::string_view piece) {
     MOE_ASSERT(!stopped_);
     pending_ += piece;
-    // cut at a stop string
-    for (const auto& st : stops_) {
-        const size_t at = pending_.find(st);
-        if (at != std::string::npos) {
-            pending_.resize(at);
-            stopped_ = true;
-        }
+    // cut before the stop string that starts first (whatever the order of stops_: two may complete
+    // in the same piece, and the one found first may start later)
+    size_t cut = std::string::npos;
+    for (const auto& st : stops_) cut = std::min(cut, pending_.find(st));
+    if (cut != std::string::npos) {
+        pending_.resize(cut);
+        stopped_ = true;
     }
     // hold back the longest end of pending_ that is the start of a stop string
     size_t hold = 0;

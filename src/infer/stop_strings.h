@@ -17,8 +17,8 @@ public:
     explicit StopStrings(std::vector<std::string> stops);
 
     // Adds the next piece of text; returns the text now safe to release (possibly empty). Once
-    // a stop string has appeared, stopped() is true and what it returns ends before
-    // it; feed must not be called again.
+    // a stop string has appeared, stopped() is true and what it returns ends before the
+    // earliest one; feed must not be called again.
     std::string feed(std::string_view piece);
     bool stopped() const { return stopped_; }
 
