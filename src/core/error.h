@@ -1,20 +1,17 @@
 #pragma once
 // Two error tiers (docs/conventions.md):
 //  - MOE_ASSERT: programmer bugs. Prints file:line and aborts.
-//  - moe::error: user-facing problems (bad config, bad file, bad input). The message names the
-//    file/field/value. Caught only at the CLI / server boundary.
+//  - moe::error (include/moe/error.h): user-facing problems (bad config, bad file, bad input). The
+//    message names the file/field/value. Caught only at the CLI / server boundary.
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 
-namespace moe {
+#include <moe/error.h>  // class moe::error, part of the public API
 
-class error : public std::runtime_error {
-public:
-    explicit error(const std::string& msg) : std::runtime_error(msg) {}
-};
+namespace moe {
 
 namespace detail {
 inline void cat(std::ostringstream&) {}

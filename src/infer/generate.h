@@ -7,22 +7,11 @@
 #include <string>
 #include <vector>
 
+#include <moe/moe.h>  // SampleOptions, check_sample_options
+
 #include "model/model.h"
 
 namespace moe {
-
-struct SampleOptions {
-    int64_t max_tokens = 200;        // >= 1
-    double temperature = 1.0;        // 0 = greedy (argmax)
-    int64_t top_k = 0;               // keep the k most likely tokens (0 = all)
-    double top_p = 1.0;              // nucleus: the smallest set with probability >= top_p (1 = all)
-    double repetition_penalty = 1.0; // > 0; tokens already in the sequence: logit / p if > 0, * p if < 0
-    uint64_t seed = 0;
-};
-
-// Throws moe::error naming the option (prefix + "max-tokens", "temperature", "top-k", "top-p",
-// "repetition-penalty"; the CLI passes "--") when a value is out of range.
-void check_sample_options(const SampleOptions& opt, const char* prefix = "");
 
 // Picks the next token from logits (V). `context` (the sequence so far) feeds the repetition
 // penalty; u01 is a uniform draw in [0, 1). scratch is reused between calls.

@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include <moe/viz.h>  // PlotResult, plot_train_log, plot_compare
+
 #include "viz/canvas.h"
 
 namespace moe::viz {
@@ -55,17 +57,11 @@ Canvas draw_loss_plot(const TrainLog& log);
 // the expert's share of the layer's routed tokens; the colour bar marks the fair share 1/E.
 Canvas draw_load_heatmap(const TrainLog& log, int64_t layer);
 
-struct PlotResult {
-    std::vector<std::string> written;  // paths of the PNGs
-    std::vector<std::string> notes;
-};
-// Reads the log and writes out_dir/loss.png and out_dir/load_layer{l}.png for every layer with
-// routing records (none, with a note, when the log has no "routing"). Creates out_dir.
-PlotResult plot_train_log(const std::string& log_path, const std::string& out_dir);
+// PlotResult, plot_train_log (loss.png, load_layer{l}.png) and plot_compare (compare.png) are
+// declared in moe/viz.h.
 
 // Several runs on one panel (train loss smoothed, val loss as dots; one colour per run, labelled by
-// the log's file stem): out_dir/compare.png. For MoE-vs-dense or ablation comparisons.
+// the log's file stem), as plot_compare writes it. For MoE-vs-dense or ablation comparisons.
 Canvas draw_compare_plot(const std::vector<TrainLog>& logs);
-std::vector<std::string> plot_compare(const std::vector<std::string>& log_paths, const std::string& out_dir);
 
 }  // namespace moe::viz

@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include <moe/viz.h>  // RoutingMapOptions, write_routing_map(LoadedModel&, ...)
+
 #include "io/checkpoint.h"
 #include "model/model.h"
 #include "viz/canvas.h"
@@ -38,11 +40,6 @@ std::string token_glyph(const Tokenizer& tok, int32_t id);
 
 // Runs the model on `ids` (1 <= ids.size() <= n_ctx) and records the routing of every MoE layer.
 RoutingTrace trace_routing(Model& model, const Tokenizer& tok, const std::vector<int32_t>& ids);
-
-struct RoutingMapOptions {
-    std::string title;          // first line, e.g. the checkpoint path
-    bool shade_by_weight = false;  // fade each slot's colour by its combine weight
-};
 
 // Layout constants (public so that tests can predict the image size).
 constexpr int kCellW = 16;       // pixels per token

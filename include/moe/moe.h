@@ -1,0 +1,221 @@
+#pragma once
+// moe's public API: what a tool (tools/moe.cc) or an embedding program needs from the engine,
+// without any header of src/. Standard library only.
+//
+//   errors       moe::error (moe/error.h): every user-facing problem, message names file/field/value
+//   environment  apply_environment (the MOE_* switches), set_threads
+//   models       LoadedModel: a checkpoint (config, tokenizer, weights) behind an opaque handle
+//   generation   SampleOptions, generate_text (streaming, stop strings)
+//   training     TrainOptions, train
+//   bench        BenchOptions, bench, to_json
+//   quantize     quantize
+//   params       param_report, to_json
+// Pictures (routing map, training-log plots): moe/viz.h.
+//
+// The option structs below are the engine's own: the internals (src/infer/generate.h,
+// src/infer/bench.h, src/train/trainer.h) include this header instead of defining a copy, so
+// nothing is converted between a public and an internal twin.
+//
+// Error messages name the command-line flag where one exists ("--max-tokens must be >= 1, got
+// 0"), as everywhere in moe.
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "moe/error.h"
+
+namespace moe {
+
+// ------------------------------------------------------------------ environment
+
+// Reads the environment switches once and fails (moe::error) on a value they do not accept:
+// MOE_ISA=ref|avx2|avx512 (caps the SIMD kernels), MOE_GEMM=onednn|packed (the fp32 GEMM),
+// MOE_PROFILE=1 (wall time per region, see print_profile), MOE_FUSED_EXPERT_ADAMW=0|1 (the
+// experts' AdamW inside the backward). Call it at start-up, before any other call.
+void apply_environment();
+
+// Threads for everything that follows (0 = all cores). Throws for a value outside [0, 4096].
+void set_threads(int threads);
+int threads();
+
+// MOE_PROFILE=1: prints the table of where the time went (nothing otherwise).
+void print_profile(std::FILE* out);
+
+// ------------------------------------------------------------------ option structs
+
+struct SampleOptions {
+    int64_t max_tokens = 200;        // >= 1
+    double temperature = 1.0;        // 0 = greedy (argmax)
+    int64_t top_k = 0;               // keep the k most likely tokens (0 = all)
+    double top_p = 1.0;              // nucleus: the smallest set with probability >= top_p (1 = all)
+    double repetition_penalty = 1.0; // > 0; tokens already in the sequence: logit / p if > 0, * p if < 0
+    uint64_t seed = 0;
+};
+
+// Throws moe::error naming the option (prefix + "max-tokens", "temperature", "top-k", "top-p",
+// "repetition-penalty"; the CLI passes "--") when a value is out of range.
+void check_sample_options(const SampleOptions& opt, const char* prefix = "");
+
+// Throws moe::error (prefix + "stop: ...") for an empty stop string, which would stop at once.
+void check_stop_strings(const std::vector<std::string>& stop, const char* prefix = "");
+
+struct TrainOptions {
+    std::string out_dir = "runs/default";
+    std::string resume_dir;     // continue from this checkpoint
+    bool config_from_checkpoint = false;  // resuming: take the training section from the checkpoint too
+    std::string log_path;       // JSONL log (one object per logged step / eval)
+    std::string data_override;  // --data
+    int64_t steps = -1;         // total steps (also when resuming); -1 = the config's
+    int64_t seed = -1;          // -1 = the config's (resuming: the checkpoint's)
+    int threads = 0;            // 0 = all cores
+    std::string precision;      // --precision: "fp32" | "bf16" ("" = the config's train.precision)
+    bool summary = true;        // print a sample and the expert table at the end
+    int64_t sample_tokens = 300;
+};
+
+struct TrainResult {
+    double final_train_loss = 0, final_val_loss = 0, unigram_entropy = 0;
+    int64_t steps_done = 0;
+    double seconds = 0;
+};
+
+struct BenchOptions {
+    std::string mode = "decode";  // "decode" | "prefill"
+    int64_t batch = 1;            // sequences decoding together (decode)
+    int64_t tokens = 64;          // decode steps timed (decode)
+    int64_t context = 16;         // prompt tokens before the timed decode steps
+    int64_t prompt = 512;         // prefill length (clamped to n_ctx)
+    int64_t repeats = 3;          // prefill: timed passes (the best is reported)
+    double min_seconds = 1.0;     // decode: keep stepping (new sequences) until this much time
+    uint64_t seed = 1;
+};
+
+struct BenchResult {
+    double tokens_per_sec = 0, seconds = 0;
+    int64_t tokens = 0;
+    double weight_bytes_per_token = 0;  // decode: bytes of weights a token reads (active, fp32)
+    double gbytes_per_sec = 0;          // decode: weight_bytes_per_token * tokens/s / 1e9
+    double gflops = 0;                  // prefill: model FLOP/s / 1e9
+    double parallel_regions_per_step = 0;  // decode: thread forks per decode step (0 for small models)
+};
+
+// ------------------------------------------------------------------ models
+
+// A checkpoint loaded for inference: its config, tokenizer and weights (dequantized into the
+// model; the weight type is re-applied exactly by set_weight_type).
+class LoadedModel {
+public:
+    // Throws moe::error naming the file for a missing, truncated or corrupted checkpoint.
+    explicit LoadedModel(const std::string& checkpoint_dir);
+    ~LoadedModel();
+    LoadedModel(LoadedModel&&) noexcept;
+    LoadedModel& operator=(LoadedModel&&) noexcept;
+
+    const std::string& dir() const;
+    const std::string& stored_weight_type() const;  // "fp32" | "bf16" | "int8"
+    int64_t context_length() const;                 // n_ctx, in tokens
+
+    // Routes each token to K experts (0 = keep the checkpoint's K); throws for K outside [1, E].
+    void set_experts_per_token(int64_t K);
+    // Weight type of the matmuls: "fp32" | "bf16" | "int8" ("" = the stored one; routers stay
+    // fp32). `what` names the option in the error for another value.
+    void set_weight_type(const std::string& dtype, const char* what = "dtype");
+    // Encodes a prompt with the checkpoint's tokenizer; throws naming the character for text
+    // outside its vocabulary, and for more tokens than the context holds.
+    std::vector<int32_t> encode_prompt(const std::string& text) const;
+
+    struct Impl;  // defined in src/api/ (the facade's own access to the internals)
+    Impl& impl() { return *impl_; }
+
+private:
+    std::unique_ptr<Impl> impl_;
+};
+
+// ------------------------------------------------------------------ generation
+
+struct GenerateResult {
+    std::string text;     // the generated text (no prompt; cut before a stop string)
+    int64_t tokens = 0;   // tokens sampled
+    bool stopped = false; // a stop string ended it (else max_tokens did)
+};
+
+// Continues `prompt` (from encode_prompt) by up to opt.max_tokens tokens. on_text, when given,
+// receives the text as it is produced, piece by piece; text that could still be the start of a
+// stop string is held back until it is not, and nothing from a stop string on is passed.
+GenerateResult generate_text(LoadedModel& model, const std::vector<int32_t>& prompt, const SampleOptions& opt,
+                             const std::vector<std::string>& stop = {},
+                             const std::function<void(std::string_view)>& on_text = nullptr);
+
+// ------------------------------------------------------------------ training
+
+// configs/default.json of the working directory if there is one, else of the source tree.
+std::string default_config_path();
+
+// Trains (or resumes, opt.resume_dir) the model of the config file `config_path` (not read when
+// opt.config_from_checkpoint), printing progress to stdout; saves the checkpoint in opt.out_dir.
+TrainResult train(const std::string& config_path, const TrainOptions& opt);
+
+// ------------------------------------------------------------------ bench
+
+struct BenchReport {
+    std::string model;  // the config file or the checkpoint directory
+    std::string mode, dtype;
+    int threads = 0;
+    int64_t batch = 0;
+    int64_t total_params = 0, active_params = 0;
+    BenchResult result;
+};
+
+// Inference speed of the model of a config file (random weights) or of a checkpoint: exactly one
+// of the two is non-empty. dtype "" = fp32, or the checkpoint's weight type.
+BenchReport bench(const std::string& config_path, const std::string& checkpoint_dir, const std::string& dtype,
+                  const BenchOptions& opt);
+
+// One JSON object (one line, no newline): model, mode, dtype, threads, batch, total_params,
+// active_params, tokens, seconds, tokens_per_sec, weight_bytes_per_token, weight_gbytes_per_sec,
+// gflops, parallel_regions_per_step. bench/*.py parse it.
+std::string to_json(const BenchReport& r);
+
+// ------------------------------------------------------------------ quantize
+
+struct QuantizeResult {
+    std::string file;              // the checkpoint file written
+    std::string dtype;             // "bf16" | "int8"
+    int64_t bytes = 0;             // its size
+    int64_t input_bytes = 0;       // the input checkpoint file's size (with optimizer state)
+    double fp32_weight_bytes = 0;  // the weights alone in fp32
+};
+
+// Writes an inference checkpoint of the fp32 checkpoint in checkpoint_dir with bf16 or int8
+// (Q8_0) matmul weights into out_dir (another directory).
+QuantizeResult quantize(const std::string& checkpoint_dir, const std::string& dtype, const std::string& out_dir);
+
+// ------------------------------------------------------------------ params
+
+struct ParamReport {
+    std::string config;          // the config file
+    int64_t total = 0;           // every parameter
+    int64_t active = 0;          // used per token (K of E experts)
+    int64_t seq_len = 0;         // sequence length of the FLOP count: train.block_size, else n_ctx
+    double forward_flops_per_token = 0, training_flops_per_token = 0;
+    struct Weights {
+        std::string dtype;       // "fp32" | "bf16" | "int8" (the matmul weights; the rest fp32)
+        double bytes_total = 0;  // stored
+        double bytes_per_token = 0;  // read per decoded token
+    };
+    std::vector<Weights> weights;  // fp32, bf16, int8
+};
+
+// Counts the parameters, FLOPs and weight bytes of a config (a config without model.vocab_size
+// takes it from its train.data).
+ParamReport param_report(const std::string& config_path);
+
+// One JSON object (one line, no newline): total, active, seq_len, forward_flops_per_token,
+// training_flops_per_token, then {dtype}_bytes_total and {dtype}_bytes_per_token per weight type.
+std::string to_json(const ParamReport& r);
+
+}  // namespace moe

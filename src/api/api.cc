@@ -1,0 +1,262 @@
+// The engine part of moe's public API (include/moe/moe.h): a facade over the internals. The option
+// structs are shared with the internals (defined once, in the public header), so the calls below
+// pass them straight through.
+#include <moe/moe.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "api/loaded_model.h"
+#include "core/error.h"
+#include "core/parallel.h"
+#include "core/profile.h"
+#include "infer/bench.h"
+#include "infer/generate.h"
+#include "infer/stop_strings.h"
+#include "io/checkpoint.h"
+#include "kernels/cpu.h"
+#include "kernels/gemm.h"
+#include "kernels/qmatmul.h"
+#include "model/config.h"
+#include "model/params.h"
+#include "train/data.h"
+#include "train/trainer.h"
+
+namespace moe {
+
+using ojson = nlohmann::ordered_json;  // keys in the order written
+
+// ------------------------------------------------------------------ environment
+
+void apply_environment() {
+    // For now each switch is still read (once, function-static) where it is used; calling those
+    // readers here makes a bad value fail at start-up, before any work.
+    kernels::active_isa();    // MOE_ISA
+    kernels::gemm_backend();  // MOE_GEMM
+    profile_enabled();        // MOE_PROFILE
+    // MOE_FUSED_EXPERT_ADAMW is read by train() (trainer.cc) when a run starts; checked here too.
+    const char* fuse = std::getenv("MOE_FUSED_EXPERT_ADAMW");
+    const std::string v = fuse ? fuse : "";
+    if (!v.empty() && v != "0" && v != "1") fail("MOE_FUSED_EXPERT_ADAMW must be \"0\" or \"1\", got \"", v, "\"");
+}
+
+void set_threads(int t) {
+    if (t < 0 || t > 4096) fail("--threads must be in [0, 4096] (0 = all cores), got ", t);
+    set_num_threads(t);
+}
+
+int threads() { return num_threads(); }
+
+void print_profile(std::FILE* out) { profile_report(out); }
+
+// ------------------------------------------------------------------ models
+
+LoadedModel::LoadedModel(const std::string& checkpoint_dir) : impl_(std::make_unique<Impl>()) {
+    impl_->dir = checkpoint_dir;
+    impl_->ck = load_checkpoint(checkpoint_dir);
+}
+LoadedModel::~LoadedModel() = default;
+LoadedModel::LoadedModel(LoadedModel&&) noexcept = default;
+LoadedModel& LoadedModel::operator=(LoadedModel&&) noexcept = default;
+
+const std::string& LoadedModel::dir() const { return impl_->dir; }
+const std::string& LoadedModel::stored_weight_type() const { return impl_->ck.weight_type; }
+int64_t LoadedModel::context_length() const { return impl_->ck.config.model.n_ctx; }
+
+void LoadedModel::set_experts_per_token(int64_t K) {
+    if (K == 0) return;
+    // model and config change together
+    impl_->ck.model->set_experts_per_token(K);
+    impl_->ck.config.model.n_expert_used = K;
+}
+
+void LoadedModel::set_weight_type(const std::string& dtype, const char* what) {
+    Checkpoint& ck = impl_->ck;
+    ck.model->set_weight_type(kernels::parse_wtype(dtype.empty() ? ck.weight_type : dtype, what));
+}
+
+std::vector<int32_t> LoadedModel::encode_prompt(const std::string& text) const {
+    std::vector<int32_t> ids = impl_->ck.tokenizer.encode(text, "prompt");
+    const int64_t n_ctx = context_length();
+    if ((int64_t)ids.size() > n_ctx)
+        fail("prompt has ", ids.size(), " tokens but the model's context is ", n_ctx, " tokens");
+    return ids;
+}
+
+// ------------------------------------------------------------------ generation
+
+GenerateResult generate_text(LoadedModel& model, const std::vector<int32_t>& prompt, const SampleOptions& opt,
+                             const std::vector<std::string>& stop,
+                             const std::function<void(std::string_view)>& on_text) {
+    Checkpoint& ck = model.impl().ck;
+    StopStrings cut(stop);
+    GenerateResult r;
+    auto release = [&](const std::string& s) {
+        if (s.empty()) return;
+        r.text += s;
+        if (on_text) on_text(s);
+    };
+    generate(*ck.model, prompt, opt, [&](int32_t id) {
+        ++r.tokens;
+        release(cut.feed(ck.tokenizer.decode_one(id)));
+        return !cut.stopped();
+    });
+    release(cut.finish());
+    r.stopped = cut.stopped();
+    return r;
+}
+
+// ------------------------------------------------------------------ training
+
+std::string default_config_path() {
+    const std::string p = "configs/default.json";
+    return std::filesystem::exists(p) ? p : resolve_path(p);
+}
+
+TrainResult train(const std::string& config_path, const TrainOptions& opt) {
+    Config cfg;
+    if (!opt.config_from_checkpoint) cfg = load_config(config_path);
+    return train(std::move(cfg), opt);
+}
+
+// ------------------------------------------------------------------ shared helpers
+
+// A config may leave vocab_size to the tokenizer; `moe params` / `moe bench` then read it from the
+// data file.
+static void resolve_vocab(Config& cfg) {
+    if (cfg.model.vocab_size > 0) return;
+    if (cfg.train.data.empty())
+        fail(cfg.path, ": 'model.vocab_size' is not set and there is no 'train.data' to take it from");
+    if (cfg.train.tokenizer == "byte") {
+        cfg.model.vocab_size = 256;
+        return;
+    }
+    const std::string p = resolve_path(cfg.train.data);
+    cfg.model.vocab_size = Tokenizer::char_level(read_text_file(p), p).vocab_size();
+}
+
+// v as printf("%.{decimals}f") wrote it before the JSON went through nlohmann: the same number
+// (nlohmann writes the shortest text that reads back as the same double, so "1.500000" is now
+// "1.5"); with 0 decimals an integer. Not finite: nlohmann writes null.
+static ojson fixed(double v, int decimals) {
+    if (!std::isfinite(v)) return v;
+    char buf[512];  // %.6f of the largest double is 317 characters
+    std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
+    if (decimals == 0 && std::fabs(v) < 9e18) return (int64_t)std::strtoll(buf, nullptr, 10);
+    return std::strtod(buf, nullptr);
+}
+
+static std::string dump(const ojson& j) { return j.dump(-1, ' ', false, ojson::error_handler_t::replace); }
+
+// ------------------------------------------------------------------ bench
+
+BenchReport bench(const std::string& config_path, const std::string& checkpoint_dir, const std::string& dtype,
+                  const BenchOptions& opt) {
+    if (config_path.empty() == checkpoint_dir.empty())
+        fail("bench: give exactly one of --config FILE or --checkpoint DIR");
+    BenchReport r;
+    r.dtype = dtype;
+    std::unique_ptr<Model> own;
+    Model* model = nullptr;
+    Checkpoint ck;
+    if (!config_path.empty()) {
+        Config cfg = load_config(config_path);
+        resolve_vocab(cfg);
+        own = std::make_unique<Model>(cfg.model);
+        own->init(1);
+        model = own.get();
+        r.model = config_path;
+    } else {
+        ck = load_checkpoint(checkpoint_dir);
+        model = ck.model.get();
+        r.model = checkpoint_dir;
+        if (r.dtype.empty()) r.dtype = ck.weight_type;
+    }
+    if (r.dtype.empty()) r.dtype = "fp32";
+    model->set_weight_type(kernels::parse_wtype(r.dtype, "bench --dtype"));
+    r.result = run_bench(*model, opt);
+    const ParamCount pc = count_params(model->config());
+    r.mode = opt.mode;
+    r.threads = num_threads();
+    r.batch = opt.batch;
+    r.total_params = pc.total;
+    r.active_params = pc.active;
+    return r;
+}
+
+std::string to_json(const BenchReport& r) {
+    const BenchResult& b = r.result;
+    return dump(ojson{{"model", r.model},
+                      {"mode", r.mode},
+                      {"dtype", r.dtype},
+                      {"threads", r.threads},
+                      {"batch", r.batch},
+                      {"total_params", r.total_params},
+                      {"active_params", r.active_params},
+                      {"tokens", b.tokens},
+                      {"seconds", fixed(b.seconds, 6)},
+                      {"tokens_per_sec", fixed(b.tokens_per_sec, 3)},
+                      {"weight_bytes_per_token", fixed(b.weight_bytes_per_token, 0)},
+                      {"weight_gbytes_per_sec", fixed(b.gbytes_per_sec, 3)},
+                      {"gflops", fixed(b.gflops, 3)},
+                      {"parallel_regions_per_step", fixed(b.parallel_regions_per_step, 2)}});
+}
+
+// ------------------------------------------------------------------ quantize
+
+QuantizeResult quantize(const std::string& checkpoint_dir, const std::string& dtype, const std::string& out_dir) {
+    namespace fs = std::filesystem;
+    if (dtype != "bf16" && dtype != "int8") fail("quantize --dtype must be bf16 or int8, got \"", dtype, "\"");
+    if (fs::weakly_canonical(out_dir) == fs::weakly_canonical(checkpoint_dir))
+        fail("quantize --out '", out_dir, "' is the input checkpoint: write to another directory");
+    Checkpoint ck = load_checkpoint(checkpoint_dir);
+    if (ck.weight_type != "fp32")
+        fail("checkpoint '", checkpoint_dir, "' is already ", ck.weight_type, ": quantize an fp32 checkpoint");
+    save_checkpoint_quantized(out_dir, ck.config, ck.tokenizer, *ck.model, dtype, ck.state);
+    QuantizeResult r;
+    r.file = checkpoint_file(out_dir);
+    r.dtype = dtype;
+    r.bytes = (int64_t)fs::file_size(r.file);
+    r.input_bytes = (int64_t)fs::file_size(checkpoint_file(checkpoint_dir));
+    r.fp32_weight_bytes = count_weight_bytes(ck.config.model, kernels::WType::f32).total;
+    return r;
+}
+
+// ------------------------------------------------------------------ params
+
+ParamReport param_report(const std::string& config_path) {
+    Config cfg = load_config(config_path);
+    resolve_vocab(cfg);
+    const ParamCount pc = count_params(cfg.model);
+    ParamReport r;
+    r.config = config_path;
+    r.total = pc.total;
+    r.active = pc.active;
+    r.seq_len = cfg.train.block_size > 0 ? cfg.train.block_size : cfg.model.n_ctx;
+    const FlopCount fc = count_flops(cfg.model, r.seq_len);
+    r.forward_flops_per_token = fc.forward;
+    r.training_flops_per_token = fc.training;
+    for (kernels::WType t : {kernels::WType::f32, kernels::WType::bf16, kernels::WType::q8}) {
+        const WeightBytes wb = count_weight_bytes(cfg.model, t);
+        r.weights.push_back({kernels::wtype_name(t), wb.total, wb.active});
+    }
+    return r;
+}
+
+std::string to_json(const ParamReport& r) {
+    ojson j = {{"total", r.total},
+               {"active", r.active},
+               {"seq_len", r.seq_len},
+               {"forward_flops_per_token", fixed(r.forward_flops_per_token, 0)},
+               {"training_flops_per_token", fixed(r.training_flops_per_token, 0)}};
+    for (const ParamReport::Weights& w : r.weights) {
+        j[w.dtype + "_bytes_total"] = (int64_t)w.bytes_total;  // truncated, as before
+        j[w.dtype + "_bytes_per_token"] = (int64_t)w.bytes_per_token;
+    }
+    return dump(j);
+}
+
+}  // namespace moe
