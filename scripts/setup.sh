@@ -9,7 +9,6 @@ PKGS=(
   nlohmann-json3-dev     # config / checkpoint headers
   libcli11-dev           # command line parsing
   libgtest-dev           # unit tests
-  zlib1g-dev             # crc32 for checkpoint integrity
   libstb-dev             # PNG writing for plots
   python3 python3-numpy python3-torch   # PyTorch reference model for parity tests (tests/ref/)
   libopenblas0-pthread   # a real BLAS for the PyTorch reference (netlib libblas3 would make the

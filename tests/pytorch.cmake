@@ -12,7 +12,7 @@ set(MOE_PARITY_DIR ${CMAKE_BINARY_DIR}/parity)
 # Not a test_*.cc: registered by hand below, not by gtest_discover_tests, so that each test can
 # require its fixture.
 add_executable(moe_test_torch_parity ${CMAKE_CURRENT_SOURCE_DIR}/torch_parity.cc)
-target_link_libraries(moe_test_torch_parity PRIVATE moe_core GTest::gtest GTest::gtest_main)
+target_link_libraries(moe_test_torch_parity PRIVATE moe_all GTest::gtest GTest::gtest_main)
 string(REPLACE ";" "," _moe_parity_list "${MOE_PARITY_CONFIGS}")
 target_compile_definitions(moe_test_torch_parity PRIVATE
   MOE_PARITY_DIR="${MOE_PARITY_DIR}"

@@ -135,6 +135,17 @@ TEST(InferErrors, BadIdsPositionsAndSlots) {
     EXPECT_THROW(m.forward_cached(&ok_tok, &s0, &p24, 1, cache), error);  // beyond n_ctx
     EXPECT_THROW(m.forward_cached(&ok_tok, &s0, &p5, 1, cache), error);   // skips positions 0..4
     EXPECT_THROW(m.make_cache(0), error);
+    // a cache made for another model, and a full forward longer than the context: errors, not aborts
+    Model other(make_config(true, 4));
+    auto wrong = other.make_cache(1);
+    EXPECT_THROW(m.forward_cached(&ok_tok, &s0, &p0, 1, wrong), error);
+    std::vector<int32_t> long_seq(25, 1);
+    try {
+        m.forward(long_seq.data(), nullptr, 1, 25);
+        ADD_FAILURE() << "expected an error for T = 25 > n_ctx = 24";
+    } catch (const error& e) {
+        EXPECT_NE(std::string(e.what()).find("25"), std::string::npos) << e.what();
+    }
     try {
         m.forward_cached(&bad_tok, &s0, &p0, 1, cache);
     } catch (const error& e) {

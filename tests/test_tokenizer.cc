@@ -82,6 +82,9 @@ TEST(Bpe, MergesWorkedOutByHand) {
     EXPECT_EQ(merges_of(t), (std::vector<std::pair<int32_t, int32_t>>{{'a', 'b'}, {' ', 256}}));
     EXPECT_EQ(t.encode("ab ab cd", "x"), (std::vector<int32_t>{256, 257, ' ', 'c', 'd'}));
     EXPECT_EQ(t.decode_one(257), " ab");
+    // an id outside the vocabulary (a request can send any) is an error naming it, not an abort
+    EXPECT_THROW(t.decode_one(258), moe::error);
+    EXPECT_THROW(t.decode_one(-1), moe::error);
     try {
         Tokenizer::bpe_train(text, 259, "corpus.txt");
         FAIL() << "expected an error";

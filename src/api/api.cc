@@ -119,7 +119,15 @@ std::string default_config_path() {
 TrainResult train(const std::string& config_path, const TrainOptions& opt) {
     Config cfg;
     if (!opt.config_from_checkpoint) cfg = load_config(config_path);
-    return train(std::move(cfg), opt);
+    // the end-of-run sample: generation is infer/'s, which train/ does not include
+    const SampleFn sample = [](Model& model, const Tokenizer& tok, int32_t first, int64_t tokens, uint64_t seed) {
+        SampleOptions so;
+        so.max_tokens = tokens;
+        so.temperature = 0.8;
+        so.seed = seed;
+        return tok.decode(generate(model, {first}, so));
+    };
+    return train(std::move(cfg), opt, sample);
 }
 
 // ------------------------------------------------------------------ shared helpers

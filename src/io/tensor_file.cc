@@ -2,13 +2,13 @@
 
 #include <fcntl.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 
+#include "core/crc32.h"
 #include "core/error.h"
 
 namespace moe {
@@ -102,12 +102,7 @@ void TensorFileWriter::write(const std::string& path) const {
     }
     const size_t body = data_start + off;
     uint64_t total = buf.size();
-    uint32_t crc = (uint32_t)crc32(0L, reinterpret_cast<const Bytef*>(buf.data()), (uInt)0);
-    // zlib's crc32 takes uInt lengths: feed in chunks
-    for (size_t pos = 0; pos < body; pos += (1u << 30)) {
-        size_t len = std::min<size_t>(body - pos, 1u << 30);
-        crc = (uint32_t)crc32(crc, reinterpret_cast<const Bytef*>(buf.data() + pos), (uInt)len);
-    }
+    const uint32_t crc = crc32_update(0, buf.data(), body);
     std::memcpy(&buf[body], &total, 8);
     std::memcpy(&buf[body + 8], &crc, 4);
     std::memcpy(&buf[body + 12], &kTrailerMagic, 4);
@@ -131,11 +126,7 @@ TensorFile TensorFile::read(const std::string& path) {
     if (tmagic != kTrailerMagic || total != size)
         fail("'", path, "' is truncated or damaged: it has ", size,
              " bytes and no valid trailer (an interrupted write or a cut copy)");
-    uint32_t crc = (uint32_t)crc32(0L, reinterpret_cast<const Bytef*>(buf.data()), (uInt)0);
-    for (size_t pos = 0; pos < size - 16; pos += (1u << 30)) {
-        size_t len = std::min<size_t>(size - 16 - pos, 1u << 30);
-        crc = (uint32_t)crc32(crc, reinterpret_cast<const Bytef*>(buf.data() + pos), (uInt)len);
-    }
+    const uint32_t crc = crc32_update(0, buf.data(), size - 16);
     if (crc != crc_stored)
         fail("'", path, "' is corrupted: checksum mismatch (stored ", crc_stored, ", computed ", crc, ")");
     uint64_t hl = 0;

@@ -356,7 +356,10 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, const std::strin
 }
 
 std::string Tokenizer::decode_one(int32_t id) const {
-    MOE_ASSERT(id >= 0 && id < vocab_size());
+    // a model whose vocab_size exceeds the tokenizer's can sample such an id, and a request can
+    // send any: an error naming it, never an abort
+    if (id < 0 || id >= vocab_size())
+        fail("token id ", id, " is outside the tokenizer's vocabulary [0, ", vocab_size(), ")");
     if (kind_ == Kind::byte) return std::string(1, (char)(unsigned char)id);
     if (kind_ == Kind::bpe) return pieces_[id];
     return utf8_encode(chars_[id]);

@@ -1,6 +1,8 @@
 #include "kernels/gemm.h"
 
+#if MOE_WITH_ONEDNN
 #include <dnnl.h>
+#endif
 
 #include "core/error.h"
 #include "core/parallel.h"
@@ -45,7 +47,12 @@ GemmBackend gemm_backend() {
     static const GemmBackend chosen = [] {
         const char* env = std::getenv("MOE_GEMM");
         const std::string v = env ? env : "";
-        if (v == "onednn") return GemmBackend::onednn;
+        if (v == "onednn") {
+#if !MOE_WITH_ONEDNN
+            fail("MOE_GEMM=onednn: this moe was built without oneDNN (-DMOE_WITH_ONEDNN=OFF)");
+#endif
+            return GemmBackend::onednn;
+        }
         if (!v.empty() && v != "packed") fail("MOE_GEMM must be \"onednn\" or \"packed\", got \"", v, "\"");
         return GemmBackend::packed;
     }();
@@ -105,9 +112,15 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
         sgemm_packed(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
+#if MOE_WITH_ONEDNN
     dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda,
                                   B, ldb, beta, C, ldc);
     MOE_ASSERT(st == dnnl_success);
+#else
+    // built without oneDNN (-DMOE_WITH_ONEDNN=OFF) on a CPU without AVX2 + FMA: the portable twin,
+    // rows split over threads (correct everywhere, slow)
+    gemm_ref<float>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#endif
 }
 
 // Whether B is packed for the GEMM at the current precision, and by which kernel.

@@ -195,7 +195,9 @@ void Model::ensure_activations(int64_t B, int64_t T) {
 }
 
 float Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T) {
-    MOE_ASSERT(B >= 1 && T >= 1 && T <= cfg_.n_ctx);
+    // B and T come from configs, CLI arguments and texts: errors naming them, not asserts
+    if (B < 1 || T < 1) fail("forward: batch ", B, " x ", T, " tokens: both must be >= 1");
+    if (T > cfg_.n_ctx) fail("forward: a sequence of ", T, " tokens exceeds the model's context (n_ctx = ", cfg_.n_ctx, ")");
     ensure_activations(B, T);
     tokens_ = tokens;
     targets_ = targets;
@@ -275,7 +277,9 @@ double Model::weight_bytes_per_token() const {
 void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int32_t* pos, int64_t N,
                            layers::KvCache& cache, bool last_only) {
     const int64_t C = cfg_.n_embd, V = cfg_.vocab_size, H = cfg_.n_head, D = cfg_.head_dim();
-    MOE_ASSERT(cache.L == cfg_.n_layer && cache.n_ctx == cfg_.n_ctx && cache.KD == cfg_.n_head_kv * D);
+    if (cache.L != cfg_.n_layer || cache.n_ctx != cfg_.n_ctx || cache.KD != cfg_.n_head_kv * D)
+        fail("KV cache of (L ", cache.L, ", n_ctx ", cache.n_ctx, ", KD ", cache.KD, ") does not fit this model (L ",
+             cfg_.n_layer, ", n_ctx ", cfg_.n_ctx, ", KD ", cfg_.n_head_kv * D, ")");
     next_pos_.assign(cache.len.begin(), cache.len.end());  // capacity kept: no allocation once warm
     for (int64_t n = 0; n < N; ++n) {
         if (tokens[n] < 0 || tokens[n] >= V) fail("token id ", tokens[n], " at row ", n, " is outside the vocabulary [0, ", V, ")");

@@ -17,7 +17,6 @@
 #include "core/parallel.h"
 #include "core/profile.h"
 #include "ops/routing_stats.h"
-#include "infer/generate.h"
 #include "kernels/adamw.h"
 #include "kernels/gemm.h"
 #include "io/checkpoint.h"
@@ -292,7 +291,7 @@ static double peak_rss_mb() {
     return (double)ru.ru_maxrss / 1024.0;
 }
 
-TrainResult train(Config cfg, const TrainOptions& opt) {
+TrainResult train(Config cfg, const TrainOptions& opt, const SampleFn& sample) {
     set_num_threads(opt.threads);
     // Resuming: the architecture, tokenizer, weights, optimizer state and the seed (the data order)
     // come from the checkpoint, so the run continues exactly as it would have without a stop.
@@ -514,15 +513,16 @@ TrainResult train(Config cfg, const TrainOptions& opt) {
     }
     profile_report(stdout);
     if (opt.summary) {
-        std::vector<int32_t> prompt = {data.tokens()[data.n_train()]};
-        SampleOptions so;
-        so.max_tokens = opt.sample_tokens;
-        so.temperature = 0.8;
-        so.seed = tc.seed;
-        auto ids = generate(*model, prompt, so);
-        std::printf("\n--- sample (temperature 0.8) ---\n%s%s\n--------------------------------\n\n",
-                    tok.decode(prompt).c_str(), tok.decode(ids).c_str());
+        if (sample) {
+            const int32_t first = data.tokens()[data.n_train()];
+            const std::string text = sample(*model, tok, first, opt.sample_tokens, tc.seed);
+            std::printf("\n--- sample (temperature 0.8) ---\n%s%s\n--------------------------------\n\n",
+                        tok.decode({first}).c_str(), text.c_str());
+        }
         print_expert_table(last_load, mc);
+        if (mc.any_moe())
+            std::printf("picture of the routing: moe routing --checkpoint %s --text \"...\" --out routing.png\n",
+                        opt.out_dir.c_str());
     }
     std::fflush(stdout);
     return res;
