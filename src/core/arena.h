@@ -9,6 +9,15 @@
 #include "core/error.h"
 #include "core/memory.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define MOE_ASAN_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define MOE_ASAN_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define MOE_ASAN_POISON(p, n) ((void)(p), (void)(n))
+#define MOE_ASAN_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 namespace moe {
 
 class Arena {
@@ -21,6 +30,15 @@ public:
 
     // Reserve `bytes` (rounded up per allocation to 64). Call plan() for every buffer first,
     // then commit(), then the pointers returned by take() in the same order are valid.
+    // Under AddressSanitizer each buffer is followed by a 64-byte red zone, and once take() is
+    // used everything but the buffers taken is poisoned, so that running off the end of one
+    // buffer into the next one is reported like a heap overflow (the arena itself is one
+    // allocation). Without ASan the layout is the plain one.
+#if defined(__SANITIZE_ADDRESS__)
+    static constexpr size_t kRedZone = 64;
+#else
+    static constexpr size_t kRedZone = 0;
+#endif
     void reset() { mem_.reset(); size_ = 0; used_ = 0; }
     void allocate(size_t bytes) {
         reset();
@@ -31,16 +49,24 @@ public:
     }
     template <class T>
     T* take(size_t count) {
-        size_t b = round(count * sizeof(T));
+        size_t b = slot(count * sizeof(T));
         MOE_ASSERT(used_ + b <= size_);
+        if (used_ == 0) MOE_ASAN_POISON(mem_.get(), size_);  // a flat arena (no take) stays usable
         T* p = reinterpret_cast<T*>(mem_.get() + used_);
+        MOE_ASAN_UNPOISON(p, count * sizeof(T));
         used_ += b;
         return p;
     }
-    void zero() { if (mem_) std::memset(mem_.get(), 0, size_); }
+    void zero() {
+        if (!mem_) return;
+        MOE_ASAN_UNPOISON(mem_.get(), size_);  // the red zones of take() are gone from here on
+        std::memset(mem_.get(), 0, size_);
+    }
     size_t size() const { return size_; }
     char* data() { return mem_.get(); }
     static size_t round(size_t b) { return (b + 63) / 64 * 64; }
+    // the arena bytes one take() of `b` bytes uses
+    static size_t slot(size_t b) { return round(b) + kRedZone; }
 
 private:
     struct Free { void operator()(char* p) const { free_large(p); } };
@@ -53,7 +79,7 @@ private:
 struct ArenaPlan {
     size_t bytes = 0;
     template <class T>
-    void add(size_t count) { bytes += Arena::round(count * sizeof(T)); }
+    void add(size_t count) { bytes += Arena::slot(count * sizeof(T)); }
 };
 
 }  // namespace moe

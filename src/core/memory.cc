@@ -7,6 +7,9 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
 
 namespace moe {
 
@@ -19,6 +22,10 @@ void* alloc_large(size_t bytes) {
     if (!p) fail("out of memory allocating ", bytes, " bytes");
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     if (huge) madvise(p, size, MADV_HUGEPAGE);  // advice only: failure leaves 4 KB pages
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+    // the rounding slack is not the caller's: a read or write there is an overflow
+    ASAN_POISON_MEMORY_REGION(static_cast<char*>(p) + bytes, (size ? size : align) - bytes);
 #endif
     return p;
 }
