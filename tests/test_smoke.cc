@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include "model/config.h"
 #include "model/params.h"
 
@@ -57,4 +59,19 @@ TEST(Params, OlmoeCountsExactly) {
     ParamCount pc = count_params(c.model);
     EXPECT_EQ(pc.total, 6919161856LL);
     EXPECT_EQ(pc.active, 1282017280LL);
+}
+
+// Every shipped config parses (a misplaced section is an error naming it), and the main job's
+// default config trains with the routing fixes on (docs/main-job.md).
+TEST(Configs, EveryShippedConfigParses) {
+    int n = 0;
+    for (const auto& e : std::filesystem::directory_iterator(std::string(MOE_SOURCE_DIR) + "/configs")) {
+        if (e.path().extension() != ".json") continue;
+        EXPECT_NO_THROW(load_config(e.path().string())) << e.path();
+        ++n;
+    }
+    EXPECT_GE(n, 5);
+    const Config d = load_config(std::string(MOE_SOURCE_DIR) + "/configs/default.json");
+    EXPECT_GT(d.model.router.balance_loss, 0);
+    EXPECT_GT(d.model.router.z_loss, 0);
 }
