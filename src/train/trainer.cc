@@ -291,7 +291,9 @@ static double peak_rss_mb() {
     return (double)ru.ru_maxrss / 1024.0;
 }
 
-TrainResult train(Config cfg, const TrainOptions& opt, const SampleFn& sample) {
+TrainResult train(Config cfg, const TrainOptions& opt, const SampleFn& sample, GradientSync* sync_arg) {
+    LocalSync local_sync;
+    GradientSync& sync = sync_arg ? *sync_arg : local_sync;
     set_num_threads(opt.threads);
     // Resuming: the architecture, tokenizer, weights, optimizer state and the seed (the data order)
     // come from the checkpoint, so the run continues exactly as it would have without a stop.
@@ -373,7 +375,9 @@ TrainResult train(Config cfg, const TrainOptions& opt, const SampleFn& sample) {
     const std::string fuse_env = std::getenv("MOE_FUSED_EXPERT_ADAMW") ? std::getenv("MOE_FUSED_EXPERT_ADAMW") : "";
     if (!fuse_env.empty() && fuse_env != "0" && fuse_env != "1")
         fail("MOE_FUSED_EXPERT_ADAMW must be \"0\" or \"1\", got \"", fuse_env, "\"");
-    const bool fuse = tc.grad_clip == 0 && tc.grad_accum == 1 && mc.any_moe() && fuse_env != "0";
+    // the fused expert AdamW updates experts inside the backward, before the gradient sync: only
+    // where that sync changes nothing
+    const bool fuse = tc.grad_clip == 0 && tc.grad_accum == 1 && mc.any_moe() && fuse_env != "0" && sync.identity();
     std::printf("batch %lld x %lld tokens x %lld accum, %lld steps, lr %.2e, %d threads, %s GEMMs (%s)%s%s\n",
                 (long long)B, (long long)T, (long long)tc.grad_accum, (long long)tc.steps, tc.lr, num_threads(),
                 tc.precision.c_str(), kernels::gemm_engine_name(), fuse ? ", experts' AdamW in the backward" : "",
@@ -436,6 +440,9 @@ TrainResult train(Config cfg, const TrainOptions& opt, const SampleFn& sample) {
             z_loss += model->aux_z_loss();
             model->backward(1.f / (float)tc.grad_accum);
         }
+        // the seam between backward and optimizer (identity on one process; fused implies identity)
+        MOE_ASSERT(!fused || sync.identity());
+        sync.sync(model->grads(), model->n_params(), step);
         lm_loss /= (double)tc.grad_accum;
         bal_loss /= (double)tc.grad_accum;
         z_loss /= (double)tc.grad_accum;

@@ -9,6 +9,7 @@
 #include "io/tokenizer.h"
 #include "model/config.h"
 #include "model/model.h"
+#include "train/grad_sync.h"
 
 namespace moe {
 
@@ -18,6 +19,7 @@ namespace moe {
 using SampleFn = std::function<std::string(Model& model, const Tokenizer& tok, int32_t first, int64_t tokens,
                                            uint64_t seed)>;
 
-TrainResult train(Config cfg, const TrainOptions& opt, const SampleFn& sample = nullptr);
+// sync: the gradient seam between backward and optimizer (null: LocalSync, the identity).
+TrainResult train(Config cfg, const TrainOptions& opt, const SampleFn& sample = nullptr, GradientSync* sync = nullptr);
 
 }  // namespace moe
