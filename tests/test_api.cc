@@ -85,7 +85,7 @@ TEST(Api, BenchJsonKeysAndRoundedValues) {
     EXPECT_EQ(keys(j), (std::vector<std::string>{"model", "mode", "dtype", "threads", "batch", "total_params",
                                                  "active_params", "tokens", "seconds", "tokens_per_sec",
                                                  "weight_bytes_per_token", "weight_gbytes_per_sec", "gflops",
-                                                 "parallel_regions_per_step"}));
+                                                 "parallel_regions_per_step", "peak_rss_mb", "weights_mb", "kv_mb"}));
     EXPECT_EQ(j["mode"], "prefill");
     EXPECT_EQ(j["tokens"].get<int64_t>(), r.result.tokens);
     EXPECT_TRUE(j["weight_bytes_per_token"].is_number_integer());  // %.0f before
@@ -93,6 +93,12 @@ TEST(Api, BenchJsonKeysAndRoundedValues) {
     EXPECT_NEAR(j["seconds"].get<double>(), r.result.seconds, 5e-7);
     EXPECT_DOUBLE_EQ(j["seconds"].get<double>() * 1e6, std::round(j["seconds"].get<double>() * 1e6));
     EXPECT_NEAR(j["tokens_per_sec"].get<double>(), r.result.tokens_per_sec, 5e-4);
+    // memory: the weights and the KV cache of this model, and a peak RSS that holds at least them
+    // (a tiny model: its sizes round to 0.0 MB in the JSON; the result keeps them unrounded)
+    EXPECT_GT(r.result.weights_mb, 0);
+    EXPECT_GT(r.result.kv_mb, 0);
+    EXPECT_GE(r.result.peak_rss_mb, r.result.weights_mb + r.result.kv_mb);
+    EXPECT_NEAR(j["peak_rss_mb"].get<double>(), r.result.peak_rss_mb, 0.05 + 1e-9);
 }
 
 // Train a tiny model, load it, generate greedily; then the same with a stop string taken from that

@@ -160,6 +160,8 @@ void print_bench(const moe::BenchReport& r) {
     else
         std::printf("prefill: %.1f tokens/s over %lld tokens, %.1f GFLOP/s\n", b.tokens_per_sec, (long long)b.tokens,
                     b.gflops);
+    std::printf("memory: peak RSS %.0f MB, weights %.0f MB, KV cache %.0f MB\n", b.peak_rss_mb, b.weights_mb,
+                b.kv_mb);
 }
 
 int cmd_bench(const BenchArgs& a) {

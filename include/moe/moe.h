@@ -101,6 +101,9 @@ struct BenchResult {
     double gbytes_per_sec = 0;          // decode: weight_bytes_per_token * tokens/s / 1e9
     double gflops = 0;                  // prefill: model FLOP/s / 1e9
     double parallel_regions_per_step = 0;  // decode: thread forks per decode step (0 for small models)
+    // memory (MB = 2^20 bytes): the process's peak resident set, the inference weights as stored
+    // (matmul weights in the weight type, routers/norms/embedding fp32), the KV cache
+    double peak_rss_mb = 0, weights_mb = 0, kv_mb = 0;
 };
 
 // ------------------------------------------------------------------ models
@@ -177,7 +180,7 @@ BenchReport bench(const std::string& config_path, const std::string& checkpoint_
 
 // One JSON object (one line, no newline): model, mode, dtype, threads, batch, total_params,
 // active_params, tokens, seconds, tokens_per_sec, weight_bytes_per_token, weight_gbytes_per_sec,
-// gflops, parallel_regions_per_step. bench/*.py parse it.
+// gflops, parallel_regions_per_step, peak_rss_mb, weights_mb, kv_mb. bench/*.py parse it.
 std::string to_json(const BenchReport& r);
 
 // ------------------------------------------------------------------ quantize

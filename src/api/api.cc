@@ -210,7 +210,10 @@ std::string to_json(const BenchReport& r) {
                       {"weight_bytes_per_token", fixed(b.weight_bytes_per_token, 0)},
                       {"weight_gbytes_per_sec", fixed(b.gbytes_per_sec, 3)},
                       {"gflops", fixed(b.gflops, 3)},
-                      {"parallel_regions_per_step", fixed(b.parallel_regions_per_step, 2)}});
+                      {"parallel_regions_per_step", fixed(b.parallel_regions_per_step, 2)},
+                      {"peak_rss_mb", fixed(b.peak_rss_mb, 1)},
+                      {"weights_mb", fixed(b.weights_mb, 1)},
+                      {"kv_mb", fixed(b.kv_mb, 1)}});
 }
 
 // ------------------------------------------------------------------ quantize

@@ -1,5 +1,7 @@
 #include "infer/bench.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <vector>
 
@@ -10,6 +12,19 @@
 #include "model/params.h"
 
 namespace moe {
+
+static double peak_rss_mb() {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0;  // KB on Linux
+}
+
+// peak RSS, the stored inference weights and the KV cache of a bench run (MB = 2^20 bytes)
+static void memory_of(BenchResult& r, const Model& model, const layers::KvCache& cache) {
+    r.peak_rss_mb = peak_rss_mb();
+    r.weights_mb = count_weight_bytes(model.config(), model.weight_type()).total / 1048576.0;
+    r.kv_mb = (double)cache.bytes() / 1048576.0;
+}
 
 BenchResult run_bench(Model& model, const BenchOptions& opt) {
     const ModelConfig& cfg = model.config();
@@ -41,6 +56,7 @@ BenchResult run_bench(Model& model, const BenchOptions& opt) {
         r.seconds = best;
         r.tokens_per_sec = (double)P / best;
         r.gflops = count_flops(cfg, P).forward * r.tokens_per_sec / 1e9;
+        memory_of(r, model, cache);
         return r;
     }
     if (opt.mode != "decode") fail("bench: --mode must be decode or prefill, got \"", opt.mode, "\"");
@@ -95,6 +111,7 @@ BenchResult run_bench(Model& model, const BenchOptions& opt) {
     // where they pick the same experts): bytes per token at batch 1
     r.weight_bytes_per_token = model.weight_bytes_per_token();
     r.gbytes_per_sec = r.weight_bytes_per_token * (r.tokens_per_sec / (double)S) / 1e9;
+    memory_of(r, model, cache);
     return r;
 }
 

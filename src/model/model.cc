@@ -18,13 +18,20 @@
 
 namespace moe {
 
-void Model::zero_grad() { parallel_zero(grads_.data(), grads_.size()); }
+void Model::zero_grad() {
+    ensure_grads();
+    parallel_zero(grads_.data(), grads_.size());
+}
+
+void Model::ensure_grads() {
+    if (grads_.size() != 0) return;
+    grads_.allocate(table_.total() * sizeof(float));
+    g_ = bind_weights(table_, cfg_, reinterpret_cast<float*>(grads_.data()));
+}
 
 Model::Model(const ModelConfig& cfg) : cfg_(cfg), table_(cfg) {
     params_.allocate(table_.total() * sizeof(float));
-    grads_.allocate(table_.total() * sizeof(float));
     w_ = bind_weights(table_, cfg_, params());
-    g_ = bind_weights(table_, cfg_, grads());
     matmul_params_ = count_flops(cfg_, 1).matmul_params;
 }
 
@@ -337,6 +344,7 @@ void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int3
 
 void Model::backward(float scale) {
     MOE_ASSERT(have_targets_);
+    ensure_grads();
     const int64_t B = B_, T = T_, N = B * T, C = cfg_.n_embd, V = cfg_.vocab_size;
     layers::Dims d{B, T, N, C, cfg_.n_head, cfg_.n_head_kv, cfg_.head_dim()};
     {

@@ -22,7 +22,12 @@ public:
     const ParamTable& table() const { return table_; }
     int64_t n_params() const { return table_.total(); }  // flat buffer length (with padding)
     float* params() { return reinterpret_cast<float*>(params_.data()); }
-    float* grads() { return reinterpret_cast<float*>(grads_.data()); }
+    // The gradient buffer (ParamTable layout), allocated and zeroed on first use: inference never
+    // asks for it, so a model that only runs forward_cached holds no gradients.
+    float* grads() {
+        ensure_grads();
+        return reinterpret_cast<float*>(grads_.data());
+    }
     const Weights& weights() const { return w_; }
 
     // Inference with a different number of experts per token (1 <= K <= E); the parameters do
@@ -97,6 +102,7 @@ public:
 
 private:
     void ensure_activations(int64_t B, int64_t T);
+    void ensure_grads();
 
     ModelConfig cfg_;
     ParamTable table_;
