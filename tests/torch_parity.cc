@@ -109,9 +109,9 @@ void load_weights(Model& model, const Reference& ref) {
     ASSERT_EQ(n_grads, (int64_t)model.table().params().size())
         << "the dump and the engine disagree on the number of parameters";
     for (const ParamInfo& p : model.table().params()) {
-        const TensorRecord* t = ref.tf.find(p.name);
+        const TensorView* t = ref.tf.find(p.name);
         ASSERT_NE(t, nullptr) << "the dump has no weight '" << p.name << "'";
-        ASSERT_EQ(t->dtype, "f32") << p.name;
+        ASSERT_EQ(t->dtype, DType::f32) << p.name;
         ASSERT_EQ(t->shape, p.shape) << "shape of '" << p.name << "'";
         ASSERT_NE(ref.tf.find("grad." + p.name), nullptr) << "the dump has no grad." << p.name;
         std::copy(t->f32(), t->f32() + p.numel, model.params() + p.offset);
@@ -120,8 +120,8 @@ void load_weights(Model& model, const Reference& ref) {
 
 // The i32 tensor `name` of the dump as int64 values.
 std::vector<int64_t> ints(const Reference& ref, const std::string& name) {
-    const TensorRecord& t = ref.tf.get(name);
-    if (t.dtype != "i32") fail("dump tensor '", name, "' is ", t.dtype, ", not i32");
+    const TensorView& t = ref.tf.get(name);
+    if (t.dtype != DType::i32) fail("dump tensor '", name, "' is ", t.dtype, ", not i32");
     return std::vector<int64_t>(t.i32(), t.i32() + t.numel());
 }
 
@@ -185,7 +185,7 @@ TEST_P(TorchParity, StepZeroLogitsLossGradients) {
         int64_t rerouted = 0, dropped = 0;
         for (int64_t l = 0; l < ref.cfg.model.n_layer; ++l) {
             const std::string b = ".blk." + std::to_string(l);
-            const TensorRecord* t = ref.tf.find("expert_load" + b);
+            const TensorView* t = ref.tf.find("expert_load" + b);
             ASSERT_EQ(t != nullptr, (bool)ref.cfg.model.layer_moe[l]) << "layer " << l;
             if (!t) continue;
             const std::vector<int64_t> want = ints(ref, "expert_load" + b);
@@ -197,7 +197,7 @@ TEST_P(TorchParity, StepZeroLogitsLossGradients) {
             EXPECT_EQ(routing[l].dropped, st[1]) << "dropped slots differ in layer " << l;
             rerouted += routing[l].rerouted;
             dropped += routing[l].dropped;
-            const TensorRecord* eps = ref.tf.find("noise_eps" + b);
+            const TensorView* eps = ref.tf.find("noise_eps" + b);
             ASSERT_EQ(eps != nullptr, rc.noisy_gating) << "noise_eps" << b;
             if (eps) {
                 const layers::FfnCache* c = model.ffn_cache(l);
@@ -315,7 +315,7 @@ TEST_P(TorchParity, AdamWLossTrajectory) {
 
     // the balancing bias after the last update: +-bias_rate steps from the same loads, so equal
     for (int64_t l = 0; l < mc.n_layer; ++l) {
-        const TensorRecord* t = ref.tf.find("balance_bias_final.blk." + std::to_string(l));
+        const TensorView* t = ref.tf.find("balance_bias_final.blk." + std::to_string(l));
         ASSERT_EQ(t != nullptr, mc.layer_moe[l] && mc.router.bias_balance) << "layer " << l;
         if (!t) continue;
         const float* ours = model.weights().layers[l].ffn_gate_bias;

@@ -118,31 +118,31 @@ Checkpoint load_checkpoint(const std::string& dir) {
         return r;
     };
     for (const auto& p : m.table().params()) {
-        const TensorRecord* t = tf.find(p.name);
+        const TensorView* t = tf.find(p.name);
         if (!t) fail("'", path, "' has no tensor '", p.name, "' that its config requires");
         const bool typed = ck.weight_type != "fp32" && typed_at_inference(p);
         const std::string want = typed ? (ck.weight_type == "bf16" ? "bf16" : "i8") : "f32";
-        if (t->dtype != want || t->shape != p.shape)
-            fail("'", path, "': tensor '", p.name, "' is ", t->dtype, " [", shape_str(t->shape), "] but the config needs ",
+        if (dtype_name(t->dtype) != want || t->shape != p.shape)
+            fail("'", path, "': tensor '", p.name, "' is ", dtype_name(t->dtype), " [", shape_str(t->shape), "] but the config needs ",
                  want, " [", shape_str(p.shape), "]");
         float* dst = m.params() + p.offset;
         if (want == "f32") {
             std::memcpy(dst, t->f32(), p.numel * sizeof(float));
         } else if (want == "bf16") {
-            kernels::bf16_to_f32_n(dst, reinterpret_cast<const uint16_t*>(t->bytes.data()), p.numel);
+            kernels::bf16_to_f32_n(dst, t->u16(), p.numel);
         } else {
             kernels::QMatrix v;
             v.type = kernels::WType::q8, v.in = p.shape.back(), v.out = p.numel / v.in;
-            const TensorRecord* sc = tf.find(p.name + ".scales");
-            if (!sc || sc->dtype != "f32" || sc->shape != std::vector<int64_t>{v.out, v.blocks()})
+            const TensorView* sc = tf.find(p.name + ".scales");
+            if (!sc || sc->dtype != DType::f32 || sc->shape != std::vector<int64_t>{v.out, v.blocks()})
                 fail("'", path, "': tensor '", p.name, ".scales' is missing or not f32 [", v.out, ",", v.blocks(), "]");
-            v.q = reinterpret_cast<const int8_t*>(t->bytes.data());
+            v.q = t->i8();
             v.scales = sc->f32();
             for (int64_t r = 0; r < v.out; ++r) kernels::dequantize_row(dst + r * v.in, v, r);
         }
     }
-    const TensorRecord* am = tf.find("optim.adam_m");
-    const TensorRecord* av = tf.find("optim.adam_v");
+    const TensorView* am = tf.find("optim.adam_m");
+    const TensorView* av = tf.find("optim.adam_v");
     if (am && av) {
         if (am->numel() != m.n_params() || av->numel() != m.n_params())
             fail("'", path, "': optimizer state has ", am->numel(), " values, the model has ", m.n_params());

@@ -6,7 +6,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
+#include <string_view>
 
 #include "core/crc32.h"
 #include "core/error.h"
@@ -17,11 +17,9 @@ static const char kMagic[8] = {'M', 'O', 'E', 'T', 'N', 'S', 'R', '1'};
 static const uint32_t kTrailerMagic = 0x21454F4D;  // "MOE!"
 
 static size_t dtype_size(const std::string& dt, const std::string& where) {
-    if (dt == "f32" || dt == "i32") return 4;
-    if (dt == "f64") return 8;
-    if (dt == "bf16") return 2;
-    if (dt == "i8") return 1;
-    fail(where, ": unknown dtype '", dt, "'");
+    DType t;
+    if (!dtype_from_name(dt, t)) fail(where, ": unknown dtype '", dt, "'");
+    return moe::dtype_size(t);
 }
 
 int64_t TensorRecord::numel() const {
@@ -109,14 +107,13 @@ void TensorFileWriter::write(const std::string& path) const {
     write_file_atomic(path, buf);
 }
 
-TensorFile TensorFile::read(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) fail("cannot open '", path, "': ", std::strerror(errno));
+TensorFile TensorFile::read(const std::string& path, bool verify) {
     std::error_code ec;
     if (std::filesystem::is_directory(path, ec)) fail("cannot read '", path, "': it is a directory");
-    std::string buf((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    const size_t size = buf.size();
-    if (size < 32 || std::memcmp(buf.data(), kMagic, 8) != 0)
+    auto file = MappedFile::open(path);
+    const char* buf = reinterpret_cast<const char*>(file->data());
+    const size_t size = file->size();
+    if (size < 32 || std::memcmp(buf, kMagic, 8) != 0)
         fail("'", path, "' is not a moe tensor file (bad magic or only ", size, " bytes)");
     uint64_t total = 0;
     uint32_t crc_stored = 0, tmagic = 0;
@@ -126,49 +123,47 @@ TensorFile TensorFile::read(const std::string& path) {
     if (tmagic != kTrailerMagic || total != size)
         fail("'", path, "' is truncated or damaged: it has ", size,
              " bytes and no valid trailer (an interrupted write or a cut copy)");
-    const uint32_t crc = crc32_update(0, buf.data(), size - 16);
-    if (crc != crc_stored)
-        fail("'", path, "' is corrupted: checksum mismatch (stored ", crc_stored, ", computed ", crc, ")");
+    if (verify) {
+        const uint32_t crc = crc32_update(0, buf, size - 16);
+        if (crc != crc_stored)
+            fail("'", path, "' is corrupted: checksum mismatch (stored ", crc_stored, ", computed ", crc, ")");
+    }
     uint64_t hl = 0;
     std::memcpy(&hl, &buf[8], 8);
-    if (16 + hl > size - 16) fail("'", path, "' is damaged: header length ", hl, " exceeds the file");
+    if (hl > size - 32) fail("'", path, "' is damaged: header length ", hl, " exceeds the file");
     TensorFile tf;
     tf.path = path;
-    nlohmann::json header;
+    tf.where_ = path;
     try {
-        header = nlohmann::json::parse(buf.substr(16, hl));
+        const nlohmann::json header = nlohmann::json::parse(std::string_view(buf + 16, hl));
         tf.meta = header.at("meta");
         const size_t data_start = align64(16 + hl);
         for (const auto& t : header.at("tensors")) {
-            TensorRecord r;
+            TensorView r;
             r.name = t.at("name").get<std::string>();
-            r.dtype = t.at("dtype").get<std::string>();
+            const std::string dt = t.at("dtype").get<std::string>();
+            if (!dtype_from_name(dt, r.dtype)) fail("'", path, "': tensor '", r.name, "' has an unknown dtype '", dt, "'");
             r.shape = t.at("shape").get<std::vector<int64_t>>();
+            int64_t numel = 1;
+            for (int64_t d : r.shape) {
+                if (d < 0 || (d > 0 && numel > (int64_t(1) << 48) / d))
+                    fail("'", path, "': tensor '", r.name, "' has a bad shape ", r.shape_str());
+                numel *= d;
+            }
             const size_t off = t.at("offset").get<size_t>();
             r.nbytes = t.at("nbytes").get<size_t>();
-            if (r.nbytes != (size_t)r.numel() * dtype_size(r.dtype, path))
+            if (r.nbytes != (size_t)numel * dtype_size(r.dtype))
                 fail("'", path, "': tensor '", r.name, "' size does not match its shape");
-            if (data_start + off + r.nbytes > size - 16)
+            if (data_start > size - 16 || off > size - 16 - data_start || r.nbytes > size - 16 - data_start - off)
                 fail("'", path, "': tensor '", r.name, "' extends past the end of the data");
-            r.bytes.assign(buf.data() + data_start + off, buf.data() + data_start + off + r.nbytes);
-            tf.tensors_.push_back(std::move(r));
+            r.data = buf + data_start + off;
+            tf.add(std::move(r), *file);
         }
     } catch (const nlohmann::json::exception& e) {
         fail("'", path, "' has a damaged header: ", e.what());
     }
+    tf.keep(std::move(file));
     return tf;
-}
-
-const TensorRecord* TensorFile::find(const std::string& name) const {
-    for (const auto& t : tensors_)
-        if (t.name == name) return &t;
-    return nullptr;
-}
-
-const TensorRecord& TensorFile::get(const std::string& name) const {
-    const TensorRecord* t = find(name);
-    if (!t) fail("'", path, "' has no tensor '", name, "'");
-    return *t;
 }
 
 }  // namespace moe

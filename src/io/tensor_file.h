@@ -10,19 +10,18 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/tensor_source.h"
+
 namespace moe {
 
+// One tensor to write (the writer's side; reading gives TensorViews into the mapped file).
 struct TensorRecord {
     std::string name;
     std::string dtype;            // "f32", "f64", "i32", "bf16", "i8"
     std::vector<int64_t> shape;
-    std::vector<char> bytes;      // owned data (reader); writer uses ptr
     const void* ptr = nullptr;
     size_t nbytes = 0;
     int64_t numel() const;
-    const float* f32() const { return reinterpret_cast<const float*>(bytes.data()); }
-    const int32_t* i32() const { return reinterpret_cast<const int32_t*>(bytes.data()); }
-    const double* f64() const { return reinterpret_cast<const double*>(bytes.data()); }
 };
 
 class TensorFileWriter {
@@ -38,18 +37,16 @@ private:
     std::vector<TensorRecord> tensors_;
 };
 
-class TensorFile {
+// A moe tensor file read through a memory mapping: tensors() are views into it (no copy).
+class TensorFile : public TensorSource {
 public:
-    // Verifies magic, size and checksum; throws moe::error naming the file on any problem.
-    static TensorFile read(const std::string& path);
+    // Maps the file and checks magic, size, trailer, header and that every tensor lies inside the
+    // data; with verify (the default) also the CRC-32 of every byte, which reads the whole file
+    // once through the mapping (and leaves it in the page cache). Throws moe::error naming the
+    // file on any problem.
+    static TensorFile read(const std::string& path, bool verify = true);
     nlohmann::json meta;
-    const TensorRecord* find(const std::string& name) const;
-    const TensorRecord& get(const std::string& name) const;  // throws if missing
-    const std::vector<TensorRecord>& tensors() const { return tensors_; }
     std::string path;
-
-private:
-    std::vector<TensorRecord> tensors_;
 };
 
 // Writes `data` to `path` atomically (temp file, fsync, rename, directory fsync).
