@@ -76,12 +76,14 @@ ModelConfig config(bool moe) {
     return m;
 }
 
-long allocations_in_one_step(const ModelConfig& cfg, int threads) {
+long allocations_in_one_step(const ModelConfig& cfg, int threads,
+                             kernels::Precision precision = kernels::Precision::fp32) {
     void* warm[2];
     backtrace(warm, 2);  // loads libgcc's unwinder now, not inside the counted step
     set_num_threads(threads);
     Model model(cfg);
     model.init(1);
+    model.set_precision(precision);
     AdamW adam(model.n_params());
     const int64_t B = 3, T = 16;
     std::vector<int32_t> x(B * T), y(B * T);
@@ -118,7 +120,6 @@ TEST(Alloc, MoeStepAllocatesNothing) {
 }
 
 TEST(Alloc, Bf16StepAllocatesNothing) {
-    kernels::set_gemm_precision(kernels::Precision::bf16);
-    for (int t : {1, 0}) EXPECT_EQ(allocations_in_one_step(config(true), t), 0) << "threads " << t;
-    kernels::set_gemm_precision(kernels::Precision::fp32);
+    for (int t : {1, 0})
+        EXPECT_EQ(allocations_in_one_step(config(true), t, kernels::Precision::bf16), 0) << "threads " << t;
 }

@@ -314,3 +314,77 @@ TEST(Crc32, CheckValueSplitsAndBitFlips) {
     big[123] ^= 4;
     EXPECT_NE(moe::crc32_update(0, big.data(), big.size()), whole);
 }
+
+namespace {
+
+// logits of a cached prefill over a fixed sequence
+std::vector<float> prefill_logits(Model& m) {
+    auto cache = m.make_cache(1);
+    const int64_t T = 12, V = m.config().vocab_size;
+    std::vector<int32_t> tk(T), sid(T, 0), pos(T);
+    for (int64_t i = 0; i < T; ++i) tk[i] = (int32_t)((i * 7 + 3) % V), pos[i] = (int32_t)i;
+    m.forward_cached(tk.data(), sid.data(), pos.data(), T, cache);
+    return std::vector<float>(m.logits(), m.logits() + T * V);
+}
+
+}  // namespace
+
+// Typed inference models (#19): a bf16 / int8 model made by init, or loaded from a checkpoint in
+// another type, has the bits of the fp32 model converted by set_weight_type; one loaded from a
+// checkpoint stored in its own type views the mapped file (no copy); no typed model holds
+// gradients or a training state, and training calls on it are clear errors.
+TEST_F(CheckpointTest, TypedModelsMatchConvertedFp32AndViewTheirFile) {
+    std::vector<float> m, v;
+    auto fp32 = make_model(42, m, v);
+    save_checkpoint(dir + "/f32", cfg, tok, *fp32, m.data(), v.data(), TrainState{});
+    for (kernels::WType t : {kernels::WType::bf16, kernels::WType::q8}) {
+        const std::string name = kernels::wtype_name(t);
+        fp32->set_weight_type(t);
+        const std::vector<float> want = prefill_logits(*fp32);
+        // init straight into the type
+        Model direct(cfg.model, t);
+        direct.init(42);
+        EXPECT_TRUE(direct.typed());
+        EXPECT_EQ(prefill_logits(direct), want) << name << ": typed init";
+        // an fp32 checkpoint converted at load
+        Checkpoint conv = load_checkpoint(dir + "/f32", name);
+        EXPECT_EQ(conv.model->weight_type(), t);
+        EXPECT_EQ(prefill_logits(*conv.model), want) << name << ": converted at load";
+        EXPECT_TRUE(conv.adam_m.empty()) << "a typed model carries no optimizer state";
+        // a checkpoint stored in the type: used in place
+        save_checkpoint_quantized(dir + "/" + name, cfg, tok, *fp32, name, TrainState{});
+        Checkpoint in_place = load_checkpoint(dir + "/" + name);
+        EXPECT_EQ(in_place.model->weight_type(), t);
+        EXPECT_EQ(prefill_logits(*in_place.model), want) << name << ": in place";
+        int views = 0;
+        for (size_t i = 0; i < in_place.model->table().params().size(); ++i) {
+            const ParamInfo& p = in_place.model->table().params()[i];
+            EXPECT_EQ(in_place.model->param_is_view(p), typed_at_inference(p)) << p.name;
+            views += in_place.model->param_is_view(p);
+            EXPECT_FALSE(conv.model->param_is_view(conv.model->table().params()[i])) << p.name << " was converted";
+        }
+        EXPECT_GT(views, 0);
+        EXPECT_FALSE(in_place.model->has_training_state());
+        EXPECT_THROW(in_place.model->grads(), moe::error);
+        const int32_t tk[2] = {1, 2};
+        try {
+            in_place.model->forward(tk, tk, 1, 2);
+            ADD_FAILURE() << "training forward on a " << name << " model";
+        } catch (const moe::error& e) {
+            EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+        }
+        EXPECT_THROW(in_place.model->set_weight_type(kernels::WType::f32), moe::error);
+        // the other stored type converted into this one: the same as dequantize, then convert
+        const std::string other = t == kernels::WType::bf16 ? "int8" : "bf16";
+        save_checkpoint_quantized(dir + "/o" + other, cfg, tok, *fp32, other, TrainState{});
+        Checkpoint cross = load_checkpoint(dir + "/o" + other, name);
+        Checkpoint deq = load_checkpoint(dir + "/o" + other, "fp32");
+        deq.model->set_weight_type(t);
+        EXPECT_EQ(prefill_logits(*cross.model), prefill_logits(*deq.model)) << other << " -> " << name;
+    }
+    // the inference plan holds no (H, N, N) scores and no (N, V) probabilities: forward_cached on
+    // a fresh fp32 model makes no training state
+    Checkpoint f = load_checkpoint(dir + "/f32");
+    prefill_logits(*f.model);
+    EXPECT_FALSE(f.model->has_training_state());
+}

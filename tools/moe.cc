@@ -106,9 +106,8 @@ int cmd_generate(GenerateArgs& a) {
     a.sample.seed = (uint64_t)a.seed;
     moe::check_stop_strings(a.stop, "--");
     moe::set_threads(a.threads);
-    moe::LoadedModel model(a.checkpoint);
+    moe::LoadedModel model(a.checkpoint, a.dtype, "generate --dtype");
     model.set_experts_per_token(a.experts);
-    model.set_weight_type(a.dtype, "generate --dtype");
     if (a.prompt.empty()) throw moe::error("--prompt is empty: give at least one character");
     const std::vector<int32_t> ids = model.encode_prompt(a.prompt);
     std::printf("%s", a.prompt.c_str());
@@ -250,7 +249,7 @@ CLI::App* add_routing(CLI::App& app, RoutingArgs& a) {
 
 int cmd_routing(const RoutingArgs& a) {
     moe::set_threads(a.threads);
-    moe::LoadedModel model(a.checkpoint);
+    moe::LoadedModel model(a.checkpoint, "fp32");  // the picture's forward runs on fp32 weights
     model.set_experts_per_token(a.experts);
     moe::viz::RoutingMapOptions ro;
     ro.title = "routing: " + a.checkpoint;

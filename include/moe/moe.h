@@ -74,6 +74,10 @@ struct TrainOptions {
     int threads = 0;            // 0 = all cores
     std::string precision;      // --precision: "fp32" | "bf16" ("" = the config's train.precision)
     bool summary = true;        // print a sample and the expert table at the end
+    // The routed experts' AdamW inside the backward where nothing needs the whole gradient first
+    // (no clipping, no accumulation, no gradient sync): the same bits, less memory traffic.
+    // MOE_FUSED_EXPERT_ADAMW=0 (read by apply_environment) turns it off for A/B runs.
+    bool fused_expert_adamw = true;
     int64_t sample_tokens = 300;
 };
 
@@ -108,12 +112,15 @@ struct BenchResult {
 
 // ------------------------------------------------------------------ models
 
-// A checkpoint loaded for inference: its config, tokenizer and weights (dequantized into the
-// model; the weight type is re-applied exactly by set_weight_type).
+// A checkpoint loaded for inference: its config, tokenizer and weights, with the matmul weights
+// in one type for life (bf16 / int8 stored in that type are used in place from the mapped file).
 class LoadedModel {
 public:
     // Throws moe::error naming the file for a missing, truncated or corrupted checkpoint.
-    explicit LoadedModel(const std::string& checkpoint_dir);
+    // dtype: "fp32" | "bf16" | "int8" for the matmul weights, "" = as stored (routers, norms and
+    // the embedding stay fp32). `what` names the option in the error for another value.
+    explicit LoadedModel(const std::string& checkpoint_dir, const std::string& dtype = "",
+                         const char* what = "--dtype");
     ~LoadedModel();
     LoadedModel(LoadedModel&&) noexcept;
     LoadedModel& operator=(LoadedModel&&) noexcept;
@@ -124,9 +131,7 @@ public:
 
     // Routes each token to K experts (0 = keep the checkpoint's K); throws for K outside [1, E].
     void set_experts_per_token(int64_t K);
-    // Weight type of the matmuls: "fp32" | "bf16" | "int8" ("" = the stored one; routers stay
-    // fp32). `what` names the option in the error for another value.
-    void set_weight_type(const std::string& dtype, const char* what = "dtype");
+    const std::string& weight_type() const;         // the type the model runs in
     // Encodes a prompt with the checkpoint's tokenizer; throws naming the character for text
     // outside its vocabulary, and for more tokens than the context holds.
     std::vector<int32_t> encode_prompt(const std::string& text) const;

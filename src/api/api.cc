@@ -31,16 +31,25 @@ using ojson = nlohmann::ordered_json;  // keys in the order written
 
 // ------------------------------------------------------------------ environment
 
+// MOE_FUSED_EXPERT_ADAMW=0: train() runs without the fused expert AdamW whatever TrainOptions say
+static bool g_env_fused_adamw = true;
+
 void apply_environment() {
-    // For now each switch is still read (once, function-static) where it is used; calling those
-    // readers here makes a bad value fail at start-up, before any work.
-    kernels::active_isa();    // MOE_ISA
-    kernels::gemm_backend();  // MOE_GEMM
-    profile_enabled();        // MOE_PROFILE
-    // MOE_FUSED_EXPERT_ADAMW is read by train() (trainer.cc) when a run starts; checked here too.
-    const char* fuse = std::getenv("MOE_FUSED_EXPERT_ADAMW");
-    const std::string v = fuse ? fuse : "";
-    if (!v.empty() && v != "0" && v != "1") fail("MOE_FUSED_EXPERT_ADAMW must be \"0\" or \"1\", got \"", v, "\"");
+    // The only place the MOE_* switches are read: the kernels and the trainer take explicit
+    // settings, and a bad value fails here, at start-up, before any work.
+    auto env = [](const char* name) {
+        const char* v = std::getenv(name);
+        return std::string(v ? v : "");
+    };
+    if (const std::string v = env("MOE_ISA"); !v.empty()) kernels::set_isa_cap(kernels::parse_isa(v, "MOE_ISA"));
+    if (const std::string v = env("MOE_GEMM"); !v.empty())
+        kernels::set_gemm_backend(kernels::parse_gemm_backend(v, "MOE_GEMM"));
+    const std::string prof = env("MOE_PROFILE");
+    set_profiling(!prof.empty() && prof != "0");
+    const std::string fuse = env("MOE_FUSED_EXPERT_ADAMW");
+    if (!fuse.empty() && fuse != "0" && fuse != "1")
+        fail("MOE_FUSED_EXPERT_ADAMW must be \"0\" or \"1\", got \"", fuse, "\"");
+    g_env_fused_adamw = fuse != "0";
 }
 
 void set_threads(int t) {
@@ -54,9 +63,12 @@ void print_profile(std::FILE* out) { profile_report(out); }
 
 // ------------------------------------------------------------------ models
 
-LoadedModel::LoadedModel(const std::string& checkpoint_dir) : impl_(std::make_unique<Impl>()) {
+LoadedModel::LoadedModel(const std::string& checkpoint_dir, const std::string& dtype, const char* what)
+    : impl_(std::make_unique<Impl>()) {
+    if (!dtype.empty()) kernels::parse_wtype(dtype, what);  // a bad value fails before the load
     impl_->dir = checkpoint_dir;
-    impl_->ck = load_checkpoint(checkpoint_dir);
+    impl_->ck = load_checkpoint(checkpoint_dir, dtype);
+    impl_->dtype = kernels::wtype_name(impl_->ck.model->weight_type());
 }
 LoadedModel::~LoadedModel() = default;
 LoadedModel::LoadedModel(LoadedModel&&) noexcept = default;
@@ -73,10 +85,7 @@ void LoadedModel::set_experts_per_token(int64_t K) {
     impl_->ck.config.model.n_expert_used = K;
 }
 
-void LoadedModel::set_weight_type(const std::string& dtype, const char* what) {
-    Checkpoint& ck = impl_->ck;
-    ck.model->set_weight_type(kernels::parse_wtype(dtype.empty() ? ck.weight_type : dtype, what));
-}
+const std::string& LoadedModel::weight_type() const { return impl_->dtype; }
 
 std::vector<int32_t> LoadedModel::encode_prompt(const std::string& text) const {
     std::vector<int32_t> ids = impl_->ck.tokenizer.encode(text, "prompt");
@@ -127,7 +136,9 @@ TrainResult train(const std::string& config_path, const TrainOptions& opt) {
         so.seed = seed;
         return tok.decode(generate(model, {first}, so));
     };
-    return train(std::move(cfg), opt, sample);
+    TrainOptions o = opt;
+    o.fused_expert_adamw = opt.fused_expert_adamw && g_env_fused_adamw;
+    return train(std::move(cfg), o, sample);
 }
 
 // ------------------------------------------------------------------ shared helpers
@@ -173,18 +184,19 @@ BenchReport bench(const std::string& config_path, const std::string& checkpoint_
     if (!config_path.empty()) {
         Config cfg = load_config(config_path);
         resolve_vocab(cfg);
-        own = std::make_unique<Model>(cfg.model);
+        if (r.dtype.empty()) r.dtype = "fp32";
+        // random weights made straight in the type: no fp32 copy of a typed matrix
+        own = std::make_unique<Model>(cfg.model, kernels::parse_wtype(r.dtype, "bench --dtype"));
         own->init(1);
         model = own.get();
         r.model = config_path;
     } else {
-        ck = load_checkpoint(checkpoint_dir);
+        if (!r.dtype.empty()) kernels::parse_wtype(r.dtype, "bench --dtype");
+        ck = load_checkpoint(checkpoint_dir, r.dtype);
         model = ck.model.get();
         r.model = checkpoint_dir;
-        if (r.dtype.empty()) r.dtype = ck.weight_type;
+        r.dtype = kernels::wtype_name(model->weight_type());
     }
-    if (r.dtype.empty()) r.dtype = "fp32";
-    model->set_weight_type(kernels::parse_wtype(r.dtype, "bench --dtype"));
     r.result = run_bench(*model, opt);
     const ParamCount pc = count_params(model->config());
     r.mode = opt.mode;
@@ -223,7 +235,7 @@ QuantizeResult quantize(const std::string& checkpoint_dir, const std::string& dt
     if (dtype != "bf16" && dtype != "int8") fail("quantize --dtype must be bf16 or int8, got \"", dtype, "\"");
     if (fs::weakly_canonical(out_dir) == fs::weakly_canonical(checkpoint_dir))
         fail("quantize --out '", out_dir, "' is the input checkpoint: write to another directory");
-    Checkpoint ck = load_checkpoint(checkpoint_dir);
+    Checkpoint ck = load_checkpoint(checkpoint_dir, "fp32");
     if (ck.weight_type != "fp32")
         fail("checkpoint '", checkpoint_dir, "' is already ", ck.weight_type, ": quantize an fp32 checkpoint");
     save_checkpoint_quantized(out_dir, ck.config, ck.tokenizer, *ck.model, dtype, ck.state);

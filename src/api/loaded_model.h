@@ -12,6 +12,7 @@ namespace moe {
 struct LoadedModel::Impl {
     std::string dir;  // the checkpoint directory it was loaded from
     Checkpoint ck;    // config, tokenizer, model (weights), training state
+    std::string dtype;  // the matmul weight type the model runs in
 };
 
 }  // namespace moe

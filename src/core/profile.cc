@@ -23,13 +23,10 @@ std::vector<Entry>& table() {
 }
 }  // namespace
 
-bool profile_enabled() {
-    static const bool on = [] {
-        const char* v = std::getenv("MOE_PROFILE");
-        return v && *v && std::strcmp(v, "0") != 0;
-    }();
-    return on;
-}
+static bool g_profiling = false;
+
+bool profile_enabled() { return g_profiling; }
+void set_profiling(bool on) { g_profiling = on; }
 
 double now_seconds() {
     using namespace std::chrono;

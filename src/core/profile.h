@@ -10,6 +10,7 @@
 namespace moe {
 
 bool profile_enabled();
+void set_profiling(bool on);  // the CLI from MOE_PROFILE, read once by moe::apply_environment
 void profile_add(const char* name, double seconds);
 void profile_report(FILE* out);
 void profile_reset();

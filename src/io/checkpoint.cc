@@ -85,13 +85,14 @@ void save_checkpoint_quantized(const std::string& dir, const Config& config, con
     write_checkpoint(dir, w, config);
 }
 
-Checkpoint load_checkpoint(const std::string& dir) {
+Checkpoint load_checkpoint(const std::string& dir, const std::string& weight_type, bool verify) {
     const std::string path = checkpoint_file(dir);
     std::error_code ec;  // (the non-throwing forms: a name too long is an error line, not an abort)
     if (!fs::exists(dir, ec))
         fail("checkpoint directory '", dir, "' does not exist", ec ? ": " + ec.message() : "");
     if (!fs::exists(path, ec)) fail("checkpoint '", dir, "' has no checkpoint.bin (expected '", path, "')");
-    TensorFile tf = TensorFile::read(path);
+    auto file = std::make_shared<TensorFile>(TensorFile::read(path, verify));
+    const TensorFile& tf = *file;
     Checkpoint ck;
     try {
         if (tf.meta.value("format", "") != "moe-checkpoint")
@@ -110,40 +111,56 @@ Checkpoint load_checkpoint(const std::string& dir) {
     if (ck.config.model.vocab_size < ck.tokenizer.vocab_size())
         fail("'", path, "': vocab_size ", ck.config.model.vocab_size, " is smaller than the tokenizer's ",
              ck.tokenizer.vocab_size());
-    ck.model = std::make_unique<Model>(ck.config.model);
+    const kernels::WType stored = kernels::parse_wtype(ck.weight_type, "checkpoint weight_type");
+    const kernels::WType want = weight_type.empty() ? stored : kernels::parse_wtype(weight_type, "--dtype");
+    ck.model = std::make_unique<Model>(ck.config.model, want);
     Model& m = *ck.model;
-    auto shape_str = [](const std::vector<int64_t>& v) {
-        std::string r;
-        for (size_t i = 0; i < v.size(); ++i) r += (i ? "," : "") + std::to_string(v[i]);
-        return r;
-    };
+    std::vector<float> row;  // one row in fp32 while converting between typed formats
     for (const auto& p : m.table().params()) {
         const TensorView* t = tf.find(p.name);
         if (!t) fail("'", path, "' has no tensor '", p.name, "' that its config requires");
-        const bool typed = ck.weight_type != "fp32" && typed_at_inference(p);
-        const std::string want = typed ? (ck.weight_type == "bf16" ? "bf16" : "i8") : "f32";
-        if (dtype_name(t->dtype) != want || t->shape != p.shape)
-            fail("'", path, "': tensor '", p.name, "' is ", dtype_name(t->dtype), " [", shape_str(t->shape), "] but the config needs ",
-                 want, " [", shape_str(p.shape), "]");
-        float* dst = m.params() + p.offset;
-        if (want == "f32") {
-            std::memcpy(dst, t->f32(), p.numel * sizeof(float));
-        } else if (want == "bf16") {
-            kernels::bf16_to_f32_n(dst, t->u16(), p.numel);
-        } else {
-            kernels::QMatrix v;
-            v.type = kernels::WType::q8, v.in = p.shape.back(), v.out = p.numel / v.in;
+        const bool typed_in_file = stored != kernels::WType::f32 && typed_at_inference(p);
+        const DType dt = typed_in_file ? (stored == kernels::WType::bf16 ? DType::bf16 : DType::i8) : DType::f32;
+        if (t->dtype != dt || t->shape != p.shape)
+            fail("'", path, "': tensor '", p.name, "' is ", dtype_name(t->dtype), " ", t->shape_str(),
+                 " but the config needs ", dtype_name(dt), " ", TensorView{p.name, dt, p.shape}.shape_str());
+        // the matrix as stored
+        kernels::QMatrix v;
+        v.type = typed_in_file ? stored : kernels::WType::f32;
+        v.in = p.shape.back(), v.out = p.numel / v.in;
+        if (v.type == kernels::WType::f32) v.f32 = t->f32();
+        if (v.type == kernels::WType::bf16) v.bf16 = t->u16();
+        if (v.type == kernels::WType::q8) {
             const TensorView* sc = tf.find(p.name + ".scales");
             if (!sc || sc->dtype != DType::f32 || sc->shape != std::vector<int64_t>{v.out, v.blocks()})
                 fail("'", path, "': tensor '", p.name, ".scales' is missing or not f32 [", v.out, ",", v.blocks(), "]");
             v.q = t->i8();
             v.scales = sc->f32();
-            for (int64_t r = 0; r < v.out; ++r) kernels::dequantize_row(dst + r * v.in, v, r);
+        }
+        if (float* dst = m.param_f32(p)) {  // fp32 in the model: converted (a copy: training writes it)
+            if (v.type == kernels::WType::f32) {
+                std::memcpy(dst, v.f32, p.numel * sizeof(float));
+            } else {
+                for (int64_t r = 0; r < v.out; ++r) kernels::dequantize_row(dst + r * v.in, v, r);
+            }
+        } else if (v.type == want) {  // used in place: the mapping is 64-byte aligned per tensor
+            m.set_param_view(p, v, file);
+        } else {  // another type: converted a row at a time, no fp32 copy of the matrix
+            kernels::QStore& st = m.param_store(p);
+            row.resize(v.in);
+            for (int64_t r = 0; r < v.out; ++r) {
+                if (v.type == kernels::WType::f32) {
+                    st.set_rows(r, 1, v.f32 + r * v.in);
+                } else {
+                    kernels::dequantize_row(row.data(), v, r);
+                    st.set_rows(r, 1, row.data());
+                }
+            }
         }
     }
     const TensorView* am = tf.find("optim.adam_m");
     const TensorView* av = tf.find("optim.adam_v");
-    if (am && av) {
+    if (am && av && !m.typed()) {
         if (am->numel() != m.n_params() || av->numel() != m.n_params())
             fail("'", path, "': optimizer state has ", am->numel(), " values, the model has ", m.n_params());
         ck.adam_m.assign(am->f32(), am->f32() + am->numel());

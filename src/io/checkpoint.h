@@ -24,8 +24,7 @@ struct Checkpoint {
     TrainState state;
     std::unique_ptr<Model> model;
     std::vector<float> adam_m, adam_v;  // empty if the checkpoint has no optimizer state
-    std::string weight_type = "fp32";   // quantized checkpoints: "bf16" | "int8" (weights dequantized
-                                        // into the model; tools re-apply the type, which is exact)
+    std::string weight_type = "fp32";   // as stored: "fp32" | "bf16" | "int8"
 };
 
 // Writes an inference checkpoint with the matmul weights (attention, experts / dense FFN, untied
@@ -41,8 +40,13 @@ void save_checkpoint(const std::string& dir, const Config& config, const Tokeniz
                      Model& model, const float* adam_m, const float* adam_v, const TrainState& st);
 
 // Throws moe::error naming the file for a missing, truncated or corrupted checkpoint, or one
-// whose tensors disagree with its config.
-Checkpoint load_checkpoint(const std::string& dir);
+// whose tensors disagree with its config. weight_type: the model's matmul weights ("fp32",
+// "bf16", "int8"; empty: as stored). fp32 gives a trainable model (a copy of the weights, typed
+// ones dequantized); bf16 / int8 give an inference model whose matrices stored in that type are
+// used in place from the mapped file (the model keeps the mapping) and others are converted.
+// verify: check the CRC-32 of the whole file (one sequential pass over the mapping); without it the
+// structure (magic, sizes, header, tensor bounds) is still checked, and pages are read on use.
+Checkpoint load_checkpoint(const std::string& dir, const std::string& weight_type = "", bool verify = true);
 
 // Creates `dir` (and parents) or throws naming it; checks it is writable.
 void ensure_writable_dir(const std::string& dir);

@@ -2,6 +2,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <thread>
 
 #include "core/error.h"
 
@@ -24,22 +26,18 @@ const CpuFeatures& cpu_features() {
     return f;
 }
 
-static Isa env_cap() {
-    const char* s = std::getenv("MOE_ISA");
-    if (!s || !*s) return Isa::avx512;
-    if (!std::strcmp(s, "ref")) return Isa::ref;
-    if (!std::strcmp(s, "avx2")) return Isa::avx2;
-    if (!std::strcmp(s, "avx512")) return Isa::avx512;
-    fail("MOE_ISA='", s, "' is not one of ref, avx2, avx512");
+Isa parse_isa(const std::string& s, const char* where) {
+    if (s == "ref") return Isa::ref;
+    if (s == "avx2") return Isa::avx2;
+    if (s == "avx512") return Isa::avx512;
+    fail(where, "='", s, "' is not one of ref, avx2, avx512");
 }
 
-static Isa g_cap = Isa::avx512;
-static bool g_cap_set = false;
+static Isa g_cap = Isa::avx512;  // no cap
 
 Isa set_isa_cap(Isa cap) {
-    Isa prev = g_cap_set ? g_cap : env_cap();
+    const Isa prev = g_cap;
     g_cap = cap;
-    g_cap_set = true;
     return prev;
 }
 
@@ -50,9 +48,7 @@ Isa active_isa() {
         if (f.avx2 && f.fma) return Isa::avx2;
         return Isa::ref;
     }();
-    static const Isa env = env_cap();
-    const Isa cap = g_cap_set ? g_cap : env;
-    return (int)hw < (int)cap ? hw : cap;
+    return (int)hw < (int)g_cap ? hw : g_cap;
 }
 
 const char* isa_name(Isa isa) {
@@ -62,6 +58,19 @@ const char* isa_name(Isa isa) {
         case Isa::avx512: return "avx512";
     }
     return "?";
+}
+
+std::string host_description() {
+    std::string model = "unknown CPU", flags;
+    std::ifstream in("/proc/cpuinfo");
+    for (std::string line; std::getline(in, line);) {
+        if (model == "unknown CPU" && line.rfind("model name", 0) == 0) model = line.substr(line.find(':') + 2);
+        if (flags.empty() && line.rfind("flags", 0) == 0) flags = " " + line.substr(line.find(':') + 1) + " ";
+    }
+    std::string out = model + ", " + std::to_string(std::thread::hardware_concurrency()) + " cores,";
+    for (const char* f : {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16", "amx_int8"})
+        if (flags.find(std::string(" ") + f + " ") != std::string::npos) out += std::string(" ") + f;
+    return out + " (active isa: " + isa_name(active_isa()) + ")";
 }
 
 }  // namespace moe::kernels

@@ -41,22 +41,25 @@ template void gemm_ref<double>(bool, bool, int64_t, int64_t, int64_t, double, co
 
 static Precision g_precision = Precision::fp32;
 
-GemmBackend gemm_backend() {
-    // MOE_GEMM=onednn|packed picks the fp32 GEMM for A/B measurements; the default is the packed
-    // one where the CPU runs it
-    static const GemmBackend chosen = [] {
-        const char* env = std::getenv("MOE_GEMM");
-        const std::string v = env ? env : "";
-        if (v == "onednn") {
+// onednn|packed picks the fp32 GEMM for A/B measurements; the default is the packed one where the
+// CPU runs it
+static GemmBackend g_backend = GemmBackend::packed;
+
+GemmBackend parse_gemm_backend(const std::string& v, const char* where) {
+    if (v == "onednn") {
 #if !MOE_WITH_ONEDNN
-            fail("MOE_GEMM=onednn: this moe was built without oneDNN (-DMOE_WITH_ONEDNN=OFF)");
+        fail(where, "=onednn: this moe was built without oneDNN (-DMOE_WITH_ONEDNN=OFF)");
 #endif
-            return GemmBackend::onednn;
-        }
-        if (!v.empty() && v != "packed") fail("MOE_GEMM must be \"onednn\" or \"packed\", got \"", v, "\"");
-        return GemmBackend::packed;
-    }();
-    return chosen == GemmBackend::packed && sgemm_packed_available() ? GemmBackend::packed : GemmBackend::onednn;
+        return GemmBackend::onednn;
+    }
+    if (v != "packed") fail(where, " must be \"onednn\" or \"packed\", got \"", v, "\"");
+    return GemmBackend::packed;
+}
+
+void set_gemm_backend(GemmBackend b) { g_backend = b; }
+
+GemmBackend gemm_backend() {
+    return g_backend == GemmBackend::packed && sgemm_packed_available() ? GemmBackend::packed : GemmBackend::onednn;
 }
 
 void set_gemm_precision(Precision p) { g_precision = p; }

@@ -5,6 +5,7 @@
 // gemm_ref is the slow reference twin (any T, used for double-precision gradient checks).
 // gemm<float> goes to the packed kernel or oneDNN (gemm_backend); gemm<double> to the reference.
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace moe::kernels {
@@ -30,6 +31,23 @@ const char* gemm_engine_name();
 // MOE_GEMM=onednn for side-by-side measurements).
 enum class GemmBackend { onednn, packed };
 GemmBackend gemm_backend();
+// The backend asked for (the CLI from MOE_GEMM, read once by moe::apply_environment); packed falls
+// back to oneDNN on CPUs without AVX2 + FMA. onednn throws moe::error in a build without oneDNN.
+void set_gemm_backend(GemmBackend b);
+GemmBackend parse_gemm_backend(const std::string& s, const char* where);  // "packed" | "onednn"
+
+// Sets the float GEMMs' precision for its lifetime and restores the previous one: how a Model
+// applies the precision it holds around its forward and backward.
+class PrecisionScope {
+public:
+    explicit PrecisionScope(Precision p) : prev_(gemm_precision()) { set_gemm_precision(p); }
+    ~PrecisionScope() { set_gemm_precision(prev_); }
+    PrecisionScope(const PrecisionScope&) = delete;
+    PrecisionScope& operator=(const PrecisionScope&) = delete;
+
+private:
+    Precision prev_;
+};
 
 template <class T>
 void gemm_ref(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,

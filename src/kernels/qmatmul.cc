@@ -127,6 +127,34 @@ void QStore::build(WType t, const float* w, int64_t o, int64_t i) {
     }
 }
 
+void QStore::allocate(WType t, int64_t o, int64_t i) {
+    MOE_ASSERT(t != WType::f32);  // fp32 weights are views of a model's own buffer
+    type = t, out = o, in = i, f32 = nullptr;
+    bf16.clear(), q.clear(), scales.clear();
+    if (t == WType::bf16) {
+        bf16.resize(o * i);
+    } else {
+        q.resize(o * i);
+        scales.resize(o * ((i + kQ8Block - 1) / kQ8Block));
+    }
+}
+
+void QStore::set_rows(int64_t r0, int64_t n, const float* w) {
+    MOE_ASSERT(type != WType::f32 && r0 >= 0 && r0 + n <= out);
+    const int64_t i = in;
+    if (type == WType::bf16) {
+        parallel_for(0, n, 64, [&](int64_t a, int64_t b) {
+            f32_to_bf16_n(bf16.data() + (r0 + a) * i, w + a * i, (b - a) * i);
+        });
+    } else {
+        const int64_t nb = (i + kQ8Block - 1) / kQ8Block;
+        parallel_for(0, n, 64, [&](int64_t a, int64_t b) {
+            for (int64_t r = a; r < b; ++r)
+                quantize_q8_row(q.data() + (r0 + r) * i, scales.data() + (r0 + r) * nb, w + r * i, i);
+        });
+    }
+}
+
 QMatrix QStore::view() const {
     QMatrix m;
     m.type = type, m.out = out, m.in = in;

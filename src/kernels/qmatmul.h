@@ -56,6 +56,11 @@ struct QStore {
     std::vector<float, LargeAllocator<float>> scales;
     const float* f32 = nullptr;  // fp32: a view of the source (not copied)
     void build(WType t, const float* w, int64_t out, int64_t in);
+    // Storage for (out, in) in type t (bf16 or int8) to fill by rows: set_rows(r0, n, w) converts
+    // rows [r0, r0 + n) from fp32 (n * in values), with the arithmetic of build, so a matrix made
+    // in slices has the bits of one built whole, without its fp32 copy ever existing in full.
+    void allocate(WType t, int64_t out, int64_t in);
+    void set_rows(int64_t r0, int64_t n, const float* w);
     QMatrix view() const;
 };
 

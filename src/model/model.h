@@ -1,10 +1,12 @@
 #pragma once
-// The decoder-only Transformer, dense or MoE per layer. Owns four arenas: parameters, gradients,
-// activations (sized for the largest (B, T) seen) and backward scratch.
+// The decoder-only Transformer, dense or MoE per layer: its weights (fp32, or typed for inference),
+// plus the training state and the inference plan, each made on first use.
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/arena.h"
+#include "kernels/gemm.h"
 #include "layers/attention.h"
 #include "layers/ffn.h"
 #include "model/config.h"
@@ -12,30 +14,65 @@
 
 namespace moe {
 
+// Training-only state: the gradient buffer (ParamTable layout) and its views, the training
+// activation plan for (B, T) (every layer's activations kept for the backward, (B, H, T, T)
+// attention probabilities, (N, V) probabilities) and the backward scratch. A Model creates it on
+// its first training call (forward, backward, grads); inference (forward_cached) never does.
+struct TrainingState;
+
+// The activation plan of cached inference, sized by the rows of the largest call (N): one set of
+// layer buffers reused by every layer, two residual buffers, the scores of each row against the
+// context (N, H, n_ctx), logits (N, V); no gradients, no per-layer copies, no probabilities.
+struct InferencePlan;
+
 class Model {
 public:
+    // An fp32 model: every parameter in one flat fp32 buffer (ParamTable layout), trainable; its
+    // inference weights are views of that buffer unless set_weight_type makes typed copies.
     explicit Model(const ModelConfig& cfg);
+    // An inference model whose matmul weights (typed_at_inference) are bf16 or int8 and nothing
+    // else: they are filled by init (converted slice by slice) or by a loader (in-place views of
+    // a mapped file, or converted), never held in fp32; norms, routers and the embedding stay
+    // fp32. Training calls on it throw moe::error. t = f32 is the fp32 model.
+    Model(const ModelConfig& cfg, kernels::WType t);
+    ~Model();
     Model(const Model&) = delete;
     Model& operator=(const Model&) = delete;
 
     const ModelConfig& config() const { return cfg_; }
     const ParamTable& table() const { return table_; }
     int64_t n_params() const { return table_.total(); }  // flat buffer length (with padding)
-    float* params() { return reinterpret_cast<float*>(params_.data()); }
+    // The flat fp32 buffer of an fp32 model (ParamTable layout). Not for a typed model.
+    float* params();
+    // True when the matmul weights are stored typed without an fp32 master copy.
+    bool typed() const { return typed_; }
+    // fp32 data of parameter p: any parameter of an fp32 model, or one that is not
+    // typed_at_inference in a typed model; null otherwise.
+    float* param_f32(const ParamInfo& p);
+    // A typed model's matrix p (typed_at_inference): storage to fill (allocated on first call).
+    kernels::QStore& param_store(const ParamInfo& p);
+    // A typed model's matrix p as a view of memory someone else owns (a mapped file); `keep`
+    // holds that memory alive as long as the model.
+    void set_param_view(const ParamInfo& p, const kernels::QMatrix& m, std::shared_ptr<const void> keep);
+    // Whether a typed model's matrix p views memory it does not own (set_param_view).
+    bool param_is_view(const ParamInfo& p) const;
     // The gradient buffer (ParamTable layout), allocated and zeroed on first use: inference never
     // asks for it, so a model that only runs forward_cached holds no gradients.
-    float* grads() {
-        ensure_grads();
-        return reinterpret_cast<float*>(grads_.data());
-    }
+    float* grads();
     const Weights& weights() const { return w_; }
+
+    // Precision of the model's float GEMMs (training forward/backward, prefill): every call of the
+    // model runs under it (kernels::PrecisionScope) and restores the previous one after. fp32 by default.
+    void set_precision(kernels::Precision p) { precision_ = p; }
+    kernels::Precision precision() const { return precision_; }
 
     // Inference with a different number of experts per token (1 <= K <= E); the parameters do
     // not depend on K. Throws moe::error naming the value when it is out of range.
     void set_experts_per_token(int64_t K);
 
     // Random init from the seed: N(0, 0.02) matrices, N(0, 0.02/sqrt(2L)) for the projections
-    // into the residual stream, ones for norms.
+    // into the residual stream, ones for norms. A typed model draws the same values and converts
+    // them a slice of rows at a time (the same bits as converting the fp32 model's).
     void init(uint64_t seed);
 
     // Training or evaluation, and the key of the router noise, for the following forwards.
@@ -47,6 +84,7 @@ public:
     // tokens (B, T). With targets (B, T): returns the mean cross-entropy (the LM loss) and keeps
     // what backward needs. Without: returns 0; logits() holds (B*T, V).
     // The auxiliary router losses of this forward are in aux_balance_loss() / aux_z_loss().
+    // Creates the training state (an fp32 model only).
     float forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T);
     // Accumulates d(scale * (LM loss + auxiliary losses))/dparams into grads(). Call after forward
     // with targets.
@@ -74,22 +112,24 @@ public:
     void forward_cached(const int32_t* tokens, const int32_t* seq, const int32_t* pos, int64_t N,
                         layers::KvCache& cache, bool last_only = false);
     layers::KvCache make_cache(int64_t slots) const;
+    // Tokens routed to each expert of each MoE layer by the last forward_cached: (L, E), empty
+    // rows for dense layers.
+    const std::vector<std::vector<int64_t>>& cached_expert_load() const { return cached_load_; }
     // Storage type of the matmul weights forward_cached reads (attention, experts / dense FFN,
-    // output head; the router and embeddings stay fp32). bf16 / int8 make copies of the current
-    // parameters: call again after the parameters change. Default fp32 (views, no copy).
+    // output head; the router and embeddings stay fp32). On an fp32 model, bf16 / int8 make copies
+    // of the current parameters (call again after they change; fp32: views, no copy). A typed
+    // model has one type for life: asking for another throws moe::error.
     void set_weight_type(kernels::WType t);
     kernels::WType weight_type() const { return wtype_; }
     double weight_bytes_per_token() const;  // bytes of weights one decoded token reads (K experts)
 
-    const float* logits() const { return logits_; }  // (B*T, V) of the last forward
-    // Tokens per expert in the last forward, per layer (empty for dense layers): (L, E)
+    const float* logits() const { return logits_; }  // (N, V) of the last forward or forward_cached
+    // Tokens per expert in the last training-state forward, per layer (empty for dense layers): (L, E)
     std::vector<std::vector<int64_t>> expert_load() const;
     // Routing record of layer l from the last forward (MoE layers only; null otherwise):
     // topk_expert (N, K), topk_weight (N, K), logits (N, E), with N = B*T of that forward.
-    const layers::FfnCache* ffn_cache(int64_t l) const {
-        return (l < (int64_t)ffn_.size() && cfg_.layer_moe[l]) ? &ffn_[l] : nullptr;
-    }
-    int64_t last_tokens() const { return B_ * T_; }
+    const layers::FfnCache* ffn_cache(int64_t l) const;
+    int64_t last_tokens() const;
     // Per-layer routing telemetry of the last forward: loads (E), rerouted/dropped, entropy.
     struct LayerRouting {
         std::vector<int64_t> load;  // (E)
@@ -98,63 +138,39 @@ public:
         int64_t tokens = 0;
     };
     std::vector<LayerRouting> routing() const;  // (L); empty load for dense layers
-    size_t activation_bytes() const { return acts_.size() + scratch_.size(); }
+    size_t activation_bytes() const;  // training activations + backward scratch + inference plan
+    bool has_training_state() const { return tr_ != nullptr; }
 
 private:
+    TrainingState& training();  // created on first use; throws on a typed model
     void ensure_activations(int64_t B, int64_t T);
-    void ensure_grads();
+    void ensure_inference_plan(int64_t N);
+    void build_views();  // qviews_ / q_output_ from the current weights
 
     ModelConfig cfg_;
     ParamTable table_;
-    Arena params_, grads_, acts_, scratch_;
+    bool typed_ = false;
+    Arena params_;                  // fp32 model: everything; typed: the fp32-kept tensors only
+    std::vector<int64_t> f32_off_;  // (params) offset into params_, -1 for a typed matrix
     const ops::ExpertGradSink* expert_sink_ = nullptr;
-    Weights w_, g_;
-
-    int64_t B_ = 0, T_ = 0, cap_B_ = 0, cap_T_ = 0;
-    bool have_targets_ = false;
+    Weights w_;  // fp32 views (a typed model's typed matrices are null here)
+    std::unique_ptr<TrainingState> tr_;
+    std::unique_ptr<InferencePlan> inf_;
     layers::RouteContext mode_;
     std::vector<std::vector<int64_t>> step_load_;  // (L, E) training loads since update_balance_bias
-    std::vector<float> rope_;  // (T, D/2, 2)
-    std::vector<float> rope_full_;     // (n_ctx, D/2, 2) for cached inference
-    std::vector<float> infer_scores_;  // (N, H, n_ctx) cached-attention scores
+    std::vector<std::vector<int64_t>> cached_load_;  // (L, E) loads of the last forward_cached
     double matmul_params_ = 0;         // active matmul weights per token (count_flops; follows K)
-    std::vector<int32_t> head_rows_;   // rows whose logits forward_cached computes
-    std::vector<int64_t> next_pos_;    // (S) next position per sequence while checking a call
+    const float* logits_ = nullptr;    // of the last forward / forward_cached
     kernels::WType wtype_ = kernels::WType::f32;
-    // One FFN's matrices in the weight type: gate, up (rows, C), down (rows_down, F); gate may be
-    // null (no SwiGLU). Returns the views forward_cached reads.
-    struct FfnStores {
-        kernels::QStore gate, up, down;
-        layers::QFfn build(kernels::WType t, const float* g, const float* u, const float* d, int64_t rows,
-                           int64_t C, int64_t rows_down, int64_t F);
-    };
-    struct LayerStores {
-        kernels::QStore attn_q, attn_k, attn_v, attn_output;
-        FfnStores ffn, shexp;  // dense FFN or the experts; the shared expert
-    };
-    std::vector<LayerStores> qstores_;  // (L)
+    kernels::Precision precision_ = kernels::Precision::fp32;
+    // typed matrices per parameter (typed_at_inference ones): owned storage, or a view of memory
+    // kept alive by keep_; fp32 models fill stores_ only in set_weight_type
+    std::vector<kernels::QStore> stores_;  // (params)
+    std::vector<kernels::QMatrix> views_;  // (params) the matrix forward_cached reads
+    std::vector<std::shared_ptr<const void>> keep_;
     std::vector<layers::QLayer> qviews_;  // (L)
-    kernels::QStore q_output_;
-    const int32_t* tokens_ = nullptr;
-    const int32_t* targets_ = nullptr;
-
-    // activations
-    std::vector<float*> resid_;  // (L+1) x (N, C) residual stream, resid_[0] = embeddings
-    std::vector<float*> resid_mid_;  // (L) x (N, C) after attention
-    std::vector<layers::AttentionCache> attn_;
-    std::vector<layers::FfnCache> ffn_;
-    float* xf_ = nullptr;       // (N, C) final normed
-    float* xf_rstd_ = nullptr;  // (N)
-    float* logits_ = nullptr;   // (N, V)
-    float* probs_ = nullptr;    // (N, V)
-    float* losses_ = nullptr;   // (N)
-
-    // backward scratch (shared by all layers)
-    float* dresid_ = nullptr;   // (N, C)
-    float* dlogits_ = nullptr;  // (N, V)
-    float* dxf_ = nullptr;      // (N, C)
-    layers::AttentionScratch attn_s_;
-    layers::FfnScratch ffn_s_;
+    kernels::QStore q_output_store_;      // tied head in the weight type (a copy of tok_embd)
+    kernels::QMatrix q_output_;
 };
 
 }  // namespace moe

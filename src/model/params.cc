@@ -71,11 +71,15 @@ const ParamInfo* ParamTable::find(const std::string& name) const {
 }
 
 Weights bind_weights(const ParamTable& t, const ModelConfig& m, float* base) {
+    return bind_weights(t, m, [&](const ParamInfo& p) { return base + p.offset; });
+}
+
+Weights bind_weights(const ParamTable& t, const ModelConfig& m, const std::function<float*(const ParamInfo&)>& data) {
     Weights w;
     w.layers.resize(m.n_layer);
     auto at = [&](const std::string& name) -> float* {
         const ParamInfo* p = t.find(name);
-        return p ? base + p->offset : nullptr;
+        return p ? data(*p) : nullptr;
     };
     w.tok_embd = at("tok_embd");
     for (int64_t l = 0; l < m.n_layer; ++l) {

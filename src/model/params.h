@@ -3,6 +3,7 @@
 // buffer. The same table lays out the gradients and the optimizer state. Names follow GGUF's
 // llama convention (tok_embd, blk.{l}.attn_q, blk.{l}.ffn_up_exps, ...).
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,8 @@ struct Weights {
 };
 
 Weights bind_weights(const ParamTable& t, const ModelConfig& m, float* base);
+// The same with each tensor's data from `at` (null: the tensor has no fp32 data here).
+Weights bind_weights(const ParamTable& t, const ModelConfig& m, const std::function<float*(const ParamInfo&)>& at);
 
 struct ParamCount {
     int64_t total = 0;   // every parameter (embedding and head included)

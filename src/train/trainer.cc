@@ -299,7 +299,7 @@ TrainResult train(Config cfg, const TrainOptions& opt, const SampleFn& sample, G
     // come from the checkpoint, so the run continues exactly as it would have without a stop.
     Checkpoint ck;
     if (!opt.resume_dir.empty()) {
-        ck = load_checkpoint(opt.resume_dir);
+        ck = load_checkpoint(opt.resume_dir, "fp32");
         if (ck.adam_m.empty()) fail("checkpoint '", opt.resume_dir, "' has no optimizer state to resume from");
         if (opt.config_from_checkpoint) {
             cfg.train = ck.config.train;
@@ -317,7 +317,7 @@ TrainResult train(Config cfg, const TrainOptions& opt, const SampleFn& sample, G
     if (opt.seed >= 0) tc.seed = (uint64_t)opt.seed;
     if (opt.steps >= 0) tc.steps = opt.steps;
     if (!opt.precision.empty()) tc.precision = opt.precision;
-    kernels::set_gemm_precision(kernels::parse_precision(tc.precision.c_str(), "--precision / train.precision"));
+    const kernels::Precision precision = kernels::parse_precision(tc.precision.c_str(), "--precision / train.precision");
     if (tc.data.empty()) fail("no training data: set 'train.data' in ", cfg.path, " or pass --data FILE");
     const std::string data_path = resolve_path(tc.data);
     const std::string text = read_text_file(data_path);
@@ -353,6 +353,7 @@ TrainResult train(Config cfg, const TrainOptions& opt, const SampleFn& sample, G
         model->init(tc.seed);
         adam = std::make_unique<AdamW>(model->n_params());
     }
+    model->set_precision(precision);
     ensure_writable_dir(opt.out_dir);
     const ModelConfig& mc = cfg.model;
     const int64_t B = tc.batch_size, T = tc.block_size, N = B * T;
@@ -371,16 +372,15 @@ TrainResult train(Config cfg, const TrainOptions& opt, const SampleFn& sample, G
                 data_path.c_str(), (long long)data.n_train(), (long long)data.n_val(), (long long)mc.vocab_size,
                 tc.tokenizer.c_str(), unigram);
     // The routed experts' AdamW inside the backward (FusedExpertAdamW) where nothing needs the whole
-    // gradient first; MOE_FUSED_EXPERT_ADAMW=0 turns it off (for A/B and the test that compares both).
-    const std::string fuse_env = std::getenv("MOE_FUSED_EXPERT_ADAMW") ? std::getenv("MOE_FUSED_EXPERT_ADAMW") : "";
-    if (!fuse_env.empty() && fuse_env != "0" && fuse_env != "1")
-        fail("MOE_FUSED_EXPERT_ADAMW must be \"0\" or \"1\", got \"", fuse_env, "\"");
-    // the fused expert AdamW updates experts inside the backward, before the gradient sync: only
-    // where that sync changes nothing
-    const bool fuse = tc.grad_clip == 0 && tc.grad_accum == 1 && mc.any_moe() && fuse_env != "0" && sync.identity();
+    // gradient first (opt.fused_expert_adamw; off for A/B and the test that compares both). It
+    // updates experts inside the backward, before the gradient sync: only where that sync changes nothing
+    const bool fuse = tc.grad_clip == 0 && tc.grad_accum == 1 && mc.any_moe() && opt.fused_expert_adamw && sync.identity();
     std::printf("batch %lld x %lld tokens x %lld accum, %lld steps, lr %.2e, %d threads, %s GEMMs (%s)%s%s\n",
                 (long long)B, (long long)T, (long long)tc.grad_accum, (long long)tc.steps, tc.lr, num_threads(),
-                tc.precision.c_str(), kernels::gemm_engine_name(), fuse ? ", experts' AdamW in the backward" : "",
+                tc.precision.c_str(), [&] {
+                    const kernels::PrecisionScope p(precision);
+                    return kernels::gemm_engine_name();
+                }(), fuse ? ", experts' AdamW in the backward" : "",
                 opt.resume_dir.empty() ? "" : str(", resuming at step ", st.step).c_str());
     std::fflush(stdout);
 
