@@ -291,9 +291,34 @@ static double peak_rss_mb() {
     return (double)ru.ru_maxrss / 1024.0;
 }
 
-TrainResult train(Config cfg, const TrainOptions& opt, const SampleFn& sample, GradientSync* sync_arg) {
+struct Trainer::Impl {
+    Config cfg;
+    TrainOptions opt;
     LocalSync local_sync;
-    GradientSync& sync = sync_arg ? *sync_arg : local_sync;
+    GradientSync* sync = nullptr;
+    kernels::Precision precision = kernels::Precision::fp32;
+    std::string data_path;
+    std::unique_ptr<Model> model;
+    Tokenizer tok;
+    TrainState st;
+    std::unique_ptr<AdamW> adam;
+    std::unique_ptr<TextData> data;
+    std::unique_ptr<JsonlLog> log;
+    std::unique_ptr<FusedExpertAdamW> fused;
+    double unigram = 0;
+    int64_t B = 0, T = 0, N = 0;
+    bool tty = false;
+    std::vector<int32_t> x, y;
+    std::vector<std::vector<int64_t>> last_load;   // expert loads of the last evaluation
+    std::vector<Model::LayerRouting> train_rt;     // training routing since the last evaluation
+
+    void setup(Config c, const TrainOptions& o, GradientSync* s);
+};
+
+void Trainer::Impl::setup(Config c, const TrainOptions& o, GradientSync* s) {
+    cfg = std::move(c);
+    opt = o;
+    sync = s ? s : &local_sync;
     set_num_threads(opt.threads);
     // Resuming: the architecture, tokenizer, weights, optimizer state and the seed (the data order)
     // come from the checkpoint, so the run continues exactly as it would have without a stop.
@@ -317,16 +342,12 @@ TrainResult train(Config cfg, const TrainOptions& opt, const SampleFn& sample, G
     if (opt.seed >= 0) tc.seed = (uint64_t)opt.seed;
     if (opt.steps >= 0) tc.steps = opt.steps;
     if (!opt.precision.empty()) tc.precision = opt.precision;
-    const kernels::Precision precision = kernels::parse_precision(tc.precision.c_str(), "--precision / train.precision");
+    precision = kernels::parse_precision(tc.precision.c_str(), "--precision / train.precision");
     if (tc.data.empty()) fail("no training data: set 'train.data' in ", cfg.path, " or pass --data FILE");
-    const std::string data_path = resolve_path(tc.data);
+    data_path = resolve_path(tc.data);
     const std::string text = read_text_file(data_path);
 
     // model, tokenizer and optimizer state: fresh or from the checkpoint
-    std::unique_ptr<Model> model;
-    Tokenizer tok;
-    TrainState st;
-    std::unique_ptr<AdamW> adam;
     if (!opt.resume_dir.empty()) {
         tok = ck.tokenizer;
         st = ck.state;
@@ -356,12 +377,12 @@ TrainResult train(Config cfg, const TrainOptions& opt, const SampleFn& sample, G
     model->set_precision(precision);
     ensure_writable_dir(opt.out_dir);
     const ModelConfig& mc = cfg.model;
-    const int64_t B = tc.batch_size, T = tc.block_size, N = B * T;
-    TextData data(tok.encode(text, data_path), tc.val_fraction, T, data_path);
-    JsonlLog log(opt.log_path);
+    B = tc.batch_size, T = tc.block_size, N = B * T;
+    data = std::make_unique<TextData>(tok.encode(text, data_path), tc.val_fraction, T, data_path);
+    log = std::make_unique<JsonlLog>(opt.log_path);
 
     const ParamCount pc = count_params(mc);
-    const double unigram = data.unigram_entropy(mc.vocab_size);
+    unigram = data->unigram_entropy(mc.vocab_size);
     std::printf("moe train: %s | %s model, %lld layers, C=%lld, %s | params %.3fM total, %.3fM active\n",
                 cfg.path.c_str(), mc.any_moe() ? "MoE" : "dense", (long long)mc.n_layer, (long long)mc.n_embd,
                 mc.any_moe() ? str("E=", mc.n_expert, " K=", mc.n_expert_used, " F=", mc.n_ff_exp,
@@ -369,12 +390,12 @@ TrainResult train(Config cfg, const TrainOptions& opt, const SampleFn& sample, G
                              : str("F=", mc.n_ff).c_str(),
                 pc.total / 1e6, pc.active / 1e6);
     std::printf("data: %s, %lld train / %lld val tokens, vocab %lld (%s); unigram baseline %.4f nats\n",
-                data_path.c_str(), (long long)data.n_train(), (long long)data.n_val(), (long long)mc.vocab_size,
+                data_path.c_str(), (long long)data->n_train(), (long long)data->n_val(), (long long)mc.vocab_size,
                 tc.tokenizer.c_str(), unigram);
     // The routed experts' AdamW inside the backward (FusedExpertAdamW) where nothing needs the whole
     // gradient first (opt.fused_expert_adamw; off for A/B and the test that compares both). It
     // updates experts inside the backward, before the gradient sync: only where that sync changes nothing
-    const bool fuse = tc.grad_clip == 0 && tc.grad_accum == 1 && mc.any_moe() && opt.fused_expert_adamw && sync.identity();
+    const bool fuse = tc.grad_clip == 0 && tc.grad_accum == 1 && mc.any_moe() && opt.fused_expert_adamw && sync->identity();
     std::printf("batch %lld x %lld tokens x %lld accum, %lld steps, lr %.2e, %d threads, %s GEMMs (%s)%s%s\n",
                 (long long)B, (long long)T, (long long)tc.grad_accum, (long long)tc.steps, tc.lr, num_threads(),
                 tc.precision.c_str(), [&] {
@@ -383,156 +404,187 @@ TrainResult train(Config cfg, const TrainOptions& opt, const SampleFn& sample, G
                 }(), fuse ? ", experts' AdamW in the backward" : "",
                 opt.resume_dir.empty() ? "" : str(", resuming at step ", st.step).c_str());
     std::fflush(stdout);
+    tty = ::isatty(STDOUT_FILENO);
+    x.resize(N);
+    y.resize(N);
+    if (fuse) fused = std::make_unique<FusedExpertAdamW>(*model, *adam);
+}
 
-    const bool tty = ::isatty(STDOUT_FILENO);
-    std::vector<int32_t> x(N), y(N);
+Trainer::Trainer(Config cfg, const TrainOptions& opt, GradientSync* sync) : impl_(std::make_unique<Impl>()) {
+    impl_->setup(std::move(cfg), opt, sync);
+}
+Trainer::~Trainer() = default;
+
+Model& Trainer::model() { return *impl_->model; }
+const Config& Trainer::config() const { return impl_->cfg; }
+const TrainState& Trainer::state() const { return impl_->st; }
+const Tokenizer& Trainer::tokenizer() const { return impl_->tok; }
+
+Trainer::StepStats Trainer::step() {
+    Impl& m = *impl_;
+    const TrainConfig& tc = m.cfg.train;
+    const int64_t step = m.st.step;
+    StepStats r;
+    AdamWParams hp;
+    hp.lr = lr_at(step, tc.steps, tc.warmup_steps, tc.lr, tc.min_lr);
+    hp.beta1 = tc.beta1;
+    hp.beta2 = tc.beta2;
+    hp.eps = tc.adam_eps;
+    hp.weight_decay = tc.weight_decay;
+    r.lr = hp.lr;
+    Model& model = *m.model;
+    if (m.fused) m.fused->begin_step(hp, step + 1);
+    else model.zero_grad();
+    for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+        m.data->train_batch(m.x.data(), m.y.data(), m.B, tc.seed, step, micro);
+        model.set_mode(true, tc.seed, step, micro);
+        r.lm_loss += model.forward(m.x.data(), m.y.data(), m.B, m.T);
+        if (m.cfg.model.any_moe()) accumulate_routing(m.train_rt, model);
+        r.balance_loss += model.aux_balance_loss();
+        r.z_loss += model.aux_z_loss();
+        model.backward(1.f / (float)tc.grad_accum);
+    }
+    // the seam between backward and optimizer (identity on one process; fused implies identity)
+    MOE_ASSERT(!m.fused || m.sync->identity());
+    m.sync->sync(model.grads(), model.n_params(), step);
+    r.lm_loss /= (double)tc.grad_accum;
+    r.balance_loss /= (double)tc.grad_accum;
+    r.z_loss /= (double)tc.grad_accum;
+    r.loss = r.lm_loss + r.balance_loss + r.z_loss;  // what the gradient descends
+    if (!std::isfinite(r.loss))
+        fail("training diverged: loss is ", r.loss, " at step ", step,
+             " (the last good checkpoint in '", m.opt.out_dir, "' is kept; try a lower train.lr than ", tc.lr, ")");
+    {
+        MOE_PROFILE_SCOPE("clip+adamw");
+        r.grad_norm = m.fused ? m.fused->end_step() : grad_norm(model.grads(), model.n_params());
+        if (!std::isfinite(r.grad_norm))
+            fail("training diverged: gradient norm is ", r.grad_norm, " at step ", step,
+                 " (the last good checkpoint in '", m.opt.out_dir, "' is kept)");
+        m.adam->step(model.params(), model.grads(), model.table(), hp, step + 1,
+                     clip_coefficient(r.grad_norm, tc.grad_clip), m.fused ? m.fused->updated() : nullptr);
+        model.update_balance_bias();  // aux-loss-free balancing (no-op unless configured)
+    }
+    m.st.step = step + 1;
+    m.st.tokens_seen += m.N * tc.grad_accum;
+    return r;
+}
+
+double Trainer::evaluate() {
+    Impl& m = *impl_;
+    const TrainConfig& tc = m.cfg.train;
+    EvalResult ev = moe::evaluate(*m.model, *m.data, m.B, m.T, tc.eval_batches, tc.seed);
+    m.st.val_loss = ev.val_loss;
+    m.last_load.clear();
+    for (const auto& r : ev.routing) m.last_load.push_back(r.load);
+    const nlohmann::json rj = routing_json(ev.routing), tj = routing_json(m.train_rt);
+    m.train_rt.clear();
+    if (m.tty) std::printf("\r\033[K");
+    std::printf("step %6lld | val loss %.4f (unigram %.4f)\n", (long long)m.st.step, ev.val_loss, m.unigram);
+    print_routing_table(rj, tj);
+    std::fflush(stdout);
+    nlohmann::json line = {{"step", m.st.step}, {"val_loss", ev.val_loss}};
+    if (!rj.empty()) line["routing"] = rj;
+    if (!tj.empty()) line["train_routing"] = tj;
+    m.log->write(line);
+    return ev.val_loss;
+}
+
+void Trainer::save() {
+    Impl& m = *impl_;
+    save_checkpoint(m.opt.out_dir, m.cfg, m.tok, *m.model, m.adam->m(), m.adam->v(), m.st);
+}
+
+TrainResult Trainer::run(const SampleFn& sample) {
+    Impl& m = *impl_;
+    const TrainConfig& tc = m.cfg.train;
+    const ModelConfig& mc = m.cfg.model;
     TrainResult res;
-    res.unigram_entropy = unigram;
+    res.unigram_entropy = m.unigram;
     auto t_start = Clock::now();
     auto t_window = t_start;
     int64_t window_tokens = 0;
     double last_loss = 0, window_loss = 0;
     int64_t window_steps = 0;
-    std::vector<std::vector<int64_t>> last_load;
 
-    auto save = [&]() {
-        save_checkpoint(opt.out_dir, cfg, tok, *model, adam->m(), adam->v(), st);
-    };
-    std::vector<Model::LayerRouting> train_rt;  // training routing since the last evaluation
-    auto run_eval = [&]() {
-        EvalResult ev = evaluate(*model, data, B, T, tc.eval_batches, tc.seed);
-        st.val_loss = ev.val_loss;
-        last_load.clear();
-        for (const auto& r : ev.routing) last_load.push_back(r.load);
-        const nlohmann::json rj = routing_json(ev.routing), tj = routing_json(train_rt);
-        train_rt.clear();
-        if (tty) std::printf("\r\033[K");
-        std::printf("step %6lld | val loss %.4f (unigram %.4f)\n", (long long)st.step, ev.val_loss, unigram);
-        print_routing_table(rj, tj);
-        std::fflush(stdout);
-        nlohmann::json line = {{"step", st.step}, {"val_loss", ev.val_loss}};
-        if (!rj.empty()) line["routing"] = rj;
-        if (!tj.empty()) line["train_routing"] = tj;
-        log.write(line);
-        return ev.val_loss;
-    };
-
-    std::unique_ptr<FusedExpertAdamW> fused;
-    if (fuse) fused = std::make_unique<FusedExpertAdamW>(*model, *adam);
-    AdamWParams hp;
-
-    const int64_t start_step = st.step;
-    for (int64_t step = start_step; step < tc.steps; ++step) {
-        hp.lr = lr_at(step, tc.steps, tc.warmup_steps, tc.lr, tc.min_lr);
-        hp.beta1 = tc.beta1;
-        hp.beta2 = tc.beta2;
-        hp.eps = tc.adam_eps;
-        hp.weight_decay = tc.weight_decay;
-        if (fused) fused->begin_step(hp, step + 1);
-        else model->zero_grad();
-        double lm_loss = 0, bal_loss = 0, z_loss = 0;
-        for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
-            data.train_batch(x.data(), y.data(), B, tc.seed, step, micro);
-            model->set_mode(true, tc.seed, step, micro);
-            lm_loss += model->forward(x.data(), y.data(), B, T);
-            if (mc.any_moe()) accumulate_routing(train_rt, *model);
-            bal_loss += model->aux_balance_loss();
-            z_loss += model->aux_z_loss();
-            model->backward(1.f / (float)tc.grad_accum);
-        }
-        // the seam between backward and optimizer (identity on one process; fused implies identity)
-        MOE_ASSERT(!fused || sync.identity());
-        sync.sync(model->grads(), model->n_params(), step);
-        lm_loss /= (double)tc.grad_accum;
-        bal_loss /= (double)tc.grad_accum;
-        z_loss /= (double)tc.grad_accum;
-        const double loss = lm_loss + bal_loss + z_loss;  // what the gradient descends
-        if (!std::isfinite(loss))
-            fail("training diverged: loss is ", loss, " at step ", step,
-                 " (the last good checkpoint in '", opt.out_dir, "' is kept; try a lower train.lr than ", tc.lr, ")");
-        double gnorm = 0;
-        {
-            MOE_PROFILE_SCOPE("clip+adamw");
-            gnorm = fused ? fused->end_step() : grad_norm(model->grads(), model->n_params());
-            if (!std::isfinite(gnorm))
-                fail("training diverged: gradient norm is ", gnorm, " at step ", step,
-                     " (the last good checkpoint in '", opt.out_dir, "' is kept)");
-            adam->step(model->params(), model->grads(), model->table(), hp, step + 1,
-                       clip_coefficient(gnorm, tc.grad_clip), fused ? fused->updated() : nullptr);
-            model->update_balance_bias();  // aux-loss-free balancing (no-op unless configured)
-        }
-        st.step = step + 1;
-        st.tokens_seen += N * tc.grad_accum;
-        last_loss = loss;
-        window_loss += loss;
+    const int64_t start_step = m.st.step;
+    while (m.st.step < tc.steps) {
+        const int64_t step = m.st.step;
+        const StepStats s = this->step();
+        last_loss = s.loss;
+        window_loss += s.loss;
         window_steps++;
-        window_tokens += N * tc.grad_accum;
+        window_tokens += m.N * tc.grad_accum;
 
-        const bool last = st.step == tc.steps;
-        if (st.step % tc.log_interval == 0 || last || step == start_step) {
+        const bool last = m.st.step == tc.steps;
+        if (m.st.step % tc.log_interval == 0 || last || step == start_step) {
             auto now = Clock::now();
             double dt = std::chrono::duration<double>(now - t_window).count();
             double tps = dt > 0 ? window_tokens / dt : 0;
             double elapsed = std::chrono::duration<double>(now - t_start).count();
-            double eta = elapsed / (double)(st.step - start_step) * (double)(tc.steps - st.step);
+            double eta = elapsed / (double)(m.st.step - start_step) * (double)(tc.steps - m.st.step);
             char line[256];
             std::snprintf(line, sizeof line, "step %6lld/%lld | loss %.4f | lr %.2e | %s tok/s | ETA %s",
-                          (long long)st.step, (long long)tc.steps, window_loss / window_steps, hp.lr,
+                          (long long)m.st.step, (long long)tc.steps, window_loss / window_steps, s.lr,
                           fmt_rate(tps).c_str(), fmt_duration(eta).c_str());
-            if (tty) std::printf("\r\033[K%s", line);
+            if (m.tty) std::printf("\r\033[K%s", line);
             else std::printf("%s\n", line);
             std::fflush(stdout);
-            nlohmann::json jl = {{"step", st.step}, {"loss", loss}, {"lr", hp.lr},
-                                 {"tokens_per_sec", tps}, {"grad_norm", gnorm},
+            nlohmann::json jl = {{"step", m.st.step}, {"loss", s.loss}, {"lr", s.lr},
+                                 {"tokens_per_sec", tps}, {"grad_norm", s.grad_norm},
                                  {"peak_rss_mb", peak_rss_mb()}};
-            if (mc.router.balance_loss > 0 || mc.router.z_loss > 0) jl["lm_loss"] = lm_loss;
-            if (mc.router.balance_loss > 0) jl["balance_loss"] = bal_loss;
-            if (mc.router.z_loss > 0) jl["z_loss"] = z_loss;
-            log.write(jl);
+            if (mc.router.balance_loss > 0 || mc.router.z_loss > 0) jl["lm_loss"] = s.lm_loss;
+            if (mc.router.balance_loss > 0) jl["balance_loss"] = s.balance_loss;
+            if (mc.router.z_loss > 0) jl["z_loss"] = s.z_loss;
+            m.log->write(jl);
             t_window = now;
             window_tokens = 0;
             window_loss = 0;
             window_steps = 0;
         }
-        if (st.step % tc.eval_interval == 0 || last) run_eval();
-        if ((tc.ckpt_interval > 0 && st.step % tc.ckpt_interval == 0) || last) save();
+        if (m.st.step % tc.eval_interval == 0 || last) evaluate();
+        if ((tc.ckpt_interval > 0 && m.st.step % tc.ckpt_interval == 0) || last) save();
     }
     if (start_step >= tc.steps) {
-        std::printf("checkpoint is already at step %lld of %lld; nothing to train\n", (long long)st.step,
+        std::printf("checkpoint is already at step %lld of %lld; nothing to train\n", (long long)m.st.step,
                     (long long)tc.steps);
-        run_eval();
+        evaluate();
         save();  // the checkpoint the summary line names exists even when --out is a new directory
     }
-    if (tty) std::printf("\n");
+    if (m.tty) std::printf("\n");
     res.seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
-    res.steps_done = st.step - start_step;
+    res.steps_done = m.st.step - start_step;
     res.final_train_loss = last_loss;
-    res.final_val_loss = st.val_loss;
+    res.final_val_loss = m.st.val_loss;
     std::printf("done: %lld steps in %s, final val loss %.4f (unigram baseline %.4f), checkpoint %s\n",
-                (long long)res.steps_done, fmt_duration(res.seconds).c_str(), st.val_loss, unigram,
-                checkpoint_file(opt.out_dir).c_str());
+                (long long)res.steps_done, fmt_duration(res.seconds).c_str(), m.st.val_loss, m.unigram,
+                checkpoint_file(m.opt.out_dir).c_str());
 
     {
-        const double state_mb = (double)model->n_params() * 4 * 4 / 1048576.0;  // params, grads, m, v
+        const double state_mb = (double)m.model->n_params() * 4 * 4 / 1048576.0;  // params, grads, m, v
         std::printf("memory: peak RSS %.0f MB (parameters + gradients + AdamW state %.0f MB, activations %.0f MB, "
                     "planned before the first step; a step allocates nothing)\n",
-                    peak_rss_mb(), state_mb, (double)model->activation_bytes() / 1048576.0);
+                    peak_rss_mb(), state_mb, (double)m.model->activation_bytes() / 1048576.0);
     }
     profile_report(stdout);
-    if (opt.summary) {
+    if (m.opt.summary) {
         if (sample) {
-            const int32_t first = data.tokens()[data.n_train()];
-            const std::string text = sample(*model, tok, first, opt.sample_tokens, tc.seed);
+            const int32_t first = m.data->tokens()[m.data->n_train()];
+            const std::string text = sample(*m.model, m.tok, first, m.opt.sample_tokens, tc.seed);
             std::printf("\n--- sample (temperature 0.8) ---\n%s%s\n--------------------------------\n\n",
-                        tok.decode({first}).c_str(), text.c_str());
+                        m.tok.decode({first}).c_str(), text.c_str());
         }
-        print_expert_table(last_load, mc);
+        print_expert_table(m.last_load, mc);
         if (mc.any_moe())
             std::printf("picture of the routing: moe routing --checkpoint %s --text \"...\" --out routing.png\n",
-                        opt.out_dir.c_str());
+                        m.opt.out_dir.c_str());
     }
     std::fflush(stdout);
     return res;
+}
+
+TrainResult train(Config cfg, const TrainOptions& opt, const SampleFn& sample, GradientSync* sync) {
+    Trainer t(std::move(cfg), opt, sync);
+    return t.run(sample);
 }
 
 }  // namespace moe
