@@ -6,7 +6,7 @@
 set(MOE_TORCH_PYTHON /usr/bin/python3 CACHE FILEPATH
     "Python interpreter with torch for the PyTorch parity reference (tests/ref/)")
 set(MOE_PARITY_CONFIGS tiny-dense tiny-moe tiny-moe-relu tiny-moe-shexp
-    tiny-moe-noisy tiny-moe-reroute tiny-moe-drop tiny-moe-bias tiny-moe-qknorm)
+    tiny-moe-noisy tiny-moe-reroute tiny-moe-drop tiny-moe-bias tiny-moe-qknorm tiny-moe-qwen2 tiny-moe-qwen3)
 set(MOE_PARITY_DIR ${CMAKE_BINARY_DIR}/parity)
 
 # Not a test_*.cc: registered by hand below, not by gtest_discover_tests, so that each test can

@@ -365,6 +365,37 @@ TEST(GradOps, RouterWeights) {
     EXPECT_LE(doubling_error(dl, dl2), kAccTol);
 }
 
+// norm_topk_prob = false: the full softmax's probabilities of the chosen experts
+TEST(GradOps, RouterWeightsFull) {
+    const int64_t N = 6, E = 5, K = 3;
+    Rng rng(13);
+    Vec logits = randn(N * E, rng, 2.0), g = randn(N * K, rng);
+    const std::vector<int32_t> topk = routing_with_drops(N, E, K, rng);
+    auto fwd = [&](const Vec& p, Vec& out) {
+        out.assign(N * K, 0);
+        ops::MoeRouteT<double> r = slots_route(N, E, K, topk.data(), out.data());
+        ops::router_weights_full_forward(r, p.data());
+        return true;
+    };
+    Vec w(N * K);
+    ops::MoeRouteT<double> route = slots_route(N, E, K, topk.data(), w.data());
+    ops::router_weights_full_forward(route, logits.data());
+    for (int64_t n = 0; n < N; ++n) {  // probabilities of the full softmax, not renormalised
+        double z = 0;
+        for (int64_t e = 0; e < E; ++e) z += std::exp(logits[n * E + e]);
+        for (int64_t k = 0; k < K; ++k) {
+            const int32_t e = topk[n * K + k];
+            EXPECT_NEAR(w[n * K + k], e >= 0 ? std::exp(logits[n * E + e]) / z : 0.0, 1e-15);
+        }
+    }
+    Vec dl = zeros(N * E);
+    ops::router_weights_full_backward(dl.data(), g.data(), route, logits.data());
+    EXPECT_GRAD_OK(check_grad(fwd, logits, g, dl), kTol, "router_weights_full dlogits");
+    Vec dl2 = dl;
+    ops::router_weights_full_backward(dl2.data(), g.data(), route, logits.data());
+    EXPECT_LE(doubling_error(dl, dl2), kAccTol);
+}
+
 // ---------------------------------------------------------------- combine / gather
 
 TEST(GradOps, MoeCombineAndGather) {

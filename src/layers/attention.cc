@@ -35,6 +35,25 @@ bool attention_grouped(const Dims& d) {
     return groups >= 2 * (int64_t)num_threads();
 }
 
+// The q / k RMSNorm: over the whole projection (N rows of heads * D) or over each head's D (N * heads
+// rows of D, one weight of D shared by the heads).
+static void qk_norm_forward(float* y, float* rstd, const float* x, const float* w, int64_t N, int64_t heads,
+                            const Dims& d, double eps) {
+    if (d.qk_norm_head) ops::rmsnorm_forward(y, rstd, x, w, N * heads, d.D, eps);
+    else ops::rmsnorm_forward(y, rstd, x, w, N, heads * d.D, eps);
+}
+
+static void qk_norm_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, const float* rstd,
+                             int64_t N, int64_t heads, const Dims& d) {
+    if (d.qk_norm_head) ops::rmsnorm_backward(dx, dw, dy, x, w, rstd, N * heads, d.D);
+    else ops::rmsnorm_backward(dx, dw, dy, x, w, rstd, N, heads * d.D);
+}
+
+// Projection biases and per-head q/k norms run op by op (the grouped paths do not have them).
+static bool has_extras(const LayerWeights& w, const Dims& d) {
+    return w.attn_q_b || w.attn_output_b || (w.attn_q_norm && d.qk_norm_head);
+}
+
 static void attention_forward_ops(float* out, AttentionCache& c, const float* inp, const LayerWeights& w,
                                   const float* rope, const Dims& d, double eps) {
     const int64_t N = d.N, C = d.C, QD = d.H * d.D, KD = d.Hkv * d.D;
@@ -43,19 +62,29 @@ static void attention_forward_ops(float* out, AttentionCache& c, const float* in
         // qk_norm: q = rmsnorm(xn · W_q^T) * q_norm over all H*D (likewise k), then RoPE
         ops::linear_forward(c.q_raw, c.xn, w.attn_q, N, C, QD);                      // (N, H*D)
         ops::linear_forward(c.k_raw, c.xn, w.attn_k, N, C, KD);                      // (N, Hkv*D)
-        ops::rmsnorm_forward(c.q, c.q_rstd, c.q_raw, w.attn_q_norm, N, QD, eps);
-        ops::rmsnorm_forward(c.k, c.k_rstd, c.k_raw, w.attn_k_norm, N, KD, eps);
+        if (w.attn_q_b) {
+            ops::bias_forward(c.q_raw, w.attn_q_b, N, QD);
+            ops::bias_forward(c.k_raw, w.attn_k_b, N, KD);
+        }
+        qk_norm_forward(c.q, c.q_rstd, c.q_raw, w.attn_q_norm, N, d.H, d, eps);
+        qk_norm_forward(c.k, c.k_rstd, c.k_raw, w.attn_k_norm, N, d.Hkv, d, eps);
     } else {
         ops::linear_forward(c.q, c.xn, w.attn_q, N, C, QD);               // (N, H*D)
         ops::linear_forward(c.k, c.xn, w.attn_k, N, C, KD);               // (N, Hkv*D)
+        if (w.attn_q_b) {
+            ops::bias_forward(c.q, w.attn_q_b, N, QD);
+            ops::bias_forward(c.k, w.attn_k_b, N, KD);
+        }
     }
     ops::linear_forward(c.v, c.xn, w.attn_v, N, C, KD);               // (N, Hkv*D)
+    if (w.attn_v_b) ops::bias_forward(c.v, w.attn_v_b, N, KD);
     ops::rope_forward(c.q, rope, d.B, d.T, d.H, d.D);
     ops::rope_forward(c.k, rope, d.B, d.T, d.Hkv, d.D);
     ops::attention_forward(c.y, c.att, c.q, c.k, c.v, d.B, d.T, d.H, d.Hkv, d.D);
-    // out = inp + y · W_o^T
+    // out = inp + y · W_o^T (+ b_o)
     if (out != inp) std::memcpy(out, inp, N * C * sizeof(float));
     kernels::gemm<float>(false, true, N, C, QD, 1.f, c.y, QD, w.attn_output, QD, 1.f, out, C);
+    if (w.attn_output_b) ops::bias_forward(out, w.attn_output_b, N, C);
 }
 
 // Rows [b0 * T, (b0 + nb) * T) of attention_forward_ops, with the projections' weights packed:
@@ -91,7 +120,7 @@ static void attention_forward_rows(float* out, AttentionCache& c, const float* i
 void attention_forward(float* out, AttentionCache& c, const float* inp, const LayerWeights& w,
                        const float* rope, const Dims& d, double eps) {
     MOE_PROFILE_SCOPE("attention fwd");
-    if (!attention_grouped(d)) return attention_forward_ops(out, c, inp, w, rope, d, eps);
+    if (!attention_grouped(d) || has_extras(w, d)) return attention_forward_ops(out, c, inp, w, rope, d, eps);
     const int64_t C = d.C, QD = d.H * d.D, KD = d.Hkv * d.D;
     thread_local kernels::PackedWeights packed;
     const kernels::PackJob jobs[4] = {{w.attn_q, true, C, QD, C},
@@ -120,9 +149,14 @@ void attention_forward_cached(float* out, AttentionCache& c, const float* inp, c
         kernels::qmatmul(kp, c.xn, q.attn_k, N, false);
         kernels::qmatmul(c.v, c.xn, q.attn_v, N, false);  // (N, Hkv*D)
     }
+    if (w.attn_q_b) {
+        ops::bias_forward(qp, w.attn_q_b, N, QD);
+        ops::bias_forward(kp, w.attn_k_b, N, KD);
+        ops::bias_forward(c.v, w.attn_v_b, N, KD);
+    }
     if (w.attn_q_norm) {
-        ops::rmsnorm_forward(c.q, c.q_rstd, c.q_raw, w.attn_q_norm, N, QD, eps);
-        ops::rmsnorm_forward(c.k, c.k_rstd, c.k_raw, w.attn_k_norm, N, KD, eps);
+        qk_norm_forward(c.q, c.q_rstd, c.q_raw, w.attn_q_norm, N, d.H, d, eps);
+        qk_norm_forward(c.k, c.k_rstd, c.k_raw, w.attn_k_norm, N, d.Hkv, d, eps);
     }
     for (int64_t n = 0; n < N; ++n) {
         // rotate at the row's own position (a table of one position), then store k, v
@@ -136,6 +170,7 @@ void attention_forward_cached(float* out, AttentionCache& c, const float* inp, c
                                   N, cache.n_ctx, d.H, d.Hkv, d.D);
     if (out != inp) std::memcpy(out, inp, N * C * sizeof(float));
     kernels::qmatmul(out, c.y, q.attn_output, N, true);  // out += y · W_o^T   (N, C)
+    if (w.attn_output_b) ops::bias_forward(out, w.attn_output_b, N, C);
 }
 
 static void attention_backward_ops(float* dresid, LayerWeights& g, AttentionScratch& s, const AttentionCache& c,
@@ -146,8 +181,9 @@ static void attention_backward_ops(float* dresid, LayerWeights& g, AttentionScra
     parallel_zero(s.dk, N * KD * sizeof(float));
     parallel_zero(s.dv, N * KD * sizeof(float));
     parallel_zero(s.dxn, N * C * sizeof(float));
-    // out = inp + y · W_o^T
+    // out = inp + y · W_o^T (+ b_o)
     ops::linear_backward(s.dy, g.attn_output, dresid, c.y, w.attn_output, N, QD, C);
+    if (g.attn_output_b) ops::bias_backward(g.attn_output_b, dresid, N, C);
     ops::attention_backward(s.dq, s.dk, s.dv, s.datt, s.dy, c.q, c.k, c.v, c.att, d.B, d.T, d.H, d.Hkv, d.D);
     ops::rope_backward(s.dq, rope, d.B, d.T, d.H, d.D);
     ops::rope_backward(s.dk, rope, d.B, d.T, d.Hkv, d.D);
@@ -157,10 +193,15 @@ static void attention_backward_ops(float* dresid, LayerWeights& g, AttentionScra
         // q = rmsnorm(q_raw) * q_norm  (and k)
         parallel_zero(s.dq_raw, N * QD * sizeof(float));
         parallel_zero(s.dk_raw, N * KD * sizeof(float));
-        ops::rmsnorm_backward(s.dq_raw, g.attn_q_norm, s.dq, c.q_raw, w.attn_q_norm, c.q_rstd, N, QD);
-        ops::rmsnorm_backward(s.dk_raw, g.attn_k_norm, s.dk, c.k_raw, w.attn_k_norm, c.k_rstd, N, KD);
+        qk_norm_backward(s.dq_raw, g.attn_q_norm, s.dq, c.q_raw, w.attn_q_norm, c.q_rstd, N, d.H, d);
+        qk_norm_backward(s.dk_raw, g.attn_k_norm, s.dk, c.k_raw, w.attn_k_norm, c.k_rstd, N, d.Hkv, d);
         dq = s.dq_raw;
         dk = s.dk_raw;
+    }
+    if (g.attn_q_b) {
+        ops::bias_backward(g.attn_q_b, dq, N, QD);
+        ops::bias_backward(g.attn_k_b, dk, N, KD);
+        ops::bias_backward(g.attn_v_b, s.dv, N, KD);
     }
     ops::linear_backward(s.dxn, g.attn_q, dq, c.xn, w.attn_q, N, C, QD);
     ops::linear_backward(s.dxn, g.attn_k, dk, c.xn, w.attn_k, N, C, KD);
@@ -201,7 +242,8 @@ void attention_backward(float* dresid, LayerWeights& g, AttentionScratch& s, con
                         const float* inp, const LayerWeights& w, const float* rope, const Dims& d) {
     MOE_PROFILE_SCOPE("attention bwd");
     // qk_norm's norm weights sum their gradients over all rows: that configuration keeps the ops
-    if (w.attn_q_norm || !attention_grouped(d)) return attention_backward_ops(dresid, g, s, c, inp, w, rope, d);
+    if (w.attn_q_norm || has_extras(w, d) || !attention_grouped(d))
+        return attention_backward_ops(dresid, g, s, c, inp, w, rope, d);
     const int64_t N = d.N, C = d.C, QD = d.H * d.D, KD = d.Hkv * d.D;
     thread_local kernels::PackedWeights packed;
     const kernels::PackJob jobs[4] = {{w.attn_output, false, C, QD, QD},

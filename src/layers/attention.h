@@ -11,6 +11,7 @@ namespace moe::layers {
 struct Dims {
     int64_t B = 0, T = 0, N = 0;  // N = B*T
     int64_t C = 0, H = 0, Hkv = 0, D = 0;
+    bool qk_norm_head = false;    // the q/k RMSNorm runs over each head's D (rows of D), not H*D
 };
 
 struct AttentionCache {
@@ -24,8 +25,8 @@ struct AttentionCache {
     // qk_norm: the projections before their RMSNorm and its reciprocal RMS
     float* q_raw = nullptr;   // (N, H*D)
     float* k_raw = nullptr;   // (N, Hkv*D)
-    float* q_rstd = nullptr;  // (N)
-    float* k_rstd = nullptr;  // (N)
+    float* q_rstd = nullptr;  // (N), or (N, H) per head
+    float* k_rstd = nullptr;  // (N), or (N, Hkv) per head
 };
 
 struct AttentionScratch {

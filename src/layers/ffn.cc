@@ -119,7 +119,8 @@ const ops::MoeRouteT<T>& moe_route_forward(FfnCacheT<T>& c, const MoeWeights<T>&
                            cap > 0 ? rc.overflow : ops::OverflowPolicy::none);      // (N, K)
     }
     // combine weights: softmax over the scores of the experts that serve the token
-    ops::router_weights_forward(r, scores);                                          // (N, K)
+    if (rc.norm_topk) ops::router_weights_forward(r, scores);                        // (N, K)
+    else ops::router_weights_full_forward(r, scores);
     c.balance_loss = rc.balance_loss > 0
         ? ops::switch_loss_forward(c.probs, c.logits, c.expert_load, N, E, K, rc.balance_loss)
         : 0.0;
@@ -174,12 +175,15 @@ void moe_route_backward(T* dxn, const MoeWeights<T>& g, const FfnScratchT<T>& s,
     if (c.noisy) {
         std::memset(s.dscores, 0, N * E * sizeof(T));
         std::memset(s.dnoise, 0, N * E * sizeof(T));
-        ops::router_weights_backward(s.dscores, s.dweight, c.route);
+        if (rc.norm_topk) ops::router_weights_backward(s.dscores, s.dweight, c.route);
+        else ops::router_weights_full_backward(s.dscores, s.dweight, c.route, c.scores);
         // H = logits + eps * softplus(noise_logits)
         ops::noisy_scores_backward(s.dlogits, s.dnoise, s.dscores, c.noise_logits, c.eps, N, E);
         ops::linear_backward(dxn, g.ffn_gate_inp_noise, s.dnoise, c.xn, w.ffn_gate_inp_noise, N, C, E);
-    } else {
+    } else if (rc.norm_topk) {
         ops::router_weights_backward(s.dlogits, s.dweight, c.route);
+    } else {
+        ops::router_weights_full_backward(s.dlogits, s.dweight, c.route, c.logits);
     }
     if (rc.balance_loss > 0)
         ops::switch_loss_backward(s.dlogits, c.probs, c.expert_load, N, E, K, rc.balance_loss, aux_scale);

@@ -26,6 +26,9 @@ struct RouterConfig {
     double bias_rate = 1e-3;           // its per-step bias nudge
     bool topk_on_probs = false;        // select on softmax probabilities (same choice as logits)
     double routed_scale = 1.0;         // combine = routed_scale * sum_k w_k expert_k (DeepSeek's routed_scaling_factor)
+    bool norm_topk = true;             // combine weights: softmax over the K chosen scores (Mixtral);
+                                       // false: the full softmax's probabilities of the chosen
+                                       // experts (Hugging Face norm_topk_prob = false: Qwen2-MoE, OLMoE)
 };
 
 struct ModelConfig {
@@ -39,6 +42,11 @@ struct ModelConfig {
     double norm_eps = 1e-5;
     bool tie_embeddings = true;
     bool qk_norm = false;       // RMSNorm over the whole q (H*D) and k (Hkv*D) projections (OLMoE)
+    bool qk_norm_head = false;  // with qk_norm: over each head's D instead, one (D) weight shared by
+                                // the heads (Qwen3)
+    bool attn_bias_qkv = false; // biases on the q, k, v projections (Qwen2)
+    bool attn_bias_o = false;   // a bias on the output projection (Llama's attention_bias)
+    int64_t n_head_dim = 0;     // D when set apart from n_embd / n_head (Qwen3); 0 = n_embd / n_head
     ops::Activation activation = ops::Activation::swiglu;
     int64_t n_ff = 0;           // F of a dense FFN
     int64_t n_expert = 0;       // E
@@ -50,7 +58,7 @@ struct ModelConfig {
     std::vector<bool> layer_moe;  // (L) true where the FFN is an MoE layer
     RouterConfig router;
 
-    int64_t head_dim() const { return n_embd / n_head; }  // D
+    int64_t head_dim() const { return n_head_dim > 0 ? n_head_dim : n_embd / n_head; }  // D
     bool any_moe() const {
         for (bool b : layer_moe)
             if (b) return true;

@@ -9,8 +9,12 @@ struct LayerWeights {
     float* attn_k = nullptr;         // (Hkv*D, C)
     float* attn_v = nullptr;         // (Hkv*D, C)
     float* attn_output = nullptr;    // (C, H*D)
-    float* attn_q_norm = nullptr;    // (H*D)    qk_norm only
-    float* attn_k_norm = nullptr;    // (Hkv*D)  qk_norm only
+    float* attn_q_norm = nullptr;    // (H*D)    qk_norm only; (D) per head (qk_norm_head)
+    float* attn_k_norm = nullptr;    // (Hkv*D)  qk_norm only; (D) per head
+    float* attn_q_b = nullptr;       // (H*D)    attn_bias_qkv only
+    float* attn_k_b = nullptr;       // (Hkv*D)
+    float* attn_v_b = nullptr;       // (Hkv*D)
+    float* attn_output_b = nullptr;  // (C)      attn_bias_o only
     float* ffn_norm = nullptr;       // (C)
     float* ffn_gate = nullptr;       // (F, C)   dense, swiglu only
     float* ffn_up = nullptr;         // (F, C)   dense

@@ -118,10 +118,12 @@ void validate(const ModelConfig& m, const std::string& where) {
         check(n <= 0x1p42, where, str("the model would have about ", n, " parameters, more than this engine ",
                                      "can address (2^42): check the sizes"));
     }
-    check(m.n_embd % m.n_head == 0, where,
+    check(m.n_head_dim > 0 || m.n_embd % m.n_head == 0, where,
           str("n_embd (", m.n_embd, ") is not divisible by n_head (", m.n_head, ")"));
+    check(m.n_head_dim >= 0 && m.n_head_dim <= kMaxDim, where,
+          str("field 'model.head_dim' must be in [0, ", kMaxDim, "], got ", m.n_head_dim));
     check(m.head_dim() % 2 == 0, where,
-          str("head dim n_embd/n_head = ", m.head_dim(), " must be even for RoPE"));
+          str("head dim ", m.n_head_dim > 0 ? "" : "n_embd/n_head = ", m.head_dim(), " must be even for RoPE"));
     check(m.n_head % m.n_head_kv == 0, where,
           str("n_head (", m.n_head, ") is not divisible by n_head_kv (", m.n_head_kv, ")"));
     check(m.rope_theta > 0 && std::isfinite(m.rope_theta), where,
@@ -178,7 +180,23 @@ Config config_from_json(const json& j, const std::string& where) {
         m.rope_theta = f.number("rope_theta", 10000.0);
         m.norm_eps = f.number("norm_eps", 1e-5);
         m.tie_embeddings = f.boolean("tie_embeddings", true);
-        m.qk_norm = f.boolean("qk_norm", false);
+        // "qk_norm": false | true (= "full": over the whole projection, OLMoE) | "head" (each
+        // head's D, Qwen3)
+        if (const json* qk = f.raw("qk_norm"); qk && qk->is_string()) {
+            const std::string v = qk->get<std::string>();
+            if (v != "full" && v != "head")
+                fail(where, ": field 'model.qk_norm' must be true, false, \"full\" or \"head\", got \"", v, "\"");
+            m.qk_norm = true;
+            m.qk_norm_head = v == "head";
+        } else {
+            m.qk_norm = f.boolean("qk_norm", false);
+        }
+        m.n_head_dim = f.integer("head_dim", 0);
+        const std::string bias = f.string("attn_bias", "none");
+        if (bias != "none" && bias != "qkv" && bias != "qkvo")
+            fail(where, ": field 'model.attn_bias' must be \"none\", \"qkv\" or \"qkvo\", got \"", bias, "\"");
+        m.attn_bias_qkv = bias != "none";
+        m.attn_bias_o = bias == "qkvo";
         std::string act = f.string("activation", "swiglu");
         if (act == "swiglu") m.activation = ops::Activation::swiglu;
         else if (act == "relu") m.activation = ops::Activation::relu;
@@ -227,6 +245,7 @@ Config config_from_json(const json& j, const std::string& where) {
         r.bias_balance = f.boolean("bias_balance", false);
         r.bias_rate = f.number("bias_rate", r.bias_rate);
         r.routed_scale = f.number("routed_scale", 1.0);
+        r.norm_topk = f.boolean("norm_topk", true);
         const std::string on = f.string("topk_on", "logits");
         if (on == "logits") r.topk_on_probs = false;
         else if (on == "probs") r.topk_on_probs = true;
@@ -340,6 +359,11 @@ json config_to_json(const Config& c) {
         {"tie_embeddings", m.tie_embeddings}, {"qk_norm", m.qk_norm},
         {"activation", m.activation == ops::Activation::swiglu ? "swiglu" : "relu"},
     };
+    // fields added after the first checkpoints are written only when set, so a config without
+    // them keeps its bytes (and its checkpoints theirs)
+    if (m.qk_norm_head) mj["qk_norm"] = "head";
+    if (m.n_head_dim > 0) mj["head_dim"] = m.n_head_dim;
+    if (m.attn_bias_qkv) mj["attn_bias"] = m.attn_bias_o ? "qkvo" : "qkv";
     bool any_dense = false;
     for (bool b : m.layer_moe) any_dense |= !b;
     if (any_dense) mj["n_ff"] = m.n_ff;
@@ -377,6 +401,7 @@ json config_to_json(const Config& c) {
                          {"bias_balance", r.bias_balance}, {"bias_rate", r.bias_rate},
                          {"topk_on", r.topk_on_probs ? "probs" : "logits"},
                          {"routed_scale", r.routed_scale}};
+        if (!r.norm_topk) out["router"]["norm_topk"] = false;
     }
     return out;
 }

@@ -75,8 +75,8 @@ void plan_attention(layers::AttentionCache& a, const ModelConfig& cfg, int64_t N
     if (cfg.qk_norm) {
         a.q_raw = take_f(N * H * D);
         a.k_raw = take_f(N * Hkv * D);
-        a.q_rstd = take_f(N);
-        a.k_rstd = take_f(N);
+        a.q_rstd = take_f(cfg.qk_norm_head ? N * H : N);
+        a.k_rstd = take_f(cfg.qk_norm_head ? N * Hkv : N);
     }
 }
 
@@ -391,7 +391,7 @@ float Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, i
     t.tokens = tokens;
     t.targets = targets;
     const int64_t N = B * T, C = cfg_.n_embd, V = cfg_.vocab_size;
-    layers::Dims d{B, T, N, C, cfg_.n_head, cfg_.n_head_kv, cfg_.head_dim()};
+    layers::Dims d{B, T, N, C, cfg_.n_head, cfg_.n_head_kv, cfg_.head_dim(), cfg_.qk_norm_head};
     // rope table was built for cap_T rows with stride D/2*2 per position: position t is row t
     {
         MOE_PROFILE_SCOPE("embedding fwd");
@@ -516,7 +516,7 @@ void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int3
     // a call of less than kSerialFlops (about a millisecond of one core) runs on this thread
     // alone: small-model decode and short prefills never fork, so a busy core cannot stall them
     const SerialScope serial(2.0 * matmul_params_ * (double)N < kSerialFlops);
-    layers::Dims d{1, N, N, C, cfg_.n_head, cfg_.n_head_kv, D};
+    layers::Dims d{1, N, N, C, cfg_.n_head, cfg_.n_head_kv, D, cfg_.qk_norm_head};
     float* x = p.resid[0];    // (N, C) the residual stream entering the layer
     float* mid = p.resid[1];  // (N, C) after attention; the layer's output goes back into x
     ops::embedding_forward(x, tokens, w_.tok_embd, N, C);  // (N, C)
@@ -559,7 +559,7 @@ void Model::backward(float scale) {
     grads();
     const kernels::PrecisionScope precision(precision_);
     const int64_t B = t.B, T = t.T, N = B * T, C = cfg_.n_embd, V = cfg_.vocab_size;
-    layers::Dims d{B, T, N, C, cfg_.n_head, cfg_.n_head_kv, cfg_.head_dim()};
+    layers::Dims d{B, T, N, C, cfg_.n_head, cfg_.n_head_kv, cfg_.head_dim(), cfg_.qk_norm_head};
     {
         MOE_PROFILE_SCOPE("head+loss bwd");
         parallel_zero(t.dlogits, N * V * sizeof(float));

@@ -33,9 +33,15 @@ ParamTable::ParamTable(const ModelConfig& m) {
         add(b + "attn_k", {Hkv * D, C}, true);
         add(b + "attn_v", {Hkv * D, C}, true);
         add(b + "attn_output", {C, H * D}, true);
+        if (m.attn_bias_qkv) {
+            add(b + "attn_q.bias", {H * D}, false);
+            add(b + "attn_k.bias", {Hkv * D}, false);
+            add(b + "attn_v.bias", {Hkv * D}, false);
+        }
+        if (m.attn_bias_o) add(b + "attn_output.bias", {C}, false);
         if (m.qk_norm) {
-            add(b + "attn_q_norm", {H * D}, false);
-            add(b + "attn_k_norm", {Hkv * D}, false);
+            add(b + "attn_q_norm", {m.qk_norm_head ? D : H * D}, false);
+            add(b + "attn_k_norm", {m.qk_norm_head ? D : Hkv * D}, false);
         }
         add(b + "ffn_norm", {C}, false);
         if (m.layer_moe[l]) {
@@ -90,6 +96,10 @@ Weights bind_weights(const ParamTable& t, const ModelConfig& m, const std::funct
             L.attn_q_norm = at(b + "attn_q_norm");
             L.attn_k_norm = at(b + "attn_k_norm");
         }
+        L.attn_q_b = at(b + "attn_q.bias");
+        L.attn_k_b = at(b + "attn_k.bias");
+        L.attn_v_b = at(b + "attn_v.bias");
+        L.attn_output_b = at(b + "attn_output.bias");
         L.attn_q = at(b + "attn_q");
         L.attn_k = at(b + "attn_k");
         L.attn_v = at(b + "attn_v");
@@ -130,11 +140,11 @@ FlopCount count_flops(const ModelConfig& m, int64_t T) {
     ParamTable t(m);
     for (const auto& p : t.params()) {
         if (!p.trainable) continue;
-        if (p.name.find("norm") != std::string::npos) continue;  // elementwise
+        if (p.name.find("norm") != std::string::npos || p.shape.size() == 1) continue;  // elementwise
         if (p.name == "tok_embd" && !m.tie_embeddings) continue;  // a lookup; tied: it is the head too
         f.matmul_params += p.expert ? (double)p.numel / m.n_expert * m.n_expert_used : (double)p.numel;
     }
-    const double head_dim = (double)m.n_embd / m.n_head;
+    const double head_dim = (double)m.head_dim();
     const double attn = 4.0 * m.n_head * head_dim * (double)(T + 1) / 2.0 * m.n_layer;
     f.forward = 2.0 * f.matmul_params + attn;
     f.training = 3.0 * f.forward;

@@ -1,5 +1,5 @@
 #pragma once
-// Linear layer without bias: out = inp · weight^T.
+// Linear layer: out = inp · weight^T, and the bias some families add to it.
 #include <cstdint>
 
 #include "kernels/gemm.h"
@@ -22,6 +22,20 @@ void linear_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T* 
     //   => dweight[o,i] += sum_n dout[n,o] * inp[n,i]
     if (dweight)
         kernels::gemm<T>(true, false, OUT, IN, N, T(1), dout, OUT, inp, IN, T(1), dweight, IN);
+}
+
+// out (N, OUT) += bias (OUT), every row
+template <class T>
+void bias_forward(T* out, const T* bias, int64_t N, int64_t OUT) {
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t o = 0; o < OUT; ++o) out[n * OUT + o] += bias[o];
+}
+
+// Accumulates dbias (OUT) += the column sums of dout (N, OUT), summed in row order.
+template <class T>
+void bias_backward(T* dbias, const T* dout, int64_t N, int64_t OUT) {
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t o = 0; o < OUT; ++o) dbias[o] += dout[n * OUT + o];
 }
 
 }  // namespace moe::ops

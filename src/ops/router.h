@@ -107,4 +107,51 @@ void router_weights_backward(T* dscores, const T* dweight, const MoeRouteT<T>& r
     });
 }
 
+// Without renormalisation (Hugging Face's norm_topk_prob = false: Qwen2-MoE, OLMoE):
+// route.topk_weight (N, K) = softmax over all E scores, read at the chosen experts; a dropped slot
+// (expert -1) gets 0. The K weights sum to less than 1.
+template <class T>
+void router_weights_full_forward(MoeRouteT<T>& route, const T* scores) {
+    const int64_t E = route.E, K = route.K;
+    parallel_for(0, route.N, 64, [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n) {
+            const T* l = scores + n * E;
+            const int32_t* ex = route.topk_expert + n * K;
+            T* w = route.topk_weight + n * K;
+            T mx = l[0];
+            for (int64_t e = 1; e < E; ++e) mx = l[e] > mx ? l[e] : mx;
+            T sum = 0;
+            for (int64_t e = 0; e < E; ++e) sum += std::exp(l[e] - mx);
+            for (int64_t k = 0; k < K; ++k) w[k] = ex[k] >= 0 ? std::exp(l[ex[k]] - mx) / sum : T(0);
+        }
+    });
+}
+
+// Accumulates dscores (N, E) from dweight (N, K) for router_weights_full_forward, from its output
+// route.topk_weight and its input scores (the full softmax is recomputed per token):
+//   w_k = p_{e_k}, p = softmax(l)  =>  dl_j = p_j (sum_{k: e_k = j} dw_k - sum_k w_k dw_k)
+template <class T>
+void router_weights_full_backward(T* dscores, const T* dweight, const MoeRouteT<T>& route, const T* scores) {
+    const int64_t E = route.E, K = route.K;
+    parallel_for(0, route.N, 64, [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n) {
+            const T* l = scores + n * E;
+            const int32_t* ex = route.topk_expert + n * K;
+            const T* w = route.topk_weight + n * K;
+            const T* dw = dweight + n * K;
+            T dot = 0;
+            for (int64_t k = 0; k < K; ++k)
+                if (ex[k] >= 0) dot += w[k] * dw[k];
+            T mx = l[0];
+            for (int64_t e = 1; e < E; ++e) mx = l[e] > mx ? l[e] : mx;
+            T sum = 0;
+            for (int64_t e = 0; e < E; ++e) sum += std::exp(l[e] - mx);
+            T* dl = dscores + n * E;
+            for (int64_t e = 0; e < E; ++e) dl[e] -= std::exp(l[e] - mx) / sum * dot;
+            for (int64_t k = 0; k < K; ++k)
+                if (ex[k] >= 0) dl[ex[k]] += w[k] * dw[k];
+        }
+    });
+}
+
 }  // namespace moe::ops

@@ -66,6 +66,8 @@ def init_weights(model, gen, router_std):
         for name, p in model.named_tensors():
             if name.endswith("ffn_gate_bias"):
                 std, mean = model.router["bias_rate"], 0.0
+            elif name.endswith(".bias"):
+                std, mean = 0.1, 0.0
             elif p.dim() == 1:
                 std, mean = 0.1, 1.0
             elif name in ("tok_embd", "output"):

@@ -64,6 +64,7 @@ def router_section(cfg):
     r.setdefault("bias_balance", False)
     r.setdefault("bias_rate", 1e-3)
     r.setdefault("topk_on", "logits")
+    r.setdefault("norm_topk", True)
     r.setdefault("routed_scale", 1.0)
     assert r["overflow"] in ("none", "drop", "reroute"), r["overflow"]
     assert r["topk_on"] in ("logits", "probs"), r["topk_on"]
@@ -225,27 +226,42 @@ class Attention(nn.Module):
     def __init__(self, m):
         super().__init__()
         C, H, Hkv = m["n_embd"], m["n_head"], m["n_head_kv"]
-        D = C // H
+        D = m.get("head_dim", 0) or C // H
         self.H, self.Hkv, self.D, self.eps = H, Hkv, D, m["norm_eps"]
         self.attn_norm = nn.Parameter(torch.ones(C))
         self.attn_q = nn.Parameter(torch.empty(H * D, C))
         self.attn_k = nn.Parameter(torch.empty(Hkv * D, C))
         self.attn_v = nn.Parameter(torch.empty(Hkv * D, C))
         self.attn_output = nn.Parameter(torch.empty(C, H * D))
-        self.qk_norm = bool(m.get("qk_norm", False))
-        if self.qk_norm:  # OLMoE: RMSNorm over the whole q (H*D) and k (Hkv*D) projections
-            self.attn_q_norm = nn.Parameter(torch.ones(H * D))
-            self.attn_k_norm = nn.Parameter(torch.ones(Hkv * D))
+        qk = m.get("qk_norm", False)
+        self.qk_norm = qk in (True, "full", "head")
+        self.qk_head = qk == "head"
+        if self.qk_norm:  # OLMoE: RMSNorm over the whole q (H*D) and k (Hkv*D) projections;
+            # "head" (Qwen3): over each head's D with one (D) weight
+            self.attn_q_norm = nn.Parameter(torch.ones(D if self.qk_head else H * D))
+            self.attn_k_norm = nn.Parameter(torch.ones(D if self.qk_head else Hkv * D))
+        bias = m.get("attn_bias", "none")
+        self.bias_qkv, self.bias_o = bias in ("qkv", "qkvo"), bias == "qkvo"
+        if self.bias_qkv:  # Qwen2: biases on q, k, v; Llama's attention_bias: on the output too
+            self.attn_q_bias = nn.Parameter(torch.zeros(H * D))
+            self.attn_k_bias = nn.Parameter(torch.zeros(Hkv * D))
+            self.attn_v_bias = nn.Parameter(torch.zeros(Hkv * D))
+        if self.bias_o:
+            self.attn_output_bias = nn.Parameter(torch.zeros(C))
 
     def forward(self, x, cos, sin):
         B, T, _ = x.shape
         H, Hkv, D = self.H, self.Hkv, self.D
         h = rms_norm(x, self.attn_norm, self.eps)
-        q, k = h @ self.attn_q.t(), h @ self.attn_k.t()
-        if self.qk_norm:
+        q, k, v = h @ self.attn_q.t(), h @ self.attn_k.t(), h @ self.attn_v.t()
+        if self.bias_qkv:
+            q, k, v = q + self.attn_q_bias, k + self.attn_k_bias, v + self.attn_v_bias
+        if self.qk_norm and not self.qk_head:
             q, k = rms_norm(q, self.attn_q_norm, self.eps), rms_norm(k, self.attn_k_norm, self.eps)
         q, k = q.view(B, T, H, D), k.view(B, T, Hkv, D)
-        v = (h @ self.attn_v.t()).view(B, T, Hkv, D)
+        if self.qk_head:
+            q, k = rms_norm(q, self.attn_q_norm, self.eps), rms_norm(k, self.attn_k_norm, self.eps)
+        v = v.view(B, T, Hkv, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # (B, heads, T, D); each kv head serves H / Hkv consecutive query heads
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
@@ -256,7 +272,8 @@ class Attention(nn.Module):
         scores = scores.masked_fill(~causal, float("-inf"))
         y = torch.softmax(scores, dim=-1) @ v                  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, H * D)
-        return x + y @ self.attn_output.t()
+        out = x + y @ self.attn_output.t()
+        return out + self.attn_output_bias if self.bias_o else out
 
 
 def ffn(x, gate, up, down, activation):
@@ -362,6 +379,9 @@ class MoeFFN(nn.Module):
         s = s.masked_fill(~served, float("-inf"))
         s = torch.where(served.any(dim=1, keepdim=True), s, torch.zeros_like(s))
         weights = torch.softmax(s, dim=-1) * served               # (N, K)
+        if not r["norm_topk"]:
+            # Hugging Face norm_topk_prob = false: the full softmax's probabilities of the chosen
+            weights = torch.softmax(scores, dim=-1).gather(1, chosen.clamp(min=0)) * served
 
         # auxiliary losses on the clean logits: Switch (f from the final loads over N*K) and z
         self.balance_loss = self.z_loss = torch.zeros(())
@@ -428,6 +448,11 @@ class MoeTransformer(nn.Module):
             b = f"blk.{l}."
             out += [(b + "attn_norm", a.attn_norm), (b + "attn_q", a.attn_q), (b + "attn_k", a.attn_k),
                     (b + "attn_v", a.attn_v), (b + "attn_output", a.attn_output)]
+            if a.bias_qkv:
+                out += [(b + "attn_q.bias", a.attn_q_bias), (b + "attn_k.bias", a.attn_k_bias),
+                        (b + "attn_v.bias", a.attn_v_bias)]
+            if a.bias_o:
+                out.append((b + "attn_output.bias", a.attn_output_bias))
             if a.qk_norm:
                 out += [(b + "attn_q_norm", a.attn_q_norm), (b + "attn_k_norm", a.attn_k_norm)]
             out.append((b + "ffn_norm", f.ffn_norm))
@@ -459,7 +484,7 @@ class MoeTransformer(nn.Module):
         """tokens (B, T) -> logits (B*T, V), and the mean cross-entropy when targets are given."""
         B, T = tokens.shape
         m = self.m
-        cos, sin = rope_table(T, m["n_embd"] // m["n_head"], m["rope_theta"])
+        cos, sin = rope_table(T, m.get("head_dim", 0) or m["n_embd"] // m["n_head"], m["rope_theta"])
         x = self.tok_embd[tokens]                                # (B, T, C)
         for attn, ffn_block in zip(self.attn, self.ffn):
             x = attn(x, cos, sin)
