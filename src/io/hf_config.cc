@@ -48,6 +48,11 @@ std::string supported_families() {
     return r;
 }
 
+// Bounds on what a config may declare: beyond them it is damaged, not a model (and sizes computed
+// from the fields, like H * D, could overflow).
+constexpr int64_t kMaxDim = int64_t(1) << 31;
+constexpr int64_t kMaxLayers = 1 << 16;
+
 // Typed access to one JSON object with messages naming the file and the field.
 struct Fields {
     const json& j;
@@ -68,10 +73,11 @@ struct Fields {
         return v->get<int64_t>();
     }
     int64_t int_or(const char* key, int64_t dflt) const { return opt_int(key).value_or(dflt); }
-    // a dimension: positive
-    int64_t dim(const char* key, int64_t dflt) const {
+    // a dimension: positive, and small enough that a product of two stays far inside int64
+    int64_t dim(const char* key, int64_t dflt, int64_t max = kMaxDim) const {
         const int64_t v = int_or(key, dflt);
         if (v <= 0) fail("'", where, "': field '", key, "' = ", v, " must be positive");
+        if (v > max) fail("'", where, "': field '", key, "' = ", v, " is absurdly large (more than ", max, ")");
         return v;
     }
     std::optional<double> opt_num(const char* key) const {
@@ -237,12 +243,13 @@ HfConfig parse_hf_config(const json& j, const std::string& where) {
 
     c.vocab_size = f.dim("vocab_size", d->vocab);
     c.hidden_size = f.dim("hidden_size", d->hidden);
-    c.num_hidden_layers = f.dim("num_hidden_layers", d->layers);
+    c.num_hidden_layers = f.dim("num_hidden_layers", d->layers, kMaxLayers);
     c.num_attention_heads = f.dim("num_attention_heads", d->heads);
     // a missing field takes the class default, an explicit null means "= heads" (__post_init__)
     c.num_key_value_heads = f.has("num_key_value_heads") ? f.int_or("num_key_value_heads", c.num_attention_heads)
                                                           : (d->kv_heads ? d->kv_heads : c.num_attention_heads);
-    if (c.num_key_value_heads <= 0 || c.num_attention_heads % c.num_key_value_heads != 0)
+    if (c.num_key_value_heads <= 0 || c.num_key_value_heads > c.num_attention_heads ||
+        c.num_attention_heads % c.num_key_value_heads != 0)
         fail("'", where, "': num_key_value_heads = ", c.num_key_value_heads,
              " must be positive and divide num_attention_heads = ", c.num_attention_heads);
     if (auto hd = f.opt_int("head_dim")) c.head_dim = *hd;
@@ -253,7 +260,8 @@ HfConfig parse_hf_config(const json& j, const std::string& where) {
                  c.num_attention_heads, " and no head_dim is given");
         c.head_dim = c.hidden_size / c.num_attention_heads;
     }
-    if (c.head_dim <= 0) fail("'", where, "': head_dim = ", c.head_dim, " must be positive");
+    if (c.head_dim <= 0 || c.head_dim > kMaxDim)
+        fail("'", where, "': head_dim = ", c.head_dim, " must be positive and at most ", kMaxDim);
     if (fam == HfFamily::olmoe && c.head_dim * c.num_attention_heads != c.hidden_size)
         fail("'", where, "': head_dim = ", c.head_dim, " x num_attention_heads = ", c.num_attention_heads,
              " must equal hidden_size = ", c.hidden_size, " for olmoe (its q_norm has hidden_size weights)");
@@ -294,8 +302,8 @@ HfConfig parse_hf_config(const json& j, const std::string& where) {
             fail("'", where, "': num_experts = ", *a, " and num_local_experts = ", *b, " disagree");
         c.num_experts = a ? *a : b ? *b : d->experts;
         const bool may_be_dense = fam == HfFamily::qwen2_moe || fam == HfFamily::qwen3_moe;
-        if (c.num_experts < 0 || (c.num_experts == 0 && !may_be_dense))
-            fail("'", where, "': num_experts = ", c.num_experts, " must be positive");
+        if (c.num_experts < 0 || (c.num_experts == 0 && !may_be_dense) || c.num_experts > kMaxDim)
+            fail("'", where, "': num_experts = ", c.num_experts, " must be positive and at most ", kMaxDim);
         c.num_experts_per_tok = f.int_or("num_experts_per_tok", d->experts_per_tok);
         if (c.num_experts > 0 && (c.num_experts_per_tok <= 0 || c.num_experts_per_tok > c.num_experts))
             fail("'", where, "': num_experts_per_tok = ", c.num_experts_per_tok, " must be in 1..num_experts = ",
@@ -305,9 +313,9 @@ HfConfig parse_hf_config(const json& j, const std::string& where) {
         c.expert_intermediate_size = qwen_moe ? f.dim("moe_intermediate_size", d->moe_inter) : c.intermediate_size;
         if (fam == HfFamily::qwen2_moe) {
             c.shared_expert_intermediate_size = f.int_or("shared_expert_intermediate_size", d->shared_inter);
-            if (c.shared_expert_intermediate_size < 0)
+            if (c.shared_expert_intermediate_size < 0 || c.shared_expert_intermediate_size > kMaxDim)
                 fail("'", where, "': shared_expert_intermediate_size = ", c.shared_expert_intermediate_size,
-                     " must not be negative");
+                     " must be in 0..", kMaxDim);
             c.shared_expert_gate = c.shared_expert_intermediate_size > 0;
         }
         if (qwen_moe) {
