@@ -622,7 +622,7 @@ TEST(HfConfig, DefaultsOfTheConfigClasses) {
     EXPECT_TRUE(lb.qkv_bias && lb.o_bias);
     const auto map = hf_layer_map(lb, 0, HfExpertLayout::per_expert);
     EXPECT_TRUE(std::any_of(map.begin(), map.end(), [](const HfTensorMap& m) {
-        return m.moe_name == "blk.0.attn_output_bias" && m.hf_names[0] == "model.layers.0.self_attn.o_proj.bias";
+        return m.moe_name == "blk.0.attn_output.bias" && m.hf_names[0] == "model.layers.0.self_attn.o_proj.bias";
     }));
     // a window no shorter than the context is no window
     EXPECT_NO_THROW(parse_hf_config({{"model_type", "mistral"}, {"sliding_window", 131072}}, "c"));
@@ -717,8 +717,8 @@ TEST(HfNames, LayoutsPerFamily) {
     EXPECT_EQ(q2.at("blk.1.ffn_up_exps"), "model.layers.1.mlp.experts.3.up_proj.weight");
     EXPECT_EQ(q2.at("blk.1.ffn_gate_inp_shexp"), "model.layers.1.mlp.shared_expert_gate.weight");
     EXPECT_EQ(q2.at("blk.1.ffn_down_shexp"), "model.layers.1.mlp.shared_expert.down_proj.weight");
-    EXPECT_EQ(q2.at("blk.0.attn_q_bias"), "model.layers.0.self_attn.q_proj.bias");
-    EXPECT_EQ(q2.count("blk.0.attn_output_bias"), 0u);
+    EXPECT_EQ(q2.at("blk.0.attn_q.bias"), "model.layers.0.self_attn.q_proj.bias");
+    EXPECT_EQ(q2.count("blk.0.attn_output.bias"), 0u);
     const auto q3 = names("qwen3_moe", HfExpertLayout::per_expert);
     EXPECT_EQ(q3.at("blk.0.attn_q_norm"), "model.layers.0.self_attn.q_norm.weight");
     const auto tied = names("llama_tied", HfExpertLayout::per_expert);

@@ -47,11 +47,11 @@ std::vector<HfTensorMap> hf_layer_map(const HfConfig& c, int64_t l, HfExpertLayo
     r.push_back(direct(b + "attn_v", p + "self_attn.v_proj.weight", {Hkv * D, C}));
     r.push_back(direct(b + "attn_output", p + "self_attn.o_proj.weight", {C, H * D}));
     if (c.qkv_bias) {
-        r.push_back(direct(b + "attn_q_bias", p + "self_attn.q_proj.bias", {H * D}));
-        r.push_back(direct(b + "attn_k_bias", p + "self_attn.k_proj.bias", {Hkv * D}));
-        r.push_back(direct(b + "attn_v_bias", p + "self_attn.v_proj.bias", {Hkv * D}));
+        r.push_back(direct(b + "attn_q.bias", p + "self_attn.q_proj.bias", {H * D}));
+        r.push_back(direct(b + "attn_k.bias", p + "self_attn.k_proj.bias", {Hkv * D}));
+        r.push_back(direct(b + "attn_v.bias", p + "self_attn.v_proj.bias", {Hkv * D}));
     }
-    if (c.o_bias) r.push_back(direct(b + "attn_output_bias", p + "self_attn.o_proj.bias", {C}));
+    if (c.o_bias) r.push_back(direct(b + "attn_output.bias", p + "self_attn.o_proj.bias", {C}));
     if (c.qk_norm == HfQkNorm::per_head) {
         r.push_back(direct(b + "attn_q_norm", p + "self_attn.q_norm.weight", {D}));
         r.push_back(direct(b + "attn_k_norm", p + "self_attn.k_norm.weight", {D}));

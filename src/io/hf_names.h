@@ -38,8 +38,8 @@ struct HfTensorMap {
     int64_t half = 0;                 // split_gate_up: 0 = gate, 1 = up
 };
 
-// Names moe uses for tensors params.cc does not have yet (biases of the attention projections):
-// blk.{l}.attn_q_bias, attn_k_bias, attn_v_bias, attn_output_bias. Per-head q/k norms (qwen3) use
+// The attention projections' biases are
+// blk.{l}.attn_q.bias, attn_k.bias, attn_v.bias, attn_output.bias. Per-head q/k norms (qwen3) use
 // attn_q_norm / attn_k_norm with shape (D); olmoe's whole-projection ones (H*D), (Hkv*D).
 
 // The global tensors: tok_embd, output_norm and output (absent when the embeddings are tied).

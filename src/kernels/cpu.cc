@@ -1,5 +1,7 @@
 #include "kernels/cpu.h"
 
+#include <cpuid.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -15,7 +17,9 @@ const CpuFeatures& cpu_features() {
         __builtin_cpu_init();
         c.avx2 = __builtin_cpu_supports("avx2");
         c.fma = __builtin_cpu_supports("fma");
-        c.f16c = __builtin_cpu_supports("f16c");
+        // f16c by CPUID leaf 1, ECX bit 29 (clang 14 has no __builtin_cpu_supports("f16c"))
+        unsigned a = 0, b = 0, cx = 0, d = 0;
+        if (__get_cpuid(1, &a, &b, &cx, &d)) c.f16c = (cx >> 29) & 1u;
         c.avx512f = __builtin_cpu_supports("avx512f");
         c.avx512bw = __builtin_cpu_supports("avx512bw");
         c.avx512vl = __builtin_cpu_supports("avx512vl");
