@@ -278,12 +278,24 @@ def family_gpt2(olmoe_json):
     return Tokenizer.from_str(json.dumps(j)), {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}, None
 
 
+def keep_chars(texts, alphabet):
+    return ["".join(c for c in t if c in alphabet) for t in texts]
+
+
 def sp_vocab(training):
-    """A SentencePiece-style BPE: words start with ▁, merges never cross them."""
+    """A SentencePiece-style BPE: words start with ▁, merges never cross them. Its alphabet is the
+    180 most frequent characters (ties by code point; `limit_alphabet` would break ties at random),
+    so rarer characters go to the byte-fallback tokens."""
+    training = list(training)
+    counts = {}
+    for t in training:
+        for c in t:
+            counts[c] = counts.get(c, 0) + 1
+    alphabet = set(sorted(counts, key=lambda c: (-counts[c], c))[:180]) | {" "}
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
-    bpe_train(tok, training, 4000 - 259, limit_alphabet=180)
+    bpe_train(tok, keep_chars(training, alphabet), 4000 - 259)
     j = json.loads(tok.to_str())
     vocab = j["model"]["vocab"]
     merges = j["model"]["merges"]
@@ -332,14 +344,32 @@ def sp_json(full, merges, metaspace):
 
 
 def family_misc(training):
-    tok = Tokenizer(models.BPE(unk_token="[UNK]", continuing_subword_prefix="##", end_of_word_suffix="</w>"))
-    tok.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.StripAccents(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.Punctuation(behavior="isolated")])
+    """BPE with continuing_subword_prefix "##" and end_of_word_suffix "</w>". The trainer numbers
+    such symbols in hash-map order (not reproducible), so a plain BPE is trained and each token t
+    becomes t, ##t, t</w> and ##t</w>, each merge (a, b) the four merges that join those forms."""
+    # no characters past U+2FFF in training: CJK and emoji become [UNK]
+    training = ["".join(c for c in t if ord(c) < 0x3000) for t in training]
+    base = Tokenizer(models.BPE())
+    base.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.StripAccents(), normalizers.Lowercase()])
+    base.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True),
+                                                  pre_tokenizers.Punctuation(behavior="isolated")])
+    bpe_train(base, training, 900)
+    j = json.loads(base.to_str())
+    vocab = {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2}
+    for t in sorted(j["model"]["vocab"], key=j["model"]["vocab"].get):
+        for form in (t, "##" + t, t + "</w>", "##" + t + "</w>"):
+            vocab.setdefault(form, len(vocab))
+    merges = []
+    for a, b in j["model"]["merges"]:
+        merges += [[a, "##" + b], ["##" + a, "##" + b], [a, "##" + b + "</w>"], ["##" + a, "##" + b + "</w>"]]
+    j["model"] = {"type": "BPE", "dropout": None, "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                  "end_of_word_suffix": "</w>", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": vocab, "merges": merges}
+    j["added_tokens"] = [{"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for i, c in enumerate(["[UNK]", "[CLS]", "[SEP]"])]
+    tok = Tokenizer.from_str(json.dumps(j))
     tok.decoder = decoders.BPEDecoder(suffix="</w>")
-    bpe_train(tok, training, 3000, continuing_subword_prefix="##", end_of_word_suffix="</w>",
-              special_tokens=["[UNK]", "[CLS]", "[SEP]"], limit_alphabet=300)
-    tok.post_processor = processors.BertProcessing(("[SEP]", tok.token_to_id("[SEP]")), ("[CLS]", tok.token_to_id("[CLS]")))
+    tok.post_processor = processors.BertProcessing(("[SEP]", 2), ("[CLS]", 1))
     return tok, {"cls_token": "[CLS]", "sep_token": "[SEP]", "unk_token": "[UNK]"}, None
 
 
