@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "io/hf_tok_pipeline.h"
 
 namespace moe {
 
@@ -273,6 +274,11 @@ Tokenizer Tokenizer::char_level(const std::string& text, const std::string& wher
 
 nlohmann::json Tokenizer::to_json() const {
     if (kind_ == Kind::byte) return {{"type", "byte"}};
+    if (kind_ == Kind::hf)
+        return {{"type", "hf"},
+                {"tokenizer_json", hf_->tokenizer_json()},
+                {"tokenizer_config", hf_->tokenizer_config()},
+                {"generation_config", hf_->generation_config()}};
     if (kind_ == Kind::bpe) {
         nlohmann::json m = nlohmann::json::array();
         for (auto [a, b] : merges_) m.push_back({a, b});
@@ -286,6 +292,13 @@ Tokenizer Tokenizer::from_json(const nlohmann::json& j, const std::string& where
         fail(where, ": tokenizer entry is missing its 'type'");
     std::string type = j["type"];
     if (type == "byte") return byte_level();
+    if (type == "hf") {
+        if (!j.contains("tokenizer_json")) fail(where, ": hf tokenizer has no 'tokenizer_json'");
+        const nlohmann::json none;
+        return from_hf(HfTokenizer::from_json(j["tokenizer_json"], j.contains("tokenizer_config") ? j["tokenizer_config"] : none,
+                                              where + " (tokenizer.json)", where + " (tokenizer_config.json)",
+                                              j.contains("generation_config") ? j["generation_config"] : none));
+    }
     if (type == "bpe") {
         if (!j.contains("merges") || !j["merges"].is_array()) fail(where, ": bpe tokenizer has no 'merges' list");
         Tokenizer t;
@@ -316,7 +329,25 @@ Tokenizer Tokenizer::from_json(const nlohmann::json& j, const std::string& where
     return t;
 }
 
+Tokenizer Tokenizer::from_hf_files(const std::string& tokenizer_json_path, const std::string& tokenizer_config_path,
+                                   const std::string& generation_config_path) {
+    return from_hf(HfTokenizer::from_files(tokenizer_json_path, tokenizer_config_path, generation_config_path));
+}
+
+Tokenizer Tokenizer::from_hf(std::shared_ptr<const HfTokenizer> hf) {
+    MOE_ASSERT(hf);
+    Tokenizer t;
+    t.kind_ = Kind::hf;
+    t.hf_ = std::move(hf);
+    return t;
+}
+
 std::vector<int32_t> Tokenizer::encode(const std::string& text, const std::string& what) const {
+    return encode(text, what, true);
+}
+
+std::vector<int32_t> Tokenizer::encode(const std::string& text, const std::string& what, bool add_special_tokens) const {
+    if (kind_ == Kind::hf) return hf_->encode(text, add_special_tokens, what);
     std::vector<int32_t> ids;
     if (kind_ == Kind::byte) {
         ids.reserve(text.size());
@@ -362,13 +393,103 @@ std::string Tokenizer::decode_one(int32_t id) const {
         fail("token id ", id, " is outside the tokenizer's vocabulary [0, ", vocab_size(), ")");
     if (kind_ == Kind::byte) return std::string(1, (char)(unsigned char)id);
     if (kind_ == Kind::bpe) return pieces_[id];
+    if (kind_ == Kind::hf) return hf_->decode_one(id);
     return utf8_encode(chars_[id]);
 }
 
-std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+std::string Tokenizer::decode(const std::vector<int32_t>& ids) const { return decode(ids, false); }
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
+    if (kind_ == Kind::hf) return hf_->decode(ids, skip_special_tokens);
     std::string s;
     for (int32_t id : ids) s += decode_one(id);
     return s;
+}
+
+int32_t Tokenizer::bos_id() const { return kind_ == Kind::hf ? hf_->bos_id() : -1; }
+
+std::vector<int32_t> Tokenizer::eos_ids() const { return kind_ == Kind::hf ? hf_->eos_ids() : std::vector<int32_t>{}; }
+
+bool Tokenizer::is_special(int32_t id) const {
+    if (kind_ == Kind::hf) return hf_->is_special(id);
+    if (id < 0 || id >= vocab_size())
+        fail("token id ", id, " is outside the tokenizer's vocabulary [0, ", vocab_size(), ")");
+    return false;
+}
+
+std::string Tokenizer::token_text(int32_t id) const { return kind_ == Kind::hf ? hf_->token_text(id) : decode_one(id); }
+
+// ---- export as a Hugging Face tokenizer.json -----------------------------------------------------
+
+// bpe_pretokenize as a Split regex: ASCII letters and every non-ASCII character count as letters
+// (their UTF-8 bytes are all >= 0x80), [0-9] as digits, \t\n\v\f\r and space as whitespace, the
+// rest of ASCII as punctuation. A run of whitespace before a word loses its last space to the word
+// only when that space is last (" \n foo" -> " \n", " foo"); a run that ends in another whitespace
+// character, or the text, stays whole.
+static const char* kBpePretokenizeRegex =
+    " ?[^\\x00-\\x40\\x5B-\\x60\\x7B-\\x7F]+"
+    "| ?[0-9]+"
+    "| ?[\\x00-\\x08\\x0E-\\x1F\\x21-\\x2F\\x3A-\\x40\\x5B-\\x60\\x7B-\\x7F]+"
+    "|[\\x09-\\x0D\\x20]+(?= [^\\x09-\\x0D\\x20])"
+    "|[\\x09-\\x0D\\x20]+";
+
+static nlohmann::json byte_level_stage(bool use_regex) {
+    return {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", use_regex}};
+}
+
+static nlohmann::json bpe_model_json(nlohmann::json vocab, nlohmann::json merges) {
+    return {{"type", "BPE"},          {"dropout", nullptr},       {"unk_token", nullptr},
+            {"continuing_subword_prefix", nullptr}, {"end_of_word_suffix", nullptr},
+            {"fuse_unk", false},      {"byte_fallback", false},   {"ignore_merges", false},
+            {"vocab", std::move(vocab)}, {"merges", std::move(merges)}};
+}
+
+nlohmann::json Tokenizer::to_hf_tokenizer_json() const {
+    if (kind_ == Kind::hf) return hf_->tokenizer_json();
+    nlohmann::json j = {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr},
+                        {"added_tokens", nlohmann::json::array()}, {"normalizer", nullptr},
+                        {"post_processor", nullptr}};
+    // byte b is the ByteLevel character of b; a BPE token the characters of its bytes
+    auto spell = [](const std::string& bytes) {
+        std::string s;
+        for (unsigned char c : bytes) s += hf::byte_level_char(c);
+        return s;
+    };
+    nlohmann::json vocab = nlohmann::json::object();
+    nlohmann::json merges = nlohmann::json::array();
+    if (kind_ == Kind::byte || kind_ == Kind::bpe) {
+        const int64_t n = vocab_size();
+        for (int64_t id = 0; id < n; ++id) {
+            const std::string s = spell(kind_ == Kind::byte ? std::string(1, (char)(unsigned char)id) : pieces_[id]);
+            if (vocab.contains(s))
+                fail("tokenizer export: BPE tokens ", vocab[s].get<int64_t>(), " and ", id, " spell the same bytes; ",
+                     "a tokenizer.json vocabulary cannot hold both");
+            vocab[s] = id;
+        }
+        for (auto [a, b] : merges_) merges.push_back({spell(pieces_[a]), spell(pieces_[b])});
+        if (kind_ == Kind::byte) {
+            j["pre_tokenizer"] = byte_level_stage(false);
+        } else {
+            j["pre_tokenizer"] = {{"type", "Sequence"},
+                                  {"pretokenizers",
+                                   {{{"type", "Split"}, {"pattern", {{"Regex", kBpePretokenizeRegex}}},
+                                     {"behavior", "Isolated"}, {"invert", false}},
+                                    byte_level_stage(false)}}};
+        }
+        j["decoder"] = byte_level_stage(true);
+    } else {
+        // one token per code point: a BPE model without merges over the whole text
+        for (size_t id = 0; id < chars_.size(); ++id) {
+            const uint32_t cp = chars_[id];
+            if (cp > 0x10FFFF || (cp >= 0xD800 && cp < 0xE000))
+                fail("tokenizer export: character ", id, " (", cp, ") is not a Unicode scalar value");
+            vocab[utf8_encode(cp)] = id;
+        }
+        j["pre_tokenizer"] = nullptr;
+        j["decoder"] = {{"type", "Fuse"}};
+    }
+    j["model"] = bpe_model_json(std::move(vocab), std::move(merges));
+    return j;
 }
 
 }  // namespace moe

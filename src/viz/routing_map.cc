@@ -63,7 +63,7 @@ std::string token_glyph(const Tokenizer& tok, int32_t id) {
     uint32_t cp;
     if (tok.kind() == Tokenizer::Kind::byte) {
         cp = (uint32_t)id;
-    } else if (tok.kind() == Tokenizer::Kind::bpe) {
+    } else if (tok.kind() == Tokenizer::Kind::bpe || tok.kind() == Tokenizer::Kind::hf) {
         // one glyph per cell: the piece's first character after its leading space (a BPE piece
         // may end inside a UTF-8 character; then its first byte, in hex)
         std::string piece = tok.decode_one(id);
