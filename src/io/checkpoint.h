@@ -24,7 +24,8 @@ struct Checkpoint {
     TrainState state;
     std::unique_ptr<Model> model;
     std::vector<float> adam_m, adam_v;  // empty if the checkpoint has no optimizer state
-    std::string weight_type = "fp32";   // as stored: "fp32" | "bf16" | "int8"
+    std::string weight_type = "fp32";   // as stored: "fp32" | "bf16" | "int8" (Hugging Face: also "f16")
+    bool tokenizer_missing = false;     // a Hugging Face directory without tokenizer.json: ids only
 };
 
 // Writes an inference checkpoint with the matmul weights (attention, experts / dense FFN, untied
