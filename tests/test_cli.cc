@@ -305,7 +305,7 @@ TEST_F(Cli, GenerateBadOptions) {
     expect_clean_error(moe("generate --checkpoint ck --prompt the --repetition-penalty 0"), {"--repetition-penalty", "0"});
     expect_clean_error(moe("generate --checkpoint ck --prompt the --stop ''"), {"--stop", "empty"});
     expect_clean_error(moe("generate --checkpoint ck --max-tokens 3"), {"--prompt"});
-    expect_clean_error(moe("generate --prompt the --max-tokens 3"), {"--checkpoint"});
+    expect_clean_error(moe("generate --prompt the --max-tokens 3"), {"--model"});
 }
 
 // Greedy generation is deterministic; a stop string cuts the output before it; the KV-cache path

@@ -7,7 +7,10 @@
 #include <moe/moe.h>
 #include <moe/viz.h>
 
+#include <cerrno>
+#include <climits>
 #include <csignal>
+#include <cstdlib>
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -80,8 +83,9 @@ struct GenerateArgs {
 };
 
 CLI::App* add_generate(CLI::App& app, GenerateArgs& a) {
-    CLI::App* c = app.add_subcommand("generate", "generate text from a checkpoint");
-    c->add_option("--checkpoint", a.checkpoint, "checkpoint directory")->required();
+    CLI::App* c = app.add_subcommand("generate", "generate text from a model");
+    c->add_option("--model,--checkpoint", a.checkpoint,
+                  "moe checkpoint directory or Hugging Face model directory")->required();
     c->add_option("--prompt", a.prompt, "prompt text")->required();
     c->add_option("--max-tokens", a.sample.max_tokens, "tokens to generate")->capture_default_str();
     c->add_option("--temperature", a.sample.temperature, "sampling temperature (0 = greedy)")->capture_default_str();
@@ -133,7 +137,7 @@ CLI::App* add_bench(CLI::App& app, BenchArgs& a) {
     CLI::App* c =
         app.add_subcommand("bench", "inference speed: decode or prefill tokens/s (random weights from a config)");
     c->add_option("--config", a.config, "model config (random weights)");
-    c->add_option("--checkpoint", a.checkpoint, "checkpoint directory (its weights)");
+    c->add_option("--model,--checkpoint", a.checkpoint, "moe checkpoint or Hugging Face model directory (its weights)");
     c->add_option("--mode", a.opt.mode, "decode | prefill")->capture_default_str();
     c->add_option("--dtype", a.dtype,
                   "weight type of the matmuls: fp32 | bf16 | int8 (router stays fp32; default fp32, or the checkpoint's)");
@@ -238,7 +242,7 @@ struct RoutingArgs {
 
 CLI::App* add_routing(CLI::App& app, RoutingArgs& a) {
     CLI::App* c = app.add_subcommand("routing", "draw which experts each token of a text is routed to (PNG)");
-    c->add_option("--checkpoint", a.checkpoint, "checkpoint directory")->required();
+    c->add_option("--model,--checkpoint", a.checkpoint, "moe checkpoint or Hugging Face model directory")->required();
     c->add_option("--text", a.text, "text to route (at most n_ctx tokens)")->required();
     c->add_option("--out", a.out, "PNG file to write")->required();
     c->add_option("--threads", a.threads, "threads (default: all cores)");
@@ -256,6 +260,71 @@ int cmd_routing(const RoutingArgs& a) {
     ro.shade_by_weight = a.weights;
     moe::viz::write_routing_map(model, a.text, a.out, ro);
     std::printf("wrote %s\n", a.out.c_str());
+    return 0;
+}
+
+// ------------------------------------------------------------------ logits, tokenize
+
+struct LogitsArgs {
+    std::string model, tokens, out, dtype;
+    int threads = 0;
+};
+
+CLI::App* add_logits(CLI::App& app, LogitsArgs& a) {
+    CLI::App* c = app.add_subcommand("logits", "logits of one forward over token ids, as raw float32 (tokens, vocab)");
+    c->add_option("--model", a.model, "moe checkpoint or Hugging Face model directory")->required();
+    c->add_option("--tokens", a.tokens, "comma-separated token ids (no BOS is added)")->required();
+    c->add_option("--out", a.out, "file to write: little-endian float32, row-major (tokens, vocab)")->required();
+    c->add_option("--dtype", a.dtype, "weight type of the matmuls: fp32 | bf16 | int8 (default: as stored)");
+    c->add_option("--threads", a.threads, "threads (default: all cores)");
+    return c;
+}
+
+std::vector<int32_t> parse_ids(const std::string& s, const char* what) {
+    std::vector<int32_t> ids;
+    size_t i = 0;
+    while (i <= s.size()) {
+        const size_t j = std::min(s.find(',', i), s.size());
+        const std::string item = s.substr(i, j - i);
+        char* end = nullptr;
+        errno = 0;
+        const long long v = std::strtoll(item.c_str(), &end, 10);
+        if (item.empty() || *end != '\0' || errno == ERANGE || v < 0 || v > INT32_MAX)
+            throw moe::error(std::string(what) + ": '" + item + "' is not a token id (a comma-separated list of integers >= 0)");
+        ids.push_back((int32_t)v);
+        i = j + 1;
+    }
+    return ids;
+}
+
+int cmd_logits(const LogitsArgs& a) {
+    moe::set_threads(a.threads);
+    const std::vector<int32_t> ids = parse_ids(a.tokens, "--tokens");
+    moe::LoadedModel model(a.model, a.dtype, "logits --dtype");
+    const std::vector<float> l = model.logits(ids);
+    moe::write_file(a.out, std::string_view(reinterpret_cast<const char*>(l.data()), l.size() * sizeof(float)));
+    std::printf("wrote %s: %zu x %lld float32 logits\n", a.out.c_str(), ids.size(), (long long)model.vocab_size());
+    return 0;
+}
+
+struct TokenizeArgs {
+    std::string model, text;
+    bool no_special = false;
+};
+
+CLI::App* add_tokenize(CLI::App& app, TokenizeArgs& a) {
+    CLI::App* c = app.add_subcommand("tokenize", "print the token ids of a text as a JSON array");
+    c->add_option("--model", a.model, "moe checkpoint or Hugging Face model directory")->required();
+    c->add_option("--text", a.text, "text to encode")->required();
+    c->add_flag("--no-special", a.no_special, "no BOS / EOS from the post-processor (add_special_tokens=False)");
+    return c;
+}
+
+int cmd_tokenize(const TokenizeArgs& a) {
+    const std::vector<int32_t> ids = moe::tokenize(a.model, a.text, !a.no_special);
+    std::string out = "[";
+    for (size_t i = 0; i < ids.size(); ++i) out += (i ? ", " : "") + std::to_string(ids[i]);
+    std::printf("%s]\n", out.c_str());
     return 0;
 }
 
@@ -298,6 +367,8 @@ int main(int argc, char** argv) {
     ParamsArgs params;
     RoutingArgs routing;
     PlotArgs plot;
+    LogitsArgs logits;
+    TokenizeArgs tokenize;
     add_train(app, train);
     CLI::App* generate_cmd = add_generate(app, generate);
     CLI::App* bench_cmd = add_bench(app, bench);
@@ -305,6 +376,8 @@ int main(int argc, char** argv) {
     CLI::App* params_cmd = add_params(app, params);
     CLI::App* routing_cmd = add_routing(app, routing);
     CLI::App* plot_cmd = add_plot(app, plot);
+    CLI::App* logits_cmd = add_logits(app, logits);
+    CLI::App* tokenize_cmd = add_tokenize(app, tokenize);
 
     // Usage errors get the same one-line form and exit status as every other error.
     try {
@@ -330,6 +403,8 @@ int main(int argc, char** argv) {
         if (app.got_subcommand(params_cmd)) return cmd_params(params);
         if (app.got_subcommand(routing_cmd)) return cmd_routing(routing);
         if (app.got_subcommand(plot_cmd)) return cmd_plot(plot);
+        if (app.got_subcommand(logits_cmd)) return cmd_logits(logits);
+        if (app.got_subcommand(tokenize_cmd)) return cmd_tokenize(tokenize);
         return cmd_train(train);  // also the default with no subcommand
     } catch (const moe::error& e) {
         std::fflush(stdout);

@@ -112,15 +112,18 @@ struct BenchResult {
 
 // ------------------------------------------------------------------ models
 
-// A checkpoint loaded for inference: its config, tokenizer and weights, with the matmul weights
-// in one type for life (bf16 / int8 stored in that type are used in place from the mapped file).
+// A model loaded for inference: its config, tokenizer and weights, with the matmul weights in one
+// type for life (bf16 / int8 stored in that type are used in place from the mapped file).
 class LoadedModel {
 public:
-    // Throws moe::error naming the file for a missing, truncated or corrupted checkpoint.
-    // dtype: "fp32" | "bf16" | "int8" for the matmul weights, "" = as stored (routers, norms and
-    // the embedding stay fp32). `what` names the option in the error for another value.
-    explicit LoadedModel(const std::string& checkpoint_dir, const std::string& dtype = "",
-                         const char* what = "--dtype");
+    // path: a moe checkpoint directory or a Hugging Face model directory (config.json,
+    // safetensors, tokenizer.json). Throws moe::error naming the file for a missing, truncated or
+    // corrupted model. dtype: "fp32" | "bf16" | "int8" for the matmul weights, "" = as stored
+    // (routers, norms and the embedding stay fp32). `what` names the option in the error for
+    // another value. n_ctx: the context for a Hugging Face model (0: its max_position_embeddings,
+    // at most 4096); a moe checkpoint keeps its own.
+    explicit LoadedModel(const std::string& path, const std::string& dtype = "", const char* what = "--dtype",
+                         int64_t n_ctx = 0);
     ~LoadedModel();
     LoadedModel(LoadedModel&&) noexcept;
     LoadedModel& operator=(LoadedModel&&) noexcept;
@@ -132,9 +135,16 @@ public:
     // Routes each token to K experts (0 = keep the checkpoint's K); throws for K outside [1, E].
     void set_experts_per_token(int64_t K);
     const std::string& weight_type() const;         // the type the model runs in
-    // Encodes a prompt with the checkpoint's tokenizer; throws naming the character for text
-    // outside its vocabulary, and for more tokens than the context holds.
+    // Encodes a prompt with the model's tokenizer (a Hugging Face tokenizer adds its BOS as
+    // transformers does); throws naming the character for text outside its vocabulary, and for
+    // more tokens than the context holds.
     std::vector<int32_t> encode_prompt(const std::string& text) const;
+    // The tokenizer's ids for text (add_special: the post-processor's BOS / EOS, as
+    // Tokenizer.encode(text).ids; false: add_special_tokens=False).
+    std::vector<int32_t> tokenize(const std::string& text, bool add_special = true) const;
+    // Logits (ids, vocab) of one plain forward over the ids (no BOS added), row-major.
+    std::vector<float> logits(const std::vector<int32_t>& ids);
+    int64_t vocab_size() const;
 
     struct Impl;  // defined in src/api/ (the facade's own access to the internals)
     Impl& impl() { return *impl_; }
@@ -143,12 +153,19 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
+// The token ids of `text` by the tokenizer of the model at `path` (moe checkpoint or Hugging Face
+// directory; only the tokenizer is read for the latter). add_special: as LoadedModel::tokenize.
+std::vector<int32_t> tokenize(const std::string& path, const std::string& text, bool add_special = true);
+
+// Writes `data` to `path` atomically (temp file, fsync, rename); moe::error naming the path.
+void write_file(const std::string& path, std::string_view data);
+
 // ------------------------------------------------------------------ generation
 
 struct GenerateResult {
     std::string text;     // the generated text (no prompt; cut before a stop string)
     int64_t tokens = 0;   // tokens sampled
-    bool stopped = false; // a stop string ended it (else max_tokens did)
+    bool stopped = false; // a stop string or an end-of-sequence token ended it (else max_tokens did)
 };
 
 // Continues `prompt` (from encode_prompt) by up to opt.max_tokens tokens. on_text, when given,

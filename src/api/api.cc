@@ -3,6 +3,7 @@
 // pass them straight through.
 #include <moe/moe.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -17,6 +18,9 @@
 #include "infer/generate.h"
 #include "infer/stop_strings.h"
 #include "io/checkpoint.h"
+#include "io/hf_model.h"
+#include "io/hf_tokenizer.h"
+#include "io/tensor_file.h"
 #include "kernels/cpu.h"
 #include "kernels/gemm.h"
 #include "kernels/qmatmul.h"
@@ -63,11 +67,11 @@ void print_profile(std::FILE* out) { profile_report(out); }
 
 // ------------------------------------------------------------------ models
 
-LoadedModel::LoadedModel(const std::string& checkpoint_dir, const std::string& dtype, const char* what)
+LoadedModel::LoadedModel(const std::string& path, const std::string& dtype, const char* what, int64_t n_ctx)
     : impl_(std::make_unique<Impl>()) {
     if (!dtype.empty()) kernels::parse_wtype(dtype, what);  // a bad value fails before the load
-    impl_->dir = checkpoint_dir;
-    impl_->ck = load_checkpoint(checkpoint_dir, dtype);
+    impl_->dir = path;
+    impl_->ck = load_model(path, dtype, n_ctx);
     impl_->dtype = kernels::wtype_name(impl_->ck.model->weight_type());
 }
 LoadedModel::~LoadedModel() = default;
@@ -87,13 +91,49 @@ void LoadedModel::set_experts_per_token(int64_t K) {
 
 const std::string& LoadedModel::weight_type() const { return impl_->dtype; }
 
+std::vector<int32_t> LoadedModel::tokenize(const std::string& text, bool add_special) const {
+    if (impl_->ck.tokenizer_missing) fail("'", impl_->dir, "' has no tokenizer.json: text needs one (ids work without)");
+    return impl_->ck.tokenizer.encode(text, "text", add_special);
+}
+
+int64_t LoadedModel::vocab_size() const { return impl_->ck.config.model.vocab_size; }
+
+std::vector<float> LoadedModel::logits(const std::vector<int32_t>& ids) {
+    Model& m = *impl_->ck.model;
+    const int64_t N = (int64_t)ids.size(), V = m.config().vocab_size;
+    if (N == 0) fail("logits: give at least one token id");
+    if (N > m.config().n_ctx) fail("logits: ", N, " tokens exceed the model's context (n_ctx = ", m.config().n_ctx, ")");
+    auto cache = m.make_cache(1);
+    std::vector<int32_t> seq(N, 0), pos(N);
+    for (int64_t i = 0; i < N; ++i) pos[i] = (int32_t)i;
+    m.forward_cached(ids.data(), seq.data(), pos.data(), N, cache);  // checks the ids
+    return std::vector<float>(m.logits(), m.logits() + N * V);
+}
+
 std::vector<int32_t> LoadedModel::encode_prompt(const std::string& text) const {
+    if (impl_->ck.tokenizer_missing) fail("'", impl_->dir, "' has no tokenizer.json: a text prompt needs one");
     std::vector<int32_t> ids = impl_->ck.tokenizer.encode(text, "prompt");
     const int64_t n_ctx = context_length();
     if ((int64_t)ids.size() > n_ctx)
         fail("prompt has ", ids.size(), " tokens but the model's context is ", n_ctx, " tokens");
     return ids;
 }
+
+std::vector<int32_t> tokenize(const std::string& path, const std::string& text, bool add_special) {
+    namespace fs = std::filesystem;
+    if (detect_model_format(path) == ModelFormat::hugging_face) {  // the tokenizer files only
+        const fs::path d(path);
+        std::error_code ec;
+        if (!fs::exists(d / "tokenizer.json", ec)) fail("'", path, "' has no tokenizer.json");
+        auto opt = [&](const char* f) { return fs::exists(d / f, ec) ? (d / f).string() : std::string(); };
+        const Tokenizer tok = Tokenizer::from_hf_files((d / "tokenizer.json").string(), opt("tokenizer_config.json"),
+                                                       opt("generation_config.json"));
+        return tok.encode(text, "--text", add_special);
+    }
+    return LoadedModel(path).tokenize(text, add_special);
+}
+
+void write_file(const std::string& path, std::string_view data) { write_file_atomic(path, std::string(data)); }
 
 // ------------------------------------------------------------------ generation
 
@@ -108,13 +148,23 @@ GenerateResult generate_text(LoadedModel& model, const std::vector<int32_t>& pro
         r.text += s;
         if (on_text) on_text(s);
     };
+    // a Hugging Face tokenizer streams through its decoder (a character split over tokens comes out
+    // whole, SentencePiece spaces as decode() makes them); its end-of-sequence ids stop the reply
+    std::unique_ptr<HfDecodeStream> stream;
+    if (ck.tokenizer.hf()) stream = std::make_unique<HfDecodeStream>(ck.tokenizer.hf(), true);
+    const std::vector<int32_t> eos = ck.tokenizer.eos_ids();
     generate(*ck.model, prompt, opt, [&](int32_t id) {
         ++r.tokens;
-        release(cut.feed(ck.tokenizer.decode_one(id)));
+        if (std::find(eos.begin(), eos.end(), id) != eos.end()) {
+            r.stopped = true;
+            return false;
+        }
+        release(cut.feed(stream ? stream->step(id) : ck.tokenizer.decode_one(id)));
         return !cut.stopped();
     });
+    if (stream) release(cut.feed(stream->finish()));
     release(cut.finish());
-    r.stopped = cut.stopped();
+    r.stopped = r.stopped || cut.stopped();
     return r;
 }
 
@@ -175,7 +225,7 @@ static std::string dump(const ojson& j) { return j.dump(-1, ' ', false, ojson::e
 BenchReport bench(const std::string& config_path, const std::string& checkpoint_dir, const std::string& dtype,
                   const BenchOptions& opt) {
     if (config_path.empty() == checkpoint_dir.empty())
-        fail("bench: give exactly one of --config FILE or --checkpoint DIR");
+        fail("bench: give exactly one of --config FILE or --model PATH");
     BenchReport r;
     r.dtype = dtype;
     std::unique_ptr<Model> own;
@@ -192,7 +242,7 @@ BenchReport bench(const std::string& config_path, const std::string& checkpoint_
         r.model = config_path;
     } else {
         if (!r.dtype.empty()) kernels::parse_wtype(r.dtype, "bench --dtype");
-        ck = load_checkpoint(checkpoint_dir, r.dtype);
+        ck = load_model(checkpoint_dir, r.dtype);
         model = ck.model.get();
         r.model = checkpoint_dir;
         r.dtype = kernels::wtype_name(model->weight_type());

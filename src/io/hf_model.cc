@@ -177,7 +177,9 @@ Checkpoint load_hf_model(const std::string& dir, const std::string& weight_type,
 
 ModelFormat detect_model_format(const std::string& path) {
     std::error_code ec;
-    if (!fs::exists(path, ec)) fail("model path '", path, "' does not exist");
+    if (!fs::exists(path, ec))
+        fail("model path '", path, "' does not exist", ec ? " (" + ec.message() + ")" : "",
+             ": expected a moe checkpoint directory or a Hugging Face model directory");
     const fs::path p(path);
     if (fs::is_directory(p, ec)) {
         if (fs::exists(p / "checkpoint.bin", ec)) return ModelFormat::moe_checkpoint;
