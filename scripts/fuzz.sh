@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (fuzz/fuzz_*.cc) with clang + ASan + UBSan into build-fuzz/ and runs
 # each for SECONDS (default 60) over its committed corpus fuzz/corpus/NAME (new inputs go to a
-# scratch copy, so the committed corpus changes only by hand). Exits non-zero on the first crash,
+# scratch copy, so the committed corpus changes only by hand), with fuzz/dict/NAME.dict as its
+# dictionary when there is one. Exits non-zero on the first crash,
 # leak or sanitizer report; the reproducer is left in build-fuzz/crash-*.
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 set -euo pipefail
@@ -25,8 +26,10 @@ for t in "${targets[@]}"; do
   if [ -d "fuzz/corpus/$name" ]; then cp -r "fuzz/corpus/$name/." "$work/"; fi
   echo "fuzz: $t for ${secs}s" >&2
   log="build-fuzz/$t.log"
+  dict=()
+  if [ -f "fuzz/dict/$name.dict" ]; then dict=(-dict="fuzz/dict/$name.dict"); fi
   if ! "build-fuzz/fuzz/$t" -max_total_time="$secs" -print_final_stats=1 -artifact_prefix="build-fuzz/$t-" \
-       "$work" >"$log" 2>&1; then
+       "${dict[@]}" "$work" >"$log" 2>&1; then
     tail -40 "$log" >&2
     echo "fuzz: $t found a failing input (build-fuzz/$t-crash-*; log $log)" >&2
     exit 1

@@ -29,12 +29,18 @@ Families (tests/data/tokenizers/<name>/):
             with ## prefix and </w> suffix, BPEDecoder, BertProcessing
   wordlevel NFKC + Strip, WhitespaceSplit, WordLevel with [UNK], no decoder
 
-Files: lines.jsonl (one JSON string per test line); per family tokenizer.json,
-tokenizer_config.json (consistent with tokenizer.json: transformers would give the same ids),
-ids.txt (encode(line, add_special_tokens=False).ids, space-separated, one line per input line),
-special.txt (the ids add_special_tokens=True adds: "prefix|suffix"; the script checks that the
-full ids are prefix + ids + suffix), decode.jsonl ([decode(ids_with_special), decode(...,
-skip_special_tokens=True)], null where equal to the line / to the first); moe_export/<kind>.ids.txt.
+Files: lines.jsonl (one JSON string per test line). Per family: tokenizer.json, or
+tokenizer_patch.json ({"base": family, "replace": top-level fields} for gpt2 / mistral_ms, which
+share a vocabulary); tokenizer_config.json (consistent with tokenizer.json: transformers would
+give the same ids); generation_config.json (llama3); ids.txt (encode(line,
+add_special_tokens=False).ids for the first lines: all of them for qwen2 / llama3 / olmoe /
+mixtral, N_EXTRA_IDS for the others; each id as two characters, see enc_ids); special.txt (the ids
+add_special_tokens=True adds around them, "prefix|suffix"; the script checks that the full ids are
+prefix + ids + suffix); checksum.json (FNV-1a of the ids of every line, see fnv); decode.jsonl
+(for the first N_DECODE lines: [decode(ids), decode(ids, skip_special_tokens=True)] and, for the
+first N_DECODE_FULL, the same for the ids with special tokens; null where equal to the line / to
+the entry before). moe_export/: <kind>.tokenizer.json (written by the C++ test), <kind>.ids.txt
+(char, bpe: the first N_EXPORT_IDS lines), checksums.json (byte, char, bpe: all lines).
 """
 import json
 import os

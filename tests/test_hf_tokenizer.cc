@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <functional>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -394,6 +395,214 @@ TEST(HfTokenizer, ConfigOverridesTheTemplate) {
     EXPECT_EQ(t->encode("a<extra>b", false)[1], 4003);
     EXPECT_TRUE(t->is_special(4003));
     EXPECT_EQ(t->decode(t->encode("a<extra>b"), true), "a b") << "'b' is a segment of its own, with a ▁ prepended";
+}
+
+
+// ---- malformed files: one moe::error per class, naming the file and the field ---------------------
+
+json tiny_tokenizer() {
+    return json::parse(R"({
+      "version": "1.0", "truncation": null, "padding": null,
+      "added_tokens": [{"id": 5, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false,
+                        "normalized": false, "special": true}],
+      "normalizer": null,
+      "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+      "post_processor": null,
+      "decoder": {"type": "ByteLevel"},
+      "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2, "c": 3, "Ġ": 4}, "merges": ["a b"]}
+    })");
+}
+
+std::string error_of(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const moe::error& e) {
+        return e.what();
+    }
+    return "(no error)";
+}
+
+void expect_load_error(const json& tj, std::initializer_list<std::string> needles, const json& cfg = json()) {
+    const std::string msg = error_of([&] { HfTokenizer::from_json(tj, cfg, "bad/tokenizer.json", "bad/tokenizer_config.json"); });
+    for (const std::string& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
+}
+
+TEST(HfTokenizerErrors, TheTinyTokenizerLoads) {
+    auto t = HfTokenizer::from_json(tiny_tokenizer(), json(), "tiny");
+    EXPECT_EQ(t->encode("ab abc<s>", true), (Ids{2, 4, 2, 3, 5}));
+    EXPECT_EQ(t->decode({2, 4, 2, 3, 5}), "ab abc<s>");
+    EXPECT_EQ(t->vocab_size(), 6);
+}
+
+TEST(HfTokenizerErrors, NotJson) {
+    EXPECT_NE(error_of([] { HfTokenizer::from_string("{\"model\": [1, 2", "", "bad/tokenizer.json"); }).find("bad/tokenizer.json: not valid JSON"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { HfTokenizer::from_string("[]", "", "bad/tokenizer.json"); }).find("expected a JSON object"), std::string::npos);
+    EXPECT_NE(error_of([] { HfTokenizer::from_files("/nonexistent/tokenizer.json"); }).find("cannot read '/nonexistent/tokenizer.json'"),
+              std::string::npos);
+    const std::string tj = tiny_tokenizer().dump();
+    EXPECT_NE(error_of([&] { HfTokenizer::from_string(tj, "{oops"); }).find("tokenizer_config.json: not valid JSON"), std::string::npos);
+}
+
+TEST(HfTokenizerErrors, MissingFields) {
+    json j = tiny_tokenizer();
+    j.erase("model");
+    expect_load_error(j, {"bad/tokenizer.json: model: missing field"});
+    j = tiny_tokenizer();
+    j["model"].erase("vocab");
+    expect_load_error(j, {"model.vocab: missing field"});
+    j = tiny_tokenizer();
+    j["model"].erase("merges");
+    expect_load_error(j, {"model.merges: missing field"});
+    j = tiny_tokenizer();
+    j["added_tokens"][0].erase("content");
+    expect_load_error(j, {"added_tokens[0].content: missing field"});
+    j = tiny_tokenizer();
+    j["added_tokens"][0].erase("id");
+    expect_load_error(j, {"added_tokens[0].id: missing field"});
+    j = tiny_tokenizer();
+    j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "a"}}}, {"behavior", "Isolated"}};
+    expect_load_error(j, {"pre_tokenizer.invert: missing field"});
+    j = tiny_tokenizer();
+    j["decoder"] = {{"kind", "ByteLevel"}};
+    expect_load_error(j, {"decoder.type: missing field"});
+}
+
+TEST(HfTokenizerErrors, UnknownTypes) {
+    json j = tiny_tokenizer();
+    j["model"]["type"] = "Foo";
+    expect_load_error(j, {"model.type", "unknown model type 'Foo'"});
+    j["model"]["type"] = "Unigram";
+    expect_load_error(j, {"model.type", "'Unigram' is not supported"});
+    j = tiny_tokenizer();
+    j["normalizer"] = {{"type", "Sequence"}, {"normalizers", {{{"type", "NFC"}}, {{"type", "Frobnicate"}}}}};
+    expect_load_error(j, {"normalizer.normalizers[1].type", "unknown normalizer type 'Frobnicate'"});
+    j = tiny_tokenizer();
+    j["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", {{{"type", "Shred"}}}}};
+    expect_load_error(j, {"pre_tokenizer.pretokenizers[0].type", "unknown pre-tokenizer type 'Shred'"});
+    j = tiny_tokenizer();
+    j["decoder"] = {{"type", "Sequence"}, {"decoders", {{{"type", "Fuse"}}, {{"type", "Unshred"}}}}};
+    expect_load_error(j, {"decoder.decoders[1].type", "unknown decoder type 'Unshred'"});
+    j = tiny_tokenizer();
+    j["post_processor"] = {{"type", "Teleport"}};
+    expect_load_error(j, {"post_processor.type", "unknown post-processor type 'Teleport'"});
+    j = tiny_tokenizer();
+    j["version"] = "2.0";
+    expect_load_error(j, {"version", "\"2.0\""});
+}
+
+TEST(HfTokenizerErrors, BadVocabularyAndMerges) {
+    json j = tiny_tokenizer();
+    j["model"]["merges"] = {"a zz"};
+    expect_load_error(j, {"model.merges[0]", "'zz' is not in the vocabulary"});
+    j["model"]["merges"] = {"b c"};
+    expect_load_error(j, {"model.merges[0]", "the merged token 'bc' is not in the vocabulary"});
+    j["model"]["merges"] = {"a b", "a b c"};
+    expect_load_error(j, {"model.merges[1]", "not two tokens separated by one space"});
+    j["model"]["merges"] = json::parse(R"([["a", "b"], ["a"]])");
+    expect_load_error(j, {"model.merges[1]", "expected a pair"});
+    j = tiny_tokenizer();
+    j["model"]["vocab"]["a"] = -3;
+    expect_load_error(j, {"model.vocab.a", "outside"});
+    j["model"]["vocab"]["a"] = "zero";
+    expect_load_error(j, {"model.vocab.a", "expected a token id"});
+    j["model"]["vocab"]["a"] = 1;
+    expect_load_error(j, {"model.vocab", "both have id 1"});
+    j["model"]["vocab"]["a"] = 900000000;
+    expect_load_error(j, {"model.vocab", "too sparse"});
+    j = tiny_tokenizer();
+    j["model"]["dropout"] = 0.1;
+    expect_load_error(j, {"model.dropout", "random"});
+    j = tiny_tokenizer();
+    j["model"]["unk_token"] = "<unk>";
+    auto t = HfTokenizer::from_json(j, json(), "bad/tokenizer.json");
+    EXPECT_NE(error_of([&] { t->encode("xyz"); }).find("model.unk_token '<unk>' is not in the vocabulary"), std::string::npos);
+}
+
+TEST(HfTokenizerErrors, BadStages) {
+    json j = tiny_tokenizer();
+    j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "(a"}}}, {"behavior", "Isolated"}, {"invert", false}};
+    expect_load_error(j, {"pre_tokenizer.pattern.Regex", "invalid regular expression '(a'"});
+    j["pre_tokenizer"]["pattern"] = {{"Glob", "*"}};
+    expect_load_error(j, {"pre_tokenizer.pattern", "{\"String\": ...} or {\"Regex\": ...}"});
+    j["pre_tokenizer"]["pattern"] = {{"String", " "}};
+    j["pre_tokenizer"]["behavior"] = "Scattered";
+    expect_load_error(j, {"pre_tokenizer.behavior", "unknown split behavior 'Scattered'"});
+    j = tiny_tokenizer();
+    j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "__"}};
+    expect_load_error(j, {"pre_tokenizer.replacement", "exactly one character"});
+    j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "_"}, {"prepend_scheme", "sometimes"}};
+    expect_load_error(j, {"pre_tokenizer.prepend_scheme", "'sometimes'"});
+    j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "_"}, {"add_prefix_space", false}};
+    expect_load_error(j, {"pre_tokenizer.add_prefix_space", "does not match"});
+    j = tiny_tokenizer();
+    j["normalizer"] = {{"type", "Replace"}, {"pattern", {{"Regex", "[z-a]"}}}, {"content", "x"}};
+    expect_load_error(j, {"normalizer.pattern.Regex", "invalid regular expression"});
+    j = tiny_tokenizer();
+    j["decoder"] = {{"type", "Strip"}, {"content", ""}, {"start", 1}, {"stop", 0}};
+    expect_load_error(j, {"decoder.content", "exactly one character"});
+    j["decoder"] = {{"type", "Strip"}, {"content", " "}, {"start", -1}, {"stop", 0}};
+    expect_load_error(j, {"decoder.start", "non-negative integer"});
+    j = tiny_tokenizer();
+    j["post_processor"] = json::parse(R"({"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}},
+        {"Sequence": {"id": "A", "type_id": 0}}], "special_tokens": {}})");
+    expect_load_error(j, {"post_processor.single[0]", "special token '<bos>' is not in special_tokens"});
+    j["post_processor"]["special_tokens"] = json::parse(R"({"<bos>": {"id": "<bos>", "ids": [77], "tokens": ["<bos>"]}})");
+    expect_load_error(j, {"post_processor.special_tokens.<bos>.ids[0]", "token id 77 is outside the vocabulary [0, 6)"});
+    j["post_processor"]["single"][1] = {{"Sequence", {{"id", "B"}, {"type_id", 1}}}};
+    j["post_processor"]["special_tokens"]["<bos>"]["ids"] = {5};
+    expect_load_error(j, {"post_processor.single[1]", "sequence 'B'"});
+    j = tiny_tokenizer();
+    j["post_processor"] = {{"type", "BertProcessing"}, {"cls", {"<s>", 5}}, {"sep", {"</s>"}}};
+    expect_load_error(j, {"post_processor.sep", "expected [\"token\", id]"});
+}
+
+TEST(HfTokenizerErrors, DeepNestingIsRefused) {
+    json n = {{"type", "NFC"}};
+    for (int k = 0; k < 40; ++k) n = {{"type", "Sequence"}, {"normalizers", {n}}};
+    json j = tiny_tokenizer();
+    j["normalizer"] = n;
+    expect_load_error(j, {"normalizer.normalizers[0]", "nested deeper than 32"});
+}
+
+TEST(HfTokenizerErrors, CatastrophicBacktrackingIsAnError) {
+    json j = tiny_tokenizer();
+    j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "(a|aa)+$"}}}, {"behavior", "Isolated"}, {"invert", false}};
+    auto t = HfTokenizer::from_json(j, json(), "bad/tokenizer.json");
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string msg = error_of([&] { t->encode(std::string(200, 'a') + "b"); });
+    EXPECT_NE(msg.find("pre_tokenizer.pattern.Regex"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("too much backtracking"), std::string::npos) << msg;
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0);
+}
+
+TEST(HfTokenizerErrors, BadInputs) {
+    auto t = HfTokenizer::from_json(tiny_tokenizer(), json(), "tiny");
+    EXPECT_NE(error_of([&] { t->encode("ok \xC3\x28 not", true, "the prompt"); }).find("the prompt: invalid UTF-8 at byte offset 3"),
+              std::string::npos);
+    EXPECT_NE(error_of([&] { t->encode("\xED\xA0\x80"); }).find("invalid UTF-8"), std::string::npos) << "a surrogate";
+    EXPECT_NE(error_of([&] { t->decode({0, 6}); }).find("token id 6 is outside the tokenizer's vocabulary [0, 6)"), std::string::npos);
+    EXPECT_NE(error_of([&] { t->decode({-1}); }).find("token id -1"), std::string::npos);
+    EXPECT_NE(error_of([&] { t->token_text(99); }).find("token id 99"), std::string::npos);
+    json w = json::parse(R"({"model": {"type": "WordLevel", "vocab": {"a": 0}, "unk_token": "<unk>"},
+                            "pre_tokenizer": {"type": "WhitespaceSplit"}})");
+    auto wl = HfTokenizer::from_json(w, json(), "wl");
+    EXPECT_EQ(wl->encode("a a"), (Ids{0, 0}));
+    EXPECT_NE(error_of([&] { wl->encode("a b", true, "line 7"); }).find("line 7: 'b' is not in the WordLevel vocabulary"), std::string::npos);
+}
+
+TEST(HfTokenizerErrors, BadConfig) {
+    const json j = tiny_tokenizer();
+    expect_load_error(j, {"bad/tokenizer_config.json: add_bos_token", "no bos_token"}, json::parse(R"({"add_bos_token": true})"));
+    expect_load_error(j, {"bad/tokenizer_config.json: added_tokens_decoder.x1", "not a token id"},
+                      json::parse(R"({"added_tokens_decoder": {"x1": {"content": "<x>"}}})"));
+    expect_load_error(j, {"bad/tokenizer_config.json: eos_token", "expected a string"}, json::parse(R"({"eos_token": 3})"));
+    expect_load_error(j, {"bad/tokenizer_config.json: add_eos_token", "expected true or false"},
+                      json::parse(R"({"eos_token": "<s>", "add_eos_token": "yes"})"));
+    expect_load_error(j, {"bad/tokenizer_config.json", "expected a JSON object"}, json::array());
+    EXPECT_NE(error_of([&] { HfTokenizer::from_json(j, json(), "t", "c", json::parse(R"({"eos_token_id": [5, 600]})")); })
+                  .find("generation_config.json: eos_token_id: id 600 is outside the vocabulary"),
+              std::string::npos);
 }
 
 }  // namespace

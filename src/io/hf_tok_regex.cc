@@ -89,7 +89,7 @@ struct MatchState {
         jit = pcre2_jit_stack_create(64 * 1024, 64 * 1024 * 1024, nullptr);
         if (!md || !ctx) fail("PCRE2: out of memory");
         if (jit) pcre2_jit_stack_assign(ctx, nullptr, jit);
-        pcre2_set_heap_limit(ctx, 512 * 1024);  // KiB, for the interpreter's backtracking frames
+        pcre2_set_heap_limit(ctx, 128 * 1024);  // KiB, for the interpreter's backtracking frames
     }
     ~MatchState() {
         pcre2_match_data_free(md);

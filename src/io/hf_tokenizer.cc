@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <queue>
 #include <set>
 #include <sstream>
@@ -81,17 +82,75 @@ struct Model {
     }
 };
 
-struct BpeModel : Model {
+// (left id, right id) -> (rank, merged id), open addressing: the lookup of every BPE step.
+class MergeTable {
+public:
     struct Merge {
         uint32_t rank;
         int32_t id;
     };
-    std::unordered_map<uint64_t, Merge> merges;
+    const Merge* find(int32_t a, int32_t b) const {
+        if (slots_.empty()) return nullptr;
+        const uint64_t k = pair_key(a, b);
+        for (size_t i = hash(k) & mask_;; i = (i + 1) & mask_) {
+            const Slot& s = slots_[i];
+            if (s.id < 0) return nullptr;
+            if (s.key == k) return &s.m;
+        }
+    }
+    // a repeated pair takes the later rank, as the Rust hash map does
+    void put(int32_t a, int32_t b, Merge m) {
+        if ((count_ + 1) * 2 > slots_.size()) grow();
+        const uint64_t k = pair_key(a, b);
+        size_t i = hash(k) & mask_;
+        while (slots_[i].id >= 0 && slots_[i].key != k) i = (i + 1) & mask_;
+        if (slots_[i].id < 0) ++count_;
+        slots_[i] = {k, m, m.id};
+    }
+
+private:
+    struct Slot {
+        uint64_t key = 0;
+        Merge m{};
+        int32_t id = -1;  // -1: empty
+    };
+    static size_t hash(uint64_t k) {
+        k ^= k >> 33;
+        k *= 0xff51afd7ed558ccdull;
+        k ^= k >> 33;
+        return (size_t)k;
+    }
+    void grow() {
+        std::vector<Slot> old(std::max<size_t>(16, slots_.size() * 2));
+        old.swap(slots_);
+        mask_ = slots_.size() - 1;
+        count_ = 0;
+        for (const Slot& s : old)
+            if (s.id >= 0) put((int32_t)(s.key >> 32), (int32_t)(s.key & 0xffffffffu), s.m);
+    }
+    std::vector<Slot> slots_;
+    size_t mask_ = 0, count_ = 0;
+};
+
+struct BpeModel : Model {
+    using Merge = MergeTable::Merge;
+    MergeTable merges;
     std::string unk_token;
     bool has_unk = false, fuse_unk = false, byte_fallback = false, ignore_merges = false;
     std::string prefix, suffix;  // continuing_subword_prefix, end_of_word_suffix
     std::array<int32_t, 256> byte_ids{};
+    std::vector<int32_t> char_ids;  // code point -> id of the one-character token, -1 (the low planes)
     std::string where;
+
+    void index_chars() {
+        char_ids.assign(0x3000, -1);
+        for (auto& [t, id] : vocab) {
+            size_t k = 0;
+            if (t.empty()) continue;
+            const uint32_t cp = utf8_next(t, k);
+            if (k == t.size() && cp < char_ids.size()) char_ids[cp] = id;
+        }
+    }
 
     struct Sym {
         int32_t c, prev, next;
@@ -124,17 +183,20 @@ struct BpeModel : Model {
         size_t i = 0;
         while (i < piece.size()) {
             const size_t b = i;
-            utf8_next(piece, i);
+            const uint32_t cp = utf8_next(piece, i);
             std::string_view s = piece.substr(b, i - b);
             const uint32_t byte_len = (uint32_t)s.size();
+            int32_t id;
             if ((b > 0 && !prefix.empty()) || (i == piece.size() && !suffix.empty())) {
                 tmp.clear();
                 if (b > 0) tmp += prefix;
                 tmp += s;
                 if (i == piece.size()) tmp += suffix;
                 s = tmp;
+                id = find(s);
+            } else {
+                id = cp < char_ids.size() ? char_ids[cp] : find(s);
             }
-            const int32_t id = find(s);
             if (id >= 0) {
                 if (unk) { add(w, unk_c, unk_len); unk = false; }
                 add(w, id, byte_len);
@@ -174,8 +236,7 @@ struct BpeModel : Model {
         auto later = [](const Entry& a, const Entry& b) { return a.rank != b.rank ? a.rank > b.rank : a.pos > b.pos; };
         std::priority_queue<Entry, std::vector<Entry>, decltype(later)> q(later);
         for (size_t k = 0; k + 1 < w.size(); ++k) {
-            auto it = merges.find(pair_key(w[k].c, w[k + 1].c));
-            if (it != merges.end()) q.push({it->second.rank, (uint32_t)k, it->second.id});
+            if (const Merge* m = merges.find(w[k].c, w[k + 1].c)) q.push({m->rank, (uint32_t)k, m->id});
         }
         while (!q.empty()) {
             const Entry top = q.top();
@@ -185,20 +246,18 @@ struct BpeModel : Model {
             const int32_t next_pos = cur.next;
             const Sym right = w[next_pos];
             // an entry that no longer describes the pair there is stale
-            auto it = merges.find(pair_key(cur.c, right.c));
-            if (it == merges.end() || it->second.id != top.id) continue;
+            const Merge* m = merges.find(cur.c, right.c);
+            if (!m || m->id != top.id) continue;
             cur.c = top.id;
             cur.len += right.len;
             cur.next = right.next;
             w[next_pos].len = 0;
             if (right.next > -1 && (size_t)right.next < w.size()) w[right.next].prev = (int32_t)top.pos;
             if (cur.prev >= 0) {
-                auto p = merges.find(pair_key(w[cur.prev].c, cur.c));
-                if (p != merges.end()) q.push({p->second.rank, (uint32_t)cur.prev, p->second.id});
+                if (const Merge* p = merges.find(w[cur.prev].c, cur.c)) q.push({p->rank, (uint32_t)cur.prev, p->id});
             }
             if (cur.next >= 0 && (size_t)cur.next < w.size()) {
-                auto p = merges.find(pair_key(cur.c, w[cur.next].c));
-                if (p != merges.end()) q.push({p->second.rank, top.pos, p->second.id});
+                if (const Merge* p = merges.find(cur.c, w[cur.next].c)) q.push({p->rank, top.pos, p->id});
             }
         }
     }
@@ -237,6 +296,7 @@ std::unique_ptr<Model> parse_model(const Json& j, const Where& w) {
         m->fuse_unk = get_bool(j, "fuse_unk", false, w);
         m->byte_fallback = get_bool(j, "byte_fallback", false, w);
         m->ignore_merges = get_bool(j, "ignore_merges", false, w);
+        m->index_chars();
         for (int b = 0; b < 256; ++b) {
             char name[8];
             std::snprintf(name, sizeof name, "<0x%02X>", b);
@@ -276,8 +336,7 @@ std::unique_ptr<Model> parse_model(const Json& j, const Where& w) {
             merged.append(b, m->prefix.size(), std::string::npos);
             const int32_t id = m->find(merged);
             if (id < 0) fail(mw[i].str(), ": the merged token '", merged, "' is not in the vocabulary");
-            // a repeated pair takes the later rank, as the Rust hash map does
-            m->merges[pair_key(ia, ib)] = {rank++, id};
+            m->merges.put(ia, ib, {rank++, id});
         }
         return m;
     }
@@ -373,6 +432,30 @@ struct TokenizerImpl {
     int64_t vocab_size = 0;
     int32_t bos = -1;
     std::vector<int32_t> eos;
+
+    // Model ids of pieces seen before (texts repeat words); shared by the threads that encode, and
+    // filled only up to a size, as in `tokenizers`.
+    static constexpr size_t kCacheEntries = 10000, kCachePieceBytes = 256;
+    mutable std::mutex cache_mu;
+    mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
+
+    void tokenize_piece(const std::string& piece, std::vector<int32_t>& ids, const std::string& what) const {
+        const bool cacheable = piece.size() < kCachePieceBytes;
+        if (cacheable) {
+            std::lock_guard<std::mutex> lock(cache_mu);
+            auto it = cache.find(piece);
+            if (it != cache.end()) {
+                ids.insert(ids.end(), it->second.begin(), it->second.end());
+                return;
+            }
+        }
+        const size_t o = ids.size();
+        model->tokenize(piece, ids, what);
+        if (cacheable) {
+            std::lock_guard<std::mutex> lock(cache_mu);
+            if (cache.size() < kCacheEntries) cache.emplace(piece, std::vector<int32_t>(ids.begin() + (ptrdiff_t)o, ids.end()));
+        }
+    }
 
     int32_t token_to_id(std::string_view t) const {
         auto it = added_ids.find(t);
@@ -502,8 +585,6 @@ struct TokenizerImpl {
         ids.reserve(text.size() / 3 + 4);
         std::vector<Cut> raw_cuts, norm_cuts;
         std::vector<NormStr> pieces;
-        // a piece seen before in this text gets its ids from here (long texts repeat words)
-        std::unordered_map<std::string, std::pair<size_t, size_t>> cache;
         find_added(raw_trie, text, raw_cuts);
         for (const Cut& c : raw_cuts) {
             if (c.id >= 0) { ids.push_back(c.id); continue; }
@@ -517,24 +598,8 @@ struct TokenizerImpl {
                 pieces.clear();
                 pieces.push_back(seg.slice(d.b, d.e));
                 if (pre_tokenizer) pre_tokenizer->pre_tokenize(pieces);
-                for (const NormStr& p : pieces) {
-                    if (p.s.empty()) continue;
-                    const bool cacheable = p.s.size() < 256;
-                    if (cacheable) {
-                        auto it = cache.find(p.s);
-                        if (it != cache.end()) {
-                            const auto [o, n] = it->second;
-                            for (size_t k = 0; k < n; ++k) {
-                                const int32_t id = ids[o + k];
-                                ids.push_back(id);
-                            }
-                            continue;
-                        }
-                    }
-                    const size_t o = ids.size();
-                    model->tokenize(p.s, ids, what);
-                    if (cacheable) cache.emplace(p.s, std::make_pair(o, ids.size() - o));
-                }
+                for (const NormStr& p : pieces)
+                    if (!p.s.empty()) tokenize_piece(p.s, ids, what);
             }
         }
         if (post) post->process(ids, add_special);
@@ -599,7 +664,26 @@ std::string config_token(const Json& cfg, const char* key, const Where& w) {
     fail((w / key).str(), ": expected a string or an object with 'content', got ", v->dump());
 }
 
+// Brackets nested deeper than this are refused before parsing: copying or destroying such a
+// document recurses once per level.
+constexpr int kMaxJsonDepth = 128;
+
 Json parse_json_text(std::string_view text, const std::string& where) {
+    int depth = 0;
+    bool in_string = false;
+    for (size_t i = 0; i < text.size(); ++i) {
+        const char c = text[i];
+        if (in_string) {
+            if (c == '\\') ++i;
+            else if (c == '"') in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '[' || c == '{') {
+            if (++depth > kMaxJsonDepth) fail(where, ": JSON nested deeper than ", kMaxJsonDepth, " levels");
+        } else if (c == ']' || c == '}') {
+            --depth;
+        }
+    }
     try {
         return Json::parse(text);
     } catch (const Json::exception& e) {
@@ -799,8 +883,10 @@ std::string HfDecodeStream::step(int32_t id) {
     tok_->impl().check_id(id);
     ids_.push_back(id);
     const std::string s = tok_->decode(ids_, skip_);
-    // U+FFFD at the end: a character whose bytes are still coming
-    if (s.size() <= prefix_.size() || ends_with_replacement(s)) return "";
+    // U+FFFD at the end: a character whose bytes are still coming. A character needs at most four
+    // byte tokens; a longer wait is bytes that never form one, shown as decode() shows them.
+    const bool waited_enough = ids_.size() - prefix_index_ > 16;
+    if (s.size() <= prefix_.size() || (ends_with_replacement(s) && !waited_enough)) return "";
     std::string out;
     if (s.compare(0, prefix_.size(), prefix_) == 0) {
         out = s.substr(prefix_.size());
