@@ -305,6 +305,37 @@ TEST(ChatTemplate, ApplyBuildsTransformersContext) {
     EXPECT_THROW(ChatTemplate("x").apply(ojson::object(), false, "", ""), ChatTemplateError);
 }
 
+TEST(ChatTemplate, SourceFromTokenizerConfig) {
+    ojson one = {{"chat_template", "{{ 1 }}"}};
+    EXPECT_EQ(ChatTemplate::source_from_tokenizer_config(one), "{{ 1 }}");
+    ojson named = ojson::parse(R"({"chat_template": [{"name": "default", "template": "D"},
+                                                      {"name": "tool_use", "template": "T"},
+                                                      {"name": "rag", "template": "R"}]})");
+    EXPECT_EQ(ChatTemplate::source_from_tokenizer_config(named), "D");
+    EXPECT_EQ(ChatTemplate::source_from_tokenizer_config(named, true), "T");
+    EXPECT_EQ(ChatTemplate::source_from_tokenizer_config(named, true, "rag"), "R");
+    EXPECT_THROW(ChatTemplate::source_from_tokenizer_config(named, false, "nope"), ChatTemplateError);
+    EXPECT_THROW(ChatTemplate::source_from_tokenizer_config(ojson::object()), ChatTemplateError);
+}
+
+TEST(ChatTemplate, LanguageFeatures) {
+    // trim_blocks drops the newline after a block tag, lstrip_blocks the indentation before one
+    EXPECT_EQ(render("<ul>\n  {% for x in [1, 2] %}\n  <li>{{ x }}</li>\n  {% endfor %}\n</ul>"),
+              "<ul>\n  <li>1</li>\n  <li>2</li>\n</ul>");
+    EXPECT_EQ(render("a  {{- ' b ' -}}  c"), "a b c");
+    EXPECT_EQ(render("  {%+ if true %}x{% endif %}"), "  x");  // + keeps the indentation
+    EXPECT_EQ(render("{% for x in 'abc' %}{{ loop.index }}{{ x }}{{ '|' if not loop.last }}{% endfor %}"), "1a|2b|3c");
+    EXPECT_EQ(render("{% set ns = namespace(n=0) %}{% for m in ms|reverse %}{% if m > 1 %}{% set ns.n = ns.n + m %}{% endif %}{% endfor %}{{ ns.n }}",
+                     {{"ms", {1, 2, 3}}}),
+              "5");
+    EXPECT_EQ(render("{% macro tag(name, body='') %}<{{ name }}>{{ body }}</{{ name }}>{% endmacro %}{{ tag('b', 'x') }}"), "<b>x</b>");
+    EXPECT_EQ(render("{{ 'héllo'[::-1] }} {{ [1, 2, 3][1:] }} {{ 'abc'[-1] }}"), "olléh [2, 3] c");
+    EXPECT_EQ(render("{{ [1, 'a', None, True, 1.0, {'k': (1,)}] }}"), "[1, 'a', None, True, 1.0, {'k': (1,)}]");
+    EXPECT_EQ(render("{{ {'b': 1, 'a': [1.5, 'é']}|tojson }}"), R"({"b": 1, "a": [1.5, "é"]})");
+    EXPECT_EQ(render("{{ x is none }} {{ y is defined }} {{ 3 is odd }} {{ 'a' is string }}", {{"x", nullptr}}), "True False True True");
+    EXPECT_EQ(render("{{ -7 // 2 }} {{ -7 % 3 }} {{ 1 / 4 }} {{ 2 ** 10 }} {{ 'ab' * 2 }}"), "-4 2 0.25 1024 abab");
+}
+
 TEST(ChatTemplate, StrftimeNowUsesTheClock) {
     ChatTemplate t("{{ strftime_now('%d %b %Y') }}");
     t.set_clock(fixed_clock);

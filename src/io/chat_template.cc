@@ -36,6 +36,37 @@ std::string ChatTemplate::render(const nlohmann::json& context) const {
     return render_json(*program_, limits_, clock_, context);
 }
 
+std::string ChatTemplate::source_from_tokenizer_config(const nlohmann::ordered_json& config, bool with_tools,
+                                                      const std::string& name) {
+    using K = ChatTemplateError::Kind;
+    auto it = config.is_object() ? config.find("chat_template") : config.end();
+    if (it == config.end() || it->is_null()) throw ChatTemplateError(K::type, "tokenizer_config.json has no chat_template");
+    if (it->is_string()) {
+        if (!name.empty() && name != "default")
+            throw ChatTemplateError(K::type, "tokenizer_config.json has one chat template, not one named '" + name + "'");
+        return it->get<std::string>();
+    }
+    if (!it->is_array()) throw ChatTemplateError(K::type, "chat_template in tokenizer_config.json is neither a string nor a list");
+    auto find = [&](const std::string& n) -> const nlohmann::ordered_json* {
+        for (const auto& t : *it)
+            if (t.is_object() && t.value("name", "") == n && t.contains("template") && t["template"].is_string())
+                return &t["template"];
+        return nullptr;
+    };
+    const nlohmann::ordered_json* t = nullptr;
+    if (!name.empty()) t = find(name);
+    else if (with_tools && (t = find("tool_use")) != nullptr) {
+    } else t = find("default");
+    if (!t) {
+        std::string names;
+        for (const auto& e : *it)
+            if (e.is_object() && e.contains("name") && e["name"].is_string()) names += (names.empty() ? "" : ", ") + e["name"].get<std::string>();
+        throw ChatTemplateError(K::type, "tokenizer_config.json has no chat template named '" + (name.empty() ? "default" : name) +
+                                             "' (it has: " + names + ")");
+    }
+    return t->get<std::string>();
+}
+
 std::string ChatTemplate::apply(const nlohmann::ordered_json& messages, bool add_generation_prompt,
                                 const std::string& bos_token, const std::string& eos_token,
                                 const nlohmann::ordered_json& extra) const {

@@ -51,11 +51,14 @@ private:
 // Bounds that hold for any template and any input: each one, when reached, is a ChatTemplateError
 // of kind limit, so no input can hang the renderer or exhaust memory.
 struct ChatTemplateLimits {
-    size_t max_output_bytes = size_t(64) << 20;  // the rendered text, and any one string value
-    int64_t max_items = int64_t(1) << 22;        // elements of one list, dict or range
+    size_t max_output_bytes = size_t(32) << 20;  // the rendered text, and any one string value
+    int64_t max_items = int64_t(1) << 20;        // elements of one list or dict
     int64_t max_loop_iterations = 1'000'000;     // for-loop iterations, all loops together
-    int max_depth = 200;                         // nesting: expressions, blocks, macro calls
-    int64_t max_steps = 200'000'000;             // evaluation steps (a time bound)
+    int max_depth = 500;                         // nesting: expressions, blocks, macro calls, values
+    // Evaluation steps: one per expression and statement evaluated, one per 8 bytes of every
+    // string and 4 per item of every list the template builds, so this bounds both the time and
+    // all the memory a render allocates.
+    int64_t max_steps = 100'000'000;
 };
 
 class ChatTemplate {
@@ -78,6 +81,13 @@ public:
     std::string apply(const nlohmann::ordered_json& messages, bool add_generation_prompt,
                       const std::string& bos_token, const std::string& eos_token,
                       const nlohmann::ordered_json& extra = nlohmann::ordered_json::object()) const;
+
+    // The template source a tokenizer_config.json carries under "chat_template": the string, or
+    // from a list of {"name", "template"} the one called `name`, else "tool_use" when the request
+    // has tools and there is one, else "default" (transformers' get_chat_template). Throws
+    // ChatTemplateError when there is none.
+    static std::string source_from_tokenizer_config(const nlohmann::ordered_json& config, bool with_tools = false,
+                                                    const std::string& name = "");
 
     // The time strftime_now() formats; the default is the local time when it is called.
     void set_clock(std::function<std::tm()> clock) { clock_ = std::move(clock); }

@@ -423,16 +423,30 @@ int64_t py_len(Renderer& r, const Value& v) {
 
 // printf-style formatting (str % args and |format): %s %r %d %i %u %f %F %e %E %g %G %x %X %o %c %%
 // with flags, width and precision.
+template <class T>
+std::string c_format(Budget& b, const std::string& spec, T v) {
+    int n = std::snprintf(nullptr, 0, spec.c_str(), v);
+    if (n < 0) raise(ErrKind::type, "bad format");
+    b.add_bytes((size_t)n);
+    std::string out((size_t)n + 1, '\0');
+    std::snprintf(out.data(), out.size(), spec.c_str(), v);
+    out.pop_back();
+    return out;
+}
 }  // namespace
 
 Value printf_format(Renderer& r, const std::string& fmt, const Value& args) {
+    // CPython's PyUnicode_Format: a tuple is the argument list, anything else one argument; an
+    // argument with __getitem__ (dict, list, undefined, not str) may also serve %(key)s and may go
+    // unused without "not all arguments converted".
     std::vector<Value> pos;
-    const Value* mapping = nullptr;
-    if (args.is_seq() && args.seq().kind == SeqKind::tuple) pos = args.seq().v;
-    else if (args.is_dict()) mapping = &args;
+    const bool tuple = args.is_seq() && args.seq().kind == SeqKind::tuple;
+    if (tuple) pos = args.seq().v;
     else pos.push_back(args);
+    const bool maplike = !tuple && (args.is_dict() || args.is_undefined() ||
+                                    (args.is_seq() && (args.seq().kind == SeqKind::list || args.seq().kind == SeqKind::range)));
+    const Value* mapping = maplike ? &args : nullptr;
     size_t next_arg = 0;
-    bool used_mapping = false;
     std::string out;
     for (size_t i = 0; i < fmt.size(); ++i) {
         char c = fmt[i];
@@ -446,10 +460,12 @@ Value printf_format(Renderer& r, const std::string& fmt, const Value& args) {
             size_t close = fmt.find(')', i);
             if (close == std::string::npos) raise(ErrKind::type, "incomplete format key");
             if (!mapping) type_error("format requires a mapping");
-            const Value* v = mapping->dict().find(fmt.substr(i + 1, close - i - 1));
-            if (!v) raise(ErrKind::type, "KeyError: '" + fmt.substr(i + 1, close - i - 1) + "'");
+            std::string key = fmt.substr(i + 1, close - i - 1);
+            if (mapping->is_undefined()) fail_undefined(*mapping);
+            if (!mapping->is_dict()) type_error(type_name(*mapping) + " indices must be integers or slices, not str");
+            const Value* v = mapping->dict().find(key);
+            if (!v) raise(ErrKind::type, "'" + key + "'");
             arg = v;
-            used_mapping = true;
             i = close + 1;
         }
         std::string flags;
@@ -463,18 +479,15 @@ Value printf_format(Renderer& r, const std::string& fmt, const Value& args) {
         }
         while (i < fmt.size() && (fmt[i] == 'h' || fmt[i] == 'l' || fmt[i] == 'L')) ++i;
         if (i >= fmt.size()) raise(ErrKind::type, "incomplete format");
-        if (width.size() > 6 || prec.size() > 6) raise(ErrKind::unsupported, "a format width beyond 999999");
+        if (width.size() > 6 || prec.size() > 6) raise(ErrKind::unsupported, "a format width or precision beyond 999999");
         char conv = fmt[i];
         if (conv == '%') {
             out += '%';
             continue;
         }
         if (!arg) {
-            if (mapping && pos.empty()) arg = mapping;
-            else {
-                if (next_arg >= pos.size()) raise(ErrKind::type, "not enough arguments for format string");
-                arg = &pos[next_arg++];
-            }
+            if (next_arg >= pos.size()) raise(ErrKind::type, "not enough arguments for format string");
+            arg = &pos[next_arg++];
         }
         std::string piece;
         switch (conv) {
@@ -489,6 +502,7 @@ Value printf_format(Renderer& r, const std::string& fmt, const Value& args) {
                 int64_t w = width.empty() ? 0 : std::atoll(width.c_str());
                 int64_t len = (int64_t)cp_count(piece);
                 if (len < w) {
+                    r.budget.add_bytes(piece.size() + (size_t)(w - len));
                     std::string pad((size_t)(w - len), ' ');
                     piece = flags.find('-') != std::string::npos ? piece + pad : pad + piece;
                 }
@@ -507,12 +521,10 @@ Value printf_format(Renderer& r, const std::string& fmt, const Value& args) {
                 else type_error(std::string("%") + conv + " format: " + (conv == 'd' || conv == 'i' || conv == 'u' ? "a real number" : "an integer") +
                                 " is required, not " + type_name(*arg));
                 std::string spec = "%" + flags + width + prec + "ll" + (conv == 'i' || conv == 'u' ? 'd' : conv);
-                char b[2100];
                 if (conv == 'x' || conv == 'X' || conv == 'o') {
                     // Python prints the sign and the magnitude, C would print the two's complement
                     std::string mag_spec = "%" + flags + width + prec + "ll" + conv;
-                    std::snprintf(b, sizeof b, mag_spec.c_str(), (unsigned long long)(v < 0 ? 0 - (uint64_t)v : (uint64_t)v));
-                    piece = b;
+                    piece = c_format(r.budget, mag_spec, (unsigned long long)(v < 0 ? 0 - (uint64_t)v : (uint64_t)v));
                     if (v < 0) {
                         size_t k = piece.find_first_not_of(' ');
                         piece.insert(k == std::string::npos ? 0 : k, "-");
@@ -523,8 +535,7 @@ Value printf_format(Renderer& r, const std::string& fmt, const Value& args) {
                         if (k != std::string::npos) piece.insert(k + 1, "o");
                     }
                 } else {
-                    std::snprintf(b, sizeof b, spec.c_str(), (long long)v);
-                    piece = b;
+                    piece = c_format(r.budget, spec, (long long)v);
                 }
                 break;
             }
@@ -537,9 +548,7 @@ Value printf_format(Renderer& r, const std::string& fmt, const Value& args) {
                 if (arg->is_undefined()) fail_undefined(*arg);
                 if (!arg->is_number()) type_error("must be real number, not " + type_name(*arg));
                 std::string spec = "%" + flags + width + prec + conv;
-                char b[2100];
-                std::snprintf(b, sizeof b, spec.c_str(), arg->as_double());
-                piece = b;
+                piece = c_format(r.budget, spec, arg->as_double());
                 break;
             }
             case 'c': {
@@ -556,8 +565,7 @@ Value printf_format(Renderer& r, const std::string& fmt, const Value& args) {
         out += piece;
         r.budget.check_bytes(out.size());
     }
-    if (!mapping && next_arg < pos.size()) raise(ErrKind::type, "not all arguments converted during string formatting");
-    (void)used_mapping;
+    if (!maplike && next_arg < pos.size()) raise(ErrKind::type, "not all arguments converted during string formatting");
     return r.str(std::move(out));
 }
 
@@ -622,13 +630,13 @@ Value str_format(Renderer& r, const std::string& fmt, const Args& a) {
                 idx = (size_t)std::stoul(first);
             }
             if (idx >= a.pos.size())
-                raise(ErrKind::type, "Replacement index " + std::to_string(idx) + " out of range for positional args tuple");
+                raise(ErrKind::type, "tuple index out of range");
             v = a.pos[idx];
         } else {
             const Value* kv = nullptr;
             for (const auto& p : a.kw)
                 if (p.first == first) kv = &p.second;
-            if (!kv) raise(ErrKind::type, "KeyError: '" + first + "'");
+            if (!kv) raise(ErrKind::type, "'" + first + "'");
             v = *kv;
         }
         while (end != std::string::npos && end < field.size()) {

@@ -56,6 +56,11 @@ std::tm Renderer::now() const {
     return tm;
 }
 
+Renderer::~Renderer() {
+    for (auto& w : loops_)
+        if (auto l = w.lock()) l->last_changed = Value();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Statements
 
@@ -180,6 +185,7 @@ Renderer::Flow Renderer::exec(const Body& body, const FramePtr& f, std::string& 
 void Renderer::run_for(const Stmt& s, const FramePtr& f, std::string& out, const Value& iterable, int64_t depth0) {
     std::vector<Value> all = iterate(iterable);
     auto loop = std::make_shared<LoopObj>();
+    loops_.push_back(loop);
     loop->depth0 = depth0;
     loop->stmt = &s;
     loop->frame = f;
@@ -309,7 +315,7 @@ Value Renderer::eval(const Expr& e, const FramePtr& f) {
                     }
                 if (!replaced) v.emplace_back(std::move(key), std::move(val));
             }
-            budget.check_items(v.size());
+            budget.add_items(v.size());
             return Value::dict(std::move(v));
         }
         case ExprKind::getattr: return getattr(eval(*e.a, f), e.name);
@@ -374,7 +380,7 @@ Value Renderer::eval(const Expr& e, const FramePtr& f) {
                 to_str(s, v, budget);
                 budget.check_bytes(s.size());
             }
-            return Value::string(std::move(s));
+            return str(std::move(s));
         }
         case ExprKind::condexpr:
             if (truthy(eval(*e.b, f))) return eval(*e.a, f);
@@ -524,12 +530,13 @@ Value Renderer::slice(const Value& obj, const Value& start, const Value& stop, c
         if (st == 1 && b < e) r = s.substr(off[(size_t)b], off[(size_t)e] - off[(size_t)b]);
         else
             for (int64_t i : idx) r.append(s, off[(size_t)i], off[(size_t)i + 1] - off[(size_t)i]);
-        return Value::string(std::move(r));
+        return str(std::move(r));
     }
     const SeqObj& so = obj.seq();
     std::vector<Value> r;
     r.reserve(idx.size());
     for (int64_t i : idx) r.push_back(so.v[(size_t)i]);
+    budget.add_items(r.size());
     Value out = Value::seq(std::move(r), so.kind);
     if (so.kind == SeqKind::range) {
         auto* o = static_cast<SeqObj*>(out.obj.get());
@@ -681,6 +688,8 @@ Value printf_format(Renderer& r, const std::string& fmt, const Value& args);
 
 Value Renderer::binary(Op op, const Value& a, const Value& b) {
     budget.tick();
+    // str % x formats before x is consulted (str's own __mod__ runs first), even for undefined x
+    if (op == Op::mod && a.is_string()) return printf_format(*this, a.str(), b);
     if (a.is_undefined()) fail_undefined(a);
     if (b.is_undefined()) fail_undefined(b);
     const bool nums = a.is_number() && b.is_number();
@@ -699,13 +708,12 @@ Value Renderer::binary(Op op, const Value& a, const Value& b) {
                     std::string rr = b.markup ? b.str() : html_escape(b.str());
                     return str(l + rr, true);
                 }
-                budget.check_bytes(a.str().size() + b.str().size());
+                budget.add_bytes(a.str().size() + b.str().size());
                 return Value::string(a.str() + b.str());
             }
             if (a.is_seq() && b.is_seq() && a.seq().kind == b.seq().kind &&
                 (a.seq().kind == SeqKind::list || a.seq().kind == SeqKind::tuple)) {
-                budget.check_items(a.seq().v.size() + b.seq().v.size());
-                budget.tick((int64_t)(a.seq().v.size() + b.seq().v.size()));
+                budget.add_items(a.seq().v.size() + b.seq().v.size());
                 std::vector<Value> v = a.seq().v;
                 v.insert(v.end(), b.seq().v.begin(), b.seq().v.end());
                 return Value::seq(std::move(v), a.seq().kind);
@@ -747,6 +755,7 @@ Value Renderer::binary(Op op, const Value& a, const Value& b) {
                         budget.check_bytes(budget.lim.max_output_bytes + 1);
                     std::string o;
                     o.reserve(s.size() * (size_t)n);
+                    budget.add_bytes(s.size() * (size_t)n);
                     for (int64_t k = 0; k < n; ++k) o += s;
                     budget.tick(n);
                     return Value::string(std::move(o), seqv->markup);
@@ -755,8 +764,8 @@ Value Renderer::binary(Op op, const Value& a, const Value& b) {
                 if (!v.empty() && n > 0 && n > budget.lim.max_items / (int64_t)v.size()) budget.check_items((size_t)budget.lim.max_items + 1);
                 std::vector<Value> o;
                 o.reserve(v.size() * (size_t)n);
+                budget.add_items(v.size() * (size_t)n);
                 for (int64_t k = 0; k < n; ++k) o.insert(o.end(), v.begin(), v.end());
-                budget.tick((int64_t)o.size());
                 return Value::seq(std::move(o), seqv->seq().kind);
             }
             if ((a.is_string() || a.is_seq()) && b.kind == Kind::floating)
@@ -765,7 +774,7 @@ Value Renderer::binary(Op op, const Value& a, const Value& b) {
         }
         case Op::div:
             if (nums) {
-                if (b.as_double() == 0.0) raise(ErrKind::type, "division by zero");
+                if (b.as_double() == 0.0) raise(ErrKind::type, ints ? "division by zero" : "float division by zero");
                 if (ints) return Value::floating((double)((long double)a.as_int() / (long double)b.as_int()));
                 return Value::floating(a.as_double() / b.as_double());
             }
@@ -774,7 +783,7 @@ Value Renderer::binary(Op op, const Value& a, const Value& b) {
         case Op::mod:
             if (ints) {
                 int64_t x = a.as_int(), y = b.as_int();
-                if (y == 0) raise(ErrKind::type, "integer division or modulo by zero");
+                if (y == 0) raise(ErrKind::type, op == Op::mod ? "integer modulo by zero" : "integer division or modulo by zero");
                 if (y == -1) {
                     if (op == Op::mod) return Value::integer(0);
                     if (x == INT64_MIN) overflow();
@@ -794,7 +803,6 @@ Value Renderer::binary(Op op, const Value& a, const Value& b) {
                 double m = py_fmod_floor(a.as_double(), y, &fd);
                 return Value::floating(op == Op::mod ? m : fd);
             }
-            if (op == Op::mod && a.is_string()) return printf_format(*this, a.str(), b);
             unsupported_operand_types(op, a, b);
         case Op::pow:
             if (ints && b.as_int() >= 0) {

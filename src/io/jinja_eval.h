@@ -90,6 +90,9 @@ class Renderer {
 public:
     Renderer(const Program& p, const ChatTemplateLimits& lim, const std::function<std::tm()>& clock)
         : budget(lim), prog_(p), clock_(clock) {}
+    ~Renderer();
+    Renderer(const Renderer&) = delete;
+    Renderer& operator=(const Renderer&) = delete;
 
     std::string render(const Value& context);
 
@@ -113,11 +116,11 @@ public:
     // Python's iter(): str gives characters, dict its keys, undefined nothing.
     std::vector<Value> iterate(const Value& v);
     Value str(std::string s, bool markup = false) {
-        budget.check_bytes(s.size());
+        budget.add_bytes(s.size());
         return Value::string(std::move(s), markup);
     }
     Value list(std::vector<Value> v, SeqKind k = SeqKind::list) {
-        budget.check_items(v.size());
+        budget.add_items(v.size());
         return Value::seq(std::move(v), k);
     }
     std::string to_string(const Value& v) { return str_of(v, budget); }
@@ -142,6 +145,9 @@ private:
     const std::function<std::tm()>& clock_;
     std::deque<Namespace> namespaces_;  // every namespace() of this render; values point into it
     const Value* block_input_ = nullptr;  // the body of a {% filter %} block
+    // loop.changed(x) keeps x in the loop object, and x may hold the loop: such a cycle of
+    // shared_ptrs is cut when the render ends
+    std::vector<std::weak_ptr<LoopObj>> loops_;
     FramePtr root_;
 
     void assign(const Expr& target, const Value& v, const FramePtr& f);

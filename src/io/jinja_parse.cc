@@ -176,6 +176,7 @@ private:
     }
 
     void lex_raw(size_t begin) {
+        if (pos_ >= s_.size()) return;  // jinja2's lexer stops quietly when the source ends right here
         for (size_t q = s_.find("{%", pos_); q != std::string::npos; q = s_.find("{%", q + 1)) {
             size_t i = q + 2;
             char sign = 0;
@@ -200,6 +201,7 @@ private:
     }
 
     void lex_comment(size_t begin) {
+        if (pos_ >= s_.size()) return;  // as for raw: nothing after the opening tag is no error
         for (size_t q = pos_; q + 1 < s_.size(); ++q) {
             if (s_.compare(q, 3, "+#}") == 0) {
                 pos_ = q + 3;
@@ -853,6 +855,9 @@ private:
             m.params.push_back(name);
         }
         expect_op(")");
+        for (size_t k = 0; k < m.params.size(); ++k)
+            if (m.params[k] == "caller" && k < m.params.size() - m.defaults.size())
+                fail("When defining macros or call blocks the special \"caller\" argument must be omitted or be given a default.");
     }
 
     static void scan_specials(const Body& body, MacroDef& m);

@@ -39,6 +39,16 @@ struct Budget {
     void check_items(size_t n) const {
         if ((int64_t)n > lim.max_items) over("items in one list", lim.max_items);
     }
+    // A string or list the template builds costs steps in proportion to its size, so max_steps
+    // also bounds how much a render allocates in all.
+    void add_bytes(size_t n) {
+        check_bytes(n);
+        tick((int64_t)(n / 8));
+    }
+    void add_items(size_t n) {
+        check_items(n);
+        tick((int64_t)n * 4);
+    }
     [[noreturn]] static void over(const char* what, int64_t limit);
 };
 
@@ -77,6 +87,9 @@ enum class Kind : uint8_t {
 enum class SeqKind : uint8_t { list, tuple, range, generator, reversed, keys, values, items };
 
 struct Value;
+struct SeqObj;
+struct DictObj;
+struct Namespace;
 
 // Callables and the loop variable (src/io/jinja_eval.h) say how Python names and prints them.
 struct Object {
@@ -95,28 +108,11 @@ struct StrObj final : Object {
     std::string s;
 };
 
-struct SeqObj final : Object {
-    std::vector<Value> v;
-    SeqKind kind = SeqKind::list;
-    int64_t start = 0, stop = 0, step = 1;  // range(start, stop, step), for printing
-};
-
-struct DictObj final : Object {
-    std::vector<std::pair<Value, Value>> v;  // insertion order, as Python dicts
-    const Value* find(const Value& key, Budget& b) const;
-    const Value* find(std::string_view key) const;
-};
-
 // The undefined value and what using it raises (jinja2's Undefined and its hint).
 struct UndefObj final : Object {
     UndefObj(std::string m, ErrKind k) : msg(std::move(m)), kind(k) {}
     std::string msg;
     ErrKind kind;
-};
-
-struct Namespace {
-    std::vector<std::pair<std::string, Value>> attrs;
-    Value* find(std::string_view name);
 };
 
 struct Value {
@@ -175,12 +171,32 @@ struct Value {
     bool is_dict() const { return kind == Kind::dict; }
 
     const std::string& str() const { return static_cast<const StrObj&>(*obj).s; }
-    const SeqObj& seq() const { return static_cast<const SeqObj&>(*obj); }
-    const DictObj& dict() const { return static_cast<const DictObj&>(*obj); }
+    const SeqObj& seq() const;
+    const DictObj& dict() const;
     const UndefObj* undef() const { return static_cast<const UndefObj*>(obj.get()); }
     int64_t as_int() const { return kind == Kind::boolean ? (int64_t)b : i; }
     double as_double() const { return kind == Kind::floating ? f : (double)as_int(); }
 };
+
+struct SeqObj final : Object {
+    std::vector<Value> v;
+    SeqKind kind = SeqKind::list;
+    int64_t start = 0, stop = 0, step = 1;  // range(start, stop, step), for printing
+};
+
+struct DictObj final : Object {
+    std::vector<std::pair<Value, Value>> v;  // insertion order, as Python dicts
+    const Value* find(const Value& key, Budget& b) const;
+    const Value* find(std::string_view key) const;
+};
+
+struct Namespace {
+    std::vector<std::pair<std::string, Value>> attrs;
+    Value* find(std::string_view name);
+};
+
+inline const SeqObj& Value::seq() const { return static_cast<const SeqObj&>(*obj); }
+inline const DictObj& Value::dict() const { return static_cast<const DictObj&>(*obj); }
 
 // jinja2's message for using an undefined value: "'x' is undefined" etc.
 [[noreturn]] void fail_undefined(const Value& u);

@@ -1,5 +1,7 @@
 #include "kernels/cpu.h"
 
+#include <cpuid.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -13,7 +15,14 @@ const CpuFeatures& cpu_features() {
         __builtin_cpu_init();
         c.avx2 = __builtin_cpu_supports("avx2");
         c.fma = __builtin_cpu_supports("fma");
+#if defined(__clang__) && __clang_major__ < 15
+        // clang 14 (scripts/fuzz.sh's compiler) does not know "f16c" here: CPUID leaf 1, ECX bit 29,
+        // usable only where AVX is (the OS saves the YMM registers)
+        unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+        c.f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && ((ecx >> 29) & 1) && __builtin_cpu_supports("avx");
+#else
         c.f16c = __builtin_cpu_supports("f16c");
+#endif
         c.avx512f = __builtin_cpu_supports("avx512f");
         c.avx512bw = __builtin_cpu_supports("avx512bw");
         c.avx512vl = __builtin_cpu_supports("avx512vl");
