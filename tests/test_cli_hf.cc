@@ -4,10 +4,18 @@
 // checked id for id against Python `tokenizers` in test_hf_tokenizer.cc.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
 #include <cmath>
 #include <filesystem>
 #include <string>
 #include <vector>
+
+#include <moe/moe.h>
 
 #include "cli_util.h"
 #include "io/safetensors.h"
@@ -121,6 +129,135 @@ TEST_F(CliHf, GenerateFromAHuggingFaceDirectory) {
     EXPECT_NE(a.out.find("Once upon a time"), std::string::npos) << a.out;
     model_dir("bare", "qwen3_moe", "");
     expect_clean_error(moe("generate --model bare --prompt hi --max-tokens 2"), {"bare", "tokenizer.json"});
+}
+
+}  // namespace
+
+namespace {
+
+const char* kChatConfig =
+    R"({"chat_template": "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"})";
+
+// `moe chat` over stdin: each prompt renders the whole history with the model's template, /reset
+// forgets it (the same greedy answer comes again), a bad command or line is not the end.
+TEST_F(CliHf, ChatKeepsHistoryAndResets) {
+    model_dir("m", "qwen3_moe", "moe_export/byte.tokenizer.json", kChatConfig);
+    RunResult r = moe("chat --model m --max-tokens 6 --temperature 0 --verbose-prompt", "",
+                      "hello there\nhow are you\n/reset\nhello there\n/bogus\n");
+    ASSERT_EQ(r.code(), 0) << r.describe();
+    EXPECT_NE(r.out.find("its chat template"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("(history cleared)"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("commands: /reset"), std::string::npos) << r.out;
+    // the prompts as rendered: 1st turn, 2nd turn with the 1st exchange, after /reset the 1st again
+    std::vector<std::string> prompts;
+    for (size_t at = 0; (at = r.err.find("--- prompt (", at)) != std::string::npos;) {
+        at = r.err.find("---\n", at + 4) + 4;
+        const size_t end = r.err.find("\n--- end of prompt ---", at);
+        ASSERT_NE(end, std::string::npos) << r.err;
+        prompts.push_back(r.err.substr(at, end - at));
+        at = end + 10;
+    }
+    ASSERT_EQ(prompts.size(), 3u) << r.err;
+    EXPECT_EQ(prompts[0], "<user>hello there\n<assistant>");
+    EXPECT_EQ(prompts[2], prompts[0]);
+    EXPECT_EQ(prompts[1].rfind("<user>hello there\n<assistant>", 0), 0u) << prompts[1];
+    EXPECT_NE(prompts[1].find("\n<user>how are you\n<assistant>"), std::string::npos) << prompts[1];
+}
+
+TEST_F(CliHf, ChatBadInput) {
+    model_dir("m", "qwen3_moe", "moe_export/byte.tokenizer.json", kChatConfig);
+    model_dir("bare", "qwen3_moe", "");
+    expect_clean_error(moe("chat --model bare", "", "hi\n"), {"bare", "tokenizer.json"});
+    write_file(path("bad.jinja"), "{% for m in messages %}");
+    expect_clean_error(moe("chat --model m --chat-template bad.jinja", "", "hi\n"), {"chat template"});
+    expect_clean_error(moe("chat --model m --chat-template nowhere.jinja", "", "hi\n"), {"--chat-template", "nowhere.jinja"});
+    expect_clean_error(moe("chat --model m --temperature -1", "", "hi\n"), {"--temperature"});
+    // a template that raises: that turn fails with the template's message, the chat goes on
+    write_file(path("raise.jinja"), "{% if messages[-1]['content'] == 'boom' %}{{ raise_exception('no booms here') }}{% endif %}"
+                                    "{% for m in messages %}{{ m.content }}{% endfor %}");
+    RunResult r = moe("chat --model m --chat-template raise.jinja --max-tokens 2", "", "boom\nfine\n");
+    EXPECT_EQ(r.code(), 0) << r.describe();
+    EXPECT_NE(r.err.find("no booms here"), std::string::npos) << r.err;
+}
+
+// In-process: a cancelled reply keeps its text in the history; the oldest turns leave the prompt
+// when the context is full; a message longer than the context is refused and not kept.
+TEST_F(CliHf, ChatSessionCancelAndContext) {
+    const std::string d = model_dir("m", "qwen3_moe", "moe_export/byte.tokenizer.json", kChatConfig);
+    moe::LoadedModel model(d, "", "--dtype", 96);
+    ASSERT_TRUE(model.has_chat_template());
+    moe::SampleOptions opt;
+    opt.temperature = 0;
+    opt.max_tokens = 20;
+    moe::ChatSession chat(model, opt, "be brief");
+    std::atomic<bool> cancel{false};
+    int pieces = 0;
+    const auto r = chat.reply("hi", [&](std::string_view) { if (++pieces == 3) cancel = true; }, &cancel);
+    EXPECT_TRUE(r.cancelled);
+    EXPECT_LT(r.result.tokens, 20);
+    ASSERT_EQ(chat.history().size(), 3u);
+    EXPECT_EQ(chat.history()[0].role, "system");
+    EXPECT_EQ(chat.history()[2].content, r.result.text);
+    // 96 tokens of context, 20 for the reply: the third turn drops the first exchange
+    int64_t dropped = 0;
+    for (int i = 0; i < 4; ++i) dropped += chat.reply("tell me more " + std::to_string(i)).dropped;
+    EXPECT_GT(dropped, 0);
+    EXPECT_EQ(chat.history()[0].content, "be brief");
+    EXPECT_LE(chat.last_prompt().size() + 20, 96u);  // byte tokenizer: one token per byte
+    const size_t kept = chat.history().size();
+    EXPECT_THROW(chat.reply(std::string(200, 'x')), moe::error);
+    EXPECT_EQ(chat.history().size(), kept);
+    chat.reset();
+    ASSERT_EQ(chat.history().size(), 1u);
+}
+
+}  // namespace
+
+namespace {
+
+// Ctrl-C during a reply ends that reply, not the chat: SIGINT reaches a chat whose reply would
+// run for minutes (a tiny moe model, 10^7 tokens); the next line (/exit) is still read.
+TEST_F(CliHf, ChatCtrlCStopsTheReplyNotTheChat) {
+    train_ok("ck");
+    // the tiny corpus has no ':' for the plain template: a template of its own characters
+    write_file(path("t.jinja"), "{% for m in messages %}{{ m.content }}\n{% endfor %}");
+    int in[2], out[2];
+    ASSERT_EQ(::pipe(in), 0);
+    ASSERT_EQ(::pipe(out), 0);
+    const std::string ck = path("ck"), tj = path("t.jinja");
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        ::dup2(in[0], 0);
+        ::dup2(out[1], 1);
+        ::close(in[1]);
+        ::close(out[0]);
+        std::signal(SIGINT, SIG_DFL);
+        ::setenv("OMP_WAIT_POLICY", "passive", 1);
+        ::execl(MOE_BINARY, MOE_BINARY, "chat", "--model", ck.c_str(), "--chat-template", tj.c_str(), "--max-tokens",
+                "10000000", "--threads", "1", (char*)nullptr);
+        ::_exit(127);
+    }
+    ::close(in[0]);
+    ::close(out[1]);
+    ASSERT_EQ(::write(in[1], "the\n", 4), 4);
+    // read until the reply has begun: the banner, "> ", then reply text
+    std::string got;
+    char buf[4096];
+    while (got.find("> ") == std::string::npos || got.size() < got.find("> ") + 40) {
+        const ssize_t n = ::read(out[0], buf, sizeof buf);
+        ASSERT_GT(n, 0) << got;
+        got.append(buf, (size_t)n);
+    }
+    ::kill(pid, SIGINT);
+    ASSERT_EQ(::write(in[1], "/exit\n", 6), 6);
+    ::close(in[1]);
+    for (ssize_t n; (n = ::read(out[0], buf, sizeof buf)) > 0;) got.append(buf, (size_t)n);
+    ::close(out[0]);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+    EXPECT_NE(got.find("(stopped)"), std::string::npos) << got.substr(got.size() > 2000 ? got.size() - 2000 : 0);
 }
 
 }  // namespace

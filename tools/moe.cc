@@ -7,12 +7,14 @@
 #include <moe/moe.h>
 #include <moe/viz.h>
 
+#include <atomic>
 #include <cerrno>
 #include <climits>
 #include <csignal>
 #include <cstdlib>
 #include <cstdint>
 #include <cstdio>
+#include <iostream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -355,6 +357,117 @@ int cmd_plot(const PlotArgs& a) {
     return 0;
 }
 
+// ------------------------------------------------------------------ chat
+
+struct ChatArgs {
+    std::string model, system, chat_template, dtype;
+    moe::SampleOptions sample;
+    int64_t seed = 0, ctx_size = 0, experts = 0;
+    std::vector<std::string> stop;
+    int threads = 0;
+    bool verbose_prompt = false;
+};
+
+CLI::App* add_chat(CLI::App& app, ChatArgs& a) {
+    CLI::App* c = app.add_subcommand("chat", "chat with a model in the terminal (its chat template, streamed replies)");
+    c->add_option("--model,--checkpoint", a.model, "Hugging Face model directory or moe checkpoint")->required();
+    c->add_option("--system", a.system, "system message at the start of the conversation");
+    c->add_option("--chat-template", a.chat_template, "Jinja chat template file (default: the model's own)");
+    a.sample.max_tokens = 512;
+    a.sample.temperature = 0.8;
+    c->add_option("--max-tokens", a.sample.max_tokens, "longest reply, in tokens")->capture_default_str();
+    c->add_option("--temperature", a.sample.temperature, "sampling temperature (0 = greedy)")->capture_default_str();
+    c->add_option("--top-k", a.sample.top_k, "sample among the k most likely tokens (0 = all)")->capture_default_str();
+    c->add_option("--top-p", a.sample.top_p, "nucleus sampling (1 = all)")->capture_default_str();
+    c->add_option("--repetition-penalty", a.sample.repetition_penalty, "repetition penalty (1 = off)")
+        ->capture_default_str();
+    c->add_option("--seed", a.seed, "sampling seed (reply i uses seed + i)")->capture_default_str();
+    c->add_option("--stop", a.stop, "also end a reply at this text (repeatable)");
+    c->add_option("--ctx-size", a.ctx_size, "context in tokens (default: the model's, at most 4096 for Hugging Face)");
+    c->add_option("--threads", a.threads, "threads (default: all cores)");
+    c->add_option("--dtype", a.dtype, "weight type of the matmuls: fp32 | bf16 | int8 (default: as stored)");
+    c->add_option("--experts-per-token", a.experts, "route each token to K experts (default: the model's)");
+    c->add_flag("--verbose-prompt", a.verbose_prompt, "print each rendered prompt to stderr");
+    return c;
+}
+
+// Set by SIGINT while a reply streams: the reply ends, the chat goes on. At the prompt, Ctrl-C
+// keeps its default meaning (leave).
+std::atomic<bool> g_chat_cancel{false};
+extern "C" void chat_on_sigint(int) { g_chat_cancel.store(true); }
+
+int cmd_chat(ChatArgs& a) {
+    moe::check_sample_options(a.sample, "--");
+    if (a.seed < 0) throw moe::error("--seed must be >= 0, got " + std::to_string(a.seed));
+    if (a.ctx_size < 0) throw moe::error("--ctx-size must be >= 0, got " + std::to_string(a.ctx_size));
+    a.sample.seed = (uint64_t)a.seed;
+    moe::check_stop_strings(a.stop, "--");
+    moe::set_threads(a.threads);
+    moe::LoadedModel model(a.model, a.dtype, "chat --dtype", a.ctx_size);
+    model.set_experts_per_token(a.experts);
+    if (!a.chat_template.empty()) model.set_chat_template(moe::read_text(a.chat_template, "--chat-template"));
+    model.tokenize("", false);  // a model without a tokenizer fails here, before the first message
+    moe::ChatSession chat(model, a.sample, a.system, a.stop);
+    std::printf("moe chat: %s (%s, context %lld tokens, %s)\n", a.model.c_str(), model.weight_type().c_str(),
+                (long long)model.context_length(),
+                model.has_chat_template() ? "its chat template" : "no chat template: plain 'role: content' lines");
+    std::printf("/reset clears the history, /exit or Ctrl-D leaves, Ctrl-C stops a reply; end a line with \\ to go on\n");
+    std::string line;
+    for (;;) {
+        std::printf("> ");
+        std::fflush(stdout);
+        std::string msg;
+        bool eof = true;
+        while (std::getline(std::cin, line)) {
+            eof = false;
+            if (!line.empty() && line.back() == '\\') {  // continued on the next line
+                msg += line.substr(0, line.size() - 1) + "\n";
+                eof = true;
+                continue;
+            }
+            msg += line;
+            break;
+        }
+        if (eof && msg.empty()) break;
+        if (msg == "/exit" || msg == "/quit") break;
+        if (msg == "/reset") {
+            chat.reset();
+            std::printf("(history cleared)\n");
+            continue;
+        }
+        if (msg == "/help" || (!msg.empty() && msg[0] == '/')) {
+            std::printf("commands: /reset (clear the history), /exit (leave); anything else is a message\n");
+            continue;
+        }
+        if (msg.find_first_not_of(" \t\r\n") == std::string::npos) continue;
+        g_chat_cancel.store(false);
+        struct sigaction sa = {}, old = {};
+        sa.sa_handler = chat_on_sigint;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, &old);
+        try {
+            const moe::ChatSession::Reply r = chat.reply(
+                msg,
+                [](std::string_view s) {
+                    std::fwrite(s.data(), 1, s.size(), stdout);
+                    std::fflush(stdout);
+                },
+                &g_chat_cancel);
+            if (a.verbose_prompt)
+                std::fprintf(stderr, "--- prompt (%lld tokens) ---\n%s\n--- end of prompt ---\n",
+                             (long long)r.prompt_tokens, chat.last_prompt().c_str());
+            std::printf("%s\n", r.cancelled ? " (stopped)" : "");
+            if (r.dropped) std::printf("(%lld earliest messages left out to fit the context)\n", (long long)r.dropped);
+        } catch (const moe::error& e) {  // one bad turn (too long, a template that raises) is not the end
+            std::fflush(stdout);
+            std::fprintf(stderr, "moe: error: %s\n", e.what());
+        }
+        sigaction(SIGINT, &old, nullptr);
+    }
+    std::printf("\n");
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -369,6 +482,7 @@ int main(int argc, char** argv) {
     PlotArgs plot;
     LogitsArgs logits;
     TokenizeArgs tokenize;
+    ChatArgs chat;
     add_train(app, train);
     CLI::App* generate_cmd = add_generate(app, generate);
     CLI::App* bench_cmd = add_bench(app, bench);
@@ -378,6 +492,7 @@ int main(int argc, char** argv) {
     CLI::App* plot_cmd = add_plot(app, plot);
     CLI::App* logits_cmd = add_logits(app, logits);
     CLI::App* tokenize_cmd = add_tokenize(app, tokenize);
+    CLI::App* chat_cmd = add_chat(app, chat);
 
     // Usage errors get the same one-line form and exit status as every other error.
     try {
@@ -405,6 +520,7 @@ int main(int argc, char** argv) {
         if (app.got_subcommand(plot_cmd)) return cmd_plot(plot);
         if (app.got_subcommand(logits_cmd)) return cmd_logits(logits);
         if (app.got_subcommand(tokenize_cmd)) return cmd_tokenize(tokenize);
+        if (app.got_subcommand(chat_cmd)) return cmd_chat(chat);
         return cmd_train(train);  // also the default with no subcommand
     } catch (const moe::error& e) {
         std::fflush(stdout);

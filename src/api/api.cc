@@ -7,6 +7,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <cstring>
 
 #include <nlohmann/json.hpp>
 
@@ -135,11 +138,22 @@ std::vector<int32_t> tokenize(const std::string& path, const std::string& text, 
 
 void write_file(const std::string& path, std::string_view data) { write_file_atomic(path, std::string(data)); }
 
+std::string read_text(const std::string& path, const char* what) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec)) fail(what, " '", path, "' is a directory, not a file");
+    std::ifstream f(path, std::ios::binary);
+    if (!f) fail(what, " '", path, "' cannot be read: ", std::strerror(errno));
+    std::ostringstream ss;
+    ss << f.rdbuf();
+    if (f.bad()) fail(what, " '", path, "' cannot be read");
+    return ss.str();
+}
+
 // ------------------------------------------------------------------ generation
 
 GenerateResult generate_text(LoadedModel& model, const std::vector<int32_t>& prompt, const SampleOptions& opt,
                              const std::vector<std::string>& stop,
-                             const std::function<void(std::string_view)>& on_text) {
+                             const std::function<void(std::string_view)>& on_text, const std::atomic<bool>* cancel) {
     Checkpoint& ck = model.impl().ck;
     StopStrings cut(stop);
     GenerateResult r;
@@ -154,6 +168,7 @@ GenerateResult generate_text(LoadedModel& model, const std::vector<int32_t>& pro
     if (ck.tokenizer.hf()) stream = std::make_unique<HfDecodeStream>(ck.tokenizer.hf(), true);
     const std::vector<int32_t> eos = ck.tokenizer.eos_ids();
     generate(*ck.model, prompt, opt, [&](int32_t id) {
+        if (cancel && cancel->load(std::memory_order_relaxed)) return false;
         ++r.tokens;
         if (std::find(eos.begin(), eos.end(), id) != eos.end()) {
             r.stopped = true;

@@ -165,6 +165,13 @@ Checkpoint load_hf_model(const std::string& dir, const std::string& weight_type,
         const std::string gen_cfg = (fs::path(dir) / "generation_config.json").string();
         ck.tokenizer = Tokenizer::from_hf_files(tok_json, fs::exists(tok_cfg, ec) ? tok_cfg : "",
                                                 fs::exists(gen_cfg, ec) ? gen_cfg : "");
+        // transformers >= 4.43 saves the template as chat_template.jinja, which wins over the
+        // tokenizer_config.json entry (as in transformers' loading)
+        const fs::path jinja = fs::path(dir) / "chat_template.jinja";
+        if (fs::exists(jinja, ec)) {
+            const auto m = MappedFile::open(jinja.string());
+            ck.chat_template.assign(reinterpret_cast<const char*>(m->data()), m->size());
+        }
     } else {
         ck.tokenizer = Tokenizer::byte_level();  // ids only (logits, bench); text tools need tokenizer.json
         ck.tokenizer_missing = true;
