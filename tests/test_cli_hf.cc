@@ -18,7 +18,9 @@
 #include <moe/moe.h>
 
 #include "cli_util.h"
+#include "io/hf_model.h"
 #include "io/safetensors.h"
+#include "model/config.h"
 #include "io/tokenizer.h"
 
 using namespace moe_test;
@@ -258,6 +260,70 @@ TEST_F(CliHf, ChatCtrlCStopsTheReplyNotTheChat) {
     ASSERT_EQ(::waitpid(pid, &status, 0), pid);
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
     EXPECT_NE(got.find("(stopped)"), std::string::npos) << got.substr(got.size() > 2000 ? got.size() - 2000 : 0);
+}
+
+}  // namespace
+
+namespace {
+
+// Fine-tuning a Hugging Face model (qwen2_moe: a dense layer, then an MoE layer with a gated shared
+// expert): its weights become fp32 master weights, its tokenizer encodes the data, the loss goes
+// down, every routed tensor (the router included) moves, and the checkpoint generates with the
+// tokenizer it carries.
+TEST_F(CliHf, TrainInitFineTunesAHuggingFaceModel) {
+    const std::string d = model_dir("m", "qwen2_moe", "moe_export/byte.tokenizer.json");
+    std::string text;
+    for (int i = 0; i < 8; ++i) text += corpus();
+    write_file(path("text.txt"), text);
+    write_config("ft.json", json{{"train",
+                                  {{"data", "text.txt"}, {"batch_size", 4}, {"block_size", 32}, {"steps", 40},
+                                   {"lr", 3e-3}, {"warmup_steps", 2}, {"eval_interval", 20}, {"eval_batches", 2},
+                                   {"log_interval", 1}, {"seed", 3}}},
+                                 {"router", {{"balance_loss", 0.01}}}});
+    RunResult r = moe("train --init m --config ft.json --out ft --threads 1 --no-sample --log log.jsonl");
+    ASSERT_EQ(r.code(), 0) << r.describe();
+    EXPECT_NE(r.out.find("fine-tuning m"), std::string::npos) << r.out;
+    const Log log = parse_log(read_file(path("log.jsonl")));
+    EXPECT_TRUE(log.problems.empty()) << log.problems.front();
+    ASSERT_GE(log.steps.size(), 40u);
+    const double first = log.steps.begin()->second["loss"].get<double>();
+    const double last = log.steps.rbegin()->second["loss"].get<double>();
+    EXPECT_LT(last, 0.8 * first) << first << " -> " << last;
+
+    moe::Checkpoint hf = moe::load_model(d, "fp32"), ft = moe::load_model(path("ft"), "fp32");
+    EXPECT_EQ(moe::config_to_json(ft.config)["model"], moe::config_to_json(hf.config)["model"]);
+    ASSERT_EQ(ft.tokenizer.kind(), moe::Tokenizer::Kind::hf);
+    int moved = 0, routers = 0;
+    for (const auto& p : hf.model->table().params()) {
+        if (!p.trainable) continue;
+        const auto& q = *std::find_if(ft.model->table().params().begin(), ft.model->table().params().end(),
+                                      [&](const auto& x) { return x.name == p.name; });
+        const float *a = hf.model->param_f32(p), *b = ft.model->param_f32(q);
+        ASSERT_TRUE(a && b) << p.name;
+        bool diff = false;
+        for (int64_t i = 0; i < p.numel && !diff; ++i) diff = a[i] != b[i];
+        moved += diff;
+        if (p.name.find("ffn_gate_inp") != std::string::npos) {
+            ++routers;
+            EXPECT_TRUE(diff) << p.name << " did not learn";
+        }
+    }
+    EXPECT_GE(routers, 2);  // the router and the shared expert's gate
+    EXPECT_GT(moved, 10);
+    RunResult g = moe("generate --model ft --prompt 'the quick' --max-tokens 8 --temperature 0");
+    ASSERT_EQ(g.code(), 0) << g.describe();
+
+    // bad combinations, each one clear line
+    write_config("with_model.json", tiny_config());
+    expect_clean_error(moe("train --init m --config with_model.json --out x"), {"with_model.json", "'model'", "--init"});
+    write_config("bad_router.json", json{{"train", {{"data", "text.txt"}}}, {"router", {{"norm_topk", false}}}});
+    expect_clean_error(moe("train --init m --config bad_router.json --out x"), {"router.norm_topk", "--init"});
+    expect_clean_error(moe("train --init m --resume ft --config ft.json --out x"), {"--init", "--resume"});
+    expect_clean_error(moe("train --init m --out x"), {"no training data"});
+    model_dir("bare", "qwen2_moe", "");
+    expect_clean_error(moe("train --init bare --config ft.json --out x"), {"bare", "tokenizer.json"});
+    write_config("long.json", json{{"train", {{"data", "text.txt"}, {"block_size", 100000}}}});
+    expect_clean_error(moe("train --init m --config long.json --out x"), {"block_size", "100000"});
 }
 
 }  // namespace

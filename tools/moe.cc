@@ -47,6 +47,9 @@ CLI::App* add_train(CLI::App& app, TrainArgs& a) {
     a.cmd->add_option("--out", a.opt.out_dir, "checkpoint directory (with --resume: the resumed directory)")
         ->capture_default_str();
     a.cmd->add_option("--resume", a.opt.resume_dir, "resume from this checkpoint directory");
+    a.cmd->add_option("--init", a.opt.init_path,
+                      "fine-tune this model (Hugging Face directory or moe checkpoint): its weights, architecture and "
+                      "tokenizer; --config then gives only 'train' (and the router's training fields)");
     a.cmd->add_option("--seed", a.opt.seed, "random seed (overrides train.seed; a resumed run keeps the checkpoint's)");
     a.cmd->add_option("--threads", a.opt.threads, "threads (default: all cores)");
     a.cmd->add_option("--precision", a.opt.precision,
@@ -67,7 +70,8 @@ int cmd_train(TrainArgs& a) {
     // resuming without --config: exactly the run that wrote the checkpoint
     o.config_from_checkpoint = !o.resume_dir.empty() && !a.cmd->count("--config");
     std::string config = a.config;
-    if (!o.config_from_checkpoint && config == kDefaultConfig) config = moe::default_config_path();
+    if (!o.init_path.empty() && !a.cmd->count("--config")) config.clear();  // the train section's defaults
+    else if (!o.config_from_checkpoint && config == kDefaultConfig) config = moe::default_config_path();
     o.summary = !a.no_sample;
     moe::train(config, o);
     return 0;

@@ -68,6 +68,10 @@ void check_stop_strings(const std::vector<std::string>& stop, const char* prefix
 struct TrainOptions {
     std::string out_dir = "runs/default";
     std::string resume_dir;     // continue from this checkpoint
+    // Fine-tune: start from the weights (as fp32 master weights) and tokenizer of this model (Hugging
+    // Face directory or moe checkpoint) with a fresh optimizer; its architecture replaces the
+    // config's model section (the config then holds "train" and the training-only router fields).
+    std::string init_path;
     bool config_from_checkpoint = false;  // resuming: take the training section from the checkpoint too
     std::string log_path;       // JSONL log (one object per logged step / eval)
     std::string data_override;  // --data

@@ -190,9 +190,49 @@ std::string default_config_path() {
     return std::filesystem::exists(p) ? p : resolve_path(p);
 }
 
+// The config of a fine-tuning run (--init PATH): the model and router sections of the model at PATH,
+// the train section and the training-only router fields of the config file.
+static Config init_config(const std::string& config_path, const std::string& init_path) {
+    nlohmann::json user = nlohmann::json::object();  // no --config: the train section's defaults
+    if (!config_path.empty()) try {
+        user = nlohmann::json::parse(read_text(config_path, "config file"));
+    } catch (const nlohmann::json::exception& e) {
+        fail("config file '", config_path, "' is not valid JSON: ", e.what());
+    }
+    if (!user.is_object()) fail("config file '", config_path, "' must hold a JSON object");
+    if (user.contains("model"))
+        fail(config_path, ": section 'model' cannot be used with --init: the architecture comes from '", init_path,
+             "' (keep 'train' and the router's training fields)");
+    nlohmann::json j = config_to_json(load_model_config(init_path));
+    j.erase("train");
+    static const char* kTrainingOnly[] = {"balance_loss", "z_loss", "bias_balance", "bias_rate",
+                                          "capacity_factor", "eval_capacity_factor", "overflow"};
+    if (user.contains("router")) {
+        if (!user["router"].is_object()) fail(config_path, ": section 'router' must be an object");
+        if (!j.contains("router")) fail(config_path, ": section 'router' needs MoE layers, and '", init_path, "' has none");
+        for (auto it = user["router"].begin(); it != user["router"].end(); ++it) {
+            if (std::find_if(std::begin(kTrainingOnly), std::end(kTrainingOnly),
+                             [&](const char* k) { return it.key() == k; }) == std::end(kTrainingOnly))
+                fail(config_path, ": field 'router.", it.key(), "' cannot be used with --init (it changes the model of '",
+                     init_path, "'); the training fields are balance_loss, z_loss, bias_balance, bias_rate, "
+                     "capacity_factor, eval_capacity_factor, overflow");
+            j["router"][it.key()] = it.value();
+        }
+    }
+    for (auto it = user.begin(); it != user.end(); ++it)
+        if (it.key() != "router") j[it.key()] = it.value();
+    return config_from_json(j, config_path.empty() ? init_path : config_path);
+}
+
 TrainResult train(const std::string& config_path, const TrainOptions& opt) {
     Config cfg;
-    if (!opt.config_from_checkpoint) cfg = load_config(config_path);
+    if (!opt.init_path.empty()) {
+        if (!opt.resume_dir.empty())
+            fail("--init and --resume cannot be combined: --init starts a fine-tuning run, --resume continues one");
+        cfg = init_config(config_path, opt.init_path);
+    } else if (!opt.config_from_checkpoint) {
+        cfg = load_config(config_path);
+    }
     // the end-of-run sample: generation is infer/'s, which train/ does not include
     const SampleFn sample = [](Model& model, const Tokenizer& tok, int32_t first, int64_t tokens, uint64_t seed) {
         SampleOptions so;

@@ -208,4 +208,10 @@ Checkpoint load_model(const std::string& path, const std::string& weight_type, i
     fail("unreachable");
 }
 
+Config load_model_config(const std::string& path, int64_t n_ctx) {
+    if (detect_model_format(path) == ModelFormat::hugging_face)
+        return hf_to_moe_config(read_hf_config(path), n_ctx, (fs::path(path) / "config.json").string());
+    return load_model(path, "fp32").config;
+}
+
 }  // namespace moe

@@ -27,5 +27,7 @@ Checkpoint load_hf_model(const std::string& dir, const std::string& weight_type 
 enum class ModelFormat { moe_checkpoint, hugging_face };
 ModelFormat detect_model_format(const std::string& path);
 Checkpoint load_model(const std::string& path, const std::string& weight_type = "", int64_t n_ctx = 0);
+// The config of the model at `path` (Hugging Face: config.json alone; a moe checkpoint: its config).
+Config load_model_config(const std::string& path, int64_t n_ctx = 0);
 
 }  // namespace moe
