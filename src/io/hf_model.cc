@@ -137,6 +137,21 @@ Checkpoint load_hf_model(const std::string& dir, const std::string& weight_type,
             m.set_param_view(p, v, src);
             continue;
         }
+        if (!dst && t.kind != HfMapKind::direct && want == kernels::WType::bf16 && dt == DType::bf16) {
+            // the experts in place too: one view per expert tensor (or per half of a fused gate_up),
+            // so loading reads nothing and a decode step touches only the chosen experts' pages
+            const int64_t E = t.shape[0], rows_e = t.shape[1], in = t.shape[2];
+            std::vector<kernels::QMatrix> parts((size_t)E);
+            for (int64_t e = 0; e < E; ++e) {
+                kernels::QMatrix& v = parts[(size_t)e];
+                v.type = kernels::WType::bf16, v.out = rows_e, v.in = in;
+                v.bf16 = t.kind == HfMapKind::stack_experts
+                             ? src->get(t.hf_names[(size_t)e]).u16()
+                             : first.u16() + ((e * 2 + t.half) * rows_e) * in;  // (E, 2F, C): gate rows, then up
+            }
+            m.set_param_expert_views(p, std::move(parts), src);
+            continue;
+        }
         const void* data = first.data;
         if (t.kind != HfMapKind::direct) {
             buf.resize((size_t)p.numel * dtype_size(dt));

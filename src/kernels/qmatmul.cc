@@ -43,6 +43,11 @@ double QMatrix::bytes() const {
 }
 
 QMatrix QMatrix::rows(int64_t r0, int64_t n) const {
+    if (parts) {
+        const int64_t i = r0 / part_rows, off = r0 - i * part_rows;
+        MOE_ASSERT(r0 >= 0 && n >= 0 && off + n <= part_rows && r0 + n <= out);
+        return parts[i].rows(off, n);
+    }
     QMatrix m = *this;
     m.out = n;
     if (f32) m.f32 = f32 + r0 * in;
@@ -240,7 +245,10 @@ static void load_row_slice(const void* ctx, int64_t r, int64_t k0, int64_t kc, f
     dequantize_row_slice(dst, *static_cast<const QMatrix*>(ctx), r, k0, kc);
 }
 
-void dequantize_row(float* dst, const QMatrix& w, int64_t r) { dequantize_row_slice(dst, w, r, 0, w.in); }
+void dequantize_row(float* dst, const QMatrix& w, int64_t r) {
+    if (w.parts) return dequantize_row(dst, w.rows(r, 1), 0);
+    dequantize_row_slice(dst, w, r, 0, w.in);
+}
 
 // int8: the blocked integer definition of the header (x quantized like the weights)
 namespace {

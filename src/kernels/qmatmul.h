@@ -41,9 +41,15 @@ struct QMatrix {
     const uint16_t* bf16 = nullptr;  // (OUT, IN)
     const int8_t* q = nullptr;       // (OUT, IN)
     const float* scales = nullptr;   // (OUT, ceil(IN / 32))
+    // A stack whose pieces live apart (a Hugging Face file's experts, one tensor each, used in
+    // place): rows [i * part_rows, (i + 1) * part_rows) are parts[i]; the pointers above are null
+    // and every use goes through rows() (or dequantize_row), which must stay inside one part.
+    const QMatrix* parts = nullptr;
+    int64_t part_rows = 0;
     int64_t blocks() const { return (in + kQ8Block - 1) / kQ8Block; }
     double bytes() const;  // storage of the weights (+ scales)
-    // rows [r0, r0 + n) as a matrix of its own (an expert's slice of a stacked tensor)
+    // rows [r0, r0 + n) as a matrix of its own (an expert's slice of a stacked tensor; with parts,
+    // inside one part)
     QMatrix rows(int64_t r0, int64_t n) const;
 };
 
