@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -310,6 +311,39 @@ TEST(HfExport, HuggingFaceModelsComeBackByteForByte) {
             EXPECT_FALSE(fs::exists(out + "/tokenizer.json"));  // the source has none
         }
     }
+}
+
+// F16 files: loaded widened to fp32, written back as F16 bit for bit (every finite half: normals,
+// subnormals, signed zeros, the largest).
+TEST(HfExport, F16ComesBackBitForBit) {
+    TmpDir tmp;
+    const std::string src = kData + "hf/llama";
+    const SafetensorsSource a = SafetensorsSource::open(src);
+    std::deque<std::vector<uint16_t>> bits;
+    std::vector<TensorView> views;
+    uint16_t h = 0;
+    for (const auto& t : a.tensors()) {
+        std::vector<uint16_t>& b = bits.emplace_back((size_t)t.numel());
+        for (auto& x : b) {
+            do h = (uint16_t)(h * 40503u + 12345u); while ((h & 0x7C00u) == 0x7C00u);  // no inf / NaN
+            x = h;
+        }
+        if (views.empty()) {  // the corners, at the start of the first tensor
+            const uint16_t corner[] = {0x0000, 0x8000, 0x0001, 0x83FF, 0x0400, 0x7BFF, 0xFBFF, 0x3C00};
+            std::copy(std::begin(corner), std::end(corner), b.begin());
+        }
+        views.push_back({t.name, DType::f16, t.shape, b.data(), b.size() * 2});
+    }
+    fs::create_directories(tmp / "f16");
+    write_safetensors(tmp / "f16/model.safetensors", views, {{"format", "pt"}});
+    json cfg = read_json(src + "/config.json");
+    cfg["dtype"] = "float16";
+    moe_test::write_file(tmp / "f16/config.json", cfg.dump(2));
+    Checkpoint ck = load_model(tmp / "f16");
+    EXPECT_EQ(ck.weight_type, "f16");
+    const HfExportResult r = export_hf(ck, tmp / "f16", ModelFormat::hugging_face, tmp / "out");
+    EXPECT_EQ(moe_test::read_file(tmp / "out/model.safetensors"), moe_test::read_file(tmp / "f16/model.safetensors"));
+    ASSERT_EQ(r.warnings.size(), 1u);  // no tokenizer.json
 }
 
 // Sharded output: shards + index as save_pretrained names them, the same tensors, loadable.
