@@ -496,6 +496,7 @@ HfExportResult export_hf(Checkpoint& ck, const std::string& source, ModelFormat 
     res.tensors = (int64_t)views.size();
     const auto on_file = [&](const std::string& path, uint64_t nb, uint64_t done, uint64_t total) {
         if (!opt.progress) return;
+        if (nb == 0) return opt.progress("wrote " + path);  // the index
         char buf[128];
         std::snprintf(buf, sizeof buf, " (%.1f MB; %.0f%% of %.1f MB)", nb / 1e6,
                       100.0 * (double)done / (double)std::max<uint64_t>(total, 1), total / 1e6);
