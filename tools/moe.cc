@@ -203,6 +203,37 @@ int cmd_quantize(const QuantizeArgs& a) {
     return 0;
 }
 
+// ------------------------------------------------------------------ export
+
+struct ExportArgs {
+    std::string model, out;
+    moe::ExportOptions opt;
+};
+
+CLI::App* add_export(CLI::App& app, ExportArgs& a) {
+    CLI::App* c = app.add_subcommand("export", "write a model in another format (hf: a directory transformers loads)");
+    c->add_option("--model,--checkpoint", a.model, "moe checkpoint or Hugging Face model directory")->required();
+    c->add_option("--format", a.opt.format, "hf (Hugging Face safetensors directory)")->required();
+    c->add_option("--out", a.out, "output directory (new or empty)")->required();
+    c->add_option("--max-shard-size", a.opt.max_shard_size, "hf: a new safetensors shard above this size (5GB, 500MB, 2GiB)")
+        ->capture_default_str();
+    c->add_option("--type", a.opt.type, "gguf: the tensor type (not for --format hf)");
+    c->add_flag("--force", a.opt.force, "write into a non-empty --out, replacing the model files there");
+    return c;
+}
+
+int cmd_export(ExportArgs& a) {
+    a.opt.progress = [](std::string_view s) {
+        std::printf("%.*s\n", (int)s.size(), s.data());
+        std::fflush(stdout);
+    };
+    const moe::ExportResult r = moe::export_model(a.model, a.out, a.opt);
+    for (const std::string& w : r.warnings) std::fprintf(stderr, "moe: warning: %s\n", w.c_str());
+    std::printf("exported %s to %s: %s, %s, %lld tensors, %.2f MB\n", a.model.c_str(), a.out.c_str(), r.family.c_str(),
+                r.dtype.c_str(), (long long)r.tensors, r.tensor_bytes / 1e6);
+    return 0;
+}
+
 // ------------------------------------------------------------------ params
 
 struct ParamsArgs {
@@ -487,6 +518,7 @@ int main(int argc, char** argv) {
     LogitsArgs logits;
     TokenizeArgs tokenize;
     ChatArgs chat;
+    ExportArgs export_args;
     add_train(app, train);
     CLI::App* generate_cmd = add_generate(app, generate);
     CLI::App* bench_cmd = add_bench(app, bench);
@@ -497,6 +529,7 @@ int main(int argc, char** argv) {
     CLI::App* logits_cmd = add_logits(app, logits);
     CLI::App* tokenize_cmd = add_tokenize(app, tokenize);
     CLI::App* chat_cmd = add_chat(app, chat);
+    CLI::App* export_cmd = add_export(app, export_args);
 
     // Usage errors get the same one-line form and exit status as every other error.
     try {
@@ -525,6 +558,7 @@ int main(int argc, char** argv) {
         if (app.got_subcommand(logits_cmd)) return cmd_logits(logits);
         if (app.got_subcommand(tokenize_cmd)) return cmd_tokenize(tokenize);
         if (app.got_subcommand(chat_cmd)) return cmd_chat(chat);
+        if (app.got_subcommand(export_cmd)) return cmd_export(export_args);
         return cmd_train(train);  // also the default with no subcommand
     } catch (const moe::error& e) {
         std::fflush(stdout);

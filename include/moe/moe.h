@@ -10,6 +10,7 @@
 //   training     TrainOptions, train
 //   bench        BenchOptions, bench, to_json
 //   quantize     quantize
+//   export       ExportOptions, export_model (a Hugging Face directory)
 //   params       param_report, to_json
 // Pictures (routing map, training-log plots): moe/viz.h.
 //
@@ -281,6 +282,30 @@ struct QuantizeResult {
 // Writes an inference checkpoint of the fp32 checkpoint in checkpoint_dir with bf16 or int8
 // (Q8_0) matmul weights into out_dir (another directory).
 QuantizeResult quantize(const std::string& checkpoint_dir, const std::string& dtype, const std::string& out_dir);
+
+// ------------------------------------------------------------------ export
+
+struct ExportOptions {
+    std::string format = "hf";           // "hf": a Hugging Face model directory (safetensors)
+    std::string max_shard_size = "5GB";  // hf: a new safetensors shard above this much data (5GB, 500MB, 2GiB)
+    std::string type;                    // reserved for --format gguf (its tensor type); an error with hf
+    bool force = false;                  // write into a non-empty output directory
+    std::function<void(std::string_view)> progress;  // one line per file written
+};
+
+struct ExportResult {
+    std::string format;                 // "hf"
+    std::string family;                 // hf: the model_type written ("mixtral", "qwen3_moe", "llama", ...)
+    std::string dtype;                  // hf: config.json's dtype ("float32", "bfloat16", "float16")
+    std::vector<std::string> files;     // written, in order
+    std::vector<std::string> warnings;  // what was dropped or converted (docs/formats.md "Export")
+    int64_t tensors = 0, tensor_bytes = 0;
+};
+
+// Writes the model at `model_path` (moe checkpoint or Hugging Face directory) to `out_dir` in
+// opt.format. hf: a directory transformers' AutoModelForCausalLM.from_pretrained loads and that
+// gives moe's logits; a model no Hugging Face family expresses is a moe::error naming the field.
+ExportResult export_model(const std::string& model_path, const std::string& out_dir, const ExportOptions& opt);
 
 // ------------------------------------------------------------------ params
 

@@ -21,6 +21,7 @@
 #include "infer/generate.h"
 #include "infer/stop_strings.h"
 #include "io/checkpoint.h"
+#include "io/hf_export.h"
 #include "io/hf_model.h"
 #include "io/hf_tokenizer.h"
 #include "io/tensor_file.h"
@@ -351,6 +352,33 @@ QuantizeResult quantize(const std::string& checkpoint_dir, const std::string& dt
     r.input_bytes = (int64_t)fs::file_size(checkpoint_file(checkpoint_dir));
     r.fp32_weight_bytes = count_weight_bytes(ck.config.model, kernels::WType::f32).total;
     return r;
+}
+
+// ------------------------------------------------------------------ export
+
+ExportResult export_model(const std::string& model_path, const std::string& out_dir, const ExportOptions& opt) {
+    ExportResult r;
+    r.format = opt.format;
+    if (opt.format == "hf") {  // another format: another branch here with its own writer in io/
+        if (!opt.type.empty())
+            fail("export --type '", opt.type, "' is for --format gguf; --format hf keeps the model's dtypes");
+        HfExportOptions ho;
+        ho.max_shard_bytes = parse_byte_size(opt.max_shard_size, "export --max-shard-size");
+        ho.force = opt.force;
+        if (opt.progress) ho.progress = [&](const std::string& s) { opt.progress(s); };
+        const ModelFormat fmt = detect_model_format(model_path);
+        check_export_dir(out_dir, model_path, opt.force);  // before the load: a quick refusal
+        Checkpoint ck = load_model(model_path);            // as stored: bf16 matrices stay bf16
+        HfExportResult h = export_hf(ck, model_path, fmt, out_dir, ho);
+        r.family = h.family;
+        r.dtype = h.dtype;
+        r.files = std::move(h.files);
+        r.warnings = std::move(h.warnings);
+        r.tensors = h.tensors;
+        r.tensor_bytes = (int64_t)h.tensor_bytes;
+        return r;
+    }
+    fail("export --format must be hf, got \"", opt.format, "\"");
 }
 
 // ------------------------------------------------------------------ params

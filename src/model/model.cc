@@ -199,6 +199,12 @@ bool Model::param_is_view(const ParamInfo& p) const {
     return typed_ && f32_off_[i] < 0 && stores_[i].out == 0 && views_[i].out != 0;
 }
 
+kernels::QMatrix Model::param_typed(const ParamInfo& p) const {
+    const int64_t i = &p - table_.params().data();
+    MOE_ASSERT(i >= 0 && i < (int64_t)views_.size());  // p must come from this model's table
+    return typed_ && f32_off_[i] < 0 ? views_[i] : kernels::QMatrix{};
+}
+
 TrainingState& Model::training() {
     if (typed_)
         fail("a model with ", kernels::wtype_name(wtype_),

@@ -59,6 +59,9 @@ public:
     void set_param_expert_views(const ParamInfo& p, std::vector<kernels::QMatrix> parts, std::shared_ptr<const void> keep);
     // Whether a typed model's matrix p views memory it does not own (set_param_view).
     bool param_is_view(const ParamInfo& p) const;
+    // A typed model's matrix p (typed_at_inference) as forward_cached reads it (bf16 or int8, owned
+    // or viewed); an empty QMatrix (out == 0) for an fp32 parameter (param_f32 has those).
+    kernels::QMatrix param_typed(const ParamInfo& p) const;
     // The gradient buffer (ParamTable layout), allocated and zeroed on first use: inference never
     // asks for it, so a model that only runs forward_cached holds no gradients.
     float* grads();
