@@ -18,6 +18,8 @@
 #include "infer/generate.h"
 #include "infer/stop_strings.h"
 #include "io/checkpoint.h"
+#include "io/gguf.h"
+#include "io/gguf_model.h"
 #include "io/hf_model.h"
 #include "io/hf_tokenizer.h"
 #include "io/tensor_file.h"
@@ -129,6 +131,12 @@ std::vector<int32_t> tokenize(const std::string& path, const std::string& text, 
         const Tokenizer tok = Tokenizer::from_hf_files((d / "tokenizer.json").string(), opt("tokenizer_config.json"),
                                                        opt("generation_config.json"));
         return tok.encode(text, "--text", add_special);
+    }
+    if (detect_model_format(path) == ModelFormat::gguf) {  // the tokenizer keys only
+        const auto src = GgufSource::open(path);
+        auto hf = gguf_tokenizer(src->header());
+        if (!hf) fail("'", path, "' has no tokenizer (no tokenizer.ggml.model)");
+        return Tokenizer::from_hf(hf).encode(text, "--text", add_special);
     }
     return LoadedModel(path).tokenize(text, add_special);
 }
