@@ -203,6 +203,9 @@ def write_tokenizer(family):
     w.add_name(f"tokenizer {family}")
     w.add_tokenizer_model("llama" if spm else "gpt2")
     w.add_tokenizer_pre("default" if spm else PRE[family])
+    pt = tj.get("pre_tokenizer") or {}
+    if not spm and pt.get("type") == "ByteLevel" and pt.get("add_prefix_space"):
+        w.add_add_space_prefix(True)  # the gpt2 family's ByteLevel(add_prefix_space=true)
     w.add_token_list(tokens)
     if spm:
         w.add_token_scores(scores)

@@ -329,16 +329,15 @@ bool gguf_tokenizer_json(const GgufHeader& h, Json& tj, Json& cfg) {
         if (t < 1 || t > 6) fail("'", w, "': tokenizer.ggml.token_type[", i, "] = ", t, " (1 to 6)");
         const std::string& s = tokens[(size_t)i];
         if (t == kUnused) continue;
-        if (t == kControl || t == kUserDefined || (t == kUnknown && !spm)) {
+        // every token is in the model's vocabulary with its id (the loader numbers added tokens
+        // that are not from vocab.size() on); control / user-defined / unknown ones are also added
+        // tokens, matched in the raw text before pre-tokenization as llama.cpp does
+        if (vocab.contains(s))
+            fail("'", w, "': token '", s, "' appears twice in tokenizer.ggml.tokens (ids ", vocab[s].get<int64_t>(), " and ", i, ")");
+        vocab[s] = i;
+        if (t == kControl || t == kUserDefined || t == kUnknown)
             added.push_back({{"id", i}, {"content", s}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
                              {"normalized", false}, {"special", t != kUserDefined}});
-            continue;
-        }
-        if (vocab.contains(s)) fail("'", w, "': token '", s, "' appears twice in tokenizer.ggml.tokens (ids ", vocab[s].get<int64_t>(), " and ", i, ")");
-        vocab[s] = i;
-        if (t == kUnknown)
-            added.push_back({{"id", i}, {"content", s}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
-                             {"normalized", false}, {"special", true}});
     }
     Json merges = Json::array();
     if (h.has("tokenizer.ggml.merges")) {
@@ -726,7 +725,6 @@ void export_gguf(const Checkpoint& ck, const std::string& out_path, const GgufEx
         const float* data = m.param_f32(p);
         MOE_ASSERT(data);
         std::vector<int64_t> shape = p.shape;
-        if (p.name.find("ffn_gate_inp_shexp") != std::string::npos) shape = {mc.n_embd};  // llama.cpp: {C}
         if (arch == "llama" && (p.name.find(".attn_q") != std::string::npos || p.name.find(".attn_k") != std::string::npos)) {
             const int64_t nh = p.name.find(".attn_q") != std::string::npos ? mc.n_head : mc.n_head_kv;
             permuted.emplace_back((size_t)p.numel);
