@@ -4,6 +4,7 @@ ships, pinned 0.19.0 in the oracle venv) the way llama.cpp's convert_hf_to_gguf.
 
     $(scripts/oracle_venv.sh) scripts/gen_gguf_refs.py              # writes tests/data/gguf/
     $(scripts/oracle_venv.sh) scripts/gen_gguf_refs.py --check DIR  # reads moe-written files back
+    $(scripts/oracle_venv.sh) scripts/gen_gguf_refs.py --fuzz-corpus # seeds fuzz/corpus/gguf/
 
 Writes (tests/data/gguf/):
   <model>.<type>.gguf   tiny models of tests/data/hf converted like convert_hf_to_gguf.py: its key
@@ -266,7 +267,76 @@ def check(dirname):
     assert n > 0, f"no .gguf files in {dirname}"
 
 
+def fuzz_corpus(out):
+    """Small seeds for fuzz/fuzz_gguf.cc: valid files (every value type, nested arrays, v2, a model
+    header, a tokenizer) and a few broken ones."""
+    import struct
+    os.makedirs(out, exist_ok=True)
+
+    def write(name, fill, arch="llama"):
+        path = os.path.join(out, name)
+        w = GGUFWriter(path, arch)
+        fill(w)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        return path
+
+    def all_types(w):
+        w.add_uint8("t.u8", 7); w.add_int8("t.i8", -7); w.add_uint16("t.u16", 700); w.add_int16("t.i16", -700)
+        w.add_uint32("t.u32", 70000); w.add_int32("t.i32", -70000); w.add_float32("t.f32", 1.5); w.add_bool("t.bool", True)
+        w.add_string("t.str", "héllo"); w.add_uint64("t.u64", 1 << 40); w.add_int64("t.i64", -(1 << 40)); w.add_float64("t.f64", 2.5)
+        w.add_array("t.arr", [1, 2, 3]); w.add_array("t.nested", [[1, 2], [3]]); w.add_array("t.strs", ["a", "b c"])
+        w.add_tensor("a.weight", np.arange(16, dtype=np.float32).reshape(2, 8))
+        w.add_tensor("b.weight", np.ones(4, dtype=np.float16))
+        w.add_tensor("q.weight", np.zeros((1, 34), dtype=np.uint8), raw_dtype=GGMLQuantizationType.Q8_0)
+    valid = write("all_types.gguf", all_types)
+
+    def model(w):
+        w.add_context_length(64); w.add_embedding_length(8); w.add_block_count(1); w.add_feed_forward_length(16)
+        w.add_head_count(2); w.add_head_count_kv(1); w.add_layer_norm_rms_eps(1e-5); w.add_rope_freq_base(10000.0)
+        w.add_expert_count(2); w.add_expert_used_count(1)
+        C, V, F, E = 8, 6, 16, 2
+        for k, shape in [("token_embd.weight", (V, C)), ("output_norm.weight", (C,)), ("blk.0.attn_norm.weight", (C,)),
+                         ("blk.0.attn_q.weight", (C, C)), ("blk.0.attn_k.weight", (4, C)), ("blk.0.attn_v.weight", (4, C)),
+                         ("blk.0.attn_output.weight", (C, C)), ("blk.0.ffn_norm.weight", (C,)),
+                         ("blk.0.ffn_gate_inp.weight", (E, C)), ("blk.0.ffn_gate_exps.weight", (E, F, C)),
+                         ("blk.0.ffn_up_exps.weight", (E, F, C)), ("blk.0.ffn_down_exps.weight", (E, C, F))]:
+            w.add_tensor(k, np.full(shape, 0.5, dtype=np.float32))
+    write("model.gguf", model)
+
+    def tok(kind):
+        def f(w):
+            w.add_tokenizer_model(kind)
+            w.add_tokenizer_pre("default" if kind == "llama" else "qwen2")
+            toks = ["<unk>", "<s>", "</s>", "<0x41>", "\u2581a", "a", "b", "ab"] if kind == "llama" else ["a", "b", "ab", "<|e|>"]
+            w.add_token_list(toks)
+            if kind == "llama":
+                w.add_token_scores([0.0] * len(toks))
+                w.add_token_types([2, 3, 3, 6, 1, 1, 1, 1])
+            else:
+                w.add_token_types([1, 1, 1, 3])
+                w.add_token_merges(["a b"])
+            w.add_bos_token_id(1 if kind == "llama" else 3); w.add_eos_token_id(2 if kind == "llama" else 3)
+            w.add_chat_template("{{ messages }}")
+        return f
+    write("tok_llama.gguf", tok("llama"))
+    write("tok_gpt2.gguf", tok("gpt2"))
+    data = open(valid, "rb").read()
+    v2 = bytearray(data); v2[4:8] = struct.pack("<I", 2)
+    open(os.path.join(out, "v2.gguf"), "wb").write(v2)
+    open(os.path.join(out, "cut.gguf"), "wb").write(data[: len(data) // 2])
+    bad = bytearray(data); bad[0:4] = b"GGUG"
+    open(os.path.join(out, "bad_magic.gguf"), "wb").write(bad)
+    for f in sorted(os.listdir(out)):
+        print(os.path.join(out, f), os.path.getsize(os.path.join(out, f)))
+
+
 def main():
+    if len(sys.argv) == 2 and sys.argv[1] == "--fuzz-corpus":
+        fuzz_corpus(os.path.join(ROOT, "fuzz", "corpus", "gguf"))
+        return
     if len(sys.argv) == 3 and sys.argv[1] == "--check":
         check(sys.argv[2])
         return

@@ -662,3 +662,38 @@ TEST(GgufWriter, AlignmentAndNoTempFileLeft) {
 }
 
 }  // namespace
+
+namespace {
+
+// the fuzz seeds written by gen_gguf_refs.py --fuzz-corpus: every value type, nested arrays, v2
+TEST(GgufParse, FuzzSeedsParseAsWritten) {
+    const std::string dir = std::string(MOE_TEST_DIR) + "/../fuzz/corpus/gguf/";
+    const auto src = GgufSource::open(dir + "all_types.gguf");
+    const GgufHeader& h = src->header();
+    EXPECT_EQ(h.get_int("t.u8"), 7);
+    EXPECT_EQ(h.get_int("t.i16"), -700);
+    EXPECT_EQ(h.get_int("t.u64"), (int64_t)1 << 40);
+    EXPECT_EQ(h.get_int("t.i64"), -((int64_t)1 << 40));
+    EXPECT_EQ(h.get_float("t.f32"), 1.5);
+    EXPECT_EQ(h.get_float("t.f64"), 2.5);
+    EXPECT_TRUE(h.get_bool("t.bool", false));
+    EXPECT_EQ(h.get_str("t.str"), "h\xC3\xA9llo");
+    EXPECT_EQ(h.get("t.nested").items.size(), 2u);
+    EXPECT_EQ(h.get("t.nested").items[0].items.size(), 2u);
+    EXPECT_EQ(h.get_str_array("t.strs"), (std::vector<std::string>{"a", "b c"}));
+    const GgufTensorInfo& q = src->get_info("q.weight");
+    EXPECT_EQ(q.type, GgmlType::Q8_0);
+    EXPECT_EQ(q.row_bytes, 34);
+    EXPECT_EQ(src->get("q.weight").shape, (std::vector<int64_t>{1, 34}));  // raw blocks as (rows, row_bytes)
+    EXPECT_EQ(src->get("a.weight").shape, (std::vector<int64_t>{2, 8}));
+    EXPECT_EQ(src->get("a.weight").f32()[15], 15.0f);
+    EXPECT_EQ(parse_error(slurp(dir + "v2.gguf")), "");
+    EXPECT_NE(parse_error(slurp(dir + "cut.gguf")), "");
+    EXPECT_NE(parse_error(slurp(dir + "bad_magic.gguf")).find("not a GGUF file"), std::string::npos);
+    Checkpoint ck = load_model(dir + "model.gguf");
+    EXPECT_EQ(ck.config.model.n_expert, 2);
+    EXPECT_EQ(tokenizer_of(dir + "tok_gpt2.gguf")->encode("ab", false), (std::vector<int32_t>{2}));
+    EXPECT_EQ(tokenizer_of(dir + "tok_llama.gguf")->encode("a", true).front(), 1);  // add_bos_token by default
+}
+
+}  // namespace
