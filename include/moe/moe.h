@@ -219,6 +219,12 @@ struct QuantizeResult {
 // (Q8_0) matmul weights into out_dir (another directory).
 QuantizeResult quantize(const std::string& checkpoint_dir, const std::string& dtype, const std::string& out_dir);
 
+// Writes the model at model_path (anything --model accepts) as a GGUF file llama.cpp reads:
+// architecture, hyper-parameters, tensors in `type` ("f32", "f16", "bf16"; 1-D tensors stay F32),
+// tokenizer and chat template (docs/formats.md, "GGUF"). Atomic; moe::error for what GGUF cannot
+// express.
+void export_gguf(const std::string& model_path, const std::string& type, const std::string& out_path);
+
 // ------------------------------------------------------------------ params
 
 struct ParamReport {

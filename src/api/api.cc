@@ -288,6 +288,12 @@ std::string to_json(const BenchReport& r) {
 
 // ------------------------------------------------------------------ quantize
 
+void export_gguf(const std::string& model_path, const std::string& type, const std::string& out_path) {
+    GgufExportOptions opt;
+    opt.type = parse_gguf_type(type, "GGUF export type");
+    moe::export_gguf(model_path, out_path, opt);
+}
+
 QuantizeResult quantize(const std::string& checkpoint_dir, const std::string& dtype, const std::string& out_dir) {
     namespace fs = std::filesystem;
     if (dtype != "bf16" && dtype != "int8") fail("quantize --dtype must be bf16 or int8, got \"", dtype, "\"");
