@@ -461,6 +461,9 @@ TEST(GgufParse, EveryBrokenFieldIsOneClearError) {
     s.tensors[0].ne = {1ull << 32, 1ull << 32, 1ull << 32};
     EXPECT_GGUF_ERROR(build(s), "overflows int64");
     s = {};
+    s.tensors[0].ne = {(1ull << 62) + 1};  // F32: the row's bytes overflow
+    EXPECT_GGUF_ERROR(build(s), "overflows int64 bytes");
+    s = {};
     s.tensors[0].ne = {1ull << 63};
     EXPECT_GGUF_ERROR(build(s), "negative as int64");
     s = {};

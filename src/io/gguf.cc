@@ -264,7 +264,9 @@ GgufHeader parse_gguf(const unsigned char* data, size_t size, const std::string&
             fail("'", where, "': tensor '", t.name, "' of type ", ti->name, " has rows of ", ne0,
                  " values, not a multiple of its block size ", ti->block_size);
         t.rows = ne0 == 0 ? 0 : numel / ne0;
-        t.row_bytes = ne0 / ti->block_size * ti->type_size;  // no overflow: ne0 / bs * ts <= ne0 * 17 / 32 or * 4
+        if (ne0 / ti->block_size > INT64_MAX / ti->type_size)
+            fail("'", where, "': tensor '", t.name, "': a row of ", ne0, " ", ti->name, " values overflows int64 bytes");
+        t.row_bytes = ne0 / ti->block_size * ti->type_size;
         if (t.rows != 0 && t.row_bytes > INT64_MAX / t.rows)
             fail("'", where, "': tensor '", t.name, "': its size in bytes overflows int64");
         t.nbytes = (uint64_t)(t.rows * t.row_bytes);
