@@ -327,3 +327,33 @@ TEST_F(CliHf, TrainInitFineTunesAHuggingFaceModel) {
 }
 
 }  // namespace
+
+namespace {
+
+// moe export --format gguf: the F32 file computes the Hugging Face model's logits bit for bit
+// (mixtral as llama.cpp's `llama` architecture, its Q / K rows permuted and restored at load; qwen3_moe);
+// F16 within its rounding.
+TEST_F(CliHf, ExportGgufGivesTheSameLogits) {
+    const std::string toks = "1,5,9,200,3,77,42,8";
+    for (const std::string fam : {"mixtral", "qwen3_moe"}) {
+        const std::string m = q(kData + "hf/" + fam);
+        ASSERT_EQ(moe("logits --model " + m + " --tokens " + toks + " --out hf.bin").code(), 0);
+        RunResult e = moe("export --model " + m + " --format gguf --type f32 --out " + fam + ".gguf");
+        ASSERT_EQ(e.code(), 0) << e.describe();
+        RunResult l = moe("logits --model " + fam + ".gguf --tokens " + toks + " --out g.bin");
+        ASSERT_EQ(l.code(), 0) << l.describe();
+        EXPECT_EQ(read_file(path("hf.bin")), read_file(path("g.bin"))) << fam;
+        ASSERT_EQ(moe("export --model " + m + " --format gguf --type f16 --out " + fam + "16.gguf").code(), 0);
+        ASSERT_EQ(moe("logits --model " + fam + "16.gguf --tokens " + toks + " --out h.bin").code(), 0);
+        const std::string a = read_file(path("hf.bin")), b = read_file(path("h.bin"));
+        ASSERT_EQ(a.size(), b.size());
+        const float* x = reinterpret_cast<const float*>(a.data());
+        const float* y = reinterpret_cast<const float*>(b.data());
+        double d = 0, mx = 0;
+        for (size_t i = 0; i < a.size() / 4; ++i) d = std::max(d, (double)std::fabs(x[i] - y[i])), mx = std::max(mx, (double)std::fabs(x[i]));
+        EXPECT_LT(d / mx, 2e-2) << fam;
+    }
+    expect_clean_error(moe("export --model mixtral.gguf --format gguf --out mixtral.gguf"), {"mixtral.gguf", "--force"});
+}
+
+}  // namespace

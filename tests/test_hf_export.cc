@@ -555,7 +555,9 @@ TEST_F(CliExport, BadInputIsOneErrorLine) {
     expect_clean_error(moe(ok + "--out data.txt"), {"data.txt", "not a directory"});
     expect_clean_error(moe(ok + "--out /proc/moe_export_test"), {"/proc/moe_export_test"});
     expect_clean_error(moe(ok + "--out ck --force"), {"'ck'", "model being exported"});
-    expect_clean_error(moe("export --checkpoint ck --format gguf --out o"), {"--format", "gguf"});
+    expect_clean_error(moe("export --checkpoint ck --format gguf --type q9_9 --out o.gguf"), {"--type", "q9_9"});
+    fs::create_directories(path("adir"));
+    expect_clean_error(moe("export --checkpoint ck --format gguf --out adir"), {"adir", "directory"});
     expect_clean_error(moe("export --checkpoint ck --format onnx --out o"), {"--format", "onnx"});
     expect_clean_error(moe(ok + "--out o --type q8_0"), {"--type", "q8_0", "gguf"});
     expect_clean_error(moe(ok + "--out o --max-shard-size 5XB"), {"--max-shard-size", "5XB"});

@@ -211,13 +211,13 @@ struct ExportArgs {
 };
 
 CLI::App* add_export(CLI::App& app, ExportArgs& a) {
-    CLI::App* c = app.add_subcommand("export", "write a model in another format (hf: a directory transformers loads)");
+    CLI::App* c = app.add_subcommand("export", "write a model in another format (hf: a directory transformers loads; gguf: one file llama.cpp reads)");
     c->add_option("--model,--checkpoint", a.model, "moe checkpoint or Hugging Face model directory")->required();
     c->add_option("--format", a.opt.format, "hf (Hugging Face safetensors directory)")->required();
     c->add_option("--out", a.out, "output directory (new or empty)")->required();
     c->add_option("--max-shard-size", a.opt.max_shard_size, "hf: a new safetensors shard above this size (5GB, 500MB, 2GiB)")
         ->capture_default_str();
-    c->add_option("--type", a.opt.type, "gguf: the tensor type (not for --format hf)");
+    c->add_option("--type", a.opt.type, "gguf: the matrices' type f32 | f16 | bf16 (default f16; not for --format hf)");
     c->add_flag("--force", a.opt.force, "write into a non-empty --out, replacing the model files there");
     return c;
 }

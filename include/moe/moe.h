@@ -306,6 +306,11 @@ struct ExportResult {
 // opt.format. hf: a directory transformers' AutoModelForCausalLM.from_pretrained loads and that
 // gives moe's logits; a model no Hugging Face family expresses is a moe::error naming the field.
 ExportResult export_model(const std::string& model_path, const std::string& out_dir, const ExportOptions& opt);
+// Writes the model at model_path (anything --model accepts) as a GGUF file llama.cpp reads:
+// architecture, hyper-parameters, tensors in `type` ("f32", "f16", "bf16"; 1-D tensors stay F32),
+// tokenizer and chat template (docs/formats.md, "GGUF"). Atomic; moe::error for what GGUF cannot
+// express.
+void export_gguf(const std::string& model_path, const std::string& type, const std::string& out_path);
 
 // ------------------------------------------------------------------ params
 

@@ -22,6 +22,8 @@
 #include "infer/stop_strings.h"
 #include "io/checkpoint.h"
 #include "io/hf_export.h"
+#include "io/gguf.h"
+#include "io/gguf_model.h"
 #include "io/hf_model.h"
 #include "io/hf_tokenizer.h"
 #include "io/tensor_file.h"
@@ -133,6 +135,12 @@ std::vector<int32_t> tokenize(const std::string& path, const std::string& text, 
         const Tokenizer tok = Tokenizer::from_hf_files((d / "tokenizer.json").string(), opt("tokenizer_config.json"),
                                                        opt("generation_config.json"));
         return tok.encode(text, "--text", add_special);
+    }
+    if (detect_model_format(path) == ModelFormat::gguf) {  // the tokenizer keys only
+        const auto src = GgufSource::open(path);
+        auto hf = gguf_tokenizer(src->header());
+        if (!hf) fail("'", path, "' has no tokenizer (no tokenizer.ggml.model)");
+        return Tokenizer::from_hf(hf).encode(text, "--text", add_special);
     }
     return LoadedModel(path).tokenize(text, add_special);
 }
@@ -336,6 +344,12 @@ std::string to_json(const BenchReport& r) {
 
 // ------------------------------------------------------------------ quantize
 
+void export_gguf(const std::string& model_path, const std::string& type, const std::string& out_path) {
+    GgufExportOptions opt;
+    opt.type = parse_gguf_type(type, "GGUF export type");
+    moe::export_gguf(model_path, out_path, opt);
+}
+
 QuantizeResult quantize(const std::string& checkpoint_dir, const std::string& dtype, const std::string& out_dir) {
     namespace fs = std::filesystem;
     if (dtype != "bf16" && dtype != "int8") fail("quantize --dtype must be bf16 or int8, got \"", dtype, "\"");
@@ -378,7 +392,22 @@ ExportResult export_model(const std::string& model_path, const std::string& out_
         r.tensor_bytes = (int64_t)h.tensor_bytes;
         return r;
     }
-    fail("export --format must be hf, got \"", opt.format, "\"");
+    if (opt.format == "gguf") {  // one file; --out names it
+        namespace fs = std::filesystem;
+        std::error_code ec;
+        if (fs::is_directory(out_dir, ec)) fail("export --out '", out_dir, "' is a directory: --format gguf writes one file (e.g. model.gguf)");
+        if (fs::exists(out_dir, ec) && !opt.force) fail("export --out '", out_dir, "' exists (--force overwrites it)");
+        GgufExportOptions go;
+        go.type = parse_gguf_type(opt.type.empty() ? "f16" : opt.type, "export --type");
+        export_gguf(model_path, out_dir, go);
+        r.family = "gguf";
+        r.dtype = opt.type.empty() ? "f16" : opt.type;
+        r.files = {out_dir};
+        r.tensor_bytes = (int64_t)fs::file_size(out_dir, ec);
+        if (opt.progress) opt.progress("wrote " + out_dir);
+        return r;
+    }
+    fail("export --format must be hf or gguf, got \"", opt.format, "\"");
 }
 
 // ------------------------------------------------------------------ params

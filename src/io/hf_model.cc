@@ -5,6 +5,8 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "io/gguf.h"
+#include "io/gguf_model.h"
 #include "io/hf_names.h"
 #include "io/safetensors.h"
 #include "kernels/bf16.h"
@@ -201,7 +203,7 @@ ModelFormat detect_model_format(const std::string& path) {
     std::error_code ec;
     if (!fs::exists(path, ec))
         fail("model path '", path, "' does not exist", ec ? " (" + ec.message() + ")" : "",
-             ": expected a moe checkpoint directory or a Hugging Face model directory");
+             ": expected a moe checkpoint directory, a Hugging Face model directory or a GGUF file");
     const fs::path p(path);
     if (fs::is_directory(p, ec)) {
         if (fs::exists(p / "checkpoint.bin", ec)) return ModelFormat::moe_checkpoint;
@@ -209,7 +211,9 @@ ModelFormat detect_model_format(const std::string& path) {
         fail("'", path, "' is neither a moe checkpoint (no checkpoint.bin) nor a Hugging Face model directory (no config.json)");
     }
     if (p.filename() == "checkpoint.bin") return ModelFormat::moe_checkpoint;
-    fail("'", path, "' is a file: give the model's directory (a moe checkpoint or a Hugging Face model)");
+    if (is_gguf_file(path)) return ModelFormat::gguf;
+    fail("'", path, "' is a file but not a GGUF file (no 'GGUF' magic): give a .gguf file or the model's directory (a moe "
+                    "checkpoint or a Hugging Face model)");
 }
 
 Checkpoint load_model(const std::string& path, const std::string& weight_type, int64_t n_ctx) {
@@ -219,6 +223,8 @@ Checkpoint load_model(const std::string& path, const std::string& weight_type, i
             return load_checkpoint(p.filename() == "checkpoint.bin" ? p.parent_path().string() : path, weight_type);
         case ModelFormat::hugging_face:
             return load_hf_model(path, weight_type, n_ctx);
+        case ModelFormat::gguf:
+            return load_gguf_model(path, weight_type, n_ctx);
     }
     fail("unreachable");
 }
