@@ -263,7 +263,8 @@ TEST(HfExport, Int8IsDequantizedWithAWarning) {
     ASSERT_EQ(r.warnings.size(), 1u);
     EXPECT_NE(r.warnings[0].find("int8"), std::string::npos);
     EXPECT_EQ(r.dtype, "float32");
-    for (const auto& t : SafetensorsSource::open(tmp / "out").tensors()) EXPECT_EQ(t.dtype, DType::f32) << t.name;
+    const SafetensorsSource out = SafetensorsSource::open(tmp / "out");  // alive through the loop
+    for (const auto& t : out.tensors()) EXPECT_EQ(t.dtype, DType::f32) << t.name;
     Checkpoint back = load_model(tmp / "out");
     std::vector<int32_t> ids;
     for (int i = 0; i < 32; ++i) ids.push_back((i * 7) % (int)ck.config.model.vocab_size);
