@@ -309,7 +309,13 @@ void Engine::sample(Seq& s, int64_t row) {
         finish(s, "stop");  // the end-of-sequence token itself is not text
         return;
     }
-    ev.text = s.stop.feed(s.dec ? s.dec->step(id) : tok_.decode_one(id));
+    // a model's vocabulary may be larger than its tokenizer's (padded embeddings): such an id is no text
+    std::string piece;
+    try {
+        piece = s.dec ? s.dec->step(id) : tok_.decode_one(id);
+    } catch (const moe::error&) {
+    }
+    ev.text = s.stop.feed(piece);
     s.r->push(std::move(ev));
     if (s.stop.stopped()) finish(s, "stop");
     else if (s.generated >= q.opt.max_tokens || (int64_t)s.tokens.size() >= n_ctx_) finish(s, "length");

@@ -122,7 +122,13 @@ struct Server {
 
     const Tokenizer& tok() { return model->impl().ck.tokenizer; }
 
-    std::string token_text(int32_t id) { return tok().decode_one(id); }
+    std::string token_text(int32_t id) {
+        try {
+            return tok().decode_one(id);
+        } catch (const moe::error&) {  // an id of a padded vocabulary beyond the tokenizer's
+            return "";
+        }
+    }
 
     json parse_body(const httplib::Request& req) {
         json j;
