@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include <moe/moe.h>
+#include <moe/server.h>
 #include <moe/viz.h>
 
 #include <atomic>
@@ -503,6 +504,40 @@ int cmd_chat(ChatArgs& a) {
     return 0;
 }
 
+// ------------------------------------------------------------------ serve
+
+struct ServeArgs {
+    moe::ServeOptions opt;
+};
+
+CLI::App* add_serve(CLI::App& app, ServeArgs& a) {
+    CLI::App* c = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching (docs/serving.md)");
+    c->add_option("--model,--checkpoint", a.opt.model, "Hugging Face model directory or moe checkpoint")->required();
+    c->add_option("--host", a.opt.host, "address to bind")->capture_default_str();
+    c->add_option("--port", a.opt.port, "port (0: any free one)")->capture_default_str();
+    c->add_option("--parallel", a.opt.parallel, "sequences decoding at once (KV-cache slots)")->capture_default_str();
+    c->add_option("--ctx-size", a.opt.ctx_size, "context per sequence (default: the model's, at most 4096 for Hugging Face)");
+    c->add_option("--threads", a.opt.threads, "threads (default: all cores)");
+    c->add_option("--api-key", a.opt.api_key, "require 'Authorization: Bearer KEY' (all but /health)");
+    c->add_option("--dtype", a.opt.dtype, "weight type of the matmuls: fp32 | bf16 | int8 (default: as stored)");
+    c->add_option("--chat-template", a.opt.chat_template, "Jinja chat template file (default: the model's own)");
+    c->add_option("--batch-tokens", a.opt.batch_tokens, "rows per engine step: decode rows, then prompt chunks")
+        ->capture_default_str();
+    return c;
+}
+
+int cmd_serve(ServeArgs& a) {
+    a.opt.on_listening = [](const std::string& url) {
+        std::printf("moe serve: listening on %s, loading the model\n", url.c_str());
+        std::fflush(stdout);
+    };
+    a.opt.on_ready = [](const std::string& url) {
+        std::printf("moe serve: ready at %s (OpenAI API under %s/v1)\n", url.c_str(), url.c_str());
+        std::fflush(stdout);
+    };
+    return moe::serve(a.opt);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -530,6 +565,8 @@ int main(int argc, char** argv) {
     CLI::App* tokenize_cmd = add_tokenize(app, tokenize);
     CLI::App* chat_cmd = add_chat(app, chat);
     CLI::App* export_cmd = add_export(app, export_args);
+    ServeArgs serve;
+    CLI::App* serve_cmd = add_serve(app, serve);
 
     // Usage errors get the same one-line form and exit status as every other error.
     try {
@@ -559,6 +596,7 @@ int main(int argc, char** argv) {
         if (app.got_subcommand(tokenize_cmd)) return cmd_tokenize(tokenize);
         if (app.got_subcommand(chat_cmd)) return cmd_chat(chat);
         if (app.got_subcommand(export_cmd)) return cmd_export(export_args);
+        if (app.got_subcommand(serve_cmd)) return cmd_serve(serve);
         return cmd_train(train);  // also the default with no subcommand
     } catch (const moe::error& e) {
         std::fflush(stdout);

@@ -87,7 +87,7 @@ void dequantize_row(float* dst, const QMatrix& w, int64_t row);
 
 void qmatmul_ref(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate);
 void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate);
-// Several decode-sized products (N <= kGemvMaxN) that read the same x (N, IN): y_i [+]= x · W_i^T,
+// Several decode-sized products (N <= kGemvMaxN, any N while batch invariant) that read the same x (N, IN): y_i [+]= x · W_i^T,
 // under one parallel region over all their output rows (q, k, v of a decode step; up and gate of
 // an FFN); x is quantized once when any W_i is int8. qmatmul's decode path is this with one matrix.
 struct QOut {
