@@ -454,7 +454,8 @@ Checkpoint load_gguf_model(const std::string& path, const std::string& weight_ty
     // that cannot fit in the machine's memory instead of being killed halfway.
     {
         int64_t numel = 0;
-        for (const auto& p : ParamTable(ck.config.model).params()) numel += p.numel;
+        const ParamTable table(ck.config.model);  // named: a range-for over a temporary's member dangles
+        for (const auto& p : table.params()) numel += p.numel;
         const double bytes = (double)numel * (want == kernels::WType::f32 ? 4.0 : want == kernels::WType::bf16 ? 2.0 : 1.2);
         const long pages = ::sysconf(_SC_PHYS_PAGES), psize = ::sysconf(_SC_PAGESIZE);
         if (pages > 0 && psize > 0 && bytes > (double)pages * (double)psize)
