@@ -731,10 +731,56 @@ void ggml_matmul_rows(float* y, int64_t ys, const GActs& acts, const void* w, GT
     }
 }
 
+void GActs::prepare_tiles() {
+    MOE_ASSERT(type == GType::q8_0 || type == GType::q8_k);
+    const int64_t nsb = in / 32;
+    if ((int64_t)xs.size() < N * nsb) xs.resize(N * nsb), am.resize(N * nsb);
+    float* s = xs.data();
+    float* m = am.data();
+    const GActs* a = this;
+    parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n)
+            for (int64_t b = 0; b < nsb; ++b) {
+                float sc;
+                int32_t sum = 0;
+                if (a->type == GType::q8_0) {
+                    const BlockQ8_0& blk = reinterpret_cast<const BlockQ8_0*>(a->row(n))[b];
+                    sc = fp16_to_fp32(blk.d);
+                    for (int i = 0; i < 32; ++i) sum += blk.qs[i];
+                } else {
+                    const BlockQ8_K& blk = reinterpret_cast<const BlockQ8_K*>(a->row(n))[b / 8];
+                    sc = blk.d;
+                    sum = blk.bsums[2 * (b % 8)] + blk.bsums[2 * (b % 8) + 1];
+                }
+                s[n * nsb + b] = sc, m[n * nsb + b] = sc * (float)sum;
+            }
+    });
+}
+
+// AVX-512 VNNI prefill tiles (ggml_quants_x86.cc): whole tiles of 32 output rows per thread
+static void ggml_matmul_tiles(float* y, const void* w, GType t, int64_t row_stride, int64_t N, int64_t OUT, int64_t IN,
+                              bool accumulate, GActs& acts) {
+    acts.prepare_tiles();
+    detail::TileActs xa;
+    xa.q = acts.buf.data(), xa.q_stride = acts.row_bytes, xa.xs = acts.xs.data(), xa.am = acts.am.data();
+    if (acts.type == GType::q8_0) xa.q_off = 2, xa.q_stride8 = 8 * sizeof(BlockQ8_0), xa.q_sub = sizeof(BlockQ8_0);
+    else xa.q_off = 4, xa.q_stride8 = sizeof(BlockQ8_K), xa.q_sub = 32;
+    const int64_t tiles = (OUT + 31) / 32, bytes = detail::tile_scratch_bytes(IN) + 64;
+    parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+        thread_local std::vector<uint8_t> scratch;  // this thread's tile (grown once)
+        if ((int64_t)scratch.size() < bytes) scratch.resize(bytes);
+        uint8_t* s = scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64;
+        detail::prefill_tiles_vnni(y, OUT, xa, w, t, row_stride, N, IN, t0 * 32, std::min(OUT, t1 * 32), accumulate, s);
+    });
+}
+
 void ggml_matmul(float* y, const float* x, const void* w, GType t, int64_t row_stride, int64_t N, int64_t OUT,
                  int64_t IN, bool accumulate, GActs& acts) {
     if (N <= 0 || OUT <= 0) return;
     acts.build(gtype_act(t), x, N, IN);
+    const CpuFeatures& f = cpu_features();
+    if (N > kGgmlGemvMaxN && active_isa() >= Isa::avx512 && f.avx512_vnni && f.avx512dq && f.f16c && detail::tiles_supported(t))
+        return ggml_matmul_tiles(y, w, t, row_stride, N, OUT, IN, accumulate, acts);
     const GActs* a = &acts;  // the caller's object, for the workers
     const double bytes = (double)OUT * (double)row_stride;
     const int64_t grain = N <= kGgmlGemvMaxN ? (bytes * N < kGemvParallelBytes ? OUT : 32) : 16;

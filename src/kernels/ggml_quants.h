@@ -98,14 +98,18 @@ struct GActs {
     GType type = GType::f32;
     int64_t N = 0, in = 0, row_bytes = 0;
     std::vector<uint8_t> buf;  // (N, row_bytes)
+    std::vector<float> xs, am;  // prefill tiles: (N, IN / 32) scale, scale * sum of the 32 values
     void build(GType act, const float* x, int64_t N, int64_t in);
+    void prepare_tiles();  // fills xs, am (q8_0 / q8_k activations)
     const uint8_t* row(int64_t n) const { return buf.data() + n * row_bytes; }
 };
 
 // y (N, OUT) [+]= x (N, IN) · W^T for W (OUT, IN) of ggml type t, row r at w + r * row_stride bytes.
 // x's rows are quantized once into acts (gtype_act(t)); output rows are shared out over threads.
 // N <= kGgmlGemvMaxN: each weight row is streamed once against all N rows (decode). Larger N: the
-// blocked path (a tile of weight rows stays in L1 while groups of 4 activation rows pass over it).
+// blocked path: on AVX-512 VNNI hosts (q8_0, q4_0, q4_k, q5_k) tiles of 32 weight rows unpacked once
+// into vpdpbusd's layout and multiplied with 4 activation rows at a time; otherwise the row dots
+// over tiles of 16 weight rows that stay in L1 while groups of 4 activation rows pass over them.
 inline constexpr int64_t kGgmlGemvMaxN = 8;
 void ggml_matmul(float* y, const float* x, const void* w, GType t, int64_t row_stride, int64_t N, int64_t OUT,
                  int64_t IN, bool accumulate, GActs& acts);
