@@ -118,8 +118,12 @@ static inline uint16_t fp32_to_bf16_ggml(float f) {
 
 // ---------------------------------------------------------------- reference quantizers
 
-// round to nearest, ties to even (ggml's nearest_int: exact for |v| < 2^22)
-static inline int nearest_int(float v) { return (int)std::nearbyint(v); }
+// round to nearest, ties to even, for |v| < 2^22 (ggml's nearest_int, the same trick: adding
+// 1.5 * 2^23 leaves the rounded integer in the low mantissa bits; no libm call in the fit loops)
+static inline int nearest_int(float v) {
+    const uint32_t i = bits_of(v + 12582912.f);
+    return (int)(i & 0x007fffffu) - 0x00400000;
+}
 
 void quantize_row_q8_0(const float* x, void* vy, int64_t n) {
     MOE_ASSERT(n % kQK == 0);

@@ -215,10 +215,14 @@ KT void unpack_tile(GType t, const uint8_t* w, int64_t row_stride, int nr, int64
     }
 }
 
-// acc (NR rows x 32 tile rows) += sub-blocks [b0, b1) of the tile times NR activation rows
-template <int NR>
+// acc (NR rows x 32 tile rows) += sub-blocks [b0, b1) of the tile times NR activation rows.
+// SB (q8_k activations: one scale per 256 values): the sub-blocks' int32 sums are scaled by ws
+// into t and t by the activation scale once per super-block (one multiply fewer per sub-block).
+template <int NR, bool SB>
 KT void tile_kernel(const uint8_t* wq, const float* ws, const float* wm, int64_t b0, int64_t b1, const uint8_t* const* xq,
                     int64_t xq_stride8, int64_t xq_sub, const float* const* xs, const float* const* am, __m512 (&acc)[NR][2]) {
+    __m512 t[NR][2];
+    for (int j = 0; j < NR; ++j) t[j][0] = t[j][1] = _mm512_setzero_ps();
     for (int64_t b = b0; b < b1; ++b) {
         __m512i is[NR][2];
         for (int j = 0; j < NR; ++j) is[j][0] = is[j][1] = _mm512_setzero_si512();
@@ -236,9 +240,23 @@ KT void tile_kernel(const uint8_t* wq, const float* ws, const float* wm, int64_t
         const __m512 s0 = _mm512_load_ps(ws + b * kTileRows), s1 = _mm512_load_ps(ws + b * kTileRows + 16);
         const __m512 m0 = _mm512_load_ps(wm + b * kTileRows), m1 = _mm512_load_ps(wm + b * kTileRows + 16);
         for (int j = 0; j < NR; ++j) {
-            const __m512 sx = _mm512_set1_ps(xs[j][b]), mx = _mm512_set1_ps(am[j][b]);
-            acc[j][0] = _mm512_fnmadd_ps(m0, mx, _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[j][0]), _mm512_mul_ps(s0, sx), acc[j][0]));
-            acc[j][1] = _mm512_fnmadd_ps(m1, mx, _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[j][1]), _mm512_mul_ps(s1, sx), acc[j][1]));
+            const __m512 mx = _mm512_set1_ps(am[j][b]);
+            acc[j][0] = _mm512_fnmadd_ps(m0, mx, acc[j][0]);
+            acc[j][1] = _mm512_fnmadd_ps(m1, mx, acc[j][1]);
+            if constexpr (SB) {
+                t[j][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[j][0]), s0, t[j][0]);
+                t[j][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[j][1]), s1, t[j][1]);
+                if (b % 8 == 7 || b + 1 == b1) {
+                    const __m512 sx = _mm512_set1_ps(xs[j][b]);
+                    acc[j][0] = _mm512_fmadd_ps(t[j][0], sx, acc[j][0]);
+                    acc[j][1] = _mm512_fmadd_ps(t[j][1], sx, acc[j][1]);
+                    t[j][0] = t[j][1] = _mm512_setzero_ps();
+                }
+            } else {
+                const __m512 sx = _mm512_set1_ps(xs[j][b]);
+                acc[j][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[j][0]), _mm512_mul_ps(s0, sx), acc[j][0]);
+                acc[j][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[j][1]), _mm512_mul_ps(s1, sx), acc[j][1]);
+            }
         }
     }
 }
@@ -262,7 +280,10 @@ KT void tile_rows(float* y, int64_t ys, const TileActs& xa, int64_t n0, int nr_o
             acc[j][0] = load ? _mm512_maskz_loadu_ps(k0, yr) : _mm512_setzero_ps();
             acc[j][1] = load ? _mm512_maskz_loadu_ps(k1, yr + 16) : _mm512_setzero_ps();
         }
-        tile_kernel<NR>(wq, ws, wm, c0, std::min(nsb, c0 + kChunk), xq, xa.q_stride8, xa.q_sub, xs, am, acc);
+        if (xa.q_sub == 32)  // q8_k activations
+            tile_kernel<NR, true>(wq, ws, wm, c0, std::min(nsb, c0 + kChunk), xq, xa.q_stride8, xa.q_sub, xs, am, acc);
+        else
+            tile_kernel<NR, false>(wq, ws, wm, c0, std::min(nsb, c0 + kChunk), xq, xa.q_stride8, xa.q_sub, xs, am, acc);
         for (int j = 0; j < NR; ++j) {
             float* yr = y + (n0 + j) * ys;
             _mm512_mask_storeu_ps(yr, k0, acc[j][0]);
