@@ -4,7 +4,9 @@
 // qmatmul on the ggml weight types against the double reference, over threads and shapes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <random>
@@ -15,6 +17,7 @@
 #include "kernels/cpu.h"
 #include "kernels/ggml_quants.h"
 #include "kernels/qmatmul.h"
+#include "model/model.h"
 
 using namespace moe::kernels;
 
@@ -256,4 +259,63 @@ TEST(GgmlQuants, RaggedRowsAreAnError) {
     EXPECT_NO_THROW(st.build(WType::q8_0, w.data(), 2, 128));
     EXPECT_EQ(parse_wtype("q4_k", "t"), WType::q4_k);
     EXPECT_THROW(parse_wtype("q4_K_M", "t"), moe::error);
+}
+
+// A model made in the ggml types from fp32 weights (Model::set_weight_type: QStore::build with
+// ggml's reference quantizers): the logits of a prefill (tile / row-dot prefill path) track fp32,
+// coarser types further off, and decode (N = 1, the streaming row dots) gives the prefill's last row.
+TEST(GgmlQuants, ModelLogitsTrackFp32) {
+    moe::ModelConfig cfg;
+    cfg.vocab_size = 37, cfg.n_layer = 2, cfg.n_embd = 256, cfg.n_head = 4, cfg.n_head_kv = 2, cfg.n_ctx = 24;
+    cfg.n_expert = 4, cfg.n_expert_used = 2, cfg.n_ff_exp = 256, cfg.n_ff = 256, cfg.layer_moe = {true, false};
+    moe::Model m(cfg);
+    m.init(3);
+    for (const auto& p : m.table().params())  // sharper weights, so the logits carry signal
+        if (p.shape.size() >= 2)
+            for (int64_t i = 0; i < p.numel; ++i) m.params()[p.offset + i] *= 3.f;
+    const int64_t V = cfg.vocab_size, T = 20;
+    std::vector<int32_t> seq(T), sid(T, 0), pos(T);
+    for (int64_t i = 0; i < T; ++i) seq[i] = (int32_t)((i * 7 + 3) % V), pos[i] = (int32_t)i;
+    auto logits = [&](WType t) {
+        m.set_weight_type(t);
+        auto cache = m.make_cache(1);
+        m.forward_cached(seq.data(), sid.data(), pos.data(), T, cache);
+        std::vector<float> all(m.logits(), m.logits() + T * V);
+        auto c2 = m.make_cache(1);  // decode: prefill T - 1 rows, then one row
+        m.forward_cached(seq.data(), sid.data(), pos.data(), T - 1, c2, true);
+        m.forward_cached(&seq[T - 1], &sid[0], &pos[T - 1], 1, c2, true);
+        for (int64_t j = 0; j < V; ++j)
+            EXPECT_NEAR(m.logits()[j], all[(T - 1) * V + j], 2e-3 * (1 + std::fabs(all[(T - 1) * V + j])))
+                << wtype_name(t) << " decode vs prefill, logit " << j;
+        return all;
+    };
+    const auto f = logits(WType::f32);
+    double prev = 0;
+    double int8_rms = 0;
+    for (auto [t, max_rms] : {std::pair{WType::q8, 1.0}, std::pair{WType::f16, 0.002}, std::pair{WType::q8_0, 0.04},
+                              std::pair{WType::q6_k, 0.08}, std::pair{WType::q5_k, 0.15}, std::pair{WType::q4_k, 0.3},
+                              std::pair{WType::q4_0, 0.4}}) {
+        const auto q = logits(t);
+        double num = 0, den = 0;
+        int agree = 0;
+        for (int64_t r = 0; r < T; ++r) {
+            const float* a = f.data() + r * V;
+            const float* b = q.data() + r * V;
+            for (int64_t j = 0; j < V; ++j) num += (a[j] - b[j]) * (a[j] - b[j]), den += a[j] * a[j];
+            agree += std::max_element(a, a + V) - a == std::max_element(b, b + V) - b;
+        }
+        const double rms = std::sqrt(num / den);
+        std::printf("%s: logits relative RMS error %.4f, top-1 agreement %d/%lld\n", wtype_name(t), rms, agree, (long long)T);
+        EXPECT_LT(rms, max_rms) << wtype_name(t);
+        EXPECT_GT(rms, 1e-6) << wtype_name(t) << ": identical to fp32, the type was not applied";
+        if (t == WType::q8) {  // moe's own int8 (fp32 scales): the yardstick for q8_0 (fp16 scales)
+            int8_rms = rms;
+            continue;
+        }
+        if (t == WType::q8_0) EXPECT_LT(rms, 1.5 * int8_rms) << "q8_0 much coarser than moe's int8";
+        EXPECT_GE(agree, t == WType::q4_0 || t == WType::q4_k ? T / 2 : T * 8 / 10) << wtype_name(t);
+        EXPECT_GT(rms, prev) << wtype_name(t) << " should be coarser than the type before";
+        prev = rms;
+    }
+    m.set_weight_type(WType::f32);
 }
