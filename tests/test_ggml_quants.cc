@@ -204,7 +204,20 @@ TEST(GgmlQuants, DotKernelsMatchReferenceOnEveryIsa) {
         }
         set_isa_cap(prev);
     }
-    EXPECT_EQ(vec_dot_q8_0_q8_0 == nullptr, false);
+    // the named single-row entries are the same kernels
+    const int64_t in = 512;
+    auto w = randv(in, 5), x = randv(in, 6);
+    for (auto [t, fn] : {std::pair{GType::q8_0, &vec_dot_q8_0_q8_0}, std::pair{GType::q4_0, &vec_dot_q4_0_q8_0},
+                         std::pair{GType::q4_k, &vec_dot_q4_k_q8_k}, std::pair{GType::q5_k, &vec_dot_q5_k_q8_k},
+                         std::pair{GType::q6_k, &vec_dot_q6_k_q8_k}, std::pair{GType::f16, &vec_dot_f16_f32},
+                         std::pair{GType::bf16, &vec_dot_bf16_f32}}) {
+        std::vector<uint8_t> wq(gtype_row_bytes(t, in)), aq(gtype_row_bytes(gtype_act(t), in));
+        quantize_row(t, w.data(), wq.data(), in);
+        quantize_act_row(gtype_act(t), x.data(), aq.data(), in);
+        float r;
+        row_dots(t)(in, wq.data(), aq.data(), 0, 1, &r);
+        EXPECT_EQ(fn(in, wq.data(), aq.data()), r) << gtype_name(t);
+    }
 }
 
 // qmatmul on each ggml weight type (QStore from fp32, a QMatrix view of ggml rows) against the

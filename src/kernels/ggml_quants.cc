@@ -2,7 +2,11 @@
 // Hand-written because no Debian library multiplies ggml blocks in place (see ggml_quants.h); the
 // SIMD kernels are in ggml_quants_x86.cc. Compiled with fp-contract off: the quantizers must
 // round exactly as ggml's reference C and gguf-py do (no fused multiply-adds).
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#else
 #pragma GCC optimize("fp-contract=off")
+#endif
 #include "kernels/ggml_quants.h"
 
 #include <algorithm>

@@ -2,7 +2,11 @@
 // the activation quantizers (AVX2, bit-identical to the scalar ones) and the row dot products,
 // compiled twice from ggml_quants_kern.inc: AVX2 (vpmaddubsw + vpmaddwd) and AVX-512 VL + VNNI
 // (vpdpbusd / vpdpwssd at 256-bit width). Picked at run time by ggml_quants.cc.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#else
 #pragma GCC optimize("fp-contract=off")
+#endif
 #include <immintrin.h>
 
 #include <algorithm>
