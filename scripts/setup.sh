@@ -13,6 +13,8 @@ PKGS=(
   python3 python3-numpy python3-torch   # PyTorch reference model for parity tests (tests/ref/)
   libpcre2-dev           # Hugging Face tokenizers' regex pre-tokenizers (Unicode classes, lookahead)
   libicu-dev             # NFC normalisation for tokenizer.json normalizers
+  libcpp-httplib-dev     # moe serve: HTTP server (cpp-httplib 0.11)
+  curl                   # the server tests' error-case requests
   python3-venv           # scripts/oracle_venv.sh: pinned PyPI oracles (tokenizers, jinja2, gguf, ...)
   clang libclang-rt-14-dev   # libFuzzer targets for the file parsers (scripts/fuzz.sh)
   libopenblas0-pthread   # a real BLAS for the PyTorch reference (netlib libblas3 would make the

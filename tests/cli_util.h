@@ -110,14 +110,16 @@ protected:
     }
 
     // Runs `moe ARGS` (ARGS: already quoted shell words) in the test directory.
-    RunResult moe(const std::string& args, const std::string& prefix = "") const {
+    // stdin_text, when not empty, is the command's standard input (else /dev/null).
+    RunResult moe(const std::string& args, const std::string& prefix = "", const std::string& stdin_text = "") const {
         RunResult r;
         const std::string o = path(".stdout"), e = path(".stderr");
         // passive OpenMP waits: results are the same, but spinning threads make runs 10x slower
         // when the tests share the cores with each other (ctest -j)
         const std::string cmd = "cd " + q(dir) + " && " + prefix + "OMP_WAIT_POLICY=passive " + q(MOE_BINARY) +
                                 " " + args + " >" + q(o) +
-                                " 2>" + q(e) + " </dev/null";
+                                " 2>" + q(e) + " <" + (stdin_text.empty() ? std::string("/dev/null") : q(path(".stdin")));
+        if (!stdin_text.empty()) write_file(path(".stdin"), stdin_text);
         r.raw = std::system(cmd.c_str());
         r.out = read_file(o);
         r.err = read_file(e);

@@ -1,7 +1,7 @@
 # The public API stands alone: each header of include/moe/ compiles with only include/ on the
 # include path and includes nothing but standard headers and its siblings (no src/, no
 # nlohmann); tools/moe.cc compiles without src/ on the path (public headers, CLI11, std only).
-foreach(h error moe viz)
+foreach(h error moe viz server)
   set(_src ${CMAKE_CURRENT_BINARY_DIR}/public_header_${h}.cc)
   file(WRITE ${_src} "#include <moe/${h}.h>\n")
   add_test(NAME public_api.header_${h}

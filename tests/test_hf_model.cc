@@ -105,19 +105,78 @@ INSTANTIATE_TEST_SUITE_P(Families, HfModels,
 
 }  // namespace
 
-// A BF16 checkpoint runs in bf16 by default, its plain (unstacked) matrices viewed in the mapping.
+// A BF16 checkpoint runs in bf16 by default with every matrix viewed in the mapping: the plain
+// ones, and the experts, which live in one tensor each (per-expert layout) or as halves of a fused
+// gate_up tensor. The fused copy made here from mixtral_bf16 computes the same bits.
 TEST(HfModel, Bf16MatricesAreUsedInPlace) {
     Checkpoint ck = load_model(kDir + "mixtral_bf16");
     ASSERT_TRUE(ck.model->typed());
     EXPECT_EQ(ck.model->weight_type(), kernels::WType::bf16);
-    int views = 0, stacked = 0;
+    int matrices = 0, experts = 0;
     for (const auto& p : ck.model->table().params()) {
-        views += ck.model->param_is_view(p);
-        stacked += p.expert;
-        if (p.name.find("attn_q") != std::string::npos && p.shape.size() == 2) EXPECT_TRUE(ck.model->param_is_view(p)) << p.name;
+        if (ck.model->param_f32(p)) continue;  // norms, routers, the embedding: fp32
+        ++matrices;
+        experts += p.expert;
+        EXPECT_TRUE(ck.model->param_is_view(p)) << p.name;
     }
-    EXPECT_GT(views, 0);
-    EXPECT_GT(stacked, 0);
+    EXPECT_GT(matrices, 0);
+    EXPECT_GT(experts, 0);
+
+    // the fused layout (transformers 5 in memory): mlp.experts.gate_up_proj (E, 2F, C) = [w1; w3] per
+    // expert, mlp.experts.down_proj (E, C, F), the router as mlp.gate.weight
+    const std::string out = ::testing::TempDir() + "/mixtral_bf16_fused";
+    std::filesystem::create_directories(out);
+    std::filesystem::copy_file(kDir + "mixtral_bf16/config.json", out + "/config.json",
+                               std::filesystem::copy_options::overwrite_existing);
+    const SafetensorsSource src = SafetensorsSource::open(kDir + "mixtral_bf16");
+    const HfConfig hf = read_hf_config(kDir + "mixtral_bf16");
+    const int64_t E = hf.num_experts, F = hf.expert_intermediate_size, C = hf.hidden_size;
+    std::vector<TensorView> tensors;
+    std::vector<std::vector<uint16_t>> owned;
+    for (const TensorView& tv : src.tensors()) {
+        const std::string& name = tv.name;
+        const size_t at = name.find("block_sparse_moe.");
+        if (at == std::string::npos) {
+            tensors.push_back(src.get(name));
+            continue;
+        }
+        const std::string layer = name.substr(0, at);
+        if (name.find(".experts.0.w1.") == std::string::npos) {
+            if (name.find(".gate.weight") != std::string::npos) {
+                TensorView t = src.get(name);
+                t.name = layer + "mlp.gate.weight";
+                tensors.push_back(t);
+            }
+            continue;
+        }
+        std::vector<uint16_t> gate_up((size_t)(E * 2 * F * C)), down((size_t)(E * C * F));
+        for (int64_t e = 0; e < E; ++e) {
+            const std::string x = layer + "block_sparse_moe.experts." + std::to_string(e) + ".";
+            std::memcpy(&gate_up[(size_t)(e * 2 * F * C)], src.get(x + "w1.weight").data, (size_t)(F * C * 2));
+            std::memcpy(&gate_up[(size_t)((e * 2 + 1) * F * C)], src.get(x + "w3.weight").data, (size_t)(F * C * 2));
+            std::memcpy(&down[(size_t)(e * C * F)], src.get(x + "w2.weight").data, (size_t)(C * F * 2));
+        }
+        owned.push_back(std::move(gate_up));
+        tensors.push_back({layer + "mlp.experts.gate_up_proj", DType::bf16, {E, 2 * F, C}, owned.back().data(),
+                           owned.back().size() * 2});
+        owned.push_back(std::move(down));
+        tensors.push_back({layer + "mlp.experts.down_proj", DType::bf16, {E, C, F}, owned.back().data(),
+                           owned.back().size() * 2});
+    }
+    write_safetensors(out + "/model.safetensors", tensors);
+    Checkpoint fused = load_model(out);
+    for (const auto& p : fused.model->table().params())
+        if (!fused.model->param_f32(p)) EXPECT_TRUE(fused.model->param_is_view(p)) << p.name;
+    const Reference ref = read_reference("mixtral_bf16");
+    const int64_t V = ck.config.model.vocab_size, N = (int64_t)ref.tokens.size();
+    std::vector<int32_t> seq(N, 0), pos(N);
+    for (int64_t i = 0; i < N; ++i) pos[i] = (int32_t)i;
+    auto c1 = ck.model->make_cache(1);
+    ck.model->forward_cached(ref.tokens.data(), seq.data(), pos.data(), N, c1);
+    const std::vector<float> a(ck.model->logits(), ck.model->logits() + N * V);
+    auto c2 = fused.model->make_cache(1);
+    fused.model->forward_cached(ref.tokens.data(), seq.data(), pos.data(), N, c2);
+    EXPECT_EQ(0, std::memcmp(a.data(), fused.model->logits(), (size_t)(N * V) * sizeof(float)));
 }
 
 TEST(HfModel, BadPathsAreClearErrors) {

@@ -5,14 +5,17 @@
 #include <CLI/CLI.hpp>
 
 #include <moe/moe.h>
+#include <moe/server.h>
 #include <moe/viz.h>
 
+#include <atomic>
 #include <cerrno>
 #include <climits>
 #include <csignal>
 #include <cstdlib>
 #include <cstdint>
 #include <cstdio>
+#include <iostream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -45,6 +48,9 @@ CLI::App* add_train(CLI::App& app, TrainArgs& a) {
     a.cmd->add_option("--out", a.opt.out_dir, "checkpoint directory (with --resume: the resumed directory)")
         ->capture_default_str();
     a.cmd->add_option("--resume", a.opt.resume_dir, "resume from this checkpoint directory");
+    a.cmd->add_option("--init", a.opt.init_path,
+                      "fine-tune this model (Hugging Face directory or moe checkpoint): its weights, architecture and "
+                      "tokenizer; --config then gives only 'train' (and the router's training fields)");
     a.cmd->add_option("--seed", a.opt.seed, "random seed (overrides train.seed; a resumed run keeps the checkpoint's)");
     a.cmd->add_option("--threads", a.opt.threads, "threads (default: all cores)");
     a.cmd->add_option("--precision", a.opt.precision,
@@ -65,7 +71,8 @@ int cmd_train(TrainArgs& a) {
     // resuming without --config: exactly the run that wrote the checkpoint
     o.config_from_checkpoint = !o.resume_dir.empty() && !a.cmd->count("--config");
     std::string config = a.config;
-    if (!o.config_from_checkpoint && config == kDefaultConfig) config = moe::default_config_path();
+    if (!o.init_path.empty() && !a.cmd->count("--config")) config.clear();  // the train section's defaults
+    else if (!o.config_from_checkpoint && config == kDefaultConfig) config = moe::default_config_path();
     o.summary = !a.no_sample;
     moe::train(config, o);
     return 0;
@@ -194,6 +201,37 @@ int cmd_quantize(const QuantizeArgs& a) {
     const moe::QuantizeResult r = moe::quantize(a.checkpoint, a.dtype, a.out);
     std::printf("wrote %s: %s weights, %.2f MB (from %.2f MB with optimizer state; weights alone %.2f MB fp32)\n",
                 r.file.c_str(), r.dtype.c_str(), r.bytes / 1e6, r.input_bytes / 1e6, r.fp32_weight_bytes / 1e6);
+    return 0;
+}
+
+// ------------------------------------------------------------------ export
+
+struct ExportArgs {
+    std::string model, out;
+    moe::ExportOptions opt;
+};
+
+CLI::App* add_export(CLI::App& app, ExportArgs& a) {
+    CLI::App* c = app.add_subcommand("export", "write a model in another format (hf: a directory transformers loads; gguf: one file llama.cpp reads)");
+    c->add_option("--model,--checkpoint", a.model, "moe checkpoint or Hugging Face model directory")->required();
+    c->add_option("--format", a.opt.format, "hf (Hugging Face safetensors directory)")->required();
+    c->add_option("--out", a.out, "output directory (new or empty)")->required();
+    c->add_option("--max-shard-size", a.opt.max_shard_size, "hf: a new safetensors shard above this size (5GB, 500MB, 2GiB)")
+        ->capture_default_str();
+    c->add_option("--type", a.opt.type, "gguf: the matrices' type f32 | f16 | bf16 (default f16; not for --format hf)");
+    c->add_flag("--force", a.opt.force, "write into a non-empty --out, replacing the model files there");
+    return c;
+}
+
+int cmd_export(ExportArgs& a) {
+    a.opt.progress = [](std::string_view s) {
+        std::printf("%.*s\n", (int)s.size(), s.data());
+        std::fflush(stdout);
+    };
+    const moe::ExportResult r = moe::export_model(a.model, a.out, a.opt);
+    for (const std::string& w : r.warnings) std::fprintf(stderr, "moe: warning: %s\n", w.c_str());
+    std::printf("exported %s to %s: %s, %s, %lld tensors, %.2f MB\n", a.model.c_str(), a.out.c_str(), r.family.c_str(),
+                r.dtype.c_str(), (long long)r.tensors, r.tensor_bytes / 1e6);
     return 0;
 }
 
@@ -355,6 +393,151 @@ int cmd_plot(const PlotArgs& a) {
     return 0;
 }
 
+// ------------------------------------------------------------------ chat
+
+struct ChatArgs {
+    std::string model, system, chat_template, dtype;
+    moe::SampleOptions sample;
+    int64_t seed = 0, ctx_size = 0, experts = 0;
+    std::vector<std::string> stop;
+    int threads = 0;
+    bool verbose_prompt = false;
+};
+
+CLI::App* add_chat(CLI::App& app, ChatArgs& a) {
+    CLI::App* c = app.add_subcommand("chat", "chat with a model in the terminal (its chat template, streamed replies)");
+    c->add_option("--model,--checkpoint", a.model, "Hugging Face model directory or moe checkpoint")->required();
+    c->add_option("--system", a.system, "system message at the start of the conversation");
+    c->add_option("--chat-template", a.chat_template, "Jinja chat template file (default: the model's own)");
+    a.sample.max_tokens = 512;
+    a.sample.temperature = 0.8;
+    c->add_option("--max-tokens", a.sample.max_tokens, "longest reply, in tokens")->capture_default_str();
+    c->add_option("--temperature", a.sample.temperature, "sampling temperature (0 = greedy)")->capture_default_str();
+    c->add_option("--top-k", a.sample.top_k, "sample among the k most likely tokens (0 = all)")->capture_default_str();
+    c->add_option("--top-p", a.sample.top_p, "nucleus sampling (1 = all)")->capture_default_str();
+    c->add_option("--repetition-penalty", a.sample.repetition_penalty, "repetition penalty (1 = off)")
+        ->capture_default_str();
+    c->add_option("--seed", a.seed, "sampling seed (reply i uses seed + i)")->capture_default_str();
+    c->add_option("--stop", a.stop, "also end a reply at this text (repeatable)");
+    c->add_option("--ctx-size", a.ctx_size, "context in tokens (default: the model's, at most 4096 for Hugging Face)");
+    c->add_option("--threads", a.threads, "threads (default: all cores)");
+    c->add_option("--dtype", a.dtype, "weight type of the matmuls: fp32 | bf16 | int8 (default: as stored)");
+    c->add_option("--experts-per-token", a.experts, "route each token to K experts (default: the model's)");
+    c->add_flag("--verbose-prompt", a.verbose_prompt, "print each rendered prompt to stderr");
+    return c;
+}
+
+// Set by SIGINT while a reply streams: the reply ends, the chat goes on. At the prompt, Ctrl-C
+// keeps its default meaning (leave).
+std::atomic<bool> g_chat_cancel{false};
+extern "C" void chat_on_sigint(int) { g_chat_cancel.store(true); }
+
+int cmd_chat(ChatArgs& a) {
+    moe::check_sample_options(a.sample, "--");
+    if (a.seed < 0) throw moe::error("--seed must be >= 0, got " + std::to_string(a.seed));
+    if (a.ctx_size < 0) throw moe::error("--ctx-size must be >= 0, got " + std::to_string(a.ctx_size));
+    a.sample.seed = (uint64_t)a.seed;
+    moe::check_stop_strings(a.stop, "--");
+    moe::set_threads(a.threads);
+    moe::LoadedModel model(a.model, a.dtype, "chat --dtype", a.ctx_size);
+    model.set_experts_per_token(a.experts);
+    if (!a.chat_template.empty()) model.set_chat_template(moe::read_text(a.chat_template, "--chat-template"));
+    model.tokenize("", false);  // a model without a tokenizer fails here, before the first message
+    moe::ChatSession chat(model, a.sample, a.system, a.stop);
+    std::printf("moe chat: %s (%s, context %lld tokens, %s)\n", a.model.c_str(), model.weight_type().c_str(),
+                (long long)model.context_length(),
+                model.has_chat_template() ? "its chat template" : "no chat template: plain 'role: content' lines");
+    std::printf("/reset clears the history, /exit or Ctrl-D leaves, Ctrl-C stops a reply; end a line with \\ to go on\n");
+    std::string line;
+    for (;;) {
+        std::printf("> ");
+        std::fflush(stdout);
+        std::string msg;
+        bool eof = true;
+        while (std::getline(std::cin, line)) {
+            eof = false;
+            if (!line.empty() && line.back() == '\\') {  // continued on the next line
+                msg += line.substr(0, line.size() - 1) + "\n";
+                eof = true;
+                continue;
+            }
+            msg += line;
+            break;
+        }
+        if (eof && msg.empty()) break;
+        if (msg == "/exit" || msg == "/quit") break;
+        if (msg == "/reset") {
+            chat.reset();
+            std::printf("(history cleared)\n");
+            continue;
+        }
+        if (msg == "/help" || (!msg.empty() && msg[0] == '/')) {
+            std::printf("commands: /reset (clear the history), /exit (leave); anything else is a message\n");
+            continue;
+        }
+        if (msg.find_first_not_of(" \t\r\n") == std::string::npos) continue;
+        g_chat_cancel.store(false);
+        struct sigaction sa = {}, old = {};
+        sa.sa_handler = chat_on_sigint;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, &old);
+        try {
+            const moe::ChatSession::Reply r = chat.reply(
+                msg,
+                [](std::string_view s) {
+                    std::fwrite(s.data(), 1, s.size(), stdout);
+                    std::fflush(stdout);
+                },
+                &g_chat_cancel);
+            if (a.verbose_prompt)
+                std::fprintf(stderr, "--- prompt (%lld tokens) ---\n%s\n--- end of prompt ---\n",
+                             (long long)r.prompt_tokens, chat.last_prompt().c_str());
+            std::printf("%s\n", r.cancelled ? " (stopped)" : "");
+            if (r.dropped) std::printf("(%lld earliest messages left out to fit the context)\n", (long long)r.dropped);
+        } catch (const moe::error& e) {  // one bad turn (too long, a template that raises) is not the end
+            std::fflush(stdout);
+            std::fprintf(stderr, "moe: error: %s\n", e.what());
+        }
+        sigaction(SIGINT, &old, nullptr);
+    }
+    std::printf("\n");
+    return 0;
+}
+
+// ------------------------------------------------------------------ serve
+
+struct ServeArgs {
+    moe::ServeOptions opt;
+};
+
+CLI::App* add_serve(CLI::App& app, ServeArgs& a) {
+    CLI::App* c = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching (docs/serving.md)");
+    c->add_option("--model,--checkpoint", a.opt.model, "Hugging Face model directory or moe checkpoint")->required();
+    c->add_option("--host", a.opt.host, "address to bind")->capture_default_str();
+    c->add_option("--port", a.opt.port, "port (0: any free one)")->capture_default_str();
+    c->add_option("--parallel", a.opt.parallel, "sequences decoding at once (KV-cache slots)")->capture_default_str();
+    c->add_option("--ctx-size", a.opt.ctx_size, "context per sequence (default: the model's, at most 4096 for Hugging Face)");
+    c->add_option("--threads", a.opt.threads, "threads (default: all cores)");
+    c->add_option("--api-key", a.opt.api_key, "require 'Authorization: Bearer KEY' (all but /health)");
+    c->add_option("--dtype", a.opt.dtype, "weight type of the matmuls: fp32 | bf16 | int8 (default: as stored)");
+    c->add_option("--chat-template", a.opt.chat_template, "Jinja chat template file (default: the model's own)");
+    c->add_option("--batch-tokens", a.opt.batch_tokens, "rows per engine step: decode rows, then prompt chunks")
+        ->capture_default_str();
+    return c;
+}
+
+int cmd_serve(ServeArgs& a) {
+    a.opt.on_listening = [](const std::string& url) {
+        std::printf("moe serve: listening on %s, loading the model\n", url.c_str());
+        std::fflush(stdout);
+    };
+    a.opt.on_ready = [](const std::string& url) {
+        std::printf("moe serve: ready at %s (OpenAI API under %s/v1)\n", url.c_str(), url.c_str());
+        std::fflush(stdout);
+    };
+    return moe::serve(a.opt);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -369,6 +552,8 @@ int main(int argc, char** argv) {
     PlotArgs plot;
     LogitsArgs logits;
     TokenizeArgs tokenize;
+    ChatArgs chat;
+    ExportArgs export_args;
     add_train(app, train);
     CLI::App* generate_cmd = add_generate(app, generate);
     CLI::App* bench_cmd = add_bench(app, bench);
@@ -378,6 +563,10 @@ int main(int argc, char** argv) {
     CLI::App* plot_cmd = add_plot(app, plot);
     CLI::App* logits_cmd = add_logits(app, logits);
     CLI::App* tokenize_cmd = add_tokenize(app, tokenize);
+    CLI::App* chat_cmd = add_chat(app, chat);
+    CLI::App* export_cmd = add_export(app, export_args);
+    ServeArgs serve;
+    CLI::App* serve_cmd = add_serve(app, serve);
 
     // Usage errors get the same one-line form and exit status as every other error.
     try {
@@ -405,6 +594,9 @@ int main(int argc, char** argv) {
         if (app.got_subcommand(plot_cmd)) return cmd_plot(plot);
         if (app.got_subcommand(logits_cmd)) return cmd_logits(logits);
         if (app.got_subcommand(tokenize_cmd)) return cmd_tokenize(tokenize);
+        if (app.got_subcommand(chat_cmd)) return cmd_chat(chat);
+        if (app.got_subcommand(export_cmd)) return cmd_export(export_args);
+        if (app.got_subcommand(serve_cmd)) return cmd_serve(serve);
         return cmd_train(train);  // also the default with no subcommand
     } catch (const moe::error& e) {
         std::fflush(stdout);

@@ -5,10 +5,12 @@
 //   errors       moe::error (moe/error.h): every user-facing problem, message names file/field/value
 //   environment  apply_environment (the MOE_* switches), set_threads
 //   models       LoadedModel: a checkpoint (config, tokenizer, weights) behind an opaque handle
-//   generation   SampleOptions, generate_text (streaming, stop strings)
+//   generation   SampleOptions, generate_text (streaming, stop strings, cancel)
+//   chat         ChatMessage, LoadedModel::apply_chat_template, ChatSession (history, /reset)
 //   training     TrainOptions, train
 //   bench        BenchOptions, bench, to_json
 //   quantize     quantize
+//   export       ExportOptions, export_model (a Hugging Face directory)
 //   params       param_report, to_json
 // Pictures (routing map, training-log plots): moe/viz.h.
 //
@@ -18,6 +20,7 @@
 //
 // Error messages name the command-line flag where one exists ("--max-tokens must be >= 1, got
 // 0"), as everywhere in moe.
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <functional>
@@ -66,6 +69,10 @@ void check_stop_strings(const std::vector<std::string>& stop, const char* prefix
 struct TrainOptions {
     std::string out_dir = "runs/default";
     std::string resume_dir;     // continue from this checkpoint
+    // Fine-tune: start from the weights (as fp32 master weights) and tokenizer of this model (Hugging
+    // Face directory or moe checkpoint) with a fresh optimizer; its architecture replaces the
+    // config's model section (the config then holds "train" and the training-only router fields).
+    std::string init_path;
     bool config_from_checkpoint = false;  // resuming: take the training section from the checkpoint too
     std::string log_path;       // JSONL log (one object per logged step / eval)
     std::string data_override;  // --data
@@ -114,6 +121,8 @@ struct BenchResult {
 
 // A model loaded for inference: its config, tokenizer and weights, with the matmul weights in one
 // type for life (bf16 / int8 stored in that type are used in place from the mapped file).
+struct ChatMessage;  // chat, below
+
 class LoadedModel {
 public:
     // path: a moe checkpoint directory or a Hugging Face model directory (config.json,
@@ -146,6 +155,16 @@ public:
     std::vector<float> logits(const std::vector<int32_t>& ids);
     int64_t vocab_size() const;
 
+    // Chat template: the model's own (chat_template.jinja, tokenizer_config.json's
+    // "chat_template", GGUF's tokenizer.chat_template) or one set here; without either, a plain
+    // "role: content" template (has_chat_template() is then false).
+    bool has_chat_template() const;
+    // Parses `source` (Jinja) now: moe::error naming line and column for a syntax error.
+    void set_chat_template(const std::string& source);
+    // What transformers' apply_chat_template(messages, add_generation_prompt, tokenize=False)
+    // renders, with the tokenizer's BOS / EOS strings; moe::error for a template that raises.
+    std::string apply_chat_template(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const;
+
     struct Impl;  // defined in src/api/ (the facade's own access to the internals)
     Impl& impl() { return *impl_; }
 
@@ -159,6 +178,8 @@ std::vector<int32_t> tokenize(const std::string& path, const std::string& text, 
 
 // Writes `data` to `path` atomically (temp file, fsync, rename); moe::error naming the path.
 void write_file(const std::string& path, std::string_view data);
+// The bytes of a file; moe::error naming `what` and the path when it cannot be read.
+std::string read_text(const std::string& path, const char* what);
 
 // ------------------------------------------------------------------ generation
 
@@ -171,9 +192,52 @@ struct GenerateResult {
 // Continues `prompt` (from encode_prompt) by up to opt.max_tokens tokens. on_text, when given,
 // receives the text as it is produced, piece by piece; text that could still be the start of a
 // stop string is held back until it is not, and nothing from a stop string on is passed.
+// cancel, when given, is read before each token: set (e.g. by a SIGINT handler) it ends the
+// generation there, with the text so far.
 GenerateResult generate_text(LoadedModel& model, const std::vector<int32_t>& prompt, const SampleOptions& opt,
                              const std::vector<std::string>& stop = {},
-                             const std::function<void(std::string_view)>& on_text = nullptr);
+                             const std::function<void(std::string_view)>& on_text = nullptr,
+                             const std::atomic<bool>* cancel = nullptr);
+
+// ------------------------------------------------------------------ chat
+
+struct ChatMessage {
+    std::string role;  // "system" | "user" | "assistant" (what the template knows)
+    std::string content;
+};
+
+// A conversation with a model: each reply renders the whole history with the chat template, encodes
+// it (no extra BOS: the template writes its own, as apply_chat_template(tokenize=True) does) and
+// samples the assistant's answer, which joins the history. When the history and max_tokens no
+// longer fit the context, the oldest turns (after the system message) are left out.
+class ChatSession {
+public:
+    ChatSession(LoadedModel& model, const SampleOptions& opt, const std::string& system = "",
+                const std::vector<std::string>& stop = {});
+    struct Reply {
+        GenerateResult result;
+        int64_t prompt_tokens = 0;  // the rendered conversation, in tokens
+        int64_t dropped = 0;        // messages left out of this prompt to fit the context
+        bool cancelled = false;     // `cancel` ended it
+    };
+    // Adds the user's message and answers it, streaming the text to on_text. A reply that is
+    // cancelled keeps the text it has in the history. Reply i (from 0 after a reset) samples with
+    // seed opt.seed + i. moe::error when the message alone does not fit the context (it is then
+    // not kept).
+    Reply reply(const std::string& user, const std::function<void(std::string_view)>& on_text = nullptr,
+                const std::atomic<bool>* cancel = nullptr);
+    void reset();  // forgets everything but the system message
+    const std::vector<ChatMessage>& history() const { return history_; }
+    const std::string& last_prompt() const { return last_prompt_; }  // the text rendered for the last reply
+
+private:
+    LoadedModel& model_;
+    SampleOptions opt_;
+    std::vector<std::string> stop_;
+    std::vector<ChatMessage> history_;  // system message first when there is one
+    std::string last_prompt_;
+    int64_t turn_ = 0;
+};
 
 // ------------------------------------------------------------------ training
 
@@ -218,6 +282,35 @@ struct QuantizeResult {
 // Writes an inference checkpoint of the fp32 checkpoint in checkpoint_dir with bf16 or int8
 // (Q8_0) matmul weights into out_dir (another directory).
 QuantizeResult quantize(const std::string& checkpoint_dir, const std::string& dtype, const std::string& out_dir);
+
+// ------------------------------------------------------------------ export
+
+struct ExportOptions {
+    std::string format = "hf";           // "hf": a Hugging Face model directory (safetensors)
+    std::string max_shard_size = "5GB";  // hf: a new safetensors shard above this much data (5GB, 500MB, 2GiB)
+    std::string type;                    // reserved for --format gguf (its tensor type); an error with hf
+    bool force = false;                  // write into a non-empty output directory
+    std::function<void(std::string_view)> progress;  // one line per file written
+};
+
+struct ExportResult {
+    std::string format;                 // "hf"
+    std::string family;                 // hf: the model_type written ("mixtral", "qwen3_moe", "llama", ...)
+    std::string dtype;                  // hf: config.json's dtype ("float32", "bfloat16", "float16")
+    std::vector<std::string> files;     // written, in order
+    std::vector<std::string> warnings;  // what was dropped or converted (docs/formats.md "Export")
+    int64_t tensors = 0, tensor_bytes = 0;
+};
+
+// Writes the model at `model_path` (moe checkpoint or Hugging Face directory) to `out_dir` in
+// opt.format. hf: a directory transformers' AutoModelForCausalLM.from_pretrained loads and that
+// gives moe's logits; a model no Hugging Face family expresses is a moe::error naming the field.
+ExportResult export_model(const std::string& model_path, const std::string& out_dir, const ExportOptions& opt);
+// Writes the model at model_path (anything --model accepts) as a GGUF file llama.cpp reads:
+// architecture, hyper-parameters, tensors in `type` ("f32", "f16", "bf16"; 1-D tensors stay F32),
+// tokenizer and chat template (docs/formats.md, "GGUF"). Atomic; moe::error for what GGUF cannot
+// express.
+void export_gguf(const std::string& model_path, const std::string& type, const std::string& out_path);
 
 // ------------------------------------------------------------------ params
 

@@ -7,6 +7,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <cstring>
 
 #include <nlohmann/json.hpp>
 
@@ -18,6 +21,9 @@
 #include "infer/generate.h"
 #include "infer/stop_strings.h"
 #include "io/checkpoint.h"
+#include "io/hf_export.h"
+#include "io/gguf.h"
+#include "io/gguf_model.h"
 #include "io/hf_model.h"
 #include "io/hf_tokenizer.h"
 #include "io/tensor_file.h"
@@ -130,16 +136,33 @@ std::vector<int32_t> tokenize(const std::string& path, const std::string& text, 
                                                        opt("generation_config.json"));
         return tok.encode(text, "--text", add_special);
     }
+    if (detect_model_format(path) == ModelFormat::gguf) {  // the tokenizer keys only
+        const auto src = GgufSource::open(path);
+        auto hf = gguf_tokenizer(src->header());
+        if (!hf) fail("'", path, "' has no tokenizer (no tokenizer.ggml.model)");
+        return Tokenizer::from_hf(hf).encode(text, "--text", add_special);
+    }
     return LoadedModel(path).tokenize(text, add_special);
 }
 
 void write_file(const std::string& path, std::string_view data) { write_file_atomic(path, std::string(data)); }
 
+std::string read_text(const std::string& path, const char* what) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec)) fail(what, " '", path, "' is a directory, not a file");
+    std::ifstream f(path, std::ios::binary);
+    if (!f) fail(what, " '", path, "' cannot be read: ", std::strerror(errno));
+    std::ostringstream ss;
+    ss << f.rdbuf();
+    if (f.bad()) fail(what, " '", path, "' cannot be read");
+    return ss.str();
+}
+
 // ------------------------------------------------------------------ generation
 
 GenerateResult generate_text(LoadedModel& model, const std::vector<int32_t>& prompt, const SampleOptions& opt,
                              const std::vector<std::string>& stop,
-                             const std::function<void(std::string_view)>& on_text) {
+                             const std::function<void(std::string_view)>& on_text, const std::atomic<bool>* cancel) {
     Checkpoint& ck = model.impl().ck;
     StopStrings cut(stop);
     GenerateResult r;
@@ -154,6 +177,7 @@ GenerateResult generate_text(LoadedModel& model, const std::vector<int32_t>& pro
     if (ck.tokenizer.hf()) stream = std::make_unique<HfDecodeStream>(ck.tokenizer.hf(), true);
     const std::vector<int32_t> eos = ck.tokenizer.eos_ids();
     generate(*ck.model, prompt, opt, [&](int32_t id) {
+        if (cancel && cancel->load(std::memory_order_relaxed)) return false;
         ++r.tokens;
         if (std::find(eos.begin(), eos.end(), id) != eos.end()) {
             r.stopped = true;
@@ -175,9 +199,49 @@ std::string default_config_path() {
     return std::filesystem::exists(p) ? p : resolve_path(p);
 }
 
+// The config of a fine-tuning run (--init PATH): the model and router sections of the model at PATH,
+// the train section and the training-only router fields of the config file.
+static Config init_config(const std::string& config_path, const std::string& init_path) {
+    nlohmann::json user = nlohmann::json::object();  // no --config: the train section's defaults
+    if (!config_path.empty()) try {
+        user = nlohmann::json::parse(read_text(config_path, "config file"));
+    } catch (const nlohmann::json::exception& e) {
+        fail("config file '", config_path, "' is not valid JSON: ", e.what());
+    }
+    if (!user.is_object()) fail("config file '", config_path, "' must hold a JSON object");
+    if (user.contains("model"))
+        fail(config_path, ": section 'model' cannot be used with --init: the architecture comes from '", init_path,
+             "' (keep 'train' and the router's training fields)");
+    nlohmann::json j = config_to_json(load_model_config(init_path));
+    j.erase("train");
+    static const char* kTrainingOnly[] = {"balance_loss", "z_loss", "bias_balance", "bias_rate",
+                                          "capacity_factor", "eval_capacity_factor", "overflow"};
+    if (user.contains("router")) {
+        if (!user["router"].is_object()) fail(config_path, ": section 'router' must be an object");
+        if (!j.contains("router")) fail(config_path, ": section 'router' needs MoE layers, and '", init_path, "' has none");
+        for (auto it = user["router"].begin(); it != user["router"].end(); ++it) {
+            if (std::find_if(std::begin(kTrainingOnly), std::end(kTrainingOnly),
+                             [&](const char* k) { return it.key() == k; }) == std::end(kTrainingOnly))
+                fail(config_path, ": field 'router.", it.key(), "' cannot be used with --init (it changes the model of '",
+                     init_path, "'); the training fields are balance_loss, z_loss, bias_balance, bias_rate, "
+                     "capacity_factor, eval_capacity_factor, overflow");
+            j["router"][it.key()] = it.value();
+        }
+    }
+    for (auto it = user.begin(); it != user.end(); ++it)
+        if (it.key() != "router") j[it.key()] = it.value();
+    return config_from_json(j, config_path.empty() ? init_path : config_path);
+}
+
 TrainResult train(const std::string& config_path, const TrainOptions& opt) {
     Config cfg;
-    if (!opt.config_from_checkpoint) cfg = load_config(config_path);
+    if (!opt.init_path.empty()) {
+        if (!opt.resume_dir.empty())
+            fail("--init and --resume cannot be combined: --init starts a fine-tuning run, --resume continues one");
+        cfg = init_config(config_path, opt.init_path);
+    } else if (!opt.config_from_checkpoint) {
+        cfg = load_config(config_path);
+    }
     // the end-of-run sample: generation is infer/'s, which train/ does not include
     const SampleFn sample = [](Model& model, const Tokenizer& tok, int32_t first, int64_t tokens, uint64_t seed) {
         SampleOptions so;
@@ -280,6 +344,12 @@ std::string to_json(const BenchReport& r) {
 
 // ------------------------------------------------------------------ quantize
 
+void export_gguf(const std::string& model_path, const std::string& type, const std::string& out_path) {
+    GgufExportOptions opt;
+    opt.type = parse_gguf_type(type, "GGUF export type");
+    moe::export_gguf(model_path, out_path, opt);
+}
+
 QuantizeResult quantize(const std::string& checkpoint_dir, const std::string& dtype, const std::string& out_dir) {
     namespace fs = std::filesystem;
     if (dtype != "bf16" && dtype != "int8") fail("quantize --dtype must be bf16 or int8, got \"", dtype, "\"");
@@ -296,6 +366,48 @@ QuantizeResult quantize(const std::string& checkpoint_dir, const std::string& dt
     r.input_bytes = (int64_t)fs::file_size(checkpoint_file(checkpoint_dir));
     r.fp32_weight_bytes = count_weight_bytes(ck.config.model, kernels::WType::f32).total;
     return r;
+}
+
+// ------------------------------------------------------------------ export
+
+ExportResult export_model(const std::string& model_path, const std::string& out_dir, const ExportOptions& opt) {
+    ExportResult r;
+    r.format = opt.format;
+    if (opt.format == "hf") {  // another format: another branch here with its own writer in io/
+        if (!opt.type.empty())
+            fail("export --type '", opt.type, "' is for --format gguf; --format hf keeps the model's dtypes");
+        HfExportOptions ho;
+        ho.max_shard_bytes = parse_byte_size(opt.max_shard_size, "export --max-shard-size");
+        ho.force = opt.force;
+        if (opt.progress) ho.progress = [&](const std::string& s) { opt.progress(s); };
+        const ModelFormat fmt = detect_model_format(model_path);
+        check_export_dir(out_dir, model_path, opt.force);  // before the load: a quick refusal
+        Checkpoint ck = load_model(model_path);            // as stored: bf16 matrices stay bf16
+        HfExportResult h = export_hf(ck, model_path, fmt, out_dir, ho);
+        r.family = h.family;
+        r.dtype = h.dtype;
+        r.files = std::move(h.files);
+        r.warnings = std::move(h.warnings);
+        r.tensors = h.tensors;
+        r.tensor_bytes = (int64_t)h.tensor_bytes;
+        return r;
+    }
+    if (opt.format == "gguf") {  // one file; --out names it
+        namespace fs = std::filesystem;
+        std::error_code ec;
+        if (fs::is_directory(out_dir, ec)) fail("export --out '", out_dir, "' is a directory: --format gguf writes one file (e.g. model.gguf)");
+        if (fs::exists(out_dir, ec) && !opt.force) fail("export --out '", out_dir, "' exists (--force overwrites it)");
+        GgufExportOptions go;
+        go.type = parse_gguf_type(opt.type.empty() ? "f16" : opt.type, "export --type");
+        export_gguf(model_path, out_dir, go);
+        r.family = "gguf";
+        r.dtype = opt.type.empty() ? "f16" : opt.type;
+        r.files = {out_dir};
+        r.tensor_bytes = (int64_t)fs::file_size(out_dir, ec);
+        if (opt.progress) opt.progress("wrote " + out_dir);
+        return r;
+    }
+    fail("export --format must be hf or gguf, got \"", opt.format, "\"");
 }
 
 // ------------------------------------------------------------------ params

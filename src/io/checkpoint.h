@@ -26,6 +26,10 @@ struct Checkpoint {
     std::vector<float> adam_m, adam_v;  // empty if the checkpoint has no optimizer state
     std::string weight_type = "fp32";   // as stored: "fp32" | "bf16" | "int8" (Hugging Face: also "f16")
     bool tokenizer_missing = false;     // a Hugging Face directory without tokenizer.json: ids only
+    // The Jinja chat template source a model file carries (Hugging Face: chat_template.jinja, else
+    // tokenizer_config.json's "chat_template"); empty when none. A moe checkpoint whose tokenizer
+    // came from Hugging Face finds it in the tokenizer_config.json it keeps.
+    std::string chat_template;
 };
 
 // Writes an inference checkpoint with the matmul weights (attention, experts / dense FFN, untied

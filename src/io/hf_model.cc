@@ -5,6 +5,8 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "io/gguf.h"
+#include "io/gguf_model.h"
 #include "io/hf_names.h"
 #include "io/safetensors.h"
 #include "kernels/bf16.h"
@@ -137,6 +139,21 @@ Checkpoint load_hf_model(const std::string& dir, const std::string& weight_type,
             m.set_param_view(p, v, src);
             continue;
         }
+        if (!dst && t.kind != HfMapKind::direct && want == kernels::WType::bf16 && dt == DType::bf16) {
+            // the experts in place too: one view per expert tensor (or per half of a fused gate_up),
+            // so loading reads nothing and a decode step touches only the chosen experts' pages
+            const int64_t E = t.shape[0], rows_e = t.shape[1], in = t.shape[2];
+            std::vector<kernels::QMatrix> parts((size_t)E);
+            for (int64_t e = 0; e < E; ++e) {
+                kernels::QMatrix& v = parts[(size_t)e];
+                v.type = kernels::WType::bf16, v.out = rows_e, v.in = in;
+                v.bf16 = t.kind == HfMapKind::stack_experts
+                             ? src->get(t.hf_names[(size_t)e]).u16()
+                             : first.u16() + ((e * 2 + t.half) * rows_e) * in;  // (E, 2F, C): gate rows, then up
+            }
+            m.set_param_expert_views(p, std::move(parts), src);
+            continue;
+        }
         const void* data = first.data;
         if (t.kind != HfMapKind::direct) {
             buf.resize((size_t)p.numel * dtype_size(dt));
@@ -165,6 +182,13 @@ Checkpoint load_hf_model(const std::string& dir, const std::string& weight_type,
         const std::string gen_cfg = (fs::path(dir) / "generation_config.json").string();
         ck.tokenizer = Tokenizer::from_hf_files(tok_json, fs::exists(tok_cfg, ec) ? tok_cfg : "",
                                                 fs::exists(gen_cfg, ec) ? gen_cfg : "");
+        // transformers >= 4.43 saves the template as chat_template.jinja, which wins over the
+        // tokenizer_config.json entry (as in transformers' loading)
+        const fs::path jinja = fs::path(dir) / "chat_template.jinja";
+        if (fs::exists(jinja, ec)) {
+            const auto m = MappedFile::open(jinja.string());
+            ck.chat_template.assign(reinterpret_cast<const char*>(m->data()), m->size());
+        }
     } else {
         ck.tokenizer = Tokenizer::byte_level();  // ids only (logits, bench); text tools need tokenizer.json
         ck.tokenizer_missing = true;
@@ -179,7 +203,7 @@ ModelFormat detect_model_format(const std::string& path) {
     std::error_code ec;
     if (!fs::exists(path, ec))
         fail("model path '", path, "' does not exist", ec ? " (" + ec.message() + ")" : "",
-             ": expected a moe checkpoint directory or a Hugging Face model directory");
+             ": expected a moe checkpoint directory, a Hugging Face model directory or a GGUF file");
     const fs::path p(path);
     if (fs::is_directory(p, ec)) {
         if (fs::exists(p / "checkpoint.bin", ec)) return ModelFormat::moe_checkpoint;
@@ -187,7 +211,9 @@ ModelFormat detect_model_format(const std::string& path) {
         fail("'", path, "' is neither a moe checkpoint (no checkpoint.bin) nor a Hugging Face model directory (no config.json)");
     }
     if (p.filename() == "checkpoint.bin") return ModelFormat::moe_checkpoint;
-    fail("'", path, "' is a file: give the model's directory (a moe checkpoint or a Hugging Face model)");
+    if (is_gguf_file(path)) return ModelFormat::gguf;
+    fail("'", path, "' is a file but not a GGUF file (no 'GGUF' magic): give a .gguf file or the model's directory (a moe "
+                    "checkpoint or a Hugging Face model)");
 }
 
 Checkpoint load_model(const std::string& path, const std::string& weight_type, int64_t n_ctx) {
@@ -197,8 +223,16 @@ Checkpoint load_model(const std::string& path, const std::string& weight_type, i
             return load_checkpoint(p.filename() == "checkpoint.bin" ? p.parent_path().string() : path, weight_type);
         case ModelFormat::hugging_face:
             return load_hf_model(path, weight_type, n_ctx);
+        case ModelFormat::gguf:
+            return load_gguf_model(path, weight_type, n_ctx);
     }
     fail("unreachable");
+}
+
+Config load_model_config(const std::string& path, int64_t n_ctx) {
+    if (detect_model_format(path) == ModelFormat::hugging_face)
+        return hf_to_moe_config(read_hf_config(path), n_ctx, (fs::path(path) / "config.json").string());
+    return load_model(path, "fp32").config;
 }
 
 }  // namespace moe

@@ -23,9 +23,12 @@ Config hf_to_moe_config(const HfConfig& hf, int64_t n_ctx, const std::string& wh
 Checkpoint load_hf_model(const std::string& dir, const std::string& weight_type = "", int64_t n_ctx = 0);
 
 // What `--model PATH` names: a moe checkpoint directory (checkpoint.bin), a Hugging Face model
-// directory (config.json), or a file of one of them; moe::error naming PATH otherwise.
-enum class ModelFormat { moe_checkpoint, hugging_face };
+// directory (config.json), a file of one of them, or a GGUF file (by its magic; io/gguf_model.h);
+// moe::error naming PATH otherwise.
+enum class ModelFormat { moe_checkpoint, hugging_face, gguf };
 ModelFormat detect_model_format(const std::string& path);
 Checkpoint load_model(const std::string& path, const std::string& weight_type = "", int64_t n_ctx = 0);
+// The config of the model at `path` (Hugging Face: config.json alone; a moe checkpoint: its config).
+Config load_model_config(const std::string& path, int64_t n_ctx = 0);
 
 }  // namespace moe

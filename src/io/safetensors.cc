@@ -416,9 +416,10 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
     w.commit();
 }
 
-std::vector<std::string> write_safetensors_sharded(const std::string& dir, const std::vector<TensorView>& tensors,
-                                                   uint64_t max_shard_bytes,
-                                                   const std::map<std::string, std::string>& metadata) {
+std::vector<std::string> write_safetensors_sharded(
+    const std::string& dir, const std::vector<TensorView>& tensors, uint64_t max_shard_bytes,
+    const std::map<std::string, std::string>& metadata,
+    const std::function<void(const std::string& path, uint64_t bytes, uint64_t done, uint64_t total)>& on_file) {
     if (max_shard_bytes == 0) fail("cannot write '", dir, "': the maximum shard size is 0");
     std::vector<std::vector<TensorView>> shards(1);
     uint64_t cur = 0, total = 0;
@@ -436,9 +437,17 @@ std::vector<std::string> write_safetensors_sharded(const std::string& dir, const
     fs::create_directories(dir, ec);
     if (ec) fail("cannot create '", dir, "': ", ec.message());
     std::vector<std::string> written;
+    uint64_t done = 0;
+    auto report = [&](const std::string& p, const std::vector<TensorView>& shard) {
+        uint64_t nb = 0;
+        for (const auto& t : shard) nb += t.nbytes;
+        done += nb;
+        if (on_file) on_file(p, nb, done, total);
+    };
     if (shards.size() == 1) {
         const std::string p = (fs::path(dir) / "model.safetensors").string();
         write_safetensors(p, shards[0], metadata);
+        report(p, shards[0]);
         return {p};
     }
     char buf[64];
@@ -452,11 +461,13 @@ std::vector<std::string> write_safetensors_sharded(const std::string& dir, const
         const std::string p = (fs::path(dir) / buf).string();
         write_safetensors(p, shards[i], metadata);
         written.push_back(p);
+        report(p, shards[i]);
     }
     const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", wm}};
     const std::string ip = (fs::path(dir) / "model.safetensors.index.json").string();
     write_file_atomic(ip, index.dump(2) + "\n");
     written.push_back(ip);
+    if (on_file) on_file(ip, 0, done, total);
     return written;
 }
 

@@ -10,6 +10,7 @@
 // moe::error naming the file and the offending tensor / value.
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <string_view>
@@ -77,9 +78,11 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
 // max_shard_bytes of data (a larger tensor gets a shard of its own), written as
 // model-0000i-of-0000n.safetensors with model.safetensors.index.json ({"metadata": {"total_size"},
 // "weight_map"}); a model that fits one shard is written as model.safetensors with no index.
-// Returns the files written (the index last).
-std::vector<std::string> write_safetensors_sharded(const std::string& dir, const std::vector<TensorView>& tensors,
-                                                   uint64_t max_shard_bytes,
-                                                   const std::map<std::string, std::string>& metadata = {});
+// Returns the files written (the index last). on_file, when given, is called after each file with
+// its path, its tensor bytes (0 for the index) and the running total of tensor bytes written.
+std::vector<std::string> write_safetensors_sharded(
+    const std::string& dir, const std::vector<TensorView>& tensors, uint64_t max_shard_bytes,
+    const std::map<std::string, std::string>& metadata = {},
+    const std::function<void(const std::string& path, uint64_t bytes, uint64_t done, uint64_t total)>& on_file = nullptr);
 
 }  // namespace moe

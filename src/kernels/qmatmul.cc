@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "kernels/avx2_inline.h"
+#include "kernels/batch_invariant.h"
 #include "kernels/bf16.h"
 #include "kernels/cpu.h"
 #include "kernels/gemm.h"
@@ -68,6 +69,11 @@ double QMatrix::bytes() const {
 }
 
 QMatrix QMatrix::rows(int64_t r0, int64_t n) const {
+    if (parts) {
+        const int64_t i = r0 / part_rows, off = r0 - i * part_rows;
+        MOE_ASSERT(r0 >= 0 && n >= 0 && off + n <= part_rows && r0 + n <= out);
+        return parts[i].rows(off, n);
+    }
     QMatrix m = *this;
     m.out = n;
     if (f32) m.f32 = f32 + r0 * in;
@@ -295,7 +301,10 @@ static void load_row_slice(const void* ctx, int64_t r, int64_t k0, int64_t kc, f
     dequantize_row_slice(dst, *static_cast<const QMatrix*>(ctx), r, k0, kc);
 }
 
-void dequantize_row(float* dst, const QMatrix& w, int64_t r) { dequantize_row_slice(dst, w, r, 0, w.in); }
+void dequantize_row(float* dst, const QMatrix& w, int64_t r) {
+    if (w.parts) return dequantize_row(dst, w.rows(r, 1), 0);
+    dequantize_row_slice(dst, w, r, 0, w.in);
+}
 
 // int8: the blocked integer definition of the header (x quantized like the weights)
 namespace {
@@ -483,14 +492,15 @@ void gemv_rows_ref(float* y, const float* x, const QActs& qa, const QMatrix& w, 
         }
 }
 
-// Output rows [o0, o1) of a decode-sized product on the calling thread; qa: x quantized (int8 w).
-void qmatmul_rows(float* y, const float* x, const QActs& qa, const QMatrix& w, int64_t N, int64_t o0, int64_t o1,
-                  bool accumulate) {
-    MOE_ASSERT(N <= kGemvMaxN);
-    MOE_ASSERT(w.type != WType::q8 || (qa.N >= N && qa.in == w.in));
+// Output rows [o0, o1) of x rows [nb, ne) of a decode-sized product on the calling thread; qa: x
+// quantized (int8 w). Each row's arithmetic is the same whatever nb, ne and its neighbours.
+void qmatmul_rows(float* y, const float* x, const QActs& qa, const QMatrix& w, int64_t nb, int64_t ne, int64_t o0,
+                  int64_t o1, bool accumulate) {
+    MOE_ASSERT(ne - nb <= std::max(kGemvMaxN, kInvariantRowBlock));
+    MOE_ASSERT(w.type != WType::q8 || (qa.N >= ne && qa.in == w.in));
     const bool simd = active_isa() >= Isa::avx2;
-    for (int64_t n0 = 0; n0 < N; n0 += kMaxRows) {
-        const int64_t nr = std::min(kMaxRows, N - n0);
+    for (int64_t n0 = nb; n0 < ne; n0 += kMaxRows) {
+        const int64_t nr = std::min(kMaxRows, ne - n0);
         if (simd) gemv_rows_avx2_any(y, x, qa, w, n0, nr, o0, o1, accumulate);
         else gemv_rows_ref(y, x, qa, w, n0, nr, o0, o1, accumulate);
     }
@@ -499,7 +509,7 @@ void qmatmul_rows(float* y, const float* x, const QActs& qa, const QMatrix& w, i
 }  // namespace
 
 void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs, bool accumulate) {
-    MOE_ASSERT(N <= kGemvMaxN);
+    MOE_ASSERT(gemv_path(N));
     int64_t total = 0;
     double bytes = 0;
     bool q8 = false, act[3] = {false, false, false};  // ggml activations: q8_0, q8_k, f32
@@ -523,18 +533,28 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
     const GActs* gx = ga;
     // below kGemvParallelBytes of weights the call runs on this thread alone: a fork/join costs
     // more than the work, and a core busy with another process stalls every barrier
-    parallel_for(0, total, bytes < kGemvParallelBytes ? total : 32, [&](int64_t r0, int64_t r1) {
-        int64_t off = 0;  // rows [off, off + out) of the concatenation are matrix o's
-        for (const QOut& o : outs) {
-            const int64_t lo = std::max(r0, off), hi = std::min(r1, off + o.w.out);
-            if (lo < hi && is_ggml(o.w.type)) {
-                const GType g = ggml_type(o.w.type), a = gtype_act(g);
-                const GActs& acts = gx[a == GType::q8_0 ? 0 : a == GType::q8_k ? 1 : 2];
-                ggml_matmul_rows(o.y, o.w.out, acts, o.w.raw, g, o.w.row_bytes, N, lo - off, hi - off, accumulate);
-            } else if (lo < hi) {
-                qmatmul_rows(o.y, x, *qx, o.w, N, lo - off, hi - off, accumulate);
+    // batch invariant with more rows: blocks of kInvariantRowBlock rows, the weights read once per
+    // block (the ggml types' row dots give each row the same arithmetic whatever N: one pass over all)
+    const int64_t block = N <= kGemvMaxN ? N : kInvariantRowBlock;
+    const double work = bytes * (double)((N + block - 1) / block);
+    parallel_for(0, total, work < kGemvParallelBytes ? total : 32, [&](int64_t r0, int64_t r1) {
+        for (int64_t nb = 0; nb < N; nb += block) {
+            const int64_t ne = std::min(N, nb + block);
+            int64_t off = 0;  // rows [off, off + out) of the concatenation are matrix o's
+            for (const QOut& o : outs) {
+                const int64_t lo = std::max(r0, off), hi = std::min(r1, off + o.w.out);
+                if (lo < hi && is_ggml(o.w.type)) {
+                    if (nb == 0) {
+                        const GType g = ggml_type(o.w.type), a = gtype_act(g);
+                        const GActs& acts = gx[a == GType::q8_0 ? 0 : a == GType::q8_k ? 1 : 2];
+                        ggml_matmul_rows(o.y, o.w.out, acts, o.w.raw, g, o.w.row_bytes, N, lo - off, hi - off,
+                                         accumulate);
+                    }
+                } else if (lo < hi) {
+                    qmatmul_rows(o.y, x, *qx, o.w, nb, ne, lo - off, hi - off, accumulate);
+                }
+                off += o.w.out;
             }
-            off += o.w.out;
         }
     });
 }
@@ -544,6 +564,10 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
 // in blocks of output rows into thread-local scratch first.
 void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate) {
     if (N <= 0 || w.out == 0) return;
+    if (gemv_path(N)) {  // decode, or any N while batch invariant (kernels/batch_invariant.h)
+        qmatmul_same_x(x, N, {{y, w}}, accumulate);
+        return;
+    }
     if (w.type == WType::f32 && N > kGemvMaxN) {
         gemm<float>(false, true, N, w.out, w.in, 1.f, x, w.in, w.f32, w.in, accumulate ? 1.f : 0.f, y, w.out);
         return;

@@ -50,9 +50,15 @@ struct QMatrix {
     const float* scales = nullptr;   // (OUT, ceil(IN / 32))
     const uint8_t* raw = nullptr;    // ggml types: row r at raw + r * row_bytes
     int64_t row_bytes = 0;
+    // A stack whose pieces live apart (a Hugging Face file's experts, one tensor each, used in
+    // place): rows [i * part_rows, (i + 1) * part_rows) are parts[i]; the pointers above are null
+    // and every use goes through rows() (or dequantize_row), which must stay inside one part.
+    const QMatrix* parts = nullptr;
+    int64_t part_rows = 0;
     int64_t blocks() const { return (in + kQ8Block - 1) / kQ8Block; }
     double bytes() const;  // storage of the weights (+ scales)
-    // rows [r0, r0 + n) as a matrix of its own (an expert's slice of a stacked tensor)
+    // rows [r0, r0 + n) as a matrix of its own (an expert's slice of a stacked tensor; with parts,
+    // inside one part)
     QMatrix rows(int64_t r0, int64_t n) const;
 };
 
@@ -97,7 +103,7 @@ void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumul
 // ggml types, the prefill alternative to the integer tiles (for the comparison in the benches):
 // x rounded to its activation grid, then the packed fp32 GEMM dequantizing W inside its packing
 void qmatmul_ggml_dequant_gemm(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate);
-// Several decode-sized products (N <= kGemvMaxN) that read the same x (N, IN): y_i [+]= x · W_i^T,
+// Several decode-sized products (N <= kGemvMaxN, any N while batch invariant) that read the same x (N, IN): y_i [+]= x · W_i^T,
 // under one parallel region over all their output rows (q, k, v of a decode step; up and gate of
 // an FFN); x is quantized once when any W_i is int8. qmatmul's decode path is this with one matrix.
 struct QOut {

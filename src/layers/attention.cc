@@ -6,6 +6,7 @@
 #include "core/parallel.h"
 #include "core/profile.h"
 #include "kernels/gemm.h"
+#include "kernels/batch_invariant.h"
 #include "kernels/qmatmul.h"
 #include "ops/attention.h"
 #include "ops/linear.h"
@@ -141,7 +142,7 @@ void attention_forward_cached(float* out, AttentionCache& c, const float* inp, c
     // projections; with qk_norm they land in q_raw / k_raw and are normed into q / k below
     float* qp = w.attn_q_norm ? c.q_raw : c.q;  // (N, H*D)
     float* kp = w.attn_q_norm ? c.k_raw : c.k;  // (N, Hkv*D)
-    if (N <= kernels::kGemvMaxN) {
+    if (kernels::gemv_path(N)) {
         // decode: q, k and v read the same rows of xn; one parallel region over their rows
         kernels::qmatmul_same_x(c.xn, N, {{qp, q.attn_q}, {kp, q.attn_k}, {c.v, q.attn_v}});
     } else {

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "core/profile.h"
+#include "kernels/batch_invariant.h"
 #include "kernels/qmatmul.h"
 #include "ops/linear.h"
 #include "ops/moe_dispatch.h"
@@ -34,7 +35,7 @@ static void add_into(float* out, const float* a, int64_t n) {
 template <class T>
 static void small_linear(T* out, const T* xn, const T* w, int64_t N, int64_t C, int64_t OUT, bool decode) {
     if constexpr (std::is_same_v<T, float>) {
-        if (decode && N <= kernels::kGemvMaxN) {
+        if (decode && kernels::gemv_path(N)) {
             kernels::QMatrix r;
             r.type = kernels::WType::f32, r.out = OUT, r.in = C, r.f32 = w;
             kernels::qmatmul(out, xn, r, N, false);

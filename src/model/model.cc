@@ -178,10 +178,31 @@ void Model::set_param_view(const ParamInfo& p, const kernels::QMatrix& m, std::s
     qviews_.clear();
 }
 
+void Model::set_param_expert_views(const ParamInfo& p, std::vector<kernels::QMatrix> parts,
+                                   std::shared_ptr<const void> keep) {
+    const int64_t i = &p - table_.params().data();
+    MOE_ASSERT(typed_ && i >= 0 && i < (int64_t)views_.size() && f32_off_[i] < 0 && !parts.empty());
+    const int64_t rows = parts[0].out, in = p.shape.back();
+    for (const kernels::QMatrix& m : parts) MOE_ASSERT(m.type == wtype_ && m.out == rows && m.in == in && !m.parts);
+    MOE_ASSERT(rows * (int64_t)parts.size() * in == p.numel);
+    if ((int64_t)parts_.size() != (int64_t)views_.size()) parts_.resize(views_.size());
+    parts_[i] = std::move(parts);
+    kernels::QMatrix v;
+    v.type = wtype_, v.out = rows * (int64_t)parts_[i].size(), v.in = in;
+    v.parts = parts_[i].data(), v.part_rows = rows;
+    set_param_view(p, v, std::move(keep));
+}
+
 bool Model::param_is_view(const ParamInfo& p) const {
     const int64_t i = &p - table_.params().data();
     MOE_ASSERT(i >= 0 && i < (int64_t)views_.size());  // p must come from this model's table
     return typed_ && f32_off_[i] < 0 && stores_[i].out == 0 && views_[i].out != 0;
+}
+
+kernels::QMatrix Model::param_typed(const ParamInfo& p) const {
+    const int64_t i = &p - table_.params().data();
+    MOE_ASSERT(i >= 0 && i < (int64_t)views_.size());  // p must come from this model's table
+    return typed_ && f32_off_[i] < 0 ? views_[i] : kernels::QMatrix{};
 }
 
 TrainingState& Model::training() {

@@ -54,8 +54,14 @@ public:
     // A typed model's matrix p as a view of memory someone else owns (a mapped file); `keep`
     // holds that memory alive as long as the model.
     void set_param_view(const ParamInfo& p, const kernels::QMatrix& m, std::shared_ptr<const void> keep);
+    // The same for a stack of experts whose matrices live apart (one tensor each in a Hugging Face
+    // file): parts[e] is expert e's (rows, IN), all of p's type; the view's rows() reach them.
+    void set_param_expert_views(const ParamInfo& p, std::vector<kernels::QMatrix> parts, std::shared_ptr<const void> keep);
     // Whether a typed model's matrix p views memory it does not own (set_param_view).
     bool param_is_view(const ParamInfo& p) const;
+    // A typed model's matrix p (typed_at_inference) as forward_cached reads it (bf16 or int8, owned
+    // or viewed); an empty QMatrix (out == 0) for an fp32 parameter (param_f32 has those).
+    kernels::QMatrix param_typed(const ParamInfo& p) const;
     // The gradient buffer (ParamTable layout), allocated and zeroed on first use: inference never
     // asks for it, so a model that only runs forward_cached holds no gradients.
     float* grads();
@@ -167,6 +173,7 @@ private:
     // kept alive by keep_; fp32 models fill stores_ only in set_weight_type
     std::vector<kernels::QStore> stores_;  // (params)
     std::vector<kernels::QMatrix> views_;  // (params) the matrix forward_cached reads
+    std::vector<std::vector<kernels::QMatrix>> parts_;  // (params) set_param_expert_views' experts
     std::vector<std::shared_ptr<const void>> keep_;
     std::vector<layers::QLayer> qviews_;  // (L)
     kernels::QStore q_output_store_;      // tied head in the weight type (a copy of tok_embd)

@@ -18,6 +18,7 @@
 
 #include "core/parallel.h"
 #include "kernels/attention_small.h"
+#include "kernels/batch_invariant.h"
 #include "kernels/exp.h"
 #include "kernels/gemm.h"
 
@@ -269,7 +270,8 @@ inline void attention_cached_forward(float* y, float* scores, const float* q, co
     thread_local std::vector<int64_t> runs_storage;  // (begin, end) pairs; reused
     std::vector<int64_t>& runs = runs_storage;
     runs.clear();
-    for (int64_t n = 0; n < N;) {
+    // batch invariant (kernels/batch_invariant.h): every row takes the per-row loop
+    for (int64_t n = 0; n < N && !kernels::batch_invariant();) {
         int64_t e = n + 1;
         while (e < N && seq[e] == seq[n] && pos[e] == pos[e - 1] + 1) ++e;
         if (e - n >= kGemmRun) runs.push_back(n), runs.push_back(e);

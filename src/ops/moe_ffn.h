@@ -16,6 +16,7 @@
 #include "core/parallel.h"
 #include "core/profile.h"
 #include "kernels/gemm.h"
+#include "kernels/batch_invariant.h"
 #include "kernels/qmatmul.h"
 #include "ops/activation.h"
 
@@ -202,7 +203,7 @@ inline void moe_ffn_forward_q(float* ye, float* hg, float* hu, float* act, const
     const int64_t E = seg.n_local;
     const bool small = small_experts(seg, C, F);
     const std::vector<FfnTask>& tasks = ffn_row_tasks(seg, small);
-    if (tasks.size() == 1 && tasks[0].end - tasks[0].begin <= kernels::kGemvMaxN) {
+    if (tasks.size() == 1 && kernels::gemv_path(tasks[0].end - tasks[0].begin)) {
         // decode through one expert (a dense FFN, or K = 1): up and gate read the same rows of x;
         // one parallel region over their output rows instead of one per matrix
         const FfnTask t = tasks[0];

@@ -20,6 +20,7 @@
 #include "kernels/adamw.h"
 #include "kernels/gemm.h"
 #include "io/checkpoint.h"
+#include "io/hf_model.h"
 #include "io/tokenizer.h"
 #include "model/model.h"
 #include "ops/moe_ffn.h"
@@ -335,6 +336,12 @@ void Trainer::Impl::setup(Config c, const TrainOptions& o, GradientSync* s) {
         cfg.model = ck.config.model;
         cfg.train.seed = ck.config.train.seed;
     }
+    if (!opt.init_path.empty()) {  // fine-tuning: the weights and tokenizer of a model, a fresh optimizer
+        ck = load_model(opt.init_path, "fp32", cfg.model.n_ctx);
+        if (ck.tokenizer_missing)
+            fail("--init '", opt.init_path, "' has no tokenizer.json: the training text needs the model's tokenizer");
+        check_same_model(cfg, ck.config.model, opt.init_path);
+    }
     TrainConfig& tc = cfg.train;
     if (tc.block_size > cfg.model.n_ctx)
         fail(cfg.path, ": field 'train.block_size' is ", tc.block_size, " but the model's n_ctx is ", cfg.model.n_ctx);
@@ -348,7 +355,11 @@ void Trainer::Impl::setup(Config c, const TrainOptions& o, GradientSync* s) {
     const std::string text = read_text_file(data_path);
 
     // model, tokenizer and optimizer state: fresh or from the checkpoint
-    if (!opt.resume_dir.empty()) {
+    if (!opt.init_path.empty()) {
+        tok = ck.tokenizer;
+        model = std::move(ck.model);
+        adam = std::make_unique<AdamW>(model->n_params());
+    } else if (!opt.resume_dir.empty()) {
         tok = ck.tokenizer;
         st = ck.state;
         model = std::move(ck.model);
@@ -391,7 +402,7 @@ void Trainer::Impl::setup(Config c, const TrainOptions& o, GradientSync* s) {
                 pc.total / 1e6, pc.active / 1e6);
     std::printf("data: %s, %lld train / %lld val tokens, vocab %lld (%s); unigram baseline %.4f nats\n",
                 data_path.c_str(), (long long)data->n_train(), (long long)data->n_val(), (long long)mc.vocab_size,
-                tc.tokenizer.c_str(), unigram);
+                tok.kind() == Tokenizer::Kind::hf ? "the model's tokenizer.json" : tc.tokenizer.c_str(), unigram);
     // The routed experts' AdamW inside the backward (FusedExpertAdamW) where nothing needs the whole
     // gradient first (opt.fused_expert_adamw; off for A/B and the test that compares both). It
     // updates experts inside the backward, before the gradient sync: only where that sync changes nothing
@@ -402,7 +413,8 @@ void Trainer::Impl::setup(Config c, const TrainOptions& o, GradientSync* s) {
                     const kernels::PrecisionScope p(precision);
                     return kernels::gemm_engine_name();
                 }(), fuse ? ", experts' AdamW in the backward" : "",
-                opt.resume_dir.empty() ? "" : str(", resuming at step ", st.step).c_str());
+                !opt.resume_dir.empty() ? str(", resuming at step ", st.step).c_str()
+                : !opt.init_path.empty() ? str(", fine-tuning ", opt.init_path).c_str() : "");
     std::fflush(stdout);
     tty = ::isatty(STDOUT_FILENO);
     x.resize(N);

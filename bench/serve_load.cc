@@ -1,0 +1,78 @@
+// The continuous-batching engine under load, without HTTP: S concurrent streams of greedy requests
+// on a model of random weights from a config (default configs/bench-infer-moe.json), batch
+// invariance on and off. Prints aggregate generated tokens/s, p50/p99 time to first token and the
+// engine's time per step.
+//   build/bench/serve_load [--config FILE] [--dtype fp32|bf16|int8] [--streams 1,4,16] [--tokens 64]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <moe/moe.h>
+
+#include "infer/engine.h"
+#include "io/tokenizer.h"
+#include "kernels/qmatmul.h"
+#include "model/config.h"
+
+using Clock = std::chrono::steady_clock;
+
+int main(int argc, char** argv) {
+    std::string config = std::string(MOE_SOURCE_DIR) + "/configs/bench-infer-moe.json", dtype = "int8", streams = "1,4,16";
+    int64_t tokens = 64, prompt = 32;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        const std::string k = argv[i], v = argv[i + 1];
+        if (k == "--config") config = v;
+        else if (k == "--dtype") dtype = v;
+        else if (k == "--streams") streams = v;
+        else if (k == "--tokens") tokens = std::stoll(v);
+        else if (k == "--prompt") prompt = std::stoll(v);
+    }
+    try {
+        moe::apply_environment();
+        const moe::Config cfg = moe::load_config(config);
+        moe::Model model(cfg.model, moe::kernels::parse_wtype(dtype, "--dtype"));
+        model.init(1);
+        const moe::Tokenizer tok = moe::Tokenizer::byte_level();
+        std::vector<int64_t> ss;
+        std::stringstream in(streams);
+        for (std::string x; std::getline(in, x, ',');) ss.push_back(std::stoll(x));
+        std::printf("%s, %s, %d threads, %lld prompt + %lld generated tokens per stream\n", config.c_str(), dtype.c_str(),
+                    moe::threads(), (long long)prompt, (long long)tokens);
+        std::printf("%-10s %8s %12s %10s %10s %12s\n", "invariant", "streams", "gen tok/s", "ttft p50", "ttft p99", "ms/step");
+        for (bool inv : {true, false})
+            for (int64_t S : ss) {
+                moe::EngineOptions o;
+                o.slots = S;
+                o.batch_invariant = inv;
+                moe::Engine e(model, tok, o);
+                std::vector<moe::EngineHandle> hs;
+                const auto t0 = Clock::now();
+                for (int64_t i = 0; i < S; ++i) {
+                    moe::EngineRequest q;
+                    for (int64_t j = 0; j < prompt; ++j) q.prompt.push_back((int32_t)((i * 31 + j * 7) % cfg.model.vocab_size));
+                    q.opt.temperature = 0;
+                    q.opt.max_tokens = tokens;
+                    hs.push_back(e.submit(q));
+                }
+                int64_t gen = 0;
+                for (auto& h : hs) {
+                    moe::EngineEvent ev;
+                    while (h.next(ev, 600000) && ev.kind != moe::EngineEvent::Kind::done) gen += ev.kind == moe::EngineEvent::Kind::token;
+                }
+                const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+                moe::EngineStats st = e.stats();
+                std::sort(st.ttft.begin(), st.ttft.end());
+                auto pct = [&](double p) { return st.ttft.empty() ? 0.0 : st.ttft[(size_t)(p * (st.ttft.size() - 1))]; };
+                std::printf("%-10s %8lld %12.1f %9.3fs %9.3fs %12.2f\n", inv ? "on" : "off", (long long)S, gen / secs, pct(0.5),
+                            pct(0.99), 1e3 * st.step_seconds / std::max<int64_t>(1, st.steps));
+            }
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "serve_load: %s\n", e.what());
+        return 1;
+    }
+}

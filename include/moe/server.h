@@ -1,0 +1,34 @@
+#pragma once
+// moe's OpenAI-compatible HTTP server (docs/serving.md): `moe serve`. Standard library only.
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace moe {
+
+struct ServeOptions {
+    std::string model;             // Hugging Face directory or moe checkpoint
+    std::string host = "127.0.0.1";
+    int port = 8080;               // 0: any free port (the ready line names it)
+    int64_t parallel = 4;          // sequences decoding at once (KV-cache slots)
+    int64_t ctx_size = 0;          // context per slot (0: the model's, at most 4096)
+    int threads = 0;               // 0 = all cores
+    std::string api_key;           // non-empty: every endpoint but /health needs "Authorization: Bearer KEY"
+    std::string dtype;             // fp32 | bf16 | int8 | "" (as stored)
+    std::string chat_template;     // Jinja file overriding the model's template
+    int64_t batch_tokens = 256;    // rows per engine step (decode rows + prompt chunks)
+    int64_t max_queue = 256;       // waiting requests before 429
+    int64_t max_body_bytes = 8 << 20;  // larger request bodies get 413
+    double shutdown_grace = 10;    // SIGTERM: seconds in-flight requests get to finish, then cancelled
+    // Called once the model is loaded and requests are served, with the base URL ("http://host:port").
+    std::function<void(const std::string& url)> on_ready;
+    // Called once the port is bound (before the load; /health answers 503 meanwhile).
+    std::function<void(const std::string& url)> on_listening;
+};
+
+// Binds, loads the model and serves until SIGTERM or SIGINT; then stops accepting, lets in-flight
+// requests finish for up to shutdown_grace seconds (cancelling the rest) and returns 0. moe::error
+// for a port that cannot be bound or a model that does not load.
+int serve(const ServeOptions& opt);
+
+}  // namespace moe

@@ -1,0 +1,653 @@
+// `moe serve`: OpenAI-compatible HTTP over the continuous-batching engine (infer/engine.h), with
+// cpp-httplib (blocking, a thread pool: each open SSE stream holds a pool thread) and nlohmann
+// JSON. Every request is checked field by field here; whatever a client sends ends in a response
+// (400/401/404/413/429/500/503 with OpenAI's error object), never in an assert. docs/serving.md.
+#include <moe/server.h>
+#include <moe/moe.h>
+
+#include <httplib.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "api/loaded_model.h"
+#include "core/error.h"
+#include "infer/engine.h"
+
+namespace moe {
+
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+// Text from a tokenizer may end inside a UTF-8 character: replace, never throw.
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+struct HttpError {
+    int status;
+    std::string message, type, code;
+};
+
+[[noreturn]] void bad(const std::string& msg, const std::string& code = "invalid_value") {
+    throw HttpError{400, msg, "invalid_request_error", code};
+}
+
+void set_error(httplib::Response& res, int status, const std::string& msg, const std::string& type,
+               const std::string& code) {
+    res.status = status;
+    json e = {{"error", {{"message", msg}, {"type", type}, {"code", code.empty() ? json(nullptr) : json(code)}}}};
+    res.set_content(dump(e), "application/json");
+}
+
+// ------------------------------------------------------------------ request fields
+
+struct Fields {
+    const json& j;
+    bool has(const char* k) const { return j.contains(k) && !j[k].is_null(); }
+    double number(const char* k, double def, double lo, double hi) const {
+        if (!has(k)) return def;
+        if (!j[k].is_number()) bad(std::string("'") + k + "' must be a number, got " + j[k].type_name(), "invalid_type");
+        const double v = j[k].get<double>();
+        if (!(v >= lo && v <= hi) || !std::isfinite(v)) {
+            std::ostringstream os;
+            os << "'" << k << "' must be in [" << lo << ", " << hi << "], got " << v;
+            bad(os.str());
+        }
+        return v;
+    }
+    int64_t integer(const char* k, int64_t def, int64_t lo, int64_t hi) const {
+        if (!has(k)) return def;
+        const json& v = j[k];
+        if (!v.is_number_integer() && !(v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()))
+            bad(std::string("'") + k + "' must be an integer, got " + (v.is_number() ? dump(v) : v.type_name()), "invalid_type");
+        if (v.is_number_float() && std::fabs(v.get<double>()) > 9e18) bad(std::string("'") + k + "' is out of range");
+        const int64_t x = v.is_number_unsigned() ? (v.get<uint64_t>() > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)v.get<uint64_t>())
+                          : v.is_number_integer() ? v.get<int64_t>() : (int64_t)v.get<double>();
+        if (x < lo || x > hi)
+            bad(std::string("'") + k + "' must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
+                std::to_string(x));
+        return x;
+    }
+    bool boolean(const char* k, bool def) const {
+        if (!has(k)) return def;
+        if (!j[k].is_boolean()) bad(std::string("'") + k + "' must be a boolean, got " + j[k].type_name(), "invalid_type");
+        return j[k].get<bool>();
+    }
+    std::string string(const char* k, const std::string& def) const {
+        if (!has(k)) return def;
+        if (!j[k].is_string()) bad(std::string("'") + k + "' must be a string, got " + j[k].type_name(), "invalid_type");
+        return j[k].get<std::string>();
+    }
+    const json* object(const char* k) const {
+        if (!has(k)) return nullptr;
+        if (!j[k].is_object()) bad(std::string("'") + k + "' must be an object, got " + j[k].type_name(), "invalid_type");
+        return &j[k];
+    }
+};
+
+// ------------------------------------------------------------------ the server
+
+struct Server {
+    ServeOptions opt;
+    std::string model_id;
+    std::unique_ptr<LoadedModel> model;
+    std::unique_ptr<Engine> engine;
+    std::atomic<bool> ready{false}, accepting{true};
+    std::atomic<int64_t> http_requests{0}, http_errors{0};
+    std::atomic<uint64_t> next_id{1};
+    int64_t created = 0;
+    Clock::time_point t_start = Clock::now();
+
+    std::string new_id(const char* prefix) {
+        char buf[64];
+        std::snprintf(buf, sizeof buf, "%s-%llx%06llx", prefix, (unsigned long long)created,
+                      (unsigned long long)next_id.fetch_add(1));
+        return buf;
+    }
+
+    const Tokenizer& tok() { return model->impl().ck.tokenizer; }
+
+    std::string token_text(int32_t id) {
+        try {
+            return tok().decode_one(id);
+        } catch (const moe::error&) {  // an id of a padded vocabulary beyond the tokenizer's
+            return "";
+        }
+    }
+
+    json parse_body(const httplib::Request& req) {
+        json j;
+        try {
+            j = json::parse(req.body);
+        } catch (const json::exception& e) {
+            bad(std::string("the body is not valid JSON: ") + e.what(), "invalid_json");
+        }
+        if (!j.is_object()) bad("the body must be a JSON object", "invalid_json");
+        return j;
+    }
+
+    void check_model(const Fields& f) {
+        if (!f.has("model")) return;
+        const std::string m = f.string("model", "");
+        if (m != model_id && m != opt.model)
+            bad("the model '" + m + "' does not exist; this server serves '" + model_id + "'", "model_not_found");
+    }
+
+    // The sampling fields shared by both endpoints.
+    EngineRequest sampling(const Fields& f, bool chat) {
+        EngineRequest q;
+        q.opt.temperature = f.number("temperature", 1.0, 0, 2);
+        q.opt.top_p = f.number("top_p", 1.0, 0, 1);
+        if (q.opt.top_p == 0) bad("'top_p' must be in (0, 1], got 0");
+        q.opt.top_k = f.integer("top_k", 0, 0, 1 << 30);
+        q.min_p = f.number("min_p", 0, 0, 1);
+        q.presence_penalty = f.number("presence_penalty", 0, -2, 2);
+        q.frequency_penalty = f.number("frequency_penalty", 0, -2, 2);
+        q.opt.repetition_penalty = f.number("repetition_penalty", 1.0, 1e-6, 100);
+        if (f.has("seed")) q.opt.seed = (uint64_t)f.integer("seed", 0, INT64_MIN, INT64_MAX);
+        else q.opt.seed = std::random_device{}() ^ ((uint64_t)std::random_device{}() << 32);
+        const int64_t cap = std::max<int64_t>(1, engine->context_length());
+        int64_t mt = f.integer("max_tokens", chat ? -1 : 16, 1, 1 << 30);
+        mt = f.integer("max_completion_tokens", mt, 1, 1 << 30);
+        q.opt.max_tokens = mt < 0 ? cap : mt;  // the context ends a reply anyway
+        q.n = f.integer("n", 1, 1, 16);
+        if (f.has("stop")) {
+            const json& s = f.j["stop"];
+            if (s.is_string()) q.stop.push_back(s.get<std::string>());
+            else if (s.is_array()) {
+                if (s.size() > 16) bad("'stop' holds at most 16 strings, got " + std::to_string(s.size()));
+                for (const json& x : s) {
+                    if (!x.is_string()) bad("'stop' must be a string or a list of strings", "invalid_type");
+                    q.stop.push_back(x.get<std::string>());
+                }
+            } else bad("'stop' must be a string or a list of strings, got " + std::string(s.type_name()), "invalid_type");
+            for (const std::string& x : q.stop)
+                if (x.empty()) bad("'stop' strings must not be empty");
+        }
+        if (chat) {
+            const bool lp = f.boolean("logprobs", false);
+            const int64_t top = f.integer("top_logprobs", 0, 0, 20);
+            if (f.has("top_logprobs") && !lp) bad("'top_logprobs' needs 'logprobs': true");
+            q.top_logprobs = lp ? top : -1;
+        } else {
+            q.top_logprobs = f.has("logprobs") ? f.integer("logprobs", 0, 0, 5) : -1;
+        }
+        return q;
+    }
+
+    std::vector<int32_t> prompt_ids(const json& p) {
+        if (p.is_string()) return model->tokenize(p.get<std::string>(), true);
+        if (p.is_array() && p.size() == 1 && p[0].is_string()) return model->tokenize(p[0].get<std::string>(), true);
+        if (p.is_array() && !p.empty() && p[0].is_number_integer()) {
+            std::vector<int32_t> ids;
+            const int64_t V = model->vocab_size();
+            for (const json& x : p) {
+                if (!x.is_number_integer()) bad("'prompt' as token ids must hold integers only", "invalid_type");
+                const int64_t v = x.get<int64_t>();
+                if (v < 0 || v >= V) bad("'prompt' token id " + std::to_string(v) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
+                ids.push_back((int32_t)v);
+            }
+            return ids;
+        }
+        bad("'prompt' must be a string, a list of one string or a list of token ids", "invalid_type");
+    }
+
+    std::string chat_prompt(const json& msgs) {
+        if (!msgs.is_array() || msgs.empty()) bad("'messages' must be a non-empty list", "invalid_type");
+        std::vector<ChatMessage> m;
+        for (const json& x : msgs) {
+            if (!x.is_object()) bad("each message must be an object", "invalid_type");
+            if (!x.contains("role") || !x["role"].is_string()) bad("each message needs a string 'role'", "invalid_type");
+            std::string content;
+            if (x.contains("content") && !x["content"].is_null()) {
+                const json& c = x["content"];
+                if (c.is_string()) content = c.get<std::string>();
+                else if (c.is_array()) {
+                    for (const json& part : c) {
+                        if (!part.is_object() || !part.contains("type") || part["type"] != "text" || !part.contains("text") ||
+                            !part["text"].is_string())
+                            bad("message content parts must be {\"type\": \"text\", \"text\": ...}", "invalid_type");
+                        content += part["text"].get<std::string>();
+                    }
+                } else bad("message 'content' must be a string or a list of text parts", "invalid_type");
+            }
+            m.push_back({x["role"].get<std::string>(), content});
+        }
+        return model->apply_chat_template(m, true);
+    }
+
+    json usage_json(const EngineEvent& done) {
+        return {{"prompt_tokens", done.prompt_tokens},
+                {"completion_tokens", done.total_completion_tokens},
+                {"total_tokens", done.prompt_tokens + done.total_completion_tokens},
+                {"prompt_tokens_details", {{"cached_tokens", done.cached_prompt_tokens}}}};
+    }
+
+    static json bytes_of(const std::string& s) {
+        json b = json::array();
+        for (unsigned char c : s) b.push_back((int)c);
+        return b;
+    }
+
+    // chat: {"token", "logprob", "bytes", "top_logprobs": [...]}
+    json chat_logprob(const EngineEvent& ev) {
+        const std::string t = token_text(ev.token);
+        json top = json::array();
+        for (const TokenLogprob& x : ev.top) {
+            const std::string s = token_text(x.id);
+            top.push_back({{"token", s}, {"logprob", x.logprob}, {"bytes", bytes_of(s)}});
+        }
+        return {{"token", t}, {"logprob", ev.logprob}, {"bytes", bytes_of(t)}, {"top_logprobs", top}};
+    }
+
+    // completions: parallel lists
+    struct CompletionLogprobs {
+        json tokens = json::array(), token_logprobs = json::array(), top = json::array(), offsets = json::array();
+        void add(Server& s, const EngineEvent& ev, int64_t offset) {
+            tokens.push_back(s.token_text(ev.token));
+            token_logprobs.push_back(ev.logprob);
+            json t = json::object();
+            for (const TokenLogprob& x : ev.top) t[s.token_text(x.id)] = x.logprob;
+            top.push_back(t);
+            offsets.push_back(offset);
+        }
+        json to_json() const {
+            return {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top}, {"text_offset", offsets}};
+        }
+    };
+
+    void completion(const httplib::Request& req, httplib::Response& res, bool chat) {
+        const json body = parse_body(req);
+        const Fields f{body};
+        check_model(f);
+        EngineRequest q = sampling(f, chat);
+        const bool stream = f.boolean("stream", false);
+        bool include_usage = false;
+        if (const json* so = f.object("stream_options")) include_usage = Fields{*so}.boolean("include_usage", false);
+        const bool echo = !chat && f.boolean("echo", false);
+        std::string echo_text;
+        if (chat) {
+            if (!f.has("messages")) bad("'messages' is required", "missing_field");
+            q.prompt = model->tokenize(chat_prompt(body["messages"]), false);
+        } else {
+            if (!f.has("prompt")) bad("'prompt' is required", "missing_field");
+            q.prompt = prompt_ids(body["prompt"]);
+            if (echo) echo_text = body["prompt"].is_string() ? body["prompt"].get<std::string>() : tok().decode(q.prompt, true);
+        }
+        if (q.prompt.empty()) bad("the prompt is empty");
+        const int64_t n_ctx = engine->context_length();
+        if ((int64_t)q.prompt.size() >= n_ctx)
+            throw HttpError{400,
+                            "the prompt has " + std::to_string(q.prompt.size()) + " tokens, but the context holds " +
+                                std::to_string(n_ctx) + " (the prompt and at least one generated token must fit)",
+                            "invalid_request_error", "context_length_exceeded"};
+        const int64_t n = q.n;
+        if (!accepting.load()) throw HttpError{503, "the server is shutting down", "unavailable_error", "unavailable"};
+        EngineHandle h = engine->submit(std::move(q));
+        const std::string id = new_id(chat ? "chatcmpl" : "cmpl");
+        const int64_t now = (int64_t)std::time(nullptr);
+        const char* object = chat ? "chat.completion" : "text_completion";
+        if (!stream) {
+            std::vector<std::string> text(n, echo_text);
+            std::vector<std::string> finish(n, "length");
+            std::vector<json> chat_lp(n, json::array());
+            std::vector<CompletionLogprobs> comp_lp(n);
+            const bool want_lp = body.contains("logprobs") && !body["logprobs"].is_null() && body["logprobs"] != false;
+            EngineEvent ev, done;
+            for (;;) {
+                if (!h.next(ev, 1000)) continue;
+                if (ev.kind == EngineEvent::Kind::token) {
+                    if (want_lp) {
+                        if (chat) chat_lp[ev.choice].push_back(chat_logprob(ev));
+                        else comp_lp[ev.choice].add(*this, ev, (int64_t)text[ev.choice].size());
+                    }
+                    text[ev.choice] += ev.text;
+                } else if (ev.kind == EngineEvent::Kind::finish) {
+                    text[ev.choice] += ev.text;
+                    finish[ev.choice] = ev.finish_reason;
+                } else {
+                    done = ev;
+                    break;
+                }
+            }
+            json choices = json::array();
+            for (int64_t i = 0; i < n; ++i) {
+                json c = {{"index", i}};
+                if (chat) {
+                    c["message"] = {{"role", "assistant"}, {"content", text[i]}};
+                    c["logprobs"] = want_lp ? json{{"content", chat_lp[i]}} : json(nullptr);
+                } else {
+                    c["text"] = text[i];
+                    c["logprobs"] = want_lp ? comp_lp[i].to_json() : json(nullptr);
+                }
+                c["finish_reason"] = finish[i];
+                choices.push_back(c);
+            }
+            json out = {{"id", id}, {"object", object}, {"created", now}, {"model", model_id},
+                        {"system_fingerprint", "moe"}, {"choices", choices}, {"usage", usage_json(done)}};
+            res.set_content(dump(out), "application/json");
+            return;
+        }
+        // streaming: one SSE event per token and choice, a finish chunk per choice, usage, [DONE]
+        const bool want_lp = body.contains("logprobs") && !body["logprobs"].is_null() && body["logprobs"] != false;
+        const std::string chunk_object = chat ? "chat.completion.chunk" : "text_completion";
+        auto state = std::make_shared<std::vector<int64_t>>(n, 0);  // text offset per choice (completions)
+        res.set_header("Cache-Control", "no-cache");
+        res.set_chunked_content_provider(
+            "text/event-stream",
+            [this, h, id, now, chat, n, echo_text, want_lp, include_usage, chunk_object, state](
+                size_t, httplib::DataSink& sink) mutable -> bool {
+                auto send = [&](const json& j) {
+                    const std::string s = "data: " + dump(j) + "\n\n";
+                    return sink.write(s.data(), s.size());
+                };
+                auto chunk = [&](json choice) {
+                    json c = {{"id", id}, {"object", chunk_object}, {"created", now}, {"model", model_id},
+                              {"system_fingerprint", "moe"}, {"choices", json::array({choice})}};
+                    if (include_usage) c["usage"] = nullptr;
+                    return c;
+                };
+                auto fail_out = [&] {
+                    h.cancel();
+                    return false;
+                };
+                // the first chunk of each choice: the role (chat) or the echoed prompt
+                for (int64_t i = 0; i < n; ++i) {
+                    json c = {{"index", i}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
+                    if (chat) c["delta"] = {{"role", "assistant"}, {"content", ""}};
+                    else c["text"] = echo_text;
+                    if ((chat || !echo_text.empty()) && !send(chunk(c))) return fail_out();
+                    (*state)[i] = (int64_t)echo_text.size();
+                }
+                EngineEvent ev;
+                auto last_write = Clock::now();
+                for (;;) {
+                    if (!h.next(ev, 500)) {
+                        // a comment now and then: a client that left is noticed while its request waits
+                        if (Clock::now() - last_write > std::chrono::seconds(2)) {
+                            if (!sink.write(": ping\n\n", 8)) return fail_out();
+                            last_write = Clock::now();
+                        }
+                        continue;
+                    }
+                    last_write = Clock::now();
+                    if (ev.kind == EngineEvent::Kind::token) {
+                        json c = {{"index", ev.choice}, {"finish_reason", nullptr}};
+                        if (chat) {
+                            c["delta"] = {{"content", ev.text}};
+                            c["logprobs"] = want_lp ? json{{"content", json::array({chat_logprob(ev)})}} : json(nullptr);
+                        } else {
+                            c["text"] = ev.text;
+                            if (want_lp) {
+                                CompletionLogprobs lp;
+                                lp.add(*this, ev, (*state)[ev.choice]);
+                                c["logprobs"] = lp.to_json();
+                            } else c["logprobs"] = nullptr;
+                            (*state)[ev.choice] += (int64_t)ev.text.size();
+                        }
+                        if (!send(chunk(c))) return fail_out();
+                    } else if (ev.kind == EngineEvent::Kind::finish) {
+                        json c = {{"index", ev.choice}, {"logprobs", nullptr}, {"finish_reason", ev.finish_reason}};
+                        if (chat) c["delta"] = ev.text.empty() ? json::object() : json{{"content", ev.text}};
+                        else c["text"] = ev.text;
+                        if (!send(chunk(c))) return fail_out();
+                    } else {
+                        if (include_usage) {
+                            json u = {{"id", id}, {"object", chunk_object}, {"created", now}, {"model", model_id},
+                                      {"system_fingerprint", "moe"}, {"choices", json::array()}, {"usage", usage_json(ev)}};
+                            if (!send(u)) return false;
+                        }
+                        const std::string d = "data: [DONE]\n\n";
+                        sink.write(d.data(), d.size());
+                        sink.done();
+                        return true;
+                    }
+                }
+            },
+            [h](bool) mutable { h.cancel(); });  // a no-op once done; a client that left cancels
+    }
+
+    std::string metrics() {
+        const EngineStats s = engine ? engine->stats() : EngineStats{};
+        std::ostringstream o;
+        auto gauge = [&](const char* name, const char* help, double v, const char* type = "gauge") {
+            o << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n" << name << " " << v << "\n";
+        };
+        gauge("moe_requests_running", "sequences decoding now", (double)s.running);
+        gauge("moe_requests_waiting", "sequences waiting for a slot", (double)s.waiting);
+        gauge("moe_requests_total", "requests finished", (double)s.requests_done, "counter");
+        gauge("moe_prompt_tokens_total", "prompt tokens computed (reused prefixes excluded)", (double)s.prompt_tokens, "counter");
+        gauge("moe_prompt_tokens_reused_total", "prompt tokens found in a slot's cache", (double)s.reused_prompt_tokens, "counter");
+        gauge("moe_generated_tokens_total", "tokens generated", (double)s.generated_tokens, "counter");
+        gauge("moe_engine_steps_total", "engine steps (one forward each)", (double)s.steps, "counter");
+        gauge("moe_engine_busy_seconds_total", "time spent in engine steps", s.step_seconds, "counter");
+        gauge("moe_tokens_per_second", "generated tokens per second of engine time",
+              s.step_seconds > 0 ? (double)s.generated_tokens / s.step_seconds : 0.0);
+        gauge("moe_kv_cache_used_cells", "KV-cache positions held by running sequences", (double)s.kv_used);
+        gauge("moe_kv_cache_total_cells", "KV-cache positions (slots x context)", (double)s.kv_total);
+        gauge("moe_kv_cache_usage_ratio", "used / total KV-cache positions",
+              s.kv_total ? (double)s.kv_used / (double)s.kv_total : 0.0);
+        gauge("moe_http_requests_total", "HTTP requests received", (double)http_requests.load(), "counter");
+        auto histogram = [&](const char* name, const char* help, const std::vector<double>& v) {
+            static const double kBuckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+            o << "# HELP " << name << " " << help << " (the last 10000 requests)\n# TYPE " << name << " histogram\n";
+            double sum = 0;
+            for (double x : v) sum += x;
+            for (double b : kBuckets) {
+                int64_t c = 0;
+                for (double x : v) c += x <= b;
+                o << name << "_bucket{le=\"" << b << "\"} " << c << "\n";
+            }
+            o << name << "_bucket{le=\"+Inf\"} " << v.size() << "\n" << name << "_sum " << sum << "\n"
+              << name << "_count " << v.size() << "\n";
+        };
+        histogram("moe_time_to_first_token_seconds", "time from submission to the first token", s.ttft);
+        histogram("moe_request_latency_seconds", "time from submission to the last token", s.latency);
+        o << "# HELP moe_expert_tokens_total tokens routed to each expert of each MoE layer\n"
+             "# TYPE moe_expert_tokens_total counter\n";
+        for (size_t l = 0; l < s.expert_tokens.size(); ++l)
+            for (size_t e = 0; e < s.expert_tokens[l].size(); ++e)
+                o << "moe_expert_tokens_total{layer=\"" << l << "\",expert=\"" << e << "\"} " << s.expert_tokens[l][e] << "\n";
+        return o.str();
+    }
+};
+
+// Runs a handler: HttpError / moe::error / JSON errors become OpenAI error objects.
+template <class F>
+void guarded(Server& s, httplib::Response& res, F&& f) {
+    s.http_requests.fetch_add(1);
+    try {
+        f();
+    } catch (const HttpError& e) {
+        set_error(res, e.status, e.message, e.type, e.code);
+    } catch (const EngineBusy& e) {
+        const bool closing = !s.accepting.load();
+        set_error(res, closing ? 503 : 429, e.what(), closing ? "unavailable_error" : "rate_limit_error",
+                  closing ? "unavailable" : "queue_full");
+        res.set_header("Retry-After", "1");
+    } catch (const moe::error& e) {
+        set_error(res, 400, e.what(), "invalid_request_error", "invalid_value");
+    } catch (const json::exception& e) {
+        set_error(res, 400, std::string("bad JSON value: ") + e.what(), "invalid_request_error", "invalid_type");
+    } catch (const std::bad_alloc&) {
+        set_error(res, 500, "out of memory", "server_error", "internal_error");
+    } catch (const std::exception& e) {
+        set_error(res, 500, e.what(), "server_error", "internal_error");
+    }
+    if (res.status >= 400) s.http_errors.fetch_add(1);
+}
+
+}  // namespace
+
+int serve(const ServeOptions& opt) {
+    if (opt.port < 0 || opt.port > 65535) fail("--port must be in [0, 65535], got ", opt.port);
+    if (opt.parallel < 1 || opt.parallel > 256) fail("--parallel must be in [1, 256], got ", opt.parallel);
+    if (opt.ctx_size < 0) fail("--ctx-size must be >= 0, got ", opt.ctx_size);
+    if (!opt.dtype.empty() && opt.dtype != "fp32" && opt.dtype != "bf16" && opt.dtype != "int8")
+        fail("--dtype must be fp32, bf16 or int8, got '", opt.dtype, "'");
+    set_threads(opt.threads);
+    // SIGTERM / SIGINT are taken by sigwait below: block them in every thread started from here on
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+    signal(SIGPIPE, SIG_IGN);  // a client that left: a failed write, not a dead server
+
+    Server s;
+    s.opt = opt;
+    s.created = (int64_t)std::time(nullptr);
+    std::string base = std::filesystem::path(opt.model).lexically_normal().filename().string();
+    if (base.empty() || base == ".") base = std::filesystem::path(opt.model).lexically_normal().parent_path().filename().string();
+    s.model_id = base.empty() ? opt.model : base;
+
+    httplib::Server http;
+    const size_t pool = (size_t)(opt.parallel * 2 + 8);
+    http.new_task_queue = [pool] { return new httplib::ThreadPool(pool); };
+    http.set_payload_max_length((size_t)opt.max_body_bytes);
+    http.set_read_timeout(30, 0);
+    http.set_write_timeout(30, 0);
+    http.set_keep_alive_timeout(5);
+    http.set_pre_routing_handler([&](const httplib::Request& req, httplib::Response& res) {
+        if (!opt.api_key.empty() && req.path != "/health") {
+            const std::string want = "Bearer " + opt.api_key;
+            if (req.get_header_value("Authorization") != want) {
+                set_error(res, 401, "a valid API key is needed: 'Authorization: Bearer KEY'", "authentication_error",
+                          "invalid_api_key");
+                s.http_errors.fetch_add(1);
+                return httplib::Server::HandlerResponse::Handled;
+            }
+        }
+        if (req.path != "/health" && req.path != "/metrics" && !s.ready.load()) {
+            set_error(res, 503, "the model is loading", "unavailable_error", "loading");
+            res.set_header("Retry-After", "1");
+            return httplib::Server::HandlerResponse::Handled;
+        }
+        return httplib::Server::HandlerResponse::Unhandled;
+    });
+    // statuses set by httplib itself (404 no route, 413 body too large, 400 bad request line):
+    // OpenAI's error object when the handler left no body
+    http.set_error_handler([&](const httplib::Request&, httplib::Response& res) {
+        if (!res.body.empty()) return;
+        const int st = res.status;
+        const std::string msg = st == 404 ? "no such endpoint"
+                                : st == 413 ? "the request body is larger than " + std::to_string(opt.max_body_bytes) + " bytes"
+                                : st == 405 ? "method not allowed"
+                                            : "bad request";
+        set_error(res, st, msg, st == 404 ? "not_found_error" : "invalid_request_error",
+                  st == 413 ? "payload_too_large" : st == 404 ? "not_found" : "bad_request");
+    });
+    http.set_exception_handler([&](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+        set_error(res, 500, "internal error", "server_error", "internal_error");
+    });
+
+    http.Get("/health", [&](const httplib::Request&, httplib::Response& res) {
+        if (!s.ready.load()) {
+            set_error(res, 503, "the model is loading", "unavailable_error", "loading");
+            return;
+        }
+        res.set_content(s.accepting.load() ? R"({"status":"ok"})" : R"({"status":"shutting down"})", "application/json");
+        if (!s.accepting.load()) res.status = 503;
+    });
+    auto models = [&](const httplib::Request&, httplib::Response& res) {
+        guarded(s, res, [&] {
+            json m = {{"id", s.model_id}, {"object", "model"}, {"created", s.created}, {"owned_by", "moe"},
+                      {"meta", {{"n_ctx", s.engine->context_length()}, {"n_vocab", s.model->vocab_size()},
+                                {"dtype", s.model->weight_type()}, {"parallel", opt.parallel}}}};
+            res.set_content(dump({{"object", "list"}, {"data", json::array({m})}}), "application/json");
+        });
+    };
+    http.Get("/v1/models", models);
+    http.Get("/models", models);
+    http.Post("/v1/completions", [&](const httplib::Request& req, httplib::Response& res) {
+        guarded(s, res, [&] { s.completion(req, res, false); });
+    });
+    http.Post("/v1/chat/completions", [&](const httplib::Request& req, httplib::Response& res) {
+        guarded(s, res, [&] { s.completion(req, res, true); });
+    });
+    http.Post("/tokenize", [&](const httplib::Request& req, httplib::Response& res) {
+        guarded(s, res, [&] {
+            const json b = s.parse_body(req);
+            const Fields f{b};
+            const std::string text = f.string("content", "");
+            const bool special = f.boolean("add_special", false);
+            res.set_content(dump({{"tokens", s.model->tokenize(text, special)}}), "application/json");
+        });
+    });
+    http.Post("/detokenize", [&](const httplib::Request& req, httplib::Response& res) {
+        guarded(s, res, [&] {
+            const json b = s.parse_body(req);
+            if (!b.contains("tokens") || !b["tokens"].is_array()) bad("'tokens' must be a list of token ids", "invalid_type");
+            std::vector<int32_t> ids;
+            const int64_t V = s.model->vocab_size();
+            for (const json& x : b["tokens"]) {
+                if (!x.is_number_integer()) bad("'tokens' must hold integers only", "invalid_type");
+                const int64_t v = x.get<int64_t>();
+                if (v < 0 || v >= V) bad("token id " + std::to_string(v) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
+                ids.push_back((int32_t)v);
+            }
+            res.set_content(dump({{"content", s.tok().decode(ids)}}), "application/json");
+        });
+    });
+    http.Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
+        res.set_content(s.metrics(), "text/plain; version=0.0.4");
+    });
+
+    int port = opt.port;
+    if (port == 0) {
+        port = http.bind_to_any_port(opt.host);
+        if (port < 0) fail("cannot bind ", opt.host, " to a free port");
+    } else if (!http.bind_to_port(opt.host, port)) {
+        fail("cannot bind ", opt.host, ":", port, " (in use, or not an address of this machine)");
+    }
+    const std::string url = "http://" + opt.host + ":" + std::to_string(port);
+    std::thread listener([&] { http.listen_after_bind(); });
+    if (opt.on_listening) opt.on_listening(url);
+
+    // the load: /health answers 503 meanwhile
+    int rc = 0;
+    try {
+        s.model = std::make_unique<LoadedModel>(opt.model, opt.dtype, "serve --dtype", opt.ctx_size);
+        if (!opt.chat_template.empty()) s.model->set_chat_template(read_text(opt.chat_template, "--chat-template"));
+        s.model->has_chat_template();  // parsed now, before request threads read it
+        LoadedModel::Impl& m = s.model->impl();
+        EngineOptions eo;
+        eo.slots = opt.parallel;
+        eo.batch_tokens = opt.batch_tokens;
+        eo.max_queue = opt.max_queue;
+        s.engine = std::make_unique<Engine>(*m.ck.model, m.ck.tokenizer, eo);
+    } catch (...) {
+        http.stop();
+        listener.join();
+        throw;
+    }
+    s.ready.store(true);
+    if (opt.on_ready) opt.on_ready(url);
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    // stop accepting (new requests get 503), let what runs finish within the grace period, then close
+    s.accepting.store(false);
+    s.engine->stop(opt.shutdown_grace);
+    http.stop();
+    listener.join();
+    s.engine.reset();
+    return rc;
+}
+
+}  // namespace moe

@@ -1,0 +1,11 @@
+# `moe serve` driven by PyPI's openai client and prometheus-client (tests/serve/test_openai_client.py)
+# from the pinned venv of scripts/oracle_venv.sh (scripts/test.sh creates it). Without that venv, or
+# without the packages in it, the test is skipped (exit 77), not failed.
+set(MOE_ORACLE_PYTHON "$ENV{HOME}/.cache/moe/venv-oracle/bin/python" CACHE FILEPATH
+    "Python of the oracle venv (scripts/oracle_venv.sh) with openai and prometheus-client")
+add_test(NAME serve.openai_client
+  COMMAND sh -c "test -x \"$0\" || { echo \"skipped: no $0 (scripts/oracle_venv.sh)\"; exit 77; }; exec \"$0\" \"$@\""
+          ${MOE_ORACLE_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/serve/test_openai_client.py
+          $<TARGET_FILE:moe> ${CMAKE_CURRENT_SOURCE_DIR}/data)
+set_tests_properties(serve.openai_client PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77
+                     ENVIRONMENT OMP_WAIT_POLICY=passive)
