@@ -14,6 +14,7 @@
 
 #include "core/parallel.h"
 #include "core/profile.h"
+#include "kernels/cpu.h"
 
 namespace {
 
@@ -76,8 +77,9 @@ int main(int argc, char** argv) {
     const double bytes = (double)n * 4;
     const double copy_gbs = 2 * bytes / best_copy / 1e9, read_gbs = bytes / best_read / 1e9;
     if (json)
-        std::printf("{\"threads\": %d, \"mb\": %lld, \"copy_gbytes_per_sec\": %.2f, \"read_gbytes_per_sec\": %.2f}\n",
-                    moe::num_threads(), (long long)mb, copy_gbs, read_gbs);
+        std::printf("{\"threads\": %d, \"mb\": %lld, \"copy_gbytes_per_sec\": %.2f, \"read_gbytes_per_sec\": %.2f, "
+                    "\"host\": \"%s\"}\n",
+                    moe::num_threads(), (long long)mb, copy_gbs, read_gbs, moe::kernels::host_description().c_str());
     else
         std::printf("DRAM bandwidth, %d threads, %lld MB arrays: copy %.1f GB/s (read + write), read-only %.1f GB/s%s\n",
                     moe::num_threads(), (long long)mb, copy_gbs, read_gbs, sink == 42 ? " " : "");

@@ -60,6 +60,9 @@ void save_checkpoint(const std::string& dir, const Config& config, const Tokeniz
 void save_checkpoint_quantized(const std::string& dir, const Config& config, const Tokenizer& tok, Model& model,
                                const std::string& weight_type, const TrainState& st) {
     const kernels::WType wt = kernels::parse_wtype(weight_type, "quantize --dtype");
+    if (kernels::is_ggml(wt))  // (ggml block types come from GGUF files or are made at load)
+        fail("quantize --dtype ", weight_type, ": moe checkpoints store fp32, bf16 or int8; load with --dtype ",
+             weight_type, " to quantize at load time");
     ensure_writable_dir(dir);
     TensorFileWriter w = checkpoint_writer(config, tok, st);
     w.meta["weight_type"] = weight_type;

@@ -25,6 +25,7 @@ const CpuFeatures& cpu_features() {
         c.avx512vl = __builtin_cpu_supports("avx512vl");
         c.avx512dq = __builtin_cpu_supports("avx512dq");
         c.avx512_bf16 = __builtin_cpu_supports("avx512bf16");
+        c.avx512_vnni = __builtin_cpu_supports("avx512vnni");
         return c;
     }();
     return f;

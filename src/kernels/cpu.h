@@ -10,7 +10,8 @@ enum class Isa { ref = 0, avx2 = 1, avx512 = 2 };
 
 struct CpuFeatures {
     bool avx2 = false, fma = false, f16c = false, avx512f = false, avx512bw = false,
-         avx512vl = false, avx512dq = false, avx512_bf16 = false;
+         avx512vl = false, avx512dq = false, avx512_bf16 = false,
+         avx512_vnni = false;
 };
 
 const CpuFeatures& cpu_features();

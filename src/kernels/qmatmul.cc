@@ -22,15 +22,36 @@ const char* wtype_name(WType t) {
         case WType::f32: return "fp32";
         case WType::bf16: return "bf16";
         case WType::q8: return "int8";
+        case WType::q8_0: return "q8_0";
+        case WType::q4_0: return "q4_0";
+        case WType::q4_k: return "q4_k";
+        case WType::q5_k: return "q5_k";
+        case WType::q6_k: return "q6_k";
+        case WType::f16: return "f16";
     }
     return "?";
+}
+
+GType ggml_type(WType t) {
+    switch (t) {
+        case WType::q8_0: return GType::q8_0;
+        case WType::q4_0: return GType::q4_0;
+        case WType::q4_k: return GType::q4_k;
+        case WType::q5_k: return GType::q5_k;
+        case WType::q6_k: return GType::q6_k;
+        case WType::f16: return GType::f16;
+        default: MOE_ASSERT(false && "not a ggml type");
+    }
+    return GType::f32;
 }
 
 WType parse_wtype(const std::string& s, const char* where) {
     if (s == "fp32") return WType::f32;
     if (s == "bf16") return WType::bf16;
     if (s == "int8") return WType::q8;
-    fail(where, ": dtype must be fp32, bf16 or int8, got \"", s, "\"");
+    for (WType t : {WType::q8_0, WType::q4_0, WType::q4_k, WType::q5_k, WType::q6_k, WType::f16})
+        if (s == wtype_name(t)) return t;
+    fail(where, ": dtype must be fp32, bf16, int8, q8_0, q4_0, q4_k, q5_k, q6_k or f16, got \"", s, "\"");
 }
 
 double QMatrix::bytes() const {
@@ -39,6 +60,10 @@ double QMatrix::bytes() const {
         case WType::f32: return 4 * n;
         case WType::bf16: return 2 * n;
         case WType::q8: return n + 4.0 * (double)out * (double)blocks();
+        default: {
+            const GType g = ggml_type(type);
+            return (double)out * (double)(in / gtype_block(g)) * (double)gtype_block_bytes(g);
+        }
     }
     return 0;
 }
@@ -54,6 +79,7 @@ QMatrix QMatrix::rows(int64_t r0, int64_t n) const {
     if (f32) m.f32 = f32 + r0 * in;
     if (bf16) m.bf16 = bf16 + r0 * in;
     if (q) m.q = q + r0 * in, m.scales = scales + r0 * blocks();
+    if (raw) m.raw = raw + r0 * row_bytes;
     return m;
 }
 
@@ -115,9 +141,22 @@ void QActs::build(const float* x, int64_t n, int64_t i) {
     for (int64_t r = 0; r < N; ++r) quantize_q8_row(q.data() + r * in, scales.data() + r * nb, x + r * in, in);
 }
 
+// ggml rows need IN a multiple of the block: a user error (a model's width), not a bug
+static int64_t ggml_row_bytes_checked(WType t, int64_t in) {
+    const GType g = ggml_type(t);
+    if (in % gtype_block(g) != 0)
+        fail("weight type ", wtype_name(t), " needs rows of a multiple of ", gtype_block(g), " values, got ", in);
+    return gtype_row_bytes(g, in);
+}
+
 void QStore::build(WType t, const float* w, int64_t o, int64_t i) {
+    if (is_ggml(t)) {
+        allocate(t, o, i);
+        set_rows(0, o, w);
+        return;
+    }
     type = t, out = o, in = i, f32 = nullptr;
-    bf16.clear(), q.clear(), scales.clear();
+    bf16.clear(), q.clear(), scales.clear(), raw.clear();
     if (t == WType::f32) {
         f32 = w;
     } else if (t == WType::bf16) {
@@ -136,8 +175,10 @@ void QStore::build(WType t, const float* w, int64_t o, int64_t i) {
 void QStore::allocate(WType t, int64_t o, int64_t i) {
     MOE_ASSERT(t != WType::f32);  // fp32 weights are views of a model's own buffer
     type = t, out = o, in = i, f32 = nullptr;
-    bf16.clear(), q.clear(), scales.clear();
-    if (t == WType::bf16) {
+    bf16.clear(), q.clear(), scales.clear(), raw.clear();
+    if (is_ggml(t)) {
+        raw.resize(o * ggml_row_bytes_checked(t, i));
+    } else if (t == WType::bf16) {
         bf16.resize(o * i);
     } else {
         q.resize(o * i);
@@ -148,7 +189,13 @@ void QStore::allocate(WType t, int64_t o, int64_t i) {
 void QStore::set_rows(int64_t r0, int64_t n, const float* w) {
     MOE_ASSERT(type != WType::f32 && r0 >= 0 && r0 + n <= out);
     const int64_t i = in;
-    if (type == WType::bf16) {
+    if (is_ggml(type)) {
+        const GType g = ggml_type(type);
+        const int64_t rb = gtype_row_bytes(g, i);
+        parallel_for(0, n, 16, [&](int64_t a, int64_t b) {
+            for (int64_t r = a; r < b; ++r) quantize_row(g, w + r * i, raw.data() + (r0 + r) * rb, i);
+        });
+    } else if (type == WType::bf16) {
         parallel_for(0, n, 64, [&](int64_t a, int64_t b) {
             f32_to_bf16_n(bf16.data() + (r0 + a) * i, w + a * i, (b - a) * i);
         });
@@ -168,6 +215,8 @@ QMatrix QStore::view() const {
     m.bf16 = bf16.empty() ? nullptr : bf16.data();
     m.q = q.empty() ? nullptr : q.data();
     m.scales = scales.empty() ? nullptr : scales.data();
+    m.raw = raw.empty() ? nullptr : raw.data();
+    m.row_bytes = is_ggml(type) ? gtype_row_bytes(ggml_type(type), in) : 0;
     return m;
 }
 
@@ -237,6 +286,12 @@ static void dequantize_row_slice(float* dst, const QMatrix& w, int64_t r, int64_
         case WType::q8:
             dequantize_q8_n(dst, w.q + at, w.scales + r * w.blocks() + k0 / kQ8Block, kc);
             break;
+        default: {  // k0 starts a block (a multiple of 256 or 0)
+            const GType g = ggml_type(w.type);
+            MOE_ASSERT(k0 % gtype_block(g) == 0 && kc % gtype_block(g) == 0);
+            dequantize_row(g, w.raw + r * w.row_bytes + k0 / gtype_block(g) * gtype_block_bytes(g), dst, kc);
+            break;
+        }
     }
 }
 
@@ -261,7 +316,28 @@ double q8_dot_ref(const QMatrix& w, int64_t o, const QActs& qa, int64_t n) {
 }
 }  // namespace
 
+// ggml types: x rounded to the activation type's grid (q8_0 / q8_k blocks, by the scalar quantizer),
+// then double sums over dequantized values
+static void qmatmul_ref_ggml(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate) {
+    const GType g = ggml_type(w.type), at = gtype_act(g);
+    std::vector<float> xr(N * w.in), row(w.in);
+    std::vector<uint8_t> qx(gtype_row_bytes(at, w.in));
+    for (int64_t n = 0; n < N; ++n) {
+        quantize_row(at, x + n * w.in, qx.data(), w.in);
+        dequantize_row(at, qx.data(), xr.data() + n * w.in, w.in);
+    }
+    for (int64_t o = 0; o < w.out; ++o) {
+        dequantize_row(g, w.raw + o * w.row_bytes, row.data(), w.in);
+        for (int64_t n = 0; n < N; ++n) {
+            double acc = 0;
+            for (int64_t i = 0; i < w.in; ++i) acc += (double)xr[n * w.in + i] * row[i];
+            y[n * w.out + o] = (float)(accumulate ? y[n * w.out + o] + acc : acc);
+        }
+    }
+}
+
 void qmatmul_ref(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate) {
+    if (is_ggml(w.type)) return qmatmul_ref_ggml(y, x, w, N, accumulate);
     QActs qa;
     if (w.type == WType::q8) qa.build(x, N, w.in);
     std::vector<float> row(w.in);
@@ -285,6 +361,7 @@ inline float weight_at(const QMatrix& w, int64_t o, int64_t i) {
         case WType::f32: return w.f32[o * w.in + i];
         case WType::bf16: return bf16_to_f32(w.bf16[o * w.in + i]);
         case WType::q8: return w.scales[o * w.blocks() + i / kQ8Block] * (float)w.q[o * w.in + i];
+        default: MOE_ASSERT(false && "ggml types take their own path");
     }
     return 0.f;
 }
@@ -392,6 +469,7 @@ void gemv_rows_avx2_any(float* y, const float* x, const QActs& qa, const QMatrix
             if (nr == 2) gemv_q8_avx2<2>(y, qa, w, n0, o0, o1, accumulate);
             else gemv_q8_avx2<1>(y, qa, w, n0, o0, o1, accumulate);
             break;
+        default: MOE_ASSERT(false && "ggml types take their own path");
     }
 }
 
@@ -434,18 +512,29 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
     MOE_ASSERT(gemv_path(N));
     int64_t total = 0;
     double bytes = 0;
-    bool q8 = false;
+    bool q8 = false, act[3] = {false, false, false};  // ggml activations: q8_0, q8_k, f32
     for (const QOut& o : outs) {
         MOE_ASSERT(o.w.in == outs.begin()->w.in);
         total += o.w.out, bytes += o.w.bytes(), q8 = q8 || o.w.type == WType::q8;
+        if (is_ggml(o.w.type)) {
+            const GType a = gtype_act(ggml_type(o.w.type));
+            act[a == GType::q8_0 ? 0 : a == GType::q8_k ? 1 : 2] = true;
+        }
     }
     if (N <= 0 || total == 0) return;
+    const int64_t in = outs.begin()->w.in;
     thread_local QActs qa;  // int8: x quantized once for all the matrices
-    if (q8) qa.build(x, N, outs.begin()->w.in);
+    if (q8) qa.build(x, N, in);
+    thread_local GActs ga[3];  // the same for the ggml types' activation types
+    if (act[0]) ga[0].build(GType::q8_0, x, N, in);
+    if (act[1]) ga[1].build(GType::q8_k, x, N, in);
+    if (act[2]) ga[2].build(GType::f32, x, N, in);
     const QActs* qx = &qa;  // this thread's copy (naming `qa` on a worker would mean the worker's)
+    const GActs* gx = ga;
     // below kGemvParallelBytes of weights the call runs on this thread alone: a fork/join costs
     // more than the work, and a core busy with another process stalls every barrier
-    // batch invariant with more rows: blocks of kInvariantRowBlock rows, the weights read once per block
+    // batch invariant with more rows: blocks of kInvariantRowBlock rows, the weights read once per
+    // block (the ggml types' row dots give each row the same arithmetic whatever N: one pass over all)
     const int64_t block = N <= kGemvMaxN ? N : kInvariantRowBlock;
     const double work = bytes * (double)((N + block - 1) / block);
     parallel_for(0, total, work < kGemvParallelBytes ? total : 32, [&](int64_t r0, int64_t r1) {
@@ -454,7 +543,16 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
             int64_t off = 0;  // rows [off, off + out) of the concatenation are matrix o's
             for (const QOut& o : outs) {
                 const int64_t lo = std::max(r0, off), hi = std::min(r1, off + o.w.out);
-                if (lo < hi) qmatmul_rows(o.y, x, *qx, o.w, nb, ne, lo - off, hi - off, accumulate);
+                if (lo < hi && is_ggml(o.w.type)) {
+                    if (nb == 0) {
+                        const GType g = ggml_type(o.w.type), a = gtype_act(g);
+                        const GActs& acts = gx[a == GType::q8_0 ? 0 : a == GType::q8_k ? 1 : 2];
+                        ggml_matmul_rows(o.y, o.w.out, acts, o.w.raw, g, o.w.row_bytes, N, lo - off, hi - off,
+                                         accumulate);
+                    }
+                } else if (lo < hi) {
+                    qmatmul_rows(o.y, x, *qx, o.w, nb, ne, lo - off, hi - off, accumulate);
+                }
                 off += o.w.out;
             }
         }
@@ -476,6 +574,11 @@ void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumul
     }
     if (N <= kGemvMaxN) {
         qmatmul_same_x(x, N, {{y, w}}, accumulate);
+        return;
+    }
+    if (is_ggml(w.type)) {  // prefill: integer dots over tiles of weight rows (ggml_quants.cc)
+        thread_local GActs acts;
+        ggml_matmul(y, x, w.raw, ggml_type(w.type), w.row_bytes, N, w.out, w.in, accumulate, acts);
         return;
     }
     // prefill. int8: x rounded to its int8 grid (the definition above), as fp32 for the GEMM
@@ -510,6 +613,28 @@ void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumul
         });
         gemm<float>(false, true, N, nb, w.in, 1.f, x, w.in, wf, w.in, accumulate ? 1.f : 0.f, y + o0, w.out);
     }
+}
+
+}  // namespace moe::kernels
+
+namespace moe::kernels {
+
+// The other prefill for ggml types, kept for the comparison in bench/prefill_quant: x rounded to
+// its activation grid (as the integer kernels see it), then the packed fp32 GEMM with W's rows
+// dequantized slice by slice inside its packing.
+void qmatmul_ggml_dequant_gemm(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate) {
+    MOE_ASSERT(is_ggml(w.type) && gemm_backend() == GemmBackend::packed);
+    const GType at = gtype_act(ggml_type(w.type));
+    thread_local GActs acts;
+    thread_local std::vector<float> xs;
+    acts.build(at, x, N, w.in);
+    if ((int64_t)xs.size() < N * w.in) xs.resize(N * w.in);
+    float* xd = xs.data();
+    const GActs* a = &acts;
+    parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n) dequantize_row(at, a->row(n), xd + n * w.in, w.in);
+    });
+    sgemm_packed_wrows(N, w.out, w.in, xd, w.in, load_row_slice, &w, accumulate ? 1.f : 0.f, y, w.out);
 }
 
 }  // namespace moe::kernels

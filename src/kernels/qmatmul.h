@@ -21,12 +21,19 @@
 #include <vector>
 
 #include "core/memory.h"
+#include "kernels/ggml_quants.h"
 
 namespace moe::kernels {
 
-enum class WType { f32, bf16, q8 };
+// f32, bf16, q8: moe's own (q8: int8 values and fp32 scales in separate arrays). The rest are
+// ggml's block formats (kernels/ggml_quants.h), rows of ggml bytes used in place (a GGUF tensor's
+// mapping) or quantized from fp32 with ggml's reference quantizers; bf16 rows are already ggml's.
+enum class WType { f32, bf16, q8, q8_0, q4_0, q4_k, q5_k, q6_k, f16 };
 const char* wtype_name(WType t);
-WType parse_wtype(const std::string& s, const char* where);  // "fp32" | "bf16" | "int8"
+// "fp32" | "bf16" | "int8" | "q8_0" | "q4_0" | "q4_k" | "q5_k" | "q6_k" | "f16"
+WType parse_wtype(const std::string& s, const char* where);
+inline bool is_ggml(WType t) { return t >= WType::q8_0; }
+GType ggml_type(WType t);  // is_ggml(t) only
 inline constexpr int64_t kQ8Block = 32;
 // Decode work below this many bytes of weights stays on one thread (see qmatmul).
 inline constexpr double kGemvParallelBytes = 1 << 20;
@@ -41,6 +48,8 @@ struct QMatrix {
     const uint16_t* bf16 = nullptr;  // (OUT, IN)
     const int8_t* q = nullptr;       // (OUT, IN)
     const float* scales = nullptr;   // (OUT, ceil(IN / 32))
+    const uint8_t* raw = nullptr;    // ggml types: row r at raw + r * row_bytes
+    int64_t row_bytes = 0;
     // A stack whose pieces live apart (a Hugging Face file's experts, one tensor each, used in
     // place): rows [i * part_rows, (i + 1) * part_rows) are parts[i]; the pointers above are null
     // and every use goes through rows() (or dequantize_row), which must stay inside one part.
@@ -60,11 +69,13 @@ struct QStore {
     std::vector<uint16_t, LargeAllocator<uint16_t>> bf16;
     std::vector<int8_t, LargeAllocator<int8_t>> q;
     std::vector<float, LargeAllocator<float>> scales;
+    std::vector<uint8_t, LargeAllocator<uint8_t>> raw;  // ggml types: (OUT, row bytes)
     const float* f32 = nullptr;  // fp32: a view of the source (not copied)
     void build(WType t, const float* w, int64_t out, int64_t in);
     // Storage for (out, in) in type t (bf16 or int8) to fill by rows: set_rows(r0, n, w) converts
     // rows [r0, r0 + n) from fp32 (n * in values), with the arithmetic of build, so a matrix made
     // in slices has the bits of one built whole, without its fp32 copy ever existing in full.
+    // ggml types need IN a multiple of their block (32, or 256 for the K-quants): else moe::error.
     void allocate(WType t, int64_t out, int64_t in);
     void set_rows(int64_t r0, int64_t n, const float* w);
     QMatrix view() const;
@@ -85,8 +96,13 @@ struct QActs {
 };
 void dequantize_row(float* dst, const QMatrix& w, int64_t row);
 
+// The reference twin: a double sum over dequantized weights; int8 and the ggml block types with x
+// rounded as their kernels round it (int8 / q8_0 / q8_k blocks), f16 / bf16 with x as is.
 void qmatmul_ref(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate);
 void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate);
+// ggml types, the prefill alternative to the integer tiles (for the comparison in the benches):
+// x rounded to its activation grid, then the packed fp32 GEMM dequantizing W inside its packing
+void qmatmul_ggml_dequant_gemm(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate);
 // Several decode-sized products (N <= kGemvMaxN, any N while batch invariant) that read the same x (N, IN): y_i [+]= x · W_i^T,
 // under one parallel region over all their output rows (q, k, v of a decode step; up and gate of
 // an FFN); x is quantized once when any W_i is int8. qmatmul's decode path is this with one matrix.

@@ -1,0 +1,92 @@
+// Prefill GEMMs on ggml block weights: y (N, OUT) = x (N, IN) . W^T for N = 512 tokens, W in q8_0,
+// q4_k, ... (kernels/ggml_quants.h), as a fraction of the machine's int8 dot peak measured in the
+// same run (bench/int8_peak.h). Per type, side by side, best of R: qmatmul's prefill (integer dots
+// over tiles of weight rows, the default), the alternative (x rounded to its q8 grid, then the
+// packed fp32 GEMM dequantizing W inside its packing), and the fp32 GEMM on fp32 weights.
+//
+//   prefill_quant [--dtype q8_0,q4_k] [--tokens N] [--threads T] [--reps R]
+//
+// Last line: fraction_of_int8_peak=X, the smallest over the types of qmatmul's rate / the peak.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bench/int8_peak.h"
+#include "core/parallel.h"
+#include "core/profile.h"
+#include "kernels/gemm.h"
+#include "kernels/qmatmul.h"
+
+using namespace moe::kernels;
+
+int main(int argc, char** argv) {
+    std::string dtypes = "q8_0,q4_k";
+    int64_t N = 512;
+    int threads = 0, reps = 5;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--dtype" && i + 1 < argc) dtypes = argv[++i];
+        else if (a == "--tokens" && i + 1 < argc) N = std::atoll(argv[++i]);
+        else if (a == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
+        else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
+        else {
+            std::fprintf(stderr, "usage: prefill_quant [--dtype q8_0,q4_k] [--tokens N] [--threads T] [--reps R]\n");
+            return 2;
+        }
+    }
+    moe::set_num_threads(threads);
+    const int T = moe::num_threads();
+    std::printf("host: %s\n", host_description().c_str());
+    const int8_peak::Peak peak = int8_peak::measure(T, 1.0);
+    std::printf("int8 dot peak: %.1f GOP/s on %d threads [%s]\n", peak.gops, T, peak.isa.c_str());
+    struct Shape {
+        const char* what;
+        int64_t out, in;
+    };
+    const Shape shapes[] = {{"q|k|v  (3072, 1024)", 3072, 1024}, {"down   (1024, 4096)", 1024, 4096}};
+    std::mt19937_64 rng(1);
+    std::normal_distribution<float> nd(0.f, 1.f);
+    double worst = 1e30;
+    std::stringstream ss(dtypes);
+    for (std::string name; std::getline(ss, name, ',');) {
+        const WType t = parse_wtype(name, "--dtype");
+        double tq = 0, td = 0, tf = 0, ops = 0;
+        for (const Shape& s : shapes) {
+            std::vector<float> w(s.out * s.in), x(N * s.in), y(N * s.out);
+            for (auto& v : w) v = nd(rng);
+            for (auto& v : x) v = nd(rng);
+            QStore st;
+            st.build(t, w.data(), s.out, s.in);
+            const QMatrix m = st.view();
+            double bq = 1e30, bd = 1e30, bf = 1e30;
+            for (int r = 0; r < reps; ++r) {  // alternating, best of reps each
+                double t0 = moe::now_seconds();
+                qmatmul(y.data(), x.data(), m, N, false);
+                bq = std::min(bq, moe::now_seconds() - t0);
+                if (is_ggml(t) && gemm_backend() == GemmBackend::packed) {
+                    t0 = moe::now_seconds();
+                    qmatmul_ggml_dequant_gemm(y.data(), x.data(), m, N, false);
+                    bd = std::min(bd, moe::now_seconds() - t0);
+                }
+                t0 = moe::now_seconds();
+                gemm<float>(false, true, N, s.out, s.in, 1.f, x.data(), s.in, w.data(), s.in, 0.f, y.data(), s.out);
+                bf = std::min(bf, moe::now_seconds() - t0);
+            }
+            const double o = 2.0 * N * s.out * s.in;
+            std::printf("%-5s %s N=%lld: qmatmul %6.1f GOP/s (%.2f of int8 peak) | dequant+fp32 GEMM %6.1f | fp32 GEMM %6.1f\n",
+                        name.c_str(), s.what, (long long)N, o / bq / 1e9, o / bq / 1e9 / peak.gops, o / bd / 1e9,
+                        o / bf / 1e9);
+            tq += bq, td += bd, tf += bf, ops += o;
+        }
+        const double frac = ops / tq / 1e9 / peak.gops;
+        std::printf("%-5s all shapes: qmatmul %.1f GOP/s = %.3f of int8 peak; dequant+fp32 GEMM %.1f; fp32 GEMM %.1f\n",
+                    name.c_str(), ops / tq / 1e9, frac, ops / td / 1e9, ops / tf / 1e9);
+        worst = std::min(worst, frac);
+    }
+    std::printf("fraction_of_int8_peak=%.3f\n", worst);
+    return 0;
+}

@@ -1,0 +1,800 @@
+// ggml block formats: scalar quantizers, dequantizers, reference dots, dispatch and the matmul.
+// Hand-written because no Debian library multiplies ggml blocks in place (see ggml_quants.h); the
+// SIMD kernels are in ggml_quants_x86.cc. Compiled with fp-contract off: the quantizers must
+// round exactly as ggml's reference C and gguf-py do (no fused multiply-adds).
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#else
+#pragma GCC optimize("fp-contract=off")
+#endif
+#include "kernels/ggml_quants.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/parallel.h"
+#include "kernels/cpu.h"
+#include "kernels/ggml_quants_simd.h"
+#include "kernels/qmatmul.h"
+
+namespace moe::kernels {
+
+const char* gtype_name(GType t) {
+    switch (t) {
+        case GType::f32: return "f32";
+        case GType::f16: return "f16";
+        case GType::q4_0: return "q4_0";
+        case GType::q8_0: return "q8_0";
+        case GType::q4_k: return "q4_k";
+        case GType::q5_k: return "q5_k";
+        case GType::q6_k: return "q6_k";
+        case GType::q8_k: return "q8_k";
+        case GType::bf16: return "bf16";
+    }
+    return "?";
+}
+
+int64_t gtype_block(GType t) {
+    switch (t) {
+        case GType::f32: case GType::f16: case GType::bf16: return 1;
+        case GType::q4_0: case GType::q8_0: return kQK;
+        default: return kQK_K;
+    }
+}
+
+int64_t gtype_block_bytes(GType t) {
+    switch (t) {
+        case GType::f32: return 4;
+        case GType::f16: case GType::bf16: return 2;
+        case GType::q4_0: return sizeof(BlockQ4_0);
+        case GType::q8_0: return sizeof(BlockQ8_0);
+        case GType::q4_k: return sizeof(BlockQ4_K);
+        case GType::q5_k: return sizeof(BlockQ5_K);
+        case GType::q6_k: return sizeof(BlockQ6_K);
+        case GType::q8_k: return sizeof(BlockQ8_K);
+    }
+    return 0;
+}
+
+int64_t gtype_row_bytes(GType t, int64_t n) {
+    MOE_ASSERT(n % gtype_block(t) == 0);
+    return n / gtype_block(t) * gtype_block_bytes(t);
+}
+
+GType gtype_act(GType w) {
+    switch (w) {
+        case GType::q4_0: case GType::q8_0: return GType::q8_0;
+        case GType::q4_k: case GType::q5_k: case GType::q6_k: return GType::q8_k;
+        default: return GType::f32;
+    }
+}
+
+// ---------------------------------------------------------------- half precision
+
+static inline uint32_t bits_of(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+static inline float float_of(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t fp32_to_fp16(float f) {
+    const uint32_t x = bits_of(f);
+    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    const uint32_t a = x & 0x7fffffffu;
+    if (a > 0x7f800000u) return sign | 0x7e00u | (uint16_t)((a >> 13) & 0x3ffu);  // NaN, quiet
+    if (a >= 0x47800000u) return sign | 0x7c00u;                                  // >= 2^16: inf
+    if (a >= 0x38800000u) {  // normal half: rebias the exponent (127 -> 15), round 23 -> 10 bits
+        uint32_t r = a - 0x38000000u;
+        r += 0xfffu + ((r >> 13) & 1u);  // to nearest, ties to even; a carry may reach inf: right
+        return sign | (uint16_t)(r >> 13);
+    }
+    if (a < 0x33000000u) return sign;  // below 2^-25 (or exactly: the tie goes to even 0)
+    // half denormal: the value in units of 2^-24, rounded to nearest even
+    const uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u;  // value m * 2^(e - 150)
+    const uint32_t shift = 126 - e;                                 // 14..24
+    uint32_t q = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (q & 1u))) ++q;
+    return sign | (uint16_t)q;
+}
+
+float fp16_to_fp32(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t em = h & 0x7fffu;
+    if (em >= 0x7c00u) return float_of(sign | 0x7f800000u | ((em & 0x3ffu) << 13));  // inf, NaN
+    // exponent and mantissa shifted into place read as an fp32 scaled by 2^-112: times 2^112 is
+    // exact and also gives the denormals right
+    return float_of(sign | bits_of(float_of(em << 13) * 0x1p112f));
+}
+
+static inline uint16_t fp32_to_bf16_ggml(float f) {
+    uint32_t u = bits_of(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64u);  // NaN: quiet
+    return (uint16_t)((u + (0x7fffu + ((u >> 16) & 1u))) >> 16);
+}
+
+// ---------------------------------------------------------------- reference quantizers
+
+// round to nearest, ties to even, for |v| < 2^22 (ggml's nearest_int, the same trick: adding
+// 1.5 * 2^23 leaves the rounded integer in the low mantissa bits; no libm call in the fit loops)
+static inline int nearest_int(float v) {
+    const uint32_t i = bits_of(v + 12582912.f);
+    return (int)(i & 0x007fffffu) - 0x00400000;
+}
+
+void quantize_row_q8_0(const float* x, void* vy, int64_t n) {
+    MOE_ASSERT(n % kQK == 0);
+    BlockQ8_0* y = static_cast<BlockQ8_0*>(vy);
+    for (int64_t i = 0; i < n / kQK; ++i, x += kQK) {
+        float amax = 0.f;
+        for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(x[j]));
+        const float d = amax / 127.f, id = d != 0.f ? 1.f / d : 0.f;
+        y[i].d = fp32_to_fp16(d);
+        for (int j = 0; j < kQK; ++j) y[i].qs[j] = (int8_t)std::round(x[j] * id);  // ties away from 0
+    }
+}
+
+void quantize_row_q4_0(const float* x, void* vy, int64_t n) {
+    MOE_ASSERT(n % kQK == 0);
+    BlockQ4_0* y = static_cast<BlockQ4_0*>(vy);
+    for (int64_t i = 0; i < n / kQK; ++i, x += kQK) {
+        float amax = 0.f, max = 0.f;  // the first value of largest magnitude, signed
+        for (int j = 0; j < kQK; ++j)
+            if (amax < std::fabs(x[j])) amax = std::fabs(x[j]), max = x[j];
+        const float d = max / -8.f, id = d != 0.f ? 1.f / d : 0.f;
+        y[i].d = fp32_to_fp16(d);
+        for (int j = 0; j < kQK / 2; ++j) {
+            const int q0 = std::min(15, (int)(int8_t)(x[j] * id + 8.5f));  // truncation toward 0
+            const int q1 = std::min(15, (int)(int8_t)(x[j + 16] * id + 8.5f));
+            y[i].qs[j] = (uint8_t)(q0 | (q1 << 4));
+        }
+    }
+}
+
+namespace {
+
+// The K-quants' sub-block fit: scale and min (value ~ scale * L - min, L in [0, nmax]) minimizing
+// the weighted squared error over a small search of scales (ggml's make_qkx2_quants).
+float fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* L, float* the_min, uint8_t* Laux,
+                    float rmin, float rdelta, int nstep) {
+    float min = x[0], max = x[0], sum_w = w[0], sum_x = sum_w * x[0];
+    for (int i = 1; i < n; ++i) {
+        min = x[i] < min ? x[i] : min;
+        max = x[i] > max ? x[i] : max;
+        sum_w += w[i];
+        sum_x += w[i] * x[i];
+    }
+    if (min > 0) min = 0;
+    if (max == min) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        *the_min = -min;
+        return 0.f;
+    }
+    float iscale = (float)nmax / (max - min), scale = 1 / iscale, best = 0;
+    for (int i = 0; i < n; ++i) {
+        const int l = nearest_int(iscale * (x[i] - min));
+        L[i] = (uint8_t)std::max(0, std::min(nmax, l));
+        const float diff = scale * L[i] + min - x[i];
+        best += w[i] * (diff * diff);
+    }
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = (rmin + rdelta * (float)is + (float)nmax) / (max - min);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; ++i) {
+            const int l = std::max(0, std::min(nmax, nearest_int(iscale * (x[i] - min))));
+            Laux[i] = (uint8_t)l;
+            sum_l += w[i] * (float)l;
+            sum_l2 += w[i] * (float)l * (float)l;
+            sum_xl += w[i] * (float)l * x[i];
+        }
+        const float D = sum_w * sum_l2 - sum_l * sum_l;
+        if (D > 0) {
+            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+            if (this_min > 0) {
+                this_min = 0;
+                this_scale = sum_xl / sum_l2;
+            }
+            float err = 0;
+            for (int i = 0; i < n; ++i) {
+                const float diff = this_scale * Laux[i] + this_min - x[i];
+                err += w[i] * (diff * diff);
+            }
+            if (err < best) {
+                for (int i = 0; i < n; ++i) L[i] = Laux[i];
+                best = err, scale = this_scale, min = this_min;
+            }
+        }
+    }
+    *the_min = -min;
+    return scale;
+}
+
+// 8 six-bit (scale, min) pairs in 12 bytes (j < 4: low 6 bits of bytes j and j + 4; j >= 4: the
+// nibbles of byte j + 4 and the top 2 bits of bytes j - 4 and j)
+inline void scale_min_k4(int j, const uint8_t* q, uint8_t* sc, uint8_t* m) {
+    if (j < 4) {
+        *sc = q[j] & 63, *m = q[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+void pack_scale_min_k4(uint8_t* s, const uint8_t* ls, const uint8_t* lm) {
+    for (int j = 0; j < 8; ++j) {
+        if (j < 4) {
+            s[j] = ls[j], s[j + 4] = lm[j];
+        } else {
+            s[j + 4] = (uint8_t)((ls[j] & 0xF) | ((lm[j] & 0xF) << 4));
+            s[j - 4] |= (uint8_t)((ls[j] >> 4) << 6);
+            s[j] |= (uint8_t)((lm[j] >> 4) << 6);
+        }
+    }
+}
+
+// Q4_K / Q5_K: per 32-value sub-block a fitted (scale, min), both quantized to 6 bits against the
+// super-block's largest, then every value re-rounded against the stored scales. Writes d, dmin,
+// scales and L (0..nmax per value).
+template <class Block>
+void quantize_k_scales(const float* x, Block& y, uint8_t* L, int nmax, float rmin, float rdelta, int nstep) {
+    float scales[8], mins[8], weights[32];
+    uint8_t Laux[32];
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < 8; ++j) {
+        float sum_x2 = 0;
+        for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
+        const float av_x = std::sqrt(sum_x2 / 32);
+        for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(x[32 * j + l]);
+        scales[j] = fit_scale_min(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, rdelta, nstep);
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f, inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    uint8_t ls[8], lm[8];
+    for (int j = 0; j < 8; ++j) {
+        ls[j] = std::min<uint8_t>(63, (uint8_t)nearest_int(inv_scale * scales[j]));
+        lm[j] = std::min<uint8_t>(63, (uint8_t)nearest_int(inv_min * mins[j]));
+    }
+    pack_scale_min_k4(y.scales, ls, lm);
+    y.d = fp32_to_fp16(max_scale / 63.f);
+    y.dmin = fp32_to_fp16(max_min / 63.f);
+    for (int j = 0; j < 8; ++j) {
+        uint8_t sc, m;
+        scale_min_k4(j, y.scales, &sc, &m);
+        const float d = fp16_to_fp32(y.d) * (float)sc;
+        if (d == 0.f) continue;  // keeps the fit's L (its values decode to -dm anyway)
+        const float dm = fp16_to_fp32(y.dmin) * (float)m;
+        for (int i = 0; i < 32; ++i) L[32 * j + i] = (uint8_t)std::max(0, std::min(nmax, nearest_int((x[32 * j + i] + dm) / d)));
+    }
+}
+
+// Q6_K's sub-block fit (16 values, signed levels -nmax..nmax-1, weights x^2): ggml's
+// make_qx_quants with rmse_type 1 and no importance weights. L gets level + nmax.
+float fit_scale_signed(int n, int nmax, const float* x, int8_t* L) {
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; ++i) {
+        const float ax = std::fabs(x[i]);
+        if (ax > amax) amax = ax, max = x[i];
+    }
+    if (amax < 1e-15f) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        return 0.f;
+    }
+    float iscale = (float)-nmax / max, sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        const int l = std::max(-nmax, std::min(nmax - 1, nearest_int(iscale * x[i])));
+        L[i] = (int8_t)(l + nmax);
+        const float w = x[i] * x[i];
+        sumlx += w * x[i] * (float)l;
+        suml2 += w * (float)l * (float)l;
+    }
+    float scale = suml2 != 0.f ? sumlx / suml2 : 0.0f, best = scale * sumlx;
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = -((float)nmax + 0.1f * (float)is) / max;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; ++i) {
+            const int l = std::max(-nmax, std::min(nmax - 1, nearest_int(iscale * x[i])));
+            const float w = x[i] * x[i];
+            sumlx += w * x[i] * (float)l;
+            suml2 += w * (float)l * (float)l;
+        }
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            for (int i = 0; i < n; ++i)
+                L[i] = (int8_t)(nmax + std::max(-nmax, std::min(nmax - 1, nearest_int(iscale * x[i]))));
+            scale = sumlx / suml2, best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+}  // namespace
+
+void quantize_row_q4_k(const float* x, void* vy, int64_t n) {
+    MOE_ASSERT(n % kQK_K == 0);
+    BlockQ4_K* y = static_cast<BlockQ4_K*>(vy);
+    uint8_t L[kQK_K];
+    for (int64_t i = 0; i < n / kQK_K; ++i, x += kQK_K) {
+        quantize_k_scales(x, y[i], L, 15, -1.f, 0.1f, 20);
+        uint8_t* q = y[i].qs;
+        for (int j = 0; j < kQK_K; j += 64, q += 32)
+            for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+    }
+}
+
+void quantize_row_q5_k(const float* x, void* vy, int64_t n) {
+    MOE_ASSERT(n % kQK_K == 0);
+    BlockQ5_K* y = static_cast<BlockQ5_K*>(vy);
+    uint8_t L[kQK_K];
+    for (int64_t i = 0; i < n / kQK_K; ++i, x += kQK_K) {
+        quantize_k_scales(x, y[i], L, 31, -0.5f, 0.1f, 15);
+        uint8_t* qh = y[i].qh;
+        uint8_t* ql = y[i].qs;
+        std::memset(qh, 0, 32);
+        uint8_t m1 = 1, m2 = 2;
+        for (int c = 0; c < kQK_K; c += 64, ql += 32, m1 <<= 2, m2 <<= 2)
+            for (int j = 0; j < 32; ++j) {
+                int l1 = L[c + j], l2 = L[c + j + 32];
+                if (l1 > 15) l1 -= 16, qh[j] |= m1;
+                if (l2 > 15) l2 -= 16, qh[j] |= m2;
+                ql[j] = (uint8_t)(l1 | (l2 << 4));
+            }
+    }
+}
+
+void quantize_row_q6_k(const float* x, void* vy, int64_t n) {
+    MOE_ASSERT(n % kQK_K == 0);
+    BlockQ6_K* y = static_cast<BlockQ6_K*>(vy);
+    int8_t L[kQK_K];
+    float scales[16];
+    for (int64_t i = 0; i < n / kQK_K; ++i, x += kQK_K) {
+        float max_scale = 0, max_abs_scale = 0;
+        for (int ib = 0; ib < 16; ++ib) {
+            scales[ib] = fit_scale_signed(16, 32, x + 16 * ib, L + 16 * ib);
+            if (std::fabs(scales[ib]) > max_abs_scale) max_abs_scale = std::fabs(scales[ib]), max_scale = scales[ib];
+        }
+        if (max_abs_scale < 1e-15f) {
+            std::memset(&y[i], 0, sizeof(BlockQ6_K));
+            continue;
+        }
+        const float iscale = -128.f / max_scale;
+        y[i].d = fp32_to_fp16(1 / iscale);
+        for (int ib = 0; ib < 16; ++ib) y[i].scales[ib] = (int8_t)std::min(127, nearest_int(iscale * scales[ib]));
+        for (int j = 0; j < 16; ++j) {
+            const float d = fp16_to_fp32(y[i].d) * (float)y[i].scales[j];
+            if (d == 0.f) continue;
+            for (int ii = 0; ii < 16; ++ii)
+                L[16 * j + ii] = (int8_t)(std::max(-32, std::min(31, nearest_int(x[16 * j + ii] / d))) + 32);
+        }
+        uint8_t* ql = y[i].ql;
+        uint8_t* qh = y[i].qh;
+        for (int j = 0; j < kQK_K; j += 128, ql += 64, qh += 32)
+            for (int l = 0; l < 32; ++l) {
+                const int q1 = L[j + l], q2 = L[j + l + 32], q3 = L[j + l + 64], q4 = L[j + l + 96];
+                ql[l] = (uint8_t)((q1 & 0xF) | ((q3 & 0xF) << 4));
+                ql[l + 32] = (uint8_t)((q2 & 0xF) | ((q4 & 0xF) << 4));
+                qh[l] = (uint8_t)((q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6));
+            }
+    }
+}
+
+void quantize_row_q8_k(const float* x, void* vy, int64_t n) {
+    MOE_ASSERT(n % kQK_K == 0);
+    BlockQ8_K* y = static_cast<BlockQ8_K*>(vy);
+    for (int64_t i = 0; i < n / kQK_K; ++i, x += kQK_K) {
+        float max = 0, amax = 0;
+        for (int j = 0; j < kQK_K; ++j)
+            if (std::fabs(x[j]) > amax) amax = std::fabs(x[j]), max = x[j];
+        if (amax == 0.f) {  // (ggml leaves bsums unset here; zero is what they sum to)
+            std::memset(&y[i], 0, sizeof(BlockQ8_K));
+            continue;
+        }
+        const float iscale = -127.f / max;
+        for (int j = 0; j < kQK_K; ++j) y[i].qs[j] = (int8_t)std::min(127, nearest_int(iscale * x[j]));
+        for (int g = 0; g < 16; ++g) {
+            int s = 0;
+            for (int j = 0; j < 16; ++j) s += y[i].qs[16 * g + j];
+            y[i].bsums[g] = (int16_t)s;
+        }
+        y[i].d = 1 / iscale;
+    }
+}
+
+void quantize_row_f16(const float* x, void* vy, int64_t n) {
+    uint16_t* y = static_cast<uint16_t*>(vy);
+    for (int64_t i = 0; i < n; ++i) y[i] = fp32_to_fp16(x[i]);
+}
+
+void quantize_row_bf16(const float* x, void* vy, int64_t n) {
+    uint16_t* y = static_cast<uint16_t*>(vy);
+    for (int64_t i = 0; i < n; ++i) y[i] = fp32_to_bf16_ggml(x[i]);
+}
+
+// ---------------------------------------------------------------- dequantizers (gguf-py's arithmetic)
+
+void dequantize_row_q8_0(const void* vx, float* y, int64_t n) {
+    const BlockQ8_0* x = static_cast<const BlockQ8_0*>(vx);
+    for (int64_t i = 0; i < n / kQK; ++i, y += kQK) {
+        const float d = fp16_to_fp32(x[i].d);
+        for (int j = 0; j < kQK; ++j) y[j] = (float)x[i].qs[j] * d;
+    }
+}
+
+void dequantize_row_q4_0(const void* vx, float* y, int64_t n) {
+    const BlockQ4_0* x = static_cast<const BlockQ4_0*>(vx);
+    for (int64_t i = 0; i < n / kQK; ++i, y += kQK) {
+        const float d = fp16_to_fp32(x[i].d);
+        for (int j = 0; j < 16; ++j) {
+            y[j] = d * (float)((x[i].qs[j] & 0xF) - 8);
+            y[j + 16] = d * (float)((x[i].qs[j] >> 4) - 8);
+        }
+    }
+}
+
+void dequantize_row_q4_k(const void* vx, float* y, int64_t n) {
+    const BlockQ4_K* x = static_cast<const BlockQ4_K*>(vx);
+    for (int64_t i = 0; i < n / kQK_K; ++i) {
+        const float d = fp16_to_fp32(x[i].d), dmin = fp16_to_fp32(x[i].dmin);
+        const uint8_t* q = x[i].qs;
+        for (int c = 0; c < 4; ++c, q += 32) {
+            uint8_t sc, m;
+            scale_min_k4(2 * c, x[i].scales, &sc, &m);
+            const float d1 = d * (float)sc, m1 = dmin * (float)m;
+            scale_min_k4(2 * c + 1, x[i].scales, &sc, &m);
+            const float d2 = d * (float)sc, m2 = dmin * (float)m;
+            for (int l = 0; l < 32; ++l) *y++ = d1 * (float)(q[l] & 0xF) - m1;
+            for (int l = 0; l < 32; ++l) *y++ = d2 * (float)(q[l] >> 4) - m2;
+        }
+    }
+}
+
+void dequantize_row_q5_k(const void* vx, float* y, int64_t n) {
+    const BlockQ5_K* x = static_cast<const BlockQ5_K*>(vx);
+    for (int64_t i = 0; i < n / kQK_K; ++i) {
+        const float d = fp16_to_fp32(x[i].d), dmin = fp16_to_fp32(x[i].dmin);
+        const uint8_t* ql = x[i].qs;
+        const uint8_t* qh = x[i].qh;
+        uint8_t u1 = 1, u2 = 2;
+        for (int c = 0; c < 4; ++c, ql += 32, u1 <<= 2, u2 <<= 2) {
+            uint8_t sc, m;
+            scale_min_k4(2 * c, x[i].scales, &sc, &m);
+            const float d1 = d * (float)sc, m1 = dmin * (float)m;
+            scale_min_k4(2 * c + 1, x[i].scales, &sc, &m);
+            const float d2 = d * (float)sc, m2 = dmin * (float)m;
+            for (int l = 0; l < 32; ++l) *y++ = d1 * (float)((ql[l] & 0xF) + (qh[l] & u1 ? 16 : 0)) - m1;
+            for (int l = 0; l < 32; ++l) *y++ = d2 * (float)((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
+        }
+    }
+}
+
+void dequantize_row_q6_k(const void* vx, float* y, int64_t n) {
+    const BlockQ6_K* x = static_cast<const BlockQ6_K*>(vx);
+    for (int64_t i = 0; i < n / kQK_K; ++i) {
+        const float d = fp16_to_fp32(x[i].d);
+        const uint8_t* ql = x[i].ql;
+        const uint8_t* qh = x[i].qh;
+        const int8_t* sc = x[i].scales;
+        for (int h = 0; h < 2; ++h, y += 128, ql += 64, qh += 32, sc += 8)
+            for (int l = 0; l < 32; ++l) {
+                const int is = l / 16;
+                const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                y[l] = (d * (float)sc[is]) * (float)q1;
+                y[l + 32] = (d * (float)sc[is + 2]) * (float)q2;
+                y[l + 64] = (d * (float)sc[is + 4]) * (float)q3;
+                y[l + 96] = (d * (float)sc[is + 6]) * (float)q4;
+            }
+    }
+}
+
+void dequantize_row_q8_k(const void* vx, float* y, int64_t n) {
+    const BlockQ8_K* x = static_cast<const BlockQ8_K*>(vx);
+    for (int64_t i = 0; i < n / kQK_K; ++i, y += kQK_K)
+        for (int j = 0; j < kQK_K; ++j) y[j] = x[i].d * (float)x[i].qs[j];
+}
+
+void dequantize_row_f16(const void* vx, float* y, int64_t n) {
+    const uint16_t* x = static_cast<const uint16_t*>(vx);
+    for (int64_t i = 0; i < n; ++i) y[i] = fp16_to_fp32(x[i]);
+}
+
+void dequantize_row_bf16(const void* vx, float* y, int64_t n) {
+    const uint16_t* x = static_cast<const uint16_t*>(vx);
+    for (int64_t i = 0; i < n; ++i) y[i] = float_of((uint32_t)x[i] << 16);
+}
+
+void quantize_row(GType t, const float* x, void* y, int64_t n) {
+    switch (t) {
+        case GType::f32: std::memcpy(y, x, n * sizeof(float)); return;
+        case GType::f16: quantize_row_f16(x, y, n); return;
+        case GType::bf16: quantize_row_bf16(x, y, n); return;
+        case GType::q4_0: quantize_row_q4_0(x, y, n); return;
+        case GType::q8_0: quantize_row_q8_0(x, y, n); return;
+        case GType::q4_k: quantize_row_q4_k(x, y, n); return;
+        case GType::q5_k: quantize_row_q5_k(x, y, n); return;
+        case GType::q6_k: quantize_row_q6_k(x, y, n); return;
+        case GType::q8_k: quantize_row_q8_k(x, y, n); return;
+    }
+}
+
+void dequantize_row(GType t, const void* x, float* y, int64_t n) {
+    switch (t) {
+        case GType::f32: std::memcpy(y, x, n * sizeof(float)); return;
+        case GType::f16: dequantize_row_f16(x, y, n); return;
+        case GType::bf16: dequantize_row_bf16(x, y, n); return;
+        case GType::q4_0: dequantize_row_q4_0(x, y, n); return;
+        case GType::q8_0: dequantize_row_q8_0(x, y, n); return;
+        case GType::q4_k: dequantize_row_q4_k(x, y, n); return;
+        case GType::q5_k: dequantize_row_q5_k(x, y, n); return;
+        case GType::q6_k: dequantize_row_q6_k(x, y, n); return;
+        case GType::q8_k: dequantize_row_q8_k(x, y, n); return;
+    }
+}
+
+void quantize_act_row(GType act, const float* x, void* y, int64_t n) {
+    const bool simd = active_isa() >= Isa::avx2 && cpu_features().f16c;
+    if (simd && act == GType::q8_0) return detail::quantize_q8_0_avx2(x, y, n);
+    if (simd && act == GType::q8_k) return detail::quantize_q8_k_avx2(x, y, n);
+    quantize_row(act, x, y, n);
+}
+
+// ---------------------------------------------------------------- reference dots
+
+namespace {
+
+double dot_ref_q8_0(int64_t n, const void* vw, const void* va) {
+    const BlockQ8_0* w = static_cast<const BlockQ8_0*>(vw);
+    const BlockQ8_0* a = static_cast<const BlockQ8_0*>(va);
+    double s = 0;
+    for (int64_t b = 0; b < n / kQK; ++b) {
+        int32_t isum = 0;
+        for (int j = 0; j < kQK; ++j) isum += (int32_t)w[b].qs[j] * a[b].qs[j];
+        s += (double)fp16_to_fp32(w[b].d) * (double)fp16_to_fp32(a[b].d) * (double)isum;
+    }
+    return s;
+}
+
+double dot_ref_q4_0(int64_t n, const void* vw, const void* va) {
+    const BlockQ4_0* w = static_cast<const BlockQ4_0*>(vw);
+    const BlockQ8_0* a = static_cast<const BlockQ8_0*>(va);
+    double s = 0;
+    for (int64_t b = 0; b < n / kQK; ++b) {
+        int32_t isum = 0;
+        for (int j = 0; j < 16; ++j)
+            isum += ((w[b].qs[j] & 0xF) - 8) * a[b].qs[j] + ((w[b].qs[j] >> 4) - 8) * a[b].qs[j + 16];
+        s += (double)fp16_to_fp32(w[b].d) * (double)fp16_to_fp32(a[b].d) * (double)isum;
+    }
+    return s;
+}
+
+// Q4_K / Q5_K super-block: d * da * sum_j sc_j (q_j . a_j) - dmin * da * sum_j m_j sum(a_j)
+template <bool Q5>
+double dot_ref_qk45(int64_t n, const void* vw, const void* va) {
+    using Block = std::conditional_t<Q5, BlockQ5_K, BlockQ4_K>;
+    const Block* w = static_cast<const Block*>(vw);
+    const BlockQ8_K* a = static_cast<const BlockQ8_K*>(va);
+    double s = 0;
+    for (int64_t b = 0; b < n / kQK_K; ++b) {
+        int64_t isc = 0, imin = 0;
+        for (int j = 0; j < 8; ++j) {
+            uint8_t sc, m;
+            scale_min_k4(j, w[b].scales, &sc, &m);
+            int32_t dot = 0;
+            for (int l = 0; l < 32; ++l) {
+                const int c = j / 2, i = 32 * j + l;
+                int q = (j & 1) ? (w[b].qs[32 * c + l] >> 4) : (w[b].qs[32 * c + l] & 0xF);
+                if constexpr (Q5) q += ((w[b].qh[l] >> j) & 1) << 4;
+                dot += q * a[b].qs[i];
+            }
+            isc += (int64_t)sc * dot;
+            imin += (int64_t)m * (a[b].bsums[2 * j] + a[b].bsums[2 * j + 1]);
+        }
+        s += (double)fp16_to_fp32(w[b].d) * (double)a[b].d * (double)isc -
+             (double)fp16_to_fp32(w[b].dmin) * (double)a[b].d * (double)imin;
+    }
+    return s;
+}
+
+double dot_ref_q6_k(int64_t n, const void* vw, const void* va) {
+    const BlockQ6_K* w = static_cast<const BlockQ6_K*>(vw);
+    const BlockQ8_K* a = static_cast<const BlockQ8_K*>(va);
+    double s = 0;
+    for (int64_t b = 0; b < n / kQK_K; ++b) {
+        int64_t isum = 0;
+        for (int i = 0; i < kQK_K; ++i) {
+            const int h = i / 128, r = i % 128, k = r / 32, l = r % 32;  // quarter k of half h
+            const uint8_t* ql = w[b].ql + 64 * h;
+            const uint8_t qh = w[b].qh[32 * h + l];
+            const int lo = (k & 1) ? ql[l + 32] : ql[l];
+            const int q = (((k < 2) ? (lo & 0xF) : (lo >> 4)) | (((qh >> (2 * k)) & 3) << 4)) - 32;
+            isum += (int64_t)w[b].scales[i / 16] * q * a[b].qs[i];
+        }
+        s += (double)fp16_to_fp32(w[b].d) * (double)a[b].d * (double)isum;
+    }
+    return s;
+}
+
+double dot_ref_f16(int64_t n, const void* vw, const void* va) {
+    const uint16_t* w = static_cast<const uint16_t*>(vw);
+    const float* a = static_cast<const float*>(va);
+    double s = 0;
+    for (int64_t i = 0; i < n; ++i) s += (double)fp16_to_fp32(w[i]) * a[i];
+    return s;
+}
+
+double dot_ref_bf16(int64_t n, const void* vw, const void* va) {
+    const uint16_t* w = static_cast<const uint16_t*>(vw);
+    const float* a = static_cast<const float*>(va);
+    double s = 0;
+    for (int64_t i = 0; i < n; ++i) s += (double)float_of((uint32_t)w[i] << 16) * a[i];
+    return s;
+}
+
+template <GType T>
+void row_dots_ref_t(int64_t n, const void* w, const void* a, int64_t as, int nr, float* out) {
+    for (int j = 0; j < nr; ++j) out[j] = (float)vec_dot_ref(T, n, w, static_cast<const uint8_t*>(a) + j * as);
+}
+
+}  // namespace
+
+double vec_dot_ref(GType t, int64_t n, const void* w, const void* a) {
+    switch (t) {
+        case GType::q8_0: return dot_ref_q8_0(n, w, a);
+        case GType::q4_0: return dot_ref_q4_0(n, w, a);
+        case GType::q4_k: return dot_ref_qk45<false>(n, w, a);
+        case GType::q5_k: return dot_ref_qk45<true>(n, w, a);
+        case GType::q6_k: return dot_ref_q6_k(n, w, a);
+        case GType::f16: return dot_ref_f16(n, w, a);
+        case GType::bf16: return dot_ref_bf16(n, w, a);
+        default: MOE_ASSERT(false && "no dot product for this weight type");
+    }
+    return 0;
+}
+
+RowDots row_dots_ref(GType t) {
+    switch (t) {
+        case GType::q8_0: return row_dots_ref_t<GType::q8_0>;
+        case GType::q4_0: return row_dots_ref_t<GType::q4_0>;
+        case GType::q4_k: return row_dots_ref_t<GType::q4_k>;
+        case GType::q5_k: return row_dots_ref_t<GType::q5_k>;
+        case GType::q6_k: return row_dots_ref_t<GType::q6_k>;
+        case GType::f16: return row_dots_ref_t<GType::f16>;
+        case GType::bf16: return row_dots_ref_t<GType::bf16>;
+        default: MOE_ASSERT(false && "no dot product for this weight type");
+    }
+    return nullptr;
+}
+
+RowDots row_dots(GType t) {
+    const CpuFeatures& f = cpu_features();
+    const Isa isa = active_isa();
+    if (isa >= Isa::avx512 && f.avx512_vnni && f.f16c) {
+        if (RowDots k = detail::row_dots_avx512vnni(t)) return k;
+    }
+    if (isa >= Isa::avx2 && f.f16c) {
+        if (RowDots k = detail::row_dots_avx2(t)) return k;
+    }
+    return row_dots_ref(t);
+}
+
+static float dot1(GType t, int64_t n, const void* w, const void* a) {
+    float r;
+    row_dots(t)(n, w, a, 0, 1, &r);
+    return r;
+}
+float vec_dot_q8_0_q8_0(int64_t n, const void* w, const void* a) { return dot1(GType::q8_0, n, w, a); }
+float vec_dot_q4_0_q8_0(int64_t n, const void* w, const void* a) { return dot1(GType::q4_0, n, w, a); }
+float vec_dot_q4_k_q8_k(int64_t n, const void* w, const void* a) { return dot1(GType::q4_k, n, w, a); }
+float vec_dot_q5_k_q8_k(int64_t n, const void* w, const void* a) { return dot1(GType::q5_k, n, w, a); }
+float vec_dot_q6_k_q8_k(int64_t n, const void* w, const void* a) { return dot1(GType::q6_k, n, w, a); }
+float vec_dot_f16_f32(int64_t n, const void* w, const void* a) { return dot1(GType::f16, n, w, a); }
+float vec_dot_bf16_f32(int64_t n, const void* w, const void* a) { return dot1(GType::bf16, n, w, a); }
+
+// ---------------------------------------------------------------- matmul
+
+void GActs::build(GType act, const float* x, int64_t n, int64_t i) {
+    type = act, N = n, in = i;
+    row_bytes = gtype_row_bytes(act, i);
+    if ((int64_t)buf.size() < N * row_bytes) buf.resize(N * row_bytes);
+    uint8_t* dst = buf.data();
+    const int64_t rb = row_bytes;
+    auto rows = [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) quantize_act_row(act, x + r * i, dst + r * rb, i);
+    };
+    if (N * i < (1 << 16)) rows(0, N);  // decode: on this thread
+    else parallel_for(0, N, 8, rows);
+}
+
+// Output rows are taken 16 at a time (their bytes stay in L1/L2) and every group of 4
+// activation rows passes over them: a weight row is unpacked once per 4 activation rows, and
+// with N <= 4 (decode) read from memory exactly once.
+void ggml_matmul_rows(float* y, int64_t ys, const GActs& acts, const void* w, GType t, int64_t row_stride, int64_t N,
+                      int64_t o0, int64_t o1, bool accumulate) {
+    const RowDots dots = row_dots(t);
+    const uint8_t* wb = static_cast<const uint8_t*>(w);
+    constexpr int64_t kTile = 16, kGroup = 4;
+    float r[kGroup];
+    for (int64_t ob = o0; ob < o1; ob += kTile) {
+        const int64_t oe = std::min(o1, ob + kTile);
+        for (int64_t n0 = 0; n0 < N; n0 += kGroup) {
+            const int nr = (int)std::min(kGroup, N - n0);
+            for (int64_t o = ob; o < oe; ++o) {
+                dots(acts.in, wb + o * row_stride, acts.row(n0), acts.row_bytes, nr, r);
+                for (int j = 0; j < nr; ++j) {
+                    float& d = y[(n0 + j) * ys + o];
+                    d = accumulate ? d + r[j] : r[j];
+                }
+            }
+        }
+    }
+}
+
+void GActs::prepare_tiles() {
+    MOE_ASSERT(type == GType::q8_0 || type == GType::q8_k);
+    const int64_t nsb = in / 32;
+    if ((int64_t)xs.size() < N * nsb) xs.resize(N * nsb), am.resize(N * nsb);
+    float* s = xs.data();
+    float* m = am.data();
+    const GActs* a = this;
+    parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n)
+            for (int64_t b = 0; b < nsb; ++b) {
+                float sc;
+                int32_t sum = 0;
+                if (a->type == GType::q8_0) {
+                    const BlockQ8_0& blk = reinterpret_cast<const BlockQ8_0*>(a->row(n))[b];
+                    sc = fp16_to_fp32(blk.d);
+                    for (int i = 0; i < 32; ++i) sum += blk.qs[i];
+                } else {
+                    const BlockQ8_K& blk = reinterpret_cast<const BlockQ8_K*>(a->row(n))[b / 8];
+                    sc = blk.d;
+                    sum = blk.bsums[2 * (b % 8)] + blk.bsums[2 * (b % 8) + 1];
+                }
+                s[n * nsb + b] = sc, m[n * nsb + b] = sc * (float)sum;
+            }
+    });
+}
+
+// AVX-512 VNNI prefill tiles (ggml_quants_x86.cc): whole tiles of 32 output rows per thread
+static void ggml_matmul_tiles(float* y, const void* w, GType t, int64_t row_stride, int64_t N, int64_t OUT, int64_t IN,
+                              bool accumulate, GActs& acts) {
+    acts.prepare_tiles();
+    detail::TileActs xa;
+    xa.q = acts.buf.data(), xa.q_stride = acts.row_bytes, xa.xs = acts.xs.data(), xa.am = acts.am.data();
+    if (acts.type == GType::q8_0) xa.q_off = 2, xa.q_stride8 = 8 * sizeof(BlockQ8_0), xa.q_sub = sizeof(BlockQ8_0);
+    else xa.q_off = 4, xa.q_stride8 = sizeof(BlockQ8_K), xa.q_sub = 32;
+    const int64_t tiles = (OUT + 31) / 32, bytes = detail::tile_scratch_bytes(IN) + 64;
+    parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+        thread_local std::vector<uint8_t> scratch;  // this thread's tile (grown once)
+        if ((int64_t)scratch.size() < bytes) scratch.resize(bytes);
+        uint8_t* s = scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64;
+        detail::prefill_tiles_vnni(y, OUT, xa, w, t, row_stride, N, IN, t0 * 32, std::min(OUT, t1 * 32), accumulate, s);
+    });
+}
+
+void ggml_matmul(float* y, const float* x, const void* w, GType t, int64_t row_stride, int64_t N, int64_t OUT,
+                 int64_t IN, bool accumulate, GActs& acts) {
+    if (N <= 0 || OUT <= 0) return;
+    acts.build(gtype_act(t), x, N, IN);
+    const CpuFeatures& f = cpu_features();
+    if (N > kGgmlGemvMaxN && active_isa() >= Isa::avx512 && f.avx512_vnni && f.avx512dq && f.f16c && detail::tiles_supported(t))
+        return ggml_matmul_tiles(y, w, t, row_stride, N, OUT, IN, accumulate, acts);
+    const GActs* a = &acts;  // the caller's object, for the workers
+    const double bytes = (double)OUT * (double)row_stride;
+    const int64_t grain = N <= kGgmlGemvMaxN ? (bytes * N < kGemvParallelBytes ? OUT : 32) : 16;
+    parallel_for(0, OUT, grain, [&](int64_t o0, int64_t o1) {
+        ggml_matmul_rows(y, OUT, *a, w, t, row_stride, N, o0, o1, accumulate);
+    });
+}
+
+}  // namespace moe::kernels

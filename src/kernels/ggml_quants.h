@@ -1,0 +1,120 @@
+#pragma once
+// ggml's block quantization formats as moe kernels: the byte layouts are ggml's (ggml-common.h), so
+// a GGUF tensor is used in place from its memory mapping. Why hand-written: no Debian library
+// multiplies ggml blocks in place (oneDNN and OpenBLAS know fp32/bf16/s8 matrices, not 4-6 bit
+// super-blocks with packed scales); the formats were learnt from llama.cpp's ggml-quants.c and
+// gguf-py's quants.py, the code is moe's.
+//
+//   type  values/block  bytes/block  layout (little-endian)                           value
+//   q8_0        32          34       d fp16, qs int8[32]                                 d * q
+//   q4_0        32          18       d fp16, qs u8[16] (j: low nibble, j+16: high)       d * (q - 8)
+//   q4_k       256         144       d, dmin fp16, scales u8[12] (8 x 6-bit sc, m),      d*sc_j * q - dmin*m_j
+//                                    qs u8[128] (64-value chunks: low nibbles = first 32)
+//   q5_k       256         176       as q4_k + qh u8[32] (bit 2c/2c+1: 5th bit, chunk c) d*sc_j * q - dmin*m_j
+//   q6_k       256         210       ql u8[128], qh u8[64], scales int8[16], d fp16      d * sc_j * (q - 32)
+//   q8_k       256         292       d fp32, qs int8[256], bsums int16[16]              d * q (activations only)
+//   f16, bf16    1         2         IEEE half / the top 16 bits of an fp32
+//
+// The dot products follow ggml: weights of q8_0 / q4_0 meet activations quantized to q8_0, the
+// K-quants meet q8_k (256 values, fp32 scale, per-16 sums); f16 / bf16 rows meet fp32 activations
+// (ggml rounds them to f16 / bf16 first; moe keeps fp32, which is more exact). Each dot is an exact
+// integer sum per block (sub-block scales are integers in the K-quants) times the float block
+// scales: vec_dot_<w>_<a> is the SIMD kernel picked at start-up (active_isa(): AVX-512 + VNNI
+// where present, AVX2, else scalar), vec_dot_ref its scalar twin in double.
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace moe::kernels {
+
+// ggml's type ids (GGUF's tensor types)
+enum class GType : uint32_t { f32 = 0, f16 = 1, q4_0 = 2, q8_0 = 8, q4_k = 12, q5_k = 13, q6_k = 14, q8_k = 15, bf16 = 30 };
+
+inline constexpr int64_t kQK = 32, kQK_K = 256;
+
+struct BlockQ8_0 { uint16_t d; int8_t qs[32]; };
+struct BlockQ4_0 { uint16_t d; uint8_t qs[16]; };
+struct BlockQ4_K { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[128]; };
+struct BlockQ5_K { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t qs[128]; };
+struct BlockQ6_K { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d; };
+struct BlockQ8_K { float d; int8_t qs[256]; int16_t bsums[16]; };
+static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_K) == 144 &&
+              sizeof(BlockQ5_K) == 176 && sizeof(BlockQ6_K) == 210 && sizeof(BlockQ8_K) == 292);
+
+const char* gtype_name(GType t);
+int64_t gtype_block(GType t);                 // values per block
+int64_t gtype_block_bytes(GType t);           // bytes per block
+int64_t gtype_row_bytes(GType t, int64_t n);  // n a multiple of the block
+GType gtype_act(GType w);                     // the activation type its dot products use
+
+// IEEE half <-> float, exact (round to nearest even; denormals kept; NaN stays quiet NaN)
+uint16_t fp32_to_fp16(float f);
+float fp16_to_fp32(uint16_t h);
+
+// Rows of n values (a multiple of the block). quantize_row_* follows ggml's reference quantizers
+// (quantize_row_*_ref, no importance matrix: what gguf-py and llama-quantize without imatrix write).
+void quantize_row_q8_0(const float* x, void* y, int64_t n);
+void quantize_row_q4_0(const float* x, void* y, int64_t n);
+void quantize_row_q4_k(const float* x, void* y, int64_t n);
+void quantize_row_q5_k(const float* x, void* y, int64_t n);
+void quantize_row_q6_k(const float* x, void* y, int64_t n);
+void quantize_row_q8_k(const float* x, void* y, int64_t n);
+void quantize_row_f16(const float* x, void* y, int64_t n);
+void quantize_row_bf16(const float* x, void* y, int64_t n);
+void dequantize_row_q8_0(const void* x, float* y, int64_t n);
+void dequantize_row_q4_0(const void* x, float* y, int64_t n);
+void dequantize_row_q4_k(const void* x, float* y, int64_t n);
+void dequantize_row_q5_k(const void* x, float* y, int64_t n);
+void dequantize_row_q6_k(const void* x, float* y, int64_t n);
+void dequantize_row_q8_k(const void* x, float* y, int64_t n);
+void dequantize_row_f16(const void* x, float* y, int64_t n);
+void dequantize_row_bf16(const void* x, float* y, int64_t n);
+void quantize_row(GType t, const float* x, void* y, int64_t n);
+void dequantize_row(GType t, const void* x, float* y, int64_t n);
+// Activations: quantize_row(gtype_act(w), ...) with a SIMD twin where it pays (q8_0, q8_k:
+// bit-identical to the scalar quantizer). f32 "activations" are copied.
+void quantize_act_row(GType act, const float* x, void* y, int64_t n);
+
+// Dot products of one weight row (n values of type w) with activation rows of gtype_act(w):
+//   out[j] = w · a_j,  a_j = a + j * a_stride bytes, j < nr <= 4
+// (one pass over the weight row for all nr rows: decode reads each weight once, the prefill
+// tiles reuse the unpacked weights). Picked by active_isa(); f32 activations for f16 / bf16.
+using RowDots = void (*)(int64_t n, const void* w, const void* a, int64_t a_stride, int nr, float* out);
+RowDots row_dots(GType w);
+RowDots row_dots_ref(GType w);  // the scalar twin (per block the exact integer sum, then double)
+// The single-row dots, ggml's vec_dot_<w>_<a>
+float vec_dot_q8_0_q8_0(int64_t n, const void* w, const void* a);
+float vec_dot_q4_0_q8_0(int64_t n, const void* w, const void* a);
+float vec_dot_q4_k_q8_k(int64_t n, const void* w, const void* a);
+float vec_dot_q5_k_q8_k(int64_t n, const void* w, const void* a);
+float vec_dot_q6_k_q8_k(int64_t n, const void* w, const void* a);
+float vec_dot_f16_f32(int64_t n, const void* w, const void* a);
+float vec_dot_bf16_f32(int64_t n, const void* w, const void* a);
+double vec_dot_ref(GType w, int64_t n, const void* wrow, const void* arow);
+
+// Activation rows of a product, quantized once per call (capacity kept between calls: the caller
+// owns one, e.g. thread_local; kernels do not allocate).
+struct GActs {
+    GType type = GType::f32;
+    int64_t N = 0, in = 0, row_bytes = 0;
+    std::vector<uint8_t> buf;  // (N, row_bytes)
+    std::vector<float> xs, am;  // prefill tiles: (N, IN / 32) scale, scale * sum of the 32 values
+    void build(GType act, const float* x, int64_t N, int64_t in);
+    void prepare_tiles();  // fills xs, am (q8_0 / q8_k activations)
+    const uint8_t* row(int64_t n) const { return buf.data() + n * row_bytes; }
+};
+
+// y (N, OUT) [+]= x (N, IN) · W^T for W (OUT, IN) of ggml type t, row r at w + r * row_stride bytes.
+// x's rows are quantized once into acts (gtype_act(t)); output rows are shared out over threads.
+// N <= kGgmlGemvMaxN: each weight row is streamed once against all N rows (decode). Larger N: the
+// blocked path: on AVX-512 VNNI hosts (q8_0, q4_0, q4_k, q5_k) tiles of 32 weight rows unpacked once
+// into vpdpbusd's layout and multiplied with 4 activation rows at a time; otherwise the row dots
+// over tiles of 16 weight rows that stay in L1 while groups of 4 activation rows pass over them.
+inline constexpr int64_t kGgmlGemvMaxN = 8;
+void ggml_matmul(float* y, const float* x, const void* w, GType t, int64_t row_stride, int64_t N, int64_t OUT,
+                 int64_t IN, bool accumulate, GActs& acts);
+// Output rows [o0, o1) of the same product on the calling thread, x already in acts.
+void ggml_matmul_rows(float* y, int64_t y_stride, const GActs& acts, const void* w, GType t, int64_t row_stride,
+                      int64_t N, int64_t o0, int64_t o1, bool accumulate);
+
+}  // namespace moe::kernels

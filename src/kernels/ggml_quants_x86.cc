@@ -1,0 +1,331 @@
+// x86 SIMD kernels of the ggml block formats (see ggml_quants.h for why they are hand-written):
+// the activation quantizers (AVX2, bit-identical to the scalar ones) and the row dot products,
+// compiled twice from ggml_quants_kern.inc: AVX2 (vpmaddubsw + vpmaddwd) and AVX-512 VL + VNNI
+// (vpdpbusd / vpdpwssd at 256-bit width). Picked at run time by ggml_quants.cc.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#else
+#pragma GCC optimize("fp-contract=off")
+// GCC 12 warns inside its own _mm512_cvtepi32_ps (the _mm512_undefined_ps it starts from; bug 105593)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+
+#include "kernels/ggml_quants_simd.h"
+
+namespace moe::kernels::detail {
+
+namespace avx2 {
+#define KFN __attribute__((target("avx2,fma,f16c")))
+constexpr bool kVnni = false;
+#include "kernels/ggml_quants_kern.inc"
+#undef KFN
+}  // namespace avx2
+
+namespace avx512 {
+#define KFN __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+constexpr bool kVnni = true;
+#include "kernels/ggml_quants_kern.inc"
+#undef KFN
+}  // namespace avx512
+
+RowDots row_dots_avx2(GType w) { return avx2::row_dots(w); }
+RowDots row_dots_avx512vnni(GType w) { return avx512::row_dots(w); }
+
+#define KFN __attribute__((target("avx2,fma,f16c")))
+
+KFN static inline float hmax_ps(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+// 4 x 8 int32 (each in [-128, 127]) to 32 int8 in order
+KFN static inline __m256i pack32(const __m256i (&i32)[4]) {
+    const __m256i p16a = _mm256_packs_epi32(i32[0], i32[1]), p16b = _mm256_packs_epi32(i32[2], i32[3]);
+    return _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// quantize_row_q8_0's operations in the same order: max|x| exact, d = amax / 127, x * (1 / d) one
+// rounding, then roundf (ties away from zero) as trunc + a step where the exact remainder is >= 0.5
+KFN void quantize_q8_0_avx2(const float* x, void* vy, int64_t n) {
+    BlockQ8_0* y = static_cast<BlockQ8_0*>(vy);
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 signmask = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u));
+    const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.f);
+    for (int64_t b = 0; b < n / kQK; ++b, x += kQK) {
+        __m256 v[4];
+        for (int k = 0; k < 4; ++k) v[k] = _mm256_loadu_ps(x + 8 * k);
+        const __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], absmask), _mm256_and_ps(v[1], absmask)),
+                                       _mm256_max_ps(_mm256_and_ps(v[2], absmask), _mm256_and_ps(v[3], absmask)));
+        const float d = hmax_ps(m) / 127.f, id = d != 0.f ? 1.f / d : 0.f;
+        y[b].d = fp32_to_fp16(d);
+        __m256i q[4];
+        for (int k = 0; k < 4; ++k) {
+            const __m256 p = _mm256_mul_ps(v[k], _mm256_set1_ps(id));
+            const __m256 t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            const __m256 up = _mm256_cmp_ps(_mm256_and_ps(_mm256_sub_ps(p, t), absmask), half, _CMP_GE_OQ);
+            const __m256 step = _mm256_and_ps(up, _mm256_or_ps(_mm256_and_ps(p, signmask), one));
+            q[k] = _mm256_cvttps_epi32(_mm256_add_ps(t, step));
+        }
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs), pack32(q));
+    }
+}
+
+// quantize_row_q8_k's operations: the first value of largest magnitude sets iscale = -127 / max,
+// q = round-to-nearest-even(iscale * x) capped at 127 (vcvtps2dq under the default rounding mode)
+KFN void quantize_q8_k_avx2(const float* x, void* vy, int64_t n) {
+    BlockQ8_K* y = static_cast<BlockQ8_K*>(vy);
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i cap = _mm256_set1_epi32(127);
+    for (int64_t b = 0; b < n / kQK_K; ++b, x += kQK_K) {
+        __m256 m = _mm256_setzero_ps();
+        for (int k = 0; k < 32; ++k) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x + 8 * k), absmask));
+        const float amax = hmax_ps(m);
+        if (amax == 0.f) {
+            std::memset(&y[b], 0, sizeof(BlockQ8_K));
+            continue;
+        }
+        const __m256 am = _mm256_set1_ps(amax);
+        int first = 0;
+        for (int k = 0; k < 32; ++k) {
+            const int bits = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(x + 8 * k), absmask), am, _CMP_EQ_OQ));
+            if (bits) {
+                first = 8 * k + __builtin_ctz((unsigned)bits);
+                break;
+            }
+        }
+        const float iscale = -127.f / x[first];
+        const __m256 is = _mm256_set1_ps(iscale);
+        for (int k = 0; k < 8; ++k) {
+            __m256i q[4];
+            for (int i = 0; i < 4; ++i)
+                q[i] = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(is, _mm256_loadu_ps(x + 32 * k + 8 * i))), cap);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs + 32 * k), pack32(q));
+        }
+        for (int g = 0; g < 16; ++g) {
+            int s = 0;
+            for (int j = 0; j < 16; ++j) s += y[b].qs[16 * g + j];
+            y[b].bsums[g] = (int16_t)s;
+        }
+        y[b].d = 1 / iscale;
+    }
+}
+
+#undef KFN
+
+// ---------------------------------------------------------------- prefill tiles (AVX-512 VNNI)
+//
+// For many activation rows the weight rows are unpacked once into a tile of 32 rows in vpdpbusd's
+// layout: per 32-value sub-block b, for each 4-value group k, the 4 unsigned bytes of each of the
+// 32 rows side by side (two 64-byte registers), with a float scale ws and offset wm per (row, b)
+// such that w = ws * u - wm (q8_0: u = q + 128, wm = 128 ws; q4_0: u = nibble, wm = 8 ws;
+// q4_k / q5_k: u = q, ws = d sc_j, wm = dmin m_j). One vpdpbusd then multiplies 4 activation bytes
+// (broadcast, signed) with 4 bytes of 16 rows; per sub-block and activation row the int32 sums are
+// converted once and scaled by ws * xs, and wm * (xs * sum x) is taken off:
+//   y[n, r] = sum_b xs[n, b] (ws[b, r] isum[n, b, r] - wm[b, r] sum_{i in b} x[n, i]).
+
+namespace {
+
+#define KT __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+
+constexpr int kTileRows = 32;
+constexpr int64_t kTileSubBytes = 8 * kTileRows * 4;  // one sub-block of a tile: 1024 bytes
+
+KT inline float h2f_t(uint16_t h) { return _cvtsh_ss(h); }
+
+// the 32 unsigned values u of sub-block b of one weight row, with ws and wm
+template <GType T>
+KT inline __m256i unpack_sub(const uint8_t* row, int64_t b, float* s, float* m) {
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    if constexpr (T == GType::q8_0) {
+        const BlockQ8_0* blk = reinterpret_cast<const BlockQ8_0*>(row) + b;
+        *s = h2f_t(blk->d), *m = 128.f * *s;
+        return _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->qs)), _mm256_set1_epi8((char)0x80));
+    } else if constexpr (T == GType::q4_0) {
+        const BlockQ4_0* blk = reinterpret_cast<const BlockQ4_0*>(row) + b;
+        *s = h2f_t(blk->d), *m = 8.f * *s;
+        const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk->qs));
+        return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), _mm256_castsi256_si128(m4)),
+                                _mm_and_si128(q, _mm256_castsi256_si128(m4)));
+    } else {  // q4_k, q5_k: sub-block j of super-block b / 8
+        using Block = std::conditional_t<T == GType::q5_k, BlockQ5_K, BlockQ4_K>;
+        const Block& blk = reinterpret_cast<const Block*>(row)[b / 8];
+        const int j = (int)(b % 8), c = j / 2;
+        const uint8_t* scales = blk.scales;
+        uint8_t sc, mn;
+        if (j < 4) {
+            sc = scales[j] & 63, mn = scales[j + 4] & 63;
+        } else {
+            sc = (uint8_t)((scales[j + 4] & 0xF) | ((scales[j - 4] >> 6) << 4));
+            mn = (uint8_t)((scales[j + 4] >> 4) | ((scales[j] >> 6) << 4));
+        }
+        *s = h2f_t(blk.d) * (float)sc, *m = h2f_t(blk.dmin) * (float)mn;
+        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qs + 32 * c));
+        __m256i u = (j & 1) ? _mm256_and_si256(_mm256_srli_epi16(q, 4), m4) : _mm256_and_si256(q, m4);
+        if constexpr (T == GType::q5_k) {
+            const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qh));
+            u = _mm256_or_si256(u, _mm256_slli_epi16(
+                                       _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(j)), _mm256_set1_epi8(1)), 4));
+        }
+        return u;
+    }
+}
+
+// 8 rows' sub-block vectors (dwords k = 4-value groups) to 8 vectors of group k for the 8 rows
+KT inline void transpose_dwords8(__m256i (&v)[8]) {
+    __m256 r[8], t[8];
+    for (int i = 0; i < 8; ++i) r[i] = _mm256_castsi256_ps(v[i]);
+    for (int i = 0; i < 8; i += 2) t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]), t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    __m256 u[8];
+    u[0] = _mm256_shuffle_ps(t[0], t[2], 0x44), u[1] = _mm256_shuffle_ps(t[0], t[2], 0xEE);
+    u[2] = _mm256_shuffle_ps(t[1], t[3], 0x44), u[3] = _mm256_shuffle_ps(t[1], t[3], 0xEE);
+    u[4] = _mm256_shuffle_ps(t[4], t[6], 0x44), u[5] = _mm256_shuffle_ps(t[4], t[6], 0xEE);
+    u[6] = _mm256_shuffle_ps(t[5], t[7], 0x44), u[7] = _mm256_shuffle_ps(t[5], t[7], 0xEE);
+    for (int i = 0; i < 4; ++i) {
+        v[i] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+        v[i + 4] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+    }
+}
+
+// rows [0, nr) of the tile (the rest zero): 8 rows at a time, their sub-block vectors transposed
+// into the 4-value groups' layout
+template <GType T>
+KT void unpack_tile_t(const uint8_t* w, int64_t row_stride, int nr, int64_t nsb, uint8_t* wq, float* ws, float* wm) {
+    for (int r0 = 0; r0 < kTileRows; r0 += 8)
+        for (int64_t b = 0; b < nsb; ++b) {
+            __m256i v[8];
+            for (int i = 0; i < 8; ++i) {
+                const int r = r0 + i;
+                float s = 0.f, m = 0.f;
+                v[i] = r < nr ? unpack_sub<T>(w + r * row_stride, b, &s, &m) : _mm256_setzero_si256();
+                ws[b * kTileRows + r] = s, wm[b * kTileRows + r] = m;
+            }
+            transpose_dwords8(v);
+            uint8_t* dst = wq + b * kTileSubBytes + 4 * r0;
+            for (int k = 0; k < 8; ++k) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k * 4 * kTileRows), v[k]);
+        }
+}
+
+KT void unpack_tile(GType t, const uint8_t* w, int64_t row_stride, int nr, int64_t nsb, uint8_t* wq, float* ws, float* wm) {
+    switch (t) {
+        case GType::q8_0: return unpack_tile_t<GType::q8_0>(w, row_stride, nr, nsb, wq, ws, wm);
+        case GType::q4_0: return unpack_tile_t<GType::q4_0>(w, row_stride, nr, nsb, wq, ws, wm);
+        case GType::q4_k: return unpack_tile_t<GType::q4_k>(w, row_stride, nr, nsb, wq, ws, wm);
+        default: return unpack_tile_t<GType::q5_k>(w, row_stride, nr, nsb, wq, ws, wm);
+    }
+}
+
+// acc (NR rows x 32 tile rows) += sub-blocks [b0, b1) of the tile times NR activation rows.
+// SB (q8_k activations: one scale per 256 values): the sub-blocks' int32 sums are scaled by ws
+// into t and t by the activation scale once per super-block (one multiply fewer per sub-block).
+template <int NR, bool SB>
+KT void tile_kernel(const uint8_t* wq, const float* ws, const float* wm, int64_t b0, int64_t b1, const uint8_t* const* xq,
+                    int64_t xq_stride8, int64_t xq_sub, const float* const* xs, const float* const* am, __m512 (&acc)[NR][2]) {
+    __m512 t[NR][2];
+    for (int j = 0; j < NR; ++j) t[j][0] = t[j][1] = _mm512_setzero_ps();
+    for (int64_t b = b0; b < b1; ++b) {
+        __m512i is[NR][2];
+        for (int j = 0; j < NR; ++j) is[j][0] = is[j][1] = _mm512_setzero_si512();
+        const uint8_t* wb = wq + b * kTileSubBytes;
+        for (int k = 0; k < 8; ++k) {
+            const __m512i w0 = _mm512_load_si512(wb + 128 * k), w1 = _mm512_load_si512(wb + 128 * k + 64);
+            for (int j = 0; j < NR; ++j) {
+                int32_t x4;
+                std::memcpy(&x4, xq[j] + (b / 8) * xq_stride8 + (b % 8) * xq_sub + 4 * k, 4);
+                const __m512i x = _mm512_set1_epi32(x4);
+                is[j][0] = _mm512_dpbusd_epi32(is[j][0], w0, x);
+                is[j][1] = _mm512_dpbusd_epi32(is[j][1], w1, x);
+            }
+        }
+        const __m512 s0 = _mm512_load_ps(ws + b * kTileRows), s1 = _mm512_load_ps(ws + b * kTileRows + 16);
+        const __m512 m0 = _mm512_load_ps(wm + b * kTileRows), m1 = _mm512_load_ps(wm + b * kTileRows + 16);
+        for (int j = 0; j < NR; ++j) {
+            const __m512 mx = _mm512_set1_ps(am[j][b]);
+            acc[j][0] = _mm512_fnmadd_ps(m0, mx, acc[j][0]);
+            acc[j][1] = _mm512_fnmadd_ps(m1, mx, acc[j][1]);
+            if constexpr (SB) {
+                t[j][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[j][0]), s0, t[j][0]);
+                t[j][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[j][1]), s1, t[j][1]);
+                if (b % 8 == 7 || b + 1 == b1) {
+                    const __m512 sx = _mm512_set1_ps(xs[j][b]);
+                    acc[j][0] = _mm512_fmadd_ps(t[j][0], sx, acc[j][0]);
+                    acc[j][1] = _mm512_fmadd_ps(t[j][1], sx, acc[j][1]);
+                    t[j][0] = t[j][1] = _mm512_setzero_ps();
+                }
+            } else {
+                const __m512 sx = _mm512_set1_ps(xs[j][b]);
+                acc[j][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[j][0]), _mm512_mul_ps(s0, sx), acc[j][0]);
+                acc[j][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[j][1]), _mm512_mul_ps(s1, sx), acc[j][1]);
+            }
+        }
+    }
+}
+
+template <int NR>
+KT void tile_rows(float* y, int64_t ys, const TileActs& xa, int64_t n0, int nr_out, const uint8_t* wq, const float* ws,
+                  const float* wm, int64_t nsb, bool accumulate) {
+    const uint8_t* xq[NR];
+    const float* xs[NR];
+    const float* am[NR];
+    for (int j = 0; j < NR; ++j)
+        xq[j] = xa.q + (n0 + j) * xa.q_stride + xa.q_off, xs[j] = xa.xs + (n0 + j) * nsb, am[j] = xa.am + (n0 + j) * nsb;
+    const __mmask16 k0 = (__mmask16)(nr_out >= 16 ? 0xffff : (1u << nr_out) - 1);
+    const __mmask16 k1 = (__mmask16)(nr_out >= 32 ? 0xffff : nr_out <= 16 ? 0 : (1u << (nr_out - 16)) - 1);
+    constexpr int64_t kChunk = 16;  // sub-blocks per pass: 16 KB of tile stays in L1 over the rows
+    for (int64_t c0 = 0; c0 < nsb; c0 += kChunk) {
+        __m512 acc[NR][2];
+        for (int j = 0; j < NR; ++j) {
+            float* yr = y + (n0 + j) * ys;
+            const bool load = accumulate || c0 > 0;
+            acc[j][0] = load ? _mm512_maskz_loadu_ps(k0, yr) : _mm512_setzero_ps();
+            acc[j][1] = load ? _mm512_maskz_loadu_ps(k1, yr + 16) : _mm512_setzero_ps();
+        }
+        if (xa.q_sub == 32)  // q8_k activations
+            tile_kernel<NR, true>(wq, ws, wm, c0, std::min(nsb, c0 + kChunk), xq, xa.q_stride8, xa.q_sub, xs, am, acc);
+        else
+            tile_kernel<NR, false>(wq, ws, wm, c0, std::min(nsb, c0 + kChunk), xq, xa.q_stride8, xa.q_sub, xs, am, acc);
+        for (int j = 0; j < NR; ++j) {
+            float* yr = y + (n0 + j) * ys;
+            _mm512_mask_storeu_ps(yr, k0, acc[j][0]);
+            _mm512_mask_storeu_ps(yr + 16, k1, acc[j][1]);
+        }
+    }
+}
+
+#undef KT
+
+}  // namespace
+
+bool tiles_supported(GType t) { return t == GType::q8_0 || t == GType::q4_0 || t == GType::q4_k || t == GType::q5_k; }
+
+int64_t tile_scratch_bytes(int64_t in) { return in / 32 * (kTileSubBytes + 2 * kTileRows * (int64_t)sizeof(float)); }
+
+void prefill_tiles_vnni(float* y, int64_t ys, const TileActs& xa, const void* w, GType t, int64_t row_stride,
+                        int64_t N, int64_t in, int64_t o0, int64_t o1, bool accumulate, uint8_t* scratch) {
+    const int64_t nsb = in / 32;
+    uint8_t* wq = scratch;  // 64-byte aligned by the caller
+    float* ws = reinterpret_cast<float*>(wq + nsb * kTileSubBytes);
+    float* wm = ws + nsb * kTileRows;
+    const uint8_t* wb = static_cast<const uint8_t*>(w);
+    for (int64_t r0 = o0; r0 < o1; r0 += kTileRows) {
+        const int nr = (int)std::min<int64_t>(kTileRows, o1 - r0);
+        unpack_tile(t, wb + r0 * row_stride, row_stride, nr, nsb, wq, ws, wm);
+        float* yt = y + r0;
+        int64_t n0 = 0;
+        for (; n0 + 4 <= N; n0 += 4) tile_rows<4>(yt, ys, xa, n0, nr, wq, ws, wm, nsb, accumulate);
+        switch (N - n0) {
+            case 1: tile_rows<1>(yt, ys, xa, n0, nr, wq, ws, wm, nsb, accumulate); break;
+            case 2: tile_rows<2>(yt, ys, xa, n0, nr, wq, ws, wm, nsb, accumulate); break;
+            case 3: tile_rows<3>(yt, ys, xa, n0, nr, wq, ws, wm, nsb, accumulate); break;
+            default: break;
+        }
+    }
+}
+
+}  // namespace moe::kernels::detail

@@ -1,0 +1,334 @@
+// ggml block formats (kernels/ggml_quants.h): bytes and values against gguf-py's own quantizer and
+// dequantizer (tests/data/quant, written by scripts/gen_quant_refs.py), the activation quantizers'
+// SIMD twins, every dot kernel on every ISA path of the host against its scalar twin, and
+// qmatmul on the ggml weight types against the double reference, over threads and shapes.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <vector>
+
+#include "core/parallel.h"
+#include "moe/error.h"
+#include "kernels/cpu.h"
+#include "kernels/ggml_quants.h"
+#include "kernels/qmatmul.h"
+#include "model/model.h"
+
+using namespace moe::kernels;
+
+namespace {
+
+std::vector<float> randv(int64_t n, uint64_t seed, float scale = 1.f) {
+    std::mt19937_64 r(seed);
+    std::normal_distribution<float> d(0.f, scale);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(r);
+    return v;
+}
+
+uint32_t bits(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+
+struct RefFile {
+    GType type{};
+    int64_t rows = 0, n = 0;
+    bool has_input = false;
+    std::vector<float> input, deq;
+    std::vector<uint8_t> q;
+};
+
+RefFile read_ref(const std::string& name) {
+    const std::string path = std::string(MOE_TEST_DIR) + "/data/quant/" + name + ".bin";
+    std::ifstream f(path, std::ios::binary);
+    EXPECT_TRUE(f.good()) << path;
+    char magic[4];
+    uint32_t h[5];
+    f.read(magic, 4);
+    f.read(reinterpret_cast<char*>(h), sizeof h);
+    EXPECT_EQ(std::string(magic, 4), "MOEQ");
+    EXPECT_EQ(h[0], 1u);
+    RefFile r;
+    r.type = (GType)h[1], r.rows = h[2], r.n = h[3], r.has_input = h[4] != 0;
+    const int64_t rb = gtype_row_bytes(r.type, r.n);
+    if (r.has_input) {
+        r.input.resize(r.rows * r.n);
+        f.read(reinterpret_cast<char*>(r.input.data()), r.input.size() * 4);
+    }
+    r.q.resize(r.rows * rb);
+    f.read(reinterpret_cast<char*>(r.q.data()), r.q.size());
+    r.deq.resize(r.rows * r.n);
+    f.read(reinterpret_cast<char*>(r.deq.data()), r.deq.size() * 4);
+    EXPECT_TRUE(f.good()) << path << " is short";
+    return r;
+}
+
+const GType kWeightTypes[] = {GType::q8_0, GType::q4_0, GType::q4_k, GType::q5_k, GType::q6_k, GType::f16, GType::bf16};
+
+}  // namespace
+
+// moe's quantizers write gguf-py's bytes (q8_0, q4_0, f16, bf16: the types gguf-py quantizes), and
+// moe's dequantizers give gguf-py's floats bit for bit (every type; for the K-quants on random
+// blocks, since gguf-py has no quantizer for them).
+TEST(GgmlQuants, BytesAndValuesEqualGgufPy) {
+    for (const char* name : {"q8_0", "q4_0", "f16", "bf16", "q4_k", "q5_k", "q6_k"}) {
+        const RefFile r = read_ref(name);
+        EXPECT_STREQ(gtype_name(r.type), name);
+        const int64_t rb = gtype_row_bytes(r.type, r.n);
+        std::vector<uint8_t> q(rb);
+        std::vector<float> y(r.n);
+        for (int64_t row = 0; row < r.rows; ++row) {
+            const uint8_t* want_q = r.q.data() + row * rb;
+            if (r.has_input) {
+                quantize_row(r.type, r.input.data() + row * r.n, q.data(), r.n);
+                for (int64_t i = 0; i < rb; ++i)
+                    ASSERT_EQ(q[i], want_q[i]) << name << " row " << row << " byte " << i;
+            }
+            dequantize_row(r.type, want_q, y.data(), r.n);
+            for (int64_t i = 0; i < r.n; ++i)
+                ASSERT_EQ(bits(y[i]), bits(r.deq[row * r.n + i]))
+                    << name << " row " << row << " value " << i << ": " << y[i] << " vs " << r.deq[row * r.n + i];
+        }
+    }
+}
+
+TEST(GgmlQuants, HalfConversionRoundTripsEveryHalf) {
+    for (uint32_t h = 0; h < 65536; ++h) {
+        const float f = fp16_to_fp32((uint16_t)h);
+        if (std::isnan(f)) {
+            EXPECT_EQ(fp32_to_fp16(f) & 0x7e00u, 0x7e00u);
+            continue;
+        }
+        ASSERT_EQ(fp32_to_fp16(f), h) << h;
+        // the midpoint to the next half rounds to the even one of the two
+        if ((h & 0x7fffu) < 0x7bffu) {
+            const double mid = 0.5 * ((double)f + (double)fp16_to_fp32((uint16_t)(h + 1)));
+            const uint16_t r = fp32_to_fp16((float)mid);
+            if ((float)mid == mid) ASSERT_EQ(r, (h & 1u) ? h + 1 : h) << h;
+        }
+    }
+}
+
+// The SIMD activation quantizers are bit-identical to the scalar ones (scales, values, sums).
+TEST(GgmlQuants, ActivationQuantizerTwinsAreExact) {
+    if (active_isa() < Isa::avx2 || !cpu_features().f16c) GTEST_SKIP() << "no AVX2 + F16C";
+    const int64_t n = 1024;
+    for (uint64_t seed = 1; seed <= 6; ++seed) {
+        auto x = randv(n, seed, seed == 3 ? 1e-5f : 1.f);
+        if (seed == 2) x[7] = 127.f, x[8] = -127.f, x[9] = 0.5f, x[10] = 2.5f;  // ties
+        if (seed == 4) std::fill(x.begin(), x.begin() + 256, 0.f);              // a zero block
+        if (seed == 5)
+            for (int64_t i = 0; i < n; ++i) x[i] = (float)((i % 64) - 32) * 0.25f;  // many exact halves
+        for (GType act : {GType::q8_0, GType::q8_k}) {
+            const int64_t rb = gtype_row_bytes(act, n);
+            std::vector<uint8_t> a(rb), b(rb);
+            quantize_row(act, x.data(), a.data(), n);
+            quantize_act_row(act, x.data(), b.data(), n);
+            ASSERT_EQ(a, b) << gtype_name(act) << " seed " << seed;
+        }
+    }
+}
+
+// Round trip of the reference quantizers on normal rows: the error ranks the types as their bits do.
+TEST(GgmlQuants, QuantizationErrorPerType) {
+    const int64_t n = 4096;
+    const auto x = randv(n, 9);
+    double e2[16] = {}, x2 = 0;
+    for (float v : x) x2 += (double)v * v;
+    for (GType t : kWeightTypes) {
+        std::vector<uint8_t> q(gtype_row_bytes(t, n));
+        std::vector<float> y(n);
+        quantize_row(t, x.data(), q.data(), n);
+        dequantize_row(t, q.data(), y.data(), n);
+        for (int64_t i = 0; i < n; ++i) e2[(int)t] += ((double)y[i] - x[i]) * ((double)y[i] - x[i]);
+    }
+    auto rel = [&](GType t) { return std::sqrt(e2[(int)t] / x2); };
+    EXPECT_LT(rel(GType::q8_0), 0.01);
+    EXPECT_LT(rel(GType::q6_k), 0.03);
+    EXPECT_LT(rel(GType::q5_k), 0.05);
+    EXPECT_LT(rel(GType::q4_k), 0.10);
+    EXPECT_LT(rel(GType::q4_0), 0.15);
+    EXPECT_LT(rel(GType::f16), 0.001);
+    EXPECT_LT(rel(GType::bf16), 0.005);
+    EXPECT_LT(rel(GType::q8_0), rel(GType::q6_k));
+    EXPECT_LT(rel(GType::q6_k), rel(GType::q5_k));
+    EXPECT_LT(rel(GType::q5_k), rel(GType::q4_k));
+    EXPECT_LT(rel(GType::q4_k), rel(GType::q4_0));
+}
+
+// Every dot kernel of every ISA path the host has against the scalar twin (exact integer sums, then
+// double), 1..4 activation rows per call, several lengths.
+TEST(GgmlQuants, DotKernelsMatchReferenceOnEveryIsa) {
+    for (Isa cap : {Isa::avx512, Isa::avx2, Isa::ref}) {
+        const Isa prev = set_isa_cap(cap);
+        for (GType t : kWeightTypes) {
+            const int64_t blk = gtype_block(t) == 1 ? 32 : gtype_block(t);
+            for (int64_t in : {blk, 3 * blk, 5 * blk, t == GType::f16 || t == GType::bf16 ? (int64_t)37 : blk}) {
+                const GType at = gtype_act(t);
+                const int64_t wb = gtype_row_bytes(t, in), ab = gtype_row_bytes(at, in);
+                auto w = randv(in, 100 + in);
+                w[1] = 3.f;  // a larger value in one block
+                std::vector<uint8_t> wq(wb), aq(4 * ab);
+                quantize_row(t, w.data(), wq.data(), in);
+                std::vector<float> wd(in), ad(in);
+                dequantize_row(t, wq.data(), wd.data(), in);
+                for (int j = 0; j < 4; ++j) {
+                    auto x = randv(in, 200 + 7 * j + in, j == 2 ? 100.f : 1.f);
+                    quantize_act_row(at, x.data(), aq.data() + j * ab, in);
+                }
+                for (int nr = 1; nr <= 4; ++nr) {
+                    float got[4];
+                    row_dots(t)(in, wq.data(), aq.data(), ab, nr, got);
+                    for (int j = 0; j < nr; ++j) {
+                        const double want = vec_dot_ref(t, in, wq.data(), aq.data() + j * ab);
+                        dequantize_row(at, aq.data() + j * ab, ad.data(), in);
+                        double mag = 0;  // sum |w_i a_i|: the scale of the fp32 rounding
+                        for (int64_t i = 0; i < in; ++i) mag += std::fabs((double)wd[i] * ad[i]);
+                        ASSERT_NEAR(got[j], want, 1e-5 * mag + 1e-30)
+                            << gtype_name(t) << " in=" << in << " nr=" << nr << " j=" << j << " isa=" << isa_name(cap);
+                        ASSERT_NEAR(want, [&] {
+                            double s = 0;  // the reference twin is the dot of the dequantized rows
+                            for (int64_t i = 0; i < in; ++i) s += (double)wd[i] * ad[i];
+                            return s;
+                        }(), 1e-6 * mag + 1e-30) << gtype_name(t);
+                    }
+                }
+            }
+        }
+        set_isa_cap(prev);
+    }
+    // the named single-row entries are the same kernels
+    const int64_t in = 512;
+    auto w = randv(in, 5), x = randv(in, 6);
+    for (auto [t, fn] : {std::pair{GType::q8_0, &vec_dot_q8_0_q8_0}, std::pair{GType::q4_0, &vec_dot_q4_0_q8_0},
+                         std::pair{GType::q4_k, &vec_dot_q4_k_q8_k}, std::pair{GType::q5_k, &vec_dot_q5_k_q8_k},
+                         std::pair{GType::q6_k, &vec_dot_q6_k_q8_k}, std::pair{GType::f16, &vec_dot_f16_f32},
+                         std::pair{GType::bf16, &vec_dot_bf16_f32}}) {
+        std::vector<uint8_t> wq(gtype_row_bytes(t, in)), aq(gtype_row_bytes(gtype_act(t), in));
+        quantize_row(t, w.data(), wq.data(), in);
+        quantize_act_row(gtype_act(t), x.data(), aq.data(), in);
+        float r;
+        row_dots(t)(in, wq.data(), aq.data(), 0, 1, &r);
+        EXPECT_EQ(fn(in, wq.data(), aq.data()), r) << gtype_name(t);
+    }
+}
+
+// qmatmul on each ggml weight type (QStore from fp32, a QMatrix view of ggml rows) against the
+// double reference of dequantized W times x rounded as the kernels round it: decode (N <= 8) and
+// prefill (N > 8) shapes, OUT not a multiple of the 16-row tile, 1-3 threads, every ISA path.
+TEST(GgmlQuants, QMatmulMatchesReference) {
+    const WType types[] = {WType::q8_0, WType::q4_0, WType::q4_k, WType::q5_k, WType::q6_k, WType::f16};
+    for (Isa cap : {Isa::avx512, Isa::avx2, Isa::ref}) {
+        const Isa prev = set_isa_cap(cap);
+        for (WType t : types)
+            for (int threads : {1, 2, 3}) {
+                moe::set_num_threads(threads);
+                const int64_t in = gtype_block(ggml_type(t)) == 256 ? 512 : 96, out = 37;
+                auto w = randv(out * in, 7 + (int)t);
+                QStore st;
+                st.build(t, w.data(), out, in);
+                const QMatrix m = st.view();
+                ASSERT_EQ(m.type, t);
+                ASSERT_DOUBLE_EQ(m.bytes(), (double)out * gtype_row_bytes(ggml_type(t), in));
+                for (int64_t N : {1, 2, 3, 5, 8, 9, 21}) {
+                    auto x = randv(N * in, 50 + N);
+                    std::vector<float> a(N * out, 0.25f), b(N * out, 0.25f);
+                    for (bool acc : {false, true}) {
+                        qmatmul_ref(a.data(), x.data(), m, N, acc);
+                        qmatmul(b.data(), x.data(), m, N, acc);
+                        for (int64_t i = 0; i < N * out; ++i)
+                            ASSERT_NEAR(a[i], b[i], 5e-5 * (1 + std::fabs(a[i])) * std::sqrt(in / 64.0))
+                                << wtype_name(t) << " N=" << N << " threads=" << threads << " isa=" << isa_name(cap)
+                                << " acc=" << acc << " i=" << i;
+                    }
+                }
+                // a view of the rows (as of a mapped GGUF tensor) and an expert's slice of it
+                QMatrix v;
+                v.type = t, v.out = out, v.in = in, v.raw = st.raw.data(), v.row_bytes = m.row_bytes;
+                const QMatrix sl = v.rows(5, 20);
+                auto x = randv(3 * in, 99);
+                std::vector<float> a(3 * 20), b(3 * 20);
+                qmatmul_ref(a.data(), x.data(), sl, 3, false);
+                qmatmul(b.data(), x.data(), sl, 3, false);
+                for (int i = 0; i < 60; ++i) ASSERT_NEAR(a[i], b[i], 5e-5 * (1 + std::fabs(a[i])) * std::sqrt(in / 64.0));
+            }
+        set_isa_cap(prev);
+    }
+    moe::set_num_threads(0);
+}
+
+// Rows whose length is not a multiple of the type's block are a user error, named.
+TEST(GgmlQuants, RaggedRowsAreAnError) {
+    QStore st;
+    std::vector<float> w(128 * 2);
+    EXPECT_THROW(st.build(WType::q4_k, w.data(), 2, 128), moe::error);
+    EXPECT_NO_THROW(st.build(WType::q8_0, w.data(), 2, 128));
+    EXPECT_EQ(parse_wtype("q4_k", "t"), WType::q4_k);
+    EXPECT_THROW(parse_wtype("q4_K_M", "t"), moe::error);
+}
+
+// A model made in the ggml types from fp32 weights (Model::set_weight_type: QStore::build with
+// ggml's reference quantizers): the logits of a prefill (tile / row-dot prefill path) track fp32,
+// coarser types further off, and decode (N = 1, the streaming row dots) gives the prefill's last row.
+TEST(GgmlQuants, ModelLogitsTrackFp32) {
+    moe::ModelConfig cfg;
+    cfg.vocab_size = 37, cfg.n_layer = 2, cfg.n_embd = 256, cfg.n_head = 4, cfg.n_head_kv = 2, cfg.n_ctx = 24;
+    cfg.n_expert = 4, cfg.n_expert_used = 2, cfg.n_ff_exp = 256, cfg.n_ff = 256, cfg.layer_moe = {true, false};
+    moe::Model m(cfg);
+    m.init(3);
+    for (const auto& p : m.table().params())  // sharper weights, so the logits carry signal
+        if (p.shape.size() >= 2)
+            for (int64_t i = 0; i < p.numel; ++i) m.params()[p.offset + i] *= 3.f;
+    const int64_t V = cfg.vocab_size, T = 20;
+    std::vector<int32_t> seq(T), sid(T, 0), pos(T);
+    for (int64_t i = 0; i < T; ++i) seq[i] = (int32_t)((i * 7 + 3) % V), pos[i] = (int32_t)i;
+    auto logits = [&](WType t) {
+        m.set_weight_type(t);
+        auto cache = m.make_cache(1);
+        m.forward_cached(seq.data(), sid.data(), pos.data(), T, cache);
+        std::vector<float> all(m.logits(), m.logits() + T * V);
+        auto c2 = m.make_cache(1);  // decode: prefill T - 1 rows, then one row
+        m.forward_cached(seq.data(), sid.data(), pos.data(), T - 1, c2, true);
+        m.forward_cached(&seq[T - 1], &sid[0], &pos[T - 1], 1, c2, true);
+        for (int64_t j = 0; j < V; ++j)
+            EXPECT_NEAR(m.logits()[j], all[(T - 1) * V + j], 2e-3 * (1 + std::fabs(all[(T - 1) * V + j])))
+                << wtype_name(t) << " decode vs prefill, logit " << j;
+        return all;
+    };
+    const auto f = logits(WType::f32);
+    double prev = 0;
+    double int8_rms = 0;
+    for (auto [t, max_rms] : {std::pair{WType::q8, 1.0}, std::pair{WType::f16, 0.002}, std::pair{WType::q8_0, 0.04},
+                              std::pair{WType::q6_k, 0.08}, std::pair{WType::q5_k, 0.15}, std::pair{WType::q4_k, 0.3},
+                              std::pair{WType::q4_0, 0.4}}) {
+        const auto q = logits(t);
+        double num = 0, den = 0;
+        int agree = 0;
+        for (int64_t r = 0; r < T; ++r) {
+            const float* a = f.data() + r * V;
+            const float* b = q.data() + r * V;
+            for (int64_t j = 0; j < V; ++j) num += (a[j] - b[j]) * (a[j] - b[j]), den += a[j] * a[j];
+            agree += std::max_element(a, a + V) - a == std::max_element(b, b + V) - b;
+        }
+        const double rms = std::sqrt(num / den);
+        std::printf("%s: logits relative RMS error %.4f, top-1 agreement %d/%lld\n", wtype_name(t), rms, agree, (long long)T);
+        EXPECT_LT(rms, max_rms) << wtype_name(t);
+        EXPECT_GT(rms, 1e-6) << wtype_name(t) << ": identical to fp32, the type was not applied";
+        if (t == WType::q8) {  // moe's own int8 (fp32 scales): the yardstick for q8_0 (fp16 scales)
+            int8_rms = rms;
+            continue;
+        }
+        if (t == WType::q8_0) EXPECT_LT(rms, 1.5 * int8_rms) << "q8_0 much coarser than moe's int8";
+        EXPECT_GE(agree, t == WType::q4_0 || t == WType::q4_k ? T / 2 : T * 8 / 10) << wtype_name(t);
+        EXPECT_GT(rms, prev) << wtype_name(t) << " should be coarser than the type before";
+        prev = rms;
+    }
+    m.set_weight_type(WType::f32);
+}
