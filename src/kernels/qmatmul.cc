@@ -391,7 +391,15 @@ __attribute__((target("avx2,fma"))) void gemv_rows_avx2(float* y, const float* x
         __m256 acc[NR][4];
         for (int j = 0; j < NR; ++j)
             for (int k = 0; k < 4; ++k) acc[j][k] = _mm256_setzero_ps();
+        // the weight stream prefetched 1 KB ahead (into the next row at a row's end; a prefetch past
+        // the matrix never faults): one core's hardware prefetcher alone leaves decode at ~0.57 of
+        // the read bandwidth on the Xeon host
+        const char* wrow = TY == WType::f32 ? reinterpret_cast<const char*>(w.f32 + o * in)
+                                            : reinterpret_cast<const char*>(w.bf16 + o * in);
+        constexpr int64_t kBytes = TY == WType::f32 ? 4 : 2, kAhead = 4096;
         for (int64_t i = 0; i < full; i += kQ8Block) {
+            _mm_prefetch(wrow + i * kBytes + kAhead, _MM_HINT_T0);
+            if constexpr (kBytes == 4) _mm_prefetch(wrow + i * kBytes + kAhead + 64, _MM_HINT_T0);
             const __m256 w0 = load8<TY>(w, o, i), w1 = load8<TY>(w, o, i + 8), w2 = load8<TY>(w, o, i + 16),
                          w3 = load8<TY>(w, o, i + 24);
             for (int j = 0; j < NR; ++j) {
@@ -434,6 +442,7 @@ __attribute__((target("avx2,fma"))) void gemv_q8_avx2(float* y, const QActs& qa,
         __m256 acc[NR][2];
         for (int j = 0; j < NR; ++j) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
         for (int64_t b = 0; b < full; ++b) {
+            if ((b & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(wr + b * kQ8Block) + 4096, _MM_HINT_T0);
             const __m256i wv = _mm256_loadu_si256((const __m256i*)(wr + b * kQ8Block));
             const __m256i aw = _mm256_sign_epi8(wv, wv);  // |w|
             for (int j = 0; j < NR; ++j) {
