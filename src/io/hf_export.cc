@@ -17,6 +17,7 @@
 #include "io/safetensors.h"
 #include "io/tensor_file.h"
 #include "kernels/bf16.h"
+#include "kernels/ggml_quants.h"
 #include "kernels/qmatmul.h"
 #include "model/params.h"
 
@@ -269,42 +270,6 @@ uint64_t parse_byte_size(const std::string& s, const std::string& what) {
 
 namespace {
 
-// IEEE half <-> float. to_f16 rounds to nearest even (what torch's .half() does); values that came
-// from F16 come back exactly.
-float f16_to_f32(uint16_t h) {
-    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
-    uint32_t bits;
-    if (exp == 0x1F) bits = sign | 0x7F800000u | (man << 13);
-    else if (exp != 0) bits = sign | ((exp + 112) << 23) | (man << 13);
-    else if (man == 0) bits = sign;
-    else {
-        float f = (float)man * 5.9604644775390625e-8f;
-        std::memcpy(&bits, &f, 4);
-        bits |= sign;
-    }
-    float out;
-    std::memcpy(&out, &bits, 4);
-    return out;
-}
-
-uint16_t f32_to_f16(float f) {
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
-    const uint32_t a = u & 0x7FFFFFFFu;
-    if (a > 0x7F800000u) return sign | 0x7E00u;  // NaN
-    if (a >= 0x477FF000u) return sign | 0x7C00u; // rounds to inf (>= 65520)
-    if (a < 0x38800000u) {                       // below the smallest normal half: subnormal or 0
-        // a * 2^24 rounded to nearest even, as an integer mantissa
-        float x;
-        std::memcpy(&x, &a, 4);
-        return sign | (uint16_t)std::nearbyint(x * 16777216.0f);  // exact scaling; default mode is RNE
-    }
-    uint32_t v = a - 0x38000000u;       // rebias exponent 127 -> 15 (in the float layout)
-    v += 0xFFFu + ((v >> 13) & 1u);      // round to nearest even on the 13 dropped bits
-    return sign | (uint16_t)(v >> 13);
-}
-
 // One moe tensor in the dtype it is written in, viewed (when already in that type) or converted.
 class TensorBytes {
 public:
@@ -360,8 +325,8 @@ private:
                 inexact += kernels::bf16_to_f32(h[i]) != f[i] && !std::isnan(f[i]);
             } else {
                 MOE_ASSERT(dt == DType::f16);
-                h[i] = f32_to_f16(f[i]);
-                inexact += f16_to_f32(h[i]) != f[i] && !std::isnan(f[i]);
+                h[i] = kernels::fp32_to_fp16(f[i]);  // round to nearest even
+                inexact += kernels::fp16_to_fp32(h[i]) != f[i] && !std::isnan(f[i]);
             }
         }
         if (inexact)

@@ -10,6 +10,7 @@
 #include "io/hf_names.h"
 #include "io/safetensors.h"
 #include "kernels/bf16.h"
+#include "kernels/ggml_quants.h"
 #include "kernels/qmatmul.h"
 
 namespace moe {
@@ -65,33 +66,13 @@ Config hf_to_moe_config(const HfConfig& hf, int64_t n_ctx, const std::string& wh
 
 namespace {
 
-// IEEE half -> float, exactly (normals, subnormals, inf, NaN)
-float f16_to_f32(uint16_t h) {
-    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
-    uint32_t bits;
-    if (exp == 0x1F) {
-        bits = sign | 0x7F800000u | (man << 13);
-    } else if (exp != 0) {
-        bits = sign | ((exp + 112) << 23) | (man << 13);
-    } else if (man == 0) {
-        bits = sign;
-    } else {  // subnormal: man * 2^-24
-        float f = (float)man * 5.9604644775390625e-8f;
-        std::memcpy(&bits, &f, 4);
-        bits |= sign;
-    }
-    float out;
-    std::memcpy(&out, &bits, 4);
-    return out;
-}
-
 void to_f32(float* dst, const void* src, DType dt, int64_t n, const std::string& what) {
     switch (dt) {
         case DType::f32: std::memcpy(dst, src, n * sizeof(float)); return;
         case DType::bf16: kernels::bf16_to_f32_n(dst, static_cast<const uint16_t*>(src), n); return;
         case DType::f16: {
             const auto* h = static_cast<const uint16_t*>(src);
-            for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(h[i]);
+            for (int64_t i = 0; i < n; ++i) dst[i] = kernels::fp16_to_fp32(h[i]);  // exact
             return;
         }
         default: fail(what, " is ", dtype_name(dt), ": moe reads model weights in F32, BF16 or F16");
