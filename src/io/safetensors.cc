@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "io/atomic_file.h"
 #include "io/tensor_file.h"
 
 namespace moe {
@@ -309,61 +310,6 @@ std::string SafetensorsSource::file_of(const std::string& name) const {
 
 namespace {
 
-// A file written under a temporary name and renamed into place once complete and synced, so that
-// a reader never sees a half-written model (write_file_atomic's rule, streamed).
-class AtomicWriter {
-public:
-    explicit AtomicWriter(std::string path) : path_(std::move(path)) {
-        tmp_ = path_ + ".tmp." + std::to_string(::getpid());
-        fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        if (fd_ < 0) fail("cannot write '", path_, "': ", std::strerror(errno));
-    }
-    ~AtomicWriter() {
-        if (fd_ >= 0) {
-            ::close(fd_);
-            ::unlink(tmp_.c_str());
-        }
-    }
-    void write(const void* p, size_t n) {
-        const char* b = static_cast<const char*>(p);
-        while (n > 0) {
-            const ssize_t w = ::write(fd_, b, n);
-            if (w < 0) {
-                if (errno == EINTR) continue;
-                fail("cannot write '", path_, "': ", std::strerror(errno));
-            }
-            b += w;
-            n -= (size_t)w;
-        }
-    }
-    void commit() {
-        if (::fsync(fd_) != 0) fail("cannot write '", path_, "': ", std::strerror(errno));
-        const int fd = fd_;
-        fd_ = -1;
-        if (::close(fd) != 0) {
-            const int e = errno;
-            ::unlink(tmp_.c_str());
-            fail("cannot write '", path_, "': ", std::strerror(e));
-        }
-        if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
-            const int e = errno;
-            ::unlink(tmp_.c_str());
-            fail("cannot move '", tmp_, "' to '", path_, "': ", std::strerror(e));
-        }
-        const fs::path p(path_);
-        const std::string dir = p.has_parent_path() ? p.parent_path().string() : ".";
-        const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            ::fsync(dfd);
-            ::close(dfd);
-        }
-    }
-
-private:
-    std::string path_, tmp_;
-    int fd_ = -1;
-};
-
 uint64_t checked_nbytes(const TensorView& t, const std::string& path) {
     uint64_t numel = 1;
     for (int64_t d : t.shape) {
@@ -408,7 +354,7 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
     text.append((8 - text.size() % 8) % 8, ' ');
     unsigned char len[8];
     for (int i = 0; i < 8; ++i) len[i] = (unsigned char)((uint64_t)text.size() >> (8 * i));
-    AtomicWriter w(path);
+    AtomicFile w(path);
     w.write(len, 8);
     w.write(text.data(), text.size());
     for (const TensorView* t : order)
