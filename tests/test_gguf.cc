@@ -394,6 +394,75 @@ TEST(GgufBlockExport, KQuantsOnRowsOf256) {
     check_block_export(ck, "wide", GgmlType::Q6_K, GgmlType::Q6_K, 0.10, tokens);
 }
 
+// A file mixing block types (as llama.cpp's Q4_K_M puts output and some ffn_down in Q6_K): the
+// model takes blk.0.attn_q's type, the other matrices are converted into it without error; a
+// --dtype whose block does not fit some rows is one error naming the tensor.
+TEST(GgufBlockExport, MixedTypesAreConvertedAndMisfitsAreErrors) {
+    gguf_register_ggml_kernels();
+    Checkpoint base = load_model(kHf + "mixtral", "fp32");
+    Checkpoint ck;
+    ck.config = base.config;
+    ModelConfig& mc = ck.config.model;
+    mc.n_embd = 256, mc.n_ff_exp = 256, mc.n_head = 4, mc.n_head_kv = 2, mc.n_layer = 2;
+    mc.layer_moe.assign(2, true);
+    ck.model = std::make_unique<Model>(mc);
+    ck.model->init(11);
+    ck.tokenizer_missing = true;
+    const std::string q4k = tmp_dir() + "/mixed_src.gguf", mixed = tmp_dir() + "/mixed.gguf";
+    GgufExportOptions opt;
+    opt.type = GgmlType::Q4_K;
+    export_gguf(ck, q4k, opt);
+    // rewrite: output and blk.1.ffn_down_exps as Q6_K, blk.0.ffn_up_exps as F32 (from the fp32 weights)
+    const auto in = GgufSource::open(q4k);
+    GgufWriter w;
+    for (const auto& [k, v] : in->header().kv) w.set(k, v);
+    std::vector<std::vector<float>> keep;
+    for (const auto& t : in->header().tensors) {
+        const bool q6 = t.name == "output.weight" || t.name == "blk.1.ffn_down_exps.weight";
+        const bool f32 = t.name == "blk.0.ffn_up_exps.weight";
+        if (q6 || f32) {
+            keep.emplace_back((size_t)t.numel());
+            gguf_rows_to_f32(t, in->data(t), 0, t.rows, keep.back().data(), q4k);
+            w.add_tensor_f32(t.name, q6 ? GgmlType::Q6_K : GgmlType::F32, t.shape, keep.back().data());
+        } else {
+            const void* d = in->data(t);
+            const uint64_t nb = t.nbytes;
+            w.add_tensor(t.name, t.type, t.shape, [d, nb](unsigned char* o) { std::memcpy(o, d, nb); });
+        }
+    }
+    w.write(mixed);
+    Checkpoint a = load_model(q4k), b = load_model(mixed);
+    ASSERT_EQ(b.model->weight_type(), kernels::WType::q4_k);
+    for (const auto& p : b.model->table().params()) {
+        if (!typed_at_inference(p)) continue;
+        const std::string gn = p.name + ".weight";
+        const bool converted = gn == "output.weight" || gn == "blk.1.ffn_down_exps.weight" || gn == "blk.0.ffn_up_exps.weight" ||
+                               is_llama_qk(b, p.name);
+        EXPECT_EQ(b.model->param_is_view(p), !converted) << p.name;
+    }
+    const std::vector<int32_t> tokens = {1, 5, 9, 200, 3, 77, 42, 8};
+    const int64_t T = (int64_t)tokens.size(), V = mc.vocab_size;
+    const std::vector<float> la = forward(a, tokens), lb = forward(b, tokens);
+    // Q6_K / F32 matrices (made from the Q4_K values) re-quantized to Q4_K: close to the all-Q4_K
+    // file (measured 0.9% relative RMS)
+    const QuantStats st = compare_logits(lb, la, T, V);
+    std::printf("mixed Q4_K/Q6_K/F32 file loaded as q4_k vs the all-Q4_K file: relative RMS %.2f%%, top-1 %.0f%%\n",
+                100 * st.rel_rms, 100 * st.top1);
+    EXPECT_LE(st.rel_rms, 0.3);
+    // a named type whose block does not divide the rows
+    const std::string m8 = tmp_dir() + "/misfit.gguf";
+    opt.type = GgmlType::Q8_0;
+    export_gguf(base, m8, opt);
+    try {
+        load_model(m8, "q4_k");
+        ADD_FAILURE() << "expected an error";
+    } catch (const moe::error& e) {
+        const std::string msg = e.what();
+        EXPECT_NE(msg.find("--dtype q4_k needs rows that are a multiple of 256"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("rows of 64"), std::string::npos) << msg;
+    }
+}
+
 // ---- tokenizers ---------------------------------------------------------------------------------
 
 const std::vector<std::string>& test_lines() {
