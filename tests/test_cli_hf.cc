@@ -356,4 +356,32 @@ TEST_F(CliHf, ExportGgufGivesTheSameLogits) {
     expect_clean_error(moe("export --model mixtral.gguf --format gguf --out mixtral.gguf"), {"mixtral.gguf", "--force"});
 }
 
+// Block types from the command line: q8_0 logits close to the fp32 ones (bound as in test_gguf:
+// 5% relative RMS), q4_k on rows of 32 / 64 falls back to Q8_0 with a warning, and bench decodes
+// the quantized file.
+TEST_F(CliHf, ExportQuantizedGguf) {
+    const std::string toks = "1,5,9,200,3,77,42,8";
+    const std::string m = q(kData + "hf/mixtral");
+    ASSERT_EQ(moe("logits --model " + m + " --tokens " + toks + " --out hf.bin").code(), 0);
+    RunResult e = moe("export --model " + m + " --format gguf --type q8_0 --out q8.gguf");
+    ASSERT_EQ(e.code(), 0) << e.describe();
+    RunResult l = moe("logits --model q8.gguf --tokens " + toks + " --out q.bin");
+    ASSERT_EQ(l.code(), 0) << l.describe();
+    const std::string a = read_file(path("hf.bin")), b = read_file(path("q.bin"));
+    ASSERT_EQ(a.size(), b.size());
+    const float* x = reinterpret_cast<const float*>(a.data());
+    const float* y = reinterpret_cast<const float*>(b.data());
+    double d2 = 0, x2 = 0;
+    for (size_t i = 0; i < a.size() / 4; ++i) d2 += (double)(x[i] - y[i]) * (x[i] - y[i]), x2 += (double)x[i] * x[i];
+    EXPECT_LT(std::sqrt(d2 / x2), 0.05);
+    RunResult k = moe("export --model " + m + " --format gguf --type q4_k --out q4k.gguf");
+    ASSERT_EQ(k.code(), 0) << k.describe();
+    EXPECT_NE(k.err.find("warning"), std::string::npos) << k.err;
+    EXPECT_NE(k.err.find("as Q8_0"), std::string::npos) << k.err;
+    RunResult bj = moe("bench --model q8.gguf --mode decode --threads 1 --json");
+    ASSERT_EQ(bj.code(), 0) << bj.describe();
+    EXPECT_NE(bj.out.find("\"tokens_per_sec\""), std::string::npos) << bj.out;
+    EXPECT_NE(bj.out.find("\"dtype\":\"q8_0\""), std::string::npos) << bj.out;
+}
+
 }  // namespace

@@ -218,7 +218,7 @@ CLI::App* add_export(CLI::App& app, ExportArgs& a) {
     c->add_option("--out", a.out, "output directory (new or empty)")->required();
     c->add_option("--max-shard-size", a.opt.max_shard_size, "hf: a new safetensors shard above this size (5GB, 500MB, 2GiB)")
         ->capture_default_str();
-    c->add_option("--type", a.opt.type, "gguf: the matrices' type f32 | f16 | bf16 (default f16; not for --format hf)");
+    c->add_option("--type", a.opt.type, "gguf: the matrices' type f32 | f16 | bf16 | q8_0 | q4_0 | q4_k | q5_k | q6_k (default f16; not for --format hf)");
     c->add_flag("--force", a.opt.force, "write into a non-empty --out, replacing the model files there");
     return c;
 }

@@ -307,7 +307,9 @@ struct ExportResult {
 // gives moe's logits; a model no Hugging Face family expresses is a moe::error naming the field.
 ExportResult export_model(const std::string& model_path, const std::string& out_dir, const ExportOptions& opt);
 // Writes the model at model_path (anything --model accepts) as a GGUF file llama.cpp reads:
-// architecture, hyper-parameters, tensors in `type` ("f32", "f16", "bf16"; 1-D tensors stay F32),
+// architecture, hyper-parameters, tensors in `type` ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k",
+// "q5_k", "q6_k"; 1-D tensors and routers of a block type stay F32; a block that does not divide a
+// matrix's rows falls back to Q8_0 / F16 with a warning on stderr),
 // tokenizer and chat template (docs/formats.md, "GGUF"). Atomic; moe::error for what GGUF cannot
 // express.
 void export_gguf(const std::string& model_path, const std::string& type, const std::string& out_path);

@@ -403,6 +403,7 @@ ExportResult export_model(const std::string& model_path, const std::string& out_
         r.family = "gguf";
         r.dtype = opt.type.empty() ? "f16" : opt.type;
         r.files = {out_dir};
+        r.tensors = (int64_t)GgufSource::open(out_dir)->header().tensors.size();
         r.tensor_bytes = (int64_t)fs::file_size(out_dir, ec);
         if (opt.progress) opt.progress("wrote " + out_dir);
         return r;

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -63,22 +64,67 @@ std::vector<int64_t> squeeze(std::vector<int64_t> s) {
 std::string shape_str(const std::vector<int64_t>& s) { return TensorView{"", DType::f32, s}.shape_str(); }
 
 // llama.cpp's converter: within each head of D rows, HF row half*D/2 + i goes to row 2i + half.
-// permute: hf -> gguf; unpermute: gguf -> hf. rows (n_head * D, cols)
-void permute_rows(float* dst, const float* src, int64_t n_head, int64_t D, int64_t cols, bool to_gguf) {
+// permute: hf -> gguf; unpermute: gguf -> hf. rows (n_head * D) of row_bytes bytes each (fp32
+// values, or a block type's rows: quantization is per row, so rows move as they are)
+void permute_row_bytes(void* dst, const void* src, int64_t n_head, int64_t D, int64_t row_bytes, bool to_gguf) {
     const int64_t half = D / 2;
+    auto* d8 = static_cast<unsigned char*>(dst);
+    const auto* s8 = static_cast<const unsigned char*>(src);
     for (int64_t h = 0; h < n_head; ++h)
         for (int64_t s = 0; s < 2; ++s)
             for (int64_t i = 0; i < half; ++i) {
                 const int64_t hf_row = h * D + s * half + i, gg_row = h * D + 2 * i + s;
                 const int64_t d = to_gguf ? gg_row : hf_row, r = to_gguf ? hf_row : gg_row;
-                std::memcpy(dst + d * cols, src + r * cols, (size_t)cols * sizeof(float));
+                std::memcpy(d8 + d * row_bytes, s8 + r * row_bytes, (size_t)row_bytes);
             }
+}
+void permute_rows(float* dst, const float* src, int64_t n_head, int64_t D, int64_t cols, bool to_gguf) {
+    permute_row_bytes(dst, src, n_head, D, cols * (int64_t)sizeof(float), to_gguf);
+}
+
+// the kernels' WType of a ggml block type moe multiplies in place (false for others)
+bool block_wtype(GgmlType g, kernels::WType& w) {
+    switch (g) {
+        case GgmlType::Q8_0: w = kernels::WType::q8_0; return true;
+        case GgmlType::Q4_0: w = kernels::WType::q4_0; return true;
+        case GgmlType::Q4_K: w = kernels::WType::q4_k; return true;
+        case GgmlType::Q5_K: w = kernels::WType::q5_k; return true;
+        case GgmlType::Q6_K: w = kernels::WType::q6_k; return true;
+        default: return false;
+    }
+}
+
+// The type a matrix with rows of n values is written in when `t`'s block does not divide n (as
+// llama-quantize falls back): the K-quants (256) fall back to Q8_0 when 32 divides n, everything
+// else to F16.
+GgmlType fitting_type(GgmlType t, int64_t n) {
+    const int64_t bs = ggml_type_info(t).block_size;
+    if (n % bs == 0) return t;
+    if (bs == 256 && n % 32 == 0) return GgmlType::Q8_0;
+    return GgmlType::F16;
 }
 
 std::mutex g_deq_mu;
 GgufDequantizeRow g_deq[64] = {};
 
 }  // namespace
+
+void gguf_register_ggml_kernels() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        using namespace kernels;
+        gguf_register_quantizer(GgmlType::Q8_0, quantize_row_q8_0);
+        gguf_register_quantizer(GgmlType::Q4_0, quantize_row_q4_0);
+        gguf_register_quantizer(GgmlType::Q4_K, quantize_row_q4_k);
+        gguf_register_quantizer(GgmlType::Q5_K, quantize_row_q5_k);
+        gguf_register_quantizer(GgmlType::Q6_K, quantize_row_q6_k);
+        gguf_register_dequantizer(GgmlType::Q8_0, dequantize_row_q8_0);
+        gguf_register_dequantizer(GgmlType::Q4_0, dequantize_row_q4_0);
+        gguf_register_dequantizer(GgmlType::Q4_K, dequantize_row_q4_k);
+        gguf_register_dequantizer(GgmlType::Q5_K, dequantize_row_q5_k);
+        gguf_register_dequantizer(GgmlType::Q6_K, dequantize_row_q6_k);
+    });
+}
 
 void gguf_register_dequantizer(GgmlType t, GgufDequantizeRow fn) {
     std::lock_guard<std::mutex> l(g_deq_mu);
@@ -112,6 +158,7 @@ void gguf_rows_to_f32(const GgufTensorInfo& t, const void* data, int64_t r0, int
         }
         default: break;
     }
+    gguf_register_ggml_kernels();
     GgufDequantizeRow fn = nullptr;
     {
         std::lock_guard<std::mutex> l(g_deq_mu);
@@ -119,7 +166,7 @@ void gguf_rows_to_f32(const GgufTensorInfo& t, const void* data, int64_t r0, int
     }
     if (!fn)
         fail("'", where, "': tensor '", t.name, "': tensor type ", ggml_type_name(t.type),
-             ": not yet supported (moe loads F32, F16 and BF16 GGUF tensors)");
+             ": not yet supported (moe loads F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K GGUF tensors)");
     for (int64_t r = 0; r < n; ++r) fn(src + r * t.row_bytes, out + r * ne0, ne0);
 }
 
@@ -448,8 +495,31 @@ Checkpoint load_gguf_model(const std::string& path, const std::string& weight_ty
     const GgmlType stored = q0.type;
     ck.weight_type = stored == GgmlType::BF16 ? "bf16" : stored == GgmlType::F16 ? "f16" : stored == GgmlType::F32 ? "fp32"
                                                                                                                  : ggml_type_name(stored);
-    const kernels::WType want = !weight_type.empty() ? kernels::parse_wtype(weight_type, "--dtype")
-                                : stored == GgmlType::BF16 ? kernels::WType::bf16 : kernels::WType::f32;
+    gguf_register_ggml_kernels();
+    kernels::WType stored_block = kernels::WType::f32;
+    const bool stored_is_block = block_wtype(stored, stored_block);
+    kernels::WType want = !weight_type.empty()        ? kernels::parse_wtype(weight_type, "--dtype")
+                          : stored == GgmlType::BF16 ? kernels::WType::bf16
+                          : stored_is_block          ? stored_block
+                                                     : kernels::WType::f32;
+    if (kernels::is_ggml(want)) {
+        // every typed matrix's rows must be whole blocks of the model's type; a file whose rows
+        // do not all fit the type of blk.0.attn_q.weight (its writer fell back to Q8_0 / F16 for
+        // some matrices) loads as Q8_0 when 32 divides every row, else as F16
+        const int64_t bs = kernels::gtype_block(kernels::ggml_type(want));
+        const ParamTable table(ck.config.model);
+        const ParamInfo* bad = nullptr;
+        bool all32 = true;
+        for (const auto& p : table.params()) {
+            if (!typed_at_inference(p)) continue;
+            if (p.shape.back() % bs != 0 && !bad) bad = &p;
+            all32 &= p.shape.back() % 32 == 0;
+        }
+        if (bad && !weight_type.empty())
+            fail("'", path, "': --dtype ", weight_type, " needs rows that are a multiple of ", bs, " values, but tensor '",
+                 gguf_name(bad->name), "' has rows of ", bad->shape.back(), " (try --dtype q8_0, f16 or bf16)");
+        if (bad) want = all32 ? kernels::WType::q8_0 : kernels::WType::f16;
+    }
     // The file is mapped lazily; what moe allocates is the converted model. Refuse up front when
     // that cannot fit in the machine's memory instead of being killed halfway.
     {
@@ -487,6 +557,21 @@ Checkpoint load_gguf_model(const std::string& path, const std::string& weight_ty
         }
         float* dst = m.param_f32(p);
         const int64_t in = p.shape.back(), out = p.numel / in;
+        kernels::WType file_block = kernels::WType::f32;
+        if (!dst && block_wtype(t.type, file_block) && file_block == want) {
+            const auto* bytes = static_cast<const uint8_t*>(data);
+            MOE_ASSERT(t.row_bytes == kernels::gtype_row_bytes(kernels::ggml_type(want), in));
+            if (!permute) {
+                kernels::QMatrix v;  // in place: the mapping holds it (stacked experts: rows follow each other)
+                v.type = want, v.in = in, v.out = out, v.raw = bytes, v.row_bytes = t.row_bytes;
+                m.set_param_view(p, v, src);
+            } else {  // llama's Q / K: the same blocks, rows moved back to Hugging Face's order
+                kernels::QStore& st = m.param_store(p);
+                MOE_ASSERT((int64_t)st.raw.size() == out * t.row_bytes);
+                permute_row_bytes(st.raw.data(), bytes, nh, D, t.row_bytes, false);
+            }
+            continue;
+        }
         if (!dst && !permute && want == kernels::WType::bf16 && t.type == GgmlType::BF16) {
             kernels::QMatrix v;  // in place: the mapping holds it
             v.type = kernels::WType::bf16, v.in = in, v.out = out, v.bf16 = static_cast<const uint16_t*>(data);
@@ -690,7 +775,22 @@ void export_gguf(const Checkpoint& ck, const std::string& out_path, const GgufEx
     GgufWriter w;
     w.set_str("general.architecture", arch);
     if (!opt.name.empty()) w.set_str("general.name", opt.name);
-    const uint32_t file_type = opt.type == GgmlType::F32 ? 0 : opt.type == GgmlType::F16 ? 1 : opt.type == GgmlType::BF16 ? 32 : 7;
+    // llama.cpp's llama_ftype: the K-quants without a mix are its *_S variants
+    uint32_t file_type = 0;
+    switch (opt.type) {
+        case GgmlType::F32: file_type = 0; break;
+        case GgmlType::F16: file_type = 1; break;
+        case GgmlType::BF16: file_type = 32; break;
+        case GgmlType::Q4_0: file_type = 2; break;
+        case GgmlType::Q8_0: file_type = 7; break;
+        case GgmlType::Q4_K: file_type = 14; break;
+        case GgmlType::Q5_K: file_type = 16; break;
+        case GgmlType::Q6_K: file_type = 18; break;
+        default:
+            fail("cannot export '", out_path, "' as ", ggml_type_name(opt.type),
+                 ": moe writes F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K");
+    }
+    gguf_register_ggml_kernels();
     w.set_u32("general.file_type", file_type);
     w.set_u32(A + "vocab_size", (uint32_t)mc.vocab_size);
     w.set_u32(A + "context_length", (uint32_t)mc.n_ctx);
@@ -718,6 +818,8 @@ void export_gguf(const Checkpoint& ck, const std::string& out_path, const GgufEx
         if (!tok) tok = HfTokenizer::from_json(ck.tokenizer.to_hf_tokenizer_json(), nullptr, "moe tokenizer");
         gguf_write_tokenizer(w, *tok, mc.vocab_size, opt.embed_hf_tokenizer_json);
     }
+    std::map<std::string, int64_t> fallbacks;  // type written instead of opt.type -> matrices
+    std::string first_fallback;
     std::vector<std::vector<float>> permuted;  // kept alive until write()
     permuted.reserve(4 * (size_t)mc.n_layer);
     for (const auto& p : m.table().params()) {
@@ -733,9 +835,25 @@ void export_gguf(const Checkpoint& ck, const std::string& out_path, const GgufEx
             data = permuted.back().data();
         }
         GgmlType t = shape.size() >= 2 ? opt.type : GgmlType::F32;
-        const int64_t bs = ggml_type_info(t).block_size;
-        if (shape.back() % bs != 0) t = GgmlType::F16;  // a block format whose block does not divide the rows
+        // routers stay F32 in a block-quantized file, as convert_hf_to_gguf.py and llama-quantize
+        // keep ffn_gate_inp (moe keeps routers fp32 at inference too)
+        if (ggml_type_info(opt.type).quantized && p.name.find("ffn_gate_inp") != std::string::npos) t = GgmlType::F32;
+        const GgmlType fit = fitting_type(t, shape.back());  // a block that does not divide the rows
+        if (fit != t) {
+            if (fallbacks.empty()) first_fallback = gguf_name(p.name) + " (rows of " + std::to_string(shape.back()) + ")";
+            fallbacks[ggml_type_name(fit)]++;
+            t = fit;
+        }
         w.add_tensor_f32(gguf_name(p.name), t, shape, data);
+    }
+    if (!fallbacks.empty()) {
+        std::string what;
+        for (const auto& [name, n] : fallbacks) what += (what.empty() ? "" : ", ") + std::to_string(n) + " as " + name;
+        std::fprintf(stderr,
+                     "moe: warning: %s: %s's block of %lld values does not divide the rows of some matrices (first: %s); "
+                     "written %s\n",
+                     out_path.c_str(), ggml_type_name(opt.type), (long long)ggml_type_info(opt.type).block_size,
+                     first_fallback.c_str(), what.c_str());
     }
     w.write(out_path);
 }

@@ -40,10 +40,18 @@ void gguf_rows_to_f32(const GgufTensorInfo& t, const void* data, int64_t r0, int
                       const std::string& where);
 using GgufDequantizeRow = void (*)(const void* src, float* dst, int64_t n);  // n values of one row
 void gguf_register_dequantizer(GgmlType t, GgufDequantizeRow fn);
+// Registers the block-format kernels (kernels/ggml_quants.h: Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) as the
+// writer's quantizers and the loader's dequantizers; idempotent. load_gguf_model, export_gguf and
+// gguf_rows_to_f32 call it; a direct user of GgufWriter::add_tensor_f32 with a block type calls it first.
+void gguf_register_ggml_kernels();
 
-// Loads a .gguf file. weight_type as in load_hf_model ("fp32", "bf16", "int8"; "": bf16 when the
-// file's matrices are BF16, else fp32). BF16 matrices of a bf16 model are used in place from the
-// mapping when no permutation is needed; everything else is converted.
+// Loads a .gguf file. weight_type as in load_hf_model ("fp32", "bf16", "int8", "q8_0", "q4_0",
+// "q4_k", "q5_k", "q6_k", "f16"; "": the type of blk.0.attn_q.weight when it is BF16 or one of
+// those block types, else fp32). Matrices stored in the model's type are used in place from the
+// mapping (BF16 and block types; `llama` Q / K rows, which need un-permuting, are copied as bytes,
+// not converted); everything else is converted into the model's type (a Q4_K_M file's Q6_K
+// matrices into Q4_K, ...). A block type whose block does not divide some matrix's rows: with
+// weight_type "" the model becomes q8_0 (32 divides every row) or f16; named, moe::error.
 Checkpoint load_gguf_model(const std::string& path, const std::string& weight_type = "", int64_t n_ctx = 0);
 
 // The tokenizer.json (and tokenizer_config.json with bos / eos / add_bos_token / add_eos_token /
@@ -61,7 +69,10 @@ std::shared_ptr<const HfTokenizer> gguf_tokenizer(const GgufHeader& h);
 void gguf_write_tokenizer(GgufWriter& w, const HfTokenizer& tok, int64_t n_vocab, bool embed_hf_json);
 
 struct GgufExportOptions {
-    GgmlType type = GgmlType::F32;  // matrices; 1-D tensors (norms, biases) are always F32
+    // matrices (embedding and output head included); 1-D tensors (norms, biases) are always F32.
+    // A block type whose block does not divide a matrix's rows writes that matrix as Q8_0 (a
+    // K-quant, when 32 divides the rows) or F16, with one warning line on stderr.
+    GgmlType type = GgmlType::F32;
     bool embed_hf_tokenizer_json = true;
     std::string name;  // general.name ("" = none)
 };

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -10,6 +11,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/parallel.h"
 #include "kernels/bf16.h"
 
 namespace moe {
@@ -234,7 +236,10 @@ void GgufWriter::add_tensor_f32(const std::string& name, GgmlType type, std::vec
     for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
     const int64_t rb = ggml_row_bytes(type, ne0);
     add_tensor(name, type, shape, [=](unsigned char* out) {
-        for (int64_t r = 0; r < rows; ++r) q(data + r * ne0, out + r * rb, ne0);
+        // rows are independent (the K-quants' search makes this the export's slow part)
+        parallel_for(0, rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(ne0, 1)), [&](int64_t a, int64_t b) {
+            for (int64_t r = a; r < b; ++r) q(data + r * ne0, out + r * rb, ne0);
+        });
     });
 }
 

@@ -8,7 +8,8 @@
 // memory at a time). add_tensor_f32 converts fp32 values row by row with the quantizer registered
 // for the type: F32, F16 (round to nearest even) and BF16 (round to nearest even) are built in; a
 // block format (Q8_0, Q4_K, ...) becomes writable when its quantize_row function is registered with
-// gguf_register_quantizer (the hook for the block-format kernels).
+// gguf_register_quantizer (io/gguf_model.h's gguf_register_ggml_kernels registers the kernels' Q8_0,
+// Q4_0, Q4_K, Q5_K and Q6_K). Rows are quantized in parallel.
 #include <cstdint>
 #include <functional>
 #include <string>
