@@ -12,52 +12,17 @@
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "io/atomic_file.h"
 #include "kernels/bf16.h"
+#include "kernels/ggml_quants.h"
 
 namespace moe {
 
 namespace fs = std::filesystem;
 
-uint16_t f32_to_f16(float f) {
-    uint32_t x;
-    std::memcpy(&x, &f, 4);
-    const uint32_t sign = (x >> 16) & 0x8000u;
-    const uint32_t absx = x & 0x7FFFFFFFu;
-    if (absx >= 0x7F800000u) return (uint16_t)(sign | 0x7C00u | (absx > 0x7F800000u ? 0x200u | ((absx >> 13) & 0x3FFu) : 0));
-    if (absx >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u);  // rounds to >= 65520: inf
-    if (absx < 0x38800000u) {  // below the smallest normal half (2^-14): subnormal or zero
-        if (absx < 0x33000000u) return (uint16_t)sign;  // < 2^-25: rounds to 0
-        const uint32_t e = absx >> 23, m = (absx & 0x7FFFFFu) | 0x800000u;
-        const uint32_t shift = 126 - e;  // value = m * 2^(e-150); half subnormal unit 2^-24
-        uint32_t q = m >> shift;
-        const uint32_t rem = m & ((1u << shift) - 1), halfway = 1u << (shift - 1);
-        if (rem > halfway || (rem == halfway && (q & 1))) ++q;
-        return (uint16_t)(sign | q);
-    }
-    uint32_t h = ((absx >> 13) - (112u << 10));
-    const uint32_t rem = absx & 0x1FFFu;
-    if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) ++h;
-    return (uint16_t)(sign | h);
-}
-
-float f16_to_f32(uint16_t h) {
-    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
-    uint32_t bits;
-    if (exp == 0x1F) {
-        bits = sign | 0x7F800000u | (man << 13);
-    } else if (exp != 0) {
-        bits = sign | ((exp + 112) << 23) | (man << 13);
-    } else if (man == 0) {
-        bits = sign;
-    } else {
-        float f = (float)man * 5.9604644775390625e-8f;
-        std::memcpy(&bits, &f, 4);
-        bits |= sign;
-    }
-    float out;
-    std::memcpy(&out, &bits, 4);
-    return out;
-}
+// IEEE half conversions: the kernels' (round to nearest even; exact the other way)
+uint16_t f32_to_f16(float f) { return kernels::fp32_to_fp16(f); }
+float f16_to_f32(uint16_t h) { return kernels::fp16_to_fp32(h); }
 
 namespace {
 
@@ -70,70 +35,6 @@ void row_bf16(const float* s, void* d, int64_t n) { kernels::f32_to_bf16_n(stati
 
 std::mutex g_mu;
 GgufQuantizeRow g_quant[64] = {};
-
-class AtomicFile {
-public:
-    explicit AtomicFile(std::string path) : path_(std::move(path)) {
-        tmp_ = path_ + ".tmp." + std::to_string(::getpid());
-        fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        if (fd_ < 0) fail("cannot write '", path_, "': ", std::strerror(errno));
-    }
-    ~AtomicFile() {
-        if (fd_ >= 0) {
-            ::close(fd_);
-            ::unlink(tmp_.c_str());
-        }
-    }
-    void write(const void* p, size_t n) {
-        const char* b = static_cast<const char*>(p);
-        while (n > 0) {
-            const ssize_t w = ::write(fd_, b, n);
-            if (w < 0) {
-                if (errno == EINTR) continue;
-                fail("cannot write '", path_, "': ", std::strerror(errno));
-            }
-            b += w, n -= (size_t)w;
-            pos_ += (uint64_t)w;
-        }
-    }
-    void pad_to(uint64_t align) {
-        static const char zeros[256] = {};
-        uint64_t n = (align - pos_ % align) % align;
-        while (n > 0) {
-            const size_t k = (size_t)std::min<uint64_t>(n, sizeof zeros);
-            write(zeros, k);
-            n -= k;
-        }
-    }
-    uint64_t pos() const { return pos_; }
-    void commit() {
-        if (::fsync(fd_) != 0) fail("cannot write '", path_, "': ", std::strerror(errno));
-        const int fd = fd_;
-        fd_ = -1;
-        if (::close(fd) != 0) {
-            const int e = errno;
-            ::unlink(tmp_.c_str());
-            fail("cannot write '", path_, "': ", std::strerror(e));
-        }
-        if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
-            const int e = errno;
-            ::unlink(tmp_.c_str());
-            fail("cannot move '", tmp_, "' to '", path_, "': ", std::strerror(e));
-        }
-        const fs::path p(path_);
-        const std::string dir = p.has_parent_path() ? p.parent_path().string() : ".";
-        const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            ::fsync(dfd);
-            ::close(dfd);
-        }
-    }
-
-private:
-    std::string path_, tmp_;
-    int fd_ = -1;
-    uint64_t pos_ = 0;
-};
 
 void put_bytes(std::string& out, const void* p, size_t n) { out.append(static_cast<const char*>(p), n); }
 template <class T>
