@@ -3,6 +3,7 @@
 // invariance on and off. Prints aggregate generated tokens/s, p50/p99 time to first token and the
 // engine's time per step.
 //   build/bench/serve_load [--config FILE] [--dtype fp32|bf16|int8] [--streams 1,4,16] [--tokens 64]
+//                     [--prompt 32] [--invariant on|off|both]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -22,7 +23,8 @@
 using Clock = std::chrono::steady_clock;
 
 int main(int argc, char** argv) {
-    std::string config = std::string(MOE_SOURCE_DIR) + "/configs/bench-infer-moe.json", dtype = "int8", streams = "1,4,16";
+    std::string config = std::string(MOE_SOURCE_DIR) + "/configs/bench-infer-moe.json", dtype = "int8", streams = "1,4,16",
+                invariant = "both";
     int64_t tokens = 64, prompt = 32;
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string k = argv[i], v = argv[i + 1];
@@ -31,6 +33,7 @@ int main(int argc, char** argv) {
         else if (k == "--streams") streams = v;
         else if (k == "--tokens") tokens = std::stoll(v);
         else if (k == "--prompt") prompt = std::stoll(v);
+        else if (k == "--invariant") invariant = v;
     }
     try {
         moe::apply_environment();
@@ -44,7 +47,8 @@ int main(int argc, char** argv) {
         std::printf("%s, %s, %d threads, %lld prompt + %lld generated tokens per stream\n", config.c_str(), dtype.c_str(),
                     moe::threads(), (long long)prompt, (long long)tokens);
         std::printf("%-10s %8s %12s %10s %10s %12s\n", "invariant", "streams", "gen tok/s", "ttft p50", "ttft p99", "ms/step");
-        for (bool inv : {true, false})
+        for (bool inv : {true, false}) {
+            if ((inv && invariant == "off") || (!inv && invariant == "on")) continue;
             for (int64_t S : ss) {
                 moe::EngineOptions o;
                 o.slots = S;
@@ -71,6 +75,7 @@ int main(int argc, char** argv) {
                 std::printf("%-10s %8lld %12.1f %9.3fs %9.3fs %12.2f\n", inv ? "on" : "off", (long long)S, gen / secs, pct(0.5),
                             pct(0.99), 1e3 * st.step_seconds / std::max<int64_t>(1, st.steps));
             }
+        }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "serve_load: %s\n", e.what());
         return 1;

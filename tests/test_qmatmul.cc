@@ -4,11 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
+#include <cstdint>
 #include <cmath>
 #include <random>
 #include <vector>
 
 #include "core/parallel.h"
+#include "kernels/batch_invariant.h"
 #include "kernels/cpu.h"
 #include "kernels/qmatmul.h"
 
@@ -161,4 +164,66 @@ TEST(QMatmul, ThreadedGemvMatchesReference) {
                 }
             }
     moe::set_num_threads(0);
+}
+
+// Batch invariance at the kernel (kernels/batch_invariant.h): with the switch on, a row's result is
+// the same bits whatever other rows share the call (how many, which group of the kernel it falls
+// in), for every type, on every ISA path, at 1-3 threads.
+TEST(QMatmul, InvariantRowEqualsTheRowAlone) {
+    const moe::kernels::BatchInvariantScope on;
+    const int64_t out = 2080, in = 544;  // above the single-thread threshold: rows shared out
+    auto w = randv(out * in, 91);
+    for (Isa cap : {Isa::avx512, Isa::avx2, Isa::ref}) {
+        const Isa prev = set_isa_cap(cap);
+        for (WType t : {WType::f32, WType::bf16, WType::q8}) {
+            QStore st;
+            st.build(t, w.data(), out, in);
+            for (int threads : {1, 3}) {
+                moe::set_num_threads(threads);
+                for (int64_t N : {5, 13, 40}) {
+                    auto x = randv(N * in, 92 + N);
+                    std::vector<float> all(N * out), one(out);
+                    qmatmul(all.data(), x.data(), st.view(), N, false);
+                    for (int64_t n = 0; n < N; ++n) {
+                        qmatmul(one.data(), x.data() + n * in, st.view(), 1, false);
+                        for (int64_t o = 0; o < out; ++o)
+                            ASSERT_EQ(std::bit_cast<uint32_t>(one[o]), std::bit_cast<uint32_t>(all[n * out + o]))
+                                << wtype_name(t) << " isa=" << isa_name(cap) << " N=" << N << " n=" << n << " o=" << o;
+                    }
+                }
+            }
+        }
+        set_isa_cap(prev);
+    }
+    moe::set_num_threads(0);
+}
+
+// The int8 decode kernel's AVX-512 VNNI form gives the AVX2 form's bits (the same exact integer
+// sums per lane, the same fp32 operations in the same order), odd block counts and tails included.
+TEST(QMatmul, Int8VnniEqualsAvx2BitForBit) {
+    {
+        const Isa prev = set_isa_cap(Isa::avx512);
+        const bool vnni = q8_vnni_active();
+        set_isa_cap(prev);
+        if (!vnni) GTEST_SKIP() << "no AVX-512 VNNI on this host: " << host_description();
+    }
+    const moe::kernels::BatchInvariantScope on;  // the GEMV kernel for every N
+    for (int64_t in : {32, 64, 96, 13, 70, 300, 600, 1024})
+        for (int64_t N : {1, 2, 7, 8, 9, 17, 32}) {
+            const int64_t out = 19;
+            auto w = randv(out * in, 101 + in), x = randv(N * in, 102 + N);
+            QStore st;
+            st.build(WType::q8, w.data(), out, in);
+            std::vector<float> a(N * out, 0.25f), b(N * out, 0.25f);
+            for (bool acc : {false, true}) {
+                Isa prev = set_isa_cap(Isa::avx2);
+                qmatmul(a.data(), x.data(), st.view(), N, acc);
+                set_isa_cap(Isa::avx512);
+                qmatmul(b.data(), x.data(), st.view(), N, acc);
+                set_isa_cap(prev);
+                for (int64_t i = 0; i < N * out; ++i)
+                    ASSERT_EQ(std::bit_cast<uint32_t>(a[i]), std::bit_cast<uint32_t>(b[i]))
+                        << "in=" << in << " N=" << N << " acc=" << acc << " i=" << i;
+            }
+        }
 }

@@ -141,6 +141,21 @@ void QActs::build(const float* x, int64_t n, int64_t i) {
     for (int64_t r = 0; r < N; ++r) quantize_q8_row(q.data() + r * in, scales.data() + r * nb, x + r * in, in);
 }
 
+bool q8_vnni_active() {
+    const CpuFeatures& f = cpu_features();
+    return active_isa() >= Isa::avx512 && f.avx512_vnni && f.avx512bw && f.avx512vl && f.avx512dq;
+}
+
+void QActs::build_vnni() {
+    const int64_t nb = blocks(), pairs = in / (2 * kQ8Block);
+    if ((int64_t)qu.size() < N * in) qu.resize(N * in);
+    if ((int64_t)scales16.size() < N * pairs * 16) scales16.resize(N * pairs * 16);
+    for (int64_t i = 0; i < N * in; ++i) qu[i] = (uint8_t)((int)q[i] + 128);
+    for (int64_t r = 0; r < N; ++r)
+        for (int64_t p = 0; p < pairs; ++p)
+            for (int l = 0; l < 16; ++l) scales16[(r * pairs + p) * 16 + l] = scales[r * nb + 2 * p + l / 8];
+}
+
 // ggml rows need IN a multiple of the block: a user error (a model's width), not a bug
 static int64_t ggml_row_bytes_checked(WType t, int64_t in) {
     const GType g = ggml_type(t);
@@ -366,7 +381,12 @@ inline float weight_at(const QMatrix& w, int64_t o, int64_t i) {
     return 0.f;
 }
 
-constexpr int64_t kMaxRows = 2;  // x rows per pass of the GEMV kernel (4 accumulators each)
+constexpr int64_t kMaxRows = 2;    // x rows per pass of the fp32 / bf16 GEMV kernel (4 accumulators each)
+constexpr int64_t kMaxRowsQ8 = 4;  // int8, AVX2 (2 accumulators each)
+constexpr int64_t kMaxRowsVnni = 8;  // int8, AVX-512 VNNI (1 accumulator each)
+// Several groups of x rows: output rows in tiles of this many, every group per tile, so a weight
+// row comes from memory once and from L1 for the other groups (8 rows of 1024 fp32: 32 KB).
+constexpr int64_t kOTile = 8;
 
 // 8 weights of row r at column i, as fp32 (the type is a template argument: no branch per load)
 template <WType TY>
@@ -462,6 +482,62 @@ __attribute__((target("avx2,fma"))) void gemv_q8_avx2(float* y, const QActs& qa,
     }
 }
 
+// gemv_q8_avx2's AVX-512 VNNI form, bit for bit the same result: each 64-byte step holds an even
+// block (low 8 lanes) and the odd block after it (high 8 lanes), the accumulators of gemv_q8_avx2's
+// even and odd blocks side by side. vpdpbusd multiplies unsigned by signed bytes, so x comes as
+// x + 128 (QActs::qu) and the accumulator starts at -128 * (sum of w over the lane's 4 bytes): each
+// lane's int32 is the same exact sum of 4 products as vpmaddubsw + vpmaddwd give. The scale
+// products sw * sx are the same fp32 multiplies, so the FMAs see the same operands in the same order.
+// An odd last block goes to the low half alone (masked), as gemv_q8_avx2 adds it to the even
+// accumulator. One vpdpbusd per 64 bytes and row instead of four instructions per 32.
+template <int NR>
+__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))) void gemv_q8_vnni(
+    float* y, const QActs& qa, const QMatrix& w, int64_t n0, int64_t o0, int64_t o1, bool accumulate) {
+    const int64_t in = w.in, nb = w.blocks(), full = in / kQ8Block, pairs = full / 2;
+    const __m512i c128 = _mm512_set1_epi8((char)0x80);
+    const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    for (int64_t o = o0; o < o1; ++o) {
+        const int8_t* wr = w.q + o * in;
+        const float* ws = w.scales + o * nb;
+        __m512 acc[NR];
+        for (int j = 0; j < NR; ++j) acc[j] = _mm512_setzero_ps();
+        for (int64_t p = 0; p < pairs; ++p) {
+            _mm_prefetch(reinterpret_cast<const char*>(wr + p * 64) + 4096, _MM_HINT_T0);
+            const __m512i wv = _mm512_loadu_si512(wr + p * 64);
+            const __m512i corr = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                                  _mm512_dpbusd_epi32(_mm512_setzero_si512(), c128, wv));
+            const __m512 wsv = _mm512_permutexvar_ps(
+                spread, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(ws + 2 * p)))));
+            for (int j = 0; j < NR; ++j) {
+                const int64_t n = n0 + j;
+                const __m512i is = _mm512_dpbusd_epi32(corr, _mm512_loadu_si512(qa.qu.data() + n * in + p * 64), wv);
+                const __m512 sc = _mm512_mul_ps(wsv, _mm512_loadu_ps(qa.scales16.data() + (n * pairs + p) * 16));
+                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), sc, acc[j]);
+            }
+        }
+        if (full & 1) {  // the last full block is even: the low half alone
+            const int64_t b = full - 1;
+            const __m512i wv = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i*)(wr + b * kQ8Block)));
+            const __m512i corr = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                                  _mm512_dpbusd_epi32(_mm512_setzero_si512(), c128, wv));
+            for (int j = 0; j < NR; ++j) {
+                const int64_t n = n0 + j;
+                const __m512i xv =
+                    _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i*)(qa.qu.data() + n * in + b * kQ8Block)));
+                const __m512i is = _mm512_dpbusd_epi32(corr, xv, wv);
+                const __m512 sc = _mm512_set1_ps(ws[b] * qa.scales[n * nb + b]);
+                acc[j] = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(is), sc, acc[j], 0x00ff);  // high lanes kept
+            }
+        }
+        for (int j = 0; j < NR; ++j) {
+            float s = hsum8(_mm256_add_ps(_mm512_castps512_ps256(acc[j]), _mm512_extractf32x8_ps(acc[j], 1)));
+            s += q8_tail(w, o, qa, n0 + j);
+            float& dst = y[(n0 + j) * w.out + o];
+            dst = accumulate ? dst + s : s;
+        }
+    }
+}
+
 template <WType TY>
 void gemv_avx2(float* y, const float* x, const QMatrix& w, int64_t n0, int64_t nr, int64_t o0, int64_t o1,
                bool accumulate) {
@@ -475,8 +551,12 @@ void gemv_rows_avx2_any(float* y, const float* x, const QActs& qa, const QMatrix
         case WType::f32: gemv_avx2<WType::f32>(y, x, w, n0, nr, o0, o1, accumulate); break;
         case WType::bf16: gemv_avx2<WType::bf16>(y, x, w, n0, nr, o0, o1, accumulate); break;
         case WType::q8:
-            if (nr == 2) gemv_q8_avx2<2>(y, qa, w, n0, o0, o1, accumulate);
-            else gemv_q8_avx2<1>(y, qa, w, n0, o0, o1, accumulate);
+            switch (nr) {
+                case 4: gemv_q8_avx2<4>(y, qa, w, n0, o0, o1, accumulate); break;
+                case 3: gemv_q8_avx2<3>(y, qa, w, n0, o0, o1, accumulate); break;
+                case 2: gemv_q8_avx2<2>(y, qa, w, n0, o0, o1, accumulate); break;
+                default: gemv_q8_avx2<1>(y, qa, w, n0, o0, o1, accumulate); break;
+            }
             break;
         default: MOE_ASSERT(false && "ggml types take their own path");
     }
@@ -508,10 +588,33 @@ void qmatmul_rows(float* y, const float* x, const QActs& qa, const QMatrix& w, i
     MOE_ASSERT(ne - nb <= std::max(kGemvMaxN, kInvariantRowBlock));
     MOE_ASSERT(w.type != WType::q8 || (qa.N >= ne && qa.in == w.in));
     const bool simd = active_isa() >= Isa::avx2;
-    for (int64_t n0 = nb; n0 < ne; n0 += kMaxRows) {
-        const int64_t nr = std::min(kMaxRows, ne - n0);
-        if (simd) gemv_rows_avx2_any(y, x, qa, w, n0, nr, o0, o1, accumulate);
-        else gemv_rows_ref(y, x, qa, w, n0, nr, o0, o1, accumulate);
+    if (!simd) {
+        gemv_rows_ref(y, x, qa, w, nb, ne - nb, o0, o1, accumulate);
+        return;
+    }
+    const bool vnni = w.type == WType::q8 && q8_vnni_active();
+    const int64_t group = vnni ? kMaxRowsVnni : w.type == WType::q8 ? kMaxRowsQ8 : kMaxRows;
+    // one group: the kernel streams [o0, o1) once; several: tiles of output rows, every group per tile
+    const int64_t tile = ne - nb <= group ? o1 - o0 : kOTile;
+    for (int64_t t0 = o0; t0 < o1; t0 += tile) {
+        const int64_t t1 = std::min(o1, t0 + tile);
+        for (int64_t n0 = nb; n0 < ne; n0 += group) {
+            const int64_t nr = std::min(group, ne - n0);
+            if (!vnni) {
+                gemv_rows_avx2_any(y, x, qa, w, n0, nr, t0, t1, accumulate);
+                continue;
+            }
+            switch (nr) {
+                case 8: gemv_q8_vnni<8>(y, qa, w, n0, t0, t1, accumulate); break;
+                case 7: gemv_q8_vnni<7>(y, qa, w, n0, t0, t1, accumulate); break;
+                case 6: gemv_q8_vnni<6>(y, qa, w, n0, t0, t1, accumulate); break;
+                case 5: gemv_q8_vnni<5>(y, qa, w, n0, t0, t1, accumulate); break;
+                case 4: gemv_q8_vnni<4>(y, qa, w, n0, t0, t1, accumulate); break;
+                case 3: gemv_q8_vnni<3>(y, qa, w, n0, t0, t1, accumulate); break;
+                case 2: gemv_q8_vnni<2>(y, qa, w, n0, t0, t1, accumulate); break;
+                default: gemv_q8_vnni<1>(y, qa, w, n0, t0, t1, accumulate); break;
+            }
+        }
     }
 }
 
@@ -533,7 +636,10 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
     if (N <= 0 || total == 0) return;
     const int64_t in = outs.begin()->w.in;
     thread_local QActs qa;  // int8: x quantized once for all the matrices
-    if (q8) qa.build(x, N, in);
+    if (q8) {
+        qa.build(x, N, in);
+        if (q8_vnni_active()) qa.build_vnni();
+    }
     thread_local GActs ga[3];  // the same for the ggml types' activation types
     if (act[0]) ga[0].build(GType::q8_0, x, N, in);
     if (act[1]) ga[1].build(GType::q8_k, x, N, in);

@@ -91,9 +91,17 @@ struct QActs {
     int64_t N = 0, in = 0;
     std::vector<int8_t> q;      // (N, IN)
     std::vector<float> scales;  // (N, ceil(IN / 32))
+    // For the AVX-512 VNNI kernel (vpdpbusd multiplies unsigned by signed bytes): q + 128 as
+    // unsigned, and each pair of block scales spread over 16 lanes (8 copies of each), the layout
+    // of a 64-byte step's accumulator. Filled by build_vnni(), after build().
+    std::vector<uint8_t> qu;    // (N, IN)
+    std::vector<float> scales16;  // (N, floor(IN / 64), 16)
     void build(const float* x, int64_t N, int64_t in);
+    void build_vnni();
     int64_t blocks() const { return (in + kQ8Block - 1) / kQ8Block; }
 };
+// Whether the int8 decode kernel runs its AVX-512 VNNI form on this host (same bits as AVX2's).
+bool q8_vnni_active();
 void dequantize_row(float* dst, const QMatrix& w, int64_t row);
 
 // The reference twin: a double sum over dequantized weights; int8 and the ggml block types with x
