@@ -3,7 +3,7 @@
 // invariance on and off. Prints aggregate generated tokens/s, p50/p99 time to first token and the
 // engine's time per step.
 //   build/bench/serve_load [--config FILE] [--dtype fp32|bf16|int8] [--streams 1,4,16] [--tokens 64]
-//                     [--prompt 32] [--invariant on|off|both]
+//                     [--prompt 32] [--invariant on|off|both] [--threads T]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -17,6 +17,7 @@
 
 #include "infer/engine.h"
 #include "io/tokenizer.h"
+#include "kernels/cpu.h"
 #include "kernels/qmatmul.h"
 #include "model/config.h"
 
@@ -26,6 +27,7 @@ int main(int argc, char** argv) {
     std::string config = std::string(MOE_SOURCE_DIR) + "/configs/bench-infer-moe.json", dtype = "int8", streams = "1,4,16",
                 invariant = "both";
     int64_t tokens = 64, prompt = 32;
+    int threads = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string k = argv[i], v = argv[i + 1];
         if (k == "--config") config = v;
@@ -34,9 +36,11 @@ int main(int argc, char** argv) {
         else if (k == "--tokens") tokens = std::stoll(v);
         else if (k == "--prompt") prompt = std::stoll(v);
         else if (k == "--invariant") invariant = v;
+        else if (k == "--threads") threads = std::stoi(v);
     }
     try {
         moe::apply_environment();
+        moe::set_threads(threads);
         const moe::Config cfg = moe::load_config(config);
         moe::Model model(cfg.model, moe::kernels::parse_wtype(dtype, "--dtype"));
         model.init(1);
@@ -44,9 +48,13 @@ int main(int argc, char** argv) {
         std::vector<int64_t> ss;
         std::stringstream in(streams);
         for (std::string x; std::getline(in, x, ',');) ss.push_back(std::stoll(x));
+        std::printf("%s\n", moe::kernels::host_description().c_str());
         std::printf("%s, %s, %d threads, %lld prompt + %lld generated tokens per stream\n", config.c_str(), dtype.c_str(),
                     moe::threads(), (long long)prompt, (long long)tokens);
-        std::printf("%-10s %8s %12s %10s %10s %12s\n", "invariant", "streams", "gen tok/s", "ttft p50", "ttft p99", "ms/step");
+        // gen tok/s: generated tokens over the whole run (prompts included); decode tok/s: after the
+        // last stream's first token (every stream decoding); overhead: step time outside the forward
+        std::printf("%-10s %8s %10s %11s %10s %10s %9s %9s\n", "invariant", "streams", "gen tok/s", "decode tok/s",
+                    "ttft p50", "ttft p99", "ms/step", "overhead");
         for (bool inv : {true, false}) {
             if ((inv && invariant == "off") || (!inv && invariant == "on")) continue;
             for (int64_t S : ss) {
@@ -72,8 +80,12 @@ int main(int argc, char** argv) {
                 moe::EngineStats st = e.stats();
                 std::sort(st.ttft.begin(), st.ttft.end());
                 auto pct = [&](double p) { return st.ttft.empty() ? 0.0 : st.ttft[(size_t)(p * (st.ttft.size() - 1))]; };
-                std::printf("%-10s %8lld %12.1f %9.3fs %9.3fs %12.2f\n", inv ? "on" : "off", (long long)S, gen / secs, pct(0.5),
-                            pct(0.99), 1e3 * st.step_seconds / std::max<int64_t>(1, st.steps));
+                const double last_first = st.ttft.empty() ? 0.0 : st.ttft.back();
+                const double decode = secs > last_first ? (double)(gen - S) / (secs - last_first) : 0.0;
+                std::printf("%-10s %8lld %10.1f %11.1f %9.3fs %9.3fs %9.2f %8.1f%%\n", inv ? "on" : "off", (long long)S,
+                            gen / secs, decode, pct(0.5), pct(0.99), 1e3 * st.step_seconds / std::max<int64_t>(1, st.steps),
+                            100.0 * (st.step_seconds - st.forward_seconds) / std::max(1e-12, st.step_seconds));
+                moe::print_profile(stdout);  // MOE_PROFILE=1: where the engine's time went
             }
         }
     } catch (const std::exception& e) {

@@ -360,10 +360,12 @@ void Engine::step() {
         budget -= n;
         if (s->n_cached + n == s->n_prompt) to_sample.push_back({s.get(), (int64_t)tk.size() - 1});
     }
+    const Clock::time_point f0 = Clock::now();
     {
         const kernels::BatchInvariantScope invariant(opt_.batch_invariant);
         model_.forward_cached(tk.data(), sid.data(), pos.data(), (int64_t)tk.size(), cache_, true);
     }
+    const double forward = std::chrono::duration<double>(Clock::now() - f0).count();
     for (auto& s : running_) s->n_cached = cache_.len[s->slot];
     for (auto& [s, row] : to_sample) sample(*s, row);
     running_.erase(std::remove_if(running_.begin(), running_.end(), gone), running_.end());
@@ -371,6 +373,7 @@ void Engine::step() {
     std::lock_guard<std::mutex> lk(mu_);
     stats_.steps += 1;
     stats_.step_seconds += dt;
+    stats_.forward_seconds += forward;
     stats_.generated_tokens += (int64_t)to_sample.size();
     stats_.running = (int64_t)running_.size();
     stats_.waiting = (int64_t)waiting_.size();

@@ -99,7 +99,8 @@ struct EngineStats {
     int64_t running = 0, waiting = 0;         // sequences
     int64_t requests_done = 0, prompt_tokens = 0, generated_tokens = 0, reused_prompt_tokens = 0;
     int64_t steps = 0, kv_used = 0, kv_total = 0;  // positions filled in busy slots / all
-    double step_seconds = 0;                  // total time in forward + sampling
+    double step_seconds = 0;                  // total time of the steps (batch building, forward, sampling)
+    double forward_seconds = 0;               // of which in the model's forward: the rest is the engine's overhead
     std::vector<std::vector<int64_t>> expert_tokens;  // (L, E) tokens routed, summed over steps
     // seconds: time to first token and end to end, per finished request
     std::vector<double> ttft, latency;        // the last 10000 of each
