@@ -2,7 +2,7 @@
 // on a model of random weights from a config (default configs/bench-infer-moe.json), batch
 // invariance on and off. Prints aggregate generated tokens/s, p50/p99 time to first token and the
 // engine's time per step.
-//   build/bench/serve_load [--config FILE] [--dtype fp32|bf16|int8] [--streams 1,4,16] [--tokens 64]
+//   build/bench/serve_load [--config FILE | --model PATH (its weights as stored: --dtype as-stored)] [--dtype fp32|bf16|int8] [--streams 1,4,16] [--tokens 64]
 //                     [--prompt 32] [--invariant on|off|both] [--threads T]
 #include <algorithm>
 #include <chrono>
@@ -10,12 +10,14 @@
 #include <cstring>
 #include <sstream>
 #include <string>
+#include <memory>
 #include <thread>
 #include <vector>
 
 #include <moe/moe.h>
 
 #include "infer/engine.h"
+#include "api/loaded_model.h"
 #include "io/tokenizer.h"
 #include "kernels/cpu.h"
 #include "kernels/qmatmul.h"
@@ -25,7 +27,7 @@ using Clock = std::chrono::steady_clock;
 
 int main(int argc, char** argv) {
     std::string config = std::string(MOE_SOURCE_DIR) + "/configs/bench-infer-moe.json", dtype = "int8", streams = "1,4,16",
-                invariant = "both";
+                invariant = "both", model_path;
     int64_t tokens = 64, prompt = 32;
     int threads = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -37,14 +39,31 @@ int main(int argc, char** argv) {
         else if (k == "--prompt") prompt = std::stoll(v);
         else if (k == "--invariant") invariant = v;
         else if (k == "--threads") threads = std::stoi(v);
+        else if (k == "--model") model_path = v;
     }
     try {
         moe::apply_environment();
         moe::set_threads(threads);
-        const moe::Config cfg = moe::load_config(config);
-        moe::Model model(cfg.model, moe::kernels::parse_wtype(dtype, "--dtype"));
-        model.init(1);
-        const moe::Tokenizer tok = moe::Tokenizer::byte_level();
+        // --model: a model file or directory (GGUF, Hugging Face, moe checkpoint) with its tokenizer;
+        // else random weights of --config in --dtype with the byte-level tokenizer
+        std::unique_ptr<moe::LoadedModel> loaded;
+        std::unique_ptr<moe::Model> random;
+        moe::Tokenizer tok = moe::Tokenizer::byte_level();
+        moe::Model* mp = nullptr;
+        if (!model_path.empty()) {
+            loaded = std::make_unique<moe::LoadedModel>(model_path, dtype == "as-stored" ? "" : dtype);
+            mp = loaded->impl().ck.model.get();
+            tok = loaded->impl().ck.tokenizer;
+            config = model_path;
+            dtype = loaded->weight_type();
+        } else {
+            const moe::Config cfg = moe::load_config(config);
+            random = std::make_unique<moe::Model>(cfg.model, moe::kernels::parse_wtype(dtype, "--dtype"));
+            random->init(1);
+            mp = random.get();
+        }
+        moe::Model& model = *mp;
+        const int64_t vocab = model.config().vocab_size;
         std::vector<int64_t> ss;
         std::stringstream in(streams);
         for (std::string x; std::getline(in, x, ',');) ss.push_back(std::stoll(x));
@@ -66,7 +85,7 @@ int main(int argc, char** argv) {
                 const auto t0 = Clock::now();
                 for (int64_t i = 0; i < S; ++i) {
                     moe::EngineRequest q;
-                    for (int64_t j = 0; j < prompt; ++j) q.prompt.push_back((int32_t)((i * 31 + j * 7) % cfg.model.vocab_size));
+                    for (int64_t j = 0; j < prompt; ++j) q.prompt.push_back((int32_t)((i * 31 + j * 7) % vocab));
                     q.opt.temperature = 0;
                     q.opt.max_tokens = tokens;
                     hs.push_back(e.submit(q));
