@@ -265,7 +265,8 @@ void Engine::admit() {
         // the table: the free one holding the prefix, else an empty one, else the least recently used
         // (2 × slots tables, fewer than slots running: there is always a free one)
         int64_t dst = src >= 0 && !tables_[src].seq ? src : -1;
-        for (int64_t t = 0, in_place = dst >= 0; !in_place && t < (int64_t)tables_.size(); ++t) {
+        const bool in_place = dst >= 0;
+        for (int64_t t = 0; !in_place && t < (int64_t)tables_.size(); ++t) {
             if (tables_[t].seq) continue;
             if (cache_.pages_held(t) == 0) {
                 dst = t;
@@ -276,7 +277,11 @@ void Engine::admit() {
         MOE_ASSERT(dst >= 0 && !tables_[dst].seq);
         if (src >= 0 && src != dst) cache_.share(dst, src, reuse);
         else cache_.truncate(dst, reuse);
-        if (!obtain(dst, reuse, T)) {
+        // pages kept by free tables are given back only when that can be enough
+        int64_t kept = 0;
+        for (int64_t t = 0; t < (int64_t)tables_.size(); ++t)
+            if (t != dst && !tables_[t].seq) kept += cache_.pages_held(t);
+        if (cache_.pages_to_write(dst, reuse, T) > cache_.free_pages() + kept || !obtain(dst, reuse, T)) {
             // not enough pages for the prompt: it waits (and those behind it) for running ones to end
             cache_.truncate(dst, src == dst ? reuse : 0);
             if (src == dst) tables_[dst].tokens.assign(s.tokens.begin(), s.tokens.begin() + reuse);
