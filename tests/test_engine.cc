@@ -281,7 +281,8 @@ moe::EngineStats wait_stats(const moe::Engine& e, F ok) {
 
 // A pool of one context (64 positions, 4 pages) for 4 sequences that each grow to 50 positions:
 // the third waits for pages, running ones are preempted when the pool is out; every reply is the
-// same as alone, and every page comes back.
+// same as alone, and every page comes back. Then the same with the 4 as choices of one request
+// (queued at once, so the preemptions do not depend on timing): the choices of a roomy pool.
 TEST(Engine, PoolExhaustionWaitsPreemptsAndGivesPagesBack) {
     moe::Checkpoint ck = moe::load_model(model_dir(), "", 64);
     std::vector<moe::EngineRequest> qs;
@@ -307,12 +308,35 @@ TEST(Engine, PoolExhaustionWaitsPreemptsAndGivesPagesBack) {
             expect_same(alone[i].choices[0], r.choices[0], "request " + std::to_string(i) + " in a full pool");
         }
         const moe::EngineStats st = wait_stats(e, [](const moe::EngineStats& s) { return s.running == 0; });
-        EXPECT_GT(st.preemptions, 0);
         EXPECT_EQ(st.kv_used, 0);
         // without prefix reuse nothing is kept: every page is free again
         if (!reuse) EXPECT_EQ(st.kv_cached, 0);
         else EXPECT_GT(st.kv_cached, 0);
         std::printf("pool of 64 positions, prefix reuse %d: %lld preemptions\n", (int)reuse, (long long)st.preemptions);
+    }
+    moe::EngineRequest q4 = request(prompt_of(20, 35), 0.8, 21, 30);
+    q4.n = 4;
+    Result roomy;
+    {
+        moe::EngineOptions o;
+        o.slots = 4;
+        moe::Engine e(*ck.model, ck.tokenizer, o);
+        roomy = collect(e.submit(q4));
+        EXPECT_EQ(e.stats().preemptions, 0);
+    }
+    for (bool reuse : {true, false}) {
+        moe::EngineOptions o;
+        o.slots = 4;
+        o.kv_positions = 64;
+        o.prefix_reuse = reuse;
+        moe::Engine e(*ck.model, ck.tokenizer, o);
+        const Result r = collect(e.submit(q4));
+        ASSERT_EQ(r.choices.size(), 4u);
+        for (int i = 0; i < 4; ++i) expect_same(roomy.choices[i], r.choices[i], "choice " + std::to_string(i) + " in a full pool");
+        const moe::EngineStats st = wait_stats(e, [](const moe::EngineStats& s) { return s.running == 0; });
+        EXPECT_GT(st.preemptions, 0);
+        EXPECT_EQ(st.kv_used, 0);
+        if (!reuse) EXPECT_EQ(st.kv_cached, 0);
     }
     moe::EngineOptions bad;
     bad.kv_positions = 63;
