@@ -268,4 +268,180 @@ TEST(Engine, ChoicesStopsLengthsAndCancel) {
     EXPECT_THROW(e.submit(request(prompt_of(4, 1), 0, 0, 4)), moe::EngineBusy);
 }
 
+// Polls the engine's statistics (published at the end of each step) until ok() or 10 s.
+template <class F>
+moe::EngineStats wait_stats(const moe::Engine& e, F ok) {
+    moe::EngineStats st = e.stats();
+    for (int i = 0; i < 1000 && !ok(st); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        st = e.stats();
+    }
+    return st;
+}
+
+// A pool of one context (64 positions, 4 pages) for 4 sequences that each grow to 50 positions:
+// the third waits for pages, running ones are preempted when the pool is out; every reply is the
+// same as alone, and every page comes back. Then the same with the 4 as choices of one request
+// (queued at once, so the preemptions do not depend on timing): the choices of a roomy pool.
+TEST(Engine, PoolExhaustionWaitsPreemptsAndGivesPagesBack) {
+    moe::Checkpoint ck = moe::load_model(model_dir(), "", 64);
+    std::vector<moe::EngineRequest> qs;
+    for (int i = 0; i < 4; ++i) qs.push_back(request(prompt_of(20, 30 + i), i % 2 ? 0.8 : 0.0, 5 + i, 30));
+    std::vector<Result> alone;
+    for (const auto& q : qs) {
+        moe::EngineOptions o;
+        o.slots = 1;
+        moe::Engine e(*ck.model, ck.tokenizer, o);
+        alone.push_back(collect(e.submit(q)));
+    }
+    for (bool reuse : {true, false}) {
+        moe::EngineOptions o;
+        o.slots = 4;
+        o.kv_positions = 64;
+        o.prefix_reuse = reuse;
+        moe::Engine e(*ck.model, ck.tokenizer, o);
+        EXPECT_EQ(e.stats().kv_total, 64);
+        std::vector<moe::EngineHandle> hs;
+        for (const auto& q : qs) hs.push_back(e.submit(q));
+        for (size_t i = 0; i < qs.size(); ++i) {
+            const Result r = collect(hs[i]);
+            expect_same(alone[i].choices[0], r.choices[0], "request " + std::to_string(i) + " in a full pool");
+        }
+        const moe::EngineStats st = wait_stats(e, [](const moe::EngineStats& s) { return s.running == 0; });
+        EXPECT_EQ(st.kv_used, 0);
+        // without prefix reuse nothing is kept: every page is free again
+        if (!reuse) EXPECT_EQ(st.kv_cached, 0);
+        else EXPECT_GT(st.kv_cached, 0);
+        std::printf("pool of 64 positions, prefix reuse %d: %lld preemptions\n", (int)reuse, (long long)st.preemptions);
+    }
+    moe::EngineRequest q4 = request(prompt_of(20, 35), 0.8, 21, 30);
+    q4.n = 4;
+    Result roomy;
+    {
+        moe::EngineOptions o;
+        o.slots = 4;
+        moe::Engine e(*ck.model, ck.tokenizer, o);
+        roomy = collect(e.submit(q4));
+        EXPECT_EQ(e.stats().preemptions, 0);
+    }
+    for (bool reuse : {true, false}) {
+        moe::EngineOptions o;
+        o.slots = 4;
+        o.kv_positions = 64;
+        o.prefix_reuse = reuse;
+        moe::Engine e(*ck.model, ck.tokenizer, o);
+        const Result r = collect(e.submit(q4));
+        ASSERT_EQ(r.choices.size(), 4u);
+        for (int i = 0; i < 4; ++i) expect_same(roomy.choices[i], r.choices[i], "choice " + std::to_string(i) + " in a full pool");
+        const moe::EngineStats st = wait_stats(e, [](const moe::EngineStats& s) { return s.running == 0; });
+        EXPECT_GT(st.preemptions, 0);
+        EXPECT_EQ(st.kv_used, 0);
+        if (!reuse) EXPECT_EQ(st.kv_cached, 0);
+    }
+    moe::EngineOptions bad;
+    bad.kv_positions = 63;
+    EXPECT_THROW(moe::Engine(*ck.model, ck.tokenizer, bad), moe::error);
+}
+
+// Finished and cancelled requests (waiting, prefilling and decoding when cancelled) give their
+// pages back: with prefix reuse off the pool is all free afterwards.
+TEST(Engine, PagesComeBackAfterFinishAndCancel) {
+    moe::Checkpoint ck = moe::load_model(model_dir(), "", 128);
+    moe::EngineOptions o;
+    o.slots = 2;
+    o.prefix_reuse = false;
+    o.batch_tokens = 8;  // prompts take several steps
+    moe::Engine e(*ck.model, ck.tokenizer, o);
+    std::vector<moe::EngineHandle> hs;
+    for (int i = 0; i < 6; ++i) {
+        moe::EngineRequest q = request(prompt_of(30 + i, 40 + i), 1.0, i, i % 2 ? 100 : 5);
+        q.n = 1 + i % 2;
+        hs.push_back(e.submit(q));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    for (int i = 1; i < 6; i += 2) hs[i].cancel();
+    for (auto& h : hs) collect(h);
+    const moe::EngineStats st =
+        wait_stats(e, [](const moe::EngineStats& s) { return s.running == 0 && s.waiting == 0 && s.kv_used == 0; });
+    EXPECT_EQ(st.kv_used, 0);
+    EXPECT_EQ(st.kv_cached, 0);
+    EXPECT_EQ(st.kv_total, 2 * 128);
+}
+
+// n = 4: the first choice computes the prompt, the others share its pages (each recomputes only
+// the last prompt token, whose logits start its reply); the choices are those of an engine that
+// computes the prompt four times.
+TEST(Engine, ChoicesSharePromptPages) {
+    moe::Checkpoint ck = moe::load_model(model_dir(), "", 128);
+    const int64_t P = 37;
+    moe::EngineRequest q = request(prompt_of(P, 11), 1.0, 77, 10);
+    q.n = 4;
+    Result shared, separate;
+    {
+        moe::EngineOptions o;
+        o.slots = 4;
+        moe::Engine e(*ck.model, ck.tokenizer, o);
+        shared = collect(e.submit(q));
+        const moe::EngineStats st = e.stats();
+        EXPECT_EQ(st.prompt_tokens, P + 3);
+        EXPECT_EQ(st.reused_prompt_tokens, 3 * (P - 1));
+        EXPECT_EQ(shared.cached, 0);  // usage reports the request's prompt: computed once
+    }
+    {
+        moe::EngineOptions o;
+        o.slots = 4;
+        o.prefix_reuse = false;
+        moe::Engine e(*ck.model, ck.tokenizer, o);
+        separate = collect(e.submit(q));
+        EXPECT_EQ(e.stats().prompt_tokens, 4 * P);
+        EXPECT_EQ(e.stats().reused_prompt_tokens, 0);
+    }
+    ASSERT_EQ(shared.choices.size(), 4u);
+    for (int i = 0; i < 4; ++i) expect_same(separate.choices[i], shared.choices[i], "choice " + std::to_string(i));
+    EXPECT_NE(shared.choices[0].ids, shared.choices[1].ids);
+    // greedy: four times the reply of one choice alone, with one slot (the choices take turns)
+    moe::EngineRequest g = request(prompt_of(P, 12), 0, 0, 8);
+    moe::EngineOptions o1;
+    o1.slots = 1;
+    moe::Engine e1(*ck.model, ck.tokenizer, o1);
+    const Result one = collect(e1.submit(g));
+    g.n = 4;
+    const Result four = collect(e1.submit(g));
+    for (int i = 0; i < 4; ++i) expect_same(one.choices[0], four.choices[i], "greedy choice " + std::to_string(i));
+}
+
+// A request whose prompt starts with the prompt of one still running shares those pages (the
+// partial last page is copied when either writes into it); both replies are the same as alone.
+TEST(Engine, PrefixSharedWithARunningSequence) {
+    moe::Checkpoint ck = moe::load_model(model_dir(), "", 128);
+    const std::vector<int32_t> base = prompt_of(40, 13);
+    std::vector<int32_t> longer = base;
+    for (int32_t t : prompt_of(5, 14)) longer.push_back(t);
+    const moe::EngineRequest qa = request(base, 0, 0, 40), qb = request(longer, 0.9, 3, 12);
+    Result a_alone, b_alone;
+    {
+        moe::EngineOptions o;
+        o.slots = 1;
+        moe::Engine e(*ck.model, ck.tokenizer, o);
+        a_alone = collect(e.submit(qa));
+        moe::Engine f(*ck.model, ck.tokenizer, o);
+        b_alone = collect(f.submit(qb));
+    }
+    moe::EngineOptions o;
+    o.slots = 2;
+    moe::Engine e(*ck.model, ck.tokenizer, o);
+    moe::EngineHandle ha = e.submit(qa);
+    moe::EngineEvent first;
+    ASSERT_TRUE(ha.next(first, 60000));  // a's prompt is computed
+    const Result b = collect(e.submit(qb));
+    EXPECT_EQ(b.cached, 40);
+    Result a = collect(ha);
+    a.choices[0].ids.insert(a.choices[0].ids.begin(), first.token);
+    a.choices[0].logprobs.insert(a.choices[0].logprobs.begin(), first.logprob);
+    a.choices[0].top.insert(a.choices[0].top.begin(), first.top);
+    a.choices[0].text = first.text + a.choices[0].text;
+    expect_same(a_alone.choices[0], a.choices[0], "the running sequence");
+    expect_same(b_alone.choices[0], b.choices[0], "the one sharing its prefix");
+}
+
 }  // namespace

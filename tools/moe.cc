@@ -515,8 +515,10 @@ CLI::App* add_serve(CLI::App& app, ServeArgs& a) {
     c->add_option("--model,--checkpoint", a.opt.model, "Hugging Face model directory or moe checkpoint")->required();
     c->add_option("--host", a.opt.host, "address to bind")->capture_default_str();
     c->add_option("--port", a.opt.port, "port (0: any free one)")->capture_default_str();
-    c->add_option("--parallel", a.opt.parallel, "sequences decoding at once (KV-cache slots)")->capture_default_str();
-    c->add_option("--ctx-size", a.opt.ctx_size, "context per sequence (default: the model's, at most 4096 for Hugging Face)");
+    c->add_option("--parallel", a.opt.parallel, "sequences decoding at once")->capture_default_str();
+    c->add_option("--ctx-size", a.opt.ctx_size, "context of each sequence (default: the model's, at most 4096 for Hugging Face)");
+    c->add_option("--kv-size", a.opt.kv_size,
+                  "KV-cache pool in positions, shared by all sequences, at least --ctx-size (default: parallel x context)");
     c->add_option("--threads", a.opt.threads, "threads (default: all cores)");
     c->add_option("--api-key", a.opt.api_key, "require 'Authorization: Bearer KEY' (all but /health)");
     c->add_option("--dtype", a.opt.dtype, "weight type of the matmuls: fp32 | bf16 | int8 (default: as stored)");

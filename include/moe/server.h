@@ -10,8 +10,9 @@ struct ServeOptions {
     std::string model;             // Hugging Face directory or moe checkpoint
     std::string host = "127.0.0.1";
     int port = 8080;               // 0: any free port (the ready line names it)
-    int64_t parallel = 4;          // sequences decoding at once (KV-cache slots)
-    int64_t ctx_size = 0;          // context per slot (0: the model's, at most 4096)
+    int64_t parallel = 4;          // sequences decoding at once
+    int64_t ctx_size = 0;          // context of each sequence (0: the model's, at most 4096)
+    int64_t kv_size = 0;           // KV pool in positions shared by all sequences (0: parallel × context)
     int threads = 0;               // 0 = all cores
     std::string api_key;           // non-empty: every endpoint but /health needs "Authorization: Bearer KEY"
     std::string dtype;             // fp32 | bf16 | int8 | "" (as stored)

@@ -26,6 +26,7 @@ struct EngineRequestState {
     // engine thread only
     int64_t open = 0, completion = 0, cached = 0;
     bool first = false;
+    bool prompt_done = false;  // choice 0 has computed the prompt: the other choices share its pages
     Clock::time_point t_submit;
 
     void push(EngineEvent ev) {
@@ -56,9 +57,11 @@ bool EngineHandle::finished() const {
 struct Engine::Seq {
     std::shared_ptr<EngineRequestState> r;
     int64_t choice = 0;
-    int64_t slot = -1;
+    int64_t order = 0;            // arrival (the older, the higher its priority for pages)
+    int64_t table = -1;           // its page table while running
     std::vector<int32_t> tokens;  // prompt, then the sampled tokens
-    int64_t n_prompt = 0, n_cached = 0, generated = 0;
+    int64_t n_prompt = 0, n_cached = 0, generated = 0;  // n_cached: positions in its pages
+    bool admitted = false;        // started once (a preempted sequence waits again)
     Rng rng;
     std::unique_ptr<HfDecodeStream> dec;
     StopStrings stop;
@@ -74,11 +77,15 @@ Engine::Engine(Model& model, const Tokenizer& tok, const EngineOptions& opt)
     if (opt_.batch_tokens < 1) fail("batch tokens must be >= 1, got ", opt_.batch_tokens);
     n_ctx_ = model_.config().n_ctx;
     V_ = model_.config().vocab_size;
-    cache_ = model_.make_cache(opt_.slots);
-    slot_tokens_.assign(opt_.slots, {});
-    slot_busy_.assign(opt_.slots, false);
+    if (opt_.kv_positions < 0) fail("--kv-size must be >= 0 positions, got ", opt_.kv_positions);
+    if (opt_.kv_positions > 0 && opt_.kv_positions < n_ctx_)
+        fail("--kv-size ", opt_.kv_positions, " is smaller than the context (", n_ctx_,
+             " positions): the pool must hold at least one full sequence");
+    cache_ = model_.make_cache(2 * opt_.slots, opt_.kv_positions > 0 ? opt_.kv_positions : opt_.slots * n_ctx_);
+    tables_.assign(cache_.S, {});
+    page_mark_.assign(cache_.n_pages, 0);
     eos_ = tok_.eos_ids();
-    stats_.kv_total = opt_.slots * n_ctx_;
+    publish_stats();
     thread_ = std::thread([this] { loop(); });
 }
 
@@ -163,8 +170,68 @@ void Engine::loop() {
     }
 }
 
-// Queued requests become waiting choices; free slots go to waiting choices in arrival order, each
-// to the free slot holding the longest prefix of its prompt.
+// Computed positions of table t that match the start of `tokens`.
+int64_t Engine::common_prefix(int64_t t, const std::vector<int32_t>& tokens) const {
+    const int32_t* a = tables_[t].seq ? tables_[t].seq->tokens.data() : tables_[t].tokens.data();
+    const int64_t m = std::min<int64_t>(cache_.len[t], (int64_t)tokens.size());
+    int64_t l = 0;
+    while (l < m && a[l] == tokens[l]) ++l;
+    return l;
+}
+
+// The least recently released free table that holds pages (not `keep`) gives them back.
+bool Engine::evict_one(int64_t keep) {
+    int64_t v = -1;
+    for (int64_t t = 0; t < (int64_t)tables_.size(); ++t)
+        if (t != keep && !tables_[t].seq && cache_.pages_held(t) > 0 &&
+            (v < 0 || tables_[t].last_use < tables_[v].last_use))
+            v = t;
+    if (v < 0) return false;
+    cache_.reset(v);
+    tables_[v].tokens.clear();
+    return true;
+}
+
+bool Engine::obtain(int64_t t, int64_t from, int64_t to) {
+    while (!cache_.prepare(t, from, to))
+        if (!evict_one(t)) return false;
+    return true;
+}
+
+void Engine::release(Seq& s) {
+    if (s.table < 0) return;
+    Table& tb = tables_[s.table];
+    tb.seq = nullptr;
+    tb.last_use = tick_;
+    if (opt_.prefix_reuse) {
+        tb.tokens.assign(s.tokens.begin(), s.tokens.begin() + cache_.len[s.table]);
+    } else {
+        cache_.reset(s.table);
+        tb.tokens.clear();
+    }
+    s.table = -1;
+}
+
+// s gives its pages back (kept as a prefix until the pool needs them) and waits again, in
+// arrival order; when it starts again it recomputes its tokens but the last, bit for bit the
+// same KV (batch invariance), so its output does not change.
+void Engine::preempt(Seq& s) {
+    release(s);
+    s.n_cached = 0;
+    auto it = std::find_if(running_.begin(), running_.end(), [&](const std::unique_ptr<Seq>& p) { return p.get() == &s; });
+    MOE_ASSERT(it != running_.end());
+    std::unique_ptr<Seq> own = std::move(*it);
+    running_.erase(it);
+    auto at = std::find_if(waiting_.begin(), waiting_.end(), [&](const std::unique_ptr<Seq>& p) { return p->order > s.order; });
+    waiting_.insert(at, std::move(own));
+    std::lock_guard<std::mutex> lk(mu_);
+    stats_.preemptions += 1;
+}
+
+// Queued requests become waiting choices. Waiting choices start in arrival order while fewer than
+// `slots` run and the pool has pages for their whole prompt: each on a free page table, sharing
+// the pages of the longest computed prefix of its tokens in any table. The other choices of a
+// request wait until its first choice has computed the prompt, then share it.
 void Engine::admit() {
     {
         std::lock_guard<std::mutex> lk(mu_);
@@ -173,6 +240,7 @@ void Engine::admit() {
             queue_.pop_front();
             for (int64_t i = 0; i < r->req.n; ++i) {
                 auto s = std::make_unique<Seq>(r, i);
+                s->order = next_order_++;
                 s->tokens = r->req.prompt;
                 s->n_prompt = (int64_t)s->tokens.size();
                 if (tok_.hf()) s->dec = std::make_unique<HfDecodeStream>(tok_.hf(), true);
@@ -180,36 +248,61 @@ void Engine::admit() {
             }
         }
     }
-    size_t w = 0;
-    for (; w < waiting_.size(); ++w) {
+    for (size_t w = 0; w < waiting_.size();) {
+        if ((int64_t)running_.size() >= opt_.slots) break;
         Seq& s = *waiting_[w];
-        int64_t best = -1, best_lcp = -1;
-        for (int64_t k = 0; k < opt_.slots; ++k) {
-            if (slot_busy_[k]) continue;
-            int64_t l = 0;
-            if (opt_.prefix_reuse) {
-                const std::vector<int32_t>& t = slot_tokens_[k];
-                const int64_t m = std::min<int64_t>((int64_t)t.size(), s.n_prompt);
-                while (l < m && t[l] == s.tokens[l]) ++l;
-            }
-            if (l > best_lcp) best = k, best_lcp = l;
+        if (opt_.prefix_reuse && s.choice > 0 && !s.r->prompt_done) {
+            ++w;  // its first choice computes the prompt first
+            continue;
         }
-        if (best < 0) break;
-        const int64_t reuse = std::min(best_lcp, s.n_prompt - 1);  // the last prompt token gives the logits
-        s.slot = best;
+        const int64_t T = (int64_t)s.tokens.size();
+        int64_t src = -1, lcp = 0;
+        for (int64_t t = 0; opt_.prefix_reuse && t < (int64_t)tables_.size(); ++t) {
+            const int64_t l = common_prefix(t, s.tokens);
+            if (l > lcp) src = t, lcp = l;
+        }
+        const int64_t reuse = std::min(lcp, T - 1);  // the last token is computed: its logits start the reply
+        // the table: the free one holding the prefix, else an empty one, else the least recently used
+        // (2 × slots tables, fewer than slots running: there is always a free one)
+        int64_t dst = src >= 0 && !tables_[src].seq ? src : -1;
+        const bool in_place = dst >= 0;
+        for (int64_t t = 0; !in_place && t < (int64_t)tables_.size(); ++t) {
+            if (tables_[t].seq) continue;
+            if (cache_.pages_held(t) == 0) {
+                dst = t;
+                break;
+            }
+            if (dst < 0 || tables_[t].last_use < tables_[dst].last_use) dst = t;
+        }
+        MOE_ASSERT(dst >= 0 && !tables_[dst].seq);
+        if (src >= 0 && src != dst) cache_.share(dst, src, reuse);
+        else cache_.truncate(dst, reuse);
+        // pages kept by free tables are given back only when that can be enough
+        int64_t kept = 0;
+        for (int64_t t = 0; t < (int64_t)tables_.size(); ++t)
+            if (t != dst && !tables_[t].seq) kept += cache_.pages_held(t);
+        if (cache_.pages_to_write(dst, reuse, T) > cache_.free_pages() + kept || !obtain(dst, reuse, T)) {
+            // not enough pages for the prompt: it waits (and those behind it) for running ones to end
+            cache_.truncate(dst, src == dst ? reuse : 0);
+            if (src == dst) tables_[dst].tokens.assign(s.tokens.begin(), s.tokens.begin() + reuse);
+            else tables_[dst].tokens.clear();
+            break;
+        }
+        tables_[dst].seq = &s;
+        tables_[dst].tokens.clear();
+        s.table = dst;
         s.n_cached = reuse;
-        slot_busy_[best] = true;
-        cache_.len[best] = reuse;
-        slot_tokens_[best].resize(reuse);
-        s.r->cached += s.choice == 0 ? reuse : 0;
-        {
+        if (!s.admitted) {
+            s.admitted = true;
+            s.r->cached += s.choice == 0 ? reuse : 0;
             std::lock_guard<std::mutex> lk(mu_);
             stats_.reused_prompt_tokens += reuse;
             stats_.prompt_tokens += s.n_prompt - reuse;
         }
-        running_.push_back(std::move(waiting_[w]));
+        auto at = std::find_if(running_.begin(), running_.end(), [&](const std::unique_ptr<Seq>& p) { return p->order > s.order; });
+        running_.insert(at, std::move(waiting_[w]));
+        waiting_.erase(waiting_.begin() + (std::ptrdiff_t)w);
     }
-    waiting_.erase(waiting_.begin(), waiting_.begin() + (std::ptrdiff_t)w);
 }
 
 void Engine::finish(Seq& s, const char* reason) {
@@ -227,11 +320,8 @@ void Engine::finish(Seq& s, const char* reason) {
     }
     s.r->push(std::move(ev));
     s.r->completion += s.generated;
-    if (s.slot >= 0) {
-        slot_tokens_[s.slot].assign(s.tokens.begin(), s.tokens.begin() + cache_.len[s.slot]);
-        slot_busy_[s.slot] = false;
-        s.slot = -1;
-    }
+    release(s);
+    if (s.choice == 0) s.r->prompt_done = true;  // (the other choices no longer wait for it)
     if (--s.r->open == 0) {
         EngineEvent done;
         done.kind = EngineEvent::Kind::done;
@@ -321,7 +411,29 @@ void Engine::sample(Seq& s, int64_t row) {
     else if (s.generated >= q.opt.max_tokens || (int64_t)s.tokens.size() >= n_ctx_) finish(s, "length");
 }
 
+void Engine::publish_stats() {
+    // distinct pages of running sequences (shared pages count once)
+    std::fill(page_mark_.begin(), page_mark_.end(), 0);
+    int64_t used = 0;
+    for (int64_t t = 0; t < (int64_t)tables_.size(); ++t) {
+        if (!tables_[t].seq) continue;
+        for (int64_t i = 0; i < cache_.max_pages; ++i) {
+            const int32_t p = cache_.page_id(t, i);
+            if (p >= 0 && !page_mark_[p]) page_mark_[p] = 1, ++used;
+        }
+    }
+    const int64_t held = cache_.n_pages - cache_.free_pages();
+    std::lock_guard<std::mutex> lk(mu_);
+    stats_.running = (int64_t)running_.size();
+    stats_.waiting = (int64_t)waiting_.size();
+    stats_.kv_page = cache_.page;
+    stats_.kv_total = cache_.n_pages * cache_.page;
+    stats_.kv_used = used * cache_.page;
+    stats_.kv_cached = (held - used) * cache_.page;
+}
+
 void Engine::step() {
+    ++tick_;
     admit();
     // cancelled requests leave now, with the text they have
     for (auto& s : running_)
@@ -331,55 +443,66 @@ void Engine::step() {
     auto gone = [](const std::unique_ptr<Seq>& s) { return s->done; };
     running_.erase(std::remove_if(running_.begin(), running_.end(), gone), running_.end());
     waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(), gone), waiting_.end());
-    if (running_.empty()) {
-        std::lock_guard<std::mutex> lk(mu_);
-        stats_.running = 0, stats_.waiting = (int64_t)waiting_.size(), stats_.kv_used = 0;
-        return;
-    }
+    if (running_.empty()) return publish_stats();
     const Clock::time_point t0 = Clock::now();
-    // the batch: every decode row, then prompt chunks in arrival order while the budget lasts
+    // the plan: every decode row, then chunks of pending tokens (prompts, or what a preempted
+    // sequence recomputes) in arrival order while the budget lasts
+    struct Part {
+        Seq* s;
+        int64_t from, n;
+    };
+    std::vector<Part> plan;
+    int64_t budget = opt_.batch_tokens;
+    auto decoding = [](const Seq& s) { return s.generated > 0 && (int64_t)s.tokens.size() - s.n_cached == 1; };
+    for (auto& s : running_)
+        if (decoding(*s)) plan.push_back({s.get(), s->n_cached, 1}), --budget;
+    for (auto& s : running_) {
+        if (decoding(*s) || budget <= 0) continue;
+        const int64_t n = std::min((int64_t)s->tokens.size() - s->n_cached, budget);
+        plan.push_back({s.get(), s->n_cached, n});
+        budget -= n;
+    }
+    // writable pages for the plan, oldest sequence first; when the pool runs out, the youngest
+    // running sequence is preempted (possibly the one asking)
+    std::stable_sort(plan.begin(), plan.end(), [](const Part& a, const Part& b) { return a.s->order < b.s->order; });
+    for (const Part& p : plan) {
+        if (p.s->table < 0) continue;  // preempted meanwhile
+        while (!obtain(p.s->table, p.from, p.from + p.n)) {
+            Seq* victim = running_.back().get();  // arrival order: the youngest
+            preempt(*victim);
+            if (victim == p.s) break;
+        }
+    }
     std::vector<int32_t> tk, sid, pos;
     std::vector<std::pair<Seq*, int64_t>> to_sample;  // (sequence, its last row)
-    int64_t budget = opt_.batch_tokens;
-    for (auto& s : running_) {
-        if (s->generated == 0) continue;
-        tk.push_back(s->tokens.back());
-        sid.push_back((int32_t)s->slot);
-        pos.push_back((int32_t)s->n_cached);
-        to_sample.push_back({s.get(), (int64_t)tk.size() - 1});
-        --budget;
-    }
-    for (auto& s : running_) {
-        if (s->generated > 0 || budget <= 0) continue;
-        const int64_t n = std::min(s->n_prompt - s->n_cached, budget);
-        for (int64_t i = 0; i < n; ++i) {
-            tk.push_back(s->tokens[s->n_cached + i]);
-            sid.push_back((int32_t)s->slot);
-            pos.push_back((int32_t)(s->n_cached + i));
+    for (const Part& p : plan) {
+        if (p.s->table < 0) continue;
+        for (int64_t i = 0; i < p.n; ++i) {
+            tk.push_back(p.s->tokens[p.from + i]);
+            sid.push_back((int32_t)p.s->table);
+            pos.push_back((int32_t)(p.from + i));
         }
-        budget -= n;
-        if (s->n_cached + n == s->n_prompt) to_sample.push_back({s.get(), (int64_t)tk.size() - 1});
+        if (p.from + p.n == (int64_t)p.s->tokens.size()) to_sample.push_back({p.s, (int64_t)tk.size() - 1});
     }
     const Clock::time_point f0 = Clock::now();
-    {
+    if (!tk.empty()) {
         const kernels::BatchInvariantScope invariant(opt_.batch_invariant);
         model_.forward_cached(tk.data(), sid.data(), pos.data(), (int64_t)tk.size(), cache_, true);
     }
     const double forward = std::chrono::duration<double>(Clock::now() - f0).count();
-    for (auto& s : running_) s->n_cached = cache_.len[s->slot];
+    for (auto& s : running_) {
+        s->n_cached = cache_.len[s->table];
+        if (s->choice == 0 && s->n_cached >= s->n_prompt) s->r->prompt_done = true;
+    }
     for (auto& [s, row] : to_sample) sample(*s, row);
     running_.erase(std::remove_if(running_.begin(), running_.end(), gone), running_.end());
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+    publish_stats();
     std::lock_guard<std::mutex> lk(mu_);
     stats_.steps += 1;
     stats_.step_seconds += dt;
     stats_.forward_seconds += forward;
     stats_.generated_tokens += (int64_t)to_sample.size();
-    stats_.running = (int64_t)running_.size();
-    stats_.waiting = (int64_t)waiting_.size();
-    stats_.kv_used = 0;
-    for (int64_t k = 0; k < opt_.slots; ++k)
-        if (slot_busy_[k]) stats_.kv_used += cache_.len[k];
     const auto& load = model_.cached_expert_load();
     if (stats_.expert_tokens.size() != load.size()) stats_.expert_tokens.assign(load.size(), {});
     for (size_t l = 0; l < load.size(); ++l) {

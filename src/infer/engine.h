@@ -5,15 +5,20 @@
 // submitted from any thread and read back through their handle (a queue of events: text pieces
 // with their tokens and logprobs, then each choice's finish, then the usage).
 //
-// KV cache: the model's per-slot cache, `slots` sequences of n_ctx positions each (one slot per
-// running choice). A slot keeps the tokens of its last sequence after it ends, and a new prompt
-// goes to the free slot sharing the longest prefix with it: that prefix is not computed again
-// (a chat that resends its history prefills only the new turn).
+// KV cache: one paged pool (layers/kv_cache.h) of kv_positions positions shared by all sequences;
+// a sequence takes pages as it grows, up to n_ctx. A new sequence shares (reference counts) the
+// pages of the longest computed prefix of its prompt held by any running sequence or kept from a
+// finished one: that prefix is not computed again (a chat that resends its history prefills only
+// the new turn; the n choices of a request compute their prompt once). A shared page is copied
+// before a sequence writes into it. When the pool runs out, pages kept from finished sequences go
+// first (least recently used), then the youngest running sequence is preempted: it gives its
+// pages back and waits, and later recomputes what it had (its output does not change). A waiting
+// sequence starts once the pages for its whole prompt are free.
 //
 // Batch invariance: the engine runs every forward under kernels::BatchInvariantScope, so each row
 // of a batch is computed with arithmetic that does not depend on the other rows; a request with
 // temperature 0, or with a seed, gives the same tokens and logprobs alone or among any others, in
-// any order of arrival, and whatever slot or prefix reuse it gets.
+// any order of arrival, and whatever pages, prefix reuse or preemption it gets.
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -35,10 +40,11 @@ namespace moe {
 
 struct EngineOptions {
     int64_t slots = 4;             // sequences decoding at once (--parallel)
+    int64_t kv_positions = 0;      // KV pool in positions (--kv-size; >= n_ctx); 0: slots × n_ctx
     int64_t batch_tokens = 256;    // rows per forward: decode rows first, then prompt chunks
     int64_t max_queue = 256;       // waiting requests before submit refuses (EngineBusy)
     bool batch_invariant = true;   // kernels::BatchInvariantScope around every forward
-    bool prefix_reuse = true;      // reuse a free slot's cached prefix
+    bool prefix_reuse = true;      // share the pages of cached prefixes (off: every prompt computed in full)
 };
 
 struct EngineRequest {
@@ -97,8 +103,12 @@ struct EngineBusy : moe::error {
 
 struct EngineStats {
     int64_t running = 0, waiting = 0;         // sequences
+    // prompt tokens computed and taken from the cache (shared pages), counted per choice
     int64_t requests_done = 0, prompt_tokens = 0, generated_tokens = 0, reused_prompt_tokens = 0;
-    int64_t steps = 0, kv_used = 0, kv_total = 0;  // positions filled in busy slots / all
+    int64_t steps = 0, preemptions = 0;
+    // KV pool in positions (whole pages): held by running sequences, kept from finished ones for
+    // prefix reuse (given back when the pool needs them), all; free = total - used - cached
+    int64_t kv_used = 0, kv_cached = 0, kv_total = 0, kv_page = 0;
     double step_seconds = 0;                  // total time of the steps (batch building, forward, sampling)
     double forward_seconds = 0;               // of which in the model's forward: the rest is the engine's overhead
     std::vector<std::vector<int64_t>> expert_tokens;  // (L, E) tokens routed, summed over steps
@@ -126,19 +136,33 @@ public:
 
 private:
     struct Seq;
+    // A page table of the pool: a running sequence's, or free, keeping the pages of the last
+    // sequence that used it (its first cache_.len[t] tokens) for prefix reuse.
+    struct Table {
+        Seq* seq = nullptr;           // running sequence, or null
+        std::vector<int32_t> tokens;  // free: the tokens whose KV it holds
+        int64_t last_use = 0;         // step it was last released (least recently used goes first)
+    };
     void loop();
     void step();
     void admit();
     void finish(Seq& s, const char* reason);
     void sample(Seq& s, int64_t row);
+    int64_t common_prefix(int64_t t, const std::vector<int32_t>& tokens) const;
+    bool evict_one(int64_t keep);                      // a free table's pages back to the pool
+    bool obtain(int64_t t, int64_t from, int64_t to);  // writable pages, evicting kept ones as needed
+    void release(Seq& s);                              // s leaves its table (kept for reuse)
+    void preempt(Seq& s);                              // running -> waiting, pages released
+    void publish_stats();                              // under mu_
 
     Model& model_;
     const Tokenizer& tok_;
     EngineOptions opt_;
     int64_t n_ctx_ = 0, V_ = 0;
-    layers::KvCache cache_;
-    std::vector<std::vector<int32_t>> slot_tokens_;  // (slots) tokens whose KV the slot holds
-    std::vector<bool> slot_busy_;
+    layers::KvCache cache_;    // 2 × slots page tables: running sequences and kept prefixes
+    std::vector<Table> tables_;
+    int64_t tick_ = 0, next_order_ = 0;
+    std::vector<char> page_mark_;
     std::vector<int32_t> eos_;
 
     mutable std::mutex mu_;  // guards queue_, stopping_, stats_
@@ -148,8 +172,8 @@ private:
     std::chrono::steady_clock::time_point deadline_;
     EngineStats stats_;
 
-    std::vector<std::unique_ptr<Seq>> running_;  // engine thread only
-    std::vector<std::unique_ptr<Seq>> waiting_;  // admitted choices without a slot
+    std::vector<std::unique_ptr<Seq>> running_;  // engine thread only; both in arrival order
+    std::vector<std::unique_ptr<Seq>> waiting_;  // choices without a page table (new or preempted)
     std::vector<double> scratch_, lp_;
     std::vector<float> logit_buf_;
     std::thread thread_;

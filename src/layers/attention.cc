@@ -167,8 +167,8 @@ void attention_forward_cached(float* out, AttentionCache& c, const float* inp, c
         std::memcpy(cache.k_at(layer, seq[n], pos[n]), c.k + n * KD, KD * sizeof(float));
         std::memcpy(cache.v_at(layer, seq[n], pos[n]), c.v + n * KD, KD * sizeof(float));
     }
-    ops::attention_cached_forward(c.y, c.att, c.q, cache.k_at(layer, 0, 0), cache.v_at(layer, 0, 0), seq, pos,
-                                  N, cache.n_ctx, d.H, d.Hkv, d.D);
+    ops::attention_cached_forward(c.y, c.att, c.q, cache.k_layer(layer), cache.v_layer(layer), cache.tables(),
+                                  cache.max_pages, cache.page, seq, pos, N, cache.n_ctx, d.H, d.Hkv, d.D);
     if (out != inp) std::memcpy(out, inp, N * C * sizeof(float));
     kernels::qmatmul(out, c.y, q.attn_output, N, true);  // out += y · W_o^T   (N, C)
     if (w.attn_output_b) ops::bias_forward(out, w.attn_output_b, N, C);

@@ -53,8 +53,8 @@ void attention_backward(float* dresid, LayerWeights& g, AttentionScratch& s, con
                         const float* inp, const LayerWeights& w, const float* rope, const Dims& d);
 
 // Inference with a KV cache: N rows, row i is token at position pos[i] of sequence slot seq[i].
-// Writes each row's key/value into the cache at (layer, seq, pos), then attends to positions
-// 0..pos[i] of its sequence. rope_full (n_ctx, D/2, 2); c.att holds (N, H, n_ctx) scores.
+// Writes each row's key/value into the cache at (layer, seq, pos) (its page must be writable:
+// KvCache::prepare), then attends to positions 0..pos[i] of its sequence through its page table. rope_full (n_ctx, D/2, 2); c.att holds (N, H, n_ctx) scores.
 // Projections through q (weights in their inference storage type).
 void attention_forward_cached(float* out, AttentionCache& c, const float* inp, const LayerWeights& w,
                               const float* rope_full, const Dims& d, double eps, KvCache& cache,

@@ -442,9 +442,9 @@ float Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, i
     return (float)(sum / (double)N);
 }
 
-layers::KvCache Model::make_cache(int64_t slots) const {
+layers::KvCache Model::make_cache(int64_t slots, int64_t positions) const {
     if (slots < 1) fail("KV cache: need at least one sequence slot, got ", slots);
-    return layers::KvCache(cfg_.n_layer, slots, cfg_.n_ctx, cfg_.n_head_kv * cfg_.head_dim());
+    return layers::KvCache(cfg_.n_layer, slots, cfg_.n_ctx, cfg_.n_head_kv * cfg_.head_dim(), positions);
 }
 
 void Model::set_weight_type(kernels::WType t) {
@@ -532,6 +532,11 @@ void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int3
             fail("position ", pos[n], " of sequence ", seq[n], " skips ahead of its cache (", p.next_pos[seq[n]], " filled)");
         p.next_pos[seq[n]] = pos[n] + 1;
     }
+    // every row's page: taken from the pool's free list if absent, copied if shared (copy on write)
+    for (int64_t n = 0; n < N; ++n)
+        if (!cache.prepare(seq[n], pos[n], pos[n] + 1))
+            fail("KV cache: no free page for position ", pos[n], " of sequence ", seq[n], " (the pool of ",
+                 cache.n_pages * cache.page, " positions is full)");
     if ((int64_t)qviews_.size() != cfg_.n_layer) build_views();
     const kernels::PrecisionScope precision(precision_);
     // a call of less than kSerialFlops (about a millisecond of one core) runs on this thread

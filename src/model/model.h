@@ -112,12 +112,17 @@ public:
     // the sequence from there), so every earlier position is in the cache or earlier in the call
     // (prefill = the rows of a prompt in one call; decode = one row per sequence). Logits of all N
     // rows (last_only: only the last row of each sequence in this call is computed, the others are
-    // left as they were) land in logits(): (N, V). Raises moe::error on ids or positions out of range.
+    // left as they were) land in logits(): (N, V). Raises moe::error on ids or positions out of range
+    // and when the cache's pool has no page left for a row (a sequence that rewrites a page shared
+    // with another copies it first).
     // Calls with less than kSerialFlops of matmul work run on the calling thread alone (SerialScope).
     static constexpr double kSerialFlops = 64e6;
     void forward_cached(const int32_t* tokens, const int32_t* seq, const int32_t* pos, int64_t N,
                         layers::KvCache& cache, bool last_only = false);
-    layers::KvCache make_cache(int64_t slots) const;
+    // A paged KV cache of `slots` sequences over a pool of `positions` (0: slots × n_ctx, so no
+    // sequence ever waits for a page); forward_cached takes pages from it as sequences grow and
+    // raises moe::error when none is free (layers/kv_cache.h).
+    layers::KvCache make_cache(int64_t slots, int64_t positions = 0) const;
     // Tokens routed to each expert of each MoE layer by the last forward_cached: (L, E), empty
     // rows for dense layers.
     const std::vector<std::vector<int64_t>>& cached_expert_load() const { return cached_load_; }

@@ -10,8 +10,10 @@
 // hand-written masked softmax between them.
 // attention_forward_ref / attention_backward_ref: the slow reference twin with plain loops over the
 // causal triangle, used by the tests as the oracle.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -254,11 +256,109 @@ void attention_backward(T* dq, T* dk, T* dv, T* datt, const T* dout, const T* q,
     attention_backward_gemm(dq, dk, dv, datt, dout, q, k, v, att, B, Tn, H, Hkv, D);
 }
 
-// Attention of N query rows against a key/value cache (inference). Row i belongs to sequence
-// seq[i] at position pos[i] and attends to that sequence's cached positions 0..pos[i] (its own
-// key/value already written). y (N, H*D); q (N, H*D) rotated; k_cache, v_cache (S, n_ctx, Hkv*D)
-// of one layer; scores (N, H, n_ctx) scratch.
-inline void attention_cached_forward(float* y, float* scores, const float* q, const float* k_cache,
+// Attention of N query rows against a paged key/value cache (inference, layers/kv_cache.h). Row i
+// belongs to sequence seq[i] at position pos[i] and attends to that sequence's cached positions
+// 0..pos[i] (its own key/value already written). y (N, H*D); q (N, H*D) rotated; k_pool, v_pool
+// (n_pages, page, Hkv*D) of one layer; tables (S, max_pages): position u of sequence s is row
+// u % page of page tables[s * max_pages + u / page]; scores (N, H, n_ctx) scratch.
+// Positions are visited in order whatever page holds them: the same additions in the same order
+// as attention_cached_forward_contiguous, bit for bit.
+inline void attention_cached_forward(float* y, float* scores, const float* q, const float* k_pool,
+                                     const float* v_pool, const int32_t* tables, int64_t max_pages, int64_t page,
+                                     const int32_t* seq, const int32_t* pos, int64_t N, int64_t n_ctx, int64_t H,
+                                     int64_t Hkv, int64_t D) {
+    const int64_t group = H / Hkv, qs = H * D, kvs = Hkv * D;
+    const float scale = 1.f / std::sqrt((float)D);
+    // Runs of >= kGemmRun rows that are consecutive positions of one sequence (a prefill) go
+    // through GEMMs per head over the run's keys and values gathered from their pages into
+    // contiguous rows: S = scale * Q K^T over the cached keys 0..last, causal softmax, Y = P V.
+    // Other rows (decode) take the per-row loop below.
+    constexpr int64_t kGemmRun = 16;
+    thread_local std::vector<int64_t> runs_storage;  // (begin, end) pairs; reused
+    std::vector<int64_t>& runs = runs_storage;
+    runs.clear();
+    // batch invariant (kernels/batch_invariant.h): every row takes the per-row loop
+    for (int64_t n = 0; n < N && !kernels::batch_invariant();) {
+        int64_t e = n + 1;
+        while (e < N && seq[e] == seq[n] && pos[e] == pos[e - 1] + 1) ++e;
+        if (e - n >= kGemmRun) runs.push_back(n), runs.push_back(e);
+        n = e;
+    }
+    const int64_t n_runs = (int64_t)runs.size() / 2;
+    parallel_for(0, n_runs * H, 1, [&](int64_t i0, int64_t i1) {
+        thread_local std::vector<float> kv_storage;  // [2, L, D] the run's keys and values of one head
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t r0 = runs[2 * (i / H)], r1 = runs[2 * (i / H) + 1], h = i % H, hk = h / group;
+            const int64_t G = r1 - r0, L = pos[r1 - 1] + 1;
+            const int32_t* tab = tables + (int64_t)seq[r0] * max_pages;
+            if ((int64_t)kv_storage.size() < 2 * L * D) kv_storage.resize(2 * L * D);
+            float* kb = kv_storage.data();  // [L, D]
+            float* vb = kb + L * D;         // [L, D]
+            for (int64_t u = 0; u < L; ++u) {
+                const int64_t r = ((int64_t)tab[u / page] * page + u % page) * kvs + hk * D;
+                std::memcpy(kb + u * D, k_pool + r, D * sizeof(float));
+                std::memcpy(vb + u * D, v_pool + r, D * sizeof(float));
+            }
+            float* sc = scores + (r0 * H + h) * n_ctx;  // [G, L] rows strided by H*n_ctx
+            const int64_t lds = H * n_ctx;
+            kernels::gemm<float>(false, true, G, L, D, scale, q + r0 * qs + h * D, qs, kb, D, 0.f, sc, lds);
+            for (int64_t g = 0; g < G; ++g) {
+                float* row = sc + g * lds;
+                const int64_t P = pos[r0 + g] + 1;
+                float mx = row[0];
+                for (int64_t u = 1; u < P; ++u) mx = row[u] > mx ? row[u] : mx;
+                const float inv = 1.f / kernels::exp_shift_sum(row, P, mx);
+                for (int64_t u = 0; u < P; ++u) row[u] *= inv;
+                for (int64_t u = P; u < L; ++u) row[u] = 0;  // causal
+            }
+            kernels::gemm<float>(false, false, G, D, L, 1.f, sc, lds, vb, D, 0.f, y + r0 * qs + h * D, qs);
+        }
+    });
+    auto in_run = [&](int64_t n) {
+        for (int64_t r = 0; r < n_runs; ++r)
+            if (n >= runs[2 * r] && n < runs[2 * r + 1]) return true;
+        return false;
+    };
+    double work = 0;  // multiply-adds of the per-row path; a small decode step stays on one thread
+    for (int64_t n = 0; n < N; ++n)
+        if (!in_run(n)) work += 2.0 * (pos[n] + 1) * D * H;
+    if (work == 0) return;
+    parallel_for(0, N * H, work < 65536 ? N * H : 1, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t n = i / H, h = i % H, hk = h / group, P = pos[n] + 1;
+            if (n_runs > 0 && in_run(n)) continue;
+            const float* qt = q + n * qs + h * D;
+            const int32_t* tab = tables + (int64_t)seq[n] * max_pages;
+            float* a = scores + i * n_ctx;  // [P]
+            float mx = -std::numeric_limits<float>::infinity();
+            for (int64_t u0 = 0; u0 < P; u0 += page) {
+                const float* kb = k_pool + (int64_t)tab[u0 / page] * page * kvs + hk * D;  // [page, kvs]
+                for (int64_t u = u0; u < std::min(P, u0 + page); ++u) {
+                    const float* ku = kb + (u - u0) * kvs;
+                    float s = 0;
+                    for (int64_t d = 0; d < D; ++d) s += qt[d] * ku[d];
+                    a[u] = s * scale;
+                    mx = a[u] > mx ? a[u] : mx;
+                }
+            }
+            const float inv = 1.f / kernels::exp_shift_sum(a, P, mx);
+            float* o = y + n * qs + h * D;  // [D]
+            for (int64_t d = 0; d < D; ++d) o[d] = 0;
+            for (int64_t u0 = 0; u0 < P; u0 += page) {
+                const float* vb = v_pool + (int64_t)tab[u0 / page] * page * kvs + hk * D;  // [page, kvs]
+                for (int64_t u = u0; u < std::min(P, u0 + page); ++u) {
+                    const float p = a[u] * inv;
+                    const float* vu = vb + (u - u0) * kvs;
+                    for (int64_t d = 0; d < D; ++d) o[d] += p * vu[d];
+                }
+            }
+        }
+    });
+}
+
+// attention_cached_forward over a contiguous cache: k_cache, v_cache (S, n_ctx, Hkv*D) of one layer.
+// The reference twin of the paged kernel above (tests/test_attention.cc: the same bits).
+inline void attention_cached_forward_contiguous(float* y, float* scores, const float* q, const float* k_cache,
                                      const float* v_cache, const int32_t* seq, const int32_t* pos, int64_t N,
                                      int64_t n_ctx, int64_t H, int64_t Hkv, int64_t D) {
     const int64_t group = H / Hkv, qs = H * D, kvs = Hkv * D;

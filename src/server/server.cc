@@ -432,16 +432,20 @@ struct Server {
         gauge("moe_requests_waiting", "sequences waiting for a slot", (double)s.waiting);
         gauge("moe_requests_total", "requests finished", (double)s.requests_done, "counter");
         gauge("moe_prompt_tokens_total", "prompt tokens computed (reused prefixes excluded)", (double)s.prompt_tokens, "counter");
-        gauge("moe_prompt_tokens_reused_total", "prompt tokens found in a slot's cache", (double)s.reused_prompt_tokens, "counter");
+        gauge("moe_prompt_tokens_reused_total", "prompt tokens shared from cached pages", (double)s.reused_prompt_tokens, "counter");
         gauge("moe_generated_tokens_total", "tokens generated", (double)s.generated_tokens, "counter");
         gauge("moe_engine_steps_total", "engine steps (one forward each)", (double)s.steps, "counter");
         gauge("moe_engine_busy_seconds_total", "time spent in engine steps", s.step_seconds, "counter");
         gauge("moe_tokens_per_second", "generated tokens per second of engine time",
               s.step_seconds > 0 ? (double)s.generated_tokens / s.step_seconds : 0.0);
-        gauge("moe_kv_cache_used_cells", "KV-cache positions held by running sequences", (double)s.kv_used);
-        gauge("moe_kv_cache_total_cells", "KV-cache positions (slots x context)", (double)s.kv_total);
-        gauge("moe_kv_cache_usage_ratio", "used / total KV-cache positions",
+        gauge("moe_kv_cache_used_cells", "KV-pool positions in pages held by running sequences", (double)s.kv_used);
+        gauge("moe_kv_cache_cached_cells", "KV-pool positions kept from finished sequences for prefix reuse",
+              (double)s.kv_cached);
+        gauge("moe_kv_cache_total_cells", "KV-pool positions (--kv-size in whole pages)", (double)s.kv_total);
+        gauge("moe_kv_cache_usage_ratio", "used / total KV-pool positions",
               s.kv_total ? (double)s.kv_used / (double)s.kv_total : 0.0);
+        gauge("moe_preemptions_total", "running sequences preempted for want of KV pages", (double)s.preemptions,
+              "counter");
         gauge("moe_http_requests_total", "HTTP requests received", (double)http_requests.load(), "counter");
         auto histogram = [&](const char* name, const char* help, const std::vector<double>& v) {
             static const double kBuckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
@@ -498,6 +502,7 @@ int serve(const ServeOptions& opt) {
     if (opt.port < 0 || opt.port > 65535) fail("--port must be in [0, 65535], got ", opt.port);
     if (opt.parallel < 1 || opt.parallel > 256) fail("--parallel must be in [1, 256], got ", opt.parallel);
     if (opt.ctx_size < 0) fail("--ctx-size must be >= 0, got ", opt.ctx_size);
+    if (opt.kv_size < 0) fail("--kv-size must be >= 0, got ", opt.kv_size);
     if (!opt.dtype.empty() && opt.dtype != "fp32" && opt.dtype != "bf16" && opt.dtype != "int8")
         fail("--dtype must be fp32, bf16 or int8, got '", opt.dtype, "'");
     set_threads(opt.threads);
@@ -628,6 +633,7 @@ int serve(const ServeOptions& opt) {
         LoadedModel::Impl& m = s.model->impl();
         EngineOptions eo;
         eo.slots = opt.parallel;
+        eo.kv_positions = opt.kv_size;
         eo.batch_tokens = opt.batch_tokens;
         eo.max_queue = opt.max_queue;
         s.engine = std::make_unique<Engine>(*m.ck.model, m.ck.tokenizer, eo);

@@ -1,0 +1,94 @@
+#include "layers/kv_cache.h"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+namespace moe::layers {
+
+KvCache::KvCache(int64_t layers, int64_t slots, int64_t ctx, int64_t kd, int64_t positions)
+    : L(layers), S(slots), n_ctx(ctx), KD(kd) {
+    if (slots < 1) fail("KV cache: need at least one sequence slot, got ", slots);
+    if (positions < 0) fail("KV cache: the pool size must be >= 0 positions, got ", positions);
+    MOE_ASSERT(layers >= 1 && ctx >= 1 && kd >= 1);
+    max_pages = (ctx + page - 1) / page;
+    n_pages = positions > 0 ? (positions + page - 1) / page : slots * max_pages;
+    const double floats = (double)layers * (double)n_pages * (double)page * (double)kd;
+    if (n_pages > std::numeric_limits<int32_t>::max() || floats * 2 * sizeof(float) > 1e15)
+        fail("KV cache: a pool of ", n_pages * page, " positions (", layers, " layers of ", kd,
+             " floats each for K and V) is too large");
+    k_.reset(new float[(size_t)floats]);
+    v_.reset(new float[(size_t)floats]);
+    len.assign(slots, 0);
+    table_.assign(slots * max_pages, -1);
+    refs_.assign(n_pages, 0);
+    free_.resize(n_pages);
+    for (int64_t i = 0; i < n_pages; ++i) free_[i] = (int32_t)(n_pages - 1 - i);  // page 0 first
+}
+
+int64_t KvCache::pages_held(int64_t s) const {
+    int64_t n = 0;
+    for (int64_t i = 0; i < max_pages; ++i) n += table_[s * max_pages + i] >= 0;
+    return n;
+}
+
+int64_t KvCache::pages_to_write(int64_t s, int64_t from, int64_t to) const {
+    MOE_ASSERT(s >= 0 && s < S && from >= 0 && to <= n_ctx);
+    int64_t n = 0;
+    for (int64_t i = from / page; from < to && i <= (to - 1) / page; ++i) {
+        const int32_t p = table_[s * max_pages + i];
+        n += p < 0 || refs_[p] > 1;
+    }
+    return n;
+}
+
+bool KvCache::prepare(int64_t s, int64_t from, int64_t to) {
+    MOE_ASSERT(s >= 0 && s < S && from >= 0 && to <= n_ctx);
+    for (int64_t i = from / page; from < to && i <= (to - 1) / page; ++i) {
+        int32_t& p = table_[s * max_pages + i];
+        if (p >= 0 && refs_[p] == 1) continue;
+        if (free_.empty()) return false;
+        const int32_t q = free_.back();
+        free_.pop_back();
+        refs_[q] = 1;
+        if (p >= 0) {  // copy on write: the other holders keep the old page
+            const size_t n = (size_t)(page * KD) * sizeof(float);
+            for (int64_t l = 0; l < L; ++l) {
+                std::memcpy(k_.get() + (l * n_pages + q) * page * KD, k_.get() + (l * n_pages + p) * page * KD, n);
+                std::memcpy(v_.get() + (l * n_pages + q) * page * KD, v_.get() + (l * n_pages + p) * page * KD, n);
+            }
+            refs_[p] -= 1;
+        }
+        p = q;
+    }
+    return true;
+}
+
+void KvCache::drop(int32_t p) {
+    MOE_ASSERT(refs_[p] > 0);
+    if (--refs_[p] == 0) free_.push_back(p);
+}
+
+void KvCache::truncate(int64_t s, int64_t keep) {
+    MOE_ASSERT(s >= 0 && s < S && keep >= 0);
+    for (int64_t i = (keep + page - 1) / page; i < max_pages; ++i) {
+        int32_t& p = table_[s * max_pages + i];
+        if (p >= 0) drop(p), p = -1;
+    }
+    len[s] = std::min(len[s], keep);
+}
+
+void KvCache::share(int64_t dst, int64_t src, int64_t n) {
+    MOE_ASSERT(dst >= 0 && dst < S && src >= 0 && src < S && n >= 0 && n <= len[src]);
+    if (dst == src) return truncate(dst, n);
+    truncate(dst, 0);
+    for (int64_t i = 0; i < (n + page - 1) / page; ++i) {
+        const int32_t p = table_[src * max_pages + i];
+        MOE_ASSERT(p >= 0);
+        refs_[p] += 1;
+        table_[dst * max_pages + i] = p;
+    }
+    len[dst] = n;
+}
+
+}  // namespace moe::layers
