@@ -507,7 +507,7 @@ __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))
             const __m512i corr = _mm512_sub_epi32(_mm512_setzero_si512(),
                                                   _mm512_dpbusd_epi32(_mm512_setzero_si512(), c128, wv));
             const __m512 wsv = _mm512_permutexvar_ps(
-                spread, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(ws + 2 * p)))));
+                spread, _mm512_castps128_ps512(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i_u*>(ws + 2 * p)))));
             for (int j = 0; j < NR; ++j) {
                 const int64_t n = n0 + j;
                 const __m512i is = _mm512_dpbusd_epi32(corr, _mm512_loadu_si512(qa.qu.data() + n * in + p * 64), wv);
