@@ -50,6 +50,14 @@ struct EngineRequest {
     std::vector<std::string> stop; // stop strings (the text is cut before the first)
     int64_t n = 1;                 // choices, each its own sequence with random stream (seed, i)
     int64_t top_logprobs = -1;     // -1: no logprobs; 0..20: the chosen token's logprob and this many best
+    bool return_routing = false;   // each token's event carries its route (MoE models only)
+};
+
+// One routing slot: the expert that served it (-1: a slot dropped by a capacity limit) and its
+// combine weight.
+struct ExpertChoice {
+    int32_t expert = -1;
+    float weight = 0;
 };
 
 struct TokenLogprob {
@@ -67,6 +75,10 @@ struct EngineEvent {
     std::string text;
     float logprob = 0;                // log-softmax of the raw logits (before temperature and penalties)
     std::vector<TokenLogprob> top;    // the top_logprobs most likely, best first
+    // return_routing: the route of the row the token was sampled from (the experts that computed
+    // it), (L) layers of K slots each, best first; empty for a dense layer. On a finish event for
+    // an end-of-sequence token (which has no token event), that token's id and route.
+    std::vector<std::vector<ExpertChoice>> route;
     // finish
     std::string finish_reason;        // "stop" | "length" | "cancelled"
     int64_t completion_tokens = 0;    // of this choice
@@ -128,8 +140,9 @@ private:
     void loop();
     void step();
     void admit();
-    void finish(Seq& s, const char* reason);
-    void sample(Seq& s, int64_t row);
+    // eos and route: the end-of-sequence token that ended it and its route (return_routing)
+    void finish(Seq& s, const char* reason, int32_t eos = -1, std::vector<std::vector<ExpertChoice>> route = {});
+    void sample(Seq& s, int64_t row, int64_t capture);
 
     Model& model_;
     const Tokenizer& tok_;
@@ -151,6 +164,7 @@ private:
     std::vector<std::unique_ptr<Seq>> waiting_;  // admitted choices without a slot
     std::vector<double> scratch_, lp_;
     std::vector<float> logit_buf_;
+    std::vector<int32_t> capture_rows_;  // rows whose route the model copies out this step
     std::thread thread_;
 };
 
