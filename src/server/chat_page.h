@@ -30,7 +30,7 @@ inline constexpr const char kChatPage[] = R"moepage(<!DOCTYPE html>
   header label { font-size:12px; color:var(--muted); display:flex; align-items:center; gap:4px; white-space:nowrap; }
   header input { font:inherit; font-size:12px; padding:2px 5px; border:1px solid var(--line); border-radius:5px; width:54px; }
   header input#key { width:110px; }
-  main { display:grid; grid-template-columns:minmax(300px, 1fr) minmax(300px, 1.15fr); gap:16px; padding:16px 18px;
+  main { display:grid; grid-template-columns:minmax(320px, 1fr) minmax(300px, max-content); gap:16px; padding:16px 18px;
          flex:1; min-height:0; }
   @media (max-width: 900px) { body { height:auto; } header { flex-wrap:wrap; } main { grid-template-columns:1fr; } }
   section { background:var(--panel); border:1px solid var(--line); border-radius:10px; display:flex;
@@ -86,7 +86,7 @@ inline constexpr const char kChatPage[] = R"moepage(<!DOCTYPE html>
     <form id="form"><textarea id="input" placeholder="Message (Enter sends, Shift+Enter: new line)"></textarea><button id="send">Send</button></form>
   </section>
   <section>
-    <h2>Routing <small id="mapinfo">rows: generated tokens &middot; columns: layers &middot; colour: expert (split by combine weight, top-1 first)</small></h2>
+    <h2>Routing <small id="mapinfo">rows: tokens &middot; columns: layers &middot; colour: expert, split by weight</small></h2>
     <div id="mapwrap"><table id="map"></table></div>
     <div id="hover"></div>
     <div id="legend"></div>
@@ -97,9 +97,13 @@ inline constexpr const char kChatPage[] = R"moepage(<!DOCTYPE html>
 const $ = (id) => document.getElementById(id);
 const state = { model: null, meta: {}, history: [], busy: false, top1: [], experts: 0, layers: 0 };
 
-// expert colours: golden-angle hues, two lightness bands so neighbours differ
+// expert colours: a categorical palette for the first ten, then golden-angle hues in two
+// lightness bands so that neighbours differ
+const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f",
+                 "#ff9da7", "#6b6ecf"];
 function colour(e) {
-  const h = (e * 137.508 + 200) % 360, l = e % 2 ? 40 : 52, s = e % 3 === 2 ? 55 : 68;
+  if (e < PALETTE.length) return PALETTE[e];
+  const h = (e * 137.508 + 200) % 360, l = e % 2 ? 40 : 55, s = e % 3 === 2 ? 55 : 68;
   return `hsl(${h.toFixed(1)} ${s}% ${l}%)`;
 }
 function visible(t) {

@@ -7,7 +7,8 @@ shown, the reply arrived as SSE chunks, one per token, and equals the same greed
 through the API, the map has one row per generated token and one cell per layer, each cell's top-1
 expert the API's, and the legend one chip per expert; a screenshot renders.
 Usage: test_chat_page.py MOE_BINARY TEST_DATA_DIR [--screenshot DIR] [--model DIR
-[--chat-template FILE]] [--prompt TEXT] (another model: for the picture in docs/). Exits 77
+[--chat-template FILE]] [--prompt TEXT] [--max-tokens N] [--temperature T --seed S] [--size WxH]
+(another model, a seeded reply, a window size: for the picture in docs/). Exits 77
 (skipped) without chromium. Every wait is bounded; the server is killed by pid, chromium by its
 process group."""
 import base64
@@ -124,6 +125,7 @@ class Browser:
         if b" 101 " not in head.split(b"\r\n")[0]:
             raise SystemExit("DevTools refused the WebSocket: " + head.decode(errors="replace"))
         self.next_id = 0
+        self.call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1, mobile=False)
 
     def _read(self, n):
         out = b""
@@ -278,9 +280,14 @@ def main():
     proc = None
     try:
         d = opts[opts.index("--model") + 1] if "--model" in opts else model_dir(tmp, data)
-        custom = "--model" in opts
-        prompt = opts[opts.index("--prompt") + 1] if "--prompt" in opts else "hello there"
-        max_tokens = 24 if not custom else 48
+        def opt(name, default):
+            return opts[opts.index(name) + 1] if name in opts else default
+        prompt = opt("--prompt", "hello there")
+        max_tokens = int(opt("--max-tokens", 24))
+        sampling = {"max_tokens": max_tokens, "temperature": float(opt("--temperature", 0))}
+        if "--seed" in opts:
+            sampling["seed"] = int(opt("--seed", 0))
+        width, height = (int(x) for x in opt("--size", "1280x760").split("x"))
         extra = ["--chat-template", opts[opts.index("--chat-template") + 1]] if "--chat-template" in opts else []
         proc, url = start(moe, d, KEY, extra)
 
@@ -292,10 +299,10 @@ def main():
         for bad in ("http://", "https://", "//cdn", "<link", "src="):
             assert bad not in page, f"the page refers to something outside it: {bad}"
 
-        br = Browser(browser, os.path.join(tmp, "profile"))
+        br = Browser(browser, os.path.join(tmp, "profile"), (width, height))
         try:
             # without the key (a fresh profile): the server's 401 message on the page
-            q = urllib.parse.urlencode({"prompt": prompt, "autosend": "1", "max_tokens": max_tokens, "temperature": 0})
+            q = urllib.parse.urlencode({"prompt": prompt, "autosend": "1", **sampling})
             seen = br.run(f"{url}/?{q}")
             dom = parse(br.dom())
             errors = [m["text"] for m in dom.msgs if "error" in m["role"]]
@@ -312,9 +319,8 @@ def main():
             assert [m["text"] for m in users] == [prompt], dom.msgs
             assert len(replies) == 1, dom.msgs
 
-            # the same greedy request through the API: the page shows its text and its routes
-            ref = api(url, "/v1/chat/completions", {"messages": [{"role": "user", "content": prompt}],
-                                                    "max_tokens": max_tokens, "temperature": 0,
+            # the same greedy (or seeded) request through the API: the page shows its text and routes
+            ref = api(url, "/v1/chat/completions", {"messages": [{"role": "user", "content": prompt}], **sampling,
                                                     "moe": {"return_routing": True}})
             want_text = ref["choices"][0]["message"]["content"]
             routes = ref["choices"][0]["moe_routing"]
