@@ -274,7 +274,7 @@ async function send(text) {
     let buf = "", done = false;
     while (!done) {
       const { value, done: end } = await reader.read();
-      if (end) break;
+      if (end) throw new Error("the stream ended before its last event (the server stopped or the connection broke)");
       buf += dec.decode(value, { stream: true });
       let cut;
       while ((cut = buf.indexOf("\n\n")) >= 0) {
