@@ -15,6 +15,7 @@ PKGS=(
   libicu-dev             # NFC normalisation for tokenizer.json normalizers
   libcpp-httplib-dev     # moe serve: HTTP server (cpp-httplib 0.11)
   curl                   # the server tests' error-case requests
+  chromium               # headless browser check of moe serve's chat page (tests/serve/test_chat_page.py)
   python3-venv           # scripts/oracle_venv.sh: pinned PyPI oracles (tokenizers, jinja2, gguf, ...)
   clang libclang-rt-14-dev   # libFuzzer targets for the file parsers (scripts/fuzz.sh)
   libopenblas0-pthread   # a real BLAS for the PyTorch reference (netlib libblas3 would make the

@@ -9,3 +9,11 @@ add_test(NAME serve.openai_client
           $<TARGET_FILE:moe> ${CMAKE_CURRENT_SOURCE_DIR}/data)
 set_tests_properties(serve.openai_client PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77
                      ENVIRONMENT OMP_WAIT_POLICY=passive)
+
+# The chat page (GET /) in Debian's chromium, headless (tests/serve/test_chat_page.py, stdlib only):
+# a streamed reply and its token x layer map in the dumped DOM. Skipped (exit 77) without chromium.
+add_test(NAME serve.chat_page
+  COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/serve/test_chat_page.py
+          $<TARGET_FILE:moe> ${CMAKE_CURRENT_SOURCE_DIR}/data)
+set_tests_properties(serve.chat_page PROPERTIES TIMEOUT 400 SKIP_RETURN_CODE 77
+                     ENVIRONMENT OMP_WAIT_POLICY=passive)

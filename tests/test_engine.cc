@@ -1,7 +1,9 @@
 // The continuous-batching engine (src/infer/engine.h) on the tiny qwen3_moe model of tests/data/hf
 // with a byte tokenizer: batch invariance (a request alone and the same request among 15 others of
 // other lengths, arrivals, sampling options and prompt-chunk budgets give bit-identical ids and
-// logprobs, in fp32, bf16 and int8), prefix reuse, stop strings, n, cancellation, length limits.
+// logprobs, in fp32, bf16 and int8), prefix reuse, stop strings, n, cancellation, length limits,
+// and return_routing (each token's route equals `moe routing`'s trace of the same tokens, and is the
+// same alone and in a crowd).
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -16,6 +18,7 @@
 #include "io/checkpoint.h"
 #include "io/hf_model.h"
 #include "kernels/batch_invariant.h"
+#include "viz/routing_map.h"
 
 namespace {
 
@@ -41,6 +44,9 @@ struct Choice {
     std::vector<float> logprobs;
     std::vector<std::vector<moe::TokenLogprob>> top;
     std::string text, finish;
+    // return_routing: (tokens) each generated token's route, the end-of-sequence token's included
+    std::vector<int32_t> route_ids;
+    std::vector<std::vector<std::vector<moe::ExpertChoice>>> routes;
 };
 struct Result {
     std::vector<Choice> choices;
@@ -59,9 +65,11 @@ Result collect(moe::EngineHandle h) {
             c.logprobs.push_back(ev.logprob);
             c.top.push_back(ev.top);
             c.text += ev.text;
+            if (!ev.route.empty()) c.route_ids.push_back(ev.token), c.routes.push_back(ev.route);
         } else if (ev.kind == moe::EngineEvent::Kind::finish) {
             c.text += ev.text;
             c.finish = ev.finish_reason;
+            if (!ev.route.empty()) c.route_ids.push_back(ev.token), c.routes.push_back(ev.route);
         } else {
             r.prompt_tokens = ev.prompt_tokens;
             r.completion_tokens = ev.total_completion_tokens;
@@ -442,6 +450,112 @@ TEST(Engine, PrefixSharedWithARunningSequence) {
     a.choices[0].text = first.text + a.choices[0].text;
     expect_same(a_alone.choices[0], a.choices[0], "the running sequence");
     expect_same(b_alone.choices[0], b.choices[0], "the one sharing its prefix");
+}
+
+// return_routing: each generated token carries the route (every layer's K experts and combine
+// weights) of the row it was sampled from: the last prompt token for the first, then each token
+// fed back. It equals the route `moe routing` traces (viz::trace_routing: a plain forward over the
+// same tokens) and is bit-identical alone and among others; requests that did not ask get none.
+TEST(Engine, ReturnRouting) {
+    moe::Checkpoint ck = moe::load_model(model_dir(), "", 256);
+    moe::Model& model = *ck.model;
+    const int64_t L = model.config().n_layer, K = model.config().n_expert_used, E = model.config().n_expert;
+    std::vector<moe::EngineRequest> probes = {request(prompt_of(23, 1), 0, 0, 16), request(prompt_of(6, 2), 0.9, 77, 12)};
+    for (auto& p : probes) p.return_routing = true;
+    std::vector<Choice> alone;
+    for (const auto& p : probes) {
+        moe::EngineOptions o;
+        o.slots = 1;
+        moe::Engine e(model, ck.tokenizer, o);
+        alone.push_back(collect(e.submit(p)).choices[0]);
+    }
+    for (size_t i = 0; i < probes.size(); ++i) {
+        const Choice& c = alone[i];
+        const bool eos = c.finish == "stop";  // the end-of-sequence token has a route, no token event
+        ASSERT_EQ(c.routes.size(), c.ids.size() + (eos ? 1 : 0)) << "probe " << i;
+        ASSERT_FALSE(c.routes.empty());
+        std::vector<int32_t> ids = c.ids;
+        if (eos) ids.push_back(c.route_ids.back());
+        std::vector<int32_t> route_ids(c.route_ids.begin(), c.route_ids.begin() + (std::ptrdiff_t)c.ids.size());
+        EXPECT_EQ(route_ids, c.ids);
+        // the reference: the prompt and every generated token but the last, one plain forward
+        std::vector<int32_t> seq = probes[i].prompt;
+        seq.insert(seq.end(), ids.begin(), ids.end() - 1);
+        const moe::viz::RoutingTrace tr = moe::viz::trace_routing(model, ck.tokenizer, seq);
+        const int64_t P = (int64_t)probes[i].prompt.size(), T = tr.T;
+        for (size_t t = 0; t < c.routes.size(); ++t) {
+            ASSERT_EQ((int64_t)c.routes[t].size(), L);
+            const int64_t row = P - 1 + (int64_t)t;  // the row token t was sampled from
+            for (int64_t l = 0; l < L; ++l) {
+                ASSERT_EQ((int64_t)c.routes[t][l].size(), K);
+                float sum = 0;
+                for (int64_t k = 0; k < K; ++k) {
+                    const moe::ExpertChoice& x = c.routes[t][l][k];
+                    const int64_t at = (l * T + row) * K + k;
+                    EXPECT_EQ(x.expert, tr.expert[at]) << "probe " << i << " token " << t << " layer " << l << " slot " << k;
+                    EXPECT_NEAR(x.weight, tr.weight[at], 1e-5) << "probe " << i << " token " << t << " layer " << l;
+                    EXPECT_TRUE(x.expert >= 0 && x.expert < E);
+                    if (k > 0) EXPECT_GE(c.routes[t][l][k - 1].weight, x.weight);  // best first
+                    sum += x.weight;
+                }
+                EXPECT_NEAR(sum, 1.f, 1e-5);  // norm_topk_prob
+            }
+        }
+    }
+    // in a crowd (some others asking for routes, some not, prompts cut in chunks of 13): the same
+    // routes bit for bit; the others that did not ask get none
+    moe::EngineOptions o;
+    o.slots = 16;
+    o.batch_tokens = 13;
+    moe::Engine e(model, ck.tokenizer, o);
+    std::vector<moe::EngineHandle> others, mine;
+    for (int i = 0; i < 12; ++i) {
+        moe::EngineRequest q = request(prompt_of(3 + i * 4, 30 + i), i % 2 ? 0.0 : 1.0, 5 + i, 6 + i);
+        q.return_routing = i % 3 == 0;
+        others.push_back(e.submit(q));
+        if (i == 5) mine.push_back(e.submit(probes[0]));
+    }
+    mine.push_back(e.submit(probes[1]));
+    for (size_t i = 0; i < probes.size(); ++i) {
+        const Choice c = collect(mine[i]).choices[0];
+        expect_same(alone[i], c, "routing probe " + std::to_string(i));
+        EXPECT_EQ(c.route_ids, alone[i].route_ids);
+        ASSERT_EQ(c.routes.size(), alone[i].routes.size());
+        for (size_t t = 0; t < c.routes.size(); ++t)
+            for (int64_t l = 0; l < L; ++l)
+                for (int64_t k = 0; k < K; ++k) {
+                    EXPECT_EQ(c.routes[t][l][k].expert, alone[i].routes[t][l][k].expert) << i << " " << t << " " << l;
+                    EXPECT_EQ(std::memcmp(&c.routes[t][l][k].weight, &alone[i].routes[t][l][k].weight, sizeof(float)), 0)
+                        << "probe " << i << " token " << t << " layer " << l << " slot " << k;
+                }
+    }
+    for (size_t i = 0; i < others.size(); ++i) {
+        const Choice c = collect(others[i]).choices[0];
+        if (i % 3 == 0) EXPECT_EQ(c.routes.size(), c.ids.size() + (c.finish == "stop" ? 1 : 0)) << "other " << i;
+        else EXPECT_TRUE(c.routes.empty()) << "other " << i;
+    }
+}
+
+// A dense model has no route to return: submit refuses the request (HTTP 400).
+TEST(Engine, ReturnRoutingOnADenseModelIsAnError) {
+    const std::string d = model_dir() + "-dense";
+    fs::create_directories(d);
+    for (const char* f : {"config.json", "model.safetensors", "generation_config.json"})
+        fs::copy_file(kData + "hf/llama/" + f, d + "/" + f, fs::copy_options::overwrite_existing);
+    fs::copy_file(kData + "tokenizers/moe_export/byte.tokenizer.json", d + "/tokenizer.json",
+                  fs::copy_options::overwrite_existing);
+    moe::Checkpoint ck = moe::load_model(d, "", 64);
+    moe::Engine e(*ck.model, ck.tokenizer, moe::EngineOptions{});
+    moe::EngineRequest q = request(prompt_of(5, 1), 0, 0, 4);
+    q.return_routing = true;
+    try {
+        e.submit(q);
+        ADD_FAILURE() << "no error";
+    } catch (const moe::error& err) {
+        EXPECT_NE(std::string(err.what()).find("dense"), std::string::npos) << err.what();
+    }
+    q.return_routing = false;
+    EXPECT_EQ(collect(e.submit(q)).choices[0].ids.size(), 4u);
 }
 
 }  // namespace

@@ -28,11 +28,11 @@ protected:
     pid_t pid = -1;
     std::string url;
 
-    void start(const std::string& extra) {
+    void start(const std::string& extra, const std::string& family = "qwen3_moe") {
         const std::string d = path("tiny");
         fs::create_directories(d);
         for (const char* f : {"config.json", "model.safetensors", "generation_config.json"})
-            fs::copy_file(kData + "hf/qwen3_moe/" + f, d + "/" + f);
+            fs::copy_file(kData + "hf/" + family + "/" + f, d + "/" + f);
         fs::copy_file(kData + "tokenizers/moe_export/byte.tokenizer.json", d + "/tokenizer.json");
         write_file(d + "/tokenizer_config.json",
                    R"({"chat_template": "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"})");
@@ -154,6 +154,97 @@ TEST_F(Serve, ErrorsConcurrencyAndSigterm) {
     ASSERT_EQ(got, pid) << "still running 30 s after SIGTERM";
     pid = -1;
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+}
+
+// "moe": {"return_routing": true}: per generated token (L, K) experts and weights, the same in the
+// stream (chunk by chunk) as in one response, the same among concurrent requests as alone; wrong
+// types are 400s. GET / is the chat page, served without the API key.
+TEST_F(Serve, ReturnRoutingAndChatPage) {
+    start("--parallel 4 --api-key k");
+    const std::string auth = "-H 'Authorization: Bearer k'";
+    auto [st, page] = call("/", "");
+    EXPECT_EQ(st, 200);
+    EXPECT_NE(page.find("<!DOCTYPE html>"), std::string::npos);
+    EXPECT_NE(page.find("return_routing"), std::string::npos);
+    auto [mst, models] = call("/v1/models", "", auth);
+    ASSERT_EQ(mst, 200) << models;
+    const json meta = json::parse(models)["data"][0]["meta"];
+    EXPECT_EQ(meta["n_layer"], 2);
+    EXPECT_EQ(meta["n_expert"], 4);
+    EXPECT_EQ(meta["n_expert_used"], 2);
+
+    expect_error(400, "/v1/chat/completions", R"({"messages":[{"role":"user","content":"a"}],"moe":true})", "invalid_type");
+    expect_error(400, "/v1/chat/completions", R"({"messages":[{"role":"user","content":"a"}],"moe":[1]})", "invalid_type");
+    expect_error(400, "/v1/completions", R"({"prompt":"a","moe":{"return_routing":1}})", "invalid_type");
+    expect_error(400, "/v1/completions", R"({"prompt":"a","moe":{"return_routing":"yes"}})", "invalid_type");
+
+    auto body = [](int i, bool stream) {
+        return R"({"prompt":"route )" + std::string(i * 3, 'r') + R"(","max_tokens":10,"temperature":0,"moe":{"return_routing":true})" +
+               (stream ? R"(,"stream":true)" : "") + "}";
+    };
+    // (routes of choice 0, completion tokens)
+    auto routes_of = [](const std::string& out) -> std::pair<json, int64_t> {
+        try {
+            const json j = json::parse(out);
+            return {j["choices"][0]["moe_routing"], j["usage"]["completion_tokens"].get<int64_t>()};
+        } catch (...) {
+            return {json("<bad: " + out + ">"), -1};
+        }
+    };
+    std::vector<json> alone(6);
+    for (int i = 0; i < 6; ++i) {
+        auto [r, n] = routes_of(call("/v1/completions", body(i, false), auth).second);
+        ASSERT_TRUE(r.is_array()) << r;
+        EXPECT_EQ((int64_t)r.size(), n);
+        for (const json& t : r) {
+            ASSERT_EQ(t["experts"].size(), 2u) << t;
+            ASSERT_EQ(t["weights"].size(), 2u) << t;
+            for (int l = 0; l < 2; ++l) {
+                ASSERT_EQ(t["experts"][l].size(), 2u) << t;
+                EXPECT_NE(t["experts"][l][0], t["experts"][l][1]) << t;
+                EXPECT_NEAR(t["weights"][l][0].get<double>() + t["weights"][l][1].get<double>(), 1.0, 1e-5) << t;
+            }
+            EXPECT_TRUE(t["token"].is_number_integer() && t["text"].is_string()) << t;
+        }
+        alone[i] = r;
+    }
+    // the stream: each token chunk carries its token's route
+    {
+        auto [sst, sse] = call("/v1/completions", body(2, true), auth);
+        EXPECT_EQ(sst, 200);
+        json streamed = json::array();
+        size_t at = 0;
+        while ((at = sse.find("data: {", at)) != std::string::npos) {
+            const size_t end = sse.find("\n\n", at);
+            const json c = json::parse(sse.substr(at + 6, end - at - 6));
+            for (const json& ch : c["choices"])
+                if (ch.contains("moe_routing"))
+                    for (const json& t : ch["moe_routing"]) streamed.push_back(t);
+            at = end;
+        }
+        EXPECT_EQ(streamed, alone[2]);
+    }
+    // concurrent: the same routes, bit for bit (weights printed with all their digits)
+    std::vector<json> together(6);
+    std::vector<std::thread> ts;
+    for (int i = 0; i < 6; ++i)
+        ts.emplace_back([&, i] { together[i] = routes_of(call("/v1/completions", body(i, false), auth).second).first; });
+    for (auto& t : ts) t.join();
+    for (int i = 0; i < 6; ++i) EXPECT_EQ(together[i], alone[i]) << "request " << i;
+    // a request that did not ask has no moe_routing
+    const std::string plain = call("/v1/completions", R"({"prompt":"x","max_tokens":3})", auth).second;
+    EXPECT_EQ(plain.find("moe_routing"), std::string::npos) << plain;
+}
+
+// A dense model: return_routing is a 400 naming it; the rest serves as before.
+TEST_F(Serve, ReturnRoutingOnADenseModel) {
+    start("--parallel 1", "llama");
+    expect_error(400, "/v1/chat/completions",
+                 R"({"messages":[{"role":"user","content":"a"}],"max_tokens":2,"moe":{"return_routing":true}})", "");
+    auto [st, out] = call("/v1/chat/completions", R"({"messages":[{"role":"user","content":"a"}],"max_tokens":2,"moe":{"return_routing":false}})");
+    EXPECT_EQ(st, 200) << out;
+    auto [mst, models] = call("/v1/models", "");
+    EXPECT_EQ(json::parse(models)["data"][0]["meta"]["n_expert"], 0) << models;
 }
 
 }  // namespace

@@ -108,6 +108,9 @@ EngineHandle Engine::submit(EngineRequest req) {
         fail("presence_penalty must be in [-2, 2], got ", req.presence_penalty);
     if (!(req.frequency_penalty >= -2 && req.frequency_penalty <= 2))
         fail("frequency_penalty must be in [-2, 2], got ", req.frequency_penalty);
+    if (req.return_routing &&
+        std::none_of(model_.config().layer_moe.begin(), model_.config().layer_moe.end(), [](auto m) { return (bool)m; }))
+        fail("return_routing needs a Mixture-of-Experts model: every layer of this model is dense");
     auto st = std::make_shared<EngineRequestState>();
     st->req = std::move(req);
     st->open = st->req.n;
@@ -305,12 +308,14 @@ void Engine::admit() {
     }
 }
 
-void Engine::finish(Seq& s, const char* reason) {
+void Engine::finish(Seq& s, const char* reason, int32_t eos, std::vector<std::vector<ExpertChoice>> route) {
     if (s.done) return;
     s.done = true;
     EngineEvent ev;
     ev.kind = EngineEvent::Kind::finish;
     ev.choice = s.choice;
+    ev.token = eos;
+    ev.route = std::move(route);
     ev.finish_reason = reason;
     ev.completion_tokens = s.generated;
     if (!s.stop.stopped()) {
@@ -339,12 +344,24 @@ void Engine::finish(Seq& s, const char* reason) {
     }
 }
 
-void Engine::sample(Seq& s, int64_t row) {
+void Engine::sample(Seq& s, int64_t row, int64_t capture) {
     const EngineRequest& q = s.r->req;
     const float* lg = model_.logits() + row * V_;
     EngineEvent ev;
     ev.kind = EngineEvent::Kind::token;
     ev.choice = s.choice;
+    if (capture >= 0) {  // the route of `row`: the model copied it out as capture row `capture`
+        const ModelConfig& cfg = model_.config();
+        const int64_t L = cfg.n_layer, K = cfg.n_expert_used;
+        const int32_t* ex = model_.captured_experts().data() + capture * L * K;
+        const float* wt = model_.captured_weights().data() + capture * L * K;
+        ev.route.resize(L);
+        for (int64_t l = 0; l < L; ++l) {
+            if (!cfg.layer_moe[l]) continue;
+            ev.route[l].resize(K);
+            for (int64_t k = 0; k < K; ++k) ev.route[l][k] = {ex[l * K + k], wt[l * K + k]};
+        }
+    }
     double lse = 0;
     if (q.top_logprobs >= 0) {
         float mx = lg[0];
@@ -396,7 +413,7 @@ void Engine::sample(Seq& s, int64_t row) {
         stats_.ttft.push_back(t);
     }
     if (std::find(eos_.begin(), eos_.end(), id) != eos_.end()) {
-        finish(s, "stop");  // the end-of-sequence token itself is not text
+        finish(s, "stop", id, std::move(ev.route));  // the end-of-sequence token itself is not text
         return;
     }
     // a model's vocabulary may be larger than its tokenizer's (padded embeddings): such an id is no text
@@ -484,6 +501,11 @@ void Engine::step() {
         }
         if (p.from + p.n == (int64_t)p.s->tokens.size()) to_sample.push_back({p.s, (int64_t)tk.size() - 1});
     }
+    // return_routing: only the rows of the sequences that asked are copied out of the model
+    capture_rows_.clear();
+    for (auto& [s, row] : to_sample)
+        if (s->r->req.return_routing) capture_rows_.push_back((int32_t)row);
+    model_.set_route_capture(capture_rows_.data(), (int64_t)capture_rows_.size());
     const Clock::time_point f0 = Clock::now();
     if (!tk.empty()) {
         const kernels::BatchInvariantScope invariant(opt_.batch_invariant);
@@ -494,7 +516,8 @@ void Engine::step() {
         s->n_cached = cache_.len[s->table];
         if (s->choice == 0 && s->n_cached >= s->n_prompt) s->r->prompt_done = true;
     }
-    for (auto& [s, row] : to_sample) sample(*s, row);
+    int64_t captured = 0;
+    for (auto& [s, row] : to_sample) sample(*s, row, s->r->req.return_routing ? captured++ : -1);
     running_.erase(std::remove_if(running_.begin(), running_.end(), gone), running_.end());
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
     publish_stats();

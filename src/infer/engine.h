@@ -56,6 +56,14 @@ struct EngineRequest {
     std::vector<std::string> stop; // stop strings (the text is cut before the first)
     int64_t n = 1;                 // choices, each its own sequence with random stream (seed, i)
     int64_t top_logprobs = -1;     // -1: no logprobs; 0..20: the chosen token's logprob and this many best
+    bool return_routing = false;   // each token's event carries its route (MoE models only)
+};
+
+// One routing slot: the expert that served it (-1: a slot dropped by a capacity limit) and its
+// combine weight.
+struct ExpertChoice {
+    int32_t expert = -1;
+    float weight = 0;
 };
 
 struct TokenLogprob {
@@ -73,6 +81,10 @@ struct EngineEvent {
     std::string text;
     float logprob = 0;                // log-softmax of the raw logits (before temperature and penalties)
     std::vector<TokenLogprob> top;    // the top_logprobs most likely, best first
+    // return_routing: the route of the row the token was sampled from (the experts that computed
+    // it), (L) layers of K slots each, best first; empty for a dense layer. On a finish event for
+    // an end-of-sequence token (which has no token event), that token's id and route.
+    std::vector<std::vector<ExpertChoice>> route;
     // finish
     std::string finish_reason;        // "stop" | "length" | "cancelled"
     int64_t completion_tokens = 0;    // of this choice
@@ -146,8 +158,9 @@ private:
     void loop();
     void step();
     void admit();
-    void finish(Seq& s, const char* reason);
-    void sample(Seq& s, int64_t row);
+    // eos and route: the end-of-sequence token that ended it and its route (return_routing)
+    void finish(Seq& s, const char* reason, int32_t eos = -1, std::vector<std::vector<ExpertChoice>> route = {});
+    void sample(Seq& s, int64_t row, int64_t capture);
     int64_t common_prefix(int64_t t, const std::vector<int32_t>& tokens) const;
     bool evict_one(int64_t keep);                      // a free table's pages back to the pool
     bool obtain(int64_t t, int64_t from, int64_t to);  // writable pages, evicting kept ones as needed
@@ -176,6 +189,7 @@ private:
     std::vector<std::unique_ptr<Seq>> waiting_;  // choices without a page table (new or preempted)
     std::vector<double> scratch_, lp_;
     std::vector<float> logit_buf_;
+    std::vector<int32_t> capture_rows_;  // rows whose route the model copies out this step
     std::thread thread_;
 };
 

@@ -545,6 +545,11 @@ void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int3
     layers::Dims d{1, N, N, C, cfg_.n_head, cfg_.n_head_kv, D, cfg_.qk_norm_head};
     float* x = p.resid[0];    // (N, C) the residual stream entering the layer
     float* mid = p.resid[1];  // (N, C) after attention; the layer's output goes back into x
+    const int64_t Kc = cfg_.n_expert_used, Rc = (int64_t)capture_rows_.size(), Lc = cfg_.n_layer;
+    for (int32_t r : capture_rows_)
+        if (r < 0 || r >= N) fail("route capture row ", r, " is outside the call's ", N, " rows");
+    capture_expert_.assign(Rc * Lc * Kc, -1);  // (rows, L, K); no allocation once warm
+    capture_weight_.assign(Rc * Lc * Kc, 0.f);
     ops::embedding_forward(x, tokens, w_.tok_embd, N, C);  // (N, C)
     for (int64_t l = 0; l < cfg_.n_layer; ++l) {
         layers::AttentionCache ac = p.attn;
@@ -556,6 +561,13 @@ void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int3
         layers::ffn_forward(x, p.ffn, mid, w_.layers[l], cfg_, cfg_.layer_moe[l], N, ctx, &qviews_[l]);
         if (cfg_.layer_moe[l]) {
             cached_load_[l].assign(p.ffn.expert_load, p.ffn.expert_load + cfg_.n_expert);
+            const ops::MoeRoute& rt = p.ffn.route;  // (N, K) of this layer
+            MOE_ASSERT(Rc == 0 || rt.K == Kc);
+            for (int64_t i = 0; i < Rc; ++i) {
+                const int64_t src = (int64_t)capture_rows_[i] * Kc, dst = (i * Lc + l) * Kc;
+                std::copy(rt.topk_expert + src, rt.topk_expert + src + Kc, capture_expert_.begin() + dst);
+                std::copy(rt.topk_weight + src, rt.topk_weight + src + Kc, capture_weight_.begin() + dst);
+            }
         }
     }
     for (int64_t n = 0; n < N; ++n) cache.len[seq[n]] = pos[n] + 1;  // rows come in position order

@@ -126,6 +126,15 @@ public:
     // Tokens routed to each expert of each MoE layer by the last forward_cached: (L, E), empty
     // rows for dense layers.
     const std::vector<std::vector<int64_t>>& cached_expert_load() const { return cached_load_; }
+    // Route capture (moe serve's return_routing): the rows listed here (indices into the N rows of
+    // the following forward_cached calls) have the experts and combine weights chosen for them in
+    // every MoE layer copied out; nothing is copied while the list is empty (the default).
+    // captured_experts() / captured_weights(): (rows, L, K) of the last forward_cached, in the order
+    // of the list, expert -1 and weight 0 for a dropped slot and for every slot of a dense layer;
+    // K = n_expert_used (inference K).
+    void set_route_capture(const int32_t* rows, int64_t n) { capture_rows_.assign(rows, rows + n); }
+    const std::vector<int32_t>& captured_experts() const { return capture_expert_; }
+    const std::vector<float>& captured_weights() const { return capture_weight_; }
     // Storage type of the matmul weights forward_cached reads (attention, experts / dense FFN,
     // output head; the router and embeddings stay fp32). On an fp32 model, bf16 / int8 make copies
     // of the current parameters (call again after they change; fp32: views, no copy). A typed
@@ -170,6 +179,9 @@ private:
     layers::RouteContext mode_;
     std::vector<std::vector<int64_t>> step_load_;  // (L, E) training loads since update_balance_bias
     std::vector<std::vector<int64_t>> cached_load_;  // (L, E) loads of the last forward_cached
+    std::vector<int32_t> capture_rows_;    // rows whose route forward_cached copies out
+    std::vector<int32_t> capture_expert_;  // (rows, L, K)
+    std::vector<float> capture_weight_;    // (rows, L, K)
     double matmul_params_ = 0;         // active matmul weights per token (count_flops; follows K)
     const float* logits_ = nullptr;    // of the last forward / forward_cached
     kernels::WType wtype_ = kernels::WType::f32;

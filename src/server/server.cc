@@ -27,6 +27,7 @@
 #include "api/loaded_model.h"
 #include "core/error.h"
 #include "infer/engine.h"
+#include "server/chat_page.h"
 
 namespace moe {
 
@@ -179,6 +180,16 @@ struct Server {
             for (const std::string& x : q.stop)
                 if (x.empty()) bad("'stop' strings must not be empty");
         }
+        if (f.has("moe")) {
+            const json& m = f.j["moe"];
+            if (!m.is_object()) bad(std::string("'moe' must be an object, got ") + m.type_name(), "invalid_type");
+            if (m.contains("return_routing") && !m["return_routing"].is_null()) {
+                if (!m["return_routing"].is_boolean())
+                    bad(std::string("'moe.return_routing' must be a boolean, got ") + m["return_routing"].type_name(),
+                        "invalid_type");
+                q.return_routing = m["return_routing"].get<bool>();
+            }
+        }
         if (chat) {
             const bool lp = f.boolean("logprobs", false);
             const int64_t top = f.integer("top_logprobs", 0, 0, 20);
@@ -255,6 +266,19 @@ struct Server {
         return {{"token", t}, {"logprob", ev.logprob}, {"bytes", bytes_of(t)}, {"top_logprobs", top}};
     }
 
+    // return_routing: one token's route, {"token", "text", "experts": (L, K), "weights": (L, K)};
+    // a dense layer of a mixed model has empty lists
+    json routing_entry(int32_t token, const std::vector<std::vector<ExpertChoice>>& route) {
+        json ex = json::array(), wt = json::array();
+        for (const auto& layer : route) {
+            json e = json::array(), w = json::array();
+            for (const ExpertChoice& c : layer) e.push_back(c.expert), w.push_back(c.weight);
+            ex.push_back(std::move(e));
+            wt.push_back(std::move(w));
+        }
+        return {{"token", token}, {"text", token_text(token)}, {"experts", ex}, {"weights", wt}};
+    }
+
     // completions: parallel lists
     struct CompletionLogprobs {
         json tokens = json::array(), token_logprobs = json::array(), top = json::array(), offsets = json::array();
@@ -297,6 +321,7 @@ struct Server {
                                 std::to_string(n_ctx) + " (the prompt and at least one generated token must fit)",
                             "invalid_request_error", "context_length_exceeded"};
         const int64_t n = q.n;
+        const bool routing = q.return_routing;
         if (!accepting.load()) throw HttpError{503, "the server is shutting down", "unavailable_error", "unavailable"};
         EngineHandle h = engine->submit(std::move(q));
         const std::string id = new_id(chat ? "chatcmpl" : "cmpl");
@@ -307,6 +332,7 @@ struct Server {
             std::vector<std::string> finish(n, "length");
             std::vector<json> chat_lp(n, json::array());
             std::vector<CompletionLogprobs> comp_lp(n);
+            std::vector<json> routes(n, json::array());
             const bool want_lp = body.contains("logprobs") && !body["logprobs"].is_null() && body["logprobs"] != false;
             EngineEvent ev, done;
             for (;;) {
@@ -317,9 +343,11 @@ struct Server {
                         else comp_lp[ev.choice].add(*this, ev, (int64_t)text[ev.choice].size());
                     }
                     text[ev.choice] += ev.text;
+                    if (routing) routes[ev.choice].push_back(routing_entry(ev.token, ev.route));
                 } else if (ev.kind == EngineEvent::Kind::finish) {
                     text[ev.choice] += ev.text;
                     finish[ev.choice] = ev.finish_reason;
+                    if (routing && !ev.route.empty()) routes[ev.choice].push_back(routing_entry(ev.token, ev.route));
                 } else {
                     done = ev;
                     break;
@@ -336,6 +364,7 @@ struct Server {
                     c["logprobs"] = want_lp ? comp_lp[i].to_json() : json(nullptr);
                 }
                 c["finish_reason"] = finish[i];
+                if (routing) c["moe_routing"] = routes[i];
                 choices.push_back(c);
             }
             json out = {{"id", id}, {"object", object}, {"created", now}, {"model", model_id},
@@ -350,7 +379,7 @@ struct Server {
         res.set_header("Cache-Control", "no-cache");
         res.set_chunked_content_provider(
             "text/event-stream",
-            [this, h, id, now, chat, n, echo_text, want_lp, include_usage, chunk_object, state](
+            [this, h, id, now, chat, n, echo_text, want_lp, include_usage, chunk_object, state, routing](
                 size_t, httplib::DataSink& sink) mutable -> bool {
                 auto send = [&](const json& j) {
                     const std::string s = "data: " + dump(j) + "\n\n";
@@ -400,11 +429,14 @@ struct Server {
                             } else c["logprobs"] = nullptr;
                             (*state)[ev.choice] += (int64_t)ev.text.size();
                         }
+                        if (routing) c["moe_routing"] = json::array({routing_entry(ev.token, ev.route)});
                         if (!send(chunk(c))) return fail_out();
                     } else if (ev.kind == EngineEvent::Kind::finish) {
                         json c = {{"index", ev.choice}, {"logprobs", nullptr}, {"finish_reason", ev.finish_reason}};
                         if (chat) c["delta"] = ev.text.empty() ? json::object() : json{{"content", ev.text}};
                         else c["text"] = ev.text;
+                        if (routing && !ev.route.empty())
+                            c["moe_routing"] = json::array({routing_entry(ev.token, ev.route)});
                         if (!send(chunk(c))) return fail_out();
                     } else {
                         if (include_usage) {
@@ -529,6 +561,8 @@ int serve(const ServeOptions& opt) {
     http.set_write_timeout(30, 0);
     http.set_keep_alive_timeout(5);
     http.set_pre_routing_handler([&](const httplib::Request& req, httplib::Response& res) {
+        // the chat page is static (no data, no secret): it asks for the key itself
+        if (req.path == "/" && req.method == "GET") return httplib::Server::HandlerResponse::Unhandled;
         if (!opt.api_key.empty() && req.path != "/health") {
             const std::string want = "Bearer " + opt.api_key;
             if (req.get_header_value("Authorization") != want) {
@@ -569,11 +603,20 @@ int serve(const ServeOptions& opt) {
         res.set_content(s.accepting.load() ? R"({"status":"ok"})" : R"({"status":"shutting down"})", "application/json");
         if (!s.accepting.load()) res.status = 503;
     });
+    http.Get("/", [&](const httplib::Request&, httplib::Response& res) {
+        s.http_requests.fetch_add(1);
+        res.set_header("Cache-Control", "no-cache");
+        res.set_content(server::kChatPage, sizeof(server::kChatPage) - 1, "text/html; charset=utf-8");
+    });
     auto models = [&](const httplib::Request&, httplib::Response& res) {
         guarded(s, res, [&] {
+            const ModelConfig& cfg = s.model->impl().ck.model->config();
+            const bool moe = cfg.any_moe();
             json m = {{"id", s.model_id}, {"object", "model"}, {"created", s.created}, {"owned_by", "moe"},
                       {"meta", {{"n_ctx", s.engine->context_length()}, {"n_vocab", s.model->vocab_size()},
-                                {"dtype", s.model->weight_type()}, {"parallel", opt.parallel}}}};
+                                {"dtype", s.model->weight_type()}, {"parallel", opt.parallel},
+                                {"n_layer", cfg.n_layer}, {"n_expert", moe ? cfg.n_expert : 0},
+                                {"n_expert_used", moe ? cfg.n_expert_used : 0}}}};
             res.set_content(dump({{"object", "list"}, {"data", json::array({m})}}), "application/json");
         });
     };

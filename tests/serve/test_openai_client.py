@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """`moe serve` driven by real clients (PyPI's openai, prometheus-client; pinned in
-scripts/requirements-oracle.txt): chat and completions, streaming and not, n=2, logprobs, the models
+scripts/requirements-oracle.txt): chat and completions, streaming and not, n=2, logprobs, moe.return_routing, the models
 list, /metrics parsed by prometheus_client, a client that leaves mid-stream, concurrent greedy
 requests equal to the same requests served alone, and SIGTERM ending the server with status 0.
 Usage: test_openai_client.py MOE_BINARY TEST_DATA_DIR. Exits 77 (skipped) without the packages.
@@ -156,6 +156,31 @@ def main():
         assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
         assert all(len(t) <= 2 for t in lp.top_logprobs)
 
+        # moe.return_routing (extra_body): per generated token, (L, K) experts and weights; the
+        # stream carries the same routes chunk by chunk, completions too; requests that did not ask
+        # get no moe_routing field
+        rr = client.chat.completions.create(model=model, messages=msgs, max_tokens=8, temperature=0,
+                                            extra_body={"moe": {"return_routing": True}})
+        routes = rr.choices[0].model_extra["moe_routing"]
+        assert len(routes) == rr.usage.completion_tokens, (len(routes), rr.usage)
+        for t in routes:
+            assert len(t["experts"]) == 2 and all(len(x) == 2 for x in t["experts"]), t
+            assert all(0 <= e < 4 for x in t["experts"] for e in x) and all(x[0] != x[1] for x in t["experts"]), t
+            assert all(abs(sum(w) - 1) < 1e-5 and w[0] >= w[1] for w in t["weights"]), t
+        assert all(isinstance(t["token"], int) and isinstance(t["text"], str) for t in routes), routes
+        streamed = []
+        for ch in client.chat.completions.create(model=model, messages=msgs, max_tokens=8, temperature=0, stream=True,
+                                                 extra_body={"moe": {"return_routing": True}}):
+            streamed += (ch.choices[0].model_extra or {}).get("moe_routing") or []
+        assert streamed == routes, (streamed, routes)
+        cr = client.completions.create(model=model, prompt="hello", max_tokens=4, temperature=0,
+                                       extra_body={"moe": {"return_routing": True}})
+        assert len(cr.choices[0].model_extra["moe_routing"]) == cr.usage.completion_tokens
+        assert "moe_routing" not in (r.choices[0].model_extra or {})
+        expect_error(url, 400, "/v1/chat/completions", {"messages": msgs, "moe": True}, code="invalid_type")
+        expect_error(url, 400, "/v1/chat/completions", {"messages": msgs, "moe": {"return_routing": "yes"}},
+                     code="invalid_type")
+
         # concurrency: 12 different greedy requests at once, each equal to itself served alone
         prompts = [f"request {i}: " + "x" * (i * 3) for i in range(12)]
 
@@ -225,7 +250,7 @@ def main():
         rc = proc.wait(timeout=30)
         assert rc == 0, rc
         proc = None
-        print("ok: openai client, streaming, n=2, logprobs, concurrency, errors, metrics, SIGTERM")
+        print("ok: openai client, streaming, n=2, logprobs, routing, concurrency, errors, metrics, SIGTERM")
     finally:
         if proc is not None:
             proc.kill()
