@@ -36,7 +36,7 @@ namespace moe {
 struct EngineOptions {
     int64_t slots = 4;             // sequences decoding at once (--parallel)
     int64_t batch_tokens = 256;    // rows per forward: decode rows first, then prompt chunks
-    int64_t max_queue = 256;       // waiting requests before submit refuses (EngineBusy)
+    int64_t max_queue = 256;       // requests waiting for a slot before submit refuses (EngineBusy)
     bool batch_invariant = true;   // kernels::BatchInvariantScope around every forward
     bool prefix_reuse = true;      // reuse a free slot's cached prefix
 };
@@ -50,6 +50,7 @@ struct EngineRequest {
     std::vector<std::string> stop; // stop strings (the text is cut before the first)
     int64_t n = 1;                 // choices, each its own sequence with random stream (seed, i)
     int64_t top_logprobs = -1;     // -1: no logprobs; 0..20: the chosen token's logprob and this many best
+    bool ignore_eos = false;       // an end-of-sequence token is text like any other (benchmarks)
 };
 
 struct TokenLogprob {
@@ -98,6 +99,8 @@ struct EngineBusy : moe::error {
 struct EngineStats {
     int64_t running = 0, waiting = 0;         // sequences
     int64_t requests_done = 0, prompt_tokens = 0, generated_tokens = 0, reused_prompt_tokens = 0;
+    int64_t requests_cancelled = 0;           // finished requests with a choice cancelled (client left, stop)
+    int64_t requests_waiting = 0;             // requests with a choice waiting for a slot (queued ones included)
     int64_t steps = 0, kv_used = 0, kv_total = 0;  // positions filled in busy slots / all
     double step_seconds = 0;                  // total time in forward + sampling
     std::vector<std::vector<int64_t>> expert_tokens;  // (L, E) tokens routed, summed over steps
@@ -128,6 +131,7 @@ private:
     void loop();
     void step();
     void admit();
+    void count_waiting();
     void finish(Seq& s, const char* reason);
     void sample(Seq& s, int64_t row);
 
@@ -143,6 +147,7 @@ private:
     mutable std::mutex mu_;  // guards queue_, stopping_, stats_
     std::condition_variable cv_;
     std::deque<std::shared_ptr<EngineRequestState>> queue_;
+    int64_t waiting_requests_ = 0;  // requests of waiting_ (engine thread writes, under mu_)
     bool accepting_ = true, stopping_ = false;
     std::chrono::steady_clock::time_point deadline_;
     EngineStats stats_;
