@@ -64,7 +64,7 @@ def start(d):
 def spec(i):
     """The i-th distinct request: (streaming, chat) from i, its own prompt and length."""
     return {"stream": i % 2 == 0, "chat": (i // 2) % 2 == 0, "text": f"load {i}: " + "z" * (i * 2),
-            "max_tokens": 6 + i % 5}
+            "max_tokens": 32 + i % 5}
 
 
 def run(client, model, s):
@@ -107,7 +107,10 @@ def main():
         model = client.models.list().data[0].id
         alone = [run(client, model, spec(i))[:2] for i in range(DISTINCT)]
 
+        start_together = threading.Barrier(CLIENTS, timeout=60)
+
         def one_client(c):
+            start_together.wait()
             out = []
             for j in range(PER_CLIENT):
                 i = (c * PER_CLIENT + j) * 7 % DISTINCT
