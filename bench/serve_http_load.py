@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The HTTP path of `moe serve` under load: for each level S, S concurrent streaming completions
-(greedy, a prompt of --prompt token ids each, distinct per stream, --tokens generated), against a
+(greedy, a prompt of --prompt random token ids each, --tokens generated, ignore_eos), against a
 running server. Prints per level the aggregate generated tokens/s (completion tokens of all streams
 over the level's wall time), p50/p99 time to first token (request sent -> first token chunk) and the
 wall time. Python's standard library only.
@@ -12,6 +12,7 @@ wall time. Python's standard library only.
 import argparse
 import http.client
 import json
+import random
 import threading
 import time
 import urllib.parse
@@ -61,13 +62,17 @@ def main():
     with urllib.request.urlopen(a.url + "/v1/models", timeout=30) as r:
         m = json.loads(r.read())["data"][0]
     vocab = m["meta"]["n_vocab"]
+    rng = random.Random()
     print(f"{a.url}: model {m['id']} ({m['meta']['dtype']}, parallel {m['meta']['parallel']}), "
           f"{a.prompt} prompt + {a.tokens} generated tokens per stream")
+    warm = []  # one request first: page faults of the weights and buffers stay out of the table
+    stream_one(a.url, {"prompt": [1, 2, 3], "max_tokens": 2, "stream": True}, warm)
     print(f"{'streams':>8} {'gen tok/s':>10} {'ttft p50':>9} {'ttft p99':>9} {'wall':>8}")
     for S in [int(x) for x in a.streams.split(",")]:
         out, threads = [], []
         for i in range(S):
-            body = {"prompt": [(i * 31 + j * 7 + 3) % vocab for j in range(a.prompt)], "max_tokens": a.tokens,
+            # random ids: no prompt shares a prefix with one the server has cached (prefix reuse)
+            body = {"prompt": [rng.randrange(3, vocab) for j in range(a.prompt)], "max_tokens": a.tokens,
                     "ignore_eos": True, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
             threads.append(threading.Thread(target=stream_one, args=(a.url, body, out)))
         t0 = time.perf_counter()

@@ -706,6 +706,13 @@ int serve(const ServeOptions& opt) {
         res.set_content(s.metrics(), "text/plain; version=0.0.4");
     });
 
+    // cpp-httplib 0.11 listens with a backlog of 5: a burst of clients overflows it (resets). The
+    // listening socket is kept here (httplib's default options) and listens again with more.
+    int listen_fd = -1;
+    http.set_socket_options([&listen_fd](int sock) {
+        httplib::default_socket_options(sock);
+        listen_fd = sock;
+    });
     int port = opt.port;
     if (port == 0) {
         port = http.bind_to_any_port(opt.host);
@@ -713,6 +720,7 @@ int serve(const ServeOptions& opt) {
     } else if (!http.bind_to_port(opt.host, port)) {
         fail("cannot bind ", opt.host, ":", port, " (in use, or not an address of this machine)");
     }
+    if (listen_fd >= 0) ::listen(listen_fd, SOMAXCONN);
     const std::string url = "http://" + opt.host + ":" + std::to_string(port);
     std::thread listener([&] { http.listen_after_bind(); });
     if (opt.on_listening) opt.on_listening(url);
