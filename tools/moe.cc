@@ -512,7 +512,10 @@ struct ServeArgs {
 
 CLI::App* add_serve(CLI::App& app, ServeArgs& a) {
     CLI::App* c = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous batching (docs/serving.md)");
-    c->add_option("--model,--checkpoint", a.opt.model, "Hugging Face model directory or moe checkpoint")->required();
+    CLI::Option* model = c->add_option("--model,--checkpoint", a.opt.model, "Hugging Face model directory or moe checkpoint");
+    CLI::Option* config = c->add_option("--config", a.opt.config, "instead of --model: random weights of this config (benchmarks)");
+    model->excludes(config);
+    c->add_option("--init-seed", a.opt.init_seed, "seed of the random weights of --config")->capture_default_str();
     c->add_option("--host", a.opt.host, "address to bind")->capture_default_str();
     c->add_option("--port", a.opt.port, "port (0: any free one)")->capture_default_str();
     c->add_option("--parallel", a.opt.parallel, "sequences decoding at once")->capture_default_str();
@@ -525,6 +528,9 @@ CLI::App* add_serve(CLI::App& app, ServeArgs& a) {
     c->add_option("--chat-template", a.opt.chat_template, "Jinja chat template file (default: the model's own)");
     c->add_option("--batch-tokens", a.opt.batch_tokens, "rows per engine step: decode rows, then prompt chunks")
         ->capture_default_str();
+    c->add_option("--max-queue", a.opt.max_queue, "requests waiting for a slot before 429 (Retry-After)")->capture_default_str();
+    c->add_option("--timeout", a.opt.timeout, "seconds a read or write of a client's connection may block")->capture_default_str();
+    c->add_option("--http-threads", a.opt.http_threads, "connections served at once (default: parallel + max-queue + 16)");
     return c;
 }
 

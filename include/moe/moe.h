@@ -133,6 +133,10 @@ public:
     // at most 4096); a moe checkpoint keeps its own.
     explicit LoadedModel(const std::string& path, const std::string& dtype = "", const char* what = "--dtype",
                          int64_t n_ctx = 0);
+    // A model of random weights (Model::init(seed)) of a config file's "model" section with the
+    // byte-level tokenizer: benchmarks of a shape without a checkpoint (`moe serve --config`).
+    // n_ctx > 0 replaces the config's context.
+    static LoadedModel random(const std::string& config, const std::string& dtype, uint64_t seed, int64_t n_ctx = 0);
     ~LoadedModel();
     LoadedModel(LoadedModel&&) noexcept;
     LoadedModel& operator=(LoadedModel&&) noexcept;
@@ -169,6 +173,7 @@ public:
     Impl& impl() { return *impl_; }
 
 private:
+    LoadedModel();  // random()
     std::unique_ptr<Impl> impl_;
 };
 

@@ -8,6 +8,8 @@ namespace moe {
 
 struct ServeOptions {
     std::string model;             // Hugging Face directory or moe checkpoint
+    std::string config;            // instead of model: random weights of this config (benchmarks)
+    uint64_t init_seed = 1;        //   their seed
     std::string host = "127.0.0.1";
     int port = 8080;               // 0: any free port (the ready line names it)
     int64_t parallel = 4;          // sequences decoding at once
@@ -18,7 +20,9 @@ struct ServeOptions {
     std::string dtype;             // fp32 | bf16 | int8 | "" (as stored)
     std::string chat_template;     // Jinja file overriding the model's template
     int64_t batch_tokens = 256;    // rows per engine step (decode rows + prompt chunks)
-    int64_t max_queue = 256;       // waiting requests before 429
+    int64_t max_queue = 256;       // requests waiting for a slot before 429 (with Retry-After)
+    int64_t http_threads = 0;      // connections served at once (0: parallel + max_queue + 16)
+    double timeout = 30;           // seconds a read or write of a connection may block (slow clients)
     int64_t max_body_bytes = 8 << 20;  // larger request bodies get 413
     double shutdown_grace = 10;    // SIGTERM: seconds in-flight requests get to finish, then cancelled
     // Called once the model is loaded and requests are served, with the base URL ("http://host:port").

@@ -80,6 +80,27 @@ LoadedModel::LoadedModel(const std::string& path, const std::string& dtype, cons
     impl_->ck = load_model(path, dtype, n_ctx);
     impl_->dtype = kernels::wtype_name(impl_->ck.model->weight_type());
 }
+LoadedModel::LoadedModel() = default;
+LoadedModel LoadedModel::random(const std::string& config, const std::string& dtype, uint64_t seed, int64_t n_ctx) {
+    const kernels::WType t = kernels::parse_wtype(dtype.empty() ? "fp32" : dtype, "--dtype");
+    if (n_ctx < 0) fail("--ctx-size must be >= 0, got ", n_ctx);
+    Checkpoint ck;
+    ck.config = load_config(config);
+    if (n_ctx > 0) ck.config.model.n_ctx = n_ctx;
+    ck.tokenizer = Tokenizer::byte_level();
+    if (ck.config.model.vocab_size < ck.tokenizer.vocab_size())
+        fail(config, ": vocab_size ", ck.config.model.vocab_size, " is smaller than the byte-level tokenizer's ",
+             ck.tokenizer.vocab_size());
+    ck.model = std::make_unique<Model>(ck.config.model, t);
+    ck.model->init(seed);
+    ck.weight_type = kernels::wtype_name(t);
+    LoadedModel m;
+    m.impl_ = std::make_unique<Impl>();
+    m.impl_->dir = config;
+    m.impl_->dtype = ck.weight_type;
+    m.impl_->ck = std::move(ck);
+    return m;
+}
 LoadedModel::~LoadedModel() = default;
 LoadedModel::LoadedModel(LoadedModel&&) noexcept = default;
 LoadedModel& LoadedModel::operator=(LoadedModel&&) noexcept = default;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <queue>
 #include <unordered_map>
@@ -25,7 +26,7 @@ struct EngineRequestState {
     bool done = false;
     // engine thread only
     int64_t open = 0, completion = 0, cached = 0;
-    bool first = false;
+    bool first = false, cancelled = false;
     bool prompt_done = false;  // choice 0 has computed the prompt: the other choices share its pages
     Clock::time_point t_submit;
 
@@ -118,7 +119,8 @@ EngineHandle Engine::submit(EngineRequest req) {
     {
         std::lock_guard<std::mutex> lk(mu_);
         if (!accepting_) throw EngineBusy("the server is shutting down");
-        if ((int64_t)queue_.size() >= opt_.max_queue)
+        // waiting = submitted, not yet queued in the engine + admitted choices without a slot
+        if ((int64_t)queue_.size() + waiting_requests_ >= opt_.max_queue)
             throw EngineBusy("the queue is full (" + std::to_string(opt_.max_queue) + " requests waiting)");
         queue_.push_back(st);
     }
@@ -144,6 +146,7 @@ EngineStats Engine::stats() const {
     std::lock_guard<std::mutex> lk(mu_);
     EngineStats s = stats_;
     s.waiting += (int64_t)queue_.size();
+    s.requests_waiting = waiting_requests_ + (int64_t)queue_.size();
     return s;
 }
 
@@ -241,6 +244,7 @@ void Engine::admit() {
         while (!queue_.empty()) {
             std::shared_ptr<EngineRequestState> r = std::move(queue_.front());
             queue_.pop_front();
+            waiting_requests_ += 1;  // counted until count_waiting below recounts
             for (int64_t i = 0; i < r->req.n; ++i) {
                 auto s = std::make_unique<Seq>(r, i);
                 s->order = next_order_++;
@@ -306,11 +310,21 @@ void Engine::admit() {
         running_.insert(at, std::move(waiting_[w]));
         waiting_.erase(waiting_.begin() + (std::ptrdiff_t)w);
     }
+    count_waiting();
+}
+
+// Requests with a choice in waiting_ (a request's choices are adjacent there).
+void Engine::count_waiting() {
+    int64_t n = 0;
+    for (size_t i = 0; i < waiting_.size(); ++i) n += i == 0 || waiting_[i]->r != waiting_[i - 1]->r;
+    std::lock_guard<std::mutex> lk(mu_);
+    waiting_requests_ = n;
 }
 
 void Engine::finish(Seq& s, const char* reason, int32_t eos, std::vector<std::vector<ExpertChoice>> route) {
     if (s.done) return;
     s.done = true;
+    if (std::strcmp(reason, "cancelled") == 0) s.r->cancelled = true;
     EngineEvent ev;
     ev.kind = EngineEvent::Kind::finish;
     ev.choice = s.choice;
@@ -337,6 +351,7 @@ void Engine::finish(Seq& s, const char* reason, int32_t eos, std::vector<std::ve
         {
             std::lock_guard<std::mutex> lk(mu_);
             stats_.requests_done += 1;
+            stats_.requests_cancelled += s.r->cancelled ? 1 : 0;
             if (stats_.latency.size() >= 10000) stats_.latency.erase(stats_.latency.begin());
             stats_.latency.push_back(lat);
         }
@@ -412,7 +427,7 @@ void Engine::sample(Seq& s, int64_t row, int64_t capture) {
         if (stats_.ttft.size() >= 10000) stats_.ttft.erase(stats_.ttft.begin());
         stats_.ttft.push_back(t);
     }
-    if (std::find(eos_.begin(), eos_.end(), id) != eos_.end()) {
+    if (!q.ignore_eos && std::find(eos_.begin(), eos_.end(), id) != eos_.end()) {
         finish(s, "stop", id, std::move(ev.route));  // the end-of-sequence token itself is not text
         return;
     }
@@ -460,6 +475,7 @@ void Engine::step() {
     auto gone = [](const std::unique_ptr<Seq>& s) { return s->done; };
     running_.erase(std::remove_if(running_.begin(), running_.end(), gone), running_.end());
     waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(), gone), waiting_.end());
+    count_waiting();
     if (running_.empty()) return publish_stats();
     const Clock::time_point t0 = Clock::now();
     // the plan: every decode row, then chunks of pending tokens (prompts, or what a preempted

@@ -42,7 +42,7 @@ struct EngineOptions {
     int64_t slots = 4;             // sequences decoding at once (--parallel)
     int64_t kv_positions = 0;      // KV pool in positions (--kv-size; >= n_ctx); 0: slots × n_ctx
     int64_t batch_tokens = 256;    // rows per forward: decode rows first, then prompt chunks
-    int64_t max_queue = 256;       // waiting requests before submit refuses (EngineBusy)
+    int64_t max_queue = 256;       // requests waiting for a slot before submit refuses (EngineBusy)
     bool batch_invariant = true;   // kernels::BatchInvariantScope around every forward
     bool prefix_reuse = true;      // share the pages of cached prefixes (off: every prompt computed in full)
 };
@@ -56,6 +56,7 @@ struct EngineRequest {
     std::vector<std::string> stop; // stop strings (the text is cut before the first)
     int64_t n = 1;                 // choices, each its own sequence with random stream (seed, i)
     int64_t top_logprobs = -1;     // -1: no logprobs; 0..20: the chosen token's logprob and this many best
+    bool ignore_eos = false;       // an end-of-sequence token is text like any other (benchmarks)
     bool return_routing = false;   // each token's event carries its route (MoE models only)
 };
 
@@ -117,6 +118,8 @@ struct EngineStats {
     int64_t running = 0, waiting = 0;         // sequences
     // prompt tokens computed and taken from the cache (shared pages), counted per choice
     int64_t requests_done = 0, prompt_tokens = 0, generated_tokens = 0, reused_prompt_tokens = 0;
+    int64_t requests_cancelled = 0;           // finished requests with a choice cancelled (client left, stop)
+    int64_t requests_waiting = 0;             // requests with a choice waiting for a slot (queued ones included)
     int64_t steps = 0, preemptions = 0;
     // KV pool in positions (whole pages): held by running sequences, kept from finished ones for
     // prefix reuse (given back when the pool needs them), all; free = total - used - cached
@@ -158,6 +161,7 @@ private:
     void loop();
     void step();
     void admit();
+    void count_waiting();
     // eos and route: the end-of-sequence token that ended it and its route (return_routing)
     void finish(Seq& s, const char* reason, int32_t eos = -1, std::vector<std::vector<ExpertChoice>> route = {});
     void sample(Seq& s, int64_t row, int64_t capture);
@@ -181,6 +185,7 @@ private:
     mutable std::mutex mu_;  // guards queue_, stopping_, stats_
     std::condition_variable cv_;
     std::deque<std::shared_ptr<EngineRequestState>> queue_;
+    int64_t waiting_requests_ = 0;  // requests of waiting_ (engine thread writes, under mu_)
     bool accepting_ = true, stopping_ = false;
     std::chrono::steady_clock::time_point deadline_;
     EngineStats stats_;

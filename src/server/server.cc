@@ -5,12 +5,18 @@
 #include <moe/server.h>
 #include <moe/moe.h>
 
+#include <dirent.h>
 #include <httplib.h>
+#include <netdb.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -53,6 +59,52 @@ void set_error(httplib::Response& res, int status, const std::string& msg, const
     res.status = status;
     json e = {{"error", {{"message", msg}, {"type", type}, {"code", code.empty() ? json(nullptr) : json(code)}}}};
     res.set_content(dump(e), "application/json");
+}
+
+// ------------------------------------------------------------------ the client's connection
+
+// cpp-httplib 0.11 gives a handler no access to its connection. The socket is found by its two
+// ends among this process's descriptors (the handler runs on the thread that owns the connection,
+// so the descriptor stays this connection's until the handler returns); -1 if none matches.
+int connection_fd(const httplib::Request& req) {
+    auto ends = [](int fd, bool peer, std::string& host, int& port) {
+        sockaddr_storage a{};
+        socklen_t n = sizeof a;
+        if ((peer ? getpeername(fd, (sockaddr*)&a, &n) : getsockname(fd, (sockaddr*)&a, &n)) != 0) return false;
+        char h[NI_MAXHOST], p[NI_MAXSERV];
+        if (getnameinfo((sockaddr*)&a, n, h, sizeof h, p, sizeof p, NI_NUMERICHOST | NI_NUMERICSERV) != 0) return false;
+        host = h, port = std::atoi(p);
+        return true;
+    };
+    DIR* d = opendir("/proc/self/fd");
+    if (!d) return -1;
+    int found = -1;
+    while (dirent* e = readdir(d)) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        const int fd = std::atoi(e->d_name);
+        struct stat st {};
+        if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+        std::string host;
+        int port = -1;
+        if (!ends(fd, true, host, port) || port != req.remote_port || host != req.remote_addr) continue;
+        if (!ends(fd, false, host, port) || port != req.local_port) continue;
+        found = fd;
+        break;
+    }
+    closedir(d);
+    return found;
+}
+
+// The client closed its end (EOF or an error on the socket); data it sent ahead stays unread.
+bool peer_closed(int fd) {
+    if (fd < 0) return false;
+    pollfd p{fd, POLLIN | POLLRDHUP, 0};
+    if (poll(&p, 1, 0) <= 0) return false;
+    if (p.revents & (POLLHUP | POLLERR | POLLRDHUP)) return true;
+    if (!(p.revents & POLLIN)) return false;
+    char c;
+    const ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
 // ------------------------------------------------------------------ request fields
@@ -145,8 +197,27 @@ struct Server {
     void check_model(const Fields& f) {
         if (!f.has("model")) return;
         const std::string m = f.string("model", "");
-        if (m != model_id && m != opt.model)
+        if (m != model_id && (opt.model.empty() || m != opt.model))
             bad("the model '" + m + "' does not exist; this server serves '" + model_id + "'", "model_not_found");
+    }
+
+    // Fields of OpenAI's API that moe does not use: ignored, but a value of the wrong type is a 400
+    // as OpenAI's own server answers it.
+    void check_unused(const Fields& f, bool chat) {
+        f.string("user", "");
+        f.object("logit_bias");
+        f.object("metadata");
+        f.boolean("store", false);
+        if (chat) {
+            f.object("response_format");
+            f.boolean("parallel_tool_calls", false);
+            if (f.has("tools") && !f.j["tools"].is_array()) bad("'tools' must be a list", "invalid_type");
+            if (f.has("tool_choice") && !f.j["tool_choice"].is_string() && !f.j["tool_choice"].is_object())
+                bad("'tool_choice' must be a string or an object", "invalid_type");
+        } else {
+            f.string("suffix", "");
+            f.integer("best_of", 1, 1, 20);
+        }
     }
 
     // The sampling fields shared by both endpoints.
@@ -167,6 +238,7 @@ struct Server {
         mt = f.integer("max_completion_tokens", mt, 1, 1 << 30);
         q.opt.max_tokens = mt < 0 ? cap : mt;  // the context ends a reply anyway
         q.n = f.integer("n", 1, 1, 16);
+        q.ignore_eos = f.boolean("ignore_eos", false);  // vLLM's and llama.cpp's extension
         if (f.has("stop")) {
             const json& s = f.j["stop"];
             if (s.is_string()) q.stop.push_back(s.get<std::string>());
@@ -299,6 +371,7 @@ struct Server {
         const json body = parse_body(req);
         const Fields f{body};
         check_model(f);
+        check_unused(f, chat);
         EngineRequest q = sampling(f, chat);
         const bool stream = f.boolean("stream", false);
         bool include_usage = false;
@@ -335,8 +408,20 @@ struct Server {
             std::vector<json> routes(n, json::array());
             const bool want_lp = body.contains("logprobs") && !body["logprobs"].is_null() && body["logprobs"] != false;
             EngineEvent ev, done;
+            // a client that leaves is noticed within 100 ms and its request cancelled
+            const int fd = connection_fd(req);
+            auto last_check = Clock::now();
+            bool left = false;
             for (;;) {
-                if (!h.next(ev, 1000)) continue;
+                const bool got = h.next(ev, 100);
+                if (!left && Clock::now() - last_check >= std::chrono::milliseconds(100)) {
+                    last_check = Clock::now();
+                    if (peer_closed(fd)) {
+                        left = true;
+                        h.cancel();
+                    }
+                }
+                if (!got) continue;
                 if (ev.kind == EngineEvent::Kind::token) {
                     if (want_lp) {
                         if (chat) chat_lp[ev.choice].push_back(chat_logprob(ev));
@@ -463,6 +548,8 @@ struct Server {
         gauge("moe_requests_running", "sequences decoding now", (double)s.running);
         gauge("moe_requests_waiting", "sequences waiting for a slot", (double)s.waiting);
         gauge("moe_requests_total", "requests finished", (double)s.requests_done, "counter");
+        gauge("moe_requests_cancelled_total", "requests cancelled (the client left, or shutdown)", (double)s.requests_cancelled,
+              "counter");
         gauge("moe_prompt_tokens_total", "prompt tokens computed (reused prefixes excluded)", (double)s.prompt_tokens, "counter");
         gauge("moe_prompt_tokens_reused_total", "prompt tokens shared from cached pages", (double)s.reused_prompt_tokens, "counter");
         gauge("moe_generated_tokens_total", "tokens generated", (double)s.generated_tokens, "counter");
@@ -535,6 +622,10 @@ int serve(const ServeOptions& opt) {
     if (opt.parallel < 1 || opt.parallel > 256) fail("--parallel must be in [1, 256], got ", opt.parallel);
     if (opt.ctx_size < 0) fail("--ctx-size must be >= 0, got ", opt.ctx_size);
     if (opt.kv_size < 0) fail("--kv-size must be >= 0, got ", opt.kv_size);
+    if (opt.max_queue < 1 || opt.max_queue > 65536) fail("--max-queue must be in [1, 65536], got ", opt.max_queue);
+    if (opt.http_threads < 0 || opt.http_threads > 65536) fail("--http-threads must be in [0, 65536], got ", opt.http_threads);
+    if (!(opt.timeout > 0 && opt.timeout <= 86400)) fail("--timeout must be in (0, 86400] seconds, got ", opt.timeout);
+    if (opt.model.empty() == opt.config.empty()) fail("give one of --model PATH and --config FILE (random weights)");
     if (!opt.dtype.empty() && opt.dtype != "fp32" && opt.dtype != "bf16" && opt.dtype != "int8")
         fail("--dtype must be fp32, bf16 or int8, got '", opt.dtype, "'");
     set_threads(opt.threads);
@@ -549,16 +640,23 @@ int serve(const ServeOptions& opt) {
     Server s;
     s.opt = opt;
     s.created = (int64_t)std::time(nullptr);
-    std::string base = std::filesystem::path(opt.model).lexically_normal().filename().string();
-    if (base.empty() || base == ".") base = std::filesystem::path(opt.model).lexically_normal().parent_path().filename().string();
-    s.model_id = base.empty() ? opt.model : base;
+    const std::string& src = opt.model.empty() ? opt.config : opt.model;
+    std::string base = opt.model.empty() ? std::filesystem::path(src).stem().string()
+                                          : std::filesystem::path(src).lexically_normal().filename().string();
+    if (base.empty() || base == ".") base = std::filesystem::path(src).lexically_normal().parent_path().filename().string();
+    s.model_id = base.empty() ? src : base;
 
     httplib::Server http;
-    const size_t pool = (size_t)(opt.parallel * 2 + 8);
+    // Each connection holds a pool thread while it is read, while its request runs or waits (a
+    // stream: until its last chunk), and while kept alive: room for every running and waiting
+    // request, and some for slow clients, /health and /metrics. A read or write that blocks longer
+    // than --timeout ends its connection (a stream's request is then cancelled).
+    const size_t pool = (size_t)(opt.http_threads > 0 ? opt.http_threads : opt.parallel + opt.max_queue + 16);
     http.new_task_queue = [pool] { return new httplib::ThreadPool(pool); };
     http.set_payload_max_length((size_t)opt.max_body_bytes);
-    http.set_read_timeout(30, 0);
-    http.set_write_timeout(30, 0);
+    const auto io_timeout = std::chrono::microseconds((int64_t)(opt.timeout * 1e6));
+    http.set_read_timeout(io_timeout);
+    http.set_write_timeout(io_timeout);
     http.set_keep_alive_timeout(5);
     http.set_pre_routing_handler([&](const httplib::Request& req, httplib::Response& res) {
         // the chat page is static (no data, no secret): it asks for the key itself
@@ -656,6 +754,13 @@ int serve(const ServeOptions& opt) {
         res.set_content(s.metrics(), "text/plain; version=0.0.4");
     });
 
+    // cpp-httplib 0.11 listens with a backlog of 5: a burst of clients overflows it (resets). The
+    // listening socket is kept here (httplib's default options) and listens again with more.
+    int listen_fd = -1;
+    http.set_socket_options([&listen_fd](int sock) {
+        httplib::default_socket_options(sock);
+        listen_fd = sock;
+    });
     int port = opt.port;
     if (port == 0) {
         port = http.bind_to_any_port(opt.host);
@@ -663,6 +768,7 @@ int serve(const ServeOptions& opt) {
     } else if (!http.bind_to_port(opt.host, port)) {
         fail("cannot bind ", opt.host, ":", port, " (in use, or not an address of this machine)");
     }
+    if (listen_fd >= 0) ::listen(listen_fd, SOMAXCONN);
     const std::string url = "http://" + opt.host + ":" + std::to_string(port);
     std::thread listener([&] { http.listen_after_bind(); });
     if (opt.on_listening) opt.on_listening(url);
@@ -670,7 +776,9 @@ int serve(const ServeOptions& opt) {
     // the load: /health answers 503 meanwhile
     int rc = 0;
     try {
-        s.model = std::make_unique<LoadedModel>(opt.model, opt.dtype, "serve --dtype", opt.ctx_size);
+        s.model = opt.model.empty()
+                      ? std::make_unique<LoadedModel>(LoadedModel::random(opt.config, opt.dtype, opt.init_seed, opt.ctx_size))
+                      : std::make_unique<LoadedModel>(opt.model, opt.dtype, "serve --dtype", opt.ctx_size);
         if (!opt.chat_template.empty()) s.model->set_chat_template(read_text(opt.chat_template, "--chat-template"));
         s.model->has_chat_template();  // parsed now, before request threads read it
         LoadedModel::Impl& m = s.model->impl();
