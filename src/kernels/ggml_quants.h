@@ -99,8 +99,10 @@ struct GActs {
     int64_t N = 0, in = 0, row_bytes = 0;
     std::vector<uint8_t> buf;  // (N, row_bytes)
     std::vector<float> xs, am;  // prefill tiles: (N, IN / 32) scale, scale * sum of the 32 values
+    std::vector<int32_t> xo;    // prefill tiles, offset c != 0: (N, IN / 32) -c * sum of the 32 values
     void build(GType act, const float* x, int64_t N, int64_t in);
-    void prepare_tiles();  // fills xs, am (q8_0 / q8_k activations)
+    // fills xs, am (q8_0 / q8_k activations) and, for c != 0, xo (the weights' offset in integers)
+    void prepare_tiles(int32_t c = 0);
     const uint8_t* row(int64_t n) const { return buf.data() + n * row_bytes; }
 };
 
