@@ -82,7 +82,10 @@ tg = [x["avg_ts"] for x in lb if x["n_gen"] > 0 and x["n_prompt"] == 0]
 print(json.dumps({"type": t, "threads": th, "llama_pp": pp[0], "llama_tg": tg[0], "moe_pp": mp["tokens_per_sec"],
                   "moe_tg": md["tokens_per_sec"], "moe_dtype": md.get("dtype", "?")}))
 EOF
-      tail -1 "$res" | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); print(f"  {r[\"type\"]:5} t={r[\"threads\"]}: decode moe {r[\"moe_tg\"]:.1f} / llama.cpp {r[\"llama_tg\"]:.1f}, prefill moe {r[\"moe_pp\"]:.1f} / llama.cpp {r[\"llama_pp\"]:.1f}")' >&2
+      tail -1 "$res" | python3 -c 'import json, sys
+r = json.loads(sys.stdin.read())
+print("  %-5s t=%d: decode moe %.1f / llama.cpp %.1f, prefill moe %.1f / llama.cpp %.1f"
+      % (r["type"], r["threads"], r["moe_tg"], r["llama_tg"], r["moe_pp"], r["llama_pp"]))' >&2
     done
   done
 done
