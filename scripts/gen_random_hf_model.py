@@ -9,6 +9,8 @@ Shapes (config.json as the real model's, cut to --layers decoder layers so it fi
   qwen3-30b-a3b   Qwen3-30B-A3B: C 2048, 32 heads / 4 kv, head_dim 128, E 128, K 8, F 768, vocab 151936
                   (1.2 GB per layer)
   mixtral-8x7b    Mixtral-8x7B: C 4096, 32 heads / 8 kv, E 8, K 2, F 14336 (2.8 GB per layer), vocab 32000
+  bench-infer-moe configs/bench-infer-moe.json as a Mixtral: C 1024, 16 heads, E 8, K 2, F 1024, vocab 8192
+                  (8 layers: --layers 8; 60 MB per layer), for bench/vs_llamacpp.sh
 
 Weights are N(0, 0.02) (norms 1), written in the per-expert layout save_pretrained writes, as
 safetensors the Python package would (header padded to 8 bytes, tensors in header order), sharded at
@@ -36,6 +38,10 @@ SHAPES = {
                          num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2, intermediate_size=14336,
                          vocab_size=32000, rope_theta=1e6, rms_norm_eps=1e-5, max_position_embeddings=32768,
                          tie_word_embeddings=False, qk_norm=None),
+    "bench-infer-moe": dict(model_type="mixtral", arch="MixtralForCausalLM", hidden_size=1024, num_attention_heads=16,
+                            num_key_value_heads=16, num_local_experts=8, num_experts_per_tok=2, intermediate_size=1024,
+                            vocab_size=8192, rope_theta=10000.0, rms_norm_eps=1e-5, max_position_embeddings=512,
+                            tie_word_embeddings=False, qk_norm=None),
 }
 
 

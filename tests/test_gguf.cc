@@ -394,6 +394,48 @@ TEST(GgufBlockExport, KQuantsOnRowsOf256) {
     check_block_export(ck, "wide", GgmlType::Q6_K, GgmlType::Q6_K, 0.10, tokens);
 }
 
+// A model without a tokenizer (random weights, a Hugging Face directory without tokenizer.json):
+// llama.cpp's loader requires tokenizer.ggml.model (llama-bench refused moe's file without it:
+// "key not found in model: tokenizer.ggml.model"), so moe writes "none" (llama.cpp's model without a
+// vocabulary: llama.vocab_size dummy tokens) with the other keys its llama loader insists on; moe
+// reads "none" and "no_vocab" back as no tokenizer.
+TEST(GgufBlockExport, NoTokenizerIsWrittenAsLlamaCppsNone) {
+    Checkpoint base = load_model(kHf + "mixtral", "fp32");
+    Checkpoint ck;
+    ck.config = base.config;
+    ck.model = std::make_unique<Model>(ck.config.model);
+    ck.model->init(3);
+    ck.tokenizer_missing = true;
+    const std::string out = tmp_dir() + "/no_tokenizer.gguf";
+    GgufExportOptions opt;
+    opt.type = GgmlType::Q8_0;
+    export_gguf(ck, out, opt);
+    {
+        const auto src = GgufSource::open(out);
+        const GgufHeader& h = src->header();
+        EXPECT_EQ(h.get_str("tokenizer.ggml.model"), "none");
+        EXPECT_EQ(h.get_int("llama.vocab_size"), ck.config.model.vocab_size);
+        for (const char* k : {"general.architecture", "llama.context_length", "llama.embedding_length", "llama.block_count",
+                              "llama.feed_forward_length", "llama.attention.head_count", "llama.attention.layer_norm_rms_epsilon",
+                              "llama.rope.dimension_count", "llama.expert_count", "llama.expert_used_count"})
+            EXPECT_TRUE(h.has(k)) << k;
+    }
+    const Checkpoint back = load_model(out, "");
+    EXPECT_TRUE(back.tokenizer_missing);
+    // llama.cpp's other spelling
+    const auto in = GgufSource::open(out);
+    GgufWriter w;
+    for (const auto& [k, v] : in->header().kv) w.set(k, k == "tokenizer.ggml.model" ? GgufValue::make_str("no_vocab") : v);
+    for (const auto& t : in->header().tensors) {
+        const void* d = in->data(t);
+        const uint64_t nb = t.nbytes;
+        w.add_tensor(t.name, t.type, t.shape, [d, nb](unsigned char* o) { std::memcpy(o, d, nb); });
+    }
+    const std::string nv = tmp_dir() + "/no_vocab.gguf";
+    w.write(nv);
+    EXPECT_TRUE(load_model(nv, "").tokenizer_missing);
+}
+
 // A file mixing block types (as llama.cpp's Q4_K_M puts output and some ffn_down in Q6_K): the
 // model takes blk.0.attn_q's type, the other matrices are converted into it without error; a
 // --dtype whose block does not fit some rows is one error naming the tensor.

@@ -338,7 +338,7 @@ std::vector<std::pair<std::string, std::string>> spm_merges(const std::vector<st
 bool gguf_tokenizer_json(const GgufHeader& h, Json& tj, Json& cfg) {
     const std::string& w = h.where;
     const std::string model = h.get_str("tokenizer.ggml.model", "none");
-    if (model == "none" || model.empty()) return false;
+    if (model == "none" || model == "no_vocab" || model.empty()) return false;  // llama.cpp's two spellings
     if (model != "llama" && model != "gpt2")
         fail("'", w, "': tokenizer.ggml.model '", model, "' is not supported (moe reads 'llama' and 'gpt2')");
     const std::vector<std::string> tokens = h.get_str_array("tokenizer.ggml.tokens");
@@ -817,6 +817,10 @@ void export_gguf(const Checkpoint& ck, const std::string& out_path, const GgufEx
         std::shared_ptr<const HfTokenizer> tok = ck.tokenizer.hf();
         if (!tok) tok = HfTokenizer::from_json(ck.tokenizer.to_hf_tokenizer_json(), nullptr, "moe tokenizer");
         gguf_write_tokenizer(w, *tok, mc.vocab_size, opt.embed_hf_tokenizer_json);
+    } else {
+        // llama.cpp requires the key (its loader refuses a file without it); "none" is its model
+        // without a vocabulary: vocab_size dummy tokens, ids only
+        w.set_str("tokenizer.ggml.model", "none");
     }
     std::map<std::string, int64_t> fallbacks;  // type written instead of opt.type -> matrices
     std::string first_fallback;

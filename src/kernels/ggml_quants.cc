@@ -739,40 +739,28 @@ void ggml_matmul_rows(float* y, int64_t ys, const GActs& acts, const void* w, GT
     }
 }
 
-void GActs::prepare_tiles() {
+void GActs::prepare_tiles(int32_t c) {
     MOE_ASSERT(type == GType::q8_0 || type == GType::q8_k);
-    const int64_t nsb = in / 32;
-    if ((int64_t)xs.size() < N * nsb) xs.resize(N * nsb), am.resize(N * nsb);
-    float* s = xs.data();
-    float* m = am.data();
+    const int64_t nsb = in / 32, G = (N + 3) / 4;
+    if ((int64_t)xp.size() < G * nsb * 128) xp.resize(G * nsb * 128);
+    if ((int64_t)xs.size() < G * nsb * 4) xs.resize(G * nsb * 4), am.resize(G * nsb * 4);
+    if (c != 0 && (int64_t)xo.size() < G * nsb * 4) xo.resize(G * nsb * 4);
     const GActs* a = this;
-    parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-        for (int64_t n = n0; n < n1; ++n)
-            for (int64_t b = 0; b < nsb; ++b) {
-                float sc;
-                int32_t sum = 0;
-                if (a->type == GType::q8_0) {
-                    const BlockQ8_0& blk = reinterpret_cast<const BlockQ8_0*>(a->row(n))[b];
-                    sc = fp16_to_fp32(blk.d);
-                    for (int i = 0; i < 32; ++i) sum += blk.qs[i];
-                } else {
-                    const BlockQ8_K& blk = reinterpret_cast<const BlockQ8_K*>(a->row(n))[b / 8];
-                    sc = blk.d;
-                    sum = blk.bsums[2 * (b % 8)] + blk.bsums[2 * (b % 8) + 1];
-                }
-                s[n * nsb + b] = sc, m[n * nsb + b] = sc * (float)sum;
-            }
+    parallel_for(0, G, 4, [&](int64_t g0, int64_t g1) {
+        detail::pack_tile_acts(a->buf.data(), a->row_bytes, a->type, a->N, a->in, c, g0, g1, xp.data(), xs.data(),
+                               am.data(), c != 0 ? xo.data() : nullptr);
     });
 }
 
 // AVX-512 VNNI prefill tiles (ggml_quants_x86.cc): whole tiles of 32 output rows per thread
 static void ggml_matmul_tiles(float* y, const void* w, GType t, int64_t row_stride, int64_t N, int64_t OUT, int64_t IN,
                               bool accumulate, GActs& acts) {
-    acts.prepare_tiles();
+    // q8_0 (u = q + 128) and q4_0 (u = nibble = q + 8): the offset is c ws with one c for all rows
+    const int32_t c = t == GType::q8_0 ? 128 : t == GType::q4_0 ? 8 : 0;
+    acts.prepare_tiles(c);
     detail::TileActs xa;
-    xa.q = acts.buf.data(), xa.q_stride = acts.row_bytes, xa.xs = acts.xs.data(), xa.am = acts.am.data();
-    if (acts.type == GType::q8_0) xa.q_off = 2, xa.q_stride8 = 8 * sizeof(BlockQ8_0), xa.q_sub = sizeof(BlockQ8_0);
-    else xa.q_off = 4, xa.q_stride8 = sizeof(BlockQ8_K), xa.q_sub = 32;
+    xa.xp = acts.xp.data(), xa.xs = acts.xs.data(), xa.am = acts.am.data();
+    xa.xo = c != 0 ? acts.xo.data() : nullptr, xa.sb = acts.type == GType::q8_k;
     const int64_t tiles = (OUT + 31) / 32, bytes = detail::tile_scratch_bytes(IN) + 64;
     parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
         thread_local std::vector<uint8_t> scratch;  // this thread's tile (grown once)

@@ -98,9 +98,13 @@ struct GActs {
     GType type = GType::f32;
     int64_t N = 0, in = 0, row_bytes = 0;
     std::vector<uint8_t> buf;  // (N, row_bytes)
-    std::vector<float> xs, am;  // prefill tiles: (N, IN / 32) scale, scale * sum of the 32 values
+    // prefill tiles (ggml_quants_simd.h's TileActs): the rows packed in groups of 4, per (group,
+    // 32 values, row) the scale, scale * sum, and for c != 0 -c * sum (the weights' offset in integers)
+    std::vector<uint8_t> xp;
+    std::vector<float> xs, am;
+    std::vector<int32_t> xo;
     void build(GType act, const float* x, int64_t N, int64_t in);
-    void prepare_tiles();  // fills xs, am (q8_0 / q8_k activations)
+    void prepare_tiles(int32_t c = 0);  // fills xp, xs, am, xo (q8_0 / q8_k activations; AVX-512 hosts)
     const uint8_t* row(int64_t n) const { return buf.data() + n * row_bytes; }
 };
 

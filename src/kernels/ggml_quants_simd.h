@@ -14,16 +14,24 @@ void quantize_q8_k_avx2(const float* x, void* y, int64_t n);
 RowDots row_dots_avx2(GType w);
 RowDots row_dots_avx512vnni(GType w);
 
-// Prefill tiles (AVX-512 VNNI; ggml_quants_x86.cc): activation rows as the tiles read them. q: the
-// rows' int8 values, the 32 of sub-block b of row n at q + n * q_stride + q_off + (b / 8) * q_stride8 +
-// (b % 8) * q_sub (q8_0: 2, 272, 34; q8_k: 4, 292, 32); xs, am (N, IN / 32):
-// per 32 values the activation scale and scale * sum of the values.
+// Prefill tiles (AVX-512 VNNI; ggml_quants_x86.cc): activation rows packed once per call in the
+// order the tiles read them, groups of 4 rows (the last padded with zero rows): for group g and
+// 32-value sub-block b, 128 bytes at xp + (g * nsb + b) * 128, the 4-byte word of 4-value group k
+// of row j at k * 16 + j * 4 (one pointer and immediate offsets in the inner loop); per (g, b, j)
+// at [(g * nsb + b) * 4 + j]: xs the activation scale, am scale * sum of the 32 values, and xo
+// (q8_0 / q4_0 weights, whose offset wm = c ws has one c for all rows) -c * sum: the offset in
+// integers. sb: q8_k activations (one scale per 256 values).
 struct TileActs {
-    const uint8_t* q = nullptr;
-    int64_t q_stride = 0, q_off = 0, q_stride8 = 0, q_sub = 0;
+    const uint8_t* xp = nullptr;
     const float* xs = nullptr;
     const float* am = nullptr;
+    const int32_t* xo = nullptr;  // null for the K-quants
+    bool sb = false;
 };
+// packs groups [g0, g1) of the activation rows (q8_0 or q8_k, row_bytes apart) into the buffers
+// above (TileActs' pointers, writable); c as for xo (0: xo not written)
+void pack_tile_acts(const uint8_t* rows, int64_t row_bytes, GType act, int64_t N, int64_t in, int32_t c, int64_t g0,
+                    int64_t g1, uint8_t* xp, float* xs, float* am, int32_t* xo);
 bool tiles_supported(GType w);  // q8_0, q4_0, q4_k, q5_k
 int64_t tile_scratch_bytes(int64_t in);
 // y[n * ys + o] (+)= for o in [o0, o1), n < N; scratch: tile_scratch_bytes(in), 64-byte aligned

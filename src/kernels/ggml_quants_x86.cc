@@ -221,45 +221,51 @@ KT void unpack_tile(GType t, const uint8_t* w, int64_t row_stride, int nr, int64
     }
 }
 
-// acc (NR rows x 32 tile rows) += sub-blocks [b0, b1) of the tile times NR activation rows.
-// SB (q8_k activations: one scale per 256 values): the sub-blocks' int32 sums are scaled by ws
-// into t and t by the activation scale once per super-block (one multiply fewer per sub-block).
-template <int NR, bool SB>
-KT void tile_kernel(const uint8_t* wq, const float* ws, const float* wm, int64_t b0, int64_t b1, const uint8_t* const* xq,
-                    int64_t xq_stride8, int64_t xq_sub, const float* const* xs, const float* const* am, __m512 (&acc)[NR][2]) {
+// acc (4 activation rows x 32 tile rows) += sub-blocks [b0, b1) of the tile times one packed group
+// of 4 activation rows (xp, xs, am, xo at the group's sub-block 0). SB (q8_k activations: one scale
+// per 256 values): the sub-blocks' int32 sums are scaled by ws into t and t by the activation scale
+// once per super-block (one multiply fewer per sub-block). IO (q8_0 / q4_0 weights): the offset
+// term starts the int32 sums (-c sum x, broadcast from memory) instead of an fnmadd by wm.
+template <bool SB, bool IO>
+KT void tile_kernel(const uint8_t* wq, const float* ws, const float* wm, int64_t b0, int64_t b1, const uint8_t* xp,
+                    const float* xs, const float* am, const int32_t* xo, __m512 (&acc)[4][2]) {
+    constexpr int NR = 4;
     __m512 t[NR][2];
     for (int j = 0; j < NR; ++j) t[j][0] = t[j][1] = _mm512_setzero_ps();
     for (int64_t b = b0; b < b1; ++b) {
         __m512i is[NR][2];
-        for (int j = 0; j < NR; ++j) is[j][0] = is[j][1] = _mm512_setzero_si512();
+        for (int j = 0; j < NR; ++j) {
+            if constexpr (IO) is[j][0] = is[j][1] = _mm512_set1_epi32(xo[4 * b + j]);
+            else is[j][0] = is[j][1] = _mm512_setzero_si512();
+        }
         const uint8_t* wb = wq + b * kTileSubBytes;
+        const int32_t* xb = reinterpret_cast<const int32_t*>(xp + b * 128);
         for (int k = 0; k < 8; ++k) {
             const __m512i w0 = _mm512_load_si512(wb + 128 * k), w1 = _mm512_load_si512(wb + 128 * k + 64);
             for (int j = 0; j < NR; ++j) {
-                int32_t x4;
-                std::memcpy(&x4, xq[j] + (b / 8) * xq_stride8 + (b % 8) * xq_sub + 4 * k, 4);
-                const __m512i x = _mm512_set1_epi32(x4);
+                const __m512i x = _mm512_set1_epi32(xb[4 * k + j]);
                 is[j][0] = _mm512_dpbusd_epi32(is[j][0], w0, x);
                 is[j][1] = _mm512_dpbusd_epi32(is[j][1], w1, x);
             }
         }
         const __m512 s0 = _mm512_load_ps(ws + b * kTileRows), s1 = _mm512_load_ps(ws + b * kTileRows + 16);
-        const __m512 m0 = _mm512_load_ps(wm + b * kTileRows), m1 = _mm512_load_ps(wm + b * kTileRows + 16);
         for (int j = 0; j < NR; ++j) {
-            const __m512 mx = _mm512_set1_ps(am[j][b]);
-            acc[j][0] = _mm512_fnmadd_ps(m0, mx, acc[j][0]);
-            acc[j][1] = _mm512_fnmadd_ps(m1, mx, acc[j][1]);
+            if constexpr (!IO) {
+                const __m512 mx = _mm512_set1_ps(am[4 * b + j]);
+                acc[j][0] = _mm512_fnmadd_ps(_mm512_load_ps(wm + b * kTileRows), mx, acc[j][0]);
+                acc[j][1] = _mm512_fnmadd_ps(_mm512_load_ps(wm + b * kTileRows + 16), mx, acc[j][1]);
+            }
             if constexpr (SB) {
                 t[j][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[j][0]), s0, t[j][0]);
                 t[j][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[j][1]), s1, t[j][1]);
                 if (b % 8 == 7 || b + 1 == b1) {
-                    const __m512 sx = _mm512_set1_ps(xs[j][b]);
+                    const __m512 sx = _mm512_set1_ps(xs[4 * b + j]);
                     acc[j][0] = _mm512_fmadd_ps(t[j][0], sx, acc[j][0]);
                     acc[j][1] = _mm512_fmadd_ps(t[j][1], sx, acc[j][1]);
                     t[j][0] = t[j][1] = _mm512_setzero_ps();
                 }
             } else {
-                const __m512 sx = _mm512_set1_ps(xs[j][b]);
+                const __m512 sx = _mm512_set1_ps(xs[4 * b + j]);
                 acc[j][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[j][0]), _mm512_mul_ps(s0, sx), acc[j][0]);
                 acc[j][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[j][1]), _mm512_mul_ps(s1, sx), acc[j][1]);
             }
@@ -267,31 +273,31 @@ KT void tile_kernel(const uint8_t* wq, const float* ws, const float* wm, int64_t
     }
 }
 
-template <int NR>
-KT void tile_rows(float* y, int64_t ys, const TileActs& xa, int64_t n0, int nr_out, const uint8_t* wq, const float* ws,
-                  const float* wm, int64_t nsb, bool accumulate) {
-    const uint8_t* xq[NR];
-    const float* xs[NR];
-    const float* am[NR];
-    for (int j = 0; j < NR; ++j)
-        xq[j] = xa.q + (n0 + j) * xa.q_stride + xa.q_off, xs[j] = xa.xs + (n0 + j) * nsb, am[j] = xa.am + (n0 + j) * nsb;
+// activation rows [4g, 4g + nr) (nr <= 4; the group's other rows are zero padding) x the tile
+KT void tile_rows(float* y, int64_t ys, const TileActs& xa, int64_t g, int nr, int nr_out, const uint8_t* wq,
+                  const float* ws, const float* wm, int64_t nsb, bool accumulate) {
+    const uint8_t* xp = xa.xp + g * nsb * 128;
+    const float* xs = xa.xs + g * nsb * 4;
+    const float* am = xa.am + g * nsb * 4;
+    const int32_t* xo = xa.xo ? xa.xo + g * nsb * 4 : nullptr;
     const __mmask16 k0 = (__mmask16)(nr_out >= 16 ? 0xffff : (1u << nr_out) - 1);
     const __mmask16 k1 = (__mmask16)(nr_out >= 32 ? 0xffff : nr_out <= 16 ? 0 : (1u << (nr_out - 16)) - 1);
+    float* y0 = y + 4 * g * ys;
     constexpr int64_t kChunk = 16;  // sub-blocks per pass: 16 KB of tile stays in L1 over the rows
     for (int64_t c0 = 0; c0 < nsb; c0 += kChunk) {
-        __m512 acc[NR][2];
-        for (int j = 0; j < NR; ++j) {
-            float* yr = y + (n0 + j) * ys;
-            const bool load = accumulate || c0 > 0;
+        __m512 acc[4][2];
+        for (int j = 0; j < 4; ++j) {
+            float* yr = y0 + j * ys;
+            const bool load = j < nr && (accumulate || c0 > 0);
             acc[j][0] = load ? _mm512_maskz_loadu_ps(k0, yr) : _mm512_setzero_ps();
             acc[j][1] = load ? _mm512_maskz_loadu_ps(k1, yr + 16) : _mm512_setzero_ps();
         }
-        if (xa.q_sub == 32)  // q8_k activations
-            tile_kernel<NR, true>(wq, ws, wm, c0, std::min(nsb, c0 + kChunk), xq, xa.q_stride8, xa.q_sub, xs, am, acc);
-        else
-            tile_kernel<NR, false>(wq, ws, wm, c0, std::min(nsb, c0 + kChunk), xq, xa.q_stride8, xa.q_sub, xs, am, acc);
-        for (int j = 0; j < NR; ++j) {
-            float* yr = y + (n0 + j) * ys;
+        const int64_t c1 = std::min(nsb, c0 + kChunk);
+        if (xa.sb) tile_kernel<true, false>(wq, ws, wm, c0, c1, xp, xs, am, xo, acc);
+        else if (xo) tile_kernel<false, true>(wq, ws, wm, c0, c1, xp, xs, am, xo, acc);
+        else tile_kernel<false, false>(wq, ws, wm, c0, c1, xp, xs, am, xo, acc);
+        for (int j = 0; j < nr; ++j) {
+            float* yr = y0 + j * ys;
             _mm512_mask_storeu_ps(yr, k0, acc[j][0]);
             _mm512_mask_storeu_ps(yr + 16, k1, acc[j][1]);
         }
@@ -306,6 +312,54 @@ bool tiles_supported(GType t) { return t == GType::q8_0 || t == GType::q4_0 || t
 
 int64_t tile_scratch_bytes(int64_t in) { return in / 32 * (kTileSubBytes + 2 * kTileRows * (int64_t)sizeof(float)); }
 
+// Activation groups for the tiles: per (group, sub-block) the 4 rows' 32 bytes (two rows per zmm)
+// transposed by two vpermt2d into 4-byte words (k, j); sums by vpsadbw on the bytes ^ 0x80 (q8_0)
+// or from the per-16 sums (q8_k).
+__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+void pack_tile_acts(const uint8_t* rows, int64_t row_bytes, GType act, int64_t N, int64_t in, int32_t c, int64_t g0,
+                    int64_t g1, uint8_t* xp, float* xs, float* am, int32_t* xo) {
+    const int64_t nsb = in / 32;
+    const bool q8k = act == GType::q8_k;
+    // word p = 4 k + j of the output (k < 4: first half) from row j's word k: rows 0, 1 in A (0-7,
+    // 8-15), rows 2, 3 in B (16 + ...)
+    alignas(64) int32_t lo[16], hi[16];
+    for (int k = 0; k < 4; ++k)
+        for (int j = 0; j < 4; ++j) lo[4 * k + j] = (j < 2 ? 0 : 16) + (j % 2) * 8 + k, hi[4 * k + j] = lo[4 * k + j] + 4;
+    const __m512i ilo = _mm512_load_si512(lo), ihi = _mm512_load_si512(hi);
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    for (int64_t g = g0; g < g1; ++g)
+        for (int64_t b = 0; b < nsb; ++b) {
+            __m256i v[4];
+            const int64_t o = (g * nsb + b) * 4;
+            for (int j = 0; j < 4; ++j) {
+                const int64_t n = 4 * g + j;
+                float sc = 0.f;
+                int32_t sum = 0;
+                if (n >= N) {
+                    v[j] = _mm256_setzero_si256();
+                } else if (q8k) {
+                    const BlockQ8_K& blk = reinterpret_cast<const BlockQ8_K*>(rows + n * row_bytes)[b / 8];
+                    v[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qs + 32 * (b % 8)));
+                    sc = blk.d, sum = blk.bsums[2 * (b % 8)] + blk.bsums[2 * (b % 8) + 1];
+                } else {
+                    const BlockQ8_0& blk = reinterpret_cast<const BlockQ8_0*>(rows + n * row_bytes)[b];
+                    v[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qs));
+                    sc = _cvtsh_ss(blk.d);
+                    const __m256i sad = _mm256_sad_epu8(_mm256_xor_si256(v[j], flip), _mm256_setzero_si256());
+                    const __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
+                    sum = (int32_t)(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1)) - 128 * 32;
+                }
+                xs[o + j] = sc, am[o + j] = sc * (float)sum;
+                if (xo) xo[o + j] = -c * sum;
+            }
+            const __m512i A = _mm512_inserti64x4(_mm512_castsi256_si512(v[0]), v[1], 1);
+            const __m512i B = _mm512_inserti64x4(_mm512_castsi256_si512(v[2]), v[3], 1);
+            uint8_t* dst = xp + (g * nsb + b) * 128;
+            _mm512_storeu_si512(dst, _mm512_permutex2var_epi32(A, ilo, B));
+            _mm512_storeu_si512(dst + 64, _mm512_permutex2var_epi32(A, ihi, B));
+        }
+}
+
 void prefill_tiles_vnni(float* y, int64_t ys, const TileActs& xa, const void* w, GType t, int64_t row_stride,
                         int64_t N, int64_t in, int64_t o0, int64_t o1, bool accumulate, uint8_t* scratch) {
     const int64_t nsb = in / 32;
@@ -317,14 +371,8 @@ void prefill_tiles_vnni(float* y, int64_t ys, const TileActs& xa, const void* w,
         const int nr = (int)std::min<int64_t>(kTileRows, o1 - r0);
         unpack_tile(t, wb + r0 * row_stride, row_stride, nr, nsb, wq, ws, wm);
         float* yt = y + r0;
-        int64_t n0 = 0;
-        for (; n0 + 4 <= N; n0 += 4) tile_rows<4>(yt, ys, xa, n0, nr, wq, ws, wm, nsb, accumulate);
-        switch (N - n0) {
-            case 1: tile_rows<1>(yt, ys, xa, n0, nr, wq, ws, wm, nsb, accumulate); break;
-            case 2: tile_rows<2>(yt, ys, xa, n0, nr, wq, ws, wm, nsb, accumulate); break;
-            case 3: tile_rows<3>(yt, ys, xa, n0, nr, wq, ws, wm, nsb, accumulate); break;
-            default: break;
-        }
+        for (int64_t g = 0; 4 * g < N; ++g)
+            tile_rows(yt, ys, xa, g, (int)std::min<int64_t>(4, N - 4 * g), nr, wq, ws, wm, nsb, accumulate);
     }
 }
 
