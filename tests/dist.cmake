@@ -1,0 +1,15 @@
+# The communicator tests (test_dist.cc's MpiWorld.*) under mpirun with 2 and 3 ranks: the same
+# bodies the thread fake runs, on MPI. Only with MOE_MPI. Oversubscribed on purpose (2 cores):
+# --bind-to none and yield_when_idle keep waiting ranks from spinning the others to a crawl.
+if(MOE_MPI)
+  find_program(MOE_MPIRUN NAMES mpirun mpiexec REQUIRED)
+  set(MOE_MPI_ENV OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_mpi_yield_when_idle=1
+      OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1 OMPI_MCA_btl_vader_single_copy_mechanism=none)
+  set(MOE_MPIRUN_ARGS --oversubscribe --bind-to none)
+  foreach(np 2 3)
+    add_test(NAME dist.mpi_collectives_np${np}
+             COMMAND ${MOE_MPIRUN} -np ${np} ${MOE_MPIRUN_ARGS} $<TARGET_FILE:moe_test_dist> --gtest_filter=MpiWorld.*)
+    set_tests_properties(dist.mpi_collectives_np${np} PROPERTIES TIMEOUT 60 ENVIRONMENT "${MOE_MPI_ENV}")
+  endforeach()
+endif()
+
