@@ -13,3 +13,7 @@ if(MOE_MPI)
   endforeach()
 endif()
 
+# test_data_parallel.cc runs `mpirun -np W moe train` itself (it skips without MOE_MPIRUN)
+if(MOE_MPI)
+  target_compile_definitions(moe_test_data_parallel PRIVATE MOE_MPIRUN="${MOE_MPIRUN}")
+endif()
