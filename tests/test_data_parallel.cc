@@ -3,6 +3,12 @@
 // W times the gradient accumulation and saves the same checkpoint bytes, for dropless routing,
 // capacity with drop and with reroute, the balancing loss, z-loss and noisy gating on. Also: only
 // rank 0 prints, and an error every rank meets is printed once. Skipped in a build without MPI.
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <thread>
+
 #include "cli_util.h"
 
 using namespace moe_test;
@@ -21,7 +27,7 @@ protected:
     std::string mpirun(int np) const {
 #ifdef MOE_MPIRUN
         return std::string(MOE_MPIRUN) + " -np " + std::to_string(np) +
-               " --oversubscribe --bind-to none env ";  // env: the OMP_WAIT_POLICY=passive moe() puts before the binary
+               " --oversubscribe --bind-to none --timeout 120 env ";  // env: the OMP_WAIT_POLICY=passive moe() puts before the binary
 #else
         return "";
 #endif
@@ -100,6 +106,100 @@ TEST_F(DataParallel, RerouteThreeRanksMatchOneProcess) { expect_same_run("rerout
 TEST_F(DataParallel, TwoRanksTimesTwoMicroBatchesMatchFour) { expect_same_run("reroute", 2, 2); }
 // aux-loss-free balancing: the bias nudge sees every rank's loads
 TEST_F(DataParallel, BiasBalancingSeesEveryRanksLoads) { expect_same_run("bias", 2, 1); }
+
+// The pid of rank `rank` among the children of mpirun `launcher` (Open MPI starts local ranks as its
+// children, each with OMPI_COMM_WORLD_RANK in its environment); -1 if not found.
+pid_t rank_pid(pid_t launcher, int rank) {
+    for (const auto& e : fs::directory_iterator("/proc")) {
+        const std::string name = e.path().filename();
+        if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+        std::istringstream st(read_file(e.path() / "stat"));
+        std::string pid, comm, state;
+        long ppid = 0;
+        st >> pid >> comm >> state >> ppid;
+        if (ppid != launcher) continue;
+        std::string env = read_file(e.path() / "environ");
+        std::replace(env.begin(), env.end(), '\0', '\n');
+        if (env.find("\nOMPI_COMM_WORLD_RANK=" + std::to_string(rank) + "\n") != std::string::npos ||
+            env.rfind("OMPI_COMM_WORLD_RANK=" + std::to_string(rank) + "\n", 0) == 0)
+            return (pid_t)std::stol(name);
+    }
+    return -1;
+}
+
+// kill -9 of one rank mid-run: the job ends (non-zero, mpirun names the rank and the signal), the
+// last checkpoint (saved every step) loads, and resuming it on one process logs the losses of an
+// uninterrupted one-process run with the same global batch.
+TEST_F(DataParallel, KilledRankEndsTheJobAndTheRunResumes) {
+    json c = tiny_config();
+    c["train"]["steps"] = 100000;  // far more than it gets to
+    c["train"]["min_lr"] = c["train"]["lr"];  // constant after warm-up: the total does not shape the schedule
+    c["train"]["ckpt_interval"] = 1;
+    c["train"]["eval_interval"] = 1000000;
+    const std::string cfg = write_config("long.json", c);
+    const std::string cmd = "cd " + q(dir) + " && exec env " + mpi_env() + mpirun(2) + q(MOE_BINARY) +
+                            " train --config long.json --threads 1 --no-sample --out run --log run.jsonl >" +
+                            q(path("run.out")) + " 2>" + q(path("run.err"));
+    const pid_t launcher = ::fork();
+    ASSERT_GE(launcher, 0);
+    if (launcher == 0) {
+        ::execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
+        ::_exit(127);
+    }
+    auto lines = [&] {
+        const std::string t = read_file(path("run.jsonl"));
+        return std::count(t.begin(), t.end(), '\n');
+    };
+    const auto t0 = std::chrono::steady_clock::now();
+    auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+    while (lines() < 10 && elapsed() < 60) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    const pid_t victim = rank_pid(launcher, 1);
+    int status = 0;
+    if (victim <= 0 || lines() < 10) {
+        ::kill(launcher, SIGKILL);
+        ::waitpid(launcher, &status, 0);
+        FAIL() << "no rank 1 running after " << elapsed() << " s\n" << read_file(path("run.err"));
+    }
+    ASSERT_EQ(::kill(victim, SIGKILL), 0);
+    const auto t_kill = std::chrono::steady_clock::now();
+    pid_t done = 0;
+    while ((done = ::waitpid(launcher, &status, WNOHANG)) == 0 &&
+           std::chrono::steady_clock::now() - t_kill < std::chrono::seconds(30))
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (done == 0) {
+        ::kill(launcher, SIGKILL);
+        ::waitpid(launcher, &status, 0);
+        FAIL() << "the job went on for 30 s after rank 1 was killed";
+    }
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_NE(WEXITSTATUS(status), 0);
+    const std::string err = read_file(path("run.err"));
+    EXPECT_NE(err.find("rank 1"), std::string::npos) << err;
+    EXPECT_NE(err.find("signal 9"), std::string::npos) << err;
+
+    // resume the last checkpoint on one process, a few steps past what the job logged
+    const int64_t logged = lines(), total = logged + 5;
+    RunResult r = moe("train --resume run --threads 1 --no-sample --log resumed.jsonl --steps " + std::to_string(total));
+    ASSERT_EQ(r.code(), 0) << r.describe();
+    RunResult ref = train(0, cfg, "ref", "--grad-accum 2 --steps " + std::to_string(total));
+    ASSERT_EQ(ref.code(), 0) << ref.describe();
+    std::map<std::string, std::string> want;  // (kind, step) -> line
+    auto key = [](const std::string& line) {
+        const json j = json::parse(line);
+        return std::string(j.contains("val_loss") ? "val" : "loss") + std::to_string(j["step"].get<int64_t>());
+    };
+    for (const auto& l : log_lines("ref")) want[key(l)] = l;
+    const auto got = log_lines("resumed");
+    ASSERT_GE(got.size(), 5u);
+    EXPECT_EQ(key(got.back()), "val" + std::to_string(total));
+    // (train_routing sums the routing since the last evaluation in this process: not comparable)
+    auto no_train_routing = [](const std::string& l) {
+        json j = json::parse(l);
+        j.erase("train_routing");
+        return j.dump();
+    };
+    for (const auto& l : got) EXPECT_EQ(no_train_routing(l), no_train_routing(want[key(l)]));
+}
 
 TEST_F(DataParallel, ConfigErrorIsPrintedOnce) {
     json c = tiny_config();

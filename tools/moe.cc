@@ -558,7 +558,7 @@ int report_error(const std::string& msg) {
     if (r == 0) {
         std::fprintf(stderr, "moe: error: %s\n", msg.c_str());
     } else {
-        std::this_thread::sleep_for(std::chrono::seconds(3));
+        std::this_thread::sleep_for(std::chrono::seconds(5));
         std::fprintf(stderr, "moe: error: rank %d: %s\n", r, msg.c_str());
     }
     std::fflush(stderr);
