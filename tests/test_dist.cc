@@ -124,21 +124,21 @@ void check_allreduce(Comm& c) {
     }
 }
 
-// two rounds of the running fold: ((x0 + x1 + ...) of round 0) + round 1's x0 + x1 + ...
+// three rounds of the running fold: ((x0 + x1 + ...) of round 0) + round 1's x0 + x1 + ..., and so on
 void check_fold(Comm& c) {
     const int W = c.size(), r = c.rank();
     const int64_t n = 333;
     const int64_t lo = moe::dist::shard_begin(n, W, r), hi = moe::dist::shard_begin(n, W, r + 1);
-    std::vector<float> shard(hi - lo), full(n);
-    for (int round = 0; round < 2; ++round) {
+    std::vector<float> shard(hi - lo), full(n), scratch;
+    for (int round = 0; round < 3; ++round) {  // round 2 with the scratch buffer of round 1
         std::vector<float> x(n);
         for (int64_t i = 0; i < n; ++i) x[i] = value<float>(round * W + r, i);
-        moe::dist::reduce_scatter_fold(c, x.data(), n, shard.data(), round == 0);
+        moe::dist::reduce_scatter_fold(c, x.data(), n, shard.data(), round == 0, round ? &scratch : nullptr);
     }
     moe::dist::allgather_shards(c, shard.data(), n, sizeof(float), full.data());
     for (int64_t i = 0; i < n; ++i) {
         float s = value<float>(0, i);
-        for (int m = 1; m < 2 * W; ++m) s += value<float>(m, i);  // micro-batch order
+        for (int m = 1; m < 3 * W; ++m) s += value<float>(m, i);  // micro-batch order
         ASSERT_EQ(full[i], s) << i;
     }
 }

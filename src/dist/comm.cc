@@ -42,7 +42,7 @@ void Comm::alltoallv(const float* send, const int64_t* send_counts, const int64_
 namespace {
 
 template <class F>
-void fold(Comm& c, const F* x, int64_t n, F* shard, bool first) {
+void fold(Comm& c, const F* x, int64_t n, F* shard, bool first, std::vector<F>* scratch) {
     const int W = c.size(), r = c.rank();
     const int64_t lo = shard_begin(n, W, r), len = shard_begin(n, W, r + 1) - lo;
     if (W == 1) {
@@ -52,7 +52,9 @@ void fold(Comm& c, const F* x, int64_t n, F* shard, bool first) {
         return;
     }
     // rank q's piece of my shard lands at recv + q * len
-    std::vector<F> recv((size_t)(len * W));
+    std::vector<F> own;
+    std::vector<F>& recv = scratch ? *scratch : own;
+    recv.resize((size_t)(len * W));
     std::vector<int64_t> sc(W), sd(W), rc(W), rd(W);
     for (int q = 0; q < W; ++q) {
         const int64_t qlo = shard_begin(n, W, q), qhi = shard_begin(n, W, q + 1);
@@ -81,15 +83,19 @@ void allreduce(Comm& c, F* x, int64_t n) {
         const int64_t m = std::min(piece, n - off);
         const int64_t lo = shard_begin(m, W, c.rank()), len = shard_begin(m, W, c.rank() + 1) - lo;
         std::vector<F> shard((size_t)len);
-        fold(c, x + off, m, shard.data(), true);
+        fold(c, x + off, m, shard.data(), true, (std::vector<F>*)nullptr);
         allgather_shards(c, shard.data(), m, sizeof(F), x + off);
     }
 }
 
 }  // namespace
 
-void reduce_scatter_fold(Comm& c, const float* x, int64_t n, float* shard, bool first) { fold(c, x, n, shard, first); }
-void reduce_scatter_fold(Comm& c, const double* x, int64_t n, double* shard, bool first) { fold(c, x, n, shard, first); }
+void reduce_scatter_fold(Comm& c, const float* x, int64_t n, float* shard, bool first, std::vector<float>* scratch) {
+    fold(c, x, n, shard, first, scratch);
+}
+void reduce_scatter_fold(Comm& c, const double* x, int64_t n, double* shard, bool first, std::vector<double>* scratch) {
+    fold(c, x, n, shard, first, scratch);
+}
 
 void allgather_shards(Comm& c, const void* shard, int64_t n, int64_t elem_bytes, void* x) {
     const int W = c.size();

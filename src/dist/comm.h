@@ -59,9 +59,12 @@ int64_t shard_begin(int64_t n, int W, int r);
 // The reduce half of allreduce_sum, with a running accumulator: every rank passes x (n); rank r's
 // shard (shard_begin(n, W, r) .. r + 1) becomes
 //     first: x_0 + x_1 + ... + x_{W-1}          not first: ((shard + x_0) + x_1) + ... + x_{W-1}
-// (left folds in rank order). Gradient accumulation over ranks uses it round by round.
-void reduce_scatter_fold(Comm& c, const float* x, int64_t n, float* shard, bool first);
-void reduce_scatter_fold(Comm& c, const double* x, int64_t n, double* shard, bool first);
+// (left folds in rank order). Gradient accumulation over ranks uses it round by round. scratch:
+// the receive buffer (about n elements), kept by the caller so that repeated calls do not allocate.
+void reduce_scatter_fold(Comm& c, const float* x, int64_t n, float* shard, bool first,
+                         std::vector<float>* scratch = nullptr);
+void reduce_scatter_fold(Comm& c, const double* x, int64_t n, double* shard, bool first,
+                         std::vector<double>* scratch = nullptr);
 // The gather half: every rank's shard (as above) into x (n) on every rank.
 void allgather_shards(Comm& c, const void* shard, int64_t n, int64_t elem_bytes, void* x);
 

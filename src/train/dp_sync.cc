@@ -7,7 +7,7 @@ namespace moe {
 void DataParallelSync::accumulate(const float* g, int64_t n, int64_t round) {
     const int W = comm_.size(), r = comm_.rank();
     shard_.resize(dist::shard_begin(n, W, r + 1) - dist::shard_begin(n, W, r));
-    dist::reduce_scatter_fold(comm_, g, n, shard_.data(), round == 0);
+    dist::reduce_scatter_fold(comm_, g, n, shard_.data(), round == 0, &scratch_);
 }
 
 void DataParallelSync::finish(float* grads, int64_t n) {

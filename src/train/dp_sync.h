@@ -28,7 +28,7 @@ public:
 
 private:
     dist::Comm& comm_;
-    std::vector<float> shard_;
+    std::vector<float> shard_, scratch_;  // running sum of my shard; the reduce-scatter's receive buffer
 };
 
 }  // namespace moe
