@@ -46,7 +46,7 @@ void fold(Comm& c, const F* x, int64_t n, F* shard, bool first, std::vector<F>* 
     const int W = c.size(), r = c.rank();
     const int64_t lo = shard_begin(n, W, r), len = shard_begin(n, W, r + 1) - lo;
     if (W == 1) {
-        if (first) std::memcpy(shard, x, len * sizeof(F));
+        if (first && len) std::memcpy(shard, x, len * sizeof(F));
         else
             for (int64_t i = 0; i < len; ++i) shard[i] += x[i];
         return;
@@ -64,7 +64,7 @@ void fold(Comm& c, const F* x, int64_t n, F* shard, bool first, std::vector<F>* 
     c.alltoallv((const void*)x, sc.data(), sd.data(), (void*)recv.data(), rc.data(), rd.data());
     int q0 = 0;
     if (first) {
-        std::memcpy(shard, recv.data(), len * sizeof(F));
+        if (len) std::memcpy(shard, recv.data(), len * sizeof(F));
         q0 = 1;
     }
     for (int q = q0; q < W; ++q) {
