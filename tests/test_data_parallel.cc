@@ -202,6 +202,39 @@ TEST_F(DataParallel, KilledRankEndsTheJobAndTheRunResumes) {
     for (const auto& l : got) EXPECT_EQ(no_train_routing(l), no_train_routing(want[key(l)]));
 }
 
+// The checkpoint records the global batch: a one-process run with --grad-accum 2 resumes on 2 ranks
+// (1 micro-batch each) to the losses and bytes of the uninterrupted one-process run; on 3 ranks,
+// which cannot share 2 micro-batches, it is one clear error.
+TEST_F(DataParallel, OneProcessCheckpointResumesOnTwoRanks) {
+    json c = router_config("reroute");
+    c["train"]["min_lr"] = c["train"]["lr"];  // constant after warm-up: --steps does not shape the schedule
+    const std::string cfg = write_config("resume.json", c);
+    RunResult a = train(0, cfg, "part", "--grad-accum 2 --steps 4");
+    ASSERT_EQ(a.code(), 0) << a.describe();
+    RunResult bad = moe("train --resume part --threads 1 --no-sample --steps 10", mpi_env() + mpirun(3));
+    EXPECT_NE(bad.code(), 0);
+    EXPECT_NE(bad.err.find("cannot share evenly"), std::string::npos) << bad.describe();
+    EXPECT_EQ(bad.err.find("rank 1:"), std::string::npos) << "printed once\n" << bad.describe();
+    RunResult b = moe("train --resume part --threads 1 --no-sample --steps 10 --log part.jsonl", mpi_env() + mpirun(2));
+    ASSERT_EQ(b.code(), 0) << b.describe();
+    EXPECT_NE(b.out.find("resuming at step 4"), std::string::npos) << b.out;
+    RunResult ref = train(0, cfg, "whole", "--grad-accum 2 --steps 10");
+    ASSERT_EQ(ref.code(), 0) << ref.describe();
+    auto steps_after = [](const std::vector<std::string>& lines, int64_t from) {
+        std::vector<std::string> v;
+        for (const auto& l : lines) {
+            json j = json::parse(l);
+            j.erase("train_routing");  // sums since the last evaluation of this process
+            if (j["step"].get<int64_t>() > from) v.push_back(j.dump());
+        }
+        return v;
+    };
+    const auto got = steps_after(log_lines("part"), 4), want = steps_after(log_lines("whole"), 4);
+    ASSERT_EQ(got.size(), 7u) << "steps 5..10 and the evaluation at 10";
+    EXPECT_EQ(got, want);
+    EXPECT_TRUE(read_file(path("part/checkpoint.bin")) == read_file(path("whole/checkpoint.bin")));
+}
+
 TEST_F(DataParallel, ConfigErrorIsPrintedOnce) {
     json c = tiny_config();
     c["model"]["n_head"] = 3;  // 16 not divisible by 3
