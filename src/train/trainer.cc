@@ -465,16 +465,16 @@ void Trainer::Impl::setup(Config c, const TrainOptions& o, GradientSync* s) {
     // gradient first (opt.fused_expert_adamw; off for A/B and the test that compares both). It
     // updates experts inside the backward, before the gradient sync: only where that sync changes nothing
     const bool fuse = tc.grad_clip == 0 && tc.grad_accum == 1 && mc.any_moe() && opt.fused_expert_adamw && sync->identity();
-    if (lead)
-    std::printf("batch %lld x %lld tokens x %lld accum%s, %lld steps, lr %.2e, %d threads, %s GEMMs (%s)%s%s\n",
-                (long long)B, (long long)T, (long long)tc.grad_accum,
-                sync->size() > 1 ? str(" over ", sync->size(), " ranks").c_str() : "", (long long)tc.steps, tc.lr, num_threads(),
-                tc.precision.c_str(), [&] {
-                    const kernels::PrecisionScope p(precision);
-                    return kernels::gemm_engine_name();
-                }(), fuse ? ", experts' AdamW in the backward" : "",
-                !opt.resume_dir.empty() ? str(", resuming at step ", st.step).c_str()
-                : !opt.init_path.empty() ? str(", fine-tuning ", opt.init_path).c_str() : "");
+    if (lead)  // the global batch: W ranks x their micro-batches
+        std::printf("batch %lld x %lld tokens x %lld accum%s, %lld steps, lr %.2e, %d threads, %s GEMMs (%s)%s%s\n",
+                    (long long)B, (long long)T, (long long)tc.grad_accum,
+                    sync->size() > 1 ? str(" over ", sync->size(), " ranks").c_str() : "", (long long)tc.steps, tc.lr, num_threads(),
+                    tc.precision.c_str(), [&] {
+                        const kernels::PrecisionScope p(precision);
+                        return kernels::gemm_engine_name();
+                    }(), fuse ? ", experts' AdamW in the backward" : "",
+                    !opt.resume_dir.empty() ? str(", resuming at step ", st.step).c_str()
+                    : !opt.init_path.empty() ? str(", fine-tuning ", opt.init_path).c_str() : "");
     std::fflush(stdout);
     // under mpirun stdout is Open MPI's pseudo-terminal whatever it is forwarded to: plain lines
     tty = ::isatty(STDOUT_FILENO) && sync->size() == 1;
@@ -626,9 +626,8 @@ TrainResult Trainer::run(const SampleFn& sample) {
             std::snprintf(line, sizeof line, "step %6lld/%lld | loss %.4f | lr %.2e | %s tok/s | ETA %s",
                           (long long)m.st.step, (long long)tc.steps, window_loss / window_steps, s.lr,
                           fmt_rate(tps).c_str(), fmt_duration(eta).c_str());
-            if (!m.lead) {
-            } else if (m.tty) std::printf("\r\033[K%s", line);
-            else std::printf("%s\n", line);
+            if (m.lead && m.tty) std::printf("\r\033[K%s", line);
+            else if (m.lead) std::printf("%s\n", line);
             std::fflush(stdout);
             nlohmann::json jl = {{"step", m.st.step}, {"loss", s.loss}, {"lr", s.lr},
                                  {"tokens_per_sec", tps}, {"grad_norm", s.grad_norm},
