@@ -18,6 +18,7 @@ PKGS=(
   chromium               # headless browser check of moe serve's chat page (tests/serve/test_chat_page.py)
   python3-venv           # scripts/oracle_venv.sh: pinned PyPI oracles (tokenizers, jinja2, gguf, ...)
   clang libclang-rt-14-dev   # libFuzzer targets for the file parsers (scripts/fuzz.sh)
+  openmpi-bin libopenmpi-dev   # data-parallel training over MPI (src/dist, docs/distributed.md)
   libopenblas0-pthread   # a real BLAS for the PyTorch reference (netlib libblas3 would make the
                          # speed comparison in bench/ meaninglessly easy)
 )

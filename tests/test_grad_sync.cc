@@ -59,3 +59,51 @@ TEST_F(GradSync, CalledEveryStepWithTheExpertsGradients) {
 }
 
 }  // namespace
+
+// Data parallel over the thread fake (no mpirun): W ranks, each with its own Trainer and a
+// DataParallelSync, step for step the losses and at the end the weights of one process with
+// grad_accum W·G, bit for bit (noisy gating, capacity with reroute and the balancing loss on).
+#include "dist/fake_comm.h"
+#include "train/dp_sync.h"
+
+namespace {
+
+TEST_F(GradSync, DataParallelOverTheFakeMatchesOneProcess) {
+    json cfg = tiny_config();
+    cfg["router"] = {{"noisy_gating", true}, {"capacity_factor", 1.0}, {"overflow", "reroute"}, {"balance_loss", 0.01}};
+    moe::Config c = moe::config_from_json(cfg, "tiny");
+    c.model.vocab_size = 0;
+    auto options = [&](const std::string& out, int64_t accum) {
+        moe::TrainOptions opt;
+        opt.out_dir = path(out);
+        opt.summary = false;
+        opt.threads = 1;
+        opt.grad_accum = accum;
+        return opt;
+    };
+    for (auto [W, G] : {std::pair{2, 1}, {3, 1}, {2, 2}}) {
+        SCOPED_TRACE("W " + std::to_string(W) + " G " + std::to_string(G));
+        const int64_t steps = 5;
+        std::vector<double> want;
+        std::vector<float> want_params;
+        {
+            moe::Trainer t(c, options("one", W * G));
+            for (int64_t s = 0; s < steps; ++s) want.push_back(t.step().loss);
+            want_params.assign(t.model().params(), t.model().params() + t.model().n_params());
+        }
+        std::vector<std::vector<double>> got(W);
+        std::vector<std::vector<float>> params(W);
+        moe::dist::run_fake_world(W, [&](moe::dist::Comm& comm) {
+            moe::DataParallelSync sync(comm);
+            moe::Trainer t(c, options("dp" + std::to_string(comm.rank()), G), &sync);
+            for (int64_t s = 0; s < steps; ++s) got[comm.rank()].push_back(t.step().loss);
+            params[comm.rank()].assign(t.model().params(), t.model().params() + t.model().n_params());
+        });
+        for (int r = 0; r < W; ++r) {
+            EXPECT_EQ(got[r], want) << "rank " << r;
+            EXPECT_TRUE(params[r] == want_params) << "rank " << r << ": weights differ";
+        }
+    }
+}
+
+}  // namespace

@@ -9,6 +9,8 @@
 #include <moe/viz.h>
 
 #include <atomic>
+#include <chrono>
+#include <thread>
 #include <cerrno>
 #include <climits>
 #include <csignal>
@@ -45,6 +47,8 @@ CLI::App* add_train(CLI::App& app, TrainArgs& a) {
                       "model/training config (JSON); with --resume and no --config: the checkpoint's");
     a.cmd->add_option("--data", a.opt.data_override, "training text file (overrides train.data)");
     a.cmd->add_option("--steps", a.opt.steps, "total optimizer steps (also when resuming)");
+    a.cmd->add_option("--grad-accum", a.opt.grad_accum,
+                      "micro-batches per optimizer step (overrides train.grad_accum; under mpirun: per rank)");
     a.cmd->add_option("--out", a.opt.out_dir, "checkpoint directory (with --resume: the resumed directory)")
         ->capture_default_str();
     a.cmd->add_option("--resume", a.opt.resume_dir, "resume from this checkpoint directory");
@@ -63,6 +67,8 @@ CLI::App* add_train(CLI::App& app, TrainArgs& a) {
 int cmd_train(TrainArgs& a) {
     moe::TrainOptions& o = a.opt;
     if (a.cmd->count("--steps") && o.steps < 0) throw moe::error("--steps must be >= 0, got " + std::to_string(o.steps));
+    if (a.cmd->count("--grad-accum") && o.grad_accum < 1)
+        throw moe::error("--grad-accum must be >= 1, got " + std::to_string(o.grad_accum));
     if (a.cmd->count("--seed") && o.seed < 0) throw moe::error("--seed must be >= 0, got " + std::to_string(o.seed));
     moe::set_threads(o.threads);  // checks the value (train sets it again)
     // a resumed run keeps writing where it was resumed from unless told otherwise (it would
@@ -546,6 +552,27 @@ int cmd_serve(ServeArgs& a) {
     return moe::serve(a.opt);
 }
 
+// The one error line and exit status 1. Under mpirun, an error every rank meets (a bad config) is
+// printed once: rank 0 prints it and exits at once, which makes mpirun end the other ranks; another
+// rank waits a moment first and prints its error (with its rank) only if it is still running then,
+// i.e. when rank 0 did not fail. Exits without MPI_Finalize, so mpirun ends the job.
+int report_error(const std::string& msg) {
+    std::fflush(stdout);
+    if (moe::world_size() <= 1) {
+        std::fprintf(stderr, "moe: error: %s\n", msg.c_str());
+        return 1;
+    }
+    const int r = moe::world_rank();
+    if (r == 0) {
+        std::fprintf(stderr, "moe: error: %s\n", msg.c_str());
+    } else {
+        std::this_thread::sleep_for(std::chrono::seconds(5));
+        std::fprintf(stderr, "moe: error: rank %d: %s\n", r, msg.c_str());
+    }
+    std::fflush(stderr);
+    std::_Exit(1);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -585,8 +612,7 @@ int main(int argc, char** argv) {
         std::string msg = e.what();
         for (char& c : msg)
             if (c == '\n') c = ' ';
-        std::fprintf(stderr, "moe: error: %s (see --help)\n", msg.c_str());
-        return 1;
+        return report_error(msg + " (see --help)");
     }
     // A write past a file-size limit (ulimit -f) must fail like a full disk (EFBIG, reported and
     // the previous checkpoint kept), not kill the process with SIGXFSZ.
@@ -607,15 +633,10 @@ int main(int argc, char** argv) {
         if (app.got_subcommand(serve_cmd)) return cmd_serve(serve);
         return cmd_train(train);  // also the default with no subcommand
     } catch (const moe::error& e) {
-        std::fflush(stdout);
-        std::fprintf(stderr, "moe: error: %s\n", e.what());
-        return 1;
+        return report_error(e.what());
     } catch (const std::bad_alloc&) {
-        std::fprintf(stderr, "moe: error: out of memory\n");
-        return 1;
+        return report_error("out of memory");
     } catch (const std::exception& e) {  // e.g. std::filesystem::filesystem_error (it names the path)
-        std::fflush(stdout);
-        std::fprintf(stderr, "moe: error: %s\n", e.what());
-        return 1;
+        return report_error(e.what());
     }
 }

@@ -45,6 +45,12 @@ void apply_environment();
 void set_threads(int threads);
 int threads();
 
+// Data-parallel training (`mpirun -np W moe train ...`, docs/distributed.md): this process's rank
+// and the number of ranks, 0 and 1 outside mpirun. Read from the launcher's environment until
+// train() starts the communicator. Only rank 0 prints progress and errors every rank shares.
+int world_rank();
+int world_size();
+
 // MOE_PROFILE=1: prints the table of where the time went (nothing otherwise).
 void print_profile(std::FILE* out);
 
@@ -77,6 +83,9 @@ struct TrainOptions {
     std::string log_path;       // JSONL log (one object per logged step / eval)
     std::string data_override;  // --data
     int64_t steps = -1;         // total steps (also when resuming); -1 = the config's
+    // --grad-accum: micro-batches per optimizer step (-1 = train.grad_accum). Under mpirun with W
+    // ranks it is per rank: a step is W times as many micro-batches (docs/distributed.md)
+    int64_t grad_accum = -1;
     int64_t seed = -1;          // -1 = the config's (resuming: the checkpoint's)
     int threads = 0;            // 0 = all cores
     std::string precision;      // --precision: "fp32" | "bf16" ("" = the config's train.precision)

@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "core/profile.h"
+#include "dist/comm.h"
 #include "infer/bench.h"
 #include "infer/generate.h"
 #include "infer/stop_strings.h"
@@ -33,6 +34,7 @@
 #include "model/config.h"
 #include "model/params.h"
 #include "train/data.h"
+#include "train/dp_sync.h"
 #include "train/trainer.h"
 
 namespace moe {
@@ -68,6 +70,9 @@ void set_threads(int t) {
 }
 
 int threads() { return num_threads(); }
+
+int world_rank() { return dist::launcher_rank(); }
+int world_size() { return dist::launcher_size(); }
 
 void print_profile(std::FILE* out) { profile_report(out); }
 
@@ -255,6 +260,10 @@ static Config init_config(const std::string& config_path, const std::string& ini
 }
 
 TrainResult train(const std::string& config_path, const TrainOptions& opt) {
+    // under mpirun: every rank takes its share of each step's micro-batches (train/dp_sync.h)
+    dist::Comm& world = dist::world();
+    std::unique_ptr<DataParallelSync> dp;
+    if (world.size() > 1) dp = std::make_unique<DataParallelSync>(world);
     Config cfg;
     if (!opt.init_path.empty()) {
         if (!opt.resume_dir.empty())
@@ -273,7 +282,8 @@ TrainResult train(const std::string& config_path, const TrainOptions& opt) {
     };
     TrainOptions o = opt;
     o.fused_expert_adamw = opt.fused_expert_adamw && g_env_fused_adamw;
-    return train(std::move(cfg), o, sample);
+    if (world.rank() != 0) o.summary = false;
+    return train(std::move(cfg), o, sample, dp.get());
 }
 
 // ------------------------------------------------------------------ shared helpers

@@ -101,6 +101,8 @@ public:
     // Aux-loss-free balancing: loads of the training forwards since the last call (summed over
     // micro-batches) nudge each layer's selection bias; then the sums restart.
     void update_balance_bias();
+    // Data parallel: the loads update_balance_bias() uses, (L, E) summed over every rank's micro-batches
+    void set_step_load(std::vector<std::vector<int64_t>> load) { step_load_ = std::move(load); }
     // Training's fused optimizer step for expert weights: while set, backward() hands the routed
     // experts' weight gradients to `sink` instead of writing them into grads() (null: off).
     void set_expert_grad_sink(const ops::ExpertGradSink* sink) { expert_sink_ = sink; }

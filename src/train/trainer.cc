@@ -81,9 +81,8 @@ struct EvalResult {
     std::vector<Model::LayerRouting> routing;  // (L), summed over the batches
 };
 
-// acc += the routing telemetry of the model's last forward
-void accumulate_routing(std::vector<Model::LayerRouting>& acc, const Model& model) {
-    auto rt = model.routing();
+// acc += rt (the routing telemetry of one forward)
+void accumulate_routing(std::vector<Model::LayerRouting>& acc, const std::vector<Model::LayerRouting>& rt) {
     if (acc.empty()) {
         acc = rt;
         return;
@@ -98,6 +97,42 @@ void accumulate_routing(std::vector<Model::LayerRouting>& acc, const Model& mode
         a.entropy_sum += b.entropy_sum;
         a.tokens += b.tokens;
     }
+}
+void accumulate_routing(std::vector<Model::LayerRouting>& acc, const Model& model) {
+    accumulate_routing(acc, model.routing());
+}
+
+// One micro-batch's losses and routing telemetry as doubles (counts are exact below 2^53), so the
+// ranks of a data-parallel run can gather them and add them in micro-batch order:
+// lm, balance, z, then per layer: has-load flag, E loads, rerouted, dropped, slots, tokens, entropy_sum.
+int64_t micro_record_size(const ModelConfig& mc) { return 3 + mc.n_layer * (6 + mc.n_expert); }
+
+void write_micro_record(double* out, double lm, double bal, double z, const std::vector<Model::LayerRouting>& rt,
+                        const ModelConfig& mc) {
+    *out++ = lm, *out++ = bal, *out++ = z;
+    for (int64_t l = 0; l < mc.n_layer; ++l) {
+        const Model::LayerRouting* r = l < (int64_t)rt.size() ? &rt[l] : nullptr;
+        const bool has = r && !r->load.empty();
+        *out++ = has;
+        for (int64_t e = 0; e < mc.n_expert; ++e) *out++ = has ? (double)r->load[e] : 0.0;
+        *out++ = r ? (double)r->rerouted : 0.0, *out++ = r ? (double)r->dropped : 0.0;
+        *out++ = r ? (double)r->slots : 0.0, *out++ = r ? (double)r->tokens : 0.0;
+        *out++ = r ? r->entropy_sum : 0.0;
+    }
+}
+
+std::vector<Model::LayerRouting> read_micro_routing(const double* in, const ModelConfig& mc) {
+    std::vector<Model::LayerRouting> rt(mc.n_layer);
+    in += 3;
+    for (int64_t l = 0; l < mc.n_layer; ++l) {
+        Model::LayerRouting& r = rt[l];
+        const bool has = *in++ != 0;
+        for (int64_t e = 0; e < mc.n_expert; ++e, ++in)
+            if (has) r.load.push_back((int64_t)*in);
+        r.rerouted = (int64_t)*in++, r.dropped = (int64_t)*in++, r.slots = (int64_t)*in++, r.tokens = (int64_t)*in++;
+        r.entropy_sum = *in++;
+    }
+    return rt;
 }
 
 EvalResult evaluate(Model& model, const TextData& data, int64_t B, int64_t T, int64_t batches,
@@ -308,6 +343,8 @@ struct Trainer::Impl {
     std::unique_ptr<FusedExpertAdamW> fused;
     double unigram = 0;
     int64_t B = 0, T = 0, N = 0;
+    bool lead = true;                              // rank 0: prints, logs, evaluates, saves
+    std::vector<double> micro_mine, micro_all;     // per-micro-batch records (micro_record_size)
     bool tty = false;
     std::vector<int32_t> x, y;
     std::vector<std::vector<int64_t>> last_load;   // expert loads of the last evaluation
@@ -320,6 +357,8 @@ void Trainer::Impl::setup(Config c, const TrainOptions& o, GradientSync* s) {
     cfg = std::move(c);
     opt = o;
     sync = s ? s : &local_sync;
+    lead = sync->rank() == 0;
+    if (!lead) opt.log_path.clear();
     set_num_threads(opt.threads);
     // Resuming: the architecture, tokenizer, weights, optimizer state and the seed (the data order)
     // come from the checkpoint, so the run continues exactly as it would have without a stop.
@@ -348,6 +387,23 @@ void Trainer::Impl::setup(Config c, const TrainOptions& o, GradientSync* s) {
     if (!opt.data_override.empty()) tc.data = opt.data_override;
     if (opt.seed >= 0) tc.seed = (uint64_t)opt.seed;
     if (opt.steps >= 0) tc.steps = opt.steps;
+    if (opt.grad_accum >= 0) {
+        if (opt.grad_accum < 1) fail("--grad-accum must be >= 1, got ", opt.grad_accum);
+        tc.grad_accum = opt.grad_accum;
+    }
+    // Data parallel over W ranks: --grad-accum / train.grad_accum is per rank, the step's global
+    // accumulation is W times it (what the checkpoint records). Resuming with the checkpoint's own
+    // training section and no --grad-accum keeps its global accumulation, which W must divide.
+    if (const int W = sync->size(); W > 1) {
+        if (opt.config_from_checkpoint && opt.grad_accum < 0) {
+            if (tc.grad_accum % W != 0)
+                fail("checkpoint '", checkpoint_file(opt.resume_dir), "' accumulates ", tc.grad_accum,
+                     " micro-batches per step, which the ", W, " ranks cannot share evenly (pass --grad-accum G for ",
+                     "G per rank, or run on a number of ranks dividing ", tc.grad_accum, ")");
+        } else {
+            tc.grad_accum *= W;
+        }
+    }
     if (!opt.precision.empty()) tc.precision = opt.precision;
     precision = kernels::parse_precision(tc.precision.c_str(), "--precision / train.precision");
     if (tc.data.empty()) fail("no training data: set 'train.data' in ", cfg.path, " or pass --data FILE");
@@ -386,7 +442,7 @@ void Trainer::Impl::setup(Config c, const TrainOptions& o, GradientSync* s) {
         adam = std::make_unique<AdamW>(model->n_params());
     }
     model->set_precision(precision);
-    ensure_writable_dir(opt.out_dir);
+    if (lead) ensure_writable_dir(opt.out_dir);
     const ModelConfig& mc = cfg.model;
     B = tc.batch_size, T = tc.block_size, N = B * T;
     data = std::make_unique<TextData>(tok.encode(text, data_path), tc.val_fraction, T, data_path);
@@ -394,29 +450,34 @@ void Trainer::Impl::setup(Config c, const TrainOptions& o, GradientSync* s) {
 
     const ParamCount pc = count_params(mc);
     unigram = data->unigram_entropy(mc.vocab_size);
-    std::printf("moe train: %s | %s model, %lld layers, C=%lld, %s | params %.3fM total, %.3fM active\n",
+    micro_mine.resize(micro_record_size(mc) * (tc.grad_accum / sync->size()));
+    micro_all.resize(micro_mine.size() * sync->size());
+    if (lead) std::printf("moe train: %s | %s model, %lld layers, C=%lld, %s | params %.3fM total, %.3fM active\n",
                 cfg.path.c_str(), mc.any_moe() ? "MoE" : "dense", (long long)mc.n_layer, (long long)mc.n_embd,
                 mc.any_moe() ? str("E=", mc.n_expert, " K=", mc.n_expert_used, " F=", mc.n_ff_exp,
                                      mc.n_ff_shexp > 0 ? str(" + shared F=", mc.n_ff_shexp, mc.shexp_gate ? " (gated)" : "") : "").c_str()
                              : str("F=", mc.n_ff).c_str(),
                 pc.total / 1e6, pc.active / 1e6);
-    std::printf("data: %s, %lld train / %lld val tokens, vocab %lld (%s); unigram baseline %.4f nats\n",
+    if (lead) std::printf("data: %s, %lld train / %lld val tokens, vocab %lld (%s); unigram baseline %.4f nats\n",
                 data_path.c_str(), (long long)data->n_train(), (long long)data->n_val(), (long long)mc.vocab_size,
                 tok.kind() == Tokenizer::Kind::hf ? "the model's tokenizer.json" : tc.tokenizer.c_str(), unigram);
     // The routed experts' AdamW inside the backward (FusedExpertAdamW) where nothing needs the whole
     // gradient first (opt.fused_expert_adamw; off for A/B and the test that compares both). It
     // updates experts inside the backward, before the gradient sync: only where that sync changes nothing
     const bool fuse = tc.grad_clip == 0 && tc.grad_accum == 1 && mc.any_moe() && opt.fused_expert_adamw && sync->identity();
-    std::printf("batch %lld x %lld tokens x %lld accum, %lld steps, lr %.2e, %d threads, %s GEMMs (%s)%s%s\n",
-                (long long)B, (long long)T, (long long)tc.grad_accum, (long long)tc.steps, tc.lr, num_threads(),
-                tc.precision.c_str(), [&] {
-                    const kernels::PrecisionScope p(precision);
-                    return kernels::gemm_engine_name();
-                }(), fuse ? ", experts' AdamW in the backward" : "",
-                !opt.resume_dir.empty() ? str(", resuming at step ", st.step).c_str()
-                : !opt.init_path.empty() ? str(", fine-tuning ", opt.init_path).c_str() : "");
+    if (lead)  // the global batch: W ranks x their micro-batches
+        std::printf("batch %lld x %lld tokens x %lld accum%s, %lld steps, lr %.2e, %d threads, %s GEMMs (%s)%s%s\n",
+                    (long long)B, (long long)T, (long long)tc.grad_accum,
+                    sync->size() > 1 ? str(" over ", sync->size(), " ranks").c_str() : "", (long long)tc.steps, tc.lr, num_threads(),
+                    tc.precision.c_str(), [&] {
+                        const kernels::PrecisionScope p(precision);
+                        return kernels::gemm_engine_name();
+                    }(), fuse ? ", experts' AdamW in the backward" : "",
+                    !opt.resume_dir.empty() ? str(", resuming at step ", st.step).c_str()
+                    : !opt.init_path.empty() ? str(", fine-tuning ", opt.init_path).c_str() : "");
     std::fflush(stdout);
-    tty = ::isatty(STDOUT_FILENO);
+    // under mpirun stdout is Open MPI's pseudo-terminal whatever it is forwarded to: plain lines
+    tty = ::isatty(STDOUT_FILENO) && sync->size() == 1;
     x.resize(N);
     y.resize(N);
     if (fuse) fused = std::make_unique<FusedExpertAdamW>(*model, *adam);
@@ -445,20 +506,47 @@ Trainer::StepStats Trainer::step() {
     hp.weight_decay = tc.weight_decay;
     r.lr = hp.lr;
     Model& model = *m.model;
+    const ModelConfig& mc = m.cfg.model;
+    // Global micro-batches 0..M-1; this rank runs j·W + rank (train/grad_sync.h). Each one's data and
+    // router noise are keyed by its global index, so any rank draws what one process would.
+    const int64_t M = tc.grad_accum, W = m.sync->size(), rounds = M / W, rec = micro_record_size(mc);
+    MOE_ASSERT(M % W == 0);
+    const bool accumulate = M > 1;  // per-micro-batch gradients, folded in micro-batch order
     if (m.fused) m.fused->begin_step(hp, step + 1);
-    else model.zero_grad();
-    for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+    else if (!accumulate) model.zero_grad();
+    for (int64_t j = 0; j < rounds; ++j) {
+        const int64_t micro = j * W + m.sync->rank();
         m.data->train_batch(m.x.data(), m.y.data(), m.B, tc.seed, step, micro);
         model.set_mode(true, tc.seed, step, micro);
-        r.lm_loss += model.forward(m.x.data(), m.y.data(), m.B, m.T);
-        if (m.cfg.model.any_moe()) accumulate_routing(m.train_rt, model);
-        r.balance_loss += model.aux_balance_loss();
-        r.z_loss += model.aux_z_loss();
-        model.backward(1.f / (float)tc.grad_accum);
+        const double lm = model.forward(m.x.data(), m.y.data(), m.B, m.T);
+        write_micro_record(m.micro_mine.data() + j * rec, lm, model.aux_balance_loss(), model.aux_z_loss(),
+                           model.routing(), mc);
+        if (accumulate) model.zero_grad();
+        model.backward(1.f / (float)M);
+        if (accumulate) m.sync->accumulate(model.grads(), model.n_params(), j);
     }
+    if (accumulate) m.sync->finish(model.grads(), model.n_params());
     // the seam between backward and optimizer (identity on one process; fused implies identity)
     MOE_ASSERT(!m.fused || m.sync->identity());
     m.sync->sync(model.grads(), model.n_params(), step);
+    // losses and routing telemetry of every micro-batch, added in micro-batch order
+    m.sync->gather(m.micro_mine.data(), (int64_t)m.micro_mine.size(), m.micro_all.data());
+    std::vector<std::vector<int64_t>> step_load;
+    for (int64_t micro = 0; micro < M; ++micro) {
+        const double* p = m.micro_all.data() + ((micro % W) * rounds + micro / W) * rec;
+        r.lm_loss += p[0];
+        r.balance_loss += p[1];
+        r.z_loss += p[2];
+        if (!mc.any_moe()) continue;
+        const std::vector<Model::LayerRouting> rt = read_micro_routing(p, mc);
+        if (m.lead) accumulate_routing(m.train_rt, rt);
+        if (W > 1 && mc.router.bias_balance) {  // the loads of all ranks' micro-batches
+            if (step_load.empty()) step_load.assign(mc.n_layer, std::vector<int64_t>(mc.n_expert, 0));
+            for (int64_t l = 0; l < mc.n_layer; ++l)
+                for (size_t e = 0; e < rt[l].load.size(); ++e) step_load[l][e] += rt[l].load[e];
+        }
+    }
+    if (!step_load.empty()) model.set_step_load(std::move(step_load));
     r.lm_loss /= (double)tc.grad_accum;
     r.balance_loss /= (double)tc.grad_accum;
     r.z_loss /= (double)tc.grad_accum;
@@ -538,8 +626,8 @@ TrainResult Trainer::run(const SampleFn& sample) {
             std::snprintf(line, sizeof line, "step %6lld/%lld | loss %.4f | lr %.2e | %s tok/s | ETA %s",
                           (long long)m.st.step, (long long)tc.steps, window_loss / window_steps, s.lr,
                           fmt_rate(tps).c_str(), fmt_duration(eta).c_str());
-            if (m.tty) std::printf("\r\033[K%s", line);
-            else std::printf("%s\n", line);
+            if (m.lead && m.tty) std::printf("\r\033[K%s", line);
+            else if (m.lead) std::printf("%s\n", line);
             std::fflush(stdout);
             nlohmann::json jl = {{"step", m.st.step}, {"loss", s.loss}, {"lr", s.lr},
                                  {"tokens_per_sec", tps}, {"grad_norm", s.grad_norm},
@@ -553,8 +641,14 @@ TrainResult Trainer::run(const SampleFn& sample) {
             window_loss = 0;
             window_steps = 0;
         }
+        if (!m.lead) continue;  // only rank 0 evaluates, logs and saves
         if (m.st.step % tc.eval_interval == 0 || last) evaluate();
         if ((tc.ckpt_interval > 0 && m.st.step % tc.ckpt_interval == 0) || last) save();
+    }
+    if (!m.lead) {
+        res.steps_done = m.st.step - start_step;
+        res.final_train_loss = last_loss;
+        return res;
     }
     if (start_step >= tc.steps) {
         std::printf("checkpoint is already at step %lld of %lld; nothing to train\n", (long long)m.st.step,
