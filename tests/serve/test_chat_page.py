@@ -27,6 +27,9 @@ import time
 import urllib.parse
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_util import start_server  # noqa: E402
+
 KEY = "sk-page-test"
 TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")
@@ -55,25 +58,7 @@ def start(moe, d, key, extra=()):
     args = [moe, "serve", "--model", d, "--port", "0", "--parallel", "2", "--threads", "2", *extra]
     if key:
         args += ["--api-key", key]
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         env=dict(os.environ, OMP_WAIT_POLICY="passive"))
-    deadline = time.time() + 120
-    url, lines = None, []
-
-    def read():
-        nonlocal url
-        for line in p.stdout:
-            lines.append(line)
-            if "ready at " in line:
-                url = line.split("ready at ")[1].split()[0]
-    threading.Thread(target=read, daemon=True).start()
-    while url is None:
-        if time.time() > deadline or p.poll() is not None:
-            p.kill()
-            p.wait()
-            raise SystemExit("server did not get ready:\n" + "".join(lines))
-        time.sleep(0.05)
-    return p, url
+    return start_server(args, timeout=120)
 
 
 class Browser:

@@ -16,6 +16,9 @@ import threading
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_util import start_server  # noqa: E402
+
 try:
     import openai
 except ImportError as e:  # the venv of scripts/oracle_venv.sh is not there
@@ -40,25 +43,7 @@ def model_dir(tmp):
 
 
 def start(d):
-    p = subprocess.Popen([MOE, "serve", "--model", d, "--port", "0", "--parallel", "16", "--threads", "2"],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         env=dict(os.environ, OMP_WAIT_POLICY="passive"))
-    deadline = time.time() + 60
-    url, lines = None, []
-
-    def read():
-        nonlocal url
-        for line in p.stdout:
-            lines.append(line)
-            if "ready at " in line:
-                url = line.split("ready at ")[1].split()[0]
-    threading.Thread(target=read, daemon=True).start()
-    while url is None:
-        if time.time() > deadline or p.poll() is not None:
-            p.kill()
-            raise SystemExit("server did not get ready:\n" + "".join(lines))
-        time.sleep(0.05)
-    return p, url
+    return start_server([MOE, "serve", "--model", d, "--port", "0", "--parallel", "16", "--threads", "2"])
 
 
 def spec(i):

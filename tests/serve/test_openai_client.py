@@ -18,6 +18,9 @@ import time
 import urllib.error
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_util import start_server  # noqa: E402
+
 try:
     import openai
     from prometheus_client.parser import text_string_to_metric_families
@@ -43,25 +46,8 @@ def model_dir(tmp):
 
 
 def start(d):
-    p = subprocess.Popen([MOE, "serve", "--model", d, "--port", "0", "--parallel", "4", "--api-key", KEY,
-                          "--threads", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         env=dict(os.environ, OMP_WAIT_POLICY="passive"))
-    deadline = time.time() + 60
-    url, lines = None, []
-
-    def read():
-        nonlocal url
-        for line in p.stdout:
-            lines.append(line)
-            if "ready at " in line:
-                url = line.split("ready at ")[1].split()[0]
-    threading.Thread(target=read, daemon=True).start()
-    while url is None:
-        if time.time() > deadline or p.poll() is not None:
-            p.kill()
-            raise SystemExit("server did not get ready:\n" + "".join(lines))
-        time.sleep(0.05)
-    return p, url
+    return start_server([MOE, "serve", "--model", d, "--port", "0", "--parallel", "4", "--api-key", KEY,
+                         "--threads", "2"])
 
 
 def http(url, path, body=None, key=KEY, raw=None, method=None):
