@@ -1,8 +1,26 @@
-"""What the serve tests share: start `moe serve ... --port 0` and wait for its ready line."""
+"""What the serve tests share: the tiny test model as a Hugging Face directory, and starting
+`moe serve ... --port 0` up to its ready line."""
+import json
 import os
+import shutil
 import subprocess
 import threading
 import time
+
+TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def model_dir(tmp, data):
+    """tests/data's tiny qwen3_moe model with the byte-level tokenizer and TEMPLATE, in tmp."""
+    d = os.path.join(tmp, "tiny-qwen3-moe")
+    os.makedirs(d)
+    for f in ("config.json", "model.safetensors", "generation_config.json"):
+        shutil.copy(os.path.join(data, "hf/qwen3_moe", f), d)
+    shutil.copy(os.path.join(data, "tokenizers/moe_export/byte.tokenizer.json"), os.path.join(d, "tokenizer.json"))
+    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+        json.dump({"chat_template": TEMPLATE}, f)
+    return d
 
 
 def start_server(args, timeout=60):

@@ -28,11 +28,9 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import start_server  # noqa: E402
+from serve_util import model_dir, start_server  # noqa: E402
 
 KEY = "sk-page-test"
-TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
-            "{% if add_generation_prompt %}<assistant>{% endif %}")
 
 
 def find_chromium():
@@ -41,17 +39,6 @@ def find_chromium():
         if p:
             return p
     return None
-
-
-def model_dir(tmp, data):
-    d = os.path.join(tmp, "tiny-qwen3-moe")
-    os.makedirs(d)
-    for f in ("config.json", "model.safetensors", "generation_config.json"):
-        shutil.copy(os.path.join(data, "hf/qwen3_moe", f), d)
-    shutil.copy(os.path.join(data, "tokenizers/moe_export/byte.tokenizer.json"), os.path.join(d, "tokenizer.json"))
-    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
-        json.dump({"chat_template": TEMPLATE}, f)
-    return d
 
 
 def start(moe, d, key, extra=()):

@@ -6,10 +6,8 @@ first token (streams: to the first content chunk; non-streaming: to the whole re
 wall time. Usage: test_load.py MOE_BINARY TEST_DATA_DIR. Exits 77 (skipped) without the packages.
 Bounded: each request 60 s, the whole load 150 s; the server is killed on any failure."""
 import concurrent.futures
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -17,7 +15,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import start_server  # noqa: E402
+from serve_util import model_dir, start_server  # noqa: E402
 
 try:
     import openai
@@ -27,19 +25,6 @@ except ImportError as e:  # the venv of scripts/oracle_venv.sh is not there
 
 MOE, DATA = sys.argv[1], sys.argv[2]
 CLIENTS, PER_CLIENT, DISTINCT = 64, 4, 16
-TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
-            "{% if add_generation_prompt %}<assistant>{% endif %}")
-
-
-def model_dir(tmp):
-    d = os.path.join(tmp, "tiny-qwen3-moe")
-    os.makedirs(d)
-    for f in ("config.json", "model.safetensors", "generation_config.json"):
-        shutil.copy(os.path.join(DATA, "hf/qwen3_moe", f), d)
-    shutil.copy(os.path.join(DATA, "tokenizers/moe_export/byte.tokenizer.json"), os.path.join(d, "tokenizer.json"))
-    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
-        json.dump({"chat_template": TEMPLATE}, f)
-    return d
 
 
 def start(d):
@@ -87,7 +72,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="moe_serve_load_")
     proc = None
     try:
-        proc, url = start(model_dir(tmp))
+        proc, url = start(model_dir(tmp, DATA))
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", timeout=60, max_retries=0)
         model = client.models.list().data[0].id
         alone = [run(client, model, spec(i))[:2] for i in range(DISTINCT)]

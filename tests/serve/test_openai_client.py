@@ -10,16 +10,14 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import start_server  # noqa: E402
+from serve_util import model_dir, start_server  # noqa: E402
 
 try:
     import openai
@@ -30,19 +28,6 @@ except ImportError as e:  # the venv of scripts/oracle_venv.sh is not there
 
 MOE, DATA = sys.argv[1], sys.argv[2]
 KEY = "sk-moe-test"
-TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
-            "{% if add_generation_prompt %}<assistant>{% endif %}")
-
-
-def model_dir(tmp):
-    d = os.path.join(tmp, "tiny-qwen3-moe")
-    os.makedirs(d)
-    for f in ("config.json", "model.safetensors", "generation_config.json"):
-        shutil.copy(os.path.join(DATA, "hf/qwen3_moe", f), d)
-    shutil.copy(os.path.join(DATA, "tokenizers/moe_export/byte.tokenizer.json"), os.path.join(d, "tokenizer.json"))
-    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
-        json.dump({"chat_template": TEMPLATE}, f)
-    return d
 
 
 def start(d):
@@ -77,7 +62,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="moe_serve_test_")
     proc = None
     try:
-        d = model_dir(tmp)
+        d = model_dir(tmp, DATA)
         proc, url = start(d)
         client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, timeout=30, max_retries=0)
 
