@@ -7,6 +7,9 @@
 #include <fstream>
 #include <thread>
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include "core/error.h"
 
 namespace moe::kernels {
@@ -26,6 +29,18 @@ const CpuFeatures& cpu_features() {
         c.avx512dq = __builtin_cpu_supports("avx512dq");
         c.avx512_bf16 = __builtin_cpu_supports("avx512bf16");
         c.avx512_vnni = __builtin_cpu_supports("avx512vnni");
+        unsigned a7 = 0, b7 = 0, c7 = 0, d7 = 0;
+        if (__get_cpuid_count(7, 0, &a7, &b7, &c7, &d7)) {
+            c.amx_bf16 = (d7 >> 22) & 1u;
+            c.amx_tile = (d7 >> 24) & 1u;
+            c.amx_int8 = (d7 >> 25) & 1u;
+        }
+        if (c.amx_tile) {
+            // Linux >= 5.16 keeps the 8 KiB tile-data state off until a process asks for it; a
+            // tile instruction without the permission is SIGILL. The grant covers every thread.
+            constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+            c.amx_permitted = syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+        }
         return c;
     }();
     return f;
@@ -35,10 +50,11 @@ Isa parse_isa(const std::string& s, const char* where) {
     if (s == "ref") return Isa::ref;
     if (s == "avx2") return Isa::avx2;
     if (s == "avx512") return Isa::avx512;
-    fail(where, "='", s, "' is not one of ref, avx2, avx512");
+    if (s == "amx") return Isa::amx;
+    fail(where, "='", s, "' is not one of ref, avx2, avx512, amx");
 }
 
-static Isa g_cap = Isa::avx512;  // no cap
+static Isa g_cap = Isa::amx;  // no cap
 
 Isa set_isa_cap(Isa cap) {
     const Isa prev = g_cap;
@@ -49,7 +65,9 @@ Isa set_isa_cap(Isa cap) {
 Isa active_isa() {
     static const Isa hw = [] {
         const CpuFeatures& f = cpu_features();
-        if (f.avx512f && f.avx512bw && f.avx512vl && f.fma) return Isa::avx512;
+        const bool avx512 = f.avx512f && f.avx512bw && f.avx512vl && f.fma;
+        if (avx512 && f.amx_tile && f.amx_bf16 && f.amx_int8 && f.amx_permitted) return Isa::amx;
+        if (avx512) return Isa::avx512;
         if (f.avx2 && f.fma) return Isa::avx2;
         return Isa::ref;
     }();
@@ -61,6 +79,7 @@ const char* isa_name(Isa isa) {
         case Isa::ref: return "ref";
         case Isa::avx2: return "avx2";
         case Isa::avx512: return "avx512";
+        case Isa::amx: return "amx";
     }
     return "?";
 }
@@ -75,6 +94,7 @@ std::string host_description() {
     std::string out = model + ", " + std::to_string(std::thread::hardware_concurrency()) + " cores,";
     for (const char* f : {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16", "amx_int8"})
         if (flags.find(std::string(" ") + f + " ") != std::string::npos) out += std::string(" ") + f;
+    if (cpu_features().amx_tile && !cpu_features().amx_permitted) out += " (AMX tile state refused by the kernel)";
     return out + " (active isa: " + isa_name(active_isa()) + ")";
 }
 
