@@ -15,6 +15,7 @@
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "kernels/amx_q8.h"
 #include "kernels/cpu.h"
 #include "kernels/ggml_quants_simd.h"
 #include "kernels/qmatmul.h"
@@ -770,10 +771,37 @@ static void ggml_matmul_tiles(float* y, const void* w, GType t, int64_t row_stri
     });
 }
 
+// AMX-INT8 prefill tiles (amx_q8.cc): the activation groups packed once, whole tiles of 32 output
+// rows per thread
+static void ggml_matmul_amx(float* y, const void* w, GType t, int64_t row_stride, int64_t N, int64_t OUT, int64_t IN,
+                            bool accumulate, GActs& acts) {
+    const int64_t K = t == GType::q6_k ? 16 : 32, G = amx::groups(N);
+    if ((int64_t)acts.xp.size() < amx::acts_bytes(N, IN, K)) acts.xp.resize(amx::acts_bytes(N, IN, K));
+    if ((int64_t)acts.xs.size() < amx::acts_floats(N, IN, K))
+        acts.xs.resize(amx::acts_floats(N, IN, K)), acts.am.resize(amx::acts_floats(N, IN, K));
+    const bool kq = t == GType::q4_k || t == GType::q5_k;
+    amx::Acts xa;
+    xa.xp = reinterpret_cast<const int8_t*>(acts.xp.data()), xa.xs = acts.xs.data(), xa.am = kq ? acts.am.data() : nullptr;
+    int8_t* xp = reinterpret_cast<int8_t*>(acts.xp.data());
+    float *xs = acts.xs.data(), *am = kq ? acts.am.data() : nullptr;
+    parallel_for(0, G, 2, [&](int64_t g0, int64_t g1) {
+        amx::pack_acts_ggml(acts.buf.data(), acts.row_bytes, t, N, IN, g0, g1, xp, xs, am);
+    });
+    const int64_t tiles = (OUT + 31) / 32, bytes = amx::scratch_bytes(IN) + 64;
+    parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+        thread_local std::vector<uint8_t> scratch;  // this thread's tile (grown once)
+        if ((int64_t)scratch.size() < bytes) scratch.resize(bytes);
+        uint8_t* s = scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64;
+        amx::prefill_ggml(y, OUT, xa, w, t, row_stride, N, IN, t0 * 32, std::min(OUT, t1 * 32), accumulate, s);
+    });
+}
+
 void ggml_matmul(float* y, const float* x, const void* w, GType t, int64_t row_stride, int64_t N, int64_t OUT,
                  int64_t IN, bool accumulate, GActs& acts) {
     if (N <= 0 || OUT <= 0) return;
     acts.build(gtype_act(t), x, N, IN);
+    if (N > kGgmlGemvMaxN && amx::int8_active() && amx::ggml_supported(t))
+        return ggml_matmul_amx(y, w, t, row_stride, N, OUT, IN, accumulate, acts);
     const CpuFeatures& f = cpu_features();
     if (N > kGgmlGemvMaxN && active_isa() >= Isa::avx512 && f.avx512_vnni && f.avx512dq && f.f16c && detail::tiles_supported(t))
         return ggml_matmul_tiles(y, w, t, row_stride, N, OUT, IN, accumulate, acts);

@@ -33,6 +33,11 @@ struct TileActs {
 void pack_tile_acts(const uint8_t* rows, int64_t row_bytes, GType act, int64_t N, int64_t in, int32_t c, int64_t g0,
                     int64_t g1, uint8_t* xp, float* xs, float* am, int32_t* xo);
 bool tiles_supported(GType w);  // q8_0, q4_0, q4_k, q5_k
+// A tile of 32 weight rows (rows [nr, 32) zero) in the layout above: per 32-value sub-block b,
+// 1024 bytes at wq + b * 1024 (the 4-byte group k of row r at k * 128 + r * 4) of unsigned u, with
+// ws, wm at [b * 32 + r] (w = ws * u - wm). Also the AMX prefill's weights (kernels/amx_q8.cc).
+void unpack_tile_vnni(GType w, const uint8_t* rows, int64_t row_stride, int nr, int64_t nsb, uint8_t* wq, float* ws,
+                      float* wm);
 int64_t tile_scratch_bytes(int64_t in);
 // y[n * ys + o] (+)= for o in [o0, o1), n < N; scratch: tile_scratch_bytes(in), 64-byte aligned
 void prefill_tiles_vnni(float* y, int64_t ys, const TileActs& xa, const void* w, GType t, int64_t row_stride,

@@ -308,6 +308,11 @@ KT void tile_rows(float* y, int64_t ys, const TileActs& xa, int64_t g, int nr, i
 
 }  // namespace
 
+void unpack_tile_vnni(GType t, const uint8_t* rows, int64_t row_stride, int nr, int64_t nsb, uint8_t* wq, float* ws,
+                      float* wm) {
+    unpack_tile(t, rows, row_stride, nr, nsb, wq, ws, wm);
+}
+
 bool tiles_supported(GType t) { return t == GType::q8_0 || t == GType::q4_0 || t == GType::q4_k || t == GType::q5_k; }
 
 int64_t tile_scratch_bytes(int64_t in) { return in / 32 * (kTileSubBytes + 2 * kTileRows * (int64_t)sizeof(float)); }

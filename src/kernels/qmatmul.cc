@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "kernels/amx_q8.h"
 #include "kernels/avx2_inline.h"
 #include "kernels/batch_invariant.h"
 #include "kernels/bf16.h"
@@ -674,6 +675,33 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
     });
 }
 
+// int8 prefill on AMX: x quantized (the definition above), its groups of 16 rows packed for the A
+// tiles, whole tiles of 32 output rows per thread
+static void qmatmul_q8_amx(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate) {
+    thread_local QActs qa;
+    thread_local std::vector<int8_t> xp;
+    thread_local std::vector<float> xsc;
+    qa.build(x, N, w.in);
+    const int64_t in = w.in, G = amx::groups(N);
+    if ((int64_t)xp.size() < amx::acts_bytes(N, in, 32)) xp.resize(amx::acts_bytes(N, in, 32));
+    if ((int64_t)xsc.size() < amx::acts_floats(N, in, 32)) xsc.resize(amx::acts_floats(N, in, 32));
+    amx::Acts xa;
+    xa.xp = xp.data(), xa.xs = xsc.data();
+    const QActs* qx = &qa;  // this thread's copies, for the workers
+    int8_t* xpd = xp.data();
+    float* xsd = xsc.data();
+    parallel_for(0, G, 2, [&](int64_t g0, int64_t g1) {
+        amx::pack_acts_q8(qx->q.data(), qx->scales.data(), N, in, g0, g1, xpd, xsd);
+    });
+    const int64_t tiles = (w.out + 31) / 32, bytes = amx::scratch_bytes(in) + 64;
+    parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+        thread_local std::vector<uint8_t> scratch;  // this thread's tile (grown once)
+        if ((int64_t)scratch.size() < bytes) scratch.resize(bytes);
+        uint8_t* s = scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64;
+        amx::prefill_q8(y, w.out, xa, w.q, w.scales, N, in, t0 * 32, std::min(w.out, t1 * 32), accumulate, s);
+    });
+}
+
 // Decode: N <= kGemvMaxN rows use the streaming kernel. More rows use the packed GEMM, which
 // converts W to fp32 slice by slice inside its packing; with the oneDNN backend, W is dequantized
 // in blocks of output rows into thread-local scratch first.
@@ -694,6 +722,10 @@ void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumul
     if (is_ggml(w.type)) {  // prefill: integer dots over tiles of weight rows (ggml_quants.cc)
         thread_local GActs acts;
         ggml_matmul(y, x, w.raw, ggml_type(w.type), w.row_bytes, N, w.out, w.in, accumulate, acts);
+        return;
+    }
+    if (w.type == WType::q8 && w.q && w.in > 0 && amx::int8_active()) {  // AMX-INT8 tiles (amx_q8.cc)
+        qmatmul_q8_amx(y, x, w, N, accumulate);
         return;
     }
     // prefill. int8: x rounded to its int8 grid (the definition above), as fp32 for the GEMM
