@@ -2,6 +2,9 @@
 // The machine's int8 dot-product peak, measured: register-only loops of independent multiply-adds
 // (no memory traffic), one copy per thread, run side by side (the best of three runs). Shared by
 // bench/int8_peak.cc and bench/prefill_quant.cc, which divides its GEMM rate by it.
+//   AMX-INT8: TDPBSSD on full tiles (16 x 64 bytes times 16 x 64 bytes: 16 x 16 x 64 = 16384 s8 x s8
+//   products into 16 x 16 int32 per instruction), four independent accumulator tiles (C0-C3 over
+//   two A and two B tiles, the 2 x 2 blocking a GEMM uses), nothing loaded or stored in the loop.
 //   AVX-512 VNNI: vpdpbusd on 512-bit registers, 64 u8 x s8 products summed into 16 int32 per
 //   instruction, 16 independent accumulators. AVX2: vpmaddubsw + vpmaddwd + vpaddd, 32 products per
 //   triple, 12 accumulators (what moe's and ggml's AVX2 int8 kernels issue).
@@ -37,6 +40,41 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) inline double vnni512(lon
     _mm512_store_si512(l, s);
     *sink = l[0];
     return (double)iters * 16 * 64 * 2;
+}
+
+struct alignas(64) AmxConfig {
+    uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    uint16_t colsb[16] = {};
+    uint8_t rows[16] = {};
+};
+
+__attribute__((target("amx-tile,amx-int8"))) inline double amx_int8(long iters, int* sink) {
+    AmxConfig c;
+    for (int t = 0; t < 8; ++t) c.rows[t] = 16, c.colsb[t] = 64;
+    alignas(64) int8_t buf[1024];
+    for (int i = 0; i < 1024; ++i) buf[i] = (int8_t)(i % 7 - 3);
+    asm volatile("" ::: "memory");
+    _tile_loadconfig(&c);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    _tile_loadd(4, buf, 64);
+    _tile_loadd(5, buf, 64);
+    _tile_loadd(6, buf, 64);
+    _tile_loadd(7, buf, 64);
+    iters /= 16;  // a tile product is 256 times a vpdpbusd's work
+    for (long it = 0; it < iters; ++it) {
+        _tile_dpbssd(0, 4, 6);
+        _tile_dpbssd(1, 4, 7);
+        _tile_dpbssd(2, 5, 6);
+        _tile_dpbssd(3, 5, 7);
+    }
+    alignas(64) int32_t out[256];
+    _tile_stored(0, out, 64);
+    _tile_release();
+    *sink = out[0];
+    return (double)iters * 4 * 16 * 16 * 64 * 2;
 }
 
 __attribute__((target("avx2"))) inline double avx2_maddubs(long iters, int* sink) {
@@ -83,12 +121,18 @@ struct Peak {
     std::string isa;  // which instructions
 };
 
-// The best int8 dot instruction the CPU has (capped by MOE_ISA-style caps: avx2 forces the AVX2 loop)
-inline Peak measure(int threads, double seconds, bool avx2_only = false) {
+enum class Which { best, vnni, avx2 };
+
+// The best int8 dot instruction the CPU has (AMX-INT8 where active_isa() allows it, then AVX-512
+// VNNI, then AVX2), or the one asked for: vnni = the best without AMX, avx2 = the AVX2 loop
+inline Peak measure(int threads, double seconds, Which which = Which::best) {
     const auto& f = moe::kernels::cpu_features();
     Peak p;
     Loop loop = nullptr;
-    if (!avx2_only && f.avx512f && f.avx512bw && f.avx512_vnni) {
+    const bool avx2_only = which == Which::avx2;
+    if (which == Which::best && moe::kernels::active_isa() >= moe::kernels::Isa::amx && f.amx_int8) {
+        loop = amx_int8, p.isa = "amx_int8 (TDPBSSD tiles 16x16x64)";
+    } else if (!avx2_only && f.avx512f && f.avx512bw && f.avx512_vnni) {
         loop = vnni512, p.isa = "avx512_vnni (512-bit vpdpbusd)";
     } else if (f.avx2) {
         loop = avx2_maddubs, p.isa = "avx2 (256-bit vpmaddubsw + vpmaddwd + vpaddd)";

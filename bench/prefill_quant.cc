@@ -1,8 +1,11 @@
 // Prefill GEMMs on ggml block weights: y (N, OUT) = x (N, IN) . W^T for N = 512 tokens, W in q8_0,
 // q4_k, ... (kernels/ggml_quants.h), as a fraction of the machine's int8 dot peak measured in the
 // same run (bench/int8_peak.h). Per type, side by side, best of R: qmatmul's prefill (integer dots
-// over tiles of weight rows, the default), the alternative (x rounded to its q8 grid, then the
-// packed fp32 GEMM dequantizing W inside its packing), and the fp32 GEMM on fp32 weights.
+// over tiles of weight rows, the default: AMX-INT8 tiles where active_isa() >= amx), the same
+// capped at AVX-512 (the VNNI tiles; on AMX hosts only), the alternative (x rounded to its q8 grid,
+// then the packed fp32 GEMM dequantizing W inside its packing), and the fp32 GEMM on fp32 weights.
+// On AMX hosts both peaks are measured: the fractions are given against each (the host's peak is
+// the AMX one; the last line uses it).
 //
 //   prefill_quant [--dtype q8_0,q4_k] [--tokens N] [--threads T] [--reps R]
 //
@@ -43,6 +46,9 @@ int main(int argc, char** argv) {
     std::printf("host: %s\n", host_description().c_str());
     const int8_peak::Peak peak = int8_peak::measure(T, 1.0);
     std::printf("int8 dot peak: %.1f GOP/s on %d threads [%s]\n", peak.gops, T, peak.isa.c_str());
+    const bool amx = peak.isa.rfind("amx", 0) == 0;
+    const int8_peak::Peak vpeak = amx ? int8_peak::measure(T, 1.0, int8_peak::Which::vnni) : peak;
+    if (amx) std::printf("int8 dot peak: %.1f GOP/s on %d threads [%s]\n", vpeak.gops, T, vpeak.isa.c_str());
     struct Shape {
         const char* what;
         int64_t out, in;
@@ -54,7 +60,7 @@ int main(int argc, char** argv) {
     std::stringstream ss(dtypes);
     for (std::string name; std::getline(ss, name, ',');) {
         const WType t = parse_wtype(name, "--dtype");
-        double tq = 0, td = 0, tf = 0, ops = 0;
+        double tq = 0, tv = 0, td = 0, tf = 0, ops = 0;
         for (const Shape& s : shapes) {
             std::vector<float> w(s.out * s.in), x(N * s.in), y(N * s.out);
             for (auto& v : w) v = nd(rng);
@@ -62,11 +68,18 @@ int main(int argc, char** argv) {
             QStore st;
             st.build(t, w.data(), s.out, s.in);
             const QMatrix m = st.view();
-            double bq = 1e30, bd = 1e30, bf = 1e30;
+            double bq = 1e30, bv = 1e30, bd = 1e30, bf = 1e30;
             for (int r = 0; r < reps; ++r) {  // alternating, best of reps each
                 double t0 = moe::now_seconds();
                 qmatmul(y.data(), x.data(), m, N, false);
                 bq = std::min(bq, moe::now_seconds() - t0);
+                if (amx) {  // the same capped at AVX-512: the VNNI tiles (int8: the GEMM)
+                    const Isa prev = set_isa_cap(Isa::avx512);
+                    t0 = moe::now_seconds();
+                    qmatmul(y.data(), x.data(), m, N, false);
+                    bv = std::min(bv, moe::now_seconds() - t0);
+                    set_isa_cap(prev);
+                }
                 if (is_ggml(t) && gemm_backend() == GemmBackend::packed) {
                     t0 = moe::now_seconds();
                     qmatmul_ggml_dequant_gemm(y.data(), x.data(), m, N, false);
@@ -77,14 +90,19 @@ int main(int argc, char** argv) {
                 bf = std::min(bf, moe::now_seconds() - t0);
             }
             const double o = 2.0 * N * s.out * s.in;
-            std::printf("%-5s %s N=%lld: qmatmul %6.1f GOP/s (%.2f of int8 peak) | dequant+fp32 GEMM %6.1f | fp32 GEMM %6.1f\n",
-                        name.c_str(), s.what, (long long)N, o / bq / 1e9, o / bq / 1e9 / peak.gops, o / bd / 1e9,
-                        o / bf / 1e9);
-            tq += bq, td += bd, tf += bf, ops += o;
+            std::printf("%-5s %s N=%lld: qmatmul %6.1f GOP/s (%.2f of int8 peak", name.c_str(), s.what, (long long)N,
+                        o / bq / 1e9, o / bq / 1e9 / peak.gops);
+            if (amx) std::printf(", %.2f of vnni peak) | avx512-capped %6.1f", o / bq / 1e9 / vpeak.gops, o / bv / 1e9);
+            else std::printf(")");
+            std::printf(" | dequant+fp32 GEMM %6.1f | fp32 GEMM %6.1f\n", o / bd / 1e9, o / bf / 1e9);
+            tq += bq, tv += bv, td += bd, tf += bf, ops += o;
         }
         const double frac = ops / tq / 1e9 / peak.gops;
-        std::printf("%-5s all shapes: qmatmul %.1f GOP/s = %.3f of int8 peak; dequant+fp32 GEMM %.1f; fp32 GEMM %.1f\n",
-                    name.c_str(), ops / tq / 1e9, frac, ops / td / 1e9, ops / tf / 1e9);
+        std::printf("%-5s all shapes: qmatmul %.1f GOP/s = %.3f of int8 peak", name.c_str(), ops / tq / 1e9, frac);
+        if (amx)
+            std::printf(" (%.3f of the vnni peak); avx512-capped %.1f GOP/s = %.3f of the vnni peak; amx/avx512 %.2fx",
+                        ops / tq / 1e9 / vpeak.gops, ops / tv / 1e9, ops / tv / 1e9 / vpeak.gops, tv / tq);
+        std::printf("; dequant+fp32 GEMM %.1f; fp32 GEMM %.1f\n", ops / td / 1e9, ops / tf / 1e9);
         worst = std::min(worst, frac);
     }
     std::printf("fraction_of_int8_peak=%.3f\n", worst);
