@@ -2,7 +2,8 @@
 // With AMX-INT8 (active_isa() >= amx) it prints the AMX tile peak and the AVX-512 VNNI peak side by
 // side and names the host's peak (the larger); MOE_ISA=avx512 (or --vnni) measures VNNI alone.
 //
-//   int8_peak [--threads T] [--seconds S] [--vnni | --avx2] [--json]
+//   int8_peak [--threads T] [--seconds S] [--vnni | --avx2] [--cpu-time] [--json]
+// --cpu-time: each thread's rate per second of its own CPU time (a shared host's time slices out)
 #include "bench/int8_peak.h"
 
 #include <cstdio>
@@ -21,8 +22,9 @@ int main(int argc, char** argv) {
         else if (a == "--avx2") which = int8_peak::Which::avx2;
         else if (a == "--vnni") which = int8_peak::Which::vnni;
         else if (a == "--json") json = true;
+        else if (a == "--cpu-time") int8_peak::cpu_time = true;
         else {
-            std::fprintf(stderr, "usage: int8_peak [--threads T] [--seconds S] [--vnni | --avx2] [--json]\n");
+            std::fprintf(stderr, "usage: int8_peak [--threads T] [--seconds S] [--vnni | --avx2] [--cpu-time] [--json]\n");
             return 2;
         }
     }

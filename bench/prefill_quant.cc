@@ -7,7 +7,10 @@
 // On AMX hosts both peaks are measured: the fractions are given against each (the host's peak is
 // the AMX one; the last line uses it).
 //
-//   prefill_quant [--dtype q8_0,q4_k] [--tokens N] [--threads T] [--reps R]
+//   prefill_quant [--dtype q8_0,q4_k] [--tokens N] [--threads T] [--reps R] [--cpu-time]
+//
+// --cpu-time (for --threads 1 on a shared host): every rate, the peaks' included, per second of
+// this process's CPU time instead of wall time, so time slices taken by other processes drop out.
 //
 // Last line: fraction_of_int8_peak=X, the smallest over the types of qmatmul's rate / the peak.
 #include <algorithm>
@@ -26,6 +29,14 @@
 
 using namespace moe::kernels;
 
+// wall seconds, or this process's CPU seconds with --cpu-time
+static double clock_now() {
+    if (!int8_peak::cpu_time) return moe::now_seconds();
+    timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 int main(int argc, char** argv) {
     std::string dtypes = "q8_0,q4_k";
     int64_t N = 512;
@@ -36,14 +47,16 @@ int main(int argc, char** argv) {
         else if (a == "--tokens" && i + 1 < argc) N = std::atoll(argv[++i]);
         else if (a == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
         else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
+        else if (a == "--cpu-time") int8_peak::cpu_time = true;
         else {
-            std::fprintf(stderr, "usage: prefill_quant [--dtype q8_0,q4_k] [--tokens N] [--threads T] [--reps R]\n");
+            std::fprintf(stderr, "usage: prefill_quant [--dtype q8_0,q4_k] [--tokens N] [--threads T] [--reps R] [--cpu-time]\n");
             return 2;
         }
     }
     moe::set_num_threads(threads);
     const int T = moe::num_threads();
     std::printf("host: %s\n", host_description().c_str());
+    if (int8_peak::cpu_time) std::printf("rates per second of CPU time (--cpu-time)\n");
     const int8_peak::Peak peak = int8_peak::measure(T, 1.0);
     std::printf("int8 dot peak: %.1f GOP/s on %d threads [%s]\n", peak.gops, T, peak.isa.c_str());
     const bool amx = peak.isa.rfind("amx", 0) == 0;
@@ -70,24 +83,24 @@ int main(int argc, char** argv) {
             const QMatrix m = st.view();
             double bq = 1e30, bv = 1e30, bd = 1e30, bf = 1e30;
             for (int r = 0; r < reps; ++r) {  // alternating, best of reps each
-                double t0 = moe::now_seconds();
+                double t0 = clock_now();
                 qmatmul(y.data(), x.data(), m, N, false);
-                bq = std::min(bq, moe::now_seconds() - t0);
+                bq = std::min(bq, clock_now() - t0);
                 if (amx) {  // the same capped at AVX-512: the VNNI tiles (int8: the GEMM)
                     const Isa prev = set_isa_cap(Isa::avx512);
-                    t0 = moe::now_seconds();
+                    t0 = clock_now();
                     qmatmul(y.data(), x.data(), m, N, false);
-                    bv = std::min(bv, moe::now_seconds() - t0);
+                    bv = std::min(bv, clock_now() - t0);
                     set_isa_cap(prev);
                 }
                 if (is_ggml(t) && gemm_backend() == GemmBackend::packed) {
-                    t0 = moe::now_seconds();
+                    t0 = clock_now();
                     qmatmul_ggml_dequant_gemm(y.data(), x.data(), m, N, false);
-                    bd = std::min(bd, moe::now_seconds() - t0);
+                    bd = std::min(bd, clock_now() - t0);
                 }
-                t0 = moe::now_seconds();
+                t0 = clock_now();
                 gemm<float>(false, true, N, s.out, s.in, 1.f, x.data(), s.in, w.data(), s.in, 0.f, y.data(), s.out);
-                bf = std::min(bf, moe::now_seconds() - t0);
+                bf = std::min(bf, clock_now() - t0);
             }
             const double o = 2.0 * N * s.out * s.in;
             std::printf("%-5s %s N=%lld: qmatmul %6.1f GOP/s (%.2f of int8 peak", name.c_str(), s.what, (long long)N,

@@ -51,12 +51,12 @@ TEST(AmxQ8, GgmlTilesEqualVnniTilesBitForBit) {
     if (!amx_here()) GTEST_SKIP() << "no AMX-INT8 here: " << host_description();
     for (WType t : {WType::q8_0, WType::q4_0, WType::q4_k, WType::q5_k}) {
         const bool k = gtype_block(ggml_type(t)) == 256;
-        for (int64_t in : k ? std::vector<int64_t>{256, 768} : std::vector<int64_t>{32, 96, 320})
-            for (int64_t out : {13, 37, 70}) {
+        for (int64_t in : k ? std::vector<int64_t>{256, 768} : std::vector<int64_t>{32, 320})
+            for (int64_t out : {13, 70}) {
                 auto w = randv(out * in, 11 + in + out + (int)t);
                 QStore st;
                 st.build(t, w.data(), out, in);
-                for (int64_t N : {9, 16, 17, 35})
+                for (int64_t N : {9, 16, 35})
                     for (int threads : {1, 2, 3}) {
                         moe::set_num_threads(threads);
                         auto x = randv(N * in, 7 + N);

@@ -111,7 +111,8 @@ struct GActs {
 // y (N, OUT) [+]= x (N, IN) · W^T for W (OUT, IN) of ggml type t, row r at w + r * row_stride bytes.
 // x's rows are quantized once into acts (gtype_act(t)); output rows are shared out over threads.
 // N <= kGgmlGemvMaxN: each weight row is streamed once against all N rows (decode). Larger N: the
-// blocked path: on AVX-512 VNNI hosts (q8_0, q4_0, q4_k, q5_k) tiles of 32 weight rows unpacked once
+// blocked path: with AMX-INT8 (active_isa() >= amx; q8_0, q4_0, q4_k, q5_k, q6_k) the tile products
+// of kernels/amx_q8.h; on AVX-512 VNNI hosts (q8_0, q4_0, q4_k, q5_k) tiles of 32 weight rows unpacked once
 // into vpdpbusd's layout and multiplied with 4 activation rows at a time; otherwise the row dots
 // over tiles of 16 weight rows that stay in L1 while groups of 4 activation rows pass over them.
 inline constexpr int64_t kGgmlGemvMaxN = 8;

@@ -5,7 +5,8 @@
 // Decode (small N) is memory-bound: the hand-written kernel streams each weight row once,
 // converting it in registers, and dots it with all N rows of x (no library reads bf16/int8
 // weights this way on AVX2). Large N (prefill) calls the packed GEMM, which converts W to fp32
-// slice by slice inside its packing (with the oneDNN backend: dequantized into scratch first).
+// slice by slice inside its packing (with the oneDNN backend: dequantized into scratch first);
+// int8 with AMX-INT8 (active_isa() >= amx) takes the integer tiles of kernels/amx_q8.h instead.
 //
 // int8 weights multiply int8 activations (as llama.cpp's Q8_0 x Q8_0): each row of x is quantized
 // the same way (blocks of 32, scale = max|x| / 127), and
