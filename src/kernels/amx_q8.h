@@ -5,8 +5,9 @@
 // back).
 //
 // Why hand-written: the weights carry a float scale per block of 32 (16 in q6_k) values, so every
-// tile product covers one block and is scaled into fp32 accumulators before the next; oneDNN's AMX
-// int8 GEMM knows one scale per row or per tensor, and no library reads ggml blocks in place.
+// tile product covers one block and is scaled into fp32 accumulators before the next; oneDNN's
+// int8 matmul (the AMX GEMM on this host) takes scales per tensor or per output channel, not per 32
+// values along K on both operands, and no library reads ggml blocks in place.
 //
 // Layout (one thread's step): a tile of 32 weight rows is unpacked once into TDPBSSD's B layout
 // (per block, the 4-byte groups of the 32 rows side by side: the AVX-512 VNNI tile layout of
