@@ -17,6 +17,7 @@
 #include "moe/error.h"
 #include "kernels/cpu.h"
 #include "kernels/ggml_quants.h"
+#include "kernels/ggml_rows_vnni.h"
 #include "kernels/qmatmul.h"
 #include "model/model.h"
 
@@ -264,6 +265,54 @@ TEST(GgmlQuants, QMatmulMatchesReference) {
         set_isa_cap(prev);
     }
     moe::set_num_threads(0);
+}
+
+// The Q8_0 decode kernel of AVX-512 VNNI hosts (ggml_rows_vnni.h, up to 8 activation rows per
+// pass, tiles of output rows): every output the bits of the single-row dot on AVX-512 VNNI and on
+// AVX2, whatever the number of rows in the call, the output range and accumulate.
+TEST(GgmlQuants, Q8_0VnniRowsEqualSingleRowDotsBitForBit) {
+    if (!detail::q8_0_rows_vnni_supported()) GTEST_SKIP() << "no AVX-512 VNNI on this host";
+    const int64_t out = 37;
+    for (int64_t in : {32, 64, 96, 1056}) {
+        const int64_t wb = gtype_row_bytes(GType::q8_0, in), ab = gtype_row_bytes(GType::q8_0, in);
+        auto w = randv(out * in, 300 + in);
+        w[5] = 40.f;  // a larger value in one block
+        std::vector<uint8_t> wq(out * wb);
+        for (int64_t o = 0; o < out; ++o) quantize_row(GType::q8_0, w.data() + o * in, wq.data() + o * wb, in);
+        for (int64_t N : {1, 3, 8, 9, 16, 17}) {
+            auto x = randv(N * in, 400 + N + in, N == 9 ? 100.f : 1.f);
+            GActs acts;
+            acts.build(GType::q8_0, x.data(), N, in);
+            acts.prepare_rows_vnni();
+            ASSERT_TRUE(acts.rows_vnni);
+            std::vector<float> want(N * out), want2(N * out);  // single-row dots: AVX-512 VNNI, AVX2
+            for (Isa cap : {Isa::avx512, Isa::avx2}) {
+                const Isa prev = set_isa_cap(cap);
+                for (int64_t n = 0; n < N; ++n)
+                    for (int64_t o = 0; o < out; ++o)
+                        row_dots(GType::q8_0)(in, wq.data() + o * wb, acts.row(n), ab, 1,
+                                              &(cap == Isa::avx512 ? want : want2)[n * out + o]);
+                set_isa_cap(prev);
+            }
+            for (bool acc : {false, true}) {
+                std::vector<float> y(N * out, 0.5f);
+                ggml_matmul_rows(y.data(), out, acts, wq.data(), GType::q8_0, wb, N, 0, 13, acc);
+                ggml_matmul_rows(y.data(), out, acts, wq.data(), GType::q8_0, wb, N, 13, out, acc);
+                for (int64_t i = 0; i < N * out; ++i) {
+                    const float e = acc ? 0.5f + want[i] : want[i];
+                    ASSERT_EQ(bits(y[i]), bits(e)) << "in=" << in << " N=" << N << " i=" << i << " acc=" << acc;
+                    ASSERT_EQ(bits(want[i]), bits(want2[i])) << "in=" << in << " N=" << N << " i=" << i;
+                }
+            }
+            // a row alone: the same bits as among the others
+            GActs one;
+            one.build(GType::q8_0, x.data() + (N - 1) * in, 1, in);
+            one.prepare_rows_vnni();
+            std::vector<float> y1(out);
+            ggml_matmul_rows(y1.data(), out, one, wq.data(), GType::q8_0, wb, 1, 0, out, false);
+            for (int64_t o = 0; o < out; ++o) ASSERT_EQ(bits(y1[o]), bits(want[(N - 1) * out + o])) << "o=" << o;
+        }
+    }
 }
 
 // Rows whose length is not a multiple of the type's block are a user error, named.

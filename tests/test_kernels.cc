@@ -156,3 +156,40 @@ TEST(Kernels, DotBlockedMatchesTheSumInDoubleAndItsOwnOrder) {
         EXPECT_EQ(got, s) << "n " << n;
     }
 }
+
+#include "kernels/attn_rows.h"
+
+// Cached attention's per-row loops: the AVX2 and AVX-512 forms give the reference twins' bits
+// (strided rows, every D tail, key counts around the 4-key step), and the scores are the dots
+// (against double) times the scale.
+TEST(Kernels, AttnRowsSimdEqualsReferenceBitForBit) {
+    const Isa best = active_isa();
+    for (int64_t D : {1, 8, 15, 16, 17, 40, 64, 80, 128, 130}) {
+        for (int64_t n : {0, 1, 3, 4, 5, 16, 37}) {
+            const int64_t ks = D + 7;  // rows strided as in the KV cache (kv heads x head dim)
+            const auto q = randv(D, 100 + D, 1.f), k = randv(n * ks + 1, 200 + n, 1.f), v = randv(n * ks + 1, 300 + n, 1.f);
+            auto p = randv(n + 1, 400 + n, 1.f);
+            for (auto& x : p) x = std::fabs(x);
+            const auto o0 = randv(D, 500 + D, 1.f);
+            std::vector<float> s_ref(n + 1, -1.f), o_ref = o0;
+            attn_scores_ref(s_ref.data(), q.data(), k.data(), ks, n, D, 0.125f);
+            attn_accumulate_ref(o_ref.data(), p.data(), 0.37f, v.data(), ks, n, D);
+            for (int64_t u = 0; u < n; ++u) {
+                double exact = 0, mag = 0;
+                for (int64_t d = 0; d < D; ++d)
+                    exact += (double)q[d] * k[u * ks + d], mag += std::fabs((double)q[d] * k[u * ks + d]);
+                ASSERT_LE(std::fabs(s_ref[u] - 0.125 * exact), 1e-6 * mag + 1e-30) << "D " << D << " u " << u;
+            }
+            for (Isa cap : {Isa::avx2, Isa::avx512}) {
+                if ((int)cap > (int)best) continue;
+                const Isa prev = set_isa_cap(cap);
+                std::vector<float> s(n + 1, -1.f), o = o0;
+                attn_scores(s.data(), q.data(), k.data(), ks, n, D, 0.125f);
+                attn_accumulate(o.data(), p.data(), 0.37f, v.data(), ks, n, D);
+                set_isa_cap(prev);
+                for (int64_t u = 0; u <= n; ++u) ASSERT_EQ(s[u], s_ref[u]) << isa_name(cap) << " D " << D << " n " << n << " u " << u;
+                for (int64_t d = 0; d < D; ++d) ASSERT_EQ(o[d], o_ref[d]) << isa_name(cap) << " D " << D << " n " << n << " d " << d;
+            }
+        }
+    }
+}

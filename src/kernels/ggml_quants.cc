@@ -18,6 +18,7 @@
 #include "kernels/amx_q8.h"
 #include "kernels/cpu.h"
 #include "kernels/ggml_quants_simd.h"
+#include "kernels/ggml_rows_vnni.h"
 #include "kernels/qmatmul.h"
 
 namespace moe::kernels {
@@ -704,7 +705,7 @@ float vec_dot_bf16_f32(int64_t n, const void* w, const void* a) { return dot1(GT
 // ---------------------------------------------------------------- matmul
 
 void GActs::build(GType act, const float* x, int64_t n, int64_t i) {
-    type = act, N = n, in = i;
+    type = act, N = n, in = i, rows_vnni = false;
     row_bytes = gtype_row_bytes(act, i);
     if ((int64_t)buf.size() < N * row_bytes) buf.resize(N * row_bytes);
     uint8_t* dst = buf.data();
@@ -716,11 +717,34 @@ void GActs::build(GType act, const float* x, int64_t n, int64_t i) {
     else parallel_for(0, N, 8, rows);
 }
 
+void GActs::prepare_rows_vnni() {
+    rows_vnni = false;
+    if (type != GType::q8_0 || !detail::q8_0_rows_vnni_supported()) return;
+    const int64_t sp = (in / 32 + 1) / 2;
+    if ((int64_t)qu.size() < N * in) qu.resize(N * in);
+    if ((int64_t)s16.size() < N * sp * 16) s16.resize(N * sp * 16);
+    detail::q8_0_rows_acts(buf.data(), row_bytes, N, in, qu.data(), s16.data());
+    rows_vnni = true;
+}
+
 // Output rows are taken 16 at a time (their bytes stay in L1/L2) and every group of 4
 // activation rows passes over them: a weight row is unpacked once per 4 activation rows, and
 // with N <= 4 (decode) read from memory exactly once.
 void ggml_matmul_rows(float* y, int64_t ys, const GActs& acts, const void* w, GType t, int64_t row_stride, int64_t N,
                       int64_t o0, int64_t o1, bool accumulate) {
+    if (t == GType::q8_0 && acts.rows_vnni && acts.N >= N && detail::q8_0_rows_vnni_supported()) {
+        // groups of 8 rows (the single-row dots' bits); with several groups, tiles of 8 output rows
+        // (in L1) that every group passes over: each weight read from memory once per call
+        constexpr int64_t kRows = 8;
+        const int64_t tile = N <= kRows ? o1 - o0 : 8;
+        for (int64_t t0 = o0; t0 < o1; t0 += tile) {
+            const int64_t t1 = std::min(o1, t0 + tile);
+            for (int64_t n0 = 0; n0 < N; n0 += kRows)
+                detail::q8_0_rows_vnni(y, ys, acts.qu.data(), acts.s16.data(), acts.in, w, row_stride, n0,
+                                       (int)std::min(kRows, N - n0), t0, t1, accumulate);
+        }
+        return;
+    }
     const RowDots dots = row_dots(t);
     const uint8_t* wb = static_cast<const uint8_t*>(w);
     constexpr int64_t kTile = 16, kGroup = 4;
@@ -802,6 +826,7 @@ void ggml_matmul(float* y, const float* x, const void* w, GType t, int64_t row_s
     acts.build(gtype_act(t), x, N, IN);
     if (N > kGgmlGemvMaxN && amx::int8_active() && amx::ggml_supported(t))
         return ggml_matmul_amx(y, w, t, row_stride, N, OUT, IN, accumulate, acts);
+    if (t == GType::q8_0 && N <= kGgmlGemvMaxN) acts.prepare_rows_vnni();
     const CpuFeatures& f = cpu_features();
     if (N > kGgmlGemvMaxN && active_isa() >= Isa::avx512 && f.avx512_vnni && f.avx512dq && f.f16c && detail::tiles_supported(t))
         return ggml_matmul_tiles(y, w, t, row_stride, N, OUT, IN, accumulate, acts);

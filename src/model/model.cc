@@ -585,10 +585,18 @@ void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int3
         for (int64_t m = n + 1; m < N && last; ++m) last = seq[m] != seq[n];
         if (last) p.head_rows.push_back((int32_t)n);
     }
-    for (int32_t n : p.head_rows) {
-        ops::rmsnorm_forward(p.xf + n * C, p.xf_rstd + n, x + n * C, w_.output_norm, 1, C, cfg_.norm_eps);
-        kernels::qmatmul(p.logits + n * V, p.xf + n * C, q_output_, 1, false);
+    // one product for all of them (the head's weights read once per step, not once per sequence):
+    // row i of the product is head row n_i, normed into xf row i, its logits computed into logits
+    // row i and moved to row n_i (n_i >= i: from the last row down, no row overwritten before it
+    // moves). The GEMV path gives each row the arithmetic it has alone (batch invariance).
+    const int64_t H = (int64_t)p.head_rows.size();
+    for (int64_t i = 0; i < H; ++i) {
+        const int64_t n = p.head_rows[i];
+        ops::rmsnorm_forward(p.xf + i * C, p.xf_rstd + i, x + n * C, w_.output_norm, 1, C, cfg_.norm_eps);
     }
+    kernels::qmatmul(p.logits, p.xf, q_output_, H, false);  // (H, V)
+    for (int64_t i = H - 1; i >= 0; --i)
+        if (p.head_rows[i] != i) std::memmove(p.logits + p.head_rows[i] * V, p.logits + i * V, V * sizeof(float));
 }
 
 void Model::backward(float scale) {

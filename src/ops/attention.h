@@ -20,6 +20,7 @@
 
 #include "core/parallel.h"
 #include "kernels/attention_small.h"
+#include "kernels/attn_rows.h"
 #include "kernels/batch_invariant.h"
 #include "kernels/exp.h"
 #include "kernels/gemm.h"
@@ -330,27 +331,20 @@ inline void attention_cached_forward(float* y, float* scores, const float* q, co
             const float* qt = q + n * qs + h * D;
             const int32_t* tab = tables + (int64_t)seq[n] * max_pages;
             float* a = scores + i * n_ctx;  // [P]
-            float mx = -std::numeric_limits<float>::infinity();
+            // kernels/attn_rows.h: each score and each o[d] a function of its own inputs alone, so
+            // page by page gives the contiguous twin's bits
             for (int64_t u0 = 0; u0 < P; u0 += page) {
                 const float* kb = k_pool + (int64_t)tab[u0 / page] * page * kvs + hk * D;  // [page, kvs]
-                for (int64_t u = u0; u < std::min(P, u0 + page); ++u) {
-                    const float* ku = kb + (u - u0) * kvs;
-                    float s = 0;
-                    for (int64_t d = 0; d < D; ++d) s += qt[d] * ku[d];
-                    a[u] = s * scale;
-                    mx = a[u] > mx ? a[u] : mx;
-                }
+                kernels::attn_scores(a + u0, qt, kb, kvs, std::min(P, u0 + page) - u0, D, scale);
             }
+            float mx = -std::numeric_limits<float>::infinity();
+            for (int64_t u = 0; u < P; ++u) mx = a[u] > mx ? a[u] : mx;
             const float inv = 1.f / kernels::exp_shift_sum(a, P, mx);
             float* o = y + n * qs + h * D;  // [D]
             for (int64_t d = 0; d < D; ++d) o[d] = 0;
             for (int64_t u0 = 0; u0 < P; u0 += page) {
                 const float* vb = v_pool + (int64_t)tab[u0 / page] * page * kvs + hk * D;  // [page, kvs]
-                for (int64_t u = u0; u < std::min(P, u0 + page); ++u) {
-                    const float p = a[u] * inv;
-                    const float* vu = vb + (u - u0) * kvs;
-                    for (int64_t d = 0; d < D; ++d) o[d] += p * vu[d];
-                }
+                kernels::attn_accumulate(o, a + u0, inv, vb, kvs, std::min(P, u0 + page) - u0, D);
             }
         }
     });
@@ -416,22 +410,13 @@ inline void attention_cached_forward_contiguous(float* y, float* scores, const f
             const float* kb = k_cache + (int64_t)seq[n] * n_ctx * kvs + hk * D;  // [n_ctx, kvs]
             const float* vb = v_cache + (int64_t)seq[n] * n_ctx * kvs + hk * D;
             float* a = scores + i * n_ctx;  // [P]
+            kernels::attn_scores(a, qt, kb, kvs, P, D, scale);
             float mx = -std::numeric_limits<float>::infinity();
-            for (int64_t u = 0; u < P; ++u) {
-                const float* ku = kb + u * kvs;
-                float s = 0;
-                for (int64_t d = 0; d < D; ++d) s += qt[d] * ku[d];
-                a[u] = s * scale;
-                mx = a[u] > mx ? a[u] : mx;
-            }
+            for (int64_t u = 0; u < P; ++u) mx = a[u] > mx ? a[u] : mx;
             const float inv = 1.f / kernels::exp_shift_sum(a, P, mx);
             float* o = y + n * qs + h * D;  // [D]
             for (int64_t d = 0; d < D; ++d) o[d] = 0;
-            for (int64_t u = 0; u < P; ++u) {
-                const float p = a[u] * inv;
-                const float* vu = vb + u * kvs;
-                for (int64_t d = 0; d < D; ++d) o[d] += p * vu[d];
-            }
+            kernels::attn_accumulate(o, a, inv, vb, kvs, P, D);
         }
     });
 }

@@ -222,9 +222,15 @@ inline void moe_ffn_forward_q(float* ye, float* hg, float* hu, float* act, const
     run_tasks(small && touched >= kernels::kGemvParallelBytes, (int64_t)tasks.size(), [&](int64_t i) {
         const FfnTask t = tasks[i];
         const int64_t e = t.e, r0 = t.begin, rows = t.end - t.begin;
-        kernels::qmatmul(hu + r0 * F, xe + r0 * C, w_up.rows(e * F, F), rows, false);  // [rows, F]
-        if (activation == Activation::swiglu)
-            kernels::qmatmul(hg + r0 * F, xe + r0 * C, w_gate.rows(e * F, F), rows, false);
+        if (activation == Activation::swiglu && kernels::gemv_path(rows)) {
+            // decode rows: up and gate in one call, x quantized once for both (the same kernels)
+            kernels::qmatmul_same_x(xe + r0 * C, rows,
+                                    {{hu + r0 * F, w_up.rows(e * F, F)}, {hg + r0 * F, w_gate.rows(e * F, F)}});
+        } else {
+            kernels::qmatmul(hu + r0 * F, xe + r0 * C, w_up.rows(e * F, F), rows, false);  // [rows, F]
+            if (activation == Activation::swiglu)
+                kernels::qmatmul(hg + r0 * F, xe + r0 * C, w_gate.rows(e * F, F), rows, false);
+        }
         activation_forward(act + r0 * F, hg + r0 * F, hu + r0 * F, rows * F, activation);
         kernels::qmatmul(ye + r0 * C, act + r0 * F, w_down.rows(e * C, C), rows, false);  // [rows, C]
     });
