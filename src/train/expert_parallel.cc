@@ -76,7 +76,10 @@ void ExpertParallel::forward(layers::FfnCacheT<float>& c, const layers::MoeWeigh
     // what goes to rank d: the rows of experts [d·El, (d+1)·El), contiguous in the grouped layout;
     // with them El counts and this micro-batch's small-expert decision (over all E experts)
     const int small = ops::small_experts(ops::ExpertSegments{0, E_, off}, C, F) ? 1 : 0;
-    std::vector<int32_t> meta_out((size_t)(P_ * (El + 1))), meta_in((size_t)(P_ * (El + 1)));
+    std::vector<int32_t>& meta_out = meta_out_;
+    std::vector<int32_t>& meta_in = meta_in_;
+    meta_out.resize((size_t)(P_ * (El + 1)));
+    meta_in.resize((size_t)(P_ * (El + 1)));
     L.send_rows.resize(P_);
     for (int64_t d = 0; d < P_; ++d) {
         for (int64_t i = 0; i < El; ++i) meta_out[d * (El + 1) + i] = off[d * El + i + 1] - off[d * El + i];

@@ -40,7 +40,8 @@
 namespace moe {
 
 // The runner of one expert-parallel group (comm: its P ranks). Owns the received rows of every
-// MoE layer (for the backward) and the per-source gradients of its experts.
+// MoE layer (for the backward) and the per-source gradients of its experts. Its buffers grow to
+// the largest rows received and are reused: once warm, a step allocates nothing here.
 class ExpertParallel final : public layers::ExpertRunner {
 public:
     // model: the fp32 model whose expert stacks (every layer's gate/up/down) this rank serves
@@ -91,6 +92,7 @@ private:
     std::vector<float> grads_;                 // (P, local_size())
     std::vector<float> dye_, dxe_, dact_, dhg_, dhu_;  // backward scratch, received rows
     std::vector<int64_t> sc_, sd_, rc_, rd_;
+    std::vector<int32_t> meta_out_, meta_in_;  // per destination / source: El row counts, small flag
 };
 
 // The GradientSync of an expert-parallel run over `world` (W ranks, groups of P): makes the
