@@ -175,7 +175,8 @@ ExpertParallelSync::ExpertParallelSync(dist::Comm& world, int P) : world_(world)
     if (P < 1) fail("--expert-parallel must be >= 1, got ", P);
     if (W % P != 0)
         fail("--expert-parallel ", P, " must divide the number of ranks (", W,
-             "): the ranks form groups of P that share the experts");
+             "): the ranks form groups of P that share the experts",
+             W == 1 ? str(" (start it with mpirun -np ", P, " or a multiple)") : std::string());
     const int r = world.rank();
     ep_ = world.split(r / P, r);   // my expert-parallel group: P consecutive ranks
     edp_ = world.split(r % P, r);  // the ranks holding my experts, one per group, in group order
