@@ -182,9 +182,8 @@ ExpertParallelSync::ExpertParallelSync(dist::Comm& world, int P) : world_(world)
     edp_ = world.split(r % P, r);  // the ranks holding my experts, one per group, in group order
 }
 
-ExpertParallelSync::~ExpertParallelSync() {
-    if (model_) model_->set_expert_runner(nullptr);
-}
+// (the model is the trainer's, and the trainer goes first: the sync outlives it, train/trainer.h)
+ExpertParallelSync::~ExpertParallelSync() = default;
 
 void ExpertParallelSync::attach(Model& model) {
     runner_ = std::make_unique<ExpertParallel>(*ep_, model);

@@ -97,6 +97,7 @@ private:
 
 // The GradientSync of an expert-parallel run over `world` (W ranks, groups of P): makes the
 // groups (collective), and on attach() the ExpertParallel runner it installs in the model.
+// It must outlive the trainer (as every GradientSync), and the model keeps pointing at its runner.
 // accumulate/finish fold the replicated part over all W ranks and the local experts' pieces over
 // the expert-data-parallel group (both in micro-batch order), then gather the whole gradient.
 class ExpertParallelSync final : public GradientSync {
