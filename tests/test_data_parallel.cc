@@ -75,12 +75,15 @@ protected:
         return c;
     }
 
-    // np ranks with --grad-accum g against one process with np·g
-    void expect_same_run(const std::string& mode, int np, int g) {
-        SCOPED_TRACE(mode + ", np " + std::to_string(np) + ", grad-accum " + std::to_string(g));
+    // np ranks with --grad-accum g (and --expert-parallel ep when ep > 1) against one process with np·g
+    void expect_same_run(const std::string& mode, int np, int g, int ep = 1) {
+        SCOPED_TRACE(mode + ", np " + std::to_string(np) + ", grad-accum " + std::to_string(g) + ", ep " +
+                     std::to_string(ep));
         const std::string cfg = write_config(mode + ".json", router_config(mode));
-        const std::string tag = mode + std::to_string(np) + std::to_string(g);
-        RunResult a = train(np, cfg, "dp" + tag, "--grad-accum " + std::to_string(g));
+        const std::string tag = mode + std::to_string(np) + std::to_string(g) + "ep" + std::to_string(ep);
+        RunResult a = train(np, cfg, "dp" + tag,
+                            "--grad-accum " + std::to_string(g) +
+                                (ep > 1 ? " --expert-parallel " + std::to_string(ep) : std::string()));
         ASSERT_EQ(a.code(), 0) << a.describe();
         RunResult b = train(0, cfg, "one" + tag, "--grad-accum " + std::to_string(np * g));
         ASSERT_EQ(b.code(), 0) << b.describe();
@@ -107,6 +110,80 @@ TEST_F(DataParallel, RerouteThreeRanksMatchOneProcess) { expect_same_run("rerout
 TEST_F(DataParallel, TwoRanksTimesTwoMicroBatchesMatchFour) { expect_same_run("reroute", 2, 2); }
 // aux-loss-free balancing: the bias nudge sees every rank's loads
 TEST_F(DataParallel, BiasBalancingSeesEveryRanksLoads) { expect_same_run("bias", 2, 1); }
+
+// Expert parallel (train/expert_parallel.h): the experts of each MoE layer (E = 4) split over
+// groups of P ranks, rows exchanged by MPI_Alltoallv; the same bits as one process with
+// --grad-accum W (routing, capacity and balancing per rank-local micro-batch, expert gradients
+// folded over the expert-data-parallel group in micro-batch order).
+TEST_F(DataParallel, ExpertParallelDroplessTwoRanks) { expect_same_run("dropless", 2, 1, 2); }
+TEST_F(DataParallel, ExpertParallelDropTwoRanks) { expect_same_run("drop", 2, 1, 2); }
+TEST_F(DataParallel, ExpertParallelRerouteTwoRanks) { expect_same_run("reroute", 2, 1, 2); }
+TEST_F(DataParallel, ExpertParallelDroplessFourRanksPTwo) { expect_same_run("dropless", 4, 1, 2); }
+TEST_F(DataParallel, ExpertParallelDropFourRanksPTwo) { expect_same_run("drop", 4, 1, 2); }
+TEST_F(DataParallel, ExpertParallelRerouteFourRanksPTwo) { expect_same_run("reroute", 4, 1, 2); }
+TEST_F(DataParallel, ExpertParallelDroplessFourRanksPFour) { expect_same_run("dropless", 4, 1, 4); }
+TEST_F(DataParallel, ExpertParallelDropFourRanksPFour) { expect_same_run("drop", 4, 1, 4); }
+TEST_F(DataParallel, ExpertParallelRerouteFourRanksPFour) { expect_same_run("reroute", 4, 1, 4); }
+// two micro-batches per rank (the expert fold interleaves rounds) and bias balancing
+TEST_F(DataParallel, ExpertParallelTwoRanksTimesTwoMicroBatches) { expect_same_run("reroute", 2, 2, 2); }
+TEST_F(DataParallel, ExpertParallelBiasBalancing) { expect_same_run("bias", 2, 1, 2); }
+
+// P not dividing E (4) or W: one error, printed once (by rank 0), non-zero exit
+TEST_F(DataParallel, ExpertParallelDivisibilityErrorsArePrintedOnce) {
+    const std::string cfg = write_config("ep.json", router_config("dropless"));
+    auto errors = [](const std::string& err) {
+        size_t n = 0;
+        for (size_t p = err.find("moe: error:"); p != std::string::npos; p = err.find("moe: error:", p + 1)) ++n;
+        return n;
+    };
+    RunResult e = train(3, cfg, "e3", "--expert-parallel 3");  // 3 divides W = 3, not E = 4
+    EXPECT_NE(e.code(), 0) << e.describe();
+    EXPECT_EQ(errors(e.err), 1u) << e.describe();
+    EXPECT_NE(e.err.find("--expert-parallel 3 must divide the number of experts (model.n_expert = 4)"),
+              std::string::npos) << e.describe();
+    RunResult w = train(2, cfg, "w4", "--expert-parallel 4");  // 4 divides E, not W = 2
+    EXPECT_NE(w.code(), 0) << w.describe();
+    EXPECT_EQ(errors(w.err), 1u) << w.describe();
+    EXPECT_NE(w.err.find("--expert-parallel 4 must divide the number of ranks (2)"), std::string::npos)
+        << w.describe();
+}
+
+// An expert-parallel checkpoint holds every expert (rank 0 saves, as in data parallelism): a 2-rank
+// EP run (2 micro-batches each, global 4) resumes on 4 ranks with P = 4 and on one process to the
+// losses and bytes of the uninterrupted one-process run.
+TEST_F(DataParallel, ExpertParallelRunResumesOnFourRanksAndOneProcess) {
+    json c = router_config("reroute");
+    c["train"]["min_lr"] = c["train"]["lr"];  // constant after warm-up: --steps does not shape the schedule
+    const std::string cfg = write_config("epresume.json", c);
+    RunResult a = train(2, cfg, "part", "--grad-accum 2 --expert-parallel 2 --steps 4");
+    ASSERT_EQ(a.code(), 0) << a.describe();
+    RunResult ref = train(0, cfg, "whole", "--grad-accum 4 --steps 10");
+    ASSERT_EQ(ref.code(), 0) << ref.describe();
+    auto steps_after = [](const std::vector<std::string>& lines, int64_t from) {
+        std::vector<std::string> v;
+        for (const auto& l : lines) {
+            json j = json::parse(l);
+            j.erase("train_routing");  // sums since the last evaluation of this process
+            if (j["step"].get<int64_t>() > from) v.push_back(j.dump());
+        }
+        return v;
+    };
+    const auto want = steps_after(log_lines("whole"), 4);
+    for (int np : {4, 0}) {
+        SCOPED_TRACE("resumed on " + std::to_string(np) + " ranks");
+        const std::string out = "res" + std::to_string(np);
+        fs::copy(path("part"), path(out), fs::copy_options::recursive);
+        RunResult b = np ? moe("train --resume " + out + " --threads 1 --no-sample --steps 10 --expert-parallel 4 --log " +
+                                   out + ".jsonl",
+                               mpi_env() + mpirun(np))
+                         : moe("train --resume " + out + " --threads 1 --no-sample --steps 10 --log " + out + ".jsonl");
+        ASSERT_EQ(b.code(), 0) << b.describe();
+        const auto got = steps_after(log_lines(out), 4);
+        ASSERT_EQ(got.size(), 7u) << "steps 5..10 and the evaluation at 10";
+        EXPECT_EQ(got, want);
+        EXPECT_TRUE(read_file(path(out + "/checkpoint.bin")) == read_file(path("whole/checkpoint.bin")));
+    }
+}
 
 // The pid of rank `rank` among the children of mpirun `launcher` (Open MPI starts local ranks as its
 // children, each with OMPI_COMM_WORLD_RANK in its environment); -1 if not found.

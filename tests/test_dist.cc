@@ -143,6 +143,29 @@ void check_fold(Comm& c) {
     }
 }
 
+// the same with 1..3 pieces per rank: terms in (rank, piece) order, piece p of rank q in round j
+// being micro-batch j·W·pieces + q·pieces + p (expert parallelism's expert gradients)
+void check_fold_pieces(Comm& c) {
+    const int W = c.size(), r = c.rank();
+    const int64_t n = 91;
+    for (int64_t pieces = 1; pieces <= 3; ++pieces) {
+        const int64_t lo = moe::dist::shard_begin(n, W, r), hi = moe::dist::shard_begin(n, W, r + 1);
+        std::vector<float> shard(hi - lo), full(n), scratch, send;
+        for (int round = 0; round < 2; ++round) {
+            std::vector<float> x(pieces * n);
+            for (int64_t p = 0; p < pieces; ++p)
+                for (int64_t i = 0; i < n; ++i) x[p * n + i] = value<float>((int)((round * W + r) * pieces + p), i);
+            moe::dist::reduce_scatter_fold_pieces(c, x.data(), pieces, n, shard.data(), round == 0, &scratch, &send);
+        }
+        moe::dist::allgather_shards(c, shard.data(), n, sizeof(float), full.data());
+        for (int64_t i = 0; i < n; ++i) {
+            float s = value<float>(0, i);
+            for (int m = 1; m < 2 * W * pieces; ++m) s += value<float>(m, i);
+            ASSERT_EQ(full[i], s) << "pieces " << pieces << " element " << i;
+        }
+    }
+}
+
 void check_split(Comm& c) {
     const int W = c.size(), r = c.rank();
     // two colors, keys reversing the order; the last rank of 3+ joins none
@@ -177,6 +200,7 @@ void check_all(Comm& c) {
     check_allreduce<float>(c);
     check_allreduce<double>(c);
     check_fold(c);
+    check_fold_pieces(c);
     check_split(c);
     c.barrier();
 }

@@ -49,6 +49,9 @@ CLI::App* add_train(CLI::App& app, TrainArgs& a) {
     a.cmd->add_option("--steps", a.opt.steps, "total optimizer steps (also when resuming)");
     a.cmd->add_option("--grad-accum", a.opt.grad_accum,
                       "micro-batches per optimizer step (overrides train.grad_accum; under mpirun: per rank)");
+    a.cmd->add_option("--expert-parallel", a.opt.expert_parallel,
+                      "under mpirun: split each MoE layer's experts over groups of P ranks (P divides the ranks "
+                      "and model.n_expert; default 1: data parallel only)");
     a.cmd->add_option("--out", a.opt.out_dir, "checkpoint directory (with --resume: the resumed directory)")
         ->capture_default_str();
     a.cmd->add_option("--resume", a.opt.resume_dir, "resume from this checkpoint directory");

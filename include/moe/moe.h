@@ -86,6 +86,9 @@ struct TrainOptions {
     // --grad-accum: micro-batches per optimizer step (-1 = train.grad_accum). Under mpirun with W
     // ranks it is per rank: a step is W times as many micro-batches (docs/distributed.md)
     int64_t grad_accum = -1;
+    // --expert-parallel P: under mpirun, each MoE layer's experts split over groups of P ranks
+    // (P divides the ranks and the experts; 1 = data parallel only). docs/distributed.md
+    int expert_parallel = 1;
     int64_t seed = -1;          // -1 = the config's (resuming: the checkpoint's)
     int threads = 0;            // 0 = all cores
     std::string precision;      // --precision: "fp32" | "bf16" ("" = the config's train.precision)

@@ -35,6 +35,7 @@
 #include "model/params.h"
 #include "train/data.h"
 #include "train/dp_sync.h"
+#include "train/expert_parallel.h"
 #include "train/trainer.h"
 
 namespace moe {
@@ -262,8 +263,14 @@ static Config init_config(const std::string& config_path, const std::string& ini
 TrainResult train(const std::string& config_path, const TrainOptions& opt) {
     // under mpirun: every rank takes its share of each step's micro-batches (train/dp_sync.h)
     dist::Comm& world = dist::world();
-    std::unique_ptr<DataParallelSync> dp;
-    if (world.size() > 1) dp = std::make_unique<DataParallelSync>(world);
+    std::unique_ptr<GradientSync> dp;
+    if (opt.expert_parallel != 1) {
+        // expert parallel (train/expert_parallel.h): the same error on every rank when P does not
+        // divide the ranks (or, once the model is known, the experts)
+        dp = std::make_unique<ExpertParallelSync>(world, opt.expert_parallel);
+    } else if (world.size() > 1) {
+        dp = std::make_unique<DataParallelSync>(world);
+    }
     Config cfg;
     if (!opt.init_path.empty()) {
         if (!opt.resume_dir.empty())

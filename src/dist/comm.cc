@@ -42,33 +42,50 @@ void Comm::alltoallv(const float* send, const int64_t* send_counts, const int64_
 namespace {
 
 template <class F>
-void fold(Comm& c, const F* x, int64_t n, F* shard, bool first, std::vector<F>* scratch) {
+void fold(Comm& c, const F* x, int64_t pieces, int64_t n, F* shard, bool first, std::vector<F>* scratch,
+          std::vector<F>* send_scratch) {
     const int W = c.size(), r = c.rank();
     const int64_t lo = shard_begin(n, W, r), len = shard_begin(n, W, r + 1) - lo;
-    if (W == 1) {
+    if (W == 1 && pieces == 1) {
         if (first && len) std::memcpy(shard, x, len * sizeof(F));
         else
             for (int64_t i = 0; i < len; ++i) shard[i] += x[i];
         return;
     }
-    // rank q's piece of my shard lands at recv + q * len
+    // the pieces of rank q's shard, piece after piece, go to rank q: in place for one piece, else
+    // packed by destination
+    const F* send = x;
+    std::vector<F> own_send;
+    if (pieces > 1) {
+        std::vector<F>& buf = send_scratch ? *send_scratch : own_send;
+        buf.resize((size_t)(pieces * n));
+        F* o = buf.data();
+        for (int q = 0; q < W; ++q) {
+            const int64_t qlo = shard_begin(n, W, q), qlen = shard_begin(n, W, q + 1) - qlo;
+            for (int64_t p = 0; p < pieces; ++p, o += qlen)
+                if (qlen) std::memcpy(o, x + p * n + qlo, qlen * sizeof(F));
+        }
+        send = buf.data();
+    }
+    // rank q's pieces of my shard land at recv + q * pieces * len
     std::vector<F> own;
     std::vector<F>& recv = scratch ? *scratch : own;
-    recv.resize((size_t)(len * W));
+    recv.resize((size_t)(len * W * pieces));
     std::vector<int64_t> sc(W), sd(W), rc(W), rd(W);
     for (int q = 0; q < W; ++q) {
         const int64_t qlo = shard_begin(n, W, q), qhi = shard_begin(n, W, q + 1);
-        sc[q] = (qhi - qlo) * (int64_t)sizeof(F), sd[q] = qlo * (int64_t)sizeof(F);
-        rc[q] = len * (int64_t)sizeof(F), rd[q] = q * len * (int64_t)sizeof(F);
+        sc[q] = pieces * (qhi - qlo) * (int64_t)sizeof(F), sd[q] = pieces * qlo * (int64_t)sizeof(F);
+        rc[q] = pieces * len * (int64_t)sizeof(F), rd[q] = q * pieces * len * (int64_t)sizeof(F);
     }
-    c.alltoallv((const void*)x, sc.data(), sd.data(), (void*)recv.data(), rc.data(), rd.data());
-    int q0 = 0;
+    c.alltoallv((const void*)send, sc.data(), sd.data(), (void*)recv.data(), rc.data(), rd.data());
+    int64_t k0 = 0;
     if (first) {
         if (len) std::memcpy(shard, recv.data(), len * sizeof(F));
-        q0 = 1;
+        k0 = 1;
     }
-    for (int q = q0; q < W; ++q) {
-        const F* p = recv.data() + (int64_t)q * len;
+    // (rank, piece) order: rank q's piece p is term q * pieces + p of the fold
+    for (int64_t k = k0; k < (int64_t)W * pieces; ++k) {
+        const F* p = recv.data() + k * len;
         for (int64_t i = 0; i < len; ++i) shard[i] += p[i];
     }
 }
@@ -83,7 +100,7 @@ void allreduce(Comm& c, F* x, int64_t n) {
         const int64_t m = std::min(piece, n - off);
         const int64_t lo = shard_begin(m, W, c.rank()), len = shard_begin(m, W, c.rank() + 1) - lo;
         std::vector<F> shard((size_t)len);
-        fold(c, x + off, m, shard.data(), true, (std::vector<F>*)nullptr);
+        fold(c, x + off, 1, m, shard.data(), true, (std::vector<F>*)nullptr, (std::vector<F>*)nullptr);
         allgather_shards(c, shard.data(), m, sizeof(F), x + off);
     }
 }
@@ -91,10 +108,15 @@ void allreduce(Comm& c, F* x, int64_t n) {
 }  // namespace
 
 void reduce_scatter_fold(Comm& c, const float* x, int64_t n, float* shard, bool first, std::vector<float>* scratch) {
-    fold(c, x, n, shard, first, scratch);
+    fold(c, x, 1, n, shard, first, scratch, (std::vector<float>*)nullptr);
 }
 void reduce_scatter_fold(Comm& c, const double* x, int64_t n, double* shard, bool first, std::vector<double>* scratch) {
-    fold(c, x, n, shard, first, scratch);
+    fold(c, x, 1, n, shard, first, scratch, (std::vector<double>*)nullptr);
+}
+void reduce_scatter_fold_pieces(Comm& c, const float* x, int64_t pieces, int64_t n, float* shard, bool first,
+                                std::vector<float>* scratch, std::vector<float>* send_scratch) {
+    MOE_ASSERT(pieces >= 1);
+    fold(c, x, pieces, n, shard, first, scratch, send_scratch);
 }
 
 void allgather_shards(Comm& c, const void* shard, int64_t n, int64_t elem_bytes, void* x) {

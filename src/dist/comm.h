@@ -65,6 +65,14 @@ void reduce_scatter_fold(Comm& c, const float* x, int64_t n, float* shard, bool 
                          std::vector<float>* scratch = nullptr);
 void reduce_scatter_fold(Comm& c, const double* x, int64_t n, double* shard, bool first,
                          std::vector<double>* scratch = nullptr);
+// The same with `pieces` terms per rank: x holds pieces arrays of n, one after another, and rank
+// r's shard becomes the left fold over (rank q, piece p) in that order, q * pieces + p:
+//     first: x_{0,0} + x_{0,1} + ... + x_{W-1,pieces-1}     not first: ((shard + x_{0,0}) + ...)
+// Expert parallelism folds the expert gradients of the micro-batches an expert-data-parallel rank
+// served (one piece per source rank of its expert-parallel group) in global micro-batch order with
+// it. send_scratch: the by-destination packing of x (pieces * n), kept by the caller.
+void reduce_scatter_fold_pieces(Comm& c, const float* x, int64_t pieces, int64_t n, float* shard, bool first,
+                                std::vector<float>* scratch = nullptr, std::vector<float>* send_scratch = nullptr);
 // The gather half: every rank's shard (as above) into x (n) on every rank.
 void allgather_shards(Comm& c, const void* shard, int64_t n, int64_t elem_bytes, void* x);
 

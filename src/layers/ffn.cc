@@ -158,8 +158,16 @@ void moe_forward(T* out, FfnCacheT<T>& c, const MoeWeights<T>& w, const ModelCon
         r = &moe_route_forward(c, w, m, N, ctx, decode, forced_topk);
         ops::moe_gather_forward(c.xe, c.xn, *r, C);                                  // (R, C)
     }
+    bool ran = false;
+    if constexpr (std::is_same_v<T, float>) {
+        if (ctx.experts) {  // expert parallel: the rows go to their experts' ranks and come back
+            MOE_ASSERT(q == nullptr && forced_topk == nullptr);
+            ctx.experts->forward(c, w, m, ctx.layer);                                 // (R, C)
+            ran = true;
+        }
+    }
     // one process runs every expert of the layer
-    moe_experts_forward(c, w, m, ops::ExpertSegments{0, r->E, r->expert_offsets}, q);  // (R, C)
+    if (!ran) moe_experts_forward(c, w, m, ops::ExpertSegments{0, r->E, r->expert_offsets}, q);  // (R, C)
     MOE_PROFILE_SCOPE("moe combine fwd");
     // out = routed_scale * sum_k w[n,k] * ye[row(n,k)]
     ops::moe_combine_forward(out, c.ye, *r, C, (T)m.router.routed_scale);           // (N, C)
@@ -207,7 +215,7 @@ void moe_experts_backward(const MoeWeights<T>& g, const FfnScratchT<T>& s, const
 template <class T>
 void moe_backward(T* dxn, const MoeWeights<T>& g, const FfnScratchT<T>& s, const T* dout,
                   const FfnCacheT<T>& c, const MoeWeights<T>& w, const ModelConfig& m, int64_t N,
-                  float aux_scale, const ops::ExpertGradSink* sink) {
+                  float aux_scale, const ops::ExpertGradSink* sink, ExpertRunner* experts, int64_t layer) {
     const int64_t C = m.n_embd, K = m.n_expert_used;
     const ops::MoeRouteT<T>& r = c.route;
     {
@@ -217,7 +225,14 @@ void moe_backward(T* dxn, const MoeWeights<T>& g, const FfnScratchT<T>& s, const
         // out = routed_scale * sum_k w[n,k] * ye[row(n,k)]
         ops::moe_combine_backward(s.dye, s.dweight, dout, c.ye, r, C, (T)m.router.routed_scale);
     }
-    moe_experts_backward(g, s, c, w, m, ops::ExpertSegments{0, r.E, r.expert_offsets}, sink);
+    bool ran = false;
+    if constexpr (std::is_same_v<T, float>) {
+        if (experts) {  // expert parallel: s.dxe from s.dye on the experts' ranks
+            experts->backward(s, c, w, m, layer);
+            ran = true;
+        }
+    }
+    if (!ran) moe_experts_backward(g, s, c, w, m, ops::ExpertSegments{0, r.E, r.expert_offsets}, sink);
     MOE_PROFILE_SCOPE("moe route+gather bwd");
     ops::moe_gather_backward(dxn, s.dxe, r, C);  // xe = xn[row_token]
     moe_route_backward(dxn, g, s, c, w, m, N, aux_scale);
@@ -240,7 +255,7 @@ void moe_backward(T* dxn, const MoeWeights<T>& g, const FfnScratchT<T>& s, const
                                        const ops::ExpertGradSink*);                                         \
     template void moe_backward(T*, const MoeWeights<T>&, const FfnScratchT<T>&, const T*,                    \
                                const FfnCacheT<T>&, const MoeWeights<T>&, const ModelConfig&, int64_t,      \
-                               float, const ops::ExpertGradSink*);
+                               float, const ops::ExpertGradSink*, ExpertRunner*, int64_t);
 MOE_INSTANTIATE_MOE_LAYER(float)
 MOE_INSTANTIATE_MOE_LAYER(double)
 #undef MOE_INSTANTIATE_MOE_LAYER
@@ -279,7 +294,7 @@ void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& 
 
 void ffn_backward(float* dresid, LayerWeights& g, FfnScratch& s, const FfnCache& c, const float* inp,
                   const LayerWeights& w, const ModelConfig& m, bool moe_layer, int64_t N,
-                  float aux_scale, const ops::ExpertGradSink* sink) {
+                  float aux_scale, const ops::ExpertGradSink* sink, ExpertRunner* experts, int64_t layer) {
     const int64_t C = m.n_embd;
     parallel_zero(s.dxn, N * C * sizeof(float));
     if (!moe_layer) {
@@ -304,7 +319,7 @@ void ffn_backward(float* dresid, LayerWeights& g, FfnScratch& s, const FfnCache&
                            m.n_ff_shexp, m.activation);
     }
     // out = inp + moe(xn) + shexp(xn): d moe-output = dresid
-    moe_backward(s.dxn, moe_weights(g), s, dresid, c, moe_weights(w), m, N, aux_scale, sink);
+    moe_backward(s.dxn, moe_weights(g), s, dresid, c, moe_weights(w), m, N, aux_scale, sink, experts, layer);
     MOE_PROFILE_SCOPE("moe norm bwd");
     ops::rmsnorm_backward(dresid, g.ffn_norm, s.dxn, inp, w.ffn_norm, c.rstd, N, C);
 }

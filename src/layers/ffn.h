@@ -20,12 +20,16 @@ struct ExpertSegments;
 
 namespace moe::layers {
 
+class ExpertRunner;
+
 // What the router needs to know about this forward: training or not (noise, capacity factor) and
 // the key of the noise draw (seed, step, layer, micro-batch).
 struct RouteContext {
     bool train = false;
     uint64_t seed = 0;
     int64_t step = 0, layer = 0, micro = 0;
+    // expert parallelism: where the routed rows' experts run (null: all E here)
+    ExpertRunner* experts = nullptr;
 };
 
 // Saved values of one FFN forward. T is float for the engine (FfnCache); the MoE part is also
@@ -108,12 +112,28 @@ void ffn_forward(float* out, FfnCache& c, const float* inp, const LayerWeights& 
 
 // dresid (N, C): in = d out, out = d inp. Accumulates into g. aux_scale: the upstream gradient of
 // the auxiliary losses (the same scale the LM loss got). With `sink`, the routed experts' weight
-// gradients go there instead of into g (ops::ExpertGradSink).
+// gradients go there instead of into g (ops::ExpertGradSink). experts, layer: the ExpertRunner
+// the forward used (its layer index), which then owns the routed experts' gradients.
 void ffn_backward(float* dresid, LayerWeights& g, FfnScratch& s, const FfnCache& c, const float* inp,
                   const LayerWeights& w, const ModelConfig& m, bool moe_layer, int64_t N,
-                  float aux_scale, const ops::ExpertGradSink* sink = nullptr);
+                  float aux_scale, const ops::ExpertGradSink* sink = nullptr, ExpertRunner* experts = nullptr,
+                  int64_t layer = 0);
 
 // ---------------------------------------------------------------- the routed part of an MoE layer
+// Expert parallelism's seam (train/expert_parallel.h): when a forward's RouteContext names an
+// ExpertRunner, moe_forward hands it the routed rows instead of running the experts here, and
+// moe_backward hands it their gradients. Routing, gather, combine and their backward stay local:
+// the runner's job is c.ye from c.xe (forward) and s.dxe from s.dye (backward) for rows grouped by
+// expert as c.route says (all E experts of layer `layer`), wherever the experts live; it owns the
+// experts' weight gradients. float only (the double pipeline of the tests runs every expert).
+class ExpertRunner {
+public:
+    virtual ~ExpertRunner() = default;
+    virtual void forward(FfnCacheT<float>& c, const MoeWeights<float>& w, const ModelConfig& m, int64_t layer) = 0;
+    virtual void backward(const FfnScratchT<float>& s, const FfnCacheT<float>& c, const MoeWeights<float>& w,
+                          const ModelConfig& m, int64_t layer) = 0;
+};
+
 // ffn_forward / ffn_backward compose these between the rmsnorm and the shared expert, and
 // tests/moe_pipeline.h composes the same functions in double (T = float | double). They read
 // c.xn (N, C), the normed input.
@@ -175,6 +195,7 @@ void moe_experts_backward(const MoeWeights<T>& g, const FfnScratchT<T>& s, const
 template <class T>
 void moe_backward(T* dxn, const MoeWeights<T>& g, const FfnScratchT<T>& s, const T* dout,
                   const FfnCacheT<T>& c, const MoeWeights<T>& w, const ModelConfig& m, int64_t N,
-                  float aux_scale, const ops::ExpertGradSink* sink = nullptr);
+                  float aux_scale, const ops::ExpertGradSink* sink = nullptr, ExpertRunner* experts = nullptr,
+                  int64_t layer = 0);
 
 }  // namespace moe::layers

@@ -423,6 +423,7 @@ float Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, i
                                   cfg_.norm_eps);
         layers::RouteContext ctx = mode_;
         ctx.layer = l;
+        ctx.experts = mode_.train ? expert_runner_ : nullptr;
         layers::ffn_forward(t.resid[l + 1], t.ffn[l], t.resid_mid[l], w_.layers[l], cfg_,
                             cfg_.layer_moe[l], N, ctx);
         if (mode_.train && cfg_.layer_moe[l] && cfg_.router.bias_balance) {
@@ -435,6 +436,7 @@ float Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, i
     ops::linear_forward(t.logits, t.xf, w_.output, N, C, V);  // (N, V)
     logits_ = t.logits;
     t.have_targets = targets != nullptr;
+    ran_experts_remote_ = mode_.train && expert_runner_ != nullptr;
     if (!targets) return 0.f;
     ops::softmax_xent_forward(t.probs, t.losses, t.logits, targets, N, V);
     double sum = 0;
@@ -619,7 +621,8 @@ void Model::backward(float scale) {
     }
     for (int64_t l = cfg_.n_layer - 1; l >= 0; --l) {
         layers::ffn_backward(t.dresid, t.g.layers[l], t.ffn_s, t.ffn[l], t.resid_mid[l], w_.layers[l],
-                             cfg_, cfg_.layer_moe[l], N, scale, expert_sink_);
+                             cfg_, cfg_.layer_moe[l], N, scale, expert_sink_,
+                             ran_experts_remote_ ? expert_runner_ : nullptr, l);
         layers::attention_backward(t.dresid, t.g.layers[l], t.attn_s, t.attn[l], t.resid[l], w_.layers[l],
                                    t.rope.data(), d);
     }

@@ -106,6 +106,11 @@ public:
     // Training's fused optimizer step for expert weights: while set, backward() hands the routed
     // experts' weight gradients to `sink` instead of writing them into grads() (null: off).
     void set_expert_grad_sink(const ops::ExpertGradSink* sink) { expert_sink_ = sink; }
+    // Expert parallelism (train/expert_parallel.h): while set, training-mode forwards and their
+    // backward run the routed experts through `r` (the rows go to their experts' ranks), and the
+    // routed experts' weight gradients are r's, not written into grads(). Evaluation-mode forwards
+    // and forward_cached run every expert here. null: off.
+    void set_expert_runner(layers::ExpertRunner* r) { expert_runner_ = r; }
     void zero_grad();  // both threads write (a serial 36 MB memset was 2% of a makeMoE step)
 
     // Inference with a KV cache (no targets, evaluation routing): N rows, row i is token tokens[i]
@@ -175,6 +180,8 @@ private:
     Arena params_;                  // fp32 model: everything; typed: the fp32-kept tensors only
     std::vector<int64_t> f32_off_;  // (params) offset into params_, -1 for a typed matrix
     const ops::ExpertGradSink* expert_sink_ = nullptr;
+    layers::ExpertRunner* expert_runner_ = nullptr;
+    bool ran_experts_remote_ = false;  // the last forward used expert_runner_
     Weights w_;  // fp32 views (a typed model's typed matrices are null here)
     std::unique_ptr<TrainingState> tr_;
     std::unique_ptr<InferencePlan> inf_;

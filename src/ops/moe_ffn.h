@@ -33,6 +33,10 @@ struct ExpertSegments {
     int64_t first_expert = 0;          // global index of local expert 0
     int64_t n_local = 0;               // experts in this call
     const int32_t* offsets = nullptr;  // (n_local+1) row offsets into xe / ye, non-decreasing
+    // -1: small_experts() decides from these segments; 0 / 1: the caller's decision. An
+    // expert-parallel rank runs the rows one source rank sent it with the decision that rank took
+    // over all E experts, so each row block is the GEMM one process would run (the same bits).
+    int small = -1;
 };
 
 // Small experts: the grouped FFN is split into independent tasks handed to threads dynamically
@@ -49,6 +53,7 @@ inline constexpr int64_t kRowBlock = 128;
 inline constexpr double kSmallExpertFlops = 64e6;
 
 inline bool small_experts(const ExpertSegments& seg, int64_t C, int64_t F) {
+    if (seg.small >= 0) return seg.small != 0;
     const int32_t* off = seg.offsets;
     int64_t used = 0;
     for (int64_t e = 0; e < seg.n_local; ++e) used += off[e + 1] > off[e];

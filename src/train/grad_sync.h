@@ -21,9 +21,13 @@
 
 namespace moe {
 
+class Model;
+
 class GradientSync {
 public:
     virtual ~GradientSync() = default;
+    // the trainer's model, once it exists (expert parallelism installs its runner there)
+    virtual void attach(Model&) {}
     // true: sync() leaves the gradients as they are (one process)
     virtual bool identity() const = 0;
     // this process's rank and the number of ranks sharing each step's micro-batches

@@ -442,6 +442,7 @@ void Trainer::Impl::setup(Config c, const TrainOptions& o, GradientSync* s) {
         adam = std::make_unique<AdamW>(model->n_params());
     }
     model->set_precision(precision);
+    sync->attach(*model);
     if (lead) ensure_writable_dir(opt.out_dir);
     const ModelConfig& mc = cfg.model;
     B = tc.batch_size, T = tc.block_size, N = B * T;
