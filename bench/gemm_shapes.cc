@@ -41,6 +41,11 @@ const Shape kMakemoe[] = {
     {"makemoe expert dWup dh^T.x", true, false, 512, 128, 128},
     {"makemoe qkv         x.W^T", false, true, 512, 384, 128},
     {"makemoe qkv dW      dy^T.x", true, false, 384, 128, 512},
+    // thin shapes: the router (8 experts) and the head (vocab 65)
+    {"makemoe router      x.Wr^T", false, true, 512, 8, 128},
+    {"makemoe router dx   dl.Wr", false, false, 512, 128, 8},
+    {"makemoe router dWr  dl^T.x", true, false, 8, 128, 512},
+    {"makemoe head        x.We^T", false, true, 512, 65, 128},
 };
 // bench-moe: 2048 tokens a step, C 512; 8 routed experts of F 512 (about 512 rows each) and a
 // shared expert of F 1024 over all 2048 rows (configs/bench-moe.json since session 8).

@@ -803,18 +803,31 @@ SgemmKernel sgemm_kernel() {
     return c.gflops_avx512 >= 1.10 * c.gflops_avx2 ? SgemmKernel::avx512 : SgemmKernel::avx2;
 }
 
+// The kernel for a GEMM of N columns (the shape class). Calibrated: the AVX-512 one where it won,
+// but not for N <= 16 (the router's 8 columns, say), which fill one AVX2 panel and only a part of
+// a 32-column one (makemoe's router 512 x 8 x 128: 37 GFLOP/s on the AVX2 kernel, 32 on the
+// AVX-512 one, build/bench/gemm_shapes); MOE_SGEMM=avx512 runs it on every shape. N alone
+// decides, so op(B) packed beforehand (K and N known, M not) and its GEMM agree.
+static bool use_avx512(int64_t N) {
+    const SgemmKernel k = sgemm_kernel();
+    return k == SgemmKernel::avx512 && (g_sgemm_request == SgemmKernel::avx512 || N > Avx2F32::kNr);
+}
+
 std::string sgemm_kernel_description() {
     const SgemmKernel k = sgemm_kernel();
-    std::string s = k == SgemmKernel::avx512 ? "packed AVX-512 12x32" : "packed AVX2 6x16";
-    if (!avx512_f32_possible()) return s;
-    if (g_sgemm_request != SgemmKernel::automatic) return s + " (MOE_SGEMM)";
+    if (!avx512_f32_possible()) return "packed AVX2 6x16";
+    if (g_sgemm_request != SgemmKernel::automatic)
+        return k == SgemmKernel::avx2 ? "packed AVX2 6x16 (MOE_SGEMM)" : "packed AVX-512 12x32 (MOE_SGEMM)";
     const Calibration& c = calibration();
-    char buf[96];
-    std::snprintf(buf, sizeof buf, " (calibrated: %.0f vs %.0f GFLOP/s for %s)",
-                  k == SgemmKernel::avx512 ? c.gflops_avx512 : c.gflops_avx2,
-                  k == SgemmKernel::avx512 ? c.gflops_avx2 : c.gflops_avx512,
-                  k == SgemmKernel::avx512 ? "AVX2 6x16" : "AVX-512 12x32");
-    return s + buf;
+    char buf[192];
+    if (k == SgemmKernel::avx512)
+        std::snprintf(buf, sizeof buf,
+                      "packed AVX-512 12x32, AVX2 6x16 for N <= 16 (calibrated: %.0f vs %.0f GFLOP/s on 1 thread)",
+                      c.gflops_avx512, c.gflops_avx2);
+    else
+        std::snprintf(buf, sizeof buf, "packed AVX2 6x16 (calibrated: %.0f GFLOP/s, AVX-512 12x32 %.0f, on 1 thread)",
+                      c.gflops_avx2, c.gflops_avx512);
+    return buf;
 }
 
 void sgemm_packed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
@@ -823,7 +836,7 @@ void sgemm_packed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, f
     MOE_ASSERT(sgemm_packed_available());
     BSource bs;
     bs.B = B, bs.ldb = ldb, bs.trans_b = trans_b;
-    if (sgemm_kernel() == SgemmKernel::avx512) gemm_run<Avx512F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
+    if (use_avx512(N)) gemm_run<Avx512F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
     else gemm_run<Avx2F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
 }
 
@@ -832,7 +845,7 @@ void sgemm_packed_wrows(int64_t M, int64_t N, int64_t K, const float* A, int64_t
     MOE_ASSERT(sgemm_packed_available());
     BSource bs;
     bs.trans_b = true, bs.load = load, bs.ctx = ctx;
-    if (sgemm_kernel() == SgemmKernel::avx512) gemm_run<Avx512F32>(false, bs, M, N, K, 1.f, A, lda, beta, C, ldc);
+    if (use_avx512(N)) gemm_run<Avx512F32>(false, bs, M, N, K, 1.f, A, lda, beta, C, ldc);
     else gemm_run<Avx2F32>(false, bs, M, N, K, 1.f, A, lda, beta, C, ldc);
 }
 
@@ -846,7 +859,7 @@ void sgemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, flo
 
 int64_t sgemm_packed_b_words(bool bf16, int64_t K, int64_t N) {
     if (bf16) return packed_b_elems<Avx512Bf16>(K, N);
-    return sgemm_kernel() == SgemmKernel::avx512 ? packed_b_elems<Avx512F32>(K, N) : packed_b_elems<Avx2F32>(K, N);
+    return use_avx512(N) ? packed_b_elems<Avx512F32>(K, N) : packed_b_elems<Avx2F32>(K, N);
 }
 
 void sgemm_pack_b(bool bf16, bool trans_b, int64_t K, int64_t N, const float* B, int64_t ldb, void* dst) {
@@ -854,7 +867,7 @@ void sgemm_pack_b(bool bf16, bool trans_b, int64_t K, int64_t N, const float* B,
     BSource bs;
     bs.B = B, bs.ldb = ldb, bs.trans_b = trans_b;
     if (bf16) pack_b_all<Avx512Bf16>(static_cast<uint32_t*>(dst), bs, K, N);
-    else if (sgemm_kernel() == SgemmKernel::avx512) pack_b_all<Avx512F32>(static_cast<float*>(dst), bs, K, N);
+    else if (use_avx512(N)) pack_b_all<Avx512F32>(static_cast<float*>(dst), bs, K, N);
     else pack_b_all<Avx2F32>(static_cast<float*>(dst), bs, K, N);
 }
 
@@ -864,7 +877,7 @@ void sgemm_packed_b(bool bf16, bool trans_a, int64_t M, int64_t N, int64_t K, fl
     BSource bs;
     bs.packed = packed_b, bs.packed_n = N;
     if (bf16) gemm_run<Avx512Bf16>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
-    else if (sgemm_kernel() == SgemmKernel::avx512) gemm_run<Avx512F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
+    else if (use_avx512(N)) gemm_run<Avx512F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
     else gemm_run<Avx2F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
 }
 

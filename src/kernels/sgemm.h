@@ -29,13 +29,16 @@ bool sgemm_packed_available();
 // takes the AVX-512 one where it is at least 10% faster (two full 512-bit FMA units per core); avx2
 // and avx512 force one (MOE_SGEMM=auto|avx2|avx512, read by moe::apply_environment). Without
 // AVX-512F, or MOE_ISA below avx512, it is always avx2. Set it once, outside steps: op(B) packed
-// by sgemm_pack_b must be multiplied under the kernel it was packed for.
+// by sgemm_pack_b must be multiplied under the kernel it was packed for. Where the calibration
+// picks avx512, GEMMs of N <= 16 columns still run the AVX2 kernel (they fill one of its panels,
+// part of a 32-column one): the choice per shape class; a forced avx512 runs every shape on it.
 enum class SgemmKernel { automatic, avx2, avx512 };
 void set_sgemm_kernel(SgemmKernel k);
 SgemmKernel parse_sgemm_kernel(const std::string& s, const char* where);  // "auto" | "avx2" | "avx512"
 // The kernel that runs (avx2 or avx512; the first call with automatic calibrates, ~1 ms).
 SgemmKernel sgemm_kernel();
-// For banners: e.g. "packed AVX-512 12x32 (calibrated: 150 vs 84 GFLOP/s for AVX2 6x16)".
+// For banners: e.g. "packed AVX-512 12x32, AVX2 6x16 for N <= 16 (calibrated: 150 vs 84 GFLOP/s on
+// 1 thread)".
 std::string sgemm_kernel_description();
 
 void sgemm_packed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
