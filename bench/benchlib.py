@@ -43,6 +43,8 @@ def run_moe(moe, cfg_path, cfg, steps, skip, threads, tmp, precision="fp32"):
         sys.exit(f"bench: {' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}")
     vocab = int(re.search(r"vocab (\d+)", p.stdout).group(1))
     n_threads = int(re.search(r"(\d+) threads", p.stdout).group(1))
+    # what ran the GEMMs, from the banner's "..., fp32 GEMMs (packed AVX-512 12x32 (calibrated: ...))"
+    g = re.search(r"(?:fp32|bf16) GEMMs \((.*?)\)(?:, experts|, resuming|, fine-tuning|$)", p.stdout, re.M)
     tc = cfg["train"]
     B = tc.get("batch_size", 16)
     T = tc.get("block_size", 0) or cfg["model"]["n_ctx"]
@@ -66,4 +68,5 @@ def run_moe(moe, cfg_path, cfg, steps, skip, threads, tmp, precision="fp32"):
         sys.exit(f"bench: no timed steps in {log} (--steps must exceed --skip)")
     timed = int(round(tokens / per_step))
     return {"threads": n_threads, "tokens_per_sec": tokens / seconds, "sec_per_step": seconds / timed,
-            "median_step_tokens_per_sec": statistics.median(step_tps), "first_loss": losses[0], "last_loss": losses[-1], "vocab": vocab}
+            "median_step_tokens_per_sec": statistics.median(step_tps), "first_loss": losses[0], "last_loss": losses[-1], "vocab": vocab,
+            "gemm": g.group(1) if g else "?"}

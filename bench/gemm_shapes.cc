@@ -1,11 +1,14 @@
 // GEMM shapes of training, side by side: oneDNN's dnnl_sgemm against moe's packed sgemm
-// (src/kernels/sgemm.cc) in the same run, alternating, best of R repetitions each; and, where the
-// CPU has AVX512_BF16, the bf16 GEMM of --precision bf16 (sgemm_bf16) in a third column.
+// (src/kernels/sgemm.cc) in the same run, alternating, best of R repetitions each: its AVX2 6x16
+// kernel and, where the CPU has AVX-512F, its AVX-512 12x32 kernel (the same bits), and the
+// kernel the process picked (sgemm_kernel, calibrated at start-up) is the "packed" one; where the
+// CPU has AVX512_BF16, the bf16 GEMM of --precision bf16 (sgemm_bf16) in a last column.
 //
 //   gemm_shapes [--threads T] [--reps R] [--config makemoe|bench-moe|all]
 //
-// Prints one line per shape (GFLOP/s of each and their ratio) and, last, `ratio=X`: the total
-// time of oneDNN over the total time of the packed GEMM across the shapes.
+// Prints one line per shape (GFLOP/s of each, oneDNN / packed and AVX-512 / AVX2 time ratios) and,
+// last, `ratio=X`: the total time of oneDNN over the total time of the picked packed kernel, and
+// `avx512_ratio=X`: the AVX2 kernel's total time over the AVX-512 one's.
 #include <dnnl.h>
 
 #include <algorithm>
@@ -17,6 +20,7 @@
 
 #include "core/parallel.h"
 #include "core/profile.h"
+#include "kernels/cpu.h"
 #include "kernels/sgemm.h"
 
 namespace {
@@ -37,6 +41,11 @@ const Shape kMakemoe[] = {
     {"makemoe expert dWup dh^T.x", true, false, 512, 128, 128},
     {"makemoe qkv         x.W^T", false, true, 512, 384, 128},
     {"makemoe qkv dW      dy^T.x", true, false, 384, 128, 512},
+    // thin shapes: the router (8 experts) and the head (vocab 65)
+    {"makemoe router      x.Wr^T", false, true, 512, 8, 128},
+    {"makemoe router dx   dl.Wr", false, false, 512, 128, 8},
+    {"makemoe router dWr  dl^T.x", true, false, 8, 128, 512},
+    {"makemoe head        x.We^T", false, true, 512, 65, 128},
 };
 // bench-moe: 2048 tokens a step, C 512; 8 routed experts of F 512 (about 512 rows each) and a
 // shared expert of F 1024 over all 2048 rows (configs/bench-moe.json since session 8).
@@ -76,39 +85,60 @@ int main(int argc, char** argv) {
     if (which == "bench-moe" || which == "all") shapes.insert(shapes.end(), std::begin(kBenchMoe), std::end(kBenchMoe));
     std::mt19937 rng(1);
     std::uniform_real_distribution<float> u(-1.f, 1.f);
-    double t_dnnl = 0, t_ours = 0;
+    using moe::kernels::SgemmKernel;
+    const SgemmKernel picked = moe::kernels::sgemm_kernel();
+    moe::kernels::set_sgemm_kernel(SgemmKernel::avx512);
+    const bool has512 = moe::kernels::sgemm_kernel() == SgemmKernel::avx512;
     const bool bf16 = moe::kernels::sgemm_bf16_available();
-    std::printf("%-30s %5s %5s %5s  %9s %9s %6s %9s\n", "shape (op(A) M x K, op(B) K x N)", "M", "N", "K",
-                "oneDNN", "packed", "ratio", bf16 ? "bf16" : "");
+    std::printf("host: %s\nfp32 kernel picked: %s\n", moe::kernels::host_description().c_str(),
+                picked == SgemmKernel::avx512 ? "AVX-512 12x32" : "AVX2 6x16");
+    std::printf("%-30s %5s %5s %5s  %9s %9s %9s %6s %6s %9s\n", "shape (op(A) M x K, op(B) K x N)", "M", "N", "K",
+                "oneDNN", "avx2", has512 ? "avx512" : "", "dnn/pk", has512 ? "2/512" : "", bf16 ? "bf16" : "");
+    double t_dnnl = 0, t_ours = 0, t_2 = 0, t_5 = 0;
     for (const Shape& s : shapes) {
         const int64_t lda = s.ta ? s.M : s.K, ldb = s.tb ? s.K : s.N;
         std::vector<float> A(s.M * s.K), B(s.K * s.N), C(s.M * s.N);
         for (float& v : A) v = u(rng);
         for (float& v : B) v = u(rng);
-        double best_d = 1e30, best_o = 1e30, best_b = 1e30;
+        double best_d = 1e30, best_2 = 1e30, best_5 = 1e30, best_b = 1e30;
+        auto packed = [&](SgemmKernel k) {
+            moe::kernels::set_sgemm_kernel(k);
+            const double t0 = moe::now_seconds();
+            moe::kernels::sgemm_packed(s.ta, s.tb, s.M, s.N, s.K, 1.f, A.data(), lda, B.data(), ldb, 0.f,
+                                       C.data(), s.N);
+            return moe::now_seconds() - t0;
+        };
         for (int r = 0; r < reps; ++r) {
             double t0 = moe::now_seconds();
             dnnl_sgemm(s.ta ? 'T' : 'N', s.tb ? 'T' : 'N', s.M, s.N, s.K, 1.f, A.data(), lda, B.data(), ldb, 0.f,
                        C.data(), s.N);
             best_d = std::min(best_d, moe::now_seconds() - t0);
-            t0 = moe::now_seconds();
-            moe::kernels::sgemm_packed(s.ta, s.tb, s.M, s.N, s.K, 1.f, A.data(), lda, B.data(), ldb, 0.f,
-                                       C.data(), s.N);
-            best_o = std::min(best_o, moe::now_seconds() - t0);
+            best_2 = std::min(best_2, packed(SgemmKernel::avx2));
+            if (has512) best_5 = std::min(best_5, packed(SgemmKernel::avx512));
             if (!bf16) continue;
             t0 = moe::now_seconds();
             moe::kernels::sgemm_bf16(s.ta, s.tb, s.M, s.N, s.K, 1.f, A.data(), lda, B.data(), ldb, 0.f, C.data(), s.N);
             best_b = std::min(best_b, moe::now_seconds() - t0);
         }
+        const double best_o = picked == SgemmKernel::avx512 ? best_5 : best_2;
         const double gf = 2.0 * s.M * s.N * s.K / 1e9;
-        std::printf("%-30s %5lld %5lld %5lld  %9.1f %9.1f %6.2f", s.what, (long long)s.M, (long long)s.N,
-                    (long long)s.K, gf / best_d, gf / best_o, best_d / best_o);
+        std::printf("%-30s %5lld %5lld %5lld  %9.1f %9.1f", s.what, (long long)s.M, (long long)s.N, (long long)s.K,
+                    gf / best_d, gf / best_2);
+        if (has512) std::printf(" %9.1f", gf / best_5);
+        else std::printf(" %9s", "");
+        std::printf(" %6.2f", best_d / best_o);
+        if (has512) std::printf(" %6.2f", best_2 / best_5);
+        else std::printf(" %6s", "");
         if (bf16) std::printf(" %9.1f", gf / best_b);
         std::printf("\n");
         t_dnnl += best_d;
         t_ours += best_o;
+        t_2 += best_2;
+        t_5 += best_5;
     }
+    moe::kernels::set_sgemm_kernel(SgemmKernel::automatic);
     std::printf("GFLOP/s columns: best of %d; threads %d\n", reps, moe::num_threads());
     std::printf("ratio=%.3f\n", t_dnnl / t_ours);
+    if (has512) std::printf("avx512_ratio=%.3f\n", t_2 / t_5);
     return 0;
 }

@@ -1,17 +1,20 @@
 #!/usr/bin/python3
 """Trains the PyTorch reference model (tests/ref/model.py) on a moe config and reports its speed.
 
-    torch_train.py CONFIG [--threads T] [--steps N] [--skip W] [--vocab V] [--data FILE]
+    torch_train.py CONFIG [--threads T] [--steps N] [--skip W] [--vocab V] [--data FILE] [--compile]
 
 Same model, batch (train.batch_size x train.block_size x train.grad_accum), AdamW hyper-parameters,
 clipping and schedule as `moe train`; batches are random windows of the config's text, tokenized
 like moe's char / byte tokenizer (random ids for a bpe config: speed only). Prints one JSON line: tokens_per_sec over the steps after the
 first W (warm-up), the thread count, the first and last loss. Used by bench/train_vs_torch.
+--compile runs the model's forward through torch.compile (TorchInductor's CPU code; the backward
+is compiled with it); the warm-up steps then include the compilation, so give --skip a few steps.
 """
 
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -22,8 +25,9 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "ref"))
 try:
     import torch
 except ImportError:
-    sys.exit(f"torch_train: torch is not importable from {sys.executable}; install Debian's "
-             "python3-torch (scripts/setup.sh) and run this with /usr/bin/python3")
+    sys.exit(f"torch_train: torch is not importable from {sys.executable}; make the pinned PyPI "
+             "torch with bench/torch_venv.sh and run this with the python it prints (or Debian's "
+             "python3-torch: /usr/bin/python3)")
 
 from model import MoeTransformer, lr_at, make_optimizer, train_step  # noqa: E402
 
@@ -42,8 +46,14 @@ def tokenize(path, kind):
 
 
 def blas_library():
-    """The BLAS shared library torch's matmuls run on (Debian's torch calls libblas.so.3, which
-    is the slow netlib reference unless an optimized one, e.g. libopenblas0, is installed)."""
+    """The BLAS torch's matmuls run on: PyPI's torch has MKL and oneDNN linked in (named from
+    torch.__config__); Debian's calls libblas.so.3, which is the slow netlib reference unless an
+    optimized one, e.g. libopenblas0, is installed."""
+    if torch.backends.mkl.is_available():
+        cfg = torch.__config__.show()
+        mkl = "MKL" + (f" {m.group(1)}" if (m := re.search(r"Math Kernel Library Version (\S+)", cfg)) else "")
+        dnn = f", oneDNN {m.group(1)}" if (m := re.search(r"MKL-DNN (v[\d.]+)", cfg)) else ""
+        return f"{mkl}{dnn} (linked into torch)"
     torch.ones(64, 64) @ torch.ones(64, 64)
     libs = set()
     with open("/proc/self/maps") as f:
@@ -71,6 +81,7 @@ def main():
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                     help="bf16: torch.autocast(cpu, bfloat16) around the step (fp32 master weights, as moe)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model's forward")
     args = ap.parse_args()
     if not 0 <= args.skip < args.steps:
         ap.error("--skip must be in [0, --steps)")
@@ -118,6 +129,9 @@ def main():
           "grad_clip": tc.get("grad_clip", 1.0)}
     hp["steps"] = args.steps
     opt = make_optimizer(model, hp)
+    if args.compile:
+        # the module keeps its methods (set_mode, aux_losses, ...); only forward is compiled
+        model.forward = torch.compile(model.forward)
 
     def batch():
         starts = torch.randint(0, len(ids) - T - 1, (B,))
@@ -153,7 +167,7 @@ def main():
     print(json.dumps({"threads": torch.get_num_threads(), "steps": args.steps, "timed_steps": timed,
                       "tokens_per_sec": timed * B * T * accum / elapsed, "sec_per_step": elapsed / timed,
                       "first_loss": losses[0], "last_loss": losses[-1], "vocab": cfg["model"]["vocab_size"],
-                      "precision": args.precision, "torch": torch.__version__, "blas": blas_library()}))
+                      "precision": args.precision, "compiled": args.compile, "torch": torch.__version__, "blas": blas_library()}))
 
 
 if __name__ == "__main__":

@@ -9,10 +9,14 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
+#include "core/error.h"
 #include "core/parallel.h"
 #include "kernels/bf16.h"
+#include "kernels/cpu.h"
 #include "kernels/gemm.h"
 #include "kernels/sgemm.h"
 
@@ -381,4 +385,154 @@ TEST(Sgemm, GemmWithPackedBMatchesGemm) {
         EXPECT_EQ(got, want) << precision_name(p);
     }
     set_gemm_precision(Precision::fp32);
+}
+
+// ---- the AVX-512 fp32 kernel (12 x 32): the same bits as the AVX2 one ----
+
+namespace {
+
+// Forces one fp32 kernel for its lifetime.
+class SgemmKernelScope {
+public:
+    explicit SgemmKernelScope(SgemmKernel k) { set_sgemm_kernel(k); }
+    ~SgemmKernelScope() { set_sgemm_kernel(SgemmKernel::automatic); }
+};
+
+bool avx512_kernel_runs() {
+    const SgemmKernelScope s(SgemmKernel::avx512);
+    return sgemm_kernel() == SgemmKernel::avx512;
+}
+
+// C from the AVX2 kernel (1 thread) and from the AVX-512 one (`threads` threads), both from the
+// same C0: expects the same bits.
+void expect_kernels_agree(const Case& c, std::mt19937& rng, int threads) {
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    const int64_t lda = (c.ta ? c.M : c.K) + 3, ldb = (c.tb ? c.K : c.N) + 1, ldc = c.N + 2;
+    std::vector<float> A((c.ta ? c.K : c.M) * lda), B((c.tb ? c.N : c.K) * ldb), C0(c.M * ldc);
+    for (float& v : A) v = u(rng);
+    for (float& v : B) v = u(rng);
+    for (float& v : C0) v = u(rng);
+    std::vector<float> want = C0, got = C0;
+    const int before = num_threads();
+    {
+        const SgemmKernelScope s(SgemmKernel::avx2);
+        set_num_threads(1);
+        sgemm_packed(c.ta, c.tb, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta, want.data(), ldc);
+    }
+    {
+        const SgemmKernelScope s(SgemmKernel::avx512);
+        set_num_threads(threads);
+        sgemm_packed(c.ta, c.tb, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta, got.data(), ldc);
+    }
+    set_num_threads(before);
+    // bit patterns, so that -0 / +0 differences count too
+    std::vector<uint32_t> wb(want.size()), gb(got.size());
+    std::memcpy(wb.data(), want.data(), 4 * want.size());
+    std::memcpy(gb.data(), got.data(), 4 * got.size());
+    EXPECT_EQ(gb, wb) << "threads " << threads << " ta " << c.ta << " tb " << c.tb << " M " << c.M << " N " << c.N
+                      << " K " << c.K << " alpha " << c.alpha << " beta " << c.beta;
+}
+
+void sgemm_avx512(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                  const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+    const SgemmKernelScope s(SgemmKernel::avx512);
+    sgemm_packed(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+// the rows of a row-major (N, K) matrix, as a weight loader hands them to sgemm_packed_wrows
+void load_rows(const void* ctx, int64_t row, int64_t k0, int64_t kc, float* dst) {
+    const auto* w = static_cast<const std::pair<const float*, int64_t>*>(ctx);
+    std::memcpy(dst, w->first + row * w->second + k0, sizeof(float) * kc);
+}
+
+}  // namespace
+
+TEST(SgemmAvx512, MatchesReferenceOnEdgesAndBlocks) {
+    if (!avx512_kernel_runs()) GTEST_SKIP() << "no AVX-512F on this CPU (or MOE_ISA below avx512)";
+    std::mt19937 rng(51);
+    // last row tiles of 1, 4, 8, 11, 12 rows (the 4-, 8- and 12-row micro-kernels), column panels
+    // of 1 to 32 columns
+    EXPECT_EQ(sweep_shapes(sgemm_avx512, false, rng, {1, 4, 11, 12, 13, 20, 121}, {1, 16, 31, 32, 33, 70},
+                           {1, 7, 9, 257}),
+              672);
+}
+
+TEST(SgemmAvx512, SameBitsAsTheAvx2KernelOnRaggedShapes) {
+    if (!avx512_kernel_runs()) GTEST_SKIP() << "no AVX-512F on this CPU (or MOE_ISA below avx512)";
+    std::mt19937 rng(52);
+    int cases = 0;
+    for (bool ta : {false, true})
+        for (bool tb : {false, true})
+            for (int64_t M : {1, 5, 6, 7, 12, 13, 25, 121})
+                for (int64_t N : {1, 15, 16, 17, 33, 70})
+                    for (int64_t K : {1, 8, 9, 255, 256, 257, 520}) {
+                        const float alpha = cases % 3 == 0 ? 0.5f : cases % 3 == 1 ? 1.f : -1.25f;
+                        const float beta = cases % 4 == 0 ? 0.f : cases % 4 == 1 ? 1.f : cases % 4 == 2 ? -0.7f : 0.f;
+                        expect_kernels_agree(Case{ta, tb, M, N, K, alpha, beta}, rng, 1);
+                        ++cases;
+                    }
+    EXPECT_EQ(cases, 1344);
+}
+
+TEST(SgemmAvx512, SameBitsAsTheAvx2KernelOnOneToThreeThreads) {
+    if (!avx512_kernel_runs()) GTEST_SKIP() << "no AVX-512F on this CPU (or MOE_ISA below avx512)";
+    std::mt19937 rng(53);
+    // split by columns, then by rows (few columns, many rows); across the 512-column and 120-row blocks
+    for (int threads : {1, 2, 3})
+        for (const Case& c : {Case{false, true, 200, 1100, 300, 1.f, 0.f}, Case{true, false, 900, 20, 301, 1.f, 1.f},
+                              Case{true, true, 250, 530, 129, 0.5f, -0.7f}})
+            expect_kernels_agree(c, rng, threads);
+    expect_same_bits_for_any_thread_count(sgemm_avx512, 54);
+}
+
+TEST(SgemmAvx512, PrepackedBAndWeightRowsGiveTheSameBits) {
+    if (!avx512_kernel_runs()) GTEST_SKIP() << "no AVX-512F on this CPU (or MOE_ISA below avx512)";
+    {
+        const SgemmKernelScope s(SgemmKernel::avx512);
+        EXPECT_EQ(expect_prepacked_same_bits(sgemm_packed, false, 55), 360);
+    }
+    // sgemm_packed_wrows (weights read through a loader) on either kernel: the bits of sgemm_packed
+    std::mt19937 rng(56);
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    for (int64_t N : {7, 32, 77}) {
+        const int64_t M = 29, K = 300;
+        std::vector<float> A(M * K), W(N * K), want(M * N), got2(M * N), got5(M * N);
+        for (float& v : A) v = u(rng);
+        for (float& v : W) v = u(rng);
+        const std::pair<const float*, int64_t> ctx{W.data(), K};
+        {
+            const SgemmKernelScope s(SgemmKernel::avx2);
+            sgemm_packed(false, true, M, N, K, 1.f, A.data(), K, W.data(), K, 0.f, want.data(), N);
+            sgemm_packed_wrows(M, N, K, A.data(), K, load_rows, &ctx, 0.f, got2.data(), N);
+        }
+        {
+            const SgemmKernelScope s(SgemmKernel::avx512);
+            sgemm_packed_wrows(M, N, K, A.data(), K, load_rows, &ctx, 0.f, got5.data(), N);
+        }
+        EXPECT_EQ(got2, want) << "N " << N;
+        EXPECT_EQ(got5, want) << "N " << N;
+    }
+}
+
+TEST(SgemmAvx512, KernelChoice) {
+    EXPECT_THROW(parse_sgemm_kernel("avx1024", "MOE_SGEMM"), moe::error);
+    EXPECT_EQ(parse_sgemm_kernel("auto", "MOE_SGEMM"), SgemmKernel::automatic);
+    EXPECT_EQ(parse_sgemm_kernel("avx512", "MOE_SGEMM"), SgemmKernel::avx512);
+    // whatever was asked for, the choice is one of the two kernels, and AVX2 under MOE_ISA=avx2
+    const SgemmKernel k = sgemm_kernel();
+    EXPECT_TRUE(k == SgemmKernel::avx2 || k == SgemmKernel::avx512);
+    EXPECT_EQ(sgemm_kernel_description().rfind("packed AVX", 0), 0u) << sgemm_kernel_description();
+    const Isa prev = set_isa_cap(Isa::avx2);
+    {
+        const SgemmKernelScope s(SgemmKernel::avx512);
+        EXPECT_EQ(sgemm_kernel(), SgemmKernel::avx2);
+        EXPECT_EQ(sgemm_kernel_description(), "packed AVX2 6x16");
+    }
+    set_isa_cap(prev);
+    if (avx512_kernel_runs()) {
+        const std::string d = sgemm_kernel_description();  // automatic: calibrated here
+        EXPECT_NE(d.find("(calibrated: "), std::string::npos) << d;
+        const SgemmKernelScope s(SgemmKernel::avx2);
+        EXPECT_EQ(sgemm_kernel_description(), "packed AVX2 6x16 (MOE_SGEMM)");
+    }
 }

@@ -31,6 +31,7 @@
 #include "kernels/cpu.h"
 #include "kernels/gemm.h"
 #include "kernels/qmatmul.h"
+#include "kernels/sgemm.h"
 #include "model/config.h"
 #include "model/params.h"
 #include "train/data.h"
@@ -57,6 +58,8 @@ void apply_environment() {
     if (const std::string v = env("MOE_ISA"); !v.empty()) kernels::set_isa_cap(kernels::parse_isa(v, "MOE_ISA"));
     if (const std::string v = env("MOE_GEMM"); !v.empty())
         kernels::set_gemm_backend(kernels::parse_gemm_backend(v, "MOE_GEMM"));
+    if (const std::string v = env("MOE_SGEMM"); !v.empty())
+        kernels::set_sgemm_kernel(kernels::parse_sgemm_kernel(v, "MOE_SGEMM"));
     const std::string prof = env("MOE_PROFILE");
     set_profiling(!prof.empty() && prof != "0");
     const std::string fuse = env("MOE_FUSED_EXPERT_ADAMW");

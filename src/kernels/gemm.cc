@@ -78,7 +78,10 @@ static bool native_bf16() { return g_precision == Precision::bf16 && sgemm_bf16_
 const char* gemm_engine_name() {
     if (g_precision == Precision::bf16)
         return native_bf16() ? "native vdpbf16ps" : "emulated: bf16-rounded operands, fp32 GEMM";
-    return gemm_backend() == GemmBackend::packed ? "packed AVX2" : "oneDNN";
+    if (gemm_backend() != GemmBackend::packed) return "oneDNN";
+    thread_local std::string packed;  // valid until the next call on this thread
+    packed = sgemm_kernel_description();
+    return packed.c_str();
 }
 
 // Copies the stored rows x cols block (row stride ld) into dst (contiguous), rounded to bf16.

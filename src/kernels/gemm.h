@@ -23,7 +23,8 @@ Precision gemm_precision();
 const char* precision_name(Precision p);
 Precision parse_precision(const char* s, const char* where);  // "fp32" | "bf16", else moe::error
 // What runs the float GEMMs at the current precision on this CPU, for the training banner:
-// "packed AVX2", "oneDNN", "native vdpbf16ps" or "emulated: bf16-rounded operands, fp32 GEMM".
+// "packed AVX2 6x16", "packed AVX-512 12x32 (calibrated: ...)" (kernels/sgemm.h's
+// sgemm_kernel_description), "oneDNN", "native vdpbf16ps" or "emulated: bf16-rounded operands, fp32 GEMM".
 const char* gemm_engine_name();
 
 // Which library runs the fp32 GEMMs: moe's packed AVX2 kernel (kernels/sgemm.h; the default where

@@ -3,7 +3,10 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <string>
 
 #include "core/error.h"
 #include "core/memory.h"
@@ -192,6 +195,160 @@ __attribute__((target("avx2,fma"))) void Avx2F32::micro(int64_t kc, const float*
             cv = beta == 0.f ? t[r][n] : beta == 1.f ? cv + t[r][n] : std::fma(beta, cv, t[r][n]);
         }
 }
+
+// ------------------------------------------------------------------------------------------------
+// fp32 on AVX-512F: a 12 x 32 register tile (24 zmm accumulators, 2 B registers, A broadcast from
+// memory), operands packed as fp32. The AVX2 kernel's exact arithmetic: the same k blocks (kKc =
+// 256), alpha applied by the same multiply in the packing, each element summed over its k block by
+// fused multiply-adds in ascending k from zero, then added to C (beta) by the same operation, so the
+// two kernels give the same bits on every shape. It pays where the core has two full 512-bit FMA
+// units (Intel Xeon Gold / Platinum, Sapphire Rapids): twice the flops per instruction; on Zen 4,
+// which runs a 512-bit FMA as two 256-bit halves, it gained nothing (docs/log/performance-history.md),
+// hence the calibration below.
+// ------------------------------------------------------------------------------------------------
+#define MOE_F32_512_TARGET __attribute__((target("avx2,fma,avx512f")))
+
+struct Avx512F32 {
+    using Elem = float;
+    static constexpr int64_t kMr = 12;
+    static constexpr int64_t kNr = 32;    // two zmm
+    static constexpr int64_t kKc = 256;   // must equal Avx2F32::kKc: the k blocks fix the summation
+    static constexpr int64_t kMc = 120;   // the packed A block (120 KB) stays in L2
+    static constexpr int64_t kNc = 512;   // the packed B block (512 KB) stays in L2
+    static_assert(kKc == Avx2F32::kKc, "both fp32 kernels must sum over the same k blocks");
+    static int64_t kstride(int64_t kc) { return kc; }
+    static void pack_a(float* dst, const float* A, int64_t lda, bool trans_a, float alpha, int64_t m0, int64_t mc,
+                       int64_t p0, int64_t kc);
+    static void pack_b(float* dst, const BSource& src, int64_t p0, int64_t kc, int64_t n0, int64_t nc,
+                       float* rows_tmp);
+    static void micro(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha, float beta,
+                      int64_t mr, int64_t nr);
+};
+
+// op(B)[p0 : p0+kc, n0 : n0+nc] into panels of 32 columns: dst[panel][k][32], columns past nc zero.
+MOE_F32_512_TARGET void Avx512F32::pack_b(float* dst, const BSource& src, int64_t p0, int64_t kc, int64_t n0,
+                                          int64_t nc, float* rows_tmp) {
+    for (int64_t j = 0; j < nc; j += kNr) {
+        float* d = dst + j * kc;  // this panel: [kc][kNr]
+        const int64_t w = std::min(kNr, nc - j);
+        if (!src.trans_b && !src.load) {
+            const int64_t ldb = src.ldb;
+            const float* s = src.B + p0 * ldb + n0 + j;
+            const __mmask16 m0 = lanes16(w), m1 = lanes16(w - 16);
+            for (int64_t k = 0; k < kc; ++k) {
+                _mm512_storeu_ps(d + k * kNr, _mm512_maskz_loadu_ps(m0, s + k * ldb));
+                _mm512_storeu_ps(d + k * kNr + 16, _mm512_maskz_loadu_ps(m1, s + k * ldb + 16));
+            }
+            continue;
+        }
+        // op(B) columns are rows of a stored matrix (row n of this panel: s + n * ld, contiguous in k)
+        const float* s;
+        int64_t ld;
+        if (src.load) {
+            for (int64_t n = 0; n < w; ++n) src.load(src.ctx, n0 + j + n, p0, kc, rows_tmp + n * kKc);
+            s = rows_tmp, ld = kKc;
+        } else {
+            s = src.B + (n0 + j) * src.ldb + p0, ld = src.ldb;
+        }
+        int64_t k = 0;
+        if (w == kNr) {
+            for (; k + 8 <= kc; k += 8)
+                for (int64_t q = 0; q < kNr; q += 8) transpose8x8(d + k * kNr + q, kNr, s + q * ld + k, ld);
+        }
+        for (; k < kc; ++k)
+            for (int64_t n = 0; n < kNr; ++n) d[k * kNr + n] = n < w ? s[n * ld + k] : 0.f;
+    }
+}
+
+// alpha * op(A)[m0 : m0+mc, p0 : p0+kc] into panels of 12 rows: dst[panel][k][12], rows past mc
+// zero; alpha multiplied as Avx2F32::pack_a does. Writes nothing past the packed block.
+MOE_F32_512_TARGET void Avx512F32::pack_a(float* dst, const float* A, int64_t lda, bool trans_a, float alpha,
+                                          int64_t m0, int64_t mc, int64_t p0, int64_t kc) {
+    const __m512 va = _mm512_set1_ps(alpha);
+    for (int64_t i = 0; i < mc; i += kMr) {
+        float* d = dst + i * kc;  // this panel: [kc][kMr]
+        const int64_t h = std::min(kMr, mc - i);
+        if (trans_a) {
+            // op(A) column k of this panel: h contiguous floats
+            const float* s = A + p0 * lda + m0 + i;
+            const __mmask16 m = lanes16(h), store = lanes16(kMr);
+            for (int64_t k = 0; k < kc; ++k)
+                _mm512_mask_storeu_ps(d + k * kMr, store, _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m, s + k * lda)));
+            continue;
+        }
+        const float* s = A + (m0 + i) * lda + p0;
+        int64_t k = 0;
+        if (h == kMr) {
+            // 8 k at a time: 12 rows (rows 12..15 zero) x 8 k transposed as two 8 x 8 blocks
+            alignas(32) float t[16][8] = {};
+            const __m256 va8 = _mm256_set1_ps(alpha);
+            for (; k + 8 <= kc; k += 8) {
+                for (int64_t r = 0; r < kMr; ++r)
+                    _mm256_store_ps(t[r], _mm256_mul_ps(va8, _mm256_loadu_ps(s + r * lda + k)));
+                alignas(32) float lo[8][8], hi[8][8];
+                transpose8x8(&lo[0][0], 8, &t[0][0], 8);
+                transpose8x8(&hi[0][0], 8, &t[8][0], 8);
+                for (int64_t kk = 0; kk < 8; ++kk) {
+                    _mm256_storeu_ps(d + (k + kk) * kMr, _mm256_load_ps(lo[kk]));
+                    _mm_storeu_ps(d + (k + kk) * kMr + 8, _mm_load_ps(hi[kk]));
+                }
+            }
+        }
+        for (; k < kc; ++k)
+            for (int64_t r = 0; r < kMr; ++r) d[k * kMr + r] = r < h ? alpha * s[r * lda + k] : 0.f;
+    }
+}
+
+// C[0:mr, 0:nr] = beta C + a_panel · b_panel over kc, computing the first MR >= mr rows of the
+// 12-row panel (an expert's last row tile is often part empty). Per element the AVX2 kernel's
+// operations: acc = fma(a, b, acc) for k ascending from acc = 0, then beta == 0: acc; beta == 1:
+// acc + C; else fma(beta, C, acc).
+template <int MR>
+MOE_F32_512_TARGET void f32_micro512(int64_t kc, const float* __restrict a, const float* __restrict b, float* c,
+                                     int64_t ldc, float beta, int64_t mr, int64_t nr) {
+    constexpr int64_t kMr = Avx512F32::kMr, kNr = Avx512F32::kNr;
+    for (int64_t r = 0; r < mr; ++r) {  // the C tile's lines, fetched during the k loop
+        _mm_prefetch((const char*)(c + r * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char*)(c + r * ldc + 16), _MM_HINT_T0);
+        _mm_prefetch((const char*)(c + r * ldc + kNr - 1), _MM_HINT_T0);
+    }
+    __m512 acc[MR][2];
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+    for (int64_t k = 0; k < kc; ++k) {
+        const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+#pragma GCC unroll 12
+        for (int r = 0; r < MR; ++r) {
+            const __m512 av = _mm512_set1_ps(a[r]);
+            acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+        }
+        a += kMr;
+        b += kNr;
+    }
+    const __m512 vb = _mm512_set1_ps(beta);
+    const __mmask16 m[2] = {lanes16(nr), lanes16(nr - 16)};
+    for (int64_t r = 0; r < mr; ++r) {
+        float* cr = c + r * ldc;
+        for (int hh = 0; hh < 2; ++hh) {
+            if (!m[hh]) continue;
+            __m512 v = acc[r][hh];
+            if (beta == 1.f) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m[hh], cr + 16 * hh));
+            else if (beta != 0.f) v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m[hh], cr + 16 * hh), v);
+            _mm512_mask_storeu_ps(cr + 16 * hh, m[hh], v);
+        }
+    }
+}
+
+MOE_F32_512_TARGET void Avx512F32::micro(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                                         float /*alpha*/, float beta, int64_t mr, int64_t nr) {
+    if (mr <= 4) f32_micro512<4>(kc, a, b, c, ldc, beta, mr, nr);
+    else if (mr <= 8) f32_micro512<8>(kc, a, b, c, ldc, beta, mr, nr);
+    else f32_micro512<12>(kc, a, b, c, ldc, beta, mr, nr);
+}
+
+#undef MOE_F32_512_TARGET
 
 // ------------------------------------------------------------------------------------------------
 // bf16 on AVX512_BF16: vdpbf16ps multiplies pairs of bf16 along k and adds both products to an
@@ -575,6 +732,53 @@ void gemm_run(bool trans_a, const BSource& bs, int64_t M, int64_t N, int64_t K, 
     });
 }
 
+// ------------------------------------------------------------------------------------------------
+// Which fp32 kernel runs: both give the same bits, so the choice is about speed only. Whether the
+// 512-bit kernel pays depends on the core, not on anything CPUID says (Intel Xeon Gold/Platinum
+// have two 512-bit FMA units, Silver/Bronze one; Zen 4 splits 512-bit FMAs into 256-bit halves), so
+// it is measured: once per process, on the calling thread, both kernels time a fixed GEMM shaped
+// like training's expert products (96 x 256 x 256, with its packing, best of 5 alternating runs;
+// about a millisecond), and the 512-bit one runs where it is at least 10% faster.
+// ------------------------------------------------------------------------------------------------
+
+SgemmKernel g_sgemm_request = SgemmKernel::automatic;
+
+struct Calibration {
+    double gflops_avx2 = 0, gflops_avx512 = 0;
+};
+
+template <class Kern>
+double time_block(const BSource& bs, int64_t M, int64_t N, int64_t K, const float* A, float* C) {
+    const auto t0 = std::chrono::steady_clock::now();
+    gemm_block<Kern>(false, bs, 0, M, 0, N, K, 1.f, A, K, 0.f, C, N);
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+Calibration calibrate() {
+    constexpr int64_t M = 96, N = 256, K = 256;
+    float* A = (float*)alloc_large(sizeof(float) * (M * K + K * N + M * N));
+    float* B = A + M * K;
+    float* C = B + K * N;
+    for (int64_t i = 0; i < M * K + K * N; ++i) A[i] = (float)((i * 37) % 101) / 101.f - 0.5f;
+    BSource bs;
+    bs.B = B, bs.ldb = N;
+    double best2 = 1e30, best512 = 1e30;
+    for (int rep = 0; rep < 6; ++rep) {  // the first pair warms caches and the packing buffers up
+        const double t2 = time_block<Avx2F32>(bs, M, N, K, A, C), t5 = time_block<Avx512F32>(bs, M, N, K, A, C);
+        if (rep > 0) best2 = std::min(best2, t2), best512 = std::min(best512, t5);
+    }
+    free_large(A);
+    const double flops = 2.0 * M * N * K;
+    return {flops / best2 / 1e9, flops / best512 / 1e9};
+}
+
+const Calibration& calibration() {
+    static const Calibration c = calibrate();
+    return c;
+}
+
+bool avx512_f32_possible() { return active_isa() >= Isa::avx512 && cpu_features().avx512f; }
+
 }  // namespace
 
 bool sgemm_packed_available() { return active_isa() >= Isa::avx2; }
@@ -583,13 +787,57 @@ bool sgemm_bf16_available() {
     return active_isa() >= Isa::avx512 && cpu_features().avx512_bf16 && cpu_features().avx512dq;
 }
 
+void set_sgemm_kernel(SgemmKernel k) { g_sgemm_request = k; }
+
+SgemmKernel parse_sgemm_kernel(const std::string& v, const char* where) {
+    if (v == "auto") return SgemmKernel::automatic;
+    if (v == "avx2") return SgemmKernel::avx2;
+    if (v == "avx512") return SgemmKernel::avx512;
+    fail(where, " must be \"auto\", \"avx2\" or \"avx512\", got \"", v, "\"");
+}
+
+SgemmKernel sgemm_kernel() {
+    if (!avx512_f32_possible()) return SgemmKernel::avx2;
+    if (g_sgemm_request != SgemmKernel::automatic) return g_sgemm_request;
+    const Calibration& c = calibration();
+    return c.gflops_avx512 >= 1.10 * c.gflops_avx2 ? SgemmKernel::avx512 : SgemmKernel::avx2;
+}
+
+// The kernel for a GEMM of N columns (the shape class). Calibrated: the AVX-512 one where it won,
+// but not for N <= 16 (the router's 8 columns, say), which fill one AVX2 panel and only a part of
+// a 32-column one (makemoe's router 512 x 8 x 128: 37 GFLOP/s on the AVX2 kernel, 32 on the
+// AVX-512 one, build/bench/gemm_shapes); MOE_SGEMM=avx512 runs it on every shape. N alone
+// decides, so op(B) packed beforehand (K and N known, M not) and its GEMM agree.
+static bool use_avx512(int64_t N) {
+    const SgemmKernel k = sgemm_kernel();
+    return k == SgemmKernel::avx512 && (g_sgemm_request == SgemmKernel::avx512 || N > Avx2F32::kNr);
+}
+
+std::string sgemm_kernel_description() {
+    const SgemmKernel k = sgemm_kernel();
+    if (!avx512_f32_possible()) return "packed AVX2 6x16";
+    if (g_sgemm_request != SgemmKernel::automatic)
+        return k == SgemmKernel::avx2 ? "packed AVX2 6x16 (MOE_SGEMM)" : "packed AVX-512 12x32 (MOE_SGEMM)";
+    const Calibration& c = calibration();
+    char buf[192];
+    if (k == SgemmKernel::avx512)
+        std::snprintf(buf, sizeof buf,
+                      "packed AVX-512 12x32, AVX2 6x16 for N <= 16 (calibrated: %.0f vs %.0f GFLOP/s on 1 thread)",
+                      c.gflops_avx512, c.gflops_avx2);
+    else
+        std::snprintf(buf, sizeof buf, "packed AVX2 6x16 (calibrated: %.0f GFLOP/s, AVX-512 12x32 %.0f, on 1 thread)",
+                      c.gflops_avx2, c.gflops_avx512);
+    return buf;
+}
+
 void sgemm_packed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                   const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                   int64_t ldc) {
     MOE_ASSERT(sgemm_packed_available());
     BSource bs;
     bs.B = B, bs.ldb = ldb, bs.trans_b = trans_b;
-    gemm_run<Avx2F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
+    if (use_avx512(N)) gemm_run<Avx512F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
+    else gemm_run<Avx2F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
 }
 
 void sgemm_packed_wrows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, SgemmRowLoader load,
@@ -597,7 +845,8 @@ void sgemm_packed_wrows(int64_t M, int64_t N, int64_t K, const float* A, int64_t
     MOE_ASSERT(sgemm_packed_available());
     BSource bs;
     bs.trans_b = true, bs.load = load, bs.ctx = ctx;
-    gemm_run<Avx2F32>(false, bs, M, N, K, 1.f, A, lda, beta, C, ldc);
+    if (use_avx512(N)) gemm_run<Avx512F32>(false, bs, M, N, K, 1.f, A, lda, beta, C, ldc);
+    else gemm_run<Avx2F32>(false, bs, M, N, K, 1.f, A, lda, beta, C, ldc);
 }
 
 void sgemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
@@ -609,7 +858,8 @@ void sgemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, flo
 }
 
 int64_t sgemm_packed_b_words(bool bf16, int64_t K, int64_t N) {
-    return bf16 ? packed_b_elems<Avx512Bf16>(K, N) : packed_b_elems<Avx2F32>(K, N);
+    if (bf16) return packed_b_elems<Avx512Bf16>(K, N);
+    return use_avx512(N) ? packed_b_elems<Avx512F32>(K, N) : packed_b_elems<Avx2F32>(K, N);
 }
 
 void sgemm_pack_b(bool bf16, bool trans_b, int64_t K, int64_t N, const float* B, int64_t ldb, void* dst) {
@@ -617,6 +867,7 @@ void sgemm_pack_b(bool bf16, bool trans_b, int64_t K, int64_t N, const float* B,
     BSource bs;
     bs.B = B, bs.ldb = ldb, bs.trans_b = trans_b;
     if (bf16) pack_b_all<Avx512Bf16>(static_cast<uint32_t*>(dst), bs, K, N);
+    else if (use_avx512(N)) pack_b_all<Avx512F32>(static_cast<float*>(dst), bs, K, N);
     else pack_b_all<Avx2F32>(static_cast<float*>(dst), bs, K, N);
 }
 
@@ -626,6 +877,7 @@ void sgemm_packed_b(bool bf16, bool trans_a, int64_t M, int64_t N, int64_t K, fl
     BSource bs;
     bs.packed = packed_b, bs.packed_n = N;
     if (bf16) gemm_run<Avx512Bf16>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
+    else if (use_avx512(N)) gemm_run<Avx512F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
     else gemm_run<Avx2F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
 }
 

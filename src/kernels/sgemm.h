@@ -13,12 +13,33 @@
 // kKc, ascending), whichever thread computes it, so the result does not depend on the thread
 // count. Called outside a parallel region with enough work, it splits C over parallel_for.
 // The reference twin is gemm_ref (tests/test_sgemm.cc compares them).
+//
+// fp32 runs on one of two kernels with the same arithmetic (the same bits on every shape, checked
+// by tests/test_sgemm.cc): the AVX2 6 x 16 tile, or a 12 x 32 tile of zmm registers where the CPU
+// has AVX-512F. Which one is a matter of speed only (sgemm_kernel below).
 #include <cstdint>
+#include <string>
 
 namespace moe::kernels {
 
 // True when sgemm_packed can run here (the CPU has AVX2 and FMA and MOE_ISA allows them).
 bool sgemm_packed_available();
+
+// The fp32 kernel: automatic (the default) times both once per process on a fixed GEMM shape and
+// takes the AVX-512 one where it is at least 10% faster (two full 512-bit FMA units per core); avx2
+// and avx512 force one (MOE_SGEMM=auto|avx2|avx512, read by moe::apply_environment). Without
+// AVX-512F, or MOE_ISA below avx512, it is always avx2. Set it once, outside steps: op(B) packed
+// by sgemm_pack_b must be multiplied under the kernel it was packed for. Where the calibration
+// picks avx512, GEMMs of N <= 16 columns still run the AVX2 kernel (they fill one of its panels,
+// part of a 32-column one): the choice per shape class; a forced avx512 runs every shape on it.
+enum class SgemmKernel { automatic, avx2, avx512 };
+void set_sgemm_kernel(SgemmKernel k);
+SgemmKernel parse_sgemm_kernel(const std::string& s, const char* where);  // "auto" | "avx2" | "avx512"
+// The kernel that runs (avx2 or avx512; the first call with automatic calibrates, ~1 ms).
+SgemmKernel sgemm_kernel();
+// For banners: e.g. "packed AVX-512 12x32, AVX2 6x16 for N <= 16 (calibrated: 150 vs 84 GFLOP/s on
+// 1 thread)".
+std::string sgemm_kernel_description();
 
 void sgemm_packed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                   const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
@@ -43,7 +64,7 @@ void sgemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, flo
 
 // op(B) (K, N) packed once for several GEMMs that multiply it (the row blocks of one expert's
 // tokens all multiply the expert's weights): sgemm_pack_b writes it in the layout the packing
-// inside the GEMM would (bf16: the bf16 kernel's, else the fp32 AVX2 kernel's) into dst of
+// inside the GEMM would (bf16: the bf16 kernel's, else the fp32 kernel sgemm_kernel() names) into dst of
 // sgemm_packed_b_words(bf16, K, N) 32-bit words, on the calling thread; sgemm_packed_b then
 // multiplies by it with no B packing. Results are bit-identical to sgemm_bf16 / sgemm_packed.
 int64_t sgemm_packed_b_words(bool bf16, int64_t K, int64_t N);
