@@ -1,6 +1,7 @@
 // GEMM shapes of training, side by side: oneDNN's dnnl_sgemm against moe's packed sgemm
 // (src/kernels/sgemm.cc) in the same run, alternating, best of R repetitions each; and, where the
-// CPU has AVX512_BF16, the bf16 GEMM of --precision bf16 (sgemm_bf16) in a third column.
+// CPU has AVX512_BF16, the bf16 GEMM of --precision bf16 (sgemm_bf16) in a third column, and where
+// AMX is active the AMX bf16 tile GEMM (amx_gemm_bf16, what --precision bf16 runs there) in a fourth.
 //
 //   gemm_shapes [--threads T] [--reps R] [--config makemoe|bench-moe|all]
 //
@@ -17,6 +18,7 @@
 
 #include "core/parallel.h"
 #include "core/profile.h"
+#include "kernels/amx_gemm.h"
 #include "kernels/sgemm.h"
 
 namespace {
@@ -77,15 +79,15 @@ int main(int argc, char** argv) {
     std::mt19937 rng(1);
     std::uniform_real_distribution<float> u(-1.f, 1.f);
     double t_dnnl = 0, t_ours = 0;
-    const bool bf16 = moe::kernels::sgemm_bf16_available();
-    std::printf("%-30s %5s %5s %5s  %9s %9s %6s %9s\n", "shape (op(A) M x K, op(B) K x N)", "M", "N", "K",
-                "oneDNN", "packed", "ratio", bf16 ? "bf16" : "");
+    const bool bf16 = moe::kernels::sgemm_bf16_available(), amx = moe::kernels::amx_bf16_available();
+    std::printf("%-30s %5s %5s %5s  %9s %9s %6s %9s %9s\n", "shape (op(A) M x K, op(B) K x N)", "M", "N", "K",
+                "oneDNN", "packed", "ratio", bf16 ? "bf16" : "", amx ? "amx bf16" : "");
     for (const Shape& s : shapes) {
         const int64_t lda = s.ta ? s.M : s.K, ldb = s.tb ? s.K : s.N;
         std::vector<float> A(s.M * s.K), B(s.K * s.N), C(s.M * s.N);
         for (float& v : A) v = u(rng);
         for (float& v : B) v = u(rng);
-        double best_d = 1e30, best_o = 1e30, best_b = 1e30;
+        double best_d = 1e30, best_o = 1e30, best_b = 1e30, best_x = 1e30;
         for (int r = 0; r < reps; ++r) {
             double t0 = moe::now_seconds();
             dnnl_sgemm(s.ta ? 'T' : 'N', s.tb ? 'T' : 'N', s.M, s.N, s.K, 1.f, A.data(), lda, B.data(), ldb, 0.f,
@@ -99,11 +101,17 @@ int main(int argc, char** argv) {
             t0 = moe::now_seconds();
             moe::kernels::sgemm_bf16(s.ta, s.tb, s.M, s.N, s.K, 1.f, A.data(), lda, B.data(), ldb, 0.f, C.data(), s.N);
             best_b = std::min(best_b, moe::now_seconds() - t0);
+            if (!amx) continue;
+            t0 = moe::now_seconds();
+            moe::kernels::amx_gemm_bf16(s.ta, s.tb, s.M, s.N, s.K, 1.f, A.data(), lda, B.data(), ldb, 0.f, C.data(),
+                                        s.N);
+            best_x = std::min(best_x, moe::now_seconds() - t0);
         }
         const double gf = 2.0 * s.M * s.N * s.K / 1e9;
         std::printf("%-30s %5lld %5lld %5lld  %9.1f %9.1f %6.2f", s.what, (long long)s.M, (long long)s.N,
                     (long long)s.K, gf / best_d, gf / best_o, best_d / best_o);
         if (bf16) std::printf(" %9.1f", gf / best_b);
+        if (amx) std::printf(" %9.1f", gf / best_x);
         std::printf("\n");
         t_dnnl += best_d;
         t_ours += best_o;

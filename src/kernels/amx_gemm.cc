@@ -93,49 +93,87 @@ MOE_AMX_PACK_TARGET inline void transpose16(__m512i (&r)[16]) {
     }
 }
 
-// One strip of 16 "lines" (rows of op(A) or columns of op(B), of which the first `h` exist, the
-// rest zero) over all of K, as slices of tiles: dst[slice][16][16] words. A line can be stored
-// contiguous in k (line i at s + i * ld, element k at + k) or across (element k of line i at
-// s + k * ld + i). A tiles hold lines as rows (word [line][pair]); B tiles hold them as columns
-// (word [pair][line]): `lines_are_rows` picks.
-MOE_AMX_PACK_TARGET void pack_strip(uint32_t* dst, const float* s, int64_t ld, bool contiguous_in_k, int64_t h,
-                                    int64_t K, bool lines_are_rows) {
-    const int64_t S = slices(K);
-    for (int64_t sl = 0; sl < S; ++sl) {
-        uint32_t* d = dst + sl * kTileWords;
-        const int64_t k0 = sl * kKs, kn = std::min(kKs, K - k0);
-        __m512i v[16];
-        if (contiguous_in_k) {
-            // v[i] = line i's 16 pairs
-            for (int i = 0; i < 16; ++i) v[i] = i < h ? run32(s + i * ld + k0, kn) : _mm512_setzero_si512();
-            if (!lines_are_rows) transpose16(v);
-        } else {
-            // v[p] = pair p of the 16 lines (k0 + 2p and k0 + 2p + 1 are stored rows)
-            const __mmask16 m = lanes16(h);
-            for (int p = 0; p < 16; ++p) {
-                const int64_t k = k0 + 2 * p;
-                const __m512 lo = k < K ? _mm512_maskz_loadu_ps(m, s + k * ld) : _mm512_setzero_ps();
-                const __m512 hi = k + 1 < K ? _mm512_maskz_loadu_ps(m, s + (k + 1) * ld) : _mm512_setzero_ps();
-                v[p] = pairs(lo, hi);
+// Lines [0, lines) of an operand -- rows of op(A) or columns of op(B) -- packed as strips of 16
+// lines over the slices [s0, s1) of K: strip j at dst + j * S * 256 words, its slice sl at
+// + sl * 256 (S = slices(K)); lines past `lines` and k past K zero. A line is stored either
+// contiguous in k (line i at src + i * ld, element k at + k) or across (element k of line i at
+// src + k * ld + i). A tiles hold lines as rows (word [line][pair]), B tiles as columns (word
+// [pair][line]): `lines_are_rows` picks. Each form walks memory in stored order (one row after
+// another), which the hardware prefetchers follow; strided walks cost more than the tiles' work.
+MOE_AMX_PACK_TARGET void pack_lines(uint32_t* dst, const float* src, int64_t ld, bool contiguous, int64_t lines,
+                                    int64_t K, bool lines_are_rows, int64_t s0, int64_t s1) {
+    const int64_t S = slices(K), J = strips(lines);
+    if (contiguous && lines_are_rows) {
+        // op(A) rows: row by row along k; each row's 16 pairs of a slice are its tile row
+        for (int64_t j = 0; j < J; ++j)
+            for (int64_t i = 0; i < kT; ++i) {
+                const int64_t line = j * kT + i;
+                uint32_t* d = dst + j * S * kTileWords + i * kT;
+                for (int64_t sl = s0; sl < s1; ++sl) {
+                    const int64_t k0 = sl * kKs;
+                    const __m512i v = line < lines ? run32(src + line * ld + k0, std::min(kKs, K - k0))
+                                                   : _mm512_setzero_si512();
+                    _mm512_storeu_si512(d + sl * kTileWords, v);
+                }
             }
-            if (lines_are_rows) transpose16(v);
+        return;
+    }
+    if (contiguous) {
+        // op(B) columns stored as rows (op(B) = W^T): 16 columns' pairs, transposed to tile rows
+        for (int64_t j = 0; j < J; ++j)
+            for (int64_t sl = s0; sl < s1; ++sl) {
+                const int64_t k0 = sl * kKs, kn = std::min(kKs, K - k0);
+                __m512i v[16];
+                for (int i = 0; i < 16; ++i) {
+                    const int64_t line = j * kT + i;
+                    v[i] = line < lines ? run32(src + line * ld + k0, kn) : _mm512_setzero_si512();
+                }
+                transpose16(v);
+                uint32_t* d = dst + (j * S + sl) * kTileWords;
+                for (int i = 0; i < 16; ++i) _mm512_storeu_si512(d + i * kT, v[i]);
+            }
+        return;
+    }
+    // across: stored rows k and k + 1 read in full, pair p of every strip's tile at once
+    for (int64_t sl = s0; sl < s1; ++sl) {
+        for (int64_t p = 0; p < kT; ++p) {
+            const int64_t k = sl * kKs + 2 * p;
+            const float* r0 = k < K ? src + k * ld : nullptr;
+            const float* r1 = k + 1 < K ? src + (k + 1) * ld : nullptr;
+            for (int64_t j = 0; j < J; ++j) {
+                const __mmask16 m = lanes16(lines - j * kT);
+                const __m512 lo = r0 ? _mm512_maskz_loadu_ps(m, r0 + j * kT) : _mm512_setzero_ps();
+                const __m512 hi = r1 ? _mm512_maskz_loadu_ps(m, r1 + j * kT) : _mm512_setzero_ps();
+                _mm512_storeu_si512(dst + (j * S + sl) * kTileWords + p * kT, pairs(lo, hi));
+            }
         }
-        for (int i = 0; i < 16; ++i) _mm512_storeu_si512(d + i * kT, v[i]);
+        if (!lines_are_rows) continue;
+        // op(A) rows: the tiles hold [pair][line] so far, transposed in place
+        for (int64_t j = 0; j < J; ++j) {
+            uint32_t* d = dst + (j * S + sl) * kTileWords;
+            __m512i v[16];
+            for (int i = 0; i < 16; ++i) v[i] = _mm512_loadu_si512(d + i * kT);
+            transpose16(v);
+            for (int i = 0; i < 16; ++i) _mm512_storeu_si512(d + i * kT, v[i]);
+        }
     }
 }
 
-// op(A) rows [m0, m0 + h) packed as A tiles (h <= 16).
-MOE_AMX_PACK_TARGET void pack_a_strip(uint32_t* dst, const float* A, int64_t lda, bool trans_a, int64_t m0, int64_t h,
-                                      int64_t K) {
-    if (trans_a) pack_strip(dst, A + m0, lda, false, h, K, true);  // op(A)[m][k] = A[k * lda + m]
-    else pack_strip(dst, A + m0 * lda, lda, true, h, K, true);
-}
-
-// op(B) columns [n0, n0 + w) packed as B tiles (w <= 16).
-MOE_AMX_PACK_TARGET void pack_b_strip(uint32_t* dst, const float* B, int64_t ldb, bool trans_b, int64_t n0, int64_t w,
-                                      int64_t K) {
-    if (trans_b) pack_strip(dst, B + n0 * ldb, ldb, true, w, K, false);  // op(B)[k][n] = B[n * ldb + k]
-    else pack_strip(dst, B + n0, ldb, false, w, K, false);
+// All of op(B) (K, N) packed (strips of columns), split over threads: by strips where columns are
+// stored rows, else by slices.
+void pack_b_all(uint32_t* dst, const float* B, int64_t ldb, bool trans_b, int64_t K, int64_t N) {
+    const int64_t S = slices(K), J = strips(N);
+    const int64_t grain_words = 1 << 16;  // about 64K elements a task
+    if (trans_b) {
+        parallel_for(0, J, std::max<int64_t>(1, grain_words / (kT * S * kKs)), [&](int64_t j0, int64_t j1) {
+            pack_lines(dst + j0 * S * kTileWords, B + j0 * kT * ldb, ldb, true, std::min(N - j0 * kT, (j1 - j0) * kT),
+                       K, false, 0, S);
+        });
+    } else {
+        parallel_for(0, S, std::max<int64_t>(1, grain_words / (kKs * J * kT)), [&](int64_t s0, int64_t s1) {
+            pack_lines(dst, B, ldb, false, N, K, false, s0, s1);
+        });
+    }
 }
 
 // The tile configuration: every tile 16 rows x 64 bytes (C: 16 x 16 fp32; A: 16 x 32 bf16; B: 16
@@ -223,12 +261,13 @@ MOE_AMX_TARGET void tile_block(const uint32_t* a0, const uint32_t* a1, const uin
 #undef MOE_AMX_OUT
 }
 
-// Per-thread scratch: the packed A strips (and B when the caller did not pack it). Grows to the
+// Per-thread scratch: the packed A strips (all of op(A) for trans_a; B when the caller did not pack it). Grows to the
 // largest shape seen, then stays (no allocation once warm); A's starts at K = 4096 (256 KiB), so
 // which thread runs which GEMM of a step (dynamic task schedules) does not make a later step
 // allocate.
 struct Scratch {
     std::vector<uint32_t, LargeAllocator<uint32_t>> a, b;
+    std::vector<uint32_t, LargeAllocator<uint32_t>> at;  // all of op(A), for trans_a
 };
 constexpr int64_t kMinScratchSlices = 4096 / kKs;
 
@@ -240,26 +279,44 @@ Scratch& scratch() {
 
 // C = alpha op(A) op(B) + beta C over op(B) packed (bp: strips(N) strips of slices(K) tiles), the
 // 32 x 32 blocks of C split over threads in row-major runs; each block over all of K on one thread.
+// op(A) stored by rows (trans_a false) is packed a 32-row block at a time by the thread that needs
+// it; stored by columns (trans_a, the weight gradients' X^T) all of it first, slice by slice, so
+// that its stored rows are read in order.
 void run_packed(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                 const uint32_t* bp, float beta, float* C, int64_t ldc) {
     const int64_t S = slices(K), RB = (M + 2 * kT - 1) / (2 * kT), CB = (N + 2 * kT - 1) / (2 * kT);
     const double flops = 2.0 * (double)M * (double)N * (double)K;
+    const uint32_t* ap = nullptr;  // all of op(A) packed (trans_a)
+    if (trans_a) {
+        Scratch& sc = scratch();
+        const int64_t words = strips(M) * S * kTileWords;
+        if ((int64_t)sc.at.size() < words) sc.at.resize(words);
+        uint32_t* d = sc.at.data();
+        const int64_t grain = std::max<int64_t>(1, (1 << 16) / (kKs * M));
+        parallel_for(0, S, grain, [&](int64_t s0, int64_t s1) { pack_lines(d, A, lda, false, M, K, true, s0, s1); });
+        ap = d;
+    }
     const int64_t blocks = RB * CB;
     const int64_t grain = std::max<int64_t>(1, (int64_t)(kMinFlopsPerThread / (flops / (double)blocks)));
     parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
         Scratch& sc = scratch();
-        if ((int64_t)sc.a.size() < 2 * S * kTileWords) sc.a.resize(2 * std::max(S, kMinScratchSlices) * kTileWords);
-        uint32_t* a0 = sc.a.data();
-        uint32_t* a1 = a0 + S * kTileWords;
+        if (!ap && (int64_t)sc.a.size() < 2 * S * kTileWords)
+            sc.a.resize(2 * std::max(S, kMinScratchSlices) * kTileWords);
         load_tile_config();
         int64_t packed_rb = -1;
+        const uint32_t *a0 = nullptr, *a1 = nullptr;
         for (int64_t b = b0; b < b1; ++b) {
             const int64_t rb = b / CB, cb = b % CB;
             const int64_t m0 = rb * 2 * kT, n0 = cb * 2 * kT;
             const int64_t mr = std::min(2 * kT, M - m0), nr = std::min(2 * kT, N - n0);
             if (rb != packed_rb) {
-                pack_a_strip(a0, A, lda, trans_a, m0, std::min(kT, mr), K);
-                if (mr > kT) pack_a_strip(a1, A, lda, trans_a, m0 + kT, mr - kT, K);
+                if (ap) {
+                    a0 = ap + 2 * rb * S * kTileWords;
+                } else {
+                    pack_lines(sc.a.data(), A + m0 * lda, lda, true, mr, K, true, 0, S);
+                    a0 = sc.a.data();
+                }
+                a1 = a0 + S * kTileWords;
                 packed_rb = rb;
             }
             const uint32_t* p0 = bp + 2 * cb * S * kTileWords;
@@ -297,10 +354,8 @@ int64_t amx_packed_b_words(int64_t K, int64_t N) { return strips(N) * slices(K) 
 
 void amx_pack_b(bool trans_b, int64_t K, int64_t N, const float* B, int64_t ldb, void* dst) {
     MOE_ASSERT(amx_bf16_available());
-    const int64_t S = slices(K);
-    for (int64_t j = 0; j < strips(N); ++j)
-        pack_b_strip(static_cast<uint32_t*>(dst) + j * S * kTileWords, B, ldb, trans_b, j * kT,
-                     std::min(kT, N - j * kT), K);
+    if (K <= 0 || N <= 0) return;
+    pack_lines(static_cast<uint32_t*>(dst), B, ldb, trans_b, N, K, false, 0, slices(K));
 }
 
 void amx_gemm_bf16_packed_b(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
@@ -316,16 +371,12 @@ void amx_gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, 
     MOE_ASSERT(amx_bf16_available());
     if (M <= 0 || N <= 0) return;
     if (K <= 0) return scale_c(M, N, beta, C, ldc);
-    // op(B) packed once into the calling thread's scratch, its strips split over threads
+    // op(B) packed once into the calling thread's scratch, split over threads
     Scratch& sc = scratch();
-    const int64_t S = slices(K), words = amx_packed_b_words(K, N);
+    const int64_t words = amx_packed_b_words(K, N);
     if ((int64_t)sc.b.size() < words) sc.b.resize(words);
     uint32_t* bp = sc.b.data();
-    const int64_t grain = std::max<int64_t>(1, 65536 / (kT * S * kKs));
-    parallel_for(0, strips(N), grain, [&](int64_t j0, int64_t j1) {
-        for (int64_t j = j0; j < j1; ++j)
-            pack_b_strip(bp + j * S * kTileWords, B, ldb, trans_b, j * kT, std::min(kT, N - j * kT), K);
-    });
+    pack_b_all(bp, B, ldb, trans_b, K, N);
     run_packed(trans_a, M, N, K, alpha, A, lda, bp, beta, C, ldc);
 }
 
