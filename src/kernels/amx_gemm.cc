@@ -30,7 +30,9 @@ int64_t slices(int64_t k) { return (k + kKs - 1) / kKs; }
 // GCC 12 warns that the _mm512_undefined_* placeholders inside its own intrinsics "may be used
 // uninitialized" (GCC bug 105593): they are placeholders for fully written lanes.
 #pragma GCC diagnostic push
+#if !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #define MOE_AMX_PACK_TARGET __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 #define MOE_AMX_TARGET __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")))
 
