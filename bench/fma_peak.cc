@@ -7,6 +7,12 @@
 // (enough to cover the FMA latency on 2 pipes). bf16: vdpbf16ps (AVX512_BF16: 32 bf16 products
 // summed into 16 fp32 lanes per instruction). Without bf16 dot-product instructions, bf16 GEMMs
 // run on the fp32 FMAs, so the bf16 peak reported is the fp32 one (and says so).
+// AMX (where Isa::amx is active: the CPU has the tiles and Linux granted their state): TDPBF16PS
+// and TDPBSSD on tiles held in the tile registers (6 independent 16 x 16 accumulators, one A and
+// one B tile loaded once): the AMX bf16 tile peak (16 x 16 x 32 products per instruction) and the
+// int8 one (16 x 16 x 64), printed beside the others; on AMX hosts the bf16 GEMMs of
+// --precision bf16 run on the tiles, so bf16_gflops (what bench/train_peak divides by) is the
+// tile peak there.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -83,6 +89,72 @@ __attribute__((target("avx512f,avx512bf16"))) double bf16_avx512(long iters, flo
     return (double)iters * 16 * 32 * 2;
 }
 
+// A tile configuration in memory (GCC 12's _tile_loadconfig is only seen to read its first byte,
+// so a configuration written just before the call could be dropped as dead stores).
+struct alignas(64) TileConfig {
+    uint8_t palette = 1, start_row = 0;
+    uint8_t reserved[14] = {};
+    uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+    uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+constexpr TileConfig kTiles{};
+
+// iters x 6 TDPBF16PS (16 x 16 x 32 multiply-adds each); tiles 0..5 accumulate, 6 = A, 7 = B
+__attribute__((target("amx-tile,amx-bf16"))) double amx_bf16(long iters, float* sink) {
+    alignas(64) static uint16_t ab[16 * 32];
+    for (uint16_t& v : ab) v = 0x3400;  // 2^-23: sums stay finite
+    alignas(64) float out[16 * 16];
+    _tile_loadconfig(&kTiles);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    _tile_zero(4);
+    _tile_zero(5);
+    _tile_loadd(6, ab, 64);
+    _tile_loadd(7, ab, 64);
+    for (long it = 0; it < iters / 16; ++it) {
+        _tile_dpbf16ps(0, 6, 7);
+        _tile_dpbf16ps(1, 6, 7);
+        _tile_dpbf16ps(2, 6, 7);
+        _tile_dpbf16ps(3, 6, 7);
+        _tile_dpbf16ps(4, 6, 7);
+        _tile_dpbf16ps(5, 6, 7);
+    }
+    _tile_stored(0, out, 64);
+    _tile_release();
+    *sink = out[0];
+    return (double)(iters / 16) * 6 * 16 * 16 * 32 * 2;
+}
+
+// the int8 tiles: iters x 6 TDPBSSD (16 x 16 x 64 multiply-adds each), counted as 2 ops per product
+__attribute__((target("amx-tile,amx-int8"))) double amx_int8(long iters, float* sink) {
+    alignas(64) static int8_t ab[16 * 64];
+    for (int8_t& v : ab) v = 1;
+    alignas(64) int32_t out[16 * 16];
+    _tile_loadconfig(&kTiles);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    _tile_zero(4);
+    _tile_zero(5);
+    _tile_loadd(6, ab, 64);
+    _tile_loadd(7, ab, 64);
+    for (long it = 0; it < iters / 16; ++it) {
+        _tile_dpbssd(0, 6, 7);
+        _tile_dpbssd(1, 6, 7);
+        _tile_dpbssd(2, 6, 7);
+        _tile_dpbssd(3, 6, 7);
+        _tile_dpbssd(4, 6, 7);
+        _tile_dpbssd(5, 6, 7);
+    }
+    _tile_stored(0, out, 64);
+    _tile_release();
+    *sink = (float)out[0];
+    return (double)(iters / 16) * 6 * 16 * 16 * 64 * 2;
+}
+
 using Loop = double (*)(long, float*);
 
 // GFLOP/s summed over `threads` copies run at once for about `seconds`
@@ -154,15 +226,34 @@ int main(int argc, char** argv) {
     } else {
         bf16_isa = "none: no bf16 dot-product instructions, bf16 GEMMs run on the fp32 FMAs";
     }
+    // AMX tiles: the bf16 GEMMs' peak where they run on them
+    const bool amx = moe::kernels::active_isa() >= moe::kernels::Isa::amx;
+    double vdp_1 = bf16_1, vdp_t = bf16_t, int8_1 = 0, int8_t_ = 0;
+    if (amx) {
+        bf16_isa = "amx_bf16 (TDPBF16PS tiles)";
+        bf16_1 = measure(amx_bf16, 1, seconds);
+        bf16_t = threads > 1 ? measure(amx_bf16, threads, seconds) : bf16_1;
+        int8_1 = measure(amx_int8, 1, seconds);
+        int8_t_ = threads > 1 ? measure(amx_int8, threads, seconds) : int8_1;
+    }
     if (json) {
         std::printf("{\"threads\": %d, \"fp32_gflops_1thread\": %.1f, \"fp32_gflops\": %.1f, \"bf16_gflops_1thread\": %.1f, "
-                    "\"bf16_gflops\": %.1f, \"native_bf16\": %s, \"fp32_isa\": \"%s\"}\n",
-                    threads, fp32_1, fp32_t, bf16_1, bf16_t, native_bf16 ? "true" : "false", fp32_isa.c_str());
+                    "\"bf16_gflops\": %.1f, \"native_bf16\": %s, \"fp32_isa\": \"%s\", \"bf16_isa\": \"%s\", "
+                    "\"amx\": %s, \"vdpbf16ps_gflops\": %.1f, \"amx_int8_gops\": %.1f}\n",
+                    threads, fp32_1, fp32_t, bf16_1, bf16_t, native_bf16 ? "true" : "false", fp32_isa.c_str(),
+                    bf16_isa.c_str(), amx ? "true" : "false", vdp_t, int8_t_);
     } else {
+        std::printf("host: %s\n", moe::kernels::host_description().c_str());
         std::printf("fp32 FMA peak: %7.1f GFLOP/s on 1 thread, %7.1f on %d threads   [%s]\n", fp32_1, fp32_t, threads,
                     fp32_isa.c_str());
+        if (amx)
+            std::printf("vdpbf16ps:     %7.1f GFLOP/s on 1 thread, %7.1f on %d threads   [avx512_bf16]\n", vdp_1, vdp_t,
+                        threads);
         std::printf("bf16 peak:     %7.1f GFLOP/s on 1 thread, %7.1f on %d threads   [%s]\n", bf16_1, bf16_t, threads,
                     bf16_isa.c_str());
+        if (amx)
+            std::printf("int8 peak:     %7.1f GOP/s   on 1 thread, %7.1f on %d threads   [amx_int8 (TDPBSSD tiles)]\n",
+                        int8_1, int8_t_, threads);
     }
     return 0;
 }

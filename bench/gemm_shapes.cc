@@ -2,7 +2,8 @@
 // (src/kernels/sgemm.cc) in the same run, alternating, best of R repetitions each: its AVX2 6x16
 // kernel and, where the CPU has AVX-512F, its AVX-512 12x32 kernel (the same bits), and the
 // kernel the process picked (sgemm_kernel, calibrated at start-up) is the "packed" one; where the
-// CPU has AVX512_BF16, the bf16 GEMM of --precision bf16 (sgemm_bf16) in a last column.
+// CPU has AVX512_BF16, the bf16 GEMM of --precision bf16 (sgemm_bf16) in another column, and where
+// AMX is active the AMX bf16 tile GEMM (amx_gemm_bf16, what --precision bf16 runs there) in a last one.
 //
 //   gemm_shapes [--threads T] [--reps R] [--config makemoe|bench-moe|all]
 //
@@ -20,6 +21,7 @@
 
 #include "core/parallel.h"
 #include "core/profile.h"
+#include "kernels/amx_gemm.h"
 #include "kernels/cpu.h"
 #include "kernels/sgemm.h"
 
@@ -89,18 +91,18 @@ int main(int argc, char** argv) {
     const SgemmKernel picked = moe::kernels::sgemm_kernel();
     moe::kernels::set_sgemm_kernel(SgemmKernel::avx512);
     const bool has512 = moe::kernels::sgemm_kernel() == SgemmKernel::avx512;
-    const bool bf16 = moe::kernels::sgemm_bf16_available();
+    const bool bf16 = moe::kernels::sgemm_bf16_available(), amx = moe::kernels::amx_bf16_available();
     std::printf("host: %s\nfp32 kernel picked: %s\n", moe::kernels::host_description().c_str(),
                 picked == SgemmKernel::avx512 ? "AVX-512 12x32" : "AVX2 6x16");
-    std::printf("%-30s %5s %5s %5s  %9s %9s %9s %6s %6s %9s\n", "shape (op(A) M x K, op(B) K x N)", "M", "N", "K",
-                "oneDNN", "avx2", has512 ? "avx512" : "", "dnn/pk", has512 ? "2/512" : "", bf16 ? "bf16" : "");
+    std::printf("%-30s %5s %5s %5s  %9s %9s %9s %6s %6s %9s %9s\n", "shape (op(A) M x K, op(B) K x N)", "M", "N", "K",
+                "oneDNN", "avx2", has512 ? "avx512" : "", "dnn/pk", has512 ? "2/512" : "", bf16 ? "bf16" : "", amx ? "amx bf16" : "");
     double t_dnnl = 0, t_ours = 0, t_2 = 0, t_5 = 0;
     for (const Shape& s : shapes) {
         const int64_t lda = s.ta ? s.M : s.K, ldb = s.tb ? s.K : s.N;
         std::vector<float> A(s.M * s.K), B(s.K * s.N), C(s.M * s.N);
         for (float& v : A) v = u(rng);
         for (float& v : B) v = u(rng);
-        double best_d = 1e30, best_2 = 1e30, best_5 = 1e30, best_b = 1e30;
+        double best_d = 1e30, best_2 = 1e30, best_5 = 1e30, best_b = 1e30, best_x = 1e30;
         auto packed = [&](SgemmKernel k) {
             moe::kernels::set_sgemm_kernel(k);
             const double t0 = moe::now_seconds();
@@ -119,6 +121,11 @@ int main(int argc, char** argv) {
             t0 = moe::now_seconds();
             moe::kernels::sgemm_bf16(s.ta, s.tb, s.M, s.N, s.K, 1.f, A.data(), lda, B.data(), ldb, 0.f, C.data(), s.N);
             best_b = std::min(best_b, moe::now_seconds() - t0);
+            if (!amx) continue;
+            t0 = moe::now_seconds();
+            moe::kernels::amx_gemm_bf16(s.ta, s.tb, s.M, s.N, s.K, 1.f, A.data(), lda, B.data(), ldb, 0.f, C.data(),
+                                        s.N);
+            best_x = std::min(best_x, moe::now_seconds() - t0);
         }
         const double best_o = picked == SgemmKernel::avx512 ? best_5 : best_2;
         const double gf = 2.0 * s.M * s.N * s.K / 1e9;
@@ -130,6 +137,7 @@ int main(int argc, char** argv) {
         if (has512) std::printf(" %6.2f", best_2 / best_5);
         else std::printf(" %6s", "");
         if (bf16) std::printf(" %9.1f", gf / best_b);
+        if (amx) std::printf(" %9.1f", gf / best_x);
         std::printf("\n");
         t_dnnl += best_d;
         t_ours += best_o;

@@ -6,6 +6,7 @@
 
 #include "cli_util.h"
 #include "core/error.h"
+#include "kernels/amx_gemm.h"
 #include "kernels/bf16.h"
 #include "kernels/cpu.h"
 #include "kernels/gemm.h"
@@ -116,9 +117,10 @@ TEST_F(Bf16Train, LossCurveStaysInBandOfFp32Over200Steps) {
         ASSERT_EQ(r.code(), 0) << r.describe();
         EXPECT_NE(r.out.find(std::string(p) + " GEMMs"), std::string::npos) << r.out;
         if (std::string(p) == "bf16") {  // the banner says which bf16 GEMM this CPU runs
-            EXPECT_NE(r.out.find(moe::kernels::sgemm_bf16_available() ? "native vdpbf16ps" : "emulated"),
-                      std::string::npos)
-                << r.out;
+            const char* engine = moe::kernels::amx_bf16_available()     ? "AMX bf16 tiles"
+                                 : moe::kernels::sgemm_bf16_available() ? "native vdpbf16ps"
+                                                                        : "emulated";
+            EXPECT_NE(r.out.find(engine), std::string::npos) << r.out;
         }
         Log l = parse_log(read_file(path(log)));
         ASSERT_EQ(l.loss.size(), 200u);

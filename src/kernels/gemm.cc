@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "kernels/amx_gemm.h"
 #include "kernels/bf16.h"
 #include "kernels/sgemm.h"
 
@@ -74,8 +75,11 @@ Precision parse_precision(const char* s, const char* where) {
 
 // bf16 GEMMs on sgemm_bf16 (else, in bf16, emulated on the fp32 backend)
 static bool native_bf16() { return g_precision == Precision::bf16 && sgemm_bf16_available(); }
+// bf16 GEMMs on AMX tiles (kernels/amx_gemm.h) where the CPU has them, before vdpbf16ps
+static bool amx_bf16() { return g_precision == Precision::bf16 && amx_bf16_available(); }
 
 const char* gemm_engine_name() {
+    if (amx_bf16()) return "AMX bf16 tiles";
     if (g_precision == Precision::bf16)
         return native_bf16() ? "native vdpbf16ps" : "emulated: bf16-rounded operands, fp32 GEMM";
     if (gemm_backend() != GemmBackend::packed) return "oneDNN";
@@ -98,6 +102,7 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
             for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = beta == 0.f ? 0.f : beta * C[m * ldc + n];
         return;
     }
+    if (amx_bf16()) return amx_gemm_bf16(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     if (native_bf16()) {
         // native: the rounding happens inside the packing
         sgemm_bf16(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -130,15 +135,17 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
 }
 
 // Whether B is packed for the GEMM at the current precision, and by which kernel.
-static bool packs_b() { return native_bf16() || (g_precision == Precision::fp32 && gemm_backend() == GemmBackend::packed); }
+static bool packs_b() { return amx_bf16() || native_bf16() || (g_precision == Precision::fp32 && gemm_backend() == GemmBackend::packed); }
 
 int64_t gemm_packed_b_floats(int64_t K, int64_t N) {
+    if (amx_bf16()) return amx_packed_b_words(K, N);
     return packs_b() ? sgemm_packed_b_words(native_bf16(), K, N) : 0;  // 32-bit words = floats
 }
 
 PackedB gemm_pack_b(bool trans_b, int64_t K, int64_t N, const float* B, int64_t ldb, float* dst) {
     if (!packs_b() || K <= 0 || N <= 0) return gemm_unpacked_b(trans_b, B, ldb);
-    sgemm_pack_b(native_bf16(), trans_b, K, N, B, ldb, dst);
+    if (amx_bf16()) amx_pack_b(trans_b, K, N, B, ldb, dst);
+    else sgemm_pack_b(native_bf16(), trans_b, K, N, B, ldb, dst);
     PackedB p = gemm_unpacked_b(trans_b, B, ldb);
     p.packed = dst;
     return p;
@@ -151,6 +158,7 @@ void gemm_f32_b(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, cons
         return;
     }
     MOE_ASSERT(packs_b());  // packed under the precision it is used with
+    if (amx_bf16()) return amx_gemm_bf16_packed_b(trans_a, M, N, K, alpha, A, lda, b.packed, beta, C, ldc);
     sgemm_packed_b(native_bf16(), trans_a, M, N, K, alpha, A, lda, b.packed, beta, C, ldc);
 }
 

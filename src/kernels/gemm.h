@@ -13,8 +13,8 @@ namespace moe::kernels {
 // Precision of the float GEMMs of this process. bf16: both operands are rounded to bfloat16
 // (round to nearest even) and multiplied with fp32 accumulation, as a bf16 GEMM on
 // bf16-capable hardware does; outputs, master weights and everything outside the GEMMs stay fp32.
-// On CPUs with AVX512_BF16 the GEMM is kernels/sgemm.h's sgemm_bf16 (vdpbf16ps, rounding folded
-// into the packing). Elsewhere (or with MOE_ISA=avx2) the rounding is emulated: the numerics are
+// On CPUs with AMX (Isa::amx) the GEMM is kernels/amx_gemm.h's tile kernel; else, with AVX512_BF16,
+// kernels/sgemm.h's sgemm_bf16 (vdpbf16ps); both fold the rounding into the packing. Elsewhere (or with MOE_ISA=avx2) the rounding is emulated: the numerics are
 // those of bf16 up to the summation order, the speed is that of fp32 (plus the rounding pass; the
 // rounded operands then go to the fp32 backend below). Set it once, outside steps.
 enum class Precision { fp32, bf16 };
@@ -24,7 +24,8 @@ const char* precision_name(Precision p);
 Precision parse_precision(const char* s, const char* where);  // "fp32" | "bf16", else moe::error
 // What runs the float GEMMs at the current precision on this CPU, for the training banner:
 // "packed AVX2 6x16", "packed AVX-512 12x32 (calibrated: ...)" (kernels/sgemm.h's
-// sgemm_kernel_description), "oneDNN", "native vdpbf16ps" or "emulated: bf16-rounded operands, fp32 GEMM".
+// sgemm_kernel_description), "oneDNN", "AMX bf16 tiles", "native vdpbf16ps" or "emulated:
+// bf16-rounded operands, fp32 GEMM".
 const char* gemm_engine_name();
 
 // Which library runs the fp32 GEMMs: moe's packed AVX2 kernel (kernels/sgemm.h; the default where
