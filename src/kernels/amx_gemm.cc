@@ -11,6 +11,7 @@
 #include "core/memory.h"
 #include "core/parallel.h"
 #include "kernels/avx2_inline.h"
+#include "kernels/bf16_avx512_inline.h"
 #include "kernels/bf16.h"
 #include "kernels/cpu.h"
 
@@ -36,64 +37,7 @@ int64_t slices(int64_t k) { return (k + kKs - 1) / kKs; }
 #define MOE_AMX_PACK_TARGET __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 #define MOE_AMX_TARGET __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")))
 
-// 16 floats rounded to bf16 as f32_to_bf16 does, the bf16 in the high half of each lane.
-MOE_AMX_PACK_TARGET inline __m512i round_hi(__m512i u) {
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    const __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb));
-    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
-                                                  _mm512_set1_epi32(0x7f800000));
-    return _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x00400000));
-}
 
-// vcvtne2ps2bf16 flushes denormals (f32_to_bf16 rounds them): vectors holding one take the integer recipe
-MOE_AMX_PACK_TARGET inline bool has_denormal(__m512 a, __m512 b) {
-    return (_mm512_fpclass_ps_mask(a, 0x20) | _mm512_fpclass_ps_mask(b, 0x20)) != 0;
-}
-
-// Words (lo[i], hi[i]) as bf16 pairs, 16 lanes.
-MOE_AMX_PACK_TARGET inline __m512i pairs(__m512 lo, __m512 hi) {
-    if (__builtin_expect(has_denormal(lo, hi), 0)) {
-        const __m512i l = _mm512_srli_epi32(round_hi(_mm512_castps_si512(lo)), 16);
-        const __m512i h = _mm512_and_si512(round_hi(_mm512_castps_si512(hi)), _mm512_set1_epi32((int)0xffff0000u));
-        return _mm512_or_si512(l, h);
-    }
-    alignas(64) static constexpr uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
-                                                             21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
-                                                             11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-    return _mm512_permutexvar_epi16(_mm512_load_si512(kInterleave), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-}
-
-// n <= 32 contiguous floats (the rest zero) as 16 words of consecutive bf16 pairs.
-MOE_AMX_PACK_TARGET inline __m512i run32(const float* s, int64_t n) {
-    const __m512 lo = _mm512_maskz_loadu_ps(lanes16(n), s), hi = _mm512_maskz_loadu_ps(lanes16(n - 16), s + 16);
-    if (__builtin_expect(!has_denormal(lo, hi), 1)) return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
-    const __m512i a = _mm512_srli_epi32(round_hi(_mm512_castps_si512(lo)), 16);
-    const __m512i b = _mm512_srli_epi32(round_hi(_mm512_castps_si512(hi)), 16);
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(a)), _mm512_cvtepi32_epi16(b), 1);
-}
-
-// r[i] = column i of the 16 x 16 matrix of words whose rows are r[0..15].
-MOE_AMX_PACK_TARGET inline void transpose16(__m512i (&r)[16]) {
-    __m512i t[16], u[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-        u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-    }
-    for (int e = 0; e < 4; ++e) {
-        const __m512i a = _mm512_shuffle_i32x4(u[e], u[4 + e], 0x88), b = _mm512_shuffle_i32x4(u[e], u[4 + e], 0xdd);
-        const __m512i c = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0x88), d = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0xdd);
-        r[e] = _mm512_shuffle_i32x4(a, c, 0x88);
-        r[4 + e] = _mm512_shuffle_i32x4(b, d, 0x88);
-        r[8 + e] = _mm512_shuffle_i32x4(a, c, 0xdd);
-        r[12 + e] = _mm512_shuffle_i32x4(b, d, 0xdd);
-    }
-}
 
 // Lines [0, lines) of an operand -- rows of op(A) or columns of op(B) -- packed as strips of 16
 // lines over the slices [s0, s1) of K: strip j at dst + j * S * 256 words, its slice sl at
@@ -113,7 +57,7 @@ MOE_AMX_PACK_TARGET void pack_lines(uint32_t* dst, const float* src, int64_t ld,
                 uint32_t* d = dst + j * S * kTileWords + i * kT;
                 for (int64_t sl = s0; sl < s1; ++sl) {
                     const int64_t k0 = sl * kKs;
-                    const __m512i v = line < lines ? run32(src + line * ld + k0, std::min(kKs, K - k0))
+                    const __m512i v = line < lines ? bf16x::bf16_run(src + line * ld + k0, std::min(kKs, K - k0))
                                                    : _mm512_setzero_si512();
                     _mm512_storeu_si512(d + sl * kTileWords, v);
                 }
@@ -128,9 +72,9 @@ MOE_AMX_PACK_TARGET void pack_lines(uint32_t* dst, const float* src, int64_t ld,
                 __m512i v[16];
                 for (int i = 0; i < 16; ++i) {
                     const int64_t line = j * kT + i;
-                    v[i] = line < lines ? run32(src + line * ld + k0, kn) : _mm512_setzero_si512();
+                    v[i] = line < lines ? bf16x::bf16_run(src + line * ld + k0, kn) : _mm512_setzero_si512();
                 }
-                transpose16(v);
+                bf16x::transpose16x16_words(v);
                 uint32_t* d = dst + (j * S + sl) * kTileWords;
                 for (int i = 0; i < 16; ++i) _mm512_storeu_si512(d + i * kT, v[i]);
             }
@@ -146,7 +90,7 @@ MOE_AMX_PACK_TARGET void pack_lines(uint32_t* dst, const float* src, int64_t ld,
                 const __mmask16 m = lanes16(lines - j * kT);
                 const __m512 lo = r0 ? _mm512_maskz_loadu_ps(m, r0 + j * kT) : _mm512_setzero_ps();
                 const __m512 hi = r1 ? _mm512_maskz_loadu_ps(m, r1 + j * kT) : _mm512_setzero_ps();
-                _mm512_storeu_si512(dst + (j * S + sl) * kTileWords + p * kT, pairs(lo, hi));
+                _mm512_storeu_si512(dst + (j * S + sl) * kTileWords + p * kT, bf16x::bf16_pairs(lo, hi));
             }
         }
         if (!lines_are_rows) continue;
@@ -155,7 +99,7 @@ MOE_AMX_PACK_TARGET void pack_lines(uint32_t* dst, const float* src, int64_t ld,
             uint32_t* d = dst + (j * S + sl) * kTileWords;
             __m512i v[16];
             for (int i = 0; i < 16; ++i) v[i] = _mm512_loadu_si512(d + i * kT);
-            transpose16(v);
+            bf16x::transpose16x16_words(v);
             for (int i = 0; i < 16; ++i) _mm512_storeu_si512(d + i * kT, v[i]);
         }
     }

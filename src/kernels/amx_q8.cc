@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "kernels/avx2_inline.h"
 #include "kernels/cpu.h"
 #include "kernels/ggml_quants_simd.h"
 
@@ -50,20 +51,6 @@ TileConfig make_config(int K) {
     return c;
 }
 
-// 8 rows' 32-byte vectors (dword k = 4-value group k) to 8 vectors of group k over the 8 rows
-KA inline void transpose_dwords8(__m256i (&v)[8]) {
-    __m256 r[8], t[8], u[8];
-    for (int i = 0; i < 8; ++i) r[i] = _mm256_castsi256_ps(v[i]);
-    for (int i = 0; i < 8; i += 2) t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]), t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-    u[0] = _mm256_shuffle_ps(t[0], t[2], 0x44), u[1] = _mm256_shuffle_ps(t[0], t[2], 0xEE);
-    u[2] = _mm256_shuffle_ps(t[1], t[3], 0x44), u[3] = _mm256_shuffle_ps(t[1], t[3], 0xEE);
-    u[4] = _mm256_shuffle_ps(t[4], t[6], 0x44), u[5] = _mm256_shuffle_ps(t[4], t[6], 0xEE);
-    u[6] = _mm256_shuffle_ps(t[5], t[7], 0x44), u[7] = _mm256_shuffle_ps(t[5], t[7], 0xEE);
-    for (int i = 0; i < 4; ++i) {
-        v[i] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
-        v[i + 4] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
-    }
-}
 
 // stores 8 rows' 32-value chunk (rows r0..r0+7) into the tile's chunk at dst
 KA inline void store_chunk(__m256i (&v)[8], uint8_t* dst, int r0) {

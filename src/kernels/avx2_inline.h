@@ -1,7 +1,7 @@
 #pragma once
 // Small SIMD building blocks shared by the kernels that inline them (exp.cc, sgemm.cc, qmatmul.cc,
 // attention_small.cc): the polynomial exp (and its constants, which the AVX-512 exp shares),
-// horizontal sum and max, the 8 x 8 transpose, and the 16-lane mask of AVX-512 tails. Include only
+// horizontal sum and max, the 8 x 8 transposes, and the 16-lane mask of AVX-512 tails. Include only
 // from .cc files compiled for the portable baseline: each function carries its own target attribute
 // and must only be called after a run-time check for AVX2 + FMA.
 #include <immintrin.h>
@@ -58,6 +58,24 @@ __attribute__((target("avx2,fma"))) inline float hmax8(__m256 v) {
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     m = _mm_max_ss(m, _mm_movehdup_ps(m));
     return _mm_cvtss_f32(m);
+}
+
+// The 8 x 8 transpose of 32-bit words: v[r] holds 8 dwords of row r (e.g. the 4-value groups of a
+// quantized sub-block); afterwards v[k] holds dword k of the 8 rows (ggml_quants_x86.cc's VNNI tiles and
+// amx_q8.cc's AMX tiles unpack weights with it).
+__attribute__((target("avx2"))) inline void transpose_dwords8(__m256i (&v)[8]) {
+    __m256 r[8], t[8];
+    for (int i = 0; i < 8; ++i) r[i] = _mm256_castsi256_ps(v[i]);
+    for (int i = 0; i < 8; i += 2) t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]), t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    __m256 u[8];
+    u[0] = _mm256_shuffle_ps(t[0], t[2], 0x44), u[1] = _mm256_shuffle_ps(t[0], t[2], 0xEE);
+    u[2] = _mm256_shuffle_ps(t[1], t[3], 0x44), u[3] = _mm256_shuffle_ps(t[1], t[3], 0xEE);
+    u[4] = _mm256_shuffle_ps(t[4], t[6], 0x44), u[5] = _mm256_shuffle_ps(t[4], t[6], 0xEE);
+    u[6] = _mm256_shuffle_ps(t[5], t[7], 0x44), u[7] = _mm256_shuffle_ps(t[5], t[7], 0xEE);
+    for (int i = 0; i < 4; ++i) {
+        v[i] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+        v[i + 4] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+    }
 }
 
 // dst[8 x 8 block, row stride ds] = transpose(src[8 x 8 block, row stride ss]) (unaligned)

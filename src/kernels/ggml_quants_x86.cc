@@ -15,6 +15,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "kernels/avx2_inline.h"
 #include "kernels/ggml_quants_simd.h"
 
 namespace moe::kernels::detail {
@@ -177,21 +178,6 @@ KT inline __m256i unpack_sub(const uint8_t* row, int64_t b, float* s, float* m) 
     }
 }
 
-// 8 rows' sub-block vectors (dwords k = 4-value groups) to 8 vectors of group k for the 8 rows
-KT inline void transpose_dwords8(__m256i (&v)[8]) {
-    __m256 r[8], t[8];
-    for (int i = 0; i < 8; ++i) r[i] = _mm256_castsi256_ps(v[i]);
-    for (int i = 0; i < 8; i += 2) t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]), t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-    __m256 u[8];
-    u[0] = _mm256_shuffle_ps(t[0], t[2], 0x44), u[1] = _mm256_shuffle_ps(t[0], t[2], 0xEE);
-    u[2] = _mm256_shuffle_ps(t[1], t[3], 0x44), u[3] = _mm256_shuffle_ps(t[1], t[3], 0xEE);
-    u[4] = _mm256_shuffle_ps(t[4], t[6], 0x44), u[5] = _mm256_shuffle_ps(t[4], t[6], 0xEE);
-    u[6] = _mm256_shuffle_ps(t[5], t[7], 0x44), u[7] = _mm256_shuffle_ps(t[5], t[7], 0xEE);
-    for (int i = 0; i < 4; ++i) {
-        v[i] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
-        v[i + 4] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
-    }
-}
 
 // rows [0, nr) of the tile (the rest zero): 8 rows at a time, their sub-block vectors transposed
 // into the 4-value groups' layout
