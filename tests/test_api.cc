@@ -62,7 +62,11 @@ TEST(Api, ParamsJsonKeysAndValues) {
     EXPECT_EQ(keys(j), (std::vector<std::string>{"total", "active", "seq_len", "forward_flops_per_token",
                                                  "training_flops_per_token", "fp32_bytes_total",
                                                  "fp32_bytes_per_token", "bf16_bytes_total", "bf16_bytes_per_token",
-                                                 "int8_bytes_total", "int8_bytes_per_token"}));
+                                                 "int8_bytes_total", "int8_bytes_per_token", "f16_bytes_total",
+                                                 "f16_bytes_per_token", "q8_0_bytes_total", "q8_0_bytes_per_token",
+                                                 "q6_k_bytes_total", "q6_k_bytes_per_token", "q5_k_bytes_total",
+                                                 "q5_k_bytes_per_token", "q4_k_bytes_total", "q4_k_bytes_per_token",
+                                                 "q4_0_bytes_total", "q4_0_bytes_per_token"}));
     EXPECT_EQ(j["total"].get<int64_t>(), 46702792704);
     EXPECT_EQ(j["active"].get<int64_t>(), 12879925248);
     // printed with %.0f / as integers before: integers still

@@ -54,6 +54,22 @@ TEST(Params, WeightBytesByHand) {
     EXPECT_DOUBLE_EQ(q.total, 96 + 320 + (80 + 40) + 4 * (64 + 32) + 2 * (128 + 64) + (128 + 32));
 }
 
+// GGUF block types on the hand model: every matrix row (in 8 or 16) is one padded block: q8_0 34
+// bytes, q4_k 144; f16 2 bytes a value. Rows: head copy 10, attention 4 x 8, gate/up 2 x 16, down 8.
+TEST(Params, WeightBytesGgufTypesByHand) {
+    ModelConfig m = hand_model();
+    const double rows = 10 + 4 * 8 + 2 * 16 + 8;
+    WeightBytes q8 = count_weight_bytes(m, kernels::GType::q8_0);
+    EXPECT_DOUBLE_EQ(q8.total, 96 + 320 + rows * 34);
+    EXPECT_DOUBLE_EQ(q8.active, 96 + 32 + rows * 34);
+    WeightBytes q4k = count_weight_bytes(m, kernels::GType::q4_k);
+    EXPECT_DOUBLE_EQ(q4k.total, 96 + 320 + rows * 144);
+    WeightBytes f16 = count_weight_bytes(m, kernels::GType::f16);
+    WeightBytes bf16 = count_weight_bytes(m, kernels::WType::bf16);
+    EXPECT_DOUBLE_EQ(f16.total, bf16.total);
+    EXPECT_DOUBLE_EQ(f16.active, bf16.active);
+}
+
 TEST(Params, OlmoeCountsExactly) {
     Config c = load_config(std::string(MOE_SOURCE_DIR) + "/configs/olmoe-1b-7b.json");
     ParamCount pc = count_params(c.model);

@@ -340,11 +340,12 @@ struct ParamReport {
     int64_t seq_len = 0;         // sequence length of the FLOP count: train.block_size, else n_ctx
     double forward_flops_per_token = 0, training_flops_per_token = 0;
     struct Weights {
-        std::string dtype;       // "fp32" | "bf16" | "int8" (the matmul weights; the rest fp32)
+        std::string dtype;       // "fp32" | "bf16" | "int8", then the GGUF types "f16" | "q8_0" | "q6_k" |
+                                 // "q5_k" | "q4_k" | "q4_0" (the matmul weights; the rest fp32)
         double bytes_total = 0;  // stored
         double bytes_per_token = 0;  // read per decoded token
     };
-    std::vector<Weights> weights;  // fp32, bf16, int8
+    std::vector<Weights> weights;  // fp32, bf16, int8, f16, q8_0, q6_k, q5_k, q4_k, q4_0
 };
 
 // Counts the parameters, FLOPs and weight bytes of a config (a config without model.vocab_size

@@ -470,6 +470,12 @@ ParamReport param_report(const std::string& config_path) {
         const WeightBytes wb = count_weight_bytes(cfg.model, t);
         r.weights.push_back({kernels::wtype_name(t), wb.total, wb.active});
     }
+    // the GGUF block types a file can hold (bf16 / f32 are the rows above)
+    for (kernels::GType t : {kernels::GType::f16, kernels::GType::q8_0, kernels::GType::q6_k, kernels::GType::q5_k,
+                             kernels::GType::q4_k, kernels::GType::q4_0}) {
+        const WeightBytes wb = count_weight_bytes(cfg.model, t);
+        r.weights.push_back({kernels::gtype_name(t), wb.total, wb.active});
+    }
     return r;
 }
 

@@ -155,14 +155,12 @@ bool typed_at_inference(const ParamInfo& p) {
     return p.trainable && p.shape.size() >= 2 && p.name != "tok_embd" && p.name.find("ffn_gate_inp") == std::string::npos;
 }
 
-WeightBytes count_weight_bytes(const ModelConfig& m, kernels::WType wt) {
+namespace {
+
+// typed(rows, in): bytes of a (rows, in) matmul weight in the inference type
+WeightBytes count_weight_bytes_with(const ModelConfig& m, const std::function<double(int64_t, int64_t)>& typed) {
     WeightBytes b;
     ParamTable t(m);
-    auto typed = [&](int64_t rows, int64_t in) {
-        kernels::QMatrix q;
-        q.type = wt, q.out = rows, q.in = in;
-        return q.bytes();
-    };
     for (const auto& p : t.params()) {
         if (!p.trainable) continue;
         const int64_t in = p.shape.back(), rows = p.numel / in;
@@ -183,6 +181,23 @@ WeightBytes count_weight_bytes(const ModelConfig& m, kernels::WType wt) {
         }
     }
     return b;
+}
+
+}  // namespace
+
+WeightBytes count_weight_bytes(const ModelConfig& m, kernels::WType wt) {
+    return count_weight_bytes_with(m, [&](int64_t rows, int64_t in) {
+        kernels::QMatrix q;
+        q.type = wt, q.out = rows, q.in = in;
+        return (double)q.bytes();
+    });
+}
+
+WeightBytes count_weight_bytes(const ModelConfig& m, kernels::GType gt) {
+    const int64_t block = kernels::gtype_block(gt), block_bytes = kernels::gtype_block_bytes(gt);
+    return count_weight_bytes_with(m, [&](int64_t rows, int64_t in) {
+        return (double)rows * (double)((in + block - 1) / block) * (double)block_bytes;
+    });
 }
 
 }  // namespace moe

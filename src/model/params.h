@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/ggml_quants.h"
 #include "kernels/qmatmul.h"
 #include "layers/weights.h"
 #include "model/config.h"
@@ -78,5 +79,9 @@ struct WeightBytes {
     double total = 0, active = 0;
 };
 WeightBytes count_weight_bytes(const ModelConfig& m, kernels::WType wt);
+// The same with the matmul weights in a GGUF block type (f16, q8_0, q4_0, q4_k, q5_k, q6_k): rows of
+// ceil(in / block) blocks of gtype_block_bytes (a matrix whose width is not a multiple of the block is
+// counted with its last block padded; moe export refuses such a matrix in that type).
+WeightBytes count_weight_bytes(const ModelConfig& m, kernels::GType gt);
 
 }  // namespace moe
