@@ -17,6 +17,11 @@
 #   moe bench --model FILE --mode decode  --threads T --json   (64 steps after 16 context tokens, >= 1 s)
 #   moe bench --model FILE --mode prefill --threads T --json   (512 tokens, best of 3)
 # and the table gives the best round of each (the host is shared: best of R is the least disturbed).
+# LLAMA_BENCH_ARGS: extra llama-bench options, e.g. "--repack 0": on an AMX host a GGML_NATIVE build
+# with GCC 12 (llama-cpp-python 0.3.36's sources) died with SIGILL on its first AMX tile load
+# (tileloadd in tinygemm_kernel_amx, Q8_0 prefill) in s17 -- the symptom moe's amx_gemm.cc met when
+# GCC 12 dropped the stores to a local tile config, cause in llama.cpp not confirmed -- and
+# --repack 0 keeps llama.cpp on its AVX-512 VNNI kernels.
 # Ratio = moe / llama.cpp (> 1: moe faster). The host and its ISA are printed first.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -70,8 +75,8 @@ for th in $threads; do
   for t in $types; do
     f="$dir/bench-infer-moe-$t.gguf"
     for r in $(seq 1 "$rounds"); do
-      lb="$("$llama" -m "$f" -t "$th" -p 512 -n "$gen" -o json 2>/dev/null)" || {
-        echo "vs_llamacpp: llama-bench failed on $f:" >&2; "$llama" -m "$f" -t "$th" -p 512 -n "$gen" -r 1 >&2 || true; exit 1; }
+      lb="$("$llama" -m "$f" -t "$th" -p 512 -n "$gen" ${LLAMA_BENCH_ARGS:-} -o json 2>/dev/null)" || {
+        echo "vs_llamacpp: llama-bench failed on $f:" >&2; "$llama" -m "$f" -t "$th" -p 512 -n "$gen" ${LLAMA_BENCH_ARGS:-} -r 1 >&2 || true; exit 1; }
       md="$("$moe" bench --model "$f" --mode decode --threads "$th" --json | tail -1)"
       mp="$("$moe" bench --model "$f" --mode prefill --prompt 512 --threads "$th" --json | tail -1)"
       python3 - "$t" "$th" "$lb" "$md" "$mp" >>"$res" <<'EOF'
