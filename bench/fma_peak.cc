@@ -8,9 +8,9 @@
 // summed into 16 fp32 lanes per instruction). Without bf16 dot-product instructions, bf16 GEMMs
 // run on the fp32 FMAs, so the bf16 peak reported is the fp32 one (and says so).
 // AMX (where Isa::amx is active: the CPU has the tiles and Linux granted their state): TDPBF16PS
-// and TDPBSSD on tiles held in the tile registers (6 independent 16 x 16 accumulators, one A and
-// one B tile loaded once): the AMX bf16 tile peak (16 x 16 x 32 products per instruction) and the
-// int8 one (16 x 16 x 64), printed beside the others; on AMX hosts the bf16 GEMMs of
+// on tiles held in the tile registers (6 independent 16 x 16 accumulators, one A and one B tile
+// loaded once): the AMX bf16 tile peak (16 x 16 x 32 products per instruction), and the int8 one
+// (TDPBSSD, 16 x 16 x 64) from bench/int8_peak.h's loop, printed beside the others; on AMX hosts the bf16 GEMMs of
 // --precision bf16 run on the tiles, so bf16_gflops (what bench/train_peak divides by) is the
 // tile peak there.
 #include <immintrin.h>
@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/int8_peak.h"
 #include "kernels/cpu.h"
 
 using moe::kernels::cpu_features;
@@ -127,34 +128,6 @@ __attribute__((target("amx-tile,amx-bf16"))) double amx_bf16(long iters, float* 
     return (double)(iters / 16) * 6 * 16 * 16 * 32 * 2;
 }
 
-// the int8 tiles: iters x 6 TDPBSSD (16 x 16 x 64 multiply-adds each), counted as 2 ops per product
-__attribute__((target("amx-tile,amx-int8"))) double amx_int8(long iters, float* sink) {
-    alignas(64) static int8_t ab[16 * 64];
-    for (int8_t& v : ab) v = 1;
-    alignas(64) int32_t out[16 * 16];
-    _tile_loadconfig(&kTiles);
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-    _tile_zero(4);
-    _tile_zero(5);
-    _tile_loadd(6, ab, 64);
-    _tile_loadd(7, ab, 64);
-    for (long it = 0; it < iters / 16; ++it) {
-        _tile_dpbssd(0, 6, 7);
-        _tile_dpbssd(1, 6, 7);
-        _tile_dpbssd(2, 6, 7);
-        _tile_dpbssd(3, 6, 7);
-        _tile_dpbssd(4, 6, 7);
-        _tile_dpbssd(5, 6, 7);
-    }
-    _tile_stored(0, out, 64);
-    _tile_release();
-    *sink = (float)out[0];
-    return (double)(iters / 16) * 6 * 16 * 16 * 64 * 2;
-}
-
 using Loop = double (*)(long, float*);
 
 // GFLOP/s summed over `threads` copies run at once for about `seconds`
@@ -233,8 +206,9 @@ int main(int argc, char** argv) {
         bf16_isa = "amx_bf16 (TDPBF16PS tiles)";
         bf16_1 = measure(amx_bf16, 1, seconds);
         bf16_t = threads > 1 ? measure(amx_bf16, threads, seconds) : bf16_1;
-        int8_1 = measure(amx_int8, 1, seconds);
-        int8_t_ = threads > 1 ? measure(amx_int8, threads, seconds) : int8_1;
+        // bench/int8_peak.h's tile loop (the int8 peak prefill_quant divides by)
+        int8_1 = int8_peak::measure(1, seconds).gops;
+        int8_t_ = threads > 1 ? int8_peak::measure(threads, seconds).gops : int8_1;
     }
     if (json) {
         std::printf("{\"threads\": %d, \"fp32_gflops_1thread\": %.1f, \"fp32_gflops\": %.1f, \"bf16_gflops_1thread\": %.1f, "
