@@ -267,18 +267,20 @@ TEST(GgmlQuants, QMatmulMatchesReference) {
     moe::set_num_threads(0);
 }
 
-// The Q8_0 decode kernel of AVX-512 VNNI hosts (ggml_rows_vnni.h, up to 8 activation rows per
-// pass, tiles of output rows): every output the bits of the single-row dot on AVX-512 VNNI and on
-// AVX2, whatever the number of rows in the call, the output range and accumulate.
+// The Q8_0 and Q4_0 decode kernels of AVX-512 VNNI hosts (ggml_rows_vnni.h, up to 8 activation
+// rows per pass, tiles of output rows): every output the bits of the single-row dot on AVX-512 VNNI
+// and on AVX2, whatever the number of rows in the call, the output range and accumulate; odd and
+// even block counts; 1-3 threads through ggml_matmul.
 TEST(GgmlQuants, Q8_0VnniRowsEqualSingleRowDotsBitForBit) {
     if (!detail::q8_0_rows_vnni_supported()) GTEST_SKIP() << "no AVX-512 VNNI on this host";
     const int64_t out = 37;
+    for (GType wt : {GType::q8_0, GType::q4_0})
     for (int64_t in : {32, 64, 96, 1056}) {
-        const int64_t wb = gtype_row_bytes(GType::q8_0, in), ab = gtype_row_bytes(GType::q8_0, in);
+        const int64_t wb = gtype_row_bytes(wt, in), ab = gtype_row_bytes(GType::q8_0, in);
         auto w = randv(out * in, 300 + in);
         w[5] = 40.f;  // a larger value in one block
         std::vector<uint8_t> wq(out * wb);
-        for (int64_t o = 0; o < out; ++o) quantize_row(GType::q8_0, w.data() + o * in, wq.data() + o * wb, in);
+        for (int64_t o = 0; o < out; ++o) quantize_row(wt, w.data() + o * in, wq.data() + o * wb, in);
         for (int64_t N : {1, 3, 8, 9, 16, 17}) {
             auto x = randv(N * in, 400 + N + in, N == 9 ? 100.f : 1.f);
             GActs acts;
@@ -290,17 +292,17 @@ TEST(GgmlQuants, Q8_0VnniRowsEqualSingleRowDotsBitForBit) {
                 const Isa prev = set_isa_cap(cap);
                 for (int64_t n = 0; n < N; ++n)
                     for (int64_t o = 0; o < out; ++o)
-                        row_dots(GType::q8_0)(in, wq.data() + o * wb, acts.row(n), ab, 1,
+                        row_dots(wt)(in, wq.data() + o * wb, acts.row(n), ab, 1,
                                               &(cap == Isa::avx512 ? want : want2)[n * out + o]);
                 set_isa_cap(prev);
             }
             for (bool acc : {false, true}) {
                 std::vector<float> y(N * out, 0.5f);
-                ggml_matmul_rows(y.data(), out, acts, wq.data(), GType::q8_0, wb, N, 0, 13, acc);
-                ggml_matmul_rows(y.data(), out, acts, wq.data(), GType::q8_0, wb, N, 13, out, acc);
+                ggml_matmul_rows(y.data(), out, acts, wq.data(), wt, wb, N, 0, 13, acc);
+                ggml_matmul_rows(y.data(), out, acts, wq.data(), wt, wb, N, 13, out, acc);
                 for (int64_t i = 0; i < N * out; ++i) {
                     const float e = acc ? 0.5f + want[i] : want[i];
-                    ASSERT_EQ(bits(y[i]), bits(e)) << "in=" << in << " N=" << N << " i=" << i << " acc=" << acc;
+                    ASSERT_EQ(bits(y[i]), bits(e)) << gtype_name(wt) << " in=" << in << " N=" << N << " i=" << i << " acc=" << acc;
                     ASSERT_EQ(bits(want[i]), bits(want2[i])) << "in=" << in << " N=" << N << " i=" << i;
                 }
             }
@@ -309,8 +311,19 @@ TEST(GgmlQuants, Q8_0VnniRowsEqualSingleRowDotsBitForBit) {
             one.build(GType::q8_0, x.data() + (N - 1) * in, 1, in);
             one.prepare_rows_vnni();
             std::vector<float> y1(out);
-            ggml_matmul_rows(y1.data(), out, one, wq.data(), GType::q8_0, wb, 1, 0, out, false);
+            ggml_matmul_rows(y1.data(), out, one, wq.data(), wt, wb, 1, 0, out, false);
             for (int64_t o = 0; o < out; ++o) ASSERT_EQ(bits(y1[o]), bits(want[(N - 1) * out + o])) << "o=" << o;
+            // the whole product through ggml_matmul (decode N: these kernels), rows shared by threads
+            if (N <= kGgmlGemvMaxN)
+                for (int threads : {1, 2, 3}) {
+                    moe::set_num_threads(threads);
+                    std::vector<float> y(N * out);
+                    GActs ga;
+                    ggml_matmul(y.data(), x.data(), wq.data(), wt, wb, N, out, in, false, ga);
+                    for (int64_t i = 0; i < N * out; ++i)
+                        ASSERT_EQ(bits(y[i]), bits(want[i])) << gtype_name(wt) << " threads=" << threads << " i=" << i;
+                }
+            moe::set_num_threads(0);
         }
     }
 }

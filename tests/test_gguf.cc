@@ -178,6 +178,52 @@ TEST(GgufModel, Bf16MatricesAreUsedInPlace) {
     EXPECT_GT(views, 0);
 }
 
+// F16 files: the matrices are used in place (views of the mapping, type f16), no fp32 copy; the
+// logits, prefill (T tokens at once) and decode (one token per step) through the KV cache, are the
+// bits of the same file loaded as fp32 (the widening is exact and the f16 kernels have the fp32
+// kernels' arithmetic: QMatmul.F16InPlaceEqualsFp32CopyBitForBit).
+TEST(GgufModel, F16MatricesAreUsedInPlaceWithTheFp32Bits) {
+    for (const char* name : {"qwen2_moe", "qwen2"}) {
+        const std::string path = kGguf + name + ".f16.gguf";
+        Checkpoint h = load_model(path), f = load_model(path, "fp32");
+        ASSERT_TRUE(h.model->typed());
+        EXPECT_EQ(h.weight_type, "f16");
+        int views = 0;
+        for (const auto& p : h.model->table().params()) {
+            views += h.model->param_is_view(p);
+            if (h.model->param_is_view(p)) EXPECT_EQ(h.model->param_typed(p).type, moe::kernels::WType::f16) << p.name;
+        }
+        EXPECT_GT(views, 0) << name;
+        const Reference ref = read_reference(name);
+        const int64_t T = (int64_t)ref.tokens.size(), V = h.model->config().vocab_size;
+        for (Checkpoint* ck : {&h, &f}) ASSERT_EQ(ck->model->config().vocab_size, V);
+        auto run = [&](Checkpoint& ck, bool decode) {
+            Model& m = *ck.model;
+            auto cache = m.make_cache(1);
+            std::vector<float> out;
+            const int64_t step = decode ? 1 : T;
+            for (int64_t t0 = 0; t0 < T; t0 += step) {
+                std::vector<int32_t> seq(step, 0), pos(step);
+                for (int64_t i = 0; i < step; ++i) pos[i] = (int32_t)(t0 + i);
+                m.forward_cached(ref.tokens.data() + t0, seq.data(), pos.data(), step, cache);
+                out.insert(out.end(), m.logits(), m.logits() + step * V);
+            }
+            return out;
+        };
+        for (bool decode : {false, true}) {
+            const std::vector<float> a = run(h, decode), b = run(f, decode);
+            ASSERT_EQ(a.size(), b.size());
+            int64_t differ = 0;
+            double worst = 0;
+            for (size_t i = 0; i < a.size(); ++i) {
+                differ += std::memcmp(&a[i], &b[i], 4) != 0;
+                worst = std::max(worst, (double)std::fabs(a[i] - b[i]));
+            }
+            EXPECT_EQ(differ, 0) << name << (decode ? " decode" : " prefill") << ": largest difference " << worst;
+        }
+    }
+}
+
 // ---- moe's writer ---------------------------------------------------------------------------------
 
 class GgufExport : public ::testing::TestWithParam<std::string> {};

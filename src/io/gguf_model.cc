@@ -82,9 +82,11 @@ void permute_rows(float* dst, const float* src, int64_t n_head, int64_t D, int64
     permute_row_bytes(dst, src, n_head, D, cols * (int64_t)sizeof(float), to_gguf);
 }
 
-// the kernels' WType of a ggml block type moe multiplies in place (false for others)
+// the kernels' WType of a ggml row type moe multiplies in place (false for others: F32 and BF16
+// have views of their own)
 bool block_wtype(GgmlType g, kernels::WType& w) {
     switch (g) {
+        case GgmlType::F16: w = kernels::WType::f16; return true;
         case GgmlType::Q8_0: w = kernels::WType::q8_0; return true;
         case GgmlType::Q4_0: w = kernels::WType::q4_0; return true;
         case GgmlType::Q4_K: w = kernels::WType::q4_k; return true;
@@ -526,7 +528,9 @@ Checkpoint load_gguf_model(const std::string& path, const std::string& weight_ty
         int64_t numel = 0;
         const ParamTable table(ck.config.model);  // named: a range-for over a temporary's member dangles
         for (const auto& p : table.params()) numel += p.numel;
-        const double bytes = (double)numel * (want == kernels::WType::f32 ? 4.0 : want == kernels::WType::bf16 ? 2.0 : 1.2);
+        const double bytes = (double)numel * (want == kernels::WType::f32                                    ? 4.0
+                                              : want == kernels::WType::bf16 || want == kernels::WType::f16 ? 2.0
+                                                                                                             : 1.2);
         const long pages = ::sysconf(_SC_PHYS_PAGES), psize = ::sysconf(_SC_PAGESIZE);
         if (pages > 0 && psize > 0 && bytes > (double)pages * (double)psize)
             fail("'", path, "': the model needs about ", bytes / (1 << 30), " GiB as ", kernels::wtype_name(want),

@@ -732,16 +732,17 @@ void GActs::prepare_rows_vnni() {
 // with N <= 4 (decode) read from memory exactly once.
 void ggml_matmul_rows(float* y, int64_t ys, const GActs& acts, const void* w, GType t, int64_t row_stride, int64_t N,
                       int64_t o0, int64_t o1, bool accumulate) {
-    if (t == GType::q8_0 && acts.rows_vnni && acts.N >= N && detail::q8_0_rows_vnni_supported()) {
+    if ((t == GType::q8_0 || t == GType::q4_0) && acts.rows_vnni && acts.N >= N && detail::q8_0_rows_vnni_supported()) {
         // groups of 8 rows (the single-row dots' bits); with several groups, tiles of 8 output rows
         // (in L1) that every group passes over: each weight read from memory once per call
         constexpr int64_t kRows = 8;
+        const auto kernel = t == GType::q8_0 ? detail::q8_0_rows_vnni : detail::q4_0_rows_vnni;
         const int64_t tile = N <= kRows ? o1 - o0 : 8;
         for (int64_t t0 = o0; t0 < o1; t0 += tile) {
             const int64_t t1 = std::min(o1, t0 + tile);
             for (int64_t n0 = 0; n0 < N; n0 += kRows)
-                detail::q8_0_rows_vnni(y, ys, acts.qu.data(), acts.s16.data(), acts.in, w, row_stride, n0,
-                                       (int)std::min(kRows, N - n0), t0, t1, accumulate);
+                kernel(y, ys, acts.qu.data(), acts.s16.data(), acts.in, w, row_stride, n0, (int)std::min(kRows, N - n0),
+                       t0, t1, accumulate);
         }
         return;
     }
@@ -826,7 +827,7 @@ void ggml_matmul(float* y, const float* x, const void* w, GType t, int64_t row_s
     acts.build(gtype_act(t), x, N, IN);
     if (N > kGgmlGemvMaxN && amx::int8_active() && amx::ggml_supported(t))
         return ggml_matmul_amx(y, w, t, row_stride, N, OUT, IN, accumulate, acts);
-    if (t == GType::q8_0 && N <= kGgmlGemvMaxN) acts.prepare_rows_vnni();
+    if ((t == GType::q8_0 || t == GType::q4_0) && N <= kGgmlGemvMaxN) acts.prepare_rows_vnni();
     const CpuFeatures& f = cpu_features();
     if (N > kGgmlGemvMaxN && active_isa() >= Isa::avx512 && f.avx512_vnni && f.avx512dq && f.f16c && detail::tiles_supported(t))
         return ggml_matmul_tiles(y, w, t, row_stride, N, OUT, IN, accumulate, acts);

@@ -103,7 +103,7 @@ struct GActs {
     std::vector<uint8_t> xp;
     std::vector<float> xs, am;
     std::vector<int32_t> xo;
-    // decode rows of Q8_0 weights on AVX-512 VNNI hosts (ggml_rows_vnni.h): the q8_0 rows as
+    // decode rows of Q8_0 and Q4_0 weights on AVX-512 VNNI hosts (ggml_rows_vnni.h): the q8_0 rows as
     // q + 128 (qu) and their scales spread per pair of blocks (s16); rows_vnni once filled
     std::vector<uint8_t> qu;
     std::vector<float> s16;

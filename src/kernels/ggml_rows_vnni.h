@@ -1,6 +1,7 @@
 #pragma once
-// Decode GEMV of Q8_0 weights on AVX-512 VNNI hosts (ggml_rows_vnni.cc): up to 8 activation rows
-// per pass over a weight row, one 512-bit vpdpbusd per two blocks and row. For ggml_quants.cc's
+// Decode GEMV of Q8_0 and Q4_0 weights on AVX-512 VNNI hosts (ggml_rows_vnni.cc): up to 8 activation
+// rows per pass over a weight row, one 512-bit vpdpbusd per two blocks and row (Q4_0's nibbles
+// unpacked to signed bytes in registers, once for all the rows). For ggml_quants.cc's
 // dispatch only: call after q8_0_rows_vnni_supported().
 #include <cstdint>
 
@@ -19,6 +20,9 @@ void q8_0_rows_acts(const uint8_t* rows, int64_t row_bytes, int64_t N, int64_t i
 // 4 values, the same fp32 scale products and FMAs in the same order (even blocks in the low 8
 // lanes, odd blocks in the high 8), the same final sum.
 void q8_0_rows_vnni(float* y, int64_t ys, const uint8_t* qu, const float* s16, int64_t in, const void* w,
+                    int64_t row_stride, int64_t n0, int nr, int64_t o0, int64_t o1, bool accumulate);
+// The same for Q4_0 weights (the activations of q8_0_rows_acts): the bits of row_dots(q4_0)
+void q4_0_rows_vnni(float* y, int64_t ys, const uint8_t* qu, const float* s16, int64_t in, const void* w,
                     int64_t row_stride, int64_t n0, int nr, int64_t o0, int64_t o1, bool accumulate);
 
 }  // namespace moe::kernels::detail

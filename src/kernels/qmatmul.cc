@@ -282,6 +282,20 @@ __attribute__((target("avx2,fma"))) static void dequantize_q8_row_avx2(float* ds
     if (i < in) dequantize_q8_row(dst + i, q + i, scales + i / kQ8Block, in - i);
 }
 
+// n f16 values to fp32: vcvtph2ps where the CPU has F16C, else fp16_to_fp32 (both exact; they
+// differ only on signalling NaNs, which F16C quiets)
+__attribute__((target("avx2,f16c"))) static void f16_to_f32_f16c(float* dst, const uint16_t* h, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h + i))));
+    for (; i < n; ++i) dst[i] = fp16_to_fp32(h[i]);
+}
+
+static void f16_to_f32_n(float* dst, const uint16_t* h, int64_t n) {
+    if (active_isa() >= Isa::avx2 && cpu_features().f16c) f16_to_f32_f16c(dst, h, n);
+    else
+        for (int64_t i = 0; i < n; ++i) dst[i] = fp16_to_fp32(h[i]);
+}
+
 // dequantize_q8_row, or its AVX2 twin where the CPU runs it (the same bits either way)
 static void dequantize_q8_n(float* dst, const int8_t* q, const float* scales, int64_t in) {
     if (active_isa() >= Isa::avx2) dequantize_q8_row_avx2(dst, q, scales, in);
@@ -301,6 +315,9 @@ static void dequantize_row_slice(float* dst, const QMatrix& w, int64_t r, int64_
             break;
         case WType::q8:
             dequantize_q8_n(dst, w.q + at, w.scales + r * w.blocks() + k0 / kQ8Block, kc);
+            break;
+        case WType::f16:
+            f16_to_f32_n(dst, reinterpret_cast<const uint16_t*>(w.raw + r * w.row_bytes) + k0, kc);
             break;
         default: {  // k0 starts a block (a multiple of 256 or 0)
             const GType g = ggml_type(w.type);
@@ -371,12 +388,18 @@ void qmatmul_ref(float* y, const float* x, const QMatrix& w, int64_t N, bool acc
 
 namespace {
 
+// row o of f16 weights (ggml rows: row_bytes apart, 2 * IN bytes each)
+inline const uint16_t* f16_row(const QMatrix& w, int64_t o) {
+    return reinterpret_cast<const uint16_t*>(w.raw + o * w.row_bytes);
+}
+
 // weight (o, i) as fp32, one at a time (tails and the reference twin)
 inline float weight_at(const QMatrix& w, int64_t o, int64_t i) {
     switch (w.type) {
         case WType::f32: return w.f32[o * w.in + i];
         case WType::bf16: return bf16_to_f32(w.bf16[o * w.in + i]);
         case WType::q8: return w.scales[o * w.blocks() + i / kQ8Block] * (float)w.q[o * w.in + i];
+        case WType::f16: return fp16_to_fp32(f16_row(w, o)[i]);  // exact
         default: MOE_ASSERT(false && "ggml types take their own path");
     }
     return 0.f;
@@ -391,21 +414,23 @@ constexpr int64_t kOTile = 8;
 
 // 8 weights of row r at column i, as fp32 (the type is a template argument: no branch per load)
 template <WType TY>
-__attribute__((target("avx2,fma"))) inline __m256 load8(const QMatrix& w, int64_t r, int64_t i) {
+__attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const QMatrix& w, int64_t r, int64_t i) {
     if constexpr (TY == WType::f32) {
         return _mm256_loadu_ps(w.f32 + r * w.in + i);
+    } else if constexpr (TY == WType::f16) {  // vcvtph2ps: exact, the values of an fp32 copy
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(f16_row(w, r) + i)));
     } else {
         const __m128i h = _mm_loadu_si128((const __m128i*)(w.bf16 + r * w.in + i));
         return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
     }
 }
 
-// fp32 / bf16 weights: y[n, o] for o in [o0, o1), n in [n0, n0 + NR): the weight row is read once
-// for the NR rows. Four independent accumulators per x row (one per 8-lane quarter of a 32-block)
+// fp32 / bf16 / f16 weights: y[n, o] for o in [o0, o1), n in [n0, n0 + NR): the weight row is read
+// once for the NR rows (f16 and bf16 widened to fp32 in registers, exactly). Four independent accumulators per x row (one per 8-lane quarter of a 32-block)
 // keep the FMA pipes busy instead of waiting on one dependency chain; type and NR are compile-time
 // so the accumulators stay in registers. A tail (IN not a multiple of 32) goes scalar.
 template <WType TY, int NR>
-__attribute__((target("avx2,fma"))) void gemv_rows_avx2(float* y, const float* x, const QMatrix& w, int64_t n0,
+__attribute__((target("avx2,fma,f16c"))) void gemv_rows_avx2(float* y, const float* x, const QMatrix& w, int64_t n0,
                                                         int64_t o0, int64_t o1, bool accumulate) {
     const int64_t in = w.in, full = (in / kQ8Block) * kQ8Block;
     for (int64_t o = o0; o < o1; ++o) {
@@ -415,8 +440,9 @@ __attribute__((target("avx2,fma"))) void gemv_rows_avx2(float* y, const float* x
         // the weight stream prefetched 1 KB ahead (into the next row at a row's end; a prefetch past
         // the matrix never faults): one core's hardware prefetcher alone leaves decode at ~0.57 of
         // the read bandwidth on the Xeon host
-        const char* wrow = TY == WType::f32 ? reinterpret_cast<const char*>(w.f32 + o * in)
-                                            : reinterpret_cast<const char*>(w.bf16 + o * in);
+        const char* wrow = TY == WType::f32    ? reinterpret_cast<const char*>(w.f32 + o * in)
+                           : TY == WType::f16 ? reinterpret_cast<const char*>(f16_row(w, o))
+                                              : reinterpret_cast<const char*>(w.bf16 + o * in);
         constexpr int64_t kBytes = TY == WType::f32 ? 4 : 2, kAhead = 4096;
         for (int64_t i = 0; i < full; i += kQ8Block) {
             _mm_prefetch(wrow + i * kBytes + kAhead, _MM_HINT_T0);
@@ -551,6 +577,7 @@ void gemv_rows_avx2_any(float* y, const float* x, const QActs& qa, const QMatrix
     switch (w.type) {
         case WType::f32: gemv_avx2<WType::f32>(y, x, w, n0, nr, o0, o1, accumulate); break;
         case WType::bf16: gemv_avx2<WType::bf16>(y, x, w, n0, nr, o0, o1, accumulate); break;
+        case WType::f16: gemv_avx2<WType::f16>(y, x, w, n0, nr, o0, o1, accumulate); break;
         case WType::q8:
             switch (nr) {
                 case 4: gemv_q8_avx2<4>(y, qa, w, n0, o0, o1, accumulate); break;
@@ -588,7 +615,7 @@ void qmatmul_rows(float* y, const float* x, const QActs& qa, const QMatrix& w, i
                   int64_t o1, bool accumulate) {
     MOE_ASSERT(ne - nb <= std::max(kGemvMaxN, kInvariantRowBlock));
     MOE_ASSERT(w.type != WType::q8 || (qa.N >= ne && qa.in == w.in));
-    const bool simd = active_isa() >= Isa::avx2;
+    const bool simd = active_isa() >= Isa::avx2 && (w.type != WType::f16 || cpu_features().f16c);
     if (!simd) {
         gemv_rows_ref(y, x, qa, w, nb, ne - nb, o0, o1, accumulate);
         return;
@@ -629,8 +656,8 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
     for (const QOut& o : outs) {
         MOE_ASSERT(o.w.in == outs.begin()->w.in);
         total += o.w.out, bytes += o.w.bytes(), q8 = q8 || o.w.type == WType::q8;
-        q8_0 = q8_0 || o.w.type == WType::q8_0;
-        if (is_ggml(o.w.type)) {
+        q8_0 = q8_0 || o.w.type == WType::q8_0 || o.w.type == WType::q4_0;  // the VNNI rows kernels
+        if (ggml_rows(o.w.type)) {
             const GType a = gtype_act(ggml_type(o.w.type));
             act[a == GType::q8_0 ? 0 : a == GType::q8_k ? 1 : 2] = true;
         }
@@ -661,7 +688,7 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
             int64_t off = 0;  // rows [off, off + out) of the concatenation are matrix o's
             for (const QOut& o : outs) {
                 const int64_t lo = std::max(r0, off), hi = std::min(r1, off + o.w.out);
-                if (lo < hi && is_ggml(o.w.type)) {
+                if (lo < hi && ggml_rows(o.w.type)) {
                     if (nb == 0) {
                         const GType g = ggml_type(o.w.type), a = gtype_act(g);
                         const GActs& acts = gx[a == GType::q8_0 ? 0 : a == GType::q8_k ? 1 : 2];
@@ -721,7 +748,7 @@ void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumul
         qmatmul_same_x(x, N, {{y, w}}, accumulate);
         return;
     }
-    if (is_ggml(w.type)) {  // prefill: integer dots over tiles of weight rows (ggml_quants.cc)
+    if (ggml_rows(w.type)) {  // prefill: integer dots over tiles of weight rows (ggml_quants.cc)
         thread_local GActs acts;
         ggml_matmul(y, x, w.raw, ggml_type(w.type), w.row_bytes, N, w.out, w.in, accumulate, acts);
         return;
@@ -730,7 +757,9 @@ void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumul
         qmatmul_q8_amx(y, x, w, N, accumulate);
         return;
     }
-    // prefill. int8: x rounded to its int8 grid (the definition above), as fp32 for the GEMM
+    // prefill. int8: x rounded to its int8 grid (the definition above), as fp32 for the GEMM.
+    // bf16 / f16: the packed GEMM widening W's rows inside its packing (fp32 FMA; f16 gives the bits
+    // of the same GEMM on an fp32 copy of W: the widening is exact and the k order the same)
     thread_local std::vector<float> xs;
     if (w.type == WType::q8) {
         thread_local QActs qa;

@@ -34,6 +34,12 @@ const char* wtype_name(WType t);
 // "fp32" | "bf16" | "int8" | "q8_0" | "q4_0" | "q4_k" | "q5_k" | "q6_k" | "f16"
 WType parse_wtype(const std::string& s, const char* where);
 inline bool is_ggml(WType t) { return t >= WType::q8_0; }
+// ggml types multiplied by ggml_matmul's block dot products (activations quantized as ggml does).
+// f16 is a ggml row format but multiplies as fp32 / bf16 do: the streaming GEMV widening each row in
+// registers (decode) and the packed fp32 GEMM widening it inside its packing (prefill), with the
+// arithmetic of those kernels on an fp32 copy, so an F16 file used in place gives the bits it gave
+// when it was loaded as fp32.
+inline bool ggml_rows(WType t) { return is_ggml(t) && t != WType::f16; }
 GType ggml_type(WType t);  // is_ggml(t) only
 inline constexpr int64_t kQ8Block = 32;
 // Decode work below this many bytes of weights stays on one thread (see qmatmul).
