@@ -705,7 +705,7 @@ float vec_dot_bf16_f32(int64_t n, const void* w, const void* a) { return dot1(GT
 // ---------------------------------------------------------------- matmul
 
 void GActs::build(GType act, const float* x, int64_t n, int64_t i) {
-    type = act, N = n, in = i, rows_vnni = false;
+    type = act, N = n, in = i, rows_vnni = rows_amx = false;
     row_bytes = gtype_row_bytes(act, i);
     if ((int64_t)buf.size() < N * row_bytes) buf.resize(N * row_bytes);
     uint8_t* dst = buf.data();
@@ -718,8 +718,16 @@ void GActs::build(GType act, const float* x, int64_t n, int64_t i) {
 }
 
 void GActs::prepare_rows_vnni() {
-    rows_vnni = false;
+    rows_vnni = rows_amx = false;
     if (type != GType::q8_0 || !detail::q8_0_rows_vnni_supported()) return;
+    if (detail::q8_0_rows_amx_supported()) {  // AMX-INT8 decode rows (ggml_rows_amx.cc)
+        const int64_t nq = detail::q8_0_rows_amx_qu_bytes(N, in), ns = detail::q8_0_rows_amx_s16_floats(N, in);
+        if ((int64_t)qu.size() < nq) qu.resize(nq);
+        if ((int64_t)s16.size() < ns) s16.resize(ns);
+        detail::q8_0_rows_acts_amx(buf.data(), row_bytes, N, in, qu.data(), s16.data());
+        rows_vnni = rows_amx = true;
+        return;
+    }
     const int64_t sp = (in / 32 + 1) / 2;
     if ((int64_t)qu.size() < N * in) qu.resize(N * in);
     if ((int64_t)s16.size() < N * sp * 16) s16.resize(N * sp * 16);
@@ -732,7 +740,12 @@ void GActs::prepare_rows_vnni() {
 // with N <= 4 (decode) read from memory exactly once.
 void ggml_matmul_rows(float* y, int64_t ys, const GActs& acts, const void* w, GType t, int64_t row_stride, int64_t N,
                       int64_t o0, int64_t o1, bool accumulate) {
-    if (t == GType::q8_0 && acts.rows_vnni && acts.N >= N && detail::q8_0_rows_vnni_supported()) {
+    if (t == GType::q8_0 && acts.rows_amx && acts.N >= N && detail::q8_0_rows_amx_supported()) {
+        // AMX-INT8 tiles: all N rows, tiles of 16 weight rows read in place (the block order)
+        detail::q8_0_rows_amx(y, ys, acts.qu.data(), acts.s16.data(), acts.in, w, row_stride, N, o0, o1, accumulate);
+        return;
+    }
+    if (t == GType::q8_0 && acts.rows_vnni && !acts.rows_amx && acts.N >= N && detail::q8_0_rows_vnni_supported()) {
         // groups of 8 rows (the single-row dots' bits); with several groups, tiles of 8 output rows
         // (in L1) that every group passes over: each weight read from memory once per call
         constexpr int64_t kRows = 8;
