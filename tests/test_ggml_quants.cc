@@ -327,6 +327,14 @@ TEST(GgmlQuants, Q8_0VnniRowsEqualSingleRowDotsBitForBit) {
 // off, and a row alone gives its bits among the others.
 TEST(GgmlQuants, Q8_0AmxRowsEqualBlockOrderTwinBitForBit) {
     if (!detail::q8_0_rows_amx_supported()) GTEST_SKIP() << "no AMX-INT8 on this host (or MOE_ISA below amx)";
+    {  // batch invariance off, one row: the VNNI single-row kernel (faster for one row)
+        GActs one;
+        std::vector<float> x1(64, 0.5f);
+        one.build(GType::q8_0, x1.data(), 1, 64);
+        one.prepare_rows_vnni();
+        EXPECT_TRUE(one.rows_vnni && !one.rows_amx);
+    }
+    const BatchInvariantScope invariant(true);  // the AMX rows for every N, one row included
     const int64_t out = 37;
     for (int64_t in : {32, 64, 96, 1056, 2048}) {
         const int64_t wb = gtype_row_bytes(GType::q8_0, in);

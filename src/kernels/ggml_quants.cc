@@ -18,6 +18,7 @@
 #include "kernels/amx_q8.h"
 #include "kernels/cpu.h"
 #include "kernels/ggml_quants_simd.h"
+#include "kernels/batch_invariant.h"
 #include "kernels/ggml_rows_vnni.h"
 #include "kernels/qmatmul.h"
 
@@ -720,7 +721,9 @@ void GActs::build(GType act, const float* x, int64_t n, int64_t i) {
 void GActs::prepare_rows_vnni() {
     rows_vnni = rows_amx = false;
     if (type != GType::q8_0 || !detail::q8_0_rows_vnni_supported()) return;
-    if (detail::q8_0_rows_amx_supported()) {  // AMX-INT8 decode rows (ggml_rows_amx.cc)
+    // AMX-INT8 decode rows (ggml_rows_amx.cc): for every N while batch invariant (one arithmetic for
+    // every row count), else from 2 rows (one row streams faster through the VNNI kernel below)
+    if (detail::q8_0_rows_amx_supported() && (N > 1 || batch_invariant())) {
         const int64_t nq = detail::q8_0_rows_amx_qu_bytes(N, in), ns = detail::q8_0_rows_amx_s16_floats(N, in);
         if ((int64_t)qu.size() < nq) qu.resize(nq);
         if ((int64_t)s16.size() < ns) s16.resize(ns);
