@@ -18,6 +18,7 @@
 #include "io/checkpoint.h"
 #include "io/hf_model.h"
 #include "kernels/batch_invariant.h"
+#include "kernels/cpu.h"
 #include "viz/routing_map.h"
 
 namespace {
@@ -159,6 +160,14 @@ void check_invariance(const std::string& dtype) {
 TEST(Engine, BatchInvariantFp32) { check_invariance(""); }
 TEST(Engine, BatchInvariantBf16) { check_invariance("bf16"); }
 TEST(Engine, BatchInvariantInt8) { check_invariance("int8"); }
+// Q8_0: on AMX-INT8 hosts the AMX decode rows (one block order for every row count), and with the
+// ISA capped at avx512 the VNNI rows (the single-row dots' lane order)
+TEST(Engine, BatchInvariantQ8_0) { check_invariance("q8_0"); }
+TEST(Engine, BatchInvariantQ8_0Vnni) {
+    const moe::kernels::Isa prev = moe::kernels::set_isa_cap(moe::kernels::Isa::avx512);
+    check_invariance("q8_0");
+    moe::kernels::set_isa_cap(prev);
+}
 
 // Without invariance the packed GEMM takes batches of more than 8 rows: results of a crowded batch
 // then differ from a request alone in the last bits (15 of 16 logprobs on this model): the

@@ -15,6 +15,7 @@
 
 #include "core/parallel.h"
 #include "moe/error.h"
+#include "kernels/batch_invariant.h"
 #include "kernels/cpu.h"
 #include "kernels/ggml_quants.h"
 #include "kernels/ggml_rows_vnni.h"
@@ -272,6 +273,11 @@ TEST(GgmlQuants, QMatmulMatchesReference) {
 // and on AVX2, whatever the number of rows in the call, the output range and accumulate; odd and
 // even block counts; 1-3 threads through ggml_matmul.
 TEST(GgmlQuants, Q8_0VnniRowsEqualSingleRowDotsBitForBit) {
+    const Isa prev_cap = set_isa_cap(Isa::avx512);  // AMX hosts: the VNNI kernel, not the AMX rows
+    struct Restore {
+        Isa cap;
+        ~Restore() { set_isa_cap(cap); }
+    } restore{prev_cap};
     if (!detail::q8_0_rows_vnni_supported()) GTEST_SKIP() << "no AVX-512 VNNI on this host";
     const int64_t out = 37;
     for (GType wt : {GType::q8_0, GType::q4_0})
@@ -326,6 +332,95 @@ TEST(GgmlQuants, Q8_0VnniRowsEqualSingleRowDotsBitForBit) {
             moe::set_num_threads(0);
         }
     }
+}
+
+// The AMX-INT8 decode rows (ggml_rows_vnni.h, "block order"): every output the bits of the scalar
+// twin q8_0_rows_block_ref, for 1..17 and 33 rows in a call (one group of 16, a ragged group, three
+// groups), output ranges cut at rows that are not multiples of the 16-row tile, accumulate on and
+// off, and a row alone gives its bits among the others.
+TEST(GgmlQuants, Q8_0AmxRowsEqualBlockOrderTwinBitForBit) {
+    if (!detail::q8_0_rows_amx_supported()) GTEST_SKIP() << "no AMX-INT8 on this host (or MOE_ISA below amx)";
+    {  // batch invariance off, one row: the VNNI single-row kernel (faster for one row)
+        GActs one;
+        std::vector<float> x1(64, 0.5f);
+        one.build(GType::q8_0, x1.data(), 1, 64);
+        one.prepare_rows_vnni();
+        EXPECT_TRUE(one.rows_vnni && !one.rows_amx);
+    }
+    const BatchInvariantScope invariant(true);  // the AMX rows for every N, one row included
+    const int64_t out = 37;
+    for (int64_t in : {32, 64, 96, 1056, 2048}) {
+        const int64_t wb = gtype_row_bytes(GType::q8_0, in);
+        auto w = randv(out * in, 500 + in);
+        w[5] = 40.f;  // a larger value in one block
+        std::vector<uint8_t> wq(out * wb);
+        for (int64_t o = 0; o < out; ++o) quantize_row(GType::q8_0, w.data() + o * in, wq.data() + o * wb, in);
+        std::vector<int64_t> Ns;
+        for (int64_t N = 1; N <= 17; ++N) Ns.push_back(N);
+        Ns.push_back(33);
+        for (int64_t N : Ns) {
+            auto x = randv(N * in, 600 + N + in, N == 9 ? 100.f : 1.f);
+            GActs acts;
+            acts.build(GType::q8_0, x.data(), N, in);
+            acts.prepare_rows_vnni();
+            ASSERT_TRUE(acts.rows_amx);
+            for (bool acc : {false, true}) {
+                std::vector<float> y(N * out), want(N * out);
+                for (int64_t i = 0; i < N * out; ++i) y[i] = want[i] = 0.5f + 0.01f * (float)(i % 7);
+                detail::q8_0_rows_block_ref(want.data(), out, acts.buf.data(), acts.row_bytes, N, in, wq.data(), wb, 0,
+                                            out, acc);
+                ggml_matmul_rows(y.data(), out, acts, wq.data(), GType::q8_0, wb, N, 0, 13, acc);
+                ggml_matmul_rows(y.data(), out, acts, wq.data(), GType::q8_0, wb, N, 13, 35, acc);
+                ggml_matmul_rows(y.data(), out, acts, wq.data(), GType::q8_0, wb, N, 35, out, acc);
+                for (int64_t i = 0; i < N * out; ++i)
+                    ASSERT_EQ(bits(y[i]), bits(want[i])) << "in=" << in << " N=" << N << " i=" << i << " acc=" << acc;
+            }
+            // a row alone: the same bits as among the others
+            const int64_t n = N / 2;
+            GActs one;
+            one.build(GType::q8_0, x.data() + n * in, 1, in);
+            one.prepare_rows_vnni();
+            std::vector<float> y1(out), want(N * out);
+            ggml_matmul_rows(y1.data(), out, one, wq.data(), GType::q8_0, wb, 1, 0, out, false);
+            detail::q8_0_rows_block_ref(want.data(), out, acts.buf.data(), acts.row_bytes, N, in, wq.data(), wb, 0, out,
+                                        false);
+            for (int64_t o = 0; o < out; ++o) ASSERT_EQ(bits(y1[o]), bits(want[n * out + o])) << "o=" << o;
+        }
+    }
+}
+
+// Batch invariance of Q8_0 decode on AMX hosts end to end: qmatmul over a Q8_0 matrix while batch
+// invariant (the engine's setting), 1-3 threads, N = 1..16 and 40: every row has the bits of that
+// row computed alone on one thread, and of the block-order twin.
+TEST(GgmlQuants, Q8_0AmxDecodeIsBatchInvariantOverThreads) {
+    if (!detail::q8_0_rows_amx_supported()) GTEST_SKIP() << "no AMX-INT8 on this host (or MOE_ISA below amx)";
+    const BatchInvariantScope invariant(true);
+    const int64_t in = 256, out = 77;
+    auto w = randv(out * in, 71);
+    QStore st;
+    st.build(WType::q8_0, w.data(), out, in);
+    const QMatrix m = st.view();
+    const int64_t NMax = 40;
+    auto x = randv(NMax * in, 72);
+    std::vector<float> alone(NMax * out);
+    moe::set_num_threads(1);
+    for (int64_t n = 0; n < NMax; ++n) qmatmul(alone.data() + n * out, x.data() + n * in, m, 1, false);
+    GActs ga;  // the twin from the same quantized activations
+    ga.build(GType::q8_0, x.data(), NMax, in);
+    std::vector<float> twin(NMax * out);
+    detail::q8_0_rows_block_ref(twin.data(), out, ga.buf.data(), ga.row_bytes, NMax, in, m.raw, m.row_bytes, 0, out,
+                                false);
+    for (int64_t i = 0; i < NMax * out; ++i) ASSERT_EQ(bits(alone[i]), bits(twin[i])) << "i=" << i;
+    for (int threads : {1, 2, 3}) {
+        moe::set_num_threads(threads);
+        for (int64_t N : {2, 3, 4, 7, 8, 9, 15, 16, 40}) {
+            std::vector<float> y(N * out);
+            qmatmul(y.data(), x.data(), m, N, false);
+            for (int64_t i = 0; i < N * out; ++i)
+                ASSERT_EQ(bits(y[i]), bits(alone[i])) << "N=" << N << " threads=" << threads << " i=" << i;
+        }
+    }
+    moe::set_num_threads(0);
 }
 
 // Rows whose length is not a multiple of the type's block are a user error, named.

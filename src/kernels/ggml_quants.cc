@@ -18,6 +18,7 @@
 #include "kernels/amx_q8.h"
 #include "kernels/cpu.h"
 #include "kernels/ggml_quants_simd.h"
+#include "kernels/batch_invariant.h"
 #include "kernels/ggml_rows_vnni.h"
 #include "kernels/qmatmul.h"
 
@@ -705,7 +706,7 @@ float vec_dot_bf16_f32(int64_t n, const void* w, const void* a) { return dot1(GT
 // ---------------------------------------------------------------- matmul
 
 void GActs::build(GType act, const float* x, int64_t n, int64_t i) {
-    type = act, N = n, in = i, rows_vnni = false;
+    type = act, N = n, in = i, rows_vnni = rows_amx = false;
     row_bytes = gtype_row_bytes(act, i);
     if ((int64_t)buf.size() < N * row_bytes) buf.resize(N * row_bytes);
     uint8_t* dst = buf.data();
@@ -717,9 +718,19 @@ void GActs::build(GType act, const float* x, int64_t n, int64_t i) {
     else parallel_for(0, N, 8, rows);
 }
 
-void GActs::prepare_rows_vnni() {
-    rows_vnni = false;
+void GActs::prepare_rows_vnni(bool amx_ok) {
+    rows_vnni = rows_amx = false;
     if (type != GType::q8_0 || !detail::q8_0_rows_vnni_supported()) return;
+    // AMX-INT8 decode rows (ggml_rows_amx.cc): for every N while batch invariant (one arithmetic for
+    // every row count), else from 2 rows (one row streams faster through the VNNI kernel below)
+    if (amx_ok && detail::q8_0_rows_amx_supported() && (N > 1 || batch_invariant())) {
+        const int64_t nq = detail::q8_0_rows_amx_qu_bytes(N, in), ns = detail::q8_0_rows_amx_s16_floats(N, in);
+        if ((int64_t)qu.size() < nq) qu.resize(nq);
+        if ((int64_t)s16.size() < ns) s16.resize(ns);
+        detail::q8_0_rows_acts_amx(buf.data(), row_bytes, N, in, qu.data(), s16.data());
+        rows_vnni = rows_amx = true;
+        return;
+    }
     const int64_t sp = (in / 32 + 1) / 2;
     if ((int64_t)qu.size() < N * in) qu.resize(N * in);
     if ((int64_t)s16.size() < N * sp * 16) s16.resize(N * sp * 16);
@@ -732,10 +743,15 @@ void GActs::prepare_rows_vnni() {
 // with N <= 4 (decode) read from memory exactly once.
 void ggml_matmul_rows(float* y, int64_t ys, const GActs& acts, const void* w, GType t, int64_t row_stride, int64_t N,
                       int64_t o0, int64_t o1, bool accumulate) {
+    if (t == GType::q8_0 && acts.rows_amx && acts.N >= N && detail::q8_0_rows_amx_supported()) {
+        // AMX-INT8 tiles: all N rows, tiles of 16 weight rows read in place (the block order)
+        detail::q8_0_rows_amx(y, ys, acts.qu.data(), acts.s16.data(), acts.in, w, row_stride, N, o0, o1, accumulate);
+        return;
+    }
     // Q4_0 from 2 rows on: with one row its 512-bit kernel (nibble unpacking, more shuffles on the
     // one 512-bit shuffle port) is 10% slower than the 256-bit row dots, with 2 / 3 / 4 rows 1.15 /
     // 1.35 / 1.45x faster (1024 x 1024 in L2, thread CPU time, AVX-512 VNNI Xeon); the same bits
-    if ((t == GType::q8_0 || (t == GType::q4_0 && N >= 2)) && acts.rows_vnni && acts.N >= N &&
+    if (((t == GType::q8_0 && !acts.rows_amx) || (t == GType::q4_0 && N >= 2 && !acts.rows_amx)) && acts.rows_vnni && acts.N >= N &&
         detail::q8_0_rows_vnni_supported()) {
         // groups of 8 rows (the single-row dots' bits); with several groups, tiles of 8 output rows
         // (in L1) that every group passes over: each weight read from memory once per call
@@ -831,7 +847,7 @@ void ggml_matmul(float* y, const float* x, const void* w, GType t, int64_t row_s
     acts.build(gtype_act(t), x, N, IN);
     if (N > kGgmlGemvMaxN && amx::int8_active() && amx::ggml_supported(t))
         return ggml_matmul_amx(y, w, t, row_stride, N, OUT, IN, accumulate, acts);
-    if ((t == GType::q8_0 || t == GType::q4_0) && N <= kGgmlGemvMaxN) acts.prepare_rows_vnni();
+    if ((t == GType::q8_0 || t == GType::q4_0) && N <= kGgmlGemvMaxN) acts.prepare_rows_vnni(t == GType::q8_0);
     const CpuFeatures& f = cpu_features();
     if (N > kGgmlGemvMaxN && active_isa() >= Isa::avx512 && f.avx512_vnni && f.avx512dq && f.f16c && detail::tiles_supported(t))
         return ggml_matmul_tiles(y, w, t, row_stride, N, OUT, IN, accumulate, acts);

@@ -105,12 +105,15 @@ struct GActs {
     std::vector<int32_t> xo;
     // decode rows of Q8_0 and Q4_0 weights on AVX-512 VNNI hosts (ggml_rows_vnni.h): the q8_0 rows as
     // q + 128 (qu) and their scales spread per pair of blocks (s16); rows_vnni once filled
+    // (on AMX-INT8 hosts the AMX decode rows' layout instead, and rows_amx: ggml_rows_vnni.h)
     std::vector<uint8_t> qu;
     std::vector<float> s16;
-    bool rows_vnni = false;
+    bool rows_vnni = false, rows_amx = false;
     void build(GType act, const float* x, int64_t N, int64_t in);
     void prepare_tiles(int32_t c = 0);  // fills xp, xs, am, xo (q8_0 / q8_k activations; AVX-512 hosts)
-    void prepare_rows_vnni();  // fills qu, s16 (q8_0 activations) where the host has the kernel
+    // fills qu, s16 (q8_0 activations) where the host has the kernel; amx_ok: only Q8_0 weights read
+    // them (the AMX rows layout is Q8_0-only, the VNNI one serves Q4_0 too)
+    void prepare_rows_vnni(bool amx_ok = true);
     const uint8_t* row(int64_t n) const { return buf.data() + n * row_bytes; }
 };
 

@@ -25,4 +25,35 @@ void q8_0_rows_vnni(float* y, int64_t ys, const uint8_t* qu, const float* s16, i
 void q4_0_rows_vnni(float* y, int64_t ys, const uint8_t* qu, const float* s16, int64_t in, const void* w,
                     int64_t row_stride, int64_t n0, int nr, int64_t o0, int64_t o1, bool accumulate);
 
+// ---- AMX-INT8 decode rows (ggml_rows_amx.cc), used instead of the above where
+// q8_0_rows_amx_supported() (active_isa() >= amx). Their arithmetic is the "block order" of the
+// AMX / VNNI prefill tiles, not the single-row dots' lane order: for every (activation row n,
+// weight row o)
+//     acc = accumulate ? y[n * ys + o] : 0
+//     for b = 0, 1, ..., in / 32 - 1:  acc = fma((float)isum_b, wd_b * xd_b, acc)
+//     y[n * ys + o] = acc
+// isum_b the exact int32 dot of block b's 32 signed bytes (weights x activations), wd_b / xd_b the
+// blocks' fp16 scales as fp32, wd_b * xd_b one fp32 product, one fused multiply-add per block. A
+// row's result depends on that row alone: not on N, the group of 16 it falls in, the output range
+// or the thread. q8_0_rows_block_ref is the scalar twin of exactly this.
+bool q8_0_rows_amx_supported();  // q8_0_rows_vnni_supported() and amx::int8_active()
+
+// The activation rows in the AMX kernel's layout: groups of 16 rows (the last padded with zero
+// rows); per (group g, block b) TDPBSSD's B tile at qu + (g * nb + b) * 512 (8 rows of 64 bytes:
+// row k holds bytes 4k..4k+3 of the block of the 16 rows side by side) and the 16 rows' scales at
+// s16 + (g * nb + b) * 16 (0 for padding rows). nb = in / 32.
+int64_t q8_0_rows_amx_qu_bytes(int64_t N, int64_t in);
+int64_t q8_0_rows_amx_s16_floats(int64_t N, int64_t in);
+void q8_0_rows_acts_amx(const uint8_t* rows, int64_t row_bytes, int64_t N, int64_t in, uint8_t* qu, float* s16);
+
+// y[n * ys + o] (+)= for all N activation rows and o in [o0, o1) (any N, any range), in the block
+// order above, on the calling thread (which it configures for the tiles and releases). Weight rows
+// are the A tiles in place (16 rows of 32 bytes, row_stride apart: no unpacking).
+void q8_0_rows_amx(float* y, int64_t ys, const uint8_t* qu, const float* s16, int64_t in, const void* w,
+                   int64_t row_stride, int64_t N, int64_t o0, int64_t o1, bool accumulate);
+
+// The scalar twin of the block order (portable; acts: N q8_0 rows, act_bytes apart).
+void q8_0_rows_block_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
+                         const void* w, int64_t row_stride, int64_t o0, int64_t o1, bool accumulate);
+
 }  // namespace moe::kernels::detail

@@ -652,11 +652,12 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
     MOE_ASSERT(gemv_path(N));
     int64_t total = 0;
     double bytes = 0;
-    bool q8 = false, q8_0 = false, act[3] = {false, false, false};  // ggml activations: q8_0, q8_k, f32
+    bool q8 = false, q8_0 = false, q4_0 = false, act[3] = {false, false, false};  // ggml activations: q8_0, q8_k, f32
     for (const QOut& o : outs) {
         MOE_ASSERT(o.w.in == outs.begin()->w.in);
         total += o.w.out, bytes += o.w.bytes(), q8 = q8 || o.w.type == WType::q8;
         q8_0 = q8_0 || o.w.type == WType::q8_0 || o.w.type == WType::q4_0;  // the VNNI rows kernels
+        q4_0 = q4_0 || o.w.type == WType::q4_0;
         if (ggml_rows(o.w.type)) {
             const GType a = gtype_act(ggml_type(o.w.type));
             act[a == GType::q8_0 ? 0 : a == GType::q8_k ? 1 : 2] = true;
@@ -671,7 +672,7 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
     }
     thread_local GActs ga[3];  // the same for the ggml types' activation types
     if (act[0]) ga[0].build(GType::q8_0, x, N, in);
-    if (q8_0) ga[0].prepare_rows_vnni();  // the Q8_0 multi-row kernel's layout (VNNI hosts)
+    if (q8_0) ga[0].prepare_rows_vnni(!q4_0);  // the Q8_0 multi-row kernel's layout (VNNI hosts)
     if (act[1]) ga[1].build(GType::q8_k, x, N, in);
     if (act[2]) ga[2].build(GType::f32, x, N, in);
     const QActs* qx = &qa;  // this thread's copy (naming `qa` on a worker would mean the worker's)

@@ -1,0 +1,240 @@
+// Q8_0 x Q8_0 decode rows with AMX-INT8 tiles (ggml_rows_vnni.h, "AMX-INT8 decode rows").
+//
+// Per tile of 16 weight rows and group of 16 activation rows, per 32-value block b: one TDPBSSD
+// C (16 weight rows x 16 activation rows, int32: each element the exact integer dot of the block)
+// from an A tile of the weight rows read in place (16 rows of the blocks' 32 quants, row_stride
+// apart) and the activations' B tile (packed once per call); C is stored and scaled into 16 zmm
+// accumulators (one per weight row, lanes = activation rows): acc = fma(cvt(C), wd * xd, acc), the
+// blocks in ascending order. Two C tiles alternate, so the tile unit multiplies block b + 1 while
+// the vector units scale block b. The fp32 work per block is 16 vector FMAs for up to 256 outputs
+// (the VNNI rows kernel needs one FMA per output and pair of blocks), and the weights are read from
+// memory once per call whatever N.
+//
+// All float work is explicit intrinsics; fp-contract off as in ggml_quants_x86.cc.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#else
+#pragma GCC optimize("fp-contract=off")
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12's _mm512_cvtepi32_ps (bug 105593)
+#endif
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "kernels/amx_q8.h"
+#include "kernels/cpu.h"
+#include "kernels/ggml_quants.h"
+#include "kernels/ggml_rows_vnni.h"
+
+namespace moe::kernels::detail {
+
+#define KA __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8")))
+
+bool q8_0_rows_amx_supported() { return q8_0_rows_vnni_supported() && amx::int8_active(); }
+
+int64_t q8_0_rows_amx_qu_bytes(int64_t N, int64_t in) { return (N + 15) / 16 * (in / 32) * 512; }
+int64_t q8_0_rows_amx_s16_floats(int64_t N, int64_t in) { return (N + 15) / 16 * (in / 32) * 16; }
+
+KA void q8_0_rows_acts_amx(const uint8_t* rows, int64_t row_bytes, int64_t N, int64_t in, uint8_t* qu, float* s16) {
+    const int64_t nb = in / 32, G = (N + 15) / 16;
+    for (int64_t g = 0; g < G; ++g)
+        for (int64_t b = 0; b < nb; ++b) {
+            uint8_t* dst = qu + (g * nb + b) * 512;
+            float* xs = s16 + (g * nb + b) * 16;
+            __m512i t[8];  // row k of the B tile: bytes 4k..4k+3 of the 16 rows' blocks
+            for (int k = 0; k < 8; ++k) t[k] = _mm512_setzero_si512();
+            for (int n = 0; n < 16; ++n) {
+                const int64_t r = 16 * g + n;
+                if (r >= N) {
+                    xs[n] = 0.f;
+                    continue;
+                }
+                const BlockQ8_0& blk = reinterpret_cast<const BlockQ8_0*>(rows + r * row_bytes)[b];
+                xs[n] = _cvtsh_ss(blk.d);
+                int32_t v[8];
+                std::memcpy(v, blk.qs, 32);
+                for (int k = 0; k < 8; ++k) t[k] = _mm512_mask_set1_epi32(t[k], (__mmask16)(1u << n), v[k]);
+            }
+            for (int k = 0; k < 8; ++k) _mm512_storeu_si512(dst + 64 * k, t[k]);
+        }
+}
+
+namespace {
+
+inline void compiler_fence() { asm volatile("" ::: "memory"); }  // the tile asm has no memory inputs
+
+// ldtilecfg's 64 bytes: C tiles 0, 1 (m rows x 16 int32), A tiles 4, 5 (m weight rows x 32 bytes),
+// B tiles 6, 7 (8 rows x 64 bytes)
+struct alignas(64) TileConfig {
+    uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    uint16_t colsb[16] = {};
+    uint8_t rows[16] = {};
+};
+
+KA void configure(int m) {
+    TileConfig c;
+    for (int t : {0, 1}) c.rows[t] = (uint8_t)m, c.colsb[t] = 64;
+    for (int t : {4, 5}) c.rows[t] = (uint8_t)m, c.colsb[t] = 32;
+    for (int t : {6, 7}) c.rows[t] = 8, c.colsb[t] = 64;
+    compiler_fence();
+    _tile_loadconfig(&c);
+    compiler_fence();
+}
+
+// v[r][c] -> v[c][r] for a 16 x 16 block of floats (unpack, in-lane shuffle, then a 4 x 4
+// transpose of the 128-bit lanes)
+KA inline void transpose16(__m512 (&v)[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; ++i) {  // u[4i + k], lane L: column 4L + k of rows 4i..4i+3
+        u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int k = 0; k < 4; ++k) {
+        const __m512 p0 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x44), p1 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xEE);
+        const __m512 q0 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x44),
+                     q1 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xEE);
+        v[k] = _mm512_shuffle_f32x4(p0, q0, 0x88);
+        v[4 + k] = _mm512_shuffle_f32x4(p0, q0, 0xDD);
+        v[8 + k] = _mm512_shuffle_f32x4(p1, q1, 0x88);
+        v[12 + k] = _mm512_shuffle_f32x4(p1, q1, 0xDD);
+    }
+}
+
+#define MOE_REP16(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
+
+// m weight rows (at wt, row_stride apart; m <= 16, the tiles configured for m) x one group of nr
+// activation rows (xb, xs at the group's block 0): y[n * ys + r] for r < m, n < nr
+// pf, pf_bytes: the next tile's weight rows (contiguous), prefetched into L2 a slice per block:
+// the tile loads read 16 rows side by side, 16 streams the hardware prefetchers do not follow
+KA void tile16(float* y, int64_t ys, int nr, int m, const uint8_t* xb, const float* xs, const uint8_t* wt,
+               int64_t row_stride, int64_t nb, bool accumulate, int32_t* cb, const uint8_t* pf, int64_t pf_bytes) {
+    const int64_t pf_step = (pf_bytes / nb + 64) & ~int64_t(63);  // bytes per block, whole lines
+    const __mmask16 kout = (__mmask16)((1u << m) - 1);
+    __m512 v[16];  // y's rows (n) <-> the accumulators (r): one transpose at each end
+    if (accumulate) {
+        for (int n = 0; n < 16; ++n) v[n] = n < nr ? _mm512_maskz_loadu_ps(kout, y + n * ys) : _mm512_setzero_ps();
+        transpose16(v);
+    }
+    // the weight rows' scales, gathered per block: 4 bytes at each row's block (its fp16 scale in the
+    // low half); rows past m read row 0's (their accumulators are never stored)
+    const __m512i sidx = _mm512_maskz_mullo_epi32((__mmask16)((1u << m) - 1), _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                  _mm512_set1_epi32((int32_t)row_stride));
+    alignas(64) float wsa[16];
+#define MOE_INIT(r) __m512 a##r = accumulate ? v[r] : _mm512_setzero_ps();
+    MOE_REP16(MOE_INIT)
+#undef MOE_INIT
+    constexpr int64_t kBlk = sizeof(BlockQ8_0);  // 34 bytes: the fp16 scale, then the 32 quants
+    auto post = [&](const int32_t* c, int64_t b) __attribute__((always_inline)) {
+        for (int64_t i = b * pf_step, e = std::min(pf_bytes, i + pf_step); i < e; i += 64)
+            _mm_prefetch(reinterpret_cast<const char*>(pf + i), _MM_HINT_T1);
+        const __m512 xv = _mm512_loadu_ps(xs + b * 16);
+        const __m512i wd = _mm512_i32gather_epi32(sidx, wt + b * kBlk, 1);
+        _mm512_store_ps(wsa, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(wd)));
+#define MOE_STEP(r)                                                                          \
+    a##r = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c + 16 * r)),                \
+                           _mm512_mul_ps(_mm512_set1_ps(wsa[r]), xv), a##r);
+        MOE_REP16(MOE_STEP)
+#undef MOE_STEP
+    };
+    const uint8_t* wq = wt + 2;  // block 0's quants
+    compiler_fence();
+    _tile_loadd(4, wq, row_stride);
+    _tile_loadd(6, xb, 64);
+    _tile_zero(0);
+    _tile_dpbssd(0, 4, 6);
+    if (nb >= 2) {
+        _tile_loadd(5, wq + kBlk, row_stride);
+        _tile_loadd(7, xb + 512, 64);
+        _tile_zero(1);
+        _tile_dpbssd(1, 5, 7);
+    }
+    for (int64_t b = 0; b < nb; b += 2) {
+        _tile_stored(0, cb, 64);
+        if (b + 2 < nb) {
+            _tile_loadd(4, wq + (b + 2) * kBlk, row_stride);
+            _tile_loadd(6, xb + (b + 2) * 512, 64);
+            _tile_zero(0);
+            _tile_dpbssd(0, 4, 6);
+        }
+        compiler_fence();
+        post(cb, b);
+        compiler_fence();
+        if (b + 1 < nb) {
+            _tile_stored(1, cb + 256, 64);
+            if (b + 3 < nb) {
+                _tile_loadd(5, wq + (b + 3) * kBlk, row_stride);
+                _tile_loadd(7, xb + (b + 3) * 512, 64);
+                _tile_zero(1);
+                _tile_dpbssd(1, 5, 7);
+            }
+            compiler_fence();
+            post(cb + 256, b + 1);
+            compiler_fence();
+        }
+    }
+#define MOE_OUT(r) v[r] = a##r;
+    MOE_REP16(MOE_OUT)
+#undef MOE_OUT
+    transpose16(v);
+    for (int n = 0; n < nr; ++n) _mm512_mask_storeu_ps(y + n * ys, kout, v[n]);
+}
+#undef MOE_REP16
+
+}  // namespace
+
+KA void q8_0_rows_amx(float* y, int64_t ys, const uint8_t* qu, const float* s16, int64_t in, const void* w,
+                      int64_t row_stride, int64_t N, int64_t o0, int64_t o1, bool accumulate) {
+    if (N <= 0 || o1 <= o0) return;
+    MOE_ASSERT(row_stride > 0 && row_stride < (int64_t(1) << 31) / 16);  // the scales' gather offsets
+    const int64_t nb = in / 32, G = (N + 15) / 16;
+    const uint8_t* wb = static_cast<const uint8_t*>(w);
+    alignas(64) int32_t cb[512] = {};  // the two C tiles as stored
+    int cfg = 0;
+    {  // the first tile's rows (the next ones are prefetched while the one before runs)
+        const int64_t bytes = std::min<int64_t>(16, o1 - o0) * row_stride;
+        for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(reinterpret_cast<const char*>(wb + o0 * row_stride + i), _MM_HINT_T1);
+    }
+    for (int64_t ot = o0; ot < o1; ot += 16) {
+        const int m = (int)std::min<int64_t>(16, o1 - ot);
+        if (m != cfg) configure(m), cfg = m;
+        const int64_t next = std::min<int64_t>(16, std::max<int64_t>(0, o1 - ot - 16));  // rows of the next tile
+        for (int64_t g = 0; g < G; ++g)
+            tile16(y + 16 * g * ys + ot, ys, (int)std::min<int64_t>(16, N - 16 * g), m, qu + g * nb * 512,
+                   s16 + g * nb * 16, wb + ot * row_stride, row_stride, nb, accumulate, cb,
+                   wb + (ot + 16) * row_stride, g == 0 ? next * row_stride : 0);
+    }
+    _tile_release();
+}
+
+void q8_0_rows_block_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
+                         const void* w, int64_t row_stride, int64_t o0, int64_t o1, bool accumulate) {
+    const int64_t nb = in / 32;
+    const uint8_t* wb = static_cast<const uint8_t*>(w);
+    for (int64_t n = 0; n < N; ++n) {
+        const BlockQ8_0* xr = reinterpret_cast<const BlockQ8_0*>(acts + n * act_bytes);
+        for (int64_t o = o0; o < o1; ++o) {
+            const BlockQ8_0* wr = reinterpret_cast<const BlockQ8_0*>(wb + o * row_stride);
+            float acc = accumulate ? y[n * ys + o] : 0.f;
+            for (int64_t b = 0; b < nb; ++b) {
+                int32_t isum = 0;
+                for (int i = 0; i < 32; ++i) isum += (int32_t)wr[b].qs[i] * (int32_t)xr[b].qs[i];
+                const float s = fp16_to_fp32(wr[b].d) * fp16_to_fp32(xr[b].d);
+                acc = std::fma((float)isum, s, acc);
+            }
+            y[n * ys + o] = acc;
+        }
+    }
+}
+
+#undef KA
+
+}  // namespace moe::kernels::detail
