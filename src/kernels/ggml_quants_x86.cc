@@ -226,6 +226,9 @@ KT void tile_kernel(const uint8_t* wq, const float* ws, const float* wm, int64_t
         }
         const uint8_t* wb = wq + b * kTileSubBytes;
         const int32_t* xb = reinterpret_cast<const int32_t*>(xp + b * 128);
+        // the activations 8 sub-blocks ahead (past the group's end: the next group's), into L1
+        _mm_prefetch(reinterpret_cast<const char*>(xb) + 1024, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(xb) + 1088, _MM_HINT_T0);
         for (int k = 0; k < 8; ++k) {
             const __m512i w0 = _mm512_load_si512(wb + 128 * k), w1 = _mm512_load_si512(wb + 128 * k + 64);
             for (int j = 0; j < NR; ++j) {
