@@ -9,8 +9,11 @@
 //
 //   prefill_quant [--dtype q8_0,q4_k] [--tokens N] [--threads T] [--reps R] [--cpu-time]
 //
-// --cpu-time (for --threads 1 on a shared host): every rate, the peaks' included, per second of
-// this process's CPU time instead of wall time, so time slices taken by other processes drop out.
+// --cpu-time (on a shared host): every rate, the peaks' included, per second of this process's CPU
+// time instead of wall time, so time slices taken by other processes drop out. With T threads the
+// GEMM's CPU seconds are those of all T threads (waits in the pool included), so its rate per CPU
+// second is set against the peak per thread (the T-thread peak / T): the fraction of what the CPU
+// seconds it used could have done.
 //
 // Last line: fraction_of_int8_peak=X, the smallest over the types of qmatmul's rate / the peak.
 #include <algorithm>
@@ -62,6 +65,11 @@ int main(int argc, char** argv) {
     const bool amx = peak.isa.rfind("amx", 0) == 0;
     const int8_peak::Peak vpeak = amx ? int8_peak::measure(T, 1.0, int8_peak::Which::vnni) : peak;
     if (amx) std::printf("int8 dot peak: %.1f GOP/s on %d threads [%s]\n", vpeak.gops, T, vpeak.isa.c_str());
+    // the peaks the fractions use: per thread with --cpu-time (rates per CPU second), else all T threads'
+    const double per = int8_peak::cpu_time ? (double)T : 1.0;
+    if (int8_peak::cpu_time && T > 1)
+        std::printf("fractions against the peak per thread (%.1f, vnni %.1f GOP/s): rates are per CPU second of all %d threads\n",
+                    peak.gops / per, vpeak.gops / per, T);
     struct Shape {
         const char* what;
         int64_t out, in;
@@ -104,17 +112,17 @@ int main(int argc, char** argv) {
             }
             const double o = 2.0 * N * s.out * s.in;
             std::printf("%-5s %s N=%lld: qmatmul %6.1f GOP/s (%.2f of int8 peak", name.c_str(), s.what, (long long)N,
-                        o / bq / 1e9, o / bq / 1e9 / peak.gops);
-            if (amx) std::printf(", %.2f of vnni peak) | avx512-capped %6.1f", o / bq / 1e9 / vpeak.gops, o / bv / 1e9);
+                        o / bq / 1e9, o / bq / 1e9 / (peak.gops / per));
+            if (amx) std::printf(", %.2f of vnni peak) | avx512-capped %6.1f (%.2f of vnni peak)", o / bq / 1e9 / (vpeak.gops / per), o / bv / 1e9, o / bv / 1e9 / (vpeak.gops / per));
             else std::printf(")");
             std::printf(" | dequant+fp32 GEMM %6.1f | fp32 GEMM %6.1f\n", o / bd / 1e9, o / bf / 1e9);
             tq += bq, tv += bv, td += bd, tf += bf, ops += o;
         }
-        const double frac = ops / tq / 1e9 / peak.gops;
+        const double frac = ops / tq / 1e9 / (peak.gops / per);
         std::printf("%-5s all shapes: qmatmul %.1f GOP/s = %.3f of int8 peak", name.c_str(), ops / tq / 1e9, frac);
         if (amx)
             std::printf(" (%.3f of the vnni peak); avx512-capped %.1f GOP/s = %.3f of the vnni peak; amx/avx512 %.2fx",
-                        ops / tq / 1e9 / vpeak.gops, ops / tv / 1e9, ops / tv / 1e9 / vpeak.gops, tv / tq);
+                        ops / tq / 1e9 / (vpeak.gops / per), ops / tv / 1e9, ops / tv / 1e9 / (vpeak.gops / per), tv / tq);
         std::printf("; dequant+fp32 GEMM %.1f; fp32 GEMM %.1f\n", ops / td / 1e9, ops / tf / 1e9);
         worst = std::min(worst, frac);
     }

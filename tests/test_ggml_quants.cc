@@ -129,13 +129,17 @@ TEST(GgmlQuants, ActivationQuantizerTwinsAreExact) {
         if (seed == 4) std::fill(x.begin(), x.begin() + 256, 0.f);              // a zero block
         if (seed == 5)
             for (int64_t i = 0; i < n; ++i) x[i] = (float)((i % 64) - 32) * 0.25f;  // many exact halves
-        for (GType act : {GType::q8_0, GType::q8_k}) {
-            const int64_t rb = gtype_row_bytes(act, n);
-            std::vector<uint8_t> a(rb), b(rb);
-            quantize_row(act, x.data(), a.data(), n);
-            quantize_act_row(act, x.data(), b.data(), n);
-            ASSERT_EQ(a, b) << gtype_name(act) << " seed " << seed;
-        }
+        if (seed == 6) x[300] = 1e7f, x[301] = -3e-41f, x[700] = 1e-38f;         // fp16 overflow, denormals
+        for (GType act : {GType::q8_0, GType::q8_k})
+            for (Isa cap : {Isa::avx2, Isa::avx512}) {  // the AVX2 twin, and the AVX-512 one where the host has it
+                const Isa prev = set_isa_cap(cap);
+                const int64_t rb = gtype_row_bytes(act, n);
+                std::vector<uint8_t> a(rb), b(rb);
+                quantize_row(act, x.data(), a.data(), n);
+                quantize_act_row(act, x.data(), b.data(), n);
+                set_isa_cap(prev);
+                ASSERT_EQ(a, b) << gtype_name(act) << " seed " << seed << " isa cap " << (int)cap;
+            }
     }
 }
 

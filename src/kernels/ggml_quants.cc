@@ -546,6 +546,10 @@ void dequantize_row(GType t, const void* x, float* y, int64_t n) {
 
 void quantize_act_row(GType act, const float* x, void* y, int64_t n) {
     const bool simd = active_isa() >= Isa::avx2 && cpu_features().f16c;
+    const CpuFeatures& f = cpu_features();
+    const bool avx512 = simd && active_isa() >= Isa::avx512 && f.avx512f && f.avx512bw && f.avx512dq;
+    if (avx512 && act == GType::q8_0) return detail::quantize_q8_0_avx512(x, y, n);
+    if (avx512 && act == GType::q8_k) return detail::quantize_q8_k_avx512(x, y, n);
     if (simd && act == GType::q8_0) return detail::quantize_q8_0_avx2(x, y, n);
     if (simd && act == GType::q8_k) return detail::quantize_q8_k_avx2(x, y, n);
     quantize_row(act, x, y, n);

@@ -10,6 +10,9 @@ namespace moe::kernels::detail {
 // bit-identical to quantize_row_q8_0 / quantize_row_q8_k
 void quantize_q8_0_avx2(const float* x, void* y, int64_t n);
 void quantize_q8_k_avx2(const float* x, void* y, int64_t n);
+// the same with AVX-512 F/BW/VL/DQ + F16C (ggml_acts_avx512.cc), bit-identical too
+void quantize_q8_0_avx512(const float* x, void* y, int64_t n);
+void quantize_q8_k_avx512(const float* x, void* y, int64_t n);
 // nullptr where the type has no kernel on that ISA
 RowDots row_dots_avx2(GType w);
 RowDots row_dots_avx512vnni(GType w);

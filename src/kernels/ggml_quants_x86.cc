@@ -226,6 +226,9 @@ KT void tile_kernel(const uint8_t* wq, const float* ws, const float* wm, int64_t
         }
         const uint8_t* wb = wq + b * kTileSubBytes;
         const int32_t* xb = reinterpret_cast<const int32_t*>(xp + b * 128);
+        // the activations 8 sub-blocks ahead (past the group's end: the next group's), into L1
+        _mm_prefetch(reinterpret_cast<const char*>(xb) + 1024, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(xb) + 1088, _MM_HINT_T0);
         for (int k = 0; k < 8; ++k) {
             const __m512i w0 = _mm512_load_si512(wb + 128 * k), w1 = _mm512_load_si512(wb + 128 * k + 64);
             for (int j = 0; j < NR; ++j) {
@@ -269,24 +272,23 @@ KT void tile_rows(float* y, int64_t ys, const TileActs& xa, int64_t g, int nr, i
     const __mmask16 k0 = (__mmask16)(nr_out >= 16 ? 0xffff : (1u << nr_out) - 1);
     const __mmask16 k1 = (__mmask16)(nr_out >= 32 ? 0xffff : nr_out <= 16 ? 0 : (1u << (nr_out - 16)) - 1);
     float* y0 = y + 4 * g * ys;
-    constexpr int64_t kChunk = 16;  // sub-blocks per pass: 16 KB of tile stays in L1 over the rows
-    for (int64_t c0 = 0; c0 < nsb; c0 += kChunk) {
-        __m512 acc[4][2];
-        for (int j = 0; j < 4; ++j) {
-            float* yr = y0 + j * ys;
-            const bool load = j < nr && (accumulate || c0 > 0);
-            acc[j][0] = load ? _mm512_maskz_loadu_ps(k0, yr) : _mm512_setzero_ps();
-            acc[j][1] = load ? _mm512_maskz_loadu_ps(k1, yr + 16) : _mm512_setzero_ps();
-        }
-        const int64_t c1 = std::min(nsb, c0 + kChunk);
-        if (xa.sb) tile_kernel<true, false>(wq, ws, wm, c0, c1, xp, xs, am, xo, acc);
-        else if (xo) tile_kernel<false, true>(wq, ws, wm, c0, c1, xp, xs, am, xo, acc);
-        else tile_kernel<false, false>(wq, ws, wm, c0, c1, xp, xs, am, xo, acc);
-        for (int j = 0; j < nr; ++j) {
-            float* yr = y0 + j * ys;
-            _mm512_mask_storeu_ps(yr, k0, acc[j][0]);
-            _mm512_mask_storeu_ps(yr + 16, k1, acc[j][1]);
-        }
+    // all nsb sub-blocks in one pass, the accumulators in registers throughout (it was passes of 16
+    // sub-blocks with the sums stored to y and loaded back in between: a masked store does not
+    // forward to the masked load after it, so each pass waited for its stores to reach L1)
+    __m512 acc[4][2];
+    for (int j = 0; j < 4; ++j) {
+        float* yr = y0 + j * ys;
+        const bool load = j < nr && accumulate;
+        acc[j][0] = load ? _mm512_maskz_loadu_ps(k0, yr) : _mm512_setzero_ps();
+        acc[j][1] = load ? _mm512_maskz_loadu_ps(k1, yr + 16) : _mm512_setzero_ps();
+    }
+    if (xa.sb) tile_kernel<true, false>(wq, ws, wm, 0, nsb, xp, xs, am, xo, acc);
+    else if (xo) tile_kernel<false, true>(wq, ws, wm, 0, nsb, xp, xs, am, xo, acc);
+    else tile_kernel<false, false>(wq, ws, wm, 0, nsb, xp, xs, am, xo, acc);
+    for (int j = 0; j < nr; ++j) {
+        float* yr = y0 + j * ys;
+        _mm512_mask_storeu_ps(yr, k0, acc[j][0]);
+        _mm512_mask_storeu_ps(yr + 16, k1, acc[j][1]);
     }
 }
 
