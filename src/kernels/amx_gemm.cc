@@ -248,11 +248,11 @@ void run_packed(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, cons
     // one panel, then the next, so the panel stays in L2 while the rows pass (and op(A) is read once
     // per panel). Over all of a 2 MiB op(B) at once (the weight gradients at K = 2048: dh^T.x), every
     // block row streamed op(B) from L3 again: 1024 x 512 x 2048 ran at 740 GFLOP/s, in 1 MiB panels
-    // at 950 (1 thread, Sapphire Rapids, bench/gemm_shapes). Not for op(A) packed per block row: there
-    // each panel would pack it again (a quiet 2-thread bench-moe bf16 step was 0.96x with that). Blocking K instead (partial sums kept in
-    // fp32 between K chunks) did not help there. The order of blocks changes no result: each is
-    // still computed by one thread over all of K.
-    // only where op(A) is packed whole (trans_a): else each panel would pack op(A) again
+    // at 950 (1 thread, Sapphire Rapids, bench/gemm_shapes). Only where op(A) is packed whole
+    // (trans_a): packed per block row, each panel would pack it again (a quiet 2-thread bench-moe
+    // bf16 step was 0.96x with panels everywhere). Blocking K instead (partial sums kept in fp32
+    // between K chunks) did not help. The order of blocks changes no result: each is still
+    // computed by one thread over all of K.
     const int64_t PW = ap ? std::max<int64_t>(1, std::min(CB, kPanelKiB / (2 * S))) : CB;
     const int64_t grain = std::max<int64_t>(1, (int64_t)(kMinFlopsPerThread / (flops / (double)blocks)));
     parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
