@@ -4,9 +4,9 @@
 // twin's, the tile kernel against the twin over ragged shapes (M, N, K off the 16 / 32 tiles, odd K,
 // one row) in every transpose combination -- the forward x·W^T (false, true), dX = dY·W (false,
 // false), dW = dY^T·X (true, false) and (true, true) -- with alpha / beta, the packed-B path bit for
-// bit against the unpacked one, gemm<float> in bf16 dispatching to it, NaN / Inf propagation and
-// results that do not depend on the thread count. Elsewhere those tests skip and say the AMX path
-// was not exercised.
+// bit against the unpacked one, gemm<float> in bf16 dispatching to it, NaN / Inf propagation,
+// results that do not depend on the thread count, and a packed op(B) large enough for column
+// panels. Elsewhere those tests skip and say the AMX path was not exercised.
 //
 // Tolerance: the tiles' sums are not bit-reproducible in scalar code (Intel documents pairwise fp32
 // additions; the Sapphire Rapids hardware rounds the 32 products of a slice differently), so the
@@ -319,6 +319,32 @@ TEST(AmxGemm, ResultDoesNotDependOnThreadCount) {
             out.push_back(C);
         }
         set_num_threads(before);
+        EXPECT_EQ(std::memcmp(out[0].data(), out[1].data(), out[0].size() * 4), 0) << "M " << c.M << " N " << c.N;
+        EXPECT_EQ(std::memcmp(out[0].data(), out[2].data(), out[0].size() * 4), 0) << "M " << c.M << " N " << c.N;
+    }
+}
+
+// A packed op(B) over 1 MiB is swept in column panels where op(A) is transposed (run_packed): three
+// panels, the
+// last one narrower, ragged M / N / K, against the twin, and at 1, 2, 3 threads bit-identical.
+TEST(AmxGemm, ColumnPanelsOfALargePackedB) {
+    if (!amx_bf16_available()) GTEST_SKIP() << not_exercised();
+    std::mt19937 rng(29);
+    for (const Case& c : {Case{true, false, 45, 1000, 1100, 1.f, 1.f}, Case{true, true, 70, 530, 2050, 0.5f, -0.7f}}) {
+        ASSERT_GT(amx_packed_b_words(c.K, c.N) * 4, int64_t(1) << 20) << "the case should need panels";
+        const Operands o(c, rng);
+        std::vector<std::vector<float>> out;
+        const int before = num_threads();
+        for (int t : {1, 2, 3}) {
+            set_num_threads(t);
+            std::vector<float> C = o.C;
+            amx_gemm_bf16(c.ta, c.tb, c.M, c.N, c.K, c.alpha, o.A.data(), o.lda, o.B.data(), o.ldb, c.beta, C.data(),
+                          o.ldc);
+            out.push_back(C);
+        }
+        set_num_threads(before);
+        EXPECT_LT(rel_error_between(c, o, out[0], twin(c, o)), tolerance(c.K)) << "M " << c.M << " N " << c.N;
+        EXPECT_LT(rel_error_vs_double(c, o, out[0]), tolerance(c.K));
         EXPECT_EQ(std::memcmp(out[0].data(), out[1].data(), out[0].size() * 4), 0) << "M " << c.M << " N " << c.N;
         EXPECT_EQ(std::memcmp(out[0].data(), out[2].data(), out[0].size() * 4), 0) << "M " << c.M << " N " << c.N;
     }

@@ -216,6 +216,7 @@ struct Scratch {
     std::vector<uint32_t, LargeAllocator<uint32_t>> at;  // all of op(A), for trans_a
 };
 constexpr int64_t kMinScratchSlices = 4096 / kKs;
+constexpr int64_t kPanelKiB = 1024;  // see run_packed (the hosts' L2: 2 MiB per core)
 
 Scratch& scratch() {
     thread_local Scratch s;
@@ -224,7 +225,7 @@ Scratch& scratch() {
 
 
 // C = alpha op(A) op(B) + beta C over op(B) packed (bp: strips(N) strips of slices(K) tiles), the
-// 32 x 32 blocks of C split over threads in row-major runs; each block over all of K on one thread.
+// 32 x 32 blocks of C split over threads in runs (row-major within column panels, see PW); each block over all of K on one thread.
 // op(A) stored by rows (trans_a false) is packed a 32-row block at a time by the thread that needs
 // it; stored by columns (trans_a, the weight gradients' X^T) all of it first, slice by slice, so
 // that its stored rows are read in order.
@@ -243,6 +244,16 @@ void run_packed(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, cons
         ap = d;
     }
     const int64_t blocks = RB * CB;
+    // Packed op(B) larger than kPanelKiB is swept in panels of PW block columns: all block rows of
+    // one panel, then the next, so the panel stays in L2 while the rows pass (and op(A) is read once
+    // per panel). Over all of a 2 MiB op(B) at once (the weight gradients at K = 2048: dh^T.x), every
+    // block row streamed op(B) from L3 again: 1024 x 512 x 2048 ran at 740 GFLOP/s, in 1 MiB panels
+    // at 950 (1 thread, Sapphire Rapids, bench/gemm_shapes). Only where op(A) is packed whole
+    // (trans_a): packed per block row, each panel would pack it again (a quiet 2-thread bench-moe
+    // bf16 step was 0.96x with panels everywhere). Blocking K instead (partial sums kept in fp32
+    // between K chunks) did not help. The order of blocks changes no result: each is still
+    // computed by one thread over all of K.
+    const int64_t PW = ap ? std::max<int64_t>(1, std::min(CB, kPanelKiB / (2 * S))) : CB;
     const int64_t grain = std::max<int64_t>(1, (int64_t)(kMinFlopsPerThread / (flops / (double)blocks)));
     parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
         Scratch& sc = scratch();
@@ -252,10 +263,12 @@ void run_packed(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, cons
         int64_t packed_rb = -1;
         const uint32_t *a0 = nullptr, *a1 = nullptr;
         for (int64_t b = b0; b < b1; ++b) {
-            const int64_t rb = b / CB, cb = b % CB;
+            // block b: panel p's blocks row-major, after the PW * RB blocks of each panel before it
+            const int64_t p = b / (PW * RB), pc0 = p * PW, pw = std::min(PW, CB - pc0), local = b - p * PW * RB;
+            const int64_t rb = local / pw, cb = pc0 + local % pw;
             const int64_t m0 = rb * 2 * kT, n0 = cb * 2 * kT;
             const int64_t mr = std::min(2 * kT, M - m0), nr = std::min(2 * kT, N - n0);
-            if (rb != packed_rb) {
+            if (rb != packed_rb) {  // (again in each panel)
                 if (ap) {
                     a0 = ap + 2 * rb * S * kTileWords;
                 } else {
