@@ -360,6 +360,15 @@ TEST_F(DataParallel, OneProcessCheckpointResumesExpertParallel) {
     ASSERT_EQ(got.size(), 7u);
     EXPECT_EQ(got, want);
     EXPECT_TRUE(checkpoint_bytes("part") == read_file(path("whole/checkpoint.bin")));
+    // every --model reader gathers the set: generate gives the single file's tokens, export hf works
+    const std::string gen = " --prompt \"the quick\" --max-tokens 8 --temperature 0 --threads 1";
+    RunResult g1 = moe("generate --model part" + gen), g2 = moe("generate --model whole" + gen);
+    ASSERT_EQ(g1.code(), 0) << g1.describe();
+    ASSERT_EQ(g2.code(), 0) << g2.describe();
+    EXPECT_EQ(g1.out, g2.out);
+    RunResult h = moe("export --checkpoint part --format hf --out part_hf");
+    EXPECT_EQ(h.code(), 0) << h.describe();
+    EXPECT_TRUE(fs::exists(path("part_hf/config.json")));
 }
 
 // A save that fails between its shard files and its manifest (fault injection, rank 0) ends the job
