@@ -60,6 +60,18 @@ protected:
         return v;
     }
 
+    // out/'s checkpoint as one file: an expert-parallel run's sharded set gathered with `moe export
+    // --format moe` (out_gathered/checkpoint.bin), else out/checkpoint.bin
+    std::string checkpoint_bytes(const std::string& out) {
+        if (!fs::exists(path(out + "/manifest.json"))) return read_file(path(out + "/checkpoint.bin"));
+        EXPECT_FALSE(fs::exists(path(out + "/checkpoint.bin"))) << "a sharded set and a single file side by side";
+        RunResult e = moe("export --checkpoint " + out + " --format moe --force --out " + out + "_gathered");
+        EXPECT_EQ(e.code(), 0) << e.describe();
+        return read_file(path(out + "_gathered/checkpoint.bin"));
+    }
+
+    void killed_rank_body(const std::string& extra);
+
     json router_config(const std::string& mode) const {
         json c = tiny_config();
         c["train"]["steps"] = 20;
@@ -91,10 +103,12 @@ protected:
         ASSERT_EQ(la.size(), 20u + 2u) << "20 steps and 2 evaluations";
         ASSERT_EQ(la.size(), lb.size());
         for (size_t i = 0; i < la.size(); ++i) EXPECT_EQ(la[i], lb[i]) << "log line " << i;
-        EXPECT_TRUE(read_file(path("dp" + tag + "/checkpoint.bin")) == read_file(path("one" + tag + "/checkpoint.bin")))
+        EXPECT_EQ(fs::exists(path("dp" + tag + "/manifest.json")), ep > 1) << "expert parallel: a sharded set";
+        EXPECT_TRUE(checkpoint_bytes("dp" + tag) == read_file(path("one" + tag + "/checkpoint.bin")))
             << "checkpoints differ";
-        // rank 0 alone prints
-        EXPECT_EQ(std::count(a.out.begin(), a.out.end(), '\n'), std::count(b.out.begin(), b.out.end(), '\n'))
+        // rank 0 alone prints (expert parallel: one more line, the memory per rank)
+        EXPECT_EQ(std::count(a.out.begin(), a.out.end(), '\n'),
+                  std::count(b.out.begin(), b.out.end(), '\n') + (ep > 1 ? 1 : 0))
             << a.out;
         EXPECT_NE(a.out.find(" over " + std::to_string(np) + " ranks"), std::string::npos) << a.out;
     }
@@ -148,9 +162,10 @@ TEST_F(DataParallel, ExpertParallelDivisibilityErrorsArePrintedOnce) {
         << w.describe();
 }
 
-// An expert-parallel checkpoint holds every expert (rank 0 saves, as in data parallelism): a 2-rank
-// EP run (2 micro-batches each, global 4) resumes on 4 ranks with P = 4 and on one process to the
-// losses and bytes of the uninterrupted one-process run.
+// An expert-parallel checkpoint is a sharded set (each rank of a group its experts, rank 0 the rest,
+// a manifest): a 2-rank EP run (2 micro-batches each, global 4) resumes on 4 ranks with P = 4
+// (resharding 2 -> 4) and on one process (gathering) to the losses and bytes of the uninterrupted
+// one-process run.
 TEST_F(DataParallel, ExpertParallelRunResumesOnFourRanksAndOneProcess) {
     json c = router_config("reroute");
     c["train"]["min_lr"] = c["train"]["lr"];  // constant after warm-up: --steps does not shape the schedule
@@ -181,7 +196,7 @@ TEST_F(DataParallel, ExpertParallelRunResumesOnFourRanksAndOneProcess) {
         const auto got = steps_after(log_lines(out), 4);
         ASSERT_EQ(got.size(), 7u) << "steps 5..10 and the evaluation at 10";
         EXPECT_EQ(got, want);
-        EXPECT_TRUE(read_file(path(out + "/checkpoint.bin")) == read_file(path("whole/checkpoint.bin")));
+        EXPECT_TRUE(checkpoint_bytes(out) == read_file(path("whole/checkpoint.bin")));
     }
 }
 
@@ -206,9 +221,12 @@ pid_t rank_pid(pid_t launcher, int rank) {
 }
 
 // kill -9 of one rank mid-run: the job ends (non-zero, mpirun names the rank and the signal), the
-// last checkpoint (saved every step) loads, and resuming it on one process logs the losses of an
-// uninterrupted one-process run with the same global batch.
-TEST_F(DataParallel, KilledRankEndsTheJobAndTheRunResumes) {
+// last checkpoint (saved every step; with --expert-parallel a sharded set) loads, and resuming it on
+// one process logs the losses of an uninterrupted one-process run with the same global batch.
+TEST_F(DataParallel, KilledRankEndsTheJobAndTheRunResumes) { killed_rank_body(""); }
+TEST_F(DataParallel, KilledExpertParallelRankEndsTheJobAndTheRunResumes) { killed_rank_body(" --expert-parallel 2"); }
+
+void DataParallel::killed_rank_body(const std::string& extra) {
     json c = tiny_config();
     c["train"]["steps"] = 100000;  // far more than it gets to
     c["train"]["min_lr"] = c["train"]["lr"];  // constant after warm-up: the total does not shape the schedule
@@ -216,7 +234,7 @@ TEST_F(DataParallel, KilledRankEndsTheJobAndTheRunResumes) {
     c["train"]["eval_interval"] = 1000000;
     const std::string cfg = write_config("long.json", c);
     const std::string cmd = "cd " + q(dir) + " && exec env " + mpi_env() + mpirun(2) + q(MOE_BINARY) +
-                            " train --config long.json --threads 1 --no-sample --out run --log run.jsonl >" +
+                            " train --config long.json --threads 1 --no-sample --out run --log run.jsonl" + extra + " >" +
                             q(path("run.out")) + " 2>" + q(path("run.err"));
     const pid_t launcher = ::fork();
     ASSERT_GE(launcher, 0);
@@ -255,6 +273,7 @@ TEST_F(DataParallel, KilledRankEndsTheJobAndTheRunResumes) {
     EXPECT_NE(err.find("rank 1"), std::string::npos) << err;
     EXPECT_NE(err.find("signal 9"), std::string::npos) << err;
 
+    if (!extra.empty()) EXPECT_TRUE(fs::exists(path("run/manifest.json"))) << "a sharded set";
     // resume the last checkpoint on one process, a few steps past what the job logged
     const int64_t logged = lines(), total = logged + 5;
     RunResult r = moe("train --resume run --threads 1 --no-sample --log resumed.jsonl --steps " + std::to_string(total));
@@ -310,6 +329,91 @@ TEST_F(DataParallel, OneProcessCheckpointResumesOnTwoRanks) {
     ASSERT_EQ(got.size(), 7u) << "steps 5..10 and the evaluation at 10";
     EXPECT_EQ(got, want);
     EXPECT_TRUE(read_file(path("part/checkpoint.bin")) == read_file(path("whole/checkpoint.bin")));
+}
+
+// The other way round: a one-process checkpoint resumes expert-parallel (P = 2: each rank reads its
+// experts from the single file) to the uninterrupted run's losses, and its sharded set gathers to
+// the uninterrupted run's bytes.
+TEST_F(DataParallel, OneProcessCheckpointResumesExpertParallel) {
+    json c = router_config("reroute");
+    c["train"]["min_lr"] = c["train"]["lr"];
+    const std::string cfg = write_config("resume.json", c);
+    RunResult a = train(0, cfg, "part", "--grad-accum 2 --steps 4");
+    ASSERT_EQ(a.code(), 0) << a.describe();
+    RunResult b = moe("train --resume part --threads 1 --no-sample --steps 10 --expert-parallel 2 --log part.jsonl",
+                      mpi_env() + mpirun(2));
+    ASSERT_EQ(b.code(), 0) << b.describe();
+    EXPECT_TRUE(fs::exists(path("part/manifest.json")));
+    EXPECT_FALSE(fs::exists(path("part/checkpoint.bin"))) << "the single file is superseded";
+    RunResult ref = train(0, cfg, "whole", "--grad-accum 2 --steps 10");
+    ASSERT_EQ(ref.code(), 0) << ref.describe();
+    auto steps_after = [](const std::vector<std::string>& lines, int64_t from) {
+        std::vector<std::string> v;
+        for (const auto& l : lines) {
+            json j = json::parse(l);
+            j.erase("train_routing");
+            if (j["step"].get<int64_t>() > from) v.push_back(j.dump());
+        }
+        return v;
+    };
+    const auto got = steps_after(log_lines("part"), 4), want = steps_after(log_lines("whole"), 4);
+    ASSERT_EQ(got.size(), 7u);
+    EXPECT_EQ(got, want);
+    EXPECT_TRUE(checkpoint_bytes("part") == read_file(path("whole/checkpoint.bin")));
+    // every --model reader gathers the set: generate gives the single file's tokens, export hf works
+    const std::string gen = " --prompt \"the quick\" --max-tokens 8 --temperature 0 --threads 1";
+    RunResult g1 = moe("generate --model part" + gen), g2 = moe("generate --model whole" + gen);
+    ASSERT_EQ(g1.code(), 0) << g1.describe();
+    ASSERT_EQ(g2.code(), 0) << g2.describe();
+    EXPECT_EQ(g1.out, g2.out);
+    RunResult h = moe("export --checkpoint part --format hf --out part_hf");
+    EXPECT_EQ(h.code(), 0) << h.describe();
+    EXPECT_TRUE(fs::exists(path("part_hf/config.json")));
+}
+
+// A save that fails between its shard files and its manifest (fault injection, rank 0) ends the job
+// with the error; the previous set stays the checkpoint, loads, and resuming it gives the losses
+// and bytes of the uninterrupted run; the next commit removes the failed save's orphan files.
+TEST_F(DataParallel, FailedShardedSaveLeavesThePreviousSet) {
+    json c = router_config("reroute");
+    c["train"]["min_lr"] = c["train"]["lr"];
+    c["train"]["ckpt_interval"] = 2;
+    const std::string cfg = write_config("fault.json", c);
+    RunResult a = moe("train --config fault.json --threads 1 --no-sample --out run --steps 6 --expert-parallel 2",
+                      mpi_env() + mpirun(2) + "MOE_FAULT_SAVE_BEFORE_MANIFEST=4 ");
+    EXPECT_NE(a.code(), 0) << a.describe();
+    EXPECT_NE(a.err.find("after its shard files, before its manifest"), std::string::npos) << a.describe();
+    const json m = json::parse(read_file(path("run/manifest.json")));
+    EXPECT_EQ(m["step"], 2);
+    EXPECT_EQ(m["world_size"], 2);
+    EXPECT_EQ(m["expert_parallel"], 2);
+    ASSERT_EQ(m["files"].size(), 3u) << m.dump();
+    int orphans = 0;
+    for (const auto& e : fs::directory_iterator(path("run")))
+        if (e.path().filename().string().find(".s00000004-") != std::string::npos) ++orphans;
+    EXPECT_EQ(orphans, 3) << "step 4's shard files were written, its manifest not";
+    // the good set gathers, and resumes to the uninterrupted losses and bytes
+    RunResult b = moe("train --resume run --threads 1 --no-sample --steps 6 --expert-parallel 2 --log run.jsonl",
+                      mpi_env() + mpirun(2));
+    ASSERT_EQ(b.code(), 0) << b.describe();
+    EXPECT_NE(b.out.find("resuming at step 2"), std::string::npos) << b.out;
+    for (const auto& e : fs::directory_iterator(path("run")))
+        EXPECT_EQ(e.path().filename().string().find(".s00000004-"), std::string::npos) << "orphan left: " << e.path();
+    RunResult ref = train(0, cfg, "whole", "--grad-accum 2 --steps 6");
+    ASSERT_EQ(ref.code(), 0) << ref.describe();
+    std::vector<std::string> got, want;
+    for (const auto& l : log_lines("run")) {
+        json j = json::parse(l);
+        j.erase("train_routing");
+        got.push_back(j.dump());
+    }
+    for (const auto& l : log_lines("whole")) {
+        json j = json::parse(l);
+        j.erase("train_routing");
+        if (j["step"].get<int64_t>() > 2) want.push_back(j.dump());
+    }
+    EXPECT_EQ(got, want);
+    EXPECT_TRUE(checkpoint_bytes("run") == read_file(path("whole/checkpoint.bin")));
 }
 
 TEST_F(DataParallel, ConfigErrorIsPrintedOnce) {

@@ -6,9 +6,12 @@
 // large-expert GEMM path; W Trainers with ExpertParallelSync train to the weights of one process.
 #include <random>
 
+#include <map>
+
 #include "cli_util.h"
 #include "dist/fake_comm.h"
 #include "model/model.h"
+#include "io/checkpoint.h"
 #include "train/expert_parallel.h"
 #include "train/trainer.h"
 
@@ -181,6 +184,10 @@ TEST(ExpertParallel, LargeExpertsMatchOneProcess) {
 // losses step for step and the final weights, bit for bit.
 class ExpertParallelTrain : public CliTest {};
 
+// Trainers on W fake ranks, experts sharded over P (each rank's model holds E/P experts and AdamW
+// only their moments), step for step the losses of one process with --grad-accum W·G; each rank's
+// weights are one process's (its experts' slices), and the sharded checkpoint they save together
+// gathers into one process's checkpoint: every weight and moment, bit for bit.
 TEST_F(ExpertParallelTrain, TrainersOverTheFakeMatchOneProcess) {
     json cfg = tiny_config();
     cfg["model"]["n_layer"] = 2;
@@ -195,27 +202,65 @@ TEST_F(ExpertParallelTrain, TrainersOverTheFakeMatchOneProcess) {
         opt.grad_accum = accum;
         return opt;
     };
+    // the tensors of `m` (a range of experts or all) as (name -> floats)
+    auto tensors = [](moe::Model& m, const float* base) {
+        std::map<std::string, std::vector<float>> t;
+        for (const auto& p : m.table().params()) t[p.name].assign(base + p.offset, base + p.offset + p.numel);
+        return t;
+    };
     for (auto [W, P, G] : {std::tuple{2, 2, 1}, {4, 2, 1}, {4, 4, 1}, {2, 2, 2}}) {
         SCOPED_TRACE("W " + std::to_string(W) + " P " + std::to_string(P) + " G " + std::to_string(G));
         const int64_t steps = 4;
         std::vector<double> want;
-        std::vector<float> want_params;
+        std::map<std::string, std::vector<float>> want_params;
+        int64_t E = 0;
         {
             moe::Trainer t(c, options("one", W * G));
             for (int64_t s = 0; s < steps; ++s) want.push_back(t.step().loss);
-            want_params.assign(t.model().params(), t.model().params() + t.model().n_params());
+            want_params = tensors(t.model(), t.model().params());
+            E = t.model().config().n_expert;
+            t.save();
         }
         std::vector<std::vector<double>> got(W);
-        std::vector<std::vector<float>> params(W);
+        std::vector<std::map<std::string, std::vector<float>>> params(W);
+        std::vector<moe::ExpertRange> ranges(W);
+        const std::string out = "ep" + std::to_string(W) + std::to_string(P) + std::to_string(G);
         moe::dist::run_fake_world(W, [&](moe::dist::Comm& comm) {
             moe::ExpertParallelSync sync(comm, P);
-            moe::Trainer t(c, options("ep" + std::to_string(comm.rank()), G), &sync);
+            moe::Trainer t(c, options(out, G), &sync);
             for (int64_t s = 0; s < steps; ++s) got[comm.rank()].push_back(t.step().loss);
-            params[comm.rank()].assign(t.model().params(), t.model().params() + t.model().n_params());
+            params[comm.rank()] = tensors(t.model(), t.model().params());
+            ranges[comm.rank()] = t.model().expert_range();
+            t.save();  // collective: the sharded set
         });
         for (int r = 0; r < W; ++r) {
             EXPECT_EQ(got[r], want) << "rank " << r;
-            EXPECT_TRUE(params[r] == want_params) << "rank " << r << ": weights differ";
+            ASSERT_EQ(ranges[r].count, E / P);
+            EXPECT_EQ(ranges[r].first, (r % P) * (E / P));
+            for (const auto& [name, v] : want_params) {
+                const auto& mine = params[r].at(name);
+                if (mine.size() == v.size()) {
+                    EXPECT_TRUE(mine == v) << "rank " << r << ": " << name << " differs";
+                    continue;
+                }
+                const size_t per = v.size() / (size_t)E;  // an expert stack: my slice of it
+                ASSERT_EQ(mine.size(), per * (size_t)ranges[r].count) << name;
+                EXPECT_TRUE(std::equal(mine.begin(), mine.end(), v.begin() + ranges[r].first * per))
+                    << "rank " << r << ": " << name << " differs";
+            }
+        }
+        // the set gathers into the one-process checkpoint (weights, moments, state)
+        ASSERT_TRUE(moe::is_sharded_checkpoint(path(out)));
+        moe::Checkpoint a = moe::load_checkpoint(path(out), "fp32"), b = moe::load_checkpoint(path("one"), "fp32");
+        EXPECT_TRUE(tensors(*a.model, a.model->params()) == want_params);
+        EXPECT_TRUE(a.adam_m == b.adam_m && a.adam_v == b.adam_v) << "moments differ";
+        EXPECT_EQ(a.state.step, b.state.step);
+        // and any expert range reads from it what the one-process checkpoint holds (resharding)
+        for (moe::ExpertRange rg : {moe::ExpertRange{0, E}, moe::ExpertRange{1, 2}, moe::ExpertRange{E - 1, 1}}) {
+            moe::Checkpoint x = moe::load_checkpoint_experts(path(out), rg),
+                            y = moe::load_checkpoint_experts(path("one"), rg);
+            EXPECT_TRUE(tensors(*x.model, x.model->params()) == tensors(*y.model, y.model->params()));
+            EXPECT_TRUE(x.adam_m == y.adam_m && x.adam_v == y.adam_v);
         }
     }
 }

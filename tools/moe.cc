@@ -223,7 +223,9 @@ struct ExportArgs {
 CLI::App* add_export(CLI::App& app, ExportArgs& a) {
     CLI::App* c = app.add_subcommand("export", "write a model in another format (hf: a directory transformers loads; gguf: one file llama.cpp reads)");
     c->add_option("--model,--checkpoint", a.model, "moe checkpoint or Hugging Face model directory")->required();
-    c->add_option("--format", a.opt.format, "hf (Hugging Face safetensors directory)")->required();
+    c->add_option("--format", a.opt.format,
+                  "hf (Hugging Face safetensors directory) | gguf (one file) | moe (one checkpoint.bin: gathers a "
+                  "sharded expert-parallel checkpoint, optimizer state kept)")->required();
     c->add_option("--out", a.out, "output directory (new or empty)")->required();
     c->add_option("--max-shard-size", a.opt.max_shard_size, "hf: a new safetensors shard above this size (5GB, 500MB, 2GiB)")
         ->capture_default_str();

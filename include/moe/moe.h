@@ -303,7 +303,8 @@ QuantizeResult quantize(const std::string& checkpoint_dir, const std::string& dt
 // ------------------------------------------------------------------ export
 
 struct ExportOptions {
-    std::string format = "hf";           // "hf": a Hugging Face model directory (safetensors)
+    std::string format = "hf";           // "hf": a Hugging Face model directory (safetensors); "gguf"; "moe": one
+                                         // checkpoint.bin (gathers a sharded checkpoint, keeps optimizer state)
     std::string max_shard_size = "5GB";  // hf: a new safetensors shard above this much data (5GB, 500MB, 2GiB)
     std::string type;                    // reserved for --format gguf (its tensor type); an error with hf
     bool force = false;                  // write into a non-empty output directory

@@ -404,7 +404,13 @@ QuantizeResult quantize(const std::string& checkpoint_dir, const std::string& dt
     r.file = checkpoint_file(out_dir);
     r.dtype = dtype;
     r.bytes = (int64_t)fs::file_size(r.file);
-    r.input_bytes = (int64_t)fs::file_size(checkpoint_file(checkpoint_dir));
+    r.input_bytes = 0;  // one file, or a sharded set's files
+    if (is_sharded_checkpoint(checkpoint_dir)) {
+        for (const auto& e : fs::directory_iterator(checkpoint_dir))
+            if (e.is_regular_file() && e.path().extension() == ".bin") r.input_bytes += (int64_t)e.file_size();
+    } else {
+        r.input_bytes = (int64_t)fs::file_size(checkpoint_file(checkpoint_dir));
+    }
     r.fp32_weight_bytes = count_weight_bytes(ck.config.model, kernels::WType::f32).total;
     return r;
 }
@@ -449,7 +455,23 @@ ExportResult export_model(const std::string& model_path, const std::string& out_
         if (opt.progress) opt.progress("wrote " + out_dir);
         return r;
     }
-    fail("export --format must be hf or gguf, got \"", opt.format, "\"");
+    if (opt.format == "moe") {  // one checkpoint.bin: a sharded set gathered (optimizer state kept)
+        namespace fs = std::filesystem;
+        if (!opt.type.empty()) fail("export --type '", opt.type, "' is for --format gguf");
+        check_export_dir(out_dir, model_path, opt.force);
+        Checkpoint ck = load_model(model_path, "fp32");
+        const bool moments = !ck.adam_m.empty();
+        save_checkpoint(out_dir, ck.config, ck.tokenizer, *ck.model, moments ? ck.adam_m.data() : nullptr,
+                        moments ? ck.adam_v.data() : nullptr, ck.state);
+        r.family = "moe";
+        r.dtype = "float32";
+        r.files = {checkpoint_file(out_dir), (fs::path(out_dir) / "config.json").string()};
+        r.tensors = (int64_t)ck.model->table().params().size() + (moments ? 2 : 0);
+        r.tensor_bytes = (int64_t)fs::file_size(checkpoint_file(out_dir));
+        if (opt.progress) opt.progress("wrote " + checkpoint_file(out_dir));
+        return r;
+    }
+    fail("export --format must be hf, gguf or moe, got \"", opt.format, "\"");
 }
 
 // ------------------------------------------------------------------ params

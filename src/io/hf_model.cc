@@ -187,11 +187,12 @@ ModelFormat detect_model_format(const std::string& path) {
              ": expected a moe checkpoint directory, a Hugging Face model directory or a GGUF file");
     const fs::path p(path);
     if (fs::is_directory(p, ec)) {
-        if (fs::exists(p / "checkpoint.bin", ec)) return ModelFormat::moe_checkpoint;
+        if (fs::exists(p / "checkpoint.bin", ec) || fs::exists(p / "manifest.json", ec))
+            return ModelFormat::moe_checkpoint;  // one file, or a sharded set (io/checkpoint.h)
         if (fs::exists(p / "config.json", ec)) return ModelFormat::hugging_face;
         fail("'", path, "' is neither a moe checkpoint (no checkpoint.bin) nor a Hugging Face model directory (no config.json)");
     }
-    if (p.filename() == "checkpoint.bin") return ModelFormat::moe_checkpoint;
+    if (p.filename() == "checkpoint.bin" || p.filename() == "manifest.json") return ModelFormat::moe_checkpoint;
     if (is_gguf_file(path)) return ModelFormat::gguf;
     fail("'", path, "' is a file but not a GGUF file (no 'GGUF' magic): give a .gguf file or the model's directory (a moe "
                     "checkpoint or a Hugging Face model)");
@@ -201,7 +202,9 @@ Checkpoint load_model(const std::string& path, const std::string& weight_type, i
     const fs::path p(path);
     switch (detect_model_format(path)) {
         case ModelFormat::moe_checkpoint:
-            return load_checkpoint(p.filename() == "checkpoint.bin" ? p.parent_path().string() : path, weight_type);
+            return load_checkpoint(
+                p.filename() == "checkpoint.bin" || p.filename() == "manifest.json" ? p.parent_path().string() : path,
+                weight_type);
         case ModelFormat::hugging_face:
             return load_hf_model(path, weight_type, n_ctx);
         case ModelFormat::gguf:

@@ -228,9 +228,17 @@ void Model::zero_grad() {
     parallel_zero(g, table_.total() * sizeof(float));
 }
 
-Model::Model(const ModelConfig& cfg) : Model(cfg, kernels::WType::f32) {}
+Model::Model(const ModelConfig& cfg) : Model(cfg, kernels::WType::f32, ExpertRange{}) {}
 
-Model::Model(const ModelConfig& cfg, kernels::WType t) : cfg_(cfg), table_(cfg), typed_(t != kernels::WType::f32), wtype_(t) {
+Model::Model(const ModelConfig& cfg, ExpertRange range) : Model(cfg, kernels::WType::f32, range) {}
+
+Model::Model(const ModelConfig& cfg, kernels::WType t) : Model(cfg, t, ExpertRange{}) {}
+
+Model::Model(const ModelConfig& cfg, kernels::WType t, ExpertRange range)
+    : cfg_(cfg), experts_(range), table_(cfg, range), typed_(t != kernels::WType::f32), wtype_(t) {
+    if (!range.all() && (range.first < 0 || range.count < 1 || range.first + range.count > cfg.n_expert))
+        fail("expert range [", range.first, ", ", range.first + range.count, ") is not inside the model's ",
+             cfg.n_expert, " experts");
     const auto& ps = table_.params();
     f32_off_.assign(ps.size(), -1);
     int64_t n = 0;
@@ -283,6 +291,10 @@ void Model::init(uint64_t seed) {
         uint64_t key = 1469598103934665603ull;  // FNV-1a of the name: one stream per tensor, so
         for (char ch : p.name) key = (key ^ (unsigned char)ch) * 1099511628211ull;  // adding a
         Rng rng(seed, key);  // tensor (e.g. W_noise) does not change the others' initial values
+        if (p.expert && experts_sharded()) {  // the whole stack's stream, our experts' part of it
+            const int64_t per = p.numel / experts_.count;
+            for (int64_t j = 0; j < experts_.first * per; ++j) rng.normal();
+        }
         if (x) {
             for (int64_t j = 0; j < p.numel; ++j) x[j] = (float)(rng.normal() * sd);
             continue;
@@ -406,6 +418,9 @@ float Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, i
     // B and T come from configs, CLI arguments and texts: errors naming them, not asserts
     if (B < 1 || T < 1) fail("forward: batch ", B, " x ", T, " tokens: both must be >= 1");
     if (T > cfg_.n_ctx) fail("forward: a sequence of ", T, " tokens exceeds the model's context (n_ctx = ", cfg_.n_ctx, ")");
+    if (experts_sharded() && !expert_runner_)
+        fail("forward: this model holds experts [", experts_.first, ", ", experts_.first + experts_.count, ") of ",
+             cfg_.n_expert, " only and has no expert runner to reach the others");
     ensure_activations(B, T);
     const kernels::PrecisionScope precision(precision_);
     TrainingState& t = *tr_;
@@ -423,7 +438,7 @@ float Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, i
                                   cfg_.norm_eps);
         layers::RouteContext ctx = mode_;
         ctx.layer = l;
-        ctx.experts = mode_.train ? expert_runner_ : nullptr;
+        ctx.experts = mode_.train || experts_sharded() ? expert_runner_ : nullptr;
         layers::ffn_forward(t.resid[l + 1], t.ffn[l], t.resid_mid[l], w_.layers[l], cfg_,
                             cfg_.layer_moe[l], N, ctx);
         if (mode_.train && cfg_.layer_moe[l] && cfg_.router.bias_balance) {
@@ -436,7 +451,7 @@ float Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, i
     ops::linear_forward(t.logits, t.xf, w_.output, N, C, V);  // (N, V)
     logits_ = t.logits;
     t.have_targets = targets != nullptr;
-    ran_experts_remote_ = mode_.train && expert_runner_ != nullptr;
+    ran_experts_remote_ = (mode_.train || experts_sharded()) && expert_runner_ != nullptr;
     if (!targets) return 0.f;
     ops::softmax_xent_forward(t.probs, t.losses, t.logits, targets, N, V);
     double sum = 0;
@@ -518,6 +533,9 @@ void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int3
                            layers::KvCache& cache, bool last_only) {
     const int64_t C = cfg_.n_embd, V = cfg_.vocab_size, D = cfg_.head_dim();
     if (N < 1) fail("forward_cached: a call needs at least one row, got ", N);
+    if (experts_sharded())
+        fail("forward_cached: this model holds experts [", experts_.first, ", ", experts_.first + experts_.count,
+             ") of ", cfg_.n_expert, " only (an expert-parallel training rank's); gather the checkpoint to run it");
     if (cache.L != cfg_.n_layer || cache.n_ctx != cfg_.n_ctx || cache.KD != cfg_.n_head_kv * D)
         fail("KV cache of (L ", cache.L, ", n_ctx ", cache.n_ctx, ", KD ", cache.KD, ") does not fit this model (L ",
              cfg_.n_layer, ", n_ctx ", cfg_.n_ctx, ", KD ", cfg_.n_head_kv * D, ")");

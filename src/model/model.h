@@ -35,12 +35,21 @@ public:
     // a mapped file, or converted), never held in fp32; norms, routers and the embedding stay
     // fp32. Training calls on it throw moe::error. t = f32 is the fp32 model.
     Model(const ModelConfig& cfg, kernels::WType t);
+    // An fp32 model holding only experts [range.first, range.first + range.count) of every MoE
+    // layer (expert-parallel training, train/expert_parallel.h): the expert stacks of table() have
+    // range.count rows of experts, everything else is the whole model. Its routed experts run only
+    // through an expert runner (set_expert_runner), in training and evaluation forwards alike;
+    // forward_cached refuses it.
+    Model(const ModelConfig& cfg, ExpertRange range);
     ~Model();
     Model(const Model&) = delete;
     Model& operator=(const Model&) = delete;
 
     const ModelConfig& config() const { return cfg_; }
     const ParamTable& table() const { return table_; }
+    // The routed experts this model holds (all of them unless made with an ExpertRange)
+    const ExpertRange& expert_range() const { return experts_; }
+    bool experts_sharded() const { return !experts_.all(); }
     int64_t n_params() const { return table_.total(); }  // flat buffer length (with padding)
     // The flat fp32 buffer of an fp32 model (ParamTable layout). Not for a typed model.
     float* params();
@@ -109,7 +118,8 @@ public:
     // Expert parallelism (train/expert_parallel.h): while set, training-mode forwards and their
     // backward run the routed experts through `r` (the rows go to their experts' ranks), and the
     // routed experts' weight gradients are r's, not written into grads(). Evaluation-mode forwards
-    // and forward_cached run every expert here. null: off.
+    // run every expert here unless the model holds a range of experts (then they use r too, so
+    // every rank of the group must evaluate together); forward_cached always runs them here. null: off.
     void set_expert_runner(layers::ExpertRunner* r) { expert_runner_ = r; }
     void zero_grad();  // both threads write (a serial 36 MB memset was 2% of a makeMoE step)
 
@@ -169,12 +179,14 @@ public:
     bool has_training_state() const { return tr_ != nullptr; }
 
 private:
+    Model(const ModelConfig& cfg, kernels::WType t, ExpertRange range);
     TrainingState& training();  // created on first use; throws on a typed model
     void ensure_activations(int64_t B, int64_t T);
     void ensure_inference_plan(int64_t N);
     void build_views();  // qviews_ / q_output_ from the current weights
 
     ModelConfig cfg_;
+    ExpertRange experts_;
     ParamTable table_;
     bool typed_ = false;
     Arena params_;                  // fp32 model: everything; typed: the fp32-kept tensors only

@@ -20,8 +20,10 @@ void ParamTable::add(std::string name, std::vector<int64_t> shape, bool decay, b
     params_.push_back(std::move(p));
 }
 
-ParamTable::ParamTable(const ModelConfig& m) {
+ParamTable::ParamTable(const ModelConfig& m, ExpertRange experts) {
     MOE_ASSERT(m.vocab_size > 0);
+    MOE_ASSERT(experts.all() || (experts.first >= 0 && experts.count >= 1 && experts.first + experts.count <= m.n_expert));
+    const int64_t El = experts.all() ? m.n_expert : experts.count;  // experts in the stacks
     const int64_t V = m.vocab_size, C = m.n_embd, D = m.head_dim();
     const int64_t H = m.n_head, Hkv = m.n_head_kv, E = m.n_expert;
     const bool glu = m.activation == ops::Activation::swiglu;
@@ -49,9 +51,9 @@ ParamTable::ParamTable(const ModelConfig& m) {
             add(b + "ffn_gate_inp", {E, C}, true);
             if (m.router.noisy_gating) add(b + "ffn_gate_inp_noise", {E, C}, true);
             if (m.router.bias_balance) add(b + "ffn_gate_bias", {E}, false, false, false);
-            if (glu) add(b + "ffn_gate_exps", {E, F, C}, true, true);
-            add(b + "ffn_up_exps", {E, F, C}, true, true);
-            add(b + "ffn_down_exps", {E, C, F}, true, true);
+            if (glu) add(b + "ffn_gate_exps", {El, F, C}, true, true);
+            add(b + "ffn_up_exps", {El, F, C}, true, true);
+            add(b + "ffn_down_exps", {El, C, F}, true, true);
             if (m.n_ff_shexp > 0) {  // shared expert: a dense FFN every token goes through
                 const int64_t Fs = m.n_ff_shexp;
                 if (m.shexp_gate) add(b + "ffn_gate_inp_shexp", {1, C}, true);

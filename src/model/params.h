@@ -25,9 +25,18 @@ struct ParamInfo {
                             // not updated by AdamW, not counted), e.g. the balancing bias
 };
 
+// A contiguous range of every MoE layer's routed experts: [first, first + count). count < 0: all.
+// An expert-parallel training rank holds only its range (train/expert_parallel.h).
+struct ExpertRange {
+    int64_t first = 0, count = -1;
+    bool all() const { return count < 0; }
+};
+
 class ParamTable {
 public:
-    explicit ParamTable(const ModelConfig& m);
+    // experts: the routed experts the expert stacks hold (shape[0] = range.count instead of E);
+    // everything else is the same tensors in the same order
+    explicit ParamTable(const ModelConfig& m, ExpertRange experts = {});
     const std::vector<ParamInfo>& params() const { return params_; }
     int64_t total() const { return total_; }
     const ParamInfo* find(const std::string& name) const;

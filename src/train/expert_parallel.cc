@@ -21,13 +21,20 @@ ExpertParallel::ExpertParallel(dist::Comm& comm, Model& model) : comm_(comm), mo
              "): each rank holds the same number of experts");
     El_ = E_ / P_;
     first_ = (int64_t)comm.rank() * El_;
+    sharded_ = model.experts_sharded();
+    if (sharded_ && (model.expert_range().first != first_ || model.expert_range().count != El_))
+        fail("expert-parallel rank ", comm.rank(), " of ", P_, " serves experts [", first_, ", ", first_ + El_,
+             ") but its model holds [", model.expert_range().first, ", ",
+             model.expert_range().first + model.expert_range().count, ")");
+    wfirst_ = sharded_ ? 0 : first_;
+    const int64_t rows = sharded_ ? El_ : E_;  // experts in the model's stacks
     float* params = model.params();
     for (const ParamInfo& p : model.table().params()) {
         if (!p.expert) continue;
-        MOE_ASSERT(p.shape[0] == E_ && p.numel % E_ == 0);
-        const int64_t per = p.numel / E_;
+        MOE_ASSERT(p.shape[0] == rows && p.numel % rows == 0);
+        const int64_t per = p.numel / rows;
         stacks_.push_back({params + p.offset, n_local_floats_});
-        local_.push_back({p.offset + first_ * per, El_ * per});
+        local_.push_back({p.offset + wfirst_ * per, El_ * per});
         n_local_floats_ += El_ * per;
     }
     grads_.assign((size_t)(P_ * n_local_floats_), 0.f);
@@ -117,9 +124,9 @@ void ExpertParallel::forward(layers::FfnCacheT<float>& c, const layers::MoeWeigh
         alltoall_rows(c.xe, L.send_rows, L.xe.data(), L.recv_rows, C);
     }
     // the local experts' slices of the stacks
-    const float* wg = w.ffn_gate_exps ? w.ffn_gate_exps + first_ * F * C : nullptr;
-    const float* wu = w.ffn_up_exps + first_ * F * C;
-    const float* wd = w.ffn_down_exps + first_ * C * F;
+    const float* wg = w.ffn_gate_exps ? w.ffn_gate_exps + wfirst_ * F * C : nullptr;
+    const float* wu = w.ffn_up_exps + wfirst_ * F * C;
+    const float* wd = w.ffn_down_exps + wfirst_ * C * F;
     for (int64_t s = 0; s < P_; ++s) {
         if (L.recv_rows[s] == 0) continue;
         ops::ExpertSegments seg{first_, El, L.seg.data() + s * (El + 1), L.small[s]};
@@ -148,9 +155,9 @@ void ExpertParallel::backward(const layers::FfnScratchT<float>& sc, const layers
     const bool glu = w.ffn_gate_exps != nullptr;
     const int64_t og = glu ? local_offset(w.ffn_gate_exps) : 0, ou = local_offset(w.ffn_up_exps),
                   od = local_offset(w.ffn_down_exps);
-    const float* wg = glu ? w.ffn_gate_exps + first_ * F * C : nullptr;
-    const float* wu = w.ffn_up_exps + first_ * F * C;
-    const float* wd = w.ffn_down_exps + first_ * C * F;
+    const float* wg = glu ? w.ffn_gate_exps + wfirst_ * F * C : nullptr;
+    const float* wu = w.ffn_up_exps + wfirst_ * F * C;
+    const float* wd = w.ffn_down_exps + wfirst_ * C * F;
     for (int64_t s = 0; s < P_; ++s) {
         // source s's gradients of this layer's local experts, from zero (one process zeroes the
         // gradients before each micro-batch's backward)
@@ -240,6 +247,14 @@ void ExpertParallelSync::finish(float* grads, int64_t n) {
     const int64_t nl = runner_->local_size();
     exp_full_.resize((size_t)nl);
     dist::allgather_shards(*edp_, exp_shard_.data(), nl, sizeof(float), exp_full_.data());
+    if (model_->experts_sharded()) {  // the model holds my experts only: their gradient is all it needs
+        const float* src = exp_full_.data();
+        for (const auto& [o, k] : runner_->local_ranges()) {
+            std::memcpy(grads + o, src, k * sizeof(float));
+            src += k;
+        }
+        return;
+    }
     exp_all_.resize((size_t)(nl * P_));
     ep_->allgather(exp_full_.data(), nl * (int64_t)sizeof(float), exp_all_.data());
     // rank q's local layout: the same stacks, experts [q·El, (q+1)·El)

@@ -20,13 +20,16 @@
 // router, embeddings, norms, dense and shared FFNs) are folded over all W ranks in rank order
 // (which is micro-batch order, as data parallelism does); an expert's gradient is folded over its
 // expert-data-parallel group, piece by piece in (group, source) order, which is again micro-batch
-// order (round j's micro-batch j·W + g·P + s is group g's source s). Then every rank gathers the
-// whole gradient and runs the same AdamW on every parameter, so parameters and checkpoints are
-// those of one process with --grad-accum W·G, bit for bit.
+// order (round j's micro-batch j·W + g·P + s is group g's source s).
 //
-// What is not sharded yet: each rank still holds every expert's weights and AdamW moments (the
-// update of the others' experts is redundant work; the checkpoint is rank 0's, as in data
-// parallelism). Compute and activations of the experts, and their gradient reduction, are split.
+// Sharded (the trainer's way): each rank's Model holds only its experts (Model(cfg, ExpertRange))
+// and the trainer's AdamW only their moments; the expert gradient is all-gathered over the
+// expert-data-parallel group only (its D replicas of the same experts) and each rank updates its
+// own experts; nothing of the experts crosses the expert-parallel group but rows. Evaluations run
+// through the runner too (every rank evaluates), and checkpoints are sharded (io/checkpoint.h).
+// Unsharded (a model holding every expert; the thread-fake tests): every rank gathers the whole
+// gradient and runs the same AdamW on every parameter. Either way parameters and checkpoints are
+// those of one process with --grad-accum W·G, bit for bit.
 #include <cstdint>
 #include <memory>
 #include <utility>
@@ -45,7 +48,9 @@ namespace moe {
 class ExpertParallel final : public layers::ExpertRunner {
 public:
     // model: the fp32 model whose expert stacks (every layer's gate/up/down) this rank serves
-    // experts [rank·E/P, (rank+1)·E/P) of. E must be a multiple of comm.size() (moe::error).
+    // experts [rank·E/P, (rank+1)·E/P) of. E must be a multiple of comm.size() (moe::error). The
+    // model holds either every expert or exactly that range (Model(cfg, ExpertRange), the trainer's
+    // choice: then the rank holds, updates and saves only its experts).
     ExpertParallel(dist::Comm& comm, Model& model);
 
     void forward(layers::FfnCacheT<float>& c, const layers::MoeWeights<float>& w, const ModelConfig& m,
@@ -55,8 +60,8 @@ public:
 
     int64_t first_expert() const { return first_; }
     int64_t n_local() const { return El_; }
-    // The local experts' slices of the parameter table: (offset, floats), in the order of the
-    // local gradient layout (parameter order; per MoE layer gate, up, down).
+    // The local experts' slices of the model's parameter table: (offset, floats), in the order of
+    // the local gradient layout (parameter order; per MoE layer gate, up, down).
     const std::vector<std::pair<int64_t, int64_t>>& local_ranges() const { return local_; }
     int64_t local_size() const { return n_local_floats_; }
     // The local experts' gradients of the last micro-batch, one piece of local_size() per source
@@ -85,6 +90,8 @@ private:
     dist::Comm& comm_;
     Model& model_;
     int64_t P_ = 1, E_ = 0, El_ = 0, first_ = 0;
+    bool sharded_ = false;  // the model holds experts [first_, first_ + El_) only
+    int64_t wfirst_ = 0;    // index of my first expert in the model's stacks (0 when sharded)
     std::vector<std::pair<int64_t, int64_t>> local_;
     std::vector<std::pair<const float*, int64_t>> stacks_;  // (weight stack, local gradient offset)
     int64_t n_local_floats_ = 0;
@@ -115,6 +122,9 @@ public:
     void gather(const double* mine, int64_t k, double* all) override;
 
     ExpertParallel& runner() { return *runner_; }
+    dist::Comm* world_comm() override { return &world_; }
+    dist::Comm* expert_group() override { return ep_.get(); }
+    int expert_parallel() const override { return P_; }
     dist::Comm& ep_comm() { return *ep_; }
     dist::Comm& edp_comm() { return *edp_; }
 

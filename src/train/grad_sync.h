@@ -22,6 +22,9 @@
 namespace moe {
 
 class Model;
+namespace dist {
+class Comm;
+}
 
 class GradientSync {
 public:
@@ -46,6 +49,11 @@ public:
     virtual void finish(float* grads, int64_t n) { std::memcpy(grads, acc_.data(), n * sizeof(float)); }
     // grads (n): the model's whole gradient buffer (ParamTable layout) of optimizer step `step`
     virtual void sync(float* grads, int64_t n, int64_t step) = 0;
+    // The communicator of all size() ranks (null on one process), and for expert parallelism the
+    // expert-parallel group (P ranks holding one copy of all experts between them) and P.
+    virtual dist::Comm* world_comm() { return nullptr; }
+    virtual dist::Comm* expert_group() { return nullptr; }
+    virtual int expert_parallel() const { return 1; }
     // all (size() * k) = every rank's `mine` (k) in rank order (per-micro-batch losses and telemetry)
     virtual void gather(const double* mine, int64_t k, double* all) { std::memcpy(all, mine, k * sizeof(double)); }
 

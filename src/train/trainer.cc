@@ -15,6 +15,7 @@
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "dist/comm.h"
 #include "core/profile.h"
 #include "ops/routing_stats.h"
 #include "kernels/adamw.h"
@@ -318,6 +319,77 @@ private:
     const ops::ExpertGradSink sink_{update_fn_};
 };
 
+// The squared gradient norm in one order, whatever holds the experts: tensor by tensor in table
+// order, an expert stack expert by expert (global index), each piece in chunks of 64K floats, the
+// chunks' double partial sums added in that order. An expert-parallel rank computes the partials
+// of its replicated tensors and its own experts and gathers the other experts' partials from its
+// expert-parallel group (a few doubles), so every rank and one process get the same bits.
+class GradNorm {
+public:
+    GradNorm(const Model& model, int P) : P_(P) {
+        const int64_t chunk = 1 << 16;
+        for (const ParamInfo& p : model.table().params()) {
+            if (!p.expert) {
+                for (int64_t o = 0; o < p.numel; o += chunk) {
+                    order_.push_back((int64_t)chunks_.size());
+                    chunks_.push_back({p.offset + o, std::min(chunk, p.numel - o)});
+                }
+                continue;
+            }
+            const int64_t El = p.shape[0], per = p.numel / El, c = (per + chunk - 1) / chunk;
+            for (int64_t le = 0; le < El; ++le)
+                for (int64_t o = 0; o < per; o += chunk) exp_.push_back({p.offset + le * per + o, std::min(chunk, per - o)});
+            pieces_.push_back({(int64_t)order_.size(), (int64_t)exp_.size() - El * c, El * c});
+            order_.push_back(-1);  // placeholder: this stack's partials, rank by rank
+        }
+    }
+    double sumsq(const float* g, dist::Comm* group) {
+        const int64_t nr = (int64_t)chunks_.size(), ne = (int64_t)exp_.size();
+        part_.resize((size_t)(nr + ne));
+        parallel_tasks(nr + ne, [&](int64_t i) {
+            const auto& [o, n] = i < nr ? chunks_[i] : exp_[i - nr];
+            part_[i] = kernels::sumsq(g + o, n);
+        });
+        all_.resize((size_t)(ne * P_));
+        if (P_ > 1) group->allgather(part_.data() + nr, ne * (int64_t)sizeof(double), all_.data());
+        else std::copy(part_.begin() + nr, part_.end(), all_.begin());
+        double ss = 0;
+        size_t k = 0;
+        for (int64_t i : order_) {
+            if (i >= 0) {
+                ss += part_[i];
+                continue;
+            }
+            const Piece& pc = pieces_[k++];
+            for (int q = 0; q < P_; ++q)
+                for (int64_t j = 0; j < pc.n; ++j) ss += all_[q * ne + pc.begin + j];
+        }
+        return ss;
+    }
+
+private:
+    struct Piece {
+        int64_t at, begin, n;  // position in order_, this stack's first partial in exp_, how many
+    };
+    int P_;
+    std::vector<std::pair<int64_t, int64_t>> chunks_, exp_;  // (offset, n): replicated / my experts' chunks
+    std::vector<int64_t> order_;
+    std::vector<Piece> pieces_;
+    std::vector<double> part_, all_;
+};
+
+// The experts [range] of a model that holds them all, as a model holding only those (fine-tuning
+// an expert-parallel run from a whole model)
+std::unique_ptr<Model> slice_experts(Model& full, ExpertRange range) {
+    auto m = std::make_unique<Model>(full.config(), range);
+    for (const ParamInfo& p : m->table().params()) {
+        const ParamInfo* fp = full.table().find(p.name);
+        const int64_t skip = p.expert ? range.first * (p.numel / p.shape[0]) : 0;
+        std::memcpy(m->params() + p.offset, full.params() + fp->offset + skip, p.numel * sizeof(float));
+    }
+    return m;
+}
+
 }  // namespace
 
 // peak resident set size of the process so far, MB
@@ -344,6 +416,9 @@ struct Trainer::Impl {
     double unigram = 0;
     int64_t B = 0, T = 0, N = 0;
     bool lead = true;                              // rank 0: prints, logs, evaluates, saves
+    int P = 1;                                     // expert parallel: experts sharded over P ranks
+    ExpertRange range;                             // the experts this rank holds (P > 1)
+    std::unique_ptr<GradNorm> norm;
     std::vector<double> micro_mine, micro_all;     // per-micro-batch records (micro_record_size)
     bool tty = false;
     std::vector<int32_t> x, y;
@@ -363,8 +438,27 @@ void Trainer::Impl::setup(Config c, const TrainOptions& o, GradientSync* s) {
     // Resuming: the architecture, tokenizer, weights, optimizer state and the seed (the data order)
     // come from the checkpoint, so the run continues exactly as it would have without a stop.
     Checkpoint ck;
+    // Expert parallel over P ranks: this rank holds experts [q·E/P, (q+1)·E/P) of every MoE layer
+    // (q = its place in its group), their gradients and AdamW moments; a resumed run reads only
+    // those from the checkpoint, whatever split saved it.
+    P = sync->expert_parallel();
+    auto expert_range = [&](const ModelConfig& mc) {
+        if (P <= 1) return ExpertRange{};
+        if (!mc.any_moe() || mc.n_expert < 1)
+            fail("--expert-parallel ", P, " needs an MoE model, and this one has no MoE layer");
+        if (mc.n_expert % P != 0)
+            fail("--expert-parallel ", P, " must divide the number of experts (model.n_expert = ", mc.n_expert,
+                 "): each rank holds the same number of experts");
+        const int64_t El = mc.n_expert / P;
+        return ExpertRange{(int64_t)(sync->rank() % P) * El, El};
+    };
     if (!opt.resume_dir.empty()) {
-        ck = load_checkpoint(opt.resume_dir, "fp32");
+        if (P > 1) {
+            range = expert_range(checkpoint_model_config(opt.resume_dir));
+            ck = load_checkpoint_experts(opt.resume_dir, range);
+        } else {
+            ck = load_checkpoint(opt.resume_dir, "fp32");
+        }
         if (ck.adam_m.empty()) fail("checkpoint '", opt.resume_dir, "' has no optimizer state to resume from");
         if (opt.config_from_checkpoint) {
             cfg.train = ck.config.train;
@@ -414,6 +508,10 @@ void Trainer::Impl::setup(Config c, const TrainOptions& o, GradientSync* s) {
     if (!opt.init_path.empty()) {
         tok = ck.tokenizer;
         model = std::move(ck.model);
+        if (P > 1) {
+            range = expert_range(cfg.model);
+            model = slice_experts(*model, range);
+        }
         adam = std::make_unique<AdamW>(model->n_params());
     } else if (!opt.resume_dir.empty()) {
         tok = ck.tokenizer;
@@ -437,10 +535,12 @@ void Trainer::Impl::setup(Config c, const TrainOptions& o, GradientSync* s) {
         if (cfg.model.vocab_size != tok.vocab_size())
             fail(cfg.path, ": field 'model.vocab_size' is ", cfg.model.vocab_size, " but the ", tc.tokenizer,
                  " tokenizer of '", data_path, "' has ", tok.vocab_size(), " tokens (omit vocab_size to take it from the data)");
-        model = std::make_unique<Model>(cfg.model);
+        range = expert_range(cfg.model);
+        model = P > 1 ? std::make_unique<Model>(cfg.model, range) : std::make_unique<Model>(cfg.model);
         model->init(tc.seed);
         adam = std::make_unique<AdamW>(model->n_params());
     }
+    norm = std::make_unique<GradNorm>(*model, P);
     model->set_precision(precision);
     sync->attach(*model);
     if (lead) ensure_writable_dir(opt.out_dir);
@@ -477,6 +577,14 @@ void Trainer::Impl::setup(Config c, const TrainOptions& o, GradientSync* s) {
                     !opt.resume_dir.empty() ? str(", resuming at step ", st.step).c_str()
                     : !opt.init_path.empty() ? str(", fine-tuning ", opt.init_path).c_str() : "");
     std::fflush(stdout);
+    if (lead && P > 1) {  // what expert sharding saves per rank: weights + AdamW moments (and gradients)
+        const double mb = 1.0 / 1048576.0, here = (double)model->n_params() * 4 * mb,
+                     whole = (double)ParamTable(mc).total() * 4 * mb;
+        std::printf("expert parallel: %d ranks per group, experts sharded (rank 0: experts [%lld, %lld) of %lld); "
+                    "weights + AdamW moments %.1f MB per rank (%.1f MB unsharded), gradients %.1f MB (%.1f MB)\n",
+                    P, (long long)range.first, (long long)(range.first + range.count), (long long)mc.n_expert,
+                    3 * here, 3 * whole, here, whole);
+    }
     // under mpirun stdout is Open MPI's pseudo-terminal whatever it is forwarded to: plain lines
     tty = ::isatty(STDOUT_FILENO) && sync->size() == 1;
     x.resize(N);
@@ -557,7 +665,7 @@ Trainer::StepStats Trainer::step() {
              " (the last good checkpoint in '", m.opt.out_dir, "' is kept; try a lower train.lr than ", tc.lr, ")");
     {
         MOE_PROFILE_SCOPE("clip+adamw");
-        r.grad_norm = m.fused ? m.fused->end_step() : grad_norm(model.grads(), model.n_params());
+        r.grad_norm = m.fused ? m.fused->end_step() : std::sqrt(m.norm->sumsq(model.grads(), m.sync->expert_group()));
         if (!std::isfinite(r.grad_norm))
             fail("training diverged: gradient norm is ", r.grad_norm, " at step ", step,
                  " (the last good checkpoint in '", m.opt.out_dir, "' is kept)");
@@ -579,6 +687,7 @@ double Trainer::evaluate() {
     for (const auto& r : ev.routing) m.last_load.push_back(r.load);
     const nlohmann::json rj = routing_json(ev.routing), tj = routing_json(m.train_rt);
     m.train_rt.clear();
+    if (!m.lead) return ev.val_loss;  // (expert parallel: every rank evaluates, rank 0 reports)
     if (m.tty) std::printf("\r\033[K");
     std::printf("step %6lld | val loss %.4f (unigram %.4f)\n", (long long)m.st.step, ev.val_loss, m.unigram);
     print_routing_table(rj, tj);
@@ -592,7 +701,47 @@ double Trainer::evaluate() {
 
 void Trainer::save() {
     Impl& m = *impl_;
-    save_checkpoint(m.opt.out_dir, m.cfg, m.tok, *m.model, m.adam->m(), m.adam->v(), m.st);
+    if (m.P <= 1) {
+        save_checkpoint(m.opt.out_dir, m.cfg, m.tok, *m.model, m.adam->m(), m.adam->v(), m.st);
+        return;
+    }
+    // Expert parallel (collective): group 0's P ranks write their expert files, rank 0 the
+    // replicated one, then rank 0 commits the manifest once all are written (io/checkpoint.h)
+    dist::Comm& w = *m.sync->world_comm();
+    int64_t nonce = 0;
+    if (m.lead) nonce = (int64_t)std::chrono::system_clock::now().time_since_epoch().count() & 0xffffffffffffll;
+    w.broadcast(&nonce, sizeof nonce, 0);
+    char tag[48];
+    std::snprintf(tag, sizeof tag, "s%08lld-%012llx", (long long)m.st.step, (unsigned long long)nonce);
+    std::vector<ShardRecord> files;
+    if (m.lead)
+        files.push_back(write_checkpoint_shard(m.opt.out_dir, tag, true, m.cfg, m.tok, *m.model, m.adam->m(),
+                                               m.adam->v(), m.st));
+    int64_t rec[4] = {0, 0, 0, 0};  // first, count, bytes, crc
+    if (w.rank() < m.P) {
+        const ShardRecord r = write_checkpoint_shard(m.opt.out_dir, tag, false, m.cfg, m.tok, *m.model, m.adam->m(),
+                                                     m.adam->v(), m.st);
+        rec[0] = r.first, rec[1] = r.count, rec[2] = (int64_t)r.bytes, rec[3] = (int64_t)r.crc32;
+    }
+    std::vector<int64_t> all((size_t)(4 * w.size()));
+    w.allgather(rec, sizeof rec, all.data());
+    if (m.lead) {
+        for (int q = 0; q < m.P; ++q) {
+            ShardRecord r;
+            r.kind = "experts";
+            r.first = all[4 * q], r.count = all[4 * q + 1], r.bytes = (uint64_t)all[4 * q + 2];
+            r.crc32 = (uint32_t)all[4 * q + 3];
+            r.file = str("experts-", r.first, "-", r.first + r.count, ".", tag, ".bin");
+            files.push_back(r);
+        }
+        // fault injection for the tests of atomicity (docs/distributed.md): fail between the shard
+        // files and the manifest at step N
+        if (const char* f = std::getenv("MOE_FAULT_SAVE_BEFORE_MANIFEST"); f && std::atoll(f) == m.st.step)
+            fail("MOE_FAULT_SAVE_BEFORE_MANIFEST=", f, ": failing the save of step ", m.st.step,
+                 " after its shard files, before its manifest");
+        commit_sharded_checkpoint(m.opt.out_dir, m.cfg, files, w.size(), m.P, m.st);
+    }
+    w.barrier();
 }
 
 TrainResult Trainer::run(const SampleFn& sample) {
@@ -642,20 +791,22 @@ TrainResult Trainer::run(const SampleFn& sample) {
             window_loss = 0;
             window_steps = 0;
         }
-        if (!m.lead) continue;  // only rank 0 evaluates, logs and saves
+        // only rank 0 evaluates, logs and saves; with sharded experts every rank takes part
+        if (!m.lead && m.P <= 1) continue;
         if (m.st.step % tc.eval_interval == 0 || last) evaluate();
         if ((tc.ckpt_interval > 0 && m.st.step % tc.ckpt_interval == 0) || last) save();
+    }
+    if (start_step >= tc.steps && (m.lead || m.P > 1)) {
+        if (m.lead)
+            std::printf("checkpoint is already at step %lld of %lld; nothing to train\n", (long long)m.st.step,
+                        (long long)tc.steps);
+        evaluate();
+        save();  // the checkpoint the summary line names exists even when --out is a new directory
     }
     if (!m.lead) {
         res.steps_done = m.st.step - start_step;
         res.final_train_loss = last_loss;
         return res;
-    }
-    if (start_step >= tc.steps) {
-        std::printf("checkpoint is already at step %lld of %lld; nothing to train\n", (long long)m.st.step,
-                    (long long)tc.steps);
-        evaluate();
-        save();  // the checkpoint the summary line names exists even when --out is a new directory
     }
     if (m.tty) std::printf("\n");
     res.seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
@@ -664,7 +815,7 @@ TrainResult Trainer::run(const SampleFn& sample) {
     res.final_val_loss = m.st.val_loss;
     std::printf("done: %lld steps in %s, final val loss %.4f (unigram baseline %.4f), checkpoint %s\n",
                 (long long)res.steps_done, fmt_duration(res.seconds).c_str(), m.st.val_loss, m.unigram,
-                checkpoint_file(m.opt.out_dir).c_str());
+                m.P > 1 ? manifest_file(m.opt.out_dir).c_str() : checkpoint_file(m.opt.out_dir).c_str());
 
     {
         const double state_mb = (double)m.model->n_params() * 4 * 4 / 1048576.0;  // params, grads, m, v
@@ -674,7 +825,10 @@ TrainResult Trainer::run(const SampleFn& sample) {
     }
     profile_report(stdout);
     if (m.opt.summary) {
-        if (sample) {
+        if (sample && m.model->experts_sharded()) {
+            std::printf("\n(no sample: this rank holds %lld of %lld experts; moe generate --model %s gathers them)\n",
+                        (long long)m.model->expert_range().count, (long long)mc.n_expert, m.opt.out_dir.c_str());
+        } else if (sample) {
             const int32_t first = m.data->tokens()[m.data->n_train()];
             const std::string text = sample(*m.model, m.tok, first, m.opt.sample_tokens, tc.seed);
             std::printf("\n--- sample (temperature 0.8) ---\n%s%s\n--------------------------------\n\n",
