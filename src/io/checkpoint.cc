@@ -88,7 +88,7 @@ void save_checkpoint_quantized(const std::string& dir, const Config& config, con
     write_checkpoint(dir, w, config);
 }
 
-Checkpoint load_checkpoint(const std::string& dir, const std::string& weight_type, bool verify) {
+Checkpoint load_checkpoint(const std::string& dir, const std::string& weight_type, bool verify, ExpertSplit split) {
     const std::string path = checkpoint_file(dir);
     std::error_code ec;  // (the non-throwing forms: a name too long is an error line, not an abort)
     if (!fs::exists(dir, ec))
@@ -116,7 +116,7 @@ Checkpoint load_checkpoint(const std::string& dir, const std::string& weight_typ
              ck.tokenizer.vocab_size());
     const kernels::WType stored = kernels::parse_wtype(ck.weight_type, "checkpoint weight_type");
     const kernels::WType want = weight_type.empty() ? stored : kernels::parse_wtype(weight_type, "--dtype");
-    ck.model = std::make_unique<Model>(ck.config.model, want);
+    ck.model = std::make_unique<Model>(ck.config.model, want, expert_shard_of(ck.config.model, split));
     Model& m = *ck.model;
     std::vector<float> row;  // one row in fp32 while converting between typed formats
     for (const auto& p : m.table().params()) {
@@ -140,9 +140,11 @@ Checkpoint load_checkpoint(const std::string& dir, const std::string& weight_typ
             v.q = t->i8();
             v.scales = sc->f32();
         }
+        const auto [r0, nr] = m.local_rows(p);  // a sharded model's experts, else every row
+        v = v.rows(r0, nr);
         if (float* dst = m.param_f32(p)) {  // fp32 in the model: converted (a copy: training writes it)
             if (v.type == kernels::WType::f32) {
-                std::memcpy(dst, v.f32, p.numel * sizeof(float));
+                std::memcpy(dst, v.f32, v.out * v.in * sizeof(float));
             } else {
                 for (int64_t r = 0; r < v.out; ++r) kernels::dequantize_row(dst + r * v.in, v, r);
             }
@@ -163,7 +165,7 @@ Checkpoint load_checkpoint(const std::string& dir, const std::string& weight_typ
     }
     const TensorView* am = tf.find("optim.adam_m");
     const TensorView* av = tf.find("optim.adam_v");
-    if (am && av && !m.typed()) {
+    if (am && av && !m.typed() && !m.sharded()) {
         if (am->numel() != m.n_params() || av->numel() != m.n_params())
             fail("'", path, "': optimizer state has ", am->numel(), " values, the model has ", m.n_params());
         ck.adam_m.assign(am->f32(), am->f32() + am->numel());

@@ -51,7 +51,10 @@ void save_checkpoint(const std::string& dir, const Config& config, const Tokeniz
 // used in place from the mapped file (the model keeps the mapping) and others are converted.
 // verify: check the CRC-32 of the whole file (one sequential pass over the mapping); without it the
 // structure (magic, sizes, header, tensor bounds) is still checked, and pages are read on use.
-Checkpoint load_checkpoint(const std::string& dir, const std::string& weight_type = "", bool verify = true);
+// split: expert-parallel inference, the model holds its rank's experts only (Model's ExpertShard);
+// the other experts' bytes are never read (the file is mapped).
+Checkpoint load_checkpoint(const std::string& dir, const std::string& weight_type = "", bool verify = true,
+                           ExpertSplit split = {});
 
 // Creates `dir` (and parents) or throws naming it; checks it is writable.
 void ensure_writable_dir(const std::string& dir);

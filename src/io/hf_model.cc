@@ -81,7 +81,7 @@ void to_f32(float* dst, const void* src, DType dt, int64_t n, const std::string&
 
 }  // namespace
 
-Checkpoint load_hf_model(const std::string& dir, const std::string& weight_type, int64_t n_ctx) {
+Checkpoint load_hf_model(const std::string& dir, const std::string& weight_type, int64_t n_ctx, ExpertSplit split) {
     const HfConfig hf = read_hf_config(dir);
     Checkpoint ck;
     ck.config = hf_to_moe_config(hf, n_ctx, (fs::path(dir) / "config.json").string());
@@ -98,8 +98,9 @@ Checkpoint load_hf_model(const std::string& dir, const std::string& weight_type,
     ck.weight_type = stored == DType::bf16 ? "bf16" : stored == DType::f16 ? "f16" : "fp32";
     const kernels::WType want = !weight_type.empty() ? kernels::parse_wtype(weight_type, "--dtype")
                                 : stored == DType::bf16 ? kernels::WType::bf16 : kernels::WType::f32;
-    ck.model = std::make_unique<Model>(ck.config.model, want);
+    ck.model = std::make_unique<Model>(ck.config.model, want, expert_shard_of(ck.config.model, split));
     Model& m = *ck.model;
+    const ExpertShard shard = m.expert_shard();
     std::vector<unsigned char> buf;  // one assembled tensor in the stored type
     std::vector<float> rows;         // a slice of it in fp32
     for (const auto& p : m.table().params()) {
@@ -114,19 +115,22 @@ Checkpoint load_hf_model(const std::string& dir, const std::string& weight_type,
         const DType dt = first.dtype;
         const std::string what = "'" + src->where() + "': tensor '" + first.name + "'";
         float* dst = m.param_f32(p);
+        const auto [r0, nr] = m.local_rows(p);  // a sharded model's experts, else every row
+        const bool part = p.expert && m.sharded();
+        const int64_t numel = nr * p.shape.back();
         if (!dst && t.kind == HfMapKind::direct && want == kernels::WType::bf16 && dt == DType::bf16) {
             kernels::QMatrix v;  // in place: the mapping holds it
-            v.type = kernels::WType::bf16, v.in = p.shape.back(), v.out = p.numel / v.in, v.bf16 = first.u16();
+            v.type = kernels::WType::bf16, v.in = p.shape.back(), v.out = nr, v.bf16 = first.u16() + r0 * v.in;
             m.set_param_view(p, v, src);
             continue;
         }
         if (!dst && t.kind != HfMapKind::direct && want == kernels::WType::bf16 && dt == DType::bf16) {
             // the experts in place too: one view per expert tensor (or per half of a fused gate_up),
             // so loading reads nothing and a decode step touches only the chosen experts' pages
-            const int64_t E = t.shape[0], rows_e = t.shape[1], in = t.shape[2];
-            std::vector<kernels::QMatrix> parts((size_t)E);
-            for (int64_t e = 0; e < E; ++e) {
-                kernels::QMatrix& v = parts[(size_t)e];
+            const int64_t rows_e = t.shape[1], in = t.shape[2];
+            std::vector<kernels::QMatrix> parts((size_t)shard.count);
+            for (int64_t e = shard.first; e < shard.first + shard.count; ++e) {
+                kernels::QMatrix& v = parts[(size_t)(e - shard.first)];
                 v.type = kernels::WType::bf16, v.out = rows_e, v.in = in;
                 v.bf16 = t.kind == HfMapKind::stack_experts
                              ? src->get(t.hf_names[(size_t)e]).u16()
@@ -136,13 +140,13 @@ Checkpoint load_hf_model(const std::string& dir, const std::string& weight_type,
             continue;
         }
         const void* data = first.data;
-        if (t.kind != HfMapKind::direct) {
-            buf.resize((size_t)p.numel * dtype_size(dt));
-            hf_assemble(t, *src, buf.data(), buf.size());
+        if (t.kind != HfMapKind::direct || part) {  // (a sharded model: its experts only)
+            buf.resize((size_t)numel * dtype_size(dt));
+            hf_assemble(t, *src, buf.data(), buf.size(), part ? shard.first : 0, part ? shard.count : -1);
             data = buf.data();
         }
         if (dst) {
-            to_f32(dst, data, dt, p.numel, what);
+            to_f32(dst, data, dt, numel, what);
             continue;
         }
         // typed, converted a slice of rows at a time
@@ -197,15 +201,16 @@ ModelFormat detect_model_format(const std::string& path) {
                     "checkpoint or a Hugging Face model)");
 }
 
-Checkpoint load_model(const std::string& path, const std::string& weight_type, int64_t n_ctx) {
+Checkpoint load_model(const std::string& path, const std::string& weight_type, int64_t n_ctx, ExpertSplit split) {
     const fs::path p(path);
     switch (detect_model_format(path)) {
         case ModelFormat::moe_checkpoint:
-            return load_checkpoint(p.filename() == "checkpoint.bin" ? p.parent_path().string() : path, weight_type);
+            return load_checkpoint(p.filename() == "checkpoint.bin" ? p.parent_path().string() : path, weight_type,
+                                   true, split);
         case ModelFormat::hugging_face:
-            return load_hf_model(path, weight_type, n_ctx);
+            return load_hf_model(path, weight_type, n_ctx, split);
         case ModelFormat::gguf:
-            return load_gguf_model(path, weight_type, n_ctx);
+            return load_gguf_model(path, weight_type, n_ctx, split);
     }
     fail("unreachable");
 }

@@ -20,14 +20,17 @@ Config hf_to_moe_config(const HfConfig& hf, int64_t n_ctx, const std::string& wh
 // keeps as they are (bf16 model, not stacked) are used in place from the mapped files; others are
 // assembled (experts stacked, fused gate/up split) and converted (F16 and BF16 to fp32 exactly;
 // int8 by moe's Q8_0). The tokenizer comes from tokenizer.json (+ tokenizer_config.json).
-Checkpoint load_hf_model(const std::string& dir, const std::string& weight_type = "", int64_t n_ctx = 0);
+Checkpoint load_hf_model(const std::string& dir, const std::string& weight_type = "", int64_t n_ctx = 0,
+                         ExpertSplit split = {});
 
 // What `--model PATH` names: a moe checkpoint directory (checkpoint.bin), a Hugging Face model
 // directory (config.json), a file of one of them, or a GGUF file (by its magic; io/gguf_model.h);
 // moe::error naming PATH otherwise.
 enum class ModelFormat { moe_checkpoint, hugging_face, gguf };
 ModelFormat detect_model_format(const std::string& path);
-Checkpoint load_model(const std::string& path, const std::string& weight_type = "", int64_t n_ctx = 0);
+// split: expert-parallel inference (a rank's experts only; Model's ExpertShard), for every format.
+Checkpoint load_model(const std::string& path, const std::string& weight_type = "", int64_t n_ctx = 0,
+                      ExpertSplit split = {});
 // The config of the model at `path` (Hugging Face: config.json alone; a moe checkpoint: its config).
 Config load_model_config(const std::string& path, int64_t n_ctx = 0);
 

@@ -143,11 +143,49 @@ void lay_out(Arena& arena, Plan&& plan) {
 
 }  // namespace
 
+ExpertShard expert_shard_of(const ModelConfig& m, ExpertSplit split) {
+    const int P = split.size;
+    if (P < 1) fail("--expert-parallel must be >= 1, got ", P);
+    if (P == 1) return {};
+    if (!m.any_moe() || m.n_expert < 1)
+        fail("--expert-parallel ", P, " needs an MoE model, and this one has no MoE layer");
+    if (m.n_expert % P != 0)
+        fail("--expert-parallel ", P, " must divide the number of experts (model.n_expert = ", m.n_expert,
+             "): every rank holds the same number of experts");
+    MOE_ASSERT(split.rank >= 0 && split.rank < P);
+    const int64_t El = m.n_expert / P;
+    return {split.rank * El, El};
+}
+
 Model::~Model() = default;
 
 float* Model::params() {
-    MOE_ASSERT(!typed_);  // callers hold fp32 models (training, checkpoints of fp32 weights)
+    MOE_ASSERT(!typed_ && !sharded());  // callers hold whole fp32 models (training, checkpoints of fp32 weights)
     return reinterpret_cast<float*>(params_.data());
+}
+
+std::pair<int64_t, int64_t> Model::local_rows(const ParamInfo& p) const {
+    const int64_t in = p.shape.back(), rows = p.numel / in;
+    if (!p.expert || !sharded()) return {0, rows};
+    const int64_t per = rows / cfg_.n_expert;  // an expert's rows of the (E * rows_e, IN) stack
+    return {shard_.first * per, shard_.count * per};
+}
+
+double Model::expert_bytes_held() const {
+    double b = 0;
+    const auto& ps = table_.params();
+    for (size_t i = 0; i < ps.size(); ++i) {
+        if (!ps[i].expert) continue;
+        if (views_[i].out != 0) b += views_[i].bytes();
+        else if (f32_off_[i] >= 0) b += 4.0 * (double)local_rows(ps[i]).second * (double)ps[i].shape.back();
+    }
+    return b;
+}
+
+const layers::QFfn& Model::cached_expert_views(int64_t l) {
+    MOE_ASSERT(l >= 0 && l < cfg_.n_layer && cfg_.layer_moe[l]);
+    if ((int64_t)qviews_.size() != cfg_.n_layer) build_views();
+    return qviews_[l].ffn;
 }
 
 float* Model::param_f32(const ParamInfo& p) {
@@ -162,7 +200,7 @@ kernels::QStore& Model::param_store(const ParamInfo& p) {
     kernels::QStore& st = stores_[i];
     if (st.out == 0) {
         const int64_t in = p.shape.back();
-        st.allocate(wtype_, p.numel / in, in);
+        st.allocate(wtype_, local_rows(p).second, in);
         views_[i] = st.view();
         qviews_.clear();  // rebuilt on the next forward_cached
     }
@@ -184,7 +222,7 @@ void Model::set_param_expert_views(const ParamInfo& p, std::vector<kernels::QMat
     MOE_ASSERT(typed_ && i >= 0 && i < (int64_t)views_.size() && f32_off_[i] < 0 && !parts.empty());
     const int64_t rows = parts[0].out, in = p.shape.back();
     for (const kernels::QMatrix& m : parts) MOE_ASSERT(m.type == wtype_ && m.out == rows && m.in == in && !m.parts);
-    MOE_ASSERT(rows * (int64_t)parts.size() * in == p.numel);
+    MOE_ASSERT(rows * (int64_t)parts.size() == local_rows(p).second);
     if ((int64_t)parts_.size() != (int64_t)views_.size()) parts_.resize(views_.size());
     parts_[i] = std::move(parts);
     kernels::QMatrix v;
@@ -206,6 +244,9 @@ kernels::QMatrix Model::param_typed(const ParamInfo& p) const {
 }
 
 TrainingState& Model::training() {
+    if (sharded())
+        fail("a model holding experts [", shard_.first, ", ", shard_.first + shard_.count, ") of ", cfg_.n_expert,
+             " (expert-parallel inference) is for forward_cached only");
     if (typed_)
         fail("a model with ", kernels::wtype_name(wtype_),
              " weights is for inference only: training and plain forwards need the fp32 weights "
@@ -230,16 +271,29 @@ void Model::zero_grad() {
 
 Model::Model(const ModelConfig& cfg) : Model(cfg, kernels::WType::f32) {}
 
-Model::Model(const ModelConfig& cfg, kernels::WType t) : cfg_(cfg), table_(cfg), typed_(t != kernels::WType::f32), wtype_(t) {
+Model::Model(const ModelConfig& cfg, kernels::WType t) : Model(cfg, t, ExpertShard{}) {}
+
+Model::Model(const ModelConfig& cfg, kernels::WType t, ExpertShard shard)
+    : cfg_(cfg), table_(cfg), typed_(t != kernels::WType::f32), wtype_(t) {
+    const int64_t E = cfg_.any_moe() ? cfg_.n_expert : 0;
+    if (shard.count != 0) {
+        if (E == 0) fail("expert parallelism needs an MoE model, and this one has no MoE layer");
+        if (shard.first < 0 || shard.count < 1 || shard.first + shard.count > E)
+            fail("experts [", shard.first, ", ", shard.first + shard.count, ") are not a range of the model's ", E,
+                 " experts");
+    }
+    shard_ = shard.count != 0 ? shard : ExpertShard{0, E};
+    const bool compact = typed_ || sharded();  // a typed or sharded model's fp32 tensors, packed
     const auto& ps = table_.params();
     f32_off_.assign(ps.size(), -1);
     int64_t n = 0;
     for (size_t i = 0; i < ps.size(); ++i) {
         if (typed_ && typed_at_inference(ps[i])) continue;
-        f32_off_[i] = typed_ ? n : ps[i].offset;
-        n += (ps[i].numel + 15) / 16 * 16;  // 64-byte aligned, as the ParamTable
+        f32_off_[i] = compact ? n : ps[i].offset;
+        const int64_t numel = local_rows(ps[i]).second * ps[i].shape.back();
+        n += (numel + 15) / 16 * 16;  // 64-byte aligned, as the ParamTable
     }
-    params_.allocate((typed_ ? n : table_.total()) * sizeof(float));
+    params_.allocate((compact ? n : table_.total()) * sizeof(float));
     float* base = reinterpret_cast<float*>(params_.data());
     stores_.resize(ps.size());
     views_.resize(ps.size());
@@ -283,19 +337,25 @@ void Model::init(uint64_t seed) {
         uint64_t key = 1469598103934665603ull;  // FNV-1a of the name: one stream per tensor, so
         for (char ch : p.name) key = (key ^ (unsigned char)ch) * 1099511628211ull;  // adding a
         Rng rng(seed, key);  // tensor (e.g. W_noise) does not change the others' initial values
+        // a sharded model draws the whole stream and keeps its experts' rows [lr0, lr0 + ln)
+        const auto [lr0, ln] = local_rows(p);
+        const int64_t in = p.shape.back(), rows = p.numel / in;
         if (x) {
-            for (int64_t j = 0; j < p.numel; ++j) x[j] = (float)(rng.normal() * sd);
+            for (int64_t j = 0; j < p.numel; ++j) {
+                const float v = (float)(rng.normal() * sd);
+                if (j >= lr0 * in && j < (lr0 + ln) * in) x[j - lr0 * in] = v;
+            }
             continue;
         }
         // typed: the same stream, converted a slice of rows at a time
         kernels::QStore& st = param_store(p);
-        const int64_t in = st.in, rows = st.out;
         const int64_t step = std::max<int64_t>(1, (1 << 20) / in);
         slice.resize(std::min(rows, step) * in);
         for (int64_t r0 = 0; r0 < rows; r0 += step) {
             const int64_t n = std::min(step, rows - r0);
             for (int64_t j = 0; j < n * in; ++j) slice[j] = (float)(rng.normal() * sd);
-            st.set_rows(r0, n, slice.data());
+            const int64_t a = std::max(r0, lr0), b = std::min(r0 + n, lr0 + ln);
+            if (a < b) st.set_rows(a - lr0, b - a, slice.data() + (a - r0) * in);
         }
     }
     qviews_.clear();
@@ -461,7 +521,7 @@ void Model::set_weight_type(kernels::WType t) {
     for (size_t i = 0; i < ps.size(); ++i) {
         if (!typed_at_inference(ps[i])) continue;
         const int64_t in = ps[i].shape.back();
-        stores_[i].build(t, params() + ps[i].offset, ps[i].numel / in, in);
+        stores_[i].build(t, param_f32(ps[i]), local_rows(ps[i]).second, in);
         views_[i] = stores_[i].view();
     }
     qviews_.clear();
@@ -474,7 +534,7 @@ void Model::build_views() {
         if (!p) return {};
         const int64_t i = p - ps.data();
         if (views_[i].out == 0 && !typed_) {  // fp32 model before any set_weight_type: views
-            stores_[i].build(kernels::WType::f32, params() + p->offset, p->numel / p->shape.back(), p->shape.back());
+            stores_[i].build(kernels::WType::f32, param_f32(*p), local_rows(*p).second, p->shape.back());
             views_[i] = stores_[i].view();
         }
         if (views_[i].out == 0) fail("the model's tensor '", name, "' has no weights (not loaded)");
@@ -540,6 +600,9 @@ void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int3
             fail("KV cache: no free page for position ", pos[n], " of sequence ", seq[n], " (the pool of ",
                  cache.n_pages * cache.page, " positions is full)");
     if ((int64_t)qviews_.size() != cfg_.n_layer) build_views();
+    if (sharded() && !cached_runner_)
+        fail("this model holds experts [", shard_.first, ", ", shard_.first + shard_.count, ") of ", cfg_.n_expert,
+             " only: its forwards need the expert-parallel runner (mpirun ... --expert-parallel)");
     const kernels::PrecisionScope precision(precision_);
     // a call of less than kSerialFlops (about a millisecond of one core) runs on this thread
     // alone: small-model decode and short prefills never fork, so a busy core cannot stall them
@@ -560,6 +623,7 @@ void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int3
                                          seq, pos, qviews_[l]);
         layers::RouteContext ctx;  // evaluation routing: no noise, eval capacity
         ctx.layer = l;
+        ctx.experts = cached_runner_;  // expert parallel: the routed rows go to their experts' ranks
         layers::ffn_forward(x, p.ffn, mid, w_.layers[l], cfg_, cfg_.layer_moe[l], N, ctx, &qviews_[l]);
         if (cfg_.layer_moe[l]) {
             cached_load_[l].assign(p.ffn.expert_load, p.ffn.expert_load + cfg_.n_expert);

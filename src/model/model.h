@@ -3,6 +3,7 @@
 // plus the training state and the inference plan, each made on first use.
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "core/arena.h"
@@ -25,6 +26,20 @@ struct TrainingState;
 // context (N, H, n_ctx), logits (N, V); no gradients, no per-layer copies, no probabilities.
 struct InferencePlan;
 
+// Expert-parallel inference (docs/distributed.md): the experts of every MoE layer this model holds,
+// [first, first + count) of E. count 0: all of them (every other model).
+struct ExpertShard {
+    int64_t first = 0, count = 0;
+};
+
+// An expert-parallel job's split: rank `rank` of `size` holds experts [rank·E/size, (rank+1)·E/size).
+struct ExpertSplit {
+    int size = 1, rank = 0;
+};
+// The shard a split gives a model of config m ({0, 0}: all experts, for size 1). moe::error naming
+// the values when the model has no MoE layer or size does not divide E.
+ExpertShard expert_shard_of(const ModelConfig& m, ExpertSplit split);
+
 class Model {
 public:
     // An fp32 model: every parameter in one flat fp32 buffer (ParamTable layout), trainable; its
@@ -35,6 +50,12 @@ public:
     // a mapped file, or converted), never held in fp32; norms, routers and the embedding stay
     // fp32. Training calls on it throw moe::error. t = f32 is the fp32 model.
     Model(const ModelConfig& cfg, kernels::WType t);
+    // The same holding only experts [shard.first, shard.first + shard.count) of every MoE layer
+    // (expert-parallel inference): each expert stack (param.expert) is stored, loaded and viewed as
+    // its shard.count experts' rows (local_rows), everything else whole. Inference only (training
+    // calls and params() are for whole models); forward_cached needs set_cached_expert_runner.
+    // moe::error for a shard outside [0, E) or on a model without MoE layers.
+    Model(const ModelConfig& cfg, kernels::WType t, ExpertShard shard);
     ~Model();
     Model(const Model&) = delete;
     Model& operator=(const Model&) = delete;
@@ -42,8 +63,17 @@ public:
     const ModelConfig& config() const { return cfg_; }
     const ParamTable& table() const { return table_; }
     int64_t n_params() const { return table_.total(); }  // flat buffer length (with padding)
-    // The flat fp32 buffer of an fp32 model (ParamTable layout). Not for a typed model.
+    // The flat fp32 buffer of an fp32 model (ParamTable layout). Not for a typed or sharded model.
     float* params();
+    // The experts held (count = E unless sharded) and whether only some are.
+    ExpertShard expert_shard() const { return shard_; }
+    bool sharded() const { return shard_.count != cfg_.n_expert && cfg_.any_moe(); }
+    // The rows of parameter p (as a (numel / IN, IN) matrix) this model holds: (first row, rows);
+    // all of them but for an expert stack of a sharded model. param_f32, param_store and the views
+    // a loader sets hold exactly these rows.
+    std::pair<int64_t, int64_t> local_rows(const ParamInfo& p) const;
+    // Bytes of the expert stacks' inference weights this model holds (views included).
+    double expert_bytes_held() const;
     // True when the matmul weights are stored typed without an fp32 master copy.
     bool typed() const { return typed_; }
     // fp32 data of parameter p: any parameter of an fp32 model, or one that is not
@@ -111,6 +141,13 @@ public:
     // routed experts' weight gradients are r's, not written into grads(). Evaluation-mode forwards
     // and forward_cached run every expert here. null: off.
     void set_expert_runner(layers::ExpertRunner* r) { expert_runner_ = r; }
+    // Expert-parallel inference (infer/expert_parallel.h): while set, forward_cached hands every MoE
+    // layer's routed rows to `r` (ExpertRunner::forward_cached) instead of running the experts
+    // here. A sharded model needs it. null: off.
+    void set_cached_expert_runner(layers::ExpertRunner* r) { cached_runner_ = r; }
+    // The inference views of MoE layer l's expert stacks (this model's shard of them), as
+    // forward_cached reads them: what an expert-parallel rank runs its experts with.
+    const layers::QFfn& cached_expert_views(int64_t l);
     void zero_grad();  // both threads write (a serial 36 MB memset was 2% of a makeMoE step)
 
     // Inference with a KV cache (no targets, evaluation routing): N rows, row i is token tokens[i]
@@ -181,6 +218,8 @@ private:
     std::vector<int64_t> f32_off_;  // (params) offset into params_, -1 for a typed matrix
     const ops::ExpertGradSink* expert_sink_ = nullptr;
     layers::ExpertRunner* expert_runner_ = nullptr;
+    layers::ExpertRunner* cached_runner_ = nullptr;
+    ExpertShard shard_;  // count = E (or 0 without MoE layers) unless sharded
     bool ran_experts_remote_ = false;  // the last forward used expert_runner_
     Weights w_;  // fp32 views (a typed model's typed matrices are null here)
     std::unique_ptr<TrainingState> tr_;
