@@ -343,6 +343,7 @@ int cmd_routing(const RoutingArgs& a) {
 struct LogitsArgs {
     std::string model, tokens, out, dtype;
     int threads = 0;
+    int expert_parallel = 1;
 };
 
 CLI::App* add_logits(CLI::App& app, LogitsArgs& a) {
@@ -352,6 +353,7 @@ CLI::App* add_logits(CLI::App& app, LogitsArgs& a) {
     c->add_option("--out", a.out, "file to write: little-endian float32, row-major (tokens, vocab)")->required();
     c->add_option("--dtype", a.dtype, "weight type of the matmuls: fp32 | bf16 | int8 (default: as stored)");
     c->add_option("--threads", a.threads, "threads (default: all cores)");
+    add_expert_parallel(c, a.expert_parallel);
     return c;
 }
 
@@ -375,6 +377,11 @@ std::vector<int32_t> parse_ids(const std::string& s, const char* what) {
 int cmd_logits(const LogitsArgs& a) {
     moe::set_threads(a.threads);
     const std::vector<int32_t> ids = parse_ids(a.tokens, "--tokens");
+    moe::set_expert_parallel(a.expert_parallel);
+    if (moe::expert_parallel_follower()) {  // rank 0 writes the file; this rank runs its experts for it
+        moe::follow_expert_parallel(a.model, "", 0, a.dtype);
+        return 0;
+    }
     moe::LoadedModel model(a.model, a.dtype, "logits --dtype");
     const std::vector<float> l = model.logits(ids);
     moe::write_file(a.out, std::string_view(reinterpret_cast<const char*>(l.data()), l.size() * sizeof(float)));
