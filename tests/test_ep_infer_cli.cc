@@ -119,6 +119,26 @@ TEST_F(EpInferCli, BenchReportsEachRanksExpertBytes) {
     }
 }
 
+// Peak RSS follows the experts held: with 96 MiB of fp32 experts, each of 2 ranks peaks at least
+// 3/4 of the 48 MiB it does not hold below one process (also under mpirun: Open MPI's own memory
+// is in both)
+TEST_F(EpInferCli, PeakRssDropsWithTheExpertsHeld) {
+    json c = {{"model",
+               {{"n_layer", 4}, {"n_embd", 256}, {"n_head", 4}, {"n_ctx", 32}, {"vocab_size", 64}, {"ffn", "moe"},
+                {"n_expert", 8}, {"n_expert_used", 2}, {"n_ff_exp", 1024}}}};
+    write_config("r.json", c);
+    const std::string args = "bench --config r.json --json --threads 1 --mode prefill --prompt 8";
+    const RunResult one = moe(args + " --expert-parallel 1", mpirun(1)), ep = run(2, args);
+    ASSERT_EQ(one.code(), 0) << one.describe();
+    ASSERT_EQ(ep.code(), 0) << ep.describe();
+    const json a = json::parse(one.out), b = json::parse(ep.out);
+    const double share = b["expert_bytes_rank"][0].get<double>() / 1048576.0;
+    EXPECT_EQ(share, 48.0);
+    for (int q = 0; q < 2; ++q)
+        EXPECT_LT(b["peak_rss_mb_rank"][q].get<double>(), a["peak_rss_mb"].get<double>() - 0.75 * share)
+            << one.out << ep.out;
+}
+
 // `moe logits` (one forward over ids, every row's logits) writes the bytes of one process, for the
 // GGUF loader's paths too (the test files have no tokenizer for a text prompt)
 TEST_F(EpInferCli, LogitsAreTheBytesOfOneProcess) {

@@ -105,8 +105,12 @@ std::unique_ptr<Comm> make_mpi_world() {
     MPI_Initialized(&inited);
     if (!inited) {
         int provided = 0;
-        // FUNNELED: only the thread that called world() calls MPI (OpenMP workers never do)
-        check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+        // SERIALIZED: one thread at a time calls MPI (OpenMP workers never do), not always the one
+        // that called world(): `moe serve --expert-parallel` runs its engine, and so the experts'
+        // exchanges, on a thread of its own
+        check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
+        if (provided < MPI_THREAD_SERIALIZED)
+            fail("the MPI library provides thread level ", provided, ", below MPI_THREAD_SERIALIZED");
         std::atexit(finalize_at_exit);
     }
     // errors come back as codes and become moe::error (a lost peer usually ends the job in mpirun first)
