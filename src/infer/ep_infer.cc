@@ -65,7 +65,7 @@ void EpLeader::forward_cached(layers::FfnCacheT<float>& c, const layers::QFfn& q
     std::copy(off, off + E_ + 1, cmd_.begin() + kHeader);
     {
         MOE_PROFILE_SCOPE("moe expert-parallel exchange");
-        comm_.broadcast(cmd_.data(), (int64_t)cmd_.size() * 4, 0);
+        comm_.broadcast_idle(cmd_.data(), (int64_t)cmd_.size() * 4, 0);  // (matches the others' call)
         // rank q's rows: experts (counts and displacements in floats: Comm's float alltoallv) [q·El, (q+1)·El), contiguous in the grouped layout
         for (int q = 0; q < P_; ++q) {
             const int64_t r0 = off[q * El], r1 = off[(q + 1) * El];
@@ -93,7 +93,7 @@ const std::vector<EpRankStats>& EpLeader::stop() {
     model_.set_cached_expert_runner(nullptr);
     std::fill(cmd_.begin(), cmd_.end(), 0);
     cmd_[0] = kStop;
-    comm_.broadcast(cmd_.data(), (int64_t)cmd_.size() * 4, 0);
+    comm_.broadcast_idle(cmd_.data(), (int64_t)cmd_.size() * 4, 0);  // (matches the others' call)
     const EpRankStats mine{model_.expert_bytes_held(), ep_peak_rss_mb()};
     stats_.resize(P_);
     comm_.allgather(&mine, sizeof(EpRankStats), stats_.data());
@@ -115,7 +115,7 @@ void ep_follow(dist::Comm& comm, Model& model) {
     std::vector<float> xe(1), ye(1), hg(1), hu(1), act(1);  // never empty: .data() is a valid pointer
     const kernels::PrecisionScope precision(model.precision());
     for (;;) {
-        comm.broadcast(cmd.data(), (int64_t)cmd.size() * 4, 0);
+        comm.broadcast_idle(cmd.data(), (int64_t)cmd.size() * 4, 0);  // (a server may be idle for hours)
         if (cmd[0] == kStop) break;
         MOE_ASSERT(cmd[0] == kLayer);
         const int64_t layer = cmd[1];
