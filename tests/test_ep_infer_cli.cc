@@ -139,6 +139,40 @@ TEST_F(EpInferCli, PeakRssDropsWithTheExpertsHeld) {
             << one.out << ep.out;
 }
 
+// The sharded set an expert-parallel TRAINING run saves (manifest.json, replicated and experts-A-B
+// files) is a model for expert-parallel inference too: each rank reads its range from the expert
+// files that overlap it, for P equal to the training split and another one, fp32 and int8, and
+// gets the tokens of one process (which gathers the set) and of the gathered checkpoint.bin.
+TEST_F(EpInferCli, ShardedTrainingCheckpointGenerates) {
+    json c = tiny_config();
+    c["model"]["n_layer"] = 2;
+    c["model"]["n_ctx"] = 64;
+    c["train"]["steps"] = 4;
+    write_config("eps.json", c);
+    RunResult r = moe("train --config eps.json --threads 1 --no-sample --out cks --expert-parallel 2", mpirun(2));
+    ASSERT_EQ(r.code(), 0) << r.describe();
+    ASSERT_TRUE(fs::exists(path("cks/manifest.json"))) << "a sharded set";
+    ASSERT_FALSE(fs::exists(path("cks/checkpoint.bin")));
+    r = moe("export --model cks --format moe --out gathered");
+    ASSERT_EQ(r.code(), 0) << r.describe();
+    const std::string sample = "--prompt 'the quick' --max-tokens 16 --temperature 0.9 --top-k 20 --seed 5 --threads 1";
+    for (const char* dtype : {"", " --dtype int8"}) {
+        SCOPED_TRACE(std::string("dtype") + dtype);
+        const RunResult one = run(0, "generate --model cks " + sample + dtype);
+        ASSERT_EQ(one.code(), 0) << one.describe();
+        ASSERT_GT(one.out.size(), 8u) << one.describe();
+        const RunResult whole = run(0, "generate --model gathered " + sample + dtype);
+        ASSERT_EQ(whole.code(), 0) << whole.describe();
+        EXPECT_EQ(whole.out, one.out);
+        for (int np : {2, 4}) {  // the training split, and 4 ranks over its 2 expert files
+            SCOPED_TRACE("np " + std::to_string(np));
+            const RunResult ep = run(np, "generate --model cks " + sample + dtype);
+            ASSERT_EQ(ep.code(), 0) << ep.describe();
+            EXPECT_EQ(ep.out, one.out);
+        }
+    }
+}
+
 // `moe logits` (one forward over ids, every row's logits) writes the bytes of one process, for the
 // GGUF loader's paths too (the test files have no tokenizer for a text prompt)
 TEST_F(EpInferCli, LogitsAreTheBytesOfOneProcess) {
