@@ -169,6 +169,11 @@ TEST(EpInfer, BadLayoutsAreErrors) {
     }
     const moe::ModelConfig dense = model_config({{"n_layer", 1}, {"n_embd", 16}, {"ffn", "dense"}, {"n_ff", 16}});
     EXPECT_THROW(moe::expert_range_of(dense, 2, 0), moe::error);
+    // a range outside [0, E), or on a model without MoE layers: moe::error, for every weight type
+    for (const moe::kernels::WType t : {moe::kernels::WType::f32, moe::kernels::WType::q8})
+        for (const moe::ExpertRange bad : {moe::ExpertRange{4, 3}, moe::ExpertRange{-1, 2}, moe::ExpertRange{0, 0}})
+            EXPECT_THROW(moe::Model(cfg, t, bad), moe::error) << bad.first << " " << bad.count;
+    EXPECT_THROW(moe::Model(dense, moe::ExpertRange{0, 1}), moe::error);
     // a sharded model without its runner refuses to run (it lacks the other experts)
     moe::Model m(cfg, moe::kernels::WType::f32, moe::expert_range_of(cfg, 2, 0));
     m.init(1);

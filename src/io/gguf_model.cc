@@ -531,8 +531,9 @@ Checkpoint load_gguf_model(const std::string& path, const std::string& weight_ty
     // that cannot fit in the machine's memory instead of being killed halfway.
     {
         int64_t numel = 0;
-        const ParamTable table(ck.config.model, experts);  // named: a range-for over a temporary's member dangles
-        for (const auto& p : table.params()) numel += p.numel;  // (a range of experts: those only)
+        const ParamTable table(ck.config.model);  // named: a range-for over a temporary's member dangles
+        for (const auto& p : table.params())  // (a range of experts: those only; checked by Model)
+            numel += p.expert && !experts.all() ? p.numel / ck.config.model.n_expert * experts.count : p.numel;
         const double bytes = (double)numel * (want == kernels::WType::f32                                    ? 4.0
                                               : want == kernels::WType::bf16 || want == kernels::WType::f16 ? 2.0
                                                                                                              : 1.2);
