@@ -20,4 +20,6 @@ endif()
 # test_data_parallel.cc runs `mpirun -np W moe train` itself (it skips without MOE_MPIRUN)
 if(MOE_MPI)
   target_compile_definitions(moe_test_data_parallel PRIVATE MOE_MPIRUN="${MOE_MPIRUN}")
+  # test_ep_infer_cli.cc: mpirun -np P moe generate|bench|serve --expert-parallel P
+  target_compile_definitions(moe_test_ep_infer_cli PRIVATE MOE_MPIRUN="${MOE_MPIRUN}")
 endif()

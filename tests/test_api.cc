@@ -89,7 +89,13 @@ TEST(Api, BenchJsonKeysAndRoundedValues) {
     EXPECT_EQ(keys(j), (std::vector<std::string>{"model", "mode", "dtype", "threads", "batch", "total_params",
                                                  "active_params", "tokens", "seconds", "tokens_per_sec",
                                                  "weight_bytes_per_token", "weight_gbytes_per_sec", "gflops",
-                                                 "parallel_regions_per_step", "peak_rss_mb", "weights_mb", "kv_mb"}));
+                                                 "parallel_regions_per_step", "peak_rss_mb", "weights_mb", "kv_mb",
+                                                 "expert_parallel", "expert_bytes_total", "expert_bytes_rank",
+                                                 "peak_rss_mb_rank"}));
+    EXPECT_EQ(j["expert_parallel"], 1);  // one process: one rank holding every expert
+    ASSERT_EQ(j["expert_bytes_rank"].size(), 1u);
+    EXPECT_EQ(j["expert_bytes_rank"][0].get<double>(), j["expert_bytes_total"].get<double>());
+    EXPECT_GT(j["expert_bytes_total"].get<double>(), 0);
     EXPECT_EQ(j["mode"], "prefill");
     EXPECT_EQ(j["tokens"].get<int64_t>(), r.result.tokens);
     EXPECT_TRUE(j["weight_bytes_per_token"].is_number_integer());  // %.0f before

@@ -96,7 +96,13 @@ struct GenerateArgs {
     std::vector<std::string> stop;
     int threads = 0;
     int64_t experts = 0;
+    int expert_parallel = 1;
 };
+
+// --expert-parallel of generate / bench / serve
+void add_expert_parallel(CLI::App* c, int& p) {
+    c->add_option("--expert-parallel", p, "under mpirun -np P: each rank holds 1/P of every MoE layer's experts (P = the ranks; docs/distributed.md)")->capture_default_str();
+}
 
 CLI::App* add_generate(CLI::App& app, GenerateArgs& a) {
     CLI::App* c = app.add_subcommand("generate", "generate text from a model");
@@ -117,6 +123,7 @@ CLI::App* add_generate(CLI::App& app, GenerateArgs& a) {
     c->add_option("--dtype", a.dtype,
                   "weight type of the matmuls: fp32 | bf16 | int8 (router stays fp32; default: the checkpoint's)");
     c->add_option("--experts-per-token", a.experts, "route each token to K experts (default: the model's)");
+    add_expert_parallel(c, a.expert_parallel);
     return c;
 }
 
@@ -126,6 +133,11 @@ int cmd_generate(GenerateArgs& a) {
     a.sample.seed = (uint64_t)a.seed;
     moe::check_stop_strings(a.stop, "--");
     moe::set_threads(a.threads);
+    moe::set_expert_parallel(a.expert_parallel);
+    if (moe::expert_parallel_follower()) {  // rank 0 prints; this rank runs its experts for it
+        moe::follow_expert_parallel(a.checkpoint, "", 0, a.dtype);
+        return 0;
+    }
     moe::LoadedModel model(a.checkpoint, a.dtype, "generate --dtype");
     model.set_experts_per_token(a.experts);
     if (a.prompt.empty()) throw moe::error("--prompt is empty: give at least one character");
@@ -147,6 +159,7 @@ struct BenchArgs {
     moe::BenchOptions opt;
     int threads = 0;
     bool json = false;
+    int expert_parallel = 1;
 };
 
 CLI::App* add_bench(CLI::App& app, BenchArgs& a) {
@@ -163,6 +176,7 @@ CLI::App* add_bench(CLI::App& app, BenchArgs& a) {
     c->add_option("--prompt", a.opt.prompt, "prefill: prompt tokens (at most n_ctx)")->capture_default_str();
     c->add_option("--seconds", a.opt.min_seconds, "decode: time at least this long")->capture_default_str();
     c->add_flag("--json", a.json, "print one JSON object");
+    add_expert_parallel(c, a.expert_parallel);
     return c;
 }
 
@@ -181,10 +195,24 @@ void print_bench(const moe::BenchReport& r) {
                     b.gflops);
     std::printf("memory: peak RSS %.0f MB, weights %.0f MB, KV cache %.0f MB\n", b.peak_rss_mb, b.weights_mb,
                 b.kv_mb);
+    if (b.expert_parallel > 1) {
+        double total = 0;
+        for (double x : b.expert_bytes_rank) total += x;
+        std::printf("expert parallel %d: expert weights %.1f MB in all;", b.expert_parallel, total / 1048576.0);
+        for (size_t q = 0; q < b.expert_bytes_rank.size(); ++q)
+            std::printf(" rank %zu holds %.1f MB (peak RSS %.0f MB)%s", q, b.expert_bytes_rank[q] / 1048576.0,
+                        b.peak_rss_mb_rank[q], q + 1 < b.expert_bytes_rank.size() ? "," : "\n");
+    }
 }
 
 int cmd_bench(const BenchArgs& a) {
     moe::set_threads(a.threads);
+    moe::set_expert_parallel(a.expert_parallel);
+    if (moe::expert_parallel_follower()) {  // rank 0 prints; this rank runs its experts for it
+        if (a.config.empty() == a.checkpoint.empty()) return 0;  // rank 0 reports it
+        moe::follow_expert_parallel(a.checkpoint, a.config, 1, a.dtype);
+        return 0;
+    }
     const moe::BenchReport r = moe::bench(a.config, a.checkpoint, a.dtype, a.opt);
     if (a.json) std::printf("%s\n", moe::to_json(r).c_str());
     else print_bench(r);
@@ -317,6 +345,7 @@ int cmd_routing(const RoutingArgs& a) {
 struct LogitsArgs {
     std::string model, tokens, out, dtype;
     int threads = 0;
+    int expert_parallel = 1;
 };
 
 CLI::App* add_logits(CLI::App& app, LogitsArgs& a) {
@@ -326,6 +355,7 @@ CLI::App* add_logits(CLI::App& app, LogitsArgs& a) {
     c->add_option("--out", a.out, "file to write: little-endian float32, row-major (tokens, vocab)")->required();
     c->add_option("--dtype", a.dtype, "weight type of the matmuls: fp32 | bf16 | int8 (default: as stored)");
     c->add_option("--threads", a.threads, "threads (default: all cores)");
+    add_expert_parallel(c, a.expert_parallel);
     return c;
 }
 
@@ -349,6 +379,11 @@ std::vector<int32_t> parse_ids(const std::string& s, const char* what) {
 int cmd_logits(const LogitsArgs& a) {
     moe::set_threads(a.threads);
     const std::vector<int32_t> ids = parse_ids(a.tokens, "--tokens");
+    moe::set_expert_parallel(a.expert_parallel);
+    if (moe::expert_parallel_follower()) {  // rank 0 writes the file; this rank runs its experts for it
+        moe::follow_expert_parallel(a.model, "", 0, a.dtype);
+        return 0;
+    }
     moe::LoadedModel model(a.model, a.dtype, "logits --dtype");
     const std::vector<float> l = model.logits(ids);
     moe::write_file(a.out, std::string_view(reinterpret_cast<const char*>(l.data()), l.size() * sizeof(float)));
@@ -519,6 +554,7 @@ int cmd_chat(ChatArgs& a) {
 
 struct ServeArgs {
     moe::ServeOptions opt;
+    int expert_parallel = 1;
 };
 
 CLI::App* add_serve(CLI::App& app, ServeArgs& a) {
@@ -542,10 +578,17 @@ CLI::App* add_serve(CLI::App& app, ServeArgs& a) {
     c->add_option("--max-queue", a.opt.max_queue, "requests waiting for a slot before 429 (Retry-After)")->capture_default_str();
     c->add_option("--timeout", a.opt.timeout, "seconds a read or write of a client's connection may block")->capture_default_str();
     c->add_option("--http-threads", a.opt.http_threads, "connections served at once (default: parallel + max-queue + 16)");
+    add_expert_parallel(c, a.expert_parallel);
     return c;
 }
 
 int cmd_serve(ServeArgs& a) {
+    moe::set_expert_parallel(a.expert_parallel);
+    if (moe::expert_parallel_follower()) {  // rank 0 serves HTTP; this rank runs its experts for it
+        moe::set_threads(a.opt.threads);
+        moe::follow_expert_parallel(a.opt.model, a.opt.config, a.opt.init_seed, a.opt.dtype, a.opt.ctx_size);
+        return 0;
+    }
     a.opt.on_listening = [](const std::string& url) {
         std::printf("moe serve: listening on %s, loading the model\n", url.c_str());
         std::fflush(stdout);

@@ -51,6 +51,23 @@ int threads();
 int world_rank();
 int world_size();
 
+// Expert-parallel inference (`mpirun -np P moe generate|bench|serve --expert-parallel P`,
+// docs/distributed.md): call before loading a model. P must equal the number of ranks (P > 1 needs
+// mpirun; under mpirun, P = 1 is refused too): moe::error naming the values, the same on every
+// rank. After it, models load only this rank's experts of every MoE layer (E % P != 0: moe::error
+// at the load); rank 0 loads and runs the model as ever (LoadedModel, bench), its MoE layers
+// sending the routed rows to the experts' ranks; every other rank calls follow_expert_parallel.
+// P = 1 outside mpirun: nothing changes.
+void set_expert_parallel(int P);
+int expert_parallel();
+// true on the ranks other than 0 of an expert-parallel run
+bool expert_parallel_follower();
+// A rank other than 0: loads its experts of the model rank 0 loads (model_path, or random weights of
+// `config` with `seed`; dtype and n_ctx as rank 0's) and runs them for rank 0 until rank 0 is done
+// (its model destroyed). SIGTERM / SIGINT are ignored meanwhile: rank 0 ends the loop.
+void follow_expert_parallel(const std::string& model_path, const std::string& config, uint64_t seed,
+                            const std::string& dtype, int64_t n_ctx = 0);
+
 // MOE_PROFILE=1: prints the table of where the time went (nothing otherwise).
 void print_profile(std::FILE* out);
 
@@ -127,6 +144,10 @@ struct BenchResult {
     // memory (MB = 2^20 bytes): the process's peak resident set, the inference weights as stored
     // (matmul weights in the weight type, routers/norms/embedding fp32), the KV cache
     double peak_rss_mb = 0, weights_mb = 0, kv_mb = 0;
+    // expert-parallel inference (set_expert_parallel): P, and per rank the expert weights held
+    // (bytes, as stored) and the peak RSS (MB); one entry with P = 1
+    int expert_parallel = 1;
+    std::vector<double> expert_bytes_rank, peak_rss_mb_rank;
 };
 
 // ------------------------------------------------------------------ models
@@ -283,7 +304,8 @@ BenchReport bench(const std::string& config_path, const std::string& checkpoint_
 
 // One JSON object (one line, no newline): model, mode, dtype, threads, batch, total_params,
 // active_params, tokens, seconds, tokens_per_sec, weight_bytes_per_token, weight_gbytes_per_sec,
-// gflops, parallel_regions_per_step, peak_rss_mb, weights_mb, kv_mb. bench/*.py parse it.
+// gflops, parallel_regions_per_step, peak_rss_mb, weights_mb, kv_mb, expert_parallel,
+// expert_bytes_total, expert_bytes_rank [P], peak_rss_mb_rank [P]. bench/*.py parse it.
 std::string to_json(const BenchReport& r);
 
 // ------------------------------------------------------------------ quantize

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -80,27 +81,96 @@ int world_size() { return dist::launcher_size(); }
 
 void print_profile(std::FILE* out) { profile_report(out); }
 
+// ------------------------------------------------------------------ expert-parallel inference
+
+static void resolve_vocab(Config& cfg);  // (bench, below)
+
+static int g_expert_parallel = 1;
+
+void set_expert_parallel(int P) {
+    if (P < 1) fail("--expert-parallel must be >= 1, got ", P);
+    const int W = dist::launcher_size();
+    if (P > 1 && W == 1)
+        fail("--expert-parallel ", P, " needs ", P, " processes, one per share of the experts: start it with mpirun -np ",
+             P);
+    if (P != W)
+        fail("--expert-parallel ", P, " must equal the number of ranks (", W,
+             ") for inference: every rank holds one share of the experts");
+    g_expert_parallel = P;
+    if (P > 1) dist::world();  // starts MPI (a build without it fails here, on every rank)
+}
+
+int expert_parallel() { return g_expert_parallel; }
+
+bool expert_parallel_follower() { return g_expert_parallel > 1 && dist::world().rank() != 0; }
+
+// the experts this rank's model holds (all of them without expert parallelism)
+static ExpertRange my_experts(const ModelConfig& m) {
+    if (g_expert_parallel == 1) return {};
+    return expert_range_of(m, g_expert_parallel, dist::world().rank());
+}
+
+// the same for the model at `path` (its config read from its metadata first)
+static ExpertRange my_experts(const std::string& path, int64_t n_ctx) {
+    if (g_expert_parallel == 1) return {};
+    return my_experts(load_model_config(path, n_ctx).model);
+}
+
+// rank 0 of an expert-parallel run: the runner that sends the routed rows to the other ranks
+static std::unique_ptr<EpLeader> attach_leader(Model& m) {
+    if (g_expert_parallel == 1) return nullptr;
+    MOE_ASSERT(dist::world().rank() == 0);  // the other ranks follow (follow_expert_parallel)
+    return std::make_unique<EpLeader>(dist::world(), m);
+}
+
+static Config random_config(const std::string& config, int64_t n_ctx) {
+    Config c = load_config(config);
+    if (n_ctx > 0) c.model.n_ctx = n_ctx;
+    return c;
+}
+
+void follow_expert_parallel(const std::string& model_path, const std::string& config, uint64_t seed,
+                            const std::string& dtype, int64_t n_ctx) {
+    MOE_ASSERT(expert_parallel_follower());
+    std::unique_ptr<Model> m;
+    Checkpoint ck;
+    if (!config.empty()) {  // as LoadedModel::random and bench's random model
+        Config c = random_config(config, n_ctx);
+        if (c.model.vocab_size <= 0) resolve_vocab(c);
+        m = std::make_unique<Model>(c.model, kernels::parse_wtype(dtype.empty() ? "fp32" : dtype, "--dtype"),
+                                    my_experts(c.model));
+        m->init(seed);
+    } else {
+        ck = load_model(model_path, dtype, n_ctx, my_experts(model_path, n_ctx));
+    }
+    // rank 0 ends the job: mpirun hands SIGTERM / SIGINT to every rank, and this one waits for
+    // rank 0's stop (a server finishing its requests) instead of dying under it
+    std::signal(SIGTERM, SIG_IGN);
+    std::signal(SIGINT, SIG_IGN);
+    ep_follow(dist::world(), m ? *m : *ck.model);
+}
+
 // ------------------------------------------------------------------ models
 
 LoadedModel::LoadedModel(const std::string& path, const std::string& dtype, const char* what, int64_t n_ctx)
     : impl_(std::make_unique<Impl>()) {
     if (!dtype.empty()) kernels::parse_wtype(dtype, what);  // a bad value fails before the load
     impl_->dir = path;
-    impl_->ck = load_model(path, dtype, n_ctx);
+    impl_->ck = load_model(path, dtype, n_ctx, my_experts(path, n_ctx));
     impl_->dtype = kernels::wtype_name(impl_->ck.model->weight_type());
+    impl_->ep = attach_leader(*impl_->ck.model);
 }
 LoadedModel::LoadedModel() = default;
 LoadedModel LoadedModel::random(const std::string& config, const std::string& dtype, uint64_t seed, int64_t n_ctx) {
     const kernels::WType t = kernels::parse_wtype(dtype.empty() ? "fp32" : dtype, "--dtype");
     if (n_ctx < 0) fail("--ctx-size must be >= 0, got ", n_ctx);
     Checkpoint ck;
-    ck.config = load_config(config);
-    if (n_ctx > 0) ck.config.model.n_ctx = n_ctx;
+    ck.config = random_config(config, n_ctx);
     ck.tokenizer = Tokenizer::byte_level();
     if (ck.config.model.vocab_size < ck.tokenizer.vocab_size())
         fail(config, ": vocab_size ", ck.config.model.vocab_size, " is smaller than the byte-level tokenizer's ",
              ck.tokenizer.vocab_size());
-    ck.model = std::make_unique<Model>(ck.config.model, t);
+    ck.model = std::make_unique<Model>(ck.config.model, t, my_experts(ck.config.model));
     ck.model->init(seed);
     ck.weight_type = kernels::wtype_name(t);
     LoadedModel m;
@@ -108,6 +178,7 @@ LoadedModel LoadedModel::random(const std::string& config, const std::string& dt
     m.impl_->dir = config;
     m.impl_->dtype = ck.weight_type;
     m.impl_->ck = std::move(ck);
+    m.impl_->ep = attach_leader(*m.impl_->ck.model);
     return m;
 }
 LoadedModel::~LoadedModel() = default;
@@ -341,18 +412,30 @@ BenchReport bench(const std::string& config_path, const std::string& checkpoint_
         resolve_vocab(cfg);
         if (r.dtype.empty()) r.dtype = "fp32";
         // random weights made straight in the type: no fp32 copy of a typed matrix
-        own = std::make_unique<Model>(cfg.model, kernels::parse_wtype(r.dtype, "bench --dtype"));
+        own = std::make_unique<Model>(cfg.model, kernels::parse_wtype(r.dtype, "bench --dtype"),
+                                      my_experts(cfg.model));
         own->init(1);
         model = own.get();
         r.model = config_path;
     } else {
         if (!r.dtype.empty()) kernels::parse_wtype(r.dtype, "bench --dtype");
-        ck = load_model(checkpoint_dir, r.dtype);
+        ck = load_model(checkpoint_dir, r.dtype, 0, my_experts(checkpoint_dir, 0));
         model = ck.model.get();
         r.model = checkpoint_dir;
         r.dtype = kernels::wtype_name(model->weight_type());
     }
+    std::unique_ptr<EpLeader> ep = attach_leader(*model);
     r.result = run_bench(*model, opt);
+    r.result.expert_parallel = g_expert_parallel;
+    if (ep) {
+        for (const EpRankStats& s : ep->stop()) {  // the other ranks end here
+            r.result.expert_bytes_rank.push_back(s.expert_bytes);
+            r.result.peak_rss_mb_rank.push_back(s.peak_rss_mb);
+        }
+    } else {
+        r.result.expert_bytes_rank = {model->expert_bytes_held()};
+        r.result.peak_rss_mb_rank = {ep_peak_rss_mb()};
+    }
     const ParamCount pc = count_params(model->config());
     r.mode = opt.mode;
     r.threads = num_threads();
@@ -364,6 +447,10 @@ BenchReport bench(const std::string& config_path, const std::string& checkpoint_
 
 std::string to_json(const BenchReport& r) {
     const BenchResult& b = r.result;
+    double expert_total = 0;  // the ranks' shards are disjoint
+    for (double x : b.expert_bytes_rank) expert_total += x;
+    ojson rss = ojson::array();
+    for (double x : b.peak_rss_mb_rank) rss.push_back(fixed(x, 1));
     return dump(ojson{{"model", r.model},
                       {"mode", r.mode},
                       {"dtype", r.dtype},
@@ -380,7 +467,11 @@ std::string to_json(const BenchReport& r) {
                       {"parallel_regions_per_step", fixed(b.parallel_regions_per_step, 2)},
                       {"peak_rss_mb", fixed(b.peak_rss_mb, 1)},
                       {"weights_mb", fixed(b.weights_mb, 1)},
-                      {"kv_mb", fixed(b.kv_mb, 1)}});
+                      {"kv_mb", fixed(b.kv_mb, 1)},
+                      {"expert_parallel", b.expert_parallel},
+                      {"expert_bytes_total", fixed(expert_total, 0)},
+                      {"expert_bytes_rank", b.expert_bytes_rank},
+                      {"peak_rss_mb_rank", rss}});
 }
 
 // ------------------------------------------------------------------ quantize

@@ -7,6 +7,7 @@
 #include <moe/moe.h>
 
 #include "io/chat_template.h"
+#include "infer/ep_infer.h"
 #include "io/checkpoint.h"
 
 namespace moe {
@@ -18,6 +19,8 @@ struct LoadedModel::Impl {
     // the chat template, parsed on first use (src/api/chat.cc); null until then
     std::shared_ptr<const ChatTemplate> chat;
     bool chat_own = false;  // the model's own or set_chat_template's (not the plain fallback)
+    // expert-parallel inference (set_expert_parallel): rank 0's runner, stopped before ck goes
+    std::unique_ptr<EpLeader> ep;
 };
 
 }  // namespace moe

@@ -29,6 +29,11 @@ public:
     virtual void barrier() = 0;
     // root's `bytes` at data to every rank's data
     virtual void broadcast(void* data, int64_t bytes, int root) = 0;
+    // The same for a rank that may wait long for it (an expert-parallel inference rank between a
+    // server's requests): after a while of waiting it sleeps between polls instead of spinning a
+    // core. Every rank of the broadcast calls broadcast_idle (MPI does not match a nonblocking
+    // collective with a blocking one). By default broadcast.
+    virtual void broadcast_idle(void* data, int64_t bytes, int root) { broadcast(data, bytes, root); }
     // every rank's `bytes` at in, concatenated in rank order at out; counts (size()): each rank's bytes
     virtual void allgatherv(const void* in, int64_t bytes, void* out, const int64_t* counts) = 0;
     // send_counts[q] bytes at send + send_displs[q] go to rank q; the recv_counts[q] bytes from rank q

@@ -5,6 +5,8 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <climits>
 #include <cstdlib>
 #include <vector>
@@ -50,6 +52,28 @@ public:
         for (int64_t off = 0; off < bytes; off += INT_MAX)
             check(MPI_Bcast((char*)data + off, (int)std::min<int64_t>(INT_MAX, bytes - off), MPI_BYTE, root, c_),
                   "MPI_Bcast");
+    }
+
+    // MPI_Ibcast polled: busy (with sched_yield) for the first 10 ms, the gaps between the
+    // collectives of a running job; then a sleep between polls growing to 1 ms (an idle rank costs
+    // ~nothing; the first command after idleness waits up to 1 ms more)
+    void broadcast_idle(void* data, int64_t bytes, int root) override {
+        if (bytes > INT_MAX) return broadcast(data, bytes, root);
+        MPI_Request req = MPI_REQUEST_NULL;
+        check(MPI_Ibcast(data, (int)bytes, MPI_BYTE, root, c_, &req), "MPI_Ibcast");
+        const auto t0 = std::chrono::steady_clock::now();
+        int64_t nap_us = 0;
+        for (;;) {
+            int done = 0;
+            check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test");
+            if (done) return;
+            if (nap_us == 0 && std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(10)) {
+                std::this_thread::yield();
+                continue;
+            }
+            nap_us = std::min<int64_t>(1000, nap_us + 50);
+            std::this_thread::sleep_for(std::chrono::microseconds(nap_us));
+        }
     }
 
     void allgatherv(const void* in, int64_t bytes, void* out, const int64_t* counts) override {
@@ -105,8 +129,12 @@ std::unique_ptr<Comm> make_mpi_world() {
     MPI_Initialized(&inited);
     if (!inited) {
         int provided = 0;
-        // FUNNELED: only the thread that called world() calls MPI (OpenMP workers never do)
-        check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+        // SERIALIZED: one thread at a time calls MPI (OpenMP workers never do), not always the one
+        // that called world(): `moe serve --expert-parallel` runs its engine, and so the experts'
+        // exchanges, on a thread of its own
+        check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
+        if (provided < MPI_THREAD_SERIALIZED)
+            fail("the MPI library provides thread level ", provided, ", below MPI_THREAD_SERIALIZED");
         std::atexit(finalize_at_exit);
     }
     // errors come back as codes and become moe::error (a lost peer usually ends the job in mpirun first)

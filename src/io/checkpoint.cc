@@ -129,14 +129,19 @@ static void read_checkpoint_meta(const TensorFile& tf, const std::string& path, 
              ck.tokenizer.vocab_size());
 }
 
-// A gathered sharded set (fp32) in the weight type asked for
-static Checkpoint load_sharded(const std::string& dir, const std::string& weight_type, bool verify) {
-    Checkpoint ck = load_checkpoint_experts(dir, ExpertRange{}, verify);
+// A sharded set (fp32), gathered (or experts `range` of it), in the weight type asked for
+static Checkpoint load_sharded(const std::string& dir, const std::string& weight_type, bool verify,
+                               ExpertRange range) {
+    Checkpoint ck = load_checkpoint_experts(dir, range, verify);
+    if (!range.all()) {  // (an inference rank's; a training rank resumes with load_checkpoint_experts)
+        std::vector<float>().swap(ck.adam_m);
+        std::vector<float>().swap(ck.adam_v);
+    }
     const kernels::WType want = weight_type.empty() ? kernels::WType::f32 : kernels::parse_wtype(weight_type, "--dtype");
     if (want == kernels::WType::f32) return ck;
-    auto typed = std::make_unique<Model>(ck.config.model, want);
+    auto typed = std::make_unique<Model>(ck.config.model, want, range);
     for (const auto& p : typed->table().params()) {
-        const float* src = ck.model->params() + p.offset;  // the same table: both hold every expert
+        const float* src = ck.model->params() + p.offset;  // the same table: both hold the same experts
         if (float* d = typed->param_f32(p)) {
             std::memcpy(d, src, p.numel * sizeof(float));
         } else {
@@ -150,12 +155,12 @@ static Checkpoint load_sharded(const std::string& dir, const std::string& weight
     return ck;
 }
 
-Checkpoint load_checkpoint(const std::string& dir, const std::string& weight_type, bool verify) {
+Checkpoint load_checkpoint(const std::string& dir, const std::string& weight_type, bool verify, ExpertRange experts) {
     const std::string path = checkpoint_file(dir);
     std::error_code ec;  // (the non-throwing forms: a name too long is an error line, not an abort)
     if (!fs::exists(dir, ec))
         fail("checkpoint directory '", dir, "' does not exist", ec ? ": " + ec.message() : "");
-    if (is_sharded_checkpoint(dir)) return load_sharded(dir, weight_type, verify);
+    if (is_sharded_checkpoint(dir)) return load_sharded(dir, weight_type, verify, experts);
     if (!fs::exists(path, ec))
         fail("checkpoint '", dir, "' has no checkpoint.bin (expected '", path, "') and no manifest.json");
     auto file = std::make_shared<TensorFile>(TensorFile::read(path, verify));
@@ -164,21 +169,25 @@ Checkpoint load_checkpoint(const std::string& dir, const std::string& weight_typ
     read_checkpoint_meta(tf, path, "moe-checkpoint", ck);
     const kernels::WType stored = kernels::parse_wtype(ck.weight_type, "checkpoint weight_type");
     const kernels::WType want = weight_type.empty() ? stored : kernels::parse_wtype(weight_type, "--dtype");
-    ck.model = std::make_unique<Model>(ck.config.model, want);
+    ck.model = std::make_unique<Model>(ck.config.model, want, experts);
     Model& m = *ck.model;
+    const ParamTable full(ck.config.model);  // the file's tensors: every expert
     std::vector<float> row;  // one row in fp32 while converting between typed formats
-    for (const auto& p : m.table().params()) {
+    for (size_t i = 0; i < m.table().params().size(); ++i) {
+        const ParamInfo& p = m.table().params()[i];  // (a range of experts: its rows of fp)
+        const ParamInfo& fp = full.params()[i];
+        MOE_ASSERT(fp.name == p.name);
         const TensorView* t = tf.find(p.name);
         if (!t) fail("'", path, "' has no tensor '", p.name, "' that its config requires");
         const bool typed_in_file = stored != kernels::WType::f32 && typed_at_inference(p);
         const DType dt = typed_in_file ? (stored == kernels::WType::bf16 ? DType::bf16 : DType::i8) : DType::f32;
-        if (t->dtype != dt || t->shape != p.shape)
+        if (t->dtype != dt || t->shape != fp.shape)
             fail("'", path, "': tensor '", p.name, "' is ", dtype_name(t->dtype), " ", t->shape_str(),
-                 " but the config needs ", dtype_name(dt), " ", TensorView{p.name, dt, p.shape}.shape_str());
+                 " but the config needs ", dtype_name(dt), " ", TensorView{p.name, dt, fp.shape}.shape_str());
         // the matrix as stored
         kernels::QMatrix v;
         v.type = typed_in_file ? stored : kernels::WType::f32;
-        v.in = p.shape.back(), v.out = p.numel / v.in;
+        v.in = fp.shape.back(), v.out = fp.numel / v.in;
         if (v.type == kernels::WType::f32) v.f32 = t->f32();
         if (v.type == kernels::WType::bf16) v.bf16 = t->u16();
         if (v.type == kernels::WType::q8) {
@@ -188,9 +197,11 @@ Checkpoint load_checkpoint(const std::string& dir, const std::string& weight_typ
             v.q = t->i8();
             v.scales = sc->f32();
         }
+        const auto [r0, nr] = m.source_rows(p);  // a range of experts' rows, else every row
+        v = v.rows(r0, nr);
         if (float* dst = m.param_f32(p)) {  // fp32 in the model: converted (a copy: training writes it)
             if (v.type == kernels::WType::f32) {
-                std::memcpy(dst, v.f32, p.numel * sizeof(float));
+                std::memcpy(dst, v.f32, v.out * v.in * sizeof(float));
             } else {
                 for (int64_t r = 0; r < v.out; ++r) kernels::dequantize_row(dst + r * v.in, v, r);
             }
@@ -211,7 +222,7 @@ Checkpoint load_checkpoint(const std::string& dir, const std::string& weight_typ
     }
     const TensorView* am = tf.find("optim.adam_m");
     const TensorView* av = tf.find("optim.adam_v");
-    if (am && av && !m.typed()) {
+    if (am && av && !m.typed() && !m.experts_sharded()) {  // (a range's: load_checkpoint_experts)
         if (am->numel() != m.n_params() || av->numel() != m.n_params())
             fail("'", path, "': optimizer state has ", am->numel(), " values, the model has ", m.n_params());
         ck.adam_m.assign(am->f32(), am->f32() + am->numel());
@@ -467,7 +478,7 @@ Checkpoint load_checkpoint_experts(const std::string& dir, ExpertRange range, bo
     return ck;
 }
 
-ModelConfig checkpoint_model_config(const std::string& dir) {
+Config checkpoint_config(const std::string& dir) {
     std::string path = checkpoint_file(dir);
     if (is_sharded_checkpoint(dir)) {
         const std::string mpath = manifest_file(dir);
@@ -484,7 +495,7 @@ ModelConfig checkpoint_model_config(const std::string& dir) {
     if (!fs::exists(path, ec)) fail("checkpoint '", dir, "' has no checkpoint.bin (expected '", path, "') and no manifest.json");
     const TensorFile tf = TensorFile::read(path, false);
     try {
-        return config_from_json(tf.meta.at("config"), path + " (config)").model;
+        return config_from_json(tf.meta.at("config"), path + " (config)");
     } catch (const nlohmann::json::exception& e) {
         fail("'", path, "' has incomplete metadata: ", e.what());
     }

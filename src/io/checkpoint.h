@@ -61,7 +61,14 @@ void save_checkpoint(const std::string& dir, const Config& config, const Tokeniz
 // used in place from the mapped file (the model keeps the mapping) and others are converted.
 // verify: check the CRC-32 of the whole file (one sequential pass over the mapping); without it the
 // structure (magic, sizes, header, tensor bounds) is still checked, and pages are read on use.
-Checkpoint load_checkpoint(const std::string& dir, const std::string& weight_type = "", bool verify = true);
+// A sharded set (below) is gathered; weight_type converts it.
+// experts: a model holding only that range of every MoE layer's experts (Model(cfg, t, experts);
+// expert-parallel inference, infer/ep_infer.h), from either format: the other experts are neither
+// copied nor kept (a single file is mapped, and verify's CRC pass is its only read of them; a
+// sharded set's rows come from the expert files that overlap the range). A range's model comes
+// without the optimizer state (load_checkpoint_experts resumes a training rank).
+Checkpoint load_checkpoint(const std::string& dir, const std::string& weight_type = "", bool verify = true,
+                           ExpertRange experts = {});
 
 // ---- sharded sets (expert-parallel training)
 
@@ -94,8 +101,8 @@ void commit_sharded_checkpoint(const std::string& dir, const Config& config, con
 // state (empty when the checkpoint has none) in its table layout, from a single-file checkpoint or a
 // sharded set of any expert split. verify: CRC-32 of every file read.
 Checkpoint load_checkpoint_experts(const std::string& dir, ExpertRange range, bool verify = true);
-// The model section of a checkpoint (either format), read from its metadata without loading tensors
-ModelConfig checkpoint_model_config(const std::string& dir);
+// The config of a checkpoint (either format), read from its metadata without loading tensors
+Config checkpoint_config(const std::string& dir);
 
 // Creates `dir` (and parents) or throws naming it; checks it is writable.
 void ensure_writable_dir(const std::string& dir);

@@ -484,7 +484,12 @@ std::shared_ptr<const HfTokenizer> gguf_tokenizer(const GgufHeader& h) {
 
 // ---- the model --------------------------------------------------------------------------------
 
-Checkpoint load_gguf_model(const std::string& path, const std::string& weight_type, int64_t n_ctx) {
+Config gguf_model_config(const std::string& path, int64_t n_ctx) {
+    const std::shared_ptr<GgufSource> src = GgufSource::open(path);
+    return hf_to_moe_config(gguf_to_hf_config(src->header()), n_ctx, path);
+}
+
+Checkpoint load_gguf_model(const std::string& path, const std::string& weight_type, int64_t n_ctx, ExpertRange experts) {
     const std::shared_ptr<GgufSource> src = GgufSource::open(path);
     const GgufHeader& h = src->header();
     const HfConfig hf = gguf_to_hf_config(h);
@@ -527,7 +532,8 @@ Checkpoint load_gguf_model(const std::string& path, const std::string& weight_ty
     {
         int64_t numel = 0;
         const ParamTable table(ck.config.model);  // named: a range-for over a temporary's member dangles
-        for (const auto& p : table.params()) numel += p.numel;
+        for (const auto& p : table.params())  // (a range of experts: those only; checked by Model)
+            numel += p.expert && !experts.all() ? p.numel / ck.config.model.n_expert * experts.count : p.numel;
         const double bytes = (double)numel * (want == kernels::WType::f32                                    ? 4.0
                                               : want == kernels::WType::bf16 || want == kernels::WType::f16 ? 2.0
                                                                                                              : 1.2);
@@ -536,18 +542,22 @@ Checkpoint load_gguf_model(const std::string& path, const std::string& weight_ty
             fail("'", path, "': the model needs about ", bytes / (1 << 30), " GiB as ", kernels::wtype_name(want),
                  " but the machine has ", (double)pages * (double)psize / (1 << 30), " GiB of memory");
     }
-    ck.model = std::make_unique<Model>(ck.config.model, want);
+    ck.model = std::make_unique<Model>(ck.config.model, want, experts);
     Model& m = *ck.model;
+    const ParamTable full(ck.config.model);  // the file's tensors: every expert
     std::set<std::string> used;
     std::vector<float> rows, tmp;
-    for (const auto& p : m.table().params()) {
+    for (size_t i = 0; i < m.table().params().size(); ++i) {
+        const ParamInfo& p = m.table().params()[i];  // (a range of experts: its rows of fp)
+        const ParamInfo& fp = full.params()[i];
+        MOE_ASSERT(fp.name == p.name);
         if (!p.trainable) continue;
         const std::string gname = gguf_name(p.name);
         const GgufTensorInfo& t = src->get_info(gname);
         used.insert(gname);
-        if (squeeze(t.shape) != squeeze(p.shape))
+        if (squeeze(t.shape) != squeeze(fp.shape))
             fail("'", path, "': tensor '", gname, "' has shape ", shape_str(t.shape), " (ne ", shape_str(t.ne),
-                 ") but the metadata implies ", shape_str(p.shape));
+                 ") but the metadata implies ", shape_str(fp.shape));
         const void* data = src->data(t);
         bool permute = false;
         int64_t nh = 0;
@@ -560,14 +570,17 @@ Checkpoint load_gguf_model(const std::string& path, const std::string& weight_ty
             }
         }
         float* dst = m.param_f32(p);
-        const int64_t in = p.shape.back(), out = p.numel / in;
+        // a range of experts' rows (never permuted: those are attention's), else every row
+        const auto [lr0, out] = m.source_rows(p);
+        const int64_t in = p.shape.back();
+        MOE_ASSERT(lr0 == 0 || !permute);
         kernels::WType file_block = kernels::WType::f32;
         if (!dst && block_wtype(t.type, file_block) && file_block == want) {
             const auto* bytes = static_cast<const uint8_t*>(data);
             MOE_ASSERT(t.row_bytes == kernels::gtype_row_bytes(kernels::ggml_type(want), in));
             if (!permute) {
                 kernels::QMatrix v;  // in place: the mapping holds it (stacked experts: rows follow each other)
-                v.type = want, v.in = in, v.out = out, v.raw = bytes, v.row_bytes = t.row_bytes;
+                v.type = want, v.in = in, v.out = out, v.raw = bytes + lr0 * t.row_bytes, v.row_bytes = t.row_bytes;
                 m.set_param_view(p, v, src);
             } else {  // llama's Q / K: the same blocks, rows moved back to Hugging Face's order
                 kernels::QStore& st = m.param_store(p);
@@ -578,7 +591,7 @@ Checkpoint load_gguf_model(const std::string& path, const std::string& weight_ty
         }
         if (!dst && !permute && want == kernels::WType::bf16 && t.type == GgmlType::BF16) {
             kernels::QMatrix v;  // in place: the mapping holds it
-            v.type = kernels::WType::bf16, v.in = in, v.out = out, v.bf16 = static_cast<const uint16_t*>(data);
+            v.type = kernels::WType::bf16, v.in = in, v.out = out, v.bf16 = static_cast<const uint16_t*>(data) + lr0 * in;
             m.set_param_view(p, v, src);
             continue;
         }
@@ -589,7 +602,8 @@ Checkpoint load_gguf_model(const std::string& path, const std::string& weight_ty
                 rows.resize((size_t)p.numel);
                 full = rows.data();
             }
-            gguf_rows_to_f32(t, data, 0, std::max<int64_t>(t.rows, 1), full, path);
+            gguf_rows_to_f32(t, data, lr0, lr0 == 0 && out == fp.numel / in ? std::max<int64_t>(t.rows, 1) : out, full,
+                             path);
             if (permute) {
                 tmp.assign(full, full + p.numel);
                 permute_rows(full, tmp.data(), nh, D, p.numel / (nh * D), false);
@@ -603,7 +617,7 @@ Checkpoint load_gguf_model(const std::string& path, const std::string& weight_ty
         // GGUF rows are of ne[0] = in values: the store's rows are the tensor's rows
         for (int64_t r0 = 0; r0 < st.out; r0 += step) {
             const int64_t nr = std::min(step, st.out - r0);
-            gguf_rows_to_f32(t, data, r0, nr, rows.data(), path);
+            gguf_rows_to_f32(t, data, lr0 + r0, nr, rows.data(), path);
             st.set_rows(r0, nr, rows.data());
         }
     }

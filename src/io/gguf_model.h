@@ -52,7 +52,12 @@ void gguf_register_ggml_kernels();
 // not converted); everything else is converted into the model's type (a Q4_K_M file's Q6_K
 // matrices into Q4_K, ...). A block type whose block does not divide some matrix's rows: with
 // weight_type "" the model becomes q8_0 (32 divides every row) or f16; named, moe::error.
-Checkpoint load_gguf_model(const std::string& path, const std::string& weight_type = "", int64_t n_ctx = 0);
+// The config load_gguf_model gives the file's model, from its header alone
+Config gguf_model_config(const std::string& path, int64_t n_ctx = 0);
+// experts: a model holding that range of experts only (Model(cfg, t, experts)); their rows alone
+// are viewed or converted.
+Checkpoint load_gguf_model(const std::string& path, const std::string& weight_type = "", int64_t n_ctx = 0,
+                           ExpertRange experts = {});
 
 // The tokenizer.json (and tokenizer_config.json with bos / eos / add_bos_token / add_eos_token /
 // chat_template) equivalent to a file's tokenizer.* keys. Returns false when the file has no

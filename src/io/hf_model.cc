@@ -81,7 +81,7 @@ void to_f32(float* dst, const void* src, DType dt, int64_t n, const std::string&
 
 }  // namespace
 
-Checkpoint load_hf_model(const std::string& dir, const std::string& weight_type, int64_t n_ctx) {
+Checkpoint load_hf_model(const std::string& dir, const std::string& weight_type, int64_t n_ctx, ExpertRange experts) {
     const HfConfig hf = read_hf_config(dir);
     Checkpoint ck;
     ck.config = hf_to_moe_config(hf, n_ctx, (fs::path(dir) / "config.json").string());
@@ -98,35 +98,43 @@ Checkpoint load_hf_model(const std::string& dir, const std::string& weight_type,
     ck.weight_type = stored == DType::bf16 ? "bf16" : stored == DType::f16 ? "f16" : "fp32";
     const kernels::WType want = !weight_type.empty() ? kernels::parse_wtype(weight_type, "--dtype")
                                 : stored == DType::bf16 ? kernels::WType::bf16 : kernels::WType::f32;
-    ck.model = std::make_unique<Model>(ck.config.model, want);
+    ck.model = std::make_unique<Model>(ck.config.model, want, experts);
     Model& m = *ck.model;
+    const ParamTable full(ck.config.model);  // the source's tensors: every expert
     std::vector<unsigned char> buf;  // one assembled tensor in the stored type
     std::vector<float> rows;         // a slice of it in fp32
-    for (const auto& p : m.table().params()) {
+    for (size_t i = 0; i < m.table().params().size(); ++i) {
+        const ParamInfo& p = m.table().params()[i];  // (a range of experts: its rows of fp)
+        const ParamInfo& fp = full.params()[i];
+        MOE_ASSERT(fp.name == p.name);
         if (!p.trainable) continue;  // moe's own state (the balancing bias): not in HF files
         const auto it = std::find_if(map.begin(), map.end(), [&](const HfTensorMap& t) { return t.moe_name == p.name; });
         if (it == map.end()) fail("'", dir, "': moe's tensor '", p.name, "' has no Hugging Face source in the name map");
         const HfTensorMap& t = *it;
-        if (t.shape != p.shape)
+        if (t.shape != fp.shape)
             fail("'", dir, "': ", p.name, " maps to shape ", TensorView{"", DType::f32, t.shape}.shape_str(),
-                 " but the config needs ", TensorView{"", DType::f32, p.shape}.shape_str());
+                 " but the config needs ", TensorView{"", DType::f32, fp.shape}.shape_str());
         const TensorView& first = src->get(t.hf_names[0]);
         const DType dt = first.dtype;
         const std::string what = "'" + src->where() + "': tensor '" + first.name + "'";
         float* dst = m.param_f32(p);
+        const auto [r0, nr] = m.source_rows(p);  // a range of experts' rows, else every row
+        const bool part = p.expert && m.experts_sharded();
+        const int64_t e0 = part ? m.expert_range().first : 0, ne = part ? m.expert_range().count : -1;  // (-1: all)
         if (!dst && t.kind == HfMapKind::direct && want == kernels::WType::bf16 && dt == DType::bf16) {
             kernels::QMatrix v;  // in place: the mapping holds it
-            v.type = kernels::WType::bf16, v.in = p.shape.back(), v.out = p.numel / v.in, v.bf16 = first.u16();
+            v.type = kernels::WType::bf16, v.in = p.shape.back(), v.out = nr, v.bf16 = first.u16() + r0 * v.in;
             m.set_param_view(p, v, src);
             continue;
         }
         if (!dst && t.kind != HfMapKind::direct && want == kernels::WType::bf16 && dt == DType::bf16) {
             // the experts in place too: one view per expert tensor (or per half of a fused gate_up),
             // so loading reads nothing and a decode step touches only the chosen experts' pages
-            const int64_t E = t.shape[0], rows_e = t.shape[1], in = t.shape[2];
-            std::vector<kernels::QMatrix> parts((size_t)E);
-            for (int64_t e = 0; e < E; ++e) {
-                kernels::QMatrix& v = parts[(size_t)e];
+            const int64_t rows_e = t.shape[1], in = t.shape[2];
+            const int64_t n_e = part ? ne : t.shape[0];
+            std::vector<kernels::QMatrix> parts((size_t)n_e);
+            for (int64_t e = e0; e < e0 + n_e; ++e) {
+                kernels::QMatrix& v = parts[(size_t)(e - e0)];
                 v.type = kernels::WType::bf16, v.out = rows_e, v.in = in;
                 v.bf16 = t.kind == HfMapKind::stack_experts
                              ? src->get(t.hf_names[(size_t)e]).u16()
@@ -136,9 +144,9 @@ Checkpoint load_hf_model(const std::string& dir, const std::string& weight_type,
             continue;
         }
         const void* data = first.data;
-        if (t.kind != HfMapKind::direct) {
+        if (t.kind != HfMapKind::direct || part) {  // (a range of experts: those only)
             buf.resize((size_t)p.numel * dtype_size(dt));
-            hf_assemble(t, *src, buf.data(), buf.size());
+            hf_assemble(t, *src, buf.data(), buf.size(), e0, ne);
             data = buf.data();
         }
         if (dst) {
@@ -198,25 +206,33 @@ ModelFormat detect_model_format(const std::string& path) {
                     "checkpoint or a Hugging Face model)");
 }
 
-Checkpoint load_model(const std::string& path, const std::string& weight_type, int64_t n_ctx) {
+Checkpoint load_model(const std::string& path, const std::string& weight_type, int64_t n_ctx, ExpertRange experts) {
     const fs::path p(path);
     switch (detect_model_format(path)) {
         case ModelFormat::moe_checkpoint:
             return load_checkpoint(
                 p.filename() == "checkpoint.bin" || p.filename() == "manifest.json" ? p.parent_path().string() : path,
-                weight_type);
+                weight_type, true, experts);
         case ModelFormat::hugging_face:
-            return load_hf_model(path, weight_type, n_ctx);
+            return load_hf_model(path, weight_type, n_ctx, experts);
         case ModelFormat::gguf:
-            return load_gguf_model(path, weight_type, n_ctx);
+            return load_gguf_model(path, weight_type, n_ctx, experts);
     }
     fail("unreachable");
 }
 
 Config load_model_config(const std::string& path, int64_t n_ctx) {
-    if (detect_model_format(path) == ModelFormat::hugging_face)
-        return hf_to_moe_config(read_hf_config(path), n_ctx, (fs::path(path) / "config.json").string());
-    return load_model(path, "fp32").config;
+    const fs::path p(path);
+    switch (detect_model_format(path)) {
+        case ModelFormat::moe_checkpoint:
+            return checkpoint_config(
+                p.filename() == "checkpoint.bin" || p.filename() == "manifest.json" ? p.parent_path().string() : path);
+        case ModelFormat::hugging_face:
+            return hf_to_moe_config(read_hf_config(path), n_ctx, (fs::path(path) / "config.json").string());
+        case ModelFormat::gguf:
+            return gguf_model_config(path, n_ctx);
+    }
+    fail("unreachable");
 }
 
 }  // namespace moe

@@ -20,15 +20,23 @@ Config hf_to_moe_config(const HfConfig& hf, int64_t n_ctx, const std::string& wh
 // keeps as they are (bf16 model, not stacked) are used in place from the mapped files; others are
 // assembled (experts stacked, fused gate/up split) and converted (F16 and BF16 to fp32 exactly;
 // int8 by moe's Q8_0). The tokenizer comes from tokenizer.json (+ tokenizer_config.json).
-Checkpoint load_hf_model(const std::string& dir, const std::string& weight_type = "", int64_t n_ctx = 0);
+// experts: a model holding that range of experts only (Model(cfg, t, experts)); the others'
+// tensors are not read.
+Checkpoint load_hf_model(const std::string& dir, const std::string& weight_type = "", int64_t n_ctx = 0,
+                         ExpertRange experts = {});
 
 // What `--model PATH` names: a moe checkpoint directory (checkpoint.bin), a Hugging Face model
 // directory (config.json), a file of one of them, or a GGUF file (by its magic; io/gguf_model.h);
 // moe::error naming PATH otherwise.
 enum class ModelFormat { moe_checkpoint, hugging_face, gguf };
 ModelFormat detect_model_format(const std::string& path);
-Checkpoint load_model(const std::string& path, const std::string& weight_type = "", int64_t n_ctx = 0);
-// The config of the model at `path` (Hugging Face: config.json alone; a moe checkpoint: its config).
+// experts: a model holding that range of every MoE layer's experts only (expert-parallel
+// inference, infer/ep_infer.h), for every format.
+Checkpoint load_model(const std::string& path, const std::string& weight_type = "", int64_t n_ctx = 0,
+                      ExpertRange experts = {});
+// The config of the model at `path`, from its metadata alone (Hugging Face: config.json; a moe
+// checkpoint: its config; GGUF: its header): what load_model's Checkpoint::config will be. No
+// tensor is read or checked (load_model does that).
 Config load_model_config(const std::string& path, int64_t n_ctx = 0);
 
 }  // namespace moe

@@ -151,13 +151,19 @@ std::vector<std::string> hf_check_source(const std::vector<HfTensorMap>& map, co
     return unused;
 }
 
-DType hf_assemble(const HfTensorMap& m, const TensorSource& src, void* out, size_t out_bytes) {
+DType hf_assemble(const HfTensorMap& m, const TensorSource& src, void* out, size_t out_bytes, int64_t first_expert,
+                  int64_t n_experts) {
     MOE_ASSERT(!m.hf_names.empty());
     const TensorView& t0 = src.get(m.hf_names[0]);
     const DType dt = t0.dtype;
     const size_t es = dtype_size(dt);
     size_t numel = 1;
     for (int64_t s : m.shape) numel *= (size_t)s;
+    // the experts taken (all of them unless a range is given): e0 .. e0 + ne of shape[0]
+    const size_t E = (size_t)m.shape[0];
+    const size_t e0 = n_experts < 0 ? 0 : (size_t)first_expert, ne = n_experts < 0 ? E : (size_t)n_experts;
+    MOE_ASSERT(e0 + ne <= E && (n_experts < 0 || m.shape.size() == 3));
+    numel = numel / E * ne;
     if (out_bytes != numel * es)
         fail("moe's ", m.moe_name, " ", shape_str(m.shape), " in ", dt, " needs ", numel * es, " bytes, not ", out_bytes);
     auto* o = static_cast<unsigned char*>(out);
@@ -172,22 +178,24 @@ DType hf_assemble(const HfTensorMap& m, const TensorSource& src, void* out, size
     switch (m.kind) {
         case HfMapKind::direct:
             check(t0);
-            std::memcpy(o, t0.data, out_bytes);
+            std::memcpy(o, static_cast<const unsigned char*>(t0.data) + e0 * (out_bytes / ne), out_bytes);
             break;
         case HfMapKind::stack_experts: {
-            const size_t per = out_bytes / m.hf_names.size();
-            for (size_t e = 0; e < m.hf_names.size(); ++e) {
+            MOE_ASSERT(m.hf_names.size() == E);
+            const size_t per = out_bytes / ne;
+            for (size_t e = e0; e < e0 + ne; ++e) {
                 const TensorView& t = src.get(m.hf_names[e]);
                 check(t);
-                std::memcpy(o + e * per, t.data, per);
+                std::memcpy(o + (e - e0) * per, t.data, per);
             }
             break;
         }
         case HfMapKind::split_gate_up: {
             check(t0);
-            const size_t E = (size_t)m.shape[0], half = out_bytes / E;  // one expert's F rows of C
+            const size_t half = out_bytes / ne;  // one expert's F rows of C
             const auto* in = static_cast<const unsigned char*>(t0.data);
-            for (size_t e = 0; e < E; ++e) std::memcpy(o + e * half, in + (2 * e + (size_t)m.half) * half, half);
+            for (size_t e = e0; e < e0 + ne; ++e)
+                std::memcpy(o + (e - e0) * half, in + (2 * e + (size_t)m.half) * half, half);
             break;
         }
     }

@@ -59,6 +59,9 @@ std::vector<std::string> hf_check_source(const std::vector<HfTensorMap>& map, co
 
 // Assembles one moe tensor from `src` into `out` (numel(shape) * dtype size bytes, the source's
 // dtype, which is returned): a copy, a stack of the experts or the gate / up half of a fused tensor.
-DType hf_assemble(const HfTensorMap& m, const TensorSource& src, void* out, size_t out_bytes);
+// n_experts >= 0: only experts [first_expert, first_expert + n_experts) of an expert stack (shape[0]
+// = E), out_bytes for those (expert-parallel inference).
+DType hf_assemble(const HfTensorMap& m, const TensorSource& src, void* out, size_t out_bytes,
+                  int64_t first_expert = 0, int64_t n_experts = -1);
 
 }  // namespace moe

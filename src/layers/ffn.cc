@@ -71,6 +71,10 @@ static void dense_ffn_backward(float* dx, float* dw_gate, float* dw_up, float* d
                           w_down, one, C, F, a);
 }
 
+void ExpertRunner::forward_cached(FfnCacheT<float>&, const QFfn&, const ModelConfig&, int64_t) {
+    MOE_ASSERT(!"this expert runner is for training only");
+}
+
 template <class T>
 const ops::MoeRouteT<T>& moe_route_forward(FfnCacheT<T>& c, const MoeWeights<T>& w, const ModelConfig& m,
                                            int64_t N, const RouteContext& ctx, bool decode,
@@ -161,8 +165,9 @@ void moe_forward(T* out, FfnCacheT<T>& c, const MoeWeights<T>& w, const ModelCon
     bool ran = false;
     if constexpr (std::is_same_v<T, float>) {
         if (ctx.experts) {  // expert parallel: the rows go to their experts' ranks and come back
-            MOE_ASSERT(q == nullptr && forced_topk == nullptr);
-            ctx.experts->forward(c, w, m, ctx.layer);                                 // (R, C)
+            MOE_ASSERT(forced_topk == nullptr);
+            if (q) ctx.experts->forward_cached(c, *q, m, ctx.layer);                  // (R, C)
+            else ctx.experts->forward(c, w, m, ctx.layer);                            // (R, C)
             ran = true;
         }
     }

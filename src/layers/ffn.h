@@ -132,6 +132,10 @@ public:
     virtual void forward(FfnCacheT<float>& c, const MoeWeights<float>& w, const ModelConfig& m, int64_t layer) = 0;
     virtual void backward(const FfnScratchT<float>& s, const FfnCacheT<float>& c, const MoeWeights<float>& w,
                           const ModelConfig& m, int64_t layer) = 0;
+    // Inference (Model::forward_cached, expert-parallel inference): c.ye from c.xe as above, with
+    // the inference views q of the experts this process holds (a sharded model's). Runners that
+    // only train do not implement it.
+    virtual void forward_cached(FfnCacheT<float>& c, const QFfn& q, const ModelConfig& m, int64_t layer);
 };
 
 // ffn_forward / ffn_backward compose these between the rmsnorm and the shared expert, and

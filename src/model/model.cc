@@ -141,6 +141,15 @@ void lay_out(Arena& arena, Plan&& plan) {
          [&](size_t n) { return arena.take<int64_t>(n); });
 }
 
+// range, checked against the model: moe::error naming the values
+ExpertRange checked_range(const ModelConfig& m, ExpertRange r) {
+    if (r.all()) return r;
+    if (!m.any_moe() || m.n_expert < 1) fail("expert parallelism needs an MoE model, and this one has no MoE layer");
+    if (r.first < 0 || r.count < 1 || r.first + r.count > m.n_expert)
+        fail("expert range [", r.first, ", ", r.first + r.count, ") is not inside the model's ", m.n_expert, " experts");
+    return r;
+}
+
 }  // namespace
 
 Model::~Model() = default;
@@ -148,6 +157,30 @@ Model::~Model() = default;
 float* Model::params() {
     MOE_ASSERT(!typed_);  // callers hold fp32 models (training, checkpoints of fp32 weights)
     return reinterpret_cast<float*>(params_.data());
+}
+
+std::pair<int64_t, int64_t> Model::source_rows(const ParamInfo& p) const {
+    const int64_t in = p.shape.back(), rows = p.numel / in;
+    if (!p.expert || !experts_sharded()) return {0, rows};
+    const int64_t per = rows / experts_.count;  // an expert's rows of the (El * rows_e, IN) stack
+    return {experts_.first * per, rows};
+}
+
+double Model::expert_bytes_held() const {
+    double b = 0;
+    const auto& ps = table_.params();
+    for (size_t i = 0; i < ps.size(); ++i) {
+        if (!ps[i].expert) continue;
+        if (views_[i].out != 0) b += views_[i].bytes();
+        else if (f32_off_[i] >= 0) b += 4.0 * (double)ps[i].numel;
+    }
+    return b;
+}
+
+const layers::QFfn& Model::cached_expert_views(int64_t l) {
+    MOE_ASSERT(l >= 0 && l < cfg_.n_layer && cfg_.layer_moe[l]);
+    if ((int64_t)qviews_.size() != cfg_.n_layer) build_views();
+    return qviews_[l].ffn;
 }
 
 float* Model::param_f32(const ParamInfo& p) {
@@ -235,10 +268,7 @@ Model::Model(const ModelConfig& cfg, ExpertRange range) : Model(cfg, kernels::WT
 Model::Model(const ModelConfig& cfg, kernels::WType t) : Model(cfg, t, ExpertRange{}) {}
 
 Model::Model(const ModelConfig& cfg, kernels::WType t, ExpertRange range)
-    : cfg_(cfg), experts_(range), table_(cfg, range), typed_(t != kernels::WType::f32), wtype_(t) {
-    if (!range.all() && (range.first < 0 || range.count < 1 || range.first + range.count > cfg.n_expert))
-        fail("expert range [", range.first, ", ", range.first + range.count, ") is not inside the model's ",
-             cfg.n_expert, " experts");
+    : cfg_(cfg), experts_(checked_range(cfg, range)), table_(cfg, experts_), typed_(t != kernels::WType::f32), wtype_(t) {
     const auto& ps = table_.params();
     f32_off_.assign(ps.size(), -1);
     int64_t n = 0;
@@ -291,17 +321,15 @@ void Model::init(uint64_t seed) {
         uint64_t key = 1469598103934665603ull;  // FNV-1a of the name: one stream per tensor, so
         for (char ch : p.name) key = (key ^ (unsigned char)ch) * 1099511628211ull;  // adding a
         Rng rng(seed, key);  // tensor (e.g. W_noise) does not change the others' initial values
-        if (p.expert && experts_sharded()) {  // the whole stack's stream, our experts' part of it
-            const int64_t per = p.numel / experts_.count;
-            for (int64_t j = 0; j < experts_.first * per; ++j) rng.normal();
-        }
+        // a model holding a range of experts draws the whole stack's stream and keeps its rows
+        const int64_t in = p.shape.back(), rows = p.numel / in;
+        for (int64_t j = 0, skip = source_rows(p).first * in; j < skip; ++j) rng.normal();
         if (x) {
             for (int64_t j = 0; j < p.numel; ++j) x[j] = (float)(rng.normal() * sd);
             continue;
         }
         // typed: the same stream, converted a slice of rows at a time
         kernels::QStore& st = param_store(p);
-        const int64_t in = st.in, rows = st.out;
         const int64_t step = std::max<int64_t>(1, (1 << 20) / in);
         slice.resize(std::min(rows, step) * in);
         for (int64_t r0 = 0; r0 < rows; r0 += step) {
@@ -476,7 +504,7 @@ void Model::set_weight_type(kernels::WType t) {
     for (size_t i = 0; i < ps.size(); ++i) {
         if (!typed_at_inference(ps[i])) continue;
         const int64_t in = ps[i].shape.back();
-        stores_[i].build(t, params() + ps[i].offset, ps[i].numel / in, in);
+        stores_[i].build(t, param_f32(ps[i]), ps[i].numel / in, in);
         views_[i] = stores_[i].view();
     }
     qviews_.clear();
@@ -489,7 +517,7 @@ void Model::build_views() {
         if (!p) return {};
         const int64_t i = p - ps.data();
         if (views_[i].out == 0 && !typed_) {  // fp32 model before any set_weight_type: views
-            stores_[i].build(kernels::WType::f32, params() + p->offset, p->numel / p->shape.back(), p->shape.back());
+            stores_[i].build(kernels::WType::f32, param_f32(*p), p->numel / p->shape.back(), p->shape.back());
             views_[i] = stores_[i].view();
         }
         if (views_[i].out == 0) fail("the model's tensor '", name, "' has no weights (not loaded)");
@@ -533,9 +561,10 @@ void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int3
                            layers::KvCache& cache, bool last_only) {
     const int64_t C = cfg_.n_embd, V = cfg_.vocab_size, D = cfg_.head_dim();
     if (N < 1) fail("forward_cached: a call needs at least one row, got ", N);
-    if (experts_sharded())
+    if (experts_sharded() && !cached_runner_)
         fail("forward_cached: this model holds experts [", experts_.first, ", ", experts_.first + experts_.count,
-             ") of ", cfg_.n_expert, " only (an expert-parallel training rank's); gather the checkpoint to run it");
+             ") of ", cfg_.n_expert, " only: its forwards need the expert-parallel runner (mpirun ... "
+             "--expert-parallel), or gather the checkpoint (moe export --format moe)");
     if (cache.L != cfg_.n_layer || cache.n_ctx != cfg_.n_ctx || cache.KD != cfg_.n_head_kv * D)
         fail("KV cache of (L ", cache.L, ", n_ctx ", cache.n_ctx, ", KD ", cache.KD, ") does not fit this model (L ",
              cfg_.n_layer, ", n_ctx ", cfg_.n_ctx, ", KD ", cfg_.n_head_kv * D, ")");
@@ -578,6 +607,7 @@ void Model::forward_cached(const int32_t* tokens, const int32_t* seq, const int3
                                          seq, pos, qviews_[l]);
         layers::RouteContext ctx;  // evaluation routing: no noise, eval capacity
         ctx.layer = l;
+        ctx.experts = cached_runner_;  // expert parallel: the routed rows go to their experts' ranks
         layers::ffn_forward(x, p.ffn, mid, w_.layers[l], cfg_, cfg_.layer_moe[l], N, ctx, &qviews_[l]);
         if (cfg_.layer_moe[l]) {
             cached_load_[l].assign(p.ffn.expert_load, p.ffn.expert_load + cfg_.n_expert);

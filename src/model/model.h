@@ -3,6 +3,7 @@
 // plus the training state and the inference plan, each made on first use.
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "core/arena.h"
@@ -35,11 +36,15 @@ public:
     // a mapped file, or converted), never held in fp32; norms, routers and the embedding stay
     // fp32. Training calls on it throw moe::error. t = f32 is the fp32 model.
     Model(const ModelConfig& cfg, kernels::WType t);
-    // An fp32 model holding only experts [range.first, range.first + range.count) of every MoE
-    // layer (expert-parallel training, train/expert_parallel.h): the expert stacks of table() have
-    // range.count rows of experts, everything else is the whole model. Its routed experts run only
-    // through an expert runner (set_expert_runner), in training and evaluation forwards alike;
-    // forward_cached refuses it.
+    // A model holding only experts [range.first, range.first + range.count) of every MoE layer
+    // (expert parallelism, docs/distributed.md; range.all(): every expert, the models above). The
+    // expert stacks of table() have range.count experts' rows (source_rows: which rows of the whole
+    // stack), everything else is the whole model. Its routed experts run only through an expert
+    // runner: set_expert_runner for forward / backward (training ranks, train/expert_parallel.h;
+    // fp32 only), set_cached_expert_runner for forward_cached (inference ranks, infer/ep_infer.h;
+    // any weight type). moe::error for a range outside [0, E) or a model without MoE layers.
+    Model(const ModelConfig& cfg, kernels::WType t, ExpertRange range);
+    // The fp32 model of that: trainable, with the runner (expert-parallel training)
     Model(const ModelConfig& cfg, ExpertRange range);
     ~Model();
     Model(const Model&) = delete;
@@ -53,6 +58,13 @@ public:
     int64_t n_params() const { return table_.total(); }  // flat buffer length (with padding)
     // The flat fp32 buffer of an fp32 model (ParamTable layout). Not for a typed model.
     float* params();
+    // Where parameter p of table() (as a (numel / IN, IN) matrix) lies in the whole model's tensor
+    // of that name (every expert): (first row, rows). (0, all) but for an expert stack of a model
+    // holding a range of experts: (range.first · rows per expert, range.count · rows per expert).
+    // Loaders read these rows of a file's tensor into param_f32 / param_store / set_param_view.
+    std::pair<int64_t, int64_t> source_rows(const ParamInfo& p) const;
+    // Bytes of the expert stacks' inference weights this model holds (views included).
+    double expert_bytes_held() const;
     // True when the matmul weights are stored typed without an fp32 master copy.
     bool typed() const { return typed_; }
     // fp32 data of parameter p: any parameter of an fp32 model, or one that is not
@@ -119,8 +131,15 @@ public:
     // backward run the routed experts through `r` (the rows go to their experts' ranks), and the
     // routed experts' weight gradients are r's, not written into grads(). Evaluation-mode forwards
     // run every expert here unless the model holds a range of experts (then they use r too, so
-    // every rank of the group must evaluate together); forward_cached always runs them here. null: off.
+    // every rank of the group must evaluate together); forward_cached never uses it. null: off.
     void set_expert_runner(layers::ExpertRunner* r) { expert_runner_ = r; }
+    // Expert-parallel inference (infer/ep_infer.h): while set, forward_cached hands every MoE
+    // layer's routed rows to `r` (ExpertRunner::forward_cached) instead of running the experts
+    // here. A model holding a range of experts needs it for forward_cached. null: off.
+    void set_cached_expert_runner(layers::ExpertRunner* r) { cached_runner_ = r; }
+    // The inference views of MoE layer l's expert stacks (this model's range of them), as
+    // forward_cached reads them: what an expert-parallel rank runs its experts with.
+    const layers::QFfn& cached_expert_views(int64_t l);
     void zero_grad();  // both threads write (a serial 36 MB memset was 2% of a makeMoE step)
 
     // Inference with a KV cache (no targets, evaluation routing): N rows, row i is token tokens[i]
@@ -179,7 +198,6 @@ public:
     bool has_training_state() const { return tr_ != nullptr; }
 
 private:
-    Model(const ModelConfig& cfg, kernels::WType t, ExpertRange range);
     TrainingState& training();  // created on first use; throws on a typed model
     void ensure_activations(int64_t B, int64_t T);
     void ensure_inference_plan(int64_t N);
@@ -192,7 +210,8 @@ private:
     Arena params_;                  // fp32 model: everything; typed: the fp32-kept tensors only
     std::vector<int64_t> f32_off_;  // (params) offset into params_, -1 for a typed matrix
     const ops::ExpertGradSink* expert_sink_ = nullptr;
-    layers::ExpertRunner* expert_runner_ = nullptr;
+    layers::ExpertRunner* expert_runner_ = nullptr;  // forward / backward (set_expert_runner)
+    layers::ExpertRunner* cached_runner_ = nullptr;  // forward_cached (set_cached_expert_runner)
     bool ran_experts_remote_ = false;  // the last forward used expert_runner_
     Weights w_;  // fp32 views (a typed model's typed matrices are null here)
     std::unique_ptr<TrainingState> tr_;

@@ -4,6 +4,19 @@
 
 namespace moe {
 
+ExpertRange expert_range_of(const ModelConfig& m, int P, int q) {
+    if (P < 1) fail("--expert-parallel must be >= 1, got ", P);
+    if (P == 1) return {};
+    if (!m.any_moe() || m.n_expert < 1)
+        fail("--expert-parallel ", P, " needs an MoE model, and this one has no MoE layer");
+    if (m.n_expert % P != 0)
+        fail("--expert-parallel ", P, " must divide the number of experts (model.n_expert = ", m.n_expert,
+             "): every rank holds the same number of experts");
+    MOE_ASSERT(q >= 0 && q < P);
+    const int64_t El = m.n_expert / P;
+    return {q * El, El};
+}
+
 void ParamTable::add(std::string name, std::vector<int64_t> shape, bool decay, bool expert,
                      bool trainable) {
     ParamInfo p;

@@ -26,11 +26,17 @@ struct ParamInfo {
 };
 
 // A contiguous range of every MoE layer's routed experts: [first, first + count). count < 0: all.
-// An expert-parallel training rank holds only its range (train/expert_parallel.h).
+// An expert-parallel rank holds only its range, in training (train/expert_parallel.h) and in
+// inference (infer/ep_infer.h): Model(cfg, [t,] range), the loaders' `experts` argument.
 struct ExpertRange {
     int64_t first = 0, count = -1;
     bool all() const { return count < 0; }
 };
+
+// The range rank `q` of an expert-parallel group of P ranks holds: [q·E/P, (q+1)·E/P); all of
+// them for P = 1. moe::error naming the values for P < 1, a model without MoE layers or P not
+// dividing E (every rank holds the same number of experts).
+ExpertRange expert_range_of(const ModelConfig& m, int P, int q);
 
 class ParamTable {
 public:

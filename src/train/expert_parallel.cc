@@ -16,11 +16,9 @@ ExpertParallel::ExpertParallel(dist::Comm& comm, Model& model) : comm_(comm), mo
     P_ = comm.size();
     E_ = m.n_expert;
     if (!m.any_moe() || E_ < 1) fail("--expert-parallel ", P_, " needs an MoE model, and this one has no MoE layer");
-    if (E_ % P_ != 0)
-        fail("--expert-parallel ", P_, " must divide the number of experts (model.n_expert = ", E_,
-             "): each rank holds the same number of experts");
-    El_ = E_ / P_;
-    first_ = (int64_t)comm.rank() * El_;
+    const ExpertRange mine = expert_range_of(m, (int)P_, comm.rank());  // (P = 1: all)
+    El_ = mine.all() ? E_ : mine.count;
+    first_ = mine.all() ? 0 : mine.first;
     sharded_ = model.experts_sharded();
     if (sharded_ && (model.expert_range().first != first_ || model.expert_range().count != El_))
         fail("expert-parallel rank ", comm.rank(), " of ", P_, " serves experts [", first_, ", ", first_ + El_,

@@ -442,19 +442,10 @@ void Trainer::Impl::setup(Config c, const TrainOptions& o, GradientSync* s) {
     // (q = its place in its group), their gradients and AdamW moments; a resumed run reads only
     // those from the checkpoint, whatever split saved it.
     P = sync->expert_parallel();
-    auto expert_range = [&](const ModelConfig& mc) {
-        if (P <= 1) return ExpertRange{};
-        if (!mc.any_moe() || mc.n_expert < 1)
-            fail("--expert-parallel ", P, " needs an MoE model, and this one has no MoE layer");
-        if (mc.n_expert % P != 0)
-            fail("--expert-parallel ", P, " must divide the number of experts (model.n_expert = ", mc.n_expert,
-                 "): each rank holds the same number of experts");
-        const int64_t El = mc.n_expert / P;
-        return ExpertRange{(int64_t)(sync->rank() % P) * El, El};
-    };
+    auto expert_range = [&](const ModelConfig& mc) { return expert_range_of(mc, P, sync->rank() % P); };
     if (!opt.resume_dir.empty()) {
         if (P > 1) {
-            range = expert_range(checkpoint_model_config(opt.resume_dir));
+            range = expert_range(checkpoint_config(opt.resume_dir).model);
             ck = load_checkpoint_experts(opt.resume_dir, range);
         } else {
             ck = load_checkpoint(opt.resume_dir, "fp32");
