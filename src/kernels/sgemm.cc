@@ -258,19 +258,26 @@ struct Avx512F32 {
 // op(B)[p0 : p0+kc, n0 : n0+nc] into panels of 32 columns: dst[panel][k][32], columns past nc zero.
 MOE_F32_512_TARGET void Avx512F32::pack_b(float* dst, const BSource& src, int64_t p0, int64_t kc, int64_t n0,
                                           int64_t nc, float* rows_tmp) {
+    if (!src.trans_b && !src.load) {
+        // op(B) row k is nc contiguous floats of the stored B: walk the rows front to back, each
+        // 32-column piece to its panel, instead of one panel's 128-byte column strip after another
+        // (a 2 KiB stride for an expert's (rows, F) activations or a (C, F) weight, which the
+        // hardware prefetchers follow poorly). The same stores: data movement only.
+        const int64_t ldb = src.ldb;
+        for (int64_t k = 0; k < kc; ++k) {
+            const float* s = src.B + (p0 + k) * ldb + n0;
+            for (int64_t j = 0; j < nc; j += kNr) {
+                const int64_t w = std::min(kNr, nc - j);
+                float* d = dst + j * kc + k * kNr;
+                _mm512_storeu_ps(d, _mm512_maskz_loadu_ps(lanes16(w), s + j));
+                _mm512_storeu_ps(d + 16, _mm512_maskz_loadu_ps(lanes16(w - 16), s + j + 16));
+            }
+        }
+        return;
+    }
     for (int64_t j = 0; j < nc; j += kNr) {
         float* d = dst + j * kc;  // this panel: [kc][kNr]
         const int64_t w = std::min(kNr, nc - j);
-        if (!src.trans_b && !src.load) {
-            const int64_t ldb = src.ldb;
-            const float* s = src.B + p0 * ldb + n0 + j;
-            const __mmask16 m0 = lanes16(w), m1 = lanes16(w - 16);
-            for (int64_t k = 0; k < kc; ++k) {
-                _mm512_storeu_ps(d + k * kNr, _mm512_maskz_loadu_ps(m0, s + k * ldb));
-                _mm512_storeu_ps(d + k * kNr + 16, _mm512_maskz_loadu_ps(m1, s + k * ldb + 16));
-            }
-            continue;
-        }
         // op(B) columns are rows of a stored matrix (row n of this panel: s + n * ld, contiguous in k)
         const float* s;
         int64_t ld;
