@@ -477,25 +477,6 @@ TEST(SgemmAvx512, SameBitsAsTheAvx2KernelOnRaggedShapes) {
     EXPECT_EQ(cases, 1344);
 }
 
-TEST(SgemmAvx512, PackingIn16KBlocksGivesTheAvx2KernelsBits) {
-    if (!avx512_kernel_runs()) GTEST_SKIP() << "no AVX-512F on this CPU (or MOE_ISA below avx512)";
-    // the AVX-512 packing moves whole 12-row (op(A)) and 32-column (op(B) = W^T) panels 16 k at a
-    // time through in-register 16 x 16 transposes, then 8 k, then single k; op(A)^T row by row:
-    // k = 16, 24, 31, 128 (expert shapes), 272 (past a 256-k block) against the AVX2 kernel's packing
-    std::mt19937 rng(55);
-    int cases = 0;
-    for (bool ta : {false, true})
-        for (bool tb : {false, true})
-            for (int64_t M : {12, 24, 25, 128})
-                for (int64_t N : {32, 64, 65})
-                    for (int64_t K : {16, 24, 31, 128, 272}) {
-                        expect_kernels_agree(Case{ta, tb, M, N, K, cases % 2 ? 1.f : -0.75f, cases % 3 ? 0.f : 1.f},
-                                             rng, 1);
-                        ++cases;
-                    }
-    EXPECT_EQ(cases, 240);
-}
-
 TEST(SgemmAvx512, SameBitsAsTheAvx2KernelOnOneToThreeThreads) {
     if (!avx512_kernel_runs()) GTEST_SKIP() << "no AVX-512F on this CPU (or MOE_ISA below avx512)";
     std::mt19937 rng(53);

@@ -209,35 +209,6 @@ __attribute__((target("avx2,fma"))) void Avx2F32::micro(int64_t kc, const float*
 // ------------------------------------------------------------------------------------------------
 #define MOE_F32_512_TARGET __attribute__((target("avx2,fma,avx512f")))
 
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12's own intrinsics (bug 105593)
-
-// r[i] = column i of the 16 x 16 matrix of floats whose rows are r[0..15], in registers (32-bit,
-// then 64-bit interleaves within 128-bit lanes, then two rounds of 128-bit lane shuffles: the
-// packing's transposes, 16 loads and 16 stores for 256 floats where 8 x 8 blocks through memory
-// took 4 x 16 and more shuffles). Data movement only.
-MOE_F32_512_TARGET inline void transpose16x16(__m512 (&r)[16]) {
-    __m512 t[16], u[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {  // u[4g + e], 128-bit lane l: rows 4g..4g+3 of column 4l + e
-        u[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-        u[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-        u[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-        u[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-    }
-    for (int e = 0; e < 4; ++e) {
-        const __m512 a = _mm512_shuffle_f32x4(u[e], u[4 + e], 0x88), b = _mm512_shuffle_f32x4(u[e], u[4 + e], 0xdd);
-        const __m512 c = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0x88), d = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], 0xdd);
-        r[e] = _mm512_shuffle_f32x4(a, c, 0x88);
-        r[4 + e] = _mm512_shuffle_f32x4(b, d, 0x88);
-        r[8 + e] = _mm512_shuffle_f32x4(a, c, 0xdd);
-        r[12 + e] = _mm512_shuffle_f32x4(b, d, 0xdd);
-    }
-}
-
 struct Avx512F32 {
     using Elem = float;
     static constexpr int64_t kMr = 12;
@@ -258,26 +229,19 @@ struct Avx512F32 {
 // op(B)[p0 : p0+kc, n0 : n0+nc] into panels of 32 columns: dst[panel][k][32], columns past nc zero.
 MOE_F32_512_TARGET void Avx512F32::pack_b(float* dst, const BSource& src, int64_t p0, int64_t kc, int64_t n0,
                                           int64_t nc, float* rows_tmp) {
-    if (!src.trans_b && !src.load) {
-        // op(B) row k is nc contiguous floats of the stored B: walk the rows front to back, each
-        // 32-column piece to its panel, instead of one panel's 128-byte column strip after another
-        // (a 2 KiB stride for an expert's (rows, F) activations or a (C, F) weight, which the
-        // hardware prefetchers follow poorly). The same stores: data movement only.
-        const int64_t ldb = src.ldb;
-        for (int64_t k = 0; k < kc; ++k) {
-            const float* s = src.B + (p0 + k) * ldb + n0;
-            for (int64_t j = 0; j < nc; j += kNr) {
-                const int64_t w = std::min(kNr, nc - j);
-                float* d = dst + j * kc + k * kNr;
-                _mm512_storeu_ps(d, _mm512_maskz_loadu_ps(lanes16(w), s + j));
-                _mm512_storeu_ps(d + 16, _mm512_maskz_loadu_ps(lanes16(w - 16), s + j + 16));
-            }
-        }
-        return;
-    }
     for (int64_t j = 0; j < nc; j += kNr) {
         float* d = dst + j * kc;  // this panel: [kc][kNr]
         const int64_t w = std::min(kNr, nc - j);
+        if (!src.trans_b && !src.load) {
+            const int64_t ldb = src.ldb;
+            const float* s = src.B + p0 * ldb + n0 + j;
+            const __mmask16 m0 = lanes16(w), m1 = lanes16(w - 16);
+            for (int64_t k = 0; k < kc; ++k) {
+                _mm512_storeu_ps(d + k * kNr, _mm512_maskz_loadu_ps(m0, s + k * ldb));
+                _mm512_storeu_ps(d + k * kNr + 16, _mm512_maskz_loadu_ps(m1, s + k * ldb + 16));
+            }
+            continue;
+        }
         // op(B) columns are rows of a stored matrix (row n of this panel: s + n * ld, contiguous in k)
         const float* s;
         int64_t ld;
@@ -289,13 +253,6 @@ MOE_F32_512_TARGET void Avx512F32::pack_b(float* dst, const BSource& src, int64_
         }
         int64_t k = 0;
         if (w == kNr) {
-            for (; k + 16 <= kc; k += 16)
-                for (int64_t q = 0; q < kNr; q += 16) {
-                    __m512 r[16];
-                    for (int n = 0; n < 16; ++n) r[n] = _mm512_loadu_ps(s + (q + n) * ld + k);
-                    transpose16x16(r);
-                    for (int kk = 0; kk < 16; ++kk) _mm512_storeu_ps(d + (k + kk) * kNr + q, r[kk]);
-                }
             for (; k + 8 <= kc; k += 8)
                 for (int64_t q = 0; q < kNr; q += 8) transpose8x8(d + k * kNr + q, kNr, s + q * ld + k, ld);
         }
@@ -309,37 +266,21 @@ MOE_F32_512_TARGET void Avx512F32::pack_b(float* dst, const BSource& src, int64_
 MOE_F32_512_TARGET void Avx512F32::pack_a(float* dst, const float* A, int64_t lda, bool trans_a, float alpha,
                                           int64_t m0, int64_t mc, int64_t p0, int64_t kc) {
     const __m512 va = _mm512_set1_ps(alpha);
-    if (trans_a) {
-        // op(A) column k is row k of the stored A: walk the rows, each read once front to back
-        // (mc contiguous floats, the panels' h each), instead of one panel's column strip after
-        // another (a 2 KiB stride for an expert's (rows, F) gradient, the same lines re-fetched by
-        // the next panel). The same stores as the panel-major order: data movement only.
-        for (int64_t k = 0; k < kc; ++k) {
-            const float* s = A + (p0 + k) * lda + m0;
-            for (int64_t i = 0; i < mc; i += kMr) {
-                const int64_t h = std::min(kMr, mc - i);
-                _mm512_mask_storeu_ps(dst + i * kc + k * kMr, lanes16(kMr),
-                                      _mm512_mul_ps(va, _mm512_maskz_loadu_ps(lanes16(h), s + i)));
-            }
-        }
-        return;
-    }
     for (int64_t i = 0; i < mc; i += kMr) {
         float* d = dst + i * kc;  // this panel: [kc][kMr]
         const int64_t h = std::min(kMr, mc - i);
+        if (trans_a) {
+            // op(A) column k of this panel: h contiguous floats
+            const float* s = A + p0 * lda + m0 + i;
+            const __mmask16 m = lanes16(h), store = lanes16(kMr);
+            for (int64_t k = 0; k < kc; ++k)
+                _mm512_mask_storeu_ps(d + k * kMr, store, _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m, s + k * lda)));
+            continue;
+        }
         const float* s = A + (m0 + i) * lda + p0;
         int64_t k = 0;
         if (h == kMr) {
-            // 16 k at a time: 12 rows (rows 12..15 zero) x 16 k transposed in registers, each
-            // column's 12 floats stored
-            for (; k + 16 <= kc; k += 16) {
-                __m512 r[16];
-                for (int q = 0; q < kMr; ++q) r[q] = _mm512_mul_ps(va, _mm512_loadu_ps(s + q * lda + k));
-                for (int q = kMr; q < 16; ++q) r[q] = _mm512_setzero_ps();
-                transpose16x16(r);
-                for (int kk = 0; kk < 16; ++kk) _mm512_mask_storeu_ps(d + (k + kk) * kMr, lanes16(kMr), r[kk]);
-            }
-            // then 8 k at a time: 12 rows (rows 12..15 zero) x 8 k transposed as two 8 x 8 blocks
+            // 8 k at a time: 12 rows (rows 12..15 zero) x 8 k transposed as two 8 x 8 blocks
             alignas(32) float t[16][8] = {};
             const __m256 va8 = _mm256_set1_ps(alpha);
             for (; k + 8 <= kc; k += 8) {
@@ -408,7 +349,6 @@ MOE_F32_512_TARGET void Avx512F32::micro(int64_t kc, const float* a, const float
     else f32_micro512<12>(kc, a, b, c, ldc, beta, mr, nr);
 }
 
-#pragma GCC diagnostic pop
 #undef MOE_F32_512_TARGET
 
 // ------------------------------------------------------------------------------------------------
