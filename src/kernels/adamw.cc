@@ -56,8 +56,9 @@ __attribute__((target("avx2"))) void adamw_avx2(float* x, float* m, float* v, co
 
 // Floats ahead of the current 16 that adamw_avx512 prefetches x, m and v at (4 KiB of each): a
 // step's AdamW streams all of the parameters and both moments from L3 or DRAM, where one core's
-// hardware prefetchers alone left it at about 0.9 ns an element; with this, about 0.6 (a
-// throw-away loop over 8.4 M elements, Sapphire Rapids class Xeon, 1 thread).
+// hardware prefetchers alone left it at 0.83-1.04 ns an element; with this, 0.56-0.81 (a
+// throw-away loop over 8.4 M elements in 64 Ki slices, Sapphire Rapids class Xeon, 1 thread; in a
+// makemoe step about 7% of AdamW's time, docs/performance.md).
 constexpr int64_t kAdamwPrefetch = 1024;
 
 // The same on 16 lanes. AVX512F brings FMA with it, and GCC would fuse a * b + c (one rounding
