@@ -156,7 +156,7 @@ TEST(MoeRef, FastPipelineMatchesOracleMultiBlockExperts) {
     // experts of more than ops::kRowBlock rows run as several row blocks, which share weights
     // packed once per call (where the float GEMM packs B): forward and backward through that path
     for (Activation act : {Activation::swiglu, Activation::relu}) {
-        const Shape s{300, 24, 4, 2, 40, act, 0, 21};
+        const Shape s{600, 24, 4, 2, 40, act, 0, 21};
         compare_fast_vs_ref(s);
         MoeWeights<float> w = make_weights(s);
         MoePipeline<float> p(s.N, s.C, s.E, s.K, s.F, s.act);

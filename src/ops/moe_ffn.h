@@ -44,7 +44,14 @@ struct ExpertSegments {
 // of backward), and one task per expert weight gradient. Each task calls single-threaded GEMMs and
 // writes only its own outputs, so these results do not depend on the thread count, and small
 // experts keep both cores busy (a threaded GEMM per small expert spends its time in fork/join).
-inline constexpr int64_t kRowBlock = 128;
+// 256, not 128: makeMoE's experts take about 60-250 rows of a 1024-row layer, and splitting those
+// over 128 into two blocks of 65-125 rows cost more than it balanced on an Intel Xeon with the
+// AVX-512 kernel: weights packed once and shared through L3 instead of each GEMM packing into its
+// L2 block, and more ragged 12-row tiles (bench/expert_ffn, 1 thread, best of 40: 2162-2257 ->
+// 1935-2066 us hot, 2372-2456 -> 2039-2179 flushed; docs/performance.md). On Zen 3 / Zen 4 (AVX2
+// kernel) 256 and 128 measured the same. How rows are blocked never changes a result: every
+// element of a block's GEMM is summed in the same k order whatever rows share its block.
+inline constexpr int64_t kRowBlock = 256;
 
 // Small experts (per-expert GEMMs under kSmallExpertFlops, e.g. makeMoE's 128 rows x 512 x 128)
 // run as tasks, one per thread at a time; large ones (bench-moe's 512 x 512 x 512, or a shared
