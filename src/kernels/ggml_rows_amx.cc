@@ -110,6 +110,56 @@ KA inline void transpose16(__m512 (&v)[16]) {
     }
 }
 
+// The tile pipeline of one tile of weight rows x one activation group over its nb blocks (wq: block
+// 0's quants of the first weight row): block b's C tile (C0 for even b, C1 for odd) is stored at cb
+// (+ 256 for odd b, rows cstride bytes apart), the tile unit starts block b + 2 in it, and the
+// vector units scale block b - 1, stored one step before: vector loads of a tile store's bytes wait
+// until the store has completed, so each store gets a block's vector work to do so. post(c, b)
+// runs for b = 0, 1, ..., nb - 1 in order (the block order).
+template <class Post>
+KA inline __attribute__((always_inline)) void run_blocks(const uint8_t* wq, int64_t row_stride, const uint8_t* xb,
+                                                         int64_t nb, int32_t* cb, int cstride, Post& post) {
+    constexpr int64_t kBlk = sizeof(BlockQ8_0);
+    compiler_fence();
+    _tile_loadd(4, wq, row_stride);
+    _tile_loadd(6, xb, 64);
+    _tile_zero(0);
+    _tile_dpbssd(0, 4, 6);
+    if (nb >= 2) {
+        _tile_loadd(5, wq + kBlk, row_stride);
+        _tile_loadd(7, xb + 512, 64);
+        _tile_zero(1);
+        _tile_dpbssd(1, 5, 7);
+    }
+    for (int64_t b = 0; b < nb; b += 2) {
+        _tile_stored(0, cb, cstride);
+        if (b + 2 < nb) {
+            _tile_loadd(4, wq + (b + 2) * kBlk, row_stride);
+            _tile_loadd(6, xb + (b + 2) * 512, 64);
+            _tile_zero(0);
+            _tile_dpbssd(0, 4, 6);
+        }
+        compiler_fence();
+        if (b >= 1) post(cb + 256, b - 1);
+        compiler_fence();
+        if (b + 1 < nb) {
+            _tile_stored(1, cb + 256, cstride);
+            if (b + 3 < nb) {
+                _tile_loadd(5, wq + (b + 3) * kBlk, row_stride);
+                _tile_loadd(7, xb + (b + 3) * 512, 64);
+                _tile_zero(1);
+                _tile_dpbssd(1, 5, 7);
+            }
+            compiler_fence();
+            post(cb, b);
+            compiler_fence();
+        }
+    }
+    if (nb % 2 == 1) post(cb, nb - 1);  // the last block, even, stored in the last step
+    else post(cb + 256, nb - 1);
+    compiler_fence();
+}
+
 #define MOE_REP16(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
 
 // m weight rows (at wt, row_stride apart; m <= 16, the tiles configured for m) x one group of nr
@@ -148,42 +198,7 @@ KA void tile16(float* y, int64_t ys, int nr, int m, const uint8_t* xb, const flo
         MOE_REP16(MOE_STEP)
 #undef MOE_STEP
     };
-    const uint8_t* wq = wt + 2;  // block 0's quants
-    compiler_fence();
-    _tile_loadd(4, wq, row_stride);
-    _tile_loadd(6, xb, 64);
-    _tile_zero(0);
-    _tile_dpbssd(0, 4, 6);
-    if (nb >= 2) {
-        _tile_loadd(5, wq + kBlk, row_stride);
-        _tile_loadd(7, xb + 512, 64);
-        _tile_zero(1);
-        _tile_dpbssd(1, 5, 7);
-    }
-    for (int64_t b = 0; b < nb; b += 2) {
-        _tile_stored(0, cb, 64);
-        if (b + 2 < nb) {
-            _tile_loadd(4, wq + (b + 2) * kBlk, row_stride);
-            _tile_loadd(6, xb + (b + 2) * 512, 64);
-            _tile_zero(0);
-            _tile_dpbssd(0, 4, 6);
-        }
-        compiler_fence();
-        post(cb, b);
-        compiler_fence();
-        if (b + 1 < nb) {
-            _tile_stored(1, cb + 256, 64);
-            if (b + 3 < nb) {
-                _tile_loadd(5, wq + (b + 3) * kBlk, row_stride);
-                _tile_loadd(7, xb + (b + 3) * 512, 64);
-                _tile_zero(1);
-                _tile_dpbssd(1, 5, 7);
-            }
-            compiler_fence();
-            post(cb + 256, b + 1);
-            compiler_fence();
-        }
-    }
+    run_blocks(wt + 2, row_stride, xb, nb, cb, 64, post);
 #define MOE_OUT(r) v[r] = a##r;
     MOE_REP16(MOE_OUT)
 #undef MOE_OUT
@@ -231,42 +246,7 @@ KA void tile_narrow(float* y, int64_t ys, int nr, int m, const uint8_t* xb, cons
             a[q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c + 16 * q)),
                                    _mm512_mul_ps(_mm512_permutexvar_ps(row[q], ws), xv), a[q]);
     };
-    const uint8_t* wq = wt + 2;  // block 0's quants
-    compiler_fence();
-    _tile_loadd(4, wq, row_stride);
-    _tile_loadd(6, xb, 64);
-    _tile_zero(0);
-    _tile_dpbssd(0, 4, 6);
-    if (nb >= 2) {
-        _tile_loadd(5, wq + kBlk, row_stride);
-        _tile_loadd(7, xb + 512, 64);
-        _tile_zero(1);
-        _tile_dpbssd(1, 5, 7);
-    }
-    for (int64_t b = 0; b < nb; b += 2) {
-        _tile_stored(0, cb, 4 * C);
-        if (b + 2 < nb) {
-            _tile_loadd(4, wq + (b + 2) * kBlk, row_stride);
-            _tile_loadd(6, xb + (b + 2) * 512, 64);
-            _tile_zero(0);
-            _tile_dpbssd(0, 4, 6);
-        }
-        compiler_fence();
-        post(cb, b);
-        compiler_fence();
-        if (b + 1 < nb) {
-            _tile_stored(1, cb + 256, 4 * C);
-            if (b + 3 < nb) {
-                _tile_loadd(5, wq + (b + 3) * kBlk, row_stride);
-                _tile_loadd(7, xb + (b + 3) * 512, 64);
-                _tile_zero(1);
-                _tile_dpbssd(1, 5, 7);
-            }
-            compiler_fence();
-            post(cb + 256, b + 1);
-            compiler_fence();
-        }
-    }
+    run_blocks(wt + 2, row_stride, xb, nb, cb, 4 * C, post);
     for (int q = 0; q < C; ++q) _mm512_store_ps(tmp + 16 * q, a[q]);
     for (int n = 0; n < nr; ++n)
         for (int r = 0; r < m; ++r) y[n * ys + r] = tmp[r * C + n];
