@@ -21,4 +21,15 @@ void attn_scores(float* out, const float* q, const float* k, int64_t ks, int64_t
 void attn_accumulate_ref(float* o, const float* p, float inv, const float* v, int64_t vs, int64_t n, int64_t D);
 void attn_accumulate(float* o, const float* p, float inv, const float* v, int64_t vs, int64_t n, int64_t D);
 
+// Asks for the first D floats of n rows (k, ks apart) to be brought into the cache ahead of their
+// use; changes no result. A cached sequence's rows of one head are a row of the KV pool apart
+// (Hkv * D floats: 4 KB and more), a stride the hardware prefetchers do not follow across pages,
+// so the per-row loop calls this a page of positions ahead of the one it computes.
+inline void attn_prefetch(const float* k, int64_t ks, int64_t n, int64_t D) {
+    for (int64_t u = 0; u < n; ++u) {
+        const char* r = reinterpret_cast<const char*>(k + u * ks);
+        for (int64_t b = 0; b < D * (int64_t)sizeof(float); b += 64) __builtin_prefetch(r + b, 0, 3);
+    }
+}
+
 }  // namespace moe::kernels

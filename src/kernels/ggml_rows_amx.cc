@@ -74,11 +74,12 @@ struct alignas(64) TileConfig {
     uint8_t rows[16] = {};
 };
 
-KA void configure(int m) {
+// cols: the activation columns of the C and B tiles (16, or 1 / 2 / 4 / 8 for the narrow form)
+KA void configure(int m, int cols) {
     TileConfig c;
-    for (int t : {0, 1}) c.rows[t] = (uint8_t)m, c.colsb[t] = 64;
+    for (int t : {0, 1}) c.rows[t] = (uint8_t)m, c.colsb[t] = (uint16_t)(4 * cols);
     for (int t : {4, 5}) c.rows[t] = (uint8_t)m, c.colsb[t] = 32;
-    for (int t : {6, 7}) c.rows[t] = 8, c.colsb[t] = 64;
+    for (int t : {6, 7}) c.rows[t] = 8, c.colsb[t] = (uint16_t)(4 * cols);
     compiler_fence();
     _tile_loadconfig(&c);
     compiler_fence();
@@ -109,15 +110,67 @@ KA inline void transpose16(__m512 (&v)[16]) {
     }
 }
 
+// The tile pipeline of one tile of weight rows x one activation group over its nb blocks (wq: block
+// 0's quants of the first weight row): block b's C tile (C0 for even b, C1 for odd) is stored at cb
+// (+ 256 for odd b, rows cstride bytes apart), the tile unit starts block b + 2 in it, and the
+// vector units scale block b - 1, stored one step before: vector loads of a tile store's bytes wait
+// until the store has completed, so each store gets a block's vector work to do so. post(c, b)
+// runs for b = 0, 1, ..., nb - 1 in order (the block order).
+template <class Post>
+KA inline __attribute__((always_inline)) void run_blocks(const uint8_t* wq, int64_t row_stride, const uint8_t* xb,
+                                                         int64_t nb, int32_t* cb, int cstride, Post& post) {
+    constexpr int64_t kBlk = sizeof(BlockQ8_0);
+    compiler_fence();
+    _tile_loadd(4, wq, row_stride);
+    _tile_loadd(6, xb, 64);
+    _tile_zero(0);
+    _tile_dpbssd(0, 4, 6);
+    if (nb >= 2) {
+        _tile_loadd(5, wq + kBlk, row_stride);
+        _tile_loadd(7, xb + 512, 64);
+        _tile_zero(1);
+        _tile_dpbssd(1, 5, 7);
+    }
+    for (int64_t b = 0; b < nb; b += 2) {
+        _tile_stored(0, cb, cstride);
+        if (b + 2 < nb) {
+            _tile_loadd(4, wq + (b + 2) * kBlk, row_stride);
+            _tile_loadd(6, xb + (b + 2) * 512, 64);
+            _tile_zero(0);
+            _tile_dpbssd(0, 4, 6);
+        }
+        compiler_fence();
+        if (b >= 1) post(cb + 256, b - 1);
+        compiler_fence();
+        if (b + 1 < nb) {
+            _tile_stored(1, cb + 256, cstride);
+            if (b + 3 < nb) {
+                _tile_loadd(5, wq + (b + 3) * kBlk, row_stride);
+                _tile_loadd(7, xb + (b + 3) * 512, 64);
+                _tile_zero(1);
+                _tile_dpbssd(1, 5, 7);
+            }
+            compiler_fence();
+            post(cb, b);
+            compiler_fence();
+        }
+    }
+    if (nb % 2 == 1) post(cb, nb - 1);  // the last block, even, stored in the last step
+    else post(cb + 256, nb - 1);
+    compiler_fence();
+}
+
 #define MOE_REP16(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
 
 // m weight rows (at wt, row_stride apart; m <= 16, the tiles configured for m) x one group of nr
 // activation rows (xb, xs at the group's block 0): y[n * ys + r] for r < m, n < nr
-// pf, pf_bytes: the next tile's weight rows (contiguous), prefetched into L2 a slice per block:
-// the tile loads read 16 rows side by side, 16 streams the hardware prefetchers do not follow
+// pf, pf_rows: the next tile's weight rows (row_stride apart), prefetched into L2 in the order the
+// tile loads will read them: with block b of this tile, the line holding the last byte of block b
+// of each of the pf_rows rows (blocks are 34 bytes, so these lines cover every line of the rows).
+// The tile loads read 16 rows side by side, 16 streams the hardware prefetchers do not follow; a
+// prefetch in address order (row after row) would ask for the last rows' first blocks last.
 KA void tile16(float* y, int64_t ys, int nr, int m, const uint8_t* xb, const float* xs, const uint8_t* wt,
-               int64_t row_stride, int64_t nb, bool accumulate, int32_t* cb, const uint8_t* pf, int64_t pf_bytes) {
-    const int64_t pf_step = (pf_bytes / nb + 64) & ~int64_t(63);  // bytes per block, whole lines
+               int64_t row_stride, int64_t nb, bool accumulate, int32_t* cb, const uint8_t* pf, int pf_rows) {
     const __mmask16 kout = (__mmask16)((1u << m) - 1);
     __m512 v[16];  // y's rows (n) <-> the accumulators (r): one transpose at each end
     if (accumulate) {
@@ -134,8 +187,8 @@ KA void tile16(float* y, int64_t ys, int nr, int m, const uint8_t* xb, const flo
 #undef MOE_INIT
     constexpr int64_t kBlk = sizeof(BlockQ8_0);  // 34 bytes: the fp16 scale, then the 32 quants
     auto post = [&](const int32_t* c, int64_t b) __attribute__((always_inline)) {
-        for (int64_t i = b * pf_step, e = std::min(pf_bytes, i + pf_step); i < e; i += 64)
-            _mm_prefetch(reinterpret_cast<const char*>(pf + i), _MM_HINT_T1);
+        for (int r = 0; r < pf_rows; ++r)
+            _mm_prefetch(reinterpret_cast<const char*>(pf + r * row_stride + b * kBlk + (kBlk - 1)), _MM_HINT_T1);
         const __m512 xv = _mm512_loadu_ps(xs + b * 16);
         const __m512i wd = _mm512_i32gather_epi32(sidx, wt + b * kBlk, 1);
         _mm512_store_ps(wsa, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(wd)));
@@ -145,42 +198,7 @@ KA void tile16(float* y, int64_t ys, int nr, int m, const uint8_t* xb, const flo
         MOE_REP16(MOE_STEP)
 #undef MOE_STEP
     };
-    const uint8_t* wq = wt + 2;  // block 0's quants
-    compiler_fence();
-    _tile_loadd(4, wq, row_stride);
-    _tile_loadd(6, xb, 64);
-    _tile_zero(0);
-    _tile_dpbssd(0, 4, 6);
-    if (nb >= 2) {
-        _tile_loadd(5, wq + kBlk, row_stride);
-        _tile_loadd(7, xb + 512, 64);
-        _tile_zero(1);
-        _tile_dpbssd(1, 5, 7);
-    }
-    for (int64_t b = 0; b < nb; b += 2) {
-        _tile_stored(0, cb, 64);
-        if (b + 2 < nb) {
-            _tile_loadd(4, wq + (b + 2) * kBlk, row_stride);
-            _tile_loadd(6, xb + (b + 2) * 512, 64);
-            _tile_zero(0);
-            _tile_dpbssd(0, 4, 6);
-        }
-        compiler_fence();
-        post(cb, b);
-        compiler_fence();
-        if (b + 1 < nb) {
-            _tile_stored(1, cb + 256, 64);
-            if (b + 3 < nb) {
-                _tile_loadd(5, wq + (b + 3) * kBlk, row_stride);
-                _tile_loadd(7, xb + (b + 3) * 512, 64);
-                _tile_zero(1);
-                _tile_dpbssd(1, 5, 7);
-            }
-            compiler_fence();
-            post(cb + 256, b + 1);
-            compiler_fence();
-        }
-    }
+    run_blocks(wt + 2, row_stride, xb, nb, cb, 64, post);
 #define MOE_OUT(r) v[r] = a##r;
     MOE_REP16(MOE_OUT)
 #undef MOE_OUT
@@ -188,6 +206,51 @@ KA void tile16(float* y, int64_t ys, int nr, int m, const uint8_t* xb, const flo
     for (int n = 0; n < nr; ++n) _mm512_mask_storeu_ps(y + n * ys, kout, v[n]);
 }
 #undef MOE_REP16
+
+// The narrow form of tile16 for a group of nr <= C activation rows, C = 1, 2, 4 or 8: the C and B
+// tiles are C columns wide (the B tile reads the first C of the group's 16 packed columns) and the
+// C tile is stored packed, row r's C sums at cb + r * C, so one vector holds R = 16 / C weight rows
+// x C activation rows: lane l of vector q is weight row q * R + l / C, activation row l % C. Per
+// block C vector FMAs instead of 16, each lane the same operations as in tile16 and the twin:
+// acc = fma((float)isum_b, wd_b * xd_b, acc) with wd_b * xd_b rounded to fp32, blocks in order.
+// So a row's bits do not depend on the form its call takes (batch invariance).
+template <int C>
+KA void tile_narrow(float* y, int64_t ys, int nr, int m, const uint8_t* xb, const float* xs, const uint8_t* wt,
+                    int64_t row_stride, int64_t nb, bool accumulate, int32_t* cb, const uint8_t* pf, int pf_rows) {
+    static_assert(C == 1 || C == 2 || C == 4 || C == 8);
+    constexpr int R = 16 / C, kShift = C == 1 ? 0 : C == 2 ? 1 : C == 4 ? 2 : 3;
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i col = _mm512_and_si512(lane, _mm512_set1_epi32(C - 1));  // l % C
+    __m512i row[C];                                                        // q * R + l / C
+    for (int q = 0; q < C; ++q) row[q] = _mm512_add_epi32(_mm512_set1_epi32(q * R), _mm512_srli_epi32(lane, kShift));
+    alignas(64) float tmp[16 * C];
+    __m512 a[C];
+    if (accumulate) {
+        for (int e = 0; e < 16 * C; ++e) {
+            const int r = e / C, n = e % C;
+            tmp[e] = r < m && n < nr ? y[n * ys + r] : 0.f;
+        }
+        for (int q = 0; q < C; ++q) a[q] = _mm512_load_ps(tmp + 16 * q);
+    } else {
+        for (int q = 0; q < C; ++q) a[q] = _mm512_setzero_ps();
+    }
+    const __m512i sidx = _mm512_maskz_mullo_epi32((__mmask16)((1u << m) - 1), lane, _mm512_set1_epi32((int32_t)row_stride));
+    constexpr int64_t kBlk = sizeof(BlockQ8_0);
+    auto post = [&](const int32_t* c, int64_t b) __attribute__((always_inline)) {
+        for (int r = 0; r < pf_rows; ++r)
+            _mm_prefetch(reinterpret_cast<const char*>(pf + r * row_stride + b * kBlk + (kBlk - 1)), _MM_HINT_T1);
+        const __m512 xv = _mm512_permutexvar_ps(col, _mm512_loadu_ps(xs + b * 16));
+        const __m512i wd = _mm512_i32gather_epi32(sidx, wt + b * kBlk, 1);
+        const __m512 ws = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(wd));
+        for (int q = 0; q < C; ++q)
+            a[q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c + 16 * q)),
+                                   _mm512_mul_ps(_mm512_permutexvar_ps(row[q], ws), xv), a[q]);
+    };
+    run_blocks(wt + 2, row_stride, xb, nb, cb, 4 * C, post);
+    for (int q = 0; q < C; ++q) _mm512_store_ps(tmp + 16 * q, a[q]);
+    for (int n = 0; n < nr; ++n)
+        for (int r = 0; r < m; ++r) y[n * ys + r] = tmp[r * C + n];
+}
 
 }  // namespace
 
@@ -199,18 +262,28 @@ KA void q8_0_rows_amx(float* y, int64_t ys, const uint8_t* qu, const float* s16,
     const uint8_t* wb = static_cast<const uint8_t*>(w);
     alignas(64) int32_t cb[512] = {};  // the two C tiles as stored
     int cfg = 0;
-    {  // the first tile's rows (the next ones are prefetched while the one before runs)
-        const int64_t bytes = std::min<int64_t>(16, o1 - o0) * row_stride;
-        for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(reinterpret_cast<const char*>(wb + o0 * row_stride + i), _MM_HINT_T1);
+    // one group of up to 8 rows: the narrow form, C = the next power of two (its own tile shapes)
+    const int cols = N <= 1 ? 1 : N <= 2 ? 2 : N <= 4 ? 4 : N <= 8 ? 8 : 16;
+    {  // the first tile's first blocks (the next tiles are prefetched while the one before runs)
+        const int64_t rows = std::min<int64_t>(16, o1 - o0), bytes = std::min<int64_t>(row_stride, 4 * 64);
+        for (int64_t r = 0; r < rows; ++r)
+            for (int64_t i = 0; i < bytes; i += 64)
+                _mm_prefetch(reinterpret_cast<const char*>(wb + (o0 + r) * row_stride + i), _MM_HINT_T1);
     }
     for (int64_t ot = o0; ot < o1; ot += 16) {
         const int m = (int)std::min<int64_t>(16, o1 - ot);
-        if (m != cfg) configure(m), cfg = m;
+        if (m != cfg) configure(m, cols), cfg = m;
         const int64_t next = std::min<int64_t>(16, std::max<int64_t>(0, o1 - ot - 16));  // rows of the next tile
+        if (cols < 16) {
+            const auto narrow = cols == 1 ? tile_narrow<1> : cols == 2 ? tile_narrow<2> : cols == 4 ? tile_narrow<4> : tile_narrow<8>;
+            narrow(y + ot, ys, (int)N, m, qu, s16, wb + ot * row_stride, row_stride, nb, accumulate, cb,
+                   wb + (ot + 16) * row_stride, (int)next);
+            continue;
+        }
         for (int64_t g = 0; g < G; ++g)
             tile16(y + 16 * g * ys + ot, ys, (int)std::min<int64_t>(16, N - 16 * g), m, qu + g * nb * 512,
                    s16 + g * nb * 16, wb + ot * row_stride, row_stride, nb, accumulate, cb,
-                   wb + (ot + 16) * row_stride, g == 0 ? next * row_stride : 0);
+                   wb + (ot + 16) * row_stride, g == 0 ? (int)next : 0);
     }
     _tile_release();
 }

@@ -333,9 +333,16 @@ inline void attention_cached_forward(float* y, float* scores, const float* q, co
             float* a = scores + i * n_ctx;  // [P]
             // kernels/attn_rows.h: each score and each o[d] a function of its own inputs alone, so
             // page by page gives the contiguous twin's bits
+            // the pool rows of this head are kvs floats apart (a page of the cache each, for the
+            // hardware prefetchers): each page's keys / values are asked for while the page before
+            // is computed (kernels::attn_prefetch; no effect on any result)
+            auto kpage = [&](int64_t u0) { return k_pool + (int64_t)tab[u0 / page] * page * kvs + hk * D; };  // [page, kvs]
+            auto vpage = [&](int64_t u0) { return v_pool + (int64_t)tab[u0 / page] * page * kvs + hk * D; };
+            if (i == i0) kernels::attn_prefetch(kpage(0), kvs, std::min(P, page), D);
             for (int64_t u0 = 0; u0 < P; u0 += page) {
-                const float* kb = k_pool + (int64_t)tab[u0 / page] * page * kvs + hk * D;  // [page, kvs]
-                kernels::attn_scores(a + u0, qt, kb, kvs, std::min(P, u0 + page) - u0, D, scale);
+                if (u0 + page < P) kernels::attn_prefetch(kpage(u0 + page), kvs, std::min(P, u0 + 2 * page) - u0 - page, D);
+                else kernels::attn_prefetch(vpage(0), kvs, std::min(P, page), D);
+                kernels::attn_scores(a + u0, qt, kpage(u0), kvs, std::min(P, u0 + page) - u0, D, scale);
             }
             float mx = -std::numeric_limits<float>::infinity();
             for (int64_t u = 0; u < P; ++u) mx = a[u] > mx ? a[u] : mx;
@@ -343,8 +350,15 @@ inline void attention_cached_forward(float* y, float* scores, const float* q, co
             float* o = y + n * qs + h * D;  // [D]
             for (int64_t d = 0; d < D; ++d) o[d] = 0;
             for (int64_t u0 = 0; u0 < P; u0 += page) {
-                const float* vb = v_pool + (int64_t)tab[u0 / page] * page * kvs + hk * D;  // [page, kvs]
-                kernels::attn_accumulate(o, a + u0, inv, vb, kvs, std::min(P, u0 + page) - u0, D);
+                if (u0 + page < P) {
+                    kernels::attn_prefetch(vpage(u0 + page), kvs, std::min(P, u0 + 2 * page) - u0 - page, D);
+                } else if (i + 1 < i1) {  // the next row-head's first keys
+                    const int64_t n1 = (i + 1) / H, hk1 = (i + 1) % H / group;
+                    if (!(n_runs > 0 && in_run(n1)))
+                        kernels::attn_prefetch(k_pool + (int64_t)tables[(int64_t)seq[n1] * max_pages] * page * kvs + hk1 * D,
+                                               kvs, std::min<int64_t>(pos[n1] + 1, page), D);
+                }
+                kernels::attn_accumulate(o, a + u0, inv, vpage(u0), kvs, std::min(P, u0 + page) - u0, D);
             }
         }
     });
