@@ -134,8 +134,15 @@ TEST_F(EpInferCli, PeakRssDropsWithTheExpertsHeld) {
     const json a = json::parse(one.out), b = json::parse(ep.out);
     const double share = b["expert_bytes_rank"][0].get<double>() / 1048576.0;
     EXPECT_EQ(share, 48.0);
+#if defined(__SANITIZE_ADDRESS__)
+    // AddressSanitizer's quarantine keeps freed blocks resident (and its shadow grows with them), so
+    // peak RSS follows the weights less closely there: 34 of the 48 MiB were seen; ask for half
+    const double drop = 0.5 * share;
+#else
+    const double drop = 0.75 * share;
+#endif
     for (int q = 0; q < 2; ++q)
-        EXPECT_LT(b["peak_rss_mb_rank"][q].get<double>(), a["peak_rss_mb"].get<double>() - 0.75 * share)
+        EXPECT_LT(b["peak_rss_mb_rank"][q].get<double>(), a["peak_rss_mb"].get<double>() - drop)
             << one.out << ep.out;
 }
 
