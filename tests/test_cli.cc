@@ -30,7 +30,7 @@ protected:
 
 // --- config files ---
 
-// `moe train` runs itself again with GOMP_SPINCOUNT=300 when the user set neither it nor
+// `moe train` runs itself again with GOMP_SPINCOUNT=3000 when the user set neither it nor
 // OMP_WAIT_POLICY (libgomp reads them before main; tools/moe.cc), and leaves a user's choice alone.
 // libgomp's OMP_DISPLAY_ENV=verbose prints the spin count each process started with.
 TEST_F(Cli, TrainBoundsTheThreadPoolSpinUnlessTheUserChose) {
@@ -43,13 +43,13 @@ TEST_F(Cli, TrainBoundsTheThreadPoolSpinUnlessTheUserChose) {
         return read_file(path(".out"));
     };
     const std::string unset = run("", "a");
-    EXPECT_NE(unset.find("GOMP_SPINCOUNT = '300'"), std::string::npos) << unset;
+    EXPECT_NE(unset.find("GOMP_SPINCOUNT = '3000'"), std::string::npos) << unset;
     EXPECT_NE(unset.find("step"), std::string::npos) << unset;
     const std::string active = run("OMP_WAIT_POLICY=active", "b");
-    EXPECT_EQ(active.find("GOMP_SPINCOUNT = '300'"), std::string::npos) << active;
+    EXPECT_EQ(active.find("GOMP_SPINCOUNT = '3000'"), std::string::npos) << active;
     const std::string spin = run("GOMP_SPINCOUNT=77", "c");
     EXPECT_NE(spin.find("GOMP_SPINCOUNT = '77'"), std::string::npos) << spin;
-    EXPECT_EQ(spin.find("GOMP_SPINCOUNT = '300'"), std::string::npos) << spin;
+    EXPECT_EQ(spin.find("GOMP_SPINCOUNT = '3000'"), std::string::npos) << spin;
     EXPECT_EQ(read_file(path("a/checkpoint.bin")), read_file(path("b/checkpoint.bin")));
 }
 
