@@ -40,8 +40,8 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain,
 
 // Below this many bytes read and written in all, a loop forks no threads (see the overload below).
 // Streaming 1 MiB takes one core 50-100 us; a fork and join of 2 threads costs 0.7 us with both
-// cores free and libgomp spinning, but 20-100 us of wall clock where the waiting thread sleeps
-// (OMP_WAIT_POLICY=PASSIVE, or the short spin `moe train` sets) or another process holds a core:
+// cores free and libgomp spinning, but 20-100 us of wall clock where the waiting thread has gone
+// to sleep (OMP_WAIT_POLICY=PASSIVE, a gap longer than the spin) or another process holds a core:
 // makemoe's per-row ops (512 rows of C 128, 13 of every 20 regions a step forks) took twice their
 // serial time at 2 threads on the shared s19 Xeon. docs/performance.md (#24, s19).
 inline constexpr int64_t kForkMinBytes = int64_t(1) << 20;
