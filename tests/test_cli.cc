@@ -42,14 +42,15 @@ TEST_F(Cli, TrainBoundsTheThreadPoolSpinUnlessTheUserChose) {
         EXPECT_EQ(rc, 0) << read_file(path(".out"));
         return read_file(path(".out"));
     };
+    const std::string spin = run("GOMP_SPINCOUNT=77", "c");
+    if (spin.find("GOMP_SPINCOUNT = '77'") == std::string::npos)
+        GTEST_SKIP() << "the OpenMP runtime is not libgomp (no GOMP_SPINCOUNT in OMP_DISPLAY_ENV)";
+    EXPECT_EQ(spin.find("GOMP_SPINCOUNT = '3000'"), std::string::npos) << spin;
     const std::string unset = run("", "a");
     EXPECT_NE(unset.find("GOMP_SPINCOUNT = '3000'"), std::string::npos) << unset;
     EXPECT_NE(unset.find("step"), std::string::npos) << unset;
     const std::string active = run("OMP_WAIT_POLICY=active", "b");
     EXPECT_EQ(active.find("GOMP_SPINCOUNT = '3000'"), std::string::npos) << active;
-    const std::string spin = run("GOMP_SPINCOUNT=77", "c");
-    EXPECT_NE(spin.find("GOMP_SPINCOUNT = '77'"), std::string::npos) << spin;
-    EXPECT_EQ(spin.find("GOMP_SPINCOUNT = '3000'"), std::string::npos) << spin;
     EXPECT_EQ(read_file(path("a/checkpoint.bin")), read_file(path("b/checkpoint.bin")));
 }
 
