@@ -30,6 +30,30 @@ protected:
 
 // --- config files ---
 
+// `moe train` runs itself again with GOMP_SPINCOUNT=3000 when the user set neither it nor
+// OMP_WAIT_POLICY (libgomp reads them before main; tools/moe.cc), and leaves a user's choice alone.
+// libgomp's OMP_DISPLAY_ENV=verbose prints the spin count each process started with.
+TEST_F(Cli, TrainBoundsTheThreadPoolSpinUnlessTheUserChose) {
+    auto run = [&](const std::string& env, const std::string& out) {
+        const std::string cmd = "cd " + q(dir) + " && env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT " + env +
+                                " OMP_DISPLAY_ENV=verbose " + q(MOE_BINARY) + " train --config tiny.json --steps 2 " +
+                                "--threads 2 --no-sample --out " + out + " >" + q(path(".out")) + " 2>&1";
+        const int rc = std::system(cmd.c_str());
+        EXPECT_EQ(rc, 0) << read_file(path(".out"));
+        return read_file(path(".out"));
+    };
+    const std::string spin = run("GOMP_SPINCOUNT=77", "c");
+    if (spin.find("GOMP_SPINCOUNT = '77'") == std::string::npos)
+        GTEST_SKIP() << "the OpenMP runtime is not libgomp (no GOMP_SPINCOUNT in OMP_DISPLAY_ENV)";
+    EXPECT_EQ(spin.find("GOMP_SPINCOUNT = '3000'"), std::string::npos) << spin;
+    const std::string unset = run("", "a");
+    EXPECT_NE(unset.find("GOMP_SPINCOUNT = '3000'"), std::string::npos) << unset;
+    EXPECT_NE(unset.find("step"), std::string::npos) << unset;
+    const std::string active = run("OMP_WAIT_POLICY=active", "b");
+    EXPECT_EQ(active.find("GOMP_SPINCOUNT = '3000'"), std::string::npos) << active;
+    EXPECT_EQ(read_file(path("a/checkpoint.bin")), read_file(path("b/checkpoint.bin")));
+}
+
 TEST_F(Cli, MalformedJson) {
     const std::string cfg = path("bad.json");
     write_file(cfg, "{\"model\": {\"n_layer\": 1,, }");

@@ -1,10 +1,14 @@
 // Fast kernels against their reference twins (run-time dispatched SIMD paths).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <mutex>
 #include <random>
+#include <utility>
 #include <vector>
 
+#include "core/parallel.h"
 #include "kernels/adamw.h"
 #include "kernels/cpu.h"
 #include "kernels/dot.h"
@@ -192,4 +196,34 @@ TEST(Kernels, AttnRowsSimdEqualsReferenceBitForBit) {
             }
         }
     }
+}
+
+// parallel_for with a size: a loop under kForkMinBytes forks nothing and runs the chunks a forked
+// run would hand to the threads, in order, on the calling thread (so a per-chunk result is the same
+// either way); a larger one forks.
+TEST(Parallel, SmallLoopsRunTheForkedChunksInline) {
+    const int before = moe::num_threads();
+    moe::set_num_threads(3);
+    std::mutex mu;
+    auto chunks_of = [&](int64_t item_bytes) {
+        std::vector<std::pair<int64_t, int64_t>> c;
+        moe::parallel_for(5, 105, 4, item_bytes, [&](int64_t b, int64_t e) {
+            std::lock_guard<std::mutex> lock(mu);
+            c.emplace_back(b, e);
+        });
+        std::sort(c.begin(), c.end());
+        return c;
+    };
+    const std::vector<std::pair<int64_t, int64_t>> forked = {{5, 39}, {39, 73}, {73, 105}};
+    int64_t forks = moe::parallel_regions();
+    EXPECT_EQ(chunks_of(moe::kForkMinBytes / 100 - 1), forked);  // 100 items, just under the limit
+    EXPECT_EQ(moe::parallel_regions(), forks);
+    EXPECT_EQ(chunks_of(0), forked);
+    EXPECT_EQ(moe::parallel_regions(), forks);
+    EXPECT_EQ(chunks_of(moe::kForkMinBytes / 100 + 1), forked);
+    EXPECT_EQ(moe::parallel_regions(), forks + 1);
+    forks = moe::parallel_regions();
+    EXPECT_EQ(chunks_of(-1), forked);  // size unknown: forks, as the overload without a size
+    EXPECT_EQ(moe::parallel_regions(), forks + 1);
+    moe::set_num_threads(before);
 }

@@ -22,6 +22,8 @@
 #include <string_view>
 #include <vector>
 
+#include <unistd.h>
+
 namespace {
 
 const char* kDefaultConfig = "configs/default.json";
@@ -621,9 +623,31 @@ int report_error(const std::string& msg) {
     std::_Exit(1);
 }
 
+// libgomp's threads wait for the next parallel region by spinning GOMP_SPINCOUNT times before
+// they sleep: 300,000 spins when OMP_WAIT_POLICY is unset (about 3.5 ms on the s19 Xeon, a whole
+// scheduler time slice), none when it is PASSIVE. When another process holds a core, a spinning
+// waiter burns the time its descheduled partner needs: makemoe at 2 threads fell from 5.3-5.7k
+// tok/s (PASSIVE) to 1.5-3.5k, with 12-45 CPU s a run instead of 6.5. On a quiet host the spin is
+// what makes 2 threads pay (11.4k tok/s against 8.4k PASSIVE and 5.9k on 1 thread): a step forks
+// about 100 regions nearly back to back, and a sleeping worker takes tens of microseconds to wake.
+// 3,000 spins (about 35 us here) keep 94-96% of the quiet-host speed and most of the loaded-host
+// one (docs/performance.md, #24 s19). libgomp reads the variables once, before main (libc resets
+// a variable set earlier, in .preinit_array, before libgomp's constructor reads it), so
+// `moe train` sets GOMP_SPINCOUNT and runs itself again, once, when the user set neither variable.
+// Waiting changes no result; OMP_WAIT_POLICY (PASSIVE on a shared host, ACTIVE on a dedicated
+// one) or GOMP_SPINCOUNT keeps the user's choice.
+void exec_with_bounded_spin(int argc, char** argv) {
+    if (argc < 2 || std::string_view(argv[1]) != "train") return;
+    if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
+    if (::setenv("GOMP_SPINCOUNT", "3000", 1) != 0) return;
+    ::execv("/proc/self/exe", argv);  // returns only if it failed: train with libgomp's default
+    ::unsetenv("GOMP_SPINCOUNT");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+    exec_with_bounded_spin(argc, argv);
     CLI::App app{"moe: Mixture-of-Experts Transformer engine (train, inspect, generate)"};
     app.require_subcommand(0, 1);
     TrainArgs train;

@@ -38,6 +38,11 @@ int num_threads() {
 
 void parallel_for(int64_t begin, int64_t end, int64_t grain,
                   function_ref<void(int64_t, int64_t)> fn) {
+    parallel_for(begin, end, grain, -1, fn);
+}
+
+void parallel_for(int64_t begin, int64_t end, int64_t grain, int64_t item_bytes,
+                  function_ref<void(int64_t, int64_t)> fn) {
     const int64_t n = end - begin;
     if (n <= 0) return;
     if (grain < 1) grain = 1;
@@ -47,6 +52,10 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain,
         return;
     }
     const int64_t chunk = (n + nt - 1) / nt;
+    if (item_bytes >= 0 && item_bytes < kForkMinBytes / n) {  // n * item_bytes < kForkMinBytes
+        for (int64_t b = begin; b < end; b += chunk) fn(b, std::min(end, b + chunk));
+        return;
+    }
     g_regions.fetch_add(1, std::memory_order_relaxed);
 #pragma omp parallel for num_threads(nt) schedule(static, 1)
     for (int64_t t = 0; t < nt; ++t) {
@@ -60,7 +69,7 @@ void parallel_zero(void* p, size_t bytes) {
     constexpr int64_t kChunk = 256 << 10;
     char* c = static_cast<char*>(p);
     const int64_t n = (int64_t)bytes;
-    parallel_for(0, (n + kChunk - 1) / kChunk, 1, [&](int64_t c0, int64_t c1) {
+    parallel_for(0, (n + kChunk - 1) / kChunk, 1, kChunk, [&](int64_t c0, int64_t c1) {
         std::memset(c + c0 * kChunk, 0, (size_t)(std::min(n, c1 * kChunk) - c0 * kChunk));
     });
 }

@@ -38,8 +38,23 @@ int num_threads();
 void parallel_for(int64_t begin, int64_t end, int64_t grain,
                   function_ref<void(int64_t, int64_t)> fn);
 
-// Zeroes `bytes` bytes at p, split over threads in 256 KB chunks when there are several (a serial
-// memset of a step's large buffers leaves the other cores waiting).
+// Below this many bytes read and written in all, a loop forks no threads (see the overload below).
+// Streaming 1 MiB takes one core 50-100 us; a fork and join of 2 threads costs 0.7 us with both
+// cores free and libgomp spinning, but 20-100 us of wall clock where the waiting thread has gone
+// to sleep (OMP_WAIT_POLICY=PASSIVE, a gap longer than the spin) or another process holds a core:
+// makemoe's per-row ops (512 rows of C 128, 13 of every 20 regions a step forks) took twice their
+// serial time at 2 threads on the shared s19 Xeon. docs/performance.md (#24, s19).
+inline constexpr int64_t kForkMinBytes = int64_t(1) << 20;
+
+// The same chunks for a loop whose items each read and write about item_bytes bytes: when
+// (end - begin) * item_bytes is under kForkMinBytes, the chunks it would hand to threads run one
+// after another on the calling thread, in chunk order, so results are those of the forked run.
+void parallel_for(int64_t begin, int64_t end, int64_t grain, int64_t item_bytes,
+                  function_ref<void(int64_t, int64_t)> fn);
+
+// Zeroes `bytes` bytes at p, split over threads in 256 KB chunks when there are several and the
+// whole is at least kForkMinBytes (a serial memset of a step's large buffers leaves the other cores
+// waiting).
 void parallel_zero(void* p, size_t bytes);
 
 // Runs fn(i) for every i in [0, n), handing tasks to threads as they free up (dynamic schedule),

@@ -24,7 +24,7 @@ namespace moe::layers {
 
 // out (n) += a (n)
 static void add_into(float* out, const float* a, int64_t n) {
-    parallel_for(0, n, 4096, [&](int64_t i0, int64_t i1) {
+    parallel_for(0, n, 4096, 3 * (int64_t)sizeof(float), [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) out[i] += a[i];
     });
 }

@@ -57,7 +57,7 @@ int64_t moe_dispatch_build(MoeRouteT<T>& route) {
 template <class T>
 void moe_gather_forward(T* xe, const T* x, const MoeRouteT<T>& route, int64_t C) {
     const int32_t* row_token = route.row_token;  // (R)
-    parallel_for(0, route.R, 64, [&](int64_t r0, int64_t r1) {
+    parallel_for(0, route.R, 64, 2 * C * (int64_t)sizeof(T), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) std::memcpy(xe + r * C, x + (int64_t)row_token[r] * C, C * sizeof(T));
     });
 }
@@ -67,7 +67,7 @@ template <class T>
 void moe_gather_backward(T* dx, const T* dxe, const MoeRouteT<T>& route, int64_t C) {
     const int64_t K = route.K;
     const int32_t* token_row = route.token_row;  // (N, K)
-    parallel_for(0, route.N, 16, [&](int64_t n0, int64_t n1) {
+    parallel_for(0, route.N, 16, (K + 1) * C * (int64_t)sizeof(T), [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n)
             for (int64_t k = 0; k < K; ++k) {
                 const int32_t r = token_row[n * K + k];
@@ -87,7 +87,7 @@ void moe_combine_forward(T* out, const T* ye, const MoeRouteT<T>& route, int64_t
     const int64_t K = route.K;
     const T* topk_weight = route.topk_weight;    // (N, K)
     const int32_t* token_row = route.token_row;  // (N, K)
-    parallel_for(0, route.N, 16, [&](int64_t n0, int64_t n1) {
+    parallel_for(0, route.N, 16, (K + 1) * C * (int64_t)sizeof(T), [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
             T* o = out + n * C;
             for (int64_t c = 0; c < C; ++c) o[c] = 0;
@@ -109,7 +109,7 @@ void moe_combine_backward(T* dye, T* dweight, const T* dout, const T* ye, const 
     const int64_t K = route.K;
     const T* topk_weight = route.topk_weight;    // (N, K)
     const int32_t* token_row = route.token_row;  // (N, K)
-    parallel_for(0, route.N, 16, [&](int64_t n0, int64_t n1) {
+    parallel_for(0, route.N, 16, (3 * K + 1) * C * (int64_t)sizeof(T), [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
             const T* g = dout + n * C;
             for (int64_t k = 0; k < K; ++k) {

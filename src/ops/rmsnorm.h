@@ -11,7 +11,7 @@ namespace moe::ops {
 // out (N, C), rstd (N) saved for backward; inp (N, C); weight (C)
 template <class T>
 void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* weight, int64_t N, int64_t C, double eps) {
-    parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    parallel_for(0, N, 16, 2 * C * (int64_t)sizeof(T), [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
             const T* x = inp + n * C;
             const T ss = kernels::dot_blocked(x, x, C);
@@ -27,7 +27,7 @@ void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* weight, int64_t N, 
 template <class T>
 void rmsnorm_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T* weight, const T* rstd,
                       int64_t N, int64_t C) {
-    parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    parallel_for(0, N, 16, 4 * C * (int64_t)sizeof(T), [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
             const T* x = inp + n * C;
             const T* g = dout + n * C;
@@ -41,7 +41,7 @@ void rmsnorm_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T*
         }
     });
     // dweight[c] += sum_n dout[n,c] * xhat[n,c]; threads split channels (deterministic)
-    parallel_for(0, C, 16, [&](int64_t c0, int64_t c1) {
+    parallel_for(0, C, 16, 2 * N * (int64_t)sizeof(T), [&](int64_t c0, int64_t c1) {
         for (int64_t n = 0; n < N; ++n) {
             const T* x = inp + n * C;
             const T* g = dout + n * C;

@@ -25,7 +25,7 @@ void rope_table(T* cos_sin, int64_t Tn, int64_t D, double theta) {
 template <class T>
 void rope_forward(T* x, const T* cos_sin, int64_t B, int64_t Tn, int64_t NH, int64_t D) {
     const int64_t half = D / 2;
-    parallel_for(0, B * Tn, 16, [&](int64_t n0, int64_t n1) {
+    parallel_for(0, B * Tn, 16, 2 * NH * D * (int64_t)sizeof(T), [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
             const T* cs = cos_sin + (n % Tn) * half * 2;
             for (int64_t h = 0; h < NH; ++h) {
@@ -45,7 +45,7 @@ void rope_forward(T* x, const T* cos_sin, int64_t B, int64_t Tn, int64_t NH, int
 template <class T>
 void rope_backward(T* dx, const T* cos_sin, int64_t B, int64_t Tn, int64_t NH, int64_t D) {
     const int64_t half = D / 2;
-    parallel_for(0, B * Tn, 16, [&](int64_t n0, int64_t n1) {
+    parallel_for(0, B * Tn, 16, 2 * NH * D * (int64_t)sizeof(T), [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
             const T* cs = cos_sin + (n % Tn) * half * 2;
             for (int64_t h = 0; h < NH; ++h) {

@@ -18,7 +18,7 @@ namespace moe::ops {
 // topk_expert (N, K) <- indices of the K largest scores (N, E), best first, ties to lower index.
 template <class T>
 void router_topk(int32_t* topk_expert, const T* scores, int64_t N, int64_t E, int64_t K) {
-    parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+    parallel_for(0, N, 64, 2 * E * (int64_t)sizeof(T), [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
             const T* s = scores + n * E;
             int32_t* out = topk_expert + n * K;
@@ -42,7 +42,7 @@ void router_topk(int32_t* topk_expert, const T* scores, int64_t N, int64_t E, in
 // weights, which are a softmax over the chosen experts only (router_weights_forward).
 template <class T>
 void router_softmax(T* probs, const T* logits, int64_t N, int64_t E) {
-    parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+    parallel_for(0, N, 64, 2 * E * (int64_t)sizeof(T), [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
             const T* l = logits + n * E;
             T* p = probs + n * E;
@@ -67,7 +67,7 @@ void router_weights_forward(MoeRouteT<T>& route, const T* scores) {
     const int64_t E = route.E, K = route.K;
     const int32_t* topk_expert = route.topk_expert;  // (N, K)
     T* topk_weight = route.topk_weight;              // (N, K)
-    parallel_for(0, route.N, 64, [&](int64_t n0, int64_t n1) {
+    parallel_for(0, route.N, 64, 2 * E * (int64_t)sizeof(T), [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
             const T* l = scores + n * E;
             const int32_t* ex = topk_expert + n * K;
@@ -91,7 +91,7 @@ void router_weights_forward(MoeRouteT<T>& route, const T* scores) {
 template <class T>
 void router_weights_backward(T* dscores, const T* dweight, const MoeRouteT<T>& route) {
     const int64_t E = route.E, K = route.K;
-    parallel_for(0, route.N, 64, [&](int64_t n0, int64_t n1) {
+    parallel_for(0, route.N, 64, 2 * E * (int64_t)sizeof(T), [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
             const int32_t* ex = route.topk_expert + n * K;
             const T* w = route.topk_weight + n * K;
@@ -113,7 +113,7 @@ void router_weights_backward(T* dscores, const T* dweight, const MoeRouteT<T>& r
 template <class T>
 void router_weights_full_forward(MoeRouteT<T>& route, const T* scores) {
     const int64_t E = route.E, K = route.K;
-    parallel_for(0, route.N, 64, [&](int64_t n0, int64_t n1) {
+    parallel_for(0, route.N, 64, 2 * E * (int64_t)sizeof(T), [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
             const T* l = scores + n * E;
             const int32_t* ex = route.topk_expert + n * K;
@@ -133,7 +133,7 @@ void router_weights_full_forward(MoeRouteT<T>& route, const T* scores) {
 template <class T>
 void router_weights_full_backward(T* dscores, const T* dweight, const MoeRouteT<T>& route, const T* scores) {
     const int64_t E = route.E, K = route.K;
-    parallel_for(0, route.N, 64, [&](int64_t n0, int64_t n1) {
+    parallel_for(0, route.N, 64, 2 * E * (int64_t)sizeof(T), [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
             const T* l = scores + n * E;
             const int32_t* ex = route.topk_expert + n * K;

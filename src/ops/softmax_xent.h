@@ -11,7 +11,7 @@ namespace moe::ops {
 template <class T>
 void softmax_xent_forward(T* probs, T* losses, const T* logits, const int32_t* targets, int64_t N,
                           int64_t V) {
-    parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    parallel_for(0, N, 16, 2 * V * (int64_t)sizeof(T), [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
             const T* l = logits + n * V;
             T* p = probs + n * V;
@@ -34,7 +34,7 @@ void softmax_xent_forward(T* probs, T* losses, const T* logits, const int32_t* t
 template <class T>
 void softmax_xent_backward(T* dlogits, const T* probs, const int32_t* targets, T scale, int64_t N,
                            int64_t V) {
-    parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    parallel_for(0, N, 16, 2 * V * (int64_t)sizeof(T), [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n) {
             const T* p = probs + n * V;
             T* d = dlogits + n * V;

@@ -86,7 +86,7 @@ double grad_sumsq(const float* grads, int64_t n) {
     thread_local std::vector<double> part_storage;
     std::vector<double>& part = part_storage;
     part.assign(nchunks, 0.0);
-    parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+    parallel_for(0, nchunks, 1, chunk * (int64_t)sizeof(float), [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) part[c] = kernels::sumsq(grads + c * chunk, std::min(n, (c + 1) * chunk) - c * chunk);
     });
     double ss = 0;
