@@ -200,26 +200,6 @@ TEST_F(DataParallel, ExpertParallelRunResumesOnFourRanksAndOneProcess) {
     }
 }
 
-// The pid of rank `rank` among the children of mpirun `launcher` (Open MPI starts local ranks as its
-// children, each with OMPI_COMM_WORLD_RANK in its environment); -1 if not found.
-pid_t rank_pid(pid_t launcher, int rank) {
-    for (const auto& e : fs::directory_iterator("/proc")) {
-        const std::string name = e.path().filename();
-        if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-        std::istringstream st(read_file(e.path() / "stat"));
-        std::string pid, comm, state;
-        long ppid = 0;
-        st >> pid >> comm >> state >> ppid;
-        if (ppid != launcher) continue;
-        std::string env = read_file(e.path() / "environ");
-        std::replace(env.begin(), env.end(), '\0', '\n');
-        if (env.find("\nOMPI_COMM_WORLD_RANK=" + std::to_string(rank) + "\n") != std::string::npos ||
-            env.rfind("OMPI_COMM_WORLD_RANK=" + std::to_string(rank) + "\n", 0) == 0)
-            return (pid_t)std::stol(name);
-    }
-    return -1;
-}
-
 // kill -9 of one rank mid-run: the job ends (non-zero, mpirun names the rank and the signal), the
 // last checkpoint (saved every step; with --expert-parallel a sharded set) loads, and resuming it on
 // one process logs the losses of an uninterrupted one-process run with the same global batch.

@@ -230,7 +230,6 @@ TEST_F(EpInferCli, BadLayoutsAreOneErrorPrintedOnce) {
     EXPECT_EQ(count_of(r.err, "--expert-parallel 2 needs 2 processes"), 1u) << r.describe();
 }
 
-pid_t rank_pid(pid_t launcher, int rank);
 
 // a process that runs (not gone, not a zombie)
 bool alive(pid_t p) {
@@ -342,25 +341,6 @@ TEST_F(EpServe, AnswersAsOneProcessAndStopsOnSigterm) {
     st = wait_end();
     ASSERT_NE(st, -1) << "still running 60 s after SIGTERM\n" << read_file(path("serve2.out"));
     for (pid_t p : {r0, r1, a0, a1}) EXPECT_FALSE(alive(p)) << "rank process " << p << " outlived the job";
-}
-
-// The pid of rank `rank` among the children of mpirun `launcher` (as test_data_parallel.cc)
-pid_t rank_pid(pid_t launcher, int rank) {
-    for (const auto& e : fs::directory_iterator("/proc")) {
-        const std::string name = e.path().filename();
-        if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-        std::istringstream st(read_file(e.path() / "stat"));
-        std::string pid, comm, state;
-        long ppid = 0;
-        st >> pid >> comm >> state >> ppid;
-        if (ppid != launcher) continue;
-        std::string env = read_file(e.path() / "environ");
-        std::replace(env.begin(), env.end(), '\0', '\n');
-        if (env.find("\nOMPI_COMM_WORLD_RANK=" + std::to_string(rank) + "\n") != std::string::npos ||
-            env.rfind("OMPI_COMM_WORLD_RANK=" + std::to_string(rank) + "\n", 0) == 0)
-            return (pid_t)std::stol(name);
-    }
-    return -1;
 }
 
 TEST_F(EpServe, AKilledRankEndsTheJob) {
