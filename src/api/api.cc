@@ -123,6 +123,15 @@ static std::unique_ptr<EpLeader> attach_leader(Model& m) {
     return std::make_unique<EpLeader>(dist::world(), m);
 }
 
+// random weights of a config, made straight in type t (no fp32 copy of a typed matrix), holding this
+// rank's experts: what LoadedModel::random, bench and the expert-parallel followers all build, so
+// that every rank of a run draws the same model
+static std::unique_ptr<Model> random_model(const ModelConfig& mc, kernels::WType t, uint64_t seed) {
+    auto m = std::make_unique<Model>(mc, t, my_experts(mc));
+    m->init(seed);
+    return m;
+}
+
 static Config random_config(const std::string& config, int64_t n_ctx) {
     Config c = load_config(config);
     if (n_ctx > 0) c.model.n_ctx = n_ctx;
@@ -136,10 +145,8 @@ void follow_expert_parallel(const std::string& model_path, const std::string& co
     Checkpoint ck;
     if (!config.empty()) {  // as LoadedModel::random and bench's random model
         Config c = random_config(config, n_ctx);
-        if (c.model.vocab_size <= 0) resolve_vocab(c);
-        m = std::make_unique<Model>(c.model, kernels::parse_wtype(dtype.empty() ? "fp32" : dtype, "--dtype"),
-                                    my_experts(c.model));
-        m->init(seed);
+        resolve_vocab(c);
+        m = random_model(c.model, kernels::parse_wtype(dtype.empty() ? "fp32" : dtype, "--dtype"), seed);
     } else {
         ck = load_model(model_path, dtype, n_ctx, my_experts(model_path, n_ctx));
     }
@@ -170,8 +177,7 @@ LoadedModel LoadedModel::random(const std::string& config, const std::string& dt
     if (ck.config.model.vocab_size < ck.tokenizer.vocab_size())
         fail(config, ": vocab_size ", ck.config.model.vocab_size, " is smaller than the byte-level tokenizer's ",
              ck.tokenizer.vocab_size());
-    ck.model = std::make_unique<Model>(ck.config.model, t, my_experts(ck.config.model));
-    ck.model->init(seed);
+    ck.model = random_model(ck.config.model, t, seed);
     ck.weight_type = kernels::wtype_name(t);
     LoadedModel m;
     m.impl_ = std::make_unique<Impl>();
@@ -411,10 +417,7 @@ BenchReport bench(const std::string& config_path, const std::string& checkpoint_
         Config cfg = load_config(config_path);
         resolve_vocab(cfg);
         if (r.dtype.empty()) r.dtype = "fp32";
-        // random weights made straight in the type: no fp32 copy of a typed matrix
-        own = std::make_unique<Model>(cfg.model, kernels::parse_wtype(r.dtype, "bench --dtype"),
-                                      my_experts(cfg.model));
-        own->init(1);
+        own = random_model(cfg.model, kernels::parse_wtype(r.dtype, "bench --dtype"), 1);
         model = own.get();
         r.model = config_path;
     } else {
