@@ -7,12 +7,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -217,6 +219,18 @@ inline pid_t rank_pid(pid_t launcher, int rank) {
             return (pid_t)std::stol(name);
     }
     return -1;
+}
+
+// The URL a `moe serve` prints ("ready at URL ...") into the file `out`, polled for up to 60 s;
+// empty if it did not appear by then.
+inline std::string wait_for_ready_url(const std::string& out) {
+    for (int i = 0; i < 600; ++i) {  // 60 s
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        const std::string s = read_file(out);
+        const size_t at = s.find("ready at ");
+        if (at != std::string::npos) return s.substr(at + 9, s.find(' ', at + 9) - at - 9);
+    }
+    return "";
 }
 
 }  // namespace moe_test

@@ -257,12 +257,7 @@ protected:
             execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
             _exit(127);
         }
-        for (int i = 0; i < 600 && url.empty(); ++i) {  // 60 s
-            std::this_thread::sleep_for(std::chrono::milliseconds(100));
-            const std::string s = read_file(out);
-            const size_t at = s.find("ready at ");
-            if (at != std::string::npos) url = s.substr(at + 9, s.find(' ', at + 9) - at - 9);
-        }
+        url = wait_for_ready_url(out);
         ASSERT_FALSE(url.empty()) << read_file(out);
     }
     // waits up to 60 s for the launcher; its wait status, or -1 (then killed)
