@@ -5,8 +5,9 @@
 // its overhead (step time outside the forward), and the two tokens/s per CPU-second of the process
 // (on a shared host the measure least disturbed by other processes; use --threads 1 for it).
 //   build/bench/serve_load [--config FILE | --model PATH (its weights as stored: --dtype as-stored)] [--dtype fp32|bf16|int8] [--streams 1,4,16] [--tokens 64]
-//                     [--prompt 32] [--invariant on|off|both] [--threads T]
+//                     [--prompt 32] [--invariant on|off|both] [--threads T] [--cache-type f32|f16|bf16]
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -20,6 +21,7 @@
 
 #include <moe/moe.h>
 
+#include "core/profile.h"
 #include "infer/engine.h"
 #include "api/loaded_model.h"
 #include "io/tokenizer.h"
@@ -40,7 +42,7 @@ static double cpu_seconds() {
 
 int main(int argc, char** argv) {
     std::string config = std::string(MOE_SOURCE_DIR) + "/configs/bench-infer-moe.json", dtype = "int8", streams = "1,4,16",
-                invariant = "both", model_path;
+                invariant = "both", model_path, cache_type = "f32";
     int64_t tokens = 64, prompt = 32;
     int threads = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -53,6 +55,7 @@ int main(int argc, char** argv) {
         else if (k == "--invariant") invariant = v;
         else if (k == "--threads") threads = std::stoi(v);
         else if (k == "--model") model_path = v;
+        else if (k == "--cache-type") cache_type = v;
     }
     try {
         moe::apply_environment();
@@ -76,13 +79,14 @@ int main(int argc, char** argv) {
             mp = random.get();
         }
         moe::Model& model = *mp;
+        model.set_cache_type(cache_type == "f16" ? moe::DType::f16 : cache_type == "bf16" ? moe::DType::bf16 : moe::DType::f32);
         const int64_t vocab = model.config().vocab_size;
         std::vector<int64_t> ss;
         std::stringstream in(streams);
         for (std::string x; std::getline(in, x, ',');) ss.push_back(std::stoll(x));
         std::printf("%s\n", moe::kernels::host_description().c_str());
-        std::printf("%s, %s, %d threads, %lld prompt + %lld generated tokens per stream\n", config.c_str(), dtype.c_str(),
-                    moe::threads(), (long long)prompt, (long long)tokens);
+        std::printf("%s, %s, %d threads, %lld prompt + %lld generated tokens per stream, KV cache %s\n", config.c_str(),
+                    dtype.c_str(), moe::threads(), (long long)prompt, (long long)tokens, moe::dtype_name(model.cache_type()));
         // gen tok/s: generated tokens over the whole run (prompts included); decode tok/s: after the
         // last stream's first token (every stream decoding); overhead: step time outside the forward
         // cpu tok/s, cpu decode: the same two per CPU-second of the process (all its threads)
@@ -91,6 +95,7 @@ int main(int argc, char** argv) {
         for (bool inv : {true, false}) {
             if ((inv && invariant == "off") || (!inv && invariant == "on")) continue;
             for (int64_t S : ss) {
+                moe::profile_reset();
                 moe::EngineOptions o;
                 o.slots = S;
                 o.batch_invariant = inv;
@@ -110,11 +115,18 @@ int main(int argc, char** argv) {
                 std::vector<int64_t> gens(S, 0);
                 std::vector<double> cpu_first(S, 0.0);
                 std::vector<std::thread> clients;
+                // MOE_PROFILE=1: the table covers the decode steps (from every stream's first token on)
+                const bool prof = moe::profile_enabled();
+                moe::set_profiling(false);
+                std::atomic<int64_t> started{0};
                 for (int64_t i = 0; i < S; ++i)
                     clients.emplace_back([&, i] {
                         moe::EngineEvent ev;
                         while (hs[i].next(ev, 600000) && ev.kind != moe::EngineEvent::Kind::done)
-                            if (ev.kind == moe::EngineEvent::Kind::token && gens[i]++ == 0) cpu_first[i] = cpu_seconds();
+                            if (ev.kind == moe::EngineEvent::Kind::token && gens[i]++ == 0) {
+                                cpu_first[i] = cpu_seconds();
+                                if (++started == S) moe::set_profiling(prof);
+                            }
                     });
                 for (auto& c : clients) c.join();
                 int64_t gen = 0;
@@ -133,7 +145,7 @@ int main(int argc, char** argv) {
                             1e3 * st.step_seconds / std::max<int64_t>(1, st.steps),
                             100.0 * (st.step_seconds - st.forward_seconds) / std::max(1e-12, st.step_seconds),
                             gen / std::max(1e-9, cpu), cpu_decode);
-                moe::print_profile(stdout);  // MOE_PROFILE=1: where the engine's time went
+                moe::print_profile(stdout);  // MOE_PROFILE=1: where the decode steps' time went
             }
         }
     } catch (const std::exception& e) {

@@ -86,7 +86,7 @@ TEST(Api, BenchJsonKeysAndRoundedValues) {
     const std::string text = moe::to_json(r);
     EXPECT_EQ(text.find('\n'), std::string::npos);
     const ojson j = ojson::parse(text);
-    EXPECT_EQ(keys(j), (std::vector<std::string>{"model", "mode", "dtype", "threads", "batch", "total_params",
+    EXPECT_EQ(keys(j), (std::vector<std::string>{"model", "mode", "dtype", "cache_type", "threads", "batch", "total_params",
                                                  "active_params", "tokens", "seconds", "tokens_per_sec",
                                                  "weight_bytes_per_token", "weight_gbytes_per_sec", "gflops",
                                                  "parallel_regions_per_step", "peak_rss_mb", "weights_mb", "kv_mb",

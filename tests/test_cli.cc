@@ -375,6 +375,32 @@ TEST_F(Cli, QuantizeBf16AndInt8) {
     expect_clean_error(moe("generate --checkpoint ck --prompt the --dtype int4"), {"int4"});
 }
 
+// --cache-type f16 / bf16: generation runs on a half-size KV cache (greedy text from the tiny
+// model, which the rounding rarely changes: only that it runs and prints), bench reports the type
+// and half the cache's megabytes; another type is a clean error naming the option.
+TEST_F(Cli, CacheType) {
+    train_ok("ck");
+    for (const std::string t : {"f16", "bf16"}) {
+        RunResult g = moe("generate --checkpoint ck --prompt the --max-tokens 12 --temperature 0 --cache-type " + t);
+        ASSERT_EQ(g.code(), 0) << g.describe();
+        EXPECT_EQ(g.out.rfind("the", 0), 0u) << g.out;
+    }
+    json wide = tiny_config();  // a context long enough for a cache of some megabytes
+    wide["model"]["n_ctx"] = 8192;
+    write_config("wide.json", wide);
+    RunResult b32 = moe("bench --config wide.json --batch 4 --tokens 2 --seconds 0 --json --cache-type f32");
+    RunResult b16 = moe("bench --config wide.json --batch 4 --tokens 2 --seconds 0 --json --cache-type f16");
+    ASSERT_EQ(b32.code(), 0) << b32.describe();
+    ASSERT_EQ(b16.code(), 0) << b16.describe();
+    const json j32 = json::parse(b32.out), j16 = json::parse(b16.out);
+    EXPECT_EQ(j16["cache_type"], "f16");
+    EXPECT_EQ(j32["cache_type"], "f32");
+    ASSERT_GT(j32["kv_mb"].get<double>(), 0.5) << b32.out;
+    EXPECT_NEAR(j16["kv_mb"].get<double>() * 2, j32["kv_mb"].get<double>(), 0.15) << b16.out;
+    expect_clean_error(moe("generate --checkpoint ck --prompt the --cache-type q8_0"), {"--cache-type", "q8_0"});
+    expect_clean_error(moe("bench --config tiny.json --cache-type int8"), {"--cache-type", "int8"});
+}
+
 TEST_F(Cli, TrainBadOptions) {
     expect_clean_error(train(path("tiny.json"), "--steps -5"), {"--steps", "-5"});
     expect_clean_error(train(path("tiny.json"), "--seed -2"), {"--seed", "-2"});

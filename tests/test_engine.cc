@@ -114,9 +114,10 @@ void expect_same(const Choice& a, const Choice& b, const std::string& what) {
 // The same greedy and seeded requests alone (each in a fresh engine, one slot) and among 15 others
 // arriving at different steps with other prompt lengths, sampling options and a prompt-chunk
 // budget that cuts prompts differently: identical ids, logprobs and top logprobs, bit for bit.
-void check_invariance(const std::string& dtype) {
+void check_invariance(const std::string& dtype, moe::DType cache = moe::DType::f32) {
     moe::Checkpoint ck = moe::load_model(model_dir(), dtype, 256);
     moe::Model& model = *ck.model;
+    model.set_cache_type(cache);
     const std::vector<moe::EngineRequest> probes = {request(prompt_of(23, 1), 0, 0, 24),
                                                     request(prompt_of(5, 2), 0.9, 1234, 24),
                                                     request(prompt_of(41, 3), 0.7, 99, 20)};
@@ -160,6 +161,9 @@ void check_invariance(const std::string& dtype) {
 TEST(Engine, BatchInvariantFp32) { check_invariance(""); }
 TEST(Engine, BatchInvariantBf16) { check_invariance("bf16"); }
 TEST(Engine, BatchInvariantInt8) { check_invariance("int8"); }
+// f16 / bf16 KV caches (--cache-type): a row's stored keys and values are its own, rounded
+TEST(Engine, BatchInvariantF16Cache) { check_invariance("", moe::DType::f16); }
+TEST(Engine, BatchInvariantBf16CacheQ8_0) { check_invariance("q8_0", moe::DType::bf16); }
 // Q8_0: on AMX-INT8 hosts the AMX decode rows (one block order for every row count), and with the
 // ISA capped at avx512 the VNNI rows (the single-row dots' lane order)
 TEST(Engine, BatchInvariantQ8_0) { check_invariance("q8_0"); }

@@ -161,7 +161,15 @@ TEST(Kernels, DotBlockedMatchesTheSumInDoubleAndItsOwnOrder) {
     }
 }
 
+#include <cstring>
+#include <limits>
+
 #include "kernels/attn_rows.h"
+#include "kernels/bf16.h"
+#include "kernels/ggml_quants.h"
+
+using moe::DType;
+using moe::dtype_name;
 
 // Cached attention's per-row loops: the AVX2 and AVX-512 forms give the reference twins' bits
 // (strided rows, every D tail, key counts around the 4-key step), and the scores are the dots
@@ -194,6 +202,71 @@ TEST(Kernels, AttnRowsSimdEqualsReferenceBitForBit) {
                 for (int64_t u = 0; u <= n; ++u) ASSERT_EQ(s[u], s_ref[u]) << isa_name(cap) << " D " << D << " n " << n << " u " << u;
                 for (int64_t d = 0; d < D; ++d) ASSERT_EQ(o[d], o_ref[d]) << isa_name(cap) << " D " << D << " n " << n << " d " << d;
             }
+        }
+    }
+}
+
+// The same loops over an f16 / bf16 KV cache (--cache-type): the reference twin on the stored
+// elements equals the float reference on the widened values, and every SIMD form equals the twin,
+// bit for bit; and the conversions round as fp32_to_fp16 / f32_to_bf16 do (ties, tiny and huge
+// values, infinities, the F16C path against the scalar one).
+TEST(Kernels, AttnRowsHalfTypesEqualTheFloatFormsOnWidenedValues) {
+    const Isa best = active_isa();
+    for (DType t : {DType::f16, DType::bf16}) {
+        for (int64_t D : {1, 8, 15, 16, 17, 40, 64, 80, 128, 130}) {
+            for (int64_t n : {0, 1, 3, 4, 5, 16, 37}) {
+                const int64_t ks = D + 7;
+                const auto q = randv(D, 100 + D, 1.f), kf = randv(n * ks + 1, 200 + n, 1.f), vf = randv(n * ks + 1, 300 + n, 1.f);
+                std::vector<uint16_t> k(kf.size()), v(vf.size());
+                kv_store(k.data(), t, kf.data(), (int64_t)kf.size());
+                kv_store(v.data(), t, vf.data(), (int64_t)vf.size());
+                std::vector<float> kw(kf.size()), vw(vf.size());  // widened
+                kv_load(kw.data(), t, k.data(), (int64_t)k.size());
+                kv_load(vw.data(), t, v.data(), (int64_t)v.size());
+                auto p = randv(n + 1, 400 + n, 1.f);
+                for (auto& x : p) x = std::fabs(x);
+                const auto o0 = randv(D, 500 + D, 1.f);
+                std::vector<float> s_f(n + 1, -1.f), o_f = o0, s_ref(n + 1, -1.f), o_ref = o0;
+                attn_scores_ref(s_f.data(), q.data(), kw.data(), ks, n, D, 0.125f);
+                attn_accumulate_ref(o_f.data(), p.data(), 0.37f, vw.data(), ks, n, D);
+                attn_scores_ref(s_ref.data(), q.data(), k.data(), t, ks, n, D, 0.125f);
+                attn_accumulate_ref(o_ref.data(), p.data(), 0.37f, v.data(), t, ks, n, D);
+                for (int64_t u = 0; u <= n; ++u) ASSERT_EQ(s_ref[u], s_f[u]) << dtype_name(t) << " D " << D << " u " << u;
+                for (int64_t d = 0; d < D; ++d) ASSERT_EQ(o_ref[d], o_f[d]) << dtype_name(t) << " D " << D << " d " << d;
+                for (Isa cap : {Isa::ref, Isa::avx2, Isa::avx512}) {
+                    if ((int)cap > (int)best) continue;
+                    const Isa prev = set_isa_cap(cap);
+                    std::vector<float> s(n + 1, -1.f), o = o0;
+                    attn_scores(s.data(), q.data(), k.data(), t, ks, n, D, 0.125f);
+                    attn_accumulate(o.data(), p.data(), 0.37f, v.data(), t, ks, n, D);
+                    set_isa_cap(prev);
+                    for (int64_t u = 0; u <= n; ++u)
+                        ASSERT_EQ(s[u], s_ref[u]) << dtype_name(t) << " " << isa_name(cap) << " D " << D << " n " << n << " u " << u;
+                    for (int64_t d = 0; d < D; ++d)
+                        ASSERT_EQ(o[d], o_ref[d]) << dtype_name(t) << " " << isa_name(cap) << " D " << D << " n " << n << " d " << d;
+                }
+            }
+        }
+    }
+    // conversions: SIMD (8 at a time) and scalar (tails, Isa::ref) against the scalar definitions
+    std::vector<float> x = {0.f, -0.f, 1.f, -1.5f, 65504.f, 65520.f, 1e6f, -1e6f, 6e-8f, 3e-8f, 2.98e-8f, 1e-40f,
+                            1.00048828125f, 1.00146484375f, 3.14159f, -2.71828f, 1e-5f, 5.9604645e-8f,
+                            std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()};
+    for (int i = 0; i < 300; ++i) x.push_back((float)(std::ldexp(1.0 + i / 301.0, i % 40 - 30) * (i % 3 ? 1 : -1)));
+    for (Isa cap : {Isa::ref, Isa::avx2}) {
+        if ((int)cap > (int)best) continue;
+        const Isa prev = set_isa_cap(cap);
+        std::vector<uint16_t> h(x.size()), b(x.size());
+        kv_store(h.data(), DType::f16, x.data(), (int64_t)x.size());
+        kv_store(b.data(), DType::bf16, x.data(), (int64_t)x.size());
+        std::vector<float> hw(x.size());
+        kv_load(hw.data(), DType::f16, h.data(), (int64_t)h.size());
+        set_isa_cap(prev);
+        for (size_t i = 0; i < x.size(); ++i) {
+            ASSERT_EQ(h[i], fp32_to_fp16(x[i])) << isa_name(cap) << " f16 of " << x[i];
+            ASSERT_EQ(b[i], f32_to_bf16(x[i])) << isa_name(cap) << " bf16 of " << x[i];
+            const float w = fp16_to_fp32(h[i]);
+            ASSERT_EQ(std::memcmp(&hw[i], &w, 4), 0) << isa_name(cap) << " widened " << x[i];
         }
     }
 }

@@ -339,7 +339,9 @@ TEST_F(Serve, ReturnRoutingOnADenseModel) {
 // body that stops halfway (read timeout), a stream whose client never reads (write timeout: the
 // request is cancelled and its slot freed). Meanwhile other requests complete and /health is 200.
 TEST_F(Serve, SlowClientsDoNotStallOthers) {
-    start("--parallel 2 --ctx-size 32768 --timeout 2");
+    // (with an f16 KV cache: the long context's pool at half the bytes; a bad type never loads)
+    expect_clean_error(moe("serve --config x.json --cache-type q4_0"), {"--cache-type", "q4_0"});
+    start("--parallel 2 --ctx-size 32768 --timeout 2 --cache-type f16");
     const std::string ok_body = R"({"prompt":"abc","max_tokens":4,"temperature":0})";
     // a stream nobody reads: a tiny receive window, chunks of 5 logprobs each, 4000 tokens
     Conn never_reads(port(), 1024);

@@ -92,7 +92,7 @@ int cmd_train(TrainArgs& a) {
 // ------------------------------------------------------------------ generate
 
 struct GenerateArgs {
-    std::string checkpoint, prompt, dtype;
+    std::string checkpoint, prompt, dtype, cache_type = "f32";
     moe::SampleOptions sample;
     int64_t seed = 0;
     std::vector<std::string> stop;
@@ -125,6 +125,7 @@ CLI::App* add_generate(CLI::App& app, GenerateArgs& a) {
     c->add_option("--dtype", a.dtype,
                   "weight type of the matmuls: fp32 | bf16 | int8 (router stays fp32; default: the checkpoint's)");
     c->add_option("--experts-per-token", a.experts, "route each token to K experts (default: the model's)");
+    c->add_option("--cache-type", a.cache_type, "element type of the KV cache: f32 | f16 | bf16 (f16 / bf16 halve its memory; llama.cpp's --cache-type-k/-v, one type for both)")->capture_default_str();
     add_expert_parallel(c, a.expert_parallel);
     return c;
 }
@@ -142,6 +143,7 @@ int cmd_generate(GenerateArgs& a) {
     }
     moe::LoadedModel model(a.checkpoint, a.dtype, "generate --dtype");
     model.set_experts_per_token(a.experts);
+    model.set_cache_type(a.cache_type, "generate --cache-type");
     if (a.prompt.empty()) throw moe::error("--prompt is empty: give at least one character");
     const std::vector<int32_t> ids = model.encode_prompt(a.prompt);
     std::printf("%s", a.prompt.c_str());
@@ -177,6 +179,7 @@ CLI::App* add_bench(CLI::App& app, BenchArgs& a) {
     c->add_option("--tokens", a.opt.tokens, "decode: steps per timed run")->capture_default_str();
     c->add_option("--prompt", a.opt.prompt, "prefill: prompt tokens (at most n_ctx)")->capture_default_str();
     c->add_option("--seconds", a.opt.min_seconds, "decode: time at least this long")->capture_default_str();
+    c->add_option("--cache-type", a.opt.cache_type, "element type of the KV cache: f32 | f16 | bf16 (f16 / bf16 halve its memory; llama.cpp's --cache-type-k/-v, one type for both)")->capture_default_str();
     c->add_flag("--json", a.json, "print one JSON object");
     add_expert_parallel(c, a.expert_parallel);
     return c;
@@ -195,8 +198,8 @@ void print_bench(const moe::BenchReport& r) {
     else
         std::printf("prefill: %.1f tokens/s over %lld tokens, %.1f GFLOP/s\n", b.tokens_per_sec, (long long)b.tokens,
                     b.gflops);
-    std::printf("memory: peak RSS %.0f MB, weights %.0f MB, KV cache %.0f MB\n", b.peak_rss_mb, b.weights_mb,
-                b.kv_mb);
+    std::printf("memory: peak RSS %.0f MB, weights %.0f MB, KV cache %.0f MB (%s)\n", b.peak_rss_mb, b.weights_mb,
+                b.kv_mb, r.cache_type.c_str());
     if (b.expert_parallel > 1) {
         double total = 0;
         for (double x : b.expert_bytes_rank) total += x;
@@ -444,7 +447,7 @@ int cmd_plot(const PlotArgs& a) {
 // ------------------------------------------------------------------ chat
 
 struct ChatArgs {
-    std::string model, system, chat_template, dtype;
+    std::string model, system, chat_template, dtype, cache_type = "f32";
     moe::SampleOptions sample;
     int64_t seed = 0, ctx_size = 0, experts = 0;
     std::vector<std::string> stop;
@@ -471,6 +474,7 @@ CLI::App* add_chat(CLI::App& app, ChatArgs& a) {
     c->add_option("--threads", a.threads, "threads (default: all cores)");
     c->add_option("--dtype", a.dtype, "weight type of the matmuls: fp32 | bf16 | int8 (default: as stored)");
     c->add_option("--experts-per-token", a.experts, "route each token to K experts (default: the model's)");
+    c->add_option("--cache-type", a.cache_type, "element type of the KV cache: f32 | f16 | bf16 (f16 / bf16 halve its memory; llama.cpp's --cache-type-k/-v, one type for both)")->capture_default_str();
     c->add_flag("--verbose-prompt", a.verbose_prompt, "print each rendered prompt to stderr");
     return c;
 }
@@ -489,6 +493,7 @@ int cmd_chat(ChatArgs& a) {
     moe::set_threads(a.threads);
     moe::LoadedModel model(a.model, a.dtype, "chat --dtype", a.ctx_size);
     model.set_experts_per_token(a.experts);
+    model.set_cache_type(a.cache_type, "chat --cache-type");
     if (!a.chat_template.empty()) model.set_chat_template(moe::read_text(a.chat_template, "--chat-template"));
     model.tokenize("", false);  // a model without a tokenizer fails here, before the first message
     moe::ChatSession chat(model, a.sample, a.system, a.stop);
@@ -574,6 +579,7 @@ CLI::App* add_serve(CLI::App& app, ServeArgs& a) {
     c->add_option("--threads", a.opt.threads, "threads (default: all cores)");
     c->add_option("--api-key", a.opt.api_key, "require 'Authorization: Bearer KEY' (all but /health)");
     c->add_option("--dtype", a.opt.dtype, "weight type of the matmuls: fp32 | bf16 | int8 (default: as stored)");
+    c->add_option("--cache-type", a.opt.cache_type, "element type of the KV cache: f32 | f16 | bf16 (f16 / bf16 halve its memory; llama.cpp's --cache-type-k/-v, one type for both)")->capture_default_str();
     c->add_option("--chat-template", a.opt.chat_template, "Jinja chat template file (default: the model's own)");
     c->add_option("--batch-tokens", a.opt.batch_tokens, "rows per engine step: decode rows, then prompt chunks")
         ->capture_default_str();

@@ -125,6 +125,7 @@ struct TrainResult {
 
 struct BenchOptions {
     std::string mode = "decode";  // "decode" | "prefill"
+    std::string cache_type = "f32";  // the KV cache's elements: f32 | f16 | bf16 (--cache-type)
     int64_t batch = 1;            // sequences decoding together (decode)
     int64_t tokens = 64;          // decode steps timed (decode)
     int64_t context = 16;         // prompt tokens before the timed decode steps
@@ -180,6 +181,12 @@ public:
 
     // Routes each token to K experts (0 = keep the checkpoint's K); throws for K outside [1, E].
     void set_experts_per_token(int64_t K);
+    // Element type of the KV cache of generation, chat, serving and bench: "f32" (default), "f16"
+    // or "bf16" (half the cache's memory and of what a decode step reads from it; docs/inference.md);
+    // moe::error naming `what` for another name.
+    void set_cache_type(const std::string& type, const char* what = "--cache-type");
+    static void check_cache_type(const std::string& type, const char* what);  // the same check, before a load
+    std::string cache_type() const;
     const std::string& weight_type() const;         // the type the model runs in
     // Encodes a prompt with the model's tokenizer (a Hugging Face tokenizer adds its BOS as
     // transformers does); throws naming the character for text outside its vocabulary, and for
@@ -291,6 +298,7 @@ TrainResult train(const std::string& config_path, const TrainOptions& opt);
 struct BenchReport {
     std::string model;  // the config file or the checkpoint directory
     std::string mode, dtype;
+    std::string cache_type;  // the KV cache's elements
     int threads = 0;
     int64_t batch = 0;
     int64_t total_params = 0, active_params = 0;

@@ -18,6 +18,7 @@ struct ServeOptions {
     int threads = 0;               // 0 = all cores
     std::string api_key;           // non-empty: every endpoint but /health needs "Authorization: Bearer KEY"
     std::string dtype;             // fp32 | bf16 | int8 | "" (as stored)
+    std::string cache_type = "f32";  // the KV cache's elements: f32 | f16 | bf16
     std::string chat_template;     // Jinja file overriding the model's template
     int64_t batch_tokens = 256;    // rows per engine step (decode rows + prompt chunks)
     int64_t max_queue = 256;       // requests waiting for a slot before 429 (with Retry-After)

@@ -195,6 +195,22 @@ const std::string& LoadedModel::dir() const { return impl_->dir; }
 const std::string& LoadedModel::stored_weight_type() const { return impl_->ck.weight_type; }
 int64_t LoadedModel::context_length() const { return impl_->ck.config.model.n_ctx; }
 
+// "f32" | "f16" | "bf16" (and the spellings fp32, fp16) as the KV cache's element type
+static DType parse_cache_type(const std::string& s, const char* what) {
+    if (s == "f32" || s == "fp32") return DType::f32;
+    if (s == "f16" || s == "fp16") return DType::f16;
+    if (s == "bf16") return DType::bf16;
+    fail(what, " must be f32, f16 or bf16, got '", s, "'");
+}
+
+void LoadedModel::set_cache_type(const std::string& type, const char* what) {
+    impl_->ck.model->set_cache_type(parse_cache_type(type, what));
+}
+
+void LoadedModel::check_cache_type(const std::string& type, const char* what) { parse_cache_type(type, what); }
+
+std::string LoadedModel::cache_type() const { return dtype_name(impl_->ck.model->cache_type()); }
+
 void LoadedModel::set_experts_per_token(int64_t K) {
     if (K == 0) return;
     // model and config change together
@@ -427,6 +443,8 @@ BenchReport bench(const std::string& config_path, const std::string& checkpoint_
         r.model = checkpoint_dir;
         r.dtype = kernels::wtype_name(model->weight_type());
     }
+    model->set_cache_type(parse_cache_type(opt.cache_type, "bench --cache-type"));
+    r.cache_type = dtype_name(model->cache_type());
     std::unique_ptr<EpLeader> ep = attach_leader(*model);
     r.result = run_bench(*model, opt);
     r.result.expert_parallel = g_expert_parallel;
@@ -457,6 +475,7 @@ std::string to_json(const BenchReport& r) {
     return dump(ojson{{"model", r.model},
                       {"mode", r.mode},
                       {"dtype", r.dtype},
+                      {"cache_type", r.cache_type},
                       {"threads", r.threads},
                       {"batch", r.batch},
                       {"total_params", r.total_params},

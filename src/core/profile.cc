@@ -3,6 +3,7 @@
 #include "core/parallel.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -23,10 +24,10 @@ std::vector<Entry>& table() {
 }
 }  // namespace
 
-static bool g_profiling = false;
+static std::atomic<bool> g_profiling{false};
 
-bool profile_enabled() { return g_profiling; }
-void set_profiling(bool on) { g_profiling = on; }
+bool profile_enabled() { return g_profiling.load(std::memory_order_relaxed); }
+void set_profiling(bool on) { g_profiling.store(on, std::memory_order_relaxed); }
 
 double now_seconds() {
     using namespace std::chrono;

@@ -10,7 +10,9 @@
 namespace moe {
 
 bool profile_enabled();
-void set_profiling(bool on);  // the CLI from MOE_PROFILE, read once by moe::apply_environment
+// the CLI from MOE_PROFILE, read once by moe::apply_environment; a bench may turn it on after its
+// warm-up from another thread (the table itself is the engine thread's alone)
+void set_profiling(bool on);
 void profile_add(const char* name, double seconds);
 void profile_report(FILE* out);
 void profile_reset();
@@ -18,13 +20,14 @@ double now_seconds();
 
 class ProfileScope {
 public:
-    explicit ProfileScope(const char* name) : name_(name), t0_(profile_enabled() ? now_seconds() : 0) {}
+    explicit ProfileScope(const char* name) : name_(name), on_(profile_enabled()), t0_(on_ ? now_seconds() : 0) {}
     ~ProfileScope() {
-        if (profile_enabled()) profile_add(name_, now_seconds() - t0_);
+        if (on_) profile_add(name_, now_seconds() - t0_);  // a scope begun while off adds nothing
     }
 
 private:
     const char* name_;
+    bool on_;
     double t0_;
 };
 

@@ -142,6 +142,7 @@ void attention_forward_cached(float* out, AttentionCache& c, const float* inp, c
     // projections; with qk_norm they land in q_raw / k_raw and are normed into q / k below
     float* qp = w.attn_q_norm ? c.q_raw : c.q;  // (N, H*D)
     float* kp = w.attn_q_norm ? c.k_raw : c.k;  // (N, Hkv*D)
+    { MOE_PROFILE_SCOPE("attention fwd (cached): qkv");
     if (kernels::gemv_path(N)) {
         // decode: q, k and v read the same rows of xn; one parallel region over their rows
         kernels::qmatmul_same_x(c.xn, N, {{qp, q.attn_q}, {kp, q.attn_k}, {c.v, q.attn_v}});
@@ -149,6 +150,7 @@ void attention_forward_cached(float* out, AttentionCache& c, const float* inp, c
         kernels::qmatmul(qp, c.xn, q.attn_q, N, false);
         kernels::qmatmul(kp, c.xn, q.attn_k, N, false);
         kernels::qmatmul(c.v, c.xn, q.attn_v, N, false);  // (N, Hkv*D)
+    }
     }
     if (w.attn_q_b) {
         ops::bias_forward(qp, w.attn_q_b, N, QD);
@@ -164,13 +166,15 @@ void attention_forward_cached(float* out, AttentionCache& c, const float* inp, c
         const float* cs = rope_full + (int64_t)pos[n] * half * 2;
         ops::rope_forward(c.q + n * QD, cs, 1, 1, d.H, d.D);
         ops::rope_forward(c.k + n * KD, cs, 1, 1, d.Hkv, d.D);
-        std::memcpy(cache.k_at(layer, seq[n], pos[n]), c.k + n * KD, KD * sizeof(float));
-        std::memcpy(cache.v_at(layer, seq[n], pos[n]), c.v + n * KD, KD * sizeof(float));
+        cache.store(layer, seq[n], pos[n], c.k + n * KD, c.v + n * KD);
     }
-    ops::attention_cached_forward(c.y, c.att, c.q, cache.k_layer(layer), cache.v_layer(layer), cache.tables(),
+    { MOE_PROFILE_SCOPE("attention fwd (cached): core");
+    ops::attention_cached_forward(c.y, c.att, c.q, cache.k_layer(layer), cache.v_layer(layer), cache.type(), cache.tables(),
                                   cache.max_pages, cache.page, seq, pos, N, cache.n_ctx, d.H, d.Hkv, d.D);
+    }
     if (out != inp) std::memcpy(out, inp, N * C * sizeof(float));
-    kernels::qmatmul(out, c.y, q.attn_output, N, true);  // out += y · W_o^T   (N, C)
+    { MOE_PROFILE_SCOPE("attention fwd (cached): out");
+    kernels::qmatmul(out, c.y, q.attn_output, N, true); }  // out += y · W_o^T   (N, C)
     if (w.attn_output_b) ops::bias_forward(out, w.attn_output_b, N, C);
 }
 

@@ -4,26 +4,51 @@
 #include <cstring>
 #include <limits>
 
+#include "kernels/attn_rows.h"
+
 namespace moe::layers {
 
-KvCache::KvCache(int64_t layers, int64_t slots, int64_t ctx, int64_t kd, int64_t positions)
-    : L(layers), S(slots), n_ctx(ctx), KD(kd) {
+KvCache::KvCache(int64_t layers, int64_t slots, int64_t ctx, int64_t n_kv_heads, int64_t head_dim, int64_t positions,
+                 DType type)
+    : L(layers), S(slots), n_ctx(ctx), KD(n_kv_heads * head_dim), Hkv(n_kv_heads), D(head_dim), type_(type),
+      esz_((int64_t)dtype_size(type)) {
+    if (type != DType::f32 && type != DType::f16 && type != DType::bf16)
+        fail("KV cache: --cache-type must be f32, f16 or bf16, got ", dtype_name(type));
     if (slots < 1) fail("KV cache: need at least one sequence slot, got ", slots);
     if (positions < 0) fail("KV cache: the pool size must be >= 0 positions, got ", positions);
-    MOE_ASSERT(layers >= 1 && ctx >= 1 && kd >= 1);
+    MOE_ASSERT(layers >= 1 && ctx >= 1 && n_kv_heads >= 1 && head_dim >= 1);
+    const int64_t kd = KD;
     max_pages = (ctx + page - 1) / page;
     n_pages = positions > 0 ? (positions + page - 1) / page : slots * max_pages;
     const double floats = (double)layers * (double)n_pages * (double)page * (double)kd;
-    if (n_pages > std::numeric_limits<int32_t>::max() || floats * 2 * sizeof(float) > 1e15)
+    if (n_pages > std::numeric_limits<int32_t>::max() || floats * 2 * (double)esz_ > 1e15)
         fail("KV cache: a pool of ", n_pages * page, " positions (", layers, " layers of ", kd,
              " floats each for K and V) is too large");
-    k_.reset(new float[(size_t)floats]);
-    v_.reset(new float[(size_t)floats]);
+    k_.reset(new uint8_t[(size_t)floats * esz_]);
+    v_.reset(new uint8_t[(size_t)floats * esz_]);
     len.assign(slots, 0);
     table_.assign(slots * max_pages, -1);
     refs_.assign(n_pages, 0);
     free_.resize(n_pages);
     for (int64_t i = 0; i < n_pages; ++i) free_[i] = (int32_t)(n_pages - 1 - i);  // page 0 first
+}
+
+void KvCache::store(int64_t l, int64_t s, int64_t pos, const float* k, const float* v) {
+    const int64_t e = at(l, s, pos);
+    for (int64_t h = 0; h < Hkv; ++h) {
+        const int64_t b = (e + h * page * D) * esz_;
+        kernels::kv_store(k_.get() + b, type_, k + h * D, D);
+        kernels::kv_store(v_.get() + b, type_, v + h * D, D);
+    }
+}
+
+void KvCache::load(int64_t l, int64_t s, int64_t pos, float* k, float* v) const {
+    const int64_t e = at(l, s, pos);
+    for (int64_t h = 0; h < Hkv; ++h) {
+        const int64_t b = (e + h * page * D) * esz_;
+        kernels::kv_load(k + h * D, type_, k_.get() + b, D);
+        kernels::kv_load(v + h * D, type_, v_.get() + b, D);
+    }
 }
 
 int64_t KvCache::pages_held(int64_t s) const {
@@ -52,10 +77,10 @@ bool KvCache::prepare(int64_t s, int64_t from, int64_t to) {
         free_.pop_back();
         refs_[q] = 1;
         if (p >= 0) {  // copy on write: the other holders keep the old page
-            const size_t n = (size_t)(page * KD) * sizeof(float);
+            const int64_t n = page * KD * esz_;  // bytes of a page of one layer
             for (int64_t l = 0; l < L; ++l) {
-                std::memcpy(k_.get() + (l * n_pages + q) * page * KD, k_.get() + (l * n_pages + p) * page * KD, n);
-                std::memcpy(v_.get() + (l * n_pages + q) * page * KD, v_.get() + (l * n_pages + p) * page * KD, n);
+                std::memcpy(k_.get() + (l * n_pages + q) * n, k_.get() + (l * n_pages + p) * n, (size_t)n);
+                std::memcpy(v_.get() + (l * n_pages + q) * n, v_.get() + (l * n_pages + p) * n, (size_t)n);
             }
             refs_[p] -= 1;
         }

@@ -487,9 +487,15 @@ float Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, i
     return (float)(sum / (double)N);
 }
 
+void Model::set_cache_type(DType t) {
+    if (t != DType::f32 && t != DType::f16 && t != DType::bf16)
+        fail("--cache-type must be f32, f16 or bf16, got ", dtype_name(t));
+    cache_type_ = t;
+}
+
 layers::KvCache Model::make_cache(int64_t slots, int64_t positions) const {
     if (slots < 1) fail("KV cache: need at least one sequence slot, got ", slots);
-    return layers::KvCache(cfg_.n_layer, slots, cfg_.n_ctx, cfg_.n_head_kv * cfg_.head_dim(), positions);
+    return layers::KvCache(cfg_.n_layer, slots, cfg_.n_ctx, cfg_.n_head_kv, cfg_.head_dim(), positions, cache_type_);
 }
 
 void Model::set_weight_type(kernels::WType t) {

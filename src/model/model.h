@@ -158,6 +158,10 @@ public:
     // A paged KV cache of `slots` sequences over a pool of `positions` (0: slots × n_ctx, so no
     // sequence ever waits for a page); forward_cached takes pages from it as sequences grow and
     // raises moe::error when none is free (layers/kv_cache.h).
+    // Elements of the caches make_cache returns: f32 (default) | f16 | bf16 (--cache-type;
+    // layers/kv_cache.h); anything else is a moe::error
+    void set_cache_type(DType t);
+    DType cache_type() const { return cache_type_; }
     layers::KvCache make_cache(int64_t slots, int64_t positions = 0) const;
     // Tokens routed to each expert of each MoE layer by the last forward_cached: (L, E), empty
     // rows for dense layers.
@@ -225,6 +229,7 @@ private:
     double matmul_params_ = 0;         // active matmul weights per token (count_flops; follows K)
     const float* logits_ = nullptr;    // of the last forward / forward_cached
     kernels::WType wtype_ = kernels::WType::f32;
+    DType cache_type_ = DType::f32;
     kernels::Precision precision_ = kernels::Precision::fp32;
     // typed matrices per parameter (typed_at_inference ones): owned storage, or a view of memory
     // kept alive by keep_; fp32 models fill stores_ only in set_weight_type

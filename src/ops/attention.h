@@ -18,6 +18,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/parallel.h"
 #include "kernels/attention_small.h"
 #include "kernels/attn_rows.h"
@@ -260,19 +261,26 @@ void attention_backward(T* dq, T* dk, T* dv, T* datt, const T* dout, const T* q,
 // Attention of N query rows against a paged key/value cache (inference, layers/kv_cache.h). Row i
 // belongs to sequence seq[i] at position pos[i] and attends to that sequence's cached positions
 // 0..pos[i] (its own key/value already written). y (N, H*D); q (N, H*D) rotated; k_pool, v_pool
-// (n_pages, page, Hkv*D) of one layer; tables (S, max_pages): position u of sequence s is row
-// u % page of page tables[s * max_pages + u / page]; scores (N, H, n_ctx) scratch.
+// (n_pages, Hkv, page, D) of one layer (a page's rows head by head: one row-head's keys of a page
+// are contiguous), elements of type kvt (f32, f16 or bf16: --cache-type);
+// tables (S, max_pages): position u of sequence s is row u % page of page tables[s * max_pages +
+// u / page]; scores (N, H, n_ctx) scratch.
 // Positions are visited in order whatever page holds them: the same additions in the same order
-// as attention_cached_forward_contiguous, bit for bit.
-inline void attention_cached_forward(float* y, float* scores, const float* q, const float* k_pool,
-                                     const float* v_pool, const int32_t* tables, int64_t max_pages, int64_t page,
+// as attention_cached_forward_contiguous on the pool's values widened to fp32, bit for bit.
+inline void attention_cached_forward(float* y, float* scores, const float* q, const void* k_pool, const void* v_pool,
+                                     DType kvt, const int32_t* tables, int64_t max_pages, int64_t page,
                                      const int32_t* seq, const int32_t* pos, int64_t N, int64_t n_ctx, int64_t H,
                                      int64_t Hkv, int64_t D) {
-    const int64_t group = H / Hkv, qs = H * D, kvs = Hkv * D;
+    const int64_t group = H / Hkv, qs = H * D;
+    const int64_t es = (int64_t)dtype_size(kvt);  // bytes per element
+    // element index of row r of page p, head hk
+    auto at = [&](int64_t p, int64_t hk, int64_t r) { return ((p * Hkv + hk) * page + r) * D; };
+    const char* kb0 = static_cast<const char*>(k_pool);
+    const char* vb0 = static_cast<const char*>(v_pool);
     const float scale = 1.f / std::sqrt((float)D);
     // Runs of >= kGemmRun rows that are consecutive positions of one sequence (a prefill) go
     // through GEMMs per head over the run's keys and values gathered from their pages into
-    // contiguous rows: S = scale * Q K^T over the cached keys 0..last, causal softmax, Y = P V.
+    // contiguous fp32 rows: S = scale * Q K^T over the cached keys 0..last, causal softmax, Y = P V.
     // Other rows (decode) take the per-row loop below.
     constexpr int64_t kGemmRun = 16;
     thread_local std::vector<int64_t> runs_storage;  // (begin, end) pairs; reused
@@ -296,9 +304,9 @@ inline void attention_cached_forward(float* y, float* scores, const float* q, co
             float* kb = kv_storage.data();  // [L, D]
             float* vb = kb + L * D;         // [L, D]
             for (int64_t u = 0; u < L; ++u) {
-                const int64_t r = ((int64_t)tab[u / page] * page + u % page) * kvs + hk * D;
-                std::memcpy(kb + u * D, k_pool + r, D * sizeof(float));
-                std::memcpy(vb + u * D, v_pool + r, D * sizeof(float));
+                const int64_t r = at(tab[u / page], hk, u % page);
+                kernels::kv_load(kb + u * D, kvt, kb0 + r * es, D);
+                kernels::kv_load(vb + u * D, kvt, vb0 + r * es, D);
             }
             float* sc = scores + (r0 * H + h) * n_ctx;  // [G, L] rows strided by H*n_ctx
             const int64_t lds = H * n_ctx;
@@ -324,6 +332,7 @@ inline void attention_cached_forward(float* y, float* scores, const float* q, co
     for (int64_t n = 0; n < N; ++n)
         if (!in_run(n)) work += 2.0 * (pos[n] + 1) * D * H;
     if (work == 0) return;
+    const int64_t head_bytes = D * es;  // one position's row of one head; a page's rows are contiguous
     parallel_for(0, N * H, work < 65536 ? N * H : 1, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
             const int64_t n = i / H, h = i % H, hk = h / group, P = pos[n] + 1;
@@ -333,16 +342,16 @@ inline void attention_cached_forward(float* y, float* scores, const float* q, co
             float* a = scores + i * n_ctx;  // [P]
             // kernels/attn_rows.h: each score and each o[d] a function of its own inputs alone, so
             // page by page gives the contiguous twin's bits
-            // the pool rows of this head are kvs floats apart (a page of the cache each, for the
-            // hardware prefetchers): each page's keys / values are asked for while the page before
-            // is computed (kernels::attn_prefetch; no effect on any result)
-            auto kpage = [&](int64_t u0) { return k_pool + (int64_t)tab[u0 / page] * page * kvs + hk * D; };  // [page, kvs]
-            auto vpage = [&](int64_t u0) { return v_pool + (int64_t)tab[u0 / page] * page * kvs + hk * D; };
-            if (i == i0) kernels::attn_prefetch(kpage(0), kvs, std::min(P, page), D);
+            // this head's rows of a page are one contiguous block, and the pages of a sequence lie
+            // anywhere in the pool: each page's keys / values are asked for while the page before is
+            // computed (kernels::attn_prefetch; no effect on any result)
+            auto kpage = [&](int64_t u0) { return kb0 + at(tab[u0 / page], hk, 0) * es; };  // [page, D]
+            auto vpage = [&](int64_t u0) { return vb0 + at(tab[u0 / page], hk, 0) * es; };
+            if (i == i0) kernels::attn_prefetch(kpage(0), head_bytes, std::min(P, page), head_bytes);
             for (int64_t u0 = 0; u0 < P; u0 += page) {
-                if (u0 + page < P) kernels::attn_prefetch(kpage(u0 + page), kvs, std::min(P, u0 + 2 * page) - u0 - page, D);
-                else kernels::attn_prefetch(vpage(0), kvs, std::min(P, page), D);
-                kernels::attn_scores(a + u0, qt, kpage(u0), kvs, std::min(P, u0 + page) - u0, D, scale);
+                if (u0 + page < P) kernels::attn_prefetch(kpage(u0 + page), head_bytes, std::min(P, u0 + 2 * page) - u0 - page, head_bytes);
+                else kernels::attn_prefetch(vpage(0), head_bytes, std::min(P, page), head_bytes);
+                kernels::attn_scores(a + u0, qt, kpage(u0), kvt, D, std::min(P, u0 + page) - u0, D, scale);
             }
             float mx = -std::numeric_limits<float>::infinity();
             for (int64_t u = 0; u < P; ++u) mx = a[u] > mx ? a[u] : mx;
@@ -351,14 +360,14 @@ inline void attention_cached_forward(float* y, float* scores, const float* q, co
             for (int64_t d = 0; d < D; ++d) o[d] = 0;
             for (int64_t u0 = 0; u0 < P; u0 += page) {
                 if (u0 + page < P) {
-                    kernels::attn_prefetch(vpage(u0 + page), kvs, std::min(P, u0 + 2 * page) - u0 - page, D);
+                    kernels::attn_prefetch(vpage(u0 + page), head_bytes, std::min(P, u0 + 2 * page) - u0 - page, head_bytes);
                 } else if (i + 1 < i1) {  // the next row-head's first keys
                     const int64_t n1 = (i + 1) / H, hk1 = (i + 1) % H / group;
                     if (!(n_runs > 0 && in_run(n1)))
-                        kernels::attn_prefetch(k_pool + (int64_t)tables[(int64_t)seq[n1] * max_pages] * page * kvs + hk1 * D,
-                                               kvs, std::min<int64_t>(pos[n1] + 1, page), D);
+                        kernels::attn_prefetch(kb0 + at(tables[(int64_t)seq[n1] * max_pages], hk1, 0) * es, head_bytes,
+                                               std::min<int64_t>(pos[n1] + 1, page), head_bytes);
                 }
-                kernels::attn_accumulate(o, a + u0, inv, vpage(u0), kvs, std::min(P, u0 + page) - u0, D);
+                kernels::attn_accumulate(o, a + u0, inv, vpage(u0), kvt, D, std::min(P, u0 + page) - u0, D);
             }
         }
     });

@@ -622,6 +622,7 @@ int serve(const ServeOptions& opt) {
     if (opt.parallel < 1 || opt.parallel > 256) fail("--parallel must be in [1, 256], got ", opt.parallel);
     if (opt.ctx_size < 0) fail("--ctx-size must be >= 0, got ", opt.ctx_size);
     if (opt.kv_size < 0) fail("--kv-size must be >= 0, got ", opt.kv_size);
+    LoadedModel::check_cache_type(opt.cache_type, "serve --cache-type");
     if (opt.max_queue < 1 || opt.max_queue > 65536) fail("--max-queue must be in [1, 65536], got ", opt.max_queue);
     if (opt.http_threads < 0 || opt.http_threads > 65536) fail("--http-threads must be in [0, 65536], got ", opt.http_threads);
     if (!(opt.timeout > 0 && opt.timeout <= 86400)) fail("--timeout must be in (0, 86400] seconds, got ", opt.timeout);
@@ -781,6 +782,7 @@ int serve(const ServeOptions& opt) {
                       : std::make_unique<LoadedModel>(opt.model, opt.dtype, "serve --dtype", opt.ctx_size);
         if (!opt.chat_template.empty()) s.model->set_chat_template(read_text(opt.chat_template, "--chat-template"));
         s.model->has_chat_template();  // parsed now, before request threads read it
+        s.model->set_cache_type(opt.cache_type, "serve --cache-type");
         LoadedModel::Impl& m = s.model->impl();
         EngineOptions eo;
         eo.slots = opt.parallel;
