@@ -342,6 +342,9 @@ TEST_F(Serve, SlowClientsDoNotStallOthers) {
     // (with an f16 KV cache: the long context's pool at half the bytes; a bad type never loads)
     expect_clean_error(moe("serve --config x.json --cache-type q4_0"), {"--cache-type", "q4_0"});
     start("--parallel 2 --ctx-size 32768 --timeout 2 --cache-type f16");
+    // 2 x 32768 positions x 2 layers x (2 kv heads x 24) x K and V x 2 bytes
+    EXPECT_EQ(metric("moe_kv_cache_total_cells"), 65536);
+    EXPECT_EQ(metric("moe_kv_cache_bytes"), 65536.0 * 2 * 48 * 2 * 2);
     const std::string ok_body = R"({"prompt":"abc","max_tokens":4,"temperature":0})";
     // a stream nobody reads: a tiny receive window, chunks of 5 logprobs each, 4000 tokens
     Conn never_reads(port(), 1024);

@@ -460,6 +460,7 @@ void Engine::publish_stats() {
     stats_.waiting = (int64_t)waiting_.size();
     stats_.kv_page = cache_.page;
     stats_.kv_total = cache_.n_pages * cache_.page;
+    stats_.kv_bytes = (int64_t)cache_.bytes();
     stats_.kv_used = used * cache_.page;
     stats_.kv_cached = (held - used) * cache_.page;
 }

@@ -124,6 +124,7 @@ struct EngineStats {
     // KV pool in positions (whole pages): held by running sequences, kept from finished ones for
     // prefix reuse (given back when the pool needs them), all; free = total - used - cached
     int64_t kv_used = 0, kv_cached = 0, kv_total = 0, kv_page = 0;
+    int64_t kv_bytes = 0;  // the pool's K and V in its element type (--cache-type), touched or not
     double step_seconds = 0;                  // total time of the steps (batch building, forward, sampling)
     double forward_seconds = 0;               // of which in the model's forward: the rest is the engine's overhead
     std::vector<std::vector<int64_t>> expert_tokens;  // (L, E) tokens routed, summed over steps

@@ -542,6 +542,9 @@ struct Server {
     std::string metrics() {
         const EngineStats s = engine ? engine->stats() : EngineStats{};
         std::ostringstream o;
+        // 15 significant digits: counters and byte counts print exactly up to 10^15 (the stream's
+        // default 6 printed 1234567 tokens as 1.23457e+06), and 0.1 still prints as 0.1
+        o.precision(15);
         auto gauge = [&](const char* name, const char* help, double v, const char* type = "gauge") {
             o << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n" << name << " " << v << "\n";
         };
@@ -561,6 +564,8 @@ struct Server {
         gauge("moe_kv_cache_cached_cells", "KV-pool positions kept from finished sequences for prefix reuse",
               (double)s.kv_cached);
         gauge("moe_kv_cache_total_cells", "KV-pool positions (--kv-size in whole pages)", (double)s.kv_total);
+        gauge("moe_kv_cache_bytes", "bytes of the KV pool's keys and values in its element type (--cache-type)",
+              (double)s.kv_bytes);
         gauge("moe_kv_cache_usage_ratio", "used / total KV-pool positions",
               s.kv_total ? (double)s.kv_used / (double)s.kv_total : 0.0);
         gauge("moe_preemptions_total", "running sequences preempted for want of KV pages", (double)s.preemptions,
