@@ -24,6 +24,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/memory.h"
 
 namespace moe::layers {
 
@@ -82,9 +83,14 @@ private:
     void drop(int32_t p);
     DType type_ = DType::f32;
     int64_t esz_ = 4;  // bytes per element
-    // K and V, (L, n_pages, page, KD) elements each; left uninitialised, so pages never used cost no
-    // memory
-    std::unique_ptr<uint8_t[]> k_, v_;
+    // K and V, (L, n_pages, Hkv, page, D) elements each; left uninitialised, so memory pages never
+    // used cost nothing; on transparent huge pages where the kernel allows them (alloc_large): a
+    // sequence's KV pages lie anywhere in the pool, and on 4 KB pages each row-head block read
+    // would be a TLB miss of its own
+    struct Free {
+        void operator()(uint8_t* p) const noexcept { free_large(p); }
+    };
+    std::unique_ptr<uint8_t[], Free> k_, v_;
     std::vector<int32_t> table_;  // (S, max_pages)
     std::vector<int32_t> refs_;   // (n_pages) tables holding each page
     std::vector<int32_t> free_;   // free page ids, the next one at the back
