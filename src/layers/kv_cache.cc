@@ -23,7 +23,7 @@ KvCache::KvCache(int64_t layers, int64_t slots, int64_t ctx, int64_t n_kv_heads,
     const double floats = (double)layers * (double)n_pages * (double)page * (double)kd;
     if (n_pages > std::numeric_limits<int32_t>::max() || floats * 2 * (double)esz_ > 1e15)
         fail("KV cache: a pool of ", n_pages * page, " positions (", layers, " layers of ", kd,
-             " floats each for K and V) is too large");
+             " elements each for K and V) is too large");
     k_.reset(static_cast<uint8_t*>(alloc_large((size_t)floats * esz_)));
     v_.reset(static_cast<uint8_t*>(alloc_large((size_t)floats * esz_)));
     len.assign(slots, 0);
