@@ -427,6 +427,57 @@ TEST(GgmlQuants, Q8_0AmxDecodeIsBatchInvariantOverThreads) {
     moe::set_num_threads(0);
 }
 
+// The same AMX decode rows for moe's own int8 (QStore int8: per row and block of 32 an fp32 scale):
+// qmatmul while batch invariant, N = 1..17 and 33 rows, 1-3 threads, output widths that are not
+// multiples of the 16-row tile, accumulate on and off: every element the bits of the block-order
+// twin q8_rows_block_ref over the same quantized activations, and so of the row computed alone.
+// Without invariance one row keeps the VNNI single-row kernel; widths not a multiple of 32 too.
+TEST(GgmlQuants, Int8AmxRowsEqualBlockOrderTwinBitForBit) {
+    if (!q8_rows_amx_active(64)) GTEST_SKIP() << "no AMX-INT8 on this host (or MOE_ISA below amx)";
+    EXPECT_FALSE(q8_rows_amx_active(48));
+    {
+        QActs one;
+        std::vector<float> x1(64, 0.5f);
+        one.build(x1.data(), 1, 64);
+        EXPECT_FALSE(one.rows_amx);
+    }
+    const BatchInvariantScope invariant(true);
+    for (int64_t in : {32, 96, 1024}) {
+        for (int64_t out : {37, 80}) {
+            auto w = randv(out * in, 900 + in + out);
+            w[7] = 30.f;
+            QStore st;
+            st.build(WType::q8, w.data(), out, in);
+            const QMatrix m = st.view();
+            std::vector<int64_t> Ns;
+            for (int64_t N = 1; N <= 17; ++N) Ns.push_back(N);
+            Ns.push_back(33);
+            for (int64_t N : Ns) {
+                auto x = randv(N * in, 950 + N + in, N == 9 ? 100.f : 1.f);
+                QActs qa;
+                qa.build(x.data(), N, in);
+                for (bool acc : {false, true}) {
+                    std::vector<float> want(N * out);
+                    for (int64_t i = 0; i < N * out; ++i) want[i] = 0.5f + 0.01f * (float)(i % 7);
+                    std::vector<float> y = want;
+                    detail::q8_rows_block_ref(want.data(), out, qa.q.data(), qa.scales.data(), N, in, m.q, m.scales, 0,
+                                              out, acc);
+                    for (int threads : {1, 2, 3}) {
+                        moe::set_num_threads(threads);
+                        std::vector<float> yt = y;
+                        qmatmul(yt.data(), x.data(), m, N, acc);
+                        for (int64_t i = 0; i < N * out; ++i)
+                            ASSERT_EQ(bits(yt[i]), bits(want[i]))
+                                << "in=" << in << " out=" << out << " N=" << N << " acc=" << acc << " threads=" << threads
+                                << " i=" << i;
+                    }
+                }
+            }
+        }
+    }
+    moe::set_num_threads(0);
+}
+
 // Rows whose length is not a multiple of the type's block are a user error, named.
 TEST(GgmlQuants, RaggedRowsAreAnError) {
     QStore st;

@@ -20,6 +20,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <cmath>
 #include <cstring>
 
@@ -38,7 +39,10 @@ bool q8_0_rows_amx_supported() { return q8_0_rows_vnni_supported() && amx::int8_
 int64_t q8_0_rows_amx_qu_bytes(int64_t N, int64_t in) { return (N + 15) / 16 * (in / 32) * 512; }
 int64_t q8_0_rows_amx_s16_floats(int64_t N, int64_t in) { return (N + 15) / 16 * (in / 32) * 16; }
 
-KA void q8_0_rows_acts_amx(const uint8_t* rows, int64_t row_bytes, int64_t N, int64_t in, uint8_t* qu, float* s16) {
+// The B tiles of groups of 16 activation rows whose block b of row r is 32 bytes at `quants(r, b)`
+// with fp32 scale `scale(r, b)` (q8_0_rows_acts_amx, q8_rows_acts_amx)
+template <class Q, class S>
+KA inline void pack_rows_acts(int64_t N, int64_t in, uint8_t* qu, float* s16, const Q& quants, const S& scale) {
     const int64_t nb = in / 32, G = (N + 15) / 16;
     for (int64_t g = 0; g < G; ++g)
         for (int64_t b = 0; b < nb; ++b) {
@@ -52,14 +56,25 @@ KA void q8_0_rows_acts_amx(const uint8_t* rows, int64_t row_bytes, int64_t N, in
                     xs[n] = 0.f;
                     continue;
                 }
-                const BlockQ8_0& blk = reinterpret_cast<const BlockQ8_0*>(rows + r * row_bytes)[b];
-                xs[n] = _cvtsh_ss(blk.d);
+                xs[n] = scale(r, b);
                 int32_t v[8];
-                std::memcpy(v, blk.qs, 32);
+                std::memcpy(v, quants(r, b), 32);
                 for (int k = 0; k < 8; ++k) t[k] = _mm512_mask_set1_epi32(t[k], (__mmask16)(1u << n), v[k]);
             }
             for (int k = 0; k < 8; ++k) _mm512_storeu_si512(dst + 64 * k, t[k]);
         }
+}
+
+KA void q8_rows_acts_amx(const int8_t* q, const float* scales, int64_t N, int64_t in, uint8_t* qu, float* s16) {
+    const int64_t nb = in / 32;
+    pack_rows_acts(N, in, qu, s16, [&](int64_t r, int64_t b) { return q + r * in + b * 32; },
+                   [&](int64_t r, int64_t b) { return scales[r * nb + b]; });
+}
+
+KA void q8_0_rows_acts_amx(const uint8_t* rows, int64_t row_bytes, int64_t N, int64_t in, uint8_t* qu, float* s16) {
+    pack_rows_acts(N, in, qu, s16,
+                   [&](int64_t r, int64_t b) { return reinterpret_cast<const BlockQ8_0*>(rows + r * row_bytes)[b].qs; },
+                   [&](int64_t r, int64_t b) { return _cvtsh_ss(reinterpret_cast<const BlockQ8_0*>(rows + r * row_bytes)[b].d); });
 }
 
 namespace {
@@ -111,15 +126,14 @@ KA inline void transpose16(__m512 (&v)[16]) {
 }
 
 // The tile pipeline of one tile of weight rows x one activation group over its nb blocks (wq: block
-// 0's quants of the first weight row): block b's C tile (C0 for even b, C1 for odd) is stored at cb
+// 0's quants of the first weight row; blocks kBlk bytes apart: 34 in q8_0, 32 in moe's int8): block b's C tile (C0 for even b, C1 for odd) is stored at cb
 // (+ 256 for odd b, rows cstride bytes apart), the tile unit starts block b + 2 in it, and the
 // vector units scale block b - 1, stored one step before: vector loads of a tile store's bytes wait
 // until the store has completed, so each store gets a block's vector work to do so. post(c, b)
 // runs for b = 0, 1, ..., nb - 1 in order (the block order).
-template <class Post>
+template <int64_t kBlk, class Post>
 KA inline __attribute__((always_inline)) void run_blocks(const uint8_t* wq, int64_t row_stride, const uint8_t* xb,
                                                          int64_t nb, int32_t* cb, int cstride, Post& post) {
-    constexpr int64_t kBlk = sizeof(BlockQ8_0);
     compiler_fence();
     _tile_loadd(4, wq, row_stride);
     _tile_loadd(6, xb, 64);
@@ -167,9 +181,9 @@ KA inline __attribute__((always_inline)) void run_blocks(const uint8_t* wq, int6
 // the fill buffers the same as a new line). When row_stride is a multiple of 64 every row has row
 // 0's line boundaries. On the s20 Xeon, asking for every block's line (twice as many prefetches)
 // was 3-7% slower on 8 and 16 rows (build/bench/decode_rows, one thread); none at all, 1.1-1.6x.
+template <int64_t kBlk>
 KA inline __attribute__((always_inline)) void prefetch_next(const uint8_t* pf, int pf_rows, int64_t row_stride,
                                                             int64_t b) {
-    constexpr int64_t kBlk = sizeof(BlockQ8_0);
     const int64_t last = b * kBlk + (kBlk - 1);
     if (row_stride % 64 == 0) {
         const uintptr_t a0 = reinterpret_cast<uintptr_t>(pf) + (uintptr_t)last;
@@ -183,6 +197,42 @@ KA inline __attribute__((always_inline)) void prefetch_next(const uint8_t* pf, i
     }
 }
 
+// The two weight formats of the decode rows: where a tile's quants are (the A tiles, rows `stride`
+// bytes apart, block b at a0 + b * kBlk) and its 16 rows' scales of block b as fp32 (rows past m
+// read row 0's: their accumulators are never stored).
+struct Q8_0Tile {  // ggml q8_0: per block the fp16 scale, then the 32 quants
+    static constexpr int64_t kBlk = sizeof(BlockQ8_0);
+    const uint8_t* w;  // row 0's block 0
+    int64_t stride;    // bytes from row to row
+    const uint8_t* a0() const { return w + 2; }
+    KA __m512i index(int m) const {  // byte offsets of the rows' blocks
+        const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+        return _mm512_maskz_mullo_epi32((__mmask16)((1u << m) - 1), lane, _mm512_set1_epi32((int32_t)stride));
+    }
+    KA __m512 scales(__m512i idx, int64_t b) const {  // 4 bytes at each row's block: its fp16 scale in the low half
+        return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(idx, w + b * kBlk, 1)));
+    }
+    void prefetch_scales(int) const {}  // in the blocks
+};
+struct Int8Tile {  // moe's int8: rows of int8 quants, an fp32 scale per row and block apart
+    static constexpr int64_t kBlk = 32;
+    const uint8_t* w;    // row 0's quants
+    int64_t stride;      // bytes from row to row (IN)
+    const float* ws;     // row 0's scales
+    int64_t nb;          // scales per row
+    const uint8_t* a0() const { return w; }
+    KA __m512i index(int m) const {  // float offsets of the rows' scales
+        const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+        return _mm512_maskz_mullo_epi32((__mmask16)((1u << m) - 1), lane, _mm512_set1_epi32((int32_t)nb));
+    }
+    KA __m512 scales(__m512i idx, int64_t b) const { return _mm512_i32gather_ps(idx, ws + b, 4); }
+    // the rows' scales (contiguous: rows x nb floats), ahead of the gathers
+    void prefetch_scales(int rows) const {
+        const char* p = reinterpret_cast<const char*>(ws);
+        for (int64_t i = 0; i < rows * nb * 4; i += 64) _mm_prefetch(p + i, _MM_HINT_T1);
+    }
+};
+
 #define MOE_REP16(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
 
 // m weight rows (at wt, row_stride apart; m <= 16, the tiles configured for m) x one group of nr
@@ -192,35 +242,31 @@ KA inline __attribute__((always_inline)) void prefetch_next(const uint8_t* pf, i
 // byte of block b of each of the pf_rows rows; these lines cover every line of the rows).
 // The tile loads read 16 rows side by side, 16 streams the hardware prefetchers do not follow; a
 // prefetch in address order (row after row) would ask for the last rows' first blocks last.
-KA void tile16(float* y, int64_t ys, int nr, int m, const uint8_t* xb, const float* xs, const uint8_t* wt,
-               int64_t row_stride, int64_t nb, bool accumulate, int32_t* cb, const uint8_t* pf, int pf_rows) {
+template <class W>
+KA void tile16(float* y, int64_t ys, int nr, int m, const uint8_t* xb, const float* xs, const W& wt, int64_t nb,
+               bool accumulate, int32_t* cb, const uint8_t* pf, int pf_rows) {
     const __mmask16 kout = (__mmask16)((1u << m) - 1);
     __m512 v[16];  // y's rows (n) <-> the accumulators (r): one transpose at each end
     if (accumulate) {
         for (int n = 0; n < 16; ++n) v[n] = n < nr ? _mm512_maskz_loadu_ps(kout, y + n * ys) : _mm512_setzero_ps();
         transpose16(v);
     }
-    // the weight rows' scales, gathered per block: 4 bytes at each row's block (its fp16 scale in the
-    // low half); rows past m read row 0's (their accumulators are never stored)
-    const __m512i sidx = _mm512_maskz_mullo_epi32((__mmask16)((1u << m) - 1), _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                                  _mm512_set1_epi32((int32_t)row_stride));
+    const __m512i sidx = wt.index(m);  // the weight rows' scales, gathered per block
     alignas(64) float wsa[16];
 #define MOE_INIT(r) __m512 a##r = accumulate ? v[r] : _mm512_setzero_ps();
     MOE_REP16(MOE_INIT)
 #undef MOE_INIT
-    constexpr int64_t kBlk = sizeof(BlockQ8_0);  // 34 bytes: the fp16 scale, then the 32 quants
     auto post = [&](const int32_t* c, int64_t b) __attribute__((always_inline)) {
-        prefetch_next(pf, pf_rows, row_stride, b);
+        prefetch_next<W::kBlk>(pf, pf_rows, wt.stride, b);
         const __m512 xv = _mm512_loadu_ps(xs + b * 16);
-        const __m512i wd = _mm512_i32gather_epi32(sidx, wt + b * kBlk, 1);
-        _mm512_store_ps(wsa, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(wd)));
+        _mm512_store_ps(wsa, wt.scales(sidx, b));
 #define MOE_STEP(r)                                                                          \
     a##r = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c + 16 * r)),                \
                            _mm512_mul_ps(_mm512_set1_ps(wsa[r]), xv), a##r);
         MOE_REP16(MOE_STEP)
 #undef MOE_STEP
     };
-    run_blocks(wt + 2, row_stride, xb, nb, cb, 64, post);
+    run_blocks<W::kBlk>(wt.a0(), wt.stride, xb, nb, cb, 64, post);
 #define MOE_OUT(r) v[r] = a##r;
     MOE_REP16(MOE_OUT)
 #undef MOE_OUT
@@ -236,9 +282,9 @@ KA void tile16(float* y, int64_t ys, int nr, int m, const uint8_t* xb, const flo
 // block C vector FMAs instead of 16, each lane the same operations as in tile16 and the twin:
 // acc = fma((float)isum_b, wd_b * xd_b, acc) with wd_b * xd_b rounded to fp32, blocks in order.
 // So a row's bits do not depend on the form its call takes (batch invariance).
-template <int C>
-KA void tile_narrow(float* y, int64_t ys, int nr, int m, const uint8_t* xb, const float* xs, const uint8_t* wt,
-                    int64_t row_stride, int64_t nb, bool accumulate, int32_t* cb, const uint8_t* pf, int pf_rows) {
+template <int C, class W>
+KA void tile_narrow(float* y, int64_t ys, int nr, int m, const uint8_t* xb, const float* xs, const W& wt, int64_t nb,
+                    bool accumulate, int32_t* cb, const uint8_t* pf, int pf_rows) {
     static_assert(C == 1 || C == 2 || C == 4 || C == 8);
     constexpr int R = 16 / C, kShift = C == 1 ? 0 : C == 2 ? 1 : C == 4 ? 2 : 3;
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
@@ -256,57 +302,76 @@ KA void tile_narrow(float* y, int64_t ys, int nr, int m, const uint8_t* xb, cons
     } else {
         for (int q = 0; q < C; ++q) a[q] = _mm512_setzero_ps();
     }
-    const __m512i sidx = _mm512_maskz_mullo_epi32((__mmask16)((1u << m) - 1), lane, _mm512_set1_epi32((int32_t)row_stride));
-    constexpr int64_t kBlk = sizeof(BlockQ8_0);
+    const __m512i sidx = wt.index(m);
     auto post = [&](const int32_t* c, int64_t b) __attribute__((always_inline)) {
-        prefetch_next(pf, pf_rows, row_stride, b);
+        prefetch_next<W::kBlk>(pf, pf_rows, wt.stride, b);
         const __m512 xv = _mm512_permutexvar_ps(col, _mm512_loadu_ps(xs + b * 16));
-        const __m512i wd = _mm512_i32gather_epi32(sidx, wt + b * kBlk, 1);
-        const __m512 ws = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(wd));
+        const __m512 ws = wt.scales(sidx, b);
         for (int q = 0; q < C; ++q)
             a[q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c + 16 * q)),
                                    _mm512_mul_ps(_mm512_permutexvar_ps(row[q], ws), xv), a[q]);
     };
-    run_blocks(wt + 2, row_stride, xb, nb, cb, 4 * C, post);
+    run_blocks<W::kBlk>(wt.a0(), wt.stride, xb, nb, cb, 4 * C, post);
     for (int q = 0; q < C; ++q) _mm512_store_ps(tmp + 16 * q, a[q]);
     for (int n = 0; n < nr; ++n)
         for (int r = 0; r < m; ++r) y[n * ys + r] = tmp[r * C + n];
+}
+
+// The driver of both formats: tiles of 16 weight rows over [o0, o1), each through the narrow form
+// (N <= 8) or every group of 16 activation rows through tile16. tile_at(ot): the W of the tile whose
+// first row is ot.
+template <class TileAt>
+KA void rows_amx(float* y, int64_t ys, const uint8_t* qu, const float* s16, int64_t in, int64_t N, int64_t o0,
+                 int64_t o1, bool accumulate, const TileAt& tile_at) {
+    if (N <= 0 || o1 <= o0) return;
+    const int64_t nb = in / 32, G = (N + 15) / 16;
+    alignas(64) int32_t cb[512] = {};  // the two C tiles as stored
+    int cfg = 0;
+    // one group of up to 8 rows: the narrow form, C = the next power of two (its own tile shapes)
+    const int cols = N <= 1 ? 1 : N <= 2 ? 2 : N <= 4 ? 4 : N <= 8 ? 8 : 16;
+    {  // the first tile's first blocks (the next tiles are prefetched while the one before runs)
+        const auto t0 = tile_at(o0);
+        const int64_t rows = std::min<int64_t>(16, o1 - o0), bytes = std::min<int64_t>(t0.stride, 4 * 64);
+        for (int64_t r = 0; r < rows; ++r)
+            for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(reinterpret_cast<const char*>(t0.w + r * t0.stride + i), _MM_HINT_T1);
+        t0.prefetch_scales((int)rows);
+    }
+    for (int64_t ot = o0; ot < o1; ot += 16) {
+        const int m = (int)std::min<int64_t>(16, o1 - ot);
+        if (m != cfg) configure(m, cols), cfg = m;
+        const int64_t next = std::min<int64_t>(16, std::max<int64_t>(0, o1 - ot - 16));  // rows of the next tile
+        const auto wt = tile_at(ot);
+        const uint8_t* pf = wt.w + 16 * wt.stride;  // the next tile's rows
+        if (next > 0) tile_at(ot + 16).prefetch_scales((int)next);
+        if (cols < 16) {
+            using W = std::decay_t<decltype(wt)>;
+            const auto narrow = cols == 1 ? tile_narrow<1, W> : cols == 2 ? tile_narrow<2, W> : cols == 4 ? tile_narrow<4, W> : tile_narrow<8, W>;
+            narrow(y + ot, ys, (int)N, m, qu, s16, wt, nb, accumulate, cb, pf, (int)next);
+            continue;
+        }
+        for (int64_t g = 0; g < G; ++g)
+            tile16(y + 16 * g * ys + ot, ys, (int)std::min<int64_t>(16, N - 16 * g), m, qu + g * nb * 512, s16 + g * nb * 16,
+                   wt, nb, accumulate, cb, pf, g == 0 ? (int)next : 0);
+    }
+    _tile_release();
 }
 
 }  // namespace
 
 KA void q8_0_rows_amx(float* y, int64_t ys, const uint8_t* qu, const float* s16, int64_t in, const void* w,
                       int64_t row_stride, int64_t N, int64_t o0, int64_t o1, bool accumulate) {
-    if (N <= 0 || o1 <= o0) return;
     MOE_ASSERT(row_stride > 0 && row_stride < (int64_t(1) << 31) / 16);  // the scales' gather offsets
-    const int64_t nb = in / 32, G = (N + 15) / 16;
     const uint8_t* wb = static_cast<const uint8_t*>(w);
-    alignas(64) int32_t cb[512] = {};  // the two C tiles as stored
-    int cfg = 0;
-    // one group of up to 8 rows: the narrow form, C = the next power of two (its own tile shapes)
-    const int cols = N <= 1 ? 1 : N <= 2 ? 2 : N <= 4 ? 4 : N <= 8 ? 8 : 16;
-    {  // the first tile's first blocks (the next tiles are prefetched while the one before runs)
-        const int64_t rows = std::min<int64_t>(16, o1 - o0), bytes = std::min<int64_t>(row_stride, 4 * 64);
-        for (int64_t r = 0; r < rows; ++r)
-            for (int64_t i = 0; i < bytes; i += 64)
-                _mm_prefetch(reinterpret_cast<const char*>(wb + (o0 + r) * row_stride + i), _MM_HINT_T1);
-    }
-    for (int64_t ot = o0; ot < o1; ot += 16) {
-        const int m = (int)std::min<int64_t>(16, o1 - ot);
-        if (m != cfg) configure(m, cols), cfg = m;
-        const int64_t next = std::min<int64_t>(16, std::max<int64_t>(0, o1 - ot - 16));  // rows of the next tile
-        if (cols < 16) {
-            const auto narrow = cols == 1 ? tile_narrow<1> : cols == 2 ? tile_narrow<2> : cols == 4 ? tile_narrow<4> : tile_narrow<8>;
-            narrow(y + ot, ys, (int)N, m, qu, s16, wb + ot * row_stride, row_stride, nb, accumulate, cb,
-                   wb + (ot + 16) * row_stride, (int)next);
-            continue;
-        }
-        for (int64_t g = 0; g < G; ++g)
-            tile16(y + 16 * g * ys + ot, ys, (int)std::min<int64_t>(16, N - 16 * g), m, qu + g * nb * 512,
-                   s16 + g * nb * 16, wb + ot * row_stride, row_stride, nb, accumulate, cb,
-                   wb + (ot + 16) * row_stride, g == 0 ? (int)next : 0);
-    }
-    _tile_release();
+    rows_amx(y, ys, qu, s16, in, N, o0, o1, accumulate, [&](int64_t ot) { return Q8_0Tile{wb + ot * row_stride, row_stride}; });
+}
+
+KA void q8_rows_amx(float* y, int64_t ys, const uint8_t* qu, const float* s16, int64_t in, const int8_t* wq,
+                    const float* ws, int64_t N, int64_t o0, int64_t o1, bool accumulate) {
+    MOE_ASSERT(in % 32 == 0 && in / 32 < (int64_t(1) << 31) / 16);  // the scales' gather offsets
+    const int64_t nb = in / 32;
+    const uint8_t* wb = reinterpret_cast<const uint8_t*>(wq);
+    rows_amx(y, ys, qu, s16, in, N, o0, o1, accumulate,
+             [&](int64_t ot) { return Int8Tile{wb + ot * in, in, ws + ot * nb, nb}; });
 }
 
 void q8_0_rows_block_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
@@ -327,6 +392,21 @@ void q8_0_rows_block_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_
             y[n * ys + o] = acc;
         }
     }
+}
+
+void q8_rows_block_ref(float* y, int64_t ys, const int8_t* q, const float* qs, int64_t N, int64_t in, const int8_t* wq,
+                       const float* ws, int64_t o0, int64_t o1, bool accumulate) {
+    const int64_t nb = in / 32;
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t o = o0; o < o1; ++o) {
+            float acc = accumulate ? y[n * ys + o] : 0.f;
+            for (int64_t b = 0; b < nb; ++b) {
+                int32_t isum = 0;
+                for (int i = 0; i < 32; ++i) isum += (int32_t)wq[o * in + b * 32 + i] * (int32_t)q[n * in + b * 32 + i];
+                acc = std::fma((float)isum, ws[o * nb + b] * qs[n * nb + b], acc);
+            }
+            y[n * ys + o] = acc;
+        }
 }
 
 #undef KA

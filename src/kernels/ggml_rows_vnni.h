@@ -56,4 +56,15 @@ void q8_0_rows_amx(float* y, int64_t ys, const uint8_t* qu, const float* s16, in
 void q8_0_rows_block_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
                          const void* w, int64_t row_stride, int64_t o0, int64_t o1, bool accumulate);
 
+// The same decode rows for moe's own int8 (kernels/qmatmul.h: wq (OUT, in) int8, ws (OUT, in / 32)
+// fp32 scales; activations quantized per block as QActs does), in the same block order with the
+// fp32 scales: acc = fma((float)isum_b, ws[o, b] * xs[n, b], acc). in a multiple of 32. The int8
+// VNNI rows (qmatmul.cc) sum in another order: a host with AMX-INT8 gets its own int8 bits, the
+// same for every N, thread count and output range. q8_rows_block_ref is the twin.
+void q8_rows_acts_amx(const int8_t* q, const float* scales, int64_t N, int64_t in, uint8_t* qu, float* s16);
+void q8_rows_amx(float* y, int64_t ys, const uint8_t* qu, const float* s16, int64_t in, const int8_t* wq,
+                 const float* ws, int64_t N, int64_t o0, int64_t o1, bool accumulate);
+void q8_rows_block_ref(float* y, int64_t ys, const int8_t* q, const float* qs, int64_t N, int64_t in, const int8_t* wq,
+                       const float* ws, int64_t o0, int64_t o1, bool accumulate);
+
 }  // namespace moe::kernels::detail

@@ -14,6 +14,7 @@
 #include "kernels/bf16.h"
 #include "kernels/cpu.h"
 #include "kernels/gemm.h"
+#include "kernels/ggml_rows_vnni.h"
 #include "kernels/sgemm.h"
 
 namespace moe::kernels {
@@ -135,7 +136,7 @@ void quantize_q8_row(int8_t* q, float* scales, const float* w, int64_t in) {
 }
 
 void QActs::build(const float* x, int64_t n, int64_t i) {
-    N = n, in = i;
+    N = n, in = i, rows_amx = false;
     const int64_t nb = blocks();
     if ((int64_t)q.size() < N * in) q.resize(N * in);
     if ((int64_t)scales.size() < N * nb) scales.resize(N * nb);
@@ -145,6 +146,16 @@ void QActs::build(const float* x, int64_t n, int64_t i) {
 bool q8_vnni_active() {
     const CpuFeatures& f = cpu_features();
     return active_isa() >= Isa::avx512 && f.avx512_vnni && f.avx512bw && f.avx512vl && f.avx512dq;
+}
+
+bool q8_rows_amx_active(int64_t in) { return in % kQ8Block == 0 && in > 0 && amx::int8_active(); }
+
+void QActs::build_amx() {
+    const int64_t G = (N + 15) / 16, nb = in / kQ8Block;
+    if ((int64_t)amx_qu.size() < G * nb * 512) amx_qu.resize(G * nb * 512);
+    if ((int64_t)amx_s16.size() < G * nb * 16) amx_s16.resize(G * nb * 16);
+    detail::q8_rows_acts_amx(q.data(), scales.data(), N, in, amx_qu.data(), amx_s16.data());
+    rows_amx = true;
 }
 
 void QActs::build_vnni() {
@@ -668,7 +679,8 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
     thread_local QActs qa;  // int8: x quantized once for all the matrices
     if (q8) {
         qa.build(x, N, in);
-        if (q8_vnni_active()) qa.build_vnni();
+        if (q8_rows_amx_active(in) && (N > 1 || batch_invariant())) qa.build_amx();  // the AMX rows for every matrix
+        else if (q8_vnni_active()) qa.build_vnni();
     }
     thread_local GActs ga[3];  // the same for the ggml types' activation types
     if (act[0]) ga[0].build(GType::q8_0, x, N, in);
@@ -696,6 +708,10 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
                         ggml_matmul_rows(o.y, o.w.out, acts, o.w.raw, g, o.w.row_bytes, N, lo - off, hi - off,
                                          accumulate);
                     }
+                } else if (lo < hi && o.w.type == WType::q8 && qx->rows_amx) {
+                    if (nb == 0)  // all N rows at once (groups of 16 inside)
+                        detail::q8_rows_amx(o.y, o.w.out, qx->amx_qu.data(), qx->amx_s16.data(), in, o.w.q, o.w.scales, N,
+                                            lo - off, hi - off, accumulate);
                 } else if (lo < hi) {
                     qmatmul_rows(o.y, x, *qx, o.w, nb, ne, lo - off, hi - off, accumulate);
                 }

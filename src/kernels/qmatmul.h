@@ -103,12 +103,22 @@ struct QActs {
     // of a 64-byte step's accumulator. Filled by build_vnni(), after build().
     std::vector<uint8_t> qu;    // (N, IN)
     std::vector<float> scales16;  // (N, floor(IN / 64), 16)
+    // For the AMX-INT8 decode rows (ggml_rows_vnni.h, q8_rows_amx): the rows' B tiles and scales in
+    // groups of 16. Filled by build_amx(), after build(), where q8_rows_amx_active(in).
+    std::vector<uint8_t> amx_qu;
+    std::vector<float> amx_s16;
+    bool rows_amx = false;
     void build(const float* x, int64_t N, int64_t in);
     void build_vnni();
+    void build_amx();
     int64_t blocks() const { return (in + kQ8Block - 1) / kQ8Block; }
 };
 // Whether the int8 decode kernel runs its AVX-512 VNNI form on this host (same bits as AVX2's).
 bool q8_vnni_active();
+// Whether int8 decode rows of width `in` take the AMX-INT8 tiles here (active_isa() >= amx, in a
+// multiple of 32): for N >= 2, and for every N while batch invariant (so one arithmetic serves every
+// row count), as the Q8_0 rows do.
+bool q8_rows_amx_active(int64_t in);
 void dequantize_row(float* dst, const QMatrix& w, int64_t row);
 
 // The reference twin: a double sum over dequantized weights; int8 and the ggml block types with x
