@@ -31,6 +31,10 @@ void set_num_threads(int n) {
     omp_set_num_threads(n);
 }
 
+void release_thread_pool() {
+    if (!omp_in_parallel()) omp_pause_resource_all(omp_pause_soft);
+}
+
 int num_threads() {
     if (g_threads == 0) set_num_threads(0);
     return g_threads;

@@ -87,6 +87,10 @@ Engine::Engine(Model& model, const Tokenizer& tok, const EngineOptions& opt)
     page_mark_.assign(cache_.n_pages, 0);
     eos_ = tok_.eos_ids();
     publish_stats();
+    // the steps run on the engine's thread with its own pool of workers: the constructing thread's
+    // pool (a model load's parallel work) would otherwise sit idle beside it and make libgomp stop
+    // spinning (core/parallel.h)
+    release_thread_pool();
     thread_ = std::thread([this] { loop(); });
 }
 
