@@ -338,6 +338,15 @@ TEST(GgmlQuants, Q8_0VnniRowsEqualSingleRowDotsBitForBit) {
     }
 }
 
+// Rows in a call for the AMX decode-row tests: one group of 16 and less (every narrow form and
+// ragged widths), a ragged second group, three groups
+std::vector<int64_t> amx_row_counts() {
+    std::vector<int64_t> ns;
+    for (int64_t n = 1; n <= 17; ++n) ns.push_back(n);
+    ns.push_back(33);
+    return ns;
+}
+
 // The AMX-INT8 decode rows (ggml_rows_vnni.h, "block order"): every output the bits of the scalar
 // twin q8_0_rows_block_ref, for 1..17 and 33 rows in a call (one group of 16, a ragged group, three
 // groups), output ranges cut at rows that are not multiples of the 16-row tile, accumulate on and
@@ -359,10 +368,7 @@ TEST(GgmlQuants, Q8_0AmxRowsEqualBlockOrderTwinBitForBit) {
         w[5] = 40.f;  // a larger value in one block
         std::vector<uint8_t> wq(out * wb);
         for (int64_t o = 0; o < out; ++o) quantize_row(GType::q8_0, w.data() + o * in, wq.data() + o * wb, in);
-        std::vector<int64_t> Ns;
-        for (int64_t N = 1; N <= 17; ++N) Ns.push_back(N);
-        Ns.push_back(33);
-        for (int64_t N : Ns) {
+        for (int64_t N : amx_row_counts()) {
             auto x = randv(N * in, 600 + N + in, N == 9 ? 100.f : 1.f);
             GActs acts;
             acts.build(GType::q8_0, x.data(), N, in);
@@ -449,10 +455,7 @@ TEST(GgmlQuants, Int8AmxRowsEqualBlockOrderTwinBitForBit) {
             QStore st;
             st.build(WType::q8, w.data(), out, in);
             const QMatrix m = st.view();
-            std::vector<int64_t> Ns;
-            for (int64_t N = 1; N <= 17; ++N) Ns.push_back(N);
-            Ns.push_back(33);
-            for (int64_t N : Ns) {
+            for (int64_t N : amx_row_counts()) {
                 auto x = randv(N * in, 950 + N + in, N == 9 ? 100.f : 1.f);
                 QActs qa;
                 qa.build(x.data(), N, in);
