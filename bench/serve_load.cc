@@ -79,6 +79,7 @@ int main(int argc, char** argv) {
             mp = random.get();
         }
         moe::Model& model = *mp;
+        moe::LoadedModel::check_cache_type(cache_type, "--cache-type");
         model.set_cache_type(cache_type == "f16" ? moe::DType::f16 : cache_type == "bf16" ? moe::DType::bf16 : moe::DType::f32);
         const int64_t vocab = model.config().vocab_size;
         std::vector<int64_t> ss;

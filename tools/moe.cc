@@ -101,6 +101,11 @@ struct GenerateArgs {
     int expert_parallel = 1;
 };
 
+// --cache-type of generate / bench / chat / serve
+void add_cache_type(CLI::App* c, std::string& type) {
+    c->add_option("--cache-type", type, "element type of the KV cache: f32 | f16 | bf16 (f16 / bf16 halve its memory; llama.cpp's --cache-type-k/-v, one type for both)")->capture_default_str();
+}
+
 // --expert-parallel of generate / bench / serve
 void add_expert_parallel(CLI::App* c, int& p) {
     c->add_option("--expert-parallel", p, "under mpirun -np P: each rank holds 1/P of every MoE layer's experts (P = the ranks; docs/distributed.md)")->capture_default_str();
@@ -125,7 +130,7 @@ CLI::App* add_generate(CLI::App& app, GenerateArgs& a) {
     c->add_option("--dtype", a.dtype,
                   "weight type of the matmuls: fp32 | bf16 | int8 (router stays fp32; default: the checkpoint's)");
     c->add_option("--experts-per-token", a.experts, "route each token to K experts (default: the model's)");
-    c->add_option("--cache-type", a.cache_type, "element type of the KV cache: f32 | f16 | bf16 (f16 / bf16 halve its memory; llama.cpp's --cache-type-k/-v, one type for both)")->capture_default_str();
+    add_cache_type(c, a.cache_type);
     add_expert_parallel(c, a.expert_parallel);
     return c;
 }
@@ -179,7 +184,7 @@ CLI::App* add_bench(CLI::App& app, BenchArgs& a) {
     c->add_option("--tokens", a.opt.tokens, "decode: steps per timed run")->capture_default_str();
     c->add_option("--prompt", a.opt.prompt, "prefill: prompt tokens (at most n_ctx)")->capture_default_str();
     c->add_option("--seconds", a.opt.min_seconds, "decode: time at least this long")->capture_default_str();
-    c->add_option("--cache-type", a.opt.cache_type, "element type of the KV cache: f32 | f16 | bf16 (f16 / bf16 halve its memory; llama.cpp's --cache-type-k/-v, one type for both)")->capture_default_str();
+    add_cache_type(c, a.opt.cache_type);
     c->add_flag("--json", a.json, "print one JSON object");
     add_expert_parallel(c, a.expert_parallel);
     return c;
@@ -474,7 +479,7 @@ CLI::App* add_chat(CLI::App& app, ChatArgs& a) {
     c->add_option("--threads", a.threads, "threads (default: all cores)");
     c->add_option("--dtype", a.dtype, "weight type of the matmuls: fp32 | bf16 | int8 (default: as stored)");
     c->add_option("--experts-per-token", a.experts, "route each token to K experts (default: the model's)");
-    c->add_option("--cache-type", a.cache_type, "element type of the KV cache: f32 | f16 | bf16 (f16 / bf16 halve its memory; llama.cpp's --cache-type-k/-v, one type for both)")->capture_default_str();
+    add_cache_type(c, a.cache_type);
     c->add_flag("--verbose-prompt", a.verbose_prompt, "print each rendered prompt to stderr");
     return c;
 }
@@ -579,7 +584,7 @@ CLI::App* add_serve(CLI::App& app, ServeArgs& a) {
     c->add_option("--threads", a.opt.threads, "threads (default: all cores)");
     c->add_option("--api-key", a.opt.api_key, "require 'Authorization: Bearer KEY' (all but /health)");
     c->add_option("--dtype", a.opt.dtype, "weight type of the matmuls: fp32 | bf16 | int8 (default: as stored)");
-    c->add_option("--cache-type", a.opt.cache_type, "element type of the KV cache: f32 | f16 | bf16 (f16 / bf16 halve its memory; llama.cpp's --cache-type-k/-v, one type for both)")->capture_default_str();
+    add_cache_type(c, a.opt.cache_type);
     c->add_option("--chat-template", a.opt.chat_template, "Jinja chat template file (default: the model's own)");
     c->add_option("--batch-tokens", a.opt.batch_tokens, "rows per engine step: decode rows, then prompt chunks")
         ->capture_default_str();

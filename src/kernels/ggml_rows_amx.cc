@@ -20,9 +20,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <type_traits>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "core/error.h"
 #include "kernels/amx_q8.h"
@@ -197,6 +197,12 @@ KA inline __attribute__((always_inline)) void prefetch_next(const uint8_t* pf, i
     }
 }
 
+// Lane r: r * step for the rows r < m of a tile, 0 past them (the gather offsets of the rows' scales)
+KA inline __m512i row_offsets(int m, int64_t step) {
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    return _mm512_maskz_mullo_epi32((__mmask16)((1u << m) - 1), lane, _mm512_set1_epi32((int32_t)step));
+}
+
 // The two weight formats of the decode rows: where a tile's quants are (the A tiles, rows `stride`
 // bytes apart, block b at a0 + b * kBlk) and its 16 rows' scales of block b as fp32 (rows past m
 // read row 0's: their accumulators are never stored).
@@ -205,10 +211,7 @@ struct Q8_0Tile {  // ggml q8_0: per block the fp16 scale, then the 32 quants
     const uint8_t* w;  // row 0's block 0
     int64_t stride;    // bytes from row to row
     const uint8_t* a0() const { return w + 2; }
-    KA __m512i index(int m) const {  // byte offsets of the rows' blocks
-        const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-        return _mm512_maskz_mullo_epi32((__mmask16)((1u << m) - 1), lane, _mm512_set1_epi32((int32_t)stride));
-    }
+    KA __m512i index(int m) const { return row_offsets(m, stride); }  // byte offsets of the rows' blocks
     KA __m512 scales(__m512i idx, int64_t b) const {  // 4 bytes at each row's block: its fp16 scale in the low half
         return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(idx, w + b * kBlk, 1)));
     }
@@ -221,10 +224,7 @@ struct Int8Tile {  // moe's int8: rows of int8 quants, an fp32 scale per row and
     const float* ws;     // row 0's scales
     int64_t nb;          // scales per row
     const uint8_t* a0() const { return w; }
-    KA __m512i index(int m) const {  // float offsets of the rows' scales
-        const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-        return _mm512_maskz_mullo_epi32((__mmask16)((1u << m) - 1), lane, _mm512_set1_epi32((int32_t)nb));
-    }
+    KA __m512i index(int m) const { return row_offsets(m, nb); }  // float offsets of the rows' scales
     KA __m512 scales(__m512i idx, int64_t b) const { return _mm512_i32gather_ps(idx, ws + b, 4); }
     // the rows' scales (contiguous: rows x nb floats), ahead of the gathers
     void prefetch_scales(int rows) const {

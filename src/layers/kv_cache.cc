@@ -12,17 +12,15 @@ KvCache::KvCache(int64_t layers, int64_t slots, int64_t ctx, int64_t n_kv_heads,
                  DType type)
     : L(layers), S(slots), n_ctx(ctx), KD(n_kv_heads * head_dim), Hkv(n_kv_heads), D(head_dim), type_(type),
       esz_((int64_t)dtype_size(type)) {
-    if (type != DType::f32 && type != DType::f16 && type != DType::bf16)
-        fail("KV cache: --cache-type must be f32, f16 or bf16, got ", dtype_name(type));
+    check_type(type);
     if (slots < 1) fail("KV cache: need at least one sequence slot, got ", slots);
     if (positions < 0) fail("KV cache: the pool size must be >= 0 positions, got ", positions);
     MOE_ASSERT(layers >= 1 && ctx >= 1 && n_kv_heads >= 1 && head_dim >= 1);
-    const int64_t kd = KD;
     max_pages = (ctx + page - 1) / page;
     n_pages = positions > 0 ? (positions + page - 1) / page : slots * max_pages;
-    const double floats = (double)layers * (double)n_pages * (double)page * (double)kd;
+    const double floats = (double)layers * (double)n_pages * (double)page * (double)KD;
     if (n_pages > std::numeric_limits<int32_t>::max() || floats * 2 * (double)esz_ > 1e15)
-        fail("KV cache: a pool of ", n_pages * page, " positions (", layers, " layers of ", kd,
+        fail("KV cache: a pool of ", n_pages * page, " positions (", layers, " layers of ", KD,
              " elements each for K and V) is too large");
     k_.reset(static_cast<uint8_t*>(alloc_large((size_t)floats * esz_)));
     v_.reset(static_cast<uint8_t*>(alloc_large((size_t)floats * esz_)));
@@ -31,6 +29,11 @@ KvCache::KvCache(int64_t layers, int64_t slots, int64_t ctx, int64_t n_kv_heads,
     refs_.assign(n_pages, 0);
     free_.resize(n_pages);
     for (int64_t i = 0; i < n_pages; ++i) free_[i] = (int32_t)(n_pages - 1 - i);  // page 0 first
+}
+
+void KvCache::check_type(DType t) {
+    if (t != DType::f32 && t != DType::f16 && t != DType::bf16)
+        fail("KV cache: --cache-type must be f32, f16 or bf16, got ", dtype_name(t));
 }
 
 void KvCache::store(int64_t l, int64_t s, int64_t pos, const float* k, const float* v) {

@@ -44,6 +44,8 @@ struct KvCache {
             DType type = DType::f32);
 
     DType type() const { return type_; }
+    // moe::error unless t is an element type a cache can hold: f32, f16 or bf16
+    static void check_type(DType t);
     // Stores the KD = Hkv * D floats of k and of v (heads one after another) at (layer l, sequence
     // s, position pos), rounded to type(); load reads them back widened to fp32.
     void store(int64_t l, int64_t s, int64_t pos, const float* k, const float* v);

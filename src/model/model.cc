@@ -488,8 +488,7 @@ float Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, i
 }
 
 void Model::set_cache_type(DType t) {
-    if (t != DType::f32 && t != DType::f16 && t != DType::bf16)
-        fail("--cache-type must be f32, f16 or bf16, got ", dtype_name(t));
+    layers::KvCache::check_type(t);
     cache_type_ = t;
 }
 
