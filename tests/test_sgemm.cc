@@ -263,8 +263,8 @@ TEST(SgemmBf16, PackedBRoundsEveryBitPatternLikeTheScalarConversion) {
             std::vector<float> B(K * N);
             for (int64_t k = 0; k < K; ++k)
                 for (int64_t n = 0; n < N; ++n) (tb ? B[n * K + k] : B[k * N + n]) = v[k * N + n];
-            std::vector<uint32_t> packed(sgemm_packed_b_words(true, K, N));
-            sgemm_pack_b(true, tb, K, N, B.data(), tb ? K : N, packed.data());
+            std::vector<uint32_t> packed(sgemm_packed_b_words(SgemmForm::bf16_native, K, N));
+            sgemm_pack_b(SgemmForm::bf16_native, tb, K, N, B.data(), tb ? K : N, packed.data());
             for (int64_t p = 0; p < K / 2; ++p)
                 for (int64_t n = 0; n < N; ++n) {
                     const uint32_t want = f32_to_bf16(v[2 * p * N + n]) | (uint32_t)f32_to_bf16(v[(2 * p + 1) * N + n]) << 16;
@@ -321,7 +321,7 @@ namespace {
 // op(B) packed once (sgemm_pack_b) and multiplied by sgemm_packed_b gives exactly the bits of the
 // GEMM that packs B itself (`fn`), over shapes across the k block (256), the column block (512)
 // and the register tiles, both transposes, alpha / beta, at 1 and 2 threads. Returns the cases run.
-int expect_prepacked_same_bits(GemmFn fn, bool bf16, uint32_t seed) {
+int expect_prepacked_same_bits(GemmFn fn, SgemmForm form, uint32_t seed) {
     std::mt19937 rng(seed);
     std::uniform_real_distribution<float> u(-1.f, 1.f);
     int cases = 0;
@@ -340,11 +340,11 @@ int expect_prepacked_same_bits(GemmFn fn, bool bf16, uint32_t seed) {
                             for (float& v : B) v = u(rng);
                             for (float& v : C0) v = u(rng);
                             std::vector<float> want = C0, got = C0;
-                            std::vector<uint32_t> packed(sgemm_packed_b_words(bf16, K, N) + 1, 0xdeadbeefu);
-                            sgemm_pack_b(bf16, tb, K, N, B.data(), ldb, packed.data());
+                            std::vector<uint32_t> packed(sgemm_packed_b_words(form, K, N) + 1, 0xdeadbeefu);
+                            sgemm_pack_b(form, tb, K, N, B.data(), ldb, packed.data());
                             EXPECT_EQ(packed.back(), 0xdeadbeefu) << "wrote past sgemm_packed_b_words";
                             fn(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, want.data(), ldc);
-                            sgemm_packed_b(bf16, ta, M, N, K, alpha, A.data(), lda, packed.data(), beta, got.data(), ldc);
+                            sgemm_packed_b(form, ta, M, N, K, alpha, A.data(), lda, packed.data(), beta, got.data(), ldc);
                             EXPECT_EQ(got, want) << "threads " << threads << " ta " << ta << " tb " << tb << " M " << M
                                                  << " N " << N << " K " << K;
                             ++cases;
@@ -358,16 +358,79 @@ int expect_prepacked_same_bits(GemmFn fn, bool bf16, uint32_t seed) {
 
 TEST(Sgemm, PrepackedBGivesTheSameBits) {
     if (!sgemm_packed_available()) GTEST_SKIP() << "no AVX2+FMA on this CPU";
-    EXPECT_EQ(expect_prepacked_same_bits(sgemm_packed, false, 31), 360);
+    EXPECT_EQ(expect_prepacked_same_bits(sgemm_packed, SgemmForm::fp32, 31), 360);
 }
 
 TEST(SgemmBf16, PrepackedBGivesTheSameBits) {
     if (!sgemm_bf16_available()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
-    EXPECT_EQ(expect_prepacked_same_bits(sgemm_bf16, true, 32), 360);
+    EXPECT_EQ(expect_prepacked_same_bits(sgemm_bf16, SgemmForm::bf16_native, 32), 360);
+}
+
+// bf16 without bf16 instructions: sgemm_bf16_emulated rounds both operands inside the fp32 packing.
+// Its twin is the fp32 GEMM on copies of A and B rounded first (bf16_round_n): the same bits, on
+// every transpose, ragged shapes across the register tiles and the k / row / column blocks, alpha
+// (applied after the rounding) and beta, padded leading dimensions.
+namespace {
+void sgemm_on_rounded_copies(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                             const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+    const int64_t ar = ta ? K : M, br = tb ? N : K;
+    std::vector<float> a(A, A + ar * lda), b(B, B + br * ldb);
+    bf16_round_n(a.data(), a.data(), (int64_t)a.size());
+    bf16_round_n(b.data(), b.data(), (int64_t)b.size());
+    sgemm_packed(ta, tb, M, N, K, alpha, a.data(), lda, b.data(), ldb, beta, C, ldc);
+}
+}  // namespace
+
+TEST(SgemmBf16Emulated, SameBitsAsTheFp32GemmOnRoundedCopies) {
+    if (!sgemm_packed_available()) GTEST_SKIP() << "no AVX2+FMA on this CPU";
+    std::mt19937 rng(61);
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    int cases = 0, differ_from_fp32 = 0;
+    for (bool ta : {false, true})
+        for (bool tb : {false, true})
+            for (int64_t M : {1, 7, 125, 250})
+                for (int64_t N : {1, 17, 33, 530})
+                    for (int64_t K : {1, 5, 256, 301}) {
+                        const float alpha = cases % 3 == 0 ? 0.3f : 1.f, beta = cases % 2 ? 0.7f : 0.f;
+                        const int64_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 3, ldc = N + 2;
+                        std::vector<float> A((ta ? K : M) * lda), B((tb ? N : K) * ldb), C0(M * ldc);
+                        for (float& v : A) v = u(rng);
+                        for (float& v : B) v = u(rng);
+                        for (float& v : C0) v = u(rng);
+                        std::vector<float> want = C0, got = C0, fp32 = C0;
+                        sgemm_on_rounded_copies(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, want.data(), ldc);
+                        sgemm_bf16_emulated(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, got.data(), ldc);
+                        sgemm_packed(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, fp32.data(), ldc);
+                        ASSERT_EQ(got, want) << "ta " << ta << " tb " << tb << " M " << M << " N " << N << " K " << K;
+                        differ_from_fp32 += got != fp32;
+                        ++cases;
+                    }
+    EXPECT_EQ(cases, 256);
+    EXPECT_GT(differ_from_fp32, cases / 2) << "the emulated bf16 GEMM gave the fp32 bits: nothing was rounded";
+}
+
+TEST(SgemmBf16Emulated, PrepackedBAndThreadCountsGiveTheSameBits) {
+    if (!sgemm_packed_available()) GTEST_SKIP() << "no AVX2+FMA on this CPU";
+    EXPECT_EQ(expect_prepacked_same_bits(sgemm_bf16_emulated, SgemmForm::bf16_emulated, 62), 360);
+    expect_same_bits_for_any_thread_count(sgemm_bf16_emulated, 63);
+}
+
+TEST(SgemmBf16Emulated, GemmInBf16ModeRunsItWithoutBf16Instructions) {
+    // MOE_ISA=avx2 takes the native bf16 kernel and the AMX tiles away on any host
+    const Isa prev = set_isa_cap(Isa::avx2);
+    if (sgemm_packed_available()) {
+        expect_gemm_runs(sgemm_on_rounded_copies, Precision::bf16, true, 64);
+        expect_gemm_runs(sgemm_on_rounded_copies, Precision::bf16, false, 65);
+        set_gemm_precision(Precision::bf16);
+        EXPECT_NE(std::string(gemm_engine_name()).find("no bf16 instructions"), std::string::npos) << gemm_engine_name();
+        set_gemm_precision(Precision::fp32);
+    }
+    set_isa_cap(prev);
+    if (!sgemm_packed_available()) GTEST_SKIP() << "no AVX2+FMA on this CPU";
 }
 
 // gemm_pack_b / gemm_f32_b at each precision: packed where the GEMM packs B (fp32 on the packed
-// kernel, native bf16), and the same bits as gemm<float> on B as stored.
+// kernel, bf16 emulated on it, native bf16), and the same bits as gemm<float> on B as stored.
 TEST(Sgemm, GemmWithPackedBMatchesGemm) {
     std::mt19937 rng(33);
     std::uniform_real_distribution<float> u(-1.f, 1.f);
@@ -377,7 +440,8 @@ TEST(Sgemm, GemmWithPackedBMatchesGemm) {
     for (float& v : B) v = u(rng);
     for (Precision p : {Precision::fp32, Precision::bf16}) {
         set_gemm_precision(p);
-        const bool packs = p == Precision::bf16 ? sgemm_bf16_available() : gemm_backend() == GemmBackend::packed;
+        // bf16: natively, or emulated on the packed fp32 kernels (rounded in their packing)
+        const bool packs = gemm_backend() == GemmBackend::packed || (p == Precision::bf16 && sgemm_bf16_available());
         EXPECT_EQ(gemm_packed_b_floats(K, N) > 0, packs) << precision_name(p);
         std::vector<float> scratch(std::max<int64_t>(1, gemm_packed_b_floats(K, N)));
         const PackedB pb = gemm_pack_b(true, K, N, B.data(), K, scratch.data());
@@ -492,7 +556,7 @@ TEST(SgemmAvx512, PrepackedBAndWeightRowsGiveTheSameBits) {
     if (!avx512_kernel_runs()) GTEST_SKIP() << "no AVX-512F on this CPU (or MOE_ISA below avx512)";
     {
         const SgemmKernelScope s(SgemmKernel::avx512);
-        EXPECT_EQ(expect_prepacked_same_bits(sgemm_packed, false, 55), 360);
+        EXPECT_EQ(expect_prepacked_same_bits(sgemm_packed, SgemmForm::fp32, 55), 360);
     }
     // sgemm_packed_wrows (weights read through a loader) on either kernel: the bits of sgemm_packed
     std::mt19937 rng(56);

@@ -77,11 +77,21 @@ Precision parse_precision(const char* s, const char* where) {
 static bool native_bf16() { return g_precision == Precision::bf16 && sgemm_bf16_available(); }
 // bf16 GEMMs on AMX tiles (kernels/amx_gemm.h) where the CPU has them, before vdpbf16ps
 static bool amx_bf16() { return g_precision == Precision::bf16 && amx_bf16_available(); }
+// bf16 without bf16 instructions: the operands rounded inside the packed fp32 kernel's packing
+static bool emulated_bf16() {
+    return g_precision == Precision::bf16 && !amx_bf16() && !native_bf16() && gemm_backend() == GemmBackend::packed;
+}
+static SgemmForm sgemm_form() {
+    return native_bf16() ? SgemmForm::bf16_native : emulated_bf16() ? SgemmForm::bf16_emulated : SgemmForm::fp32;
+}
 
 const char* gemm_engine_name() {
     if (amx_bf16()) return "AMX bf16 tiles";
     if (g_precision == Precision::bf16)
-        return native_bf16() ? "native vdpbf16ps" : "emulated: bf16-rounded operands, fp32 GEMM";
+        return native_bf16()     ? "native vdpbf16ps"
+               : emulated_bf16() ? "emulated: no bf16 instructions on this CPU, operands rounded to bf16 in the "
+                                   "packed fp32 GEMM, at fp32's speed"
+                                 : "emulated: bf16-rounded operands, fp32 GEMM";
     if (gemm_backend() != GemmBackend::packed) return "oneDNN";
     thread_local std::string packed;  // valid until the next call on this thread
     packed = sgemm_kernel_description();
@@ -108,8 +118,13 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
         sgemm_bf16(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
+    if (emulated_bf16()) {
+        // no AVX512_BF16 (or MOE_ISA below avx512): rounded inside the packing
+        sgemm_bf16_emulated(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
     if (g_precision == Precision::bf16) {
-        // emulated (no AVX512_BF16, or MOE_ISA below avx512): thread-local scratch, reused: no allocation once warm
+        // emulated on oneDNN (no AVX2 + FMA, or MOE_GEMM=onednn): thread-local scratch, reused: no allocation once warm
         thread_local std::vector<float> sa, sb;
         const int64_t ar = trans_a ? K : M, ac = trans_a ? M : K;  // A as stored
         const int64_t br = trans_b ? N : K, bc = trans_b ? K : N;  // B as stored
@@ -135,17 +150,17 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
 }
 
 // Whether B is packed for the GEMM at the current precision, and by which kernel.
-static bool packs_b() { return amx_bf16() || native_bf16() || (g_precision == Precision::fp32 && gemm_backend() == GemmBackend::packed); }
+static bool packs_b() { return amx_bf16() || native_bf16() || gemm_backend() == GemmBackend::packed; }
 
 int64_t gemm_packed_b_floats(int64_t K, int64_t N) {
     if (amx_bf16()) return amx_packed_b_words(K, N);
-    return packs_b() ? sgemm_packed_b_words(native_bf16(), K, N) : 0;  // 32-bit words = floats
+    return packs_b() ? sgemm_packed_b_words(sgemm_form(), K, N) : 0;  // 32-bit words = floats
 }
 
 PackedB gemm_pack_b(bool trans_b, int64_t K, int64_t N, const float* B, int64_t ldb, float* dst) {
     if (!packs_b() || K <= 0 || N <= 0) return gemm_unpacked_b(trans_b, B, ldb);
     if (amx_bf16()) amx_pack_b(trans_b, K, N, B, ldb, dst);
-    else sgemm_pack_b(native_bf16(), trans_b, K, N, B, ldb, dst);
+    else sgemm_pack_b(sgemm_form(), trans_b, K, N, B, ldb, dst);
     PackedB p = gemm_unpacked_b(trans_b, B, ldb);
     p.packed = dst;
     return p;
@@ -159,7 +174,7 @@ void gemm_f32_b(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, cons
     }
     MOE_ASSERT(packs_b());  // packed under the precision it is used with
     if (amx_bf16()) return amx_gemm_bf16_packed_b(trans_a, M, N, K, alpha, A, lda, b.packed, beta, C, ldc);
-    sgemm_packed_b(native_bf16(), trans_a, M, N, K, alpha, A, lda, b.packed, beta, C, ldc);
+    sgemm_packed_b(sgemm_form(), trans_a, M, N, K, alpha, A, lda, b.packed, beta, C, ldc);
 }
 
 void PackedWeights::pack(const PackJob* jobs, int64_t n) {

@@ -14,9 +14,10 @@ namespace moe::kernels {
 // (round to nearest even) and multiplied with fp32 accumulation, as a bf16 GEMM on
 // bf16-capable hardware does; outputs, master weights and everything outside the GEMMs stay fp32.
 // On CPUs with AMX (Isa::amx) the GEMM is kernels/amx_gemm.h's tile kernel; else, with AVX512_BF16,
-// kernels/sgemm.h's sgemm_bf16 (vdpbf16ps); both fold the rounding into the packing. Elsewhere (or with MOE_ISA=avx2) the rounding is emulated: the numerics are
-// those of bf16 up to the summation order, the speed is that of fp32 (plus the rounding pass; the
-// rounded operands then go to the fp32 backend below). Set it once, outside steps.
+// kernels/sgemm.h's sgemm_bf16 (vdpbf16ps); both fold the rounding into the packing. Elsewhere (or
+// with MOE_ISA=avx2) bf16 is emulated: the numerics are those of bf16 up to the summation order,
+// the speed that of fp32 (sgemm_bf16_emulated rounds inside the packed fp32 kernel's packing; on
+// the oneDNN backend a rounding pass makes copies first). Set it once, outside steps.
 enum class Precision { fp32, bf16 };
 void set_gemm_precision(Precision p);
 Precision gemm_precision();
@@ -60,8 +61,8 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
               int64_t ldc);
 
 // op(B) packed once for several GEMMs that multiply it (kernels/sgemm.h's sgemm_pack_b), where the
-// float GEMM of the current precision packs B itself (the packed AVX2 fp32 kernel, the native bf16
-// one); elsewhere (oneDNN, emulated bf16) a PackedB just refers to B as stored. Results are the
+// float GEMM of the current precision packs B itself (the packed fp32 kernels, bf16 emulated on them,
+// the native bf16 one, AMX tiles); elsewhere (oneDNN) a PackedB just refers to B as stored. Results are the
 // same bits as gemm_f32 on B.
 struct PackedB {
     const float* B = nullptr;  // B as stored, when not packed

@@ -12,6 +12,7 @@
 #include "core/memory.h"
 #include "core/parallel.h"
 #include "kernels/avx2_inline.h"
+#include "kernels/bf16.h"
 #include "kernels/bf16_avx512_inline.h"
 #include "kernels/cpu.h"
 
@@ -350,6 +351,31 @@ MOE_F32_512_TARGET void Avx512F32::micro(int64_t kc, const float* a, const float
 }
 
 #undef MOE_F32_512_TARGET
+
+// ------------------------------------------------------------------------------------------------
+// bf16 where the CPU has no bf16 instructions (AVX2-only hosts such as Zen 3, or MOE_ISA=avx2): the
+// operands are rounded to bf16 inside the fp32 kernels' packing (in place, over the packed block
+// while it is in L1/L2) and multiplied by the fp32 micro-kernel. The bits are those of rounding both
+// matrices first and running the fp32 GEMM on the rounded copies (what gemm_f32 did before: a serial
+// pass and two scratch copies per GEMM, and no op(B) packed ahead), at the fp32 GEMM's speed.
+// alpha is applied after the rounding, as the fp32 packing of a rounded A applies it.
+// ------------------------------------------------------------------------------------------------
+template <class Base>
+struct RoundedBf16 : Base {
+    static void pack_a(float* dst, const float* A, int64_t lda, bool trans_a, float alpha, int64_t m0, int64_t mc,
+                       int64_t p0, int64_t kc) {
+        Base::pack_a(dst, A, lda, trans_a, 1.f, m0, mc, p0, kc);
+        const int64_t n = (mc + Base::kMr - 1) / Base::kMr * Base::kMr * kc;  // whole panels, pads zero
+        bf16_round_n(dst, dst, n);
+        if (alpha != 1.f)
+            for (int64_t i = 0; i < n; ++i) dst[i] = alpha * dst[i];
+    }
+    static void pack_b(float* dst, const BSource& src, int64_t p0, int64_t kc, int64_t n0, int64_t nc,
+                       float* rows_tmp) {
+        Base::pack_b(dst, src, p0, kc, n0, nc, rows_tmp);
+        bf16_round_n(dst, dst, (nc + Base::kNr - 1) / Base::kNr * Base::kNr * kc);
+    }
+};
 
 // ------------------------------------------------------------------------------------------------
 // bf16 on AVX512_BF16: vdpbf16ps multiplies pairs of bf16 along k and adds both products to an
@@ -801,28 +827,59 @@ void sgemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, flo
     gemm_run<Avx512Bf16>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
 }
 
-int64_t sgemm_packed_b_words(bool bf16, int64_t K, int64_t N) {
-    if (bf16) return packed_b_elems<Avx512Bf16>(K, N);
+void sgemm_bf16_emulated(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                         int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+    MOE_ASSERT(sgemm_packed_available());
+    BSource bs;
+    bs.B = B, bs.ldb = ldb, bs.trans_b = trans_b;
+    if (use_avx512(N)) gemm_run<RoundedBf16<Avx512F32>>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
+    else gemm_run<RoundedBf16<Avx2F32>>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
+}
+
+static bool form_available(SgemmForm form) {
+    return form == SgemmForm::bf16_native ? sgemm_bf16_available() : sgemm_packed_available();
+}
+
+int64_t sgemm_packed_b_words(SgemmForm form, int64_t K, int64_t N) {
+    if (form == SgemmForm::bf16_native) return packed_b_elems<Avx512Bf16>(K, N);
+    // the rounded forms share their fp32 kernel's layout
     return use_avx512(N) ? packed_b_elems<Avx512F32>(K, N) : packed_b_elems<Avx2F32>(K, N);
 }
 
-void sgemm_pack_b(bool bf16, bool trans_b, int64_t K, int64_t N, const float* B, int64_t ldb, void* dst) {
-    MOE_ASSERT(bf16 ? sgemm_bf16_available() : sgemm_packed_available());
+void sgemm_pack_b(SgemmForm form, bool trans_b, int64_t K, int64_t N, const float* B, int64_t ldb, void* dst) {
+    MOE_ASSERT(form_available(form));
     BSource bs;
     bs.B = B, bs.ldb = ldb, bs.trans_b = trans_b;
-    if (bf16) pack_b_all<Avx512Bf16>(static_cast<uint32_t*>(dst), bs, K, N);
-    else if (use_avx512(N)) pack_b_all<Avx512F32>(static_cast<float*>(dst), bs, K, N);
-    else pack_b_all<Avx2F32>(static_cast<float*>(dst), bs, K, N);
+    float* d = static_cast<float*>(dst);
+    switch (form) {
+    case SgemmForm::bf16_native: pack_b_all<Avx512Bf16>(static_cast<uint32_t*>(dst), bs, K, N); break;
+    case SgemmForm::bf16_emulated:
+        if (use_avx512(N)) pack_b_all<RoundedBf16<Avx512F32>>(d, bs, K, N);
+        else pack_b_all<RoundedBf16<Avx2F32>>(d, bs, K, N);
+        break;
+    case SgemmForm::fp32:
+        if (use_avx512(N)) pack_b_all<Avx512F32>(d, bs, K, N);
+        else pack_b_all<Avx2F32>(d, bs, K, N);
+        break;
+    }
 }
 
-void sgemm_packed_b(bool bf16, bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+void sgemm_packed_b(SgemmForm form, bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                     int64_t lda, const void* packed_b, float beta, float* C, int64_t ldc) {
-    MOE_ASSERT(bf16 ? sgemm_bf16_available() : sgemm_packed_available());
+    MOE_ASSERT(form_available(form));
     BSource bs;
     bs.packed = packed_b, bs.packed_n = N;
-    if (bf16) gemm_run<Avx512Bf16>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
-    else if (use_avx512(N)) gemm_run<Avx512F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
-    else gemm_run<Avx2F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
+    switch (form) {
+    case SgemmForm::bf16_native: gemm_run<Avx512Bf16>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc); break;
+    case SgemmForm::bf16_emulated:  // B was rounded when packed; A is rounded in its packing
+        if (use_avx512(N)) gemm_run<RoundedBf16<Avx512F32>>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
+        else gemm_run<RoundedBf16<Avx2F32>>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
+        break;
+    case SgemmForm::fp32:
+        if (use_avx512(N)) gemm_run<Avx512F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
+        else gemm_run<Avx2F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
+        break;
+    }
 }
 
 }  // namespace moe::kernels

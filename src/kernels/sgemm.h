@@ -62,14 +62,26 @@ bool sgemm_bf16_available();  // the CPU has AVX512_BF16 and MOE_ISA allows avx5
 void sgemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                 int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// The same bf16 GEMM where the CPU has no bf16 instructions (sgemm_packed_available() suffices):
+// both operands rounded to nearest-even bf16 inside the fp32 kernels' packing, then multiplied by
+// the fp32 kernel (sgemm_kernel()): exactly the bits of sgemm_packed on bf16-rounded copies of A and
+// B, at sgemm_packed's speed. Not the bits of sgemm_bf16 (which sums pairs of k first).
+void sgemm_bf16_emulated(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                         int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+// Which of the GEMMs above a packed op(B) is for: sgemm_packed (fp32), sgemm_bf16_emulated or
+// sgemm_bf16 (native).
+enum class SgemmForm { fp32, bf16_emulated, bf16_native };
+
 // op(B) (K, N) packed once for several GEMMs that multiply it (the row blocks of one expert's
 // tokens all multiply the expert's weights): sgemm_pack_b writes it in the layout the packing
-// inside the GEMM would (bf16: the bf16 kernel's, else the fp32 kernel sgemm_kernel() names) into dst of
-// sgemm_packed_b_words(bf16, K, N) 32-bit words, on the calling thread; sgemm_packed_b then
-// multiplies by it with no B packing. Results are bit-identical to sgemm_bf16 / sgemm_packed.
-int64_t sgemm_packed_b_words(bool bf16, int64_t K, int64_t N);
-void sgemm_pack_b(bool bf16, bool trans_b, int64_t K, int64_t N, const float* B, int64_t ldb, void* dst);
-void sgemm_packed_b(bool bf16, bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+// inside the GEMM of that form would (bf16_native: the bf16 kernel's, else the fp32 kernel
+// sgemm_kernel() names) into dst of sgemm_packed_b_words(form, K, N) 32-bit words, on the calling
+// thread; sgemm_packed_b then multiplies by it with no B packing. Results are bit-identical to the
+// GEMM of that form.
+int64_t sgemm_packed_b_words(SgemmForm form, int64_t K, int64_t N);
+void sgemm_pack_b(SgemmForm form, bool trans_b, int64_t K, int64_t N, const float* B, int64_t ldb, void* dst);
+void sgemm_packed_b(SgemmForm form, bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                     int64_t lda, const void* packed_b, float beta, float* C, int64_t ldc);
 
 }  // namespace moe::kernels
