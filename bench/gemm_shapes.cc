@@ -4,6 +4,9 @@
 // kernel the process picked (sgemm_kernel, calibrated at start-up) is the "packed" one; where the
 // CPU has AVX512_BF16, the bf16 GEMM of --precision bf16 (sgemm_bf16) in another column, and where
 // AMX is active the AMX bf16 tile GEMM (amx_gemm_bf16, what --precision bf16 runs there) in a last one.
+// Every host also times "bf16 emu": sgemm_bf16_emulated, what --precision bf16 runs on CPUs without
+// bf16 instructions (operands rounded inside the fp32 packing); `emu_ratio=` is its total time over
+// the picked fp32 kernel's (1.0: bf16 costs nothing over fp32 there).
 //
 //   gemm_shapes [--threads T] [--reps R] [--config makemoe|bench-moe|all] [--cpu-time]
 //
@@ -109,15 +112,16 @@ int main(int argc, char** argv) {
     const bool bf16 = moe::kernels::sgemm_bf16_available(), amx = moe::kernels::amx_bf16_available();
     std::printf("host: %s\nfp32 kernel picked: %s\n", moe::kernels::host_description().c_str(),
                 picked == SgemmKernel::avx512 ? "AVX-512 12x32" : "AVX2 6x16");
-    std::printf("%-30s %5s %5s %5s  %9s %9s %9s %6s %6s %9s %9s\n", "shape (op(A) M x K, op(B) K x N)", "M", "N", "K",
-                "oneDNN", "avx2", has512 ? "avx512" : "", "dnn/pk", has512 ? "2/512" : "", bf16 ? "bf16" : "", amx ? "amx bf16" : "");
-    double t_dnnl = 0, t_ours = 0, t_2 = 0, t_5 = 0;
+    std::printf("%-30s %5s %5s %5s  %9s %9s %9s %6s %6s %9s %9s %9s\n", "shape (op(A) M x K, op(B) K x N)", "M", "N",
+                "K", "oneDNN", "avx2", has512 ? "avx512" : "", "dnn/pk", has512 ? "2/512" : "", "bf16 emu",
+                bf16 ? "bf16" : "", amx ? "amx bf16" : "");
+    double t_dnnl = 0, t_ours = 0, t_2 = 0, t_5 = 0, t_e = 0;
     for (const Shape& s : shapes) {
         const int64_t lda = s.ta ? s.M : s.K, ldb = s.tb ? s.K : s.N;
         std::vector<float> A(s.M * s.K), B(s.K * s.N), C(s.M * s.N);
         for (float& v : A) v = u(rng);
         for (float& v : B) v = u(rng);
-        double best_d = 1e30, best_2 = 1e30, best_5 = 1e30, best_b = 1e30, best_x = 1e30;
+        double best_d = 1e30, best_2 = 1e30, best_5 = 1e30, best_b = 1e30, best_x = 1e30, best_e = 1e30;
         auto packed = [&](SgemmKernel k) {
             moe::kernels::set_sgemm_kernel(k);
             const double t0 = clock_s();
@@ -132,6 +136,11 @@ int main(int argc, char** argv) {
             best_d = std::min(best_d, clock_s() - t0);
             best_2 = std::min(best_2, packed(SgemmKernel::avx2));
             if (has512) best_5 = std::min(best_5, packed(SgemmKernel::avx512));
+            moe::kernels::set_sgemm_kernel(picked);
+            t0 = clock_s();
+            moe::kernels::sgemm_bf16_emulated(s.ta, s.tb, s.M, s.N, s.K, 1.f, A.data(), lda, B.data(), ldb, 0.f,
+                                              C.data(), s.N);
+            best_e = std::min(best_e, clock_s() - t0);
             if (!bf16) continue;
             t0 = clock_s();
             moe::kernels::sgemm_bf16(s.ta, s.tb, s.M, s.N, s.K, 1.f, A.data(), lda, B.data(), ldb, 0.f, C.data(), s.N);
@@ -151,6 +160,7 @@ int main(int argc, char** argv) {
         std::printf(" %6.2f", best_d / best_o);
         if (has512) std::printf(" %6.2f", best_2 / best_5);
         else std::printf(" %6s", "");
+        std::printf(" %9.1f", gf / best_e);
         if (bf16) std::printf(" %9.1f", gf / best_b);
         if (amx) std::printf(" %9.1f", gf / best_x);
         std::printf("\n");
@@ -158,11 +168,13 @@ int main(int argc, char** argv) {
         t_ours += best_o;
         t_2 += best_2;
         t_5 += best_5;
+        t_e += best_e;
     }
     moe::kernels::set_sgemm_kernel(SgemmKernel::automatic);
     std::printf("GFLOP/s columns: best of %d; threads %d%s\n", reps, moe::num_threads(),
                 g_cpu_time ? "; per second of process CPU time" : "");
     std::printf("ratio=%.3f\n", t_dnnl / t_ours);
     if (has512) std::printf("avx512_ratio=%.3f\n", t_2 / t_5);
+    std::printf("emu_ratio=%.3f\n", t_e / t_ours);
     return 0;
 }
