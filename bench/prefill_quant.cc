@@ -5,7 +5,9 @@
 // capped at AVX-512 (the VNNI tiles; on AMX hosts only), the alternative (x rounded to its q8 grid,
 // then the packed fp32 GEMM dequantizing W inside its packing), and the fp32 GEMM on fp32 weights.
 // On AMX hosts both peaks are measured: the fractions are given against each (the host's peak is
-// the AMX one; the last line uses it).
+// the AMX one; the last line uses it). On hosts without int8 tiles for a ggml type (AVX2 only:
+// no AMX-INT8, no AVX-512 VNNI) qmatmul's prefill is the dequant + fp32 GEMM one, and the integer
+// row dots it replaced are timed in a column of their own ("int8 row dots").
 //
 //   prefill_quant [--dtype q8_0,q4_k] [--tokens N] [--threads T] [--reps R] [--cpu-time]
 //
@@ -28,6 +30,7 @@
 #include "core/parallel.h"
 #include "core/profile.h"
 #include "kernels/gemm.h"
+#include "kernels/ggml_quants.h"
 #include "kernels/qmatmul.h"
 
 using namespace moe::kernels;
@@ -81,7 +84,8 @@ int main(int argc, char** argv) {
     std::stringstream ss(dtypes);
     for (std::string name; std::getline(ss, name, ',');) {
         const WType t = parse_wtype(name, "--dtype");
-        double tq = 0, tv = 0, td = 0, tf = 0, ops = 0;
+        double tq = 0, tv = 0, td = 0, tf = 0, tr = 0, ops = 0;
+        const bool rows = is_ggml(t) && !ggml_matmul_tiles_active(ggml_type(t));
         for (const Shape& s : shapes) {
             std::vector<float> w(s.out * s.in), x(N * s.in), y(N * s.out);
             for (auto& v : w) v = nd(rng);
@@ -89,7 +93,8 @@ int main(int argc, char** argv) {
             QStore st;
             st.build(t, w.data(), s.out, s.in);
             const QMatrix m = st.view();
-            double bq = 1e30, bv = 1e30, bd = 1e30, bf = 1e30;
+            double bq = 1e30, bv = 1e30, bd = 1e30, bf = 1e30, br = 1e30;
+            GActs acts;
             for (int r = 0; r < reps; ++r) {  // alternating, best of reps each
                 double t0 = clock_now();
                 qmatmul(y.data(), x.data(), m, N, false);
@@ -106,6 +111,11 @@ int main(int argc, char** argv) {
                     qmatmul_ggml_dequant_gemm(y.data(), x.data(), m, N, false);
                     bd = std::min(bd, clock_now() - t0);
                 }
+                if (rows) {  // the integer row dots (ggml_matmul without tiles)
+                    t0 = clock_now();
+                    ggml_matmul(y.data(), x.data(), m.raw, ggml_type(t), m.row_bytes, N, m.out, m.in, false, acts);
+                    br = std::min(br, clock_now() - t0);
+                }
                 t0 = clock_now();
                 gemm<float>(false, true, N, s.out, s.in, 1.f, x.data(), s.in, w.data(), s.in, 0.f, y.data(), s.out);
                 bf = std::min(bf, clock_now() - t0);
@@ -115,15 +125,19 @@ int main(int argc, char** argv) {
                         o / bq / 1e9, o / bq / 1e9 / (peak.gops / per));
             if (amx) std::printf(", %.2f of vnni peak) | avx512-capped %6.1f (%.2f of vnni peak)", o / bq / 1e9 / (vpeak.gops / per), o / bv / 1e9, o / bv / 1e9 / (vpeak.gops / per));
             else std::printf(")");
-            std::printf(" | dequant+fp32 GEMM %6.1f | fp32 GEMM %6.1f\n", o / bd / 1e9, o / bf / 1e9);
-            tq += bq, tv += bv, td += bd, tf += bf, ops += o;
+            std::printf(" | dequant+fp32 GEMM %6.1f | fp32 GEMM %6.1f", o / bd / 1e9, o / bf / 1e9);
+            if (rows) std::printf(" | int8 row dots %6.1f", o / br / 1e9);
+            std::printf("\n");
+            tq += bq, tv += bv, td += bd, tf += bf, tr += br, ops += o;
         }
         const double frac = ops / tq / 1e9 / (peak.gops / per);
         std::printf("%-5s all shapes: qmatmul %.1f GOP/s = %.3f of int8 peak", name.c_str(), ops / tq / 1e9, frac);
         if (amx)
             std::printf(" (%.3f of the vnni peak); avx512-capped %.1f GOP/s = %.3f of the vnni peak; amx/avx512 %.2fx",
                         ops / tq / 1e9 / (vpeak.gops / per), ops / tv / 1e9, ops / tv / 1e9 / (vpeak.gops / per), tv / tq);
-        std::printf("; dequant+fp32 GEMM %.1f; fp32 GEMM %.1f\n", ops / td / 1e9, ops / tf / 1e9);
+        std::printf("; dequant+fp32 GEMM %.1f; fp32 GEMM %.1f", ops / td / 1e9, ops / tf / 1e9);
+        if (rows) std::printf("; int8 row dots %.1f (%.3f of int8 peak)", ops / tr / 1e9, ops / tr / 1e9 / (peak.gops / per));
+        std::printf("\n");
         worst = std::min(worst, frac);
     }
     std::printf("fraction_of_int8_peak=%.3f\n", worst);

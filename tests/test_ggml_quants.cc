@@ -17,6 +17,7 @@
 #include "moe/error.h"
 #include "kernels/batch_invariant.h"
 #include "kernels/cpu.h"
+#include "kernels/gemm.h"
 #include "kernels/ggml_quants.h"
 #include "kernels/ggml_rows_vnni.h"
 #include "kernels/qmatmul.h"
@@ -270,6 +271,37 @@ TEST(GgmlQuants, QMatmulMatchesReference) {
         set_isa_cap(prev);
     }
     moe::set_num_threads(0);
+}
+
+// Prefill (N > 8 rows) where the CPU has no int8 tiles for the type (MOE_ISA=avx2 gives that on any
+// host): qmatmul runs the dequant + fp32 GEMM path, bit for bit, and each row's result does not
+// depend on how many rows the call has (a prompt prefilled in other chunks gives the same rows).
+TEST(GgmlQuants, PrefillWithoutTilesRunsTheDequantGemm) {
+    const Isa prev = set_isa_cap(Isa::avx2);
+    if (gemm_backend() != GemmBackend::packed) {
+        set_isa_cap(prev);
+        GTEST_SKIP() << "no AVX2 + FMA on this CPU: the packed GEMM is not there";
+    }
+    for (WType t : {WType::q8_0, WType::q4_0, WType::q4_k, WType::q5_k, WType::q6_k}) {
+        ASSERT_FALSE(ggml_matmul_tiles_active(ggml_type(t))) << wtype_name(t);
+        const int64_t in = gtype_block(ggml_type(t)) == 256 ? 512 : 96, out = 45;
+        auto w = randv(out * in, 17 + (int)t);
+        QStore st;
+        st.build(t, w.data(), out, in);
+        const QMatrix m = st.view();
+        auto x = randv(21 * in, 71);
+        for (int threads : {1, 2}) {
+            moe::set_num_threads(threads);
+            std::vector<float> got(21 * out), want(21 * out), part(9 * out);
+            qmatmul(got.data(), x.data(), m, 21, false);
+            qmatmul_ggml_dequant_gemm(want.data(), x.data(), m, 21, false);
+            EXPECT_EQ(got, want) << wtype_name(t) << " threads " << threads;
+            qmatmul(part.data(), x.data() + 12 * in, m, 9, false);  // rows 12..20 alone
+            EXPECT_TRUE(std::equal(part.begin(), part.end(), got.begin() + 12 * out)) << wtype_name(t);
+        }
+    }
+    moe::set_num_threads(0);
+    set_isa_cap(prev);
 }
 
 // The Q8_0 and Q4_0 decode kernels of AVX-512 VNNI hosts (ggml_rows_vnni.h, up to 8 activation

@@ -845,15 +845,20 @@ static void ggml_matmul_amx(float* y, const void* w, GType t, int64_t row_stride
     });
 }
 
+static bool amx_tiles_active(GType t) { return amx::int8_active() && amx::ggml_supported(t); }
+static bool vnni_tiles_active(GType t) {
+    const CpuFeatures& f = cpu_features();
+    return active_isa() >= Isa::avx512 && f.avx512_vnni && f.avx512dq && f.f16c && detail::tiles_supported(t);
+}
+bool ggml_matmul_tiles_active(GType t) { return amx_tiles_active(t) || vnni_tiles_active(t); }
+
 void ggml_matmul(float* y, const float* x, const void* w, GType t, int64_t row_stride, int64_t N, int64_t OUT,
                  int64_t IN, bool accumulate, GActs& acts) {
     if (N <= 0 || OUT <= 0) return;
     acts.build(gtype_act(t), x, N, IN);
-    if (N > kGgmlGemvMaxN && amx::int8_active() && amx::ggml_supported(t))
-        return ggml_matmul_amx(y, w, t, row_stride, N, OUT, IN, accumulate, acts);
+    if (N > kGgmlGemvMaxN && amx_tiles_active(t)) return ggml_matmul_amx(y, w, t, row_stride, N, OUT, IN, accumulate, acts);
     if ((t == GType::q8_0 || t == GType::q4_0) && N <= kGgmlGemvMaxN) acts.prepare_rows_vnni(t == GType::q8_0);
-    const CpuFeatures& f = cpu_features();
-    if (N > kGgmlGemvMaxN && active_isa() >= Isa::avx512 && f.avx512_vnni && f.avx512dq && f.f16c && detail::tiles_supported(t))
+    if (N > kGgmlGemvMaxN && vnni_tiles_active(t))
         return ggml_matmul_tiles(y, w, t, row_stride, N, OUT, IN, accumulate, acts);
     const GActs* a = &acts;  // the caller's object, for the workers
     const double bytes = (double)OUT * (double)row_stride;

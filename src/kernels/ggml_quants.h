@@ -127,6 +127,9 @@ struct GActs {
 inline constexpr int64_t kGgmlGemvMaxN = 8;
 void ggml_matmul(float* y, const float* x, const void* w, GType t, int64_t row_stride, int64_t N, int64_t OUT,
                  int64_t IN, bool accumulate, GActs& acts);
+// Whether ggml_matmul's blocked path (N > kGgmlGemvMaxN) multiplies type t on integer tiles here
+// (AMX-INT8, or AVX-512 VNNI), rather than on the row dots.
+bool ggml_matmul_tiles_active(GType t);
 // Output rows [o0, o1) of the same product on the calling thread, x already in acts.
 void ggml_matmul_rows(float* y, int64_t y_stride, const GActs& acts, const void* w, GType t, int64_t row_stride,
                       int64_t N, int64_t o0, int64_t o1, bool accumulate);

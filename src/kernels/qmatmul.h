@@ -125,8 +125,9 @@ void dequantize_row(float* dst, const QMatrix& w, int64_t row);
 // rounded as their kernels round it (int8 / q8_0 / q8_k blocks), f16 / bf16 with x as is.
 void qmatmul_ref(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate);
 void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate);
-// ggml types, the prefill alternative to the integer tiles (for the comparison in the benches):
-// x rounded to its activation grid, then the packed fp32 GEMM dequantizing W inside its packing
+// ggml types, the prefill where the CPU has no int8 tiles for the type (qmatmul runs it there, and
+// the benches compare it with the tiles elsewhere): x rounded to its activation grid, then the
+// packed fp32 GEMM dequantizing W inside its packing
 void qmatmul_ggml_dequant_gemm(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate);
 // Several decode-sized products (N <= kGemvMaxN, any N while batch invariant) that read the same x (N, IN): y_i [+]= x · W_i^T,
 // under one parallel region over all their output rows (q, k, v of a decode step; up and gate of
