@@ -34,6 +34,21 @@ struct Case {
 using GemmFn = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
                        float, float*, int64_t);
 
+// Random operands in [-1, 1) for op(A) (M, K), op(B) (K, N) and C (M, N) as stored, leading
+// dimensions padded (A and B by 3, C by 2).
+struct Operands {
+    int64_t lda, ldb, ldc;
+    std::vector<float> A, B, C0;
+    Operands(bool ta, bool tb, int64_t M, int64_t N, int64_t K, std::mt19937& rng)
+        : lda((ta ? M : K) + 3), ldb((tb ? K : N) + 3), ldc(N + 2), A((ta ? K : M) * lda), B((tb ? N : K) * ldb),
+          C0(M * ldc) {
+        std::uniform_real_distribution<float> u(-1.f, 1.f);
+        for (float& v : A) v = u(rng);
+        for (float& v : B) v = u(rng);
+        for (float& v : C0) v = u(rng);
+    }
+};
+
 // Runs `fn` (sgemm_packed by default) on random data (leading dimensions padded by 3) and compares
 // it to gemm_ref in double; returns the largest error relative to sum_k |a||b| (the scale of the
 // rounding). bf16: the reference multiplies the operands rounded to bf16, as the kernel must.
@@ -323,7 +338,6 @@ namespace {
 // and the register tiles, both transposes, alpha / beta, at 1 and 2 threads. Returns the cases run.
 int expect_prepacked_same_bits(GemmFn fn, SgemmForm form, uint32_t seed) {
     std::mt19937 rng(seed);
-    std::uniform_real_distribution<float> u(-1.f, 1.f);
     int cases = 0;
     const int before = num_threads();
     for (int threads : {1, 2}) {
@@ -334,12 +348,10 @@ int expect_prepacked_same_bits(GemmFn fn, SgemmForm form, uint32_t seed) {
                     for (int64_t N : {1, 33, 530})
                         for (int64_t K : {1, 3, 256, 301, 600}) {
                             const float alpha = cases % 3 == 0 ? 0.5f : 1.f, beta = cases % 2 ? 1.f : 0.f;
-                            const int64_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 3, ldc = N + 2;
-                            std::vector<float> A((ta ? K : M) * lda), B((tb ? N : K) * ldb), C0(M * ldc);
-                            for (float& v : A) v = u(rng);
-                            for (float& v : B) v = u(rng);
-                            for (float& v : C0) v = u(rng);
-                            std::vector<float> want = C0, got = C0;
+                            const Operands o(ta, tb, M, N, K, rng);
+                            const int64_t lda = o.lda, ldb = o.ldb, ldc = o.ldc;
+                            const std::vector<float>&A = o.A, &B = o.B;
+                            std::vector<float> want = o.C0, got = o.C0;
                             std::vector<uint32_t> packed(sgemm_packed_b_words(form, K, N) + 1, 0xdeadbeefu);
                             sgemm_pack_b(form, tb, K, N, B.data(), ldb, packed.data());
                             EXPECT_EQ(packed.back(), 0xdeadbeefu) << "wrote past sgemm_packed_b_words";
@@ -384,7 +396,6 @@ void sgemm_on_rounded_copies(bool ta, bool tb, int64_t M, int64_t N, int64_t K, 
 TEST(SgemmBf16Emulated, SameBitsAsTheFp32GemmOnRoundedCopies) {
     if (!sgemm_packed_available()) GTEST_SKIP() << "no AVX2+FMA on this CPU";
     std::mt19937 rng(61);
-    std::uniform_real_distribution<float> u(-1.f, 1.f);
     int cases = 0, differ_from_fp32 = 0;
     for (bool ta : {false, true})
         for (bool tb : {false, true})
@@ -392,12 +403,10 @@ TEST(SgemmBf16Emulated, SameBitsAsTheFp32GemmOnRoundedCopies) {
                 for (int64_t N : {1, 17, 33, 530})
                     for (int64_t K : {1, 5, 256, 301}) {
                         const float alpha = cases % 3 == 0 ? 0.3f : 1.f, beta = cases % 2 ? 0.7f : 0.f;
-                        const int64_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 3, ldc = N + 2;
-                        std::vector<float> A((ta ? K : M) * lda), B((tb ? N : K) * ldb), C0(M * ldc);
-                        for (float& v : A) v = u(rng);
-                        for (float& v : B) v = u(rng);
-                        for (float& v : C0) v = u(rng);
-                        std::vector<float> want = C0, got = C0, fp32 = C0;
+                        const Operands o(ta, tb, M, N, K, rng);
+                        const int64_t lda = o.lda, ldb = o.ldb, ldc = o.ldc;
+                        const std::vector<float>&A = o.A, &B = o.B;
+                        std::vector<float> want = o.C0, got = o.C0, fp32 = o.C0;
                         sgemm_on_rounded_copies(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, want.data(), ldc);
                         sgemm_bf16_emulated(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, got.data(), ldc);
                         sgemm_packed(ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, fp32.data(), ldc);
