@@ -399,6 +399,9 @@ TEST_F(Cli, CacheType) {
     EXPECT_NEAR(j16["kv_mb"].get<double>() * 2, j32["kv_mb"].get<double>(), 0.15) << b16.out;
     expect_clean_error(moe("generate --checkpoint ck --prompt the --cache-type q8_0"), {"--cache-type", "q8_0"});
     expect_clean_error(moe("bench --config tiny.json --cache-type int8"), {"--cache-type", "int8"});
+    // checked before the model is loaded: a missing model is not what the error is about
+    expect_clean_error(moe("generate --checkpoint no_such_dir --prompt the --cache-type q8_0"), {"--cache-type", "q8_0"});
+    expect_clean_error(moe("chat --model no_such_dir --cache-type q4_0"), {"chat --cache-type", "q4_0"});
 }
 
 TEST_F(Cli, TrainBadOptions) {

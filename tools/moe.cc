@@ -140,6 +140,7 @@ int cmd_generate(GenerateArgs& a) {
     if (a.seed < 0) throw moe::error("--seed must be >= 0, got " + std::to_string(a.seed));
     a.sample.seed = (uint64_t)a.seed;
     moe::check_stop_strings(a.stop, "--");
+    moe::LoadedModel::check_cache_type(a.cache_type, "generate --cache-type");  // before a long load
     moe::set_threads(a.threads);
     moe::set_expert_parallel(a.expert_parallel);
     if (moe::expert_parallel_follower()) {  // rank 0 prints; this rank runs its experts for it
@@ -495,6 +496,7 @@ int cmd_chat(ChatArgs& a) {
     if (a.ctx_size < 0) throw moe::error("--ctx-size must be >= 0, got " + std::to_string(a.ctx_size));
     a.sample.seed = (uint64_t)a.seed;
     moe::check_stop_strings(a.stop, "--");
+    moe::LoadedModel::check_cache_type(a.cache_type, "chat --cache-type");  // before a long load
     moe::set_threads(a.threads);
     moe::LoadedModel model(a.model, a.dtype, "chat --dtype", a.ctx_size);
     model.set_experts_per_token(a.experts);
