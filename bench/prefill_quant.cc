@@ -5,8 +5,8 @@
 // capped at AVX-512 (the VNNI tiles; on AMX hosts only), the alternative (x rounded to its q8 grid,
 // then the packed fp32 GEMM dequantizing W inside its packing), and the fp32 GEMM on fp32 weights.
 // On AMX hosts both peaks are measured: the fractions are given against each (the host's peak is
-// the AMX one; the last line uses it). On hosts without int8 tiles for a ggml type (AVX2 only:
-// no AMX-INT8, no AVX-512 VNNI) qmatmul's prefill is the dequant + fp32 GEMM one, and the integer
+// the AMX one; the last line uses it). On AVX2-only hosts (no AMX-INT8, no AVX-512 VNNI)
+// qmatmul's prefill of the ggml types is the dequant + fp32 GEMM one, and the integer
 // row dots it replaced are timed in a column of their own ("int8 row dots").
 //
 //   prefill_quant [--dtype q8_0,q4_k] [--tokens N] [--threads T] [--reps R] [--cpu-time]
@@ -85,7 +85,7 @@ int main(int argc, char** argv) {
     for (std::string name; std::getline(ss, name, ',');) {
         const WType t = parse_wtype(name, "--dtype");
         double tq = 0, tv = 0, td = 0, tf = 0, tr = 0, ops = 0;
-        const bool rows = is_ggml(t) && !ggml_matmul_tiles_active(ggml_type(t));
+        const bool rows = is_ggml(t) && !ggml_prefill_on_int8(ggml_type(t));
         for (const Shape& s : shapes) {
             std::vector<float> w(s.out * s.in), x(N * s.in), y(N * s.out);
             for (auto& v : w) v = nd(rng);

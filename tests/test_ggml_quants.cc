@@ -273,8 +273,8 @@ TEST(GgmlQuants, QMatmulMatchesReference) {
     moe::set_num_threads(0);
 }
 
-// Prefill (N > 8 rows) where the CPU has no int8 tiles for the type (MOE_ISA=avx2 gives that on any
-// host): qmatmul runs the dequant + fp32 GEMM path, bit for bit, and each row's result does not
+// Prefill (N > 8 rows) where the CPU has neither int8 tiles nor VNNI (MOE_ISA=avx2 gives that on
+// any host): qmatmul runs the dequant + fp32 GEMM path, bit for bit, and each row's result does not
 // depend on how many rows the call has (a prompt prefilled in other chunks gives the same rows).
 TEST(GgmlQuants, PrefillWithoutTilesRunsTheDequantGemm) {
     const Isa prev = set_isa_cap(Isa::avx2);
@@ -283,7 +283,7 @@ TEST(GgmlQuants, PrefillWithoutTilesRunsTheDequantGemm) {
         GTEST_SKIP() << "no AVX2 + FMA on this CPU: the packed GEMM is not there";
     }
     for (WType t : {WType::q8_0, WType::q4_0, WType::q4_k, WType::q5_k, WType::q6_k}) {
-        ASSERT_FALSE(ggml_matmul_tiles_active(ggml_type(t))) << wtype_name(t);
+        ASSERT_FALSE(ggml_prefill_on_int8(ggml_type(t))) << wtype_name(t);
         const int64_t in = gtype_block(ggml_type(t)) == 256 ? 512 : 96, out = 45;
         auto w = randv(out * in, 17 + (int)t);
         QStore st;

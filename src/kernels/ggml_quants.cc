@@ -851,6 +851,11 @@ static bool vnni_tiles_active(GType t) {
     return active_isa() >= Isa::avx512 && f.avx512_vnni && f.avx512dq && f.f16c && detail::tiles_supported(t);
 }
 bool ggml_matmul_tiles_active(GType t) { return amx_tiles_active(t) || vnni_tiles_active(t); }
+bool ggml_prefill_on_int8(GType t) {
+    // measured on Zen 3 only (AVX2): the VNNI row dots of AVX-512 hosts (q6_k without AMX) stay
+    const CpuFeatures& f = cpu_features();
+    return ggml_matmul_tiles_active(t) || (active_isa() >= Isa::avx512 && f.avx512_vnni && f.f16c);
+}
 
 void ggml_matmul(float* y, const float* x, const void* w, GType t, int64_t row_stride, int64_t N, int64_t OUT,
                  int64_t IN, bool accumulate, GActs& acts) {

@@ -130,6 +130,10 @@ void ggml_matmul(float* y, const float* x, const void* w, GType t, int64_t row_s
 // Whether ggml_matmul's blocked path (N > kGgmlGemvMaxN) multiplies type t on integer tiles here
 // (AMX-INT8, or AVX-512 VNNI), rather than on the row dots.
 bool ggml_matmul_tiles_active(GType t);
+// Whether a prefill of type t is best left to ggml_matmul's integer dots here: tiles, or at least
+// VNNI row dots. False on AVX2-only hosts (no AMX, no VNNI), where vpmaddubsw row dots are slower
+// than the fp32 GEMM on dequantized weights (qmatmul then runs that: qmatmul_ggml_dequant_gemm).
+bool ggml_prefill_on_int8(GType t);
 // Output rows [o0, o1) of the same product on the calling thread, x already in acts.
 void ggml_matmul_rows(float* y, int64_t y_stride, const GActs& acts, const void* w, GType t, int64_t row_stride,
                       int64_t N, int64_t o0, int64_t o1, bool accumulate);

@@ -765,12 +765,12 @@ void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumul
         qmatmul_same_x(x, N, {{y, w}}, accumulate);
         return;
     }
-    if (ggml_rows(w.type) && !ggml_matmul_tiles_active(ggml_type(w.type)) && gemm_backend() == GemmBackend::packed) {
-        // prefill on a CPU without int8 tiles (no AMX-INT8, no AVX-512 VNNI for this type: AVX2 hosts
-        // such as Zen 3): x rounded to its activation grid, then the packed fp32 GEMM dequantizing W
-        // inside its packing. There the AVX2 row dots (vpmaddubsw + vpmaddwd, a scale product per
-        // block and row) reach 0.12-0.38 of the int8 peak, the fp32 GEMM more for every type
-        // (bench/prefill_quant, Zen 3: q8_0 97.6 -> 154.1 GOP/s, q4_0 49.9 -> 88.6; docs/inference.md)
+    if (ggml_rows(w.type) && !ggml_prefill_on_int8(ggml_type(w.type)) && gemm_backend() == GemmBackend::packed) {
+        // prefill on a CPU without VNNI or AMX (AVX2 hosts such as Zen 3): x rounded to its
+        // activation grid, then the packed fp32 GEMM dequantizing W inside its packing. There the
+        // AVX2 row dots (vpmaddubsw + vpmaddwd, a scale product per block and row) reach 0.12-0.41
+        // of the int8 peak, below the fp32 GEMM (bench/prefill_quant, Zen 3: q8_0 107.7 -> 167.9
+        // GOP/s, q4_0 93.5 -> 168.2; docs/inference.md)
         qmatmul_ggml_dequant_gemm(y, x, w, N, accumulate);
         return;
     }

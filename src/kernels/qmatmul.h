@@ -125,7 +125,7 @@ void dequantize_row(float* dst, const QMatrix& w, int64_t row);
 // rounded as their kernels round it (int8 / q8_0 / q8_k blocks), f16 / bf16 with x as is.
 void qmatmul_ref(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate);
 void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate);
-// ggml types, the prefill where the CPU has no int8 tiles for the type (qmatmul runs it there, and
+// ggml types, the prefill where the CPU has no VNNI or AMX (qmatmul runs it there, and
 // the benches compare it with the tiles elsewhere): x rounded to its activation grid, then the
 // packed fp32 GEMM dequantizing W inside its packing
 void qmatmul_ggml_dequant_gemm(float* y, const float* x, const QMatrix& w, int64_t N, bool accumulate);
