@@ -682,13 +682,18 @@ RowDots row_dots_ref(GType t) {
     return nullptr;
 }
 
+// the row dots' AVX-512 VNNI copy runs here (row_dots; ggml_prefill_on_int8)
+static bool vnni_row_dots_active() {
+    const CpuFeatures& f = cpu_features();
+    return active_isa() >= Isa::avx512 && f.avx512_vnni && f.f16c;
+}
+
 RowDots row_dots(GType t) {
     const CpuFeatures& f = cpu_features();
-    const Isa isa = active_isa();
-    if (isa >= Isa::avx512 && f.avx512_vnni && f.f16c) {
+    if (vnni_row_dots_active()) {
         if (RowDots k = detail::row_dots_avx512vnni(t)) return k;
     }
-    if (isa >= Isa::avx2 && f.f16c) {
+    if (active_isa() >= Isa::avx2 && f.f16c) {
         if (RowDots k = detail::row_dots_avx2(t)) return k;
     }
     return row_dots_ref(t);
@@ -853,8 +858,7 @@ static bool vnni_tiles_active(GType t) {
 bool ggml_matmul_tiles_active(GType t) { return amx_tiles_active(t) || vnni_tiles_active(t); }
 bool ggml_prefill_on_int8(GType t) {
     // measured on Zen 3 only (AVX2): the VNNI row dots of AVX-512 hosts (q6_k without AMX) stay
-    const CpuFeatures& f = cpu_features();
-    return ggml_matmul_tiles_active(t) || (active_isa() >= Isa::avx512 && f.avx512_vnni && f.f16c);
+    return ggml_matmul_tiles_active(t) || vnni_row_dots_active();
 }
 
 void ggml_matmul(float* y, const float* x, const void* w, GType t, int64_t row_stride, int64_t N, int64_t OUT,
