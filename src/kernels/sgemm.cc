@@ -800,86 +800,75 @@ std::string sgemm_kernel_description() {
     return buf;
 }
 
-void sgemm_packed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                  const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-                  int64_t ldc) {
-    MOE_ASSERT(sgemm_packed_available());
-    BSource bs;
-    bs.B = B, bs.ldb = ldb, bs.trans_b = trans_b;
-    if (use_avx512(N)) gemm_run<Avx512F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
-    else gemm_run<Avx2F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
-}
-
-void sgemm_packed_wrows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, SgemmRowLoader load,
-                        const void* ctx, float beta, float* C, int64_t ldc) {
-    MOE_ASSERT(sgemm_packed_available());
-    BSource bs;
-    bs.trans_b = true, bs.load = load, bs.ctx = ctx;
-    if (use_avx512(N)) gemm_run<Avx512F32>(false, bs, M, N, K, 1.f, A, lda, beta, C, ldc);
-    else gemm_run<Avx2F32>(false, bs, M, N, K, 1.f, A, lda, beta, C, ldc);
-}
-
-void sgemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-    MOE_ASSERT(sgemm_bf16_available());
-    BSource bs;
-    bs.B = B, bs.ldb = ldb, bs.trans_b = trans_b;
-    gemm_run<Avx512Bf16>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
-}
-
-void sgemm_bf16_emulated(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                         int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-    MOE_ASSERT(sgemm_packed_available());
-    BSource bs;
-    bs.B = B, bs.ldb = ldb, bs.trans_b = trans_b;
-    if (use_avx512(N)) gemm_run<RoundedBf16<Avx512F32>>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
-    else gemm_run<RoundedBf16<Avx2F32>>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
+// Calls f with (an empty value of) the kernel that runs a GEMM of N columns in this form.
+template <class F>
+static void with_kernel(SgemmForm form, int64_t N, F&& f) {
+    switch (form) {
+        case SgemmForm::bf16_native: return f(Avx512Bf16{});
+        case SgemmForm::bf16_emulated: return use_avx512(N) ? f(RoundedBf16<Avx512F32>{}) : f(RoundedBf16<Avx2F32>{});
+        case SgemmForm::fp32: return use_avx512(N) ? f(Avx512F32{}) : f(Avx2F32{});
+    }
 }
 
 static bool form_available(SgemmForm form) {
     return form == SgemmForm::bf16_native ? sgemm_bf16_available() : sgemm_packed_available();
 }
 
+// C = alpha op(A) op(B) + beta C in this form, op(B) read from bs
+static void run_form(SgemmForm form, bool trans_a, const BSource& bs, int64_t M, int64_t N, int64_t K, float alpha,
+                     const float* A, int64_t lda, float beta, float* C, int64_t ldc) {
+    MOE_ASSERT(form_available(form));
+    with_kernel(form, N, [&](auto k) { gemm_run<decltype(k)>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc); });
+}
+
+static BSource stored_b(const float* B, int64_t ldb, bool trans_b) {
+    BSource bs;
+    bs.B = B, bs.ldb = ldb, bs.trans_b = trans_b;
+    return bs;
+}
+
+void sgemm_packed(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                  const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                  int64_t ldc) {
+    run_form(SgemmForm::fp32, trans_a, stored_b(B, ldb, trans_b), M, N, K, alpha, A, lda, beta, C, ldc);
+}
+
+void sgemm_packed_wrows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, SgemmRowLoader load,
+                        const void* ctx, float beta, float* C, int64_t ldc) {
+    BSource bs;
+    bs.trans_b = true, bs.load = load, bs.ctx = ctx;
+    run_form(SgemmForm::fp32, false, bs, M, N, K, 1.f, A, lda, beta, C, ldc);
+}
+
+void sgemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+    run_form(SgemmForm::bf16_native, trans_a, stored_b(B, ldb, trans_b), M, N, K, alpha, A, lda, beta, C, ldc);
+}
+
+void sgemm_bf16_emulated(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                         int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+    run_form(SgemmForm::bf16_emulated, trans_a, stored_b(B, ldb, trans_b), M, N, K, alpha, A, lda, beta, C, ldc);
+}
+
 int64_t sgemm_packed_b_words(SgemmForm form, int64_t K, int64_t N) {
-    if (form == SgemmForm::bf16_native) return packed_b_elems<Avx512Bf16>(K, N);
-    // the rounded forms share their fp32 kernel's layout
-    return use_avx512(N) ? packed_b_elems<Avx512F32>(K, N) : packed_b_elems<Avx2F32>(K, N);
+    int64_t words = 0;  // the rounded forms share their fp32 kernel's layout
+    with_kernel(form, N, [&](auto k) { words = packed_b_elems<decltype(k)>(K, N); });
+    return words;
 }
 
 void sgemm_pack_b(SgemmForm form, bool trans_b, int64_t K, int64_t N, const float* B, int64_t ldb, void* dst) {
     MOE_ASSERT(form_available(form));
-    BSource bs;
-    bs.B = B, bs.ldb = ldb, bs.trans_b = trans_b;
-    float* d = static_cast<float*>(dst);
-    switch (form) {
-    case SgemmForm::bf16_native: pack_b_all<Avx512Bf16>(static_cast<uint32_t*>(dst), bs, K, N); break;
-    case SgemmForm::bf16_emulated:
-        if (use_avx512(N)) pack_b_all<RoundedBf16<Avx512F32>>(d, bs, K, N);
-        else pack_b_all<RoundedBf16<Avx2F32>>(d, bs, K, N);
-        break;
-    case SgemmForm::fp32:
-        if (use_avx512(N)) pack_b_all<Avx512F32>(d, bs, K, N);
-        else pack_b_all<Avx2F32>(d, bs, K, N);
-        break;
-    }
+    with_kernel(form, N, [&](auto k) {
+        using Kern = decltype(k);
+        pack_b_all<Kern>(static_cast<typename Kern::Elem*>(dst), stored_b(B, ldb, trans_b), K, N);
+    });
 }
 
 void sgemm_packed_b(SgemmForm form, bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                     int64_t lda, const void* packed_b, float beta, float* C, int64_t ldc) {
-    MOE_ASSERT(form_available(form));
-    BSource bs;
+    BSource bs;  // bf16_emulated: B was rounded when packed; A is rounded in its packing
     bs.packed = packed_b, bs.packed_n = N;
-    switch (form) {
-    case SgemmForm::bf16_native: gemm_run<Avx512Bf16>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc); break;
-    case SgemmForm::bf16_emulated:  // B was rounded when packed; A is rounded in its packing
-        if (use_avx512(N)) gemm_run<RoundedBf16<Avx512F32>>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
-        else gemm_run<RoundedBf16<Avx2F32>>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
-        break;
-    case SgemmForm::fp32:
-        if (use_avx512(N)) gemm_run<Avx512F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
-        else gemm_run<Avx2F32>(trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
-        break;
-    }
+    run_form(form, trans_a, bs, M, N, K, alpha, A, lda, beta, C, ldc);
 }
 
 }  // namespace moe::kernels
