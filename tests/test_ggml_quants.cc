@@ -305,9 +305,9 @@ TEST(GgmlQuants, PrefillWithoutTilesRunsTheDequantGemm) {
 }
 
 // The Q8_0 and Q4_0 decode kernels of AVX-512 VNNI hosts (ggml_rows_vnni.h, up to 8 activation
-// rows per pass, tiles of output rows): every output the bits of the single-row dot on AVX-512 VNNI
-// and on AVX2, whatever the number of rows in the call, the output range and accumulate; odd and
-// even block counts; 1-3 threads through ggml_matmul.
+// rows per pass, tiles of output rows; Q4_0 for one row too): every output the bits of the
+// single-row dot on AVX-512 VNNI and on AVX2, whatever the number of rows in the call, the output
+// range and accumulate; odd and even block counts; 1-3 threads through ggml_matmul.
 TEST(GgmlQuants, Q8_0VnniRowsEqualSingleRowDotsBitForBit) {
     const Isa prev_cap = set_isa_cap(Isa::avx512);  // AMX hosts: the VNNI kernel, not the AMX rows
     struct Restore {
@@ -327,8 +327,13 @@ TEST(GgmlQuants, Q8_0VnniRowsEqualSingleRowDotsBitForBit) {
             auto x = randv(N * in, 400 + N + in, N == 9 ? 100.f : 1.f);
             GActs acts;
             acts.build(GType::q8_0, x.data(), N, in);
-            acts.prepare_rows_vnni();
-            ASSERT_TRUE(acts.rows_vnni);
+            if (wt == GType::q8_0) {
+                acts.prepare_rows_vnni();
+                ASSERT_TRUE(acts.rows_vnni);
+            } else {
+                acts.prepare_rows_q4_0();
+                ASSERT_TRUE(acts.rows_q4);
+            }
             std::vector<float> want(N * out), want2(N * out);  // single-row dots: AVX-512 VNNI, AVX2
             for (Isa cap : {Isa::avx512, Isa::avx2}) {
                 const Isa prev = set_isa_cap(cap);
@@ -352,6 +357,7 @@ TEST(GgmlQuants, Q8_0VnniRowsEqualSingleRowDotsBitForBit) {
             GActs one;
             one.build(GType::q8_0, x.data() + (N - 1) * in, 1, in);
             one.prepare_rows_vnni();
+            one.prepare_rows_q4_0();
             std::vector<float> y1(out);
             ggml_matmul_rows(y1.data(), out, one, wq.data(), wt, wb, 1, 0, out, false);
             for (int64_t o = 0; o < out; ++o) ASSERT_EQ(bits(y1[o]), bits(want[(N - 1) * out + o])) << "o=" << o;

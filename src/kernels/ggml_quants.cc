@@ -715,7 +715,7 @@ float vec_dot_bf16_f32(int64_t n, const void* w, const void* a) { return dot1(GT
 // ---------------------------------------------------------------- matmul
 
 void GActs::build(GType act, const float* x, int64_t n, int64_t i) {
-    type = act, N = n, in = i, rows_vnni = rows_amx = false;
+    type = act, N = n, in = i, rows_vnni = rows_amx = rows_q4 = false;
     row_bytes = gtype_row_bytes(act, i);
     if ((int64_t)buf.size() < N * row_bytes) buf.resize(N * row_bytes);
     uint8_t* dst = buf.data();
@@ -747,6 +747,17 @@ void GActs::prepare_rows_vnni(bool amx_ok) {
     rows_vnni = true;
 }
 
+void GActs::prepare_rows_q4_0() {
+    rows_q4 = false;
+    if (type != GType::q8_0 || !detail::q8_0_rows_vnni_supported()) return;
+    const int64_t sp = (in / 32 + 1) / 2;
+    if ((int64_t)q4x.size() < N * sp * 64) q4x.resize(N * sp * 64);
+    if ((int64_t)q4c.size() < N * sp * 16) q4c.resize(N * sp * 16);
+    if ((int64_t)q4s.size() < N * sp * 16) q4s.resize(N * sp * 16);
+    detail::q4_0_rows_acts(buf.data(), row_bytes, N, in, q4x.data(), q4c.data(), q4s.data());
+    rows_q4 = true;
+}
+
 // Output rows are taken 16 at a time (their bytes stay in L1/L2) and every group of 4
 // activation rows passes over them: a weight row is unpacked once per 4 activation rows, and
 // with N <= 4 (decode) read from memory exactly once.
@@ -757,21 +768,27 @@ void ggml_matmul_rows(float* y, int64_t ys, const GActs& acts, const void* w, GT
         detail::q8_0_rows_amx(y, ys, acts.qu.data(), acts.s16.data(), acts.in, w, row_stride, N, o0, o1, accumulate);
         return;
     }
-    // Q4_0 from 2 rows on: with one row its 512-bit kernel (nibble unpacking, more shuffles on the
-    // one 512-bit shuffle port) is 10% slower than the 256-bit row dots, with 2 / 3 / 4 rows 1.15 /
-    // 1.35 / 1.45x faster (1024 x 1024 in L2, thread CPU time, AVX-512 VNNI Xeon); the same bits
-    if (((t == GType::q8_0 && !acts.rows_amx) || (t == GType::q4_0 && N >= 2 && !acts.rows_amx)) && acts.rows_vnni && acts.N >= N &&
-        detail::q8_0_rows_vnni_supported()) {
-        // groups of 8 rows (the single-row dots' bits); with several groups, tiles of 8 output rows
-        // (in L1) that every group passes over: each weight read from memory once per call
-        constexpr int64_t kRows = 8;
-        const auto kernel = t == GType::q8_0 ? detail::q8_0_rows_vnni : detail::q4_0_rows_vnni;
-        const int64_t tile = N <= kRows ? o1 - o0 : 8;
+    // groups of 8 rows (the single-row dots' bits); with several groups, tiles of 8 output rows
+    // (in L1) that every group passes over: each weight read from memory once per call
+    constexpr int64_t kRows = 8;
+    const int64_t tile = N <= kRows ? o1 - o0 : 8;
+    if (t == GType::q8_0 && !acts.rows_amx && acts.rows_vnni && acts.N >= N && detail::q8_0_rows_vnni_supported()) {
         for (int64_t t0 = o0; t0 < o1; t0 += tile) {
             const int64_t t1 = std::min(o1, t0 + tile);
             for (int64_t n0 = 0; n0 < N; n0 += kRows)
-                kernel(y, ys, acts.qu.data(), acts.s16.data(), acts.in, w, row_stride, n0, (int)std::min(kRows, N - n0),
-                       t0, t1, accumulate);
+                detail::q8_0_rows_vnni(y, ys, acts.qu.data(), acts.s16.data(), acts.in, w, row_stride, n0,
+                                       (int)std::min(kRows, N - n0), t0, t1, accumulate);
+        }
+        return;
+    }
+    // Q4_0, one row included (nibbles as vpdpbusd's unsigned operand: 2.x the 256-bit row dots'
+    // speed on one row; the same bits)
+    if (t == GType::q4_0 && acts.rows_q4 && acts.N >= N && detail::q8_0_rows_vnni_supported()) {
+        for (int64_t t0 = o0; t0 < o1; t0 += tile) {
+            const int64_t t1 = std::min(o1, t0 + tile);
+            for (int64_t n0 = 0; n0 < N; n0 += kRows)
+                detail::q4_0_rows_vnni(y, ys, acts.q4x.data(), acts.q4c.data(), acts.q4s.data(), acts.in, w, row_stride,
+                                       n0, (int)std::min(kRows, N - n0), t0, t1, accumulate);
         }
         return;
     }
@@ -866,7 +883,8 @@ void ggml_matmul(float* y, const float* x, const void* w, GType t, int64_t row_s
     if (N <= 0 || OUT <= 0) return;
     acts.build(gtype_act(t), x, N, IN);
     if (N > kGgmlGemvMaxN && amx_tiles_active(t)) return ggml_matmul_amx(y, w, t, row_stride, N, OUT, IN, accumulate, acts);
-    if ((t == GType::q8_0 || t == GType::q4_0) && N <= kGgmlGemvMaxN) acts.prepare_rows_vnni(t == GType::q8_0);
+    if (t == GType::q8_0 && N <= kGgmlGemvMaxN) acts.prepare_rows_vnni();
+    if (t == GType::q4_0 && N <= kGgmlGemvMaxN) acts.prepare_rows_q4_0();
     if (N > kGgmlGemvMaxN && vnni_tiles_active(t))
         return ggml_matmul_tiles(y, w, t, row_stride, N, OUT, IN, accumulate, acts);
     const GActs* a = &acts;  // the caller's object, for the workers

@@ -109,11 +109,18 @@ struct GActs {
     std::vector<uint8_t> qu;
     std::vector<float> s16;
     bool rows_vnni = false, rows_amx = false;
+    // the same rows for Q4_0 weights (ggml_rows_vnni.h, q4_0_rows_acts): x in the nibbles' order,
+    // the offsets -8 * sum, the scales; rows_q4 once filled
+    std::vector<int8_t> q4x;
+    std::vector<int32_t> q4c;
+    std::vector<float> q4s;
+    bool rows_q4 = false;
     void build(GType act, const float* x, int64_t N, int64_t in);
     void prepare_tiles(int32_t c = 0);  // fills xp, xs, am, xo (q8_0 / q8_k activations; AVX-512 hosts)
     // fills qu, s16 (q8_0 activations) where the host has the kernel; amx_ok: only Q8_0 weights read
     // them (the AMX rows layout is Q8_0-only, the VNNI one serves Q4_0 too)
     void prepare_rows_vnni(bool amx_ok = true);
+    void prepare_rows_q4_0();  // fills q4x, q4c, q4s (q8_0 activations) where the host has the kernel
     const uint8_t* row(int64_t n) const { return buf.data() + n * row_bytes; }
 };
 

@@ -42,17 +42,11 @@ KFN inline __m512i offset_of(__m512i wv) {
                             _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80), wv));
 }
 
-// one block's 32 weights as signed bytes in value order: Q8_0 as stored; Q4_0 the low nibbles
-// (values 0..15) then the high ones (16..31), minus 8 (ggml_quants_kern.inc's q4_0_bytes)
+// one Q8_0 block's 32 weights (signed bytes in value order)
 KFN inline __m256i block_bytes(const BlockQ8_0& b) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs)); }
-KFN inline __m256i block_bytes(const BlockQ4_0& b) {
-    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs)), m4 = _mm_set1_epi8(0xF);
-    return _mm256_sub_epi8(_mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4)),
-                           _mm256_set1_epi8(8));
-}
 
-// Block = BlockQ8_0 or BlockQ4_0 (both against q8_0 activations): every lane's int32 is the exact
-// sum of its 4 products w * x (w in [-127, 127] or [-8, 7]), as the single-row kernels' lanes are
+// Block = BlockQ8_0 (against q8_0 activations): every lane's int32 is the exact sum of its 4
+// products w * x (w in [-127, 127]), as the single-row kernels' lanes are
 template <class Block, int NR>
 KFN void rows_t(float* y, int64_t ys, const uint8_t* qu, const float* s16, int64_t in, const uint8_t* w,
                 int64_t row_stride, int64_t n0, int64_t o0, int64_t o1, bool accumulate) {
@@ -101,6 +95,67 @@ KFN void rows_t(float* y, int64_t ys, const uint8_t* qu, const float* s16, int64
     }
 }
 
+// Q4_0 weights (q4_0_rows_acts' layout): the nibbles u = w + 8 (0..15) are vpdpbusd's unsigned
+// operand as loaded, the activations x its signed one, and the accumulator starts at the
+// activations' -8 * (sum of each lane's 4 bytes): the exact sum of w * x per lane, as the
+// single-row kernels' lanes. No unpacking to signed bytes, no sign trick, one pair's scales
+// converted in one instruction: per pair and row one load of x, one of the offsets, one of the
+// activation scales. The pair's bytes [qs0 | qs1] give the nibbles in the order [b0 values 0-15,
+// b1 values 0-15, b0 values 16-31, b1 values 16-31] (lows then highs), which the activations
+// follow; the accumulator's 128-bit quarters hold (b0 lanes 0-3, b1 lanes 0-3, b0 lanes 4-7,
+// b1 lanes 4-7) and are put back in the single-row kernels' order (even blocks, odd blocks)
+// before their final sum.
+template <int NR>
+KFN void rows_q4_t(float* y, int64_t ys, const int8_t* xq, const int32_t* xc, const float* xs, int64_t in,
+                   const uint8_t* w, int64_t row_stride, int64_t n0, int64_t o0, int64_t o1, bool accumulate) {
+    const int64_t nb = in / 32, pairs = nb / 2, sp = (nb + 1) / 2;
+    constexpr int64_t kBlock = sizeof(BlockQ4_0);  // 18: the fp16 scale, then 16 bytes of nibbles
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    // the pair's scales, words 0 (b0) and 9 (b1) of its first 32 bytes, spread to the quarters
+    const __m256i sidx = _mm256_setr_epi16(0, 0, 0, 0, 9, 9, 9, 9, 0, 0, 0, 0, 9, 9, 9, 9);
+    for (int64_t o = o0; o < o1; ++o) {
+        const uint8_t* wr = w + o * row_stride;
+        __m512 acc[NR];
+        for (int j = 0; j < NR; ++j) acc[j] = _mm512_setzero_ps();
+        for (int64_t p = 0; p < pairs; ++p) {
+            const uint8_t* b0 = wr + p * 2 * kBlock;
+            // the stream 4 KB ahead: pairs of 36 bytes, so the line of each pair's last byte covers
+            // every line (a row's first line is the previous row's stream)
+            _mm_prefetch(reinterpret_cast<const char*>(b0) + 4096 + 2 * kBlock - 1, _MM_HINT_T0);
+            const __m256i q = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 2))),
+                _mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + kBlock + 2)), 1);
+            const __m512i u = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1), m4);
+            const __m512 wsv =
+                _mm512_cvtph_ps(_mm256_permutexvar_epi16(sidx, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0))));
+            for (int j = 0; j < NR; ++j) {
+                const int64_t k = (n0 + j) * sp + p;
+                const __m512i is = _mm512_dpbusd_epi32(_mm512_loadu_si512(xc + k * 16), u, _mm512_loadu_si512(xq + k * 64));
+                const __m512 sc = _mm512_mul_ps(wsv, _mm512_loadu_ps(xs + k * 16));
+                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), sc, acc[j]);
+            }
+        }
+        if (nb & 1) {  // a lone last block: its quarters alone (0 and 2), as the single-row kernels add it
+            const BlockQ4_0& b = reinterpret_cast<const BlockQ4_0*>(wr)[nb - 1];
+            const __m256i q = _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs)));
+            const __m512i u = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1), m4);
+            const __m512 wsv = _mm512_set1_ps(h2f(b.d));
+            for (int j = 0; j < NR; ++j) {
+                const int64_t k = (n0 + j) * sp + pairs;
+                const __m512i is = _mm512_dpbusd_epi32(_mm512_loadu_si512(xc + k * 16), u, _mm512_loadu_si512(xq + k * 64));
+                const __m512 sc = _mm512_mul_ps(wsv, _mm512_loadu_ps(xs + k * 16));
+                acc[j] = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(is), sc, acc[j], 0x0F0F);  // b1's quarters kept
+            }
+        }
+        for (int j = 0; j < NR; ++j) {
+            const __m512 a = _mm512_shuffle_f32x4(acc[j], acc[j], _MM_SHUFFLE(3, 1, 2, 0));  // even | odd blocks
+            const float s = hsum_ps(_mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1)));
+            float& d = y[(n0 + j) * ys + o];
+            d = accumulate ? d + s : s;
+        }
+    }
+}
+
 }  // namespace
 
 KFN void q8_0_rows_acts(const uint8_t* rows, int64_t row_bytes, int64_t N, int64_t in, uint8_t* qu, float* s16) {
@@ -114,6 +169,32 @@ KFN void q8_0_rows_acts(const uint8_t* rows, int64_t row_bytes, int64_t N, int64
             _mm256_storeu_ps(s16 + (n * sp + b / 2) * 16 + (b % 2) * 8, _mm256_set1_ps(h2f(a[b].d)));
         }
         if (nb & 1) _mm256_storeu_ps(s16 + (n * sp + nb / 2) * 16 + 8, _mm256_setzero_ps());
+    }
+}
+
+KFN void q4_0_rows_acts(const uint8_t* rows, int64_t row_bytes, int64_t N, int64_t in, int8_t* xq, int32_t* xc,
+                        float* xs) {
+    const int64_t nb = in / 32, sp = (nb + 1) / 2;
+    const __m512i eight = _mm512_set1_epi8(8);
+    for (int64_t n = 0; n < N; ++n) {
+        const BlockQ8_0* a = reinterpret_cast<const BlockQ8_0*>(rows + n * row_bytes);
+        for (int64_t p = 0; p < sp; ++p) {
+            const BlockQ8_0& b0 = a[2 * p];
+            const bool lone = 2 * p + 1 == nb;
+            const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0.qs));
+            const __m256i x1 =
+                lone ? _mm256_setzero_si256() : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[2 * p + 1].qs));
+            // [b0 values 0-15, b1 values 0-15, b0 values 16-31, b1 values 16-31]
+            const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_permute2x128_si256(x0, x1, 0x20)),
+                                                 _mm256_permute2x128_si256(x0, x1, 0x31), 1);
+            const int64_t k = n * sp + p;
+            _mm512_storeu_si512(xq + k * 64, v);
+            _mm512_storeu_si512(xc + k * 16, _mm512_sub_epi32(_mm512_setzero_si512(),
+                                                                _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, v)));
+            const __m128 d0 = _mm_set1_ps(h2f(b0.d)), d1 = lone ? _mm_setzero_ps() : _mm_set1_ps(h2f(a[2 * p + 1].d));
+            const __m256 h = _mm256_insertf128_ps(_mm256_castps128_ps256(d0), d1, 1);
+            _mm512_storeu_ps(xs + k * 16, _mm512_insertf32x8(_mm512_castps256_ps512(h), h, 1));
+        }
     }
 }
 
@@ -137,9 +218,19 @@ void q8_0_rows_vnni(float* y, int64_t ys, const uint8_t* qu, const float* s16, i
     rows_nr<BlockQ8_0>(y, ys, qu, s16, in, static_cast<const uint8_t*>(w), row_stride, n0, nr, o0, o1, accumulate);
 }
 
-void q4_0_rows_vnni(float* y, int64_t ys, const uint8_t* qu, const float* s16, int64_t in, const void* w,
-                    int64_t row_stride, int64_t n0, int nr, int64_t o0, int64_t o1, bool accumulate) {
-    rows_nr<BlockQ4_0>(y, ys, qu, s16, in, static_cast<const uint8_t*>(w), row_stride, n0, nr, o0, o1, accumulate);
+void q4_0_rows_vnni(float* y, int64_t ys, const int8_t* xq, const int32_t* xc, const float* xs, int64_t in,
+                    const void* w, int64_t row_stride, int64_t n0, int nr, int64_t o0, int64_t o1, bool accumulate) {
+    const uint8_t* wb = static_cast<const uint8_t*>(w);
+    switch (nr) {
+        case 8: return rows_q4_t<8>(y, ys, xq, xc, xs, in, wb, row_stride, n0, o0, o1, accumulate);
+        case 7: return rows_q4_t<7>(y, ys, xq, xc, xs, in, wb, row_stride, n0, o0, o1, accumulate);
+        case 6: return rows_q4_t<6>(y, ys, xq, xc, xs, in, wb, row_stride, n0, o0, o1, accumulate);
+        case 5: return rows_q4_t<5>(y, ys, xq, xc, xs, in, wb, row_stride, n0, o0, o1, accumulate);
+        case 4: return rows_q4_t<4>(y, ys, xq, xc, xs, in, wb, row_stride, n0, o0, o1, accumulate);
+        case 3: return rows_q4_t<3>(y, ys, xq, xc, xs, in, wb, row_stride, n0, o0, o1, accumulate);
+        case 2: return rows_q4_t<2>(y, ys, xq, xc, xs, in, wb, row_stride, n0, o0, o1, accumulate);
+        default: return rows_q4_t<1>(y, ys, xq, xc, xs, in, wb, row_stride, n0, o0, o1, accumulate);
+    }
 }
 
 #undef KFN

@@ -1,7 +1,7 @@
 #pragma once
 // Decode GEMV of Q8_0 and Q4_0 weights on AVX-512 VNNI hosts (ggml_rows_vnni.cc): up to 8 activation
 // rows per pass over a weight row, one 512-bit vpdpbusd per two blocks and row (Q4_0's nibbles
-// unpacked to signed bytes in registers, once for all the rows). For ggml_quants.cc's
+// taken as unsigned bytes, the offset of 8 carried by the activations). For ggml_quants.cc's
 // dispatch only: call after q8_0_rows_vnni_supported().
 #include <cstdint>
 
@@ -21,9 +21,17 @@ void q8_0_rows_acts(const uint8_t* rows, int64_t row_bytes, int64_t N, int64_t i
 // lanes, odd blocks in the high 8), the same final sum.
 void q8_0_rows_vnni(float* y, int64_t ys, const uint8_t* qu, const float* s16, int64_t in, const void* w,
                     int64_t row_stride, int64_t n0, int nr, int64_t o0, int64_t o1, bool accumulate);
-// The same for Q4_0 weights (the activations of q8_0_rows_acts): the bits of row_dots(q4_0)
-void q4_0_rows_vnni(float* y, int64_t ys, const uint8_t* qu, const float* s16, int64_t in, const void* w,
-                    int64_t row_stride, int64_t n0, int nr, int64_t o0, int64_t o1, bool accumulate);
+// Q4_0 weights: the activation rows in their own layout (q4_0_rows_acts), sp = (in / 32 + 1) / 2
+// pairs of blocks per row; per pair k = n * sp + p: xq + k * 64 the two blocks' 64 signed bytes in
+// the order [b0 values 0-15, b1 values 0-15, b0 values 16-31, b1 values 16-31] (the order of the
+// weights' nibbles, lows then highs, as a pair's 32 bytes give them), xc + k * 16 per 4 of those
+// bytes -8 * their sum (int32: the weights' offset of 8), xs + k * 16 the scales (b0, b1, b0, b1)
+// 4 lanes each (a lone last block: b1's bytes, offsets and scales 0).
+void q4_0_rows_acts(const uint8_t* rows, int64_t row_bytes, int64_t N, int64_t in, int8_t* xq, int32_t* xc, float* xs);
+// The same rows as q8_0_rows_vnni for Q4_0 weights, with the bits of row_dots(q4_0) (the nibbles
+// are vpdpbusd's unsigned operand as stored: each lane's int32 is still the exact sum of its w * x).
+void q4_0_rows_vnni(float* y, int64_t ys, const int8_t* xq, const int32_t* xc, const float* xs, int64_t in,
+                    const void* w, int64_t row_stride, int64_t n0, int nr, int64_t o0, int64_t o1, bool accumulate);
 
 // ---- AMX-INT8 decode rows (ggml_rows_amx.cc), used instead of the above where
 // q8_0_rows_amx_supported() (active_isa() >= amx). Their arithmetic is the "block order" of the

@@ -667,7 +667,7 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
     for (const QOut& o : outs) {
         MOE_ASSERT(o.w.in == outs.begin()->w.in);
         total += o.w.out, bytes += o.w.bytes(), q8 = q8 || o.w.type == WType::q8;
-        q8_0 = q8_0 || o.w.type == WType::q8_0 || o.w.type == WType::q4_0;  // the VNNI rows kernels
+        q8_0 = q8_0 || o.w.type == WType::q8_0;  // the VNNI / AMX rows kernels
         q4_0 = q4_0 || o.w.type == WType::q4_0;
         if (ggml_rows(o.w.type)) {
             const GType a = gtype_act(ggml_type(o.w.type));
@@ -684,7 +684,8 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
     }
     thread_local GActs ga[3];  // the same for the ggml types' activation types
     if (act[0]) ga[0].build(GType::q8_0, x, N, in);
-    if (q8_0) ga[0].prepare_rows_vnni(!q4_0);  // the Q8_0 multi-row kernel's layout (VNNI hosts)
+    if (q8_0) ga[0].prepare_rows_vnni();  // the Q8_0 multi-row kernels' layout (VNNI or AMX hosts)
+    if (q4_0) ga[0].prepare_rows_q4_0();  // Q4_0's (VNNI hosts)
     if (act[1]) ga[1].build(GType::q8_k, x, N, in);
     if (act[2]) ga[2].build(GType::f32, x, N, in);
     const QActs* qx = &qa;  // this thread's copy (naming `qa` on a worker would mean the worker's)
