@@ -49,7 +49,7 @@ std::vector<float> run(Isa cap, const QMatrix& m, const std::vector<float>& x, i
 
 TEST(AmxQ8, GgmlTilesEqualVnniTilesBitForBit) {
     if (!amx_here()) GTEST_SKIP() << "no AMX-INT8 here: " << host_description();
-    for (WType t : {WType::q8_0, WType::q4_0, WType::q4_k, WType::q5_k}) {
+    for (WType t : {WType::q8_0, WType::q4_0, WType::q4_k, WType::q5_k, WType::q6_k}) {
         const bool k = gtype_block(ggml_type(t)) == 256;
         for (int64_t in : k ? std::vector<int64_t>{256, 768} : std::vector<int64_t>{32, 320})
             for (int64_t out : {13, 70}) {
@@ -74,7 +74,7 @@ TEST(AmxQ8, GgmlTilesEqualVnniTilesBitForBit) {
     moe::set_num_threads(0);
 }
 
-// int8 (whose other prefill is the fp32 GEMM) and q6_k (the row dots) against the double
+// int8 (whose other prefill is the fp32 GEMM) and q6_k against the double
 // reference: fp32 sums over the blocks, the rounding growing as sqrt(in)
 TEST(AmxQ8, Int8AndQ6KMatchReference) {
     if (!amx_here()) GTEST_SKIP() << "no AMX-INT8 here: " << host_description();

@@ -833,6 +833,16 @@ static void ggml_matmul_tiles(float* y, const void* w, GType t, int64_t row_stri
     detail::TileActs xa;
     xa.xp = acts.xp.data(), xa.xs = acts.xs.data(), xa.am = acts.am.data();
     xa.xo = c != 0 ? acts.xo.data() : nullptr, xa.sb = acts.type == GType::q8_k;
+    if (t == GType::q6_k) {  // the offset of 32 per 16-value group, in integers
+        const int64_t G = (N + 3) / 4, nG = IN / 16;
+        if ((int64_t)acts.xo.size() < G * nG * 4) acts.xo.resize(G * nG * 4);
+        const GActs* a = &acts;
+        int32_t* xo16 = acts.xo.data();
+        parallel_for(0, G, 4, [&](int64_t g0, int64_t g1) {
+            detail::pack_tile_q6_offsets(a->buf.data(), a->row_bytes, N, IN, g0, g1, xo16);
+        });
+        xa.xo16 = xo16;
+    }
     const int64_t tiles = (OUT + 31) / 32, bytes = detail::tile_scratch_bytes(IN) + 64;
     parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
         thread_local std::vector<uint8_t> scratch;  // this thread's tile (grown once)

@@ -30,13 +30,21 @@ struct TileActs {
     const float* am = nullptr;
     const int32_t* xo = nullptr;  // null for the K-quants
     bool sb = false;
+    // Q6_K weights (16-value groups, q8_k activations): per (g, 16-value group G, j) at
+    // [(g * in / 16 + G) * 4 + j] -32 * the sum of the group's 16 values (pack_tile_q6_offsets); null
+    // for the other types
+    const int32_t* xo16 = nullptr;
 };
 // packs groups [g0, g1) of the activation rows (q8_0 or q8_k, row_bytes apart) into the buffers
 // above (TileActs' pointers, writable); c as for xo (0: xo not written)
 void pack_tile_acts(const uint8_t* rows, int64_t row_bytes, GType act, int64_t N, int64_t in, int32_t c, int64_t g0,
                     int64_t g1, uint8_t* xp, float* xs, float* am, int32_t* xo);
-bool tiles_supported(GType w);  // q8_0, q4_0, q4_k, q5_k
-// A tile of 32 weight rows (rows [nr, 32) zero) in the layout above: per 32-value sub-block b,
+bool tiles_supported(GType w);  // q8_0, q4_0, q4_k, q5_k, q6_k
+// TileActs::xo16 for groups [g0, g1) of q8_k activation rows (from their per-16 sums)
+void pack_tile_q6_offsets(const uint8_t* rows, int64_t row_bytes, int64_t N, int64_t in, int64_t g0, int64_t g1,
+                          int32_t* xo16);
+// A tile of 32 weight rows (rows [nr, 32) zero) in the layout above (not q6_k: its tile has 16-value
+// groups, ggml_quants_x86.cc's unpack_tile_q6_k): per 32-value sub-block b,
 // 1024 bytes at wq + b * 1024 (the 4-byte group k of row r at k * 128 + r * 4) of unsigned u, with
 // ws, wm at [b * 32 + r] (w = ws * u - wm). Also the AMX prefill's weights (kernels/amx_q8.cc).
 void unpack_tile_vnni(GType w, const uint8_t* rows, int64_t row_stride, int nr, int64_t nsb, uint8_t* wq, float* ws,

@@ -207,6 +207,48 @@ KT void unpack_tile(GType t, const uint8_t* w, int64_t row_stride, int nr, int64
     }
 }
 
+// Q6_K rows (rows [nr, 32) zero) in the same layout with 16-value groups: the values u = q (0..63,
+// w = d sc_G (u - 32)) of 32-value chunk b at wq + b * 1024 as above, so group G (16 values) is the
+// 4-byte words k = 0..3 at wq + G * 512; ws[G * 32 + r] = d sc_G (the offset 32 is carried by the
+// activations in integers: pack_tile_q6_offsets). kernels/amx_q8.cc's unpack_q6_k reads the bits
+// the same way (it stores u - 32).
+KT void unpack_tile_q6_k(const uint8_t* w, int64_t row_stride, int nr, int64_t nsuper, uint8_t* wq, float* ws) {
+    const __m256i m4 = _mm256_set1_epi8(0xF), m3 = _mm256_set1_epi8(3);
+    for (int r0 = 0; r0 < kTileRows; r0 += 8)
+        for (int64_t s = 0; s < nsuper; ++s)
+            for (int h = 0; h < 2; ++h) {
+                __m256i q[4][8];
+                for (int i = 0; i < 8; ++i) {
+                    const int r = r0 + i;
+                    if (r >= nr) {
+                        for (int k = 0; k < 4; ++k) q[k][i] = _mm256_setzero_si256();
+                        for (int g = 0; g < 8; ++g) ws[(s * 16 + 8 * h + g) * kTileRows + r] = 0.f;
+                        continue;
+                    }
+                    const BlockQ6_K& blk = reinterpret_cast<const BlockQ6_K*>(w + r * row_stride)[s];
+                    const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.ql + 64 * h));
+                    const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.ql + 64 * h + 32));
+                    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qh + 32 * h));
+                    // values 128 h + 32 k .. + 32: low / high nibbles of ql0 / ql1 and 2 bits of qh each
+                    q[0][i] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
+                    q[1][i] = _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
+                    q[2][i] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
+                    q[3][i] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
+                    const float d = h2f_t(blk.d);
+                    for (int g = 0; g < 8; ++g) ws[(s * 16 + 8 * h + g) * kTileRows + r] = d * (float)blk.scales[8 * h + g];
+                }
+                for (int k = 0; k < 4; ++k) {  // chunk 8 s + 4 h + k
+                    transpose_dwords8(q[k]);
+                    uint8_t* dst = wq + (s * 8 + 4 * h + k) * kTileSubBytes + 4 * r0;
+                    for (int kk = 0; kk < 8; ++kk)
+                        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + kk * 4 * kTileRows), q[k][kk]);
+                }
+            }
+}
+
 // acc (4 activation rows x 32 tile rows) += sub-blocks [b0, b1) of the tile times one packed group
 // of 4 activation rows (xp, xs, am, xo at the group's sub-block 0). SB (q8_k activations: one scale
 // per 256 values): the sub-blocks' int32 sums are scaled by ws into t and t by the activation scale
@@ -262,6 +304,44 @@ KT void tile_kernel(const uint8_t* wq, const float* ws, const float* wm, int64_t
     }
 }
 
+// Q6_K: acc (4 activation rows x 32 tile rows) += the tile's nG 16-value groups times one packed
+// group of 4 q8_k activation rows. Per group G the int32 sums start at -32 * (sum of its 16 x),
+// xo16[4 G + j] (so they are the exact sums of (u - 32) x), take 4 vpdpbusd per 16 tile rows, and
+// t += cvt(sums) * ws; at a super-block's end (16 groups) acc += t * xs. The AMX path's Q6_K
+// arithmetic (amx_q8.cc, Mode::q6) on the same operands in the same order.
+KT void tile_kernel_q6(const uint8_t* wq, const float* ws, int64_t nG, const uint8_t* xp, const float* xs,
+                       const int32_t* xo16, __m512 (&acc)[4][2]) {
+    constexpr int NR = 4;
+    __m512 t[NR][2];
+    for (int j = 0; j < NR; ++j) t[j][0] = t[j][1] = _mm512_setzero_ps();
+    for (int64_t G = 0; G < nG; ++G) {
+        __m512i is[NR][2];
+        for (int j = 0; j < NR; ++j) is[j][0] = is[j][1] = _mm512_set1_epi32(xo16[4 * G + j]);
+        const uint8_t* wb = wq + G * (kTileSubBytes / 2);
+        const int32_t* xb = reinterpret_cast<const int32_t*>(xp + G * 64);
+        _mm_prefetch(reinterpret_cast<const char*>(xb) + 1024, _MM_HINT_T0);
+        for (int k = 0; k < 4; ++k) {
+            const __m512i w0 = _mm512_load_si512(wb + 128 * k), w1 = _mm512_load_si512(wb + 128 * k + 64);
+            for (int j = 0; j < NR; ++j) {
+                const __m512i x = _mm512_set1_epi32(xb[4 * k + j]);
+                is[j][0] = _mm512_dpbusd_epi32(is[j][0], w0, x);
+                is[j][1] = _mm512_dpbusd_epi32(is[j][1], w1, x);
+            }
+        }
+        const __m512 s0 = _mm512_load_ps(ws + G * kTileRows), s1 = _mm512_load_ps(ws + G * kTileRows + 16);
+        for (int j = 0; j < NR; ++j) {
+            t[j][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[j][0]), s0, t[j][0]);
+            t[j][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[j][1]), s1, t[j][1]);
+            if (G % 16 == 15 || G + 1 == nG) {
+                const __m512 sx = _mm512_set1_ps(xs[4 * (G / 2) + j]);  // xs per 32-value chunk
+                acc[j][0] = _mm512_fmadd_ps(t[j][0], sx, acc[j][0]);
+                acc[j][1] = _mm512_fmadd_ps(t[j][1], sx, acc[j][1]);
+                t[j][0] = t[j][1] = _mm512_setzero_ps();
+            }
+        }
+    }
+}
+
 // activation rows [4g, 4g + nr) (nr <= 4; the group's other rows are zero padding) x the tile
 KT void tile_rows(float* y, int64_t ys, const TileActs& xa, int64_t g, int nr, int nr_out, const uint8_t* wq,
                   const float* ws, const float* wm, int64_t nsb, bool accumulate) {
@@ -282,7 +362,8 @@ KT void tile_rows(float* y, int64_t ys, const TileActs& xa, int64_t g, int nr, i
         acc[j][0] = load ? _mm512_maskz_loadu_ps(k0, yr) : _mm512_setzero_ps();
         acc[j][1] = load ? _mm512_maskz_loadu_ps(k1, yr + 16) : _mm512_setzero_ps();
     }
-    if (xa.sb) tile_kernel<true, false>(wq, ws, wm, 0, nsb, xp, xs, am, xo, acc);
+    if (xa.xo16) tile_kernel_q6(wq, ws, 2 * nsb, xp, xs, xa.xo16 + g * nsb * 8, acc);
+    else if (xa.sb) tile_kernel<true, false>(wq, ws, wm, 0, nsb, xp, xs, am, xo, acc);
     else if (xo) tile_kernel<false, true>(wq, ws, wm, 0, nsb, xp, xs, am, xo, acc);
     else tile_kernel<false, false>(wq, ws, wm, 0, nsb, xp, xs, am, xo, acc);
     for (int j = 0; j < nr; ++j) {
@@ -301,7 +382,22 @@ void unpack_tile_vnni(GType t, const uint8_t* rows, int64_t row_stride, int nr, 
     unpack_tile(t, rows, row_stride, nr, nsb, wq, ws, wm);
 }
 
-bool tiles_supported(GType t) { return t == GType::q8_0 || t == GType::q4_0 || t == GType::q4_k || t == GType::q5_k; }
+bool tiles_supported(GType t) {
+    return t == GType::q8_0 || t == GType::q4_0 || t == GType::q4_k || t == GType::q5_k || t == GType::q6_k;
+}
+
+void pack_tile_q6_offsets(const uint8_t* rows, int64_t row_bytes, int64_t N, int64_t in, int64_t g0, int64_t g1,
+                          int32_t* xo16) {
+    const int64_t nG = in / 16;
+    for (int64_t g = g0; g < g1; ++g)
+        for (int64_t G = 0; G < nG; ++G)
+            for (int j = 0; j < 4; ++j) {
+                const int64_t n = 4 * g + j;
+                int32_t v = 0;
+                if (n < N) v = -32 * reinterpret_cast<const BlockQ8_K*>(rows + n * row_bytes)[G / 16].bsums[G % 16];
+                xo16[(g * nG + G) * 4 + j] = v;
+            }
+}
 
 int64_t tile_scratch_bytes(int64_t in) { return in / 32 * (kTileSubBytes + 2 * kTileRows * (int64_t)sizeof(float)); }
 
@@ -362,7 +458,8 @@ void prefill_tiles_vnni(float* y, int64_t ys, const TileActs& xa, const void* w,
     const uint8_t* wb = static_cast<const uint8_t*>(w);
     for (int64_t r0 = o0; r0 < o1; r0 += kTileRows) {
         const int nr = (int)std::min<int64_t>(kTileRows, o1 - r0);
-        unpack_tile(t, wb + r0 * row_stride, row_stride, nr, nsb, wq, ws, wm);
+        if (t == GType::q6_k) unpack_tile_q6_k(wb + r0 * row_stride, row_stride, nr, in / 256, wq, ws);
+        else unpack_tile(t, wb + r0 * row_stride, row_stride, nr, nsb, wq, ws, wm);
         float* yt = y + r0;
         for (int64_t g = 0; 4 * g < N; ++g)
             tile_rows(yt, ys, xa, g, (int)std::min<int64_t>(4, N - 4 * g), nr, wq, ws, wm, nsb, accumulate);
