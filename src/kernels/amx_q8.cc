@@ -16,6 +16,7 @@
 #include "kernels/avx2_inline.h"
 #include "kernels/cpu.h"
 #include "kernels/ggml_quants_simd.h"
+#include "kernels/q6_k_bits.h"
 
 namespace moe::kernels::amx {
 
@@ -89,7 +90,7 @@ KA void make_signed(uint8_t* wq, int64_t nsb, int c) {
 // q6_k rows: the values q - 32 (signed) in 32-value chunks (two 16-value groups each: group G's 4-byte
 // words at wq + G * 512, 128 bytes per word index as in the 32-value layout), ws[G * 32 + r] = d * sc_G
 KA void unpack_q6_k(const uint8_t* w, int64_t row_stride, int nr, int64_t nsuper, uint8_t* wq, float* ws) {
-    const __m256i m4 = _mm256_set1_epi8(0xF), m3 = _mm256_set1_epi8(3), c32 = _mm256_set1_epi8(32);
+    const __m256i c32 = _mm256_set1_epi8(32);
     for (int r0 = 0; r0 < kRows; r0 += 8)
         for (int64_t s = 0; s < nsuper; ++s)
             for (int h = 0; h < 2; ++h) {
@@ -102,16 +103,7 @@ KA void unpack_q6_k(const uint8_t* w, int64_t row_stride, int nr, int64_t nsuper
                         continue;
                     }
                     const BlockQ6_K& blk = reinterpret_cast<const BlockQ6_K*>(w + r * row_stride)[s];
-                    const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.ql + 64 * h));
-                    const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.ql + 64 * h + 32));
-                    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qh + 32 * h));
-                    q[i][0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
-                    q[i][1] = _mm256_or_si256(_mm256_and_si256(ql1, m4),
-                                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
-                    q[i][2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
-                    q[i][3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
+                    detail::q6_k_half_values(blk, h, q[i]);
                     const float d = _cvtsh_ss(blk.d);
                     for (int g = 0; g < 8; ++g) ws[(s * 16 + 8 * h + g) * kRows + r] = d * (float)blk.scales[8 * h + g];
                 }

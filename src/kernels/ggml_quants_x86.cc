@@ -17,6 +17,7 @@
 
 #include "kernels/avx2_inline.h"
 #include "kernels/ggml_quants_simd.h"
+#include "kernels/q6_k_bits.h"
 
 namespace moe::kernels::detail {
 
@@ -213,7 +214,6 @@ KT void unpack_tile(GType t, const uint8_t* w, int64_t row_stride, int nr, int64
 // activations in integers: pack_tile_q6_offsets). kernels/amx_q8.cc's unpack_q6_k reads the bits
 // the same way (it stores u - 32).
 KT void unpack_tile_q6_k(const uint8_t* w, int64_t row_stride, int nr, int64_t nsuper, uint8_t* wq, float* ws) {
-    const __m256i m4 = _mm256_set1_epi8(0xF), m3 = _mm256_set1_epi8(3);
     for (int r0 = 0; r0 < kTileRows; r0 += 8)
         for (int64_t s = 0; s < nsuper; ++s)
             for (int h = 0; h < 2; ++h) {
@@ -226,17 +226,9 @@ KT void unpack_tile_q6_k(const uint8_t* w, int64_t row_stride, int nr, int64_t n
                         continue;
                     }
                     const BlockQ6_K& blk = reinterpret_cast<const BlockQ6_K*>(w + r * row_stride)[s];
-                    const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.ql + 64 * h));
-                    const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.ql + 64 * h + 32));
-                    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qh + 32 * h));
-                    // values 128 h + 32 k .. + 32: low / high nibbles of ql0 / ql1 and 2 bits of qh each
-                    q[0][i] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4));
-                    q[1][i] = _mm256_or_si256(_mm256_and_si256(ql1, m4),
-                                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4));
-                    q[2][i] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4));
-                    q[3][i] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));
+                    __m256i v[4];
+                    q6_k_half_values(blk, h, v);
+                    for (int k = 0; k < 4; ++k) q[k][i] = v[k];
                     const float d = h2f_t(blk.d);
                     for (int g = 0; g < 8; ++g) ws[(s * 16 + 8 * h + g) * kTileRows + r] = d * (float)blk.scales[8 * h + g];
                 }
