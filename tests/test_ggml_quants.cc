@@ -587,3 +587,44 @@ TEST(GgmlQuants, ModelLogitsTrackFp32) {
     }
     m.set_weight_type(WType::f32);
 }
+
+// The several-weight-rows decode dots (row_dots_w: one activation row against 2 or 4 weight rows
+// side by side) give every output the bits of the single-row dot, on each ISA; ggml_matmul at N = 1
+// (which takes them, with a tail of single rows) too.
+TEST(GgmlQuants, SeveralWeightRowsEqualSingleRowDotsBitForBit) {
+    const Isa prev = set_isa_cap(Isa::avx512);
+    struct Restore {
+        Isa cap;
+        ~Restore() { set_isa_cap(cap); }
+    } restore{prev};
+    int tested = 0;
+    for (Isa cap : {Isa::avx512, Isa::avx2})
+        for (GType wt : {GType::q4_k, GType::q5_k, GType::q6_k, GType::q8_0}) {
+            set_isa_cap(cap);
+            int rows = 0;
+            const RowDotsW dw = row_dots_w(wt, &rows);
+            if (!dw) continue;
+            ++tested;
+            const int64_t in = 768, out = 4 * rows + 3, wb = gtype_row_bytes(wt, in);
+            auto w = randv(out * in, 900 + (int)wt);
+            std::vector<uint8_t> wq(out * wb);
+            for (int64_t o = 0; o < out; ++o) quantize_row(wt, w.data() + o * in, wq.data() + o * wb, in);
+            auto x = randv(in, 901);
+            GActs acts;
+            acts.build(gtype_act(wt), x.data(), 1, in);
+            std::vector<float> want(out), got(out), y(out, 0.5f);
+            for (int64_t o = 0; o < out; ++o) row_dots(wt)(in, wq.data() + o * wb, acts.row(0), acts.row_bytes, 1, &want[o]);
+            for (int64_t o = 0; o + rows <= out; o += rows) dw(in, wq.data() + o * wb, wb, acts.row(0), &got[o]);
+            for (int64_t o = 0; o < out / rows * rows; ++o)
+                ASSERT_EQ(bits(got[o]), bits(want[o])) << gtype_name(wt) << " isa=" << isa_name(cap) << " o=" << o;
+            for (int threads : {1, 2}) {
+                moe::set_num_threads(threads);
+                GActs ga;
+                ggml_matmul(y.data(), x.data(), wq.data(), wt, wb, 1, out, in, false, ga);
+                for (int64_t o = 0; o < out; ++o)
+                    ASSERT_EQ(bits(y[o]), bits(want[o])) << gtype_name(wt) << " ggml_matmul o=" << o << " threads=" << threads;
+            }
+            moe::set_num_threads(0);
+        }
+    if (tested == 0) GTEST_SKIP() << "no several-rows kernel on this host (no AVX2)";
+}

@@ -699,6 +699,16 @@ RowDots row_dots(GType t) {
     return row_dots_ref(t);
 }
 
+RowDotsW row_dots_w(GType t, int* rows) {
+    const CpuFeatures& f = cpu_features();
+    *rows = 1;
+    // the same ISA choice as row_dots, so that each output keeps row_dots' bits
+    if (vnni_row_dots_active()) return detail::row_dots_avx512vnni(t) ? detail::row_dots_w_avx512vnni(t, rows) : nullptr;
+    if (active_isa() >= Isa::avx2 && f.f16c)
+        return detail::row_dots_avx2(t) ? detail::row_dots_w_avx2(t, rows) : nullptr;
+    return nullptr;
+}
+
 static float dot1(GType t, int64_t n, const void* w, const void* a) {
     float r;
     row_dots(t)(n, w, a, 0, 1, &r);
@@ -796,6 +806,22 @@ void ggml_matmul_rows(float* y, int64_t ys, const GActs& acts, const void* w, GT
     const uint8_t* wb = static_cast<const uint8_t*>(w);
     constexpr int64_t kTile = 16, kGroup = 4;
     float r[kGroup];
+    int nw = 1;
+    const RowDotsW dots_w = N == 1 ? row_dots_w(t, &nw) : nullptr;
+    if (dots_w) {  // one activation row: nw weight rows side by side, then one at a time
+        float rw[8];
+        MOE_ASSERT(nw <= 8);
+        int64_t o = o0;
+        for (; o + nw <= o1; o += nw) {
+            dots_w(acts.in, wb + o * row_stride, row_stride, acts.row(0), rw);
+            for (int k = 0; k < nw; ++k) y[o + k] = accumulate ? y[o + k] + rw[k] : rw[k];
+        }
+        for (; o < o1; ++o) {
+            dots(acts.in, wb + o * row_stride, acts.row(0), acts.row_bytes, 1, r);
+            y[o] = accumulate ? y[o] + r[0] : r[0];
+        }
+        return;
+    }
     for (int64_t ob = o0; ob < o1; ob += kTile) {
         const int64_t oe = std::min(o1, ob + kTile);
         for (int64_t n0 = 0; n0 < N; n0 += kGroup) {

@@ -82,6 +82,11 @@ void quantize_act_row(GType act, const float* x, void* y, int64_t n);
 using RowDots = void (*)(int64_t n, const void* w, const void* a, int64_t a_stride, int nr, float* out);
 RowDots row_dots(GType w);
 RowDots row_dots_ref(GType w);  // the scalar twin (per block the exact integer sum, then double)
+// One activation row against *rows weight rows at once (w_stride bytes apart; out[r]), each output
+// the bits of row_dots(w) with nr = 1: independent chains side by side for decode. nullptr where
+// the type or ISA has none.
+using RowDotsW = void (*)(int64_t n, const void* w, int64_t w_stride, const void* a, float* out);
+RowDotsW row_dots_w(GType w, int* rows);
 // The single-row dots, ggml's vec_dot_<w>_<a>
 float vec_dot_q8_0_q8_0(int64_t n, const void* w, const void* a);
 float vec_dot_q4_0_q8_0(int64_t n, const void* w, const void* a);

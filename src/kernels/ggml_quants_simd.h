@@ -16,6 +16,8 @@ void quantize_q8_k_avx512(const float* x, void* y, int64_t n);
 // nullptr where the type has no kernel on that ISA
 RowDots row_dots_avx2(GType w);
 RowDots row_dots_avx512vnni(GType w);
+RowDotsW row_dots_w_avx2(GType w, int* rows);
+RowDotsW row_dots_w_avx512vnni(GType w, int* rows);
 
 // Prefill tiles (AVX-512 VNNI; ggml_quants_x86.cc): activation rows packed once per call in the
 // order the tiles read them, groups of 4 rows (the last padded with zero rows): for group g and

@@ -37,6 +37,8 @@ constexpr bool kVnni = true;
 
 RowDots row_dots_avx2(GType w) { return avx2::row_dots(w); }
 RowDots row_dots_avx512vnni(GType w) { return avx512::row_dots(w); }
+RowDotsW row_dots_w_avx2(GType w, int* rows) { return avx2::row_dots_w(w, rows); }
+RowDotsW row_dots_w_avx512vnni(GType w, int* rows) { return avx512::row_dots_w(w, rows); }
 
 #define KFN __attribute__((target("avx2,fma,f16c")))
 
