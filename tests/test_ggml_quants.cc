@@ -599,13 +599,15 @@ TEST(GgmlQuants, SeveralWeightRowsEqualSingleRowDotsBitForBit) {
     } restore{prev};
     int tested = 0;
     for (Isa cap : {Isa::avx512, Isa::avx2})
-        for (GType wt : {GType::q4_k, GType::q5_k, GType::q6_k, GType::q8_0}) {
+        for (GType wt : {GType::q4_k, GType::q5_k, GType::q6_k, GType::q8_0, GType::f16, GType::bf16}) {
             set_isa_cap(cap);
             int rows = 0;
             const RowDotsW dw = row_dots_w(wt, &rows);
             if (!dw) continue;
             ++tested;
-            const int64_t in = 768, out = 4 * rows + 3, wb = gtype_row_bytes(wt, in);
+            // f16 / bf16: a tail of 8 values past the last 32 (their scalar steps)
+            const bool half = wt == GType::f16 || wt == GType::bf16;
+            const int64_t in = half ? 776 : 768, out = 4 * rows + 3, wb = gtype_row_bytes(wt, in);
             auto w = randv(out * in, 900 + (int)wt);
             std::vector<uint8_t> wq(out * wb);
             for (int64_t o = 0; o < out; ++o) quantize_row(wt, w.data() + o * in, wq.data() + o * wb, in);
