@@ -32,6 +32,9 @@ bool ggml_supported(GType t) {
 namespace {
 
 #define KA __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8")))
+// the same on a lambda inside a KA function (clang does not give a lambda its enclosing function's
+// target, GCC does; scripts/fuzz.sh builds with clang)
+#define KA_LAMBDA __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8")))
 
 constexpr int kRows = 32;               // weight rows per unpacked tile (two B tiles of 16)
 constexpr int64_t kSubBytes = 1024;     // one 32-value block of the unpacked tile
@@ -149,7 +152,7 @@ KA void tile_half(float* y, int64_t ys, int nr_act, __mmask16 kout, const int8_t
     MOE_REP16(MOE_INIT)
 #undef MOE_INIT
     const uint8_t* wb = wq + 64 * h;
-    auto post = [&](const int32_t* c, int64_t b) __attribute__((always_inline)) {
+    auto post = [&](const int32_t* c, int64_t b) KA_LAMBDA {
         const __m512 s = _mm512_load_ps(ws + b * kRows + 16 * h);
 #define MOE_STEP(m)                                                                                               \
     if constexpr (M == Mode::q)                                                                                   \

@@ -33,6 +33,9 @@
 namespace moe::kernels::detail {
 
 #define KA __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8")))
+// the same on a lambda inside a KA function (clang does not give a lambda its enclosing function's
+// target, GCC does; scripts/fuzz.sh builds with clang)
+#define KA_LAMBDA __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8")))
 
 bool q8_0_rows_amx_supported() { return q8_0_rows_vnni_supported() && amx::int8_active(); }
 
@@ -74,7 +77,7 @@ KA void q8_rows_acts_amx(const int8_t* q, const float* scales, int64_t N, int64_
 KA void q8_0_rows_acts_amx(const uint8_t* rows, int64_t row_bytes, int64_t N, int64_t in, uint8_t* qu, float* s16) {
     pack_rows_acts(N, in, qu, s16,
                    [&](int64_t r, int64_t b) { return reinterpret_cast<const BlockQ8_0*>(rows + r * row_bytes)[b].qs; },
-                   [&](int64_t r, int64_t b) { return _cvtsh_ss(reinterpret_cast<const BlockQ8_0*>(rows + r * row_bytes)[b].d); });
+                   [&](int64_t r, int64_t b) KA_LAMBDA { return _cvtsh_ss(reinterpret_cast<const BlockQ8_0*>(rows + r * row_bytes)[b].d); });
 }
 
 namespace {
@@ -256,7 +259,7 @@ KA void tile16(float* y, int64_t ys, int nr, int m, const uint8_t* xb, const flo
 #define MOE_INIT(r) __m512 a##r = accumulate ? v[r] : _mm512_setzero_ps();
     MOE_REP16(MOE_INIT)
 #undef MOE_INIT
-    auto post = [&](const int32_t* c, int64_t b) __attribute__((always_inline)) {
+    auto post = [&](const int32_t* c, int64_t b) KA_LAMBDA {
         prefetch_next<W::kBlk>(pf, pf_rows, wt.stride, b);
         const __m512 xv = _mm512_loadu_ps(xs + b * 16);
         _mm512_store_ps(wsa, wt.scales(sidx, b));
@@ -303,7 +306,7 @@ KA void tile_narrow(float* y, int64_t ys, int nr, int m, const uint8_t* xb, cons
         for (int q = 0; q < C; ++q) a[q] = _mm512_setzero_ps();
     }
     const __m512i sidx = wt.index(m);
-    auto post = [&](const int32_t* c, int64_t b) __attribute__((always_inline)) {
+    auto post = [&](const int32_t* c, int64_t b) KA_LAMBDA {
         prefetch_next<W::kBlk>(pf, pf_rows, wt.stride, b);
         const __m512 xv = _mm512_permutexvar_ps(col, _mm512_loadu_ps(xs + b * 16));
         const __m512 ws = wt.scales(sidx, b);
