@@ -299,6 +299,61 @@ TEST_F(CheckpointTest, TensorsThatDisagreeWithTheConfigAreAnError) {
     }
 }
 
+// A header whose config claims a model far larger than the file (a corrupted or hand-edited
+// checkpoint: here about 2^37 parameters, 0.5 TB of fp32, against a file of a few KB) is refused
+// by its tensors' shapes before any model is allocated: the error names the tensor, it is not an
+// allocation failure. (Found by fuzz/fuzz_checkpoint.cc's design review: the model used to be
+// allocated from the config first.)
+TEST_F(CheckpointTest, ConfigClaimingAHugeModelIsRefusedBeforeAllocating) {
+    std::vector<float> m, v;
+    auto model = make_model(3, m, v);
+    Config other = cfg;
+    other.model.n_ff_exp = int64_t(1) << 30;
+    other.model.n_ff = int64_t(1) << 30;
+    TensorFileWriter w;
+    w.meta["format"] = "moe-checkpoint";
+    w.meta["version"] = 1;
+    w.meta["config"] = config_to_json(other);
+    w.meta["tokenizer"] = tok.to_json();
+    w.meta["state"] = {{"step", 1}, {"tokens_seen", 0}, {"val_loss", -1}};
+    for (const auto& p : model->table().params()) w.add(p.name, "f32", p.shape, model->params() + p.offset);
+    fs::create_directories(dir + "/ck");
+    w.write(checkpoint_file(dir + "/ck"));
+    for (const char* type : {"", "int8"}) {
+        try {
+            load_checkpoint(dir + "/ck", type);
+            FAIL() << "accepted";
+        } catch (const moe::error& e) {
+            EXPECT_NE(std::string(e.what()).find("but the config needs"), std::string::npos) << e.what();
+        }
+    }
+}
+
+// AdamW moments of the right count but not f32 (a bf16 tensor holds half the bytes) are an error,
+// not a read past the tensor.
+TEST_F(CheckpointTest, OptimizerStateOfAnotherTypeIsAnError) {
+    std::vector<float> m, v;
+    auto model = make_model(3, m, v);
+    std::vector<uint16_t> half(model->n_params(), 0x3f80);  // 1.0 in bf16
+    TensorFileWriter w;
+    w.meta["format"] = "moe-checkpoint";
+    w.meta["version"] = 1;
+    w.meta["config"] = config_to_json(cfg);
+    w.meta["tokenizer"] = tok.to_json();
+    w.meta["state"] = {{"step", 1}, {"tokens_seen", 0}, {"val_loss", -1}};
+    for (const auto& p : model->table().params()) w.add(p.name, "f32", p.shape, model->params() + p.offset);
+    w.add("optim.adam_m", "bf16", {model->n_params()}, half.data());
+    w.add("optim.adam_v", "f32", {model->n_params()}, v.data());
+    fs::create_directories(dir + "/ck");
+    w.write(checkpoint_file(dir + "/ck"));
+    try {
+        load_checkpoint(dir + "/ck");
+        FAIL() << "accepted";
+    } catch (const moe::error& e) {
+        EXPECT_NE(std::string(e.what()).find("optimizer state is bf16"), std::string::npos) << e.what();
+    }
+}
+
 }  // namespace
 
 // The tensor files' CRC-32 (core/crc32, written instead of linking zlib): the standard check value,

@@ -169,34 +169,41 @@ Checkpoint load_checkpoint(const std::string& dir, const std::string& weight_typ
     read_checkpoint_meta(tf, path, "moe-checkpoint", ck);
     const kernels::WType stored = kernels::parse_wtype(ck.weight_type, "checkpoint weight_type");
     const kernels::WType want = weight_type.empty() ? stored : kernels::parse_wtype(weight_type, "--dtype");
-    ck.model = std::make_unique<Model>(ck.config.model, want, experts);
-    Model& m = *ck.model;
     const ParamTable full(ck.config.model);  // the file's tensors: every expert
-    std::vector<float> row;  // one row in fp32 while converting between typed formats
-    for (size_t i = 0; i < m.table().params().size(); ++i) {
-        const ParamInfo& p = m.table().params()[i];  // (a range of experts: its rows of fp)
-        const ParamInfo& fp = full.params()[i];
-        MOE_ASSERT(fp.name == p.name);
-        const TensorView* t = tf.find(p.name);
-        if (!t) fail("'", path, "' has no tensor '", p.name, "' that its config requires");
-        const bool typed_in_file = stored != kernels::WType::f32 && typed_at_inference(p);
+    // Every tensor the config requires, in its type and shape, before the model is allocated: the
+    // file's tensors lie inside the file, so a config whose sizes the file does not hold (a
+    // corrupted or hand-edited header) is an error line here, not an allocation of what it claims.
+    std::vector<kernels::QMatrix> stored_views;  // (full.params() order) each matrix as stored
+    stored_views.reserve(full.params().size());
+    for (const ParamInfo& fp : full.params()) {
+        const TensorView* t = tf.find(fp.name);
+        if (!t) fail("'", path, "' has no tensor '", fp.name, "' that its config requires");
+        const bool typed_in_file = stored != kernels::WType::f32 && typed_at_inference(fp);
         const DType dt = typed_in_file ? (stored == kernels::WType::bf16 ? DType::bf16 : DType::i8) : DType::f32;
         if (t->dtype != dt || t->shape != fp.shape)
-            fail("'", path, "': tensor '", p.name, "' is ", dtype_name(t->dtype), " ", t->shape_str(),
-                 " but the config needs ", dtype_name(dt), " ", TensorView{p.name, dt, fp.shape}.shape_str());
-        // the matrix as stored
+            fail("'", path, "': tensor '", fp.name, "' is ", dtype_name(t->dtype), " ", t->shape_str(),
+                 " but the config needs ", dtype_name(dt), " ", TensorView{fp.name, dt, fp.shape}.shape_str());
         kernels::QMatrix v;
         v.type = typed_in_file ? stored : kernels::WType::f32;
         v.in = fp.shape.back(), v.out = fp.numel / v.in;
         if (v.type == kernels::WType::f32) v.f32 = t->f32();
         if (v.type == kernels::WType::bf16) v.bf16 = t->u16();
         if (v.type == kernels::WType::q8) {
-            const TensorView* sc = tf.find(p.name + ".scales");
+            const TensorView* sc = tf.find(fp.name + ".scales");
             if (!sc || sc->dtype != DType::f32 || sc->shape != std::vector<int64_t>{v.out, v.blocks()})
-                fail("'", path, "': tensor '", p.name, ".scales' is missing or not f32 [", v.out, ",", v.blocks(), "]");
+                fail("'", path, "': tensor '", fp.name, ".scales' is missing or not f32 [", v.out, ",", v.blocks(), "]");
             v.q = t->i8();
             v.scales = sc->f32();
         }
+        stored_views.push_back(v);
+    }
+    ck.model = std::make_unique<Model>(ck.config.model, want, experts);
+    Model& m = *ck.model;
+    std::vector<float> row;  // one row in fp32 while converting between typed formats
+    for (size_t i = 0; i < m.table().params().size(); ++i) {
+        const ParamInfo& p = m.table().params()[i];  // (a range of experts: its rows of fp)
+        MOE_ASSERT(full.params()[i].name == p.name);
+        kernels::QMatrix v = stored_views[i];  // the matrix as stored
         const auto [r0, nr] = m.source_rows(p);  // a range of experts' rows, else every row
         v = v.rows(r0, nr);
         if (float* dst = m.param_f32(p)) {  // fp32 in the model: converted (a copy: training writes it)
@@ -223,6 +230,9 @@ Checkpoint load_checkpoint(const std::string& dir, const std::string& weight_typ
     const TensorView* am = tf.find("optim.adam_m");
     const TensorView* av = tf.find("optim.adam_v");
     if (am && av && !m.typed() && !m.experts_sharded()) {  // (a range's: load_checkpoint_experts)
+        if (am->dtype != DType::f32 || av->dtype != DType::f32)
+            fail("'", path, "': optimizer state is ", dtype_name(am->dtype), " / ", dtype_name(av->dtype),
+                 ", not f32");
         if (am->numel() != m.n_params() || av->numel() != m.n_params())
             fail("'", path, "': optimizer state has ", am->numel(), " values, the model has ", m.n_params());
         ck.adam_m.assign(am->f32(), am->f32() + am->numel());
