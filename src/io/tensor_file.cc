@@ -156,6 +156,11 @@ TensorFile TensorFile::read(const std::string& path, bool verify) {
                 fail("'", path, "': tensor '", r.name, "' size does not match its shape");
             if (data_start > size - 16 || off > size - 16 - data_start || r.nbytes > size - 16 - data_start - off)
                 fail("'", path, "': tensor '", r.name, "' extends past the end of the data");
+            // the writers align every tensor to 64 bytes, and the kernels read a tensor as its type:
+            // an offset off that grid (a damaged header) would hand them a misaligned pointer
+            if (off % 64 != 0)
+                fail("'", path, "': tensor '", r.name, "' starts at data offset ", off,
+                     ", not a multiple of 64 (every tensor of a moe tensor file is 64-byte aligned)");
             r.data = buf + data_start + off;
             tf.add(std::move(r), *file);
         }
