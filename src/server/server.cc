@@ -34,6 +34,7 @@
 #include "core/error.h"
 #include "infer/engine.h"
 #include "server/chat_page.h"
+#include "server/request.h"
 
 namespace moe {
 
@@ -42,17 +43,10 @@ namespace {
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-// Text from a tokenizer may end inside a UTF-8 character: replace, never throw.
-std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
-
-struct HttpError {
-    int status;
-    std::string message, type, code;
-};
-
-[[noreturn]] void bad(const std::string& msg, const std::string& code = "invalid_value") {
-    throw HttpError{400, msg, "invalid_request_error", code};
-}
+using srv::bad;
+using srv::dump;
+using srv::Fields;
+using srv::HttpError;
 
 void set_error(httplib::Response& res, int status, const std::string& msg, const std::string& type,
                const std::string& code) {
@@ -107,52 +101,6 @@ bool peer_closed(int fd) {
     return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
-// ------------------------------------------------------------------ request fields
-
-struct Fields {
-    const json& j;
-    bool has(const char* k) const { return j.contains(k) && !j[k].is_null(); }
-    double number(const char* k, double def, double lo, double hi) const {
-        if (!has(k)) return def;
-        if (!j[k].is_number()) bad(std::string("'") + k + "' must be a number, got " + j[k].type_name(), "invalid_type");
-        const double v = j[k].get<double>();
-        if (!(v >= lo && v <= hi) || !std::isfinite(v)) {
-            std::ostringstream os;
-            os << "'" << k << "' must be in [" << lo << ", " << hi << "], got " << v;
-            bad(os.str());
-        }
-        return v;
-    }
-    int64_t integer(const char* k, int64_t def, int64_t lo, int64_t hi) const {
-        if (!has(k)) return def;
-        const json& v = j[k];
-        if (!v.is_number_integer() && !(v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()))
-            bad(std::string("'") + k + "' must be an integer, got " + (v.is_number() ? dump(v) : v.type_name()), "invalid_type");
-        if (v.is_number_float() && std::fabs(v.get<double>()) > 9e18) bad(std::string("'") + k + "' is out of range");
-        const int64_t x = v.is_number_unsigned() ? (v.get<uint64_t>() > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)v.get<uint64_t>())
-                          : v.is_number_integer() ? v.get<int64_t>() : (int64_t)v.get<double>();
-        if (x < lo || x > hi)
-            bad(std::string("'") + k + "' must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
-                std::to_string(x));
-        return x;
-    }
-    bool boolean(const char* k, bool def) const {
-        if (!has(k)) return def;
-        if (!j[k].is_boolean()) bad(std::string("'") + k + "' must be a boolean, got " + j[k].type_name(), "invalid_type");
-        return j[k].get<bool>();
-    }
-    std::string string(const char* k, const std::string& def) const {
-        if (!has(k)) return def;
-        if (!j[k].is_string()) bad(std::string("'") + k + "' must be a string, got " + j[k].type_name(), "invalid_type");
-        return j[k].get<std::string>();
-    }
-    const json* object(const char* k) const {
-        if (!has(k)) return nullptr;
-        if (!j[k].is_object()) bad(std::string("'") + k + "' must be an object, got " + j[k].type_name(), "invalid_type");
-        return &j[k];
-    }
-};
-
 // ------------------------------------------------------------------ the server
 
 struct Server {
@@ -181,137 +129,6 @@ struct Server {
         } catch (const moe::error&) {  // an id of a padded vocabulary beyond the tokenizer's
             return "";
         }
-    }
-
-    json parse_body(const httplib::Request& req) {
-        json j;
-        try {
-            j = json::parse(req.body);
-        } catch (const json::exception& e) {
-            bad(std::string("the body is not valid JSON: ") + e.what(), "invalid_json");
-        }
-        if (!j.is_object()) bad("the body must be a JSON object", "invalid_json");
-        return j;
-    }
-
-    void check_model(const Fields& f) {
-        if (!f.has("model")) return;
-        const std::string m = f.string("model", "");
-        if (m != model_id && (opt.model.empty() || m != opt.model))
-            bad("the model '" + m + "' does not exist; this server serves '" + model_id + "'", "model_not_found");
-    }
-
-    // Fields of OpenAI's API that moe does not use: ignored, but a value of the wrong type is a 400
-    // as OpenAI's own server answers it.
-    void check_unused(const Fields& f, bool chat) {
-        f.string("user", "");
-        f.object("logit_bias");
-        f.object("metadata");
-        f.boolean("store", false);
-        if (chat) {
-            f.object("response_format");
-            f.boolean("parallel_tool_calls", false);
-            if (f.has("tools") && !f.j["tools"].is_array()) bad("'tools' must be a list", "invalid_type");
-            if (f.has("tool_choice") && !f.j["tool_choice"].is_string() && !f.j["tool_choice"].is_object())
-                bad("'tool_choice' must be a string or an object", "invalid_type");
-        } else {
-            f.string("suffix", "");
-            f.integer("best_of", 1, 1, 20);
-        }
-    }
-
-    // The sampling fields shared by both endpoints.
-    EngineRequest sampling(const Fields& f, bool chat) {
-        EngineRequest q;
-        q.opt.temperature = f.number("temperature", 1.0, 0, 2);
-        q.opt.top_p = f.number("top_p", 1.0, 0, 1);
-        if (q.opt.top_p == 0) bad("'top_p' must be in (0, 1], got 0");
-        q.opt.top_k = f.integer("top_k", 0, 0, 1 << 30);
-        q.min_p = f.number("min_p", 0, 0, 1);
-        q.presence_penalty = f.number("presence_penalty", 0, -2, 2);
-        q.frequency_penalty = f.number("frequency_penalty", 0, -2, 2);
-        q.opt.repetition_penalty = f.number("repetition_penalty", 1.0, 1e-6, 100);
-        if (f.has("seed")) q.opt.seed = (uint64_t)f.integer("seed", 0, INT64_MIN, INT64_MAX);
-        else q.opt.seed = std::random_device{}() ^ ((uint64_t)std::random_device{}() << 32);
-        const int64_t cap = std::max<int64_t>(1, engine->context_length());
-        int64_t mt = f.integer("max_tokens", chat ? -1 : 16, 1, 1 << 30);
-        mt = f.integer("max_completion_tokens", mt, 1, 1 << 30);
-        q.opt.max_tokens = mt < 0 ? cap : mt;  // the context ends a reply anyway
-        q.n = f.integer("n", 1, 1, 16);
-        q.ignore_eos = f.boolean("ignore_eos", false);  // vLLM's and llama.cpp's extension
-        if (f.has("stop")) {
-            const json& s = f.j["stop"];
-            if (s.is_string()) q.stop.push_back(s.get<std::string>());
-            else if (s.is_array()) {
-                if (s.size() > 16) bad("'stop' holds at most 16 strings, got " + std::to_string(s.size()));
-                for (const json& x : s) {
-                    if (!x.is_string()) bad("'stop' must be a string or a list of strings", "invalid_type");
-                    q.stop.push_back(x.get<std::string>());
-                }
-            } else bad("'stop' must be a string or a list of strings, got " + std::string(s.type_name()), "invalid_type");
-            for (const std::string& x : q.stop)
-                if (x.empty()) bad("'stop' strings must not be empty");
-        }
-        if (f.has("moe")) {
-            const json& m = f.j["moe"];
-            if (!m.is_object()) bad(std::string("'moe' must be an object, got ") + m.type_name(), "invalid_type");
-            if (m.contains("return_routing") && !m["return_routing"].is_null()) {
-                if (!m["return_routing"].is_boolean())
-                    bad(std::string("'moe.return_routing' must be a boolean, got ") + m["return_routing"].type_name(),
-                        "invalid_type");
-                q.return_routing = m["return_routing"].get<bool>();
-            }
-        }
-        if (chat) {
-            const bool lp = f.boolean("logprobs", false);
-            const int64_t top = f.integer("top_logprobs", 0, 0, 20);
-            if (f.has("top_logprobs") && !lp) bad("'top_logprobs' needs 'logprobs': true");
-            q.top_logprobs = lp ? top : -1;
-        } else {
-            q.top_logprobs = f.has("logprobs") ? f.integer("logprobs", 0, 0, 5) : -1;
-        }
-        return q;
-    }
-
-    std::vector<int32_t> prompt_ids(const json& p) {
-        if (p.is_string()) return model->tokenize(p.get<std::string>(), true);
-        if (p.is_array() && p.size() == 1 && p[0].is_string()) return model->tokenize(p[0].get<std::string>(), true);
-        if (p.is_array() && !p.empty() && p[0].is_number_integer()) {
-            std::vector<int32_t> ids;
-            const int64_t V = model->vocab_size();
-            for (const json& x : p) {
-                if (!x.is_number_integer()) bad("'prompt' as token ids must hold integers only", "invalid_type");
-                const int64_t v = x.get<int64_t>();
-                if (v < 0 || v >= V) bad("'prompt' token id " + std::to_string(v) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
-                ids.push_back((int32_t)v);
-            }
-            return ids;
-        }
-        bad("'prompt' must be a string, a list of one string or a list of token ids", "invalid_type");
-    }
-
-    std::string chat_prompt(const json& msgs) {
-        if (!msgs.is_array() || msgs.empty()) bad("'messages' must be a non-empty list", "invalid_type");
-        std::vector<ChatMessage> m;
-        for (const json& x : msgs) {
-            if (!x.is_object()) bad("each message must be an object", "invalid_type");
-            if (!x.contains("role") || !x["role"].is_string()) bad("each message needs a string 'role'", "invalid_type");
-            std::string content;
-            if (x.contains("content") && !x["content"].is_null()) {
-                const json& c = x["content"];
-                if (c.is_string()) content = c.get<std::string>();
-                else if (c.is_array()) {
-                    for (const json& part : c) {
-                        if (!part.is_object() || !part.contains("type") || part["type"] != "text" || !part.contains("text") ||
-                            !part["text"].is_string())
-                            bad("message content parts must be {\"type\": \"text\", \"text\": ...}", "invalid_type");
-                        content += part["text"].get<std::string>();
-                    }
-                } else bad("message 'content' must be a string or a list of text parts", "invalid_type");
-            }
-            m.push_back({x["role"].get<std::string>(), content});
-        }
-        return model->apply_chat_template(m, true);
     }
 
     json usage_json(const EngineEvent& done) {
@@ -367,32 +184,14 @@ struct Server {
         }
     };
 
+    srv::RequestParser parser() { return {*model, tok(), model_id, opt.model, engine->context_length()}; }
+
     void completion(const httplib::Request& req, httplib::Response& res, bool chat) {
-        const json body = parse_body(req);
-        const Fields f{body};
-        check_model(f);
-        check_unused(f, chat);
-        EngineRequest q = sampling(f, chat);
-        const bool stream = f.boolean("stream", false);
-        bool include_usage = false;
-        if (const json* so = f.object("stream_options")) include_usage = Fields{*so}.boolean("include_usage", false);
-        const bool echo = !chat && f.boolean("echo", false);
-        std::string echo_text;
-        if (chat) {
-            if (!f.has("messages")) bad("'messages' is required", "missing_field");
-            q.prompt = model->tokenize(chat_prompt(body["messages"]), false);
-        } else {
-            if (!f.has("prompt")) bad("'prompt' is required", "missing_field");
-            q.prompt = prompt_ids(body["prompt"]);
-            if (echo) echo_text = body["prompt"].is_string() ? body["prompt"].get<std::string>() : tok().decode(q.prompt, true);
-        }
-        if (q.prompt.empty()) bad("the prompt is empty");
-        const int64_t n_ctx = engine->context_length();
-        if ((int64_t)q.prompt.size() >= n_ctx)
-            throw HttpError{400,
-                            "the prompt has " + std::to_string(q.prompt.size()) + " tokens, but the context holds " +
-                                std::to_string(n_ctx) + " (the prompt and at least one generated token must fit)",
-                            "invalid_request_error", "context_length_exceeded"};
+        const json body = srv::parse_body(req.body);
+        srv::CompletionRequest r = parser().completion(body, chat);
+        EngineRequest& q = r.q;
+        const bool stream = r.stream, include_usage = r.include_usage, want_lp = r.want_logprobs;
+        const std::string& echo_text = r.echo_text;
         const int64_t n = q.n;
         const bool routing = q.return_routing;
         if (!accepting.load()) throw HttpError{503, "the server is shutting down", "unavailable_error", "unavailable"};
@@ -406,7 +205,6 @@ struct Server {
             std::vector<json> chat_lp(n, json::array());
             std::vector<CompletionLogprobs> comp_lp(n);
             std::vector<json> routes(n, json::array());
-            const bool want_lp = body.contains("logprobs") && !body["logprobs"].is_null() && body["logprobs"] != false;
             EngineEvent ev, done;
             // a client that leaves is noticed within 100 ms and its request cancelled
             const int fd = connection_fd(req);
@@ -458,7 +256,6 @@ struct Server {
             return;
         }
         // streaming: one SSE event per token and choice, a finish chunk per choice, usage, [DONE]
-        const bool want_lp = body.contains("logprobs") && !body["logprobs"].is_null() && body["logprobs"] != false;
         const std::string chunk_object = chat ? "chat.completion.chunk" : "text_completion";
         auto state = std::make_shared<std::vector<int64_t>>(n, 0);  // text offset per choice (completions)
         res.set_header("Cache-Control", "no-cache");
@@ -734,25 +531,13 @@ int serve(const ServeOptions& opt) {
     });
     http.Post("/tokenize", [&](const httplib::Request& req, httplib::Response& res) {
         guarded(s, res, [&] {
-            const json b = s.parse_body(req);
-            const Fields f{b};
-            const std::string text = f.string("content", "");
-            const bool special = f.boolean("add_special", false);
-            res.set_content(dump({{"tokens", s.model->tokenize(text, special)}}), "application/json");
+            const std::vector<int32_t> ids = s.parser().tokenize(srv::parse_body(req.body));
+            res.set_content(dump({{"tokens", ids}}), "application/json");
         });
     });
     http.Post("/detokenize", [&](const httplib::Request& req, httplib::Response& res) {
         guarded(s, res, [&] {
-            const json b = s.parse_body(req);
-            if (!b.contains("tokens") || !b["tokens"].is_array()) bad("'tokens' must be a list of token ids", "invalid_type");
-            std::vector<int32_t> ids;
-            const int64_t V = s.model->vocab_size();
-            for (const json& x : b["tokens"]) {
-                if (!x.is_number_integer()) bad("'tokens' must hold integers only", "invalid_type");
-                const int64_t v = x.get<int64_t>();
-                if (v < 0 || v >= V) bad("token id " + std::to_string(v) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
-                ids.push_back((int32_t)v);
-            }
+            const std::vector<int32_t> ids = s.parser().detokenize_ids(srv::parse_body(req.body));
             res.set_content(dump({{"content", s.tok().decode(ids)}}), "application/json");
         });
     });
