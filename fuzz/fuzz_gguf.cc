@@ -1,11 +1,19 @@
 // libFuzzer target: the GGUF header parser and validator (io/gguf.h) on arbitrary bytes, through the
 // same entry point GgufSource uses, then what a loader reads from a header that passes: the model
-// hyper-parameters (gguf_to_hf_config) and the tokenizer.json synthesised from tokenizer.ggml.* keys.
+// hyper-parameters (gguf_to_hf_config) and the tokenizer.json synthesised from tokenizer.ggml.* keys;
+// and, for a header whose hyper-parameters pass, the whole model load (load_gguf_model: every tensor
+// against the config, the Q / K un-permute, conversions) from a copy of the bytes in a private
+// temporary directory (under /dev/shm when it exists: the loader maps a file).
 // moe::error is the expected outcome for bad input; anything else (a crash, a sanitizer report,
 // another exception) is a bug. For a file that passes, every tensor's byte range is touched so that
 // ASan sees a view outside the buffer.
+#include <unistd.h>
+
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -13,6 +21,25 @@
 #include "core/error.h"
 #include "io/gguf.h"
 #include "io/gguf_model.h"
+
+namespace {
+std::string g_dir;
+}
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+    const char* base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+    std::string t = std::string(base) + "/moe_fuzz_gguf.XXXXXX";
+    if (!mkdtemp(t.data())) {
+        std::perror("mkdtemp");
+        std::abort();
+    }
+    g_dir = t;
+    std::atexit([] {
+        std::remove((g_dir + "/model.gguf").c_str());
+        rmdir(g_dir.c_str());
+    });
+    return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::vector<unsigned char> buf(data, data + size);  // exactly `size` bytes: a read past the end is a report
@@ -26,9 +53,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         }
         volatile unsigned sink = sum;
         (void)sink;
+        bool hparams = false;
         try {
             (void)moe::gguf_to_hf_config(h);
+            hparams = true;
         } catch (const moe::error&) {
+        }
+        if (hparams) {
+            const std::string path = g_dir + "/model.gguf";
+            FILE* f = std::fopen(path.c_str(), "wb");
+            if (!f || std::fwrite(buf.data(), 1, buf.size(), f) != buf.size() || std::fclose(f) != 0) std::abort();
+            try {
+                (void)moe::load_gguf_model(path, "", 16);
+            } catch (const moe::error&) {
+            }
         }
         nlohmann::json tj, cfg;
         (void)moe::gguf_tokenizer_json(h, tj, cfg);

@@ -1,0 +1,71 @@
+// libFuzzer target: loading a moe checkpoint (io/checkpoint.h load_checkpoint over io/tensor_file.h):
+// the tensor-file header, the config and tokenizer in its metadata, and every tensor against what
+// the config requires, as `moe generate --checkpoint DIR` reads them.
+//
+// The input is a checkpoint.bin without its 16-byte trailer: the harness appends the trailer with
+// the true size and CRC-32, so the mutations reach the header, the metadata and the tensors instead
+// of stopping at the checksum (a bad trailer or CRC is tested in tests/test_checkpoint.cc). The
+// bytes go to a file in a private temporary directory (under /dev/shm when it exists), since the
+// loader maps a file. A file that loads is loaded once more as int8 (the conversion path).
+// moe::error is the expected outcome for bad input; anything else (a crash, a sanitizer report,
+// another exception, an allocation of what a corrupt config claims) is a bug.
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/crc32.h"
+#include "core/error.h"
+#include "io/checkpoint.h"
+
+namespace {
+
+std::string g_dir;
+
+void write_all(const std::string& path, const std::vector<unsigned char>& b) {
+    FILE* f = std::fopen(path.c_str(), "wb");
+    if (!f || std::fwrite(b.data(), 1, b.size(), f) != b.size() || std::fclose(f) != 0) {
+        std::perror(path.c_str());
+        std::abort();
+    }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+    const char* base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+    std::string t = std::string(base) + "/moe_fuzz_ckpt.XXXXXX";
+    if (!mkdtemp(t.data())) {
+        std::perror("mkdtemp");
+        std::abort();
+    }
+    g_dir = t;
+    std::atexit([] {
+        std::remove((g_dir + "/checkpoint.bin").c_str());
+        rmdir(g_dir.c_str());
+    });
+    return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    std::vector<unsigned char> file(data, data + size);
+    const uint64_t total = size + 16;
+    const uint32_t crc = moe::crc32_update(0, data, size), magic = 0x21454F4D;  // "MOE!"
+    unsigned char trailer[16];
+    std::memcpy(trailer, &total, 8);
+    std::memcpy(trailer + 8, &crc, 4);
+    std::memcpy(trailer + 12, &magic, 4);
+    file.insert(file.end(), trailer, trailer + 16);
+    write_all(g_dir + "/checkpoint.bin", file);
+    try {
+        (void)moe::load_checkpoint(g_dir);
+        (void)moe::load_checkpoint(g_dir, "int8");
+    } catch (const moe::error&) {
+    }
+    return 0;
+}
