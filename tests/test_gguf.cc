@@ -941,6 +941,27 @@ TEST(GgufModel, MissingAndUnsupportedAreClearErrors) {
     EXPECT_NE(load_error(tmp_dir() + "/empty.gguf").find("not a GGUF file"), std::string::npos);
 }
 
+// Metadata claiming far more layers than the file holds (a dense model: no per-layer router check of
+// the header sees it first) is refused by its tensors before the model is allocated.
+// fuzz_gguf found such a header building the whole model first (its weights bound by a linear name
+// search: minutes for 10^4 layers).
+TEST(GgufModel, MetadataClaimingMoreLayersThanTheFileIsAnErrorUpFront) {
+    const auto in = GgufSource::open(kGguf + "qwen3.f32.gguf");
+    GgufWriter w;
+    for (const auto& [k, v] : in->header().kv) w.set(k, v);
+    w.set("qwen3.block_count", GgufValue::make_u32(60000));
+    for (const auto& t : in->header().tensors) {
+        const void* d = in->data(t);
+        const uint64_t nb = t.nbytes;
+        w.add_tensor(t.name, t.type, t.shape, [d, nb](unsigned char* o) { std::memcpy(o, d, nb); });
+    }
+    const std::string out = tmp_dir() + "/many_layers.gguf";
+    w.write(out);
+    const std::string e = load_error(out);
+    EXPECT_NE(e.find("required tensor 'blk.2."), std::string::npos) << e;
+    EXPECT_NE(e.find(out), std::string::npos) << e;
+}
+
 // ---- writer ---------------------------------------------------------------------------------------
 
 TEST(GgufWriter, HalfConversionRoundsToNearestEven) {

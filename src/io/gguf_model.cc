@@ -542,9 +542,20 @@ Checkpoint load_gguf_model(const std::string& path, const std::string& weight_ty
             fail("'", path, "': the model needs about ", bytes / (1 << 30), " GiB as ", kernels::wtype_name(want),
                  " but the machine has ", (double)pages * (double)psize / (1 << 30), " GiB of memory");
     }
+    const ParamTable full(ck.config.model);  // the file's tensors: every expert
+    // Every tensor the metadata implies, with its shape, before the model is allocated: the tensors
+    // lie inside the file, so metadata claiming more than the file holds (a damaged or hand-edited
+    // header) is an error line here rather than an allocation of what it claims.
+    for (const ParamInfo& fp : full.params()) {
+        if (!fp.trainable) continue;
+        const std::string gname = gguf_name(fp.name);
+        const GgufTensorInfo& t = src->get_info(gname);
+        if (squeeze(t.shape) != squeeze(fp.shape))
+            fail("'", path, "': tensor '", gname, "' has shape ", shape_str(t.shape), " (ne ", shape_str(t.ne),
+                 ") but the metadata implies ", shape_str(fp.shape));
+    }
     ck.model = std::make_unique<Model>(ck.config.model, want, experts);
     Model& m = *ck.model;
-    const ParamTable full(ck.config.model);  // the file's tensors: every expert
     std::set<std::string> used;
     std::vector<float> rows, tmp;
     for (size_t i = 0; i < m.table().params().size(); ++i) {

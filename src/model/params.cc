@@ -30,6 +30,8 @@ void ParamTable::add(std::string name, std::vector<int64_t> shape, bool decay, b
     p.trainable = trainable;
     // keep every tensor 64-byte aligned in the flat buffer
     total_ += (p.numel + 15) / 16 * 16;
+    MOE_ASSERT(!index_.count(p.name));
+    index_.emplace(p.name, params_.size());
     params_.push_back(std::move(p));
 }
 
@@ -86,9 +88,8 @@ ParamTable::ParamTable(const ModelConfig& m, ExpertRange experts) {
 }
 
 const ParamInfo* ParamTable::find(const std::string& name) const {
-    for (const auto& p : params_)
-        if (p.name == name) return &p;
-    return nullptr;
+    const auto it = index_.find(name);
+    return it == index_.end() ? nullptr : &params_[it->second];
 }
 
 Weights bind_weights(const ParamTable& t, const ModelConfig& m, float* base) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "kernels/ggml_quants.h"
@@ -51,6 +52,8 @@ private:
     void add(std::string name, std::vector<int64_t> shape, bool decay, bool expert = false,
              bool trainable = true);
     std::vector<ParamInfo> params_;
+    std::unordered_map<std::string, size_t> index_;  // name -> position in params_ (find is O(1):
+                                                     // binding the weights looks up every name)
     int64_t total_ = 0;
 };
 
