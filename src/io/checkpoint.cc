@@ -124,6 +124,8 @@ static void read_checkpoint_meta(const TensorFile& tf, const std::string& path, 
     } catch (const nlohmann::json::exception& e) {
         fail("'", path, "' has incomplete metadata: ", e.what());
     }
+    if (ck.config.model.vocab_size < 1)  // (a training config may leave it to the tokenizer; a saved model may not)
+        fail("'", path, "': its config has vocab_size ", ck.config.model.vocab_size, " (a saved model has at least one token)");
     if (ck.config.model.vocab_size < ck.tokenizer.vocab_size())
         fail("'", path, "': vocab_size ", ck.config.model.vocab_size, " is smaller than the tokenizer's ",
              ck.tokenizer.vocab_size());

@@ -187,6 +187,7 @@ HfConfig gguf_to_hf_config(const GgufHeader& h) {
     if (!emb) fail("'", w, "': required tensor 'token_embd.weight' is missing");
     if (emb->shape.size() != 2) fail("'", w, "': token_embd.weight has shape ", shape_str(emb->shape), " (expected (V, C))");
     c.vocab_size = emb->shape[0];
+    if (c.vocab_size < 1) fail("'", w, "': token_embd.weight has shape ", shape_str(emb->shape), ": no vocabulary rows");
     if (h.has(A + "vocab_size") && h.get_int(A + "vocab_size") != c.vocab_size)
         fail("'", w, "': ", A, "vocab_size = ", h.get_int(A + "vocab_size"), " but token_embd.weight has ", c.vocab_size, " rows");
     c.hidden_size = h.get_int(A + "embedding_length");
