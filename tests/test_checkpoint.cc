@@ -10,6 +10,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <sstream>
 
@@ -72,6 +73,23 @@ protected:
         for (auto& x : m) x = (float)rng.normal();
         for (auto& x : v) x = (float)rng.uniform();
         return model;
+    }
+
+    // A checkpoint written by hand into dir/ck: the config `c` in its metadata, every parameter of
+    // `model` as f32 tensors, then `extra` (more tensors); returns the directory.
+    std::string write_hand_checkpoint(const Config& c, Model& model,
+                                      const std::function<void(TensorFileWriter&)>& extra = nullptr) {
+        TensorFileWriter w;
+        w.meta["format"] = "moe-checkpoint";
+        w.meta["version"] = 1;
+        w.meta["config"] = config_to_json(c);
+        w.meta["tokenizer"] = tok.to_json();
+        w.meta["state"] = {{"step", 1}, {"tokens_seen", 0}, {"val_loss", -1}};
+        for (const auto& p : model.table().params()) w.add(p.name, "f32", p.shape, model.params() + p.offset);
+        if (extra) extra(w);
+        fs::create_directories(dir + "/ck");
+        w.write(checkpoint_file(dir + "/ck"));
+        return dir + "/ck";
     }
 
     // every parameter (by the table) of a and b has the same bits
@@ -314,15 +332,7 @@ TEST_F(CheckpointTest, TensorsThatDisagreeWithTheConfigAreAnError) {
     auto model = make_model(3, m, v);
     Config other = cfg;
     other.model.n_ff_exp = 16;  // the saved tensors are for n_ff_exp = 8
-    TensorFileWriter w;
-    w.meta["format"] = "moe-checkpoint";
-    w.meta["version"] = 1;
-    w.meta["config"] = config_to_json(other);
-    w.meta["tokenizer"] = tok.to_json();
-    w.meta["state"] = {{"step", 1}, {"tokens_seen", 0}, {"val_loss", -1}};
-    for (const auto& p : model->table().params()) w.add(p.name, "f32", p.shape, model->params() + p.offset);
-    fs::create_directories(dir + "/ck");
-    w.write(checkpoint_file(dir + "/ck"));
+    write_hand_checkpoint(other, *model);
     try {
         load_checkpoint(dir + "/ck");
         FAIL() << "accepted";
@@ -343,15 +353,7 @@ TEST_F(CheckpointTest, ConfigClaimingAHugeModelIsRefusedBeforeAllocating) {
     Config other = cfg;
     other.model.n_ff_exp = int64_t(1) << 30;
     other.model.n_ff = int64_t(1) << 30;
-    TensorFileWriter w;
-    w.meta["format"] = "moe-checkpoint";
-    w.meta["version"] = 1;
-    w.meta["config"] = config_to_json(other);
-    w.meta["tokenizer"] = tok.to_json();
-    w.meta["state"] = {{"step", 1}, {"tokens_seen", 0}, {"val_loss", -1}};
-    for (const auto& p : model->table().params()) w.add(p.name, "f32", p.shape, model->params() + p.offset);
-    fs::create_directories(dir + "/ck");
-    w.write(checkpoint_file(dir + "/ck"));
+    write_hand_checkpoint(other, *model);
     for (const char* type : {"", "int8"}) {
         try {
             load_checkpoint(dir + "/ck", type);
@@ -368,17 +370,10 @@ TEST_F(CheckpointTest, OptimizerStateOfAnotherTypeIsAnError) {
     std::vector<float> m, v;
     auto model = make_model(3, m, v);
     std::vector<uint16_t> half(model->n_params(), 0x3f80);  // 1.0 in bf16
-    TensorFileWriter w;
-    w.meta["format"] = "moe-checkpoint";
-    w.meta["version"] = 1;
-    w.meta["config"] = config_to_json(cfg);
-    w.meta["tokenizer"] = tok.to_json();
-    w.meta["state"] = {{"step", 1}, {"tokens_seen", 0}, {"val_loss", -1}};
-    for (const auto& p : model->table().params()) w.add(p.name, "f32", p.shape, model->params() + p.offset);
-    w.add("optim.adam_m", "bf16", {model->n_params()}, half.data());
-    w.add("optim.adam_v", "f32", {model->n_params()}, v.data());
-    fs::create_directories(dir + "/ck");
-    w.write(checkpoint_file(dir + "/ck"));
+    write_hand_checkpoint(cfg, *model, [&](TensorFileWriter& w) {
+        w.add("optim.adam_m", "bf16", {model->n_params()}, half.data());
+        w.add("optim.adam_v", "f32", {model->n_params()}, v.data());
+    });
     try {
         load_checkpoint(dir + "/ck");
         FAIL() << "accepted";
