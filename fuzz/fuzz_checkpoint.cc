@@ -9,8 +9,6 @@
 // loader maps a file. A file that loads is loaded once more as int8 (the conversion path).
 // moe::error is the expected outcome for bad input; anything else (a crash, a sanitizer report,
 // another exception, an allocation of what a corrupt config claims) is a bug.
-#include <unistd.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -22,33 +20,14 @@
 #include "core/crc32.h"
 #include "core/error.h"
 #include "io/checkpoint.h"
+#include "fuzz_files.h"
 
 namespace {
-
 std::string g_dir;
-
-void write_all(const std::string& path, const std::vector<unsigned char>& b) {
-    FILE* f = std::fopen(path.c_str(), "wb");
-    if (!f || std::fwrite(b.data(), 1, b.size(), f) != b.size() || std::fclose(f) != 0) {
-        std::perror(path.c_str());
-        std::abort();
-    }
 }
 
-}  // namespace
-
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-    const char* base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
-    std::string t = std::string(base) + "/moe_fuzz_ckpt.XXXXXX";
-    if (!mkdtemp(t.data())) {
-        std::perror("mkdtemp");
-        std::abort();
-    }
-    g_dir = t;
-    std::atexit([] {
-        std::remove((g_dir + "/checkpoint.bin").c_str());
-        rmdir(g_dir.c_str());
-    });
+    g_dir = moe_fuzz::private_dir("ckpt");
     return 0;
 }
 
@@ -61,7 +40,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::memcpy(trailer + 8, &crc, 4);
     std::memcpy(trailer + 12, &magic, 4);
     file.insert(file.end(), trailer, trailer + 16);
-    write_all(g_dir + "/checkpoint.bin", file);
+    moe_fuzz::write_file(g_dir + "/checkpoint.bin", file.data(), file.size());
     try {
         (void)moe::load_checkpoint(g_dir);
         (void)moe::load_checkpoint(g_dir, "int8");

@@ -7,8 +7,6 @@
 // moe::error is the expected outcome for bad input; anything else (a crash, a sanitizer report,
 // another exception) is a bug. For a file that passes, every tensor's byte range is touched so that
 // ASan sees a view outside the buffer.
-#include <unistd.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -21,23 +19,14 @@
 #include "core/error.h"
 #include "io/gguf.h"
 #include "io/gguf_model.h"
+#include "fuzz_files.h"
 
 namespace {
 std::string g_dir;
 }
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-    const char* base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
-    std::string t = std::string(base) + "/moe_fuzz_gguf.XXXXXX";
-    if (!mkdtemp(t.data())) {
-        std::perror("mkdtemp");
-        std::abort();
-    }
-    g_dir = t;
-    std::atexit([] {
-        std::remove((g_dir + "/model.gguf").c_str());
-        rmdir(g_dir.c_str());
-    });
+    g_dir = moe_fuzz::private_dir("gguf");
     return 0;
 }
 
@@ -61,8 +50,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         }
         if (hparams) {
             const std::string path = g_dir + "/model.gguf";
-            FILE* f = std::fopen(path.c_str(), "wb");
-            if (!f || std::fwrite(buf.data(), 1, buf.size(), f) != buf.size() || std::fclose(f) != 0) std::abort();
+            moe_fuzz::write_file(path, buf.data(), buf.size());
             try {
                 (void)moe::load_gguf_model(path, "", 16);
             } catch (const moe::error&) {

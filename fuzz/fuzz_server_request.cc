@@ -7,8 +7,6 @@
 // A bad request must end as an HttpError (a 400 with OpenAI's error object) or a moe::error (the
 // server answers 400 too); a crash, a sanitizer report or any other exception (a json::exception
 // would mean a field read without its type checked) is a bug.
-#include <unistd.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -25,6 +23,7 @@
 #include "api/loaded_model.h"
 #include "core/error.h"
 #include "server/request.h"
+#include "fuzz_files.h"
 
 namespace {
 
@@ -62,13 +61,7 @@ void expect_clean(F&& f) {
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
     const std::string data = std::string(MOE_SOURCE_DIR) + "/tests/data/";
-    const char* base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
-    std::string t = std::string(base) + "/moe_fuzz_serve.XXXXXX";
-    if (!mkdtemp(t.data())) {
-        std::perror("mkdtemp");
-        std::abort();
-    }
-    g_dir = t;
+    g_dir = moe_fuzz::private_dir("serve");
     for (const char* f : {"config.json", "model.safetensors", "generation_config.json"})
         fs::copy_file(data + "hf/qwen3_moe/" + f, g_dir + "/" + f);
     fs::copy_file(data + "tokenizers/moe_export/byte.tokenizer.json", g_dir + "/tokenizer.json");
@@ -77,10 +70,6 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
     g_model = new moe::LoadedModel(g_dir, "", "fuzz", 64);
     g_parser = new moe::srv::RequestParser{*g_model, g_model->impl().ck.tokenizer, "tiny", g_dir,
                                            g_model->context_length()};
-    std::atexit([] {
-        std::error_code ec;
-        fs::remove_all(g_dir, ec);
-    });
     return 0;
 }
 
