@@ -364,6 +364,29 @@ TEST_F(CheckpointTest, ConfigClaimingAHugeModelIsRefusedBeforeAllocating) {
     }
 }
 
+// The same for a sharded set (expert-parallel training's format): its replicated file's config claims
+// the huge model, its files hold the real one; every tensor is checked before the model is allocated.
+TEST_F(CheckpointTest, ShardedSetClaimingAHugeModelIsRefusedBeforeAllocating) {
+    std::vector<float> m, v;
+    auto model = make_model(3, m, v);
+    Config other = cfg;
+    other.model.n_ff_exp = int64_t(1) << 30;
+    other.model.n_ff = int64_t(1) << 30;
+    const TrainState st{1, 0, -1};
+    const std::string d = dir + "/sharded";
+    fs::create_directories(d);
+    std::vector<ShardRecord> files;
+    files.push_back(write_checkpoint_shard(d, "t1", true, other, tok, *model, m.data(), v.data(), st));
+    files.push_back(write_checkpoint_shard(d, "t1", false, other, tok, *model, m.data(), v.data(), st));
+    commit_sharded_checkpoint(d, other, files, 1, 1, st);
+    try {
+        load_checkpoint(d);
+        FAIL() << "accepted";
+    } catch (const moe::error& e) {
+        EXPECT_NE(std::string(e.what()).find("but needs f32"), std::string::npos) << e.what();
+    }
+}
+
 // AdamW moments of the right count but not f32 (a bf16 tensor holds half the bytes) are an error,
 // not a read past the tensor.
 TEST_F(CheckpointTest, OptimizerStateOfAnotherTypeIsAnError) {

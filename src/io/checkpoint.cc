@@ -357,6 +357,25 @@ struct CheckpointSource {
                  TensorView{name, DType::f32, shape}.shape_str());
         return *t;
     }
+    // The tensors copy(fp, what, ...) reads exist with their shapes (what: as in copy), checked for
+    // every parameter before the model is allocated, so that a config claiming more than the files
+    // hold is an error line, not an allocation of what it claims.
+    void check(const ParamInfo& fp, int what) const {
+        if (!sharded) {
+            if (what == 0) tensor(*whole, fp.name, fp.shape);  // (the moments: counted in the caller)
+            return;
+        }
+        const std::string name = what == 0 ? fp.name : (what == 1 ? "optim.adam_m/" : "optim.adam_v/") + fp.name;
+        if (!fp.expert) {
+            tensor(*whole, name, fp.shape);
+            return;
+        }
+        for (const Part& p : experts) {
+            std::vector<int64_t> shape = fp.shape;
+            shape[0] = p.count;
+            tensor(*p.file, name, shape);
+        }
+    }
     // what = 0: the parameter, 1: adam m, 2: adam v. Copies experts [e0, e0 + ne) of stack fp (the whole
     // tensor when fp is not an expert stack) into dst.
     void copy(const ParamInfo& fp, int what, int64_t e0, int64_t ne, float* dst) const {
@@ -470,6 +489,8 @@ Checkpoint load_checkpoint_experts(const std::string& dir, ExpertRange range, bo
         fail("checkpoint '", dir, "': expert range [", range.first, ", ", range.first + range.count,
              ") is not inside its ", mc.n_expert, " experts");
     const ParamTable full(mc);
+    for (const ParamInfo& fp : full.params())
+        for (int what = 0; what < (src.moments ? 3 : 1); ++what) src.check(fp, what);
     ck.model = range.all() ? std::make_unique<Model>(mc) : std::make_unique<Model>(mc, range);
     Model& model = *ck.model;
     if (src.moments) {
