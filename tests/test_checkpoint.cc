@@ -295,23 +295,26 @@ TEST_F(TensorFileTest, TruncatedOrMissingFileIsAClearError) {
 // A header (with a valid checksum) that places a tensor off the 64-byte grid is refused: the
 // kernels read tensors in place as their type (fuzz/fuzz_checkpoint.cc found a bf16 tensor at an odd
 // offset reaching bf16_to_f32_n as a misaligned uint16_t*).
+// A tensor file around `header` (JSON text) and 128 bytes of data, with a valid trailer and CRC.
+std::string tensor_file_bytes(const std::string& header) {
+    std::string b = "MOETNSR1";
+    const uint64_t hl = header.size();
+    b.append(reinterpret_cast<const char*>(&hl), 8);
+    b += header;
+    b.resize((b.size() + 63) / 64 * 64, '\0');
+    b.append(128, '\x3f');  // data
+    const uint64_t total = b.size() + 16;
+    const uint32_t crc = crc32_update(0, b.data(), b.size()), magic = 0x21454F4D;
+    b.append(reinterpret_cast<const char*>(&total), 8);
+    b.append(reinterpret_cast<const char*>(&crc), 4);
+    b.append(reinterpret_cast<const char*>(&magic), 4);
+    return b;
+}
+
 TEST_F(TensorFileTest, MisalignedTensorOffsetIsAClearError) {
     auto file_with_offset = [](size_t off) {
-        const std::string header =
-            R"({"meta":{},"tensors":[{"name":"w","dtype":"bf16","shape":[4],"offset":)" + std::to_string(off) +
-            R"(,"nbytes":8}]})";
-        std::string b = "MOETNSR1";
-        const uint64_t hl = header.size();
-        b.append(reinterpret_cast<const char*>(&hl), 8);
-        b += header;
-        b.resize((b.size() + 63) / 64 * 64, '\0');
-        b.append(128, '\x3f');  // data
-        const uint64_t total = b.size() + 16;
-        const uint32_t crc = crc32_update(0, b.data(), b.size()), magic = 0x21454F4D;
-        b.append(reinterpret_cast<const char*>(&total), 8);
-        b.append(reinterpret_cast<const char*>(&crc), 4);
-        b.append(reinterpret_cast<const char*>(&magic), 4);
-        return b;
+        return tensor_file_bytes(R"({"meta":{},"tensors":[{"name":"w","dtype":"bf16","shape":[4],"offset":)" +
+                                 std::to_string(off) + R"(,"nbytes":8}]})");
     };
     const std::string path = dir + "/t.bin";
     write_bytes(path, file_with_offset(64));
@@ -322,6 +325,28 @@ TEST_F(TensorFileTest, MisalignedTensorOffsetIsAClearError) {
         ADD_FAILURE() << "a tensor at offset 1 was accepted";
     } catch (const moe::error& e) {
         EXPECT_NE(std::string(e.what()).find("not a multiple of 64"), std::string::npos) << e.what();
+    }
+}
+
+// Numbers of a header that are not integers in range (a float shape entry reached nlohmann's
+// float-to-int64 conversion, undefined behaviour, in fuzz_checkpoint) are errors naming the field.
+TEST_F(TensorFileTest, NonIntegerHeaderNumbersAreClearErrors) {
+    const std::string path = dir + "/t.bin";
+    for (const auto& [fields, expect] : std::vector<std::pair<std::string, std::string>>{
+             {R"("shape":[3.3e59],"offset":0,"nbytes":8)", "shape entry must be an integer"},
+             {R"("shape":[-4],"offset":0,"nbytes":8)", "shape entry = -4 is out of range"},
+             {R"("shape":"4","offset":0,"nbytes":8)", "shape must be a list"},
+             {R"("shape":[4],"offset":0.5,"nbytes":8)", "offset must be an integer"},
+             {R"("shape":[4],"offset":0,"nbytes":1e30)", "nbytes must be an integer"},
+             {R"("shape":[4],"offset":18446744073709551615,"nbytes":8)", "offset = 18446744073709551615 is out of range"},
+         }) {
+        write_bytes(path, tensor_file_bytes(R"({"meta":{},"tensors":[{"name":"w","dtype":"bf16",)" + fields + "}]}"));
+        try {
+            TensorFile::read(path);
+            ADD_FAILURE() << fields << " was accepted";
+        } catch (const moe::error& e) {
+            EXPECT_NE(std::string(e.what()).find(expect), std::string::npos) << fields << ": " << e.what();
+        }
     }
 }
 

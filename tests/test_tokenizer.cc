@@ -170,6 +170,14 @@ TEST(Bpe, JsonRoundTripAndCorruptMerges) {
     bad = j;
     bad.erase("merges");
     expect_error(bad, "merges");
+    // a char tokenizer's code points: integers in [0, 0x10FFFF] (a float went through nlohmann's
+    // float-to-int conversion, undefined behaviour)
+    const nlohmann::json c = Tokenizer::char_level("ab\n", "t").to_json();
+    for (const nlohmann::json& x : {nlohmann::json(3.3e59), nlohmann::json(-1), nlohmann::json(0x110000), nlohmann::json("a")}) {
+        nlohmann::json badc = c;
+        badc["chars"][1] = x;
+        expect_error(badc, "char tokenizer code point");
+    }
 }
 
 class BpeCli : public CliTest {};

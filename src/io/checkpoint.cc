@@ -1,4 +1,5 @@
 #include "io/checkpoint.h"
+#include "io/json_int.h"
 
 #include "kernels/bf16.h"
 #include "kernels/qmatmul.h"
@@ -116,8 +117,8 @@ static void read_checkpoint_meta(const TensorFile& tf, const std::string& path, 
         ck.config = config_from_json(tf.meta.at("config"), path + " (config)");
         ck.tokenizer = Tokenizer::from_json(tf.meta.at("tokenizer"), path + " (tokenizer)");
         const auto& s = tf.meta.at("state");
-        ck.state.step = s.at("step").get<int64_t>();
-        ck.state.tokens_seen = s.at("tokens_seen").get<int64_t>();
+        ck.state.step = json_int(s.at("step"), "'" + path + "': state.step", 0);
+        ck.state.tokens_seen = json_int(s.at("tokens_seen"), "'" + path + "': state.tokens_seen", 0);
         ck.state.val_loss = s.at("val_loss").get<double>();
         ck.weight_type = tf.meta.value("weight_type", std::string("fp32"));
         kernels::parse_wtype(ck.weight_type, (path + " (meta weight_type)").c_str());
@@ -450,17 +451,19 @@ Checkpoint load_checkpoint_experts(const std::string& dir, ExpertRange range, bo
                 uint64_t bytes = 0;
                 uint32_t crc = 0;
                 file_trailer(path, bytes, crc);
-                if (bytes != j.at("bytes").get<uint64_t>() || crc != j.at("crc32").get<uint32_t>())
+                const uint64_t m_bytes = (uint64_t)json_int(j.at("bytes"), "'" + mpath + "': bytes", 0);
+                const uint32_t m_crc = (uint32_t)json_int(j.at("crc32"), "'" + mpath + "': crc32", 0, UINT32_MAX);
+                if (bytes != m_bytes || crc != m_crc)
                     fail("sharded checkpoint '", dir, "': '", file, "' is ", bytes, " bytes with CRC-32 ", crc,
-                         ", the manifest says ", j.at("bytes").get<uint64_t>(), " bytes with ",
-                         j.at("crc32").get<uint32_t>(), " (a file of another save?)");
+                         ", the manifest says ", m_bytes, " bytes with ", m_crc, " (a file of another save?)");
                 auto tf = std::make_shared<TensorFile>(TensorFile::read(path, verify));
                 const std::string kind = j.at("kind").get<std::string>();
                 if (kind == "replicated") {
                     if (src.whole) fail("'", mpath, "' names two replicated files");
                     src.whole = tf;
                 } else if (kind == "experts") {
-                    const int64_t first = j.at("experts").at(0).get<int64_t>(), count = j.at("experts").at(1).get<int64_t>();
+                    const int64_t first = json_int(j.at("experts").at(0), "'" + mpath + "': experts[0]", 0),
+                                  count = json_int(j.at("experts").at(1), "'" + mpath + "': experts[1]", 1);
                     src.experts.push_back({first, count, tf});
                 } else {
                     fail("'", mpath, "': file '", file, "' has unknown kind '", kind, "'");

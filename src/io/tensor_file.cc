@@ -1,4 +1,5 @@
 #include "io/tensor_file.h"
+#include "io/json_int.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -143,15 +144,18 @@ TensorFile TensorFile::read(const std::string& path, bool verify) {
             r.name = t.at("name").get<std::string>();
             const std::string dt = t.at("dtype").get<std::string>();
             if (!dtype_from_name(dt, r.dtype)) fail("'", path, "': tensor '", r.name, "' has an unknown dtype '", dt, "'");
-            r.shape = t.at("shape").get<std::vector<int64_t>>();
+            const std::string what = "'" + path + "': tensor '" + r.name + "'";
+            const nlohmann::json& js = t.at("shape");
+            if (!js.is_array()) fail(what, ": shape must be a list, got ", js.dump());
+            for (const auto& d : js) r.shape.push_back(json_int(d, what + " shape entry", 0));
             int64_t numel = 1;
             for (int64_t d : r.shape) {
                 if (d < 0 || (d > 0 && numel > (int64_t(1) << 48) / d))
                     fail("'", path, "': tensor '", r.name, "' has a bad shape ", r.shape_str());
                 numel *= d;
             }
-            const size_t off = t.at("offset").get<size_t>();
-            r.nbytes = t.at("nbytes").get<size_t>();
+            const size_t off = (size_t)json_int(t.at("offset"), what + " offset", 0);
+            r.nbytes = (size_t)json_int(t.at("nbytes"), what + " nbytes", 0);
             if (r.nbytes != (size_t)numel * dtype_size(r.dtype))
                 fail("'", path, "': tensor '", r.name, "' size does not match its shape");
             if (data_start > size - 16 || off > size - 16 - data_start || r.nbytes > size - 16 - data_start - off)

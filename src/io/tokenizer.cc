@@ -1,4 +1,5 @@
 #include "io/tokenizer.h"
+#include "io/json_int.h"
 
 #include <algorithm>
 #include <chrono>
@@ -320,10 +321,10 @@ Tokenizer Tokenizer::from_json(const nlohmann::json& j, const std::string& where
     Tokenizer t;
     t.kind_ = Kind::chr;
     if (!j.contains("chars") || !j["chars"].is_array()) fail(where, ": char tokenizer has no 'chars' list");
-    t.chars_ = j["chars"].get<std::vector<uint32_t>>();
+    for (const auto& c : j["chars"])
+        t.chars_.push_back((uint32_t)json_int(c, where + ": char tokenizer code point", 0, 0x10FFFF));
     if (t.chars_.empty()) fail(where, ": char tokenizer has an empty vocabulary");
     uint32_t mx = *std::max_element(t.chars_.begin(), t.chars_.end());
-    if (mx > 0x10FFFF) fail(where, ": char tokenizer has an invalid code point ", mx);
     t.index_.assign(mx + 1, -1);
     for (size_t i = 0; i < t.chars_.size(); ++i) t.index_[t.chars_[i]] = (int32_t)i;
     return t;
