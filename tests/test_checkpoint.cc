@@ -412,6 +412,25 @@ TEST_F(CheckpointTest, ShardedSetClaimingAHugeModelIsRefusedBeforeAllocating) {
     }
 }
 
+// A header naming a weight type moe checkpoints do not store (a ggml block type: its tensors would be
+// read with the int8 layout; fuzz_checkpoint found "q8_0" reaching a kernel's assert on conversion)
+// is an error naming it.
+TEST_F(CheckpointTest, UnknownStoredWeightTypeIsAnError) {
+    std::vector<float> m, v;
+    auto model = make_model(3, m, v);
+    for (const char* type : {"q8_0", "q4_k", "f16", "int4"}) {
+        const std::string d = write_hand_checkpoint(cfg, *model, [&](TensorFileWriter& w) { w.meta["weight_type"] = type; });
+        for (const char* want : {"", "int8"}) {
+            try {
+                load_checkpoint(d, want);
+                ADD_FAILURE() << type << " accepted";
+            } catch (const moe::error& e) {
+                EXPECT_NE(std::string(e.what()).find(std::string("meta weight_type '") + type), std::string::npos) << e.what();
+            }
+        }
+    }
+}
+
 // AdamW moments of the right count but not f32 (a bf16 tensor holds half the bytes) are an error,
 // not a read past the tensor.
 TEST_F(CheckpointTest, OptimizerStateOfAnotherTypeIsAnError) {
