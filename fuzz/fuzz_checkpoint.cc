@@ -22,16 +22,8 @@
 #include "io/checkpoint.h"
 #include "fuzz_files.h"
 
-namespace {
-std::string g_dir;
-}
-
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-    g_dir = moe_fuzz::private_dir("ckpt");
-    return 0;
-}
-
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    const std::string& dir = moe_fuzz::private_dir("ckpt");  // made on the first call
     std::vector<unsigned char> file(data, data + size);
     const uint64_t total = size + 16;
     const uint32_t crc = moe::crc32_update(0, data, size), magic = 0x21454F4D;  // "MOE!"
@@ -40,10 +32,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::memcpy(trailer + 8, &crc, 4);
     std::memcpy(trailer + 12, &magic, 4);
     file.insert(file.end(), trailer, trailer + 16);
-    moe_fuzz::write_file(g_dir + "/checkpoint.bin", file.data(), file.size());
+    moe_fuzz::write_file(dir + "/checkpoint.bin", file.data(), file.size());
     try {
-        (void)moe::load_checkpoint(g_dir);
-        (void)moe::load_checkpoint(g_dir, "int8");
+        (void)moe::load_checkpoint(dir);
+        (void)moe::load_checkpoint(dir, "int8");
     } catch (const moe::error&) {
     }
     return 0;

@@ -21,16 +21,8 @@
 #include "io/gguf_model.h"
 #include "fuzz_files.h"
 
-namespace {
-std::string g_dir;
-}
-
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-    g_dir = moe_fuzz::private_dir("gguf");
-    return 0;
-}
-
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    const std::string& dir = moe_fuzz::private_dir("gguf");  // made on the first call
     std::vector<unsigned char> buf(data, data + size);  // exactly `size` bytes: a read past the end is a report
     try {
         const moe::GgufHeader h = moe::parse_gguf(buf.data(), buf.size(), "fuzz");
@@ -49,7 +41,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         } catch (const moe::error&) {
         }
         if (hparams) {
-            const std::string path = g_dir + "/model.gguf";
+            const std::string path = dir + "/model.gguf";
             moe_fuzz::write_file(path, buf.data(), buf.size());
             try {
                 (void)moe::load_gguf_model(path, "", 16);

@@ -17,25 +17,17 @@
 #include "fuzz_files.h"
 #include "io/hf_model.h"
 
-namespace {
-std::string g_dir;
-}
-
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-    g_dir = moe_fuzz::private_dir("hf");
-    return 0;
-}
-
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    const std::string& dir = moe_fuzz::private_dir("hf");  // made on the first call
     if (size < 4) return 0;
     uint32_t n = 0;
     std::memcpy(&n, data, 4);
     if (n > size - 4) return 0;
-    moe_fuzz::write_file(g_dir + "/config.json", data + 4, n);
-    moe_fuzz::write_file(g_dir + "/model.safetensors", data + 4 + n, size - 4 - n);
+    moe_fuzz::write_file(dir + "/config.json", data + 4, n);
+    moe_fuzz::write_file(dir + "/model.safetensors", data + 4 + n, size - 4 - n);
     try {
-        (void)moe::load_hf_model(g_dir, "", 16);
-        (void)moe::load_hf_model(g_dir, "int8", 16);
+        (void)moe::load_hf_model(dir, "", 16);
+        (void)moe::load_hf_model(dir, "int8", 16);
     } catch (const moe::error&) {
     }
     return 0;

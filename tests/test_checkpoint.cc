@@ -92,6 +92,15 @@ protected:
         return dir + "/ck";
     }
 
+    // cfg with FFN sizes of 2^30 (about 2^37 parameters, 0.5 TB of fp32): what a corrupted header of
+    // this model's checkpoint might claim
+    Config huge_config() const {
+        Config c = cfg;
+        c.model.n_ff_exp = int64_t(1) << 30;
+        c.model.n_ff = int64_t(1) << 30;
+        return c;
+    }
+
     // every parameter (by the table) of a and b has the same bits
     static void expect_same_params(Model& a, Model& b) {
         ASSERT_EQ(a.table().params().size(), b.table().params().size());
@@ -375,9 +384,7 @@ TEST_F(CheckpointTest, TensorsThatDisagreeWithTheConfigAreAnError) {
 TEST_F(CheckpointTest, ConfigClaimingAHugeModelIsRefusedBeforeAllocating) {
     std::vector<float> m, v;
     auto model = make_model(3, m, v);
-    Config other = cfg;
-    other.model.n_ff_exp = int64_t(1) << 30;
-    other.model.n_ff = int64_t(1) << 30;
+    const Config other = huge_config();
     write_hand_checkpoint(other, *model);
     for (const char* type : {"", "int8"}) {
         try {
@@ -394,9 +401,7 @@ TEST_F(CheckpointTest, ConfigClaimingAHugeModelIsRefusedBeforeAllocating) {
 TEST_F(CheckpointTest, ShardedSetClaimingAHugeModelIsRefusedBeforeAllocating) {
     std::vector<float> m, v;
     auto model = make_model(3, m, v);
-    Config other = cfg;
-    other.model.n_ff_exp = int64_t(1) << 30;
-    other.model.n_ff = int64_t(1) << 30;
+    const Config other = huge_config();
     const TrainState st{1, 0, -1};
     const std::string d = dir + "/sharded";
     fs::create_directories(d);

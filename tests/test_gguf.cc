@@ -48,6 +48,20 @@ std::string tmp_dir() {
     return d;
 }
 
+// A copy of the GGUF file src at out, with metadata key set to v (added or replaced), tensors as they are.
+void copy_gguf_setting(const std::string& src, const std::string& key, const GgufValue& v, const std::string& out) {
+    const auto in = GgufSource::open(src);
+    GgufWriter w;
+    for (const auto& [k, val] : in->header().kv) w.set(k, val);
+    w.set(key, v);
+    for (const auto& t : in->header().tensors) {
+        const void* d = in->data(t);
+        const uint64_t nb = t.nbytes;
+        w.add_tensor(t.name, t.type, t.shape, [d, nb](unsigned char* o) { std::memcpy(o, d, nb); });
+    }
+    w.write(out);
+}
+
 std::string slurp(const std::string& path) {
     std::ifstream f(path, std::ios::binary);
     std::ostringstream ss;
@@ -469,16 +483,8 @@ TEST(GgufBlockExport, NoTokenizerIsWrittenAsLlamaCppsNone) {
     const Checkpoint back = load_model(out, "");
     EXPECT_TRUE(back.tokenizer_missing);
     // llama.cpp's other spelling
-    const auto in = GgufSource::open(out);
-    GgufWriter w;
-    for (const auto& [k, v] : in->header().kv) w.set(k, k == "tokenizer.ggml.model" ? GgufValue::make_str("no_vocab") : v);
-    for (const auto& t : in->header().tensors) {
-        const void* d = in->data(t);
-        const uint64_t nb = t.nbytes;
-        w.add_tensor(t.name, t.type, t.shape, [d, nb](unsigned char* o) { std::memcpy(o, d, nb); });
-    }
     const std::string nv = tmp_dir() + "/no_vocab.gguf";
-    w.write(nv);
+    copy_gguf_setting(out, "tokenizer.ggml.model", GgufValue::make_str("no_vocab"), nv);
     EXPECT_TRUE(load_model(nv, "").tokenizer_missing);
 }
 
@@ -1035,17 +1041,8 @@ TEST(GgufParse, FuzzSeedsParseAsWritten) {
 // fuzz_gguf found such a header building the whole model first (its weights bound by a linear name
 // search: minutes for 10^4 layers).
 TEST(GgufModel, MetadataClaimingMoreLayersThanTheFileIsAnErrorUpFront) {
-    const auto in = GgufSource::open(kGguf + "qwen3.f32.gguf");
-    GgufWriter w;
-    for (const auto& [k, v] : in->header().kv) w.set(k, v);
-    w.set("qwen3.block_count", GgufValue::make_u32(60000));
-    for (const auto& t : in->header().tensors) {
-        const void* d = in->data(t);
-        const uint64_t nb = t.nbytes;
-        w.add_tensor(t.name, t.type, t.shape, [d, nb](unsigned char* o) { std::memcpy(o, d, nb); });
-    }
     const std::string out = tmp_dir() + "/many_layers.gguf";
-    w.write(out);
+    copy_gguf_setting(kGguf + "qwen3.f32.gguf", "qwen3.block_count", GgufValue::make_u32(60000), out);
     const std::string e = load_error(out);
     EXPECT_NE(e.find("required tensor 'blk.2."), std::string::npos) << e;
     EXPECT_NE(e.find(out), std::string::npos) << e;

@@ -361,27 +361,12 @@ struct CheckpointSource {
                  TensorView{name, DType::f32, shape}.shape_str());
         return *t;
     }
-    // The tensors copy(fp, what, ...) reads exist with their shapes (what: as in copy), checked for
-    // every parameter before the model is allocated, so that a config claiming more than the files
-    // hold is an error line, not an allocation of what it claims.
-    void check(const ParamInfo& fp, int what) const {
-        if (!sharded) {
-            if (what == 0) tensor(*whole, fp.name, fp.shape);  // (the moments: counted in the caller)
-            return;
-        }
-        const std::string name = what == 0 ? fp.name : (what == 1 ? "optim.adam_m/" : "optim.adam_v/") + fp.name;
-        if (!fp.expert) {
-            tensor(*whole, name, fp.shape);
-            return;
-        }
-        for (const Part& p : experts) {
-            std::vector<int64_t> shape = fp.shape;
-            shape[0] = p.count;
-            tensor(*p.file, name, shape);
-        }
-    }
+    // The tensors copy(fp, what, ...) reads, checked (copy with no destination), for every parameter
+    // before the model is allocated, so that a config claiming more than the files hold is an error
+    // line, not an allocation of what it claims.
+    void check(const ParamInfo& fp, int what) const { copy(fp, what, 0, fp.expert ? fp.shape[0] : 1, nullptr); }
     // what = 0: the parameter, 1: adam m, 2: adam v. Copies experts [e0, e0 + ne) of stack fp (the whole
-    // tensor when fp is not an expert stack) into dst.
+    // tensor when fp is not an expert stack) into dst; with dst null, only checks the source tensors.
     void copy(const ParamInfo& fp, int what, int64_t e0, int64_t ne, float* dst) const {
         const int64_t E = fp.expert ? fp.shape[0] : 1, per = fp.numel / E;
         if (!fp.expert) e0 = 0, ne = 1;
@@ -393,12 +378,13 @@ struct CheckpointSource {
                 const TensorView* t = whole->find(what == 1 ? "optim.adam_m" : "optim.adam_v");
                 src = t->f32() + fp.offset;  // (size checked in open)
             }
-            std::memcpy(dst, src + e0 * per, ne * per * sizeof(float));
+            if (dst) std::memcpy(dst, src + e0 * per, ne * per * sizeof(float));
             return;
         }
         const std::string name = what == 0 ? fp.name : (what == 1 ? "optim.adam_m/" : "optim.adam_v/") + fp.name;
         if (!fp.expert) {
-            std::memcpy(dst, tensor(*whole, name, fp.shape).f32(), fp.numel * sizeof(float));
+            const float* src = tensor(*whole, name, fp.shape).f32();
+            if (dst) std::memcpy(dst, src, fp.numel * sizeof(float));
             return;
         }
         for (const Part& p : experts) {
@@ -407,7 +393,7 @@ struct CheckpointSource {
             std::vector<int64_t> shape = fp.shape;
             shape[0] = p.count;
             const float* src = tensor(*p.file, name, shape).f32();
-            std::memcpy(dst + (lo - e0) * per, src + (lo - p.first) * per, (hi - lo) * per * sizeof(float));
+            if (dst) std::memcpy(dst + (lo - e0) * per, src + (lo - p.first) * per, (hi - lo) * per * sizeof(float));
         }
     }
 };

@@ -102,17 +102,8 @@ EngineRequest RequestParser::sampling(const Fields& f, bool chat) const {
 std::vector<int32_t> RequestParser::prompt_ids(const json& p) const {
     if (p.is_string()) return model.tokenize(p.get<std::string>(), true);
     if (p.is_array() && p.size() == 1 && p[0].is_string()) return model.tokenize(p[0].get<std::string>(), true);
-    if (p.is_array() && !p.empty() && p[0].is_number_integer()) {
-        std::vector<int32_t> ids;
-        const int64_t V = model.vocab_size();
-        for (const json& x : p) {
-            if (!x.is_number_integer()) bad("'prompt' as token ids must hold integers only", "invalid_type");
-            const int64_t v = x.get<int64_t>();
-            if (v < 0 || v >= V) bad("'prompt' token id " + std::to_string(v) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
-            ids.push_back((int32_t)v);
-        }
-        return ids;
-    }
+    if (p.is_array() && !p.empty() && p[0].is_number_integer())
+        return vocab_ids(p, "'prompt' as token ids must hold integers only", "'prompt' token id ");
     bad("'prompt' must be a string, a list of one string or a list of token ids", "invalid_type");
 }
 
@@ -177,12 +168,17 @@ std::vector<int32_t> RequestParser::tokenize(const json& body) const {
 
 std::vector<int32_t> RequestParser::detokenize_ids(const json& b) const {
     if (!b.contains("tokens") || !b["tokens"].is_array()) bad("'tokens' must be a list of token ids", "invalid_type");
+    return vocab_ids(b["tokens"], "'tokens' must hold integers only", "token id ");
+}
+
+std::vector<int32_t> RequestParser::vocab_ids(const json& a, const std::string& not_integer,
+                                              const std::string& id_prefix) const {
     std::vector<int32_t> ids;
     const int64_t V = model.vocab_size();
-    for (const json& x : b["tokens"]) {
-        if (!x.is_number_integer()) bad("'tokens' must hold integers only", "invalid_type");
+    for (const json& x : a) {
+        if (!x.is_number_integer()) bad(not_integer, "invalid_type");
         const int64_t v = x.get<int64_t>();
-        if (v < 0 || v >= V) bad("token id " + std::to_string(v) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
+        if (v < 0 || v >= V) bad(id_prefix + std::to_string(v) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
         ids.push_back((int32_t)v);
     }
     return ids;

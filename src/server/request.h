@@ -110,6 +110,9 @@ struct RequestParser {
     // The sampling fields shared by both endpoints.
     EngineRequest sampling(const Fields& f, bool chat) const;
     std::vector<int32_t> prompt_ids(const json& p) const;
+    // The ids of list a, each an integer inside the vocabulary (else a 400: not_integer, or
+    // id_prefix + "<id> is outside the vocabulary [0, V)")
+    std::vector<int32_t> vocab_ids(const json& a, const std::string& not_integer, const std::string& id_prefix) const;
     std::string chat_prompt(const json& msgs) const;
 };
 

@@ -43,9 +43,7 @@ namespace {
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-using srv::bad;
 using srv::dump;
-using srv::Fields;
 using srv::HttpError;
 
 void set_error(httplib::Response& res, int status, const std::string& msg, const std::string& type,
