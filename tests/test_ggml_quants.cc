@@ -389,8 +389,10 @@ std::vector<int64_t> amx_row_counts() {
 // twin q8_0_rows_block_ref, for 1..17 and 33 rows in a call (one group of 16, a ragged group, three
 // groups), output ranges cut at rows that are not multiples of the 16-row tile, accumulate on and
 // off, and a row alone gives its bits among the others.
-TEST(GgmlQuants, Q8_0AmxRowsEqualBlockOrderTwinBitForBit) {
-    if (!detail::q8_0_rows_amx_supported()) GTEST_SKIP() << "no AMX-INT8 on this host (or MOE_ISA below amx)";
+// On AVX-512 VNNI hosts without AMX the same holds for the VNNI prefill tiles (2 rows or more) and
+// the one-row block kernel (q8_0_row_block_vnni) that batch invariance takes there.
+TEST(GgmlQuants, Q8_0BlockOrderRowsEqualTwinBitForBit) {
+    if (!q8_0_block_order_active()) GTEST_SKIP() << "no AMX-INT8 or AVX-512 VNNI on this host (or MOE_ISA below them)";
     {  // batch invariance off, one row: the VNNI single-row kernel (faster for one row)
         GActs one;
         std::vector<float> x1(64, 0.5f);
@@ -411,7 +413,7 @@ TEST(GgmlQuants, Q8_0AmxRowsEqualBlockOrderTwinBitForBit) {
             GActs acts;
             acts.build(GType::q8_0, x.data(), N, in);
             acts.prepare_rows_vnni();
-            ASSERT_TRUE(acts.rows_amx);
+            ASSERT_TRUE(acts.rows_amx || (N == 1 ? acts.rows_block : acts.rows_tiles));
             for (bool acc : {false, true}) {
                 std::vector<float> y(N * out), want(N * out);
                 for (int64_t i = 0; i < N * out; ++i) y[i] = want[i] = 0.5f + 0.01f * (float)(i % 7);
@@ -440,8 +442,8 @@ TEST(GgmlQuants, Q8_0AmxRowsEqualBlockOrderTwinBitForBit) {
 // Batch invariance of Q8_0 decode on AMX hosts end to end: qmatmul over a Q8_0 matrix while batch
 // invariant (the engine's setting), 1-3 threads, N = 1..16 and 40: every row has the bits of that
 // row computed alone on one thread, and of the block-order twin.
-TEST(GgmlQuants, Q8_0AmxDecodeIsBatchInvariantOverThreads) {
-    if (!detail::q8_0_rows_amx_supported()) GTEST_SKIP() << "no AMX-INT8 on this host (or MOE_ISA below amx)";
+TEST(GgmlQuants, Q8_0BlockOrderDecodeIsBatchInvariantOverThreads) {
+    if (!q8_0_block_order_active()) GTEST_SKIP() << "no AMX-INT8 or AVX-512 VNNI on this host (or MOE_ISA below them)";
     const BatchInvariantScope invariant(true);
     const int64_t in = 256, out = 77;
     auto w = randv(out * in, 71);

@@ -725,7 +725,7 @@ float vec_dot_bf16_f32(int64_t n, const void* w, const void* a) { return dot1(GT
 // ---------------------------------------------------------------- matmul
 
 void GActs::build(GType act, const float* x, int64_t n, int64_t i) {
-    type = act, N = n, in = i, rows_vnni = rows_amx = rows_q4 = false;
+    type = act, N = n, in = i, rows_vnni = rows_amx = rows_q4 = rows_block = rows_tiles = false;
     row_bytes = gtype_row_bytes(act, i);
     if ((int64_t)buf.size() < N * row_bytes) buf.resize(N * row_bytes);
     uint8_t* dst = buf.data();
@@ -737,8 +737,10 @@ void GActs::build(GType act, const float* x, int64_t n, int64_t i) {
     else parallel_for(0, N, 8, rows);
 }
 
+static bool vnni_tiles_active(GType t);
+
 void GActs::prepare_rows_vnni(bool amx_ok) {
-    rows_vnni = rows_amx = false;
+    rows_vnni = rows_amx = rows_block = rows_tiles = false;
     if (type != GType::q8_0 || !detail::q8_0_rows_vnni_supported()) return;
     // AMX-INT8 decode rows (ggml_rows_amx.cc): for every N while batch invariant (one arithmetic for
     // every row count), else from 2 rows (one row streams faster through the VNNI kernel below)
@@ -750,11 +752,21 @@ void GActs::prepare_rows_vnni(bool amx_ok) {
         rows_vnni = rows_amx = true;
         return;
     }
+    // batch invariant without AMX: the same block order on VNNI, so that a row's bits do not depend
+    // on N (and are those of an AMX host): the prefill tiles from two rows (their arithmetic is the
+    // block order), q8_0_row_block_vnni for one (the tiles' unpacking of 32 weight rows is paid
+    // for by 2 rows, not by 1)
+    const bool block = amx_ok && batch_invariant() && vnni_tiles_active(GType::q8_0);
+    if (block && N >= 2) {
+        prepare_tiles(128);
+        rows_tiles = true;
+        return;
+    }
     const int64_t sp = (in / 32 + 1) / 2;
     if ((int64_t)qu.size() < N * in) qu.resize(N * in);
     if ((int64_t)s16.size() < N * sp * 16) s16.resize(N * sp * 16);
     detail::q8_0_rows_acts(buf.data(), row_bytes, N, in, qu.data(), s16.data());
-    rows_vnni = true;
+    rows_vnni = true, rows_block = block;
 }
 
 void GActs::prepare_rows_q4_0() {
@@ -776,6 +788,27 @@ void ggml_matmul_rows(float* y, int64_t ys, const GActs& acts, const void* w, GT
     if (t == GType::q8_0 && acts.rows_amx && acts.N >= N && detail::q8_0_rows_amx_supported()) {
         // AMX-INT8 tiles: all N rows, tiles of 16 weight rows read in place (the block order)
         detail::q8_0_rows_amx(y, ys, acts.qu.data(), acts.s16.data(), acts.in, w, row_stride, N, o0, o1, accumulate);
+        return;
+    }
+    if (t == GType::q8_0 && acts.rows_tiles && acts.N >= N) {
+        // batch invariant, VNNI without AMX, two rows or more: the prefill tiles (block order)
+        thread_local std::vector<uint8_t> scratch;  // this thread's tile (grown once)
+        const int64_t bytes = detail::tile_scratch_bytes(acts.in) + 64;
+        if ((int64_t)scratch.size() < bytes) scratch.resize(bytes);
+        uint8_t* s = scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64;
+        detail::TileActs xa;
+        xa.xp = acts.xp.data(), xa.xs = acts.xs.data(), xa.am = acts.am.data(), xa.xo = acts.xo.data(), xa.sb = false;
+        detail::prefill_tiles_vnni(y, ys, xa, w, t, row_stride, N, acts.in, o0, o1, accumulate, s);
+        return;
+    }
+    if (t == GType::q8_0 && acts.rows_block && N == 1) {
+        // batch invariant, VNNI without AMX, one row: the block order's one-row kernel (its gather
+        // takes 15 row strides as int32 offsets; rows longer than that take the scalar twin)
+        if (row_stride <= INT32_MAX / 16)
+            detail::q8_0_row_block_vnni(y, acts.qu.data(), acts.s16.data(), acts.in, w, row_stride, o0, o1, accumulate);
+        else
+            detail::q8_0_rows_block_ref(y, ys, acts.buf.data(), acts.row_bytes, 1, acts.in, w, row_stride, o0, o1,
+                                        accumulate);
         return;
     }
     // groups of 8 rows (the single-row dots' bits); with several groups, tiles of 8 output rows
@@ -909,6 +942,9 @@ static bool vnni_tiles_active(GType t) {
     return active_isa() >= Isa::avx512 && f.avx512_vnni && f.avx512dq && f.f16c && detail::tiles_supported(t);
 }
 bool ggml_matmul_tiles_active(GType t) { return amx_tiles_active(t) || vnni_tiles_active(t); }
+bool q8_0_block_order_active() {
+    return detail::q8_0_rows_vnni_supported() && (detail::q8_0_rows_amx_supported() || vnni_tiles_active(GType::q8_0));
+}
 bool ggml_prefill_on_int8(GType t) {
     // measured on Zen 3 only (AVX2): the VNNI row dots of AVX-512 hosts (q6_k without AMX) stay
     return ggml_matmul_tiles_active(t) || vnni_row_dots_active();

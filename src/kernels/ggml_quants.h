@@ -114,6 +114,10 @@ struct GActs {
     std::vector<uint8_t> qu;
     std::vector<float> s16;
     bool rows_vnni = false, rows_amx = false;
+    // batch invariant on AVX-512 VNNI hosts without AMX: the block order of the AMX rows, from the
+    // prefill tiles for two rows or more (xp, xs, am, xo filled: rows_tiles) and from
+    // q8_0_row_block_vnni for one (qu, s16 filled: rows_block)
+    bool rows_block = false, rows_tiles = false;
     // the same rows for Q4_0 weights (ggml_rows_vnni.h, q4_0_rows_acts): x in the nibbles' order,
     // the offsets -8 * sum, the scales; rows_q4 once filled
     std::vector<int8_t> q4x;
@@ -139,6 +143,10 @@ struct GActs {
 inline constexpr int64_t kGgmlGemvMaxN = 8;
 void ggml_matmul(float* y, const float* x, const void* w, GType t, int64_t row_stride, int64_t N, int64_t OUT,
                  int64_t IN, bool accumulate, GActs& acts);
+// Whether batch-invariant Q8_0 products take the block order here (detail::q8_0_rows_block_ref's
+// bits for every N): the AMX-INT8 rows, or on AVX-512 VNNI hosts the prefill tiles and the one-row
+// block kernel. False on AVX2-only hosts (their row dots' lane order, the same for every N too).
+bool q8_0_block_order_active();
 // Whether ggml_matmul's blocked path (N > kGgmlGemvMaxN) multiplies type t on integer tiles here
 // (AMX-INT8, or AVX-512 VNNI), rather than on the row dots.
 bool ggml_matmul_tiles_active(GType t);

@@ -184,10 +184,19 @@ KT inline __m256i unpack_sub(const uint8_t* row, int64_t b, float* s, float* m) 
 
 // rows [0, nr) of the tile (the rest zero): 8 rows at a time, their sub-block vectors transposed
 // into the 4-value groups' layout
+// The next 8 rows' bytes (the next tile's first 8 after the last group, past nr or the matrix
+// alike: a prefetch never faults) are prefetched into L2 spread over the current group's blocks:
+// 8 rows side by side are streams the hardware prefetchers do not follow, and a decode step that
+// takes the tiles (batch invariant, N >= 2 on VNNI hosts) reads its weights from DRAM here.
 template <GType T>
 KT void unpack_tile_t(const uint8_t* w, int64_t row_stride, int nr, int64_t nsb, uint8_t* wq, float* ws, float* wm) {
-    for (int r0 = 0; r0 < kTileRows; r0 += 8)
+    constexpr int kAheadRows = 16;
+    const int64_t span = 8 * row_stride;
+    for (int r0 = 0; r0 < kTileRows; r0 += 8) {
+        const char* pf = reinterpret_cast<const char*>(w + (r0 + kAheadRows) * row_stride);
+        int64_t pfo = 0;
         for (int64_t b = 0; b < nsb; ++b) {
+            for (; pfo < span * (b + 1) / nsb; pfo += 64) _mm_prefetch(pf + pfo, _MM_HINT_T1);
             __m256i v[8];
             for (int i = 0; i < 8; ++i) {
                 const int r = r0 + i;
@@ -199,6 +208,7 @@ KT void unpack_tile_t(const uint8_t* w, int64_t row_stride, int nr, int64_t nsb,
             uint8_t* dst = wq + b * kTileSubBytes + 4 * r0;
             for (int k = 0; k < 8; ++k) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k * 4 * kTileRows), v[k]);
         }
+    }
 }
 
 KT void unpack_tile(GType t, const uint8_t* w, int64_t row_stride, int nr, int64_t nsb, uint8_t* wq, float* ws, float* wm) {
