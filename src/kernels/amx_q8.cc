@@ -17,6 +17,7 @@
 #include "kernels/cpu.h"
 #include "kernels/ggml_quants_simd.h"
 #include "kernels/q6_k_bits.h"
+#include "kernels/amx_target.h"
 
 namespace moe::kernels::amx {
 
@@ -31,10 +32,6 @@ bool ggml_supported(GType t) {
 
 namespace {
 
-#define KA __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8")))
-// the same on a lambda inside a KA function (clang does not give a lambda its enclosing function's
-// target, GCC does; scripts/fuzz.sh builds with clang)
-#define KA_LAMBDA __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8")))
 
 constexpr int kRows = 32;               // weight rows per unpacked tile (two B tiles of 16)
 constexpr int64_t kSubBytes = 1024;     // one 32-value block of the unpacked tile

@@ -29,13 +29,10 @@
 #include "kernels/cpu.h"
 #include "kernels/ggml_quants.h"
 #include "kernels/ggml_rows_vnni.h"
+#include "kernels/amx_target.h"
 
 namespace moe::kernels::detail {
 
-#define KA __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8")))
-// the same on a lambda inside a KA function (clang does not give a lambda its enclosing function's
-// target, GCC does; scripts/fuzz.sh builds with clang)
-#define KA_LAMBDA __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8")))
 
 bool q8_0_rows_amx_supported() { return q8_0_rows_vnni_supported() && amx::int8_active(); }
 

@@ -199,7 +199,6 @@ KFN void block_row(float* y, const uint8_t* xu, const float* s16, int64_t in, co
     const __m512i c80 = _mm512_set1_epi8((char)0x80);
     const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i io = _mm512_add_epi32(ie, _mm512_set1_epi32(1));
-    auto fold = [&](__m512i a, __m512i b) { return fold_pairs(a, b, ie, io); };
     for (int64_t o = o0; o < o1; o += 16) {
         const int nr = (int)std::min<int64_t>(16, o1 - o);
         const __mmask16 km = (__mmask16)(nr == 16 ? 0xffff : (1u << nr) - 1);
@@ -237,9 +236,10 @@ KFN void block_row(float* y, const uint8_t* xu, const float* s16, int64_t in, co
                 v[r] = _mm512_dpbusd_epi32(corr, _mm512_xor_si512(wv, c80), xs);
             }
             __m512i s[8], t[4];
-            for (int i = 0; i < 8; ++i) s[i] = fold(v[2 * i], v[2 * i + 1]);  // (row, block) groups of 4 partials
-            for (int i = 0; i < 4; ++i) t[i] = fold(s[2 * i], s[2 * i + 1]);  // ... of 2
-            const __m512i u0 = fold(t[0], t[1]), u1 = fold(t[2], t[3]);      // rows 0-7 / 8-15, blocks interleaved
+            // (no lambda: clang does not give one its enclosing function's target)
+            for (int i = 0; i < 8; ++i) s[i] = fold_pairs(v[2 * i], v[2 * i + 1], ie, io);  // (row, block) groups of 4 partials
+            for (int i = 0; i < 4; ++i) t[i] = fold_pairs(s[2 * i], s[2 * i + 1], ie, io);  // ... of 2
+            const __m512i u0 = fold_pairs(t[0], t[1], ie, io), u1 = fold_pairs(t[2], t[3], ie, io);  // rows 0-7 / 8-15
             const uint8_t* d0 = w0 + 2 * p * (int64_t)sizeof(BlockQ8_0);        // block 2p's scale, row 0
             const __m512 wd0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(gidx, d0, 1)));
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_permutex2var_epi32(u0, ie, u1)),
