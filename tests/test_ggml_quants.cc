@@ -478,9 +478,12 @@ TEST(GgmlQuants, Q8_0BlockOrderDecodeIsBatchInvariantOverThreads) {
 // multiples of the 16-row tile, accumulate on and off: every element the bits of the block-order
 // twin q8_rows_block_ref over the same quantized activations, and so of the row computed alone.
 // Without invariance one row keeps the VNNI single-row kernel; widths not a multiple of 32 too.
-TEST(GgmlQuants, Int8AmxRowsEqualBlockOrderTwinBitForBit) {
-    if (!q8_rows_amx_active(64)) GTEST_SKIP() << "no AMX-INT8 on this host (or MOE_ISA below amx)";
+// On AVX-512 VNNI hosts without AMX the same for the VNNI tiles and the one-row block kernel.
+TEST(GgmlQuants, Int8BlockOrderRowsEqualTwinBitForBit) {
+    if (!q8_rows_amx_active(64) && !q8_rows_block_active(64))
+        GTEST_SKIP() << "no AMX-INT8 or AVX-512 VNNI on this host (or MOE_ISA below them)";
     EXPECT_FALSE(q8_rows_amx_active(48));
+    EXPECT_FALSE(q8_rows_block_active(48));
     {
         QActs one;
         std::vector<float> x1(64, 0.5f);

@@ -204,7 +204,9 @@ TEST(QMatmul, InvariantRowEqualsTheRowAlone) {
 }
 
 // The int8 decode kernel's AVX-512 VNNI form gives the AVX2 form's bits (the same exact integer
-// sums per lane, the same fp32 operations in the same order), odd block counts and tails included.
+// sums per lane, the same fp32 operations in the same order), odd block counts and tails included:
+// decode rows (N <= kGemvMaxN), and every N while batch invariant except where a VNNI host takes
+// the block order then (widths a multiple of 32 without AMX: Int8BlockOrderRowsEqualTwinBitForBit).
 TEST(QMatmul, Int8VnniEqualsAvx2BitForBit) {
     {
         const Isa prev = set_isa_cap(Isa::avx512);
@@ -212,9 +214,19 @@ TEST(QMatmul, Int8VnniEqualsAvx2BitForBit) {
         set_isa_cap(prev);
         if (!vnni) GTEST_SKIP() << "no AVX-512 VNNI on this host: " << host_description();
     }
-    const moe::kernels::BatchInvariantScope on;  // the GEMV kernel for every N
+    int compared = 0;
+    for (bool invariant : {true, false})
     for (int64_t in : {32, 64, 96, 13, 70, 300, 600, 1024})
         for (int64_t N : {1, 2, 7, 8, 9, 17, 32}) {
+            if (!invariant && N > kGemvMaxN) continue;  // more rows take the GEMM without invariance
+            const moe::kernels::BatchInvariantScope scope(invariant);  // on: the GEMV kernel for every N
+            {
+                const Isa prev = set_isa_cap(Isa::avx512);
+                const bool block = invariant && q8_rows_block_active(in);
+                set_isa_cap(prev);
+                if (block) continue;
+            }
+            ++compared;
             const int64_t out = 19;
             auto w = randv(out * in, 101 + in), x = randv(N * in, 102 + N);
             QStore st;
@@ -228,9 +240,10 @@ TEST(QMatmul, Int8VnniEqualsAvx2BitForBit) {
                 set_isa_cap(prev);
                 for (int64_t i = 0; i < N * out; ++i)
                     ASSERT_EQ(std::bit_cast<uint32_t>(a[i]), std::bit_cast<uint32_t>(b[i]))
-                        << "in=" << in << " N=" << N << " acc=" << acc << " i=" << i;
+                        << "in=" << in << " N=" << N << " acc=" << acc << " i=" << i << " invariant=" << invariant;
             }
         }
+    EXPECT_GT(compared, 40);
 }
 
 // f16 weights are used in place (a GGUF F16 tensor's mapping): the GEMV widens each row in registers

@@ -805,7 +805,7 @@ void ggml_matmul_rows(float* y, int64_t ys, const GActs& acts, const void* w, GT
         // batch invariant, VNNI without AMX, one row: the block order's one-row kernel (its gather
         // takes 15 row strides as int32 offsets; rows longer than that take the scalar twin)
         if (row_stride <= INT32_MAX / 16)
-            detail::q8_0_row_block_vnni(y, acts.qu.data(), acts.s16.data(), acts.in, w, row_stride, o0, o1, accumulate);
+            detail::q8_0_row_block_vnni(y, acts.buf.data(), acts.in, w, row_stride, o0, o1, accumulate);
         else
             detail::q8_0_rows_block_ref(y, ys, acts.buf.data(), acts.row_bytes, 1, acts.in, w, row_stride, o0, o1,
                                         accumulate);

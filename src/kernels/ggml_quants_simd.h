@@ -53,6 +53,14 @@ void unpack_tile_vnni(GType w, const uint8_t* rows, int64_t row_stride, int nr, 
                       float* wm);
 int64_t tile_scratch_bytes(int64_t in);
 // y[n * ys + o] (+)= for o in [o0, o1), n < N; scratch: tile_scratch_bytes(in), 64-byte aligned
+// moe's int8 on the same tiles (kernels/qmatmul.h's QActs and QMatrix: q (N, in) with scales
+// (N, in / 32); wq (OUT, in) with ws (OUT, in / 32); in a multiple of 32): the activations packed
+// as q8_0 rows are (c = 128), the weight rows unpacked as Q8_0 blocks are; every output
+// fma((float)isum_b, ws[o, b] * xs[n, b], acc) in block order, q8_rows_block_ref's bits.
+void pack_tile_acts_q8(const int8_t* q, const float* scales, int64_t N, int64_t in, int64_t g0, int64_t g1, uint8_t* xp,
+                       float* xs, float* am, int32_t* xo);
+void prefill_tiles_q8_vnni(float* y, int64_t ys, const TileActs& xa, const int8_t* wq, const float* ws, int64_t N,
+                           int64_t in, int64_t o0, int64_t o1, bool accumulate, uint8_t* scratch);
 void prefill_tiles_vnni(float* y, int64_t ys, const TileActs& xa, const void* w, GType t, int64_t row_stride,
                         int64_t N, int64_t in, int64_t o0, int64_t o1, bool accumulate, uint8_t* scratch);
 

@@ -188,20 +188,33 @@ KT inline __m256i unpack_sub(const uint8_t* row, int64_t b, float* s, float* m) 
 // alike: a prefetch never faults) are prefetched into L2 spread over the current group's blocks:
 // 8 rows side by side are streams the hardware prefetchers do not follow, and a decode step that
 // takes the tiles (batch invariant, N >= 2 on VNNI hosts) reads its weights from DRAM here.
-template <GType T>
-KT void unpack_tile_t(const uint8_t* w, int64_t row_stride, int nr, int64_t nsb, uint8_t* wq, float* ws, float* wm) {
+// I8 (T = q8_0): moe's int8 rows (32 bytes a block, row_stride = in) with their fp32 scales at
+// i8s[r * nsb + b]: u = q + 128, ws the scale, wm = 128 ws, as a Q8_0 block's.
+template <GType T, bool I8 = false>
+KT void unpack_tile_t(const uint8_t* w, int64_t row_stride, int nr, int64_t nsb, uint8_t* wq, float* ws, float* wm,
+                      const float* i8s = nullptr) {
     constexpr int kAheadRows = 16;
     const int64_t span = 8 * row_stride;
     for (int r0 = 0; r0 < kTileRows; r0 += 8) {
         const char* pf = reinterpret_cast<const char*>(w + (r0 + kAheadRows) * row_stride);
         int64_t pfo = 0;
+        if constexpr (I8)  // the scales of the rows 16 ahead too (a separate array)
+            for (int64_t i = 0; i < 8 * nsb * (int64_t)sizeof(float); i += 64)
+                _mm_prefetch(reinterpret_cast<const char*>(i8s + (r0 + kAheadRows) * nsb) + i, _MM_HINT_T1);
         for (int64_t b = 0; b < nsb; ++b) {
             for (; pfo < span * (b + 1) / nsb; pfo += 64) _mm_prefetch(pf + pfo, _MM_HINT_T1);
             __m256i v[8];
             for (int i = 0; i < 8; ++i) {
                 const int r = r0 + i;
                 float s = 0.f, m = 0.f;
-                v[i] = r < nr ? unpack_sub<T>(w + r * row_stride, b, &s, &m) : _mm256_setzero_si256();
+                if constexpr (I8) {
+                    if (r < nr) s = i8s[r * nsb + b], m = 128.f * s;
+                    v[i] = r < nr ? _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * row_stride + 32 * b)),
+                                                     _mm256_set1_epi8((char)0x80))
+                                  : _mm256_setzero_si256();
+                } else {
+                    v[i] = r < nr ? unpack_sub<T>(w + r * row_stride, b, &s, &m) : _mm256_setzero_si256();
+                }
                 ws[b * kTileRows + r] = s, wm[b * kTileRows + r] = m;
             }
             transpose_dwords8(v);
@@ -408,9 +421,11 @@ int64_t tile_scratch_bytes(int64_t in) { return in / 32 * (kTileSubBytes + 2 * k
 // Activation groups for the tiles: per (group, sub-block) the 4 rows' 32 bytes (two rows per zmm)
 // transposed by two vpermt2d into 4-byte words (k, j); sums by vpsadbw on the bytes ^ 0x80 (q8_0)
 // or from the per-16 sums (q8_k).
+// i8: moe's int8 rows instead (row n's block b: 32 bytes at rows + n * row_bytes + 32 b, its scale
+// i8[n * nsb + b]), summed as the q8_0 blocks are.
 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
-void pack_tile_acts(const uint8_t* rows, int64_t row_bytes, GType act, int64_t N, int64_t in, int32_t c, int64_t g0,
-                    int64_t g1, uint8_t* xp, float* xs, float* am, int32_t* xo) {
+static void pack_tile_acts_any(const uint8_t* rows, int64_t row_bytes, GType act, const float* i8, int64_t N, int64_t in,
+                               int32_t c, int64_t g0, int64_t g1, uint8_t* xp, float* xs, float* am, int32_t* xo) {
     const int64_t nsb = in / 32;
     const bool q8k = act == GType::q8_k;
     // word p = 4 k + j of the output (k < 4: first half) from row j's word k: rows 0, 1 in A (0-7,
@@ -435,9 +450,14 @@ void pack_tile_acts(const uint8_t* rows, int64_t row_bytes, GType act, int64_t N
                     v[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qs + 32 * (b % 8)));
                     sc = blk.d, sum = blk.bsums[2 * (b % 8)] + blk.bsums[2 * (b % 8) + 1];
                 } else {
-                    const BlockQ8_0& blk = reinterpret_cast<const BlockQ8_0*>(rows + n * row_bytes)[b];
-                    v[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qs));
-                    sc = _cvtsh_ss(blk.d);
+                    if (i8) {
+                        v[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows + n * row_bytes + 32 * b));
+                        sc = i8[n * nsb + b];
+                    } else {
+                        const BlockQ8_0& blk = reinterpret_cast<const BlockQ8_0*>(rows + n * row_bytes)[b];
+                        v[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qs));
+                        sc = _cvtsh_ss(blk.d);
+                    }
                     const __m256i sad = _mm256_sad_epu8(_mm256_xor_si256(v[j], flip), _mm256_setzero_si256());
                     const __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
                     sum = (int32_t)(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1)) - 128 * 32;
@@ -451,6 +471,31 @@ void pack_tile_acts(const uint8_t* rows, int64_t row_bytes, GType act, int64_t N
             _mm512_storeu_si512(dst, _mm512_permutex2var_epi32(A, ilo, B));
             _mm512_storeu_si512(dst + 64, _mm512_permutex2var_epi32(A, ihi, B));
         }
+}
+
+void pack_tile_acts(const uint8_t* rows, int64_t row_bytes, GType act, int64_t N, int64_t in, int32_t c, int64_t g0,
+                    int64_t g1, uint8_t* xp, float* xs, float* am, int32_t* xo) {
+    pack_tile_acts_any(rows, row_bytes, act, nullptr, N, in, c, g0, g1, xp, xs, am, xo);
+}
+
+void pack_tile_acts_q8(const int8_t* q, const float* scales, int64_t N, int64_t in, int64_t g0, int64_t g1, uint8_t* xp,
+                       float* xs, float* am, int32_t* xo) {
+    pack_tile_acts_any(reinterpret_cast<const uint8_t*>(q), in, GType::q8_0, scales, N, in, 128, g0, g1, xp, xs, am, xo);
+}
+
+void prefill_tiles_q8_vnni(float* y, int64_t ys, const TileActs& xa, const int8_t* wq, const float* ws_rows, int64_t N,
+                           int64_t in, int64_t o0, int64_t o1, bool accumulate, uint8_t* scratch) {
+    const int64_t nsb = in / 32;
+    uint8_t* wq_t = scratch;  // 64-byte aligned by the caller
+    float* ws = reinterpret_cast<float*>(wq_t + nsb * kTileSubBytes);
+    float* wm = ws + nsb * kTileRows;
+    for (int64_t r0 = o0; r0 < o1; r0 += kTileRows) {
+        const int nr = (int)std::min<int64_t>(kTileRows, o1 - r0);
+        unpack_tile_t<GType::q8_0, true>(reinterpret_cast<const uint8_t*>(wq + r0 * in), in, nr, nsb, wq_t, ws, wm,
+                                         ws_rows + r0 * nsb);
+        for (int64_t g = 0; 4 * g < N; ++g)
+            tile_rows(y + r0, ys, xa, g, (int)std::min<int64_t>(4, N - 4 * g), nr, wq_t, ws, wm, nsb, accumulate);
+    }
 }
 
 void prefill_tiles_vnni(float* y, int64_t ys, const TileActs& xa, const void* w, GType t, int64_t row_stride,

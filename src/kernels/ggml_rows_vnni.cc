@@ -183,18 +183,71 @@ KFN inline __m512i fold_pairs(__m512i a, __m512i b, __m512i ie, __m512i io) {
     return _mm512_add_epi32(_mm512_permutex2var_epi32(a, ie, b), _mm512_permutex2var_epi32(a, io, b));
 }
 
-// One activation row in the block order (ggml_rows_vnni.h, q8_0_row_block_vnni): 16 weight rows at
-// a time. Per pair of blocks each row's vpdpbusd gives its 8 exact partial sums per block ((w + 128)
-// times x from an accumulator started at -128 times x), then the 16 rows' vectors are folded pairwise
-// (vpermt2d of the even and of the odd lanes, added: exact integers) in three steps into one int32
-// per (row, block), rows 0-7 and 8-15 in two vectors with the blocks interleaved, and a last pair
-// of vpermt2d gives block 2p's 16 sums and block 2p + 1's, one row per lane. The fp32 work is then
-// per block one convert, one multiply (the 16 rows' scales, gathered, times the activation's) and
-// one FMA for 16 rows: acc = fma((float)isum_b, wd_b * xd_b, acc), blocks in ascending order.
-// Rows past o1 in the last group repeat row o1 - 1 (computed, not stored). row_stride * 15 must fit
-// an int32 (the gather's offsets; the caller checks).
-KFN void block_row(float* y, const uint8_t* xu, const float* s16, int64_t in, const uint8_t* w, int64_t row_stride,
-                   int64_t o0, int64_t o1, bool accumulate) {
+// The block-order one-row kernel's operands. Weights: Q8_0 rows in place (row_stride bytes apart,
+// a block's fp16 scale before its 32 quants) or moe's int8 (wq (OUT, in) int8, ws (OUT, in / 32)
+// fp32 scales); block b's 32 signed bytes of row `row`, and the 16 rows' scales of block b
+// gathered at the offsets `off` (of row 0's) as fp32. Activations: one row of q8_0 blocks, or of
+// int8 with an fp32 scale per block.
+struct WQ8_0 {
+    const uint8_t* w;
+    int64_t row_stride;
+    KFN const uint8_t* row(int64_t o) const { return w + o * row_stride; }
+    KFN int64_t row_off(int r) const { return r * row_stride; }  // gather offsets, bytes
+    KFN __m256i bytes(const uint8_t* row, int64_t b) const {
+        return block_bytes(reinterpret_cast<const BlockQ8_0*>(row)[b]);
+    }
+    KFN __m512 scales(const uint8_t* row0, int64_t b, __m512i off) const {
+        return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(off, row0 + b * (int64_t)sizeof(BlockQ8_0), 1)));
+    }
+    static constexpr int64_t kBlockBytes = sizeof(BlockQ8_0);
+    KFN void prefetch_scales(int64_t, int64_t) const {}  // in the rows' own lines
+};
+struct WInt8 {
+    const int8_t* wq;
+    const float* ws;
+    int64_t in;
+    KFN const uint8_t* row(int64_t o) const { return reinterpret_cast<const uint8_t*>(wq + o * in); }
+    KFN int64_t row_off(int r) const { return r * in; }  // bytes of wq; the scales' offsets are r * in / 32
+    KFN __m256i bytes(const uint8_t* row, int64_t b) const {
+        return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 32 * b));
+    }
+    KFN __m512 scales(const uint8_t* row0, int64_t b, __m512i off) const {
+        const float* s0 = ws + (reinterpret_cast<const int8_t*>(row0) - wq) / 32 + b;  // row0's scale of block b
+        return _mm512_i32gather_ps(_mm512_srli_epi32(off, 5), s0, 4);
+    }
+    static constexpr int64_t kBlockBytes = 32;
+    // rows [o, o + n)'s scales (contiguous) into L2: the gathers read 16 rows' lines of them
+    KFN void prefetch_scales(int64_t o, int64_t n) const {
+        const char* p = reinterpret_cast<const char*>(ws + o * (in / 32));
+        const int64_t bytes = n * (in / 32) * (int64_t)sizeof(float);
+        for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(p + i, _MM_HINT_T1);
+    }
+};
+struct AQ8_0 {
+    const uint8_t* blocks;  // one row of q8_0 blocks
+    KFN __m256i x(int64_t b) const { return block_bytes(reinterpret_cast<const BlockQ8_0*>(blocks)[b]); }
+    KFN float d(int64_t b) const { return h2f(reinterpret_cast<const BlockQ8_0*>(blocks)[b].d); }
+};
+struct AInt8 {
+    const int8_t* q;
+    const float* s;
+    KFN __m256i x(int64_t b) const { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32 * b)); }
+    KFN float d(int64_t b) const { return s[b]; }
+};
+
+// One activation row in the block order (ggml_rows_vnni.h, q8_0_row_block_vnni, q8_row_block_vnni):
+// 16 weight rows at a time. Per pair of blocks each row's vpdpbusd gives its 8 exact partial sums
+// per block ((w + 128) times x from an accumulator started at -128 times x, the same for the 16
+// rows), then the 16 rows' vectors are folded pairwise (vpermt2d of the even and of the odd lanes,
+// added: exact integers) in three steps into one int32 per (row, block), rows 0-7 and 8-15 in two
+// vectors with the blocks interleaved, and a last pair of vpermt2d gives block 2p's 16 sums and
+// block 2p + 1's, one row per lane. The fp32 work is then per block one convert, one multiply (the
+// 16 rows' scales, gathered, times the activation's) and one FMA for 16 rows:
+// acc = fma((float)isum_b, wd_b * xd_b, acc), blocks in ascending order. Rows past o1 in the last
+// group repeat row o1 - 1 (computed, not stored). 15 rows' bytes must fit an int32 (the gather's
+// offsets; the callers check).
+template <class W, class A>
+KFN void block_row(float* y, const A& x, int64_t in, const W& wt, int64_t o0, int64_t o1, bool accumulate) {
     const int64_t nb = in / 32, pairs = (nb + 1) / 2;
     const __m512i c80 = _mm512_set1_epi8((char)0x80);
     const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -202,37 +255,39 @@ KFN void block_row(float* y, const uint8_t* xu, const float* s16, int64_t in, co
     for (int64_t o = o0; o < o1; o += 16) {
         const int nr = (int)std::min<int64_t>(16, o1 - o);
         const __mmask16 km = (__mmask16)(nr == 16 ? 0xffff : (1u << nr) - 1);
-        const uint8_t* w0 = w + o * row_stride;
+        const uint8_t* w0 = wt.row(o);
         alignas(64) int32_t off[16];
-        for (int r = 0; r < 16; ++r) off[r] = (int32_t)(std::min(r, nr - 1) * row_stride);
+        for (int r = 0; r < 16; ++r) off[r] = (int32_t)wt.row_off(std::min(r, nr - 1));
         const __m512i gidx = _mm512_load_si512(off);
         // the next group's rows into L2 in the order they will be read, each pair's bytes of the 16
         // rows with the same pair of this group (16 rows side by side are streams the hardware
         // prefetchers do not follow; into L1, or the next group's bytes in address order, one
         // stream's decode step was 10-20% slower than the lane-order kernel's, bench/serve_load)
-        const char* pf = reinterpret_cast<const char*>(w0 + 16 * row_stride);
+        const char* pf = reinterpret_cast<const char*>(wt.row(o + 16));
+        const int64_t pair_bytes = 2 * W::kBlockBytes;
         const bool ahead = o + 16 < o1;
+        if (o == o0) wt.prefetch_scales(o, nr);
+        if (ahead) wt.prefetch_scales(o + 16, std::min<int64_t>(16, o1 - o - 16));
         __m512 acc = accumulate ? _mm512_maskz_loadu_ps(km, y + o) : _mm512_setzero_ps();
         for (int64_t p = 0; p < pairs; ++p) {
             if (ahead)
                 for (int r = 0; r < 16; ++r) {
-                    const char* q = pf + off[r] + 2 * p * (int64_t)sizeof(BlockQ8_0);
+                    const char* q = pf + off[r] + p * pair_bytes;
                     _mm_prefetch(q, _MM_HINT_T1);
-                    _mm_prefetch(q + 2 * sizeof(BlockQ8_0) - 1, _MM_HINT_T1);
+                    _mm_prefetch(q + pair_bytes - 1, _MM_HINT_T1);
                 }
             const bool lone = 2 * p + 1 == nb;
             // the activations signed (x), the weights unsigned (w + 128): the offset is then the
             // activations' -128 * (sum of each lane's 4 x), the same for all 16 rows
-            const __m512i xs = _mm512_xor_si512(
-                c80, lone ? _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xu + 64 * p)))
-                          : _mm512_loadu_si512(xu + 64 * p));
+            const __m512i xs = lone ? _mm512_zextsi256_si512(x.x(2 * p))
+                                    : _mm512_inserti64x4(_mm512_castsi256_si512(x.x(2 * p)), x.x(2 * p + 1), 1);
             const __m512i corr = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), c80, xs));
             __m512i v[16];
 #pragma GCC unroll 16
             for (int r = 0; r < 16; ++r) {
-                const BlockQ8_0* b0 = reinterpret_cast<const BlockQ8_0*>(w0 + off[r]) + 2 * p;
-                const __m512i wv = lone ? _mm512_zextsi256_si512(block_bytes(b0[0]))
-                                        : _mm512_inserti64x4(_mm512_castsi256_si512(block_bytes(b0[0])), block_bytes(b0[1]), 1);
+                const uint8_t* row = w0 + off[r];
+                const __m512i wv = lone ? _mm512_zextsi256_si512(wt.bytes(row, 2 * p))
+                                        : _mm512_inserti64x4(_mm512_castsi256_si512(wt.bytes(row, 2 * p)), wt.bytes(row, 2 * p + 1), 1);
                 v[r] = _mm512_dpbusd_epi32(corr, _mm512_xor_si512(wv, c80), xs);
             }
             __m512i s[8], t[4];
@@ -240,16 +295,11 @@ KFN void block_row(float* y, const uint8_t* xu, const float* s16, int64_t in, co
             for (int i = 0; i < 8; ++i) s[i] = fold_pairs(v[2 * i], v[2 * i + 1], ie, io);  // (row, block) groups of 4 partials
             for (int i = 0; i < 4; ++i) t[i] = fold_pairs(s[2 * i], s[2 * i + 1], ie, io);  // ... of 2
             const __m512i u0 = fold_pairs(t[0], t[1], ie, io), u1 = fold_pairs(t[2], t[3], ie, io);  // rows 0-7 / 8-15
-            const uint8_t* d0 = w0 + 2 * p * (int64_t)sizeof(BlockQ8_0);        // block 2p's scale, row 0
-            const __m512 wd0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(gidx, d0, 1)));
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_permutex2var_epi32(u0, ie, u1)),
-                                  _mm512_mul_ps(wd0, _mm512_set1_ps(s16[16 * p])), acc);
-            if (!lone) {
-                const __m512 wd1 = _mm512_cvtph_ps(
-                    _mm512_cvtepi32_epi16(_mm512_i32gather_epi32(gidx, d0 + sizeof(BlockQ8_0), 1)));
+                                  _mm512_mul_ps(wt.scales(w0, 2 * p, gidx), _mm512_set1_ps(x.d(2 * p))), acc);
+            if (!lone)
                 acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_permutex2var_epi32(u0, io, u1)),
-                                      _mm512_mul_ps(wd1, _mm512_set1_ps(s16[16 * p + 8])), acc);
-            }
+                                      _mm512_mul_ps(wt.scales(w0, 2 * p + 1, gidx), _mm512_set1_ps(x.d(2 * p + 1))), acc);
         }
         _mm512_mask_storeu_ps(y + o, km, acc);
     }
@@ -317,9 +367,14 @@ void q8_0_rows_vnni(float* y, int64_t ys, const uint8_t* qu, const float* s16, i
     rows_nr<BlockQ8_0>(y, ys, qu, s16, in, static_cast<const uint8_t*>(w), row_stride, n0, nr, o0, o1, accumulate);
 }
 
-void q8_0_row_block_vnni(float* y, const uint8_t* qu, const float* s16, int64_t in, const void* w, int64_t row_stride,
-                         int64_t o0, int64_t o1, bool accumulate) {
-    block_row(y, qu, s16, in, static_cast<const uint8_t*>(w), row_stride, o0, o1, accumulate);
+void q8_0_row_block_vnni(float* y, const uint8_t* act, int64_t in, const void* w, int64_t row_stride, int64_t o0,
+                         int64_t o1, bool accumulate) {
+    block_row(y, AQ8_0{act}, in, WQ8_0{static_cast<const uint8_t*>(w), row_stride}, o0, o1, accumulate);
+}
+
+void q8_row_block_vnni(float* y, const int8_t* q, const float* qs, int64_t in, const int8_t* wq, const float* ws,
+                       int64_t o0, int64_t o1, bool accumulate) {
+    block_row(y, AInt8{q, qs}, in, WInt8{wq, ws, in}, o0, o1, accumulate);
 }
 
 void q4_0_rows_vnni(float* y, int64_t ys, const int8_t* xq, const int32_t* xc, const float* xs, int64_t in,

@@ -14,6 +14,8 @@
 #include "kernels/bf16.h"
 #include "kernels/cpu.h"
 #include "kernels/gemm.h"
+#include "kernels/ggml_quants.h"
+#include "kernels/ggml_quants_simd.h"
 #include "kernels/ggml_rows_vnni.h"
 #include "kernels/sgemm.h"
 
@@ -136,7 +138,7 @@ void quantize_q8_row(int8_t* q, float* scales, const float* w, int64_t in) {
 }
 
 void QActs::build(const float* x, int64_t n, int64_t i) {
-    N = n, in = i, rows_amx = false;
+    N = n, in = i, rows_amx = rows_block = false;
     const int64_t nb = blocks();
     if ((int64_t)q.size() < N * in) q.resize(N * in);
     if ((int64_t)scales.size() < N * nb) scales.resize(N * nb);
@@ -156,6 +158,38 @@ void QActs::build_amx() {
     if ((int64_t)amx_s16.size() < G * nb * 16) amx_s16.resize(G * nb * 16);
     detail::q8_rows_acts_amx(q.data(), scales.data(), N, in, amx_qu.data(), amx_s16.data());
     rows_amx = true;
+}
+
+bool q8_rows_block_active(int64_t in) {
+    return in % kQ8Block == 0 && in > 0 && in <= INT32_MAX / 16 && !amx::int8_active() && q8_vnni_active() &&
+           ggml_matmul_tiles_active(GType::q8_0);
+}
+
+void QActs::build_block() {
+    if (N >= 2) {
+        const int64_t G = (N + 3) / 4, nb = in / kQ8Block;
+        if ((int64_t)tile_xp.size() < G * nb * 128) tile_xp.resize(G * nb * 128);
+        if ((int64_t)tile_xs.size() < G * nb * 4) tile_xs.resize(G * nb * 4), tile_am.resize(G * nb * 4), tile_xo.resize(G * nb * 4);
+        detail::pack_tile_acts_q8(q.data(), scales.data(), N, in, 0, G, tile_xp.data(), tile_xs.data(), tile_am.data(),
+                                  tile_xo.data());
+    }
+    rows_block = true;
+}
+
+// int8 rows [o0, o1) of y (N, ys) in the block order on VNNI (QActs::build_block)
+static void q8_rows_block(float* y, int64_t ys, const QActs& qa, const QMatrix& w, int64_t N, int64_t o0, int64_t o1,
+                          bool accumulate) {
+    if (N == 1) {
+        detail::q8_row_block_vnni(y, qa.q.data(), qa.scales.data(), w.in, w.q, w.scales, o0, o1, accumulate);
+        return;
+    }
+    thread_local std::vector<uint8_t> scratch;  // this thread's tile (grown once)
+    const int64_t bytes = detail::tile_scratch_bytes(w.in) + 64;
+    if ((int64_t)scratch.size() < bytes) scratch.resize(bytes);
+    uint8_t* s = scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64;
+    detail::TileActs xa;
+    xa.xp = qa.tile_xp.data(), xa.xs = qa.tile_xs.data(), xa.am = qa.tile_am.data(), xa.xo = qa.tile_xo.data();
+    detail::prefill_tiles_q8_vnni(y, ys, xa, w.q, w.scales, N, w.in, o0, o1, accumulate, s);
 }
 
 void QActs::build_vnni() {
@@ -680,6 +714,7 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
     if (q8) {
         qa.build(x, N, in);
         if (q8_rows_amx_active(in) && (N > 1 || batch_invariant())) qa.build_amx();  // the AMX rows for every matrix
+        else if (batch_invariant() && q8_rows_block_active(in)) qa.build_block();   // the same order on VNNI
         else if (q8_vnni_active()) qa.build_vnni();
     }
     thread_local GActs ga[3];  // the same for the ggml types' activation types
@@ -713,6 +748,8 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
                     if (nb == 0)  // all N rows at once (groups of 16 inside)
                         detail::q8_rows_amx(o.y, o.w.out, qx->amx_qu.data(), qx->amx_s16.data(), in, o.w.q, o.w.scales, N,
                                             lo - off, hi - off, accumulate);
+                } else if (lo < hi && o.w.type == WType::q8 && qx->rows_block) {
+                    if (nb == 0) q8_rows_block(o.y, o.w.out, *qx, o.w, N, lo - off, hi - off, accumulate);
                 } else if (lo < hi) {
                     qmatmul_rows(o.y, x, *qx, o.w, nb, ne, lo - off, hi - off, accumulate);
                 }

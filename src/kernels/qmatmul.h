@@ -108,9 +108,18 @@ struct QActs {
     std::vector<uint8_t> amx_qu;
     std::vector<float> amx_s16;
     bool rows_amx = false;
+    // Batch invariant on AVX-512 VNNI hosts without AMX (q8_rows_block_active(in)): the same block
+    // order as the AMX rows, from the VNNI tiles for two rows or more (the rows packed for them here,
+    // ggml_quants_simd.h's TileActs) and from q8_row_block_vnni (q, scales as they are) for one.
+    // Filled by build_block(), after build().
+    std::vector<uint8_t> tile_xp;
+    std::vector<float> tile_xs, tile_am;
+    std::vector<int32_t> tile_xo;
+    bool rows_block = false;
     void build(const float* x, int64_t N, int64_t in);
     void build_vnni();
     void build_amx();
+    void build_block();
     int64_t blocks() const { return (in + kQ8Block - 1) / kQ8Block; }
 };
 // Whether the int8 decode kernel runs its AVX-512 VNNI form on this host (same bits as AVX2's).
@@ -119,6 +128,9 @@ bool q8_vnni_active();
 // multiple of 32): for N >= 2, and for every N while batch invariant (so one arithmetic serves every
 // row count), as the Q8_0 rows do.
 bool q8_rows_amx_active(int64_t in);
+// Whether, without AMX, batch-invariant int8 products of width `in` take the block order on AVX-512
+// VNNI here (QActs::build_block; in a multiple of 32).
+bool q8_rows_block_active(int64_t in);
 void dequantize_row(float* dst, const QMatrix& w, int64_t row);
 
 // The reference twin: a double sum over dequantized weights; int8 and the ggml block types with x
