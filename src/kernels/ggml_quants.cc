@@ -753,11 +753,11 @@ void GActs::prepare_rows_vnni(bool amx_ok) {
         return;
     }
     // batch invariant without AMX: the same block order on VNNI, so that a row's bits do not depend
-    // on N (and are those of an AMX host): the prefill tiles from two rows (their arithmetic is the
-    // block order), q8_0_row_block_vnni for one (the tiles' unpacking of 32 weight rows is paid
-    // for by 2 rows, not by 1)
+    // on N (and are those of an AMX host): the prefill tiles from three rows (their arithmetic is
+    // the block order), q8_0_row_block_vnni for one or two (the tiles' unpacking of 32 weight rows
+    // costs more than the rows it serves below three)
     const bool block = amx_ok && batch_invariant() && vnni_tiles_active(GType::q8_0);
-    if (block && N >= 2) {
+    if (block && N >= 3) {
         prepare_tiles(128);
         rows_tiles = true;
         return;
@@ -801,13 +801,14 @@ void ggml_matmul_rows(float* y, int64_t ys, const GActs& acts, const void* w, GT
         detail::prefill_tiles_vnni(y, ys, xa, w, t, row_stride, N, acts.in, o0, o1, accumulate, s);
         return;
     }
-    if (t == GType::q8_0 && acts.rows_block && N == 1) {
-        // batch invariant, VNNI without AMX, one row: the block order's one-row kernel (its gather
-        // takes 15 row strides as int32 offsets; rows longer than that take the scalar twin)
+    if (t == GType::q8_0 && acts.rows_block && N <= 2) {
+        // batch invariant, VNNI without AMX, one or two rows: the block order's row kernel (its
+        // gather takes 15 row strides as int32 offsets; rows longer than that take the scalar twin)
         if (row_stride <= INT32_MAX / 16)
-            detail::q8_0_row_block_vnni(y, acts.buf.data(), acts.in, w, row_stride, o0, o1, accumulate);
+            detail::q8_0_row_block_vnni(y, ys, acts.buf.data(), acts.row_bytes, (int)N, acts.in, w, row_stride, o0, o1,
+                                        accumulate);
         else
-            detail::q8_0_rows_block_ref(y, ys, acts.buf.data(), acts.row_bytes, 1, acts.in, w, row_stride, o0, o1,
+            detail::q8_0_rows_block_ref(y, ys, acts.buf.data(), acts.row_bytes, N, acts.in, w, row_stride, o0, o1,
                                         accumulate);
         return;
     }

@@ -115,8 +115,8 @@ struct GActs {
     std::vector<float> s16;
     bool rows_vnni = false, rows_amx = false;
     // batch invariant on AVX-512 VNNI hosts without AMX: the block order of the AMX rows, from the
-    // prefill tiles for two rows or more (xp, xs, am, xo filled: rows_tiles) and from
-    // q8_0_row_block_vnni for one (the q8_0 row in buf as it is: rows_block)
+    // prefill tiles for three rows or more (xp, xs, am, xo filled: rows_tiles) and from
+    // q8_0_row_block_vnni for one or two (the q8_0 rows in buf as they are: rows_block)
     bool rows_block = false, rows_tiles = false;
     // the same rows for Q4_0 weights (ggml_rows_vnni.h, q4_0_rows_acts): x in the nibbles' order,
     // the offsets -8 * sum, the scales; rows_q4 once filled

@@ -224,30 +224,37 @@ struct WInt8 {
     }
 };
 struct AQ8_0 {
-    const uint8_t* blocks;  // one row of q8_0 blocks
-    KFN __m256i x(int64_t b) const { return block_bytes(reinterpret_cast<const BlockQ8_0*>(blocks)[b]); }
-    KFN float d(int64_t b) const { return h2f(reinterpret_cast<const BlockQ8_0*>(blocks)[b].d); }
+    const uint8_t* blocks;  // row 0's q8_0 blocks
+    int64_t row_bytes;      // to the next row's
+    KFN __m256i x(int j, int64_t b) const {
+        return block_bytes(reinterpret_cast<const BlockQ8_0*>(blocks + j * row_bytes)[b]);
+    }
+    KFN float d(int j, int64_t b) const { return h2f(reinterpret_cast<const BlockQ8_0*>(blocks + j * row_bytes)[b].d); }
 };
 struct AInt8 {
-    const int8_t* q;
-    const float* s;
-    KFN __m256i x(int64_t b) const { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32 * b)); }
-    KFN float d(int64_t b) const { return s[b]; }
+    const int8_t* q;  // (rows, in)
+    const float* s;   // (rows, in / 32)
+    int64_t in;
+    KFN __m256i x(int j, int64_t b) const {
+        return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + j * in + 32 * b));
+    }
+    KFN float d(int j, int64_t b) const { return s[j * (in / 32) + b]; }
 };
 
-// One activation row in the block order (ggml_rows_vnni.h, q8_0_row_block_vnni, q8_row_block_vnni):
-// 16 weight rows at a time. Per pair of blocks each row's vpdpbusd gives its 8 exact partial sums
-// per block ((w + 128) times x from an accumulator started at -128 times x, the same for the 16
-// rows), then the 16 rows' vectors are folded pairwise (vpermt2d of the even and of the odd lanes,
-// added: exact integers) in three steps into one int32 per (row, block), rows 0-7 and 8-15 in two
-// vectors with the blocks interleaved, and a last pair of vpermt2d gives block 2p's 16 sums and
-// block 2p + 1's, one row per lane. The fp32 work is then per block one convert, one multiply (the
-// 16 rows' scales, gathered, times the activation's) and one FMA for 16 rows:
-// acc = fma((float)isum_b, wd_b * xd_b, acc), blocks in ascending order. Rows past o1 in the last
-// group repeat row o1 - 1 (computed, not stored). 15 rows' bytes must fit an int32 (the gather's
-// offsets; the callers check).
-template <class W, class A>
-KFN void block_row(float* y, const A& x, int64_t in, const W& wt, int64_t o0, int64_t o1, bool accumulate) {
+// One or two activation rows in the block order (ggml_rows_vnni.h, q8_0_row_block_vnni,
+// q8_row_block_vnni): 16 weight rows at a time. Per pair of blocks each row's vpdpbusd gives its 8
+// exact partial sums per block ((w + 128) times x from an accumulator started at -128 times x, the
+// same for the 16 rows), and the 16 rows' vectors are folded pairwise (vpermt2d of the even and of
+// the odd lanes, added: exact integers) in three steps into one int32 per (row, block), rows 0-7
+// and 8-15 in two vectors with the blocks interleaved (the first step as the rows come, so two
+// activation rows keep 16 vectors live, not 32), and a last pair of vpermt2d gives block 2p's 16
+// sums and block 2p + 1's, one row per lane. The fp32 work is then per block one convert, one
+// multiply (the 16 rows' scales, gathered once for both activation rows, times the activation's)
+// and one FMA for 16 rows: acc = fma((float)isum_b, wd_b * xd_b, acc), blocks in ascending order.
+// Two activation rows share each weight load. Rows past o1 in the last group repeat row o1 - 1
+// (computed, not stored). 15 rows' bytes must fit an int32 (the gather's offsets; the callers check).
+template <int NA, class W, class A>
+KFN void block_row(float* y, int64_t ys, const A& x, int64_t in, const W& wt, int64_t o0, int64_t o1, bool accumulate) {
     const int64_t nb = in / 32, pairs = (nb + 1) / 2;
     const __m512i c80 = _mm512_set1_epi8((char)0x80);
     const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -268,7 +275,8 @@ KFN void block_row(float* y, const A& x, int64_t in, const W& wt, int64_t o0, in
         const bool ahead = o + 16 < o1;
         if (o == o0) wt.prefetch_scales(o, nr);
         if (ahead) wt.prefetch_scales(o + 16, std::min<int64_t>(16, o1 - o - 16));
-        __m512 acc = accumulate ? _mm512_maskz_loadu_ps(km, y + o) : _mm512_setzero_ps();
+        __m512 acc[NA];
+        for (int j = 0; j < NA; ++j) acc[j] = accumulate ? _mm512_maskz_loadu_ps(km, y + j * ys + o) : _mm512_setzero_ps();
         for (int64_t p = 0; p < pairs; ++p) {
             if (ahead)
                 for (int r = 0; r < 16; ++r) {
@@ -279,29 +287,42 @@ KFN void block_row(float* y, const A& x, int64_t in, const W& wt, int64_t o0, in
             const bool lone = 2 * p + 1 == nb;
             // the activations signed (x), the weights unsigned (w + 128): the offset is then the
             // activations' -128 * (sum of each lane's 4 x), the same for all 16 rows
-            const __m512i xs = lone ? _mm512_zextsi256_si512(x.x(2 * p))
-                                    : _mm512_inserti64x4(_mm512_castsi256_si512(x.x(2 * p)), x.x(2 * p + 1), 1);
-            const __m512i corr = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), c80, xs));
-            __m512i v[16];
-#pragma GCC unroll 16
-            for (int r = 0; r < 16; ++r) {
-                const uint8_t* row = w0 + off[r];
-                const __m512i wv = lone ? _mm512_zextsi256_si512(wt.bytes(row, 2 * p))
-                                        : _mm512_inserti64x4(_mm512_castsi256_si512(wt.bytes(row, 2 * p)), wt.bytes(row, 2 * p + 1), 1);
-                v[r] = _mm512_dpbusd_epi32(corr, _mm512_xor_si512(wv, c80), xs);
+            __m512i xs[NA], corr[NA];
+            for (int j = 0; j < NA; ++j) {
+                xs[j] = lone ? _mm512_zextsi256_si512(x.x(j, 2 * p))
+                             : _mm512_inserti64x4(_mm512_castsi256_si512(x.x(j, 2 * p)), x.x(j, 2 * p + 1), 1);
+                corr[j] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), c80, xs[j]));
             }
-            __m512i s[8], t[4];
-            // (no lambda: clang does not give one its enclosing function's target)
-            for (int i = 0; i < 8; ++i) s[i] = fold_pairs(v[2 * i], v[2 * i + 1], ie, io);  // (row, block) groups of 4 partials
-            for (int i = 0; i < 4; ++i) t[i] = fold_pairs(s[2 * i], s[2 * i + 1], ie, io);  // ... of 2
-            const __m512i u0 = fold_pairs(t[0], t[1], ie, io), u1 = fold_pairs(t[2], t[3], ie, io);  // rows 0-7 / 8-15
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_permutex2var_epi32(u0, ie, u1)),
-                                  _mm512_mul_ps(wt.scales(w0, 2 * p, gidx), _mm512_set1_ps(x.d(2 * p))), acc);
-            if (!lone)
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_permutex2var_epi32(u0, io, u1)),
-                                      _mm512_mul_ps(wt.scales(w0, 2 * p + 1, gidx), _mm512_set1_ps(x.d(2 * p + 1))), acc);
+            __m512i s[NA][8];
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; ++i) {
+                __m512i wu[2];
+                for (int h = 0; h < 2; ++h) {
+                    const uint8_t* row = w0 + off[2 * i + h];
+                    const __m512i wv = lone ? _mm512_zextsi256_si512(wt.bytes(row, 2 * p))
+                                            : _mm512_inserti64x4(_mm512_castsi256_si512(wt.bytes(row, 2 * p)),
+                                                                 wt.bytes(row, 2 * p + 1), 1);
+                    wu[h] = _mm512_xor_si512(wv, c80);
+                }
+                // (no lambda: clang does not give one its enclosing function's target)
+                for (int j = 0; j < NA; ++j)  // (row, block) groups of 4 partials
+                    s[j][i] = fold_pairs(_mm512_dpbusd_epi32(corr[j], wu[0], xs[j]), _mm512_dpbusd_epi32(corr[j], wu[1], xs[j]),
+                                         ie, io);
+            }
+            const __m512 wd0 = wt.scales(w0, 2 * p, gidx);
+            const __m512 wd1 = lone ? wd0 : wt.scales(w0, 2 * p + 1, gidx);
+            for (int j = 0; j < NA; ++j) {
+                __m512i t[4];
+                for (int i = 0; i < 4; ++i) t[i] = fold_pairs(s[j][2 * i], s[j][2 * i + 1], ie, io);  // ... of 2
+                const __m512i u0 = fold_pairs(t[0], t[1], ie, io), u1 = fold_pairs(t[2], t[3], ie, io);  // rows 0-7 / 8-15
+                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_permutex2var_epi32(u0, ie, u1)),
+                                         _mm512_mul_ps(wd0, _mm512_set1_ps(x.d(j, 2 * p))), acc[j]);
+                if (!lone)
+                    acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_permutex2var_epi32(u0, io, u1)),
+                                             _mm512_mul_ps(wd1, _mm512_set1_ps(x.d(j, 2 * p + 1))), acc[j]);
+            }
         }
-        _mm512_mask_storeu_ps(y + o, km, acc);
+        for (int j = 0; j < NA; ++j) _mm512_mask_storeu_ps(y + j * ys + o, km, acc[j]);
     }
 }
 
@@ -367,14 +388,20 @@ void q8_0_rows_vnni(float* y, int64_t ys, const uint8_t* qu, const float* s16, i
     rows_nr<BlockQ8_0>(y, ys, qu, s16, in, static_cast<const uint8_t*>(w), row_stride, n0, nr, o0, o1, accumulate);
 }
 
-void q8_0_row_block_vnni(float* y, const uint8_t* act, int64_t in, const void* w, int64_t row_stride, int64_t o0,
-                         int64_t o1, bool accumulate) {
-    block_row(y, AQ8_0{act}, in, WQ8_0{static_cast<const uint8_t*>(w), row_stride}, o0, o1, accumulate);
+void q8_0_row_block_vnni(float* y, int64_t ys, const uint8_t* act, int64_t act_bytes, int na, int64_t in, const void* w,
+                         int64_t row_stride, int64_t o0, int64_t o1, bool accumulate) {
+    const AQ8_0 a{act, act_bytes};
+    const WQ8_0 wt{static_cast<const uint8_t*>(w), row_stride};
+    if (na == 2) block_row<2>(y, ys, a, in, wt, o0, o1, accumulate);
+    else block_row<1>(y, ys, a, in, wt, o0, o1, accumulate);
 }
 
-void q8_row_block_vnni(float* y, const int8_t* q, const float* qs, int64_t in, const int8_t* wq, const float* ws,
-                       int64_t o0, int64_t o1, bool accumulate) {
-    block_row(y, AInt8{q, qs}, in, WInt8{wq, ws, in}, o0, o1, accumulate);
+void q8_row_block_vnni(float* y, int64_t ys, const int8_t* q, const float* qs, int na, int64_t in, const int8_t* wq,
+                       const float* ws, int64_t o0, int64_t o1, bool accumulate) {
+    const AInt8 a{q, qs, in};
+    const WInt8 wt{wq, ws, in};
+    if (na == 2) block_row<2>(y, ys, a, in, wt, o0, o1, accumulate);
+    else block_row<1>(y, ys, a, in, wt, o0, o1, accumulate);
 }
 
 void q4_0_rows_vnni(float* y, int64_t ys, const int8_t* xq, const int32_t* xc, const float* xs, int64_t in,

@@ -33,17 +33,18 @@ void q4_0_rows_acts(const uint8_t* rows, int64_t row_bytes, int64_t N, int64_t i
 void q4_0_rows_vnni(float* y, int64_t ys, const int8_t* xq, const int32_t* xc, const float* xs, int64_t in,
                     const void* w, int64_t row_stride, int64_t n0, int nr, int64_t o0, int64_t o1, bool accumulate);
 
-// One activation row (act: its q8_0 blocks) in the block order below (the AMX rows' arithmetic,
-// the twin q8_0_rows_block_ref's bits) on AVX-512 VNNI without AMX: y[o] (+)= for o in [o0, o1).
-// With ggml_quants.cc's VNNI prefill tiles for two rows or more (the same order), the
-// batch-invariant Q8_0 path of VNNI hosts. row_stride * 15 must fit an int32.
-void q8_0_row_block_vnni(float* y, const uint8_t* act, int64_t in, const void* w, int64_t row_stride, int64_t o0,
-                         int64_t o1, bool accumulate);
-// The same for moe's int8 (wq (OUT, in), ws (OUT, in / 32); the activation row q with its block
-// scales qs, as QActs has them): the bits of q8_rows_block_ref. in a multiple of 32, in * 15 must
+// na = 1 or 2 activation rows (act: their q8_0 blocks, act_bytes apart) in the block order below
+// (the AMX rows' arithmetic, the twin q8_0_rows_block_ref's bits) on AVX-512 VNNI without AMX:
+// y[n * ys + o] (+)= for n < na, o in [o0, o1). With ggml_quants.cc's VNNI prefill tiles for three
+// rows or more (the same order), the batch-invariant Q8_0 path of VNNI hosts. row_stride * 15 must
 // fit an int32.
-void q8_row_block_vnni(float* y, const int8_t* q, const float* qs, int64_t in, const int8_t* wq, const float* ws,
-                       int64_t o0, int64_t o1, bool accumulate);
+void q8_0_row_block_vnni(float* y, int64_t ys, const uint8_t* act, int64_t act_bytes, int na, int64_t in, const void* w,
+                         int64_t row_stride, int64_t o0, int64_t o1, bool accumulate);
+// The same for moe's int8 (wq (OUT, in), ws (OUT, in / 32); the activation rows q (na, in) with their
+// block scales qs (na, in / 32), as QActs has them): the bits of q8_rows_block_ref. in a multiple of
+// 32, in * 15 must fit an int32.
+void q8_row_block_vnni(float* y, int64_t ys, const int8_t* q, const float* qs, int na, int64_t in, const int8_t* wq,
+                       const float* ws, int64_t o0, int64_t o1, bool accumulate);
 
 // ---- AMX-INT8 decode rows (ggml_rows_amx.cc), used instead of the above where
 // q8_0_rows_amx_supported() (active_isa() >= amx). Their arithmetic is the "block order" of the

@@ -166,7 +166,7 @@ bool q8_rows_block_active(int64_t in) {
 }
 
 void QActs::build_block() {
-    if (N >= 2) {
+    if (N >= 3) {
         const int64_t G = (N + 3) / 4, nb = in / kQ8Block;
         if ((int64_t)tile_xp.size() < G * nb * 128) tile_xp.resize(G * nb * 128);
         if ((int64_t)tile_xs.size() < G * nb * 4) tile_xs.resize(G * nb * 4), tile_am.resize(G * nb * 4), tile_xo.resize(G * nb * 4);
@@ -179,8 +179,8 @@ void QActs::build_block() {
 // int8 rows [o0, o1) of y (N, ys) in the block order on VNNI (QActs::build_block)
 static void q8_rows_block(float* y, int64_t ys, const QActs& qa, const QMatrix& w, int64_t N, int64_t o0, int64_t o1,
                           bool accumulate) {
-    if (N == 1) {
-        detail::q8_row_block_vnni(y, qa.q.data(), qa.scales.data(), w.in, w.q, w.scales, o0, o1, accumulate);
+    if (N <= 2) {  // one or two rows: the row kernel (the tiles' unpacking costs more than it serves)
+        detail::q8_row_block_vnni(y, ys, qa.q.data(), qa.scales.data(), (int)N, w.in, w.q, w.scales, o0, o1, accumulate);
         return;
     }
     thread_local std::vector<uint8_t> scratch;  // this thread's tile (grown once)

@@ -109,8 +109,9 @@ struct QActs {
     std::vector<float> amx_s16;
     bool rows_amx = false;
     // Batch invariant on AVX-512 VNNI hosts without AMX (q8_rows_block_active(in)): the same block
-    // order as the AMX rows, from the VNNI tiles for two rows or more (the rows packed for them here,
-    // ggml_quants_simd.h's TileActs) and from q8_row_block_vnni (q, scales as they are) for one.
+    // order as the AMX rows, from the VNNI tiles for three rows or more (the rows packed for them
+    // here, ggml_quants_simd.h's TileActs) and from q8_row_block_vnni (q, scales as they are) for
+    // one or two.
     // Filled by build_block(), after build().
     std::vector<uint8_t> tile_xp;
     std::vector<float> tile_xs, tile_am;
