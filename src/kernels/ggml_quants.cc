@@ -737,6 +737,12 @@ void GActs::build(GType act, const float* x, int64_t n, int64_t i) {
     else parallel_for(0, N, 8, rows);
 }
 
+uint8_t* thread_scratch(int64_t bytes) {
+    thread_local std::vector<uint8_t> scratch;
+    if ((int64_t)scratch.size() < bytes + 64) scratch.resize(bytes + 64);
+    return scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64;
+}
+
 static bool vnni_tiles_active(GType t);
 
 void GActs::prepare_rows_vnni(bool amx_ok) {
@@ -756,17 +762,16 @@ void GActs::prepare_rows_vnni(bool amx_ok) {
     // on N (and are those of an AMX host): the prefill tiles from three rows (their arithmetic is
     // the block order), q8_0_row_block_vnni for one or two (the tiles' unpacking of 32 weight rows
     // costs more than the rows it serves below three)
-    const bool block = amx_ok && batch_invariant() && vnni_tiles_active(GType::q8_0);
-    if (block && N >= 3) {
-        prepare_tiles(128);
-        rows_tiles = true;
+    if (amx_ok && batch_invariant() && vnni_tiles_active(GType::q8_0)) {
+        if (N >= 3) prepare_tiles(128), rows_tiles = true;
+        else rows_block = true;  // (the kernel reads the q8_0 rows in buf)
         return;
     }
     const int64_t sp = (in / 32 + 1) / 2;
     if ((int64_t)qu.size() < N * in) qu.resize(N * in);
     if ((int64_t)s16.size() < N * sp * 16) s16.resize(N * sp * 16);
     detail::q8_0_rows_acts(buf.data(), row_bytes, N, in, qu.data(), s16.data());
-    rows_vnni = true, rows_block = block;
+    rows_vnni = true;
 }
 
 void GActs::prepare_rows_q4_0() {
@@ -791,11 +796,8 @@ void ggml_matmul_rows(float* y, int64_t ys, const GActs& acts, const void* w, GT
         return;
     }
     if (t == GType::q8_0 && acts.rows_tiles && acts.N >= N) {
-        // batch invariant, VNNI without AMX, two rows or more: the prefill tiles (block order)
-        thread_local std::vector<uint8_t> scratch;  // this thread's tile (grown once)
-        const int64_t bytes = detail::tile_scratch_bytes(acts.in) + 64;
-        if ((int64_t)scratch.size() < bytes) scratch.resize(bytes);
-        uint8_t* s = scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64;
+        // batch invariant, VNNI without AMX, three rows or more: the prefill tiles (block order)
+        uint8_t* s = thread_scratch(detail::tile_scratch_bytes(acts.in));  // this thread's tile
         detail::TileActs xa;
         xa.xp = acts.xp.data(), xa.xs = acts.xs.data(), xa.am = acts.am.data(), xa.xo = acts.xo.data(), xa.sb = false;
         detail::prefill_tiles_vnni(y, ys, xa, w, t, row_stride, N, acts.in, o0, o1, accumulate, s);
@@ -903,11 +905,9 @@ static void ggml_matmul_tiles(float* y, const void* w, GType t, int64_t row_stri
         });
         xa.xo16 = xo16;
     }
-    const int64_t tiles = (OUT + 31) / 32, bytes = detail::tile_scratch_bytes(IN) + 64;
+    const int64_t tiles = (OUT + 31) / 32, bytes = detail::tile_scratch_bytes(IN);
     parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-        thread_local std::vector<uint8_t> scratch;  // this thread's tile (grown once)
-        if ((int64_t)scratch.size() < bytes) scratch.resize(bytes);
-        uint8_t* s = scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64;
+        uint8_t* s = thread_scratch(bytes);  // this thread's tile
         detail::prefill_tiles_vnni(y, OUT, xa, w, t, row_stride, N, IN, t0 * 32, std::min(OUT, t1 * 32), accumulate, s);
     });
 }
@@ -928,11 +928,9 @@ static void ggml_matmul_amx(float* y, const void* w, GType t, int64_t row_stride
     parallel_for(0, G, 2, [&](int64_t g0, int64_t g1) {
         amx::pack_acts_ggml(acts.buf.data(), acts.row_bytes, t, N, IN, g0, g1, xp, xs, am);
     });
-    const int64_t tiles = (OUT + 31) / 32, bytes = amx::scratch_bytes(IN) + 64;
+    const int64_t tiles = (OUT + 31) / 32, bytes = amx::scratch_bytes(IN);
     parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-        thread_local std::vector<uint8_t> scratch;  // this thread's tile (grown once)
-        if ((int64_t)scratch.size() < bytes) scratch.resize(bytes);
-        uint8_t* s = scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64;
+        uint8_t* s = thread_scratch(bytes);  // this thread's tile
         amx::prefill_ggml(y, OUT, xa, w, t, row_stride, N, IN, t0 * 32, std::min(OUT, t1 * 32), accumulate, s);
     });
 }

@@ -141,11 +141,15 @@ struct GActs {
 // into vpdpbusd's layout and multiplied with 4 activation rows at a time; otherwise the row dots
 // over tiles of 16 weight rows that stay in L1 while groups of 4 activation rows pass over them.
 inline constexpr int64_t kGgmlGemvMaxN = 8;
+// The calling thread's scratch of at least `bytes` bytes, 64-byte aligned: one buffer per thread,
+// grown on first need and kept (no allocation once warm). For the tile kernels' unpacked weight rows;
+// a caller may not hold it across another call that takes it.
+uint8_t* thread_scratch(int64_t bytes);
 void ggml_matmul(float* y, const float* x, const void* w, GType t, int64_t row_stride, int64_t N, int64_t OUT,
                  int64_t IN, bool accumulate, GActs& acts);
 // Whether batch-invariant Q8_0 products take the block order here (detail::q8_0_rows_block_ref's
-// bits for every N): the AMX-INT8 rows, or on AVX-512 VNNI hosts the prefill tiles and the one-row
-// block kernel. False on AVX2-only hosts (their row dots' lane order, the same for every N too).
+// bits for every N): the AMX-INT8 rows, or on AVX-512 VNNI hosts the prefill tiles and the
+// block-order row kernel (one or two rows). False on AVX2-only hosts (their row dots' lane order, the same for every N too).
 bool q8_0_block_order_active();
 // Whether ggml_matmul's blocked path (N > kGgmlGemvMaxN) multiplies type t on integer tiles here
 // (AMX-INT8, or AVX-512 VNNI), rather than on the row dots.

@@ -183,10 +183,7 @@ static void q8_rows_block(float* y, int64_t ys, const QActs& qa, const QMatrix& 
         detail::q8_row_block_vnni(y, ys, qa.q.data(), qa.scales.data(), (int)N, w.in, w.q, w.scales, o0, o1, accumulate);
         return;
     }
-    thread_local std::vector<uint8_t> scratch;  // this thread's tile (grown once)
-    const int64_t bytes = detail::tile_scratch_bytes(w.in) + 64;
-    if ((int64_t)scratch.size() < bytes) scratch.resize(bytes);
-    uint8_t* s = scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64;
+    uint8_t* s = thread_scratch(detail::tile_scratch_bytes(w.in));  // this thread's tile
     detail::TileActs xa;
     xa.xp = qa.tile_xp.data(), xa.xs = qa.tile_xs.data(), xa.am = qa.tile_am.data(), xa.xo = qa.tile_xo.data();
     detail::prefill_tiles_q8_vnni(y, ys, xa, w.q, w.scales, N, w.in, o0, o1, accumulate, s);
@@ -777,11 +774,9 @@ static void qmatmul_q8_amx(float* y, const float* x, const QMatrix& w, int64_t N
     parallel_for(0, G, 2, [&](int64_t g0, int64_t g1) {
         amx::pack_acts_q8(qx->q.data(), qx->scales.data(), N, in, g0, g1, xpd, xsd);
     });
-    const int64_t tiles = (w.out + 31) / 32, bytes = amx::scratch_bytes(in) + 64;
+    const int64_t tiles = (w.out + 31) / 32, bytes = amx::scratch_bytes(in);
     parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-        thread_local std::vector<uint8_t> scratch;  // this thread's tile (grown once)
-        if ((int64_t)scratch.size() < bytes) scratch.resize(bytes);
-        uint8_t* s = scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64;
+        uint8_t* s = thread_scratch(bytes);  // this thread's tile
         amx::prefill_q8(y, w.out, xa, w.q, w.scales, N, in, t0 * 32, std::min(w.out, t1 * 32), accumulate, s);
     });
 }
