@@ -8,7 +8,9 @@
 // memory in the way (GB/s of weight bytes per thread), the ceiling a decode step's rate from DRAM
 // is measured against.
 //   build/bench/decode_rows [--type q8_0] [--out 1024] [--in 1024] [--mats 64] [--rows 1,2,4,8,16,32] [--rounds 5]
-//                         [--invariant on|off]
+//                         [--invariant on|off] [--repack on|off]
+// --repack on: Q8_0 matrices repacked into tiles first (QStore::build_tiled, as the inference tools
+// do on AVX-512 VNNI hosts without AMX; every path then reads the tiles)
 #include <time.h>
 
 #include <algorithm>
@@ -36,7 +38,7 @@ static double thread_cpu() {
 int main(int argc, char** argv) {
     int64_t out = 1024, in = 1024, mats = 64, rounds = 5;
     WType type = WType::q8_0;
-    bool invariant = true;
+    bool invariant = true, repack = false;
     std::string rows_s = "1,2,4,8,16,32";
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string k = argv[i], v = argv[i + 1];
@@ -47,6 +49,7 @@ int main(int argc, char** argv) {
         else if (k == "--rounds") rounds = std::stoll(v);
         else if (k == "--type") type = parse_wtype(v, "--type");
         else if (k == "--invariant") invariant = v != "off";
+        else if (k == "--repack") repack = v != "off";
     }
     moe::set_threads(1);
     std::printf("host: %s\n", host_description().c_str());
@@ -58,11 +61,18 @@ int main(int argc, char** argv) {
     for (auto& s : st) {
         for (auto& v : w) v = d(rng);
         s.build(type, w.data(), out, in);
+        if (repack) {
+            if (type != WType::q8_0) {
+                std::fprintf(stderr, "--repack on is for --type q8_0\n");
+                return 1;
+            }
+            s.build_tiled(s.view());
+        }
     }
     const double mat_bytes = (double)st[0].view().bytes();
-    std::printf("decode rows: %s %lld x %lld, %lld matrices (%.1f MB), batch invariant %s, 1 thread, AMX rows %s\n",
-                wtype_name(type), (long long)out, (long long)in, (long long)mats, (double)mats * mat_bytes / 1e6,
-                invariant ? "on" : "off", amx ? "on" : "unavailable");
+    std::printf("decode rows: %s%s %lld x %lld, %lld matrices (%.1f MB), batch invariant %s, 1 thread, AMX rows %s\n",
+                wtype_name(type), repack ? " (repacked into tiles)" : "", (long long)out, (long long)in, (long long)mats,
+                (double)mats * mat_bytes / 1e6, invariant ? "on" : "off", amx ? "on" : "unavailable");
     std::vector<int64_t> rows;
     {
         std::stringstream ss(rows_s);

@@ -473,6 +473,100 @@ TEST(GgmlQuants, Q8_0BlockOrderDecodeIsBatchInvariantOverThreads) {
     moe::set_num_threads(0);
 }
 
+// Q8_0 repacked into tiles (ggml_quants.h's q8_0_repack_tiled): the SIMD repack writes the scalar
+// twin's bytes, a tiled row dequantizes to the row it came from, and every product on it (1..17
+// and 33 rows, widths that leave a partial tile, output ranges cutting tiles, accumulate on and off)
+// has the bits of the block-order twin on the rows before repacking. Runs on every host: without
+// AVX-512 VNNI the products take the scalar twin q8_0_tiled_rows_ref (compared the same way).
+TEST(GgmlQuants, Q8_0TiledRowsEqualBlockOrderTwinBitForBit) {
+    const int64_t out = 77;  // tiles of 32, 32, 13 rows
+    for (int64_t in : {32, 64, 96, 1056, 2048}) {
+        const int64_t wb = gtype_row_bytes(GType::q8_0, in);
+        auto w = randv(out * in, 900 + in);
+        w[7] = -50.f;
+        std::vector<uint8_t> wq(out * wb);
+        for (int64_t o = 0; o < out; ++o) quantize_row(GType::q8_0, w.data() + o * in, wq.data() + o * wb, in);
+        ASSERT_EQ(q8_0_tiled_bytes(out, in), 96 * wb);
+        std::vector<uint8_t> tiled(q8_0_tiled_bytes(out, in), 0xAB), twin(q8_0_tiled_bytes(out, in), 0xCD);
+        q8_0_repack_tiled(wq.data(), wb, out, in, tiled.data());
+        q8_0_repack_tiled_ref(wq.data(), wb, out, in, twin.data());
+        ASSERT_EQ(tiled, twin) << "in=" << in;
+        std::vector<float> r1(in), r2(in);
+        for (int64_t o : {int64_t(0), int64_t(31), int64_t(45), out - 1}) {
+            dequantize_row(GType::q8_0, wq.data() + o * wb, r1.data(), in);
+            q8_0_tiled_dequantize_row(tiled.data(), in, o, 0, in, r2.data());
+            for (int64_t i = 0; i < in; ++i) ASSERT_EQ(bits(r1[i]), bits(r2[i])) << "o=" << o << " i=" << i;
+        }
+        for (int64_t N : amx_row_counts()) {
+            auto x = randv(N * in, 1000 + N + in, N == 9 ? 100.f : 1.f);
+            GActs acts;
+            acts.build(GType::q8_0, x.data(), N, in);
+            acts.prepare_tiled();
+            if (q8_0_tiled_active()) ASSERT_TRUE(acts.rows_tiles);  // the SIMD kernel (also on AMX hosts' VNNI)
+            for (bool acc : {false, true}) {
+                std::vector<float> y(N * out), want(N * out), ref(N * out);
+                for (int64_t i = 0; i < N * out; ++i) y[i] = want[i] = ref[i] = 0.5f + 0.01f * (float)(i % 7);
+                detail::q8_0_rows_block_ref(want.data(), out, acts.buf.data(), acts.row_bytes, N, in, wq.data(), wb, 0,
+                                            out, acc);
+                q8_0_tiled_rows_ref(ref.data(), out, acts.buf.data(), acts.row_bytes, N, in, tiled.data(), 0, out, acc);
+                for (auto [o0, o1] : {std::pair<int64_t, int64_t>{0, 13}, {13, 35}, {35, 64}, {64, out}})
+                    ggml_matmul_rows_tiled(y.data(), out, acts, tiled.data(), N, o0, o1, acc);
+                for (int64_t i = 0; i < N * out; ++i) {
+                    ASSERT_EQ(bits(ref[i]), bits(want[i])) << "twin in=" << in << " N=" << N << " i=" << i;
+                    ASSERT_EQ(bits(y[i]), bits(want[i])) << "in=" << in << " N=" << N << " i=" << i << " acc=" << acc;
+                }
+            }
+        }
+    }
+}
+
+// qmatmul on a repacked Q8_0 matrix (QStore::build_tiled), batch invariant or not, 1-3 threads, N =
+// 1..16 and 40 (decode rows, and the prefill path past kGemvMaxN), and with the ISA capped at AVX2
+// (the scalar twin): every element the bits of the block-order twin on the stored rows, so a row's
+// result depends on nothing else in its batch.
+TEST(GgmlQuants, Q8_0TiledQmatmulIsBatchInvariantOverThreads) {
+    const int64_t in = 256, out = 77;
+    auto w = randv(out * in, 81);
+    QStore rows, tiled;
+    rows.build(WType::q8_0, w.data(), out, in);
+    tiled.build_tiled(rows.view());
+    const QMatrix m = tiled.view();
+    ASSERT_TRUE(m.tiled && m.out == out && m.in == in);
+    EXPECT_EQ(m.rows(32, 45).out, 45);
+    const int64_t NMax = 40;
+    auto x = randv(NMax * in, 82);
+    GActs ga;
+    ga.build(GType::q8_0, x.data(), NMax, in);
+    std::vector<float> twin(NMax * out);
+    detail::q8_0_rows_block_ref(twin.data(), out, ga.buf.data(), ga.row_bytes, NMax, in, rows.view().raw, rows.view().row_bytes,
+                                0, out, false);
+    for (bool inv : {true, false}) {
+        const BatchInvariantScope invariant(inv);
+        for (int threads : {1, 2, 3}) {
+            moe::set_num_threads(threads);
+            for (int64_t N : {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 40}) {
+                std::vector<float> y(N * out);
+                qmatmul(y.data(), x.data(), m, N, false);
+                for (int64_t i = 0; i < N * out; ++i)
+                    ASSERT_EQ(bits(y[i]), bits(twin[i])) << "N=" << N << " threads=" << threads << " inv=" << inv << " i=" << i;
+            }
+        }
+    }
+    moe::set_num_threads(0);
+    {  // the ISA capped below the tile kernel after the repack: the scalar twin, the same bits
+        const Isa prev = set_isa_cap(Isa::avx2);
+        std::vector<float> y(9 * out);
+        qmatmul(y.data(), x.data(), m, 9, false);
+        set_isa_cap(prev);
+        for (int64_t i = 0; i < 9 * out; ++i) ASSERT_EQ(bits(y[i]), bits(twin[i])) << "avx2 cap, i=" << i;
+    }
+    // an expert's slice (rows 32..63) multiplies as that part of the whole
+    std::vector<float> y(3 * 32);
+    qmatmul(y.data(), x.data(), m.rows(32, 32), 3, false);
+    for (int64_t n = 0; n < 3; ++n)
+        for (int64_t o = 0; o < 32; ++o) ASSERT_EQ(bits(y[n * 32 + o]), bits(twin[n * out + 32 + o]));
+}
+
 // The same AMX decode rows for moe's own int8 (QStore int8: per row and block of 32 an fp32 scale):
 // qmatmul while batch invariant, N = 1..17 and 33 rows, 1-3 threads, output widths that are not
 // multiples of the 16-row tile, accumulate on and off: every element the bits of the block-order
@@ -591,6 +685,49 @@ TEST(GgmlQuants, ModelLogitsTrackFp32) {
         prev = rms;
     }
     m.set_weight_type(WType::f32);
+}
+
+// Model::repack_for_inference (the inference tools' load on AVX-512 VNNI hosts without AMX): the
+// Q8_0 matrices (attention, experts, a 37-row head: a partial tile) repacked into tiles give, while
+// batch invariant, the logits of the rows as stored bit for bit (both the block order there), for a
+// prefill and a decode step; without invariance too (the tiles have one arithmetic). Elsewhere it
+// repacks nothing.
+TEST(GgmlQuants, RepackedModelGivesTheSameLogitsBitForBit) {
+    moe::ModelConfig cfg;
+    cfg.vocab_size = 37, cfg.n_layer = 2, cfg.n_embd = 256, cfg.n_head = 4, cfg.n_head_kv = 2, cfg.n_ctx = 24;
+    cfg.n_expert = 4, cfg.n_expert_used = 2, cfg.n_ff_exp = 96, cfg.n_ff = 128, cfg.layer_moe = {true, false};
+    moe::Model m(cfg);
+    m.init(5);
+    m.set_weight_type(WType::q8_0);
+    const int64_t V = cfg.vocab_size, T = 12;
+    std::vector<int32_t> seq(T), sid(T, 0), pos(T);
+    for (int64_t i = 0; i < T; ++i) seq[i] = (int32_t)((i * 5 + 1) % V), pos[i] = (int32_t)i;
+    auto logits = [&] {
+        auto cache = m.make_cache(1);
+        m.forward_cached(seq.data(), sid.data(), pos.data(), T - 1, cache);
+        std::vector<float> all(m.logits(), m.logits() + (T - 1) * V);
+        m.forward_cached(&seq[T - 1], &sid[0], &pos[T - 1], 1, cache);
+        all.insert(all.end(), m.logits(), m.logits() + V);
+        return all;
+    };
+    std::vector<float> before;
+    {
+        const BatchInvariantScope inv(true);
+        before = logits();
+    }
+    const double bytes = m.repack_for_inference();
+    if (!q8_0_tiled_active()) {
+        EXPECT_EQ(bytes, 0.0);
+        GTEST_SKIP() << "no repacking on this host (AMX-INT8 reads Q8_0 in place; AVX2 has no tile kernel)";
+    }
+    EXPECT_GT(bytes, 0.0);
+    for (bool inv : {true, false}) {
+        const BatchInvariantScope scope(inv);
+        const auto after = logits();
+        ASSERT_EQ(after.size(), before.size());
+        for (size_t i = 0; i < after.size(); ++i) ASSERT_EQ(bits(after[i]), bits(before[i])) << "inv=" << inv << " i=" << i;
+    }
+    EXPECT_EQ(m.repack_for_inference(), 0.0);  // already repacked
 }
 
 // The several-weight-rows decode dots (row_dots_w: one activation row against 2 or 4 weight rows

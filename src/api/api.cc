@@ -138,6 +138,14 @@ static Config random_config(const std::string& config, int64_t n_ctx) {
     return c;
 }
 
+// Q8_0 weights repacked for this host's kernels (Model::repack_for_inference: AVX-512 VNNI hosts
+// without AMX); MOE_REPACK=0 keeps the rows as stored (llama.cpp's --no-repack)
+static void repack_weights(Model& m) {
+    const char* e = std::getenv("MOE_REPACK");
+    if (e && std::string(e) == "0") return;
+    m.repack_for_inference();
+}
+
 void follow_expert_parallel(const std::string& model_path, const std::string& config, uint64_t seed,
                             const std::string& dtype, int64_t n_ctx) {
     MOE_ASSERT(expert_parallel_follower());
@@ -154,6 +162,7 @@ void follow_expert_parallel(const std::string& model_path, const std::string& co
     // rank 0's stop (a server finishing its requests) instead of dying under it
     std::signal(SIGTERM, SIG_IGN);
     std::signal(SIGINT, SIG_IGN);
+    repack_weights(m ? *m : *ck.model);
     ep_follow(dist::world(), m ? *m : *ck.model);
 }
 
@@ -164,6 +173,7 @@ LoadedModel::LoadedModel(const std::string& path, const std::string& dtype, cons
     if (!dtype.empty()) kernels::parse_wtype(dtype, what);  // a bad value fails before the load
     impl_->dir = path;
     impl_->ck = load_model(path, dtype, n_ctx, my_experts(path, n_ctx));
+    repack_weights(*impl_->ck.model);
     impl_->dtype = kernels::wtype_name(impl_->ck.model->weight_type());
     impl_->ep = attach_leader(*impl_->ck.model);
 }
@@ -178,6 +188,7 @@ LoadedModel LoadedModel::random(const std::string& config, const std::string& dt
         fail(config, ": vocab_size ", ck.config.model.vocab_size, " is smaller than the byte-level tokenizer's ",
              ck.tokenizer.vocab_size());
     ck.model = random_model(ck.config.model, t, seed);
+    repack_weights(*ck.model);
     ck.weight_type = kernels::wtype_name(t);
     LoadedModel m;
     m.impl_ = std::make_unique<Impl>();
@@ -443,6 +454,7 @@ BenchReport bench(const std::string& config_path, const std::string& checkpoint_
         r.model = checkpoint_dir;
         r.dtype = kernels::wtype_name(model->weight_type());
     }
+    repack_weights(*model);
     model->set_cache_type(parse_cache_type(opt.cache_type, "bench --cache-type"));
     r.cache_type = dtype_name(model->cache_type());
     std::unique_ptr<EpLeader> ep = attach_leader(*model);

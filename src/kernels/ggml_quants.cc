@@ -966,4 +966,112 @@ void ggml_matmul(float* y, const float* x, const void* w, GType t, int64_t row_s
     });
 }
 
+
+// ---------------------------------------------------------------- Q8_0 repacked into tiles
+
+bool q8_0_tiled_active() {
+    return detail::q8_0_rows_vnni_supported() && vnni_tiles_active(GType::q8_0) && !detail::q8_0_rows_amx_supported();
+}
+
+int64_t q8_0_tiled_bytes(int64_t out, int64_t in) {
+    return (out + kTiledRows - 1) / kTiledRows * kTiledRows * gtype_row_bytes(GType::q8_0, in);
+}
+
+void q8_0_repack_tiled_ref(const void* w, int64_t row_stride, int64_t out, int64_t in, uint8_t* dst) {
+    MOE_ASSERT(in % kQK == 0);
+    const int64_t nsb = in / kQK, tiles = (out + kTiledRows - 1) / kTiledRows;
+    const uint8_t* wb = static_cast<const uint8_t*>(w);
+    for (int64_t t = 0; t < tiles; ++t)
+        for (int64_t b = 0; b < nsb; ++b) {
+            uint8_t* tb = dst + (t * nsb + b) * kTiledBlockBytes;
+            uint16_t* sc = reinterpret_cast<uint16_t*>(tb + 1024);
+            for (int r = 0; r < kTiledRows; ++r) {
+                const int64_t o = t * kTiledRows + r;
+                const BlockQ8_0* blk = o < out ? reinterpret_cast<const BlockQ8_0*>(wb + o * row_stride) + b : nullptr;
+                sc[r] = blk ? blk->d : 0;
+                for (int i = 0; i < kQK; ++i) tb[(i / 4) * 128 + 4 * r + i % 4] = blk ? (uint8_t)(blk->qs[i] + 128) : 0;
+            }
+        }
+}
+
+void q8_0_repack_tiled(const void* w, int64_t row_stride, int64_t out, int64_t in, uint8_t* dst) {
+    MOE_ASSERT(in % kQK == 0);
+    if (!vnni_tiles_active(GType::q8_0)) return q8_0_repack_tiled_ref(w, row_stride, out, in, dst);
+    const int64_t tiles = (out + kTiledRows - 1) / kTiledRows, bytes = detail::tile_scratch_bytes(in);
+    const uint8_t* wb = static_cast<const uint8_t*>(w);
+    parallel_for(0, tiles, 4, [&](int64_t t0, int64_t t1) {
+        detail::q8_0_repack_tiles_vnni(wb, row_stride, out, in, t0, t1, dst, thread_scratch(bytes));
+    });
+}
+
+// block b of row r: its 32 values u (q + 128) at u[(i / 4) * 128 + i % 4], its fp16 scale
+static const uint8_t* tiled_block(const uint8_t* tiled, int64_t nsb, int64_t r, int64_t b, uint16_t* d) {
+    const uint8_t* tb = tiled + ((r / kTiledRows) * nsb + b) * kTiledBlockBytes;
+    *d = reinterpret_cast<const uint16_t*>(tb + 1024)[r % kTiledRows];
+    return tb + 4 * (r % kTiledRows);
+}
+
+void q8_0_tiled_dequantize_row(const uint8_t* tiled, int64_t in, int64_t r, int64_t k0, int64_t kc, float* dst) {
+    MOE_ASSERT(k0 % kQK == 0 && kc % kQK == 0 && k0 + kc <= in);
+    const int64_t nsb = in / kQK;
+    for (int64_t b = k0 / kQK; b < (k0 + kc) / kQK; ++b, dst += kQK) {
+        uint16_t d;
+        const uint8_t* u = tiled_block(tiled, nsb, r, b, &d);
+        const float s = fp16_to_fp32(d);
+        for (int i = 0; i < kQK; ++i) dst[i] = s * (float)((int)u[(i / 4) * 128 + i % 4] - 128);
+    }
+}
+
+void q8_0_tiled_rows_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
+                         const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate) {
+    const int64_t nsb = in / kQK;
+    for (int64_t n = 0; n < N; ++n) {
+        const BlockQ8_0* xr = reinterpret_cast<const BlockQ8_0*>(acts + n * act_bytes);
+        for (int64_t o = o0; o < o1; ++o) {
+            float acc = accumulate ? y[n * ys + o] : 0.f;
+            for (int64_t b = 0; b < nsb; ++b) {
+                uint16_t d;
+                const uint8_t* u = tiled_block(tiled, nsb, o, b, &d);
+                int32_t isum = 0;
+                for (int i = 0; i < kQK; ++i) isum += ((int32_t)u[(i / 4) * 128 + i % 4] - 128) * (int32_t)xr[b].qs[i];
+                acc = std::fma((float)isum, fp16_to_fp32(d) * fp16_to_fp32(xr[b].d), acc);
+            }
+            y[n * ys + o] = acc;
+        }
+    }
+}
+
+void GActs::prepare_tiled() {
+    MOE_ASSERT(type == GType::q8_0);
+    if (rows_tiles || !vnni_tiles_active(GType::q8_0)) return;
+    prepare_tiles(128);
+    rows_tiles = true;
+}
+
+void ggml_matmul_rows_tiled(float* y, int64_t ys, const GActs& acts, const uint8_t* tiled, int64_t N, int64_t o0,
+                            int64_t o1, bool accumulate) {
+    MOE_ASSERT(acts.type == GType::q8_0 && acts.N >= N);
+    if (acts.rows_tiles && vnni_tiles_active(GType::q8_0)) {
+        detail::TileActs xa;
+        xa.xp = acts.xp.data(), xa.xs = acts.xs.data(), xa.am = acts.am.data(), xa.xo = acts.xo.data();
+        detail::q8_0_tiled_rows_vnni(y, ys, xa, tiled, N, acts.in, o0, o1, accumulate);
+        return;
+    }
+    q8_0_tiled_rows_ref(y, ys, acts.buf.data(), acts.row_bytes, N, acts.in, tiled, o0, o1, accumulate);
+}
+
+void ggml_matmul_tiled(float* y, const float* x, const uint8_t* tiled, int64_t N, int64_t OUT, int64_t IN,
+                       bool accumulate, GActs& acts) {
+    if (N <= 0 || OUT <= 0) return;
+    acts.build(GType::q8_0, x, N, IN);
+    acts.prepare_tiled();
+    const GActs* a = &acts;
+    const double bytes = (double)OUT * (double)gtype_row_bytes(GType::q8_0, IN);
+    const int64_t tiles = (OUT + kTiledRows - 1) / kTiledRows;
+    const int64_t grain = bytes * (double)((N + 3) / 4) < kGemvParallelBytes ? tiles : 1;
+    parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+        ggml_matmul_rows_tiled(y, OUT, *a, tiled, N, t0 * kTiledRows, std::min(OUT, t1 * kTiledRows), accumulate);
+    });
+}
+
 }  // namespace moe::kernels

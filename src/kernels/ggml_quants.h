@@ -130,6 +130,9 @@ struct GActs {
     // them (the AMX rows layout is Q8_0-only, the VNNI one serves Q4_0 too)
     void prepare_rows_vnni(bool amx_ok = true);
     void prepare_rows_q4_0();  // fills q4x, q4c, q4s (q8_0 activations) where the host has the kernel
+    // the tiled Q8_0 weights' activations: prepare_tiles(128) where q8_0_tiled_active() (rows_tiles),
+    // else nothing (the scalar twin reads buf)
+    void prepare_tiled();
     const uint8_t* row(int64_t n) const { return buf.data() + n * row_bytes; }
 };
 
@@ -161,5 +164,37 @@ bool ggml_prefill_on_int8(GType t);
 // Output rows [o0, o1) of the same product on the calling thread, x already in acts.
 void ggml_matmul_rows(float* y, int64_t y_stride, const GActs& acts, const void* w, GType t, int64_t row_stride,
                       int64_t N, int64_t o0, int64_t o1, bool accumulate);
+
+// ---- Q8_0 weights repacked once for the AVX-512 VNNI tiles ("tiled"), on hosts with VNNI and without
+// AMX-INT8 (q8_0_tiled_active()). The idea is llama.cpp's CPU "repack" buffers; the layout is the
+// one the VNNI tiles unpack 32 weight rows into for every call (ggml_quants_x86.cc), made once at
+// load so that a product reads it in place: tile t (rows [32 t, 32 t + 32), rows past OUT zero) at
+// t * 32 * row_bytes (row_bytes = gtype_row_bytes(q8_0, IN): the same size as the rows, so a slice
+// of whole tiles starts where its first row would), and in it per 32-value block b, at
+// b * kTiledBlockBytes, 1024 bytes of u = q + 128 (the 4 values 4k..4k+3 of row r at k * 128 + 4 r)
+// then the 32 rows' fp16 scales. Every product on it (any N, any range of output rows) has the
+// block order's bits (ggml_rows_vnni.h: fma((float)isum_b, wd_b * xd_b, acc), blocks ascending),
+// those of q8_0_rows_block_ref on the rows before repacking: the same result batch invariant or
+// not, on one thread or many, and on an AMX host's in-place rows.
+inline constexpr int64_t kTiledRows = 32, kTiledBlockBytes = 1024 + 64;
+bool q8_0_tiled_active();
+int64_t q8_0_tiled_bytes(int64_t out, int64_t in);  // ceil(out / 32) * 32 * row_bytes
+// dst (q8_0_tiled_bytes) from out rows of Q8_0 (row_stride apart, in a multiple of 32); the SIMD
+// form where q8_0_tiled_active(), over threads. The _ref twin is scalar and writes the same bytes.
+void q8_0_repack_tiled(const void* w, int64_t row_stride, int64_t out, int64_t in, uint8_t* dst);
+void q8_0_repack_tiled_ref(const void* w, int64_t row_stride, int64_t out, int64_t in, uint8_t* dst);
+// values [k0, k0 + kc) of row r of a tiled matrix in fp32 (its Q8_0 blocks' d * q; k0, kc multiples of 32)
+void q8_0_tiled_dequantize_row(const uint8_t* tiled, int64_t in, int64_t r, int64_t k0, int64_t kc, float* dst);
+// The scalar twin of the products (acts: N q8_0 rows, act_bytes apart): y[n * ys + o] (+)= for
+// o in [o0, o1), the bits of q8_0_rows_block_ref on the rows before repacking.
+void q8_0_tiled_rows_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
+                         const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate);
+// ggml_matmul_rows for tiled weights (acts: q8_0 rows with prepare_tiled() done), on the calling
+// thread; any o0, o1 (a tile cut by the range is computed whole and stored in part).
+void ggml_matmul_rows_tiled(float* y, int64_t ys, const GActs& acts, const uint8_t* tiled, int64_t N, int64_t o0,
+                            int64_t o1, bool accumulate);
+// ggml_matmul for tiled weights (any N; threads take whole tiles)
+void ggml_matmul_tiled(float* y, const float* x, const uint8_t* tiled, int64_t N, int64_t OUT, int64_t IN,
+                       bool accumulate, GActs& acts);
 
 }  // namespace moe::kernels

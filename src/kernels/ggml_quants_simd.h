@@ -64,4 +64,12 @@ void prefill_tiles_q8_vnni(float* y, int64_t ys, const TileActs& xa, const int8_
 void prefill_tiles_vnni(float* y, int64_t ys, const TileActs& xa, const void* w, GType t, int64_t row_stride,
                         int64_t N, int64_t in, int64_t o0, int64_t o1, bool accumulate, uint8_t* scratch);
 
+// Q8_0 repacked (ggml_quants.h's q8_0_repack_tiled): tiles [t0, t1) of dst from the rows at w;
+// scratch tile_scratch_bytes(in), 64-byte aligned
+void q8_0_repack_tiles_vnni(const uint8_t* w, int64_t row_stride, int64_t out, int64_t in, int64_t t0, int64_t t1,
+                            uint8_t* dst, uint8_t* scratch);
+// the products on it: xa from pack_tile_acts with c = 128 (xo filled), every group of 4 rows
+void q8_0_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
+                          int64_t o0, int64_t o1, bool accumulate);
+
 }  // namespace moe::kernels::detail

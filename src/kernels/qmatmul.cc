@@ -78,6 +78,8 @@ QMatrix QMatrix::rows(int64_t r0, int64_t n) const {
         MOE_ASSERT(r0 >= 0 && n >= 0 && off + n <= part_rows && r0 + n <= out);
         return parts[i].rows(off, n);
     }
+    // a tiled matrix is cut at whole tiles (an expert's rows, a thread's share)
+    MOE_ASSERT(!tiled || (r0 % kTiledRows == 0 && (n % kTiledRows == 0 || r0 + n == out)));
     QMatrix m = *this;
     m.out = n;
     if (f32) m.f32 = f32 + r0 * in;
@@ -213,7 +215,7 @@ void QStore::build(WType t, const float* w, int64_t o, int64_t i) {
         set_rows(0, o, w);
         return;
     }
-    type = t, out = o, in = i, f32 = nullptr;
+    type = t, out = o, in = i, f32 = nullptr, tiled = false;
     bf16.clear(), q.clear(), scales.clear(), raw.clear();
     if (t == WType::f32) {
         f32 = w;
@@ -232,7 +234,7 @@ void QStore::build(WType t, const float* w, int64_t o, int64_t i) {
 
 void QStore::allocate(WType t, int64_t o, int64_t i) {
     MOE_ASSERT(t != WType::f32);  // fp32 weights are views of a model's own buffer
-    type = t, out = o, in = i, f32 = nullptr;
+    type = t, out = o, in = i, f32 = nullptr, tiled = false;
     bf16.clear(), q.clear(), scales.clear(), raw.clear();
     if (is_ggml(t)) {
         raw.resize(o * ggml_row_bytes_checked(t, i));
@@ -266,6 +268,15 @@ void QStore::set_rows(int64_t r0, int64_t n, const float* w) {
     }
 }
 
+void QStore::build_tiled(const QMatrix& m) {
+    MOE_ASSERT(m.type == WType::q8_0 && !m.parts && !m.tiled && m.raw && m.in % kQ8Block == 0);
+    std::vector<uint8_t, LargeAllocator<uint8_t>> t(q8_0_tiled_bytes(m.out, m.in));
+    q8_0_repack_tiled(m.raw, m.row_bytes, m.out, m.in, t.data());  // m.raw may be this store's own
+    type = WType::q8_0, out = m.out, in = m.in, f32 = nullptr, tiled = true;
+    bf16.clear(), q.clear(), scales.clear();
+    raw.swap(t);
+}
+
 QMatrix QStore::view() const {
     QMatrix m;
     m.type = type, m.out = out, m.in = in;
@@ -275,6 +286,7 @@ QMatrix QStore::view() const {
     m.scales = scales.empty() ? nullptr : scales.data();
     m.raw = raw.empty() ? nullptr : raw.data();
     m.row_bytes = is_ggml(type) ? gtype_row_bytes(ggml_type(type), in) : 0;
+    m.tiled = tiled;
     return m;
 }
 
@@ -362,6 +374,10 @@ static void dequantize_row_slice(float* dst, const QMatrix& w, int64_t r, int64_
             f16_to_f32_n(dst, reinterpret_cast<const uint16_t*>(w.raw + r * w.row_bytes) + k0, kc);
             break;
         default: {  // k0 starts a block (a multiple of 256 or 0)
+            if (w.tiled) {
+                q8_0_tiled_dequantize_row(w.raw, w.in, r, k0, kc, dst);
+                break;
+            }
             const GType g = ggml_type(w.type);
             MOE_ASSERT(k0 % gtype_block(g) == 0 && kc % gtype_block(g) == 0);
             dequantize_row(g, w.raw + r * w.row_bytes + k0 / gtype_block(g) * gtype_block_bytes(g), dst, kc);
@@ -402,7 +418,7 @@ static void qmatmul_ref_ggml(float* y, const float* x, const QMatrix& w, int64_t
         dequantize_row(at, qx.data(), xr.data() + n * w.in, w.in);
     }
     for (int64_t o = 0; o < w.out; ++o) {
-        dequantize_row(g, w.raw + o * w.row_bytes, row.data(), w.in);
+        dequantize_row(row.data(), w, o);
         for (int64_t n = 0; n < N; ++n) {
             double acc = 0;
             for (int64_t i = 0; i < w.in; ++i) acc += (double)xr[n * w.in + i] * row[i];
@@ -694,11 +710,12 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
     MOE_ASSERT(gemv_path(N));
     int64_t total = 0;
     double bytes = 0;
-    bool q8 = false, q8_0 = false, q4_0 = false, act[3] = {false, false, false};  // ggml activations: q8_0, q8_k, f32
+    bool q8 = false, q8_0 = false, q8_0t = false, q4_0 = false, act[3] = {false, false, false};  // ggml activations: q8_0, q8_k, f32
     for (const QOut& o : outs) {
         MOE_ASSERT(o.w.in == outs.begin()->w.in);
         total += o.w.out, bytes += o.w.bytes(), q8 = q8 || o.w.type == WType::q8;
-        q8_0 = q8_0 || o.w.type == WType::q8_0;  // the VNNI / AMX rows kernels
+        q8_0 = q8_0 || (o.w.type == WType::q8_0 && !o.w.tiled);  // the VNNI / AMX rows kernels
+        q8_0t = q8_0t || (o.w.type == WType::q8_0 && o.w.tiled);  // the repacked tiles
         q4_0 = q4_0 || o.w.type == WType::q4_0;
         if (ggml_rows(o.w.type)) {
             const GType a = gtype_act(ggml_type(o.w.type));
@@ -717,6 +734,7 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
     thread_local GActs ga[3];  // the same for the ggml types' activation types
     if (act[0]) ga[0].build(GType::q8_0, x, N, in);
     if (q8_0) ga[0].prepare_rows_vnni();  // the Q8_0 multi-row kernels' layout (VNNI or AMX hosts)
+    if (q8_0t) ga[0].prepare_tiled();     // (after prepare_rows_vnni, which resets it)
     if (q4_0) ga[0].prepare_rows_q4_0();  // Q4_0's (VNNI hosts)
     if (act[1]) ga[1].build(GType::q8_k, x, N, in);
     if (act[2]) ga[2].build(GType::f32, x, N, in);
@@ -734,7 +752,9 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
             int64_t off = 0;  // rows [off, off + out) of the concatenation are matrix o's
             for (const QOut& o : outs) {
                 const int64_t lo = std::max(r0, off), hi = std::min(r1, off + o.w.out);
-                if (lo < hi && ggml_rows(o.w.type)) {
+                if (lo < hi && o.w.tiled) {  // all N rows, groups of 4 inside
+                    if (nb == 0) ggml_matmul_rows_tiled(o.y, o.w.out, gx[0], o.w.raw, N, lo - off, hi - off, accumulate);
+                } else if (lo < hi && ggml_rows(o.w.type)) {
                     if (nb == 0) {
                         const GType g = ggml_type(o.w.type), a = gtype_act(g);
                         const GActs& acts = gx[a == GType::q8_0 ? 0 : a == GType::q8_k ? 1 : 2];
@@ -796,6 +816,11 @@ void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumul
     }
     if (N <= kGemvMaxN) {
         qmatmul_same_x(x, N, {{y, w}}, accumulate);
+        return;
+    }
+    if (w.tiled) {  // repacked Q8_0: its tiles in place for every N
+        thread_local GActs acts;
+        ggml_matmul_tiled(y, x, w.raw, N, w.out, w.in, accumulate, acts);
         return;
     }
     if (ggml_rows(w.type) && !ggml_prefill_on_int8(ggml_type(w.type)) && gemm_backend() == GemmBackend::packed) {

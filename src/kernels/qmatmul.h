@@ -62,6 +62,10 @@ struct QMatrix {
     // and every use goes through rows() (or dequantize_row), which must stay inside one part.
     const QMatrix* parts = nullptr;
     int64_t part_rows = 0;
+    // q8_0 only: raw holds the rows repacked into tiles of 32 (kernels/ggml_quants.h's
+    // q8_0_repack_tiled; row_bytes as before, so rows() cuts at multiples of 32); every product
+    // on it takes the tiles' block order
+    bool tiled = false;
     int64_t blocks() const { return (in + kQ8Block - 1) / kQ8Block; }
     double bytes() const;  // storage of the weights (+ scales)
     // rows [r0, r0 + n) as a matrix of its own (an expert's slice of a stacked tensor; with parts,
@@ -76,7 +80,8 @@ struct QStore {
     std::vector<uint16_t, LargeAllocator<uint16_t>> bf16;
     std::vector<int8_t, LargeAllocator<int8_t>> q;
     std::vector<float, LargeAllocator<float>> scales;
-    std::vector<uint8_t, LargeAllocator<uint8_t>> raw;  // ggml types: (OUT, row bytes)
+    std::vector<uint8_t, LargeAllocator<uint8_t>> raw;  // ggml types: (OUT, row bytes); tiled: q8_0_repack_tiled's
+    bool tiled = false;
     const float* f32 = nullptr;  // fp32: a view of the source (not copied)
     void build(WType t, const float* w, int64_t out, int64_t in);
     // Storage for (out, in) in type t (bf16 or int8) to fill by rows: set_rows(r0, n, w) converts
@@ -85,6 +90,9 @@ struct QStore {
     // ggml types need IN a multiple of their block (32, or 256 for the K-quants): else moe::error.
     void allocate(WType t, int64_t out, int64_t in);
     void set_rows(int64_t r0, int64_t n, const float* w);
+    // Q8_0 rows m (a view or this store's own) repacked into tiles (q8_0_repack_tiled): the store
+    // then holds the tiled copy and view() gives it (tiled). m.in a multiple of 32, no parts.
+    void build_tiled(const QMatrix& m);
     QMatrix view() const;
 };
 

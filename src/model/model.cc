@@ -504,7 +504,7 @@ void Model::set_weight_type(kernels::WType t) {
                  kernels::wtype_name(t), " (load it with --dtype ", kernels::wtype_name(t), " instead)");
         return;
     }
-    wtype_ = t;
+    wtype_ = t, repacked_ = false;  // fresh copies: rows as quantized (repack_for_inference again)
     const auto& ps = table_.params();
     for (size_t i = 0; i < ps.size(); ++i) {
         if (!typed_at_inference(ps[i])) continue;
@@ -513,6 +513,24 @@ void Model::set_weight_type(kernels::WType t) {
         views_[i] = stores_[i].view();
     }
     qviews_.clear();
+}
+
+double Model::repack_for_inference() {
+    if (wtype_ != kernels::WType::q8_0 || !kernels::q8_0_tiled_active()) return 0;
+    const auto& ps = table_.params();
+    double bytes = 0;
+    for (size_t i = 0; i < ps.size(); ++i) {
+        kernels::QMatrix& v = views_[i];
+        if (v.out == 0 || v.type != kernels::WType::q8_0 || v.tiled || v.parts) continue;
+        // an expert stack (E, R, IN) is cut into experts of R rows: whole tiles only
+        if (ps[i].shape.size() == 3 && ps[i].shape[1] % kernels::kTiledRows != 0) continue;
+        stores_[i].build_tiled(v);
+        v = stores_[i].view();
+        bytes += v.bytes();
+    }
+    repacked_ = true;
+    qviews_.clear();  // rebuilt (the tied head repacked there) on the next forward_cached
+    return bytes;
 }
 
 void Model::build_views() {
@@ -552,6 +570,8 @@ void Model::build_views() {
         } else if (q_output_store_.type != wtype_ || q_output_store_.out == 0 || !typed_) {
             q_output_store_.build(wtype_, w_.tok_embd, cfg_.vocab_size, cfg_.n_embd);
         }
+        if (repacked_ && wtype_ == kernels::WType::q8_0 && !q_output_store_.tiled && kernels::q8_0_tiled_active())
+            q_output_store_.build_tiled(q_output_store_.view());
         q_output_ = q_output_store_.view();
     } else {
         q_output_ = view("output");
