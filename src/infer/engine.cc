@@ -83,6 +83,7 @@ Engine::Engine(Model& model, const Tokenizer& tok, const EngineOptions& opt)
         fail("--kv-size ", opt_.kv_positions, " is smaller than the context (", n_ctx_,
              " positions): the pool must hold at least one full sequence");
     cache_ = model_.make_cache(2 * opt_.slots, opt_.kv_positions > 0 ? opt_.kv_positions : opt_.slots * n_ctx_);
+    cache_.commit();  // the pool's memory backed now, not by the first steps that reach each page
     tables_.assign(cache_.S, {});
     page_mark_.assign(cache_.n_pages, 0);
     eos_ = tok_.eos_ids();

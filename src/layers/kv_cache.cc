@@ -4,6 +4,7 @@
 #include <cstring>
 #include <limits>
 
+#include "core/parallel.h"
 #include "kernels/attn_rows.h"
 
 namespace moe::layers {
@@ -29,6 +30,12 @@ KvCache::KvCache(int64_t layers, int64_t slots, int64_t ctx, int64_t n_kv_heads,
     refs_.assign(n_pages, 0);
     free_.resize(n_pages);
     for (int64_t i = 0; i < n_pages; ++i) free_[i] = (int32_t)(n_pages - 1 - i);  // page 0 first
+}
+
+void KvCache::commit() {
+    const size_t bytes = (size_t)L * (size_t)n_pages * (size_t)page * (size_t)KD * (size_t)esz_;
+    if (k_) parallel_zero(k_.get(), bytes);
+    if (v_) parallel_zero(v_.get(), bytes);
 }
 
 void KvCache::check_type(DType t) {

@@ -43,6 +43,11 @@ struct KvCache {
     KvCache(int64_t layers, int64_t slots, int64_t ctx, int64_t n_kv_heads, int64_t head_dim, int64_t positions = 0,
             DType type = DType::f32);
 
+    // Writes zeros over the whole pool now, so that its pages are backed by memory before the
+    // first forward (a page first written by a step otherwise costs that step the kernel's zeroing
+    // of it, a 2 MB huge page at a time): what a server does at start, as llama.cpp clears its KV
+    // buffer. Commits the pool's full size.
+    void commit();
     DType type() const { return type_; }
     // moe::error unless t is an element type a cache can hold: f32, f16 or bf16
     static void check_type(DType t);
