@@ -687,18 +687,77 @@ TEST(GgmlQuants, ModelLogitsTrackFp32) {
     m.set_weight_type(WType::f32);
 }
 
+// moe's int8 repacked the same way (q8_repack_tiled, fp32 scales in the tiles): the SIMD repack writes
+// the twin's bytes, rows dequantize as before, and qmatmul on it (batch invariant or not, 1-3
+// threads, N = 1..17 and 33, the ISA capped at AVX2: the scalar twin) gives every element the bits of
+// the block-order twin q8_rows_block_ref on the rows as stored; an expert's slice too.
+TEST(GgmlQuants, Int8TiledQmatmulEqualsBlockOrderTwinBitForBit) {
+    const int64_t out = 77;
+    for (int64_t in : {32, 96, 1056}) {
+        auto w = randv(out * in, 1200 + in);
+        QStore rows, tiled;
+        rows.build(WType::q8, w.data(), out, in);
+        const QMatrix r = rows.view();
+        tiled.build_tiled(r);
+        const QMatrix m = tiled.view();
+        ASSERT_TRUE(m.tiled && m.out == out && m.in == in && !m.q && m.raw);
+        std::vector<uint8_t> a(q8_tiled_bytes(out, in), 0xAB), b(q8_tiled_bytes(out, in), 0xCD);
+        q8_repack_tiled(r.q, r.scales, out, in, a.data());
+        q8_repack_tiled_ref(r.q, r.scales, out, in, b.data());
+        ASSERT_EQ(a, b) << "in=" << in;
+        std::vector<float> d1(in), d2(in);
+        for (int64_t o : {int64_t(0), int64_t(33), out - 1}) {
+            dequantize_row(d1.data(), r, o);
+            dequantize_row(d2.data(), m, o);
+            for (int64_t i = 0; i < in; ++i) ASSERT_EQ(bits(d1[i]), bits(d2[i])) << "o=" << o << " i=" << i;
+        }
+        const int64_t NMax = 33;
+        auto x = randv(NMax * in, 1300 + in);
+        for (int64_t N : amx_row_counts()) {
+            QActs qa;
+            qa.build(x.data(), N, in);
+            std::vector<float> twin(N * out);
+            detail::q8_rows_block_ref(twin.data(), out, qa.q.data(), qa.scales.data(), N, in, r.q, r.scales, 0, out, false);
+            for (bool inv : {true, false})
+                for (int threads : {1, 2, 3}) {
+                    if (!inv && threads != 2) continue;
+                    const BatchInvariantScope scope(inv);
+                    moe::set_num_threads(threads);
+                    std::vector<float> y(N * out);
+                    qmatmul(y.data(), x.data(), m, N, false);
+                    for (int64_t i = 0; i < N * out; ++i)
+                        ASSERT_EQ(bits(y[i]), bits(twin[i])) << "in=" << in << " N=" << N << " inv=" << inv << " i=" << i;
+                }
+            moe::set_num_threads(0);
+            if (N == 5) {
+                const Isa prev = set_isa_cap(Isa::avx2);
+                std::vector<float> y(N * out);
+                qmatmul(y.data(), x.data(), m, N, false);
+                set_isa_cap(prev);
+                for (int64_t i = 0; i < N * out; ++i) ASSERT_EQ(bits(y[i]), bits(twin[i])) << "avx2 cap, i=" << i;
+                std::vector<float> ys(N * 32);  // rows 32..63 alone
+                qmatmul(ys.data(), x.data(), m.rows(32, 32), N, false);
+                for (int64_t n = 0; n < N; ++n)
+                    for (int64_t o = 0; o < 32; ++o) ASSERT_EQ(bits(ys[n * 32 + o]), bits(twin[n * out + 32 + o]));
+            }
+        }
+    }
+}
+
 // Model::repack_for_inference (the inference tools' load on AVX-512 VNNI hosts without AMX): the
-// Q8_0 matrices (attention, experts, a 37-row head: a partial tile) repacked into tiles give, while
-// batch invariant, the logits of the rows as stored bit for bit (both the block order there), for a
-// prefill and a decode step; without invariance too (the tiles have one arithmetic). Elsewhere it
-// repacks nothing.
+// Q8_0 or int8 matrices (attention, experts, a 37-row head: a partial tile) repacked into tiles give,
+// while batch invariant, the logits of the rows as stored bit for bit (both the block order there),
+// for a prefill and a decode step. (Without invariance the products on the tiles keep the block
+// order, the kernel tests above, but the fp32 router's GEMM does not.) Elsewhere it repacks nothing.
 TEST(GgmlQuants, RepackedModelGivesTheSameLogitsBitForBit) {
+  for (WType type : {WType::q8_0, WType::q8}) {
+    SCOPED_TRACE(wtype_name(type));
     moe::ModelConfig cfg;
     cfg.vocab_size = 37, cfg.n_layer = 2, cfg.n_embd = 256, cfg.n_head = 4, cfg.n_head_kv = 2, cfg.n_ctx = 24;
     cfg.n_expert = 4, cfg.n_expert_used = 2, cfg.n_ff_exp = 96, cfg.n_ff = 128, cfg.layer_moe = {true, false};
     moe::Model m(cfg);
     m.init(5);
-    m.set_weight_type(WType::q8_0);
+    m.set_weight_type(type);
     const int64_t V = cfg.vocab_size, T = 12;
     std::vector<int32_t> seq(T), sid(T, 0), pos(T);
     for (int64_t i = 0; i < T; ++i) seq[i] = (int32_t)((i * 5 + 1) % V), pos[i] = (int32_t)i;
@@ -720,14 +779,16 @@ TEST(GgmlQuants, RepackedModelGivesTheSameLogitsBitForBit) {
         EXPECT_EQ(bytes, 0.0);
         GTEST_SKIP() << "no repacking on this host (AMX-INT8 reads Q8_0 in place; AVX2 has no tile kernel)";
     }
+    if (type == WType::q8) ASSERT_TRUE(q8_rows_block_active(cfg.n_embd));  // int8's block order before it
     EXPECT_GT(bytes, 0.0);
-    for (bool inv : {true, false}) {
-        const BatchInvariantScope scope(inv);
+    {
+        const BatchInvariantScope scope(true);
         const auto after = logits();
         ASSERT_EQ(after.size(), before.size());
-        for (size_t i = 0; i < after.size(); ++i) ASSERT_EQ(bits(after[i]), bits(before[i])) << "inv=" << inv << " i=" << i;
+        for (size_t i = 0; i < after.size(); ++i) ASSERT_EQ(bits(after[i]), bits(before[i])) << "i=" << i;
     }
     EXPECT_EQ(m.repack_for_inference(), 0.0);  // already repacked
+  }
 }
 
 // The several-weight-rows decode dots (row_dots_w: one activation row against 2 or 4 weight rows

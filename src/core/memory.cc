@@ -1,5 +1,6 @@
 #include "core/memory.h"
 
+#include <cstdint>
 #include <cstdlib>
 
 #include "core/error.h"
@@ -31,5 +32,22 @@ void* alloc_large(size_t bytes) {
 }
 
 void free_large(void* p) noexcept { std::free(p); }
+
+void advise_not_needed(const void* p, size_t bytes) noexcept {
+#if defined(__linux__)
+    const uintptr_t page = 4096, a = reinterpret_cast<uintptr_t>(p);
+    const uintptr_t lo = (a + page - 1) / page * page, hi = (a + bytes) / page * page;
+    if (hi <= lo) return;
+    void* q = reinterpret_cast<void*>(lo);
+#if defined(MADV_PAGEOUT)
+    if (madvise(q, hi - lo, MADV_PAGEOUT) == 0) return;
+#endif
+#if defined(MADV_COLD)
+    madvise(q, hi - lo, MADV_COLD);
+#endif
+#else
+    (void)p, (void)bytes;
+#endif
+}
 
 }  // namespace moe

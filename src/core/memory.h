@@ -14,6 +14,12 @@ namespace moe {
 void* alloc_large(size_t bytes);
 void free_large(void* p) noexcept;
 
+// Tells the kernel that the whole pages inside [p, p + bytes) will not be read again soon (a
+// mapped file's tensor after an owned copy of it was made): they are reclaimed now where the kernel
+// can (MADV_PAGEOUT: clean file pages dropped, anonymous ones swapped out, contents kept either
+// way), else marked cold. Advice only: the memory stays valid and readable.
+void advise_not_needed(const void* p, size_t bytes) noexcept;
+
 // std::vector allocator on alloc_large (the quantized inference weights).
 template <class T>
 struct LargeAllocator {

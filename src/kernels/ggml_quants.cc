@@ -973,6 +973,8 @@ bool q8_0_tiled_active() {
     return detail::q8_0_rows_vnni_supported() && vnni_tiles_active(GType::q8_0) && !detail::q8_0_rows_amx_supported();
 }
 
+bool tiled_kernels_active() { return detail::q8_0_rows_vnni_supported() && vnni_tiles_active(GType::q8_0); }
+
 int64_t q8_0_tiled_bytes(int64_t out, int64_t in) {
     return (out + kTiledRows - 1) / kTiledRows * kTiledRows * gtype_row_bytes(GType::q8_0, in);
 }
@@ -996,7 +998,7 @@ void q8_0_repack_tiled_ref(const void* w, int64_t row_stride, int64_t out, int64
 
 void q8_0_repack_tiled(const void* w, int64_t row_stride, int64_t out, int64_t in, uint8_t* dst) {
     MOE_ASSERT(in % kQK == 0);
-    if (!vnni_tiles_active(GType::q8_0)) return q8_0_repack_tiled_ref(w, row_stride, out, in, dst);
+    if (!tiled_kernels_active()) return q8_0_repack_tiled_ref(w, row_stride, out, in, dst);
     const int64_t tiles = (out + kTiledRows - 1) / kTiledRows, bytes = detail::tile_scratch_bytes(in);
     const uint8_t* wb = static_cast<const uint8_t*>(w);
     parallel_for(0, tiles, 4, [&](int64_t t0, int64_t t1) {
@@ -1043,7 +1045,7 @@ void q8_0_tiled_rows_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_
 
 void GActs::prepare_tiled() {
     MOE_ASSERT(type == GType::q8_0);
-    if (rows_tiles || !vnni_tiles_active(GType::q8_0)) return;
+    if (rows_tiles || !tiled_kernels_active()) return;
     prepare_tiles(128);
     rows_tiles = true;
 }
@@ -1051,7 +1053,7 @@ void GActs::prepare_tiled() {
 void ggml_matmul_rows_tiled(float* y, int64_t ys, const GActs& acts, const uint8_t* tiled, int64_t N, int64_t o0,
                             int64_t o1, bool accumulate) {
     MOE_ASSERT(acts.type == GType::q8_0 && acts.N >= N);
-    if (acts.rows_tiles && vnni_tiles_active(GType::q8_0)) {
+    if (acts.rows_tiles && tiled_kernels_active()) {
         detail::TileActs xa;
         xa.xp = acts.xp.data(), xa.xs = acts.xs.data(), xa.am = acts.am.data(), xa.xo = acts.xo.data();
         detail::q8_0_tiled_rows_vnni(y, ys, xa, tiled, N, acts.in, o0, o1, accumulate);

@@ -177,7 +177,12 @@ void ggml_matmul_rows(float* y, int64_t y_stride, const GActs& acts, const void*
 // those of q8_0_rows_block_ref on the rows before repacking: the same result batch invariant or
 // not, on one thread or many, and on an AMX host's in-place rows.
 inline constexpr int64_t kTiledRows = 32, kTiledBlockBytes = 1024 + 64;
+// moe's int8 repacked the same way (kernels/qmatmul.h's q8_repack_tiled): the scales fp32
+inline constexpr int64_t kTiledBlockBytesI8 = 1024 + 128;
 bool q8_0_tiled_active();
+// whether the SIMD forms of the repack and the products run here (AVX-512 VNNI; AMX hosts too, which
+// do not repack at load); else their scalar twins do
+bool tiled_kernels_active();
 int64_t q8_0_tiled_bytes(int64_t out, int64_t in);  // ceil(out / 32) * 32 * row_bytes
 // dst (q8_0_tiled_bytes) from out rows of Q8_0 (row_stride apart, in a multiple of 32); the SIMD
 // form where q8_0_tiled_active(), over threads. The _ref twin is scalar and writes the same bytes.

@@ -71,5 +71,11 @@ void q8_0_repack_tiles_vnni(const uint8_t* w, int64_t row_stride, int64_t out, i
 // the products on it: xa from pack_tile_acts with c = 128 (xo filled), every group of 4 rows
 void q8_0_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
                           int64_t o0, int64_t o1, bool accumulate);
+// moe's int8 repacked (qmatmul.h's q8_repack_tiled): tiles [t0, t1) from q (out, in), scales
+// (out, in / 32); the products (xa from pack_tile_acts_q8)
+void q8_repack_tiles_vnni(const int8_t* q, const float* scales, int64_t out, int64_t in, int64_t t0, int64_t t1,
+                          uint8_t* dst, uint8_t* scratch);
+void q8_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
+                        int64_t o0, int64_t o1, bool accumulate);
 
 }  // namespace moe::kernels::detail

@@ -141,6 +141,7 @@ namespace {
 constexpr int kTileRows = 32;
 constexpr int64_t kTileSubBytes = 8 * kTileRows * 4;  // one sub-block of a tile: 1024 bytes
 static_assert(kTiledBlockBytes == kTileSubBytes + 2 * kTileRows);  // + 32 fp16 scales
+static_assert(kTiledBlockBytesI8 == kTileSubBytes + 4 * kTileRows);  // + 32 fp32 scales
 
 KT inline float h2f_t(uint16_t h) { return _cvtsh_ss(h); }
 
@@ -402,13 +403,15 @@ KT void tile_rows(float* y, int64_t ys, const TileActs& xa, int64_t g, int nr, i
 // 17-20 with this (bench/decode_rows --mats 64 --repack on; 8 and 16 KB ahead about the same, L1
 // and 4 KB slower).
 constexpr int64_t kTiledAhead = 12 * 1024;
-template <int NR>
+// F32S: moe's int8 repacked (q8_repack_tiled): the 32 scales fp32 (kTiledBlockBytesI8 a block)
+template <int NR, bool F32S>
 KT void tiled_kernel(const uint8_t* tile, int64_t nsb, const uint8_t* xp, const float* xs, const int32_t* xo,
                      __m512 (&acc)[4][2], bool pf) {
+    constexpr int64_t BB = F32S ? kTiledBlockBytesI8 : kTiledBlockBytes;
     for (int64_t b = 0; b < nsb; ++b) {
-        const uint8_t* wb = tile + b * kTiledBlockBytes;
+        const uint8_t* wb = tile + b * BB;
         if (pf)
-            for (int i = 0; i < kTiledBlockBytes / 64; ++i)
+            for (int i = 0; i < BB / 64; ++i)
                 _mm_prefetch(reinterpret_cast<const char*>(wb) + kTiledAhead + 64 * i, _MM_HINT_T1);
         __m512i is[NR][2];
         for (int j = 0; j < NR; ++j) is[j][0] = is[j][1] = _mm512_set1_epi32(xo[4 * b + j]);
@@ -423,12 +426,54 @@ KT void tiled_kernel(const uint8_t* tile, int64_t nsb, const uint8_t* xp, const 
                 is[j][1] = _mm512_dpbusd_epi32(is[j][1], w1, x);
             }
         }
-        const __m512 s0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 1024)));
-        const __m512 s1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 1056)));
+        __m512 s0, s1;
+        if constexpr (F32S) {
+            s0 = _mm512_loadu_ps(wb + 1024), s1 = _mm512_loadu_ps(wb + 1088);
+        } else {
+            s0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 1024)));
+            s1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 1056)));
+        }
         for (int j = 0; j < NR; ++j) {
             const __m512 sx = _mm512_set1_ps(xs[4 * b + j]);
             acc[j][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[j][0]), _mm512_mul_ps(s0, sx), acc[j][0]);
             acc[j][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[j][1]), _mm512_mul_ps(s1, sx), acc[j][1]);
+        }
+    }
+}
+
+// y rows [o0, o1) (tiles cut by the range computed whole, stored in part) of every group of 4
+template <bool F32S>
+KT void tiled_rows(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in, int64_t o0,
+                   int64_t o1, bool accumulate) {
+    const int64_t nsb = in / 32, tile_bytes = nsb * (F32S ? kTiledBlockBytesI8 : kTiledBlockBytes);
+    for (int64_t t = o0 / kTileRows; t * kTileRows < o1; ++t) {
+        const int64_t base = t * kTileRows;
+        const int lo = (int)(std::max(o0, base) - base), hi = (int)(std::min(o1, base + kTileRows) - base);
+        const uint32_t bits = (hi >= 32 ? 0xffffffffu : (1u << hi) - 1) & ~((1u << lo) - 1);
+        const __mmask16 k0 = (__mmask16)(bits & 0xffff), k1 = (__mmask16)(bits >> 16);
+        const uint8_t* tile = tiled + t * tile_bytes;
+        for (int64_t g = 0; 4 * g < N; ++g) {
+            const int nr = (int)std::min<int64_t>(4, N - 4 * g);
+            float* y0 = y + 4 * g * ys + base;
+            __m512 acc[4][2];
+            for (int j = 0; j < 4; ++j) {
+                const bool load = j < nr && accumulate;
+                acc[j][0] = load ? _mm512_maskz_loadu_ps(k0, y0 + j * ys) : _mm512_setzero_ps();
+                acc[j][1] = load ? _mm512_maskz_loadu_ps(k1, y0 + j * ys + 16) : _mm512_setzero_ps();
+            }
+            const uint8_t* xp = xa.xp + g * nsb * 128;
+            const float* xs = xa.xs + g * nsb * 4;
+            const int32_t* xo = xa.xo + g * nsb * 4;
+            switch (nr) {
+                case 1: tiled_kernel<1, F32S>(tile, nsb, xp, xs, xo, acc, g == 0); break;
+                case 2: tiled_kernel<2, F32S>(tile, nsb, xp, xs, xo, acc, g == 0); break;
+                case 3: tiled_kernel<3, F32S>(tile, nsb, xp, xs, xo, acc, g == 0); break;
+                default: tiled_kernel<4, F32S>(tile, nsb, xp, xs, xo, acc, g == 0); break;
+            }
+            for (int j = 0; j < nr; ++j) {
+                _mm512_mask_storeu_ps(y0 + j * ys, k0, acc[j][0]);
+                _mm512_mask_storeu_ps(y0 + j * ys + 16, k1, acc[j][1]);
+            }
         }
     }
 }
@@ -581,38 +626,32 @@ void q8_0_repack_tiles_vnni(const uint8_t* w, int64_t row_stride, int64_t out, i
     }
 }
 
-__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 void q8_0_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
                           int64_t o0, int64_t o1, bool accumulate) {
-    const int64_t nsb = in / 32, tile_bytes = nsb * kTiledBlockBytes;
-    for (int64_t t = o0 / kTileRows; t * kTileRows < o1; ++t) {
-        const int64_t base = t * kTileRows;
-        const int lo = (int)(std::max(o0, base) - base), hi = (int)(std::min(o1, base + kTileRows) - base);
-        const uint32_t bits = (hi >= 32 ? 0xffffffffu : (1u << hi) - 1) & ~((1u << lo) - 1);
-        const __mmask16 k0 = (__mmask16)(bits & 0xffff), k1 = (__mmask16)(bits >> 16);
-        const uint8_t* tile = tiled + t * tile_bytes;
-        for (int64_t g = 0; 4 * g < N; ++g) {
-            const int nr = (int)std::min<int64_t>(4, N - 4 * g);
-            float* y0 = y + 4 * g * ys + base;
-            __m512 acc[4][2];
-            for (int j = 0; j < 4; ++j) {
-                const bool load = j < nr && accumulate;
-                acc[j][0] = load ? _mm512_maskz_loadu_ps(k0, y0 + j * ys) : _mm512_setzero_ps();
-                acc[j][1] = load ? _mm512_maskz_loadu_ps(k1, y0 + j * ys + 16) : _mm512_setzero_ps();
-            }
-            const uint8_t* xp = xa.xp + g * nsb * 128;
-            const float* xs = xa.xs + g * nsb * 4;
-            const int32_t* xo = xa.xo + g * nsb * 4;
-            switch (nr) {
-                case 1: tiled_kernel<1>(tile, nsb, xp, xs, xo, acc, g == 0); break;
-                case 2: tiled_kernel<2>(tile, nsb, xp, xs, xo, acc, g == 0); break;
-                case 3: tiled_kernel<3>(tile, nsb, xp, xs, xo, acc, g == 0); break;
-                default: tiled_kernel<4>(tile, nsb, xp, xs, xo, acc, g == 0); break;
-            }
-            for (int j = 0; j < nr; ++j) {
-                _mm512_mask_storeu_ps(y0 + j * ys, k0, acc[j][0]);
-                _mm512_mask_storeu_ps(y0 + j * ys + 16, k1, acc[j][1]);
-            }
+    tiled_rows<false>(y, ys, xa, tiled, N, in, o0, o1, accumulate);
+}
+
+void q8_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
+                        int64_t o0, int64_t o1, bool accumulate) {
+    tiled_rows<true>(y, ys, xa, tiled, N, in, o0, o1, accumulate);
+}
+
+__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+void q8_repack_tiles_vnni(const int8_t* q, const float* scales, int64_t out, int64_t in, int64_t t0, int64_t t1,
+                          uint8_t* dst, uint8_t* scratch) {
+    const int64_t nsb = in / 32;
+    float* ws = reinterpret_cast<float*>(scratch + nsb * kTileSubBytes);
+    float* wm = ws + nsb * kTileRows;
+    for (int64_t t = t0; t < t1; ++t) {
+        const int nr = (int)std::min<int64_t>(kTileRows, out - t * kTileRows);
+        const int64_t r0 = t * kTileRows;
+        unpack_tile_t<GType::q8_0, true>(reinterpret_cast<const uint8_t*>(q + r0 * in), in, nr, nsb, scratch, ws, wm,
+                                         scales + r0 * nsb);
+        uint8_t* tile = dst + t * nsb * kTiledBlockBytesI8;
+        for (int64_t b = 0; b < nsb; ++b) {
+            uint8_t* tb = tile + b * kTiledBlockBytesI8;
+            std::memcpy(tb, scratch + b * kTileSubBytes, kTileSubBytes);
+            std::memcpy(tb + kTileSubBytes, ws + b * kTileRows, kTileRows * sizeof(float));  // rows past nr: 0
         }
     }
 }

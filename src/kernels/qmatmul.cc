@@ -140,7 +140,7 @@ void quantize_q8_row(int8_t* q, float* scales, const float* w, int64_t in) {
 }
 
 void QActs::build(const float* x, int64_t n, int64_t i) {
-    N = n, in = i, rows_amx = rows_block = false;
+    N = n, in = i, rows_amx = rows_block = rows_tiles = false;
     const int64_t nb = blocks();
     if ((int64_t)q.size() < N * in) q.resize(N * in);
     if ((int64_t)scales.size() < N * nb) scales.resize(N * nb);
@@ -176,6 +176,86 @@ void QActs::build_block() {
                                   tile_xo.data());
     }
     rows_block = true;
+}
+
+void QActs::build_tiles() {
+    if (rows_tiles || !tiled_kernels_active()) return;  // (without them the twin reads q, scales)
+    const int64_t G = (N + 3) / 4, nb = in / kQ8Block;
+    if ((int64_t)tile_xp.size() < G * nb * 128) tile_xp.resize(G * nb * 128);
+    if ((int64_t)tile_xs.size() < G * nb * 4) tile_xs.resize(G * nb * 4), tile_am.resize(G * nb * 4), tile_xo.resize(G * nb * 4);
+    detail::pack_tile_acts_q8(q.data(), scales.data(), N, in, 0, G, tile_xp.data(), tile_xs.data(), tile_am.data(),
+                              tile_xo.data());
+    rows_tiles = true;
+}
+
+// ---- moe's int8 repacked into tiles (qmatmul.h)
+
+bool q8_tiled_active(int64_t in) { return in % kQ8Block == 0 && q8_0_tiled_active(); }
+int64_t q8_tiled_row_bytes(int64_t in) { return in / kQ8Block * (kQ8Block + 4); }
+int64_t q8_tiled_bytes(int64_t out, int64_t in) {
+    return (out + kTiledRows - 1) / kTiledRows * kTiledRows * q8_tiled_row_bytes(in);
+}
+
+void q8_repack_tiled_ref(const int8_t* q, const float* scales, int64_t out, int64_t in, uint8_t* dst) {
+    MOE_ASSERT(in % kQ8Block == 0);
+    const int64_t nsb = in / kQ8Block, tiles = (out + kTiledRows - 1) / kTiledRows;
+    for (int64_t t = 0; t < tiles; ++t)
+        for (int64_t b = 0; b < nsb; ++b) {
+            uint8_t* tb = dst + (t * nsb + b) * kTiledBlockBytesI8;
+            float* sc = reinterpret_cast<float*>(tb + 1024);
+            for (int r = 0; r < kTiledRows; ++r) {
+                const int64_t o = t * kTiledRows + r;
+                sc[r] = o < out ? scales[o * nsb + b] : 0.f;
+                for (int i = 0; i < kQ8Block; ++i)
+                    tb[(i / 4) * 128 + 4 * r + i % 4] = o < out ? (uint8_t)(q[o * in + b * kQ8Block + i] + 128) : 0;
+            }
+        }
+}
+
+void q8_repack_tiled(const int8_t* q, const float* scales, int64_t out, int64_t in, uint8_t* dst) {
+    MOE_ASSERT(in % kQ8Block == 0);
+    if (!tiled_kernels_active()) return q8_repack_tiled_ref(q, scales, out, in, dst);
+    const int64_t tiles = (out + kTiledRows - 1) / kTiledRows, bytes = detail::tile_scratch_bytes(in);
+    parallel_for(0, tiles, 4, [&](int64_t t0, int64_t t1) {
+        detail::q8_repack_tiles_vnni(q, scales, out, in, t0, t1, dst, thread_scratch(bytes));
+    });
+}
+
+// the block b of row r of a tiled int8 matrix: its values u (q + 128) at u[(i / 4) * 128 + i % 4]
+static const uint8_t* q8_tiled_block(const uint8_t* tiled, int64_t nsb, int64_t r, int64_t b, float* scale) {
+    const uint8_t* tb = tiled + ((r / kTiledRows) * nsb + b) * kTiledBlockBytesI8;
+    *scale = reinterpret_cast<const float*>(tb + 1024)[r % kTiledRows];
+    return tb + 4 * (r % kTiledRows);
+}
+static int8_t q8_tiled_value(const uint8_t* u, int i) { return (int8_t)((int)u[(i / 4) * 128 + i % 4] - 128); }
+
+void q8_tiled_rows_ref(float* y, int64_t ys, const int8_t* q, const float* qs, int64_t N, int64_t in,
+                       const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate) {
+    const int64_t nsb = in / kQ8Block;
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t o = o0; o < o1; ++o) {
+            float acc = accumulate ? y[n * ys + o] : 0.f;
+            for (int64_t b = 0; b < nsb; ++b) {
+                float ws;
+                const uint8_t* u = q8_tiled_block(tiled, nsb, o, b, &ws);
+                int32_t isum = 0;
+                for (int i = 0; i < kQ8Block; ++i) isum += (int32_t)q8_tiled_value(u, i) * (int32_t)q[n * in + b * kQ8Block + i];
+                acc = std::fma((float)isum, ws * qs[n * nsb + b], acc);
+            }
+            y[n * ys + o] = acc;
+        }
+}
+
+// y rows [o0, o1) of a repacked int8 matrix: the VNNI tiles (qa.build_tiles() done) or the twin
+static void q8_tiled_rows(float* y, int64_t ys, const QActs& qa, const QMatrix& w, int64_t N, int64_t o0, int64_t o1,
+                          bool accumulate) {
+    if (qa.rows_tiles && tiled_kernels_active()) {
+        detail::TileActs xa;
+        xa.xp = qa.tile_xp.data(), xa.xs = qa.tile_xs.data(), xa.am = qa.tile_am.data(), xa.xo = qa.tile_xo.data();
+        detail::q8_tiled_rows_vnni(y, ys, xa, w.raw, N, w.in, o0, o1, accumulate);
+        return;
+    }
+    q8_tiled_rows_ref(y, ys, qa.q.data(), qa.scales.data(), N, w.in, w.raw, o0, o1, accumulate);
 }
 
 // int8 rows [o0, o1) of y (N, ys) in the block order on VNNI (QActs::build_block)
@@ -269,10 +349,18 @@ void QStore::set_rows(int64_t r0, int64_t n, const float* w) {
 }
 
 void QStore::build_tiled(const QMatrix& m) {
-    MOE_ASSERT(m.type == WType::q8_0 && !m.parts && !m.tiled && m.raw && m.in % kQ8Block == 0);
-    std::vector<uint8_t, LargeAllocator<uint8_t>> t(q8_0_tiled_bytes(m.out, m.in));
-    q8_0_repack_tiled(m.raw, m.row_bytes, m.out, m.in, t.data());  // m.raw may be this store's own
-    type = WType::q8_0, out = m.out, in = m.in, f32 = nullptr, tiled = true;
+    MOE_ASSERT((m.type == WType::q8_0 || m.type == WType::q8) && !m.parts && !m.tiled && m.in % kQ8Block == 0);
+    std::vector<uint8_t, LargeAllocator<uint8_t>> t;
+    if (m.type == WType::q8_0) {  // m's memory may be this store's own: the copy first
+        MOE_ASSERT(m.raw);
+        t.resize(q8_0_tiled_bytes(m.out, m.in));
+        q8_0_repack_tiled(m.raw, m.row_bytes, m.out, m.in, t.data());
+    } else {
+        MOE_ASSERT(m.q && m.scales);
+        t.resize(q8_tiled_bytes(m.out, m.in));
+        q8_repack_tiled(m.q, m.scales, m.out, m.in, t.data());
+    }
+    type = m.type, out = m.out, in = m.in, f32 = nullptr, tiled = true;
     bf16.clear(), q.clear(), scales.clear();
     raw.swap(t);
 }
@@ -286,6 +374,7 @@ QMatrix QStore::view() const {
     m.scales = scales.empty() ? nullptr : scales.data();
     m.raw = raw.empty() ? nullptr : raw.data();
     m.row_bytes = is_ggml(type) ? gtype_row_bytes(ggml_type(type), in) : 0;
+    if (tiled && type == WType::q8) m.row_bytes = q8_tiled_row_bytes(in);
     m.tiled = tiled;
     return m;
 }
@@ -312,10 +401,22 @@ inline int32_t dot_i8(const int8_t* a, const int8_t* b, int64_t n) {
 // block b of row o of w times block b of row n of qa: the integer sum, with its length
 inline int32_t q8_block_isum(const QMatrix& w, int64_t o, const QActs& qa, int64_t n, int64_t b) {
     const int64_t i0 = b * kQ8Block, len = std::min(w.in, i0 + kQ8Block) - i0;
+    if (w.tiled) {  // (the reference twins only)
+        float ws;
+        const uint8_t* u = q8_tiled_block(w.raw, w.blocks(), o, b, &ws);
+        int32_t s = 0;
+        for (int i = 0; i < kQ8Block; ++i) s += (int32_t)q8_tiled_value(u, i) * (int32_t)qa.q[n * w.in + i0 + i];
+        return s;
+    }
     return dot_i8(w.q + o * w.in + i0, qa.q.data() + n * w.in + i0, len);
 }
 
 inline float q8_block_scale(const QMatrix& w, int64_t o, const QActs& qa, int64_t n, int64_t b) {
+    if (w.tiled) {
+        float ws;
+        q8_tiled_block(w.raw, w.blocks(), o, b, &ws);
+        return ws * qa.scales[n * qa.blocks() + b];
+    }
     return w.scales[o * w.blocks() + b] * qa.scales[n * qa.blocks() + b];
 }
 
@@ -368,6 +469,14 @@ static void dequantize_row_slice(float* dst, const QMatrix& w, int64_t r, int64_
             bf16_to_f32_n(dst, w.bf16 + at, kc);
             break;
         case WType::q8:
+            if (w.tiled) {
+                for (int64_t b = k0 / kQ8Block; b < (k0 + kc) / kQ8Block; ++b) {
+                    float ws;
+                    const uint8_t* u = q8_tiled_block(w.raw, w.blocks(), r, b, &ws);
+                    for (int i = 0; i < kQ8Block; ++i) dst[(b - k0 / kQ8Block) * kQ8Block + i] = ws * (float)q8_tiled_value(u, i);
+                }
+                break;
+            }
             dequantize_q8_n(dst, w.q + at, w.scales + r * w.blocks() + k0 / kQ8Block, kc);
             break;
         case WType::f16:
@@ -456,7 +565,13 @@ inline float weight_at(const QMatrix& w, int64_t o, int64_t i) {
     switch (w.type) {
         case WType::f32: return w.f32[o * w.in + i];
         case WType::bf16: return bf16_to_f32(w.bf16[o * w.in + i]);
-        case WType::q8: return w.scales[o * w.blocks() + i / kQ8Block] * (float)w.q[o * w.in + i];
+        case WType::q8:
+            if (w.tiled) {
+                float ws;
+                const uint8_t* u = q8_tiled_block(w.raw, w.blocks(), o, i / kQ8Block, &ws);
+                return ws * (float)q8_tiled_value(u, (int)(i % kQ8Block));
+            }
+            return w.scales[o * w.blocks() + i / kQ8Block] * (float)w.q[o * w.in + i];
         case WType::f16: return fp16_to_fp32(f16_row(w, o)[i]);  // exact
         default: MOE_ASSERT(false && "ggml types take their own path");
     }
@@ -710,10 +825,11 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
     MOE_ASSERT(gemv_path(N));
     int64_t total = 0;
     double bytes = 0;
-    bool q8 = false, q8_0 = false, q8_0t = false, q4_0 = false, act[3] = {false, false, false};  // ggml activations: q8_0, q8_k, f32
+    bool q8 = false, q8t = false, q8_0 = false, q8_0t = false, q4_0 = false, act[3] = {false, false, false};  // ggml activations: q8_0, q8_k, f32
     for (const QOut& o : outs) {
         MOE_ASSERT(o.w.in == outs.begin()->w.in);
         total += o.w.out, bytes += o.w.bytes(), q8 = q8 || o.w.type == WType::q8;
+        q8t = q8t || (o.w.type == WType::q8 && o.w.tiled);
         q8_0 = q8_0 || (o.w.type == WType::q8_0 && !o.w.tiled);  // the VNNI / AMX rows kernels
         q8_0t = q8_0t || (o.w.type == WType::q8_0 && o.w.tiled);  // the repacked tiles
         q4_0 = q4_0 || o.w.type == WType::q4_0;
@@ -730,6 +846,7 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
         if (q8_rows_amx_active(in) && (N > 1 || batch_invariant())) qa.build_amx();  // the AMX rows for every matrix
         else if (batch_invariant() && q8_rows_block_active(in)) qa.build_block();   // the same order on VNNI
         else if (q8_vnni_active()) qa.build_vnni();
+        if (q8t) qa.build_tiles();  // the repacked matrices' activations
     }
     thread_local GActs ga[3];  // the same for the ggml types' activation types
     if (act[0]) ga[0].build(GType::q8_0, x, N, in);
@@ -753,7 +870,8 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
             for (const QOut& o : outs) {
                 const int64_t lo = std::max(r0, off), hi = std::min(r1, off + o.w.out);
                 if (lo < hi && o.w.tiled) {  // all N rows, groups of 4 inside
-                    if (nb == 0) ggml_matmul_rows_tiled(o.y, o.w.out, gx[0], o.w.raw, N, lo - off, hi - off, accumulate);
+                    if (nb == 0 && o.w.type == WType::q8) q8_tiled_rows(o.y, o.w.out, *qx, o.w, N, lo - off, hi - off, accumulate);
+                    else if (nb == 0) ggml_matmul_rows_tiled(o.y, o.w.out, gx[0], o.w.raw, N, lo - off, hi - off, accumulate);
                 } else if (lo < hi && ggml_rows(o.w.type)) {
                     if (nb == 0) {
                         const GType g = ggml_type(o.w.type), a = gtype_act(g);
@@ -818,9 +936,20 @@ void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumul
         qmatmul_same_x(x, N, {{y, w}}, accumulate);
         return;
     }
-    if (w.tiled) {  // repacked Q8_0: its tiles in place for every N
+    if (w.tiled && w.type == WType::q8_0) {  // repacked Q8_0: its tiles in place for every N
         thread_local GActs acts;
         ggml_matmul_tiled(y, x, w.raw, N, w.out, w.in, accumulate, acts);
+        return;
+    }
+    if (w.tiled) {  // repacked int8 (the same tiles): threads take whole tiles
+        thread_local QActs qa;
+        qa.build(x, N, w.in);
+        qa.build_tiles();
+        const QActs* qx = &qa;  // this thread's copy, for the workers
+        const int64_t tiles = (w.out + kTiledRows - 1) / kTiledRows;
+        parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+            q8_tiled_rows(y, w.out, *qx, w, N, t0 * kTiledRows, std::min(w.out, t1 * kTiledRows), accumulate);
+        });
         return;
     }
     if (ggml_rows(w.type) && !ggml_prefill_on_int8(ggml_type(w.type)) && gemm_backend() == GemmBackend::packed) {

@@ -62,9 +62,10 @@ struct QMatrix {
     // and every use goes through rows() (or dequantize_row), which must stay inside one part.
     const QMatrix* parts = nullptr;
     int64_t part_rows = 0;
-    // q8_0 only: raw holds the rows repacked into tiles of 32 (kernels/ggml_quants.h's
-    // q8_0_repack_tiled; row_bytes as before, so rows() cuts at multiples of 32); every product
-    // on it takes the tiles' block order
+    // q8_0 and q8: raw holds the rows repacked into tiles of 32 (q8_0: kernels/ggml_quants.h's
+    // q8_0_repack_tiled, row_bytes as before; q8: q8_repack_tiled below, row_bytes
+    // q8_tiled_row_bytes(in), q and scales null), so rows() cuts at multiples of 32; every product on
+    // it takes the tiles' block order
     bool tiled = false;
     int64_t blocks() const { return (in + kQ8Block - 1) / kQ8Block; }
     double bytes() const;  // storage of the weights (+ scales)
@@ -90,8 +91,9 @@ struct QStore {
     // ggml types need IN a multiple of their block (32, or 256 for the K-quants): else moe::error.
     void allocate(WType t, int64_t out, int64_t in);
     void set_rows(int64_t r0, int64_t n, const float* w);
-    // Q8_0 rows m (a view or this store's own) repacked into tiles (q8_0_repack_tiled): the store
-    // then holds the tiled copy and view() gives it (tiled). m.in a multiple of 32, no parts.
+    // Q8_0 or int8 rows m (a view or this store's own) repacked into tiles (q8_0_repack_tiled,
+    // q8_repack_tiled): the store then holds the tiled copy in raw and view() gives it (tiled).
+    // m.in a multiple of 32, no parts.
     void build_tiled(const QMatrix& m);
     QMatrix view() const;
 };
@@ -125,7 +127,10 @@ struct QActs {
     std::vector<float> tile_xs, tile_am;
     std::vector<int32_t> tile_xo;
     bool rows_block = false;
+    // tile_* filled for any N (build_tiles(), after build()): the repacked int8 weights' activations
+    bool rows_tiles = false;
     void build(const float* x, int64_t N, int64_t in);
+    void build_tiles();
     void build_vnni();
     void build_amx();
     void build_block();
@@ -141,6 +146,22 @@ bool q8_rows_amx_active(int64_t in);
 // VNNI here (QActs::build_block; in a multiple of 32).
 bool q8_rows_block_active(int64_t in);
 void dequantize_row(float* dst, const QMatrix& w, int64_t row);
+
+// moe's int8 repacked for the AVX-512 VNNI tiles, as Q8_0 is (kernels/ggml_quants.h): tile t of 32
+// rows (rows past OUT zero) at t * 32 * q8_tiled_row_bytes(in), per 32-value block b at
+// b * kTiledBlockBytesI8 the 1024 bytes of q + 128 in vpdpbusd's order then the 32 rows' fp32
+// scales: the bytes of q and scales. Products on it have q8_rows_block_ref's bits (the block
+// order) for every N. Where q8_tiled_active(in): AVX-512 VNNI without AMX-INT8, in a multiple of 32.
+bool q8_tiled_active(int64_t in);
+int64_t q8_tiled_row_bytes(int64_t in);  // in / 32 * 36
+int64_t q8_tiled_bytes(int64_t out, int64_t in);
+// dst (q8_tiled_bytes) from q (out, in), scales (out, in / 32); SIMD over threads where the host has
+// the tiles, the _ref twin scalar (the same bytes)
+void q8_repack_tiled(const int8_t* q, const float* scales, int64_t out, int64_t in, uint8_t* dst);
+void q8_repack_tiled_ref(const int8_t* q, const float* scales, int64_t out, int64_t in, uint8_t* dst);
+// the scalar twin of the products (q, qs: the activation rows as QActs has them)
+void q8_tiled_rows_ref(float* y, int64_t ys, const int8_t* q, const float* qs, int64_t N, int64_t in,
+                       const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate);
 
 // The reference twin: a double sum over dequantized weights; int8 and the ggml block types with x
 // rounded as their kernels round it (int8 / q8_0 / q8_k blocks), f16 / bf16 with x as is.

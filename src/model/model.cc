@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/memory.h"
 #include "core/parallel.h"
 #include "core/profile.h"
 #include "core/rng.h"
@@ -516,16 +517,24 @@ void Model::set_weight_type(kernels::WType t) {
 }
 
 double Model::repack_for_inference() {
-    if (wtype_ != kernels::WType::q8_0 || !kernels::q8_0_tiled_active()) return 0;
+    const bool q8 = wtype_ == kernels::WType::q8;  // moe's int8: the same tiles, fp32 scales
+    if ((wtype_ != kernels::WType::q8_0 && !q8) || !kernels::q8_0_tiled_active()) return 0;
     const auto& ps = table_.params();
     double bytes = 0;
     for (size_t i = 0; i < ps.size(); ++i) {
         kernels::QMatrix& v = views_[i];
-        if (v.out == 0 || v.type != kernels::WType::q8_0 || v.tiled || v.parts) continue;
+        if (v.out == 0 || v.type != wtype_ || v.tiled || v.parts || (q8 && !kernels::q8_tiled_active(v.in))) continue;
         // an expert stack (E, R, IN) is cut into experts of R rows: whole tiles only
         if (ps[i].shape.size() == 3 && ps[i].shape[1] % kernels::kTiledRows != 0) continue;
+        const bool viewed = stores_[i].out == 0;  // memory someone else holds (a mapped file)
+        const kernels::QMatrix old = v;
         stores_[i].build_tiled(v);
         v = stores_[i].view();
+        if (viewed && old.raw) advise_not_needed(old.raw, (size_t)(old.out * old.row_bytes));  // no longer read
+        if (viewed && old.q) {
+            advise_not_needed(old.q, (size_t)(old.out * old.in));
+            advise_not_needed(old.scales, (size_t)(old.out * old.blocks()) * sizeof(float));
+        }
         bytes += v.bytes();
     }
     repacked_ = true;
@@ -570,7 +579,8 @@ void Model::build_views() {
         } else if (q_output_store_.type != wtype_ || q_output_store_.out == 0 || !typed_) {
             q_output_store_.build(wtype_, w_.tok_embd, cfg_.vocab_size, cfg_.n_embd);
         }
-        if (repacked_ && wtype_ == kernels::WType::q8_0 && !q_output_store_.tiled && kernels::q8_0_tiled_active())
+        if (repacked_ && !q_output_store_.tiled && kernels::q8_0_tiled_active() &&
+            (wtype_ == kernels::WType::q8_0 || (wtype_ == kernels::WType::q8 && kernels::q8_tiled_active(cfg_.n_embd))))
             q_output_store_.build_tiled(q_output_store_.view());
         q_output_ = q_output_store_.view();
     } else {

@@ -181,13 +181,13 @@ public:
     // model has one type for life: asking for another throws moe::error.
     void set_weight_type(kernels::WType t);
     kernels::WType weight_type() const { return wtype_; }
-    // Q8_0 matrices repacked into the tiles of this host's kernels where kernels::q8_0_tiled_active()
+    // Q8_0 and int8 matrices repacked into the tiles of this host's kernels where kernels::q8_0_tiled_active()
     // (AVX-512 VNNI without AMX; kernels/ggml_quants.h): the same bytes per matrix, reordered once so
     // that every product reads them in place, with the block order's bits (which a batch-invariant
     // product has on those hosts anyway). Views of a mapped file become owned copies (the mapping's
     // pages are no longer read; an fp32 model's set_weight_type copies are repacked in place, until
     // the next set_weight_type). For inference: call after the load. Returns the bytes repacked (0
-    // where the host has no such kernel or the model no Q8_0 matrix). Expert stacks whose experts'
+    // where the host has no such kernel or the model no Q8_0 / int8 matrix). Expert stacks whose experts'
     // rows are not a multiple of 32 stay as they are.
     double repack_for_inference();
     double weight_bytes_per_token() const;  // bytes of weights one decoded token reads (K experts)
