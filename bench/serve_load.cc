@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
 #include <string>
@@ -76,6 +77,8 @@ int main(int argc, char** argv) {
             const moe::Config cfg = moe::load_config(config);
             random = std::make_unique<moe::Model>(cfg.model, moe::kernels::parse_wtype(dtype, "--dtype"));
             random->init(1);
+            // as the inference tools load (api.cc): Q8_0 / int8 repacked where the host has the tiles
+            if (const char* e = std::getenv("MOE_REPACK"); !e || std::string(e) != "0") random->repack_for_inference();
             mp = random.get();
         }
         moe::Model& model = *mp;
@@ -88,6 +91,7 @@ int main(int argc, char** argv) {
         std::printf("%s\n", moe::kernels::host_description().c_str());
         std::printf("%s, %s, %d threads, %lld prompt + %lld generated tokens per stream, KV cache %s\n", config.c_str(),
                     dtype.c_str(), moe::threads(), (long long)prompt, (long long)tokens, moe::dtype_name(model.cache_type()));
+        std::printf("weights repacked into tiles: %s (MOE_REPACK=0: rows as stored)\n", model.repacked() ? "yes" : "no");
         // gen tok/s: generated tokens over the whole run (prompts included); decode tok/s: after the
         // last stream's first token (every stream decoding); overhead: step time outside the forward
         // cpu tok/s, cpu decode: the same two per CPU-second of the process (all its threads)

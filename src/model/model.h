@@ -190,6 +190,7 @@ public:
     // where the host has no such kernel or the model no Q8_0 / int8 matrix). Expert stacks whose experts'
     // rows are not a multiple of 32 stay as they are.
     double repack_for_inference();
+    bool repacked() const { return repacked_; }  // repack_for_inference ran (and found the kernels)
     double weight_bytes_per_token() const;  // bytes of weights one decoded token reads (K experts)
 
     const float* logits() const { return logits_; }  // (N, V) of the last forward or forward_cached
