@@ -4,6 +4,9 @@
 // over tiles of weight rows, the default: AMX-INT8 tiles where active_isa() >= amx), the same
 // capped at AVX-512 (the VNNI tiles; on AMX hosts only), the alternative (x rounded to its q8 grid,
 // then the packed fp32 GEMM dequantizing W inside its packing), and the fp32 GEMM on fp32 weights.
+// Where the inference tools repack q8_0 / int8 into tiles at load (AVX-512 VNNI without AMX;
+// MOE_REPACK=0: not), qmatmul runs on the repacked matrix, as they do, and the rows as stored get a
+// column of their own ("as stored").
 // On AMX hosts both peaks are measured: the fractions are given against each (the host's peak is
 // the AMX one; the last line uses it). On AVX2-only hosts (no AMX-INT8, no AVX-512 VNNI)
 // qmatmul's prefill of the ggml types is the dequant + fp32 GEMM one, and the integer
@@ -84,7 +87,9 @@ int main(int argc, char** argv) {
     std::stringstream ss(dtypes);
     for (std::string name; std::getline(ss, name, ',');) {
         const WType t = parse_wtype(name, "--dtype");
-        double tq = 0, tv = 0, td = 0, tf = 0, tr = 0, ops = 0;
+        double tq = 0, tv = 0, td = 0, tf = 0, tr = 0, ts = 0, ops = 0;
+        const char* env = std::getenv("MOE_REPACK");
+        const bool repack = (t == WType::q8_0 || t == WType::q8) && q8_0_tiled_active() && !(env && std::string(env) == "0");
         const bool rows = is_ggml(t) && !ggml_prefill_on_int8(ggml_type(t));
         for (const Shape& s : shapes) {
             std::vector<float> w(s.out * s.in), x(N * s.in), y(N * s.out);
@@ -92,8 +97,10 @@ int main(int argc, char** argv) {
             for (auto& v : x) v = nd(rng);
             QStore st;
             st.build(t, w.data(), s.out, s.in);
-            const QMatrix m = st.view();
-            double bq = 1e30, bv = 1e30, bd = 1e30, bf = 1e30, br = 1e30;
+            QStore tiled;
+            if (repack) tiled.build_tiled(st.view());
+            const QMatrix m = repack ? tiled.view() : st.view(), stored = st.view();
+            double bq = 1e30, bv = 1e30, bd = 1e30, bf = 1e30, br = 1e30, bs = 1e30;
             GActs acts;
             for (int r = 0; r < reps; ++r) {  // alternating, best of reps each
                 double t0 = clock_now();
@@ -106,14 +113,20 @@ int main(int argc, char** argv) {
                     bv = std::min(bv, clock_now() - t0);
                     set_isa_cap(prev);
                 }
+                if (repack) {  // the rows as stored (the VNNI tiles unpacking them per call)
+                    t0 = clock_now();
+                    qmatmul(y.data(), x.data(), stored, N, false);
+                    bs = std::min(bs, clock_now() - t0);
+                }
                 if (is_ggml(t) && gemm_backend() == GemmBackend::packed) {
                     t0 = clock_now();
-                    qmatmul_ggml_dequant_gemm(y.data(), x.data(), m, N, false);
+                    qmatmul_ggml_dequant_gemm(y.data(), x.data(), stored, N, false);
                     bd = std::min(bd, clock_now() - t0);
                 }
                 if (rows) {  // the integer row dots (ggml_matmul without tiles)
                     t0 = clock_now();
-                    ggml_matmul(y.data(), x.data(), m.raw, ggml_type(t), m.row_bytes, N, m.out, m.in, false, acts);
+                    ggml_matmul(y.data(), x.data(), stored.raw, ggml_type(t), stored.row_bytes, N, stored.out, stored.in,
+                                false, acts);
                     br = std::min(br, clock_now() - t0);
                 }
                 t0 = clock_now();
@@ -125,16 +138,19 @@ int main(int argc, char** argv) {
                         o / bq / 1e9, o / bq / 1e9 / (peak.gops / per));
             if (amx) std::printf(", %.2f of vnni peak) | avx512-capped %6.1f (%.2f of vnni peak)", o / bq / 1e9 / (vpeak.gops / per), o / bv / 1e9, o / bv / 1e9 / (vpeak.gops / per));
             else std::printf(")");
+            if (repack) std::printf(" [repacked] | as stored %6.1f (%.2f)", o / bs / 1e9, o / bs / 1e9 / (peak.gops / per));
             std::printf(" | dequant+fp32 GEMM %6.1f | fp32 GEMM %6.1f", o / bd / 1e9, o / bf / 1e9);
             if (rows) std::printf(" | int8 row dots %6.1f", o / br / 1e9);
             std::printf("\n");
-            tq += bq, tv += bv, td += bd, tf += bf, tr += br, ops += o;
+            tq += bq, tv += bv, td += bd, tf += bf, tr += br, ts += bs, ops += o;
         }
         const double frac = ops / tq / 1e9 / (peak.gops / per);
         std::printf("%-5s all shapes: qmatmul %.1f GOP/s = %.3f of int8 peak", name.c_str(), ops / tq / 1e9, frac);
         if (amx)
             std::printf(" (%.3f of the vnni peak); avx512-capped %.1f GOP/s = %.3f of the vnni peak; amx/avx512 %.2fx",
                         ops / tq / 1e9 / (vpeak.gops / per), ops / tv / 1e9, ops / tv / 1e9 / (vpeak.gops / per), tv / tq);
+        if (repack)
+            std::printf(" (repacked); as stored %.1f GOP/s = %.3f", ops / ts / 1e9, ops / ts / 1e9 / (peak.gops / per));
         std::printf("; dequant+fp32 GEMM %.1f; fp32 GEMM %.1f", ops / td / 1e9, ops / tf / 1e9);
         if (rows) std::printf("; int8 row dots %.1f (%.3f of int8 peak)", ops / tr / 1e9, ops / tr / 1e9 / (peak.gops / per));
         std::printf("\n");

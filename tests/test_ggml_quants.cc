@@ -19,6 +19,7 @@
 #include "kernels/cpu.h"
 #include "kernels/gemm.h"
 #include "kernels/ggml_quants.h"
+#include "kernels/ggml_quants_simd.h"
 #include "kernels/ggml_rows_vnni.h"
 #include "kernels/qmatmul.h"
 #include "model/model.h"
@@ -510,7 +511,7 @@ TEST(GgmlQuants, Q8_0TiledRowsEqualBlockOrderTwinBitForBit) {
                                             out, acc);
                 q8_0_tiled_rows_ref(ref.data(), out, acts.buf.data(), acts.row_bytes, N, in, tiled.data(), 0, out, acc);
                 for (auto [o0, o1] : {std::pair<int64_t, int64_t>{0, 13}, {13, 35}, {35, 64}, {64, out}})
-                    ggml_matmul_rows_tiled(y.data(), out, acts, tiled.data(), N, o0, o1, acc);
+                    ggml_matmul_rows_tiled(y.data(), out, acts, GType::q8_0, tiled.data(), N, o0, o1, acc);
                 for (int64_t i = 0; i < N * out; ++i) {
                     ASSERT_EQ(bits(ref[i]), bits(want[i])) << "twin in=" << in << " N=" << N << " i=" << i;
                     ASSERT_EQ(bits(y[i]), bits(want[i])) << "in=" << in << " N=" << N << " i=" << i << " acc=" << acc;
@@ -685,6 +686,92 @@ TEST(GgmlQuants, ModelLogitsTrackFp32) {
         prev = rms;
     }
     m.set_weight_type(WType::f32);
+}
+
+// Q4_K repacked (q4_k_repack_tiled: nibbles in the tiles' order, the 6-bit scales decoded): rows
+// dequantize to dequantize_row's bits; the scalar twin q4_k_tiled_rows_ref is within rounding of the
+// double reference everywhere; and on AVX-512 VNNI hosts every product on the tiles (1..17 and 33
+// rows, ranges cutting tiles, accumulate on and off, qmatmul over 1-3 threads, invariant or not) has
+// the bits of the VNNI tiles on the rows as stored (ggml_matmul's prefill, the AMX tiles' bits),
+// and so has the twin.
+TEST(GgmlQuants, Q4_KTiledRowsEqualTheVnniTilesBitForBit) {
+    const int64_t out = 77;
+    for (int64_t in : {256, 512, 1280}) {
+        const int64_t wb = gtype_row_bytes(GType::q4_k, in);
+        auto w = randv(out * in, 1400 + in);
+        w[3] = 30.f;
+        std::vector<uint8_t> wq(out * wb);
+        for (int64_t o = 0; o < out; ++o) quantize_row(GType::q4_k, w.data() + o * in, wq.data() + o * wb, in);
+        std::vector<uint8_t> tiled(q4_k_tiled_bytes(out, in), 0xAB);
+        q4_k_repack_tiled(wq.data(), wb, out, in, tiled.data());
+        std::vector<float> r1(in), r2(in);
+        for (int64_t o : {int64_t(0), int64_t(31), int64_t(45), out - 1}) {
+            dequantize_row(GType::q4_k, wq.data() + o * wb, r1.data(), in);
+            q4_k_tiled_dequantize_row(tiled.data(), in, o, 0, in, r2.data());
+            for (int64_t i = 0; i < in; ++i) ASSERT_EQ(bits(r1[i]), bits(r2[i])) << "o=" << o << " i=" << i;
+        }
+        QMatrix rows;
+        rows.type = WType::q4_k, rows.out = out, rows.in = in, rows.raw = wq.data(), rows.row_bytes = wb;
+        for (int64_t N : amx_row_counts()) {
+            auto x = randv(N * in, 1500 + N + in, N == 9 ? 50.f : 1.f);
+            GActs acts;
+            acts.build(GType::q8_k, x.data(), N, in);
+            std::vector<float> ref(N * out), dref(N * out);
+            q4_k_tiled_rows_ref(ref.data(), out, acts.buf.data(), acts.row_bytes, N, in, tiled.data(), 0, out, false);
+            qmatmul_ref(dref.data(), x.data(), rows, N, false);
+            for (int64_t i = 0; i < N * out; ++i) ASSERT_NEAR(ref[i], dref[i], 1e-3f * (1.f + std::fabs(dref[i]))) << "i=" << i;
+            if (!tiled_kernels_active()) continue;
+            acts.prepare_tiled();
+            ASSERT_TRUE(acts.rows_tiles);
+            for (bool acc : {false, true}) {
+                std::vector<float> y(N * out), want(N * out), twin(N * out);
+                for (int64_t i = 0; i < N * out; ++i) y[i] = want[i] = twin[i] = 0.5f + 0.01f * (float)(i % 7);
+                detail::TileActs xa;  // the VNNI tiles on the rows as stored
+                xa.xp = acts.xp.data(), xa.xs = acts.xs.data(), xa.am = acts.am.data(), xa.sb = true;
+                detail::prefill_tiles_vnni(want.data(), out, xa, wq.data(), GType::q4_k, wb, N, in, 0, out, acc,
+                                           thread_scratch(detail::tile_scratch_bytes(in)));
+                q4_k_tiled_rows_ref(twin.data(), out, acts.buf.data(), acts.row_bytes, N, in, tiled.data(), 0, out, acc);
+                for (auto [o0, o1] : {std::pair<int64_t, int64_t>{0, 13}, {13, 35}, {35, 64}, {64, out}})
+                    ggml_matmul_rows_tiled(y.data(), out, acts, GType::q4_k, tiled.data(), N, o0, o1, acc);
+                for (int64_t i = 0; i < N * out; ++i) {
+                    ASSERT_EQ(bits(twin[i]), bits(want[i])) << "twin in=" << in << " N=" << N << " i=" << i;
+                    ASSERT_EQ(bits(y[i]), bits(want[i])) << "in=" << in << " N=" << N << " i=" << i << " acc=" << acc;
+                }
+            }
+        }
+    }
+    if (!tiled_kernels_active()) GTEST_SKIP() << "no AVX-512 VNNI tiles here: the scalar twin alone was checked";
+    // qmatmul on a repacked QStore: threads, invariance, N past kGemvMaxN, an expert's slice
+    const int64_t in = 512;
+    auto w = randv(out * in, 1600);
+    QStore st, tl;
+    st.build(WType::q4_k, w.data(), out, in);
+    tl.build_tiled(st.view());
+    const QMatrix m = tl.view();
+    ASSERT_TRUE(m.tiled && m.row_bytes == q4_k_tiled_row_bytes(in));
+    const int64_t NMax = 40;
+    auto x = randv(NMax * in, 1601);
+    GActs ga;
+    ga.build(GType::q8_k, x.data(), NMax, in);
+    std::vector<float> twin(NMax * out);
+    q4_k_tiled_rows_ref(twin.data(), out, ga.buf.data(), ga.row_bytes, NMax, in, m.raw, 0, out, false);
+    for (bool inv : {true, false}) {
+        const BatchInvariantScope scope(inv);
+        for (int threads : {1, 2, 3}) {
+            moe::set_num_threads(threads);
+            for (int64_t N : {1, 2, 3, 5, 8, 9, 16, 40}) {
+                std::vector<float> y(N * out);
+                qmatmul(y.data(), x.data(), m, N, false);
+                for (int64_t i = 0; i < N * out; ++i)
+                    ASSERT_EQ(bits(y[i]), bits(twin[i])) << "N=" << N << " threads=" << threads << " inv=" << inv << " i=" << i;
+            }
+        }
+    }
+    moe::set_num_threads(0);
+    std::vector<float> y(3 * 32);
+    qmatmul(y.data(), x.data(), m.rows(32, 32), 3, false);
+    for (int64_t n = 0; n < 3; ++n)
+        for (int64_t o = 0; o < 32; ++o) ASSERT_EQ(bits(y[n * 32 + o]), bits(twin[n * out + 32 + o]));
 }
 
 // moe's int8 repacked the same way (q8_repack_tiled, fp32 scales in the tiles): the SIMD repack writes

@@ -1044,36 +1044,148 @@ void q8_0_tiled_rows_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_
 }
 
 void GActs::prepare_tiled() {
-    MOE_ASSERT(type == GType::q8_0);
+    MOE_ASSERT(type == GType::q8_0 || type == GType::q8_k);
     if (rows_tiles || !tiled_kernels_active()) return;
-    prepare_tiles(128);
+    prepare_tiles(type == GType::q8_0 ? 128 : 0);
     rows_tiles = true;
 }
 
-void ggml_matmul_rows_tiled(float* y, int64_t ys, const GActs& acts, const uint8_t* tiled, int64_t N, int64_t o0,
-                            int64_t o1, bool accumulate) {
-    MOE_ASSERT(acts.type == GType::q8_0 && acts.N >= N);
+void ggml_matmul_rows_tiled(float* y, int64_t ys, const GActs& acts, GType t, const uint8_t* tiled, int64_t N,
+                            int64_t o0, int64_t o1, bool accumulate) {
+    MOE_ASSERT((t == GType::q8_0 || t == GType::q4_k) && acts.type == gtype_act(t) && acts.N >= N);
     if (acts.rows_tiles && tiled_kernels_active()) {
         detail::TileActs xa;
-        xa.xp = acts.xp.data(), xa.xs = acts.xs.data(), xa.am = acts.am.data(), xa.xo = acts.xo.data();
-        detail::q8_0_tiled_rows_vnni(y, ys, xa, tiled, N, acts.in, o0, o1, accumulate);
+        xa.xp = acts.xp.data(), xa.xs = acts.xs.data(), xa.am = acts.am.data();
+        if (t == GType::q8_0) {
+            xa.xo = acts.xo.data();
+            detail::q8_0_tiled_rows_vnni(y, ys, xa, tiled, N, acts.in, o0, o1, accumulate);
+        } else {
+            xa.sb = true;
+            detail::q4_k_tiled_rows_vnni(y, ys, xa, tiled, N, acts.in, o0, o1, accumulate);
+        }
         return;
     }
-    q8_0_tiled_rows_ref(y, ys, acts.buf.data(), acts.row_bytes, N, acts.in, tiled, o0, o1, accumulate);
+    if (t == GType::q8_0) q8_0_tiled_rows_ref(y, ys, acts.buf.data(), acts.row_bytes, N, acts.in, tiled, o0, o1, accumulate);
+    else q4_k_tiled_rows_ref(y, ys, acts.buf.data(), acts.row_bytes, N, acts.in, tiled, o0, o1, accumulate);
 }
 
-void ggml_matmul_tiled(float* y, const float* x, const uint8_t* tiled, int64_t N, int64_t OUT, int64_t IN,
+void ggml_matmul_tiled(float* y, const float* x, GType t, const uint8_t* tiled, int64_t N, int64_t OUT, int64_t IN,
                        bool accumulate, GActs& acts) {
     if (N <= 0 || OUT <= 0) return;
-    acts.build(GType::q8_0, x, N, IN);
+    acts.build(gtype_act(t), x, N, IN);
     acts.prepare_tiled();
     const GActs* a = &acts;
-    const double bytes = (double)OUT * (double)gtype_row_bytes(GType::q8_0, IN);
+    const double bytes = (double)OUT * (double)gtype_row_bytes(t, IN);
     const int64_t tiles = (OUT + kTiledRows - 1) / kTiledRows;
     const int64_t grain = bytes * (double)((N + 3) / 4) < kGemvParallelBytes ? tiles : 1;
     parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
-        ggml_matmul_rows_tiled(y, OUT, *a, tiled, N, t0 * kTiledRows, std::min(OUT, t1 * kTiledRows), accumulate);
+        ggml_matmul_rows_tiled(y, OUT, *a, t, tiled, N, t0 * kTiledRows, std::min(OUT, t1 * kTiledRows), accumulate);
     });
+}
+
+// ---------------------------------------------------------------- Q4_K repacked into tiles
+
+int64_t q4_k_tiled_row_bytes(int64_t in) { return in / kQK_K * (kTiledSuperBytesQ4K / kTiledRows); }
+int64_t q4_k_tiled_bytes(int64_t out, int64_t in) {
+    return (out + kTiledRows - 1) / kTiledRows * kTiledRows * q4_k_tiled_row_bytes(in);
+}
+
+// sub-block j's 6-bit scale and min of a Q4_K block (ggml's get_scale_min_k4)
+static void q4_k_scale_min(const BlockQ4_K& blk, int j, uint8_t* sc, uint8_t* mn) {
+    const uint8_t* q = blk.scales;
+    if (j < 4) {
+        *sc = q[j] & 63, *mn = q[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        *mn = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+void q4_k_repack_tiled(const void* w, int64_t row_stride, int64_t out, int64_t in, uint8_t* dst) {
+    MOE_ASSERT(in % kQK_K == 0);
+    const int64_t nsuper = in / kQK_K, tiles = (out + kTiledRows - 1) / kTiledRows;
+    const uint8_t* wb = static_cast<const uint8_t*>(w);
+    // a byte shuffle (each row's 4-byte groups to their places) and the scales decoded: scalar,
+    // once at load, over threads
+    parallel_for(0, tiles, 4, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t)
+            for (int64_t s = 0; s < nsuper; ++s) {
+                uint8_t* sb = dst + (t * nsuper + s) * kTiledSuperBytesQ4K;
+                uint16_t* d = reinterpret_cast<uint16_t*>(sb + 4096);
+                for (int r = 0; r < kTiledRows; ++r) {
+                    const int64_t o = t * kTiledRows + r;
+                    if (o >= out) {
+                        for (int c = 0; c < 4; ++c)
+                            for (int k = 0; k < 8; ++k) std::memset(sb + c * 1024 + k * 128 + 4 * r, 0, 4);
+                        d[r] = d[32 + r] = 0;
+                        for (int j = 0; j < 8; ++j) sb[4224 + 32 * j + r] = sb[4480 + 32 * j + r] = 0;
+                        continue;
+                    }
+                    const BlockQ4_K& blk = reinterpret_cast<const BlockQ4_K*>(wb + o * row_stride)[s];
+                    for (int c = 0; c < 4; ++c)
+                        for (int k = 0; k < 8; ++k) std::memcpy(sb + c * 1024 + k * 128 + 4 * r, blk.qs + 32 * c + 4 * k, 4);
+                    d[r] = blk.d, d[32 + r] = blk.dmin;
+                    for (int j = 0; j < 8; ++j) q4_k_scale_min(blk, j, &sb[4224 + 32 * j + r], &sb[4480 + 32 * j + r]);
+                }
+            }
+    });
+}
+
+// value i (0..255) of super-block s of row r: its nibble and the scale / min bytes of its sub-block
+struct Q4kAt {
+    const uint8_t* sb;
+    int r;
+    int nib(int i) const {
+        const int c = i / 64, l = i % 64, h = l / 32, v = l % 32;
+        const uint8_t b = sb[c * 1024 + (v / 4) * 128 + 4 * r + v % 4];
+        return h ? b >> 4 : b & 0xF;
+    }
+    float d() const { return fp16_to_fp32(reinterpret_cast<const uint16_t*>(sb + 4096)[r]); }
+    float dmin() const { return fp16_to_fp32(reinterpret_cast<const uint16_t*>(sb + 4160)[r]); }
+    int sc(int j) const { return sb[4224 + 32 * j + r]; }
+    int mn(int j) const { return sb[4480 + 32 * j + r]; }
+};
+static Q4kAt q4k_at(const uint8_t* tiled, int64_t nsuper, int64_t r, int64_t s) {
+    return {tiled + ((r / kTiledRows) * nsuper + s) * kTiledSuperBytesQ4K, (int)(r % kTiledRows)};
+}
+
+void q4_k_tiled_dequantize_row(const uint8_t* tiled, int64_t in, int64_t r, int64_t k0, int64_t kc, float* dst) {
+    MOE_ASSERT(k0 % kQK_K == 0 && kc % kQK_K == 0 && k0 + kc <= in);
+    const int64_t nsuper = in / kQK_K;
+    for (int64_t s = k0 / kQK_K; s < (k0 + kc) / kQK_K; ++s, dst += kQK_K) {
+        const Q4kAt a = q4k_at(tiled, nsuper, r, s);
+        for (int i = 0; i < kQK_K; ++i) {  // dequantize_row_q4_K's d1 * q - m1
+            const float d1 = a.d() * (float)a.sc(i / 32), m1 = a.dmin() * (float)a.mn(i / 32);
+            dst[i] = d1 * (float)a.nib(i) - m1;
+        }
+    }
+}
+
+void q4_k_tiled_rows_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
+                         const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate) {
+    // the VNNI tiles' order (tile_kernel<true, false>): per sub-block acc -= wm * (xd * sum x),
+    // t += isum * ws; per super-block acc += t * xd
+    const int64_t nsuper = in / kQK_K;
+    for (int64_t n = 0; n < N; ++n) {
+        const BlockQ8_K* xr = reinterpret_cast<const BlockQ8_K*>(acts + n * act_bytes);
+        for (int64_t o = o0; o < o1; ++o) {
+            float acc = accumulate ? y[n * ys + o] : 0.f;
+            for (int64_t s = 0; s < nsuper; ++s) {
+                const Q4kAt a = q4k_at(tiled, nsuper, o, s);
+                float t = 0.f;
+                for (int j = 0; j < 8; ++j) {
+                    int32_t isum = 0;
+                    for (int i = 0; i < 32; ++i) isum += a.nib(32 * j + i) * (int32_t)xr[s].qs[32 * j + i];
+                    const float ws = a.d() * (float)a.sc(j), wm = a.dmin() * (float)a.mn(j);
+                    const float am = xr[s].d * (float)(xr[s].bsums[2 * j] + xr[s].bsums[2 * j + 1]);
+                    acc = std::fma(-wm, am, acc);
+                    t = std::fma((float)isum, ws, t);
+                }
+                acc = std::fma(t, xr[s].d, acc);
+            }
+            y[n * ys + o] = acc;
+        }
+    }
 }
 
 }  // namespace moe::kernels

@@ -130,8 +130,8 @@ struct GActs {
     // them (the AMX rows layout is Q8_0-only, the VNNI one serves Q4_0 too)
     void prepare_rows_vnni(bool amx_ok = true);
     void prepare_rows_q4_0();  // fills q4x, q4c, q4s (q8_0 activations) where the host has the kernel
-    // the tiled Q8_0 weights' activations: prepare_tiles(128) where q8_0_tiled_active() (rows_tiles),
-    // else nothing (the scalar twin reads buf)
+    // the tiled weights' activations (q8_0 rows: prepare_tiles(128); q8_k: prepare_tiles(0)) where
+    // tiled_kernels_active() (rows_tiles), else nothing (the scalar twins read buf)
     void prepare_tiled();
     const uint8_t* row(int64_t n) const { return buf.data() + n * row_bytes; }
 };
@@ -179,6 +179,21 @@ void ggml_matmul_rows(float* y, int64_t y_stride, const GActs& acts, const void*
 inline constexpr int64_t kTiledRows = 32, kTiledBlockBytes = 1024 + 64;
 // moe's int8 repacked the same way (kernels/qmatmul.h's q8_repack_tiled): the scales fp32
 inline constexpr int64_t kTiledBlockBytesI8 = 1024 + 128;
+// Q4_K repacked (q4_k_repack_tiled): per tile of 32 rows and 256-value super-block s, at
+// s * kTiledSuperBytesQ4K: 4096 bytes of nibbles (chunk c of 64 values, 4-value group k, row r: the
+// row's 4 bytes qs[32 c + 4 k .. + 3] at c * 1024 + k * 128 + 4 r: low nibbles sub-block 2 c, high
+// 2 c + 1), the 32 rows' d then dmin (fp16), then the 6-bit scales sc and mins m decoded to a byte
+// each (sub-block j's 32 rows at 4224 + 32 j, and 4480 + 32 j). 148 bytes a row and super-block
+// (Q4_K's 144 + the decoded scales); tile t at t * 32 * q4_k_tiled_row_bytes(in). Products have the
+// bits of the VNNI tiles on the rows as stored (ggml_matmul's prefill; the AMX tiles' too).
+inline constexpr int64_t kTiledSuperBytesQ4K = 4096 + 64 + 64 + 256 + 256;
+int64_t q4_k_tiled_row_bytes(int64_t in);  // in / 256 * 148
+int64_t q4_k_tiled_bytes(int64_t out, int64_t in);
+void q4_k_repack_tiled(const void* w, int64_t row_stride, int64_t out, int64_t in, uint8_t* dst);  // over threads
+void q4_k_tiled_dequantize_row(const uint8_t* tiled, int64_t in, int64_t r, int64_t k0, int64_t kc, float* dst);
+// scalar twin of the products (acts: N q8_k rows, act_bytes apart)
+void q4_k_tiled_rows_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
+                         const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate);
 bool q8_0_tiled_active();
 // whether the SIMD forms of the repack and the products run here (AVX-512 VNNI; AMX hosts too, which
 // do not repack at load); else their scalar twins do
@@ -194,12 +209,13 @@ void q8_0_tiled_dequantize_row(const uint8_t* tiled, int64_t in, int64_t r, int6
 // o in [o0, o1), the bits of q8_0_rows_block_ref on the rows before repacking.
 void q8_0_tiled_rows_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
                          const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate);
-// ggml_matmul_rows for tiled weights (acts: q8_0 rows with prepare_tiled() done), on the calling
-// thread; any o0, o1 (a tile cut by the range is computed whole and stored in part).
-void ggml_matmul_rows_tiled(float* y, int64_t ys, const GActs& acts, const uint8_t* tiled, int64_t N, int64_t o0,
-                            int64_t o1, bool accumulate);
+// ggml_matmul_rows for tiled weights of type t (q8_0 or q4_k; acts: its activation rows with
+// prepare_tiled() done), on the calling thread; any o0, o1 (a tile cut by the range is computed
+// whole and stored in part).
+void ggml_matmul_rows_tiled(float* y, int64_t ys, const GActs& acts, GType t, const uint8_t* tiled, int64_t N,
+                            int64_t o0, int64_t o1, bool accumulate);
 // ggml_matmul for tiled weights (any N; threads take whole tiles)
-void ggml_matmul_tiled(float* y, const float* x, const uint8_t* tiled, int64_t N, int64_t OUT, int64_t IN,
+void ggml_matmul_tiled(float* y, const float* x, GType t, const uint8_t* tiled, int64_t N, int64_t OUT, int64_t IN,
                        bool accumulate, GActs& acts);
 
 }  // namespace moe::kernels

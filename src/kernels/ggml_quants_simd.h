@@ -77,5 +77,8 @@ void q8_repack_tiles_vnni(const int8_t* q, const float* scales, int64_t out, int
                           uint8_t* dst, uint8_t* scratch);
 void q8_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
                         int64_t o0, int64_t o1, bool accumulate);
+// Q4_K repacked (ggml_quants.h): the products (xa: q8_k groups from pack_tile_acts, c = 0)
+void q4_k_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
+                          int64_t o0, int64_t o1, bool accumulate);
 
 }  // namespace moe::kernels::detail

@@ -441,11 +441,73 @@ KT void tiled_kernel(const uint8_t* tile, int64_t nsb, const uint8_t* xp, const 
     }
 }
 
-// y rows [o0, o1) (tiles cut by the range computed whole, stored in part) of every group of 4
-template <bool F32S>
+// 16 bytes as 16 floats (the decoded 6-bit scales of 16 rows)
+KT inline __m512 bytes16_ps(const uint8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+
+// Q4_K repacked (kTiledSuperBytesQ4K a super-block): tile_kernel<true, false>'s arithmetic on the
+// VNNI tiles of the rows as stored, sub-block by sub-block, with ws = d sc and wm = dmin m made here
+// (the same fp32 products as unpack_sub's) and u the low or high nibbles of one 64-byte load.
+template <int NR>
+KT void tiled_kernel_q4k(const uint8_t* tile, int64_t nsuper, const uint8_t* xp, const float* xs, const float* am,
+                         __m512 (&acc)[4][2], bool pf) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int64_t s = 0; s < nsuper; ++s) {
+        const uint8_t* sb = tile + s * kTiledSuperBytesQ4K;
+        __m512 t[NR][2];
+        for (int j = 0; j < NR; ++j) t[j][0] = t[j][1] = _mm512_setzero_ps();
+        for (int j8 = 0; j8 < 8; ++j8) {
+            const int c = j8 / 2, h = j8 % 2;
+            const int64_t b = 8 * s + j8;
+            if (pf && h == 0)
+                for (int i = 0; i < 19; ++i)
+                    _mm_prefetch(reinterpret_cast<const char*>(sb) + kTiledAhead + c * 1184 + 64 * i, _MM_HINT_T1);
+            __m512i is[NR][2];
+            for (int j = 0; j < NR; ++j) is[j][0] = is[j][1] = _mm512_setzero_si512();
+            const int32_t* xb = reinterpret_cast<const int32_t*>(xp + b * 128);
+            _mm_prefetch(reinterpret_cast<const char*>(xb) + 1024, _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(xb) + 1088, _MM_HINT_T0);
+            const uint8_t* wc = sb + c * 1024;
+            for (int k = 0; k < 8; ++k) {
+                __m512i u0 = _mm512_loadu_si512(wc + 128 * k), u1 = _mm512_loadu_si512(wc + 128 * k + 64);
+                if (h) u0 = _mm512_srli_epi16(u0, 4), u1 = _mm512_srli_epi16(u1, 4);
+                u0 = _mm512_and_si512(u0, m4), u1 = _mm512_and_si512(u1, m4);
+                for (int j = 0; j < NR; ++j) {
+                    const __m512i x = _mm512_set1_epi32(xb[4 * k + j]);
+                    is[j][0] = _mm512_dpbusd_epi32(is[j][0], u0, x);
+                    is[j][1] = _mm512_dpbusd_epi32(is[j][1], u1, x);
+                }
+            }
+            const __m512 d0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + 4096)));
+            const __m512 d1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + 4128)));
+            const __m512 n0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + 4160)));
+            const __m512 n1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sb + 4192)));
+            const __m512 ws0 = _mm512_mul_ps(d0, bytes16_ps(sb + 4224 + 32 * j8)), ws1 = _mm512_mul_ps(d1, bytes16_ps(sb + 4240 + 32 * j8));
+            const __m512 wm0 = _mm512_mul_ps(n0, bytes16_ps(sb + 4480 + 32 * j8)), wm1 = _mm512_mul_ps(n1, bytes16_ps(sb + 4496 + 32 * j8));
+            for (int j = 0; j < NR; ++j) {
+                const __m512 mx = _mm512_set1_ps(am[4 * b + j]);
+                acc[j][0] = _mm512_fnmadd_ps(wm0, mx, acc[j][0]);
+                acc[j][1] = _mm512_fnmadd_ps(wm1, mx, acc[j][1]);
+                t[j][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[j][0]), ws0, t[j][0]);
+                t[j][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[j][1]), ws1, t[j][1]);
+            }
+        }
+        for (int j = 0; j < NR; ++j) {
+            const __m512 sx = _mm512_set1_ps(xs[4 * (8 * s + 7) + j]);
+            acc[j][0] = _mm512_fmadd_ps(t[j][0], sx, acc[j][0]);
+            acc[j][1] = _mm512_fmadd_ps(t[j][1], sx, acc[j][1]);
+        }
+    }
+}
+
+// y rows [o0, o1) (tiles cut by the range computed whole, stored in part) of every group of 4.
+// K: 0 Q8_0, 1 moe's int8, 2 Q4_K
+template <int K>
 KT void tiled_rows(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in, int64_t o0,
                    int64_t o1, bool accumulate) {
-    const int64_t nsb = in / 32, tile_bytes = nsb * (F32S ? kTiledBlockBytesI8 : kTiledBlockBytes);
+    const int64_t nsb = in / 32;
+    const int64_t tile_bytes = K == 2 ? in / 256 * kTiledSuperBytesQ4K : nsb * (K == 1 ? kTiledBlockBytesI8 : kTiledBlockBytes);
     for (int64_t t = o0 / kTileRows; t * kTileRows < o1; ++t) {
         const int64_t base = t * kTileRows;
         const int lo = (int)(std::max(o0, base) - base), hi = (int)(std::min(o1, base + kTileRows) - base);
@@ -463,12 +525,22 @@ KT void tiled_rows(float* y, int64_t ys, const TileActs& xa, const uint8_t* tile
             }
             const uint8_t* xp = xa.xp + g * nsb * 128;
             const float* xs = xa.xs + g * nsb * 4;
-            const int32_t* xo = xa.xo + g * nsb * 4;
-            switch (nr) {
-                case 1: tiled_kernel<1, F32S>(tile, nsb, xp, xs, xo, acc, g == 0); break;
-                case 2: tiled_kernel<2, F32S>(tile, nsb, xp, xs, xo, acc, g == 0); break;
-                case 3: tiled_kernel<3, F32S>(tile, nsb, xp, xs, xo, acc, g == 0); break;
-                default: tiled_kernel<4, F32S>(tile, nsb, xp, xs, xo, acc, g == 0); break;
+            if constexpr (K == 2) {
+                const float* am = xa.am + g * nsb * 4;
+                switch (nr) {
+                    case 1: tiled_kernel_q4k<1>(tile, in / 256, xp, xs, am, acc, g == 0); break;
+                    case 2: tiled_kernel_q4k<2>(tile, in / 256, xp, xs, am, acc, g == 0); break;
+                    case 3: tiled_kernel_q4k<3>(tile, in / 256, xp, xs, am, acc, g == 0); break;
+                    default: tiled_kernel_q4k<4>(tile, in / 256, xp, xs, am, acc, g == 0); break;
+                }
+            } else {
+                const int32_t* xo = xa.xo + g * nsb * 4;
+                switch (nr) {
+                    case 1: tiled_kernel<1, K == 1>(tile, nsb, xp, xs, xo, acc, g == 0); break;
+                    case 2: tiled_kernel<2, K == 1>(tile, nsb, xp, xs, xo, acc, g == 0); break;
+                    case 3: tiled_kernel<3, K == 1>(tile, nsb, xp, xs, xo, acc, g == 0); break;
+                    default: tiled_kernel<4, K == 1>(tile, nsb, xp, xs, xo, acc, g == 0); break;
+                }
             }
             for (int j = 0; j < nr; ++j) {
                 _mm512_mask_storeu_ps(y0 + j * ys, k0, acc[j][0]);
@@ -628,12 +700,17 @@ void q8_0_repack_tiles_vnni(const uint8_t* w, int64_t row_stride, int64_t out, i
 
 void q8_0_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
                           int64_t o0, int64_t o1, bool accumulate) {
-    tiled_rows<false>(y, ys, xa, tiled, N, in, o0, o1, accumulate);
+    tiled_rows<0>(y, ys, xa, tiled, N, in, o0, o1, accumulate);
 }
 
 void q8_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
                         int64_t o0, int64_t o1, bool accumulate) {
-    tiled_rows<true>(y, ys, xa, tiled, N, in, o0, o1, accumulate);
+    tiled_rows<1>(y, ys, xa, tiled, N, in, o0, o1, accumulate);
+}
+
+void q4_k_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
+                          int64_t o0, int64_t o1, bool accumulate) {
+    tiled_rows<2>(y, ys, xa, tiled, N, in, o0, o1, accumulate);
 }
 
 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))

@@ -349,12 +349,17 @@ void QStore::set_rows(int64_t r0, int64_t n, const float* w) {
 }
 
 void QStore::build_tiled(const QMatrix& m) {
-    MOE_ASSERT((m.type == WType::q8_0 || m.type == WType::q8) && !m.parts && !m.tiled && m.in % kQ8Block == 0);
+    MOE_ASSERT((m.type == WType::q8_0 || m.type == WType::q8 || m.type == WType::q4_k) && !m.parts && !m.tiled &&
+               m.in % kQ8Block == 0);
     std::vector<uint8_t, LargeAllocator<uint8_t>> t;
     if (m.type == WType::q8_0) {  // m's memory may be this store's own: the copy first
         MOE_ASSERT(m.raw);
         t.resize(q8_0_tiled_bytes(m.out, m.in));
         q8_0_repack_tiled(m.raw, m.row_bytes, m.out, m.in, t.data());
+    } else if (m.type == WType::q4_k) {
+        MOE_ASSERT(m.raw);
+        t.resize(q4_k_tiled_bytes(m.out, m.in));
+        q4_k_repack_tiled(m.raw, m.row_bytes, m.out, m.in, t.data());
     } else {
         MOE_ASSERT(m.q && m.scales);
         t.resize(q8_tiled_bytes(m.out, m.in));
@@ -375,6 +380,7 @@ QMatrix QStore::view() const {
     m.raw = raw.empty() ? nullptr : raw.data();
     m.row_bytes = is_ggml(type) ? gtype_row_bytes(ggml_type(type), in) : 0;
     if (tiled && type == WType::q8) m.row_bytes = q8_tiled_row_bytes(in);
+    if (tiled && type == WType::q4_k) m.row_bytes = q4_k_tiled_row_bytes(in);
     m.tiled = tiled;
     return m;
 }
@@ -483,8 +489,12 @@ static void dequantize_row_slice(float* dst, const QMatrix& w, int64_t r, int64_
             f16_to_f32_n(dst, reinterpret_cast<const uint16_t*>(w.raw + r * w.row_bytes) + k0, kc);
             break;
         default: {  // k0 starts a block (a multiple of 256 or 0)
-            if (w.tiled) {
+            if (w.tiled && w.type == WType::q8_0) {
                 q8_0_tiled_dequantize_row(w.raw, w.in, r, k0, kc, dst);
+                break;
+            }
+            if (w.tiled) {
+                q4_k_tiled_dequantize_row(w.raw, w.in, r, k0, kc, dst);
                 break;
             }
             const GType g = ggml_type(w.type);
@@ -825,13 +835,14 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
     MOE_ASSERT(gemv_path(N));
     int64_t total = 0;
     double bytes = 0;
-    bool q8 = false, q8t = false, q8_0 = false, q8_0t = false, q4_0 = false, act[3] = {false, false, false};  // ggml activations: q8_0, q8_k, f32
+    bool q8 = false, q8t = false, q8_0 = false, q8_0t = false, q4kt = false, q4_0 = false, act[3] = {false, false, false};  // ggml activations: q8_0, q8_k, f32
     for (const QOut& o : outs) {
         MOE_ASSERT(o.w.in == outs.begin()->w.in);
         total += o.w.out, bytes += o.w.bytes(), q8 = q8 || o.w.type == WType::q8;
         q8t = q8t || (o.w.type == WType::q8 && o.w.tiled);
         q8_0 = q8_0 || (o.w.type == WType::q8_0 && !o.w.tiled);  // the VNNI / AMX rows kernels
         q8_0t = q8_0t || (o.w.type == WType::q8_0 && o.w.tiled);  // the repacked tiles
+        q4kt = q4kt || (o.w.type == WType::q4_k && o.w.tiled);
         q4_0 = q4_0 || o.w.type == WType::q4_0;
         if (ggml_rows(o.w.type)) {
             const GType a = gtype_act(ggml_type(o.w.type));
@@ -854,6 +865,7 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
     if (q8_0t) ga[0].prepare_tiled();     // (after prepare_rows_vnni, which resets it)
     if (q4_0) ga[0].prepare_rows_q4_0();  // Q4_0's (VNNI hosts)
     if (act[1]) ga[1].build(GType::q8_k, x, N, in);
+    if (q4kt) ga[1].prepare_tiled();
     if (act[2]) ga[2].build(GType::f32, x, N, in);
     const QActs* qx = &qa;  // this thread's copy (naming `qa` on a worker would mean the worker's)
     const GActs* gx = ga;
@@ -871,7 +883,10 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
                 const int64_t lo = std::max(r0, off), hi = std::min(r1, off + o.w.out);
                 if (lo < hi && o.w.tiled) {  // all N rows, groups of 4 inside
                     if (nb == 0 && o.w.type == WType::q8) q8_tiled_rows(o.y, o.w.out, *qx, o.w, N, lo - off, hi - off, accumulate);
-                    else if (nb == 0) ggml_matmul_rows_tiled(o.y, o.w.out, gx[0], o.w.raw, N, lo - off, hi - off, accumulate);
+                    else if (nb == 0 && o.w.type == WType::q8_0)
+                        ggml_matmul_rows_tiled(o.y, o.w.out, gx[0], GType::q8_0, o.w.raw, N, lo - off, hi - off, accumulate);
+                    else if (nb == 0)
+                        ggml_matmul_rows_tiled(o.y, o.w.out, gx[1], GType::q4_k, o.w.raw, N, lo - off, hi - off, accumulate);
                 } else if (lo < hi && ggml_rows(o.w.type)) {
                     if (nb == 0) {
                         const GType g = ggml_type(o.w.type), a = gtype_act(g);
@@ -936,9 +951,9 @@ void qmatmul(float* y, const float* x, const QMatrix& w, int64_t N, bool accumul
         qmatmul_same_x(x, N, {{y, w}}, accumulate);
         return;
     }
-    if (w.tiled && w.type == WType::q8_0) {  // repacked Q8_0: its tiles in place for every N
+    if (w.tiled && is_ggml(w.type)) {  // repacked Q8_0 / Q4_K: its tiles in place for every N
         thread_local GActs acts;
-        ggml_matmul_tiled(y, x, w.raw, N, w.out, w.in, accumulate, acts);
+        ggml_matmul_tiled(y, x, ggml_type(w.type), w.raw, N, w.out, w.in, accumulate, acts);
         return;
     }
     if (w.tiled) {  // repacked int8 (the same tiles): threads take whole tiles

@@ -62,10 +62,10 @@ struct QMatrix {
     // and every use goes through rows() (or dequantize_row), which must stay inside one part.
     const QMatrix* parts = nullptr;
     int64_t part_rows = 0;
-    // q8_0 and q8: raw holds the rows repacked into tiles of 32 (q8_0: kernels/ggml_quants.h's
-    // q8_0_repack_tiled, row_bytes as before; q8: q8_repack_tiled below, row_bytes
-    // q8_tiled_row_bytes(in), q and scales null), so rows() cuts at multiples of 32; every product on
-    // it takes the tiles' block order
+    // q8_0, q4_k and q8: raw holds the rows repacked into tiles of 32 (q8_0 / q4_k:
+    // kernels/ggml_quants.h's q8_0_repack_tiled, row_bytes as before / q4_k_repack_tiled, row_bytes
+    // q4_k_tiled_row_bytes(in); q8: q8_repack_tiled below, row_bytes q8_tiled_row_bytes(in), q and
+    // scales null), so rows() cuts at multiples of 32; every product on it takes the tiles' order
     bool tiled = false;
     int64_t blocks() const { return (in + kQ8Block - 1) / kQ8Block; }
     double bytes() const;  // storage of the weights (+ scales)
@@ -91,8 +91,8 @@ struct QStore {
     // ggml types need IN a multiple of their block (32, or 256 for the K-quants): else moe::error.
     void allocate(WType t, int64_t out, int64_t in);
     void set_rows(int64_t r0, int64_t n, const float* w);
-    // Q8_0 or int8 rows m (a view or this store's own) repacked into tiles (q8_0_repack_tiled,
-    // q8_repack_tiled): the store then holds the tiled copy in raw and view() gives it (tiled).
+    // Q8_0, Q4_K or int8 rows m (a view or this store's own) repacked into tiles (q8_0_repack_tiled,
+    // q4_k_repack_tiled, q8_repack_tiled): the store then holds the tiled copy in raw and view() gives it (tiled).
     // m.in a multiple of 32, no parts.
     void build_tiled(const QMatrix& m);
     QMatrix view() const;
