@@ -4,7 +4,7 @@
 // over tiles of weight rows, the default: AMX-INT8 tiles where active_isa() >= amx), the same
 // capped at AVX-512 (the VNNI tiles; on AMX hosts only), the alternative (x rounded to its q8 grid,
 // then the packed fp32 GEMM dequantizing W inside its packing), and the fp32 GEMM on fp32 weights.
-// Where the inference tools repack q8_0 / int8 into tiles at load (AVX-512 VNNI without AMX;
+// Where the inference tools repack q8_0 / q4_k / int8 into tiles at load (AVX-512 VNNI without AMX;
 // MOE_REPACK=0: not), qmatmul runs on the repacked matrix, as they do, and the rows as stored get a
 // column of their own ("as stored").
 // On AMX hosts both peaks are measured: the fractions are given against each (the host's peak is
@@ -89,7 +89,7 @@ int main(int argc, char** argv) {
         const WType t = parse_wtype(name, "--dtype");
         double tq = 0, tv = 0, td = 0, tf = 0, tr = 0, ts = 0, ops = 0;
         const char* env = std::getenv("MOE_REPACK");
-        const bool repack = (t == WType::q8_0 || t == WType::q8) && q8_0_tiled_active() && !(env && std::string(env) == "0");
+        const bool repack = (t == WType::q8_0 || t == WType::q8 || t == WType::q4_k) && q8_0_tiled_active() && !(env && std::string(env) == "0");
         const bool rows = is_ggml(t) && !ggml_prefill_on_int8(ggml_type(t));
         for (const Shape& s : shapes) {
             std::vector<float> w(s.out * s.in), x(N * s.in), y(N * s.out);
