@@ -9,7 +9,7 @@
 // is measured against.
 //   build/bench/decode_rows [--type q8_0] [--out 1024] [--in 1024] [--mats 64] [--rows 1,2,4,8,16,32] [--rounds 5]
 //                         [--invariant on|off] [--repack on|off]
-// --repack on: Q8_0 / Q4_K / int8 matrices repacked into tiles first (QStore::build_tiled, as the inference tools
+// --repack on: Q8_0 / Q4_0 / Q4_K / int8 matrices repacked into tiles first (QStore::build_tiled, as the inference tools
 // do on AVX-512 VNNI hosts without AMX; every path then reads the tiles)
 #include <time.h>
 
@@ -62,8 +62,8 @@ int main(int argc, char** argv) {
         for (auto& v : w) v = d(rng);
         s.build(type, w.data(), out, in);
         if (repack) {
-            if (type != WType::q8_0 && type != WType::q8 && type != WType::q4_k) {
-                std::fprintf(stderr, "--repack on is for --type q8_0, q4_k or int8\n");
+            if (type != WType::q8_0 && type != WType::q8 && type != WType::q4_k && type != WType::q4_0) {
+                std::fprintf(stderr, "--repack on is for --type q8_0, q4_0, q4_k or int8\n");
                 return 1;
             }
             s.build_tiled(s.view());

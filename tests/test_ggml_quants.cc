@@ -774,6 +774,92 @@ TEST(GgmlQuants, Q4_KTiledRowsEqualTheVnniTilesBitForBit) {
         for (int64_t o = 0; o < 32; ++o) ASSERT_EQ(bits(y[n * 32 + o]), bits(twin[n * out + 32 + o]));
 }
 
+// Q4_0 repacked (q4_0_repack_tiled: the block's 16 bytes in the tiles' order, the low nibbles groups
+// 0-3 and the high ones 4-7): rows dequantize to dequantize_row's bits, and on AVX-512 VNNI hosts
+// every product (1..17 and 33 rows, ranges cutting tiles, accumulate on and off; qmatmul over 1-3
+// threads, invariant or not, beside a Q8_0 matrix reading the same x) has the bits of the VNNI
+// tiles on the rows as stored, as has the scalar twin (within rounding of the double reference on
+// every host).
+TEST(GgmlQuants, Q4_0TiledRowsEqualTheVnniTilesBitForBit) {
+    const int64_t out = 77;
+    for (int64_t in : {32, 96, 1056}) {
+        const int64_t wb = gtype_row_bytes(GType::q4_0, in);
+        auto w = randv(out * in, 1700 + in);
+        std::vector<uint8_t> wq(out * wb);
+        for (int64_t o = 0; o < out; ++o) quantize_row(GType::q4_0, w.data() + o * in, wq.data() + o * wb, in);
+        std::vector<uint8_t> tiled((out + 31) / 32 * 32 * wb, 0xAB);
+        q4_0_repack_tiled(wq.data(), wb, out, in, tiled.data());
+        std::vector<float> r1(in), r2(in);
+        for (int64_t o : {int64_t(0), int64_t(31), int64_t(45), out - 1}) {
+            dequantize_row(GType::q4_0, wq.data() + o * wb, r1.data(), in);
+            q4_0_tiled_dequantize_row(tiled.data(), in, o, 0, in, r2.data());
+            for (int64_t i = 0; i < in; ++i) ASSERT_EQ(bits(r1[i]), bits(r2[i])) << "o=" << o << " i=" << i;
+        }
+        QMatrix rows;
+        rows.type = WType::q4_0, rows.out = out, rows.in = in, rows.raw = wq.data(), rows.row_bytes = wb;
+        for (int64_t N : amx_row_counts()) {
+            auto x = randv(N * in, 1800 + N + in, N == 9 ? 50.f : 1.f);
+            GActs acts;
+            acts.build(GType::q8_0, x.data(), N, in);
+            std::vector<float> ref(N * out), dref(N * out);
+            q4_0_tiled_rows_ref(ref.data(), out, acts.buf.data(), acts.row_bytes, N, in, tiled.data(), 0, out, false);
+            qmatmul_ref(dref.data(), x.data(), rows, N, false);
+            for (int64_t i = 0; i < N * out; ++i) ASSERT_NEAR(ref[i], dref[i], 1e-3f * (1.f + std::fabs(dref[i]))) << "i=" << i;
+            if (!tiled_kernels_active()) continue;
+            acts.prepare_tiled(8);
+            ASSERT_TRUE(acts.rows_tiles && acts.rows_tiles8);
+            for (bool acc : {false, true}) {
+                std::vector<float> y(N * out), want(N * out), twin(N * out);
+                for (int64_t i = 0; i < N * out; ++i) y[i] = want[i] = twin[i] = 0.5f + 0.01f * (float)(i % 7);
+                detail::TileActs xa;  // the VNNI tiles on the rows as stored (offset 8)
+                xa.xp = acts.xp.data(), xa.xs = acts.xs.data(), xa.am = acts.am.data(), xa.xo = acts.xo8.data();
+                detail::prefill_tiles_vnni(want.data(), out, xa, wq.data(), GType::q4_0, wb, N, in, 0, out, acc,
+                                           thread_scratch(detail::tile_scratch_bytes(in)));
+                q4_0_tiled_rows_ref(twin.data(), out, acts.buf.data(), acts.row_bytes, N, in, tiled.data(), 0, out, acc);
+                for (auto [o0, o1] : {std::pair<int64_t, int64_t>{0, 13}, {13, 35}, {35, 64}, {64, out}})
+                    ggml_matmul_rows_tiled(y.data(), out, acts, GType::q4_0, tiled.data(), N, o0, o1, acc);
+                for (int64_t i = 0; i < N * out; ++i) {
+                    ASSERT_EQ(bits(twin[i]), bits(want[i])) << "twin in=" << in << " N=" << N << " i=" << i;
+                    ASSERT_EQ(bits(y[i]), bits(want[i])) << "in=" << in << " N=" << N << " i=" << i << " acc=" << acc;
+                }
+            }
+        }
+    }
+    if (!tiled_kernels_active()) GTEST_SKIP() << "no AVX-512 VNNI tiles here: the scalar twin alone was checked";
+    const int64_t in = 256;
+    auto w = randv(out * in, 1900), w8 = randv(out * in, 1901);
+    QStore st, tl, st8, tl8;
+    st.build(WType::q4_0, w.data(), out, in);
+    tl.build_tiled(st.view());
+    st8.build(WType::q8_0, w8.data(), out, in);
+    tl8.build_tiled(st8.view());
+    const QMatrix m = tl.view(), m8 = tl8.view();
+    ASSERT_TRUE(m.tiled && m8.tiled);
+    const int64_t NMax = 40;
+    auto x = randv(NMax * in, 1902);
+    GActs ga;
+    ga.build(GType::q8_0, x.data(), NMax, in);
+    std::vector<float> twin(NMax * out), twin8(NMax * out);
+    q4_0_tiled_rows_ref(twin.data(), out, ga.buf.data(), ga.row_bytes, NMax, in, m.raw, 0, out, false);
+    q8_0_tiled_rows_ref(twin8.data(), out, ga.buf.data(), ga.row_bytes, NMax, in, m8.raw, 0, out, false);
+    for (bool inv : {true, false}) {
+        const BatchInvariantScope scope(inv);
+        for (int threads : {1, 2, 3}) {
+            moe::set_num_threads(threads);
+            for (int64_t N : {1, 2, 3, 5, 8, 9, 16, 40}) {
+                std::vector<float> y(N * out), y8(N * out);
+                if (N <= kGemvMaxN || inv) qmatmul_same_x(x.data(), N, {{y.data(), m}, {y8.data(), m8}});
+                else qmatmul(y.data(), x.data(), m, N, false), qmatmul(y8.data(), x.data(), m8, N, false);
+                for (int64_t i = 0; i < N * out; ++i) {
+                    ASSERT_EQ(bits(y[i]), bits(twin[i])) << "N=" << N << " threads=" << threads << " inv=" << inv << " i=" << i;
+                    ASSERT_EQ(bits(y8[i]), bits(twin8[i])) << "q8_0 N=" << N << " i=" << i;
+                }
+            }
+        }
+    }
+    moe::set_num_threads(0);
+}
+
 // moe's int8 repacked the same way (q8_repack_tiled, fp32 scales in the tiles): the SIMD repack writes
 // the twin's bytes, rows dequantize as before, and qmatmul on it (batch invariant or not, 1-3
 // threads, N = 1..17 and 33, the ISA capped at AVX2: the scalar twin) gives every element the bits of

@@ -725,7 +725,7 @@ float vec_dot_bf16_f32(int64_t n, const void* w, const void* a) { return dot1(GT
 // ---------------------------------------------------------------- matmul
 
 void GActs::build(GType act, const float* x, int64_t n, int64_t i) {
-    type = act, N = n, in = i, rows_vnni = rows_amx = rows_q4 = rows_block = rows_tiles = false;
+    type = act, N = n, in = i, rows_vnni = rows_amx = rows_q4 = rows_block = rows_tiles = rows_tiles8 = false;
     row_bytes = gtype_row_bytes(act, i);
     if ((int64_t)buf.size() < N * row_bytes) buf.resize(N * row_bytes);
     uint8_t* dst = buf.data();
@@ -746,7 +746,7 @@ uint8_t* thread_scratch(int64_t bytes) {
 static bool vnni_tiles_active(GType t);
 
 void GActs::prepare_rows_vnni(bool amx_ok) {
-    rows_vnni = rows_amx = rows_block = rows_tiles = false;
+    rows_vnni = rows_amx = rows_block = rows_tiles = rows_tiles8 = false;
     if (type != GType::q8_0 || !detail::q8_0_rows_vnni_supported()) return;
     // AMX-INT8 decode rows (ggml_rows_amx.cc): for every N while batch invariant (one arithmetic for
     // every row count), else from 2 rows (one row streams faster through the VNNI kernel below)
@@ -1043,22 +1043,33 @@ void q8_0_tiled_rows_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_
     }
 }
 
-void GActs::prepare_tiled() {
-    MOE_ASSERT(type == GType::q8_0 || type == GType::q8_k);
-    if (rows_tiles || !tiled_kernels_active()) return;
-    prepare_tiles(type == GType::q8_0 ? 128 : 0);
-    rows_tiles = true;
+void GActs::prepare_tiled(int32_t c) {
+    MOE_ASSERT(type == GType::q8_k || (type == GType::q8_0 && (c == 128 || c == 8)));
+    if (!tiled_kernels_active()) return;
+    if (!rows_tiles) {
+        prepare_tiles(type == GType::q8_0 ? 128 : 0);
+        rows_tiles = true, rows_tiles8 = false;
+    }
+    if (type == GType::q8_0 && c == 8 && !rows_tiles8) {  // -8 sum = (-128 sum) / 16, exactly
+        const int64_t n = (N + 3) / 4 * (in / 32) * 4;
+        if ((int64_t)xo8.size() < n) xo8.resize(n);
+        for (int64_t i = 0; i < n; ++i) xo8[i] = xo[i] / 16;
+        rows_tiles8 = true;
+    }
 }
 
 void ggml_matmul_rows_tiled(float* y, int64_t ys, const GActs& acts, GType t, const uint8_t* tiled, int64_t N,
                             int64_t o0, int64_t o1, bool accumulate) {
-    MOE_ASSERT((t == GType::q8_0 || t == GType::q4_k) && acts.type == gtype_act(t) && acts.N >= N);
-    if (acts.rows_tiles && tiled_kernels_active()) {
+    MOE_ASSERT((t == GType::q8_0 || t == GType::q4_0 || t == GType::q4_k) && acts.type == gtype_act(t) && acts.N >= N);
+    if (acts.rows_tiles && tiled_kernels_active() && (t != GType::q4_0 || acts.rows_tiles8)) {
         detail::TileActs xa;
         xa.xp = acts.xp.data(), xa.xs = acts.xs.data(), xa.am = acts.am.data();
         if (t == GType::q8_0) {
             xa.xo = acts.xo.data();
             detail::q8_0_tiled_rows_vnni(y, ys, xa, tiled, N, acts.in, o0, o1, accumulate);
+        } else if (t == GType::q4_0) {
+            xa.xo = acts.xo8.data();
+            detail::q4_0_tiled_rows_vnni(y, ys, xa, tiled, N, acts.in, o0, o1, accumulate);
         } else {
             xa.sb = true;
             detail::q4_k_tiled_rows_vnni(y, ys, xa, tiled, N, acts.in, o0, o1, accumulate);
@@ -1066,6 +1077,7 @@ void ggml_matmul_rows_tiled(float* y, int64_t ys, const GActs& acts, GType t, co
         return;
     }
     if (t == GType::q8_0) q8_0_tiled_rows_ref(y, ys, acts.buf.data(), acts.row_bytes, N, acts.in, tiled, o0, o1, accumulate);
+    else if (t == GType::q4_0) q4_0_tiled_rows_ref(y, ys, acts.buf.data(), acts.row_bytes, N, acts.in, tiled, o0, o1, accumulate);
     else q4_k_tiled_rows_ref(y, ys, acts.buf.data(), acts.row_bytes, N, acts.in, tiled, o0, o1, accumulate);
 }
 
@@ -1073,7 +1085,7 @@ void ggml_matmul_tiled(float* y, const float* x, GType t, const uint8_t* tiled, 
                        bool accumulate, GActs& acts) {
     if (N <= 0 || OUT <= 0) return;
     acts.build(gtype_act(t), x, N, IN);
-    acts.prepare_tiled();
+    acts.prepare_tiled(t == GType::q4_0 ? 8 : 128);
     const GActs* a = &acts;
     const double bytes = (double)OUT * (double)gtype_row_bytes(t, IN);
     const int64_t tiles = (OUT + kTiledRows - 1) / kTiledRows;
@@ -1081,6 +1093,70 @@ void ggml_matmul_tiled(float* y, const float* x, GType t, const uint8_t* tiled, 
     parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
         ggml_matmul_rows_tiled(y, OUT, *a, t, tiled, N, t0 * kTiledRows, std::min(OUT, t1 * kTiledRows), accumulate);
     });
+}
+
+// ---------------------------------------------------------------- Q4_0 repacked into tiles
+
+void q4_0_repack_tiled(const void* w, int64_t row_stride, int64_t out, int64_t in, uint8_t* dst) {
+    MOE_ASSERT(in % kQK == 0);
+    const int64_t nsb = in / kQK, tiles = (out + kTiledRows - 1) / kTiledRows;
+    const uint8_t* wb = static_cast<const uint8_t*>(w);
+    parallel_for(0, tiles, 4, [&](int64_t t0, int64_t t1) {  // a byte shuffle: scalar, once at load
+        for (int64_t t = t0; t < t1; ++t)
+            for (int64_t b = 0; b < nsb; ++b) {
+                uint8_t* tb = dst + (t * nsb + b) * kTiledBlockBytesQ4_0;
+                uint16_t* d = reinterpret_cast<uint16_t*>(tb + 512);
+                for (int r = 0; r < kTiledRows; ++r) {
+                    const int64_t o = t * kTiledRows + r;
+                    const BlockQ4_0* blk = o < out ? reinterpret_cast<const BlockQ4_0*>(wb + o * row_stride) + b : nullptr;
+                    for (int k = 0; k < 4; ++k) {
+                        if (blk) std::memcpy(tb + k * 128 + 4 * r, blk->qs + 4 * k, 4);
+                        else std::memset(tb + k * 128 + 4 * r, 0, 4);
+                    }
+                    d[r] = blk ? blk->d : 0;
+                }
+            }
+    });
+}
+
+// value i (0..31) of block b of row r as its nibble q (w = d (q - 8)), and d
+static int q4_0_tiled_q(const uint8_t* tiled, int64_t nsb, int64_t r, int64_t b, int i, float* d) {
+    const uint8_t* tb = tiled + ((r / kTiledRows) * nsb + b) * kTiledBlockBytesQ4_0;
+    *d = fp16_to_fp32(reinterpret_cast<const uint16_t*>(tb + 512)[r % kTiledRows]);
+    const int v = i % 16;
+    const uint8_t byte = tb[(v / 4) * 128 + 4 * (r % kTiledRows) + v % 4];
+    return i < 16 ? byte & 0xF : byte >> 4;
+}
+
+void q4_0_tiled_dequantize_row(const uint8_t* tiled, int64_t in, int64_t r, int64_t k0, int64_t kc, float* dst) {
+    MOE_ASSERT(k0 % kQK == 0 && kc % kQK == 0 && k0 + kc <= in);
+    const int64_t nsb = in / kQK;
+    for (int64_t b = k0 / kQK; b < (k0 + kc) / kQK; ++b, dst += kQK)
+        for (int i = 0; i < kQK; ++i) {  // dequantize_row_q4_0's (q - 8) * d
+            float d;
+            const int q = q4_0_tiled_q(tiled, nsb, r, b, i, &d);
+            dst[i] = (float)(q - 8) * d;
+        }
+}
+
+void q4_0_tiled_rows_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
+                         const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate) {
+    // the VNNI tiles' order for Q4_0 (tile_kernel<false, true>): per block the exact sum of
+    // (q - 8) x, then acc = fma((float)isum, d * xd, acc)
+    const int64_t nsb = in / kQK;
+    for (int64_t n = 0; n < N; ++n) {
+        const BlockQ8_0* xr = reinterpret_cast<const BlockQ8_0*>(acts + n * act_bytes);
+        for (int64_t o = o0; o < o1; ++o) {
+            float acc = accumulate ? y[n * ys + o] : 0.f;
+            for (int64_t b = 0; b < nsb; ++b) {
+                float d = 0.f;
+                int32_t isum = 0;
+                for (int i = 0; i < kQK; ++i) isum += (q4_0_tiled_q(tiled, nsb, o, b, i, &d) - 8) * (int32_t)xr[b].qs[i];
+                acc = std::fma((float)isum, d * fp16_to_fp32(xr[b].d), acc);
+            }
+            y[n * ys + o] = acc;
+        }
+    }
 }
 
 // ---------------------------------------------------------------- Q4_K repacked into tiles

@@ -130,9 +130,12 @@ struct GActs {
     // them (the AMX rows layout is Q8_0-only, the VNNI one serves Q4_0 too)
     void prepare_rows_vnni(bool amx_ok = true);
     void prepare_rows_q4_0();  // fills q4x, q4c, q4s (q8_0 activations) where the host has the kernel
-    // the tiled weights' activations (q8_0 rows: prepare_tiles(128); q8_k: prepare_tiles(0)) where
-    // tiled_kernels_active() (rows_tiles), else nothing (the scalar twins read buf)
-    void prepare_tiled();
+    // the tiled weights' activations where tiled_kernels_active(), else nothing (the scalar twins
+    // read buf): q8_0 rows packed with c = 128 (rows_tiles: xo for Q8_0 weights) and, for c = 8, xo8
+    // = xo / 16 (Q4_0 weights' offset 8: rows_tiles8); q8_k rows packed with c = 0
+    std::vector<int32_t> xo8;
+    bool rows_tiles8 = false;
+    void prepare_tiled(int32_t c = 128);
     const uint8_t* row(int64_t n) const { return buf.data() + n * row_bytes; }
 };
 
@@ -187,6 +190,15 @@ inline constexpr int64_t kTiledBlockBytesI8 = 1024 + 128;
 // (Q4_K's 144 + the decoded scales); tile t at t * 32 * q4_k_tiled_row_bytes(in). Products have the
 // bits of the VNNI tiles on the rows as stored (ggml_matmul's prefill; the AMX tiles' too).
 inline constexpr int64_t kTiledSuperBytesQ4K = 4096 + 64 + 64 + 256 + 256;
+// Q4_0 repacked (q4_0_repack_tiled): per tile of 32 rows and 32-value block, at b * kTiledBlockBytesQ4_0:
+// 512 bytes (4-value group k < 4 of row r: the row's bytes qs[4 k .. 4 k + 3] at k * 128 + 4 r, so
+// the low nibbles are groups 0-3 and the high ones 4-7), then the 32 rows' fp16 d: the bytes of the
+// rows (row_bytes as before). Products have the VNNI tiles' bits on the rows as stored.
+inline constexpr int64_t kTiledBlockBytesQ4_0 = 512 + 64;
+void q4_0_repack_tiled(const void* w, int64_t row_stride, int64_t out, int64_t in, uint8_t* dst);  // over threads
+void q4_0_tiled_dequantize_row(const uint8_t* tiled, int64_t in, int64_t r, int64_t k0, int64_t kc, float* dst);
+void q4_0_tiled_rows_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
+                         const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate);
 int64_t q4_k_tiled_row_bytes(int64_t in);  // in / 256 * 148
 int64_t q4_k_tiled_bytes(int64_t out, int64_t in);
 void q4_k_repack_tiled(const void* w, int64_t row_stride, int64_t out, int64_t in, uint8_t* dst);  // over threads
@@ -209,7 +221,7 @@ void q8_0_tiled_dequantize_row(const uint8_t* tiled, int64_t in, int64_t r, int6
 // o in [o0, o1), the bits of q8_0_rows_block_ref on the rows before repacking.
 void q8_0_tiled_rows_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
                          const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate);
-// ggml_matmul_rows for tiled weights of type t (q8_0 or q4_k; acts: its activation rows with
+// ggml_matmul_rows for tiled weights of type t (q8_0, q4_0 or q4_k; acts: its activation rows with
 // prepare_tiled() done), on the calling thread; any o0, o1 (a tile cut by the range is computed
 // whole and stored in part).
 void ggml_matmul_rows_tiled(float* y, int64_t ys, const GActs& acts, GType t, const uint8_t* tiled, int64_t N,

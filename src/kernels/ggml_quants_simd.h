@@ -80,5 +80,8 @@ void q8_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t*
 // Q4_K repacked (ggml_quants.h): the products (xa: q8_k groups from pack_tile_acts, c = 0)
 void q4_k_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
                           int64_t o0, int64_t o1, bool accumulate);
+// Q4_0 repacked (ggml_quants.h): the products (xa: q8_0 groups from pack_tile_acts, c = 8)
+void q4_0_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
+                          int64_t o0, int64_t o1, bool accumulate);
 
 }  // namespace moe::kernels::detail

@@ -403,11 +403,15 @@ KT void tile_rows(float* y, int64_t ys, const TileActs& xa, int64_t g, int nr, i
 // 17-20 with this (bench/decode_rows --mats 64 --repack on; 8 and 16 KB ahead about the same, L1
 // and 4 KB slower).
 constexpr int64_t kTiledAhead = 12 * 1024;
-// F32S: moe's int8 repacked (q8_repack_tiled): the 32 scales fp32 (kTiledBlockBytesI8 a block)
-template <int NR, bool F32S>
+// K: 0 Q8_0 (kTiledBlockBytes a block: u, 32 fp16 scales), 1 moe's int8 (kTiledBlockBytesI8: u, 32
+// fp32 scales), 3 Q4_0 (kTiledBlockBytesQ4_0: 512 bytes of nibbles, the low ones the 4-value groups
+// 0-3 and the high ones 4-7 of a row's block, then 32 fp16 scales; its offset 8 is in xo)
+template <int NR, int K>
 KT void tiled_kernel(const uint8_t* tile, int64_t nsb, const uint8_t* xp, const float* xs, const int32_t* xo,
                      __m512 (&acc)[4][2], bool pf) {
-    constexpr int64_t BB = F32S ? kTiledBlockBytesI8 : kTiledBlockBytes;
+    constexpr int64_t BB = K == 1 ? kTiledBlockBytesI8 : K == 3 ? kTiledBlockBytesQ4_0 : kTiledBlockBytes;
+    constexpr int64_t SO = K == 3 ? 512 : 1024;  // the scales' offset in a block
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
     for (int64_t b = 0; b < nsb; ++b) {
         const uint8_t* wb = tile + b * BB;
         if (pf)
@@ -419,7 +423,14 @@ KT void tiled_kernel(const uint8_t* tile, int64_t nsb, const uint8_t* xp, const 
         _mm_prefetch(reinterpret_cast<const char*>(xb) + 1024, _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(xb) + 1088, _MM_HINT_T0);
         for (int k = 0; k < 8; ++k) {
-            const __m512i w0 = _mm512_loadu_si512(wb + 128 * k), w1 = _mm512_loadu_si512(wb + 128 * k + 64);
+            __m512i w0, w1;
+            if constexpr (K == 3) {
+                w0 = _mm512_loadu_si512(wb + 128 * (k % 4)), w1 = _mm512_loadu_si512(wb + 128 * (k % 4) + 64);
+                if (k >= 4) w0 = _mm512_srli_epi16(w0, 4), w1 = _mm512_srli_epi16(w1, 4);
+                w0 = _mm512_and_si512(w0, m4), w1 = _mm512_and_si512(w1, m4);
+            } else {
+                w0 = _mm512_loadu_si512(wb + 128 * k), w1 = _mm512_loadu_si512(wb + 128 * k + 64);
+            }
             for (int j = 0; j < NR; ++j) {
                 const __m512i x = _mm512_set1_epi32(xb[4 * k + j]);
                 is[j][0] = _mm512_dpbusd_epi32(is[j][0], w0, x);
@@ -427,11 +438,11 @@ KT void tiled_kernel(const uint8_t* tile, int64_t nsb, const uint8_t* xp, const 
             }
         }
         __m512 s0, s1;
-        if constexpr (F32S) {
+        if constexpr (K == 1) {
             s0 = _mm512_loadu_ps(wb + 1024), s1 = _mm512_loadu_ps(wb + 1088);
         } else {
-            s0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 1024)));
-            s1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 1056)));
+            s0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + SO)));
+            s1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + SO + 32)));
         }
         for (int j = 0; j < NR; ++j) {
             const __m512 sx = _mm512_set1_ps(xs[4 * b + j]);
@@ -502,12 +513,15 @@ KT void tiled_kernel_q4k(const uint8_t* tile, int64_t nsuper, const uint8_t* xp,
 }
 
 // y rows [o0, o1) (tiles cut by the range computed whole, stored in part) of every group of 4.
-// K: 0 Q8_0, 1 moe's int8, 2 Q4_K
+// K: 0 Q8_0, 1 moe's int8, 2 Q4_K, 3 Q4_0
 template <int K>
 KT void tiled_rows(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in, int64_t o0,
                    int64_t o1, bool accumulate) {
     const int64_t nsb = in / 32;
-    const int64_t tile_bytes = K == 2 ? in / 256 * kTiledSuperBytesQ4K : nsb * (K == 1 ? kTiledBlockBytesI8 : kTiledBlockBytes);
+    const int64_t tile_bytes = K == 2   ? in / 256 * kTiledSuperBytesQ4K
+                               : K == 1 ? nsb * kTiledBlockBytesI8
+                               : K == 3 ? nsb * kTiledBlockBytesQ4_0
+                                        : nsb * kTiledBlockBytes;
     for (int64_t t = o0 / kTileRows; t * kTileRows < o1; ++t) {
         const int64_t base = t * kTileRows;
         const int lo = (int)(std::max(o0, base) - base), hi = (int)(std::min(o1, base + kTileRows) - base);
@@ -536,10 +550,10 @@ KT void tiled_rows(float* y, int64_t ys, const TileActs& xa, const uint8_t* tile
             } else {
                 const int32_t* xo = xa.xo + g * nsb * 4;
                 switch (nr) {
-                    case 1: tiled_kernel<1, K == 1>(tile, nsb, xp, xs, xo, acc, g == 0); break;
-                    case 2: tiled_kernel<2, K == 1>(tile, nsb, xp, xs, xo, acc, g == 0); break;
-                    case 3: tiled_kernel<3, K == 1>(tile, nsb, xp, xs, xo, acc, g == 0); break;
-                    default: tiled_kernel<4, K == 1>(tile, nsb, xp, xs, xo, acc, g == 0); break;
+                    case 1: tiled_kernel<1, K>(tile, nsb, xp, xs, xo, acc, g == 0); break;
+                    case 2: tiled_kernel<2, K>(tile, nsb, xp, xs, xo, acc, g == 0); break;
+                    case 3: tiled_kernel<3, K>(tile, nsb, xp, xs, xo, acc, g == 0); break;
+                    default: tiled_kernel<4, K>(tile, nsb, xp, xs, xo, acc, g == 0); break;
                 }
             }
             for (int j = 0; j < nr; ++j) {
@@ -711,6 +725,11 @@ void q8_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t*
 void q4_k_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
                           int64_t o0, int64_t o1, bool accumulate) {
     tiled_rows<2>(y, ys, xa, tiled, N, in, o0, o1, accumulate);
+}
+
+void q4_0_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
+                          int64_t o0, int64_t o1, bool accumulate) {
+    tiled_rows<3>(y, ys, xa, tiled, N, in, o0, o1, accumulate);
 }
 
 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))

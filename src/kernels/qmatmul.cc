@@ -349,13 +349,18 @@ void QStore::set_rows(int64_t r0, int64_t n, const float* w) {
 }
 
 void QStore::build_tiled(const QMatrix& m) {
-    MOE_ASSERT((m.type == WType::q8_0 || m.type == WType::q8 || m.type == WType::q4_k) && !m.parts && !m.tiled &&
+    MOE_ASSERT((m.type == WType::q8_0 || m.type == WType::q8 || m.type == WType::q4_k || m.type == WType::q4_0) &&
+               !m.parts && !m.tiled &&
                m.in % kQ8Block == 0);
     std::vector<uint8_t, LargeAllocator<uint8_t>> t;
     if (m.type == WType::q8_0) {  // m's memory may be this store's own: the copy first
         MOE_ASSERT(m.raw);
         t.resize(q8_0_tiled_bytes(m.out, m.in));
         q8_0_repack_tiled(m.raw, m.row_bytes, m.out, m.in, t.data());
+    } else if (m.type == WType::q4_0) {
+        MOE_ASSERT(m.raw);
+        t.resize((m.out + kTiledRows - 1) / kTiledRows * kTiledRows * m.row_bytes);  // the same bytes a row
+        q4_0_repack_tiled(m.raw, m.row_bytes, m.out, m.in, t.data());
     } else if (m.type == WType::q4_k) {
         MOE_ASSERT(m.raw);
         t.resize(q4_k_tiled_bytes(m.out, m.in));
@@ -491,6 +496,10 @@ static void dequantize_row_slice(float* dst, const QMatrix& w, int64_t r, int64_
         default: {  // k0 starts a block (a multiple of 256 or 0)
             if (w.tiled && w.type == WType::q8_0) {
                 q8_0_tiled_dequantize_row(w.raw, w.in, r, k0, kc, dst);
+                break;
+            }
+            if (w.tiled && w.type == WType::q4_0) {
+                q4_0_tiled_dequantize_row(w.raw, w.in, r, k0, kc, dst);
                 break;
             }
             if (w.tiled) {
@@ -835,7 +844,7 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
     MOE_ASSERT(gemv_path(N));
     int64_t total = 0;
     double bytes = 0;
-    bool q8 = false, q8t = false, q8_0 = false, q8_0t = false, q4kt = false, q4_0 = false, act[3] = {false, false, false};  // ggml activations: q8_0, q8_k, f32
+    bool q8 = false, q8t = false, q8_0 = false, q8_0t = false, q4kt = false, q40t = false, q4_0 = false, act[3] = {false, false, false};  // ggml activations: q8_0, q8_k, f32
     for (const QOut& o : outs) {
         MOE_ASSERT(o.w.in == outs.begin()->w.in);
         total += o.w.out, bytes += o.w.bytes(), q8 = q8 || o.w.type == WType::q8;
@@ -843,7 +852,8 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
         q8_0 = q8_0 || (o.w.type == WType::q8_0 && !o.w.tiled);  // the VNNI / AMX rows kernels
         q8_0t = q8_0t || (o.w.type == WType::q8_0 && o.w.tiled);  // the repacked tiles
         q4kt = q4kt || (o.w.type == WType::q4_k && o.w.tiled);
-        q4_0 = q4_0 || o.w.type == WType::q4_0;
+        q40t = q40t || (o.w.type == WType::q4_0 && o.w.tiled);
+        q4_0 = q4_0 || (o.w.type == WType::q4_0 && !o.w.tiled);
         if (ggml_rows(o.w.type)) {
             const GType a = gtype_act(ggml_type(o.w.type));
             act[a == GType::q8_0 ? 0 : a == GType::q8_k ? 1 : 2] = true;
@@ -862,7 +872,8 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
     thread_local GActs ga[3];  // the same for the ggml types' activation types
     if (act[0]) ga[0].build(GType::q8_0, x, N, in);
     if (q8_0) ga[0].prepare_rows_vnni();  // the Q8_0 multi-row kernels' layout (VNNI or AMX hosts)
-    if (q8_0t) ga[0].prepare_tiled();     // (after prepare_rows_vnni, which resets it)
+    if (q8_0t) ga[0].prepare_tiled(128);  // (after prepare_rows_vnni, which resets it)
+    if (q40t) ga[0].prepare_tiled(8);
     if (q4_0) ga[0].prepare_rows_q4_0();  // Q4_0's (VNNI hosts)
     if (act[1]) ga[1].build(GType::q8_k, x, N, in);
     if (q4kt) ga[1].prepare_tiled();
@@ -883,8 +894,9 @@ void qmatmul_same_x(const float* x, int64_t N, std::initializer_list<QOut> outs,
                 const int64_t lo = std::max(r0, off), hi = std::min(r1, off + o.w.out);
                 if (lo < hi && o.w.tiled) {  // all N rows, groups of 4 inside
                     if (nb == 0 && o.w.type == WType::q8) q8_tiled_rows(o.y, o.w.out, *qx, o.w, N, lo - off, hi - off, accumulate);
-                    else if (nb == 0 && o.w.type == WType::q8_0)
-                        ggml_matmul_rows_tiled(o.y, o.w.out, gx[0], GType::q8_0, o.w.raw, N, lo - off, hi - off, accumulate);
+                    else if (nb == 0 && (o.w.type == WType::q8_0 || o.w.type == WType::q4_0))
+                        ggml_matmul_rows_tiled(o.y, o.w.out, gx[0], ggml_type(o.w.type), o.w.raw, N, lo - off, hi - off,
+                                               accumulate);
                     else if (nb == 0)
                         ggml_matmul_rows_tiled(o.y, o.w.out, gx[1], GType::q4_k, o.w.raw, N, lo - off, hi - off, accumulate);
                 } else if (lo < hi && ggml_rows(o.w.type)) {
