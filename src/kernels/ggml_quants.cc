@@ -1024,23 +1024,27 @@ void q8_0_tiled_dequantize_row(const uint8_t* tiled, int64_t in, int64_t r, int6
     }
 }
 
+// The scalar twins' loop over outputs: y[n * ys + o] = out(n, o, acc) from acc = y (accumulate) or 0
+template <class Out>
+static void tiled_ref_rows(float* y, int64_t ys, int64_t N, int64_t o0, int64_t o1, bool accumulate, const Out& out) {
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t o = o0; o < o1; ++o) y[n * ys + o] = out(n, o, accumulate ? y[n * ys + o] : 0.f);
+}
+
 void q8_0_tiled_rows_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
                          const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate) {
     const int64_t nsb = in / kQK;
-    for (int64_t n = 0; n < N; ++n) {
+    tiled_ref_rows(y, ys, N, o0, o1, accumulate, [&](int64_t n, int64_t o, float acc) {
         const BlockQ8_0* xr = reinterpret_cast<const BlockQ8_0*>(acts + n * act_bytes);
-        for (int64_t o = o0; o < o1; ++o) {
-            float acc = accumulate ? y[n * ys + o] : 0.f;
-            for (int64_t b = 0; b < nsb; ++b) {
-                uint16_t d;
-                const uint8_t* u = tiled_block(tiled, nsb, o, b, &d);
-                int32_t isum = 0;
-                for (int i = 0; i < kQK; ++i) isum += ((int32_t)u[(i / 4) * 128 + i % 4] - 128) * (int32_t)xr[b].qs[i];
-                acc = std::fma((float)isum, fp16_to_fp32(d) * fp16_to_fp32(xr[b].d), acc);
-            }
-            y[n * ys + o] = acc;
+        for (int64_t b = 0; b < nsb; ++b) {
+            uint16_t d;
+            const uint8_t* u = tiled_block(tiled, nsb, o, b, &d);
+            int32_t isum = 0;
+            for (int i = 0; i < kQK; ++i) isum += ((int32_t)u[(i / 4) * 128 + i % 4] - 128) * (int32_t)xr[b].qs[i];
+            acc = std::fma((float)isum, fp16_to_fp32(d) * fp16_to_fp32(xr[b].d), acc);
         }
-    }
+        return acc;
+    });
 }
 
 void GActs::prepare_tiled(int32_t c) {
@@ -1066,13 +1070,13 @@ void ggml_matmul_rows_tiled(float* y, int64_t ys, const GActs& acts, GType t, co
         xa.xp = acts.xp.data(), xa.xs = acts.xs.data(), xa.am = acts.am.data();
         if (t == GType::q8_0) {
             xa.xo = acts.xo.data();
-            detail::q8_0_tiled_rows_vnni(y, ys, xa, tiled, N, acts.in, o0, o1, accumulate);
+            detail::tiled_rows_vnni(detail::TiledKind::q8_0, y, ys, xa, tiled, N, acts.in, o0, o1, accumulate);
         } else if (t == GType::q4_0) {
             xa.xo = acts.xo8.data();
-            detail::q4_0_tiled_rows_vnni(y, ys, xa, tiled, N, acts.in, o0, o1, accumulate);
+            detail::tiled_rows_vnni(detail::TiledKind::q4_0, y, ys, xa, tiled, N, acts.in, o0, o1, accumulate);
         } else {
             xa.sb = true;
-            detail::q4_k_tiled_rows_vnni(y, ys, xa, tiled, N, acts.in, o0, o1, accumulate);
+            detail::tiled_rows_vnni(detail::TiledKind::q4_k, y, ys, xa, tiled, N, acts.in, o0, o1, accumulate);
         }
         return;
     }
@@ -1144,19 +1148,16 @@ void q4_0_tiled_rows_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_
     // the VNNI tiles' order for Q4_0 (tile_kernel<false, true>): per block the exact sum of
     // (q - 8) x, then acc = fma((float)isum, d * xd, acc)
     const int64_t nsb = in / kQK;
-    for (int64_t n = 0; n < N; ++n) {
+    tiled_ref_rows(y, ys, N, o0, o1, accumulate, [&](int64_t n, int64_t o, float acc) {
         const BlockQ8_0* xr = reinterpret_cast<const BlockQ8_0*>(acts + n * act_bytes);
-        for (int64_t o = o0; o < o1; ++o) {
-            float acc = accumulate ? y[n * ys + o] : 0.f;
-            for (int64_t b = 0; b < nsb; ++b) {
-                float d = 0.f;
-                int32_t isum = 0;
-                for (int i = 0; i < kQK; ++i) isum += (q4_0_tiled_q(tiled, nsb, o, b, i, &d) - 8) * (int32_t)xr[b].qs[i];
-                acc = std::fma((float)isum, d * fp16_to_fp32(xr[b].d), acc);
-            }
-            y[n * ys + o] = acc;
+        for (int64_t b = 0; b < nsb; ++b) {
+            float d = 0.f;
+            int32_t isum = 0;
+            for (int i = 0; i < kQK; ++i) isum += (q4_0_tiled_q(tiled, nsb, o, b, i, &d) - 8) * (int32_t)xr[b].qs[i];
+            acc = std::fma((float)isum, d * fp16_to_fp32(xr[b].d), acc);
         }
-    }
+        return acc;
+    });
 }
 
 // ---------------------------------------------------------------- Q4_K repacked into tiles
@@ -1242,26 +1243,23 @@ void q4_k_tiled_rows_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_
     // the VNNI tiles' order (tile_kernel<true, false>): per sub-block acc -= wm * (xd * sum x),
     // t += isum * ws; per super-block acc += t * xd
     const int64_t nsuper = in / kQK_K;
-    for (int64_t n = 0; n < N; ++n) {
+    tiled_ref_rows(y, ys, N, o0, o1, accumulate, [&](int64_t n, int64_t o, float acc) {
         const BlockQ8_K* xr = reinterpret_cast<const BlockQ8_K*>(acts + n * act_bytes);
-        for (int64_t o = o0; o < o1; ++o) {
-            float acc = accumulate ? y[n * ys + o] : 0.f;
-            for (int64_t s = 0; s < nsuper; ++s) {
-                const Q4kAt a = q4k_at(tiled, nsuper, o, s);
-                float t = 0.f;
-                for (int j = 0; j < 8; ++j) {
-                    int32_t isum = 0;
-                    for (int i = 0; i < 32; ++i) isum += a.nib(32 * j + i) * (int32_t)xr[s].qs[32 * j + i];
-                    const float ws = a.d() * (float)a.sc(j), wm = a.dmin() * (float)a.mn(j);
-                    const float am = xr[s].d * (float)(xr[s].bsums[2 * j] + xr[s].bsums[2 * j + 1]);
-                    acc = std::fma(-wm, am, acc);
-                    t = std::fma((float)isum, ws, t);
-                }
-                acc = std::fma(t, xr[s].d, acc);
+        for (int64_t s = 0; s < nsuper; ++s) {
+            const Q4kAt a = q4k_at(tiled, nsuper, o, s);
+            float t = 0.f;
+            for (int j = 0; j < 8; ++j) {
+                int32_t isum = 0;
+                for (int i = 0; i < 32; ++i) isum += a.nib(32 * j + i) * (int32_t)xr[s].qs[32 * j + i];
+                const float ws = a.d() * (float)a.sc(j), wm = a.dmin() * (float)a.mn(j);
+                const float am = xr[s].d * (float)(xr[s].bsums[2 * j] + xr[s].bsums[2 * j + 1]);
+                acc = std::fma(-wm, am, acc);
+                t = std::fma((float)isum, ws, t);
             }
-            y[n * ys + o] = acc;
+            acc = std::fma(t, xr[s].d, acc);
         }
-    }
+        return acc;
+    });
 }
 
 }  // namespace moe::kernels

@@ -68,20 +68,16 @@ void prefill_tiles_vnni(float* y, int64_t ys, const TileActs& xa, const void* w,
 // scratch tile_scratch_bytes(in), 64-byte aligned
 void q8_0_repack_tiles_vnni(const uint8_t* w, int64_t row_stride, int64_t out, int64_t in, int64_t t0, int64_t t1,
                             uint8_t* dst, uint8_t* scratch);
-// the products on it: xa from pack_tile_acts with c = 128 (xo filled), every group of 4 rows
-void q8_0_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
-                          int64_t o0, int64_t o1, bool accumulate);
 // moe's int8 repacked (qmatmul.h's q8_repack_tiled): tiles [t0, t1) from q (out, in), scales
-// (out, in / 32); the products (xa from pack_tile_acts_q8)
+// (out, in / 32)
 void q8_repack_tiles_vnni(const int8_t* q, const float* scales, int64_t out, int64_t in, int64_t t0, int64_t t1,
                           uint8_t* dst, uint8_t* scratch);
-void q8_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
-                        int64_t o0, int64_t o1, bool accumulate);
-// Q4_K repacked (ggml_quants.h): the products (xa: q8_k groups from pack_tile_acts, c = 0)
-void q4_k_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
-                          int64_t o0, int64_t o1, bool accumulate);
-// Q4_0 repacked (ggml_quants.h): the products (xa: q8_0 groups from pack_tile_acts, c = 8)
-void q4_0_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
-                          int64_t o0, int64_t o1, bool accumulate);
+
+// The products on repacked weights (ggml_quants.h, qmatmul.h): every group of 4 activation rows from
+// pack_tile_acts / pack_tile_acts_q8 (q8_0: xo with c = 128; q4_0: c = 8; int8: pack_tile_acts_q8;
+// q4_k: q8_k rows, c = 0, am used)
+enum class TiledKind { q8_0, int8, q4_k, q4_0 };
+void tiled_rows_vnni(TiledKind k, float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N,
+                     int64_t in, int64_t o0, int64_t o1, bool accumulate);
 
 }  // namespace moe::kernels::detail

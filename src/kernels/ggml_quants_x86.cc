@@ -691,65 +691,54 @@ void prefill_tiles_vnni(float* y, int64_t ys, const TileActs& xa, const void* w,
 
 // ---- repacked Q8_0 (ggml_quants.h)
 
+// tiles [t0, t1) of 32 rows unpacked (unpack_tile_t) and stored with their scales: Q8_0 rows (the
+// blocks' fp16 d) or moe's int8 (I8: rows of in bytes, fp32 scales at i8s)
+template <bool I8>
 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
-void q8_0_repack_tiles_vnni(const uint8_t* w, int64_t row_stride, int64_t out, int64_t in, int64_t t0, int64_t t1,
-                            uint8_t* dst, uint8_t* scratch) {
+static void repack_tiles_q8(const uint8_t* w, int64_t row_stride, const float* i8s, int64_t out, int64_t in, int64_t t0,
+                            int64_t t1, uint8_t* dst, uint8_t* scratch) {
+    constexpr int64_t BB = I8 ? kTiledBlockBytesI8 : kTiledBlockBytes;
     const int64_t nsb = in / 32;
     float* ws = reinterpret_cast<float*>(scratch + nsb * kTileSubBytes);
     float* wm = ws + nsb * kTileRows;
     for (int64_t t = t0; t < t1; ++t) {
         const int nr = (int)std::min<int64_t>(kTileRows, out - t * kTileRows);
         const uint8_t* rows = w + t * kTileRows * row_stride;
-        unpack_tile_t<GType::q8_0>(rows, row_stride, nr, nsb, scratch, ws, wm);
-        uint8_t* tile = dst + t * nsb * kTiledBlockBytes;
+        unpack_tile_t<GType::q8_0, I8>(rows, row_stride, nr, nsb, scratch, ws, wm, I8 ? i8s + t * kTileRows * nsb : nullptr);
+        uint8_t* tile = dst + t * nsb * BB;
         for (int64_t b = 0; b < nsb; ++b) {
-            uint8_t* tb = tile + b * kTiledBlockBytes;
+            uint8_t* tb = tile + b * BB;
             std::memcpy(tb, scratch + b * kTileSubBytes, kTileSubBytes);
-            uint16_t* sc = reinterpret_cast<uint16_t*>(tb + kTileSubBytes);
-            for (int r = 0; r < kTileRows; ++r)
-                sc[r] = r < nr ? reinterpret_cast<const BlockQ8_0*>(rows + r * row_stride)[b].d : 0;
+            if constexpr (I8) {
+                std::memcpy(tb + kTileSubBytes, ws + b * kTileRows, kTileRows * sizeof(float));  // rows past nr: 0
+            } else {
+                uint16_t* sc = reinterpret_cast<uint16_t*>(tb + kTileSubBytes);
+                for (int r = 0; r < kTileRows; ++r)
+                    sc[r] = r < nr ? reinterpret_cast<const BlockQ8_0*>(rows + r * row_stride)[b].d : 0;
+            }
         }
     }
 }
 
-void q8_0_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
-                          int64_t o0, int64_t o1, bool accumulate) {
-    tiled_rows<0>(y, ys, xa, tiled, N, in, o0, o1, accumulate);
+void q8_0_repack_tiles_vnni(const uint8_t* w, int64_t row_stride, int64_t out, int64_t in, int64_t t0, int64_t t1,
+                            uint8_t* dst, uint8_t* scratch) {
+    repack_tiles_q8<false>(w, row_stride, nullptr, out, in, t0, t1, dst, scratch);
 }
 
-void q8_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
-                        int64_t o0, int64_t o1, bool accumulate) {
-    tiled_rows<1>(y, ys, xa, tiled, N, in, o0, o1, accumulate);
-}
-
-void q4_k_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
-                          int64_t o0, int64_t o1, bool accumulate) {
-    tiled_rows<2>(y, ys, xa, tiled, N, in, o0, o1, accumulate);
-}
-
-void q4_0_tiled_rows_vnni(float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N, int64_t in,
-                          int64_t o0, int64_t o1, bool accumulate) {
-    tiled_rows<3>(y, ys, xa, tiled, N, in, o0, o1, accumulate);
-}
-
-__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 void q8_repack_tiles_vnni(const int8_t* q, const float* scales, int64_t out, int64_t in, int64_t t0, int64_t t1,
                           uint8_t* dst, uint8_t* scratch) {
-    const int64_t nsb = in / 32;
-    float* ws = reinterpret_cast<float*>(scratch + nsb * kTileSubBytes);
-    float* wm = ws + nsb * kTileRows;
-    for (int64_t t = t0; t < t1; ++t) {
-        const int nr = (int)std::min<int64_t>(kTileRows, out - t * kTileRows);
-        const int64_t r0 = t * kTileRows;
-        unpack_tile_t<GType::q8_0, true>(reinterpret_cast<const uint8_t*>(q + r0 * in), in, nr, nsb, scratch, ws, wm,
-                                         scales + r0 * nsb);
-        uint8_t* tile = dst + t * nsb * kTiledBlockBytesI8;
-        for (int64_t b = 0; b < nsb; ++b) {
-            uint8_t* tb = tile + b * kTiledBlockBytesI8;
-            std::memcpy(tb, scratch + b * kTileSubBytes, kTileSubBytes);
-            std::memcpy(tb + kTileSubBytes, ws + b * kTileRows, kTileRows * sizeof(float));  // rows past nr: 0
-        }
+    repack_tiles_q8<true>(reinterpret_cast<const uint8_t*>(q), in, scales, out, in, t0, t1, dst, scratch);
+}
+
+void tiled_rows_vnni(TiledKind k, float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N,
+                     int64_t in, int64_t o0, int64_t o1, bool accumulate) {
+    switch (k) {
+        case TiledKind::q8_0: return tiled_rows<0>(y, ys, xa, tiled, N, in, o0, o1, accumulate);
+        case TiledKind::int8: return tiled_rows<1>(y, ys, xa, tiled, N, in, o0, o1, accumulate);
+        case TiledKind::q4_k: return tiled_rows<2>(y, ys, xa, tiled, N, in, o0, o1, accumulate);
+        case TiledKind::q4_0: return tiled_rows<3>(y, ys, xa, tiled, N, in, o0, o1, accumulate);
     }
 }
+
 
 }  // namespace moe::kernels::detail

@@ -252,7 +252,7 @@ static void q8_tiled_rows(float* y, int64_t ys, const QActs& qa, const QMatrix& 
     if (qa.rows_tiles && tiled_kernels_active()) {
         detail::TileActs xa;
         xa.xp = qa.tile_xp.data(), xa.xs = qa.tile_xs.data(), xa.am = qa.tile_am.data(), xa.xo = qa.tile_xo.data();
-        detail::q8_tiled_rows_vnni(y, ys, xa, w.raw, N, w.in, o0, o1, accumulate);
+        detail::tiled_rows_vnni(detail::TiledKind::int8, y, ys, xa, w.raw, N, w.in, o0, o1, accumulate);
         return;
     }
     q8_tiled_rows_ref(y, ys, qa.q.data(), qa.scales.data(), N, w.in, w.raw, o0, o1, accumulate);
