@@ -148,6 +148,7 @@ int cmd_generate(GenerateArgs& a) {
         return 0;
     }
     moe::LoadedModel model(a.checkpoint, a.dtype, "generate --dtype");
+    if (const std::string note = model.repack_note(); !note.empty()) std::fprintf(stderr, "moe: %s\n", note.c_str());
     model.set_experts_per_token(a.experts);
     model.set_cache_type(a.cache_type, "generate --cache-type");
     if (a.prompt.empty()) throw moe::error("--prompt is empty: give at least one character");
@@ -499,6 +500,7 @@ int cmd_chat(ChatArgs& a) {
     moe::LoadedModel::check_cache_type(a.cache_type, "chat --cache-type");  // before a long load
     moe::set_threads(a.threads);
     moe::LoadedModel model(a.model, a.dtype, "chat --dtype", a.ctx_size);
+    if (const std::string note = model.repack_note(); !note.empty()) std::fprintf(stderr, "moe: %s\n", note.c_str());
     model.set_experts_per_token(a.experts);
     model.set_cache_type(a.cache_type, "chat --cache-type");
     if (!a.chat_template.empty()) model.set_chat_template(moe::read_text(a.chat_template, "--chat-template"));
@@ -606,6 +608,10 @@ int cmd_serve(ServeArgs& a) {
     }
     a.opt.on_listening = [](const std::string& url) {
         std::printf("moe serve: listening on %s, loading the model\n", url.c_str());
+        std::fflush(stdout);
+    };
+    a.opt.on_note = [](const std::string& line) {
+        std::printf("moe serve: %s\n", line.c_str());
         std::fflush(stdout);
     };
     a.opt.on_ready = [](const std::string& url) {

@@ -188,6 +188,10 @@ public:
     static void check_cache_type(const std::string& type, const char* what);  // the same check, before a load
     std::string cache_type() const;
     const std::string& weight_type() const;         // the type the model runs in
+    // On AVX-512 VNNI hosts without AMX, Q8_0 / Q4_0 / Q4_K / int8 matrices are repacked at the load
+    // into the tiles of this CPU's kernels (docs/serving.md; MOE_REPACK=0: not): a line saying how
+    // many bytes and how long it took, or "" where nothing was repacked.
+    std::string repack_note() const;
     // Encodes a prompt with the model's tokenizer (a Hugging Face tokenizer adds its BOS as
     // transformers does); throws naming the character for text outside its vocabulary, and for
     // more tokens than the context holds.

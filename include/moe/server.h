@@ -30,6 +30,8 @@ struct ServeOptions {
     std::function<void(const std::string& url)> on_ready;
     // Called once the port is bound (before the load; /health answers 503 meanwhile).
     std::function<void(const std::string& url)> on_listening;
+    // Called after the load with a line worth telling the operator (LoadedModel::repack_note), if any.
+    std::function<void(const std::string& line)> on_note;
 };
 
 // Binds, loads the model and serves until SIGTERM or SIGINT; then stops accepting, lets in-flight

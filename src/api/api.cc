@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -140,10 +141,13 @@ static Config random_config(const std::string& config, int64_t n_ctx) {
 
 // Q8_0 weights repacked for this host's kernels (Model::repack_for_inference: AVX-512 VNNI hosts
 // without AMX); MOE_REPACK=0 keeps the rows as stored (llama.cpp's --no-repack)
-static void repack_weights(Model& m) {
+static double repack_weights(Model& m, double* seconds = nullptr) {
     const char* e = std::getenv("MOE_REPACK");
-    if (e && std::string(e) == "0") return;
-    m.repack_for_inference();
+    if (e && std::string(e) == "0") return 0;
+    const double t0 = now_seconds();
+    const double bytes = m.repack_for_inference();
+    if (seconds) *seconds = now_seconds() - t0;
+    return bytes;
 }
 
 void follow_expert_parallel(const std::string& model_path, const std::string& config, uint64_t seed,
@@ -173,7 +177,7 @@ LoadedModel::LoadedModel(const std::string& path, const std::string& dtype, cons
     if (!dtype.empty()) kernels::parse_wtype(dtype, what);  // a bad value fails before the load
     impl_->dir = path;
     impl_->ck = load_model(path, dtype, n_ctx, my_experts(path, n_ctx));
-    repack_weights(*impl_->ck.model);
+    impl_->repacked_bytes = repack_weights(*impl_->ck.model, &impl_->repack_seconds);
     impl_->dtype = kernels::wtype_name(impl_->ck.model->weight_type());
     impl_->ep = attach_leader(*impl_->ck.model);
 }
@@ -188,10 +192,12 @@ LoadedModel LoadedModel::random(const std::string& config, const std::string& dt
         fail(config, ": vocab_size ", ck.config.model.vocab_size, " is smaller than the byte-level tokenizer's ",
              ck.tokenizer.vocab_size());
     ck.model = random_model(ck.config.model, t, seed);
-    repack_weights(*ck.model);
+    double seconds = 0;
+    const double bytes = repack_weights(*ck.model, &seconds);
     ck.weight_type = kernels::wtype_name(t);
     LoadedModel m;
     m.impl_ = std::make_unique<Impl>();
+    m.impl_->repacked_bytes = bytes, m.impl_->repack_seconds = seconds;
     m.impl_->dir = config;
     m.impl_->dtype = ck.weight_type;
     m.impl_->ck = std::move(ck);
@@ -204,6 +210,13 @@ LoadedModel& LoadedModel::operator=(LoadedModel&&) noexcept = default;
 
 const std::string& LoadedModel::dir() const { return impl_->dir; }
 const std::string& LoadedModel::stored_weight_type() const { return impl_->ck.weight_type; }
+std::string LoadedModel::repack_note() const {
+    if (impl_->repacked_bytes <= 0) return "";
+    char b[160];
+    std::snprintf(b, sizeof b, "weights repacked into this CPU's tiles: %.1f MB in %.2f s (MOE_REPACK=0 keeps them as stored)",
+                  impl_->repacked_bytes / 1e6, impl_->repack_seconds);
+    return b;
+}
 int64_t LoadedModel::context_length() const { return impl_->ck.config.model.n_ctx; }
 
 // "f32" | "f16" | "bf16" (and the spellings fp32, fp16) as the KV cache's element type

@@ -21,6 +21,7 @@ struct LoadedModel::Impl {
     bool chat_own = false;  // the model's own or set_chat_template's (not the plain fallback)
     // expert-parallel inference (set_expert_parallel): rank 0's runner, stopped before ck goes
     std::unique_ptr<EpLeader> ep;
+    double repacked_bytes = 0, repack_seconds = 0;  // Model::repack_for_inference at the load
 };
 
 }  // namespace moe

@@ -571,6 +571,7 @@ int serve(const ServeOptions& opt) {
         if (!opt.chat_template.empty()) s.model->set_chat_template(read_text(opt.chat_template, "--chat-template"));
         s.model->has_chat_template();  // parsed now, before request threads read it
         s.model->set_cache_type(opt.cache_type, "serve --cache-type");
+        if (const std::string note = s.model->repack_note(); !note.empty() && opt.on_note) opt.on_note(note);
         LoadedModel::Impl& m = s.model->impl();
         EngineOptions eo;
         eo.slots = opt.parallel;
