@@ -29,6 +29,8 @@
 #include <string>
 #include <vector>
 
+#include <moe/moe.h>
+
 #include "bench/int8_peak.h"
 #include "core/parallel.h"
 #include "core/profile.h"
@@ -62,6 +64,7 @@ int main(int argc, char** argv) {
             return 2;
         }
     }
+    moe::apply_environment();  // MOE_REPACK, MOE_ISA, ...
     moe::set_num_threads(threads);
     const int T = moe::num_threads();
     std::printf("host: %s\n", host_description().c_str());
@@ -88,8 +91,7 @@ int main(int argc, char** argv) {
     for (std::string name; std::getline(ss, name, ',');) {
         const WType t = parse_wtype(name, "--dtype");
         double tq = 0, tv = 0, td = 0, tf = 0, tr = 0, ts = 0, ops = 0;
-        const char* env = std::getenv("MOE_REPACK");
-        const bool repack = (t == WType::q8_0 || t == WType::q8 || t == WType::q4_k) && q8_0_tiled_active() && !(env && std::string(env) == "0");
+        const bool repack = (t == WType::q8_0 || t == WType::q8 || t == WType::q4_k) && q8_0_tiled_active() && repack_enabled();
         const bool rows = is_ggml(t) && !ggml_prefill_on_int8(ggml_type(t));
         for (const Shape& s : shapes) {
             std::vector<float> w(s.out * s.in), x(N * s.in), y(N * s.out);

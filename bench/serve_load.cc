@@ -77,8 +77,7 @@ int main(int argc, char** argv) {
             const moe::Config cfg = moe::load_config(config);
             random = std::make_unique<moe::Model>(cfg.model, moe::kernels::parse_wtype(dtype, "--dtype"));
             random->init(1);
-            // as the inference tools load (api.cc): Q8_0 / int8 repacked where the host has the tiles
-            if (const char* e = std::getenv("MOE_REPACK"); !e || std::string(e) != "0") random->repack_for_inference();
+            random->repack_for_inference();  // as the inference tools load (api.cc; MOE_REPACK=0: not)
             mp = random.get();
         }
         moe::Model& model = *mp;

@@ -14,6 +14,8 @@
 
 #include <moe/moe.h>
 #include <moe/viz.h>
+
+#include "kernels/ggml_quants.h"
 #include <nlohmann/json.hpp>
 
 namespace fs = std::filesystem;
@@ -52,6 +54,19 @@ TEST(Api, ApplyEnvironmentRejectsABadSwitch) {
     EXPECT_THROW(moe::apply_environment(), moe::error);
     ::unsetenv("MOE_FUSED_EXPERT_ADAMW");
     EXPECT_NO_THROW(moe::apply_environment());
+    ::setenv("MOE_REPACK", "off", 1);  // 0 or 1 only, named in the error
+    try {
+        moe::apply_environment();
+        ADD_FAILURE() << "MOE_REPACK=off accepted";
+    } catch (const moe::error& e) {
+        EXPECT_NE(std::string(e.what()).find("MOE_REPACK"), std::string::npos) << e.what();
+    }
+    ::setenv("MOE_REPACK", "0", 1);
+    EXPECT_NO_THROW(moe::apply_environment());
+    EXPECT_FALSE(moe::kernels::repack_enabled());
+    ::unsetenv("MOE_REPACK");
+    EXPECT_NO_THROW(moe::apply_environment());
+    EXPECT_TRUE(moe::kernels::repack_enabled());  // the default
 }
 
 TEST(Api, ParamsJsonKeysAndValues) {

@@ -68,6 +68,9 @@ void apply_environment() {
     if (!fuse.empty() && fuse != "0" && fuse != "1")
         fail("MOE_FUSED_EXPERT_ADAMW must be \"0\" or \"1\", got \"", fuse, "\"");
     g_env_fused_adamw = fuse != "0";
+    const std::string repack = env("MOE_REPACK");
+    if (!repack.empty() && repack != "0" && repack != "1") fail("MOE_REPACK must be \"0\" or \"1\", got \"", repack, "\"");
+    kernels::set_repack(repack != "0");
 }
 
 void set_threads(int t) {
@@ -139,11 +142,9 @@ static Config random_config(const std::string& config, int64_t n_ctx) {
     return c;
 }
 
-// Q8_0 weights repacked for this host's kernels (Model::repack_for_inference: AVX-512 VNNI hosts
-// without AMX); MOE_REPACK=0 keeps the rows as stored (llama.cpp's --no-repack)
+// Q8_0 / Q4_0 / Q4_K / int8 weights repacked for this host's kernels (Model::repack_for_inference:
+// AVX-512 VNNI hosts without AMX, unless MOE_REPACK=0); the bytes, and the seconds it took
 static double repack_weights(Model& m, double* seconds = nullptr) {
-    const char* e = std::getenv("MOE_REPACK");
-    if (e && std::string(e) == "0") return 0;
     const double t0 = now_seconds();
     const double bytes = m.repack_for_inference();
     if (seconds) *seconds = now_seconds() - t0;

@@ -973,6 +973,10 @@ bool q8_0_tiled_active() {
     return detail::q8_0_rows_vnni_supported() && vnni_tiles_active(GType::q8_0) && !detail::q8_0_rows_amx_supported();
 }
 
+static bool g_repack = true;
+void set_repack(bool on) { g_repack = on; }
+bool repack_enabled() { return g_repack; }
+
 bool tiled_kernels_active() { return detail::q8_0_rows_vnni_supported() && vnni_tiles_active(GType::q8_0); }
 
 int64_t q8_0_tiled_bytes(int64_t out, int64_t in) {
@@ -1167,17 +1171,6 @@ int64_t q4_k_tiled_bytes(int64_t out, int64_t in) {
     return (out + kTiledRows - 1) / kTiledRows * kTiledRows * q4_k_tiled_row_bytes(in);
 }
 
-// sub-block j's 6-bit scale and min of a Q4_K block (ggml's get_scale_min_k4)
-static void q4_k_scale_min(const BlockQ4_K& blk, int j, uint8_t* sc, uint8_t* mn) {
-    const uint8_t* q = blk.scales;
-    if (j < 4) {
-        *sc = q[j] & 63, *mn = q[j + 4] & 63;
-    } else {
-        *sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-        *mn = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-    }
-}
-
 void q4_k_repack_tiled(const void* w, int64_t row_stride, int64_t out, int64_t in, uint8_t* dst) {
     MOE_ASSERT(in % kQK_K == 0);
     const int64_t nsuper = in / kQK_K, tiles = (out + kTiledRows - 1) / kTiledRows;
@@ -1202,7 +1195,7 @@ void q4_k_repack_tiled(const void* w, int64_t row_stride, int64_t out, int64_t i
                     for (int c = 0; c < 4; ++c)
                         for (int k = 0; k < 8; ++k) std::memcpy(sb + c * 1024 + k * 128 + 4 * r, blk.qs + 32 * c + 4 * k, 4);
                     d[r] = blk.d, d[32 + r] = blk.dmin;
-                    for (int j = 0; j < 8; ++j) q4_k_scale_min(blk, j, &sb[4224 + 32 * j + r], &sb[4480 + 32 * j + r]);
+                    for (int j = 0; j < 8; ++j) scale_min_k4(j, blk.scales, &sb[4224 + 32 * j + r], &sb[4480 + 32 * j + r]);
                 }
             }
     });

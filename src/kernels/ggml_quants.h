@@ -207,6 +207,10 @@ void q4_k_tiled_dequantize_row(const uint8_t* tiled, int64_t in, int64_t r, int6
 void q4_k_tiled_rows_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
                          const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate);
 bool q8_0_tiled_active();
+// Whether the inference tools repack at load (Model::repack_for_inference): on by default;
+// MOE_REPACK=0, read by moe::apply_environment, turns it off (llama.cpp's --no-repack)
+void set_repack(bool on);
+bool repack_enabled();
 // whether the SIMD forms of the repack and the products run here (AVX-512 VNNI; AMX hosts too, which
 // do not repack at load); else their scalar twins do
 bool tiled_kernels_active();

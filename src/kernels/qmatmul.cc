@@ -168,12 +168,9 @@ bool q8_rows_block_active(int64_t in) {
 }
 
 void QActs::build_block() {
-    if (N >= 3) {
-        const int64_t G = (N + 3) / 4, nb = in / kQ8Block;
-        if ((int64_t)tile_xp.size() < G * nb * 128) tile_xp.resize(G * nb * 128);
-        if ((int64_t)tile_xs.size() < G * nb * 4) tile_xs.resize(G * nb * 4), tile_am.resize(G * nb * 4), tile_xo.resize(G * nb * 4);
-        detail::pack_tile_acts_q8(q.data(), scales.data(), N, in, 0, G, tile_xp.data(), tile_xs.data(), tile_am.data(),
-                                  tile_xo.data());
+    if (N >= 3) {  // the tiles from three rows; one or two take the row kernel on q, scales
+        build_tiles();
+        MOE_ASSERT(rows_tiles);  // q8_rows_block_active() implies the tile kernels
     }
     rows_block = true;
 }
@@ -190,7 +187,11 @@ void QActs::build_tiles() {
 
 // ---- moe's int8 repacked into tiles (qmatmul.h)
 
-bool q8_tiled_active(int64_t in) { return in % kQ8Block == 0 && q8_0_tiled_active(); }
+bool can_repack(const QMatrix& m) {
+    const bool type = m.type == WType::q8_0 || m.type == WType::q4_0 || m.type == WType::q4_k ||
+                      (m.type == WType::q8 && m.in % kQ8Block == 0);
+    return type && m.out > 0 && !m.tiled && !m.parts;
+}
 int64_t q8_tiled_row_bytes(int64_t in) { return in / kQ8Block * (kQ8Block + 4); }
 int64_t q8_tiled_bytes(int64_t out, int64_t in) {
     return (out + kTiledRows - 1) / kTiledRows * kTiledRows * q8_tiled_row_bytes(in);
@@ -349,9 +350,7 @@ void QStore::set_rows(int64_t r0, int64_t n, const float* w) {
 }
 
 void QStore::build_tiled(const QMatrix& m) {
-    MOE_ASSERT((m.type == WType::q8_0 || m.type == WType::q8 || m.type == WType::q4_k || m.type == WType::q4_0) &&
-               !m.parts && !m.tiled &&
-               m.in % kQ8Block == 0);
+    MOE_ASSERT(can_repack(m));
     std::vector<uint8_t, LargeAllocator<uint8_t>> t;
     if (m.type == WType::q8_0) {  // m's memory may be this store's own: the copy first
         MOE_ASSERT(m.raw);

@@ -91,7 +91,7 @@ struct QStore {
     // ggml types need IN a multiple of their block (32, or 256 for the K-quants): else moe::error.
     void allocate(WType t, int64_t out, int64_t in);
     void set_rows(int64_t r0, int64_t n, const float* w);
-    // Q8_0, Q4_K or int8 rows m (a view or this store's own) repacked into tiles (q8_0_repack_tiled,
+    // Q8_0, Q4_0, Q4_K or int8 rows m (a view or this store's own; can_repack(m)) repacked into tiles (q8_0_repack_tiled,
     // q4_k_repack_tiled, q8_repack_tiled): the store then holds the tiled copy in raw and view() gives it (tiled).
     // m.in a multiple of 32, no parts.
     void build_tiled(const QMatrix& m);
@@ -146,13 +146,15 @@ bool q8_rows_amx_active(int64_t in);
 // VNNI here (QActs::build_block; in a multiple of 32).
 bool q8_rows_block_active(int64_t in);
 void dequantize_row(float* dst, const QMatrix& w, int64_t row);
+// Whether QStore::build_tiled takes m: Q8_0, Q4_0, Q4_K or int8 (widths a multiple of 32), not
+// yet repacked, in one piece (no parts). The host's side is q8_0_tiled_active().
+bool can_repack(const QMatrix& m);
 
 // moe's int8 repacked for the AVX-512 VNNI tiles, as Q8_0 is (kernels/ggml_quants.h): tile t of 32
 // rows (rows past OUT zero) at t * 32 * q8_tiled_row_bytes(in), per 32-value block b at
 // b * kTiledBlockBytesI8 the 1024 bytes of q + 128 in vpdpbusd's order then the 32 rows' fp32
 // scales: the bytes of q and scales. Products on it have q8_rows_block_ref's bits (the block
-// order) for every N. Where q8_tiled_active(in): AVX-512 VNNI without AMX-INT8, in a multiple of 32.
-bool q8_tiled_active(int64_t in);
+// order) for every N. Where q8_0_tiled_active() (AVX-512 VNNI without AMX-INT8), widths a multiple of 32.
 int64_t q8_tiled_row_bytes(int64_t in);  // in / 32 * 36
 int64_t q8_tiled_bytes(int64_t out, int64_t in);
 // dst (q8_tiled_bytes) from q (out, in), scales (out, in / 32); SIMD over threads where the host has
