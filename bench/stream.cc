@@ -1,10 +1,9 @@
 // DRAM bandwidth, STREAM style: copy b -> a (counted as 2 x bytes: one read, one write, as STREAM
 // does) and a read-only sum (what a memory-bound decode step does to its weights), over arrays far
-// larger than the caches, on T threads (moe::parallel_for, the same pool the engine uses).
+// larger than the caches, on T threads (moe::parallel_for, the same pool the engine uses). The
+// read loop is kernels::read_sum, which `moe bench --read-probe` also runs between decode steps.
 //
 //   stream [--threads T] [--mb SIZE_PER_ARRAY] [--reps R] [--json]
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -15,27 +14,7 @@
 #include "core/parallel.h"
 #include "core/profile.h"
 #include "kernels/cpu.h"
-
-namespace {
-
-__attribute__((target("avx2"))) double sum_avx2(const float* x, int64_t n) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(x + i));
-        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(x + i + 8));
-        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(x + i + 16));
-        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(x + i + 24));
-    }
-    alignas(32) float l[8];
-    _mm256_store_ps(l, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    double s = 0;
-    for (float v : l) s += v;
-    for (; i < n; ++i) s += x[i];
-    return s;
-}
-
-}  // namespace
+#include "kernels/read_probe.h"
 
 int main(int argc, char** argv) {
     int threads = 0, reps = 5;
@@ -69,7 +48,7 @@ int main(int argc, char** argv) {
         std::vector<double> part(moe::num_threads() * 8, 0.0);
         t0 = moe::now_seconds();
         moe::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
-            part[(i0 / grain) % part.size()] += sum_avx2(b.data() + i0, i1 - i0);
+            part[(i0 / grain) % part.size()] += moe::kernels::read_sum(b.data() + i0, i1 - i0);
         });
         best_read = std::min(best_read, moe::now_seconds() - t0);
         for (double p : part) sink += p;

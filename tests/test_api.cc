@@ -103,7 +103,7 @@ TEST(Api, BenchJsonKeysAndRoundedValues) {
     const ojson j = ojson::parse(text);
     EXPECT_EQ(keys(j), (std::vector<std::string>{"model", "mode", "dtype", "cache_type", "threads", "batch", "total_params",
                                                  "active_params", "tokens", "seconds", "tokens_per_sec",
-                                                 "weight_bytes_per_token", "weight_gbytes_per_sec", "gflops",
+                                                 "weight_bytes_per_token", "weight_gbytes_per_sec", "read_probe_gbytes_per_sec", "gflops",
                                                  "parallel_regions_per_step", "peak_rss_mb", "weights_mb", "kv_mb",
                                                  "expert_parallel", "expert_bytes_total", "expert_bytes_rank",
                                                  "peak_rss_mb_rank"}));

@@ -397,6 +397,11 @@ TEST_F(Cli, CacheType) {
     EXPECT_EQ(j32["cache_type"], "f32");
     ASSERT_GT(j32["kv_mb"].get<double>(), 0.5) << b32.out;
     EXPECT_NEAR(j16["kv_mb"].get<double>() * 2, j32["kv_mb"].get<double>(), 0.15) << b16.out;
+    // --read-probe: a read bandwidth measured between the decode runs (0 without the flag)
+    EXPECT_EQ(j32["read_probe_gbytes_per_sec"].get<double>(), 0.0) << b32.out;
+    RunResult bp = moe("bench --config wide.json --tokens 2 --seconds 0 --json --read-probe");
+    ASSERT_EQ(bp.code(), 0) << bp.describe();
+    EXPECT_GT(json::parse(bp.out)["read_probe_gbytes_per_sec"].get<double>(), 0.0) << bp.out;
     expect_clean_error(moe("generate --checkpoint ck --prompt the --cache-type q8_0"), {"--cache-type", "q8_0"});
     expect_clean_error(moe("bench --config tiny.json --cache-type int8"), {"--cache-type", "int8"});
     // checked before the model is loaded: a missing model is not what the error is about

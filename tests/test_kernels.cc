@@ -12,6 +12,7 @@
 #include "kernels/adamw.h"
 #include "kernels/cpu.h"
 #include "kernels/dot.h"
+#include "kernels/read_probe.h"
 
 using namespace moe::kernels;
 
@@ -78,6 +79,20 @@ TEST(Kernels, SumOfSquaresAvx2MatchesReference) {
         auto g = randv(n, 9, 0.3f);
         const double a = sumsq_ref(g.data(), n), b = sumsq_avx2(g.data(), n);
         EXPECT_NEAR(a, b, 1e-12 * (a + 1e-30)) << "n=" << n;
+    }
+}
+
+// The read loop of build/bench/stream and `moe bench --read-probe` against its scalar twin: small
+// integers, so every partial sum is exact in either order and the two agree exactly (the lanes and
+// the tail both read).
+TEST(Kernels, ReadSumEqualsItsTwin) {
+    for (int64_t n : {0, 1, 31, 32, 33, 100003}) {
+        std::vector<float> x(n);
+        for (int64_t i = 0; i < n; ++i) x[i] = (float)((i * 7) % 13 - 6);
+        double want = 0;
+        for (float v : x) want += v;
+        EXPECT_EQ(read_sum_ref(x.data(), n), want) << "n=" << n;
+        EXPECT_EQ(read_sum(x.data(), n), want) << "n=" << n << " isa " << (int)active_isa();
     }
 }
 

@@ -186,6 +186,9 @@ CLI::App* add_bench(CLI::App& app, BenchArgs& a) {
     c->add_option("--tokens", a.opt.tokens, "decode: steps per timed run")->capture_default_str();
     c->add_option("--prompt", a.opt.prompt, "prefill: prompt tokens (at most n_ctx)")->capture_default_str();
     c->add_option("--seconds", a.opt.min_seconds, "decode: time at least this long")->capture_default_str();
+    c->add_flag("--read-probe", a.opt.read_probe,
+                "decode: after each run of --tokens steps read as many bytes as they read of weights from a 512 MB "
+                "buffer (build/bench/stream's read loop) and report that read bandwidth beside the decode's");
     add_cache_type(c, a.opt.cache_type);
     c->add_flag("--json", a.json, "print one JSON object");
     add_expert_parallel(c, a.expert_parallel);
@@ -202,7 +205,10 @@ void print_bench(const moe::BenchReport& r) {
                     "%.1f thread forks per step\n",
                     b.tokens_per_sec, (long long)r.batch, b.weight_bytes_per_token / 1e6, b.gbytes_per_sec,
                     b.parallel_regions_per_step);
-    else
+    if (r.mode == "decode" && b.probe_gbytes_per_sec > 0)
+        std::printf("read probe between the runs: %.2f GB/s read-only; the weights were read at %.2f of it\n",
+                    b.probe_gbytes_per_sec, b.gbytes_per_sec / b.probe_gbytes_per_sec);
+    if (r.mode != "decode")
         std::printf("prefill: %.1f tokens/s over %lld tokens, %.1f GFLOP/s\n", b.tokens_per_sec, (long long)b.tokens,
                     b.gflops);
     std::printf("memory: peak RSS %.0f MB, weights %.0f MB, KV cache %.0f MB (%s)\n", b.peak_rss_mb, b.weights_mb,

@@ -133,6 +133,11 @@ struct BenchOptions {
     int64_t repeats = 3;          // prefill: timed passes (the best is reported)
     double min_seconds = 1.0;     // decode: keep stepping (new sequences) until this much time
     uint64_t seed = 1;
+    // decode: after every timed run of `tokens` steps, a read-only pass over as many bytes as those
+    // steps read of weights (build/bench/stream's loop and threads, a 512 MB buffer), timed apart:
+    // the read bandwidth of the same moments (BenchResult::probe_gbytes_per_sec); its buffer counts
+    // in peak_rss_mb
+    bool read_probe = false;
 };
 
 struct BenchResult {
@@ -140,6 +145,7 @@ struct BenchResult {
     int64_t tokens = 0;
     double weight_bytes_per_token = 0;  // decode: bytes of weights a token reads (active, fp32)
     double gbytes_per_sec = 0;          // decode: weight_bytes_per_token * tokens/s / 1e9
+    double probe_gbytes_per_sec = 0;    // decode with read_probe: the passes' read bandwidth (GB/s)
     double gflops = 0;                  // prefill: model FLOP/s / 1e9
     double parallel_regions_per_step = 0;  // decode: thread forks per decode step (0 for small models)
     // memory (MB = 2^20 bytes): the process's peak resident set, the inference weights as stored
@@ -316,7 +322,7 @@ BenchReport bench(const std::string& config_path, const std::string& checkpoint_
 
 // One JSON object (one line, no newline): model, mode, dtype, threads, batch, total_params,
 // active_params, tokens, seconds, tokens_per_sec, weight_bytes_per_token, weight_gbytes_per_sec,
-// gflops, parallel_regions_per_step, peak_rss_mb, weights_mb, kv_mb, expert_parallel,
+// read_probe_gbytes_per_sec (0 without BenchOptions::read_probe), gflops, parallel_regions_per_step, peak_rss_mb, weights_mb, kv_mb, expert_parallel,
 // expert_bytes_total, expert_bytes_rank [P], peak_rss_mb_rank [P]. bench/*.py parse it.
 std::string to_json(const BenchReport& r);
 

@@ -511,6 +511,7 @@ std::string to_json(const BenchReport& r) {
                       {"tokens_per_sec", fixed(b.tokens_per_sec, 3)},
                       {"weight_bytes_per_token", fixed(b.weight_bytes_per_token, 0)},
                       {"weight_gbytes_per_sec", fixed(b.gbytes_per_sec, 3)},
+                      {"read_probe_gbytes_per_sec", fixed(b.probe_gbytes_per_sec, 3)},
                       {"gflops", fixed(b.gflops, 3)},
                       {"parallel_regions_per_step", fixed(b.parallel_regions_per_step, 2)},
                       {"peak_rss_mb", fixed(b.peak_rss_mb, 1)},

@@ -3,12 +3,14 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "core/error.h"
 #include "core/parallel.h"
 #include "core/profile.h"
 #include "core/rng.h"
+#include "kernels/read_probe.h"
 #include "model/params.h"
 
 namespace moe {
@@ -25,6 +27,45 @@ static void memory_of(BenchResult& r, const Model& model, const layers::KvCache&
     r.weights_mb = count_weight_bytes(model.config(), model.weight_type()).total / 1048576.0;
     r.kv_mb = (double)cache.bytes() / 1048576.0;
 }
+
+// --read-probe: after every timed run of decode steps, a read-only pass (kernels::read_sum,
+// build/bench/stream's loop, on the same threads) over as many bytes as those steps read of weights,
+// from a buffer far larger than the caches, timed apart: the host's read bandwidth in the same
+// moments as the decode (runs of a fraction of a second each, alternating), so a neighbour that takes
+// memory bandwidth slows both sides of the ratio alike. (A pass after every step would flush the
+// caches the decode keeps warm between steps: the KV cache, the activations, and what of the
+// weights the last-level cache holds.)
+namespace {
+struct ReadProbe {
+    static constexpr int64_t kWindow = int64_t(64) << 18;  // floats: 64 MB per parallel pass
+    std::vector<float> buf;                                // 512 MB
+    int64_t off = 0;
+    double seconds = 0, bytes = 0;
+    std::vector<double> part;
+
+    ReadProbe() {
+        const int64_t n = 8 * kWindow;
+        buf.resize(n);
+        parallel_for(0, n, 1 << 16, [&](int64_t i0, int64_t i1) {  // first touch on the threads that read
+            for (int64_t i = i0; i < i1; ++i) buf[i] = 1.f;
+        });
+        part.assign((size_t)num_threads() * 8, 0.0);
+    }
+    void run(double total_bytes) {
+        const double t0 = now_seconds();
+        for (double done = 0; done < total_bytes; done += (double)kWindow * 4) {
+            if (off + kWindow > (int64_t)buf.size()) off = 0;
+            const float* x = buf.data() + off;
+            parallel_for(0, kWindow, 1 << 16, [&](int64_t i0, int64_t i1) {
+                part[(size_t)(i0 / (1 << 16)) % part.size()] += kernels::read_sum(x + i0, i1 - i0);
+            });
+            bytes += (double)kWindow * 4;
+            off += kWindow;
+        }
+        seconds += now_seconds() - t0;
+    }
+};
+}  // namespace
 
 BenchResult run_bench(Model& model, const BenchOptions& opt) {
     const ModelConfig& cfg = model.config();
@@ -77,6 +118,8 @@ BenchResult run_bench(Model& model, const BenchOptions& opt) {
         }
         model.forward_cached(tk.data(), sid.data(), pos.data(), (int64_t)tk.size(), cache, true);
     };
+    std::unique_ptr<ReadProbe> probe;
+    if (opt.read_probe) probe = std::make_unique<ReadProbe>();
     auto decode = [&](int64_t n_steps) {
         for (int64_t step = 0; step < n_steps; ++step) {
             tk.resize(S), sid.resize(S), pos.resize(S);
@@ -102,7 +145,9 @@ BenchResult run_bench(Model& model, const BenchOptions& opt) {
         secs += now_seconds() - t0;
         regions += parallel_regions() - regions0;
         done += steps * S;
+        if (probe) probe->run((double)steps * model.weight_bytes_per_token());
     }
+    if (probe) r.probe_gbytes_per_sec = probe->bytes / probe->seconds / 1e9;
     r.parallel_regions_per_step = (double)regions / (double)(done / S);
     r.tokens = done;
     r.seconds = secs;
