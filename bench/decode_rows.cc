@@ -8,7 +8,8 @@
 // memory in the way (GB/s of weight bytes per thread), the ceiling a decode step's rate from DRAM
 // is measured against.
 //   build/bench/decode_rows [--type q8_0] [--out 1024] [--in 1024] [--mats 64] [--rows 1,2,4,8,16,32] [--rounds 5]
-//                         [--invariant on|off] [--repack on|off]
+//                         [--invariant on|off] [--repack on|off] [--isa avx512|avx2]
+// --isa avx2: the second ("vnni") columns with the ISA capped at AVX2 (an AVX2-only host's kernels)
 // --repack on: Q8_0 / Q4_0 / Q4_K / int8 matrices repacked into tiles first (QStore::build_tiled, as the inference tools
 // do on AVX-512 VNNI hosts without AMX; every path then reads the tiles)
 #include <time.h>
@@ -39,6 +40,7 @@ int main(int argc, char** argv) {
     int64_t out = 1024, in = 1024, mats = 64, rounds = 5;
     WType type = WType::q8_0;
     bool invariant = true, repack = false;
+    Isa cap = Isa::avx512;  // the second column's ISA (--isa avx2: an AVX2-only host's kernels)
     std::string rows_s = "1,2,4,8,16,32";
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string k = argv[i], v = argv[i + 1];
@@ -50,6 +52,7 @@ int main(int argc, char** argv) {
         else if (k == "--type") type = parse_wtype(v, "--type");
         else if (k == "--invariant") invariant = v != "off";
         else if (k == "--repack") repack = v != "off";
+        else if (k == "--isa") cap = parse_isa(v, "--isa");
     }
     moe::set_threads(1);
     std::printf("host: %s\n", host_description().c_str());
@@ -73,6 +76,7 @@ int main(int argc, char** argv) {
     std::printf("decode rows: %s%s %lld x %lld, %lld matrices (%.1f MB), batch invariant %s, 1 thread, AMX rows %s\n",
                 wtype_name(type), repack ? " (repacked into tiles)" : "", (long long)out, (long long)in, (long long)mats,
                 (double)mats * mat_bytes / 1e6, invariant ? "on" : "off", amx ? "on" : "unavailable");
+    std::printf("\"vnni\" columns: the ISA capped at %s\n", isa_name(cap));
     std::vector<int64_t> rows;
     {
         std::stringstream ss(rows_s);
@@ -82,11 +86,11 @@ int main(int argc, char** argv) {
     std::vector<float> x(nmax * in), y(nmax * out);
     for (auto& v : x) v = d(rng);
     const BatchInvariantScope scope(invariant);
-    const Isa paths[2] = {Isa::amx, Isa::avx512};
+    const Isa paths[2] = {Isa::amx, cap};
     std::vector<double> best(2 * rows.size(), 1e30);
     for (int64_t r = 0; r < rounds; ++r)
         for (int p = 0; p < (amx ? 2 : 1); ++p) {
-            const Isa prev = set_isa_cap(amx ? paths[p] : Isa::avx512);
+            const Isa prev = set_isa_cap(amx ? paths[p] : cap);
             for (size_t i = 0; i < rows.size(); ++i) {
                 const int64_t N = rows[i];
                 for (auto& s : st) qmatmul(y.data(), x.data(), s.view(), N, false);  // warm

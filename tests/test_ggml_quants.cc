@@ -694,6 +694,63 @@ TEST(GgmlQuants, ModelLogitsTrackFp32) {
 // rows, ranges cutting tiles, accumulate on and off, qmatmul over 1-3 threads, invariant or not) has
 // the bits of the VNNI tiles on the rows as stored (ggml_matmul's prefill, the AMX tiles' bits),
 // and so has the twin.
+// The AVX2 kernel on Q4_K's tiles (hosts without the VNNI tiles, e.g. Zen 3; here with the ISA
+// capped at AVX2): the scalar twin's bits for 1..17 activation rows (one row takes the whole tile,
+// more go in pairs over half tiles), ranges cutting tiles and halves, accumulate on and off; then
+// qmatmul on a repacked QStore (decode rows and the prefill, 1..3 threads) against the twin.
+TEST(GgmlQuants, Q4_KTiledRowsAvx2EqualTheirTwinBitForBit) {
+    if (!cpu_features().avx2 || !cpu_features().fma || !cpu_features().f16c) GTEST_SKIP() << "no AVX2 here";
+    struct Restore {  // the cap and the thread count back whatever assertion returns early
+        Isa prev = set_isa_cap(Isa::avx2);
+        ~Restore() { set_isa_cap(prev), moe::set_num_threads(0); }
+    } restore;
+    ASSERT_TRUE(q4_k_tiled_avx2_active());
+    const int64_t out = 77;
+    for (int64_t in : {256, 768}) {
+        const int64_t wb = gtype_row_bytes(GType::q4_k, in);
+        auto w = randv(out * in, 1700 + in);
+        w[5] = -30.f;
+        std::vector<uint8_t> wq(out * wb);
+        for (int64_t o = 0; o < out; ++o) quantize_row(GType::q4_k, w.data() + o * in, wq.data() + o * wb, in);
+        std::vector<uint8_t> tiled(q4_k_tiled_bytes(out, in), 0xAB);
+        q4_k_repack_tiled(wq.data(), wb, out, in, tiled.data());
+        for (int64_t N : {1, 2, 3, 4, 5, 8, 17}) {
+            auto x = randv(N * in, 1800 + N + in, N == 3 ? 50.f : 1.f);
+            GActs acts;
+            acts.build(GType::q8_k, x.data(), N, in);
+            for (bool acc : {false, true}) {
+                std::vector<float> y(N * out), twin(N * out);
+                for (int64_t i = 0; i < N * out; ++i) y[i] = twin[i] = 0.25f + 0.01f * (float)(i % 5);
+                q4_k_tiled_rows_ref(twin.data(), out, acts.buf.data(), acts.row_bytes, N, in, tiled.data(), 0, out, acc);
+                for (auto [o0, o1] : {std::pair<int64_t, int64_t>{0, 5}, {5, 20}, {20, 40}, {40, 64}, {64, 70}, {70, out}})
+                    ggml_matmul_rows_tiled(y.data(), out, acts, GType::q4_k, tiled.data(), N, o0, o1, acc);
+                for (int64_t i = 0; i < N * out; ++i)
+                    ASSERT_EQ(bits(y[i]), bits(twin[i])) << "in=" << in << " N=" << N << " i=" << i << " acc=" << acc;
+            }
+        }
+    }
+    const int64_t in = 512;
+    auto w = randv(out * in, 1900);
+    QStore st, tl;
+    st.build(WType::q4_k, w.data(), out, in);
+    ASSERT_TRUE(repack_for_host(st.view()) || !repack_enabled());
+    tl.build_tiled(st.view());
+    const QMatrix m = tl.view();
+    auto x = randv(24 * in, 1901);
+    for (int threads : {1, 2, 3}) {
+        moe::set_num_threads(threads);
+        for (int64_t N : {1, 4, 24}) {
+            std::vector<float> y(N * out), twin(N * out);
+            GActs gn;
+            gn.build(GType::q8_k, x.data(), N, in);
+            q4_k_tiled_rows_ref(twin.data(), out, gn.buf.data(), gn.row_bytes, N, in, m.raw, 0, out, false);
+            qmatmul(y.data(), x.data(), m, N, false);
+            for (int64_t i = 0; i < N * out; ++i)
+                ASSERT_EQ(bits(y[i]), bits(twin[i])) << "threads=" << threads << " N=" << N << " i=" << i;
+        }
+    }
+}
+
 TEST(GgmlQuants, Q4_KTiledRowsEqualTheVnniTilesBitForBit) {
     const int64_t out = 77;
     for (int64_t in : {256, 512, 1280}) {
@@ -950,7 +1007,7 @@ TEST(GgmlQuants, RepackedModelGivesTheSameLogitsBitForBit) {
     const double bytes = m.repack_for_inference();
     if (!q8_0_tiled_active()) {
         EXPECT_EQ(bytes, 0.0);
-        GTEST_SKIP() << "no repacking on this host (AMX-INT8 reads Q8_0 in place; AVX2 has no tile kernel)";
+        GTEST_SKIP() << "no repacking of these types on this host (AMX-INT8 reads Q8_0 in place; AVX2 hosts repack Q4_K alone)";
     }
     if (type == WType::q8) ASSERT_TRUE(q8_rows_block_active(cfg.n_embd));  // int8's block order before it
     EXPECT_GT(bytes, 0.0);
@@ -962,6 +1019,50 @@ TEST(GgmlQuants, RepackedModelGivesTheSameLogitsBitForBit) {
     }
     EXPECT_EQ(m.repack_for_inference(), 0.0);  // already repacked
   }
+}
+
+// A Q4_K model on an AVX2 host (the ISA capped here): repack_for_inference repacks its matrices for
+// the AVX2 tile kernel (expert stacks cut per expert included), and the logits of a prompt and a
+// decode step stay those of the rows as stored up to the summation order (the row dots' lanes
+// against the tiles' order: relative 1e-4 of the largest logit).
+TEST(GgmlQuants, Q4_KModelRepackedOnAvx2KeepsItsLogits) {
+    if (!cpu_features().avx2 || !cpu_features().fma || !cpu_features().f16c) GTEST_SKIP() << "no AVX2 here";
+    struct Restore {
+        Isa prev = set_isa_cap(Isa::avx2);
+        ~Restore() { set_isa_cap(prev); }
+    } restore;
+    moe::ModelConfig cfg;
+    cfg.vocab_size = 37, cfg.n_layer = 2, cfg.n_embd = 256, cfg.n_head = 4, cfg.n_head_kv = 2, cfg.n_ctx = 24;
+    cfg.n_expert = 4, cfg.n_expert_used = 2, cfg.n_ff_exp = 256, cfg.n_ff = 256, cfg.layer_moe = {true, false};
+    moe::Model m(cfg);
+    m.init(7);
+    m.set_weight_type(WType::q4_k);
+    const int64_t V = cfg.vocab_size, T = 12;
+    std::vector<int32_t> seq(T), sid(T, 0), pos(T);
+    for (int64_t i = 0; i < T; ++i) seq[i] = (int32_t)((i * 5 + 2) % V), pos[i] = (int32_t)i;
+    auto logits = [&] {
+        auto cache = m.make_cache(1);
+        m.forward_cached(seq.data(), sid.data(), pos.data(), T - 1, cache);
+        std::vector<float> all(m.logits(), m.logits() + (T - 1) * V);
+        m.forward_cached(&seq[T - 1], &sid[0], &pos[T - 1], 1, cache);
+        all.insert(all.end(), m.logits(), m.logits() + V);
+        return all;
+    };
+    const std::vector<float> before = logits();
+    ASSERT_TRUE(q4_k_tiled_avx2_active());
+    const double bytes = m.repack_for_inference();
+    if (!repack_enabled()) GTEST_SKIP() << "MOE_REPACK=0";
+    EXPECT_GT(bytes, 0.0);
+    const std::vector<float> after = logits();
+    ASSERT_EQ(after.size(), before.size());
+    float scale = 0;
+    for (float v : before) scale = std::max(scale, std::fabs(v));
+    int64_t differ = 0;
+    for (size_t i = 0; i < after.size(); ++i) {
+        ASSERT_NEAR(after[i], before[i], 1e-4f * scale) << "i=" << i;
+        differ += bits(after[i]) != bits(before[i]);
+    }
+    EXPECT_GT(differ, 0) << "the tiles' order should move some last bits: were the tiles read at all?";
 }
 
 // The several-weight-rows decode dots (row_dots_w: one activation row against 2 or 4 weight rows

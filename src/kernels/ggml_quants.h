@@ -188,7 +188,8 @@ inline constexpr int64_t kTiledBlockBytesI8 = 1024 + 128;
 // 2 c + 1), the 32 rows' d then dmin (fp16), then the 6-bit scales sc and mins m decoded to a byte
 // each (sub-block j's 32 rows at 4224 + 32 j, and 4480 + 32 j). 148 bytes a row and super-block
 // (Q4_K's 144 + the decoded scales); tile t at t * 32 * q4_k_tiled_row_bytes(in). Products have the
-// bits of the VNNI tiles on the rows as stored (ggml_matmul's prefill; the AMX tiles' too).
+// bits of the VNNI tiles on the rows as stored (ggml_matmul's prefill; the AMX tiles' too), on
+// AVX-512 VNNI hosts and, through an AVX2 kernel on the same layout, on AVX2 hosts.
 inline constexpr int64_t kTiledSuperBytesQ4K = 4096 + 64 + 64 + 256 + 256;
 // Q4_0 repacked (q4_0_repack_tiled): per tile of 32 rows and 32-value block, at b * kTiledBlockBytesQ4_0:
 // 512 bytes (4-value group k < 4 of row r: the row's bytes qs[4 k .. 4 k + 3] at k * 128 + 4 r, so
@@ -214,6 +215,9 @@ bool repack_enabled();
 // whether the SIMD forms of the repack and the products run here (AVX-512 VNNI; AMX hosts too, which
 // do not repack at load); else their scalar twins do
 bool tiled_kernels_active();
+// Hosts with AVX2 but without those tiles (AMD Zen 3, or MOE_ISA=avx2): Q4_K's tiles have an AVX2
+// kernel (detail::q4_k_tiled_rows_avx2), so Q4_K alone is repacked there (kernels::repack_for_host)
+bool q4_k_tiled_avx2_active();
 int64_t q8_0_tiled_bytes(int64_t out, int64_t in);  // ceil(out / 32) * 32 * row_bytes
 // dst (q8_0_tiled_bytes) from out rows of Q8_0 (row_stride apart, in a multiple of 32); the SIMD
 // form where q8_0_tiled_active(), over threads. The _ref twin is scalar and writes the same bytes.

@@ -79,5 +79,9 @@ void q8_repack_tiles_vnni(const int8_t* q, const float* scales, int64_t out, int
 enum class TiledKind { q8_0, int8, q4_k, q4_0 };
 void tiled_rows_vnni(TiledKind k, float* y, int64_t ys, const TileActs& xa, const uint8_t* tiled, int64_t N,
                      int64_t in, int64_t o0, int64_t o1, bool accumulate);
+// Q4_K tiles on AVX2 hosts without the VNNI tiles: y rows [o0, o1) from the Q8_K rows at acts
+// (act_bytes apart), the bits of q4_k_tiled_rows_ref (and of tiled_rows_vnni)
+void q4_k_tiled_rows_avx2(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
+                          const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate);
 
 }  // namespace moe::kernels::detail

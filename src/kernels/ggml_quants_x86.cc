@@ -741,4 +741,123 @@ void tiled_rows_vnni(TiledKind k, float* y, int64_t ys, const TileActs& xa, cons
 }
 
 
+// ---- Q4_K tiles on AVX2 hosts (no VNNI): the layout the VNNI kernel reads (ggml_quants.h), with
+// vpmaddubsw in place of vpdpbusd. One 32-byte load holds 8 rows x 4 nibble bytes; vpmaddubsw of the
+// nibbles (0..15) by 4 activation bytes broadcast gives each row's two pair sums in int16 lanes
+// (|pair| <= 2 * 15 * 128), summed over a sub-block's 8 groups in int16 (<= 30,720: exact), then
+// one vpmaddwd by ones per sub-block gives the row's int32 sum: the VNNI kernel's integers. The float
+// steps are the VNNI kernel's, in its order (acc -= wm * am and t += isum * ws per sub-block, acc +=
+// t * d per super-block), so the products have its bits (and q4_k_tiled_rows_ref's). Against the row
+// dots (dots_qk45, per row and 64 values: a scale shuffle pair, a vpmaddwd and an add more) about
+// half the vector instructions a weight, and no per-row reductions.
+// G groups of 8 rows from group g0 of the tile, NR activation rows (Q8_K rows at x[j]).
+template <int NR, int G>
+__attribute__((target("avx2,fma,f16c"))) static void q4k_tile_avx2(const uint8_t* tile, int64_t nsuper, int g0,
+                                                                  const BlockQ8_K* const* x, __m256 (&acc)[NR][G],
+                                                                  bool pf) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    for (int64_t s = 0; s < nsuper; ++s) {
+        const uint8_t* sb = tile + s * kTiledSuperBytesQ4K;
+        __m256 t[NR][G];
+        for (int j = 0; j < NR; ++j)
+            for (int g = 0; g < G; ++g) t[j][g] = _mm256_setzero_ps();
+        for (int j8 = 0; j8 < 8; ++j8) {
+            const int c = j8 / 2, h = j8 % 2;
+            if (pf && h == 0)
+                for (int i = 0; i < 19; ++i)
+                    _mm_prefetch(reinterpret_cast<const char*>(sb) + kTiledAhead + c * 1184 + 64 * i, _MM_HINT_T1);
+            __m256i is[NR][G];
+            for (int j = 0; j < NR; ++j)
+                for (int g = 0; g < G; ++g) is[j][g] = _mm256_setzero_si256();
+            const uint8_t* wc = sb + c * 1024 + 32 * g0;
+            for (int k = 0; k < 8; ++k) {
+                __m256i xv[NR];
+                for (int j = 0; j < NR; ++j) {
+                    int32_t w4;
+                    std::memcpy(&w4, x[j][s].qs + 32 * j8 + 4 * k, 4);
+                    xv[j] = _mm256_set1_epi32(w4);
+                }
+                for (int g = 0; g < G; ++g) {
+                    __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wc + 128 * k + 32 * g));
+                    if (h) u = _mm256_srli_epi16(u, 4);
+                    u = _mm256_and_si256(u, m4);
+                    for (int j = 0; j < NR; ++j) is[j][g] = _mm256_add_epi16(is[j][g], _mm256_maddubs_epi16(u, xv[j]));
+                }
+            }
+            float mx[NR];
+            for (int j = 0; j < NR; ++j)
+                mx[j] = x[j][s].d * (float)(x[j][s].bsums[2 * j8] + x[j][s].bsums[2 * j8 + 1]);
+            for (int g = 0; g < G; ++g) {
+                const int r0 = 8 * (g0 + g);  // the group's first row in the tile
+                const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sb + 4096 + 2 * r0)));
+                const __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sb + 4160 + 2 * r0)));
+                const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+                    _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sb + 4224 + 32 * j8 + r0))));
+                const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+                    _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sb + 4480 + 32 * j8 + r0))));
+                const __m256 ws = _mm256_mul_ps(d, sc), wm = _mm256_mul_ps(dm, mn);
+                for (int j = 0; j < NR; ++j) {
+                    acc[j][g] = _mm256_fnmadd_ps(wm, _mm256_set1_ps(mx[j]), acc[j][g]);
+                    t[j][g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(is[j][g], ones)), ws, t[j][g]);
+                }
+            }
+        }
+        for (int j = 0; j < NR; ++j)
+            for (int g = 0; g < G; ++g) acc[j][g] = _mm256_fmadd_ps(t[j][g], _mm256_set1_ps(x[j][s].d), acc[j][g]);
+    }
+}
+
+// rows [lo, hi) of one tile's groups [g0, g0 + G) for activation rows n0 .. n0 + NR
+template <int NR, int G>
+__attribute__((target("avx2,fma,f16c"))) static void q4k_tile_rows_avx2(float* y, int64_t ys, const uint8_t* acts,
+                                                                       int64_t act_bytes, int64_t n0, const uint8_t* tile,
+                                                                       int64_t nsuper, int g0, int64_t base, int lo,
+                                                                       int hi, bool accumulate, bool pf) {
+    const BlockQ8_K* x[NR];
+    for (int j = 0; j < NR; ++j) x[j] = reinterpret_cast<const BlockQ8_K*>(acts + (n0 + j) * act_bytes);
+    alignas(32) float buf[8 * G];
+    __m256 acc[NR][G];
+    for (int j = 0; j < NR; ++j) {
+        float* yr = y + (n0 + j) * ys + base + 8 * g0;
+        for (int i = 0; i < 8 * G; ++i) buf[i] = accumulate && i >= lo && i < hi ? yr[i] : 0.f;
+        for (int g = 0; g < G; ++g) acc[j][g] = _mm256_load_ps(buf + 8 * g);
+    }
+    q4k_tile_avx2<NR, G>(tile, nsuper, g0, x, acc, pf);
+    for (int j = 0; j < NR; ++j) {
+        float* yr = y + (n0 + j) * ys + base + 8 * g0;
+        for (int g = 0; g < G; ++g) _mm256_store_ps(buf + 8 * g, acc[j][g]);
+        for (int i = lo; i < hi; ++i) yr[i] = buf[i];
+    }
+}
+
+__attribute__((target("avx2,fma,f16c"))) void q4_k_tiled_rows_avx2(float* y, int64_t ys, const uint8_t* acts,
+                                                                  int64_t act_bytes, int64_t N, int64_t in,
+                                                                  const uint8_t* tiled, int64_t o0, int64_t o1,
+                                                                  bool accumulate) {
+    const int64_t nsuper = in / 256, tile_bytes = nsuper * kTiledSuperBytesQ4K;
+    for (int64_t t = o0 / kTileRows; t * kTileRows < o1; ++t) {
+        const int64_t base = t * kTileRows;
+        const int lo = (int)(std::max(o0, base) - base), hi = (int)(std::min(o1, base + kTileRows) - base);
+        const uint8_t* tile = tiled + t * tile_bytes;
+        // one activation row takes the whole tile (4 groups of 8 rows); two or more go in pairs over
+        // half tiles (16 registers: 2 x 2 accumulators, sums and products)
+        if (N == 1) {
+            q4k_tile_rows_avx2<1, 4>(y, ys, acts, act_bytes, 0, tile, nsuper, 0, base, lo, hi, accumulate, true);
+            continue;
+        }
+        for (int half = 0; half < 2; ++half) {
+            const int hlo = std::max(lo, 16 * half) - 16 * half, hhi = std::min(hi, 16 * half + 16) - 16 * half;
+            if (hlo >= hhi) continue;
+            for (int64_t n = 0; n < N; n += 2) {
+                if (N - n >= 2)
+                    q4k_tile_rows_avx2<2, 2>(y, ys, acts, act_bytes, n, tile, nsuper, 2 * half, base, hlo, hhi,
+                                             accumulate, n == 0 && half == 0);
+                else
+                    q4k_tile_rows_avx2<1, 2>(y, ys, acts, act_bytes, n, tile, nsuper, 2 * half, base, hlo, hhi,
+                                             accumulate, false);
+            }
+        }
+    }
+}
+
 }  // namespace moe::kernels::detail

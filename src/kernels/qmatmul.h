@@ -149,6 +149,9 @@ void dequantize_row(float* dst, const QMatrix& w, int64_t row);
 // Whether QStore::build_tiled takes m: Q8_0, Q4_0, Q4_K or int8 (widths a multiple of 32), not
 // yet repacked, in one piece (no parts). The host's side is q8_0_tiled_active().
 bool can_repack(const QMatrix& m);
+// Whether the inference tools repack m on this host: can_repack(m), MOE_REPACK not 0, and a tile
+// kernel for its type here (every type where q8_0_tiled_active(); Q4_K where q4_k_tiled_avx2_active())
+bool repack_for_host(const QMatrix& m);
 
 // moe's int8 repacked for the AVX-512 VNNI tiles, as Q8_0 is (kernels/ggml_quants.h): tile t of 32
 // rows (rows past OUT zero) at t * 32 * q8_tiled_row_bytes(in), per 32-value block b at

@@ -517,13 +517,13 @@ void Model::set_weight_type(kernels::WType t) {
 }
 
 double Model::repack_for_inference() {
-    if (!kernels::repack_enabled() || !kernels::q8_0_tiled_active()) return 0;
+    if (!kernels::repack_enabled() || !(kernels::q8_0_tiled_active() || kernels::q4_k_tiled_avx2_active())) return 0;
     const auto& ps = table_.params();
     double bytes = 0;
     for (size_t i = 0; i < ps.size(); ++i) {
         kernels::QMatrix& v = views_[i];
         // Q8_0, Q4_0 and Q4_K (a GGUF file may mix types) and moe's int8 (the same tiles, fp32 scales)
-        if (!kernels::can_repack(v)) continue;
+        if (!kernels::repack_for_host(v)) continue;
         // an expert stack (E, R, IN) is cut into experts of R rows: whole tiles only
         if (ps[i].shape.size() == 3 && ps[i].shape[1] % kernels::kTiledRows != 0) continue;
         const bool viewed = stores_[i].out == 0;  // memory someone else holds (a mapped file)
@@ -579,7 +579,7 @@ void Model::build_views() {
         } else if (q_output_store_.type != wtype_ || q_output_store_.out == 0 || !typed_) {
             q_output_store_.build(wtype_, w_.tok_embd, cfg_.vocab_size, cfg_.n_embd);
         }
-        if (repacked_ && kernels::can_repack(q_output_store_.view())) q_output_store_.build_tiled(q_output_store_.view());
+        if (repacked_ && kernels::repack_for_host(q_output_store_.view())) q_output_store_.build_tiled(q_output_store_.view());
         q_output_ = q_output_store_.view();
     } else {
         q_output_ = view("output");
