@@ -694,59 +694,68 @@ TEST(GgmlQuants, ModelLogitsTrackFp32) {
 // rows, ranges cutting tiles, accumulate on and off, qmatmul over 1-3 threads, invariant or not) has
 // the bits of the VNNI tiles on the rows as stored (ggml_matmul's prefill, the AMX tiles' bits),
 // and so has the twin.
-// The AVX2 kernel on Q4_K's tiles (hosts without the VNNI tiles, e.g. Zen 3; here with the ISA
-// capped at AVX2): the scalar twin's bits for 1..17 activation rows (one row takes the whole tile,
-// more go in pairs over half tiles), ranges cutting tiles and halves, accumulate on and off; then
-// qmatmul on a repacked QStore (decode rows and the prefill, 1..3 threads) against the twin.
-TEST(GgmlQuants, Q4_KTiledRowsAvx2EqualTheirTwinBitForBit) {
+// The AVX2 kernels on Q4_K's and Q4_0's tiles (hosts without the VNNI tiles, e.g. Zen 3; here with
+// the ISA capped at AVX2): the scalar twins' bits for 1..17 activation rows (one row takes the whole
+// tile, more go in pairs over half tiles), ranges cutting tiles and halves, accumulate on and off;
+// then qmatmul on a repacked QStore (decode rows and the prefill, 1..3 threads) against the twin.
+TEST(GgmlQuants, Q4TiledRowsAvx2EqualTheirTwinsBitForBit) {
     if (!cpu_features().avx2 || !cpu_features().fma || !cpu_features().f16c) GTEST_SKIP() << "no AVX2 here";
     struct Restore {  // the cap and the thread count back whatever assertion returns early
         Isa prev = set_isa_cap(Isa::avx2);
         ~Restore() { set_isa_cap(prev), moe::set_num_threads(0); }
     } restore;
-    ASSERT_TRUE(q4_k_tiled_avx2_active());
+    ASSERT_TRUE(avx2_tiles_active());
     const int64_t out = 77;
-    for (int64_t in : {256, 768}) {
-        const int64_t wb = gtype_row_bytes(GType::q4_k, in);
-        auto w = randv(out * in, 1700 + in);
-        w[5] = -30.f;
-        std::vector<uint8_t> wq(out * wb);
-        for (int64_t o = 0; o < out; ++o) quantize_row(GType::q4_k, w.data() + o * in, wq.data() + o * wb, in);
-        std::vector<uint8_t> tiled(q4_k_tiled_bytes(out, in), 0xAB);
-        q4_k_repack_tiled(wq.data(), wb, out, in, tiled.data());
-        for (int64_t N : {1, 2, 3, 4, 5, 8, 17}) {
-            auto x = randv(N * in, 1800 + N + in, N == 3 ? 50.f : 1.f);
-            GActs acts;
-            acts.build(GType::q8_k, x.data(), N, in);
-            for (bool acc : {false, true}) {
-                std::vector<float> y(N * out), twin(N * out);
-                for (int64_t i = 0; i < N * out; ++i) y[i] = twin[i] = 0.25f + 0.01f * (float)(i % 5);
-                q4_k_tiled_rows_ref(twin.data(), out, acts.buf.data(), acts.row_bytes, N, in, tiled.data(), 0, out, acc);
-                for (auto [o0, o1] : {std::pair<int64_t, int64_t>{0, 5}, {5, 20}, {20, 40}, {40, 64}, {64, 70}, {70, out}})
-                    ggml_matmul_rows_tiled(y.data(), out, acts, GType::q4_k, tiled.data(), N, o0, o1, acc);
-                for (int64_t i = 0; i < N * out; ++i)
-                    ASSERT_EQ(bits(y[i]), bits(twin[i])) << "in=" << in << " N=" << N << " i=" << i << " acc=" << acc;
+    for (GType t : {GType::q4_k, GType::q4_0}) {
+        SCOPED_TRACE(gtype_name(t));
+        const GType at = gtype_act(t);  // q8_k / q8_0 activation rows
+        auto twin_rows = [&](float* y, const GActs& a, int64_t N, int64_t in, const uint8_t* tiled, bool acc) {
+            if (t == GType::q4_k) q4_k_tiled_rows_ref(y, out, a.buf.data(), a.row_bytes, N, in, tiled, 0, out, acc);
+            else q4_0_tiled_rows_ref(y, out, a.buf.data(), a.row_bytes, N, in, tiled, 0, out, acc);
+        };
+        for (int64_t in : {256, 768}) {
+            const int64_t wb = gtype_row_bytes(t, in);
+            auto w = randv(out * in, 1700 + in);
+            w[5] = -30.f;
+            std::vector<uint8_t> wq(out * wb);
+            for (int64_t o = 0; o < out; ++o) quantize_row(t, w.data() + o * in, wq.data() + o * wb, in);
+            std::vector<uint8_t> tiled(t == GType::q4_k ? q4_k_tiled_bytes(out, in) : (out + 31) / 32 * 32 * wb, 0xAB);
+            if (t == GType::q4_k) q4_k_repack_tiled(wq.data(), wb, out, in, tiled.data());
+            else q4_0_repack_tiled(wq.data(), wb, out, in, tiled.data());
+            for (int64_t N : {1, 2, 3, 4, 5, 8, 17}) {
+                auto x = randv(N * in, 1800 + N + in, N == 3 ? 50.f : 1.f);
+                GActs acts;
+                acts.build(at, x.data(), N, in);
+                for (bool acc : {false, true}) {
+                    std::vector<float> y(N * out), twin(N * out);
+                    for (int64_t i = 0; i < N * out; ++i) y[i] = twin[i] = 0.25f + 0.01f * (float)(i % 5);
+                    twin_rows(twin.data(), acts, N, in, tiled.data(), acc);
+                    for (auto [o0, o1] : {std::pair<int64_t, int64_t>{0, 5}, {5, 20}, {20, 40}, {40, 64}, {64, 70}, {70, out}})
+                        ggml_matmul_rows_tiled(y.data(), out, acts, t, tiled.data(), N, o0, o1, acc);
+                    for (int64_t i = 0; i < N * out; ++i)
+                        ASSERT_EQ(bits(y[i]), bits(twin[i])) << "in=" << in << " N=" << N << " i=" << i << " acc=" << acc;
+                }
             }
         }
-    }
-    const int64_t in = 512;
-    auto w = randv(out * in, 1900);
-    QStore st, tl;
-    st.build(WType::q4_k, w.data(), out, in);
-    ASSERT_TRUE(repack_for_host(st.view()) || !repack_enabled());
-    tl.build_tiled(st.view());
-    const QMatrix m = tl.view();
-    auto x = randv(24 * in, 1901);
-    for (int threads : {1, 2, 3}) {
-        moe::set_num_threads(threads);
-        for (int64_t N : {1, 4, 24}) {
-            std::vector<float> y(N * out), twin(N * out);
-            GActs gn;
-            gn.build(GType::q8_k, x.data(), N, in);
-            q4_k_tiled_rows_ref(twin.data(), out, gn.buf.data(), gn.row_bytes, N, in, m.raw, 0, out, false);
-            qmatmul(y.data(), x.data(), m, N, false);
-            for (int64_t i = 0; i < N * out; ++i)
-                ASSERT_EQ(bits(y[i]), bits(twin[i])) << "threads=" << threads << " N=" << N << " i=" << i;
+        const int64_t in = 512;
+        auto w = randv(out * in, 1900);
+        QStore st, tl;
+        st.build(t == GType::q4_k ? WType::q4_k : WType::q4_0, w.data(), out, in);
+        ASSERT_TRUE(repack_for_host(st.view()) || !repack_enabled());
+        tl.build_tiled(st.view());
+        const QMatrix m = tl.view();
+        auto x = randv(24 * in, 1901);
+        for (int threads : {1, 2, 3}) {
+            moe::set_num_threads(threads);
+            for (int64_t N : {1, 4, 24}) {
+                std::vector<float> y(N * out), twin(N * out);
+                GActs gn;
+                gn.build(at, x.data(), N, in);
+                twin_rows(twin.data(), gn, N, in, m.raw, false);
+                qmatmul(y.data(), x.data(), m, N, false);
+                for (int64_t i = 0; i < N * out; ++i)
+                    ASSERT_EQ(bits(y[i]), bits(twin[i])) << "threads=" << threads << " N=" << N << " i=" << i;
+            }
         }
     }
 }
@@ -1007,7 +1016,7 @@ TEST(GgmlQuants, RepackedModelGivesTheSameLogitsBitForBit) {
     const double bytes = m.repack_for_inference();
     if (!q8_0_tiled_active()) {
         EXPECT_EQ(bytes, 0.0);
-        GTEST_SKIP() << "no repacking of these types on this host (AMX-INT8 reads Q8_0 in place; AVX2 hosts repack Q4_K alone)";
+        GTEST_SKIP() << "no repacking of these types on this host (AMX-INT8 reads Q8_0 in place; AVX2 hosts repack Q4_K and Q4_0 alone)";
     }
     if (type == WType::q8) ASSERT_TRUE(q8_rows_block_active(cfg.n_embd));  // int8's block order before it
     EXPECT_GT(bytes, 0.0);
@@ -1049,7 +1058,7 @@ TEST(GgmlQuants, Q4_KModelRepackedOnAvx2KeepsItsLogits) {
         return all;
     };
     const std::vector<float> before = logits();
-    ASSERT_TRUE(q4_k_tiled_avx2_active());
+    ASSERT_TRUE(avx2_tiles_active());
     const double bytes = m.repack_for_inference();
     if (!repack_enabled()) GTEST_SKIP() << "MOE_REPACK=0";
     EXPECT_GT(bytes, 0.0);

@@ -979,7 +979,7 @@ bool repack_enabled() { return g_repack; }
 
 bool tiled_kernels_active() { return detail::q8_0_rows_vnni_supported() && vnni_tiles_active(GType::q8_0); }
 
-bool q4_k_tiled_avx2_active() { return !tiled_kernels_active() && active_isa() >= Isa::avx2 && cpu_features().f16c; }
+bool avx2_tiles_active() { return !tiled_kernels_active() && active_isa() >= Isa::avx2 && cpu_features().f16c; }
 
 int64_t q8_0_tiled_bytes(int64_t out, int64_t in) {
     return (out + kTiledRows - 1) / kTiledRows * kTiledRows * gtype_row_bytes(GType::q8_0, in);
@@ -1086,8 +1086,9 @@ void ggml_matmul_rows_tiled(float* y, int64_t ys, const GActs& acts, GType t, co
         }
         return;
     }
-    if (t == GType::q4_k && q4_k_tiled_avx2_active()) {
-        detail::q4_k_tiled_rows_avx2(y, ys, acts.buf.data(), acts.row_bytes, N, acts.in, tiled, o0, o1, accumulate);
+    if (t != GType::q8_0 && avx2_tiles_active()) {  // Q4_K, Q4_0 (AVX2 hosts: ggml_quants.h)
+        (t == GType::q4_k ? detail::q4_k_tiled_rows_avx2 : detail::q4_0_tiled_rows_avx2)(
+            y, ys, acts.buf.data(), acts.row_bytes, N, acts.in, tiled, o0, o1, accumulate);
         return;
     }
     if (t == GType::q8_0) q8_0_tiled_rows_ref(y, ys, acts.buf.data(), acts.row_bytes, N, acts.in, tiled, o0, o1, accumulate);

@@ -215,9 +215,10 @@ bool repack_enabled();
 // whether the SIMD forms of the repack and the products run here (AVX-512 VNNI; AMX hosts too, which
 // do not repack at load); else their scalar twins do
 bool tiled_kernels_active();
-// Hosts with AVX2 but without those tiles (AMD Zen 3, or MOE_ISA=avx2): Q4_K's tiles have an AVX2
-// kernel (detail::q4_k_tiled_rows_avx2), so Q4_K alone is repacked there (kernels::repack_for_host)
-bool q4_k_tiled_avx2_active();
+// Hosts with AVX2 but without those tiles (AMD Zen 3, or MOE_ISA=avx2): Q4_K's and Q4_0's tiles
+// have AVX2 kernels (detail::q4_k_tiled_rows_avx2, q4_0_tiled_rows_avx2: vpmaddubsw, the VNNI
+// kernels' bits), so those two types are repacked there (kernels::repack_for_host)
+bool avx2_tiles_active();
 int64_t q8_0_tiled_bytes(int64_t out, int64_t in);  // ceil(out / 32) * 32 * row_bytes
 // dst (q8_0_tiled_bytes) from out rows of Q8_0 (row_stride apart, in a multiple of 32); the SIMD
 // form where q8_0_tiled_active(), over threads. The _ref twin is scalar and writes the same bytes.

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "kernels/avx2_inline.h"
 #include "kernels/ggml_quants_simd.h"
@@ -855,6 +856,113 @@ __attribute__((target("avx2,fma,f16c"))) void q4_k_tiled_rows_avx2(float* y, int
                 else
                     q4k_tile_rows_avx2<1, 2>(y, ys, acts, act_bytes, n, tile, nsuper, 2 * half, base, hlo, hhi,
                                              accumulate, false);
+            }
+        }
+    }
+}
+
+// ---- Q4_0 tiles on AVX2 hosts: the same scheme on Q4_0's tiles (kTiledBlockBytesQ4_0: 4-value
+// group k < 4 the low nibbles of the rows' bytes 4k..4k+3, k >= 4 their high nibbles, then the 32
+// rows' fp16 d). Per block: the nibbles' products summed in int16 over the 8 groups, one vpmaddwd,
+// plus -8 * sum x (xo8: the activations' block sums, exact), then acc = fma(isum, d * xd, acc):
+// the VNNI kernel's (and q4_0_tiled_rows_ref's) bits.
+template <int NR, int G>
+__attribute__((target("avx2,fma,f16c"))) static void q4_0_tile_avx2(const uint8_t* tile, int64_t nsb, int g0,
+                                                                   const BlockQ8_0* const* x, const int32_t* const* xo8,
+                                                                   __m256 (&acc)[NR][G], bool pf) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    for (int64_t b = 0; b < nsb; ++b) {
+        const uint8_t* wb = tile + b * kTiledBlockBytesQ4_0;
+        if (pf)
+            for (int i = 0; i < kTiledBlockBytesQ4_0 / 64; ++i)
+                _mm_prefetch(reinterpret_cast<const char*>(wb) + kTiledAhead + 64 * i, _MM_HINT_T1);
+        __m256i is[NR][G];
+        for (int j = 0; j < NR; ++j)
+            for (int g = 0; g < G; ++g) is[j][g] = _mm256_setzero_si256();
+        for (int k = 0; k < 8; ++k) {
+            __m256i xv[NR];
+            for (int j = 0; j < NR; ++j) {
+                int32_t w4;
+                std::memcpy(&w4, x[j][b].qs + 4 * k, 4);
+                xv[j] = _mm256_set1_epi32(w4);
+            }
+            for (int g = 0; g < G; ++g) {
+                __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 128 * (k % 4) + 32 * (g0 + g)));
+                if (k >= 4) u = _mm256_srli_epi16(u, 4);
+                u = _mm256_and_si256(u, m4);
+                for (int j = 0; j < NR; ++j) is[j][g] = _mm256_add_epi16(is[j][g], _mm256_maddubs_epi16(u, xv[j]));
+            }
+        }
+        for (int g = 0; g < G; ++g) {
+            const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 512 + 16 * (g0 + g))));
+            for (int j = 0; j < NR; ++j) {
+                const __m256i isum = _mm256_add_epi32(_mm256_madd_epi16(is[j][g], ones), _mm256_set1_epi32(xo8[j][b]));
+                acc[j][g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_set1_ps(_cvtsh_ss(x[j][b].d))),
+                                            acc[j][g]);
+            }
+        }
+    }
+}
+
+template <int NR, int G>
+__attribute__((target("avx2,fma,f16c"))) static void q4_0_tile_rows_avx2(float* y, int64_t ys, const uint8_t* acts,
+                                                                        int64_t act_bytes, const int32_t* sums,
+                                                                        int64_t n0, const uint8_t* tile, int64_t nsb,
+                                                                        int g0, int64_t base, int lo, int hi,
+                                                                        bool accumulate, bool pf) {
+    const BlockQ8_0* x[NR];
+    const int32_t* xo8[NR];
+    for (int j = 0; j < NR; ++j)
+        x[j] = reinterpret_cast<const BlockQ8_0*>(acts + (n0 + j) * act_bytes), xo8[j] = sums + (n0 + j) * nsb;
+    alignas(32) float buf[8 * G];
+    __m256 acc[NR][G];
+    for (int j = 0; j < NR; ++j) {
+        float* yr = y + (n0 + j) * ys + base + 8 * g0;
+        for (int i = 0; i < 8 * G; ++i) buf[i] = accumulate && i >= lo && i < hi ? yr[i] : 0.f;
+        for (int g = 0; g < G; ++g) acc[j][g] = _mm256_load_ps(buf + 8 * g);
+    }
+    q4_0_tile_avx2<NR, G>(tile, nsb, g0, x, xo8, acc, pf);
+    for (int j = 0; j < NR; ++j) {
+        float* yr = y + (n0 + j) * ys + base + 8 * g0;
+        for (int g = 0; g < G; ++g) _mm256_store_ps(buf + 8 * g, acc[j][g]);
+        for (int i = lo; i < hi; ++i) yr[i] = buf[i];
+    }
+}
+
+__attribute__((target("avx2,fma,f16c"))) void q4_0_tiled_rows_avx2(float* y, int64_t ys, const uint8_t* acts,
+                                                                  int64_t act_bytes, int64_t N, int64_t in,
+                                                                  const uint8_t* tiled, int64_t o0, int64_t o1,
+                                                                  bool accumulate) {
+    const int64_t nsb = in / 32, tile_bytes = nsb * kTiledBlockBytesQ4_0;
+    // -8 * the sum of each activation block (Q4_0's offset in integers), once per call
+    thread_local std::vector<int32_t> sums;
+    sums.resize((size_t)(N * nsb));
+    for (int64_t n = 0; n < N; ++n) {
+        const BlockQ8_0* xr = reinterpret_cast<const BlockQ8_0*>(acts + n * act_bytes);
+        for (int64_t b = 0; b < nsb; ++b) {
+            int32_t sx = 0;
+            for (int i = 0; i < 32; ++i) sx += xr[b].qs[i];
+            sums[n * nsb + b] = -8 * sx;
+        }
+    }
+    for (int64_t t = o0 / kTileRows; t * kTileRows < o1; ++t) {
+        const int64_t base = t * kTileRows;
+        const int lo = (int)(std::max(o0, base) - base), hi = (int)(std::min(o1, base + kTileRows) - base);
+        const uint8_t* tile = tiled + t * tile_bytes;
+        if (N == 1) {  // as Q4_K's: one row the whole tile, more in pairs over half tiles
+            q4_0_tile_rows_avx2<1, 4>(y, ys, acts, act_bytes, sums.data(), 0, tile, nsb, 0, base, lo, hi, accumulate, true);
+            continue;
+        }
+        for (int half = 0; half < 2; ++half) {
+            const int hlo = std::max(lo, 16 * half) - 16 * half, hhi = std::min(hi, 16 * half + 16) - 16 * half;
+            if (hlo >= hhi) continue;
+            for (int64_t n = 0; n < N; n += 2) {
+                if (N - n >= 2)
+                    q4_0_tile_rows_avx2<2, 2>(y, ys, acts, act_bytes, sums.data(), n, tile, nsb, 2 * half, base, hlo,
+                                              hhi, accumulate, n == 0 && half == 0);
+                else
+                    q4_0_tile_rows_avx2<1, 2>(y, ys, acts, act_bytes, sums.data(), n, tile, nsb, 2 * half, base, hlo,
+                                              hhi, accumulate, false);
             }
         }
     }

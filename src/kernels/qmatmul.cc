@@ -194,7 +194,7 @@ bool can_repack(const QMatrix& m) {
 }
 bool repack_for_host(const QMatrix& m) {
     return repack_enabled() && can_repack(m) &&
-           (q8_0_tiled_active() || (m.type == WType::q4_k && q4_k_tiled_avx2_active()));
+           (q8_0_tiled_active() || ((m.type == WType::q4_k || m.type == WType::q4_0) && avx2_tiles_active()));
 }
 int64_t q8_tiled_row_bytes(int64_t in) { return in / kQ8Block * (kQ8Block + 4); }
 int64_t q8_tiled_bytes(int64_t out, int64_t in) {

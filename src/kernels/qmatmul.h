@@ -150,7 +150,7 @@ void dequantize_row(float* dst, const QMatrix& w, int64_t row);
 // yet repacked, in one piece (no parts). The host's side is q8_0_tiled_active().
 bool can_repack(const QMatrix& m);
 // Whether the inference tools repack m on this host: can_repack(m), MOE_REPACK not 0, and a tile
-// kernel for its type here (every type where q8_0_tiled_active(); Q4_K where q4_k_tiled_avx2_active())
+// kernel for its type here (every type where q8_0_tiled_active(); Q4_K and Q4_0 where avx2_tiles_active())
 bool repack_for_host(const QMatrix& m);
 
 // moe's int8 repacked for the AVX-512 VNNI tiles, as Q8_0 is (kernels/ggml_quants.h): tile t of 32

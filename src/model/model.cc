@@ -517,7 +517,7 @@ void Model::set_weight_type(kernels::WType t) {
 }
 
 double Model::repack_for_inference() {
-    if (!kernels::repack_enabled() || !(kernels::q8_0_tiled_active() || kernels::q4_k_tiled_avx2_active())) return 0;
+    if (!kernels::repack_enabled() || !(kernels::q8_0_tiled_active() || kernels::avx2_tiles_active())) return 0;
     const auto& ps = table_.params();
     double bytes = 0;
     for (size_t i = 0; i < ps.size(); ++i) {
