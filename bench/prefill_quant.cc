@@ -4,9 +4,10 @@
 // over tiles of weight rows, the default: AMX-INT8 tiles where active_isa() >= amx), the same
 // capped at AVX-512 (the VNNI tiles; on AMX hosts only), the alternative (x rounded to its q8 grid,
 // then the packed fp32 GEMM dequantizing W inside its packing), and the fp32 GEMM on fp32 weights.
-// Where the inference tools repack q8_0 / q4_k / int8 into tiles at load (AVX-512 VNNI without AMX;
-// MOE_REPACK=0: not), qmatmul runs on the repacked matrix, as they do, and the rows as stored get a
-// column of their own ("as stored").
+// Where the inference tools repack a type into tiles at load (kernels::repack_for_host: q8_0, q4_0,
+// q4_k, int8 on AVX-512 VNNI without AMX, q4_k and q4_0 on AVX2-only hosts; MOE_REPACK=0: not),
+// qmatmul runs on the repacked matrix, as they do, and the rows as stored get a column of their own
+// ("as stored"). MOE_ISA=avx2 measures an AVX2-only host's kernels and its vpmaddubsw peak.
 // On AMX hosts both peaks are measured: the fractions are given against each (the host's peak is
 // the AMX one; the last line uses it). On AVX2-only hosts (no AMX-INT8, no AVX-512 VNNI)
 // qmatmul's prefill of the ggml types is the dequant + fp32 GEMM one, and the integer
@@ -69,7 +70,9 @@ int main(int argc, char** argv) {
     const int T = moe::num_threads();
     std::printf("host: %s\n", host_description().c_str());
     if (int8_peak::cpu_time) std::printf("rates per second of CPU time (--cpu-time)\n");
-    const int8_peak::Peak peak = int8_peak::measure(T, 1.0);
+    // the capped ISA's peak (MOE_ISA=avx2: the vpmaddubsw loop, an AVX2-only host's)
+    const int8_peak::Peak peak =
+        int8_peak::measure(T, 1.0, active_isa() < Isa::avx512 ? int8_peak::Which::avx2 : int8_peak::Which::best);
     std::printf("int8 dot peak: %.1f GOP/s on %d threads [%s]\n", peak.gops, T, peak.isa.c_str());
     const bool amx = peak.isa.rfind("amx", 0) == 0;
     const int8_peak::Peak vpeak = amx ? int8_peak::measure(T, 1.0, int8_peak::Which::vnni) : peak;
@@ -91,7 +94,13 @@ int main(int argc, char** argv) {
     for (std::string name; std::getline(ss, name, ',');) {
         const WType t = parse_wtype(name, "--dtype");
         double tq = 0, tv = 0, td = 0, tf = 0, tr = 0, ts = 0, ops = 0;
-        const bool repack = (t == WType::q8_0 || t == WType::q8 || t == WType::q4_k) && q8_0_tiled_active() && repack_enabled();
+        bool repack = false;  // as the inference tools decide (kernels::repack_for_host), on a probe matrix of the type
+        {
+            QStore probe;
+            std::vector<float> z(32 * 256, 0.5f);
+            probe.build(t, z.data(), 32, 256);
+            repack = repack_for_host(probe.view());
+        }
         const bool rows = is_ggml(t) && !ggml_prefill_on_int8(ggml_type(t));
         for (const Shape& s : shapes) {
             std::vector<float> w(s.out * s.in), x(N * s.in), y(N * s.out);
