@@ -808,14 +808,13 @@ __attribute__((target("avx2,fma,f16c"))) static void q4k_tile_avx2(const uint8_t
     }
 }
 
-// rows [lo, hi) of one tile's groups [g0, g0 + G) for activation rows n0 .. n0 + NR
-template <int NR, int G>
-__attribute__((target("avx2,fma,f16c"))) static void q4k_tile_rows_avx2(float* y, int64_t ys, const uint8_t* acts,
-                                                                       int64_t act_bytes, int64_t n0, const uint8_t* tile,
-                                                                       int64_t nsuper, int g0, int64_t base, int lo,
-                                                                       int hi, bool accumulate, bool pf) {
-    const BlockQ8_K* x[NR];
-    for (int j = 0; j < NR; ++j) x[j] = reinterpret_cast<const BlockQ8_K*>(acts + (n0 + j) * act_bytes);
+// The AVX2 tile kernels' frame: K::run<NR, G>(n0, tile, g0, acc, pf) adds activation rows
+// n0 .. n0 + NR times groups [g0, g0 + G) of 8 rows of one tile into acc; this loads acc from y (or
+// zeros), runs it and stores rows [lo, hi) of the groups.
+template <class K, int NR, int G>
+__attribute__((target("avx2,fma,f16c"))) static void tile_rows_avx2(const K& k, float* y, int64_t ys, int64_t n0,
+                                                                   const uint8_t* tile, int g0, int64_t base, int lo,
+                                                                   int hi, bool accumulate, bool pf) {
     alignas(32) float buf[8 * G];
     __m256 acc[NR][G];
     for (int j = 0; j < NR; ++j) {
@@ -823,7 +822,7 @@ __attribute__((target("avx2,fma,f16c"))) static void q4k_tile_rows_avx2(float* y
         for (int i = 0; i < 8 * G; ++i) buf[i] = accumulate && i >= lo && i < hi ? yr[i] : 0.f;
         for (int g = 0; g < G; ++g) acc[j][g] = _mm256_load_ps(buf + 8 * g);
     }
-    q4k_tile_avx2<NR, G>(tile, nsuper, g0, x, acc, pf);
+    k.template run<NR, G>(n0, tile, g0, acc, pf);
     for (int j = 0; j < NR; ++j) {
         float* yr = y + (n0 + j) * ys + base + 8 * g0;
         for (int g = 0; g < G; ++g) _mm256_store_ps(buf + 8 * g, acc[j][g]);
@@ -831,19 +830,19 @@ __attribute__((target("avx2,fma,f16c"))) static void q4k_tile_rows_avx2(float* y
     }
 }
 
-__attribute__((target("avx2,fma,f16c"))) void q4_k_tiled_rows_avx2(float* y, int64_t ys, const uint8_t* acts,
-                                                                  int64_t act_bytes, int64_t N, int64_t in,
-                                                                  const uint8_t* tiled, int64_t o0, int64_t o1,
-                                                                  bool accumulate) {
-    const int64_t nsuper = in / 256, tile_bytes = nsuper * kTiledSuperBytesQ4K;
+// y rows [o0, o1) over the tiles (tile_bytes apart): one activation row takes the whole tile (4
+// groups of 8 rows), two or more go in pairs over half tiles (16 registers: 2 x 2 accumulators,
+// sums and products)
+template <class K>
+__attribute__((target("avx2,fma,f16c"))) static void tiles_avx2(const K& k, float* y, int64_t ys, int64_t N,
+                                                               const uint8_t* tiled, int64_t tile_bytes, int64_t o0,
+                                                               int64_t o1, bool accumulate) {
     for (int64_t t = o0 / kTileRows; t * kTileRows < o1; ++t) {
         const int64_t base = t * kTileRows;
         const int lo = (int)(std::max(o0, base) - base), hi = (int)(std::min(o1, base + kTileRows) - base);
         const uint8_t* tile = tiled + t * tile_bytes;
-        // one activation row takes the whole tile (4 groups of 8 rows); two or more go in pairs over
-        // half tiles (16 registers: 2 x 2 accumulators, sums and products)
         if (N == 1) {
-            q4k_tile_rows_avx2<1, 4>(y, ys, acts, act_bytes, 0, tile, nsuper, 0, base, lo, hi, accumulate, true);
+            tile_rows_avx2<K, 1, 4>(k, y, ys, 0, tile, 0, base, lo, hi, accumulate, true);
             continue;
         }
         for (int half = 0; half < 2; ++half) {
@@ -851,14 +850,32 @@ __attribute__((target("avx2,fma,f16c"))) void q4_k_tiled_rows_avx2(float* y, int
             if (hlo >= hhi) continue;
             for (int64_t n = 0; n < N; n += 2) {
                 if (N - n >= 2)
-                    q4k_tile_rows_avx2<2, 2>(y, ys, acts, act_bytes, n, tile, nsuper, 2 * half, base, hlo, hhi,
-                                             accumulate, n == 0 && half == 0);
+                    tile_rows_avx2<K, 2, 2>(k, y, ys, n, tile, 2 * half, base, hlo, hhi, accumulate, n == 0 && half == 0);
                 else
-                    q4k_tile_rows_avx2<1, 2>(y, ys, acts, act_bytes, n, tile, nsuper, 2 * half, base, hlo, hhi,
-                                             accumulate, false);
+                    tile_rows_avx2<K, 1, 2>(k, y, ys, n, tile, 2 * half, base, hlo, hhi, accumulate, false);
             }
         }
     }
+}
+
+struct Q4kTilesAvx2 {
+    const uint8_t* acts;  // Q8_K rows, act_bytes apart
+    int64_t act_bytes, nsuper;
+    template <int NR, int G>
+    __attribute__((target("avx2,fma,f16c"))) void run(int64_t n0, const uint8_t* tile, int g0, __m256 (&acc)[NR][G],
+                                                      bool pf) const {
+        const BlockQ8_K* x[NR];
+        for (int j = 0; j < NR; ++j) x[j] = reinterpret_cast<const BlockQ8_K*>(acts + (n0 + j) * act_bytes);
+        q4k_tile_avx2<NR, G>(tile, nsuper, g0, x, acc, pf);
+    }
+};
+
+__attribute__((target("avx2,fma,f16c"))) void q4_k_tiled_rows_avx2(float* y, int64_t ys, const uint8_t* acts,
+                                                                  int64_t act_bytes, int64_t N, int64_t in,
+                                                                  const uint8_t* tiled, int64_t o0, int64_t o1,
+                                                                  bool accumulate) {
+    const int64_t nsuper = in / 256;
+    tiles_avx2(Q4kTilesAvx2{acts, act_bytes, nsuper}, y, ys, N, tiled, nsuper * kTiledSuperBytesQ4K, o0, o1, accumulate);
 }
 
 // ---- Q4_0 tiles on AVX2 hosts: the same scheme on Q4_0's tiles (kTiledBlockBytesQ4_0: 4-value
@@ -904,36 +921,26 @@ __attribute__((target("avx2,fma,f16c"))) static void q4_0_tile_avx2(const uint8_
     }
 }
 
-template <int NR, int G>
-__attribute__((target("avx2,fma,f16c"))) static void q4_0_tile_rows_avx2(float* y, int64_t ys, const uint8_t* acts,
-                                                                        int64_t act_bytes, const int32_t* sums,
-                                                                        int64_t n0, const uint8_t* tile, int64_t nsb,
-                                                                        int g0, int64_t base, int lo, int hi,
-                                                                        bool accumulate, bool pf) {
-    const BlockQ8_0* x[NR];
-    const int32_t* xo8[NR];
-    for (int j = 0; j < NR; ++j)
-        x[j] = reinterpret_cast<const BlockQ8_0*>(acts + (n0 + j) * act_bytes), xo8[j] = sums + (n0 + j) * nsb;
-    alignas(32) float buf[8 * G];
-    __m256 acc[NR][G];
-    for (int j = 0; j < NR; ++j) {
-        float* yr = y + (n0 + j) * ys + base + 8 * g0;
-        for (int i = 0; i < 8 * G; ++i) buf[i] = accumulate && i >= lo && i < hi ? yr[i] : 0.f;
-        for (int g = 0; g < G; ++g) acc[j][g] = _mm256_load_ps(buf + 8 * g);
+struct Q40TilesAvx2 {
+    const uint8_t* acts;  // Q8_0 rows, act_bytes apart
+    int64_t act_bytes, nsb;
+    const int32_t* sums;  // (N, nsb): -8 * each block's sum of x
+    template <int NR, int G>
+    __attribute__((target("avx2,fma,f16c"))) void run(int64_t n0, const uint8_t* tile, int g0, __m256 (&acc)[NR][G],
+                                                      bool pf) const {
+        const BlockQ8_0* x[NR];
+        const int32_t* xo8[NR];
+        for (int j = 0; j < NR; ++j)
+            x[j] = reinterpret_cast<const BlockQ8_0*>(acts + (n0 + j) * act_bytes), xo8[j] = sums + (n0 + j) * nsb;
+        q4_0_tile_avx2<NR, G>(tile, nsb, g0, x, xo8, acc, pf);
     }
-    q4_0_tile_avx2<NR, G>(tile, nsb, g0, x, xo8, acc, pf);
-    for (int j = 0; j < NR; ++j) {
-        float* yr = y + (n0 + j) * ys + base + 8 * g0;
-        for (int g = 0; g < G; ++g) _mm256_store_ps(buf + 8 * g, acc[j][g]);
-        for (int i = lo; i < hi; ++i) yr[i] = buf[i];
-    }
-}
+};
 
 __attribute__((target("avx2,fma,f16c"))) void q4_0_tiled_rows_avx2(float* y, int64_t ys, const uint8_t* acts,
                                                                   int64_t act_bytes, int64_t N, int64_t in,
                                                                   const uint8_t* tiled, int64_t o0, int64_t o1,
                                                                   bool accumulate) {
-    const int64_t nsb = in / 32, tile_bytes = nsb * kTiledBlockBytesQ4_0;
+    const int64_t nsb = in / 32;
     // -8 * the sum of each activation block (Q4_0's offset in integers), once per call
     thread_local std::vector<int32_t> sums;
     sums.resize((size_t)(N * nsb));
@@ -945,27 +952,8 @@ __attribute__((target("avx2,fma,f16c"))) void q4_0_tiled_rows_avx2(float* y, int
             sums[n * nsb + b] = -8 * sx;
         }
     }
-    for (int64_t t = o0 / kTileRows; t * kTileRows < o1; ++t) {
-        const int64_t base = t * kTileRows;
-        const int lo = (int)(std::max(o0, base) - base), hi = (int)(std::min(o1, base + kTileRows) - base);
-        const uint8_t* tile = tiled + t * tile_bytes;
-        if (N == 1) {  // as Q4_K's: one row the whole tile, more in pairs over half tiles
-            q4_0_tile_rows_avx2<1, 4>(y, ys, acts, act_bytes, sums.data(), 0, tile, nsb, 0, base, lo, hi, accumulate, true);
-            continue;
-        }
-        for (int half = 0; half < 2; ++half) {
-            const int hlo = std::max(lo, 16 * half) - 16 * half, hhi = std::min(hi, 16 * half + 16) - 16 * half;
-            if (hlo >= hhi) continue;
-            for (int64_t n = 0; n < N; n += 2) {
-                if (N - n >= 2)
-                    q4_0_tile_rows_avx2<2, 2>(y, ys, acts, act_bytes, sums.data(), n, tile, nsb, 2 * half, base, hlo,
-                                              hhi, accumulate, n == 0 && half == 0);
-                else
-                    q4_0_tile_rows_avx2<1, 2>(y, ys, acts, act_bytes, sums.data(), n, tile, nsb, 2 * half, base, hlo,
-                                              hhi, accumulate, false);
-            }
-        }
-    }
+    tiles_avx2(Q40TilesAvx2{acts, act_bytes, nsb, sums.data()}, y, ys, N, tiled, nsb * kTiledBlockBytesQ4_0, o0, o1,
+               accumulate);
 }
 
 }  // namespace moe::kernels::detail
