@@ -983,6 +983,27 @@ TEST(GgmlQuants, Int8TiledQmatmulEqualsBlockOrderTwinBitForBit) {
     }
 }
 
+// The small model of the repack tests: 2 layers (MoE, then dense), C 256, 4 experts, top-2.
+moe::ModelConfig small_model_config(int64_t n_ff_exp, int64_t n_ff) {
+    moe::ModelConfig cfg;
+    cfg.vocab_size = 37, cfg.n_layer = 2, cfg.n_embd = 256, cfg.n_head = 4, cfg.n_head_kv = 2, cfg.n_ctx = 24;
+    cfg.n_expert = 4, cfg.n_expert_used = 2, cfg.n_ff_exp = n_ff_exp, cfg.n_ff = n_ff, cfg.layer_moe = {true, false};
+    return cfg;
+}
+
+// The logits of an 11-token prompt, then of one decode step after it (tokens (5 i + k) mod V).
+std::vector<float> prompt_and_step_logits(moe::Model& m, int k) {
+    const int64_t V = m.config().vocab_size, T = 12;
+    std::vector<int32_t> seq(T), sid(T, 0), pos(T);
+    for (int64_t i = 0; i < T; ++i) seq[i] = (int32_t)((i * 5 + k) % V), pos[i] = (int32_t)i;
+    auto cache = m.make_cache(1);
+    m.forward_cached(seq.data(), sid.data(), pos.data(), T - 1, cache);
+    std::vector<float> all(m.logits(), m.logits() + (T - 1) * V);
+    m.forward_cached(&seq[T - 1], &sid[0], &pos[T - 1], 1, cache);
+    all.insert(all.end(), m.logits(), m.logits() + V);
+    return all;
+}
+
 // Model::repack_for_inference (the inference tools' load on AVX-512 VNNI hosts without AMX): the
 // Q8_0 or int8 matrices (attention, experts, a 37-row head: a partial tile) repacked into tiles give,
 // while batch invariant, the logits of the rows as stored bit for bit (both the block order there),
@@ -991,23 +1012,10 @@ TEST(GgmlQuants, Int8TiledQmatmulEqualsBlockOrderTwinBitForBit) {
 TEST(GgmlQuants, RepackedModelGivesTheSameLogitsBitForBit) {
   for (WType type : {WType::q8_0, WType::q8}) {
     SCOPED_TRACE(wtype_name(type));
-    moe::ModelConfig cfg;
-    cfg.vocab_size = 37, cfg.n_layer = 2, cfg.n_embd = 256, cfg.n_head = 4, cfg.n_head_kv = 2, cfg.n_ctx = 24;
-    cfg.n_expert = 4, cfg.n_expert_used = 2, cfg.n_ff_exp = 96, cfg.n_ff = 128, cfg.layer_moe = {true, false};
-    moe::Model m(cfg);
+    moe::Model m(small_model_config(96, 128));
     m.init(5);
     m.set_weight_type(type);
-    const int64_t V = cfg.vocab_size, T = 12;
-    std::vector<int32_t> seq(T), sid(T, 0), pos(T);
-    for (int64_t i = 0; i < T; ++i) seq[i] = (int32_t)((i * 5 + 1) % V), pos[i] = (int32_t)i;
-    auto logits = [&] {
-        auto cache = m.make_cache(1);
-        m.forward_cached(seq.data(), sid.data(), pos.data(), T - 1, cache);
-        std::vector<float> all(m.logits(), m.logits() + (T - 1) * V);
-        m.forward_cached(&seq[T - 1], &sid[0], &pos[T - 1], 1, cache);
-        all.insert(all.end(), m.logits(), m.logits() + V);
-        return all;
-    };
+    auto logits = [&] { return prompt_and_step_logits(m, 1); };
     std::vector<float> before;
     {
         const BatchInvariantScope inv(true);
@@ -1018,7 +1026,7 @@ TEST(GgmlQuants, RepackedModelGivesTheSameLogitsBitForBit) {
         EXPECT_EQ(bytes, 0.0);
         GTEST_SKIP() << "no repacking of these types on this host (AMX-INT8 reads Q8_0 in place; AVX2 hosts repack Q4_K and Q4_0 alone)";
     }
-    if (type == WType::q8) ASSERT_TRUE(q8_rows_block_active(cfg.n_embd));  // int8's block order before it
+    if (type == WType::q8) ASSERT_TRUE(q8_rows_block_active(m.config().n_embd));  // int8's block order before it
     EXPECT_GT(bytes, 0.0);
     {
         const BatchInvariantScope scope(true);
@@ -1040,23 +1048,10 @@ TEST(GgmlQuants, Q4_KModelRepackedOnAvx2KeepsItsLogits) {
         Isa prev = set_isa_cap(Isa::avx2);
         ~Restore() { set_isa_cap(prev); }
     } restore;
-    moe::ModelConfig cfg;
-    cfg.vocab_size = 37, cfg.n_layer = 2, cfg.n_embd = 256, cfg.n_head = 4, cfg.n_head_kv = 2, cfg.n_ctx = 24;
-    cfg.n_expert = 4, cfg.n_expert_used = 2, cfg.n_ff_exp = 256, cfg.n_ff = 256, cfg.layer_moe = {true, false};
-    moe::Model m(cfg);
+    moe::Model m(small_model_config(256, 256));  // Q4_K: rows of whole 256-value super-blocks
     m.init(7);
     m.set_weight_type(WType::q4_k);
-    const int64_t V = cfg.vocab_size, T = 12;
-    std::vector<int32_t> seq(T), sid(T, 0), pos(T);
-    for (int64_t i = 0; i < T; ++i) seq[i] = (int32_t)((i * 5 + 2) % V), pos[i] = (int32_t)i;
-    auto logits = [&] {
-        auto cache = m.make_cache(1);
-        m.forward_cached(seq.data(), sid.data(), pos.data(), T - 1, cache);
-        std::vector<float> all(m.logits(), m.logits() + (T - 1) * V);
-        m.forward_cached(&seq[T - 1], &sid[0], &pos[T - 1], 1, cache);
-        all.insert(all.end(), m.logits(), m.logits() + V);
-        return all;
-    };
+    auto logits = [&] { return prompt_and_step_logits(m, 2); };
     const std::vector<float> before = logits();
     ASSERT_TRUE(avx2_tiles_active());
     const double bytes = m.repack_for_inference();
