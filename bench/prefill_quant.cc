@@ -4,7 +4,7 @@
 // over tiles of weight rows, the default: AMX-INT8 tiles where active_isa() >= amx), the same
 // capped at AVX-512 (the VNNI tiles; on AMX hosts only), the alternative (x rounded to its q8 grid,
 // then the packed fp32 GEMM dequantizing W inside its packing), and the fp32 GEMM on fp32 weights.
-// Where the inference tools repack a type into tiles at load (kernels::repack_for_host: q8_0, q4_0,
+// Where the inference tools repack a type into tiles at load (kernels::repacks_type: q8_0, q4_0,
 // q4_k, int8 on AVX-512 VNNI without AMX, q4_k and q4_0 on AVX2-only hosts; MOE_REPACK=0: not),
 // qmatmul runs on the repacked matrix, as they do, and the rows as stored get a column of their own
 // ("as stored"). MOE_ISA=avx2 measures an AVX2-only host's kernels and its vpmaddubsw peak.
@@ -94,13 +94,7 @@ int main(int argc, char** argv) {
     for (std::string name; std::getline(ss, name, ',');) {
         const WType t = parse_wtype(name, "--dtype");
         double tq = 0, tv = 0, td = 0, tf = 0, tr = 0, ts = 0, ops = 0;
-        bool repack = false;  // as the inference tools decide (kernels::repack_for_host), on a probe matrix of the type
-        {
-            QStore probe;
-            std::vector<float> z(32 * 256, 0.5f);
-            probe.build(t, z.data(), 32, 256);
-            repack = repack_for_host(probe.view());
-        }
+        const bool repack = repacks_type(t);  // as the inference tools decide (kernels::repack_for_host)
         const bool rows = is_ggml(t) && !ggml_prefill_on_int8(ggml_type(t));
         for (const Shape& s : shapes) {
             std::vector<float> w(s.out * s.in), x(N * s.in), y(N * s.out);

@@ -192,10 +192,12 @@ bool can_repack(const QMatrix& m) {
                       (m.type == WType::q8 && m.in % kQ8Block == 0);
     return type && m.out > 0 && !m.tiled && !m.parts;
 }
-bool repack_for_host(const QMatrix& m) {
-    return repack_enabled() && can_repack(m) &&
-           (q8_0_tiled_active() || ((m.type == WType::q4_k || m.type == WType::q4_0) && avx2_tiles_active()));
+bool repacks_type(WType t) {
+    const bool q4 = t == WType::q4_k || t == WType::q4_0;
+    return repack_enabled() && ((q8_0_tiled_active() && (q4 || t == WType::q8_0 || t == WType::q8)) ||
+                                (q4 && avx2_tiles_active()));
 }
+bool repack_for_host(const QMatrix& m) { return can_repack(m) && repacks_type(m.type); }
 int64_t q8_tiled_row_bytes(int64_t in) { return in / kQ8Block * (kQ8Block + 4); }
 int64_t q8_tiled_bytes(int64_t out, int64_t in) {
     return (out + kTiledRows - 1) / kTiledRows * kTiledRows * q8_tiled_row_bytes(in);
