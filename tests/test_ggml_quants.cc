@@ -726,6 +726,8 @@ TEST(GgmlQuants, Q4TiledRowsAvx2EqualTheirTwinsBitForBit) {
                 auto x = randv(N * in, 1800 + N + in, N == 3 ? 50.f : 1.f);
                 GActs acts;
                 acts.build(at, x.data(), N, in);
+                acts.prepare_tiled(t == GType::q4_0 ? 8 : 128);  // as qmatmul does (Q4_0: xo8, the block sums)
+                ASSERT_EQ(acts.rows_tiles8, t == GType::q4_0);
                 for (bool acc : {false, true}) {
                     std::vector<float> y(N * out), twin(N * out);
                     for (int64_t i = 0; i < N * out; ++i) y[i] = twin[i] = 0.25f + 0.01f * (float)(i % 5);

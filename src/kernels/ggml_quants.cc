@@ -1055,6 +1055,21 @@ void q8_0_tiled_rows_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_
 
 void GActs::prepare_tiled(int32_t c) {
     MOE_ASSERT(type == GType::q8_k || (type == GType::q8_0 && (c == 128 || c == 8)));
+    if (type == GType::q8_0 && c == 8 && !rows_tiles8 && avx2_tiles_active()) {
+        // the AVX2 Q4_0 tiles read only xo8, -8 * each block's sum, in the same layout (per group of
+        // 4 rows and block, the 4 rows' values; rows past N 0)
+        const int64_t nsb = in / 32, n = (N + 3) / 4 * nsb * 4;
+        if ((int64_t)xo8.size() < n) xo8.resize(n);
+        for (int64_t r = 0; r < (N + 3) / 4 * 4; ++r)
+            for (int64_t b = 0; b < nsb; ++b) {
+                int32_t sx = 0;
+                if (r < N)
+                    for (int i = 0; i < 32; ++i) sx += reinterpret_cast<const BlockQ8_0*>(row(r))[b].qs[i];
+                xo8[((r / 4) * nsb + b) * 4 + r % 4] = -8 * sx;
+            }
+        rows_tiles8 = true;
+        return;
+    }
     if (!tiled_kernels_active()) return;
     if (!rows_tiles) {
         prepare_tiles(type == GType::q8_0 ? 128 : 0);
@@ -1086,9 +1101,13 @@ void ggml_matmul_rows_tiled(float* y, int64_t ys, const GActs& acts, GType t, co
         }
         return;
     }
-    if (t != GType::q8_0 && avx2_tiles_active()) {  // Q4_K, Q4_0 (AVX2 hosts: ggml_quants.h)
-        (t == GType::q4_k ? detail::q4_k_tiled_rows_avx2 : detail::q4_0_tiled_rows_avx2)(
-            y, ys, acts.buf.data(), acts.row_bytes, N, acts.in, tiled, o0, o1, accumulate);
+    if (t == GType::q4_k && avx2_tiles_active()) {  // (AVX2 hosts: ggml_quants.h)
+        detail::q4_k_tiled_rows_avx2(y, ys, acts.buf.data(), acts.row_bytes, N, acts.in, tiled, o0, o1, accumulate);
+        return;
+    }
+    if (t == GType::q4_0 && acts.rows_tiles8 && avx2_tiles_active()) {
+        detail::q4_0_tiled_rows_avx2(y, ys, acts.buf.data(), acts.row_bytes, acts.xo8.data(), N, acts.in, tiled, o0,
+                                     o1, accumulate);
         return;
     }
     if (t == GType::q8_0) q8_0_tiled_rows_ref(y, ys, acts.buf.data(), acts.row_bytes, N, acts.in, tiled, o0, o1, accumulate);

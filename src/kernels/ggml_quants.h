@@ -132,7 +132,8 @@ struct GActs {
     void prepare_rows_q4_0();  // fills q4x, q4c, q4s (q8_0 activations) where the host has the kernel
     // the tiled weights' activations where tiled_kernels_active(), else nothing (the scalar twins
     // read buf): q8_0 rows packed with c = 128 (rows_tiles: xo for Q8_0 weights) and, for c = 8, xo8
-    // = xo / 16 (Q4_0 weights' offset 8: rows_tiles8); q8_k rows packed with c = 0
+    // = xo / 16 (Q4_0 weights' offset 8: rows_tiles8); q8_k rows packed with c = 0. Where
+    // avx2_tiles_active(), c = 8 fills xo8 alone (rows_tiles8), which the AVX2 Q4_0 tiles read.
     std::vector<int32_t> xo8;
     bool rows_tiles8 = false;
     void prepare_tiled(int32_t c = 128);

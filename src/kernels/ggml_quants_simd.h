@@ -83,8 +83,9 @@ void tiled_rows_vnni(TiledKind k, float* y, int64_t ys, const TileActs& xa, cons
 // (act_bytes apart), the bits of q4_k_tiled_rows_ref (and of tiled_rows_vnni)
 void q4_k_tiled_rows_avx2(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
                           const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate);
-// the same for Q4_0's tiles from Q8_0 rows (the bits of q4_0_tiled_rows_ref)
-void q4_0_tiled_rows_avx2(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
-                          const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate);
+// the same for Q4_0's tiles from Q8_0 rows and GActs::xo8 (-8 * each block's sum, per group of 4
+// rows; the bits of q4_0_tiled_rows_ref)
+void q4_0_tiled_rows_avx2(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, const int32_t* xo8, int64_t N,
+                          int64_t in, const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate);
 
 }  // namespace moe::kernels::detail

@@ -14,7 +14,6 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
-#include <vector>
 
 #include "kernels/avx2_inline.h"
 #include "kernels/ggml_quants_simd.h"
@@ -881,7 +880,7 @@ __attribute__((target("avx2,fma,f16c"))) void q4_k_tiled_rows_avx2(float* y, int
 // ---- Q4_0 tiles on AVX2 hosts: the same scheme on Q4_0's tiles (kTiledBlockBytesQ4_0: 4-value
 // group k < 4 the low nibbles of the rows' bytes 4k..4k+3, k >= 4 their high nibbles, then the 32
 // rows' fp16 d). Per block: the nibbles' products summed in int16 over the 8 groups, one vpmaddwd,
-// plus -8 * sum x (xo8: the activations' block sums, exact), then acc = fma(isum, d * xd, acc):
+// plus -8 * sum x (GActs::xo8: the activations' block sums, exact), then acc = fma(isum, d * xd, acc):
 // the VNNI kernel's (and q4_0_tiled_rows_ref's) bits.
 template <int NR, int G>
 __attribute__((target("avx2,fma,f16c"))) static void q4_0_tile_avx2(const uint8_t* tile, int64_t nsb, int g0,
@@ -913,7 +912,7 @@ __attribute__((target("avx2,fma,f16c"))) static void q4_0_tile_avx2(const uint8_
         for (int g = 0; g < G; ++g) {
             const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 512 + 16 * (g0 + g))));
             for (int j = 0; j < NR; ++j) {
-                const __m256i isum = _mm256_add_epi32(_mm256_madd_epi16(is[j][g], ones), _mm256_set1_epi32(xo8[j][b]));
+                const __m256i isum = _mm256_add_epi32(_mm256_madd_epi16(is[j][g], ones), _mm256_set1_epi32(xo8[j][4 * b]));
                 acc[j][g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_set1_ps(_cvtsh_ss(x[j][b].d))),
                                             acc[j][g]);
             }
@@ -924,36 +923,26 @@ __attribute__((target("avx2,fma,f16c"))) static void q4_0_tile_avx2(const uint8_
 struct Q40TilesAvx2 {
     const uint8_t* acts;  // Q8_0 rows, act_bytes apart
     int64_t act_bytes, nsb;
-    const int32_t* sums;  // (N, nsb): -8 * each block's sum of x
+    const int32_t* xo8;  // GActs::xo8: row n's block b at ((n / 4) * nsb + b) * 4 + n % 4
     template <int NR, int G>
     __attribute__((target("avx2,fma,f16c"))) void run(int64_t n0, const uint8_t* tile, int g0, __m256 (&acc)[NR][G],
                                                       bool pf) const {
         const BlockQ8_0* x[NR];
-        const int32_t* xo8[NR];
-        for (int j = 0; j < NR; ++j)
-            x[j] = reinterpret_cast<const BlockQ8_0*>(acts + (n0 + j) * act_bytes), xo8[j] = sums + (n0 + j) * nsb;
-        q4_0_tile_avx2<NR, G>(tile, nsb, g0, x, xo8, acc, pf);
+        const int32_t* xo[NR];  // row n0 + j's values, 4 apart
+        for (int j = 0; j < NR; ++j) {
+            const int64_t n = n0 + j;
+            x[j] = reinterpret_cast<const BlockQ8_0*>(acts + n * act_bytes), xo[j] = xo8 + (n / 4) * nsb * 4 + n % 4;
+        }
+        q4_0_tile_avx2<NR, G>(tile, nsb, g0, x, xo, acc, pf);
     }
 };
 
 __attribute__((target("avx2,fma,f16c"))) void q4_0_tiled_rows_avx2(float* y, int64_t ys, const uint8_t* acts,
-                                                                  int64_t act_bytes, int64_t N, int64_t in,
-                                                                  const uint8_t* tiled, int64_t o0, int64_t o1,
-                                                                  bool accumulate) {
+                                                                  int64_t act_bytes, const int32_t* xo8, int64_t N,
+                                                                  int64_t in, const uint8_t* tiled, int64_t o0,
+                                                                  int64_t o1, bool accumulate) {
     const int64_t nsb = in / 32;
-    // -8 * the sum of each activation block (Q4_0's offset in integers), once per call
-    thread_local std::vector<int32_t> sums;
-    sums.resize((size_t)(N * nsb));
-    for (int64_t n = 0; n < N; ++n) {
-        const BlockQ8_0* xr = reinterpret_cast<const BlockQ8_0*>(acts + n * act_bytes);
-        for (int64_t b = 0; b < nsb; ++b) {
-            int32_t sx = 0;
-            for (int i = 0; i < 32; ++i) sx += xr[b].qs[i];
-            sums[n * nsb + b] = -8 * sx;
-        }
-    }
-    tiles_avx2(Q40TilesAvx2{acts, act_bytes, nsb, sums.data()}, y, ys, N, tiled, nsb * kTiledBlockBytesQ4_0, o0, o1,
-               accumulate);
+    tiles_avx2(Q40TilesAvx2{acts, act_bytes, nsb, xo8}, y, ys, N, tiled, nsb * kTiledBlockBytesQ4_0, o0, o1, accumulate);
 }
 
 }  // namespace moe::kernels::detail
