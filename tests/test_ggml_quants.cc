@@ -275,16 +275,18 @@ TEST(GgmlQuants, QMatmulMatchesReference) {
 }
 
 // Prefill (N > 8 rows) where the CPU has neither int8 tiles nor VNNI (MOE_ISA=avx2 gives that on
-// any host): qmatmul runs the dequant + fp32 GEMM path, bit for bit, and each row's result does not
-// depend on how many rows the call has (a prompt prefilled in other chunks gives the same rows).
-TEST(GgmlQuants, PrefillWithoutTilesRunsTheDequantGemm) {
+// any host): qmatmul runs Q5_K and Q6_K on the AVX2 tiles (kquant_tiles_ref's bits) and the other
+// types as stored on the dequant + fp32 GEMM, bit for bit, and each row's result does not depend on
+// how many rows the call has (a prompt prefilled in other chunks gives the same rows).
+TEST(GgmlQuants, PrefillOnAvx2HostsTakesTheTilesOrTheDequantGemm) {
     const Isa prev = set_isa_cap(Isa::avx2);
-    if (gemm_backend() != GemmBackend::packed) {
+    if (gemm_backend() != GemmBackend::packed || !cpu_features().f16c) {
         set_isa_cap(prev);
-        GTEST_SKIP() << "no AVX2 + FMA on this CPU: the packed GEMM is not there";
+        GTEST_SKIP() << "no AVX2 + FMA + F16C on this CPU: the packed GEMM and the tiles are not there";
     }
     for (WType t : {WType::q8_0, WType::q4_0, WType::q4_k, WType::q5_k, WType::q6_k}) {
-        ASSERT_FALSE(ggml_prefill_on_int8(ggml_type(t))) << wtype_name(t);
+        const bool tiles = t == WType::q5_k || t == WType::q6_k;
+        ASSERT_EQ(ggml_prefill_on_int8(ggml_type(t)), tiles) << wtype_name(t);
         const int64_t in = gtype_block(ggml_type(t)) == 256 ? 512 : 96, out = 45;
         auto w = randv(out * in, 17 + (int)t);
         QStore st;
@@ -295,7 +297,14 @@ TEST(GgmlQuants, PrefillWithoutTilesRunsTheDequantGemm) {
             moe::set_num_threads(threads);
             std::vector<float> got(21 * out), want(21 * out), part(9 * out);
             qmatmul(got.data(), x.data(), m, 21, false);
-            qmatmul_ggml_dequant_gemm(want.data(), x.data(), m, 21, false);
+            if (tiles) {
+                GActs a;
+                a.build(GType::q8_k, x.data(), 21, in);
+                kquant_tiles_ref(ggml_type(t), want.data(), out, a.buf.data(), a.row_bytes, 21, in, m.raw, m.row_bytes, 0,
+                                 out, false);
+            } else {
+                qmatmul_ggml_dequant_gemm(want.data(), x.data(), m, 21, false);
+            }
             EXPECT_EQ(got, want) << wtype_name(t) << " threads " << threads;
             qmatmul(part.data(), x.data() + 12 * in, m, 9, false);  // rows 12..20 alone
             EXPECT_TRUE(std::equal(part.begin(), part.end(), got.begin() + 12 * out)) << wtype_name(t);
@@ -758,6 +767,94 @@ TEST(GgmlQuants, Q4TiledRowsAvx2EqualTheirTwinsBitForBit) {
                 for (int64_t i = 0; i < N * out; ++i)
                     ASSERT_EQ(bits(y[i]), bits(twin[i])) << "threads=" << threads << " N=" << N << " i=" << i;
             }
+        }
+    }
+}
+
+// The K-quants' prefill tiles on the rows as stored (Q5_K and Q6_K on AVX2 hosts, unpacked per call;
+// Q4_K, Q5_K and Q6_K on AVX-512 VNNI hosts) against kquant_tiles_ref, bit for bit: through the
+// kernel on output ranges that cut tiles, accumulate on and off, and through qmatmul at 1-3 threads.
+// The AVX2 tiles run on any AVX2 host (capped there); the VNNI tiles where the host has them. The
+// blocks are random bytes (every u, scales and minimums), one row with every u at its maximum, and
+// one activation row of -128s: the int16 sums' bounds.
+TEST(GgmlQuants, KQuantPrefillTilesEqualTheirTwinBitForBit) {
+    if (!cpu_features().avx2 || !cpu_features().fma || !cpu_features().f16c) GTEST_SKIP() << "no AVX2 here";
+    struct Restore {
+        Isa prev = set_isa_cap(Isa::avx2);
+        ~Restore() { set_isa_cap(prev), moe::set_num_threads(0); }
+    } restore;
+    const Isa host = std::min(restore.prev, Isa::avx512);  // (AMX hosts: their VNNI tiles)
+    auto blocks = [](GType t, int64_t out, int64_t in, uint64_t seed) {
+        const int64_t wb = gtype_row_bytes(t, in), bb = gtype_block_bytes(t);
+        std::vector<uint8_t> q(out * wb);
+        std::mt19937_64 r(seed);
+        std::uniform_real_distribution<float> scale(0.002f, 0.02f);
+        for (auto& b : q) b = (uint8_t)r();
+        for (int64_t o = 0; o < out; ++o)
+            for (int64_t s = 0; s < in / 256; ++s) {
+                uint8_t* blk = q.data() + o * wb + s * bb;
+                if (o == 3) std::memset(t == GType::q6_k ? blk : blk + 16, 0xFF, t == GType::q6_k ? 192 : bb - 16);
+                const uint16_t d = fp32_to_fp16(scale(r)), dmin = fp32_to_fp16(scale(r));
+                if (t == GType::q6_k) {
+                    std::memcpy(blk + 208, &d, 2);
+                } else {
+                    std::memcpy(blk, &d, 2), std::memcpy(blk + 2, &dmin, 2);
+                }
+            }
+        return q;
+    };
+    const int64_t out = 77;
+    for (GType t : {GType::q5_k, GType::q6_k, GType::q4_k}) {
+        SCOPED_TRACE(gtype_name(t));
+        for (int64_t in : {256, 768}) {
+            const int64_t wb = gtype_row_bytes(t, in);
+            const std::vector<uint8_t> wq = blocks(t, out, in, 2100 + in + (int)t);
+            for (int64_t N : {1, 2, 3, 9, 17}) {
+                auto x = randv(N * in, 2200 + N + in, N == 3 ? 50.f : 1.f);
+                GActs acts;
+                acts.build(GType::q8_k, x.data(), N, in);
+                // the last row: every value -128 (moe's quantizer writes -127..127, a file's or another
+                // quantizer's rows may hold -128)
+                for (int64_t s = 0; s < in / 256; ++s) {
+                    BlockQ8_K& blk = reinterpret_cast<BlockQ8_K*>(acts.buf.data() + (N - 1) * acts.row_bytes)[s];
+                    std::memset(blk.qs, 0x80, 256);
+                    for (auto& bs : blk.bsums) bs = -16 * 128;
+                }
+                for (bool acc : {false, true}) {
+                    std::vector<float> y(N * out), twin(N * out);
+                    for (int64_t i = 0; i < N * out; ++i) y[i] = twin[i] = 0.25f + 0.01f * (float)(i % 5);
+                    kquant_tiles_ref(t, twin.data(), out, acts.buf.data(), acts.row_bytes, N, in, wq.data(), wb, 0, out, acc);
+                    if (t == GType::q4_k) continue;  // (its AVX2 tiles are the repacked ones: the test above)
+                    std::vector<uint8_t> scratch(detail::tile_scratch_bytes(in) + 64);
+                    uint8_t* s = scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64;
+                    for (auto [o0, o1] : {std::pair<int64_t, int64_t>{0, 5}, {5, 40}, {40, 64}, {64, 70}, {70, out}})
+                        detail::prefill_tiles_avx2(y.data(), out, acts.buf.data(), acts.row_bytes, wq.data(), t, wb, N,
+                                                   in, o0, o1, acc, s);
+                    for (int64_t i = 0; i < N * out; ++i)
+                        ASSERT_EQ(bits(y[i]), bits(twin[i])) << "in=" << in << " N=" << N << " i=" << i << " acc=" << acc;
+                }
+            }
+            // qmatmul's prefill (N > 8): the AVX2 tiles, then the VNNI tiles where the host has them
+            auto x = randv(24 * in, 2300 + in);
+            GActs gn;
+            gn.build(GType::q8_k, x.data(), 24, in);
+            std::vector<float> twin(24 * out);
+            kquant_tiles_ref(t, twin.data(), out, gn.buf.data(), gn.row_bytes, 24, in, wq.data(), wb, 0, out, false);
+            QMatrix m;
+            m.type = t == GType::q5_k ? WType::q5_k : t == GType::q6_k ? WType::q6_k : WType::q4_k;
+            m.out = out, m.in = in, m.raw = wq.data(), m.row_bytes = wb;
+            for (Isa cap : {Isa::avx2, host}) {
+                set_isa_cap(cap);
+                if (!ggml_prefill_on_int8(t) || (t == GType::q4_k && cap == Isa::avx2)) continue;
+                for (int threads : {1, 2, 3}) {
+                    moe::set_num_threads(threads);
+                    std::vector<float> y(24 * out);
+                    qmatmul(y.data(), x.data(), m, 24, false);
+                    for (int64_t i = 0; i < 24 * out; ++i)
+                        ASSERT_EQ(bits(y[i]), bits(twin[i])) << "isa=" << (int)cap << " threads=" << threads << " i=" << i;
+                }
+            }
+            set_isa_cap(Isa::avx2);
         }
     }
 }

@@ -944,9 +944,26 @@ bool ggml_matmul_tiles_active(GType t) { return amx_tiles_active(t) || vnni_tile
 bool q8_0_block_order_active() {
     return detail::q8_0_rows_vnni_supported() && (detail::q8_0_rows_amx_supported() || vnni_tiles_active(GType::q8_0));
 }
+// AVX2 hosts (Zen 3, MOE_ISA=avx2): Q5_K and Q6_K prefill on tiles unpacked per call
+// (detail::prefill_tiles_avx2), the VNNI tiles' bits; their other types (q8_0, or q4_0 / q4_k not
+// repacked) take the dequant + fp32 GEMM
+static bool avx2_kquant_tiles_active(GType t) {
+    return (t == GType::q5_k || t == GType::q6_k) && !vnni_tiles_active(t) && avx2_tiles_active();
+}
 bool ggml_prefill_on_int8(GType t) {
     // measured on Zen 3 only (AVX2): the VNNI row dots of AVX-512 hosts (q6_k without AMX) stay
-    return ggml_matmul_tiles_active(t) || vnni_row_dots_active();
+    return ggml_matmul_tiles_active(t) || vnni_row_dots_active() || avx2_kquant_tiles_active(t);
+}
+
+static void ggml_matmul_tiles_avx2(float* y, const void* w, GType t, int64_t row_stride, int64_t N, int64_t OUT,
+                                   int64_t IN, bool accumulate, const GActs& acts) {
+    const GActs* a = &acts;
+    const int64_t tiles = (OUT + 31) / 32, bytes = detail::tile_scratch_bytes(IN);
+    parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+        uint8_t* s = thread_scratch(bytes);  // this thread's tile
+        detail::prefill_tiles_avx2(y, OUT, a->buf.data(), a->row_bytes, w, t, row_stride, N, IN, t0 * 32,
+                                   std::min(OUT, t1 * 32), accumulate, s);
+    });
 }
 
 void ggml_matmul(float* y, const float* x, const void* w, GType t, int64_t row_stride, int64_t N, int64_t OUT,
@@ -958,6 +975,8 @@ void ggml_matmul(float* y, const float* x, const void* w, GType t, int64_t row_s
     if (t == GType::q4_0 && N <= kGgmlGemvMaxN) acts.prepare_rows_q4_0();
     if (N > kGgmlGemvMaxN && vnni_tiles_active(t))
         return ggml_matmul_tiles(y, w, t, row_stride, N, OUT, IN, accumulate, acts);
+    if (N > kGgmlGemvMaxN && avx2_kquant_tiles_active(t))
+        return ggml_matmul_tiles_avx2(y, w, t, row_stride, N, OUT, IN, accumulate, acts);
     const GActs* a = &acts;  // the caller's object, for the workers
     const double bytes = (double)OUT * (double)row_stride;
     const int64_t grain = N <= kGgmlGemvMaxN ? (bytes * N < kGemvParallelBytes ? OUT : 32) : 16;
@@ -1276,6 +1295,59 @@ void q4_k_tiled_rows_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_
                 t = std::fma((float)isum, ws, t);
             }
             acc = std::fma(t, xr[s].d, acc);
+        }
+        return acc;
+    });
+}
+
+
+void kquant_tiles_ref(GType t, float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
+                      const void* w, int64_t row_stride, int64_t o0, int64_t o1, bool accumulate) {
+    MOE_ASSERT((t == GType::q4_k || t == GType::q5_k || t == GType::q6_k) && in % kQK_K == 0);
+    const int64_t nsuper = in / kQK_K;
+    const uint8_t* wb = static_cast<const uint8_t*>(w);
+    tiled_ref_rows(y, ys, N, o0, o1, accumulate, [&](int64_t n, int64_t o, float acc) {
+        const BlockQ8_K* xr = reinterpret_cast<const BlockQ8_K*>(acts + n * act_bytes);
+        const uint8_t* row = wb + o * row_stride;
+        for (int64_t s = 0; s < nsuper; ++s) {
+            float tt = 0.f;
+            if (t == GType::q6_k) {  // tile_kernel_q6: per 16 values isum = sum (u - 32) x, tt += isum * d sc
+                const BlockQ6_K& b = reinterpret_cast<const BlockQ6_K*>(row)[s];
+                for (int q = 0; q < 16; ++q) {
+                    int32_t isum = -32 * (int32_t)xr[s].bsums[q];
+                    for (int i = 16 * q; i < 16 * q + 16; ++i) {
+                        const int h = i / 128, r = i % 128, k = r / 32, l = r % 32;  // quarter k of half h
+                        const uint8_t* ql = b.ql + 64 * h;
+                        const int lo = (k & 1) ? ql[l + 32] : ql[l];
+                        const int u = ((k < 2) ? (lo & 0xF) : (lo >> 4)) | (((b.qh[32 * h + l] >> (2 * k)) & 3) << 4);
+                        isum += u * (int32_t)xr[s].qs[i];
+                    }
+                    tt = std::fma((float)isum, fp16_to_fp32(b.d) * (float)b.scales[q], tt);
+                }
+            } else {  // tile_kernel<true, false>: per 32 values acc -= wm * (xd sum x), tt += isum * ws
+                const bool q5 = t == GType::q5_k;
+                const uint8_t* blk = row + s * gtype_block_bytes(t);
+                uint16_t d16, dmin16;
+                std::memcpy(&d16, blk, 2), std::memcpy(&dmin16, blk + 2, 2);
+                const uint8_t* scales = blk + 4;
+                const uint8_t* qh = q5 ? reinterpret_cast<const BlockQ5_K*>(blk)->qh : nullptr;
+                const uint8_t* qs = q5 ? reinterpret_cast<const BlockQ5_K*>(blk)->qs : reinterpret_cast<const BlockQ4_K*>(blk)->qs;
+                for (int j = 0; j < 8; ++j) {
+                    uint8_t sc, m;
+                    scale_min_k4(j, scales, &sc, &m);
+                    int32_t isum = 0;
+                    for (int l = 0; l < 32; ++l) {
+                        int u = (j & 1) ? (qs[32 * (j / 2) + l] >> 4) : (qs[32 * (j / 2) + l] & 0xF);
+                        if (q5) u += ((qh[l] >> j) & 1) << 4;
+                        isum += u * (int32_t)xr[s].qs[32 * j + l];
+                    }
+                    const float ws = fp16_to_fp32(d16) * (float)sc, wm = fp16_to_fp32(dmin16) * (float)m;
+                    const float am = xr[s].d * (float)(xr[s].bsums[2 * j] + xr[s].bsums[2 * j + 1]);
+                    acc = std::fma(-wm, am, acc);
+                    tt = std::fma((float)isum, ws, tt);
+                }
+            }
+            acc = std::fma(tt, xr[s].d, acc);
         }
         return acc;
     });

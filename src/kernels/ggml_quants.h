@@ -208,6 +208,12 @@ void q4_k_tiled_dequantize_row(const uint8_t* tiled, int64_t in, int64_t r, int6
 // scalar twin of the products (acts: N q8_k rows, act_bytes apart)
 void q4_k_tiled_rows_ref(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
                          const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate);
+// The prefill tiles' arithmetic on K-quant rows as stored (t: q4_k, q5_k or q6_k; acts: N q8_k rows,
+// act_bytes apart; w: rows row_stride apart): the scalar twin of the VNNI prefill tiles and of the
+// AVX2 hosts' Q5_K / Q6_K tiles (detail::prefill_tiles_vnni, prefill_tiles_avx2). Per 32 values
+// (Q6_K: 16) the exact integer sum, then the tiles' fp32 steps in their order.
+void kquant_tiles_ref(GType t, float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
+                      const void* w, int64_t row_stride, int64_t o0, int64_t o1, bool accumulate);
 bool q8_0_tiled_active();
 // Whether the inference tools repack at load (Model::repack_for_inference): on by default;
 // MOE_REPACK=0, read by moe::apply_environment, turns it off (llama.cpp's --no-repack)

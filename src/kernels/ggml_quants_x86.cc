@@ -137,17 +137,20 @@ KFN void quantize_q8_k_avx2(const float* x, void* vy, int64_t n) {
 namespace {
 
 #define KT __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+// The weight tiles' unpacking uses AVX2 alone: the VNNI and AMX kernels inline it, and AVX2 hosts'
+// prefill tiles (q5_k_tiles_avx2 below) unpack with it too.
+#define KU __attribute__((target("avx2,fma,f16c")))
 
 constexpr int kTileRows = 32;
 constexpr int64_t kTileSubBytes = 8 * kTileRows * 4;  // one sub-block of a tile: 1024 bytes
 static_assert(kTiledBlockBytes == kTileSubBytes + 2 * kTileRows);  // + 32 fp16 scales
 static_assert(kTiledBlockBytesI8 == kTileSubBytes + 4 * kTileRows);  // + 32 fp32 scales
 
-KT inline float h2f_t(uint16_t h) { return _cvtsh_ss(h); }
+KU inline float h2f_t(uint16_t h) { return _cvtsh_ss(h); }
 
 // the 32 unsigned values u of sub-block b of one weight row, with ws and wm
 template <GType T>
-KT inline __m256i unpack_sub(const uint8_t* row, int64_t b, float* s, float* m) {
+KU inline __m256i unpack_sub(const uint8_t* row, int64_t b, float* s, float* m) {
     const __m256i m4 = _mm256_set1_epi8(0xF);
     if constexpr (T == GType::q8_0) {
         const BlockQ8_0* blk = reinterpret_cast<const BlockQ8_0*>(row) + b;
@@ -193,7 +196,7 @@ KT inline __m256i unpack_sub(const uint8_t* row, int64_t b, float* s, float* m) 
 // I8 (T = q8_0): moe's int8 rows (32 bytes a block, row_stride = in) with their fp32 scales at
 // i8s[r * nsb + b]: u = q + 128, ws the scale, wm = 128 ws, as a Q8_0 block's.
 template <GType T, bool I8 = false>
-KT void unpack_tile_t(const uint8_t* w, int64_t row_stride, int nr, int64_t nsb, uint8_t* wq, float* ws, float* wm,
+KU void unpack_tile_t(const uint8_t* w, int64_t row_stride, int nr, int64_t nsb, uint8_t* wq, float* ws, float* wm,
                       const float* i8s = nullptr) {
     constexpr int kAheadRows = 16;
     const int64_t span = 8 * row_stride;
@@ -226,7 +229,7 @@ KT void unpack_tile_t(const uint8_t* w, int64_t row_stride, int nr, int64_t nsb,
     }
 }
 
-KT void unpack_tile(GType t, const uint8_t* w, int64_t row_stride, int nr, int64_t nsb, uint8_t* wq, float* ws, float* wm) {
+KU void unpack_tile(GType t, const uint8_t* w, int64_t row_stride, int nr, int64_t nsb, uint8_t* wq, float* ws, float* wm) {
     switch (t) {
         case GType::q8_0: return unpack_tile_t<GType::q8_0>(w, row_stride, nr, nsb, wq, ws, wm);
         case GType::q4_0: return unpack_tile_t<GType::q4_0>(w, row_stride, nr, nsb, wq, ws, wm);
@@ -240,7 +243,7 @@ KT void unpack_tile(GType t, const uint8_t* w, int64_t row_stride, int nr, int64
 // 4-byte words k = 0..3 at wq + G * 512; ws[G * 32 + r] = d sc_G (the offset 32 is carried by the
 // activations in integers: pack_tile_q6_offsets). kernels/amx_q8.cc's unpack_q6_k reads the bits
 // the same way (it stores u - 32).
-KT void unpack_tile_q6_k(const uint8_t* w, int64_t row_stride, int nr, int64_t nsuper, uint8_t* wq, float* ws) {
+KU void unpack_tile_q6_k(const uint8_t* w, int64_t row_stride, int nr, int64_t nsuper, uint8_t* wq, float* ws) {
     for (int r0 = 0; r0 < kTileRows; r0 += 8)
         for (int64_t s = 0; s < nsuper; ++s)
             for (int h = 0; h < 2; ++h) {
@@ -943,6 +946,147 @@ __attribute__((target("avx2,fma,f16c"))) void q4_0_tiled_rows_avx2(float* y, int
                                                                   int64_t o1, bool accumulate) {
     const int64_t nsb = in / 32;
     tiles_avx2(Q40TilesAvx2{acts, act_bytes, nsb, xo8}, y, ys, N, tiled, nsb * kTiledBlockBytesQ4_0, o0, o1, accumulate);
+}
+
+
+// ---- Q5_K and Q6_K prefill tiles on AVX2 hosts. No repacked form: as on VNNI hosts
+// (prefill_tiles_vnni) each tile of 32 weight rows is unpacked per call into scratch (unpack_tile_t,
+// unpack_tile_q6_k: u, ws, wm) and every activation row passes over it, here with vpmaddubsw in place
+// of vpdpbusd. The int16 sums stop before they could leave int16: Q5_K's u <= 31 gives pairs
+// |u0 x0 + u1 x1| <= 2 * 31 * 128 = 7,936, four groups (16 values) <= 31,744, so one vpmaddwd per half
+// sub-block; Q6_K's u <= 63 gives pairs <= 16,128, two groups (8 values) <= 32,256, so two vpmaddwd per
+// 16-value group. The int32 sums are exact and the float steps are the VNNI tiles' (tile_kernel<true,
+// false>, tile_kernel_q6) in their order, so the products have their bits (and ggml_tiles_ref's).
+template <int NR, int G>
+__attribute__((target("avx2,fma,f16c"))) static void q5k_tile_avx2(const uint8_t* wq, const float* ws, const float* wm,
+                                                                  int64_t nsuper, int g0, const BlockQ8_K* const* x,
+                                                                  __m256 (&acc)[NR][G]) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t s = 0; s < nsuper; ++s) {
+        __m256 t[NR][G];
+        for (int j = 0; j < NR; ++j)
+            for (int g = 0; g < G; ++g) t[j][g] = _mm256_setzero_ps();
+        for (int j8 = 0; j8 < 8; ++j8) {
+            const int64_t b = 8 * s + j8;
+            const uint8_t* wb = wq + b * kTileSubBytes + 32 * g0;
+            __m256i is[NR][G];
+            for (int half = 0; half < 2; ++half) {
+                __m256i h16[NR][G];
+                for (int j = 0; j < NR; ++j)
+                    for (int g = 0; g < G; ++g) h16[j][g] = _mm256_setzero_si256();
+                for (int k = 4 * half; k < 4 * half + 4; ++k) {
+                    __m256i xv[NR];
+                    for (int j = 0; j < NR; ++j) {
+                        int32_t w4;
+                        std::memcpy(&w4, x[j][s].qs + 32 * j8 + 4 * k, 4);
+                        xv[j] = _mm256_set1_epi32(w4);
+                    }
+                    for (int g = 0; g < G; ++g) {
+                        const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 128 * k + 32 * g));
+                        for (int j = 0; j < NR; ++j) h16[j][g] = _mm256_add_epi16(h16[j][g], _mm256_maddubs_epi16(u, xv[j]));
+                    }
+                }
+                for (int j = 0; j < NR; ++j)
+                    for (int g = 0; g < G; ++g) {
+                        const __m256i p = _mm256_madd_epi16(h16[j][g], ones);
+                        is[j][g] = half ? _mm256_add_epi32(is[j][g], p) : p;
+                    }
+            }
+            float mx[NR];
+            for (int j = 0; j < NR; ++j)
+                mx[j] = x[j][s].d * (float)(x[j][s].bsums[2 * j8] + x[j][s].bsums[2 * j8 + 1]);
+            for (int g = 0; g < G; ++g) {
+                const int r0 = 8 * (g0 + g);
+                const __m256 wsv = _mm256_loadu_ps(ws + b * kTileRows + r0), wmv = _mm256_loadu_ps(wm + b * kTileRows + r0);
+                for (int j = 0; j < NR; ++j) {
+                    acc[j][g] = _mm256_fnmadd_ps(wmv, _mm256_set1_ps(mx[j]), acc[j][g]);
+                    t[j][g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is[j][g]), wsv, t[j][g]);
+                }
+            }
+        }
+        for (int j = 0; j < NR; ++j)
+            for (int g = 0; g < G; ++g) acc[j][g] = _mm256_fmadd_ps(t[j][g], _mm256_set1_ps(x[j][s].d), acc[j][g]);
+    }
+}
+
+// Q6_K (unpack_tile_q6_k's layout: 16-value group q of super-block s at wq + (16 s + q) * 512, ws per
+// group): per group the int32 sums start at -32 * (the group's sum of x, the Q8_K row's bsums[q]),
+// t += isum * ws; per super-block acc += t * d
+template <int NR, int G>
+__attribute__((target("avx2,fma,f16c"))) static void q6k_tile_avx2(const uint8_t* wq, const float* ws, int64_t nsuper,
+                                                                  int g0, const BlockQ8_K* const* x,
+                                                                  __m256 (&acc)[NR][G]) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t s = 0; s < nsuper; ++s) {
+        __m256 t[NR][G];
+        for (int j = 0; j < NR; ++j)
+            for (int g = 0; g < G; ++g) t[j][g] = _mm256_setzero_ps();
+        for (int q = 0; q < 16; ++q) {
+            const int64_t gi = 16 * s + q;
+            const uint8_t* wb = wq + gi * (kTileSubBytes / 2) + 32 * g0;
+            __m256i is[NR][G];
+            for (int j = 0; j < NR; ++j)
+                for (int g = 0; g < G; ++g) is[j][g] = _mm256_set1_epi32(-32 * (int32_t)x[j][s].bsums[q]);
+            for (int half = 0; half < 2; ++half) {
+                __m256i h16[NR][G];
+                for (int j = 0; j < NR; ++j)
+                    for (int g = 0; g < G; ++g) h16[j][g] = _mm256_setzero_si256();
+                for (int k = 2 * half; k < 2 * half + 2; ++k) {
+                    __m256i xv[NR];
+                    for (int j = 0; j < NR; ++j) {
+                        int32_t w4;
+                        std::memcpy(&w4, x[j][s].qs + 16 * q + 4 * k, 4);
+                        xv[j] = _mm256_set1_epi32(w4);
+                    }
+                    for (int g = 0; g < G; ++g) {
+                        const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 128 * k + 32 * g));
+                        for (int j = 0; j < NR; ++j) h16[j][g] = _mm256_add_epi16(h16[j][g], _mm256_maddubs_epi16(u, xv[j]));
+                    }
+                }
+                for (int j = 0; j < NR; ++j)
+                    for (int g = 0; g < G; ++g) is[j][g] = _mm256_add_epi32(is[j][g], _mm256_madd_epi16(h16[j][g], ones));
+            }
+            for (int g = 0; g < G; ++g) {
+                const __m256 wsv = _mm256_loadu_ps(ws + gi * kTileRows + 8 * (g0 + g));
+                for (int j = 0; j < NR; ++j) t[j][g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is[j][g]), wsv, t[j][g]);
+            }
+        }
+        for (int j = 0; j < NR; ++j)
+            for (int g = 0; g < G; ++g) acc[j][g] = _mm256_fmadd_ps(t[j][g], _mm256_set1_ps(x[j][s].d), acc[j][g]);
+    }
+}
+
+struct KqScratchTilesAvx2 {
+    const uint8_t* acts;  // Q8_K rows, act_bytes apart
+    int64_t act_bytes, nsuper;
+    bool q6;
+    const float *ws, *wm;  // the scratch tile's (the tile pointer run() gets is its u)
+    template <int NR, int G>
+    __attribute__((target("avx2,fma,f16c"))) void run(int64_t n0, const uint8_t* tile, int g0, __m256 (&acc)[NR][G],
+                                                      bool) const {
+        const BlockQ8_K* x[NR];
+        for (int j = 0; j < NR; ++j) x[j] = reinterpret_cast<const BlockQ8_K*>(acts + (n0 + j) * act_bytes);
+        if (q6) q6k_tile_avx2<NR, G>(tile, ws, nsuper, g0, x, acc);
+        else q5k_tile_avx2<NR, G>(tile, ws, wm, nsuper, g0, x, acc);
+    }
+};
+
+__attribute__((target("avx2,fma,f16c"))) void prefill_tiles_avx2(float* y, int64_t ys, const uint8_t* acts,
+                                                                int64_t act_bytes, const void* w, GType t,
+                                                                int64_t row_stride, int64_t N, int64_t in, int64_t o0,
+                                                                int64_t o1, bool accumulate, uint8_t* scratch) {
+    const int64_t nsb = in / 32;
+    uint8_t* wq = scratch;
+    float* ws = reinterpret_cast<float*>(wq + nsb * kTileSubBytes);
+    float* wm = ws + nsb * kTileRows;
+    const uint8_t* wb = static_cast<const uint8_t*>(w);
+    const KqScratchTilesAvx2 k{acts, act_bytes, in / 256, t == GType::q6_k, ws, wm};
+    for (int64_t r0 = o0; r0 < o1; r0 += kTileRows) {
+        const int nr = (int)std::min<int64_t>(kTileRows, o1 - r0);
+        if (t == GType::q6_k) unpack_tile_q6_k(wb + r0 * row_stride, row_stride, nr, in / 256, wq, ws);
+        else unpack_tile_t<GType::q5_k>(wb + r0 * row_stride, row_stride, nr, nsb, wq, ws, wm);
+        tiles_avx2(k, y + r0, ys, N, wq, 0, 0, nr, accumulate);
+    }
 }
 
 }  // namespace moe::kernels::detail
