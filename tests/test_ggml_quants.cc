@@ -275,8 +275,8 @@ TEST(GgmlQuants, QMatmulMatchesReference) {
 }
 
 // Prefill (N > 8 rows) where the CPU has neither int8 tiles nor VNNI (MOE_ISA=avx2 gives that on
-// any host): qmatmul runs Q5_K and Q6_K on the AVX2 tiles (kquant_tiles_ref's bits) and the other
-// types as stored on the dequant + fp32 GEMM, bit for bit, and each row's result does not depend on
+// any host): qmatmul runs the K-quants as stored on the AVX2 tiles (kquant_tiles_ref's bits) and
+// Q8_0 and Q4_0 on the dequant + fp32 GEMM, bit for bit, and each row's result does not depend on
 // how many rows the call has (a prompt prefilled in other chunks gives the same rows).
 TEST(GgmlQuants, PrefillOnAvx2HostsTakesTheTilesOrTheDequantGemm) {
     const Isa prev = set_isa_cap(Isa::avx2);
@@ -285,7 +285,7 @@ TEST(GgmlQuants, PrefillOnAvx2HostsTakesTheTilesOrTheDequantGemm) {
         GTEST_SKIP() << "no AVX2 + FMA + F16C on this CPU: the packed GEMM and the tiles are not there";
     }
     for (WType t : {WType::q8_0, WType::q4_0, WType::q4_k, WType::q5_k, WType::q6_k}) {
-        const bool tiles = t == WType::q5_k || t == WType::q6_k;
+        const bool tiles = t == WType::q4_k || t == WType::q5_k || t == WType::q6_k;
         ASSERT_EQ(ggml_prefill_on_int8(ggml_type(t)), tiles) << wtype_name(t);
         const int64_t in = gtype_block(ggml_type(t)) == 256 ? 512 : 96, out = 45;
         auto w = randv(out * in, 17 + (int)t);
@@ -771,8 +771,8 @@ TEST(GgmlQuants, Q4TiledRowsAvx2EqualTheirTwinsBitForBit) {
     }
 }
 
-// The K-quants' prefill tiles on the rows as stored (Q5_K and Q6_K on AVX2 hosts, unpacked per call;
-// Q4_K, Q5_K and Q6_K on AVX-512 VNNI hosts) against kquant_tiles_ref, bit for bit: through the
+// The K-quants' prefill tiles on the rows as stored (Q4_K, Q5_K and Q6_K unpacked per call, on AVX2
+// hosts and on AVX-512 VNNI hosts) against kquant_tiles_ref, bit for bit: through the
 // kernel on output ranges that cut tiles, accumulate on and off, and through qmatmul at 1-3 threads.
 // The AVX2 tiles run on any AVX2 host (capped there); the VNNI tiles where the host has them. The
 // blocks are random bytes (every u, scales and minimums), one row with every u at its maximum, and
@@ -824,7 +824,6 @@ TEST(GgmlQuants, KQuantPrefillTilesEqualTheirTwinBitForBit) {
                     std::vector<float> y(N * out), twin(N * out);
                     for (int64_t i = 0; i < N * out; ++i) y[i] = twin[i] = 0.25f + 0.01f * (float)(i % 5);
                     kquant_tiles_ref(t, twin.data(), out, acts.buf.data(), acts.row_bytes, N, in, wq.data(), wb, 0, out, acc);
-                    if (t == GType::q4_k) continue;  // (its AVX2 tiles are the repacked ones: the test above)
                     std::vector<uint8_t> scratch(detail::tile_scratch_bytes(in) + 64);
                     uint8_t* s = scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64;
                     for (auto [o0, o1] : {std::pair<int64_t, int64_t>{0, 5}, {5, 40}, {40, 64}, {64, 70}, {70, out}})
@@ -845,7 +844,7 @@ TEST(GgmlQuants, KQuantPrefillTilesEqualTheirTwinBitForBit) {
             m.out = out, m.in = in, m.raw = wq.data(), m.row_bytes = wb;
             for (Isa cap : {Isa::avx2, host}) {
                 set_isa_cap(cap);
-                if (!ggml_prefill_on_int8(t) || (t == GType::q4_k && cap == Isa::avx2)) continue;
+                if (!ggml_prefill_on_int8(t)) continue;
                 for (int threads : {1, 2, 3}) {
                     moe::set_num_threads(threads);
                     std::vector<float> y(24 * out);

@@ -944,11 +944,11 @@ bool ggml_matmul_tiles_active(GType t) { return amx_tiles_active(t) || vnni_tile
 bool q8_0_block_order_active() {
     return detail::q8_0_rows_vnni_supported() && (detail::q8_0_rows_amx_supported() || vnni_tiles_active(GType::q8_0));
 }
-// AVX2 hosts (Zen 3, MOE_ISA=avx2): Q5_K and Q6_K prefill on tiles unpacked per call
-// (detail::prefill_tiles_avx2), the VNNI tiles' bits; their other types (q8_0, or q4_0 / q4_k not
-// repacked) take the dequant + fp32 GEMM
+// AVX2 hosts (Zen 3, MOE_ISA=avx2): the K-quants' prefill on tiles unpacked per call
+// (detail::prefill_tiles_avx2; Q4_K as stored too, MOE_REPACK=0), the VNNI tiles' bits; q8_0, and
+// q4_0 not repacked, take the dequant + fp32 GEMM
 static bool avx2_kquant_tiles_active(GType t) {
-    return (t == GType::q5_k || t == GType::q6_k) && !vnni_tiles_active(t) && avx2_tiles_active();
+    return (t == GType::q4_k || t == GType::q5_k || t == GType::q6_k) && !vnni_tiles_active(t) && avx2_tiles_active();
 }
 bool ggml_prefill_on_int8(GType t) {
     // measured on Zen 3 only (AVX2): the VNNI row dots of AVX-512 hosts (q6_k without AMX) stay
@@ -1121,7 +1121,11 @@ void ggml_matmul_rows_tiled(float* y, int64_t ys, const GActs& acts, GType t, co
         return;
     }
     if (t == GType::q4_k && avx2_tiles_active()) {  // (AVX2 hosts: ggml_quants.h)
-        detail::q4_k_tiled_rows_avx2(y, ys, acts.buf.data(), acts.row_bytes, N, acts.in, tiled, o0, o1, accumulate);
+        if (N > kGgmlGemvMaxN)  // prefill: each tile unpacked to bytes once, then every row over it
+            detail::q4_k_tiled_prefill_avx2(y, ys, acts.buf.data(), acts.row_bytes, N, acts.in, tiled, o0, o1,
+                                            accumulate, thread_scratch(detail::tile_scratch_bytes(acts.in)));
+        else
+            detail::q4_k_tiled_rows_avx2(y, ys, acts.buf.data(), acts.row_bytes, N, acts.in, tiled, o0, o1, accumulate);
         return;
     }
     if (t == GType::q4_0 && acts.rows_tiles8 && avx2_tiles_active()) {

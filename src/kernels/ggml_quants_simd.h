@@ -88,12 +88,18 @@ void q4_k_tiled_rows_avx2(float* y, int64_t ys, const uint8_t* acts, int64_t act
 void q4_0_tiled_rows_avx2(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, const int32_t* xo8, int64_t N,
                           int64_t in, const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate);
 
-// Q5_K and Q6_K prefill tiles on AVX2 hosts (no repacked form): each tile of 32 rows of w (as
+// Q4_K (as stored), Q5_K and Q6_K prefill tiles on AVX2 hosts (no repacked form): each tile of 32 rows of w (as
 // stored) unpacked into scratch (tile_scratch_bytes(in), 64-byte aligned) as prefill_tiles_vnni
 // does, then the Q8_K rows at acts (act_bytes apart) over it with vpmaddubsw: y rows [o0, o1), the
 // bits of prefill_tiles_vnni and of kquant_tiles_ref
 void prefill_tiles_avx2(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, const void* w, GType t,
                         int64_t row_stride, int64_t N, int64_t in, int64_t o0, int64_t o1, bool accumulate,
                         uint8_t* scratch);
+
+// Q4_K repacked, prefill on AVX2 hosts: each tile unpacked per call into scratch
+// (tile_scratch_bytes(in), 64-byte aligned) and read as the Q5_K tiles are; the bits of
+// q4_k_tiled_rows_avx2 (and q4_k_tiled_rows_ref)
+void q4_k_tiled_prefill_avx2(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
+                             const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate, uint8_t* scratch);
 
 }  // namespace moe::kernels::detail
