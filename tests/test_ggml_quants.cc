@@ -703,11 +703,12 @@ TEST(GgmlQuants, ModelLogitsTrackFp32) {
 // rows, ranges cutting tiles, accumulate on and off, qmatmul over 1-3 threads, invariant or not) has
 // the bits of the VNNI tiles on the rows as stored (ggml_matmul's prefill, the AMX tiles' bits),
 // and so has the twin.
-// The AVX2 kernels on Q4_K's and Q4_0's tiles (hosts without the VNNI tiles, e.g. Zen 3; here with
-// the ISA capped at AVX2): the scalar twins' bits for 1..17 activation rows (one row takes the whole
-// tile, more go in pairs over half tiles), ranges cutting tiles and halves, accumulate on and off;
-// then qmatmul on a repacked QStore (decode rows and the prefill, 1..3 threads) against the twin.
-TEST(GgmlQuants, Q4TiledRowsAvx2EqualTheirTwinsBitForBit) {
+// The AVX2 kernels on Q4_K's, Q4_0's and Q8_0's tiles (hosts without the VNNI tiles, e.g. Zen 3; here
+// with the ISA capped at AVX2): the scalar twins' bits for 1..17 activation rows (one row takes the
+// whole tile, more go in pairs over half tiles; Q4_K's prefill unpacks each tile first), ranges
+// cutting tiles and halves, accumulate on and off, a Q8_0 block of -128s; then qmatmul on a repacked
+// QStore (decode rows and the prefill, 1..3 threads) against the twin.
+TEST(GgmlQuants, TiledRowsAvx2EqualTheirTwinsBitForBit) {
     if (!cpu_features().avx2 || !cpu_features().fma || !cpu_features().f16c) GTEST_SKIP() << "no AVX2 here";
     struct Restore {  // the cap and the thread count back whatever assertion returns early
         Isa prev = set_isa_cap(Isa::avx2);
@@ -715,12 +716,13 @@ TEST(GgmlQuants, Q4TiledRowsAvx2EqualTheirTwinsBitForBit) {
     } restore;
     ASSERT_TRUE(avx2_tiles_active());
     const int64_t out = 77;
-    for (GType t : {GType::q4_k, GType::q4_0}) {
+    for (GType t : {GType::q4_k, GType::q4_0, GType::q8_0}) {
         SCOPED_TRACE(gtype_name(t));
         const GType at = gtype_act(t);  // q8_k / q8_0 activation rows
         auto twin_rows = [&](float* y, const GActs& a, int64_t N, int64_t in, const uint8_t* tiled, bool acc) {
             if (t == GType::q4_k) q4_k_tiled_rows_ref(y, out, a.buf.data(), a.row_bytes, N, in, tiled, 0, out, acc);
-            else q4_0_tiled_rows_ref(y, out, a.buf.data(), a.row_bytes, N, in, tiled, 0, out, acc);
+            else if (t == GType::q4_0) q4_0_tiled_rows_ref(y, out, a.buf.data(), a.row_bytes, N, in, tiled, 0, out, acc);
+            else q8_0_tiled_rows_ref(y, out, a.buf.data(), a.row_bytes, N, in, tiled, 0, out, acc);
         };
         for (int64_t in : {256, 768}) {
             const int64_t wb = gtype_row_bytes(t, in);
@@ -728,9 +730,17 @@ TEST(GgmlQuants, Q4TiledRowsAvx2EqualTheirTwinsBitForBit) {
             w[5] = -30.f;
             std::vector<uint8_t> wq(out * wb);
             for (int64_t o = 0; o < out; ++o) quantize_row(t, w.data() + o * in, wq.data() + o * wb, in);
+            if (t == GType::q8_0)  // a file's Q8_0 block may hold -128 (moe's and ggml's quantizers write -127..127)
+                std::memset(reinterpret_cast<BlockQ8_0*>(wq.data() + 3 * wb)[1].qs, 0x80, 32);
             std::vector<uint8_t> tiled(t == GType::q4_k ? q4_k_tiled_bytes(out, in) : (out + 31) / 32 * 32 * wb, 0xAB);
             if (t == GType::q4_k) q4_k_repack_tiled(wq.data(), wb, out, in, tiled.data());
-            else q4_0_repack_tiled(wq.data(), wb, out, in, tiled.data());
+            else if (t == GType::q4_0) q4_0_repack_tiled(wq.data(), wb, out, in, tiled.data());
+            else q8_0_repack_tiled(wq.data(), wb, out, in, tiled.data());
+            if (t == GType::q8_0) {  // the AVX2 repack writes the scalar twin's bytes
+                std::vector<uint8_t> twin(tiled.size(), 0xAB);
+                q8_0_repack_tiled_ref(wq.data(), wb, out, in, twin.data());
+                ASSERT_EQ(tiled, twin);
+            }
             for (int64_t N : {1, 2, 3, 4, 5, 8, 17}) {
                 auto x = randv(N * in, 1800 + N + in, N == 3 ? 50.f : 1.f);
                 GActs acts;
@@ -751,7 +761,7 @@ TEST(GgmlQuants, Q4TiledRowsAvx2EqualTheirTwinsBitForBit) {
         const int64_t in = 512;
         auto w = randv(out * in, 1900);
         QStore st, tl;
-        st.build(t == GType::q4_k ? WType::q4_k : WType::q4_0, w.data(), out, in);
+        st.build(t == GType::q4_k ? WType::q4_k : t == GType::q4_0 ? WType::q4_0 : WType::q8_0, w.data(), out, in);
         ASSERT_TRUE(repack_for_host(st.view()) || !repack_enabled());
         tl.build_tiled(st.view());
         const QMatrix m = tl.view();

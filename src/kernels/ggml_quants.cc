@@ -1023,7 +1023,8 @@ void q8_0_repack_tiled_ref(const void* w, int64_t row_stride, int64_t out, int64
 
 void q8_0_repack_tiled(const void* w, int64_t row_stride, int64_t out, int64_t in, uint8_t* dst) {
     MOE_ASSERT(in % kQK == 0);
-    if (!tiled_kernels_active()) return q8_0_repack_tiled_ref(w, row_stride, out, in, dst);
+    // (the SIMD form needs AVX2 + F16C alone: AVX2 hosts repack Q8_0 too)
+    if (!tiled_kernels_active() && !avx2_tiles_active()) return q8_0_repack_tiled_ref(w, row_stride, out, in, dst);
     const int64_t tiles = (out + kTiledRows - 1) / kTiledRows, bytes = detail::tile_scratch_bytes(in);
     const uint8_t* wb = static_cast<const uint8_t*>(w);
     parallel_for(0, tiles, 4, [&](int64_t t0, int64_t t1) {
@@ -1126,6 +1127,10 @@ void ggml_matmul_rows_tiled(float* y, int64_t ys, const GActs& acts, GType t, co
                                             accumulate, thread_scratch(detail::tile_scratch_bytes(acts.in)));
         else
             detail::q4_k_tiled_rows_avx2(y, ys, acts.buf.data(), acts.row_bytes, N, acts.in, tiled, o0, o1, accumulate);
+        return;
+    }
+    if (t == GType::q8_0 && avx2_tiles_active()) {
+        detail::q8_0_tiled_rows_avx2(y, ys, acts.buf.data(), acts.row_bytes, N, acts.in, tiled, o0, o1, accumulate);
         return;
     }
     if (t == GType::q4_0 && acts.rows_tiles8 && avx2_tiles_active()) {

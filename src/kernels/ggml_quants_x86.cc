@@ -697,8 +697,7 @@ void prefill_tiles_vnni(float* y, int64_t ys, const TileActs& xa, const void* w,
 // tiles [t0, t1) of 32 rows unpacked (unpack_tile_t) and stored with their scales: Q8_0 rows (the
 // blocks' fp16 d) or moe's int8 (I8: rows of in bytes, fp32 scales at i8s)
 template <bool I8>
-__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
-static void repack_tiles_q8(const uint8_t* w, int64_t row_stride, const float* i8s, int64_t out, int64_t in, int64_t t0,
+KU static void repack_tiles_q8(const uint8_t* w, int64_t row_stride, const float* i8s, int64_t out, int64_t in, int64_t t0,
                             int64_t t1, uint8_t* dst, uint8_t* scratch) {
     constexpr int64_t BB = I8 ? kTiledBlockBytesI8 : kTiledBlockBytes;
     const int64_t nsb = in / 32;
@@ -948,6 +947,71 @@ __attribute__((target("avx2,fma,f16c"))) void q4_0_tiled_rows_avx2(float* y, int
     tiles_avx2(Q40TilesAvx2{acts, act_bytes, nsb, xo8}, y, ys, N, tiled, nsb * kTiledBlockBytesQ4_0, o0, o1, accumulate);
 }
 
+
+// ---- Q8_0 tiles on AVX2 hosts: the repacked Q8_0 tiles (kTiledBlockBytes a block: u = q + 128 as
+// the VNNI kernel reads it, then the 32 rows' fp16 d). u ^ 0x80 is q; vpmaddubsw of |q| (unsigned,
+// <= 128) by the activation bytes with q's sign (vpsignb) gives each row's pair sums exactly:
+// |pair| <= 2 * 128 * 127 = 32,512, as moe's q8_0 activations are in [-127, 127] (quantize_q8_0:
+// round(x / d) with d = max|x| / 127). No room to add two pairs in int16, so one vpmaddwd per load;
+// the block's int32 sum is exact, then acc = fma(isum, d * xd, acc): the VNNI tiles' block order and
+// bits (q8_0_tiled_rows_ref), for any number of rows.
+template <int NR, int G>
+__attribute__((target("avx2,fma,f16c"))) static void q8_0_tile_avx2(const uint8_t* tile, int64_t nsb, int g0,
+                                                                   const BlockQ8_0* const* x, __m256 (&acc)[NR][G],
+                                                                   bool pf) {
+    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    for (int64_t b = 0; b < nsb; ++b) {
+        const uint8_t* wb = tile + b * kTiledBlockBytes;
+        if (pf)
+            for (int i = 0; i < kTiledBlockBytes / 64; ++i)
+                _mm_prefetch(reinterpret_cast<const char*>(wb) + kTiledAhead + 64 * i, _MM_HINT_T1);
+        __m256i is[NR][G];
+        for (int j = 0; j < NR; ++j)
+            for (int g = 0; g < G; ++g) is[j][g] = _mm256_setzero_si256();
+        for (int k = 0; k < 8; ++k) {
+            __m256i xv[NR];
+            for (int j = 0; j < NR; ++j) {
+                int32_t w4;
+                std::memcpy(&w4, x[j][b].qs + 4 * k, 4);
+                xv[j] = _mm256_set1_epi32(w4);
+            }
+            for (int g = 0; g < G; ++g) {
+                const __m256i q = _mm256_xor_si256(
+                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 128 * k + 32 * (g0 + g))), flip);
+                const __m256i aq = _mm256_abs_epi8(q);
+                for (int j = 0; j < NR; ++j)
+                    is[j][g] = _mm256_add_epi32(
+                        is[j][g], _mm256_madd_epi16(_mm256_maddubs_epi16(aq, _mm256_sign_epi8(xv[j], q)), ones));
+            }
+        }
+        for (int g = 0; g < G; ++g) {
+            const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 1024 + 16 * (g0 + g))));
+            for (int j = 0; j < NR; ++j)
+                acc[j][g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is[j][g]), _mm256_mul_ps(d, _mm256_set1_ps(_cvtsh_ss(x[j][b].d))),
+                                            acc[j][g]);
+        }
+    }
+}
+
+struct Q80TilesAvx2 {
+    const uint8_t* acts;  // Q8_0 rows, act_bytes apart
+    int64_t act_bytes, nsb;
+    template <int NR, int G>
+    __attribute__((target("avx2,fma,f16c"))) void run(int64_t n0, const uint8_t* tile, int g0, __m256 (&acc)[NR][G],
+                                                      bool pf) const {
+        const BlockQ8_0* x[NR];
+        for (int j = 0; j < NR; ++j) x[j] = reinterpret_cast<const BlockQ8_0*>(acts + (n0 + j) * act_bytes);
+        q8_0_tile_avx2<NR, G>(tile, nsb, g0, x, acc, pf);
+    }
+};
+
+__attribute__((target("avx2,fma,f16c"))) void q8_0_tiled_rows_avx2(float* y, int64_t ys, const uint8_t* acts,
+                                                                  int64_t act_bytes, int64_t N, int64_t in,
+                                                                  const uint8_t* tiled, int64_t o0, int64_t o1,
+                                                                  bool accumulate) {
+    const int64_t nsb = in / 32;
+    tiles_avx2(Q80TilesAvx2{acts, act_bytes, nsb}, y, ys, N, tiled, nsb * kTiledBlockBytes, o0, o1, accumulate);
+}
 
 // ---- Q5_K and Q6_K prefill tiles on AVX2 hosts (and Q4_K's rows as stored). No repacked form: as on VNNI hosts
 // (prefill_tiles_vnni) each tile of 32 weight rows is unpacked per call into scratch (unpack_tile_t,

@@ -195,7 +195,7 @@ bool can_repack(const QMatrix& m) {
 bool repacks_type(WType t) {
     const bool q4 = t == WType::q4_k || t == WType::q4_0;
     return repack_enabled() && ((q8_0_tiled_active() && (q4 || t == WType::q8_0 || t == WType::q8)) ||
-                                (q4 && avx2_tiles_active()));
+                                ((q4 || t == WType::q8_0) && avx2_tiles_active()));
 }
 bool repack_for_host(const QMatrix& m) { return can_repack(m) && repacks_type(m.type); }
 int64_t q8_tiled_row_bytes(int64_t in) { return in / kQ8Block * (kQ8Block + 4); }
