@@ -156,7 +156,9 @@ void ggml_matmul(float* y, const float* x, const void* w, GType t, int64_t row_s
                  int64_t IN, bool accumulate, GActs& acts);
 // Whether batch-invariant Q8_0 products take the block order here (detail::q8_0_rows_block_ref's
 // bits for every N): the AMX-INT8 rows, or on AVX-512 VNNI hosts the prefill tiles and the
-// block-order row kernel (one or two rows). False on AVX2-only hosts (their row dots' lane order, the same for every N too).
+// block-order row kernel (one or two rows). False on AVX2-only hosts: there Q8_0 rows as stored take
+// the row dots' lane order (the same for every N too), and Q8_0 repacked at load (the default) the
+// block order of the AVX2 tiles (q8_0_tiled_rows_avx2) for every N.
 bool q8_0_block_order_active();
 // Whether ggml_matmul's blocked path (N > kGgmlGemvMaxN) multiplies type t on integer tiles here
 // (AMX-INT8, or AVX-512 VNNI), rather than on the row dots.
@@ -222,9 +224,10 @@ bool repack_enabled();
 // whether the SIMD forms of the repack and the products run here (AVX-512 VNNI; AMX hosts too, which
 // do not repack at load); else their scalar twins do
 bool tiled_kernels_active();
-// Hosts with AVX2 but without those tiles (AMD Zen 3, or MOE_ISA=avx2): Q4_K's and Q4_0's tiles
-// have AVX2 kernels (detail::q4_k_tiled_rows_avx2, q4_0_tiled_rows_avx2: vpmaddubsw, the VNNI
-// kernels' bits), so those two types are repacked there (kernels::repack_for_host)
+// Hosts with AVX2 but without those tiles (AMD Zen 3, or MOE_ISA=avx2): Q8_0's, Q4_K's and Q4_0's
+// tiles have AVX2 kernels (detail::q8_0_tiled_rows_avx2, q4_k_tiled_rows_avx2, q4_0_tiled_rows_avx2:
+// vpmaddubsw, the VNNI kernels' bits), so those three types are repacked there
+// (kernels::repack_for_host); the K-quants' prefill unpacks tiles per call (prefill_tiles_avx2)
 bool avx2_tiles_active();
 int64_t q8_0_tiled_bytes(int64_t out, int64_t in);  // ceil(out / 32) * 32 * row_bytes
 // dst (q8_0_tiled_bytes) from out rows of Q8_0 (row_stride apart, in a multiple of 32); the SIMD
