@@ -1122,7 +1122,10 @@ void ggml_matmul_rows_tiled(float* y, int64_t ys, const GActs& acts, GType t, co
         return;
     }
     if (t == GType::q4_k && avx2_tiles_active()) {  // (AVX2 hosts: ggml_quants.h)
-        if (N > kGgmlGemvMaxN)  // prefill: each tile unpacked to bytes once, then every row over it
+        // more than 16 rows: each tile unpacked to bytes once, then every row over it (from DRAM,
+        // build/bench/decode_rows --isa avx2 --mats 64: 16 rows 262-266 us against the direct
+        // kernel's 255-258, 32 rows 470-477 against 501-510; 1.1-1.2x at 512)
+        if (N > 16)
             detail::q4_k_tiled_prefill_avx2(y, ys, acts.buf.data(), acts.row_bytes, N, acts.in, tiled, o0, o1,
                                             accumulate, thread_scratch(detail::tile_scratch_bytes(acts.in)));
         else

@@ -1162,6 +1162,10 @@ __attribute__((target("avx2,fma,f16c"))) static void unpack_q4k_tiled_avx2(const
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int64_t s = 0; s < nsuper; ++s) {
         const uint8_t* sb = tile + s * kTiledSuperBytesQ4K;
+        // the bytes kTiledAhead on (the tile's later super-blocks, then the next tile's), as the
+        // decode kernel asks them: without, a tile from DRAM cost 1.2-1.6x the direct kernel's pass
+        for (int64_t i = 0; i < kTiledSuperBytesQ4K; i += 64)
+            _mm_prefetch(reinterpret_cast<const char*>(sb) + kTiledAhead + i, _MM_HINT_T1);
         for (int c = 0; c < 4; ++c) {
             uint8_t* lo = wq + (8 * s + 2 * c) * kTileSubBytes;
             for (int i = 0; i < 1024; i += 32) {
