@@ -1076,12 +1076,22 @@ TEST(GgmlQuants, Int8TiledQmatmulEqualsBlockOrderTwinBitForBit) {
                         ASSERT_EQ(bits(y[i]), bits(twin[i])) << "in=" << in << " N=" << N << " inv=" << inv << " i=" << i;
                 }
             moe::set_num_threads(0);
-            if (N == 5) {
+            if (cpu_features().avx2 && cpu_features().f16c) {  // AVX2 hosts' tiles (q8_tiled_rows_avx2)
                 const Isa prev = set_isa_cap(Isa::avx2);
-                std::vector<float> y(N * out);
-                qmatmul(y.data(), x.data(), m, N, false);
+                EXPECT_TRUE(repacks_type(WType::q8) || !repack_enabled());
+                for (int threads : {1, 2, 3})
+                    for (bool inv : {true, false}) {
+                        const BatchInvariantScope scope(inv);
+                        moe::set_num_threads(threads);
+                        std::vector<float> y(N * out);
+                        qmatmul(y.data(), x.data(), m, N, false);
+                        for (int64_t i = 0; i < N * out; ++i)
+                            ASSERT_EQ(bits(y[i]), bits(twin[i])) << "avx2 cap, N=" << N << " threads=" << threads << " i=" << i;
+                    }
+                moe::set_num_threads(0);
                 set_isa_cap(prev);
-                for (int64_t i = 0; i < N * out; ++i) ASSERT_EQ(bits(y[i]), bits(twin[i])) << "avx2 cap, i=" << i;
+            }
+            if (N == 5) {
                 std::vector<float> ys(N * 32);  // rows 32..63 alone
                 qmatmul(ys.data(), x.data(), m.rows(32, 32), N, false);
                 for (int64_t n = 0; n < N; ++n)

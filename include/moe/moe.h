@@ -195,7 +195,7 @@ public:
     std::string cache_type() const;
     const std::string& weight_type() const;         // the type the model runs in
     // On AVX-512 VNNI hosts without AMX, Q8_0 / Q4_0 / Q4_K / int8 matrices are repacked at the load
-    // into the tiles of this CPU's kernels, on AVX2-only hosts Q8_0 / Q4_0 / Q4_K (docs/serving.md;
+    // into the tiles of this CPU's kernels, on AVX2-only hosts too (docs/serving.md;
     // MOE_REPACK=0: not): a line saying how
     // many bytes and how long it took, or "" where nothing was repacked.
     std::string repack_note() const;

@@ -143,7 +143,7 @@ static Config random_config(const std::string& config, int64_t n_ctx) {
 }
 
 // Q8_0 / Q4_0 / Q4_K / int8 weights repacked for this host's kernels (Model::repack_for_inference:
-// AVX-512 VNNI hosts without AMX, Q8_0 / Q4_0 / Q4_K on AVX2-only hosts, unless MOE_REPACK=0); the bytes,
+// AVX-512 VNNI hosts without AMX, and AVX2-only hosts, unless MOE_REPACK=0); the bytes,
 // and the seconds it took
 static double repack_weights(Model& m, double* seconds = nullptr) {
     const double t0 = now_seconds();

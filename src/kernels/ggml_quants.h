@@ -224,9 +224,9 @@ bool repack_enabled();
 // whether the SIMD forms of the repack and the products run here (AVX-512 VNNI; AMX hosts too, which
 // do not repack at load); else their scalar twins do
 bool tiled_kernels_active();
-// Hosts with AVX2 but without those tiles (AMD Zen 3, or MOE_ISA=avx2): Q8_0's, Q4_K's and Q4_0's
-// tiles have AVX2 kernels (detail::q8_0_tiled_rows_avx2, q4_k_tiled_rows_avx2, q4_0_tiled_rows_avx2:
-// vpmaddubsw, the VNNI kernels' bits), so those three types are repacked there
+// Hosts with AVX2 but without those tiles (AMD Zen 3, or MOE_ISA=avx2): Q8_0's, Q4_K's, Q4_0's and
+// int8's tiles have AVX2 kernels (detail::q8_0_tiled_rows_avx2, q4_k_tiled_rows_avx2,
+// q4_0_tiled_rows_avx2, q8_tiled_rows_avx2: vpmaddubsw, the VNNI kernels' bits), so those types are repacked there
 // (kernels::repack_for_host); the K-quants' prefill unpacks tiles per call (prefill_tiles_avx2)
 bool avx2_tiles_active();
 int64_t q8_0_tiled_bytes(int64_t out, int64_t in);  // ceil(out / 32) * 32 * row_bytes

@@ -92,6 +92,10 @@ void q4_0_tiled_rows_avx2(float* y, int64_t ys, const uint8_t* acts, int64_t act
 // values in [-127, 127] as moe's quantizer writes them), the bits of q8_0_tiled_rows_ref
 void q8_0_tiled_rows_avx2(float* y, int64_t ys, const uint8_t* acts, int64_t act_bytes, int64_t N, int64_t in,
                           const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate);
+// the same on moe's int8 tiles (qmatmul.h's q8_repack_tiled) from QActs' q (N, in) and scales
+// (N, in / 32): the bits of q8_tiled_rows_ref
+void q8_tiled_rows_avx2(float* y, int64_t ys, const int8_t* q, const float* scales, int64_t N, int64_t in,
+                        const uint8_t* tiled, int64_t o0, int64_t o1, bool accumulate);
 // Q4_K (as stored), Q5_K and Q6_K prefill tiles on AVX2 hosts (no repacked form): each tile of 32 rows of w (as
 // stored) unpacked into scratch (tile_scratch_bytes(in), 64-byte aligned) as prefill_tiles_vnni
 // does, then the Q8_K rows at acts (act_bytes apart) over it with vpmaddubsw: y rows [o0, o1), the

@@ -955,15 +955,18 @@ __attribute__((target("avx2,fma,f16c"))) void q4_0_tiled_rows_avx2(float* y, int
 // round(x / d) with d = max|x| / 127). No room to add two pairs in int16, so one vpmaddwd per load;
 // the block's int32 sum is exact, then acc = fma(isum, d * xd, acc): the VNNI tiles' block order and
 // bits (q8_0_tiled_rows_ref), for any number of rows.
-template <int NR, int G>
-__attribute__((target("avx2,fma,f16c"))) static void q8_0_tile_avx2(const uint8_t* tile, int64_t nsb, int g0,
-                                                                   const BlockQ8_0* const* x, __m256 (&acc)[NR][G],
-                                                                   bool pf) {
+// I8: moe's int8 tiles (kTiledBlockBytesI8: the same u, then 32 fp32 scales) and activations (q
+// rows with fp32 scales per 32, from quantize_q8_row: also in [-127, 127]).
+template <int NR, int G, bool I8>
+__attribute__((target("avx2,fma,f16c"))) static void q8_tile_avx2(const uint8_t* tile, int64_t nsb, int g0,
+                                                                 const int8_t* const* xq, const float* const* xsc,
+                                                                 __m256 (&acc)[NR][G], bool pf) {
+    constexpr int64_t BB = I8 ? kTiledBlockBytesI8 : kTiledBlockBytes;
     const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
     for (int64_t b = 0; b < nsb; ++b) {
-        const uint8_t* wb = tile + b * kTiledBlockBytes;
+        const uint8_t* wb = tile + b * BB;
         if (pf)
-            for (int i = 0; i < kTiledBlockBytes / 64; ++i)
+            for (int i = 0; i < BB / 64; ++i)
                 _mm_prefetch(reinterpret_cast<const char*>(wb) + kTiledAhead + 64 * i, _MM_HINT_T1);
         __m256i is[NR][G];
         for (int j = 0; j < NR; ++j)
@@ -972,7 +975,8 @@ __attribute__((target("avx2,fma,f16c"))) static void q8_0_tile_avx2(const uint8_
             __m256i xv[NR];
             for (int j = 0; j < NR; ++j) {
                 int32_t w4;
-                std::memcpy(&w4, x[j][b].qs + 4 * k, 4);
+                // Q8_0: block b's 34 bytes, values after the fp16 d; int8: 32 bytes a block
+                std::memcpy(&w4, I8 ? xq[j] + 32 * b + 4 * k : xq[j] + 34 * b + 2 + 4 * k, 4);
                 xv[j] = _mm256_set1_epi32(w4);
             }
             for (int g = 0; g < G; ++g) {
@@ -985,23 +989,35 @@ __attribute__((target("avx2,fma,f16c"))) static void q8_0_tile_avx2(const uint8_
             }
         }
         for (int g = 0; g < G; ++g) {
-            const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 1024 + 16 * (g0 + g))));
-            for (int j = 0; j < NR; ++j)
-                acc[j][g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is[j][g]), _mm256_mul_ps(d, _mm256_set1_ps(_cvtsh_ss(x[j][b].d))),
-                                            acc[j][g]);
+            const __m256 d = I8 ? _mm256_loadu_ps(reinterpret_cast<const float*>(wb + 1024) + 8 * (g0 + g))
+                                : _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 1024 + 16 * (g0 + g))));
+            for (int j = 0; j < NR; ++j) {
+                float xs;
+                if constexpr (I8) {
+                    xs = xsc[j][b];
+                } else {
+                    uint16_t h;
+                    std::memcpy(&h, xq[j] + 34 * b, 2);
+                    xs = _cvtsh_ss(h);
+                }
+                acc[j][g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is[j][g]), _mm256_mul_ps(d, _mm256_set1_ps(xs)), acc[j][g]);
+            }
         }
     }
 }
 
-struct Q80TilesAvx2 {
-    const uint8_t* acts;  // Q8_0 rows, act_bytes apart
-    int64_t act_bytes, nsb;
+template <bool I8>
+struct Q8TilesAvx2 {
+    const int8_t* q;        // Q8_0 rows (34-byte blocks), or int8 rows of in bytes
+    const float* scales;    // int8: (N, nsb)
+    int64_t row_bytes, nsb;
     template <int NR, int G>
     __attribute__((target("avx2,fma,f16c"))) void run(int64_t n0, const uint8_t* tile, int g0, __m256 (&acc)[NR][G],
                                                       bool pf) const {
-        const BlockQ8_0* x[NR];
-        for (int j = 0; j < NR; ++j) x[j] = reinterpret_cast<const BlockQ8_0*>(acts + (n0 + j) * act_bytes);
-        q8_0_tile_avx2<NR, G>(tile, nsb, g0, x, acc, pf);
+        const int8_t* xq[NR];
+        const float* xs[NR];
+        for (int j = 0; j < NR; ++j) xq[j] = q + (n0 + j) * row_bytes, xs[j] = I8 ? scales + (n0 + j) * nsb : nullptr;
+        q8_tile_avx2<NR, G, I8>(tile, nsb, g0, xq, xs, acc, pf);
     }
 };
 
@@ -1009,8 +1025,18 @@ __attribute__((target("avx2,fma,f16c"))) void q8_0_tiled_rows_avx2(float* y, int
                                                                   int64_t act_bytes, int64_t N, int64_t in,
                                                                   const uint8_t* tiled, int64_t o0, int64_t o1,
                                                                   bool accumulate) {
+    static_assert(sizeof(BlockQ8_0) == 34);
     const int64_t nsb = in / 32;
-    tiles_avx2(Q80TilesAvx2{acts, act_bytes, nsb}, y, ys, N, tiled, nsb * kTiledBlockBytes, o0, o1, accumulate);
+    tiles_avx2(Q8TilesAvx2<false>{reinterpret_cast<const int8_t*>(acts), nullptr, act_bytes, nsb}, y, ys, N, tiled,
+               nsb * kTiledBlockBytes, o0, o1, accumulate);
+}
+
+__attribute__((target("avx2,fma,f16c"))) void q8_tiled_rows_avx2(float* y, int64_t ys, const int8_t* q,
+                                                                const float* scales, int64_t N, int64_t in,
+                                                                const uint8_t* tiled, int64_t o0, int64_t o1,
+                                                                bool accumulate) {
+    const int64_t nsb = in / 32;
+    tiles_avx2(Q8TilesAvx2<true>{q, scales, in, nsb}, y, ys, N, tiled, nsb * kTiledBlockBytesI8, o0, o1, accumulate);
 }
 
 // ---- Q5_K and Q6_K prefill tiles on AVX2 hosts (and Q4_K's rows as stored). No repacked form: as on VNNI hosts

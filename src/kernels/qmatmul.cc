@@ -195,7 +195,7 @@ bool can_repack(const QMatrix& m) {
 bool repacks_type(WType t) {
     const bool q4 = t == WType::q4_k || t == WType::q4_0;
     return repack_enabled() && ((q8_0_tiled_active() && (q4 || t == WType::q8_0 || t == WType::q8)) ||
-                                ((q4 || t == WType::q8_0) && avx2_tiles_active()));
+                                ((q4 || t == WType::q8_0 || t == WType::q8) && avx2_tiles_active()));
 }
 bool repack_for_host(const QMatrix& m) { return can_repack(m) && repacks_type(m.type); }
 int64_t q8_tiled_row_bytes(int64_t in) { return in / kQ8Block * (kQ8Block + 4); }
@@ -221,7 +221,7 @@ void q8_repack_tiled_ref(const int8_t* q, const float* scales, int64_t out, int6
 
 void q8_repack_tiled(const int8_t* q, const float* scales, int64_t out, int64_t in, uint8_t* dst) {
     MOE_ASSERT(in % kQ8Block == 0);
-    if (!tiled_kernels_active()) return q8_repack_tiled_ref(q, scales, out, in, dst);
+    if (!tiled_kernels_active() && !avx2_tiles_active()) return q8_repack_tiled_ref(q, scales, out, in, dst);
     const int64_t tiles = (out + kTiledRows - 1) / kTiledRows, bytes = detail::tile_scratch_bytes(in);
     parallel_for(0, tiles, 4, [&](int64_t t0, int64_t t1) {
         detail::q8_repack_tiles_vnni(q, scales, out, in, t0, t1, dst, thread_scratch(bytes));
@@ -260,6 +260,10 @@ static void q8_tiled_rows(float* y, int64_t ys, const QActs& qa, const QMatrix& 
         detail::TileActs xa;
         xa.xp = qa.tile_xp.data(), xa.xs = qa.tile_xs.data(), xa.am = qa.tile_am.data(), xa.xo = qa.tile_xo.data();
         detail::tiled_rows_vnni(detail::TiledKind::int8, y, ys, xa, w.raw, N, w.in, o0, o1, accumulate);
+        return;
+    }
+    if (avx2_tiles_active()) {  // AVX2 hosts (ggml_quants.h)
+        detail::q8_tiled_rows_avx2(y, ys, qa.q.data(), qa.scales.data(), N, w.in, w.raw, o0, o1, accumulate);
         return;
     }
     q8_tiled_rows_ref(y, ys, qa.q.data(), qa.scales.data(), N, w.in, w.raw, o0, o1, accumulate);

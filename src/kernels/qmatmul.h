@@ -150,7 +150,7 @@ void dequantize_row(float* dst, const QMatrix& w, int64_t row);
 // yet repacked, in one piece (no parts). The host's side is q8_0_tiled_active().
 bool can_repack(const QMatrix& m);
 // Whether the inference tools repack matrices of type t on this host: MOE_REPACK not 0 and a tile
-// kernel for t here (Q8_0, Q4_0, Q4_K, int8 where q8_0_tiled_active(); Q8_0, Q4_K and Q4_0 where
+// kernel for t here (Q8_0, Q4_0, Q4_K, int8 where q8_0_tiled_active(); Q8_0, Q4_K, Q4_0 and int8 where
 // avx2_tiles_active()); repack_for_host(m): that for m's type, and can_repack(m)
 bool repacks_type(WType t);
 bool repack_for_host(const QMatrix& m);

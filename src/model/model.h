@@ -182,8 +182,8 @@ public:
     void set_weight_type(kernels::WType t);
     kernels::WType weight_type() const { return wtype_; }
     // Q8_0, Q4_0, Q4_K and int8 matrices repacked into the tiles of this host's kernels where
-    // kernels::q8_0_tiled_active() (AVX-512 VNNI without AMX; kernels/ggml_quants.h), Q8_0, Q4_K and Q4_0
-    // on AVX2 hosts without them (kernels::repack_for_host decides per matrix): the same bytes per matrix, reordered once so
+    // kernels::q8_0_tiled_active() (AVX-512 VNNI without AMX; kernels/ggml_quants.h), the same
+    // four on AVX2 hosts without them (kernels::repack_for_host decides per matrix): the same bytes per matrix, reordered once so
     // that every product reads them in place, with the block order's bits (which a batch-invariant
     // product has on those hosts anyway). Views of a mapped file become owned copies (the mapping's
     // pages are no longer read; an fp32 model's set_weight_type copies are repacked in place, until
