@@ -1110,8 +1110,8 @@ moe::ModelConfig small_model_config(int64_t n_ff_exp, int64_t n_ff) {
 }
 
 // The logits of an 11-token prompt, then of one decode step after it (tokens (5 i + k) mod V).
-std::vector<float> prompt_and_step_logits(moe::Model& m, int k) {
-    const int64_t V = m.config().vocab_size, T = 12;
+std::vector<float> prompt_and_step_logits(moe::Model& m, int k, int64_t T = 12) {
+    const int64_t V = m.config().vocab_size;
     std::vector<int32_t> seq(T), sid(T, 0), pos(T);
     for (int64_t i = 0; i < T; ++i) seq[i] = (int32_t)((i * 5 + k) % V), pos[i] = (int32_t)i;
     auto cache = m.make_cache(1);
@@ -1185,6 +1185,36 @@ TEST(GgmlQuants, Q4_KModelRepackedOnAvx2KeepsItsLogits) {
         differ += bits(after[i]) != bits(before[i]);
     }
     EXPECT_GT(differ, 0) << "the tiles' order should move some last bits: were the tiles read at all?";
+}
+
+// Repacked Q8_0, Q4_0, Q4_K and int8 models give the same logits, bit for bit, on an AVX-512 VNNI
+// host and on an AVX2-only host (here the ISA capped): the AVX2 tile kernels have the VNNI tiles'
+// bits, so a model served on Zen 3 answers as on Zen 4: a 23-token prompt (Q4_K's AVX2 prefill
+// unpacks its tiles from 17 rows) and a decode step, batch invariant or not.
+TEST(GgmlQuants, RepackedModelLogitsAreTheSameOnAvx2AndVnniHosts) {
+    struct Restore {
+        Isa prev = set_isa_cap(Isa::avx512);  // (AMX hosts: their VNNI side)
+        ~Restore() { set_isa_cap(prev); }
+    } restore;
+    if (!q8_0_tiled_active() || !cpu_features().f16c) GTEST_SKIP() << "no AVX-512 VNNI tiles on this host";
+    if (!repack_enabled()) GTEST_SKIP() << "MOE_REPACK=0";
+    for (WType t : {WType::q8_0, WType::q4_0, WType::q4_k, WType::q8}) {
+        SCOPED_TRACE(wtype_name(t));
+        moe::Model m(small_model_config(256, 256));
+        m.init(9);
+        m.set_weight_type(t);
+        ASSERT_GT(m.repack_for_inference(), 0.0);
+        for (bool inv : {false, true}) {
+            const BatchInvariantScope scope(inv);
+            set_isa_cap(Isa::avx512);
+            const std::vector<float> vnni = prompt_and_step_logits(m, 3, 24);
+            set_isa_cap(Isa::avx2);
+            ASSERT_TRUE(avx2_tiles_active());
+            const std::vector<float> avx2 = prompt_and_step_logits(m, 3, 24);
+            ASSERT_EQ(vnni.size(), avx2.size());
+            for (size_t i = 0; i < vnni.size(); ++i) ASSERT_EQ(bits(vnni[i]), bits(avx2[i])) << "inv=" << inv << " i=" << i;
+        }
+    }
 }
 
 // The several-weight-rows decode dots (row_dots_w: one activation row against 2 or 4 weight rows
