@@ -1047,11 +1047,38 @@ __attribute__((target("avx2,fma,f16c"))) void q8_tiled_rows_avx2(float* y, int64
 // sub-block; Q6_K's u <= 63 gives pairs <= 16,128, two groups (8 values) <= 32,256, so two vpmaddwd per
 // 16-value group. The int32 sums are exact and the float steps are the VNNI tiles' (tile_kernel<true,
 // false>, tile_kernel_q6) in their order, so the products have their bits (and ggml_tiles_ref's).
+// is[j][g] += the int32 sums of the 4-value groups [k0, k1) of the scratch tile at wb (group k of
+// 8 rows at wb + 128 k, G groups of rows side by side) times the activation bytes xb[j] + 4 k:
+// vpmaddubsw summed in int16 over the groups (the caller keeps k1 - k0 within int16's bound), then
+// one vpmaddwd
+template <int NR, int G>
+__attribute__((target("avx2,fma,f16c"))) static inline void int16_groups_avx2(const uint8_t* wb, int k0, int k1,
+                                                                             const int8_t* const (&xb)[NR],
+                                                                             __m256i (&is)[NR][G]) {
+    __m256i h16[NR][G];
+    for (int j = 0; j < NR; ++j)
+        for (int g = 0; g < G; ++g) h16[j][g] = _mm256_setzero_si256();
+    for (int k = k0; k < k1; ++k) {
+        __m256i xv[NR];
+        for (int j = 0; j < NR; ++j) {
+            int32_t w4;
+            std::memcpy(&w4, xb[j] + 4 * k, 4);
+            xv[j] = _mm256_set1_epi32(w4);
+        }
+        for (int g = 0; g < G; ++g) {
+            const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 128 * k + 32 * g));
+            for (int j = 0; j < NR; ++j) h16[j][g] = _mm256_add_epi16(h16[j][g], _mm256_maddubs_epi16(u, xv[j]));
+        }
+    }
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int j = 0; j < NR; ++j)
+        for (int g = 0; g < G; ++g) is[j][g] = _mm256_add_epi32(is[j][g], _mm256_madd_epi16(h16[j][g], ones));
+}
+
 template <int NR, int G>
 __attribute__((target("avx2,fma,f16c"))) static void q5k_tile_avx2(const uint8_t* wq, const float* ws, const float* wm,
                                                                   int64_t nsuper, int g0, const BlockQ8_K* const* x,
                                                                   __m256 (&acc)[NR][G]) {
-    const __m256i ones = _mm256_set1_epi16(1);
     for (int64_t s = 0; s < nsuper; ++s) {
         __m256 t[NR][G];
         for (int j = 0; j < NR; ++j)
@@ -1059,29 +1086,14 @@ __attribute__((target("avx2,fma,f16c"))) static void q5k_tile_avx2(const uint8_t
         for (int j8 = 0; j8 < 8; ++j8) {
             const int64_t b = 8 * s + j8;
             const uint8_t* wb = wq + b * kTileSubBytes + 32 * g0;
+            const int8_t* xb[NR];
             __m256i is[NR][G];
-            for (int half = 0; half < 2; ++half) {
-                __m256i h16[NR][G];
-                for (int j = 0; j < NR; ++j)
-                    for (int g = 0; g < G; ++g) h16[j][g] = _mm256_setzero_si256();
-                for (int k = 4 * half; k < 4 * half + 4; ++k) {
-                    __m256i xv[NR];
-                    for (int j = 0; j < NR; ++j) {
-                        int32_t w4;
-                        std::memcpy(&w4, x[j][s].qs + 32 * j8 + 4 * k, 4);
-                        xv[j] = _mm256_set1_epi32(w4);
-                    }
-                    for (int g = 0; g < G; ++g) {
-                        const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 128 * k + 32 * g));
-                        for (int j = 0; j < NR; ++j) h16[j][g] = _mm256_add_epi16(h16[j][g], _mm256_maddubs_epi16(u, xv[j]));
-                    }
-                }
-                for (int j = 0; j < NR; ++j)
-                    for (int g = 0; g < G; ++g) {
-                        const __m256i p = _mm256_madd_epi16(h16[j][g], ones);
-                        is[j][g] = half ? _mm256_add_epi32(is[j][g], p) : p;
-                    }
+            for (int j = 0; j < NR; ++j) {
+                xb[j] = x[j][s].qs + 32 * j8;
+                for (int g = 0; g < G; ++g) is[j][g] = _mm256_setzero_si256();
             }
+            int16_groups_avx2<NR, G>(wb, 0, 4, xb, is);  // 16 values: |sum| <= 31,744
+            int16_groups_avx2<NR, G>(wb, 4, 8, xb, is);
             float mx[NR];
             for (int j = 0; j < NR; ++j)
                 mx[j] = x[j][s].d * (float)(x[j][s].bsums[2 * j8] + x[j][s].bsums[2 * j8 + 1]);
@@ -1106,7 +1118,6 @@ template <int NR, int G>
 __attribute__((target("avx2,fma,f16c"))) static void q6k_tile_avx2(const uint8_t* wq, const float* ws, int64_t nsuper,
                                                                   int g0, const BlockQ8_K* const* x,
                                                                   __m256 (&acc)[NR][G]) {
-    const __m256i ones = _mm256_set1_epi16(1);
     for (int64_t s = 0; s < nsuper; ++s) {
         __m256 t[NR][G];
         for (int j = 0; j < NR; ++j)
@@ -1114,28 +1125,14 @@ __attribute__((target("avx2,fma,f16c"))) static void q6k_tile_avx2(const uint8_t
         for (int q = 0; q < 16; ++q) {
             const int64_t gi = 16 * s + q;
             const uint8_t* wb = wq + gi * (kTileSubBytes / 2) + 32 * g0;
+            const int8_t* xb[NR];
             __m256i is[NR][G];
-            for (int j = 0; j < NR; ++j)
+            for (int j = 0; j < NR; ++j) {
+                xb[j] = x[j][s].qs + 16 * q;
                 for (int g = 0; g < G; ++g) is[j][g] = _mm256_set1_epi32(-32 * (int32_t)x[j][s].bsums[q]);
-            for (int half = 0; half < 2; ++half) {
-                __m256i h16[NR][G];
-                for (int j = 0; j < NR; ++j)
-                    for (int g = 0; g < G; ++g) h16[j][g] = _mm256_setzero_si256();
-                for (int k = 2 * half; k < 2 * half + 2; ++k) {
-                    __m256i xv[NR];
-                    for (int j = 0; j < NR; ++j) {
-                        int32_t w4;
-                        std::memcpy(&w4, x[j][s].qs + 16 * q + 4 * k, 4);
-                        xv[j] = _mm256_set1_epi32(w4);
-                    }
-                    for (int g = 0; g < G; ++g) {
-                        const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 128 * k + 32 * g));
-                        for (int j = 0; j < NR; ++j) h16[j][g] = _mm256_add_epi16(h16[j][g], _mm256_maddubs_epi16(u, xv[j]));
-                    }
-                }
-                for (int j = 0; j < NR; ++j)
-                    for (int g = 0; g < G; ++g) is[j][g] = _mm256_add_epi32(is[j][g], _mm256_madd_epi16(h16[j][g], ones));
             }
+            int16_groups_avx2<NR, G>(wb, 0, 2, xb, is);  // 8 values: |sum| <= 32,256
+            int16_groups_avx2<NR, G>(wb, 2, 4, xb, is);
             for (int g = 0; g < G; ++g) {
                 const __m256 wsv = _mm256_loadu_ps(ws + gi * kTileRows + 8 * (g0 + g));
                 for (int j = 0; j < NR; ++j) t[j][g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is[j][g]), wsv, t[j][g]);
