@@ -879,6 +879,27 @@ __attribute__((target("avx2,fma,f16c"))) void q4_k_tiled_rows_avx2(float* y, int
     tiles_avx2(Q4kTilesAvx2{acts, act_bytes, nsuper}, y, ys, N, tiled, nsuper * kTiledSuperBytesQ4K, o0, o1, accumulate);
 }
 
+// Small pieces of the AVX2 block kernels below: a tile block's bytes kTiledAhead on asked into L2
+// (pf: the first pass over a tile), zeroed int32 sums, and each activation row's 4 bytes at p[j]
+// broadcast to all 8 lanes.
+__attribute__((target("avx2,fma,f16c"))) static inline void prefetch_ahead(const uint8_t* wb, int64_t bytes, bool pf) {
+    if (pf)
+        for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(reinterpret_cast<const char*>(wb) + kTiledAhead + i, _MM_HINT_T1);
+}
+template <int NR, int G>
+__attribute__((target("avx2,fma,f16c"))) static inline void zero_sums(__m256i (&is)[NR][G]) {
+    for (int j = 0; j < NR; ++j)
+        for (int g = 0; g < G; ++g) is[j][g] = _mm256_setzero_si256();
+}
+template <int NR>
+__attribute__((target("avx2,fma,f16c"))) static inline void broadcast_words(__m256i (&xv)[NR], const int8_t* const (&p)[NR]) {
+    for (int j = 0; j < NR; ++j) {
+        int32_t w4;
+        std::memcpy(&w4, p[j], 4);
+        xv[j] = _mm256_set1_epi32(w4);
+    }
+}
+
 // ---- Q4_0 tiles on AVX2 hosts: the same scheme on Q4_0's tiles (kTiledBlockBytesQ4_0: 4-value
 // group k < 4 the low nibbles of the rows' bytes 4k..4k+3, k >= 4 their high nibbles, then the 32
 // rows' fp16 d). Per block: the nibbles' products summed in int16 over the 8 groups, one vpmaddwd,
@@ -891,19 +912,14 @@ __attribute__((target("avx2,fma,f16c"))) static void q4_0_tile_avx2(const uint8_
     const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     for (int64_t b = 0; b < nsb; ++b) {
         const uint8_t* wb = tile + b * kTiledBlockBytesQ4_0;
-        if (pf)
-            for (int i = 0; i < kTiledBlockBytesQ4_0 / 64; ++i)
-                _mm_prefetch(reinterpret_cast<const char*>(wb) + kTiledAhead + 64 * i, _MM_HINT_T1);
+        prefetch_ahead(wb, kTiledBlockBytesQ4_0, pf);
         __m256i is[NR][G];
-        for (int j = 0; j < NR; ++j)
-            for (int g = 0; g < G; ++g) is[j][g] = _mm256_setzero_si256();
+        zero_sums(is);
         for (int k = 0; k < 8; ++k) {
             __m256i xv[NR];
-            for (int j = 0; j < NR; ++j) {
-                int32_t w4;
-                std::memcpy(&w4, x[j][b].qs + 4 * k, 4);
-                xv[j] = _mm256_set1_epi32(w4);
-            }
+            const int8_t* xb[NR];
+            for (int j = 0; j < NR; ++j) xb[j] = x[j][b].qs + 4 * k;
+            broadcast_words(xv, xb);
             for (int g = 0; g < G; ++g) {
                 __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 128 * (k % 4) + 32 * (g0 + g)));
                 if (k >= 4) u = _mm256_srli_epi16(u, 4);
@@ -965,20 +981,14 @@ __attribute__((target("avx2,fma,f16c"))) static void q8_tile_avx2(const uint8_t*
     const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
     for (int64_t b = 0; b < nsb; ++b) {
         const uint8_t* wb = tile + b * BB;
-        if (pf)
-            for (int i = 0; i < BB / 64; ++i)
-                _mm_prefetch(reinterpret_cast<const char*>(wb) + kTiledAhead + 64 * i, _MM_HINT_T1);
+        prefetch_ahead(wb, BB, pf);
         __m256i is[NR][G];
-        for (int j = 0; j < NR; ++j)
-            for (int g = 0; g < G; ++g) is[j][g] = _mm256_setzero_si256();
+        zero_sums(is);
         for (int k = 0; k < 8; ++k) {
             __m256i xv[NR];
-            for (int j = 0; j < NR; ++j) {
-                int32_t w4;
-                // Q8_0: block b's 34 bytes, values after the fp16 d; int8: 32 bytes a block
-                std::memcpy(&w4, I8 ? xq[j] + 32 * b + 4 * k : xq[j] + 34 * b + 2 + 4 * k, 4);
-                xv[j] = _mm256_set1_epi32(w4);
-            }
+            const int8_t* xb[NR];  // Q8_0: block b's 34 bytes, values after the fp16 d; int8: 32 a block
+            for (int j = 0; j < NR; ++j) xb[j] = I8 ? xq[j] + 32 * b + 4 * k : xq[j] + 34 * b + 2 + 4 * k;
+            broadcast_words(xv, xb);
             for (int g = 0; g < G; ++g) {
                 const __m256i q = _mm256_xor_si256(
                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 128 * k + 32 * (g0 + g))), flip);
@@ -1060,11 +1070,9 @@ __attribute__((target("avx2,fma,f16c"))) static inline void int16_groups_avx2(co
         for (int g = 0; g < G; ++g) h16[j][g] = _mm256_setzero_si256();
     for (int k = k0; k < k1; ++k) {
         __m256i xv[NR];
-        for (int j = 0; j < NR; ++j) {
-            int32_t w4;
-            std::memcpy(&w4, xb[j] + 4 * k, 4);
-            xv[j] = _mm256_set1_epi32(w4);
-        }
+        const int8_t* xk[NR];
+        for (int j = 0; j < NR; ++j) xk[j] = xb[j] + 4 * k;
+        broadcast_words(xv, xk);
         for (int g = 0; g < G; ++g) {
             const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 128 * k + 32 * g));
             for (int j = 0; j < NR; ++j) h16[j][g] = _mm256_add_epi16(h16[j][g], _mm256_maddubs_epi16(u, xv[j]));
