@@ -5,7 +5,7 @@
 // capped at AVX-512 (the VNNI tiles; on AMX hosts only), the alternative (x rounded to its q8 grid,
 // then the packed fp32 GEMM dequantizing W inside its packing), and the fp32 GEMM on fp32 weights.
 // Where the inference tools repack a type into tiles at load (kernels::repacks_type: q8_0, q4_0,
-// q4_k, int8 on AVX-512 VNNI without AMX, q4_k and q4_0 on AVX2-only hosts; MOE_REPACK=0: not),
+// q4_k, int8 on AVX-512 VNNI without AMX and on AVX2-only hosts; MOE_REPACK=0: not),
 // qmatmul runs on the repacked matrix, as they do, and the rows as stored get a column of their own
 // ("as stored"). MOE_ISA=avx2 measures an AVX2-only host's kernels and its vpmaddubsw peak.
 // On AMX hosts both peaks are measured: the fractions are given against each (the host's peak is

@@ -945,10 +945,11 @@ bool q8_0_block_order_active() {
     return detail::q8_0_rows_vnni_supported() && (detail::q8_0_rows_amx_supported() || vnni_tiles_active(GType::q8_0));
 }
 // AVX2 hosts (Zen 3, MOE_ISA=avx2): the K-quants' prefill on tiles unpacked per call
-// (detail::prefill_tiles_avx2; Q4_K as stored too, MOE_REPACK=0), the VNNI tiles' bits; q8_0, and
-// q4_0 not repacked, take the dequant + fp32 GEMM
+// (detail::prefill_tiles_avx2; Q4_K as stored too, MOE_REPACK=0), the VNNI tiles' bits; Q8_0 and
+// Q4_0 as stored take the dequant + fp32 GEMM (repacked, their tiles: ggml_matmul_rows_tiled). VNNI
+// hosts take their own tiles first (ggml_matmul).
 static bool avx2_kquant_tiles_active(GType t) {
-    return (t == GType::q4_k || t == GType::q5_k || t == GType::q6_k) && !vnni_tiles_active(t) && avx2_tiles_active();
+    return (t == GType::q4_k || t == GType::q5_k || t == GType::q6_k) && avx2_tiles_active();
 }
 bool ggml_prefill_on_int8(GType t) {
     // measured on Zen 3 only (AVX2): the VNNI row dots of AVX-512 hosts (q6_k without AMX) stay

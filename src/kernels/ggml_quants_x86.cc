@@ -138,7 +138,7 @@ namespace {
 
 #define KT __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 // The weight tiles' unpacking uses AVX2 alone: the VNNI and AMX kernels inline it, and AVX2 hosts'
-// prefill tiles (q5_k_tiles_avx2 below) unpack with it too.
+// prefill tiles (prefill_tiles_avx2 below) unpack with it too.
 #define KU __attribute__((target("avx2,fma,f16c")))
 
 constexpr int kTileRows = 32;
@@ -743,6 +743,27 @@ void tiled_rows_vnni(TiledKind k, float* y, int64_t ys, const TileActs& xa, cons
 }
 
 
+// Small pieces of the AVX2 block kernels below: a tile block's bytes kTiledAhead on asked into L2
+// (pf: the first pass over a tile), zeroed int32 sums, and each activation row's 4 bytes at p[j]
+// broadcast to all 8 lanes.
+__attribute__((target("avx2,fma,f16c"))) static inline void prefetch_ahead(const uint8_t* wb, int64_t bytes, bool pf) {
+    if (pf)
+        for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(reinterpret_cast<const char*>(wb) + kTiledAhead + i, _MM_HINT_T1);
+}
+template <int NR, int G>
+__attribute__((target("avx2,fma,f16c"))) static inline void zero_sums(__m256i (&is)[NR][G]) {
+    for (int j = 0; j < NR; ++j)
+        for (int g = 0; g < G; ++g) is[j][g] = _mm256_setzero_si256();
+}
+template <int NR>
+__attribute__((target("avx2,fma,f16c"))) static inline void broadcast_words(__m256i (&xv)[NR], const int8_t* const (&p)[NR]) {
+    for (int j = 0; j < NR; ++j) {
+        int32_t w4;
+        std::memcpy(&w4, p[j], 4);
+        xv[j] = _mm256_set1_epi32(w4);
+    }
+}
+
 // ---- Q4_K tiles on AVX2 hosts (no VNNI): the layout the VNNI kernel reads (ggml_quants.h), with
 // vpmaddubsw in place of vpdpbusd. One 32-byte load holds 8 rows x 4 nibble bytes; vpmaddubsw of the
 // nibbles (0..15) by 4 activation bytes broadcast gives each row's two pair sums in int16 lanes
@@ -769,16 +790,13 @@ __attribute__((target("avx2,fma,f16c"))) static void q4k_tile_avx2(const uint8_t
                 for (int i = 0; i < 19; ++i)
                     _mm_prefetch(reinterpret_cast<const char*>(sb) + kTiledAhead + c * 1184 + 64 * i, _MM_HINT_T1);
             __m256i is[NR][G];
-            for (int j = 0; j < NR; ++j)
-                for (int g = 0; g < G; ++g) is[j][g] = _mm256_setzero_si256();
+            zero_sums(is);
             const uint8_t* wc = sb + c * 1024 + 32 * g0;
             for (int k = 0; k < 8; ++k) {
                 __m256i xv[NR];
-                for (int j = 0; j < NR; ++j) {
-                    int32_t w4;
-                    std::memcpy(&w4, x[j][s].qs + 32 * j8 + 4 * k, 4);
-                    xv[j] = _mm256_set1_epi32(w4);
-                }
+                const int8_t* xb[NR];
+                for (int j = 0; j < NR; ++j) xb[j] = x[j][s].qs + 32 * j8 + 4 * k;
+                broadcast_words(xv, xb);
                 for (int g = 0; g < G; ++g) {
                     __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wc + 128 * k + 32 * g));
                     if (h) u = _mm256_srli_epi16(u, 4);
@@ -877,27 +895,6 @@ __attribute__((target("avx2,fma,f16c"))) void q4_k_tiled_rows_avx2(float* y, int
                                                                   bool accumulate) {
     const int64_t nsuper = in / 256;
     tiles_avx2(Q4kTilesAvx2{acts, act_bytes, nsuper}, y, ys, N, tiled, nsuper * kTiledSuperBytesQ4K, o0, o1, accumulate);
-}
-
-// Small pieces of the AVX2 block kernels below: a tile block's bytes kTiledAhead on asked into L2
-// (pf: the first pass over a tile), zeroed int32 sums, and each activation row's 4 bytes at p[j]
-// broadcast to all 8 lanes.
-__attribute__((target("avx2,fma,f16c"))) static inline void prefetch_ahead(const uint8_t* wb, int64_t bytes, bool pf) {
-    if (pf)
-        for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(reinterpret_cast<const char*>(wb) + kTiledAhead + i, _MM_HINT_T1);
-}
-template <int NR, int G>
-__attribute__((target("avx2,fma,f16c"))) static inline void zero_sums(__m256i (&is)[NR][G]) {
-    for (int j = 0; j < NR; ++j)
-        for (int g = 0; g < G; ++g) is[j][g] = _mm256_setzero_si256();
-}
-template <int NR>
-__attribute__((target("avx2,fma,f16c"))) static inline void broadcast_words(__m256i (&xv)[NR], const int8_t* const (&p)[NR]) {
-    for (int j = 0; j < NR; ++j) {
-        int32_t w4;
-        std::memcpy(&w4, p[j], 4);
-        xv[j] = _mm256_set1_epi32(w4);
-    }
 }
 
 // ---- Q4_0 tiles on AVX2 hosts: the same scheme on Q4_0's tiles (kTiledBlockBytesQ4_0: 4-value
@@ -1056,7 +1053,8 @@ __attribute__((target("avx2,fma,f16c"))) void q8_tiled_rows_avx2(float* y, int64
 // |u0 x0 + u1 x1| <= 2 * 31 * 128 = 7,936, four groups (16 values) <= 31,744, so one vpmaddwd per half
 // sub-block; Q6_K's u <= 63 gives pairs <= 16,128, two groups (8 values) <= 32,256, so two vpmaddwd per
 // 16-value group. The int32 sums are exact and the float steps are the VNNI tiles' (tile_kernel<true,
-// false>, tile_kernel_q6) in their order, so the products have their bits (and ggml_tiles_ref's).
+// false>, tile_kernel_q6) in their order, so the products have their bits (and kquant_tiles_ref's).
+
 // is[j][g] += the int32 sums of the 4-value groups [k0, k1) of the scratch tile at wb (group k of
 // 8 rows at wb + 128 k, G groups of rows side by side) times the activation bytes xb[j] + 4 k:
 // vpmaddubsw summed in int16 over the groups (the caller keeps k1 - k0 within int16's bound), then
@@ -1195,8 +1193,7 @@ __attribute__((target("avx2,fma,f16c"))) static void unpack_q4k_tiled_avx2(const
         const uint8_t* sb = tile + s * kTiledSuperBytesQ4K;
         // the bytes kTiledAhead on (the tile's later super-blocks, then the next tile's), as the
         // decode kernel asks them: without, a tile from DRAM cost 1.2-1.6x the direct kernel's pass
-        for (int64_t i = 0; i < kTiledSuperBytesQ4K; i += 64)
-            _mm_prefetch(reinterpret_cast<const char*>(sb) + kTiledAhead + i, _MM_HINT_T1);
+        prefetch_ahead(sb, kTiledSuperBytesQ4K, true);
         for (int c = 0; c < 4; ++c) {
             uint8_t* lo = wq + (8 * s + 2 * c) * kTileSubBytes;
             for (int i = 0; i < 1024; i += 32) {

@@ -193,9 +193,9 @@ bool can_repack(const QMatrix& m) {
     return type && m.out > 0 && !m.tiled && !m.parts;
 }
 bool repacks_type(WType t) {
-    const bool q4 = t == WType::q4_k || t == WType::q4_0;
-    return repack_enabled() && ((q8_0_tiled_active() && (q4 || t == WType::q8_0 || t == WType::q8)) ||
-                                ((q4 || t == WType::q8_0 || t == WType::q8) && avx2_tiles_active()));
+    // the same four types on both kinds of host with tile kernels
+    const bool type = t == WType::q4_k || t == WType::q4_0 || t == WType::q8_0 || t == WType::q8;
+    return repack_enabled() && type && (q8_0_tiled_active() || avx2_tiles_active());
 }
 bool repack_for_host(const QMatrix& m) { return can_repack(m) && repacks_type(m.type); }
 int64_t q8_tiled_row_bytes(int64_t in) { return in / kQ8Block * (kQ8Block + 4); }
